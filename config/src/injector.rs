@@ -1,0 +1,1 @@
+//! The injector ConfigMap model (placeholder; the full model replaces it).

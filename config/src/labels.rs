@@ -1,0 +1,1 @@
+//! Well-known labels and annotations (placeholder; the full list replaces it).

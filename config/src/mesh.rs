@@ -1,0 +1,1 @@
+//! MeshConfig (placeholder; the full model replaces it).
