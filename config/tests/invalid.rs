@@ -81,6 +81,18 @@ fn every_invalid_document_reports_exactly_its_expected_errors() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn the_suite_holds_at_least_40_invalid_documents() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
+    let count = std::fs::read_dir(dir)
+        .expect("tests/invalid")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        })
+        .count();
     assert!(
         count >= 40,
         "only {count} invalid documents; the suite promises at least 40"
