@@ -1,0 +1,30 @@
+//! `rudder`'s verbs, shaped like istioctl's.
+
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Rudder: a service-mesh control plane and operator that speaks Istio's APIs.
+#[derive(Debug, Parser)]
+#[command(name = "rudder", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate Istio configuration files (every kind Rudder knows) as istioctl validate does.
+    Validate(validate::Args),
+}
+
+impl Cli {
+    /// Runs the chosen verb and returns the process exit code.
+    pub fn run(self) -> ExitCode {
+        match self.command {
+            Command::Validate(args) => validate::run(&args),
+        }
+    }
+}
