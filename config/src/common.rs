@@ -134,7 +134,7 @@ impl fmt::Display for Duration {
             ("ms", 1_000_000),
             ("us", 1_000),
         ] {
-            if magnitude % scale == 0 {
+            if magnitude.is_multiple_of(scale) {
                 return write!(f, "{sign}{}{unit}", magnitude / scale);
             }
         }
@@ -419,5 +419,6 @@ mod tests {
             Some("\"RED\"")
         );
         assert_eq!(Colour::default(), Colour::Unset);
+        assert_eq!(Colour::Red.number(), 1);
     }
 }

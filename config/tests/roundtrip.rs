@@ -39,7 +39,7 @@ fn is_empty(v: &Value) -> bool {
 }
 
 fn check_dir(dir: PathBuf) -> usize {
-    let loads = load_paths(&[dir.clone()]).unwrap_or_else(|e| panic!("{e}"));
+    let loads = load_paths(std::slice::from_ref(&dir)).unwrap_or_else(|e| panic!("{e}"));
     let errors: Vec<String> = loads
         .problems
         .iter()

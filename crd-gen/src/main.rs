@@ -2,7 +2,7 @@
 //! the Rust types in `rudder-config`. `--check` compares instead of writing and fails on any
 //! difference (CI's drift check).
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -21,9 +21,9 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<bool> {
     let mut check = false;
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .unwrap_or(std::path::Path::new("."));
+        .unwrap_or(Path::new("."));
     let mut out = workspace.join("chart/crds");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {

@@ -177,15 +177,14 @@ pub fn label_key(key: &str) -> Result<(), String> {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
     };
-    if let Some(prefix) = prefix {
-        if prefix.is_empty()
+    if let Some(prefix) = prefix
+        && (prefix.is_empty()
             || prefix.len() > 253
-            || prefix.split('.').any(|l| dns1123_label(l).is_err())
-        {
-            return Err(format!(
-                "label key {key:?} has an invalid prefix (must be a DNS subdomain)"
-            ));
-        }
+            || prefix.split('.').any(|l| dns1123_label(l).is_err()))
+    {
+        return Err(format!(
+            "label key {key:?} has an invalid prefix (must be a DNS subdomain)"
+        ));
     }
     if name.is_empty() || name.len() > DNS1123_LABEL_MAX || !LABEL_NAME.is_match(name) {
         return Err(format!(
