@@ -1616,6 +1616,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn crd_names_and_columns_match_upstream() {
+        use kube::CustomResourceExt;
+        let crd = VirtualService::crd();
+        let names = &crd.spec.names;
+        assert_eq!(names.short_names.as_deref(), Some(&["vs".to_owned()][..]));
+        assert_eq!(
+            names.categories.as_deref(),
+            Some(&["istio-io".to_owned(), "networking-istio-io".to_owned()][..])
+        );
+        let columns: Vec<(String, String)> = crd.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| (c.name.clone(), c.json_path.clone()))
+            .collect();
+        let want = [
+            ("Gateways", ".spec.gateways"),
+            ("Hosts", ".spec.hosts"),
+            ("Age", ".metadata.creationTimestamp"),
+        ];
+        assert_eq!(
+            columns,
+            want.map(|(n, p)| (n.to_owned(), p.to_owned())).to_vec()
+        );
+    }
+
+    #[test]
     fn retry_on_accepts_envoy_conditions_and_status_codes() {
         for ok in [
             "5xx",
