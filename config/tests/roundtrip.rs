@@ -14,7 +14,8 @@ fn repo() -> PathBuf {
 }
 
 /// The input with what serialisation legitimately drops or rewrites made equal: `null`s, empty
-/// maps/lists (unset in protobuf), and the `apiVersion` (written as the type's version).
+/// maps/lists (unset in protobuf), number spellings, and the `apiVersion` (written as the type's
+/// version).
 fn normalise(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
@@ -25,6 +26,10 @@ fn normalise(value: &Value) -> Value {
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(normalise).collect()),
+        // `value: 50` for a double field is written back as `50.0`: compare numbers by value.
+        Value::Number(n) => n
+            .as_f64()
+            .map_or_else(|| value.clone(), |f| serde_json::json!(f)),
         other => other.clone(),
     }
 }
