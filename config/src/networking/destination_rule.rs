@@ -1118,6 +1118,31 @@ mod tests {
     }
 
     #[test]
+    fn valid_fixtures_raise_no_warnings() {
+        for (file, text) in [
+            (
+                "destinationrule.yaml",
+                include_str!("../../tests/valid/destinationrule.yaml"),
+            ),
+            (
+                "gateway.yaml",
+                include_str!("../../tests/valid/gateway.yaml"),
+            ),
+            (
+                "sidecar.yaml",
+                include_str!("../../tests/valid/sidecar.yaml"),
+            ),
+        ] {
+            let loads = crate::load::load_str(file, text).expect(file);
+            assert!(loads.problems.is_empty(), "{file}: {:?}", loads.problems);
+            for loaded in &loads.objects {
+                let items = loaded.object.report().items;
+                assert!(items.is_empty(), "{file} {}: {items:?}", loaded.id);
+            }
+        }
+    }
+
+    #[test]
     fn crd_names_and_schema() {
         use kube::CustomResourceExt;
         let crd = DestinationRule::crd();

@@ -363,8 +363,9 @@ fn egress_host(value: &str) -> Result<(), String> {
         ));
     }
     if !matches!(namespace, "*" | "." | "~") {
-        checks::dns1123_label(namespace)
-            .map_err(|e| format!("namespace of host {value:?}: {e}"))?;
+        checks::dns1123_label(namespace).map_err(|_| {
+            format!("namespace {namespace:?} of host {value:?} must be \"*\", \".\", \"~\" or a namespace name")
+        })?;
     }
     scoped_dns_name(host, false)
 }
