@@ -708,25 +708,24 @@ impl MeshConfig {
                 }
             }
         }
-        if let Some(file) = &self.access_log_file {
-            if !file.is_empty() && file.trim() != file {
-                report.error(
-                    &at.field("accessLogFile"),
-                    format!("access log path {file:?} must not start or end with whitespace"),
-                );
-            }
+        if let Some(file) = &self.access_log_file
+            && !file.is_empty()
+            && file.trim() != file
+        {
+            report.error(
+                &at.field("accessLogFile"),
+                format!("access log path {file:?} must not start or end with whitespace"),
+            );
         }
         if let (Some(AccessLogEncoding::Json), Some(format)) =
             (self.access_log_encoding, &self.access_log_format)
+            && !format.is_empty()
+            && !matches!(serde_json::from_str::<Value>(format), Ok(Value::Object(_)))
         {
-            if !format.is_empty()
-                && !matches!(serde_json::from_str::<Value>(format), Ok(Value::Object(_)))
-            {
-                report.error(
-                    &at.field("accessLogFormat"),
-                    "with JSON encoding the access log format must be a JSON object",
-                );
-            }
+            report.error(
+                &at.field("accessLogFormat"),
+                "with JSON encoding the access log format must be a JSON object",
+            );
         }
         if let Some(proxy) = &self.default_config {
             proxy.validate(&at.field("defaultConfig"), report);
@@ -791,21 +790,21 @@ impl MeshConfig {
         for (i, selector) in self.discovery_selectors.iter().enumerate() {
             label_selector(selector, &at.field("discoverySelectors").index(i), report);
         }
-        if let Some(tls) = &self.mesh_mtls {
-            if !tls.ecdh_curves.is_empty() {
-                report.warning(
-                    &at.field("meshMTLS").field("ecdhCurves"),
-                    "ecdhCurves are ignored for ISTIO_MUTUAL traffic",
-                );
-            }
+        if let Some(tls) = &self.mesh_mtls
+            && !tls.ecdh_curves.is_empty()
+        {
+            report.warning(
+                &at.field("meshMTLS").field("ecdhCurves"),
+                "ecdhCurves are ignored for ISTIO_MUTUAL traffic",
+            );
         }
-        if let Some(policy) = self.compliance_policy.as_deref() {
-            if !matches!(policy, "" | "fips-140-2" | "pqc") {
-                report.error(
-                    &at.field("compliancePolicy"),
-                    format!("unknown compliance policy {policy:?}; expected fips-140-2 or pqc"),
-                );
-            }
+        if let Some(policy) = self.compliance_policy.as_deref()
+            && !matches!(policy, "" | "fips-140-2" | "pqc")
+        {
+            report.error(
+                &at.field("compliancePolicy"),
+                format!("unknown compliance policy {policy:?}; expected fips-140-2 or pqc"),
+            );
         }
     }
 
@@ -929,33 +928,33 @@ impl ProxyConfig {
         if let Some(tracing) = &self.tracing {
             tracing_settings(tracing, &at.field("tracing"), report);
         }
-        if let Some(matcher) = &self.proxy_stats_matcher {
-            if let Some(Value::Array(regexes)) = matcher.0.get("inclusionRegexps") {
-                for (i, regex) in regexes.iter().enumerate() {
-                    if let Some(regex) = regex.as_str() {
-                        report.check(
-                            &at.field("proxyStatsMatcher")
-                                .field("inclusionRegexps")
-                                .index(i),
-                            checks::regex(regex),
-                        );
-                    }
+        if let Some(matcher) = &self.proxy_stats_matcher
+            && let Some(Value::Array(regexes)) = matcher.0.get("inclusionRegexps")
+        {
+            for (i, regex) in regexes.iter().enumerate() {
+                if let Some(regex) = regex.as_str() {
+                    report.check(
+                        &at.field("proxyStatsMatcher")
+                            .field("inclusionRegexps")
+                            .index(i),
+                        checks::regex(regex),
+                    );
                 }
             }
         }
-        if let Some(image) = &self.image {
-            if !matches!(
+        if let Some(image) = &self.image
+            && !matches!(
                 image.image_type.as_str(),
                 "" | "default" | "debug" | "distroless"
-            ) {
-                report.error(
-                    &at.field("image").field("imageType"),
-                    format!(
-                        "unknown image type {:?}; expected default, debug or distroless",
-                        image.image_type
-                    ),
-                );
-            }
+            )
+        {
+            report.error(
+                &at.field("image").field("imageType"),
+                format!(
+                    "unknown image type {:?}; expected default, debug or distroless",
+                    image.image_type
+                ),
+            );
         }
     }
 }

@@ -373,10 +373,10 @@ impl Validate for IstioOperator {
 
 impl ComponentsSpec {
     fn validate(&self, at: &FieldPath, report: &mut Report) {
-        if let Some(base) = &self.base {
-            if let Some(k8s) = &base.k8s {
-                k8s.validate(&at.field("base").field("k8s"), report);
-            }
+        if let Some(base) = &self.base
+            && let Some(k8s) = &base.k8s
+        {
+            k8s.validate(&at.field("base").field("k8s"), report);
         }
         for (name, component) in [
             ("pilot", &self.pilot),
@@ -449,13 +449,13 @@ impl KubernetesResourcesSpec {
                     format!("maxReplicas {max} must be at least 1"),
                 );
             }
-            if let (Some(min), Some(max)) = (hpa.min_replicas, hpa.max_replicas) {
-                if min > max {
-                    report.error(
-                        &at.field("minReplicas"),
-                        format!("minReplicas {min} must not exceed maxReplicas {max}"),
-                    );
-                }
+            if let (Some(min), Some(max)) = (hpa.min_replicas, hpa.max_replicas)
+                && min > max
+            {
+                report.error(
+                    &at.field("minReplicas"),
+                    format!("minReplicas {min} must not exceed maxReplicas {max}"),
+                );
             }
         }
         if !self.image_pull_policy.is_empty()
@@ -481,13 +481,14 @@ impl KubernetesResourcesSpec {
                 );
             }
         }
-        if let Some(pdb) = &self.pod_disruption_budget {
-            if pdb.min_available.is_some() && pdb.max_unavailable.is_some() {
-                report.error(
-                    &at.field("podDisruptionBudget"),
-                    "set only one of minAvailable and maxUnavailable",
-                );
-            }
+        if let Some(pdb) = &self.pod_disruption_budget
+            && pdb.min_available.is_some()
+            && pdb.max_unavailable.is_some()
+        {
+            report.error(
+                &at.field("podDisruptionBudget"),
+                "set only one of minAvailable and maxUnavailable",
+            );
         }
         for (i, overlay) in self.overlays.iter().enumerate() {
             let at = at.field("overlays").index(i);
