@@ -1209,6 +1209,12 @@ pub fn apply_yaml(text: &str, base: &MeshConfig) -> Result<MeshConfig, String> {
     decode(Value::Object(merged))
 }
 
+/// Reads the `mesh` key of the `istio[-<rev>]` ConfigMap: the text layered over
+/// [`MeshConfig::istio_defaults`] (upstream's `ApplyMeshConfigDefaults`).
+pub fn apply_yaml_over_defaults(text: &str) -> Result<MeshConfig, String> {
+    apply_yaml(text, &MeshConfig::istio_defaults())
+}
+
 fn decode(value: Value) -> Result<MeshConfig, String> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -1388,6 +1394,7 @@ extensionProviders:
         assert_eq!(mesh.access_log_file.as_deref(), Some(""));
         assert_eq!(mesh.connect_timeout, None);
         assert_eq!(apply_yaml("  \n", &base), Ok(base.clone()));
+        assert_eq!(apply_yaml_over_defaults(""), Ok(base.clone()));
     }
 
     #[test]
