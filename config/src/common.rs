@@ -37,14 +37,10 @@ impl Duration {
         Self { nanos }
     }
     pub const fn from_millis(ms: i64) -> Self {
-        Self {
-            nanos: ms * 1_000_000,
-        }
+        Self { nanos: ms * 1_000_000 }
     }
     pub const fn from_secs(s: i64) -> Self {
-        Self {
-            nanos: s * 1_000_000_000,
-        }
+        Self { nanos: s * 1_000_000_000 }
     }
     pub const fn as_nanos(self) -> i64 {
         self.nanos
@@ -70,26 +66,20 @@ impl Duration {
         }
         let mut total: i128 = 0;
         while !rest.is_empty() {
-            let number_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(rest.len());
+            let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
             let number = &rest[..number_len];
             if number.is_empty() || number == "." || number.matches('.').count() > 1 {
                 return bad("expected a number");
             }
             rest = &rest[number_len..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(rest.len());
+            let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
             let Some(&(_, scale)) = NANOS_PER.iter().find(|(name, _)| *name == unit) else {
                 return if unit.is_empty() {
                     bad("missing unit (one of ns, us, ms, s, m, h)")
                 } else {
-                    bad(&format!(
-                        "unknown unit {unit:?} (one of ns, us, ms, s, m, h)"
-                    ))
+                    bad(&format!("unknown unit {unit:?} (one of ns, us, ms, s, m, h)"))
                 };
             };
             let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
@@ -112,11 +102,8 @@ impl Duration {
                 return bad("out of range");
             }
         }
-        let nanos =
-            i64::try_from(total).map_err(|_| format!("invalid duration {text:?}: out of range"))?;
-        Ok(Self {
-            nanos: if negative { -nanos } else { nanos },
-        })
+        let nanos = i64::try_from(total).map_err(|_| format!("invalid duration {text:?}: out of range"))?;
+        Ok(Self { nanos: if negative { -nanos } else { nanos } })
     }
 }
 
@@ -127,13 +114,9 @@ impl fmt::Display for Duration {
         }
         let magnitude = self.nanos.unsigned_abs();
         let sign = if self.nanos < 0 { "-" } else { "" };
-        for (unit, scale) in [
-            ("h", 3_600_000_000_000u64),
-            ("m", 60_000_000_000),
-            ("s", 1_000_000_000),
-            ("ms", 1_000_000),
-            ("us", 1_000),
-        ] {
+        for (unit, scale) in
+            [("h", 3_600_000_000_000u64), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)]
+        {
             if magnitude.is_multiple_of(scale) {
                 return write!(f, "{sign}{}{unit}", magnitude / scale);
             }
@@ -213,11 +196,7 @@ macro_rules! proto_enum {
 }
 
 /// Shared decoding for [`proto_enum!`] types.
-pub fn decode_enum<'de, D, T>(
-    d: D,
-    all: &[(T, &'static str, i32)],
-    type_name: &str,
-) -> Result<T, D::Error>
+pub fn decode_enum<'de, D, T>(d: D, all: &[(T, &'static str, i32)], type_name: &str) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Copy,
@@ -228,33 +207,16 @@ where
         Number(i64),
         Name(Cow<'a, str>),
     }
-    let names = || {
-        all.iter()
-            .map(|(_, n, _)| *n)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let names = || all.iter().map(|(_, n, _)| *n).collect::<Vec<_>>().join(", ");
     match NameOrNumber::deserialize(d)? {
-        NameOrNumber::Name(name) => all
-            .iter()
-            .find(|(_, n, _)| *n == name)
-            .map(|(v, _, _)| *v)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "unknown {type_name} value {name:?}; expected one of {}",
-                    names()
-                ))
-            }),
-        NameOrNumber::Number(number) => all
-            .iter()
-            .find(|(_, _, n)| i64::from(*n) == number)
-            .map(|(v, _, _)| *v)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "unknown {type_name} number {number}; expected one of {}",
-                    names()
-                ))
-            }),
+        NameOrNumber::Name(name) => all.iter().find(|(_, n, _)| *n == name).map(|(v, _, _)| *v).ok_or_else(|| {
+            serde::de::Error::custom(format!("unknown {type_name} value {name:?}; expected one of {}", names()))
+        }),
+        NameOrNumber::Number(number) => {
+            all.iter().find(|(_, _, n)| i64::from(*n) == number).map(|(v, _, _)| *v).ok_or_else(|| {
+                serde::de::Error::custom(format!("unknown {type_name} number {number}; expected one of {}", names()))
+            })
+        }
     }
 }
 
@@ -350,9 +312,7 @@ pub fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Er
         None => Ok(None),
         Some(NumberOrText::Number(n)) => Ok(Some(n)),
         Some(NumberOrText::Text(t)) => t.trim().parse().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "invalid port or count {t:?}: expected a whole number 0-4294967295"
-            ))
+            serde::de::Error::custom(format!("invalid port or count {t:?}: expected a whole number 0-4294967295"))
         }),
     }
 }
@@ -404,20 +364,11 @@ mod tests {
 
     #[test]
     fn enums_accept_names_and_numbers() {
-        assert_eq!(
-            serde_json::from_str::<Colour>("\"RED\"").ok(),
-            Some(Colour::Red)
-        );
+        assert_eq!(serde_json::from_str::<Colour>("\"RED\"").ok(), Some(Colour::Red));
         assert_eq!(serde_json::from_str::<Colour>("1").ok(), Some(Colour::Red));
         let err = serde_json::from_str::<Colour>("\"red\"").expect_err("case-sensitive");
-        assert!(
-            err.to_string().contains("expected one of UNSET, RED"),
-            "{err}"
-        );
-        assert_eq!(
-            serde_json::to_string(&Colour::Red).ok().as_deref(),
-            Some("\"RED\"")
-        );
+        assert!(err.to_string().contains("expected one of UNSET, RED"), "{err}");
+        assert_eq!(serde_json::to_string(&Colour::Red).ok().as_deref(), Some("\"RED\""));
         assert_eq!(Colour::default(), Colour::Unset);
         assert_eq!(Colour::Red.number(), 1);
     }

@@ -61,11 +61,7 @@ fn default_templates() -> Vec<String> {
 
 fn templates_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let names = Option::<Vec<String>>::deserialize(d)?.unwrap_or_default();
-    Ok(if names.is_empty() {
-        default_templates()
-    } else {
-        names
-    })
+    Ok(if names.is_empty() { default_templates() } else { names })
 }
 
 impl Default for InjectorConfig {
@@ -90,19 +86,15 @@ impl InjectorConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let value: serde_json::Value = serde_saphyr::from_str(text)
-            .map_err(|e| format!("injector config is not valid YAML: {e}"))?;
+        let value: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|e| format!("injector config is not valid YAML: {e}"))?;
         if value.is_null() {
             return Ok(Self::default());
         }
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
-            if path == "." {
-                message
-            } else {
-                format!("{path}: {message}")
-            }
+            if path == "." { message } else { format!("{path}: {message}") }
         })
     }
 
@@ -126,11 +118,7 @@ impl InjectorConfig {
                 if !self.templates.contains_key(template) {
                     return Err(format!(
                         "unknown injection template {template:?}; known templates: {}",
-                        self.templates
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        self.templates.keys().cloned().collect::<Vec<_>>().join(", ")
                     ));
                 }
                 if seen.insert(template.to_owned()) {
@@ -181,25 +169,14 @@ templates:
         assert_eq!(config.always_inject_selector.len(), 1);
         assert_eq!(config.never_inject_selector.len(), 1);
         assert_eq!(config.templates.len(), 2);
+        assert_eq!(config.expand_templates(None).expect("defaults"), vec!["sidecar".to_owned(), "extra".to_owned()]);
         assert_eq!(
-            config.expand_templates(None).expect("defaults"),
+            config.expand_templates(Some(&["both".to_owned(), "sidecar".to_owned()])).expect("alias"),
             vec!["sidecar".to_owned(), "extra".to_owned()]
         );
-        assert_eq!(
-            config
-                .expand_templates(Some(&["both".to_owned(), "sidecar".to_owned()]))
-                .expect("alias"),
-            vec!["sidecar".to_owned(), "extra".to_owned()]
-        );
-        let err = config
-            .expand_templates(Some(&["gateway".to_owned()]))
-            .expect_err("unknown");
-        assert!(
-            err.contains("unknown injection template \"gateway\""),
-            "{err}"
-        );
-        let back: InjectorConfig =
-            serde_json::from_value(serde_json::to_value(&config).expect("write")).expect("read");
+        let err = config.expand_templates(Some(&["gateway".to_owned()])).expect_err("unknown");
+        assert!(err.contains("unknown injection template \"gateway\""), "{err}");
+        let back: InjectorConfig = serde_json::from_value(serde_json::to_value(&config).expect("write")).expect("read");
         assert_eq!(back, config);
     }
 
@@ -209,11 +186,7 @@ templates:
         assert!(err.contains("bogus"), "{err}");
         let err = InjectorConfig::from_yaml("policy: sometimes\n").expect_err("bad policy");
         assert!(err.starts_with("policy: "), "{err}");
-        let err = InjectorConfig::from_yaml("neverInjectSelector:\n  - matchLabels: [a]\n")
-            .expect_err("x");
-        assert!(
-            err.starts_with("neverInjectSelector[0].matchLabels"),
-            "{err}"
-        );
+        let err = InjectorConfig::from_yaml("neverInjectSelector:\n  - matchLabels: [a]\n").expect_err("x");
+        assert!(err.starts_with("neverInjectSelector[0].matchLabels"), "{err}");
     }
 }

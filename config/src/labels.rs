@@ -112,8 +112,7 @@ pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
 /// Application ports the readiness check waits for.
 pub const READINESS_APPLICATION_PORTS: &str = "readiness.status.sidecar.istio.io/applicationPorts";
 /// Initial delay of the proxy readiness probe.
-pub const READINESS_INITIAL_DELAY_SECONDS: &str =
-    "readiness.status.sidecar.istio.io/initialDelaySeconds";
+pub const READINESS_INITIAL_DELAY_SECONDS: &str = "readiness.status.sidecar.istio.io/initialDelaySeconds";
 /// Period of the proxy readiness probe.
 pub const READINESS_PERIOD_SECONDS: &str = "readiness.status.sidecar.istio.io/periodSeconds";
 /// Failure threshold of the proxy readiness probe.
@@ -229,10 +228,7 @@ mod tests {
     #[test]
     fn spelled_like_istio() {
         assert_eq!(SIDECAR_INJECT, "sidecar.istio.io/inject");
-        assert_eq!(
-            INCLUDE_OUTBOUND_IP_RANGES,
-            "traffic.sidecar.istio.io/includeOutboundIPRanges"
-        );
+        assert_eq!(INCLUDE_OUTBOUND_IP_RANGES, "traffic.sidecar.istio.io/includeOutboundIPRanges");
         assert_eq!(PROXY_CPU_LIMIT, "sidecar.istio.io/proxyCPULimit");
         assert_eq!(FINALIZER, "istio-finalizer.install.istio.io");
         for key in [

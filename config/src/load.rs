@@ -38,11 +38,7 @@ pub struct ObjectId {
 
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.kind.is_empty() {
-            "<no kind>"
-        } else {
-            &self.kind
-        };
+        let kind = if self.kind.is_empty() { "<no kind>" } else { &self.kind };
         let name = self.name.as_deref().unwrap_or("<no name>");
         match &self.namespace {
             Some(ns) => write!(f, "{kind} {ns}/{name}"),
@@ -80,19 +76,11 @@ pub enum Problem {
     /// A kind (or group) Rudder does not know; not an error for `validate`.
     UnknownKind { source: Source, id: ObjectId },
     /// A known kind at a version its CRD does not serve.
-    UnknownVersion {
-        source: Source,
-        id: ObjectId,
-        served: &'static [&'static str],
-    },
+    UnknownVersion { source: Source, id: ObjectId, served: &'static [&'static str] },
     /// Not an object with `apiVersion` and `kind`.
     NotAnObject { source: Source, message: String },
     /// A known kind whose fields do not decode: the first field that does not fit.
-    Decode {
-        source: Source,
-        id: ObjectId,
-        error: FieldError,
-    },
+    Decode { source: Source, id: ObjectId, error: FieldError },
 }
 
 impl Problem {
@@ -106,11 +94,7 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::UnknownKind { source, id } => {
-                write!(
-                    f,
-                    "{source} {id}: unknown kind {}/{} (skipped)",
-                    id.api_version, id.kind
-                )
+                write!(f, "{source} {id}: unknown kind {}/{} (skipped)", id.api_version, id.kind)
             }
             Problem::UnknownVersion { source, id, served } => write!(
                 f,
@@ -139,20 +123,15 @@ pub struct Loads {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("{file}: {source}")]
-    Io {
-        file: String,
-        source: std::io::Error,
-    },
+    Io { file: String, source: std::io::Error },
     #[error("{file}: not valid YAML: {message}")]
     Yaml { file: String, message: String },
 }
 
 /// Splits YAML text into its documents, as JSON values.
 pub fn documents(file: &str, text: &str) -> Result<Vec<Value>, ReadError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ReadError::Yaml {
-        file: file.to_owned(),
-        message: e.to_string(),
-    })?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+        .map_err(|e| ReadError::Yaml { file: file.to_owned(), message: e.to_string() })?;
     // `kind: List` (what `kubectl get -o yaml` writes) holds its objects in `items`.
     Ok(docs
         .into_iter()
@@ -173,13 +152,7 @@ pub fn documents(file: &str, text: &str) -> Result<Vec<Value>, ReadError> {
 pub fn load_str(file: &str, text: &str) -> Result<Loads, ReadError> {
     let mut loads = Loads::default();
     for (i, doc) in documents(file, text)?.into_iter().enumerate() {
-        loads.add(
-            Source {
-                file: file.to_owned(),
-                doc: i + 1,
-            },
-            doc,
-        );
+        loads.add(Source { file: file.to_owned(), doc: i + 1 }, doc);
     }
     Ok(loads)
 }
@@ -187,43 +160,25 @@ pub fn load_str(file: &str, text: &str) -> Result<Loads, ReadError> {
 impl Loads {
     fn add(&mut self, source: Source, doc: Value) {
         if !doc.is_object() {
-            self.problems.push(Problem::NotAnObject {
-                source,
-                message: "document is not a YAML mapping".into(),
-            });
+            self.problems.push(Problem::NotAnObject { source, message: "document is not a YAML mapping".into() });
             return;
         }
         let id = ObjectId::of(&doc);
         if id.api_version.is_empty() || id.kind.is_empty() {
-            self.problems.push(Problem::NotAnObject {
-                source,
-                message: "document has no apiVersion or kind".into(),
-            });
+            self.problems.push(Problem::NotAnObject { source, message: "document has no apiVersion or kind".into() });
             return;
         }
-        let (group, version) = id
-            .api_version
-            .rsplit_once('/')
-            .unwrap_or(("", id.api_version.as_str()));
+        let (group, version) = id.api_version.rsplit_once('/').unwrap_or(("", id.api_version.as_str()));
         let Some(info) = KindInfo::find(group, &id.kind) else {
             self.problems.push(Problem::UnknownKind { source, id });
             return;
         };
         if !info.versions.contains(&version) {
-            self.problems.push(Problem::UnknownVersion {
-                source,
-                id,
-                served: info.versions,
-            });
+            self.problems.push(Problem::UnknownVersion { source, id, served: info.versions });
             return;
         }
         match IstioObject::decode(info.kind, doc.clone()) {
-            Some(Ok(object)) => self.objects.push(Loaded {
-                source,
-                id,
-                object,
-                raw: doc,
-            }),
+            Some(Ok(object)) => self.objects.push(Loaded { source, id, object, raw: doc }),
             Some(Err(e)) => {
                 let path = e.path().to_string();
                 let error = FieldError {
@@ -252,19 +207,13 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Loads, ReadError> {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
-                .map_err(|source| ReadError::Io {
-                    file: "<stdin>".into(),
-                    source,
-                })?;
+                .map_err(|source| ReadError::Io { file: "<stdin>".into(), source })?;
             loads.extend(load_str("<stdin>", &text)?);
             continue;
         }
         for file in files_under(path)? {
             let name = file.display().to_string();
-            let text = std::fs::read_to_string(&file).map_err(|source| ReadError::Io {
-                file: name.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(&file).map_err(|source| ReadError::Io { file: name.clone(), source })?;
             loads.extend(load_str(&name, &text)?);
         }
     }
@@ -272,29 +221,20 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Loads, ReadError> {
 }
 
 fn files_under(path: &Path) -> Result<Vec<PathBuf>, ReadError> {
-    let io = |source| ReadError::Io {
-        file: path.display().to_string(),
-        source,
-    };
+    let io = |source| ReadError::Io { file: path.display().to_string(), source };
     if !path.is_dir() {
         // Let the read report a missing file with its path.
         std::fs::metadata(path).map_err(io)?;
         return Ok(vec![path.to_owned()]);
     }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(io)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(io)?;
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(path).map_err(io)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io)?;
     entries.sort();
     let mut files = Vec::new();
     for entry in entries {
         if entry.is_dir() {
             files.extend(files_under(&entry)?);
-        } else if matches!(
-            entry.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
+        } else if matches!(entry.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
             files.push(entry);
         }
     }

@@ -111,25 +111,13 @@ crate::proto_enum! {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfig {
     /// Port the proxy captures outbound traffic on (15001).
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub proxy_listen_port: Option<u32>,
     /// Port the proxy captures inbound traffic on (15006).
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub proxy_inbound_listen_port: Option<u32>,
     /// Port for HTTP PROXY requests, if any.
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub proxy_http_port: Option<u32>,
     /// Upstream connection timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -495,11 +483,7 @@ pub struct ProxyConfig {
     pub statsd_udp_address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_metrics_service_address: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub proxy_admin_port: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
@@ -532,11 +516,7 @@ pub struct ProxyConfig {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runtime_values: BTreeMap<String, String>,
     /// Agent status port (15020).
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub status_port: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_stat_tags: Vec<String>,
@@ -615,10 +595,7 @@ impl MeshConfig {
     /// Upstream's built-in mesh defaults (`DefaultMeshConfig` plus the chart's effective
     /// defaults for Prometheus merging and default metrics provider).
     pub fn istio_defaults() -> Self {
-        let provider = |name: &str| ExtensionProvider {
-            name: name.to_owned(),
-            ..ExtensionProvider::default()
-        };
+        let provider = |name: &str| ExtensionProvider { name: name.to_owned(), ..ExtensionProvider::default() };
         Self {
             enable_tracing: Some(true),
             access_log_encoding: Some(AccessLogEncoding::Text),
@@ -632,10 +609,7 @@ impl MeshConfig {
                 mode: Some(OutboundTrafficPolicyMode::AllowAny),
                 tls: None,
             }),
-            locality_lb_setting: Some(LocalityLbSetting {
-                enabled: Some(true),
-                ..LocalityLbSetting::default()
-            }),
+            locality_lb_setting: Some(LocalityLbSetting { enabled: Some(true), ..LocalityLbSetting::default() }),
             default_config: Some(ProxyConfig::istio_defaults()),
             root_namespace: some("istio-system"),
             proxy_listen_port: Some(15001),
@@ -651,18 +625,10 @@ impl MeshConfig {
                 ..DefaultProviders::default()
             }),
             extension_providers: vec![
+                ExtensionProvider { prometheus: Some(FreeForm::default()), ..provider("prometheus") },
+                ExtensionProvider { stackdriver: Some(FreeForm::default()), ..provider("stackdriver") },
                 ExtensionProvider {
-                    prometheus: Some(FreeForm::default()),
-                    ..provider("prometheus")
-                },
-                ExtensionProvider {
-                    stackdriver: Some(FreeForm::default()),
-                    ..provider("stackdriver")
-                },
-                ExtensionProvider {
-                    envoy_file_access_log: Some(free_form(
-                        serde_json::json!({ "path": "/dev/stdout" }),
-                    )),
+                    envoy_file_access_log: Some(free_form(serde_json::json!({ "path": "/dev/stdout" }))),
                     ..provider("envoy")
                 },
             ],
@@ -672,18 +638,14 @@ impl MeshConfig {
 
     /// The outbound mode in effect: ALLOW_ANY when unset.
     pub fn outbound_mode(&self) -> OutboundTrafficPolicyMode {
-        self.outbound_traffic_policy
-            .as_ref()
-            .and_then(|p| p.mode)
-            .unwrap_or(OutboundTrafficPolicyMode::AllowAny)
+        self.outbound_traffic_policy.as_ref().and_then(|p| p.mode).unwrap_or(OutboundTrafficPolicyMode::AllowAny)
     }
 
     /// Checks every field that is set (so overlays can be checked on their own).
     pub fn validate(&self, at: &FieldPath, report: &mut Report) {
-        for (name, port) in [
-            ("proxyListenPort", self.proxy_listen_port),
-            ("proxyInboundListenPort", self.proxy_inbound_listen_port),
-        ] {
+        for (name, port) in
+            [("proxyListenPort", self.proxy_listen_port), ("proxyInboundListenPort", self.proxy_inbound_listen_port)]
+        {
             if let Some(port) = port {
                 report.check(&at.field(name), checks::port(port));
             }
@@ -694,10 +656,7 @@ impl MeshConfig {
         if let Some(d) = &self.connect_timeout {
             report.check(&at.field("connectTimeout"), checks::duration(d));
         }
-        if let Some(d) = self
-            .protocol_detection_timeout
-            .filter(|d| d.as_nanos() != 0)
-        {
+        if let Some(d) = self.protocol_detection_timeout.filter(|d| d.as_nanos() != 0) {
             report.check(&at.field("protocolDetectionTimeout"), checks::duration(&d));
         }
         if let Some(keepalive) = &self.tcp_keepalive {
@@ -717,15 +676,12 @@ impl MeshConfig {
                 format!("access log path {file:?} must not start or end with whitespace"),
             );
         }
-        if let (Some(AccessLogEncoding::Json), Some(format)) =
-            (self.access_log_encoding, &self.access_log_format)
+        if let (Some(AccessLogEncoding::Json), Some(format)) = (self.access_log_encoding, &self.access_log_format)
             && !format.is_empty()
             && !matches!(serde_json::from_str::<Value>(format), Ok(Value::Object(_)))
         {
-            report.error(
-                &at.field("accessLogFormat"),
-                "with JSON encoding the access log format must be a JSON object",
-            );
+            report
+                .error(&at.field("accessLogFormat"), "with JSON encoding the access log format must be a JSON object");
         }
         if let Some(proxy) = &self.default_config {
             proxy.validate(&at.field("defaultConfig"), report);
@@ -734,10 +690,7 @@ impl MeshConfig {
             report.check(&at.field("trustDomain"), trust_domain(domain));
         }
         for (i, alias) in self.trust_domain_aliases.iter().enumerate() {
-            report.check(
-                &at.field("trustDomainAliases").index(i),
-                trust_domain(alias),
-            );
+            report.check(&at.field("trustDomainAliases").index(i), trust_domain(alias));
         }
         for (i, cert) in self.ca_certificates.iter().enumerate() {
             let at = at.field("caCertificates").index(i);
@@ -749,23 +702,15 @@ impl MeshConfig {
                 (Some(pem), None) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
                     report.error(&at.field("pem"), "pem must hold a PEM-encoded certificate");
                 }
-                (None, Some(url)) if !url.starts_with("https://") => report.error(
-                    &at.field("spiffeBundleUrl"),
-                    format!("SPIFFE bundle URL {url:?} must be an https:// URL"),
-                ),
+                (None, Some(url)) if !url.starts_with("https://") => report
+                    .error(&at.field("spiffeBundleUrl"), format!("SPIFFE bundle URL {url:?} must be an https:// URL")),
                 _ => {}
             }
         }
         for (name, list) in [
             ("defaultServiceExportTo", &self.default_service_export_to),
-            (
-                "defaultVirtualServiceExportTo",
-                &self.default_virtual_service_export_to,
-            ),
-            (
-                "defaultDestinationRuleExportTo",
-                &self.default_destination_rule_export_to,
-            ),
+            ("defaultVirtualServiceExportTo", &self.default_virtual_service_export_to),
+            ("defaultDestinationRuleExportTo", &self.default_destination_rule_export_to),
         ] {
             export_to(list, &at.field(name), report);
         }
@@ -780,10 +725,8 @@ impl MeshConfig {
         }
         for (i, settings) in self.service_settings.iter().enumerate() {
             for (j, host) in settings.hosts.iter().enumerate() {
-                report.check(
-                    &at.field("serviceSettings").index(i).field("hosts").index(j),
-                    checks::wildcard_host(host),
-                );
+                report
+                    .check(&at.field("serviceSettings").index(i).field("hosts").index(j), checks::wildcard_host(host));
             }
         }
         self.validate_providers(at, report);
@@ -793,10 +736,8 @@ impl MeshConfig {
         if let Some(tls) = &self.mesh_mtls
             && !tls.ecdh_curves.is_empty()
         {
-            report.warning(
-                &at.field("meshMTLS").field("ecdhCurves"),
-                "ecdhCurves are ignored for ISTIO_MUTUAL traffic",
-            );
+            report
+                .warning(&at.field("meshMTLS").field("ecdhCurves"), "ecdhCurves are ignored for ISTIO_MUTUAL traffic");
         }
         if let Some(policy) = self.compliance_policy.as_deref()
             && !matches!(policy, "" | "fips-140-2" | "pqc")
@@ -815,10 +756,7 @@ impl MeshConfig {
             if provider.name.is_empty() {
                 report.error(&at.field("name"), "extension provider name is required");
             } else if !names.insert(provider.name.as_str()) {
-                report.error(
-                    &at.field("name"),
-                    format!("extension provider name {:?} is used twice", provider.name),
-                );
+                report.error(&at.field("name"), format!("extension provider name {:?} is used twice", provider.name));
             }
             let kinds = provider.kinds();
             match kinds.as_slice() {
@@ -848,9 +786,7 @@ impl MeshConfig {
                     if !names.contains(name.as_str()) {
                         report.warning(
                             &at.field(field).index(i),
-                            format!(
-                                "default provider {name:?} is not among the extensionProviders"
-                            ),
+                            format!("default provider {name:?} is not among the extensionProviders"),
                         );
                     }
                 }
@@ -862,19 +798,13 @@ impl MeshConfig {
 impl ProxyConfig {
     /// Checks every field that is set.
     pub fn validate(&self, at: &FieldPath, report: &mut Report) {
-        for (name, value) in [
-            ("configPath", &self.config_path),
-            ("binaryPath", &self.binary_path),
-        ] {
+        for (name, value) in [("configPath", &self.config_path), ("binaryPath", &self.binary_path)] {
             if value.as_deref() == Some("") {
                 report.error(&at.field(name), format!("{name} must not be empty"));
             }
         }
         if self.service_cluster.is_some() && self.tracing_service_name.is_some() {
-            report.error(
-                &at.field("tracingServiceName"),
-                "set only one of serviceCluster and tracingServiceName",
-            );
+            report.error(&at.field("tracingServiceName"), "set only one of serviceCluster and tracingServiceName");
         }
         for (name, d) in [
             ("drainDuration", &self.drain_duration),
@@ -890,10 +820,7 @@ impl ProxyConfig {
             ("discoveryAddress", &self.discovery_address),
             ("zipkinAddress", &self.zipkin_address),
             ("statsdUdpAddress", &self.statsd_udp_address),
-            (
-                "envoyMetricsServiceAddress",
-                &self.envoy_metrics_service_address,
-            ),
+            ("envoyMetricsServiceAddress", &self.envoy_metrics_service_address),
         ] {
             if let Some(address) = address.as_deref().filter(|a| !a.is_empty()) {
                 report.check(&at.field(name), host_port(address));
@@ -917,10 +844,7 @@ impl ProxyConfig {
                 "controlPlaneAuthPolicy INHERIT is not allowed here; use NONE or MUTUAL_TLS",
             );
         }
-        for (name, value) in [
-            ("statNameLength", self.stat_name_length),
-            ("concurrency", self.concurrency),
-        ] {
+        for (name, value) in [("statNameLength", self.stat_name_length), ("concurrency", self.concurrency)] {
             if let Some(n) = value.filter(|n| *n < 0) {
                 report.error(&at.field(name), format!("{name} {n} must not be negative"));
             }
@@ -933,27 +857,17 @@ impl ProxyConfig {
         {
             for (i, regex) in regexes.iter().enumerate() {
                 if let Some(regex) = regex.as_str() {
-                    report.check(
-                        &at.field("proxyStatsMatcher")
-                            .field("inclusionRegexps")
-                            .index(i),
-                        checks::regex(regex),
-                    );
+                    report
+                        .check(&at.field("proxyStatsMatcher").field("inclusionRegexps").index(i), checks::regex(regex));
                 }
             }
         }
         if let Some(image) = &self.image
-            && !matches!(
-                image.image_type.as_str(),
-                "" | "default" | "debug" | "distroless"
-            )
+            && !matches!(image.image_type.as_str(), "" | "default" | "debug" | "distroless")
         {
             report.error(
                 &at.field("image").field("imageType"),
-                format!(
-                    "unknown image type {:?}; expected default, debug or distroless",
-                    image.image_type
-                ),
+                format!("unknown image type {:?}; expected default, debug or distroless", image.image_type),
             );
         }
     }
@@ -971,10 +885,7 @@ impl LocalityLbSetting {
             }
             let total: u64 = rule.to.values().map(|w| u64::from(*w)).sum();
             if total != 100 {
-                report.error(
-                    &at.field("to"),
-                    format!("locality weights add up to {total}; they must add up to 100"),
-                );
+                report.error(&at.field("to"), format!("locality weights add up to {total}; they must add up to 100"));
             }
         }
         for (i, rule) in self.failover.iter().enumerate() {
@@ -982,17 +893,11 @@ impl LocalityLbSetting {
             if rule.from.is_empty() || rule.to.is_empty() {
                 report.error(&at, "failover needs both from and to regions");
             } else if rule.from == rule.to {
-                report.error(
-                    &at.field("to"),
-                    format!("failover from and to are the same region {:?}", rule.from),
-                );
+                report.error(&at.field("to"), format!("failover from and to are the same region {:?}", rule.from));
             }
             for (name, region) in [("from", &rule.from), ("to", &rule.to)] {
                 if region.contains('/') {
-                    report.error(
-                        &at.field(name),
-                        format!("failover {name} {region:?} must be a region, without '/'"),
-                    );
+                    report.error(&at.field(name), format!("failover {name} {region:?} must be a region, without '/'"));
                 }
             }
         }
@@ -1004,8 +909,7 @@ fn trust_domain(domain: &str) -> Result<(), String> {
     if domain.is_empty() {
         return Err("trust domain must not be empty".into());
     }
-    checks::fqdn(&domain.replace('_', "-"))
-        .map_err(|_| format!("trust domain {domain:?} is not a valid domain name"))
+    checks::fqdn(&domain.replace('_', "-")).map_err(|_| format!("trust domain {domain:?} is not a valid domain name"))
 }
 
 /// An exportTo list: `*`, `.`, `~` or namespace names, no repeats, `~` alone.
@@ -1052,9 +956,7 @@ fn provider_service(body: &FreeForm, at: &FieldPath, report: &mut Report) {
     match body.0.get("port") {
         None => report.error(&at.field("port"), "port is required"),
         Some(port) => {
-            let number = port
-                .as_u64()
-                .or_else(|| port.as_str().and_then(|s| s.parse().ok()));
+            let number = port.as_u64().or_else(|| port.as_str().and_then(|s| s.parse().ok()));
             match number.and_then(|n| u32::try_from(n).ok()) {
                 Some(n) => report.check(&at.field("port"), checks::port(n)),
                 None => report.error(&at.field("port"), format!("port {port} is not a number")),
@@ -1070,29 +972,15 @@ fn tracing_settings(tracing: &FreeForm, at: &FieldPath, report: &mut Report) {
             None => report.error(&at.field("sampling"), "sampling must be a number"),
         }
     }
-    let tracers: Vec<&str> = [
-        "zipkin",
-        "lightstep",
-        "datadog",
-        "stackdriver",
-        "openCensusAgent",
-    ]
-    .into_iter()
-    .filter(|k| tracing.0.contains_key(*k))
-    .collect();
+    let tracers: Vec<&str> = ["zipkin", "lightstep", "datadog", "stackdriver", "openCensusAgent"]
+        .into_iter()
+        .filter(|k| tracing.0.contains_key(*k))
+        .collect();
     if tracers.len() > 1 {
-        report.error(
-            at,
-            format!("set only one tracer; found {}", tracers.join(", ")),
-        );
+        report.error(at, format!("set only one tracer; found {}", tracers.join(", ")));
     }
     for tracer in ["zipkin", "lightstep", "datadog"] {
-        if let Some(address) = tracing
-            .0
-            .get(tracer)
-            .and_then(|t| t.get("address"))
-            .and_then(Value::as_str)
-        {
+        if let Some(address) = tracing.0.get(tracer).and_then(|t| t.get("address")).and_then(Value::as_str) {
             report.check(&at.field(tracer).field("address"), host_port(address));
         }
     }
@@ -1111,10 +999,7 @@ pub(crate) fn label_selector(selector: &LabelSelector, at: &FieldPath, report: &
         match req.operator.as_str() {
             "In" | "NotIn" => {
                 if values.is_empty() {
-                    report.error(
-                        &at.field("values"),
-                        format!("operator {} needs at least one value", req.operator),
-                    );
+                    report.error(&at.field("values"), format!("operator {} needs at least one value", req.operator));
                 }
                 for (j, v) in values.iter().enumerate() {
                     report.check(&at.field("values").index(j), checks::label_value(v));
@@ -1122,10 +1007,7 @@ pub(crate) fn label_selector(selector: &LabelSelector, at: &FieldPath, report: &
             }
             "Exists" | "DoesNotExist" => {
                 if !values.is_empty() {
-                    report.error(
-                        &at.field("values"),
-                        format!("operator {} takes no values", req.operator),
-                    );
+                    report.error(&at.field("values"), format!("operator {} takes no values", req.operator));
                 }
             }
             other => report.error(
@@ -1141,13 +1023,7 @@ pub(crate) fn label_selector(selector: &LabelSelector, at: &FieldPath, report: &
 /// Keys that form a protobuf `oneof`: setting one in an overlay clears the others in the base.
 const ONEOFS: &[&[&str]] = &[
     &["serviceCluster", "tracingServiceName"],
-    &[
-        "zipkin",
-        "lightstep",
-        "datadog",
-        "stackdriver",
-        "openCensusAgent",
-    ],
+    &["zipkin", "lightstep", "datadog", "stackdriver", "openCensusAgent"],
     &["pem", "spiffeBundleUrl"],
 ];
 
@@ -1180,28 +1056,17 @@ pub fn apply_yaml(text: &str, base: &MeshConfig) -> Result<MeshConfig, String> {
                 merged.remove(&key);
             }
             ("extensionProviders", Value::Array(providers)) => {
-                let slot = merged
-                    .entry(key)
-                    .or_insert_with(|| Value::Array(Vec::new()));
+                let slot = merged.entry(key).or_insert_with(|| Value::Array(Vec::new()));
                 merge_providers(slot, providers);
             }
             ("trustDomainAliases", Value::Array(aliases)) => {
                 let mut all: BTreeSet<String> = BTreeSet::new();
-                for v in merged
-                    .get(&key)
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .chain(aliases.iter())
-                {
+                for v in merged.get(&key).and_then(Value::as_array).into_iter().flatten().chain(aliases.iter()) {
                     if let Some(s) = v.as_str() {
                         all.insert(s.to_owned());
                     }
                 }
-                merged.insert(
-                    key,
-                    Value::Array(all.into_iter().map(Value::String).collect()),
-                );
+                merged.insert(key, Value::Array(all.into_iter().map(Value::String).collect()));
             }
             (_, value) => merge_value(merged.entry(key).or_insert(Value::Null), value),
         }
@@ -1219,11 +1084,7 @@ fn decode(value: Value) -> Result<MeshConfig, String> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
-        if path == "." {
-            message
-        } else {
-            format!("{path}: {message}")
-        }
+        if path == "." { message } else { format!("{path}: {message}") }
     })
 }
 
@@ -1258,10 +1119,7 @@ fn merge_providers(base: &mut Value, overlay: Vec<Value>) {
     };
     for provider in overlay {
         let name = provider.get("name").and_then(Value::as_str);
-        match existing
-            .iter_mut()
-            .find(|p| name.is_some() && p.get("name").and_then(Value::as_str) == name)
-        {
+        match existing.iter_mut().find(|p| name.is_some() && p.get("name").and_then(Value::as_str) == name) {
             Some(slot) => *slot = provider,
             None => existing.push(provider),
         }
@@ -1292,15 +1150,8 @@ mod tests {
         assert_eq!(proxy.status_port, Some(15020));
         assert_eq!(proxy.proxy_admin_port, Some(15000));
         assert_eq!(proxy.drain_duration, Some(Duration::from_secs(45)));
-        assert_eq!(
-            proxy.discovery_address.as_deref(),
-            Some("istiod.istio-system.svc:15012")
-        );
-        let names: Vec<_> = mesh
-            .extension_providers
-            .iter()
-            .map(|p| (p.name.as_str(), p.kind().map(|k| k.0)))
-            .collect();
+        assert_eq!(proxy.discovery_address.as_deref(), Some("istiod.istio-system.svc:15012"));
+        let names: Vec<_> = mesh.extension_providers.iter().map(|p| (p.name.as_str(), p.kind().map(|k| k.0))).collect();
         assert_eq!(
             names,
             vec![
@@ -1311,19 +1162,10 @@ mod tests {
         );
         assert_eq!(errors(&mesh), Vec::<String>::new());
         // Unset mode means ALLOW_ANY, but an explicit zero value is kept.
-        assert_eq!(
-            MeshConfig::default().outbound_mode(),
-            OutboundTrafficPolicyMode::AllowAny
-        );
-        let strict = apply_yaml(
-            "outboundTrafficPolicy: {mode: REGISTRY_ONLY}",
-            &MeshConfig::istio_defaults(),
-        )
-        .expect("apply");
-        assert_eq!(
-            strict.outbound_mode(),
-            OutboundTrafficPolicyMode::RegistryOnly
-        );
+        assert_eq!(MeshConfig::default().outbound_mode(), OutboundTrafficPolicyMode::AllowAny);
+        let strict =
+            apply_yaml("outboundTrafficPolicy: {mode: REGISTRY_ONLY}", &MeshConfig::istio_defaults()).expect("apply");
+        assert_eq!(strict.outbound_mode(), OutboundTrafficPolicyMode::RegistryOnly);
     }
 
     #[test]
@@ -1363,29 +1205,16 @@ extensionProviders:
         assert_eq!(proxy.service_cluster, None, "oneof sibling cleared");
         let tracing = proxy.tracing.as_ref().expect("tracing");
         assert!(tracing.0.contains_key("datadog") && !tracing.0.contains_key("zipkin"));
-        let names: Vec<_> = mesh
-            .extension_providers
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect();
+        let names: Vec<_> = mesh.extension_providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["prometheus", "stackdriver", "envoy", "otel"]);
         assert_eq!(
-            mesh.extension_providers[2]
-                .envoy_file_access_log
-                .as_ref()
-                .and_then(|b| b.0.get("path")),
+            mesh.extension_providers[2].envoy_file_access_log.as_ref().and_then(|b| b.0.get("path")),
             Some(&Value::from("/dev/stderr"))
         );
         // A second layer unites the aliases and merges proxyMetadata.
-        let mesh = apply_yaml(
-            "trustDomainAliases: [b.example]\ndefaultConfig: {proxyMetadata: {FOO: bar}}",
-            &mesh,
-        )
-        .expect("second layer");
-        assert_eq!(
-            mesh.trust_domain_aliases,
-            vec!["another.example", "b.example", "old.example"]
-        );
+        let mesh = apply_yaml("trustDomainAliases: [b.example]\ndefaultConfig: {proxyMetadata: {FOO: bar}}", &mesh)
+            .expect("second layer");
+        assert_eq!(mesh.trust_domain_aliases, vec!["another.example", "b.example", "old.example"]);
         let metadata = &mesh.default_config.as_ref().expect("dc").proxy_metadata;
         assert_eq!(metadata.len(), 2);
         assert_eq!(errors(&mesh), Vec::<String>::new());
@@ -1401,14 +1230,8 @@ extensionProviders:
     fn apply_errors_name_the_field() {
         let base = MeshConfig::istio_defaults();
         for (text, want) in [
-            (
-                "outboundTrafficPolicy:\n  mode: SOMETIMES\n",
-                "outboundTrafficPolicy.mode: unknown",
-            ),
-            (
-                "defaultConfig:\n  bogus: 1\n",
-                "defaultConfig.bogus: unknown field `bogus`",
-            ),
+            ("outboundTrafficPolicy:\n  mode: SOMETIMES\n", "outboundTrafficPolicy.mode: unknown"),
+            ("defaultConfig:\n  bogus: 1\n", "defaultConfig.bogus: unknown field `bogus`"),
             ("connectTimeout: 10\n", "connectTimeout: invalid type"),
             (
                 "extensionProviders:\n  - name: x\n    carrierPigeon: {}\n",

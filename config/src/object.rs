@@ -103,17 +103,9 @@ mod tests {
         for (crd, info) in IstioObject::derived_crds().iter().zip(KINDS) {
             assert_eq!(crd.spec.names.kind, info.kind);
             assert_eq!(crd.spec.group, info.group);
-            assert!(
-                info.versions.contains(&info.storage_version),
-                "{}",
-                info.kind
-            );
+            assert!(info.versions.contains(&info.storage_version), "{}", info.kind);
             let derived = &crd.spec.versions[0].name;
-            assert!(
-                info.versions.contains(&derived.as_str()),
-                "{} derives {derived}",
-                info.kind
-            );
+            assert!(info.versions.contains(&derived.as_str()), "{} derives {derived}", info.kind);
         }
     }
 }

@@ -5,12 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use k8s_openapi::api::apps::v1::DeploymentStrategy;
-use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscalerBehavior, MetricSpec,
-};
+use k8s_openapi::api::autoscaling::v2::{CrossVersionObjectReference, HorizontalPodAutoscalerBehavior, MetricSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvVar, PodSecurityContext, Probe, ResourceRequirements, ServiceSpec, Toleration,
-    Volume, VolumeMount,
+    Affinity, EnvVar, PodSecurityContext, Probe, ResourceRequirements, ServiceSpec, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -307,17 +304,13 @@ pub struct ComponentStatus {
 }
 
 #[allow(clippy::unwrap_used)] // constant pattern, exercised by the tests
-static COMPATIBILITY_VERSION: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^\d+\.\d+$").unwrap());
+static COMPATIBILITY_VERSION: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\d+\.\d+$").unwrap());
 
 impl Validate for IstioOperator {
     fn validate(&self, report: &mut Report) {
         let spec = &self.spec;
         let at = FieldPath::spec();
-        if !spec.profile.is_empty()
-            && !spec.profile.contains('/')
-            && !PROFILES.contains(&spec.profile.as_str())
-        {
+        if !spec.profile.is_empty() && !spec.profile.contains('/') && !PROFILES.contains(&spec.profile.as_str()) {
             report.error(
                 &at.field("profile"),
                 format!(
@@ -341,15 +334,10 @@ impl Validate for IstioOperator {
                 Ok(()) => {}
             }
         }
-        if !spec.compatibility_version.is_empty()
-            && !COMPATIBILITY_VERSION.is_match(&spec.compatibility_version)
-        {
+        if !spec.compatibility_version.is_empty() && !COMPATIBILITY_VERSION.is_match(&spec.compatibility_version) {
             report.error(
                 &at.field("compatibilityVersion"),
-                format!(
-                    "compatibility version {:?} must be major.minor, e.g. 1.24",
-                    spec.compatibility_version
-                ),
+                format!("compatibility version {:?} must be major.minor, e.g. 1.24", spec.compatibility_version),
             );
         }
         if let Some(mesh) = &spec.mesh_config {
@@ -394,10 +382,9 @@ impl ComponentsSpec {
                 }
             }
         }
-        for (list_name, gateways) in [
-            ("ingressGateways", &self.ingress_gateways),
-            ("egressGateways", &self.egress_gateways),
-        ] {
+        for (list_name, gateways) in
+            [("ingressGateways", &self.ingress_gateways), ("egressGateways", &self.egress_gateways)]
+        {
             let mut seen = BTreeSet::new();
             for (i, gateway) in gateways.iter().enumerate() {
                 let at = at.field(list_name).index(i);
@@ -408,10 +395,7 @@ impl ComponentsSpec {
                     if !seen.insert(gateway.name.as_str()) {
                         report.error(
                             &at.field("name"),
-                            format!(
-                                "gateway name {:?} is used twice in {list_name}",
-                                gateway.name
-                            ),
+                            format!("gateway name {:?} is used twice in {list_name}", gateway.name),
                         );
                     }
                 }
@@ -430,65 +414,41 @@ impl ComponentsSpec {
 impl KubernetesResourcesSpec {
     fn validate(&self, at: &FieldPath, report: &mut Report) {
         if let Some(n) = self.replica_count.filter(|n| *n < 0) {
-            report.error(
-                &at.field("replicaCount"),
-                format!("replica count {n} must not be negative"),
-            );
+            report.error(&at.field("replicaCount"), format!("replica count {n} must not be negative"));
         }
         if let Some(hpa) = &self.hpa_spec {
             let at = at.field("hpaSpec");
             if let Some(min) = hpa.min_replicas.filter(|n| *n < 1) {
-                report.error(
-                    &at.field("minReplicas"),
-                    format!("minReplicas {min} must be at least 1"),
-                );
+                report.error(&at.field("minReplicas"), format!("minReplicas {min} must be at least 1"));
             }
             if let Some(max) = hpa.max_replicas.filter(|n| *n < 1) {
-                report.error(
-                    &at.field("maxReplicas"),
-                    format!("maxReplicas {max} must be at least 1"),
-                );
+                report.error(&at.field("maxReplicas"), format!("maxReplicas {max} must be at least 1"));
             }
             if let (Some(min), Some(max)) = (hpa.min_replicas, hpa.max_replicas)
                 && min > max
             {
-                report.error(
-                    &at.field("minReplicas"),
-                    format!("minReplicas {min} must not exceed maxReplicas {max}"),
-                );
+                report.error(&at.field("minReplicas"), format!("minReplicas {min} must not exceed maxReplicas {max}"));
             }
         }
         if !self.image_pull_policy.is_empty()
-            && !matches!(
-                self.image_pull_policy.as_str(),
-                "Always" | "IfNotPresent" | "Never"
-            )
+            && !matches!(self.image_pull_policy.as_str(), "Always" | "IfNotPresent" | "Never")
         {
             report.error(
                 &at.field("imagePullPolicy"),
-                format!(
-                    "unknown imagePullPolicy {:?}; expected Always, IfNotPresent or Never",
-                    self.image_pull_policy
-                ),
+                format!("unknown imagePullPolicy {:?}; expected Always, IfNotPresent or Never", self.image_pull_policy),
             );
         }
         checks::labels(&self.node_selector, report, &at.field("nodeSelector"));
         for (i, env) in self.env.iter().enumerate() {
             if env.name.is_empty() {
-                report.error(
-                    &at.field("env").index(i).field("name"),
-                    "env name is required",
-                );
+                report.error(&at.field("env").index(i).field("name"), "env name is required");
             }
         }
         if let Some(pdb) = &self.pod_disruption_budget
             && pdb.min_available.is_some()
             && pdb.max_unavailable.is_some()
         {
-            report.error(
-                &at.field("podDisruptionBudget"),
-                "set only one of minAvailable and maxUnavailable",
-            );
+            report.error(&at.field("podDisruptionBudget"), "set only one of minAvailable and maxUnavailable");
         }
         for (i, overlay) in self.overlays.iter().enumerate() {
             let at = at.field("overlays").index(i);
@@ -500,10 +460,7 @@ impl KubernetesResourcesSpec {
             }
             for (j, patch) in overlay.patches.iter().enumerate() {
                 if patch.path.trim().is_empty() {
-                    report.error(
-                        &at.field("patches").index(j).field("path"),
-                        "patch path is required",
-                    );
+                    report.error(&at.field("patches").index(j).field("path"), "patch path is required");
                 }
             }
         }
@@ -512,10 +469,7 @@ impl KubernetesResourcesSpec {
 
 fn namespace(value: &str, at: &FieldPath, report: &mut Report) {
     if !value.is_empty() {
-        report.check(
-            at,
-            checks::dns1123_label(value).map_err(|e| format!("namespace {e}")),
-        );
+        report.check(at, checks::dns1123_label(value).map_err(|e| format!("namespace {e}")));
     }
 }
 
@@ -543,15 +497,14 @@ mod tests {
         iop.report().items.iter().map(ToString::to_string).collect()
     }
 
-    const HEAD: &str = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: x, namespace: istio-system}\n";
+    const HEAD: &str =
+        "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: x, namespace: istio-system}\n";
 
     #[test]
     fn a_minimal_operator_is_valid() {
         assert_eq!(errors(&format!("{HEAD}spec: {{}}")), Vec::<String>::new());
         assert_eq!(
-            errors(&format!(
-                "{HEAD}spec: {{profile: ./my/profile.yaml, tag: 1.24, compatibilityVersion: \"1.23\"}}"
-            )),
+            errors(&format!("{HEAD}spec: {{profile: ./my/profile.yaml, tag: 1.24, compatibilityVersion: \"1.23\"}}")),
             Vec::<String>::new()
         );
     }
@@ -601,12 +554,8 @@ mod tests {
         let iop: IstioOperator = serde_saphyr::from_str(&yaml).expect("decodes");
         let status = iop.status.as_ref().expect("status");
         assert_eq!(status.status, Some(InstallState::Healthy));
-        assert_eq!(
-            status.component_status["IngressGateways"].status,
-            Some(InstallState::Error)
-        );
-        let back: IstioOperator =
-            serde_json::from_value(serde_json::to_value(&iop).expect("write")).expect("read");
+        assert_eq!(status.component_status["IngressGateways"].status, Some(InstallState::Error));
+        let back: IstioOperator = serde_json::from_value(serde_json::to_value(&iop).expect("write")).expect("read");
         assert_eq!(back.status, iop.status);
     }
 
@@ -615,22 +564,9 @@ mod tests {
         use kube::CustomResourceExt;
         let crd = IstioOperator::crd();
         assert_eq!(crd.spec.names.plural, "istiooperators");
-        assert_eq!(
-            crd.spec.names.short_names,
-            Some(vec!["iop".to_owned(), "io".to_owned()])
-        );
-        let columns = crd.spec.versions[0]
-            .additional_printer_columns
-            .as_ref()
-            .expect("columns");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["iop".to_owned(), "io".to_owned()]));
+        let columns = crd.spec.versions[0].additional_printer_columns.as_ref().expect("columns");
         let paths: Vec<_> = columns.iter().map(|c| c.json_path.as_str()).collect();
-        assert_eq!(
-            paths,
-            vec![
-                ".spec.revision",
-                ".status.status",
-                ".metadata.creationTimestamp"
-            ]
-        );
+        assert_eq!(paths, vec![".spec.revision", ".status.status", ".metadata.creationTimestamp"]);
     }
 }

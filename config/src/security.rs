@@ -14,11 +14,7 @@ use crate::validate::{FieldPath, Report, Validate, checks};
 // ---------------------------------------------------------------------------------------------
 
 /// Checks a workload selector: every label valid, and a warning when it has no labels.
-pub(crate) fn validate_selector(
-    selector: Option<&WorkloadSelector>,
-    at: &FieldPath,
-    report: &mut Report,
-) {
+pub(crate) fn validate_selector(selector: Option<&WorkloadSelector>, at: &FieldPath, report: &mut Report) {
     let Some(selector) = selector else {
         return;
     };
@@ -41,20 +37,10 @@ fn validate_target_ref(target: &PolicyTargetReference, at: &FieldPath, report: &
         report.error(&at.field("name"), "name must be set");
     }
     if !target.namespace.is_empty() {
-        report.error(
-            &at.field("namespace"),
-            "cross-namespace references are not supported; leave namespace empty",
-        );
+        report.error(&at.field("namespace"), "cross-namespace references are not supported; leave namespace empty");
     }
-    let group = if target.group.is_empty() {
-        "core"
-    } else {
-        target.group.as_str()
-    };
-    if !TARGET_KINDS
-        .iter()
-        .any(|(g, k)| *g == group && *k == target.kind)
-    {
+    let group = if target.group.is_empty() { "core" } else { target.group.as_str() };
+    if !TARGET_KINDS.iter().any(|(g, k)| *g == group && *k == target.kind) {
         report.error(
             &at.field("kind"),
             format!(
@@ -78,14 +64,10 @@ pub(crate) fn validate_attachment(
     report: &mut Report,
 ) {
     let spec = FieldPath::spec();
-    let set = usize::from(selector.is_some())
-        + usize::from(target_ref.is_some())
-        + usize::from(!target_refs.is_empty());
+    let set =
+        usize::from(selector.is_some()) + usize::from(target_ref.is_some()) + usize::from(!target_refs.is_empty());
     if set > 1 {
-        report.error(
-            &spec,
-            "only one of selector, targetRef and targetRefs may be set",
-        );
+        report.error(&spec, "only one of selector, targetRef and targetRefs may be set");
     }
     validate_selector(selector, &spec.field("selector"), report);
     if let Some(target) = target_ref {
@@ -150,10 +132,7 @@ impl Validate for PeerAuthentication {
         let spec = &self.spec;
         let at = FieldPath::spec();
         let ports = at.field("portLevelMtls");
-        let has_labels = spec
-            .selector
-            .as_ref()
-            .is_some_and(|s| !s.match_labels.is_empty());
+        let has_labels = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
         if !spec.port_level_mtls.is_empty() && !has_labels {
             report.error(
                 &ports,
@@ -163,10 +142,7 @@ impl Validate for PeerAuthentication {
         for key in spec.port_level_mtls.keys() {
             match key.trim().parse::<u32>() {
                 Ok(port) => report.check(&ports.key(key), checks::port(port)),
-                Err(_) => report.error(
-                    &ports.key(key),
-                    format!("port {key:?} must be a number in the range 1..65535"),
-                ),
+                Err(_) => report.error(&ports.key(key), format!("port {key:?} must be a number in the range 1..65535")),
             }
         }
         validate_selector(spec.selector.as_ref(), &at.field("selector"), report);
@@ -269,12 +245,7 @@ pub struct ClaimToHeader {
 impl Validate for RequestAuthentication {
     fn validate(&self, report: &mut Report) {
         let spec = &self.spec;
-        validate_attachment(
-            spec.selector.as_ref(),
-            spec.target_ref.as_ref(),
-            &spec.target_refs,
-            report,
-        );
+        validate_attachment(spec.selector.as_ref(), spec.target_ref.as_ref(), &spec.target_refs, report);
         let rules = FieldPath::spec().field("jwtRules");
         for (i, rule) in spec.jwt_rules.iter().enumerate() {
             validate_jwt_rule(rule, &rules.index(i), report);
@@ -288,10 +259,7 @@ fn validate_jwt_rule(rule: &JwtRule, at: &FieldPath, report: &mut Report) {
     }
     for (i, audience) in rule.audiences.iter().enumerate() {
         if audience.is_empty() {
-            report.error(
-                &at.field("audiences").index(i),
-                "audience must not be empty",
-            );
+            report.error(&at.field("audiences").index(i), "audience must not be empty");
         }
     }
     if !rule.jwks_uri.is_empty() {
@@ -302,26 +270,17 @@ fn validate_jwt_rule(rule: &JwtRule, at: &FieldPath, report: &mut Report) {
     }
     for (i, header) in rule.from_headers.iter().enumerate() {
         if header.name.is_empty() {
-            report.error(
-                &at.field("fromHeaders").index(i).field("name"),
-                "header name must not be empty",
-            );
+            report.error(&at.field("fromHeaders").index(i).field("name"), "header name must not be empty");
         }
     }
     for (i, param) in rule.from_params.iter().enumerate() {
         if param.is_empty() {
-            report.error(
-                &at.field("fromParams").index(i),
-                "query parameter name must not be empty",
-            );
+            report.error(&at.field("fromParams").index(i), "query parameter name must not be empty");
         }
     }
     for (i, cookie) in rule.from_cookies.iter().enumerate() {
         if cookie.is_empty() {
-            report.error(
-                &at.field("fromCookies").index(i),
-                "cookie name must not be empty",
-            );
+            report.error(&at.field("fromCookies").index(i), "cookie name must not be empty");
         }
     }
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -334,10 +293,7 @@ fn validate_jwt_rule(rule: &JwtRule, at: &FieldPath, report: &mut Report) {
         } else if let Some(first) = seen.insert(output.header.to_ascii_lowercase(), i) {
             report.error(
                 &here.field("header"),
-                format!(
-                    "header {:?} is already written by outputClaimToHeaders[{first}]",
-                    output.header
-                ),
+                format!("header {:?} is already written by outputClaimToHeaders[{first}]", output.header),
             );
         }
         if output.claim.is_empty() {
@@ -351,17 +307,8 @@ fn validate_jwt_rule(rule: &JwtRule, at: &FieldPath, report: &mut Report) {
 
 /// An HTTP header name in the strict token alphabet of RFC 7230 (either case).
 fn http_token(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "header name {name:?} is invalid (letters, digits and !#$%&'*+-.^_`|~ only)"
-        ))
-    }
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok { Ok(()) } else { Err(format!("header name {name:?} is invalid (letters, digits and !#$%&'*+-.^_`|~ only)")) }
 }
 
 /// A JWKS address: an absolute `http` or `https` URL with a host and, if given, a valid port.
@@ -371,9 +318,7 @@ fn jwks_uri(uri: &str) -> Result<(), String> {
         return bad("expected an absolute http:// or https:// URL");
     };
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return bad(&format!(
-            "scheme {scheme:?} is not supported (http or https)"
-        ));
+        return bad(&format!("scheme {scheme:?} is not supported (http or https)"));
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -405,17 +350,13 @@ fn jwks_uri(uri: &str) -> Result<(), String> {
 
 /// An inline JWKS: a JSON object holding a `keys` list (a key set) or a `kty` (one key).
 fn jwks(text: &str) -> Result<(), String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("jwks is not valid JSON: {e}"))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("jwks is not valid JSON: {e}"))?;
     let is_set = value.get("keys").is_some_and(serde_json::Value::is_array);
     let is_key = value.get("kty").is_some_and(serde_json::Value::is_string);
     if is_set || is_key {
         Ok(())
     } else {
-        Err(
-            "jwks must be a JSON Web Key Set (an object with a \"keys\" list) or a single key"
-                .into(),
-        )
+        Err("jwks must be a JSON Web Key Set (an object with a \"keys\" list) or a single key".into())
     }
 }
 
@@ -636,39 +577,24 @@ impl Validate for AuthorizationPolicy {
     fn validate(&self, report: &mut Report) {
         let spec = &self.spec;
         let at = FieldPath::spec();
-        validate_attachment(
-            spec.selector.as_ref(),
-            spec.target_ref.as_ref(),
-            &spec.target_refs,
-            report,
-        );
+        validate_attachment(spec.selector.as_ref(), spec.target_ref.as_ref(), &spec.target_refs, report);
         let action = spec.action.unwrap_or_default();
         match (action, &spec.provider) {
-            (AuthorizationAction::Custom, None) => report.error(
-                &at.field("provider"),
-                "provider is required with action CUSTOM",
-            ),
-            (AuthorizationAction::Custom, Some(p)) if p.name.is_empty() => report.error(
-                &at.field("provider").field("name"),
-                "provider name must not be empty",
-            ),
+            (AuthorizationAction::Custom, None) => {
+                report.error(&at.field("provider"), "provider is required with action CUSTOM")
+            }
+            (AuthorizationAction::Custom, Some(p)) if p.name.is_empty() => {
+                report.error(&at.field("provider").field("name"), "provider name must not be empty")
+            }
             (AuthorizationAction::Custom, Some(_)) | (_, None) => {}
-            (other, Some(_)) => report.error(
-                &at.field("provider"),
-                format!("provider is only allowed with action CUSTOM, not {other}"),
-            ),
+            (other, Some(_)) => {
+                report.error(&at.field("provider"), format!("provider is only allowed with action CUSTOM, not {other}"))
+            }
         }
-        if spec.rules.is_empty()
-            && matches!(
-                action,
-                AuthorizationAction::Deny | AuthorizationAction::Custom
-            )
-        {
+        if spec.rules.is_empty() && matches!(action, AuthorizationAction::Deny | AuthorizationAction::Custom) {
             report.error(
                 &at.field("rules"),
-                format!(
-                    "a {action} policy without rules never matches; add an empty rule {{}} to match every request"
-                ),
+                format!("a {action} policy without rules never matches; add an empty rule {{}} to match every request"),
             );
         }
         for (i, rule) in spec.rules.iter().enumerate() {
@@ -696,11 +622,7 @@ fn validate_rule(rule: &Rule, action: AuthorizationAction, at: &FieldPath, repor
         if fields.iter().all(|(_, values)| values.is_empty()) {
             report.error(&here, "source must set at least one field");
         }
-        let set = |names: &[&str]| {
-            fields
-                .iter()
-                .any(|(name, values)| names.contains(name) && !values.is_empty())
-        };
+        let set = |names: &[&str]| fields.iter().any(|(name, values)| names.contains(name) && !values.is_empty());
         if set(&["serviceAccounts", "notServiceAccounts"])
             && set(&["principals", "notPrincipals", "namespaces", "notNamespaces"])
         {
@@ -713,10 +635,7 @@ fn validate_rule(rule: &Rule, action: AuthorizationAction, at: &FieldPath, repor
         for (name, values) in fields {
             let field = here.field(name);
             if custom && !values.is_empty() && NOT_WITH_CUSTOM.contains(&name) {
-                report.error(
-                    &field,
-                    format!("{name} is not supported with action CUSTOM"),
-                );
+                report.error(&field, format!("{name} is not supported with action CUSTOM"));
             }
             for (k, value) in values.iter().enumerate() {
                 let item = field.index(k);
@@ -780,48 +699,30 @@ fn validate_condition(condition: &Condition, custom: bool, at: &FieldPath, repor
         return;
     }
     if custom
-        && (matches!(
-            key,
-            "source.namespace" | "source.serviceAccount" | "source.principal"
-        ) || key.starts_with("request.auth."))
+        && (matches!(key, "source.namespace" | "source.serviceAccount" | "source.principal")
+            || key.starts_with("request.auth."))
     {
-        report.error(
-            &at.field("key"),
-            format!("key {key} is not supported with action CUSTOM"),
-        );
+        report.error(&at.field("key"), format!("key {key} is not supported with action CUSTOM"));
     }
     let Some(kind) = attribute_kind(key) else {
         report.error(
             &at.field("key"),
-            format!(
-                "unknown attribute {key:?}; see the list of supported authorization conditions"
-            ),
+            format!("unknown attribute {key:?}; see the list of supported authorization conditions"),
         );
         return;
     };
     if let AttributeKind::Map(prefix) = kind {
-        let name = key
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix('['))
-            .and_then(|rest| rest.strip_suffix(']'));
+        let name =
+            key.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('[')).and_then(|rest| rest.strip_suffix(']'));
         if !name.is_some_and(|n| !n.is_empty() && !n.contains(['[', ']'])) {
-            report.error(
-                &at.field("key"),
-                format!("key {key:?} must be of the form {prefix}[NAME]"),
-            );
+            report.error(&at.field("key"), format!("key {key:?} must be of the form {prefix}[NAME]"));
         }
     }
     if condition.values.is_empty() && condition.not_values.is_empty() {
-        report.error(
-            at,
-            format!("at least one of values or notValues must be set for key {key}"),
-        );
+        report.error(at, format!("at least one of values or notValues must be set for key {key}"));
         return;
     }
-    for (name, values) in [
-        ("values", &condition.values),
-        ("notValues", &condition.not_values),
-    ] {
+    for (name, values) in [("values", &condition.values), ("notValues", &condition.not_values)] {
         for (k, value) in values.iter().enumerate() {
             let item = at.field(name).index(k);
             match kind {
@@ -870,24 +771,18 @@ fn attribute_kind(key: &str) -> Option<AttributeKind> {
 fn port_text(value: &str) -> Result<(), String> {
     match value.parse::<u32>() {
         Ok(n) => checks::port(n),
-        Err(_) => Err(format!(
-            "port {value:?} must be a number in the range 1..65535"
-        )),
+        Err(_) => Err(format!("port {value:?} must be a number in the range 1..65535")),
     }
 }
 
 /// A service account as `namespace/name`, without wildcards.
 fn service_account(value: &str) -> Result<(), String> {
     if value.contains('*') {
-        return Err(format!(
-            "service account {value:?} must not contain a wildcard"
-        ));
+        return Err(format!("service account {value:?} must not contain a wildcard"));
     }
     match value.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(()),
-        _ => Err(format!(
-            "service account {value:?} must be of the form namespace/name"
-        )),
+        _ => Err(format!("service account {value:?} must be of the form namespace/name")),
     }
 }
 
@@ -904,9 +799,7 @@ fn path_template(path: &str) -> Result<(), String> {
             continue;
         }
         if segment.contains(['{', '}']) {
-            return Err(format!(
-                "path {path:?} uses '{{' or '}}' outside a {{*}} or {{**}} segment, or after {{**}}"
-            ));
+            return Err(format!("path {path:?} uses '{{' or '}}' outside a {{*}} or {{**}} segment, or after {{**}}"));
         }
         if templated && !segment.bytes().all(path_char) {
             return Err(format!(
@@ -937,16 +830,9 @@ mod tests {
         ] {
             assert_eq!(structural_problems(&crd), Vec::<String>::new());
             assert_eq!(crd.spec.names.short_names, Some(vec![short.to_owned()]));
-            assert_eq!(
-                crd.spec.names.categories,
-                Some(vec!["istio-io".to_owned(), "security-istio-io".to_owned()])
-            );
-            let got: Vec<String> = crd.spec.versions[0]
-                .additional_printer_columns
-                .iter()
-                .flatten()
-                .map(|c| c.name.clone())
-                .collect();
+            assert_eq!(crd.spec.names.categories, Some(vec!["istio-io".to_owned(), "security-istio-io".to_owned()]));
+            let got: Vec<String> =
+                crd.spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
             assert_eq!(got, columns);
         }
     }
@@ -983,23 +869,10 @@ mod tests {
 
     #[test]
     fn path_templates() {
-        for ok in [
-            "/foo/{*}/bar",
-            "/foo/{**}",
-            "/{*}/{**}",
-            "/plain*",
-            "*/suffix",
-            "/a/b",
-        ] {
+        for ok in ["/foo/{*}/bar", "/foo/{**}", "/{*}/{**}", "/plain*", "*/suffix", "/a/b"] {
             assert_eq!(path_template(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "/foo/{**}/{*}",
-            "/foo/{**}/{**}",
-            "/foo/{bar}",
-            "/foo{*}",
-            "/foo/{*}/b\"r",
-        ] {
+        for bad in ["/foo/{**}/{*}", "/foo/{**}/{**}", "/foo/{bar}", "/foo{*}", "/foo/{*}/b\"r"] {
             assert!(path_template(bad).is_err(), "{bad}");
         }
     }
@@ -1009,10 +882,7 @@ mod tests {
         use AttributeKind::*;
         for (key, kind) in [
             ("request.headers[x-user]", Some(Map("request.headers"))),
-            (
-                "request.auth.claims[groups]",
-                Some(Map("request.auth.claims")),
-            ),
+            ("request.auth.claims[groups]", Some(Map("request.auth.claims"))),
             ("source.ip", Some(Ip)),
             ("remote.ip", Some(Ip)),
             ("destination.ip", Some(Ip)),
@@ -1023,10 +893,7 @@ mod tests {
             ("request.auth.audiences", Some(Plain)),
             ("request.auth.presenter", Some(Plain)),
             ("connection.sni", Some(Plain)),
-            (
-                "experimental.envoy.filters.network.mysql_proxy[db.table]",
-                Some(Plain),
-            ),
+            ("experimental.envoy.filters.network.mysql_proxy[db.table]", Some(Plain)),
             ("request.method", None),
             ("source.user", None),
         ] {

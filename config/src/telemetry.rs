@@ -247,17 +247,9 @@ impl Validate for Telemetry {
     fn validate(&self, report: &mut Report) {
         let spec = &self.spec;
         let at = FieldPath::spec();
-        validate_attachment(
-            spec.selector.as_ref(),
-            spec.target_ref.as_ref(),
-            &spec.target_refs,
-            report,
-        );
+        validate_attachment(spec.selector.as_ref(), spec.target_ref.as_ref(), &spec.target_refs, report);
         if spec.tracing.len() > 1 {
-            report.warning(
-                &at.field("tracing"),
-                "only one tracing entry is supported; the others are ignored",
-            );
+            report.warning(&at.field("tracing"), "only one tracing entry is supported; the others are ignored");
         }
         for (i, tracing) in spec.tracing.iter().enumerate() {
             validate_tracing(tracing, &at.field("tracing").index(i), report);
@@ -271,10 +263,7 @@ impl Validate for Telemetry {
             if let Some(filter) = &logging.filter
                 && filter.expression.trim().is_empty()
             {
-                report.error(
-                    &here.field("filter").field("expression"),
-                    "filter expression must not be empty",
-                );
+                report.error(&here.field("filter").field("expression"), "filter expression must not be empty");
             }
         }
     }
@@ -283,10 +272,7 @@ impl Validate for Telemetry {
 fn validate_providers(providers: &[ProviderRef], at: &FieldPath, report: &mut Report) {
     for (i, provider) in providers.iter().enumerate() {
         if provider.name.is_empty() {
-            report.error(
-                &at.index(i).field("name"),
-                "provider name must not be empty",
-            );
+            report.error(&at.index(i).field("name"), "provider name must not be empty");
         }
     }
 }
@@ -294,17 +280,11 @@ fn validate_providers(providers: &[ProviderRef], at: &FieldPath, report: &mut Re
 fn validate_tracing(tracing: &Tracing, at: &FieldPath, report: &mut Report) {
     let providers = at.field("providers");
     if tracing.providers.len() > 1 {
-        report.warning(
-            &providers,
-            "only one tracing provider is supported; the others are ignored",
-        );
+        report.warning(&providers, "only one tracing provider is supported; the others are ignored");
     }
     validate_providers(&tracing.providers, &providers, report);
     if let Some(percentage) = tracing.random_sampling_percentage {
-        report.check(
-            &at.field("randomSamplingPercentage"),
-            checks::percentage(percentage),
-        );
+        report.check(&at.field("randomSamplingPercentage"), checks::percentage(percentage));
     }
     let tags = at.field("customTags");
     for (name, tag) in &tracing.custom_tags {
@@ -313,18 +293,15 @@ fn validate_tracing(tracing: &Tracing, at: &FieldPath, report: &mut Report) {
             report.error(&here, "tag name must not be empty");
         }
         match tag {
-            CustomTag::Literal(literal) if literal.value.is_empty() => report.error(
-                &here.field("literal").field("value"),
-                "literal tag value must not be empty",
-            ),
-            CustomTag::Environment(env) if env.name.is_empty() => report.error(
-                &here.field("environment").field("name"),
-                "environment variable name must not be empty",
-            ),
-            CustomTag::Header(header) if header.name.is_empty() => report.error(
-                &here.field("header").field("name"),
-                "header name must not be empty",
-            ),
+            CustomTag::Literal(literal) if literal.value.is_empty() => {
+                report.error(&here.field("literal").field("value"), "literal tag value must not be empty")
+            }
+            CustomTag::Environment(env) if env.name.is_empty() => {
+                report.error(&here.field("environment").field("name"), "environment variable name must not be empty")
+            }
+            CustomTag::Header(header) if header.name.is_empty() => {
+                report.error(&here.field("header").field("name"), "header name must not be empty")
+            }
             CustomTag::Literal(_) | CustomTag::Environment(_) | CustomTag::Header(_) => {}
         }
     }
@@ -350,14 +327,12 @@ fn validate_metrics(metrics: &Metrics, at: &FieldPath, report: &mut Report) {
                 report.warning(&t, "tag name is empty");
             }
             match tag.operation.unwrap_or_default() {
-                TagOperation::Upsert if tag.value.is_empty() => report.error(
-                    &t.field("value"),
-                    "value is required when operation is UPSERT",
-                ),
-                TagOperation::Remove if !tag.value.is_empty() => report.error(
-                    &t.field("value"),
-                    "value is only allowed when operation is UPSERT",
-                ),
+                TagOperation::Upsert if tag.value.is_empty() => {
+                    report.error(&t.field("value"), "value is required when operation is UPSERT")
+                }
+                TagOperation::Remove if !tag.value.is_empty() => {
+                    report.error(&t.field("value"), "value is only allowed when operation is UPSERT")
+                }
                 TagOperation::Upsert | TagOperation::Remove => {}
             }
         }
@@ -378,32 +353,16 @@ mod tests {
         let crd = Telemetry::crd();
         assert_eq!(structural_problems(&crd), Vec::<String>::new());
         assert_eq!(crd.spec.names.plural, "telemetries");
-        assert_eq!(
-            crd.spec.names.short_names,
-            Some(vec!["telemetry".to_owned()])
-        );
-        assert_eq!(
-            crd.spec.names.categories,
-            Some(vec!["istio-io".to_owned(), "telemetry-istio-io".to_owned()])
-        );
+        assert_eq!(crd.spec.names.short_names, Some(vec!["telemetry".to_owned()]));
+        assert_eq!(crd.spec.names.categories, Some(vec!["istio-io".to_owned(), "telemetry-istio-io".to_owned()]));
     }
 
     #[test]
     fn custom_tags_take_exactly_one_source() {
         let tag: CustomTag =
-            serde_json::from_str(r#"{"header":{"name":"x-user","defaultValue":"none"}}"#)
-                .expect("one source");
-        assert_eq!(
-            tag,
-            CustomTag::Header(HeaderTag {
-                name: "x-user".into(),
-                default_value: "none".into()
-            })
-        );
-        assert!(
-            serde_json::from_str::<CustomTag>(r#"{"literal":{"value":"a"},"header":{"name":"b"}}"#)
-                .is_err()
-        );
+            serde_json::from_str(r#"{"header":{"name":"x-user","defaultValue":"none"}}"#).expect("one source");
+        assert_eq!(tag, CustomTag::Header(HeaderTag { name: "x-user".into(), default_value: "none".into() }));
+        assert!(serde_json::from_str::<CustomTag>(r#"{"literal":{"value":"a"},"header":{"name":"b"}}"#).is_err());
     }
 
     #[test]
@@ -418,12 +377,7 @@ mod tests {
         }))
         .expect("decodes");
         let telemetry = Telemetry::new("t", spec);
-        let got: Vec<String> = telemetry
-            .report()
-            .items
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let got: Vec<String> = telemetry.report().items.iter().map(ToString::to_string).collect();
         assert_eq!(
             got,
             [

@@ -8,31 +8,19 @@ use rudder_config::load::{Problem, load_str};
 use rudder_config::{Severity, Validate};
 
 fn expectations(text: &str, tag: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(tag))
-        .map(|l| l.trim().to_owned())
-        .collect()
+    text.lines().filter_map(|l| l.strip_prefix(tag)).map(|l| l.trim().to_owned()).collect()
 }
 
 #[test]
 fn every_invalid_document_reports_exactly_its_expected_errors() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("tests/invalid")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("tests/invalid").map(|e| e.expect("entry").path()).collect();
     files.sort();
     let mut failures = Vec::new();
     let mut count = 0;
-    for file in files
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "yaml"))
-    {
+    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
         count += 1;
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let text = std::fs::read_to_string(file).expect("read");
         let want_errors = expectations(&text, "# expect:");
         let want_warnings = expectations(&text, "# warn:");
@@ -65,22 +53,13 @@ fn every_invalid_document_reports_exactly_its_expected_errors() {
             }
         }
         if got_errors != want_errors {
-            failures.push(format!(
-                "{name}:\n  want errors {want_errors:#?}\n  got  errors {got_errors:#?}"
-            ));
+            failures.push(format!("{name}:\n  want errors {want_errors:#?}\n  got  errors {got_errors:#?}"));
         }
         if !want_warnings.is_empty() && got_warnings != want_warnings {
-            failures.push(format!(
-                "{name}:\n  want warnings {want_warnings:#?}\n  got  warnings {got_warnings:#?}"
-            ));
+            failures.push(format!("{name}:\n  want warnings {want_warnings:#?}\n  got  warnings {got_warnings:#?}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {count} invalid documents differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {count} invalid documents differ:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -88,13 +67,7 @@ fn the_suite_holds_at_least_40_invalid_documents() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
     let count = std::fs::read_dir(dir)
         .expect("tests/invalid")
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml"))
-        })
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml")))
         .count();
-    assert!(
-        count >= 40,
-        "only {count} invalid documents; the suite promises at least 40"
-    );
+    assert!(count >= 40, "only {count} invalid documents; the suite promises at least 40");
 }

@@ -27,9 +27,7 @@ fn normalise(value: &Value) -> Value {
         ),
         Value::Array(items) => Value::Array(items.iter().map(normalise).collect()),
         // `value: 50` for a double field is written back as `50.0`: compare numbers by value.
-        Value::Number(n) => n
-            .as_f64()
-            .map_or_else(|| value.clone(), |f| serde_json::json!(f)),
+        Value::Number(n) => n.as_f64().map_or_else(|| value.clone(), |f| serde_json::json!(f)),
         other => other.clone(),
     }
 }
@@ -45,40 +43,15 @@ fn is_empty(v: &Value) -> bool {
 
 fn check_dir(dir: PathBuf) -> usize {
     let loads = load_paths(std::slice::from_ref(&dir)).unwrap_or_else(|e| panic!("{e}"));
-    let errors: Vec<String> = loads
-        .problems
-        .iter()
-        .filter(|p| p.is_error())
-        .map(ToString::to_string)
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "load problems under {}:\n{}",
-        dir.display(),
-        errors.join("\n")
-    );
+    let errors: Vec<String> = loads.problems.iter().filter(|p| p.is_error()).map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "load problems under {}:\n{}", dir.display(), errors.join("\n"));
     for loaded in &loads.objects {
         let report = loaded.object.report();
         let errors: Vec<String> = report.errors().map(ToString::to_string).collect();
-        assert!(
-            errors.is_empty(),
-            "{} {} is invalid:\n{}",
-            loaded.source,
-            loaded.id,
-            errors.join("\n")
-        );
-        let mut written = loaded
-            .object
-            .to_value()
-            .unwrap_or_else(|e| panic!("{}: {e}", loaded.source));
+        assert!(errors.is_empty(), "{} {} is invalid:\n{}", loaded.source, loaded.id, errors.join("\n"));
+        let mut written = loaded.object.to_value().unwrap_or_else(|e| panic!("{}: {e}", loaded.source));
         written["apiVersion"] = loaded.raw["apiVersion"].clone();
-        assert_eq!(
-            normalise(&loaded.raw),
-            normalise(&written),
-            "{} {} does not round-trip",
-            loaded.source,
-            loaded.id
-        );
+        assert_eq!(normalise(&loaded.raw), normalise(&written), "{} {} does not round-trip", loaded.source, loaded.id);
     }
     loads.objects.len()
 }

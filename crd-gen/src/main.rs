@@ -21,9 +21,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<bool> {
     let mut check = false;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
     let mut out = workspace.join("chart/crds");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -44,19 +42,12 @@ fn run() -> anyhow::Result<bool> {
             let path = out.join(file);
             let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
             if &on_disk != text {
-                eprintln!(
-                    "crd-gen: {} is out of date; run `cargo run -p rudder-crd-gen`",
-                    path.display()
-                );
+                eprintln!("crd-gen: {} is out of date; run `cargo run -p rudder-crd-gen`", path.display());
                 current = false;
             }
         }
         if current {
-            println!(
-                "crd-gen: {} CRD files in {} are current",
-                rendered.len(),
-                out.display()
-            );
+            println!("crd-gen: {} CRD files in {} are current", rendered.len(), out.display());
         }
         return Ok(current);
     }

@@ -14,9 +14,7 @@ fn rudder(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("start rudder");
     let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .expect("write stdin");
+    input.write_all(stdin.unwrap_or("").as_bytes()).expect("write stdin");
     drop(input);
     child.wait_with_output().expect("rudder runs")
 }
@@ -71,30 +69,19 @@ fn the_examples_validate_clean() {
 #[test]
 fn every_error_of_a_file_names_document_object_and_field() {
     let file = scratch("broken.yaml", BROKEN);
-    let out = rudder(
-        &["validate", "-f", file.to_str().expect("utf-8 path")],
-        None,
-    );
+    let out = rudder(&["validate", "-f", file.to_str().expect("utf-8 path")], None);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
     let shown = file.display().to_string();
     assert!(
-        stderr.contains(&format!(
-            "error: {shown}:1 VirtualService testns1/httpbin: spec.http[0].route[1].weight: "
-        )),
+        stderr.contains(&format!("error: {shown}:1 VirtualService testns1/httpbin: spec.http[0].route[1].weight: ")),
         "{stderr}"
     );
     assert!(
-        stderr.contains(&format!(
-            "error: {shown}:2 VirtualService testns1/regex: spec.http[0].match[0].uri.regex: "
-        )),
+        stderr.contains(&format!("error: {shown}:2 VirtualService testns1/regex: spec.http[0].match[0].uri.regex: ")),
         "{stderr}"
     );
-    assert!(
-        text(&out.stdout).contains("2 of 2 Istio object(s) invalid"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(text(&out.stdout).contains("2 of 2 Istio object(s) invalid"), "{}", text(&out.stdout));
 }
 
 #[test]
@@ -104,52 +91,27 @@ fn stdin_is_read_with_dash() {
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     let out = rudder(&["validate", "-f", "-"], Some(BROKEN));
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("<stdin>:1 VirtualService testns1/httpbin"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("<stdin>:1 VirtualService testns1/httpbin"), "{}", text(&out.stderr));
 }
 
 #[test]
 fn other_kinds_are_skipped_and_counted() {
-    let file = scratch(
-        "service.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n",
-    );
-    let out = rudder(
-        &["validate", "-f", file.to_str().expect("utf-8 path")],
-        None,
-    );
+    let file = scratch("service.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n");
+    let out = rudder(&["validate", "-f", file.to_str().expect("utf-8 path")], None);
     assert_eq!(out.status.code(), Some(0));
-    assert!(
-        text(&out.stdout).contains("skipped 1 document(s) of other kinds (Service)"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(text(&out.stdout).contains("skipped 1 document(s) of other kinds (Service)"), "{}", text(&out.stdout));
 }
 
 #[test]
 fn unreadable_input_exits_2_naming_the_file() {
     let out = rudder(&["validate", "-f", "does/not/exist.yaml"], None);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("does/not/exist.yaml"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("does/not/exist.yaml"), "{}", text(&out.stderr));
 
     let file = scratch("broken-syntax.yaml", "kind: [unclosed\n");
-    let out = rudder(
-        &["validate", "-f", file.to_str().expect("utf-8 path")],
-        None,
-    );
+    let out = rudder(&["validate", "-f", file.to_str().expect("utf-8 path")], None);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("broken-syntax.yaml: not valid YAML"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("broken-syntax.yaml: not valid YAML"), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -158,14 +120,7 @@ fn a_version_the_crd_does_not_serve_is_an_error() {
         "v9.yaml",
         "apiVersion: networking.istio.io/v9\nkind: Gateway\nmetadata: {name: g, namespace: n}\nspec: {}\n",
     );
-    let out = rudder(
-        &["validate", "-f", file.to_str().expect("utf-8 path")],
-        None,
-    );
+    let out = rudder(&["validate", "-f", file.to_str().expect("utf-8 path")], None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("apiVersion: networking.istio.io/v9 is not served"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("apiVersion: networking.istio.io/v9 is not served"), "{}", text(&out.stderr));
 }

@@ -92,11 +92,7 @@ pub struct TunnelSettings {
     pub protocol: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_host: String,
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u32>,
 }
 
@@ -124,11 +120,7 @@ pub struct RetryBudget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
     /// Retries always allowed regardless of the percentage (default 3).
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub min_retry_concurrency: Option<u32>,
 }
 
@@ -317,11 +309,7 @@ pub struct TcpSettings {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpKeepalive {
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub probes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<Duration>,
@@ -374,11 +362,7 @@ pub struct OutlierDetection {
     pub consecutive_local_origin_failures: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_errors: Option<u32>,
-    #[serde(
-        default,
-        rename = "consecutive5xxErrors",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "consecutive5xxErrors", skip_serializing_if = "Option::is_none")]
     pub consecutive_5xx_errors: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
@@ -439,10 +423,7 @@ impl Validate for DestinationRule {
             if !subset.name.is_empty() && !names.insert(subset.name.as_str()) {
                 report.error(
                     &at.field("name"),
-                    format!(
-                        "duplicate subset name {:?}; subset names must be unique",
-                        subset.name
-                    ),
+                    format!("duplicate subset name {:?}; subset names must be unique", subset.name),
                 );
             }
             validate_subset(subset, &at, report);
@@ -457,10 +438,7 @@ impl Validate for DestinationRule {
         if let Some(selector) = &spec.workload_selector {
             let at = at.field("workloadSelector").field("matchLabels");
             if selector.match_labels.is_empty() {
-                report.warning(
-                    &at,
-                    "workload selector has no labels, so it selects every workload",
-                );
+                report.warning(&at, "workload selector has no labels, so it selects every workload");
             }
             checks::labels(&selector.match_labels, report, &at);
         }
@@ -471,10 +449,7 @@ fn validate_subset(subset: &Subset, at: &FieldPath, report: &mut Report) {
     if subset.name.is_empty() {
         report.error(&at.field("name"), "subset name is required");
     } else {
-        report.check(
-            &at.field("name"),
-            checks::dns1123_label(&subset.name).map_err(|e| format!("subset name {e}")),
-        );
+        report.check(&at.field("name"), checks::dns1123_label(&subset.name).map_err(|e| format!("subset name {e}")));
     }
     checks::labels(&subset.labels, report, &at.field("labels"));
     if let Some(policy) = &subset.traffic_policy {
@@ -488,10 +463,7 @@ fn validate_traffic_policy(policy: &TrafficPolicy, at: &FieldPath, report: &mut 
         return;
     }
     if policy.tunnel.is_some() && policy.proxy_protocol.is_some() {
-        report.error(
-            at,
-            "tunnel and proxyProtocol cannot be set together; choose one",
-        );
+        report.error(at, "tunnel and proxyProtocol cannot be set together; choose one");
     }
     let outlier = policy.outlier_detection.as_ref();
     validate_policies(
@@ -511,10 +483,7 @@ fn validate_traffic_policy(policy: &TrafficPolicy, at: &FieldPath, report: &mut 
     if let Some(budget) = &policy.retry_budget
         && let Some(percent) = budget.percent
     {
-        report.check(
-            &at.field("retryBudget").field("percent"),
-            checks::percentage(percent),
-        );
+        report.check(&at.field("retryBudget").field("percent"), checks::percentage(percent));
     }
 }
 
@@ -542,10 +511,7 @@ fn validate_policies(
 
 fn validate_port_policy(policy: &PortTrafficPolicy, at: &FieldPath, report: &mut Report) {
     match policy.port.as_ref().and_then(|p| p.number) {
-        None => report.error(
-            &at.field("port").field("number"),
-            "port-level settings need a port number",
-        ),
+        None => report.error(&at.field("port").field("number"), "port-level settings need a port number"),
         Some(number) => report.check(&at.field("port").field("number"), checks::port(number)),
     }
     if policy.load_balancer.is_none()
@@ -573,10 +539,7 @@ fn validate_tunnel(tunnel: &TunnelSettings, at: &FieldPath, report: &mut Report)
     if !matches!(tunnel.protocol.as_str(), "" | "CONNECT" | "POST") {
         report.error(
             &at.field("protocol"),
-            format!(
-                "tunnel protocol {:?} is not supported; use CONNECT or POST",
-                tunnel.protocol
-            ),
+            format!("tunnel protocol {:?} is not supported; use CONNECT or POST", tunnel.protocol),
         );
     }
     let host = &tunnel.target_host;
@@ -585,9 +548,7 @@ fn validate_tunnel(tunnel: &TunnelSettings, at: &FieldPath, report: &mut Report)
     } else if checks::fqdn(host).is_err() && host.parse::<std::net::IpAddr>().is_err() {
         report.error(
             &at.field("targetHost"),
-            format!(
-                "tunnel target host {host:?} must be a fully qualified domain name or an IP address"
-            ),
+            format!("tunnel target host {host:?} must be a fully qualified domain name or an IP address"),
         );
     }
     match tunnel.target_port {
@@ -596,28 +557,15 @@ fn validate_tunnel(tunnel: &TunnelSettings, at: &FieldPath, report: &mut Report)
     }
 }
 
-fn validate_load_balancer(
-    lb: &LoadBalancerSettings,
-    has_outlier_detection: bool,
-    at: &FieldPath,
-    report: &mut Report,
-) {
+fn validate_load_balancer(lb: &LoadBalancerSettings, has_outlier_detection: bool, at: &FieldPath, report: &mut Report) {
     if let (Some(simple), Some(_)) = (lb.simple, &lb.consistent_hash) {
-        report.error(
-            at,
-            format!("simple ({simple}) and consistentHash cannot be set together; choose one"),
-        );
+        report.error(at, format!("simple ({simple}) and consistentHash cannot be set together; choose one"));
     }
     if let Some(hash) = &lb.consistent_hash {
         validate_consistent_hash(hash, &at.field("consistentHash"), report);
     }
     if let Some(locality) = &lb.locality_lb_setting {
-        validate_locality(
-            locality,
-            has_outlier_detection,
-            &at.field("localityLbSetting"),
-            report,
-        );
+        validate_locality(locality, has_outlier_detection, &at.field("localityLbSetting"), report);
     }
     if let Some(d) = &lb.warmup_duration_secs {
         report.check(&at.field("warmupDurationSecs"), checks::duration(d));
@@ -633,10 +581,7 @@ fn validate_load_balancer(
         if let Some(a) = warmup.aggression
             && a < 0.0
         {
-            report.error(
-                &at.field("aggression"),
-                format!("aggression {a} must not be negative"),
-            );
+            report.error(&at.field("aggression"), format!("aggression {a} must not be negative"));
         }
     }
 }
@@ -646,19 +591,13 @@ fn validate_consistent_hash(hash: &ConsistentHashLb, at: &FieldPath, report: &mu
         ("httpHeaderName", hash.http_header_name.is_some()),
         ("httpCookie", hash.http_cookie.is_some()),
         ("useSourceIp", hash.use_source_ip.is_some()),
-        (
-            "httpQueryParameterName",
-            hash.http_query_parameter_name.is_some(),
-        ),
+        ("httpQueryParameterName", hash.http_query_parameter_name.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
     if keys.len() > 1 {
-        report.error(
-            at,
-            format!("only one hash key may be set, found {}", keys.join(", ")),
-        );
+        report.error(at, format!("only one hash key may be set, found {}", keys.join(", ")));
     }
     if hash.ring_hash.is_some() && hash.maglev.is_some() {
         report.error(at, "ringHash and maglev cannot be set together; choose one");
@@ -671,10 +610,7 @@ fn validate_consistent_hash(hash: &ConsistentHashLb, at: &FieldPath, report: &mu
     if let Some(name) = &hash.http_query_parameter_name
         && name.is_empty()
     {
-        report.error(
-            &at.field("httpQueryParameterName"),
-            "query parameter name must not be empty",
-        );
+        report.error(&at.field("httpQueryParameterName"), "query parameter name must not be empty");
     }
     if let Some(cookie) = &hash.http_cookie {
         let at = at.field("httpCookie");
@@ -683,10 +619,7 @@ fn validate_consistent_hash(hash: &ConsistentHashLb, at: &FieldPath, report: &mu
         }
         for (i, attribute) in cookie.attributes.iter().enumerate() {
             if attribute.name.is_empty() {
-                report.error(
-                    &at.field("attributes").index(i).field("name"),
-                    "cookie attribute name is required",
-                );
+                report.error(&at.field("attributes").index(i).field("name"), "cookie attribute name is required");
             }
         }
     }
@@ -697,10 +630,7 @@ fn validate_consistent_hash(hash: &ConsistentHashLb, at: &FieldPath, report: &mu
                 "minimumRingSize cannot be combined with ringHash or maglev; set ringHash.minimumRingSize instead",
             );
         } else {
-            report.warning(
-                &at.field("minimumRingSize"),
-                "minimumRingSize is deprecated; use ringHash.minimumRingSize",
-            );
+            report.warning(&at.field("minimumRingSize"), "minimumRingSize is deprecated; use ringHash.minimumRingSize");
         }
     }
     if let Some(maglev) = &hash.maglev {
@@ -709,10 +639,7 @@ fn validate_consistent_hash(hash: &ConsistentHashLb, at: &FieldPath, report: &mu
             None | Some(0) => report.error(&at, "maglev needs a tableSize"),
             Some(size) => {
                 if size >= MAGLEV_MAX_TABLE_SIZE {
-                    report.error(
-                        &at,
-                        format!("table size {size} must be less than {MAGLEV_MAX_TABLE_SIZE}"),
-                    );
+                    report.error(&at, format!("table size {size} must be less than {MAGLEV_MAX_TABLE_SIZE}"));
                 } else if !is_prime(size) {
                     report.error(&at, format!("table size {size} must be a prime number"));
                 }
@@ -737,11 +664,8 @@ fn is_prime(n: u64) -> bool {
     true
 }
 
-const TOPOLOGY_LOCALITY_LABELS: [&str; 3] = [
-    "topology.kubernetes.io/region",
-    "topology.kubernetes.io/zone",
-    "topology.istio.io/subzone",
-];
+const TOPOLOGY_LOCALITY_LABELS: [&str; 3] =
+    ["topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"];
 
 fn validate_locality(
     setting: &LocalityLoadBalancerSetting,
@@ -750,10 +674,7 @@ fn validate_locality(
     report: &mut Report,
 ) {
     if !setting.distribute.is_empty() && !setting.failover.is_empty() {
-        report.error(
-            at,
-            "distribute and failover cannot be set together; choose one",
-        );
+        report.error(at, "distribute and failover cannot be set together; choose one");
         return;
     }
     if !setting.failover.is_empty() {
@@ -781,10 +702,7 @@ fn validate_locality(
             total += u64::from(*weight);
         }
         if total != 100 {
-            report.error(
-                &at.field("to"),
-                format!("locality weights total {total}; they must add up to 100"),
-            );
+            report.error(&at.field("to"), format!("locality weights total {total}; they must add up to 100"));
         }
         let targets: Vec<&str> = distribute.to.keys().map(String::as_str).collect();
         report.check(&at.field("to"), localities(&targets));
@@ -792,23 +710,15 @@ fn validate_locality(
     if !sources.is_empty() {
         report.check(&at.field("distribute"), localities(&sources));
     }
-    if (!setting.failover.is_empty() || !setting.failover_priority.is_empty())
-        && !has_outlier_detection
-    {
-        report.warning(
-            at,
-            "failover has no effect without outlierDetection in the same traffic policy",
-        );
+    if (!setting.failover.is_empty() || !setting.failover_priority.is_empty()) && !has_outlier_detection {
+        report.warning(at, "failover has no effect without outlierDetection in the same traffic policy");
     }
     for (i, failover) in setting.failover.iter().enumerate() {
         let at = at.field("failover").index(i);
         if failover.from == failover.to {
             report.error(
                 &at,
-                format!(
-                    "failover from {:?} to itself; from and to must be different regions",
-                    failover.from
-                ),
+                format!("failover from {:?} to itself; from and to must be different regions", failover.from),
             );
         }
         if failover.from.contains('/') || failover.to.contains('/') {
@@ -827,17 +737,10 @@ fn localities(list: &[&str]) -> Result<(), String> {
     for &locality in list {
         let stars = locality.matches('*').count();
         if stars > 1 || (stars == 1 && !locality.ends_with('*')) {
-            return Err(format!(
-                "locality {locality:?} may hold at most one '*', and only at the end"
-            ));
+            return Err(format!("locality {locality:?} may hold at most one '*', and only at the end"));
         }
-        if locality.is_empty()
-            || locality.split('/').any(str::is_empty)
-            || locality.split('/').count() > 3
-        {
-            return Err(format!(
-                "locality {locality:?} must be region[/zone[/subzone]] without empty parts"
-            ));
+        if locality.is_empty() || locality.split('/').any(str::is_empty) || locality.split('/').count() > 3 {
+            return Err(format!("locality {locality:?} must be region[/zone[/subzone]] without empty parts"));
         }
         for &earlier in &seen {
             if covers(earlier, locality) || covers(locality, earlier) {
@@ -862,11 +765,7 @@ fn covers(a: &str, b: &str) -> bool {
 
 /// Connection-pool checks shared with Sidecar (`ingress[].connectionPool`,
 /// `inboundConnectionPool`).
-pub(crate) fn validate_connection_pool(
-    pool: &ConnectionPoolSettings,
-    at: &FieldPath,
-    report: &mut Report,
-) {
+pub(crate) fn validate_connection_pool(pool: &ConnectionPoolSettings, at: &FieldPath, report: &mut Report) {
     if pool.tcp.is_none() && pool.http.is_none() {
         report.error(at, "connection pool must set tcp or http");
         return;
@@ -878,21 +777,9 @@ pub(crate) fn validate_connection_pool(
     };
     if let Some(http) = &pool.http {
         let at = at.field("http");
-        non_negative(
-            http.http1_max_pending_requests,
-            &at.field("http1MaxPendingRequests"),
-            report,
-        );
-        non_negative(
-            http.http2_max_requests,
-            &at.field("http2MaxRequests"),
-            report,
-        );
-        non_negative(
-            http.max_requests_per_connection,
-            &at.field("maxRequestsPerConnection"),
-            report,
-        );
+        non_negative(http.http1_max_pending_requests, &at.field("http1MaxPendingRequests"), report);
+        non_negative(http.http2_max_requests, &at.field("http2MaxRequests"), report);
+        non_negative(http.max_requests_per_connection, &at.field("maxRequestsPerConnection"), report);
         non_negative(http.max_retries, &at.field("maxRetries"), report);
         if let Some(d) = &http.idle_timeout {
             report.check(&at.field("idleTimeout"), checks::duration(d));
@@ -903,11 +790,7 @@ pub(crate) fn validate_connection_pool(
                 "useClientProtocol cannot be true when h2UpgradePolicy is UPGRADE",
             );
         }
-        non_negative(
-            http.max_concurrent_streams,
-            &at.field("maxConcurrentStreams"),
-            report,
-        );
+        non_negative(http.max_concurrent_streams, &at.field("maxConcurrentStreams"), report);
     }
     if let Some(tcp) = &pool.tcp {
         let at = at.field("tcp");
@@ -941,11 +824,7 @@ fn validate_outlier_detection(outlier: &OutlierDetection, at: &FieldPath, report
             "consecutiveErrors is deprecated and ignored; use consecutive5xxErrors or consecutiveGatewayErrors",
         );
     }
-    if !outlier.split_external_local_origin_errors
-        && outlier
-            .consecutive_local_origin_failures
-            .is_some_and(|n| n > 0)
-    {
+    if !outlier.split_external_local_origin_errors && outlier.consecutive_local_origin_failures.is_some_and(|n| n > 0) {
         report.error(
             &at.field("consecutiveLocalOriginFailures"),
             "consecutiveLocalOriginFailures needs splitExternalLocalOriginErrors: true",
@@ -958,16 +837,10 @@ fn validate_outlier_detection(outlier: &OutlierDetection, at: &FieldPath, report
         report.check(&at.field("baseEjectionTime"), checks::duration(d));
     }
     if let Some(p) = outlier.max_ejection_percent {
-        report.check(
-            &at.field("maxEjectionPercent"),
-            checks::percentage(f64::from(p)),
-        );
+        report.check(&at.field("maxEjectionPercent"), checks::percentage(f64::from(p)));
     }
     if let Some(p) = outlier.min_health_percent {
-        report.check(
-            &at.field("minHealthPercent"),
-            checks::percentage(f64::from(p)),
-        );
+        report.check(&at.field("minHealthPercent"), checks::percentage(f64::from(p)));
     }
 }
 
@@ -981,10 +854,7 @@ fn validate_client_tls(tls: &ClientTlsSettings, at: &FieldPath, report: &mut Rep
     ];
     match mode {
         ClientTlsMode::IstioMutual => {
-            for (name, value) in files
-                .iter()
-                .chain([("credentialName", &tls.credential_name)].iter())
-            {
+            for (name, value) in files.iter().chain([("credentialName", &tls.credential_name)].iter()) {
                 if !value.is_empty() {
                     report.error(
                         &at.field(name),
@@ -993,22 +863,13 @@ fn validate_client_tls(tls: &ClientTlsSettings, at: &FieldPath, report: &mut Rep
                 }
             }
             if tls.insecure_skip_verify == Some(true) {
-                report.error(
-                    &at.field("insecureSkipVerify"),
-                    "insecureSkipVerify cannot be used with ISTIO_MUTUAL",
-                );
+                report.error(&at.field("insecureSkipVerify"), "insecureSkipVerify cannot be used with ISTIO_MUTUAL");
             }
         }
         ClientTlsMode::Disable => {
-            for (name, value) in files
-                .iter()
-                .chain([("credentialName", &tls.credential_name)].iter())
-            {
+            for (name, value) in files.iter().chain([("credentialName", &tls.credential_name)].iter()) {
                 if !value.is_empty() {
-                    report.warning(
-                        &at.field(name),
-                        format!("{name} is ignored when TLS is DISABLE"),
-                    );
+                    report.warning(&at.field(name), format!("{name} is ignored when TLS is DISABLE"));
                 }
             }
         }
@@ -1018,7 +879,9 @@ fn validate_client_tls(tls: &ClientTlsSettings, at: &FieldPath, report: &mut Rep
                     if !value.is_empty() {
                         report.error(
                             &at.field(name),
-                            format!("{name} cannot be set together with credentialName, which supplies the certificates"),
+                            format!(
+                                "{name} cannot be set together with credentialName, which supplies the certificates"
+                            ),
                         );
                     }
                 }
@@ -1030,10 +893,7 @@ fn validate_client_tls(tls: &ClientTlsSettings, at: &FieldPath, report: &mut Rep
                     );
                 }
                 if tls.private_key.is_empty() {
-                    report.error(
-                        &at.field("privateKey"),
-                        "MUTUAL TLS needs privateKey (or credentialName)",
-                    );
+                    report.error(&at.field("privateKey"), "MUTUAL TLS needs privateKey (or credentialName)");
                 }
             }
         }
@@ -1058,14 +918,10 @@ fn validate_export_to(
         };
         match entry.as_str() {
             "." | "*" => {}
-            "~" => report.error(
-                &at,
-                "exportTo \"~\" is only allowed for ServiceEntry; use \".\" to keep the rule private",
-            ),
-            other => report.check(
-                &at,
-                checks::dns1123_label(other).map_err(|e| format!("exportTo namespace {e}")),
-            ),
+            "~" => {
+                report.error(&at, "exportTo \"~\" is only allowed for ServiceEntry; use \".\" to keep the rule private")
+            }
+            other => report.check(&at, checks::dns1123_label(other).map_err(|e| format!("exportTo namespace {e}"))),
         }
         if !seen.insert(key) {
             report.error(&at, format!("duplicate exportTo entry {entry:?}"));
@@ -1080,10 +936,7 @@ fn validate_export_to(
         }
     }
     if seen.contains("*") && export_to.len() > 1 {
-        report.error(
-            at,
-            "exportTo \"*\" already means every namespace and cannot be combined with other entries",
-        );
+        report.error(at, "exportTo \"*\" already means every namespace and cannot be combined with other entries");
     }
 }
 
@@ -1120,18 +973,9 @@ mod tests {
     #[test]
     fn valid_fixtures_raise_no_warnings() {
         for (file, text) in [
-            (
-                "destinationrule.yaml",
-                include_str!("../../tests/valid/destinationrule.yaml"),
-            ),
-            (
-                "gateway.yaml",
-                include_str!("../../tests/valid/gateway.yaml"),
-            ),
-            (
-                "sidecar.yaml",
-                include_str!("../../tests/valid/sidecar.yaml"),
-            ),
+            ("destinationrule.yaml", include_str!("../../tests/valid/destinationrule.yaml")),
+            ("gateway.yaml", include_str!("../../tests/valid/gateway.yaml")),
+            ("sidecar.yaml", include_str!("../../tests/valid/sidecar.yaml")),
         ] {
             let loads = crate::load::load_str(file, text).expect(file);
             assert!(loads.problems.is_empty(), "{file}: {:?}", loads.problems);
@@ -1147,13 +991,7 @@ mod tests {
         use kube::CustomResourceExt;
         let crd = DestinationRule::crd();
         assert_eq!(crd.spec.names.short_names, Some(vec!["dr".to_owned()]));
-        assert_eq!(
-            crd.spec.names.categories,
-            Some(vec![
-                "istio-io".to_owned(),
-                "networking-istio-io".to_owned()
-            ])
-        );
+        assert_eq!(crd.spec.names.categories, Some(vec!["istio-io".to_owned(), "networking-istio-io".to_owned()]));
         assert_eq!(crate::crds::structural_problems(&crd), Vec::<String>::new());
     }
 }

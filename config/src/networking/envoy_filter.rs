@@ -146,11 +146,7 @@ pub struct ProxyMatch {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterMatch {
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port_number: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service: String,
@@ -164,11 +160,7 @@ pub struct ClusterMatch {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfigurationMatch {
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port_number: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub port_name: String,
@@ -207,11 +199,7 @@ pub struct RouteMatch {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListenerMatch {
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port_number: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub port_name: String,
@@ -240,11 +228,7 @@ pub struct FilterChainMatch {
     pub application_protocols: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterMatch>,
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<u32>,
 }
 
@@ -291,10 +275,7 @@ const DEPRECATED_FILTER_NAMES: [(&str, &str); 6] = [
 
 fn warn_deprecated_filter_name(report: &mut Report, at: &FieldPath, name: &str) {
     if let Some((_, canonical)) = DEPRECATED_FILTER_NAMES.iter().find(|(old, _)| *old == name) {
-        report.warning(
-            at,
-            format!("filter name {name:?} is deprecated; use {canonical:?}"),
-        );
+        report.warning(at, format!("filter name {name:?} is deprecated; use {canonical:?}"));
     }
 }
 
@@ -310,15 +291,8 @@ fn validate_target_ref(report: &mut Report, at: &FieldPath, target: &PolicyTarge
     if target.kind.is_empty() {
         report.error(&at.field("kind"), "kind is required");
     } else {
-        let group = if target.group == "core" {
-            ""
-        } else {
-            target.group.as_str()
-        };
-        if !TARGET_KINDS
-            .iter()
-            .any(|(g, k)| *g == group && *k == target.kind)
-        {
+        let group = if target.group == "core" { "" } else { target.group.as_str() };
+        if !TARGET_KINDS.iter().any(|(g, k)| *g == group && *k == target.kind) {
             report.error(
                 at,
                 format!(
@@ -332,63 +306,37 @@ fn validate_target_ref(report: &mut Report, at: &FieldPath, target: &PolicyTarge
         report.error(&at.field("name"), "name is required");
     }
     if !target.namespace.is_empty() {
-        report.error(
-            &at.field("namespace"),
-            "namespace must not be set; targets must be in the policy's own namespace",
-        );
+        report
+            .error(&at.field("namespace"), "namespace must not be set; targets must be in the policy's own namespace");
     }
 }
 
-fn validate_listener_match(
-    report: &mut Report,
-    at: &FieldPath,
-    apply_to: ApplyTo,
-    listener: &ListenerMatch,
-) {
-    let Some(filter) = listener
-        .filter_chain
-        .as_ref()
-        .and_then(|fc| fc.filter.as_ref())
-    else {
+fn validate_listener_match(report: &mut Report, at: &FieldPath, apply_to: ApplyTo, listener: &ListenerMatch) {
+    let Some(filter) = listener.filter_chain.as_ref().and_then(|fc| fc.filter.as_ref()) else {
         return;
     };
     let filter_at = at.field("filterChain").field("filter");
     if matches!(apply_to, ApplyTo::Listener | ApplyTo::FilterChain) {
-        report.warning(
-            &filter_at,
-            format!("a filter match has no effect with applyTo {apply_to}"),
-        );
+        report.warning(&filter_at, format!("a filter match has no effect with applyTo {apply_to}"));
     }
     if filter.name.is_empty() {
-        report.error(
-            &filter_at.field("name"),
-            "a filter match needs the name of the filter",
-        );
+        report.error(&filter_at.field("name"), "a filter match needs the name of the filter");
     } else {
         warn_deprecated_filter_name(report, &filter_at.field("name"), &filter.name);
     }
     if let Some(sub) = &filter.sub_filter {
         let sub_at = filter_at.field("subFilter");
         if apply_to != ApplyTo::HttpFilter {
-            report.error(
-                &sub_at,
-                format!("a subFilter match only applies with applyTo HTTP_FILTER, not {apply_to}"),
-            );
+            report.error(&sub_at, format!("a subFilter match only applies with applyTo HTTP_FILTER, not {apply_to}"));
         }
         if !filter.name.is_empty()
             && filter.name != HTTP_CONNECTION_MANAGER
             && filter.name != "envoy.http_connection_manager"
         {
-            report.error(
-                &sub_at,
-                format!("a subFilter match needs the filter name {HTTP_CONNECTION_MANAGER:?}"),
-            );
+            report.error(&sub_at, format!("a subFilter match needs the filter name {HTTP_CONNECTION_MANAGER:?}"));
         }
         if sub.name.is_empty() {
-            report.error(
-                &sub_at.field("name"),
-                "a subFilter match needs the name of the HTTP filter",
-            );
+            report.error(&sub_at.field("name"), "a subFilter match needs the name of the HTTP filter");
         } else {
             warn_deprecated_filter_name(report, &sub_at.field("name"), &sub.name);
         }
@@ -398,10 +346,7 @@ fn validate_listener_match(
 fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObjectPatch) {
     let apply_to = patch.apply_to.unwrap_or_default();
     if apply_to == ApplyTo::Invalid {
-        report.error(
-            &at.field("applyTo"),
-            "applyTo is required (the kind of Envoy object to patch)",
-        );
+        report.error(&at.field("applyTo"), "applyTo is required (the kind of Envoy object to patch)");
     }
     match &patch.patch {
         None => report.error(&at.field("patch"), "patch is required"),
@@ -415,10 +360,7 @@ fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObject
                     report.warning(&patch_at.field("value"), "value is ignored by REMOVE");
                 }
             } else if p.value.is_none() {
-                report.error(
-                    &patch_at.field("value"),
-                    format!("value is required for operation {operation}"),
-                );
+                report.error(&patch_at.field("value"), format!("value is required for operation {operation}"));
             }
         }
     }
@@ -429,24 +371,14 @@ fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObject
     if let Some(proxy) = &m.proxy
         && !proxy.proxy_version.is_empty()
     {
-        report.check(
-            &match_at.field("proxy").field("proxyVersion"),
-            checks::regex(&proxy.proxy_version),
-        );
+        report.check(&match_at.field("proxy").field("proxyVersion"), checks::regex(&proxy.proxy_version));
     }
-    let objects = [
-        m.listener.is_some(),
-        m.route_configuration.is_some(),
-        m.cluster.is_some(),
-    ]
-    .into_iter()
-    .filter(|set| *set)
-    .count();
+    let objects = [m.listener.is_some(), m.route_configuration.is_some(), m.cluster.is_some()]
+        .into_iter()
+        .filter(|set| *set)
+        .count();
     if objects > 1 {
-        report.error(
-            &match_at,
-            "only one of listener, routeConfiguration or cluster may be set",
-        );
+        report.error(&match_at, "only one of listener, routeConfiguration or cluster may be set");
         return;
     }
     if objects == 0 {
@@ -498,10 +430,7 @@ impl Validate for EnvoyFilter {
             let sel_at = at.field("workloadSelector");
             check_selector_labels(report, &sel_at.field("labels"), &selector.labels);
             if !spec.target_refs.is_empty() {
-                report.error(
-                    &sel_at,
-                    "only one of workloadSelector or targetRefs may be set",
-                );
+                report.error(&sel_at, "only one of workloadSelector or targetRefs may be set");
             }
         }
         for (i, target) in spec.target_refs.iter().enumerate() {
@@ -524,11 +453,7 @@ mod tests {
     fn errors_of(patch_yaml: &str) -> Vec<String> {
         let yaml = format!("configPatches:\n- {}", patch_yaml.replace('\n', "\n  "));
         let spec: EnvoyFilterSpec = serde_saphyr::from_str(&yaml).expect("spec decodes");
-        EnvoyFilter::new("ef", spec)
-            .report()
-            .errors()
-            .map(ToString::to_string)
-            .collect()
+        EnvoyFilter::new("ef", spec).report().errors().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -539,14 +464,8 @@ mod tests {
                 "applyTo: HTTP_FILTER\nmatch: {listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.router}}}}}\npatch: {operation: INSERT_BEFORE, value: {name: x}}",
                 vec![],
             ),
-            (
-                "applyTo: CLUSTER\nmatch: {cluster: {service: a.example.com}}\npatch: {operation: REMOVE}",
-                vec![],
-            ),
-            (
-                "applyTo: BOOTSTRAP\npatch: {operation: MERGE, value: {}}",
-                vec![],
-            ),
+            ("applyTo: CLUSTER\nmatch: {cluster: {service: a.example.com}}\npatch: {operation: REMOVE}", vec![]),
+            ("applyTo: BOOTSTRAP\npatch: {operation: MERGE, value: {}}", vec![]),
             (
                 "applyTo: HTTP_ROUTE\nmatch: {cluster: {}}\npatch: {operation: MERGE, value: {a: 1}}",
                 vec![format!(
@@ -571,9 +490,7 @@ mod tests {
                 "applyTo: CLUSTER\nmatch: {cluster: {}, listener: {}}\npatch: {operation: ADD}",
                 vec![
                     format!("{p}.patch.value: value is required for operation ADD"),
-                    format!(
-                        "{p}.match: only one of listener, routeConfiguration or cluster may be set"
-                    ),
+                    format!("{p}.match: only one of listener, routeConfiguration or cluster may be set"),
                 ],
             ),
         ];

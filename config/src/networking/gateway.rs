@@ -59,11 +59,7 @@ pub struct Server {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Port {
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub number: Option<u32>,
     /// HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP or TLS.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -71,11 +67,7 @@ pub struct Port {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Deprecated.
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u32>,
 }
 
@@ -155,25 +147,15 @@ pub struct TlsCertificate {
 }
 
 /// Protocols a gateway or sidecar port may name (matched case-insensitively).
-const PROTOCOLS: [&str; 12] = [
-    "HTTP",
-    "HTTPS",
-    "GRPC",
-    "GRPC-WEB",
-    "HTTP2",
-    "HTTP_PROXY",
-    "MONGO",
-    "MYSQL",
-    "REDIS",
-    "TCP",
-    "TLS",
-    "UDP",
-];
+const PROTOCOLS: [&str; 12] =
+    ["HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "HTTP_PROXY", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP"];
 
 /// Checks a port protocol name.
 pub(crate) fn protocol(name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err("protocol is required (one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS)".into());
+        return Err(
+            "protocol is required (one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS)".into()
+        );
     }
     if PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(name)) {
         Ok(())
@@ -186,15 +168,11 @@ pub(crate) fn protocol(name: &str) -> Result<(), String> {
 
 /// Whether a protocol carries TLS (HTTPS, TLS).
 pub(crate) fn is_tls_protocol(name: &str) -> bool {
-    ["HTTPS", "TLS"]
-        .iter()
-        .any(|p| p.eq_ignore_ascii_case(name))
+    ["HTTPS", "TLS"].iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
 fn is_http_protocol(name: &str) -> bool {
-    ["HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB"]
-        .iter()
-        .any(|p| p.eq_ignore_ascii_case(name))
+    ["HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB"].iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
 /// A `unix://` address after the scheme: an absolute path or an abstract name (`@name`).
@@ -203,9 +181,7 @@ pub(crate) fn unix_address(address: &str) -> Result<(), String> {
         return Err("unix socket address must not be empty".into());
     }
     if address.len() > 103 {
-        return Err(format!(
-            "unix socket address {address:?} is longer than 103 characters"
-        ));
+        return Err(format!("unix socket address {address:?} is longer than 103 characters"));
     }
     if !(address.starts_with('/') || address.starts_with('@')) {
         return Err(format!(
@@ -217,9 +193,7 @@ pub(crate) fn unix_address(address: &str) -> Result<(), String> {
 
 /// An IP address to bind to.
 pub(crate) fn bind_ip(bind: &str) -> Result<(), String> {
-    bind.parse::<IpAddr>()
-        .map(drop)
-        .map_err(|_| format!("bind {bind:?} must be an IP address"))
+    bind.parse::<IpAddr>().map(drop).map_err(|_| format!("bind {bind:?} must be an IP address"))
 }
 
 /// The host part of a Gateway or Sidecar host: `*`, or a fully qualified (optionally wildcard)
@@ -229,9 +203,7 @@ pub(crate) fn scoped_dns_name(host: &str, allow_ip: bool) -> Result<(), String> 
         return Ok(());
     }
     if host != "*" && !host.contains('.') {
-        return Err(format!(
-            "host {host:?} is a short name; use a fully qualified name or a wildcard"
-        ));
+        return Err(format!("host {host:?} is a short name; use a fully qualified name or a wildcard"));
     }
     checks::wildcard_host(host)
 }
@@ -242,15 +214,11 @@ fn gateway_host(value: &str) -> Result<(), String> {
         return scoped_dns_name(value, true);
     };
     if namespace.is_empty() || host.is_empty() {
-        return Err(format!(
-            "host {value:?} must have a non-empty namespace and host"
-        ));
+        return Err(format!("host {value:?} must have a non-empty namespace and host"));
     }
     if !matches!(namespace, "*" | ".") {
         checks::dns1123_label(namespace).map_err(|_| {
-            format!(
-                "namespace {namespace:?} of host {value:?} must be \"*\", \".\" or a namespace name"
-            )
+            format!("namespace {namespace:?} of host {value:?} must be \"*\", \".\" or a namespace name")
         })?;
     }
     scoped_dns_name(host, true)
@@ -262,10 +230,7 @@ impl Validate for Gateway {
         if let Some(name) = &self.metadata.name
             && let Err(e) = checks::dns1123_label(name)
         {
-            report.error(
-                &FieldPath::new("metadata").field("name"),
-                format!("gateway name {e}"),
-            );
+            report.error(&FieldPath::new("metadata").field("name"), format!("gateway name {e}"));
         }
         let spec = &self.spec;
         if spec.servers.is_empty() {
@@ -279,15 +244,10 @@ impl Validate for Gateway {
                 if !port.name.is_empty() && !port_names.insert(port.name.as_str()) {
                     report.error(
                         &at.field("port").field("name"),
-                        format!(
-                            "duplicate port name {:?}; port names must be unique across servers",
-                            port.name
-                        ),
+                        format!("duplicate port name {:?}; port names must be unique across servers", port.name),
                     );
                 }
-                if server.tls.as_ref().is_some_and(|t| t.https_redirect)
-                    && !is_http_protocol(&port.protocol)
-                {
+                if server.tls.as_ref().is_some_and(|t| t.https_redirect) && !is_http_protocol(&port.protocol) {
                     report.warning(
                         &at.field("tls").field("httpsRedirect"),
                         "httpsRedirect only has an effect on HTTP servers",
@@ -317,10 +277,9 @@ fn validate_server(server: &Server, at: &FieldPath, report: &mut Report) {
             let mut ok = true;
             match (port.number, unix_bind) {
                 (None | Some(0), Some(_)) => {}
-                (Some(n), Some(_)) => report.error(
-                    &at.field("number"),
-                    format!("port number must be 0 for a unix socket bind, not {n}"),
-                ),
+                (Some(n), Some(_)) => {
+                    report.error(&at.field("number"), format!("port number must be 0 for a unix socket bind, not {n}"))
+                }
                 (None, None) => {
                     report.error(&at.field("number"), "port number is required");
                     ok = false;
@@ -340,10 +299,7 @@ fn validate_server(server: &Server, at: &FieldPath, report: &mut Report) {
                 report.error(&at.field("name"), "port name is required");
             }
             if port.target_port.is_some_and(|p| p != 0) {
-                report.error(
-                    &at.field("targetPort"),
-                    "targetPort has no effect on gateways; remove it",
-                );
+                report.error(&at.field("targetPort"), "targetPort has no effect on gateways; remove it");
             }
             ok
         }
@@ -359,15 +315,12 @@ fn validate_server(server: &Server, at: &FieldPath, report: &mut Report) {
     if let (true, Some(port)) = (port_ok, &server.port) {
         let tls_port = is_tls_protocol(&port.protocol);
         match &server.tls {
-            None if tls_port => report.error(
-                &at.field("tls"),
-                format!("{} servers need tls settings", port.protocol.to_uppercase()),
-            ),
+            None if tls_port => {
+                report.error(&at.field("tls"), format!("{} servers need tls settings", port.protocol.to_uppercase()))
+            }
             Some(tls) if !tls_port => {
-                let passthrough = matches!(
-                    tls.mode.unwrap_or_default(),
-                    ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough
-                );
+                let passthrough =
+                    matches!(tls.mode.unwrap_or_default(), ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough);
                 if is_http_protocol(&port.protocol) {
                     let files = !tls.server_certificate.is_empty()
                         || !tls.private_key.is_empty()
@@ -406,10 +359,7 @@ pub(crate) fn validate_server_tls(tls: &ServerTlsSettings, at: &FieldPath, repor
         ("credentialNames", !tls.credential_names.is_empty()),
         ("tlsCertificates", !tls.tls_certificates.is_empty()),
     ];
-    let set_sources: Vec<&str> = sources
-        .iter()
-        .filter_map(|(name, set)| set.then_some(*name))
-        .collect();
+    let set_sources: Vec<&str> = sources.iter().filter_map(|(name, set)| set.then_some(*name)).collect();
     if set_sources.len() > 1 {
         report.error(
             at,
@@ -422,28 +372,19 @@ pub(crate) fn validate_server_tls(tls: &ServerTlsSettings, at: &FieldPath, repor
     if tls.credential_names.len() > 2 {
         report.error(
             &at.field("credentialNames"),
-            format!(
-                "at most 2 credentialNames may be set, found {}",
-                tls.credential_names.len()
-            ),
+            format!("at most 2 credentialNames may be set, found {}", tls.credential_names.len()),
         );
     }
     if tls.tls_certificates.len() > 2 {
         report.error(
             &at.field("tlsCertificates"),
-            format!(
-                "at most 2 tlsCertificates may be set, found {}",
-                tls.tls_certificates.len()
-            ),
+            format!("at most 2 tlsCertificates may be set, found {}", tls.tls_certificates.len()),
         );
     }
     for (i, cert) in tls.tls_certificates.iter().enumerate() {
         let at = at.field("tlsCertificates").index(i);
         if cert.server_certificate.is_empty() {
-            report.error(
-                &at.field("serverCertificate"),
-                "serverCertificate is required",
-            );
+            report.error(&at.field("serverCertificate"), "serverCertificate is required");
         }
         if cert.private_key.is_empty() {
             report.error(&at.field("privateKey"), "privateKey is required");
@@ -451,11 +392,7 @@ pub(crate) fn validate_server_tls(tls: &ServerTlsSettings, at: &FieldPath, repor
     }
     match mode {
         ServerTlsMode::IstioMutual => {
-            for (name, set) in files
-                .iter()
-                .chain(sources.iter())
-                .chain([("caCrl", !tls.ca_crl.is_empty())].iter())
-            {
+            for (name, set) in files.iter().chain(sources.iter()).chain([("caCrl", !tls.ca_crl.is_empty())].iter()) {
                 if *set {
                     report.error(
                         &at.field(name),
@@ -479,25 +416,19 @@ pub(crate) fn validate_server_tls(tls: &ServerTlsSettings, at: &FieldPath, repor
                 if tls.server_certificate.is_empty() {
                     report.error(
                         &at.field("serverCertificate"),
-                        format!(
-                            "{mode} TLS needs credentialName or serverCertificate and privateKey"
-                        ),
+                        format!("{mode} TLS needs credentialName or serverCertificate and privateKey"),
                     );
                 }
                 if tls.private_key.is_empty() {
                     report.error(
                         &at.field("privateKey"),
-                        format!(
-                            "{mode} TLS needs credentialName or serverCertificate and privateKey"
-                        ),
+                        format!("{mode} TLS needs credentialName or serverCertificate and privateKey"),
                     );
                 }
                 if mode != ServerTlsMode::Simple && tls.ca_certificates.is_empty() {
                     report.error(
                         &at.field("caCertificates"),
-                        format!(
-                            "{mode} TLS needs caCertificates (or credentialName) to verify clients"
-                        ),
+                        format!("{mode} TLS needs caCertificates (or credentialName) to verify clients"),
                     );
                 }
             }
@@ -521,10 +452,7 @@ pub(crate) fn validate_server_tls(tls: &ServerTlsSettings, at: &FieldPath, repor
     let mut suites = BTreeSet::new();
     for (i, suite) in tls.cipher_suites.iter().enumerate() {
         if !suites.insert(suite.as_str()) {
-            report.warning(
-                &at.field("cipherSuites").index(i),
-                format!("duplicate cipher suite {suite:?}"),
-            );
+            report.warning(&at.field("cipherSuites").index(i), format!("duplicate cipher suite {suite:?}"));
         }
     }
 }
@@ -535,25 +463,12 @@ mod tests {
 
     #[test]
     fn gateway_hosts() {
-        for ok in [
-            "*",
-            "*.example.com",
-            "uk.bookinfo.com",
-            "./foo.example.com",
-            "prod/*",
-            "*/*.example.com",
-            "10.0.0.1",
-        ] {
+        for ok in
+            ["*", "*.example.com", "uk.bookinfo.com", "./foo.example.com", "prod/*", "*/*.example.com", "10.0.0.1"]
+        {
             assert_eq!(gateway_host(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "bookinfo",
-            "~/foo.com",
-            "prod/",
-            "/foo.com",
-            "Prod/foo.com",
-            "foo.*.com",
-        ] {
+        for bad in ["bookinfo", "~/foo.com", "prod/", "/foo.com", "Prod/foo.com", "foo.*.com"] {
             assert!(gateway_host(bad).is_err(), "{bad}");
         }
     }

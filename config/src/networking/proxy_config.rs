@@ -50,25 +50,15 @@ impl Validate for ProxyConfig {
         let spec = &self.spec;
         let at = FieldPath::spec();
         if let Some(selector) = &spec.selector {
-            check_selector_labels(
-                report,
-                &at.field("selector").field("matchLabels"),
-                &selector.match_labels,
-            );
+            check_selector_labels(report, &at.field("selector").field("matchLabels"), &selector.match_labels);
         }
         if let Some(n) = spec.concurrency.filter(|n| *n < 0) {
-            report.error(
-                &at.field("concurrency"),
-                format!("concurrency {n} must not be negative"),
-            );
+            report.error(&at.field("concurrency"), format!("concurrency {n} must not be negative"));
         }
         let env_at = at.field("environmentVariables");
         for name in spec.environment_variables.keys() {
             if name.trim().is_empty() {
-                report.error(
-                    &env_at.key(name),
-                    "environment variable name must not be empty",
-                );
+                report.error(&env_at.key(name), "environment variable name must not be empty");
             }
         }
     }

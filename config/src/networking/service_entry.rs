@@ -77,11 +77,7 @@ pub struct ServiceEntrySpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub number: Option<u32>,
     /// HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP, UDP, MONGO, REDIS or MYSQL.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -89,11 +85,7 @@ pub struct ServicePort {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Endpoint port; defaults to `number`.
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u32>,
 }
 
@@ -151,26 +143,16 @@ pub(crate) fn check_port_name(name: &str) -> Result<(), String> {
 
 /// The labels of a workload selector: no empty keys and no wildcards; a selector without labels
 /// selects every workload in the namespace, which Istio only warns about.
-pub(crate) fn check_selector_labels(
-    report: &mut Report,
-    at: &FieldPath,
-    labels: &BTreeMap<String, String>,
-) {
+pub(crate) fn check_selector_labels(report: &mut Report, at: &FieldPath, labels: &BTreeMap<String, String>) {
     if labels.is_empty() {
-        report.warning(
-            at,
-            "selector has no labels, so it selects every workload in the namespace",
-        );
+        report.warning(at, "selector has no labels, so it selects every workload in the namespace");
     }
     for (key, value) in labels {
         let entry = at.key(key);
         if key.is_empty() {
             report.error(&entry, "selector label key must not be empty");
         } else if key.contains('*') || value.contains('*') {
-            report.error(
-                &entry,
-                format!("wildcards are not supported in selectors ({key}: {value})"),
-            );
+            report.error(&entry, format!("wildcards are not supported in selectors ({key}: {value})"));
         } else {
             report.check(&entry, checks::label_key(key));
             report.check(&entry, checks::label_value(value));
@@ -201,9 +183,7 @@ pub(crate) fn check_export_to(
             } else {
                 report.error(
                     &here,
-                    format!(
-                        "duplicate exportTo entry: \".\" and the own namespace {key:?} are the same"
-                    ),
+                    format!("duplicate exportTo entry: \".\" and the own namespace {key:?} are the same"),
                 );
             }
             continue;
@@ -227,16 +207,10 @@ pub(crate) fn check_export_to(
     }
     if export_to.len() > 1 {
         if seen.contains_key("*") {
-            report.error(
-                at,
-                "\"*\" exports to every namespace and cannot be combined with other entries",
-            );
+            report.error(at, "\"*\" exports to every namespace and cannot be combined with other entries");
         }
         if allow_none && seen.contains_key("~") {
-            report.error(
-                at,
-                "\"~\" exports to no namespace and cannot be combined with other entries",
-            );
+            report.error(at, "\"~\" exports to no namespace and cannot be combined with other entries");
         }
     }
 }
@@ -248,9 +222,7 @@ fn check_se_host(host: &str) -> Result<(), String> {
     let trimmed = host.strip_suffix('.').unwrap_or(host);
     let last = trimmed.rsplit('.').next().unwrap_or(trimmed);
     if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "host {host:?} is invalid: the top-level label {last:?} must not be all digits"
-        ));
+        return Err(format!("host {host:?} is invalid: the top-level label {last:?} must not be all digits"));
     }
     Ok(())
 }
@@ -265,10 +237,7 @@ impl Validate for ServiceEntry {
             let sel_at = at.field("workloadSelector");
             check_selector_labels(report, &sel_at.field("labels"), &selector.labels);
             if !spec.endpoints.is_empty() {
-                report.error(
-                    &sel_at,
-                    "only one of workloadSelector or endpoints may be set",
-                );
+                report.error(&sel_at, "only one of workloadSelector or endpoints may be set");
             }
         }
 
@@ -279,10 +248,7 @@ impl Validate for ServiceEntry {
         for (i, host) in spec.hosts.iter().enumerate() {
             let here = hosts_at.index(i);
             if host == "*" {
-                report.error(
-                    &here,
-                    "host \"*\" is not allowed; use a name or a \"*.domain\" wildcard",
-                );
+                report.error(&here, "host \"*\" is not allowed; use a name or a \"*.domain\" wildcard");
                 continue;
             }
             if let Err(e) = check_se_host(host) {
@@ -290,10 +256,7 @@ impl Validate for ServiceEntry {
                 continue;
             }
             if host.starts_with('*') && !host.starts_with("*.") {
-                report.warning(
-                    &here,
-                    format!("partial wildcard host {host:?} is not supported; use \"*.domain\""),
-                );
+                report.warning(&here, format!("partial wildcard host {host:?} is not supported; use \"*.domain\""));
             }
         }
 
@@ -317,10 +280,7 @@ impl Validate for ServiceEntry {
             let here = ports_at.index(i);
             report.check(&here.field("name"), check_port_name(&port.name));
             if !port.name.is_empty() && !port_names.insert(port.name.as_str()) {
-                report.error(
-                    &here.field("name"),
-                    format!("port name {:?} is already used by another port", port.name),
-                );
+                report.error(&here.field("name"), format!("port name {:?} is already used by another port", port.name));
             }
             match port.number {
                 None => report.error(&here.field("number"), "port number is required"),
@@ -345,16 +305,11 @@ impl Validate for ServiceEntry {
         match resolution {
             Resolution::None => {
                 if !spec.endpoints.is_empty() {
-                    report.error(
-                        &endpoints_at,
-                        "endpoints are not allowed with resolution NONE",
-                    );
+                    report.error(&endpoints_at, "endpoints are not allowed with resolution NONE");
                 }
                 if spec.workload_selector.is_some() {
-                    report.warning(
-                        &at.field("workloadSelector"),
-                        "workloadSelector has no effect with resolution NONE",
-                    );
+                    report
+                        .warning(&at.field("workloadSelector"), "workloadSelector has no effect with resolution NONE");
                 }
             }
             Resolution::Static => {
@@ -365,20 +320,13 @@ impl Validate for ServiceEntry {
                     );
                 }
                 for (i, endpoint) in spec.endpoints.iter().enumerate() {
-                    validate_workload_entry(
-                        report,
-                        &endpoints_at.index(i),
-                        endpoint,
-                        Some(&declared),
-                        false,
-                    );
+                    validate_workload_entry(report, &endpoints_at.index(i), endpoint, Some(&declared), false);
                 }
             }
             Resolution::Dns | Resolution::DnsRoundRobin => {
                 if spec.endpoints.is_empty() {
                     for (i, host) in spec.hosts.iter().enumerate() {
-                        if host != "*" && check_se_host(host).is_ok() && checks::fqdn(host).is_err()
-                        {
+                        if host != "*" && check_se_host(host).is_ok() && checks::fqdn(host).is_err() {
                             report.error(
                                 &hosts_at.index(i),
                                 format!(
@@ -398,21 +346,12 @@ impl Validate for ServiceEntry {
                     );
                 }
                 for (i, endpoint) in spec.endpoints.iter().enumerate() {
-                    validate_workload_entry(
-                        report,
-                        &endpoints_at.index(i),
-                        endpoint,
-                        Some(&declared),
-                        true,
-                    );
+                    validate_workload_entry(report, &endpoints_at.index(i), endpoint, Some(&declared), true);
                 }
             }
             Resolution::DynamicDns => {
                 if !spec.endpoints.is_empty() {
-                    report.error(
-                        &endpoints_at,
-                        "endpoints are not allowed with resolution DYNAMIC_DNS",
-                    );
+                    report.error(&endpoints_at, "endpoints are not allowed with resolution DYNAMIC_DNS");
                 }
                 if spec.workload_selector.is_some() {
                     report.error(
@@ -421,18 +360,13 @@ impl Validate for ServiceEntry {
                     );
                 }
                 if spec.location() != Location::MeshExternal {
-                    report.error(
-                        &at.field("location"),
-                        "resolution DYNAMIC_DNS requires location MESH_EXTERNAL",
-                    );
+                    report.error(&at.field("location"), "resolution DYNAMIC_DNS requires location MESH_EXTERNAL");
                 }
                 for (i, host) in spec.hosts.iter().enumerate() {
                     if !host.starts_with("*.") {
                         report.error(
                             &hosts_at.index(i),
-                            format!(
-                                "host {host:?} must be a \"*.domain\" wildcard with resolution DYNAMIC_DNS"
-                            ),
+                            format!("host {host:?} must be a \"*.domain\" wildcard with resolution DYNAMIC_DNS"),
                         );
                     }
                 }
@@ -442,29 +376,19 @@ impl Validate for ServiceEntry {
         // Without HTTP Host headers or TLS SNI a proxy cannot tell several hosts apart, except
         // with NONE, where hosts are not used for routing.
         if resolution != Resolution::None && spec.hosts.len() > 1 {
-            let distinguishable = spec.ports.iter().all(|p| {
-                matches!(
-                    protocol_kind(&p.protocol),
-                    Some(ProtocolKind::Http | ProtocolKind::Tls)
-                )
-            });
+            let distinguishable = spec
+                .ports
+                .iter()
+                .all(|p| matches!(protocol_kind(&p.protocol), Some(ProtocolKind::Http | ProtocolKind::Tls)));
             if !distinguishable {
                 report.error(
                     &hosts_at,
-                    format!(
-                        "several hosts with resolution {resolution} need every port to be HTTP- or TLS-based"
-                    ),
+                    format!("several hosts with resolution {resolution} need every port to be HTTP- or TLS-based"),
                 );
             }
         }
 
-        check_export_to(
-            report,
-            &at.field("exportTo"),
-            &spec.export_to,
-            self.metadata.namespace.as_deref(),
-            true,
-        );
+        check_export_to(report, &at.field("exportTo"), &spec.export_to, self.metadata.namespace.as_deref(), true);
     }
 }
 
@@ -482,20 +406,14 @@ mod tests {
     #[test]
     fn resolution_rules() {
         let cases: &[(&str, &[&str])] = &[
-            (
-                "hosts: [a.example.com]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: DNS",
-                &[],
-            ),
+            ("hosts: [a.example.com]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: DNS", &[]),
             (
                 "hosts: ['*.example.com']\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: DNS",
                 &[
                     "spec.hosts[0]: host \"*.example.com\" must be a fully qualified name without wildcards when resolution is DNS and no endpoints are given",
                 ],
             ),
-            (
-                "hosts: ['*.example.com']\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: NONE",
-                &[],
-            ),
+            ("hosts: ['*.example.com']\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: NONE", &[]),
             (
                 "hosts: ['*.example.com']\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DYNAMIC_DNS",
                 &[],
@@ -513,9 +431,7 @@ mod tests {
             ),
             (
                 "hosts: [a.example.com]\nresolution: STATIC\nendpoints: [{address: 'unix:///var/run/a.sock'}]\nports: [{number: 80, name: http}, {number: 81, name: http2}]",
-                &[
-                    "spec.endpoints[0].address: a unix:// endpoint needs exactly one service port, found 2",
-                ],
+                &["spec.endpoints[0].address: a unix:// endpoint needs exactly one service port, found 2"],
             ),
             (
                 "hosts: [a.example.com]\nresolution: STATIC\nendpoints: [{address: 1.2.3.4, ports: {http: 8080}}]\nports: [{number: 80, name: http}]",
@@ -523,9 +439,7 @@ mod tests {
             ),
             (
                 "hosts: [1.2.3.4]\nresolution: NONE",
-                &[
-                    "spec.hosts[0]: host \"1.2.3.4\" is invalid: the top-level label \"4\" must not be all digits",
-                ],
+                &["spec.hosts[0]: host \"1.2.3.4\" is invalid: the top-level label \"4\" must not be all digits"],
             ),
         ];
         for (yaml, want) in cases {
@@ -538,27 +452,15 @@ mod tests {
         let cases: &[(&str, &[&str])] = &[
             (
                 "[., '*']",
-                &[
-                    "spec.exportTo: \"*\" exports to every namespace and cannot be combined with other entries",
-                ],
+                &["spec.exportTo: \"*\" exports to every namespace and cannot be combined with other entries"],
             ),
             ("['~']", &[]),
-            (
-                "['~', ns2]",
-                &[
-                    "spec.exportTo: \"~\" exports to no namespace and cannot be combined with other entries",
-                ],
-            ),
+            ("['~', ns2]", &["spec.exportTo: \"~\" exports to no namespace and cannot be combined with other entries"]),
             (
                 "[., ns1]",
-                &[
-                    "spec.exportTo[1]: duplicate exportTo entry: \".\" and the own namespace \"ns1\" are the same",
-                ],
+                &["spec.exportTo[1]: duplicate exportTo entry: \".\" and the own namespace \"ns1\" are the same"],
             ),
-            (
-                "[ns2, ns2]",
-                &["spec.exportTo[1]: duplicate exportTo entry \"ns2\""],
-            ),
+            ("[ns2, ns2]", &["spec.exportTo[1]: duplicate exportTo entry \"ns2\""]),
         ];
         for (list, want) in cases {
             let yaml = format!("hosts: [a.example.com]\nexportTo: {list}");

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::destination_rule::{ConnectionPoolSettings, validate_connection_pool};
 use super::gateway::{
-    Port, ServerTlsMode, ServerTlsSettings, bind_ip, is_tls_protocol, protocol, scoped_dns_name,
-    unix_address, validate_server_tls,
+    Port, ServerTlsMode, ServerTlsSettings, bind_ip, is_tls_protocol, protocol, scoped_dns_name, unix_address,
+    validate_server_tls,
 };
 use crate::common::{IstioStatus, PortSelector};
 use crate::validate::{FieldPath, Report, Validate, checks};
@@ -133,10 +133,7 @@ impl Validate for Sidecar {
         if let Some(selector) = &spec.workload_selector {
             let at = at.field("workloadSelector").field("labels");
             if selector.labels.is_empty() {
-                report.warning(
-                    &at,
-                    "workload selector has no labels, so it selects every workload",
-                );
+                report.warning(&at, "workload selector has no labels, so it selects every workload");
             }
             checks::labels(&selector.labels, report, &at);
         }
@@ -166,28 +163,17 @@ impl Validate for Sidecar {
                     if catch_all_seen {
                         report.error(&at, "only one egress listener may omit the port");
                     } else if i != last {
-                        report.error(
-                            &at,
-                            "the egress listener without a port must be the last one",
-                        );
+                        report.error(&at, "the egress listener without a port must be the last one");
                     }
                     catch_all_seen = true;
                     if !listener.bind.is_empty() {
-                        report.error(
-                            &at.field("bind"),
-                            "bind needs a port; set port or remove bind",
-                        );
+                        report.error(&at.field("bind"), "bind needs a port; set port or remove bind");
                     }
                 }
-                Some(port) => {
-                    validate_egress_port(listener, port, &at, &mut ports, &mut sockets, report)
-                }
+                Some(port) => validate_egress_port(listener, port, &at, &mut ports, &mut sockets, report),
             }
             if listener.hosts.is_empty() {
-                report.error(
-                    &at.field("hosts"),
-                    "an egress listener needs at least one host",
-                );
+                report.error(&at.field("hosts"), "an egress listener needs at least one host");
             }
             for (j, host) in listener.hosts.iter().enumerate() {
                 report.check(&at.field("hosts").index(j), egress_host(host));
@@ -205,20 +191,12 @@ impl Validate for Sidecar {
 /// Port name (a DNS-1123 label when set) and protocol; the number is checked by the caller.
 fn validate_listener_port(port: &Port, at: &FieldPath, report: &mut Report) {
     if !port.name.is_empty() {
-        report.check(
-            &at.field("name"),
-            checks::dns1123_label(&port.name).map_err(|e| format!("port name {e}")),
-        );
+        report.check(&at.field("name"), checks::dns1123_label(&port.name).map_err(|e| format!("port name {e}")));
     }
     report.check(&at.field("protocol"), protocol(&port.protocol));
 }
 
-fn validate_ingress(
-    listener: &IstioIngressListener,
-    at: &FieldPath,
-    ports: &mut BTreeSet<u32>,
-    report: &mut Report,
-) {
+fn validate_ingress(listener: &IstioIngressListener, at: &FieldPath, ports: &mut BTreeSet<u32>, report: &mut Report) {
     let Some(port) = &listener.port else {
         report.error(&at.field("port"), "port is required for ingress listeners");
         return;
@@ -230,10 +208,7 @@ fn validate_ingress(
         Some(n) => {
             report.check(&port_at.field("number"), checks::port(n));
             if !ports.insert(n) {
-                report.error(
-                    &port_at.field("number"),
-                    format!("port {n} is used by another ingress listener"),
-                );
+                report.error(&port_at.field("number"), format!("port {n} is used by another ingress listener"));
             }
         }
     }
@@ -241,22 +216,13 @@ fn validate_ingress(
         report.check(&at.field("bind"), bind_ip(&listener.bind));
     }
     if !listener.default_endpoint.is_empty() {
-        report.check(
-            &at.field("defaultEndpoint"),
-            default_endpoint(&listener.default_endpoint),
-        );
+        report.check(&at.field("defaultEndpoint"), default_endpoint(&listener.default_endpoint));
     }
     if let Some(tls) = &listener.tls {
         let tls_at = at.field("tls");
         let mode = tls.mode.unwrap_or_default();
-        if matches!(
-            mode,
-            ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough
-        ) {
-            report.error(
-                &tls_at.field("mode"),
-                format!("mode {mode} is not supported on sidecar ingress listeners"),
-            );
+        if matches!(mode, ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough) {
+            report.error(&tls_at.field("mode"), format!("mode {mode} is not supported on sidecar ingress listeners"));
         }
         if !tls.subject_alt_names.is_empty() {
             report.error(
@@ -265,10 +231,7 @@ fn validate_ingress(
             );
         }
         if tls.https_redirect {
-            report.error(
-                &tls_at.field("httpsRedirect"),
-                "httpsRedirect is not supported on sidecar ingress listeners",
-            );
+            report.error(&tls_at.field("httpsRedirect"), "httpsRedirect is not supported on sidecar ingress listeners");
         }
         if !tls.credential_name.is_empty() {
             report.error(
@@ -279,16 +242,10 @@ fn validate_ingress(
         if !is_tls_protocol(&port.protocol) {
             report.error(
                 &tls_at,
-                format!(
-                    "tls settings are only allowed on HTTPS and TLS ports, not {}",
-                    port.protocol.to_uppercase()
-                ),
+                format!("tls settings are only allowed on HTTPS and TLS ports, not {}", port.protocol.to_uppercase()),
             );
         }
-        if !matches!(
-            mode,
-            ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough
-        ) {
+        if !matches!(mode, ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough) {
             validate_server_tls(tls, &tls_at, report);
         }
     }
@@ -311,28 +268,19 @@ fn validate_egress_port(
         0 => {
             // Port 0: a Unix domain socket listener.
             match listener.bind.strip_prefix("unix://") {
-                None => report.error(
-                    &at.field("bind"),
-                    "a listener with port 0 needs a unix:// bind address",
-                ),
+                None => report.error(&at.field("bind"), "a listener with port 0 needs a unix:// bind address"),
                 Some(address) => {
                     report.check(&at.field("bind"), unix_address(address));
                     if !sockets.insert(listener.bind.clone()) {
                         report.error(
                             &at.field("bind"),
-                            format!(
-                                "socket {:?} is used by another egress listener",
-                                listener.bind
-                            ),
+                            format!("socket {:?} is used by another egress listener", listener.bind),
                         );
                     }
                 }
             }
             if matches!(listener.capture_mode, Some(CaptureMode::Iptables)) {
-                report.error(
-                    &at.field("captureMode"),
-                    "captureMode must be DEFAULT or NONE for unix socket listeners",
-                );
+                report.error(&at.field("captureMode"), "captureMode must be DEFAULT or NONE for unix socket listeners");
             }
         }
         n => {
@@ -341,10 +289,7 @@ fn validate_egress_port(
                 report.check(&at.field("bind"), bind_ip(&listener.bind));
             }
             if !ports.insert(n) {
-                report.error(
-                    &port_at.field("number"),
-                    format!("port {n} is used by another egress listener"),
-                );
+                report.error(&port_at.field("number"), format!("port {n} is used by another egress listener"));
             }
         }
     }
@@ -353,14 +298,10 @@ fn validate_egress_port(
 /// `namespace/dnsName`, namespace `*`, `.`, `~` or a namespace name.
 fn egress_host(value: &str) -> Result<(), String> {
     let Some((namespace, host)) = value.split_once('/') else {
-        return Err(format!(
-            "host {value:?} must be of the form namespace/dnsName (e.g. ./*, istio-system/*)"
-        ));
+        return Err(format!("host {value:?} must be of the form namespace/dnsName (e.g. ./*, istio-system/*)"));
     };
     if namespace.is_empty() || host.is_empty() {
-        return Err(format!(
-            "host {value:?} must have a non-empty namespace and host"
-        ));
+        return Err(format!("host {value:?} must have a non-empty namespace and host"));
     }
     if !matches!(namespace, "*" | "." | "~") {
         checks::dns1123_label(namespace).map_err(|_| {
@@ -376,17 +317,13 @@ fn default_endpoint(value: &str) -> Result<(), String> {
         return unix_address(address);
     }
     let shape = || {
-        format!(
-            "defaultEndpoint {value:?} must be 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT, [::]:PORT or unix://PATH"
-        )
+        format!("defaultEndpoint {value:?} must be 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT, [::]:PORT or unix://PATH")
     };
     let (host, port) = value.rsplit_once(':').ok_or_else(shape)?;
     if !matches!(host, "" | "127.0.0.1" | "0.0.0.0" | "[::1]" | "[::]") {
         return Err(shape());
     }
-    let number: u32 = port
-        .parse()
-        .map_err(|_| format!("defaultEndpoint {value:?} has a port that is not a number"))?;
+    let number: u32 = port.parse().map_err(|_| format!("defaultEndpoint {value:?} has a port that is not a number"))?;
     checks::port(number)
 }
 
@@ -401,16 +338,10 @@ fn validate_outbound_policy(policy: &OutboundTrafficPolicy, at: &FieldPath, repo
     }
     report.check(&at.field("host"), checks::fqdn(&proxy.host));
     if !proxy.subset.is_empty() {
-        report.check(
-            &at.field("subset"),
-            checks::dns1123_label(&proxy.subset).map_err(|e| format!("subset name {e}")),
-        );
+        report.check(&at.field("subset"), checks::dns1123_label(&proxy.subset).map_err(|e| format!("subset name {e}")));
     }
     match proxy.port.as_ref().and_then(|p| p.number) {
-        None => report.error(
-            &at.field("port").field("number"),
-            "egressProxy needs a port number",
-        ),
+        None => report.error(&at.field("port").field("number"), "egressProxy needs a port number"),
         Some(n) => report.check(&at.field("port").field("number"), checks::port(n)),
     }
 }
@@ -432,27 +363,16 @@ mod tests {
         ] {
             assert_eq!(default_endpoint(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "10.0.0.1:8080",
-            "127.0.0.1",
-            "127.0.0.1:http",
-            "127.0.0.1:0",
-            "unix://relative/path",
-            "localhost:8080",
-        ] {
+        for bad in
+            ["10.0.0.1:8080", "127.0.0.1", "127.0.0.1:http", "127.0.0.1:0", "unix://relative/path", "localhost:8080"]
+        {
             assert!(default_endpoint(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn egress_hosts() {
-        for ok in [
-            "./*",
-            "istio-system/*",
-            "*/foo.example.com",
-            "~/*",
-            "prod/*.example.com",
-        ] {
+        for ok in ["./*", "istio-system/*", "*/foo.example.com", "~/*", "prod/*.example.com"] {
             assert_eq!(egress_host(ok), Ok(()), "{ok}");
         }
         for bad in ["*", "foo.example.com", "./reviews", "Prod/*", "./", "/*"] {

@@ -197,11 +197,7 @@ pub struct HttpMatchRequest {
     /// Header conditions by lower-case header name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, StringMatch>,
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
@@ -252,11 +248,7 @@ pub struct RouteDestination {
 pub struct L4MatchAttributes {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destination_subnets: Vec<String>,
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
@@ -275,11 +267,7 @@ pub struct TlsMatchAttributes {
     pub sni_hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destination_subnets: Vec<String>,
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
@@ -307,11 +295,7 @@ pub struct HttpRedirect {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub authority: String,
     /// Port to redirect to (exclusive with `derivePort`).
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
     /// How to choose the redirect port (exclusive with `port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -320,11 +304,7 @@ pub struct HttpRedirect {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scheme: String,
     /// Status code of the redirect (301 when unset).
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub redirect_code: Option<u32>,
 }
 
@@ -522,9 +502,7 @@ const GRPC_STATUS_NAMES: &[&str] = &[
     "UNAUTHENTICATED",
 ];
 
-const HTTP_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE",
-];
+const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"];
 
 const REDIRECT_CODES: &[u32] = &[301, 302, 303, 307, 308];
 
@@ -535,8 +513,7 @@ const DIRECT_RESPONSE_MAX: usize = 1024 * 1024;
 const DIRECT_RESPONSE_WARN: usize = 100 * 1024;
 
 #[allow(clippy::unwrap_used)] // constant pattern, exercised by the tests below
-static MATCH_HEADER_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[-_A-Za-z0-9]+$").unwrap());
+static MATCH_HEADER_NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[-_A-Za-z0-9]+$").unwrap());
 
 /// What a VirtualService is bound to, which changes a few rules.
 #[derive(Clone, Copy)]
@@ -562,22 +539,13 @@ impl Validate for VirtualService {
 
         if scope.delegate {
             if !spec.gateways.is_empty() {
-                report.error(
-                    &at.field("gateways"),
-                    "a delegate VirtualService (no hosts) must not set gateways",
-                );
+                report.error(&at.field("gateways"), "a delegate VirtualService (no hosts) must not set gateways");
             }
             if !spec.tls.is_empty() {
-                report.error(
-                    &at.field("tls"),
-                    "a delegate VirtualService (no hosts) cannot have tls routes",
-                );
+                report.error(&at.field("tls"), "a delegate VirtualService (no hosts) cannot have tls routes");
             }
             if !spec.tcp.is_empty() {
-                report.error(
-                    &at.field("tcp"),
-                    "a delegate VirtualService (no hosts) cannot have tcp routes",
-                );
+                report.error(&at.field("tcp"), "a delegate VirtualService (no hosts) cannot have tcp routes");
             }
         }
 
@@ -594,31 +562,20 @@ impl Validate for VirtualService {
             validate_tcp_route(route, report, &at.field("tcp").index(i));
         }
 
-        export_to(
-            &spec.export_to,
-            self.metadata.namespace.as_deref(),
-            report,
-            &at.field("exportTo"),
-        );
+        export_to(&spec.export_to, self.metadata.namespace.as_deref(), report, &at.field("exportTo"));
 
         unreachable_rules(
-            spec.http
-                .iter()
-                .map(|r| (r.r#match.is_empty(), http_match_keys(r))),
+            spec.http.iter().map(|r| (r.r#match.is_empty(), http_match_keys(r))),
             report,
             &at.field("http"),
         );
         unreachable_rules(
-            spec.tls
-                .iter()
-                .map(|r| (r.r#match.is_empty(), json_keys(&r.r#match))),
+            spec.tls.iter().map(|r| (r.r#match.is_empty(), json_keys(&r.r#match))),
             report,
             &at.field("tls"),
         );
         unreachable_rules(
-            spec.tcp
-                .iter()
-                .map(|r| (r.r#match.is_empty(), json_keys(&r.r#match))),
+            spec.tcp.iter().map(|r| (r.r#match.is_empty(), json_keys(&r.r#match))),
             report,
             &at.field("tcp"),
         );
@@ -649,10 +606,7 @@ fn validate_hosts(hosts: &[String], scope: Scope, report: &mut Report, at: &Fiel
     for (i, a) in hosts.iter().enumerate() {
         for (j, b) in hosts.iter().enumerate().skip(i + 1) {
             if hosts_overlap(a, b) {
-                report.error(
-                    &at.index(j),
-                    format!("host {b:?} duplicates or overlaps host {a:?} at index {i}"),
-                );
+                report.error(&at.index(j), format!("host {b:?} duplicates or overlaps host {a:?} at index {i}"));
             }
         }
     }
@@ -750,10 +704,7 @@ fn validate_http_route(route: &HttpRoute, scope: Scope, report: &mut Report, at:
         actions.push("delegate");
     }
     match actions.len() {
-        0 => report.error(
-            at,
-            "one of route, redirect, directResponse or delegate is required",
-        ),
+        0 => report.error(at, "one of route, redirect, directResponse or delegate is required"),
         1 => {}
         _ => report.error(
             at,
@@ -764,10 +715,7 @@ fn validate_http_route(route: &HttpRoute, scope: Scope, report: &mut Report, at:
         ),
     }
     if scope.delegate && route.delegate.is_some() {
-        report.error(
-            &at.field("delegate"),
-            "a delegate VirtualService cannot delegate further",
-        );
+        report.error(&at.field("delegate"), "a delegate VirtualService cannot delegate further");
     }
     let answered_here = if route.redirect.is_some() {
         Some("redirect")
@@ -778,28 +726,16 @@ fn validate_http_route(route: &HttpRoute, scope: Scope, report: &mut Report, at:
     };
     if let Some(action) = answered_here {
         if route.rewrite.is_some() {
-            report.error(
-                &at.field("rewrite"),
-                format!("rewrite cannot be combined with {action}"),
-            );
+            report.error(&at.field("rewrite"), format!("rewrite cannot be combined with {action}"));
         }
         if route.fault.is_some() {
-            report.error(
-                &at.field("fault"),
-                format!("fault cannot be combined with {action}"),
-            );
+            report.error(&at.field("fault"), format!("fault cannot be combined with {action}"));
         }
         if route.mirror.is_some() {
-            report.error(
-                &at.field("mirror"),
-                format!("mirror cannot be combined with {action}"),
-            );
+            report.error(&at.field("mirror"), format!("mirror cannot be combined with {action}"));
         }
         if !route.mirrors.is_empty() {
-            report.error(
-                &at.field("mirrors"),
-                format!("mirrors cannot be combined with {action}"),
-            );
+            report.error(&at.field("mirrors"), format!("mirrors cannot be combined with {action}"));
         }
     }
 
@@ -822,10 +758,7 @@ fn validate_http_route(route: &HttpRoute, scope: Scope, report: &mut Report, at:
             report.error(&here.field("name"), "delegate name is required");
         }
         if !delegate.namespace.is_empty() {
-            report.check(
-                &here.field("namespace"),
-                checks::dns1123_label(&delegate.namespace),
-            );
+            report.check(&here.field("namespace"), checks::dns1123_label(&delegate.namespace));
         }
     }
     if let Some(rewrite) = &route.rewrite {
@@ -843,10 +776,7 @@ fn validate_http_route(route: &HttpRoute, scope: Scope, report: &mut Report, at:
 
     // Mirroring.
     if route.mirror.is_some() && !route.mirrors.is_empty() {
-        report.error(
-            &at.field("mirrors"),
-            "mirror and mirrors are mutually exclusive; use mirrors only",
-        );
+        report.error(&at.field("mirrors"), "mirror and mirrors are mutually exclusive; use mirrors only");
     }
     if let Some(mirror) = &route.mirror {
         validate_destination(mirror, report, &at.field("mirror"));
@@ -864,10 +794,7 @@ fn validate_http_route(route: &HttpRoute, scope: Scope, report: &mut Report, at:
     if let Some(value) = route.mirror_percent {
         let here = at.field("mirrorPercent");
         if value > 100 {
-            report.error(
-                &here,
-                format!("mirrorPercent {value} must be in the range 0..100"),
-            );
+            report.error(&here, format!("mirrorPercent {value} must be in the range 0..100"));
         }
         report.warning(&here, "mirrorPercent is deprecated; use mirrorPercentage");
     }
@@ -884,37 +811,20 @@ fn validate_http_route(route: &HttpRoute, scope: Scope, report: &mut Report, at:
     authority_set_once(route, report, at);
 }
 
-fn validate_http_match(
-    m: &HttpMatchRequest,
-    scope: Scope,
-    delegating: bool,
-    report: &mut Report,
-    at: &FieldPath,
-) {
-    for (name, value) in [
-        ("uri", &m.uri),
-        ("scheme", &m.scheme),
-        ("method", &m.method),
-        ("authority", &m.authority),
-    ] {
+fn validate_http_match(m: &HttpMatchRequest, scope: Scope, delegating: bool, report: &mut Report, at: &FieldPath) {
+    for (name, value) in [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)] {
         if let Some(value) = value {
             string_match(value, delegating, report, &at.field(name));
         }
     }
-    for (field, map) in [
-        ("headers", &m.headers),
-        ("withoutHeaders", &m.without_headers),
-    ] {
+    for (field, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
         for (name, value) in map {
             let here = at.field(field).key(name);
             if let Some(claim) = name.strip_prefix(JWT_CLAIM_PREFIX) {
                 if claim.is_empty() {
                     report.error(&here, "JWT claim routing needs a claim name");
                 } else if scope.mesh {
-                    report.error(
-                        &here,
-                        "JWT claim routing is only supported for gateways, not the mesh",
-                    );
+                    report.error(&here, "JWT claim routing is only supported for gateways, not the mesh");
                 }
             } else {
                 report.check(&here, match_header_name(name));
@@ -935,10 +845,7 @@ fn validate_http_match(
     checks::labels(&m.source_labels, report, &at.field("sourceLabels"));
     gateway_names(&m.gateways, report, &at.field("gateways"));
     if !m.source_namespace.is_empty() {
-        report.check(
-            &at.field("sourceNamespace"),
-            checks::dns1123_label(&m.source_namespace),
-        );
+        report.check(&at.field("sourceNamespace"), checks::dns1123_label(&m.source_namespace));
     }
 }
 
@@ -949,19 +856,14 @@ fn match_header_name(name: &str) -> Result<(), String> {
     } else if MATCH_HEADER_NAME.is_match(name) {
         Ok(())
     } else {
-        Err(format!(
-            "header name {name:?} is invalid (letters, digits, '-' and '_' only)"
-        ))
+        Err(format!("header name {name:?} is invalid (letters, digits, '-' and '_' only)"))
     }
 }
 
 fn string_match(value: &StringMatch, delegating: bool, report: &mut Report, at: &FieldPath) {
     if let StringMatch::Regex(pattern) = value {
         if delegating {
-            report.error(
-                &at.field("regex"),
-                "regex matches are not supported on delegating routes",
-            );
+            report.error(&at.field("regex"), "regex matches are not supported on delegating routes");
         } else {
             regex(pattern, report, &at.field("regex"));
         }
@@ -971,10 +873,7 @@ fn string_match(value: &StringMatch, delegating: bool, report: &mut Report, at: 
 /// An RE2 pattern as Envoy accepts it: valid and at most 1024 characters.
 fn regex(pattern: &str, report: &mut Report, at: &FieldPath) {
     if pattern.len() > MAX_REGEX_LEN {
-        report.error(
-            at,
-            format!("regex is longer than {MAX_REGEX_LEN} characters"),
-        );
+        report.error(at, format!("regex is longer than {MAX_REGEX_LEN} characters"));
     } else {
         report.check(at, checks::regex(pattern));
     }
@@ -989,18 +888,12 @@ fn validate_destination(d: &Destination, report: &mut Report, at: &FieldPath) {
     if d.host.is_empty() {
         report.error(&host, "destination host is required");
     } else if d.host == "*" {
-        report.error(
-            &host,
-            "destination host \"*\" is not allowed; name a service",
-        );
+        report.error(&host, "destination host \"*\" is not allowed; name a service");
     } else {
         report.check(&host, checks::wildcard_host(&d.host));
     }
     if !d.subset.is_empty() {
-        report.check(
-            &at.field("subset"),
-            checks::dns1123_label(&d.subset).map_err(|e| format!("subset name {e}")),
-        );
+        report.check(&at.field("subset"), checks::dns1123_label(&d.subset).map_err(|e| format!("subset name {e}")));
     }
     if let Some(port) = &d.port {
         let here = at.field("port").field("number");
@@ -1014,10 +907,7 @@ fn validate_destination(d: &Destination, report: &mut Report, at: &FieldPath) {
 fn weight(w: Option<i32>, report: &mut Report, at: &FieldPath) -> i64 {
     let w = w.unwrap_or(0);
     if w < 0 {
-        report.error(
-            &at.field("weight"),
-            format!("weight {w} must not be negative"),
-        );
+        report.error(&at.field("weight"), format!("weight {w} must not be negative"));
         0
     } else {
         i64::from(w)
@@ -1055,39 +945,23 @@ fn validate_route_destinations(list: &[RouteDestination], report: &mut Report, a
 
 fn total_weight(count: usize, total: i64, report: &mut Report, at: &FieldPath) {
     if count > 1 && total == 0 {
-        report.error(
-            at,
-            "the destination weights add up to 0; give at least one a positive weight",
-        );
+        report.error(at, "the destination weights add up to 0; give at least one a positive weight");
     }
 }
 
 fn validate_redirect(r: &HttpRedirect, report: &mut Report, at: &FieldPath) {
-    if r.uri.is_empty()
-        && r.authority.is_empty()
-        && r.scheme.is_empty()
-        && r.port.is_none()
-        && r.derive_port.is_none()
+    if r.uri.is_empty() && r.authority.is_empty() && r.scheme.is_empty() && r.port.is_none() && r.derive_port.is_none()
     {
-        report.error(
-            at,
-            "redirect must set at least one of uri, authority, scheme, port or derivePort",
-        );
+        report.error(at, "redirect must set at least one of uri, authority, scheme, port or derivePort");
     }
     if r.port.is_some() && r.derive_port.is_some() {
-        report.error(
-            &at.field("derivePort"),
-            "port and derivePort are mutually exclusive",
-        );
+        report.error(&at.field("derivePort"), "port and derivePort are mutually exclusive");
     }
     if let Some(port) = r.port {
         report.check(&at.field("port"), checks::port(port));
     }
     if !r.scheme.is_empty() && r.scheme != "http" && r.scheme != "https" {
-        report.error(
-            &at.field("scheme"),
-            format!("redirect scheme {:?} must be http or https", r.scheme),
-        );
+        report.error(&at.field("scheme"), format!("redirect scheme {:?} must be http or https", r.scheme));
     }
     if let Some(code) = r.redirect_code
         && code != 0
@@ -1102,10 +976,7 @@ fn validate_redirect(r: &HttpRedirect, report: &mut Report, at: &FieldPath) {
 
 fn validate_direct_response(d: &HttpDirectResponse, report: &mut Report, at: &FieldPath) {
     if !(200..=599).contains(&d.status) {
-        report.error(
-            &at.field("status"),
-            format!("status {} must be in the range 200..599", d.status),
-        );
+        report.error(&at.field("status"), format!("status {} must be in the range 200..599", d.status));
     }
     if let Some(body) = &d.body {
         let size = match body {
@@ -1116,34 +987,22 @@ fn validate_direct_response(d: &HttpDirectResponse, report: &mut Report, at: &Fi
         if size > DIRECT_RESPONSE_MAX {
             report.error(&here, "body must be smaller than 1MB");
         } else if size > DIRECT_RESPONSE_WARN {
-            report.warning(
-                &here,
-                "body is larger than 100KB, which burdens the control plane",
-            );
+            report.warning(&here, "body is larger than 100KB, which burdens the control plane");
         }
     }
 }
 
 fn validate_rewrite(r: &HttpRewrite, report: &mut Report, at: &FieldPath) {
     if !r.uri.is_empty() && r.uri_regex_rewrite.is_some() {
-        report.error(
-            &at.field("uriRegexRewrite"),
-            "uri and uriRegexRewrite are mutually exclusive",
-        );
+        report.error(&at.field("uriRegexRewrite"), "uri and uriRegexRewrite are mutually exclusive");
     }
     if r.uri.is_empty() && r.authority.is_empty() && r.uri_regex_rewrite.is_none() {
-        report.error(
-            at,
-            "rewrite must set at least one of uri, uriRegexRewrite or authority",
-        );
+        report.error(at, "rewrite must set at least one of uri, uriRegexRewrite or authority");
     }
     if let Some(rx) = &r.uri_regex_rewrite {
         let here = at.field("uriRegexRewrite");
         if rx.r#match.is_empty() {
-            report.error(
-                &here.field("match"),
-                "uriRegexRewrite needs a match pattern",
-            );
+            report.error(&here.field("match"), "uriRegexRewrite needs a match pattern");
         } else {
             regex(&rx.r#match, report, &here.field("match"));
         }
@@ -1156,27 +1015,18 @@ fn validate_rewrite(r: &HttpRewrite, report: &mut Report, at: &FieldPath) {
 fn validate_retries(r: &HttpRetry, report: &mut Report, at: &FieldPath) {
     let attempts = r.attempts.unwrap_or(0);
     if attempts < 0 {
-        report.error(
-            &at.field("attempts"),
-            format!("attempts {attempts} must not be negative"),
-        );
+        report.error(&at.field("attempts"), format!("attempts {attempts} must not be negative"));
     }
     if attempts == 0 {
         let disabled = "is not allowed when attempts is 0 (retries disabled)";
         if r.per_try_timeout.is_some() {
-            report.error(
-                &at.field("perTryTimeout"),
-                format!("perTryTimeout {disabled}"),
-            );
+            report.error(&at.field("perTryTimeout"), format!("perTryTimeout {disabled}"));
         }
         if !r.retry_on.is_empty() {
             report.error(&at.field("retryOn"), format!("retryOn {disabled}"));
         }
         if r.retry_remote_localities.is_some() {
-            report.error(
-                &at.field("retryRemoteLocalities"),
-                format!("retryRemoteLocalities {disabled}"),
-            );
+            report.error(&at.field("retryRemoteLocalities"), format!("retryRemoteLocalities {disabled}"));
         }
     }
     if let Some(d) = &r.per_try_timeout {
@@ -1199,9 +1049,7 @@ fn retry_on_token(token: &str) -> Result<(), String> {
     }
     match token.parse::<u16>() {
         Ok(code) if (100..=599).contains(&code) => Ok(()),
-        _ => Err(format!(
-            "{token:?} is not a retry condition Envoy knows nor an HTTP status code"
-        )),
+        _ => Err(format!("{token:?} is not a retry condition Envoy knows nor an HTTP status code")),
     }
 }
 
@@ -1217,16 +1065,10 @@ fn validate_fault(f: &HttpFaultInjection, report: &mut Report, at: &FieldPath) {
         if let Some(p) = delay.percent
             && !(0..=100).contains(&p)
         {
-            report.error(
-                &here.field("percent"),
-                format!("percent {p} must be in the range 0..100"),
-            );
+            report.error(&here.field("percent"), format!("percent {p} must be in the range 0..100"));
         }
         match (&delay.fixed_delay, &delay.exponential_delay) {
-            (Some(_), Some(_)) => report.error(
-                &here,
-                "fixedDelay and exponentialDelay are mutually exclusive",
-            ),
+            (Some(_), Some(_)) => report.error(&here, "fixedDelay and exponentialDelay are mutually exclusive"),
             (None, None) => report.error(&here, "delay needs fixedDelay"),
             _ => {}
         }
@@ -1234,10 +1076,7 @@ fn validate_fault(f: &HttpFaultInjection, report: &mut Report, at: &FieldPath) {
             report.check(&here.field("fixedDelay"), checks::duration(d));
         }
         if delay.exponential_delay.is_some() {
-            report.error(
-                &here.field("exponentialDelay"),
-                "exponentialDelay is not supported; use fixedDelay",
-            );
+            report.error(&here.field("exponentialDelay"), "exponentialDelay is not supported; use fixedDelay");
         }
     }
     if let Some(abort) = &f.abort {
@@ -1245,32 +1084,19 @@ fn validate_fault(f: &HttpFaultInjection, report: &mut Report, at: &FieldPath) {
         if let Some(p) = &abort.percentage {
             percent(p, report, &here.field("percentage"));
         }
-        let kinds = [
-            abort.http_status.is_some(),
-            abort.grpc_status.is_some(),
-            abort.http2_error.is_some(),
-        ]
-        .iter()
-        .filter(|set| **set)
-        .count();
+        let kinds = [abort.http_status.is_some(), abort.grpc_status.is_some(), abort.http2_error.is_some()]
+            .iter()
+            .filter(|set| **set)
+            .count();
         if kinds == 0 {
-            report.warning(
-                &here,
-                "abort sets none of httpStatus, grpcStatus or http2Error",
-            );
+            report.warning(&here, "abort sets none of httpStatus, grpcStatus or http2Error");
         } else if kinds > 1 {
-            report.error(
-                &here,
-                "only one of httpStatus, grpcStatus and http2Error may be set",
-            );
+            report.error(&here, "only one of httpStatus, grpcStatus and http2Error may be set");
         }
         if let Some(status) = abort.http_status
             && !(200..=599).contains(&status)
         {
-            report.error(
-                &here.field("httpStatus"),
-                format!("HTTP status {status} must be in the range 200..599"),
-            );
+            report.error(&here.field("httpStatus"), format!("HTTP status {status} must be in the range 200..599"));
         }
         if let Some(status) = &abort.grpc_status
             && !GRPC_STATUS_NAMES.contains(&status.as_str())
@@ -1281,20 +1107,15 @@ fn validate_fault(f: &HttpFaultInjection, report: &mut Report, at: &FieldPath) {
             );
         }
         if abort.http2_error.is_some() {
-            report.error(
-                &here.field("http2Error"),
-                "http2Error aborts are not supported; use httpStatus or grpcStatus",
-            );
+            report
+                .error(&here.field("http2Error"), "http2Error aborts are not supported; use httpStatus or grpcStatus");
         }
     }
 }
 
 fn validate_cors(c: &CorsPolicy, report: &mut Report, at: &FieldPath) {
     if !c.allow_origin.is_empty() {
-        report.warning(
-            &at.field("allowOrigin"),
-            "allowOrigin is deprecated; use allowOrigins",
-        );
+        report.warning(&at.field("allowOrigin"), "allowOrigin is deprecated; use allowOrigins");
     }
     for (i, origin) in c.allow_origins.iter().enumerate() {
         let here = at.field("allowOrigins").index(i);
@@ -1310,17 +1131,11 @@ fn validate_cors(c: &CorsPolicy, report: &mut Report, at: &FieldPath) {
         if !HTTP_METHODS.contains(&method.as_str()) {
             report.error(
                 &at.field("allowMethods").index(i),
-                format!(
-                    "{method:?} is not an HTTP method (one of {})",
-                    HTTP_METHODS.join(", ")
-                ),
+                format!("{method:?} is not an HTTP method (one of {})", HTTP_METHODS.join(", ")),
             );
         }
     }
-    for (field, list) in [
-        ("allowHeaders", &c.allow_headers),
-        ("exposeHeaders", &c.expose_headers),
-    ] {
+    for (field, list) in [("allowHeaders", &c.allow_headers), ("exposeHeaders", &c.expose_headers)] {
         for (i, name) in list.iter().enumerate() {
             if name != "*" {
                 report.check(&at.field(field).index(i), match_header_name(name));
@@ -1332,10 +1147,7 @@ fn validate_cors(c: &CorsPolicy, report: &mut Report, at: &FieldPath) {
         if let Err(e) = checks::duration(max_age) {
             report.error(&here, e);
         } else if max_age.as_nanos() % 1_000_000_000 != 0 {
-            report.error(
-                &here,
-                format!("maxAge {max_age} must be a whole number of seconds"),
-            );
+            report.error(&here, format!("maxAge {max_age} must be a whole number of seconds"));
         }
     }
 }
@@ -1385,9 +1197,7 @@ fn header_op_name(name: &str) -> Result<(), String> {
 /// A header value: no control characters other than tab.
 fn header_value(value: &str) -> Result<(), String> {
     if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
-        Err(format!(
-            "header value {value:?} contains control characters"
-        ))
+        Err(format!("header value {value:?} contains control characters"))
     } else {
         Ok(())
     }
@@ -1395,11 +1205,8 @@ fn header_value(value: &str) -> Result<(), String> {
 
 /// The request authority may be rewritten in one place only.
 fn authority_set_once(route: &HttpRoute, report: &mut Report, at: &FieldPath) {
-    let mut first: Option<FieldPath> = route
-        .rewrite
-        .as_ref()
-        .filter(|r| !r.authority.is_empty())
-        .map(|_| at.field("rewrite").field("authority"));
+    let mut first: Option<FieldPath> =
+        route.rewrite.as_ref().filter(|r| !r.authority.is_empty()).map(|_| at.field("rewrite").field("authority"));
     let Some(request) = route.headers.as_ref().and_then(|h| h.request.as_ref()) else {
         return;
     };
@@ -1408,10 +1215,9 @@ fn authority_set_once(route: &HttpRoute, report: &mut Report, at: &FieldPath) {
         for name in map.keys().filter(|n| is_authority_header(n)) {
             let path = here.field(field).key(name);
             match &first {
-                Some(earlier) => report.error(
-                    &path,
-                    format!("the authority is already set at {earlier}; set it in one place only"),
-                ),
+                Some(earlier) => {
+                    report.error(&path, format!("the authority is already set at {earlier}; set it in one place only"))
+                }
                 None => first = Some(path),
             }
         }
@@ -1420,26 +1226,18 @@ fn authority_set_once(route: &HttpRoute, report: &mut Report, at: &FieldPath) {
 
 fn validate_tls_route(route: &TlsRoute, vs_hosts: &[String], report: &mut Report, at: &FieldPath) {
     if route.r#match.is_empty() {
-        report.error(
-            &at.field("match"),
-            "a TLS route needs at least one match with sniHosts",
-        );
+        report.error(&at.field("match"), "a TLS route needs at least one match with sniHosts");
     }
     for (i, m) in route.r#match.iter().enumerate() {
         let here = at.field("match").index(i);
         if m.sni_hosts.is_empty() {
-            report.error(
-                &here.field("sniHosts"),
-                "a TLS match needs at least one SNI host",
-            );
+            report.error(&here.field("sniHosts"), "a TLS match needs at least one SNI host");
         }
         for (j, sni) in m.sni_hosts.iter().enumerate() {
             let sni_at = here.field("sniHosts").index(j);
             if sni.parse::<IpAddr>().is_ok() {
-                report.warning(
-                    &sni_at,
-                    format!("SNI host {sni:?} is an IP address, which most TLS clients never send"),
-                );
+                report
+                    .warning(&sni_at, format!("SNI host {sni:?} is an IP address, which most TLS clients never send"));
                 continue;
             }
             if let Err(e) = checks::wildcard_host(sni) {
@@ -1454,25 +1252,11 @@ fn validate_tls_route(route: &TlsRoute, vs_hosts: &[String], report: &mut Report
                 );
             }
         }
-        subnets(
-            &m.destination_subnets,
-            report,
-            &here.field("destinationSubnets"),
-        );
-        l4_common(
-            m.port,
-            &m.source_labels,
-            &m.gateways,
-            &m.source_namespace,
-            report,
-            &here,
-        );
+        subnets(&m.destination_subnets, report, &here.field("destinationSubnets"));
+        l4_common(m.port, &m.source_labels, &m.gateways, &m.source_namespace, report, &here);
     }
     if route.route.is_empty() {
-        report.error(
-            &at.field("route"),
-            "a TLS route needs at least one destination",
-        );
+        report.error(&at.field("route"), "a TLS route needs at least one destination");
     }
     validate_route_destinations(&route.route, report, &at.field("route"));
 }
@@ -1494,25 +1278,11 @@ fn host_within(inner: &str, outer: &str) -> bool {
 fn validate_tcp_route(route: &TcpRoute, report: &mut Report, at: &FieldPath) {
     for (i, m) in route.r#match.iter().enumerate() {
         let here = at.field("match").index(i);
-        subnets(
-            &m.destination_subnets,
-            report,
-            &here.field("destinationSubnets"),
-        );
-        l4_common(
-            m.port,
-            &m.source_labels,
-            &m.gateways,
-            &m.source_namespace,
-            report,
-            &here,
-        );
+        subnets(&m.destination_subnets, report, &here.field("destinationSubnets"));
+        l4_common(m.port, &m.source_labels, &m.gateways, &m.source_namespace, report, &here);
     }
     if route.route.is_empty() {
-        report.error(
-            &at.field("route"),
-            "a TCP route needs at least one destination",
-        );
+        report.error(&at.field("route"), "a TCP route needs at least one destination");
     }
     validate_route_destinations(&route.route, report, &at.field("route"));
 }
@@ -1537,10 +1307,7 @@ fn l4_common(
     checks::labels(source_labels, report, &at.field("sourceLabels"));
     gateway_names(gateways, report, &at.field("gateways"));
     if !source_namespace.is_empty() {
-        report.check(
-            &at.field("sourceNamespace"),
-            checks::dns1123_label(source_namespace),
-        );
+        report.check(&at.field("sourceNamespace"), checks::dns1123_label(source_namespace));
     }
 }
 
@@ -1550,29 +1317,19 @@ fn http_match_keys(route: &HttpRoute) -> Vec<String> {
         .r#match
         .iter()
         .map(|m| {
-            let unnamed = HttpMatchRequest {
-                name: String::new(),
-                ..m.clone()
-            };
+            let unnamed = HttpMatchRequest { name: String::new(), ..m.clone() };
             serde_json::to_string(&unnamed).unwrap_or_default()
         })
         .collect()
 }
 
 fn json_keys<T: Serialize>(matches: &[T]) -> Vec<String> {
-    matches
-        .iter()
-        .map(|m| serde_json::to_string(m).unwrap_or_default())
-        .collect()
+    matches.iter().map(|m| serde_json::to_string(m).unwrap_or_default()).collect()
 }
 
 /// Warns about rules no request can reach: a catch-all rule that is not the last one, and rules
 /// whose every match repeats an earlier rule's.
-fn unreachable_rules(
-    rules: impl Iterator<Item = (bool, Vec<String>)>,
-    report: &mut Report,
-    at: &FieldPath,
-) {
+fn unreachable_rules(rules: impl Iterator<Item = (bool, Vec<String>)>, report: &mut Report, at: &FieldPath) {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut catch_all: Option<usize> = None;
     for (i, (no_match, keys)) in rules.enumerate() {
@@ -1603,10 +1360,7 @@ fn unreachable_rules(
             }
         }
         if repeated == keys.len() {
-            report.warning(
-                &here,
-                "rule is never used: every match repeats an earlier rule",
-            );
+            report.warning(&here, "rule is never used: every match repeats an earlier rule");
         }
     }
 }
@@ -1621,36 +1375,20 @@ mod tests {
         let crd = VirtualService::crd();
         let names = &crd.spec.names;
         assert_eq!(names.short_names.as_deref(), Some(&["vs".to_owned()][..]));
-        assert_eq!(
-            names.categories.as_deref(),
-            Some(&["istio-io".to_owned(), "networking-istio-io".to_owned()][..])
-        );
+        assert_eq!(names.categories.as_deref(), Some(&["istio-io".to_owned(), "networking-istio-io".to_owned()][..]));
         let columns: Vec<(String, String)> = crd.spec.versions[0]
             .additional_printer_columns
             .iter()
             .flatten()
             .map(|c| (c.name.clone(), c.json_path.clone()))
             .collect();
-        let want = [
-            ("Gateways", ".spec.gateways"),
-            ("Hosts", ".spec.hosts"),
-            ("Age", ".metadata.creationTimestamp"),
-        ];
-        assert_eq!(
-            columns,
-            want.map(|(n, p)| (n.to_owned(), p.to_owned())).to_vec()
-        );
+        let want = [("Gateways", ".spec.gateways"), ("Hosts", ".spec.hosts"), ("Age", ".metadata.creationTimestamp")];
+        assert_eq!(columns, want.map(|(n, p)| (n.to_owned(), p.to_owned())).to_vec());
     }
 
     #[test]
     fn retry_on_accepts_envoy_conditions_and_status_codes() {
-        for ok in [
-            "5xx",
-            "gateway-error",
-            "retriable-4xx",
-            "503",
-            "unavailable",
-        ] {
+        for ok in ["5xx", "gateway-error", "retriable-4xx", "503", "unavailable"] {
             assert_eq!(retry_on_token(ok), Ok(()), "{ok}");
         }
         for bad in ["", "5XX", "600", "99", "server-error", " 5xx"] {
@@ -1687,41 +1425,22 @@ mod tests {
 
     #[test]
     fn gateway_references() {
-        let names: Vec<String> = [
-            "mesh",
-            "my-gateway",
-            "istio-system/ingress",
-            "bad/Name",
-            "gw.istio-system",
-            "a/b/c",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let names: Vec<String> = ["mesh", "my-gateway", "istio-system/ingress", "bad/Name", "gw.istio-system", "a/b/c"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
         let mut report = Report::default();
         gateway_names(&names, &mut report, &FieldPath::new("g"));
-        let paths: Vec<_> = report
-            .items
-            .iter()
-            .map(|i| (i.severity, i.path.as_str()))
-            .collect();
+        let paths: Vec<_> = report.items.iter().map(|i| (i.severity, i.path.as_str())).collect();
         use crate::validate::Severity::{Error, Warning};
-        assert_eq!(
-            paths,
-            [(Error, "g[3]"), (Warning, "g[4]"), (Error, "g[5]")],
-            "{report:?}"
-        );
+        assert_eq!(paths, [(Error, "g[3]"), (Warning, "g[4]"), (Error, "g[5]")], "{report:?}");
     }
 
     #[test]
     fn direct_response_status_range() {
         for (status, ok) in [(199, false), (200, true), (599, true), (600, false)] {
             let mut report = Report::default();
-            validate_direct_response(
-                &HttpDirectResponse { status, body: None },
-                &mut report,
-                &FieldPath::new("d"),
-            );
+            validate_direct_response(&HttpDirectResponse { status, body: None }, &mut report, &FieldPath::new("d"));
             assert_eq!(!report.has_errors(), ok, "{status}");
         }
     }

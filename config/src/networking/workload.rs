@@ -36,11 +36,7 @@ pub struct WorkloadEntrySpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     /// Service port name to endpoint port number.
-    #[serde(
-        default,
-        deserialize_with = "lenient_port_map",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(default, deserialize_with = "lenient_port_map", skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -66,9 +62,7 @@ fn lenient_port_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, 
     raw.into_iter()
         .map(|(name, Port(port))| match port {
             Some(p) => Ok((name, p)),
-            None => Err(serde::de::Error::custom(format!(
-                "port {name:?} has no number"
-            ))),
+            None => Err(serde::de::Error::custom(format!("port {name:?} has no number"))),
         })
         .collect()
 }
@@ -83,14 +77,10 @@ fn check_unix_path(path: &str) -> Result<(), String> {
         return Ok(());
     }
     if !path.starts_with('/') {
-        return Err(format!(
-            "unix socket path {path:?} must be absolute (or an abstract @name)"
-        ));
+        return Err(format!("unix socket path {path:?} must be absolute (or an abstract @name)"));
     }
     if path.ends_with('/') {
-        return Err(format!(
-            "unix socket path {path:?} must name a socket, not a directory"
-        ));
+        return Err(format!("unix socket path {path:?} must name a socket, not a directory"));
     }
     Ok(())
 }
@@ -115,33 +105,21 @@ pub(crate) fn validate_workload_entry(
     } else if let Some(path) = address.strip_prefix(UNIX_PREFIX) {
         report.check(&address_at, check_unix_path(path));
         if !entry.ports.is_empty() {
-            report.error(
-                &at.field("ports"),
-                "ports are not allowed with a unix:// address",
-            );
+            report.error(&at.field("ports"), "ports are not allowed with a unix:// address");
         }
         if let Some(declared) = service_ports
             && declared.len() != 1
         {
             report.error(
                 &address_at,
-                format!(
-                    "a unix:// endpoint needs exactly one service port, found {}",
-                    declared.len()
-                ),
+                format!("a unix:// endpoint needs exactly one service port, found {}", declared.len()),
             );
         }
     } else if address.parse::<IpAddr>().is_err() {
         if !allow_hostname {
-            report.error(
-                &address_at,
-                format!("address {address:?} must be an IP address or a unix:// path"),
-            );
+            report.error(&address_at, format!("address {address:?} must be an IP address or a unix:// path"));
         } else if checks::fqdn(address).is_err() {
-            report.error(
-                &address_at,
-                format!("address {address:?} is neither an IP address nor a valid host name"),
-            );
+            report.error(&address_at, format!("address {address:?} is neither an IP address nor a valid host name"));
         }
     }
     let ports_at = at.field("ports");
@@ -151,10 +129,7 @@ pub(crate) fn validate_workload_entry(
             && !unix
             && !declared.iter().any(|d| d == name)
         {
-            report.error(
-                &here,
-                format!("port name {name:?} is not declared in the service entry's ports"),
-            );
+            report.error(&here, format!("port name {name:?} is not declared in the service entry's ports"));
         }
         report.check(&here, check_port_name(name));
         report.check(&here, checks::port(*number));
@@ -236,11 +211,7 @@ pub struct ReadinessProbe {
 pub struct HttpHealthCheckConfig {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
@@ -267,11 +238,7 @@ pub struct HttpHeader {
 pub struct TcpHealthCheckConfig {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
 }
 
@@ -287,11 +254,7 @@ pub struct ExecHealthCheckConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcHealthCheckConfig {
-    #[serde(
-        default,
-        deserialize_with = "crate::common::lenient_u32",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
     /// Fully qualified gRPC service name to check.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -299,8 +262,7 @@ pub struct GrpcHealthCheckConfig {
 }
 
 #[allow(clippy::unwrap_used)] // constant pattern
-static PROBE_HEADER_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[-_A-Za-z0-9]+$").unwrap());
+static PROBE_HEADER_NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[-_A-Za-z0-9]+$").unwrap());
 
 fn check_required_port(report: &mut Report, at: &FieldPath, port: Option<u32>) {
     match port {
@@ -321,40 +283,26 @@ fn validate_probe(report: &mut Report, at: &FieldPath, probe: &ReadinessProbe) {
             report.error(&at.field(name), format!("{name} {v} must not be negative"));
         }
     }
-    let methods = [
-        probe.http_get.is_some(),
-        probe.tcp_socket.is_some(),
-        probe.exec.is_some(),
-        probe.grpc.is_some(),
-    ]
-    .into_iter()
-    .filter(|set| *set)
-    .count();
+    let methods = [probe.http_get.is_some(), probe.tcp_socket.is_some(), probe.exec.is_some(), probe.grpc.is_some()]
+        .into_iter()
+        .filter(|set| *set)
+        .count();
     match methods {
         0 => report.error(at, "one of httpGet, tcpSocket, exec or grpc is required"),
         1 => {}
-        _ => report.error(
-            at,
-            "only one of httpGet, tcpSocket, exec or grpc may be set",
-        ),
+        _ => report.error(at, "only one of httpGet, tcpSocket, exec or grpc may be set"),
     }
     if let Some(http) = &probe.http_get {
         let here = at.field("httpGet");
         check_required_port(report, &here.field("port"), http.port);
         if !matches!(http.scheme.as_str(), "" | "HTTP" | "HTTPS") {
-            report.error(
-                &here.field("scheme"),
-                format!("scheme {:?} must be HTTP or HTTPS", http.scheme),
-            );
+            report.error(&here.field("scheme"), format!("scheme {:?} must be HTTP or HTTPS", http.scheme));
         }
         for (i, header) in http.http_headers.iter().enumerate() {
             if !PROBE_HEADER_NAME.is_match(&header.name) {
                 report.error(
                     &here.field("httpHeaders").index(i).field("name"),
-                    format!(
-                        "header name {:?} is invalid (letters, digits, '-' and '_' only)",
-                        header.name
-                    ),
+                    format!("header name {:?} is invalid (letters, digits, '-' and '_' only)", header.name),
                 );
             }
         }
@@ -427,11 +375,7 @@ mod tests {
 
     fn we_errors(yaml: &str) -> Vec<String> {
         let spec: WorkloadEntrySpec = serde_saphyr::from_str(yaml).expect("spec decodes");
-        WorkloadEntry::new("we", spec)
-            .report()
-            .errors()
-            .map(ToString::to_string)
-            .collect()
+        WorkloadEntry::new("we", spec).report().errors().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -445,26 +389,17 @@ mod tests {
             ("address: 'unix:///var/run/app.sock'", &[]),
             (
                 "address: 'unix://relative.sock'",
-                &[
-                    "spec.address: unix socket path \"relative.sock\" must be absolute (or an abstract @name)",
-                ],
+                &["spec.address: unix socket path \"relative.sock\" must be absolute (or an abstract @name)"],
             ),
             (
                 "address: 'unix:///var/run/'",
-                &[
-                    "spec.address: unix socket path \"/var/run/\" must name a socket, not a directory",
-                ],
+                &["spec.address: unix socket path \"/var/run/\" must name a socket, not a directory"],
             ),
             (
                 "address: 'bad_host!'",
-                &[
-                    "spec.address: address \"bad_host!\" is neither an IP address nor a valid host name",
-                ],
+                &["spec.address: address \"bad_host!\" is neither an IP address nor a valid host name"],
             ),
-            (
-                "labels: {app: a}",
-                &["spec.address: address is required unless network is set"],
-            ),
+            ("labels: {app: a}", &["spec.address: address is required unless network is set"]),
         ];
         for (yaml, want) in cases {
             assert_eq!(&we_errors(yaml), want, "{yaml}");
@@ -474,8 +409,7 @@ mod tests {
     #[test]
     fn ports_may_be_quoted() {
         let spec: WorkloadEntrySpec =
-            serde_saphyr::from_str("address: 1.2.3.4\nports: {http: '8080', grpc: 9090}")
-                .expect("decodes");
+            serde_saphyr::from_str("address: 1.2.3.4\nports: {http: '8080', grpc: 9090}").expect("decodes");
         assert_eq!(spec.ports.get("http"), Some(&8080));
         assert_eq!(spec.ports.get("grpc"), Some(&9090));
         assert!(serde_saphyr::from_str::<WorkloadEntrySpec>("ports: {http: eighty}").is_err());

@@ -16,8 +16,7 @@ const FQDN_MAX: usize = 255;
 static HOST_LABEL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$").unwrap());
 #[allow(clippy::unwrap_used)]
-static DNS1123_LABEL: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?$").unwrap());
+static DNS1123_LABEL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?$").unwrap());
 #[allow(clippy::unwrap_used)]
 static LABEL_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$").unwrap());
@@ -28,9 +27,7 @@ pub fn dns1123_label(value: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if value.len() > DNS1123_LABEL_MAX {
-        return Err(format!(
-            "{value:?} is longer than {DNS1123_LABEL_MAX} characters"
-        ));
+        return Err(format!("{value:?} is longer than {DNS1123_LABEL_MAX} characters"));
     }
     if !DNS1123_LABEL.is_match(value) {
         return Err(format!(
@@ -47,9 +44,7 @@ pub fn fqdn(host: &str) -> Result<(), String> {
         return Err("host must not be empty".into());
     }
     if host.len() > FQDN_MAX {
-        return Err(format!(
-            "host {host:?} is longer than {FQDN_MAX} characters"
-        ));
+        return Err(format!("host {host:?} is longer than {FQDN_MAX} characters"));
     }
     for label in trimmed.split('.') {
         host_label(host, label)?;
@@ -59,9 +54,7 @@ pub fn fqdn(host: &str) -> Result<(), String> {
 
 fn host_label(host: &str, label: &str) -> Result<(), String> {
     if label.len() > DNS1123_LABEL_MAX || !HOST_LABEL.is_match(label) {
-        return Err(format!(
-            "host {host:?} is invalid: label {label:?} is not a valid DNS label"
-        ));
+        return Err(format!("host {host:?} is invalid: label {label:?} is not a valid DNS label"));
     }
     Ok(())
 }
@@ -73,9 +66,7 @@ pub fn wildcard_host(host: &str) -> Result<(), String> {
         return Err("host must not be empty".into());
     }
     if host.len() > FQDN_MAX {
-        return Err(format!(
-            "host {host:?} is longer than {FQDN_MAX} characters"
-        ));
+        return Err(format!("host {host:?} is longer than {FQDN_MAX} characters"));
     }
     if host == "*" {
         return Ok(());
@@ -94,9 +85,7 @@ pub fn wildcard_host(host: &str) -> Result<(), String> {
     }
     for label in rest.split('.') {
         if label.contains('*') {
-            return Err(format!(
-                "host {host:?} is invalid: a wildcard may only be the first label"
-            ));
+            return Err(format!("host {host:?} is invalid: a wildcard may only be the first label"));
         }
         host_label(host, label)?;
     }
@@ -106,9 +95,7 @@ pub fn wildcard_host(host: &str) -> Result<(), String> {
 /// A `namespace/host` gateway or Sidecar host: namespace is `*`, `.`, `~` or a namespace name.
 pub fn namespaced_host(value: &str) -> Result<(), String> {
     let Some((namespace, host)) = value.split_once('/') else {
-        return Err(format!(
-            "host {value:?} must be of the form namespace/dnsName"
-        ));
+        return Err(format!("host {value:?} must be of the form namespace/dnsName"));
     };
     if !matches!(namespace, "*" | "." | "~") {
         dns1123_label(namespace).map_err(|e| format!("namespace of host {value:?}: {e}"))?;
@@ -121,9 +108,7 @@ pub fn port(number: u32) -> Result<(), String> {
     if (1..=65535).contains(&number) {
         Ok(())
     } else {
-        Err(format!(
-            "port number {number} must be in the range 1..65535"
-        ))
+        Err(format!("port number {number} must be in the range 1..65535"))
     }
 }
 
@@ -134,9 +119,7 @@ pub fn duration(d: &Duration) -> Result<(), String> {
         return Err(format!("duration {d} must be at least 1ms"));
     }
     if nanos % 1_000_000 != 0 {
-        return Err(format!(
-            "duration {d} has sub-millisecond precision; only whole milliseconds are supported"
-        ));
+        return Err(format!("duration {d} has sub-millisecond precision; only whole milliseconds are supported"));
     }
     Ok(())
 }
@@ -149,26 +132,14 @@ pub fn regex(pattern: &str) -> Result<(), String> {
     }
     Regex::new(pattern).map(drop).map_err(|e| {
         let detail = e.to_string();
-        let last = detail
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
-        format!(
-            "invalid regex {pattern:?}: {}",
-            last.trim_start_matches("error: ")
-        )
+        let last = detail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        format!("invalid regex {pattern:?}: {}", last.trim_start_matches("error: "))
     })
 }
 
 /// A percentage in 0..100 inclusive.
 pub fn percentage(value: f64) -> Result<(), String> {
-    if (0.0..=100.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(format!("percentage {value} must be in the range 0..100"))
-    }
+    if (0.0..=100.0).contains(&value) { Ok(()) } else { Err(format!("percentage {value} must be in the range 0..100")) }
 }
 
 /// A label key: an optional DNS subdomain prefix and `/`, then a name of up to 63 characters.
@@ -178,13 +149,9 @@ pub fn label_key(key: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(prefix) = prefix
-        && (prefix.is_empty()
-            || prefix.len() > 253
-            || prefix.split('.').any(|l| dns1123_label(l).is_err()))
+        && (prefix.is_empty() || prefix.len() > 253 || prefix.split('.').any(|l| dns1123_label(l).is_err()))
     {
-        return Err(format!(
-            "label key {key:?} has an invalid prefix (must be a DNS subdomain)"
-        ));
+        return Err(format!("label key {key:?} has an invalid prefix (must be a DNS subdomain)"));
     }
     if name.is_empty() || name.len() > DNS1123_LABEL_MAX || !LABEL_NAME.is_match(name) {
         return Err(format!(
@@ -219,9 +186,7 @@ pub fn ip_or_cidr(value: &str) -> Result<(), String> {
         Some((ip, bits)) => (ip, Some(bits)),
         None => (value, None),
     };
-    let address: IpAddr = ip
-        .parse()
-        .map_err(|_| format!("{value:?} is not a valid IP address or CIDR block"))?;
+    let address: IpAddr = ip.parse().map_err(|_| format!("{value:?} is not a valid IP address or CIDR block"))?;
     if let Some(bits) = bits {
         let max = if address.is_ipv4() { 32 } else { 128 };
         match bits.parse::<u8>() {
@@ -251,9 +216,7 @@ pub fn header_name(name: &str) -> Result<(), String> {
             && b != b'{'
             && b != b'}'
     }) {
-        return Err(format!(
-            "header name {name:?} contains characters not allowed in a header name"
-        ));
+        return Err(format!("header name {name:?} contains characters not allowed in a header name"));
     }
     Ok(())
 }
@@ -264,15 +227,9 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in [
-            "*",
-            "*.example.com",
-            "reviews",
-            "reviews.default.svc.cluster.local",
-            "Example.COM",
-            "*.com",
-            "foo.bar.",
-        ] {
+        for ok in
+            ["*", "*.example.com", "reviews", "reviews.default.svc.cluster.local", "Example.COM", "*.com", "foo.bar."]
+        {
             assert_eq!(wildcard_host(ok), Ok(()), "{ok}");
         }
         for bad in ["", "foo.*.com", "-foo.com", "foo..com", "foo_bar.com", "*."] {

@@ -23,11 +23,7 @@ impl FieldPath {
         Self::new("spec")
     }
     pub fn field(&self, name: &str) -> Self {
-        if self.0.is_empty() {
-            Self(name.to_owned())
-        } else {
-            Self(format!("{}.{name}", self.0))
-        }
+        if self.0.is_empty() { Self(name.to_owned()) } else { Self(format!("{}.{name}", self.0)) }
     }
     pub fn index(&self, i: usize) -> Self {
         Self(format!("{}[{i}]", self.0))
@@ -83,18 +79,10 @@ pub struct Report {
 
 impl Report {
     pub fn error(&mut self, at: &FieldPath, message: impl Into<String>) {
-        self.items.push(FieldError {
-            severity: Severity::Error,
-            path: at.0.clone(),
-            message: message.into(),
-        });
+        self.items.push(FieldError { severity: Severity::Error, path: at.0.clone(), message: message.into() });
     }
     pub fn warning(&mut self, at: &FieldPath, message: impl Into<String>) {
-        self.items.push(FieldError {
-            severity: Severity::Warning,
-            path: at.0.clone(),
-            message: message.into(),
-        });
+        self.items.push(FieldError { severity: Severity::Warning, path: at.0.clone(), message: message.into() });
     }
     /// Records `result`'s error, if any, at `at`. For the `checks` functions.
     pub fn check(&mut self, at: &FieldPath, result: Result<(), String>) {
@@ -106,9 +94,7 @@ impl Report {
         self.items.iter().filter(|e| e.severity == Severity::Error)
     }
     pub fn warnings(&self) -> impl Iterator<Item = &FieldError> {
-        self.items
-            .iter()
-            .filter(|e| e.severity == Severity::Warning)
+        self.items.iter().filter(|e| e.severity == Severity::Warning)
     }
     pub fn has_errors(&self) -> bool {
         self.errors().next().is_some()

@@ -59,15 +59,8 @@ pub fn run(args: &Args) -> ExitCode {
                 rudder_config::Severity::Error => "error",
                 rudder_config::Severity::Warning => "warning",
             };
-            let at = if item.path.is_empty() {
-                String::new()
-            } else {
-                format!("{}: ", item.path)
-            };
-            lines.push(format!(
-                "{level}: {} {}: {at}{}",
-                loaded.source, loaded.id, item.message
-            ));
+            let at = if item.path.is_empty() { String::new() } else { format!("{}: ", item.path) };
+            lines.push(format!("{level}: {} {}: {at}{}", loaded.source, loaded.id, item.message));
         }
     }
     let checked = loads.objects.len() + loads.problems.iter().filter(|p| p.is_error()).count();
@@ -82,15 +75,8 @@ pub fn run(args: &Args) -> ExitCode {
     };
     if skipped > 0 {
         let kinds: Vec<_> = skipped_kinds.into_iter().collect();
-        summary.push_str(&format!(
-            "; skipped {skipped} document(s) of other kinds ({})",
-            kinds.join(", ")
-        ));
+        summary.push_str(&format!("; skipped {skipped} document(s) of other kinds ({})", kinds.join(", ")));
     }
     println!("{summary}");
-    if invalid == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
