@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# Runs Rudder's whole test suite, the way CI does. Installs nothing system-wide: anything the
-# tests need beyond Rust is put under .tools/ by this script.
+# Runs Rudder's whole test suite, the way CI does, and ends with one summed line
+# (`tests: N passed, N failed, N skipped`) over every test binary. Installs nothing
+# system-wide: anything the tests need beyond Rust is put under .tools/ by this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-cargo test --workspace --locked "$@"
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
