@@ -1,4 +1,6 @@
-//! The operator side of Rudder and the home of the `rudder` binary's command line. Each verb
-//! lives in its own module under [`cli`]; the work itself lives in the library crates.
+//! The operator side of Rudder and the home of the `rudder` binary's command line: rendering an
+//! `IstioOperator` into a control plane ([`render`], pure), the rendered [`manifest`], and the
+//! verbs under [`cli`].
 
 pub mod cli;
+pub mod manifest;
