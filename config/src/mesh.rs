@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::common::{Duration, FreeForm};
+use crate::networking::destination_rule::{LocalityLoadBalancerSetting, validate_locality};
 use crate::validate::{FieldPath, Report, checks};
 
 crate::proto_enum! {
@@ -178,7 +179,7 @@ pub struct MeshConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality_lb_setting: Option<LocalityLbSetting>,
+    pub locality_lb_setting: Option<LocalityLoadBalancerSetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_refresh_rate: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,41 +272,6 @@ pub struct CertificateData {
     pub cert_signers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_domains: Vec<String>,
-}
-
-/// Locality load-balancing settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LocalityLbSetting {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub distribute: Vec<LocalityDistribute>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover: Vec<LocalityFailover>,
-    /// Labels whose match orders failover priority.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover_priority: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-}
-
-/// Traffic from one locality spread over others by weight.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LocalityDistribute {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub from: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub to: BTreeMap<String, u32>,
-}
-
-/// Region to fail over to.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LocalityFailover {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub from: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub to: String,
 }
 
 /// A DNS certificate to provision (deprecated upstream).
@@ -609,7 +575,10 @@ impl MeshConfig {
                 mode: Some(OutboundTrafficPolicyMode::AllowAny),
                 tls: None,
             }),
-            locality_lb_setting: Some(LocalityLbSetting { enabled: Some(true), ..LocalityLbSetting::default() }),
+            locality_lb_setting: Some(LocalityLoadBalancerSetting {
+                enabled: Some(true),
+                ..LocalityLoadBalancerSetting::default()
+            }),
             default_config: Some(ProxyConfig::istio_defaults()),
             root_namespace: some("istio-system"),
             proxy_listen_port: Some(15001),
@@ -718,7 +687,8 @@ impl MeshConfig {
             report.check(&at.field("rootNamespace"), checks::dns1123_label(ns));
         }
         if let Some(locality) = &self.locality_lb_setting {
-            locality.validate(&at.field("localityLbSetting"), report);
+            // Mesh-wide, the failover-needs-outlierDetection warning does not apply.
+            validate_locality(locality, true, &at.field("localityLbSetting"), report);
         }
         if let Some(d) = &self.dns_refresh_rate {
             report.check(&at.field("dnsRefreshRate"), checks::duration(d));
@@ -869,37 +839,6 @@ impl ProxyConfig {
                 &at.field("image").field("imageType"),
                 format!("unknown image type {:?}; expected default, debug or distroless", image.image_type),
             );
-        }
-    }
-}
-
-impl LocalityLbSetting {
-    fn validate(&self, at: &FieldPath, report: &mut Report) {
-        if !self.distribute.is_empty() && !self.failover.is_empty() {
-            report.error(at, "set only one of distribute and failover");
-        }
-        for (i, rule) in self.distribute.iter().enumerate() {
-            let at = at.field("distribute").index(i);
-            if rule.from.is_empty() {
-                report.error(&at.field("from"), "locality from must not be empty");
-            }
-            let total: u64 = rule.to.values().map(|w| u64::from(*w)).sum();
-            if total != 100 {
-                report.error(&at.field("to"), format!("locality weights add up to {total}; they must add up to 100"));
-            }
-        }
-        for (i, rule) in self.failover.iter().enumerate() {
-            let at = at.field("failover").index(i);
-            if rule.from.is_empty() || rule.to.is_empty() {
-                report.error(&at, "failover needs both from and to regions");
-            } else if rule.from == rule.to {
-                report.error(&at.field("to"), format!("failover from and to are the same region {:?}", rule.from));
-            }
-            for (name, region) in [("from", &rule.from), ("to", &rule.to)] {
-                if region.contains('/') {
-                    report.error(&at.field(name), format!("failover {name} {region:?} must be a region, without '/'"));
-                }
-            }
         }
     }
 }
@@ -1293,7 +1232,7 @@ discoverySelectors:
                 "mesh.trustDomain: trust domain \"bad domain\" is not a valid domain name",
                 "mesh.defaultServiceExportTo[1]: \"Bad_NS\" is not a valid DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)",
                 "mesh.defaultServiceExportTo: exportTo \"~\" cannot be combined with other entries",
-                "mesh.localityLbSetting.distribute[0].to: locality weights add up to 90; they must add up to 100",
+                "mesh.localityLbSetting.distribute[0].to: locality weights total 90; they must add up to 100",
                 "mesh.extensionProviders[0].zipkin.port: port is required",
                 "mesh.extensionProviders[1].name: extension provider name \"zip\" is used twice",
                 "mesh.extensionProviders[1]: extension provider sets stackdriver, prometheus; only one provider kind is allowed",

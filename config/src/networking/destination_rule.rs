@@ -667,7 +667,9 @@ fn is_prime(n: u64) -> bool {
 const TOPOLOGY_LOCALITY_LABELS: [&str; 3] =
     ["topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"];
 
-fn validate_locality(
+/// Locality checks shared with MeshConfig `localityLbSetting`; `has_outlier_detection` silences the
+/// warning that failover needs outlier detection.
+pub(crate) fn validate_locality(
     setting: &LocalityLoadBalancerSetting,
     has_outlier_detection: bool,
     at: &FieldPath,
