@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::common::{Duration, FreeForm};
 use crate::networking::destination_rule::{LocalityLoadBalancerSetting, validate_locality};
-use crate::validate::{FieldPath, Report, checks};
+use crate::validate::{self, FieldPath, Report, checks};
 
 crate::proto_enum! {
     /// Which ingress resources Istio's ingress controller handles.
@@ -681,7 +681,7 @@ impl MeshConfig {
             ("defaultVirtualServiceExportTo", &self.default_virtual_service_export_to),
             ("defaultDestinationRuleExportTo", &self.default_destination_rule_export_to),
         ] {
-            export_to(list, &at.field(name), report);
+            validate::export_to(report, &at.field(name), list, None, true);
         }
         if let Some(ns) = self.root_namespace.as_deref().filter(|ns| !ns.is_empty()) {
             report.check(&at.field("rootNamespace"), checks::dns1123_label(ns));
@@ -849,23 +849,6 @@ fn trust_domain(domain: &str) -> Result<(), String> {
         return Err("trust domain must not be empty".into());
     }
     checks::fqdn(&domain.replace('_', "-")).map_err(|_| format!("trust domain {domain:?} is not a valid domain name"))
-}
-
-/// An exportTo list: `*`, `.`, `~` or namespace names, no repeats, `~` alone.
-fn export_to(list: &[String], at: &FieldPath, report: &mut Report) {
-    let mut seen = BTreeSet::new();
-    for (i, entry) in list.iter().enumerate() {
-        let at = at.index(i);
-        if !matches!(entry.as_str(), "*" | "." | "~") {
-            report.check(&at, checks::dns1123_label(entry));
-        }
-        if !seen.insert(entry.as_str()) {
-            report.error(&at, format!("exportTo entry {entry:?} is repeated"));
-        }
-    }
-    if list.len() > 1 && seen.contains("~") {
-        report.error(at, "exportTo \"~\" cannot be combined with other entries");
-    }
 }
 
 /// `host:port` with a valid host (name or IP) and port.
@@ -1230,8 +1213,8 @@ discoverySelectors:
                 "mesh.defaultConfig.concurrency: concurrency -1 must not be negative",
                 "mesh.defaultConfig.tracing.sampling: percentage 101 must be in the range 0..100",
                 "mesh.trustDomain: trust domain \"bad domain\" is not a valid domain name",
-                "mesh.defaultServiceExportTo[1]: \"Bad_NS\" is not a valid DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)",
-                "mesh.defaultServiceExportTo: exportTo \"~\" cannot be combined with other entries",
+                "mesh.defaultServiceExportTo[1]: exportTo entry \"Bad_NS\" is invalid; use \".\", \"*\", \"~\" or a namespace name",
+                "mesh.defaultServiceExportTo: \"~\" exports to no namespace and cannot be combined with other entries",
                 "mesh.localityLbSetting.distribute[0].to: locality weights total 90; they must add up to 100",
                 "mesh.extensionProviders[0].zipkin.port: port is required",
                 "mesh.extensionProviders[1].name: extension provider name \"zip\" is used twice",

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Duration, IstioStatus, PortSelector, WorkloadSelector};
-use crate::validate::{FieldPath, Report, Validate, checks};
+use crate::validate::{self, FieldPath, Report, Validate, checks};
 
 /// `DestinationRule` spec: policies for traffic to one host, after routing.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -428,13 +428,20 @@ impl Validate for DestinationRule {
             }
             validate_subset(subset, &at, report);
         }
-        validate_export_to(
-            &spec.export_to,
-            self.metadata.namespace.as_deref(),
-            spec.workload_selector.is_some(),
-            &at.field("exportTo"),
-            report,
-        );
+        let namespace = self.metadata.namespace.as_deref();
+        if spec.workload_selector.is_some() {
+            for (i, entry) in spec.export_to.iter().enumerate() {
+                if entry != "." && Some(entry.as_str()) != namespace {
+                    report.error(
+                        &at.field("exportTo").index(i),
+                        format!(
+                            "a rule with a workloadSelector can only be exported to its own namespace (\".\"), not {entry:?}"
+                        ),
+                    );
+                }
+            }
+        }
+        validate::export_to(report, &at.field("exportTo"), &spec.export_to, namespace, false);
         if let Some(selector) = &spec.workload_selector {
             let at = at.field("workloadSelector").field("matchLabels");
             if selector.match_labels.is_empty() {
@@ -899,46 +906,6 @@ fn validate_client_tls(tls: &ClientTlsSettings, at: &FieldPath, report: &mut Rep
                 }
             }
         }
-    }
-}
-
-/// `exportTo`: `.`, `*`, or namespace names; no duplicates; `*` alone; with a workload selector
-/// only the rule's own namespace.
-fn validate_export_to(
-    export_to: &[String],
-    namespace: Option<&str>,
-    has_selector: bool,
-    at: &FieldPath,
-    report: &mut Report,
-) {
-    let mut seen = BTreeSet::new();
-    for (i, entry) in export_to.iter().enumerate() {
-        let at = at.index(i);
-        let key = match entry.as_str() {
-            "." => namespace.unwrap_or("."),
-            other => other,
-        };
-        match entry.as_str() {
-            "." | "*" => {}
-            "~" => {
-                report.error(&at, "exportTo \"~\" is only allowed for ServiceEntry; use \".\" to keep the rule private")
-            }
-            other => report.check(&at, checks::dns1123_label(other).map_err(|e| format!("exportTo namespace {e}"))),
-        }
-        if !seen.insert(key) {
-            report.error(&at, format!("duplicate exportTo entry {entry:?}"));
-        }
-        if has_selector && entry != "." && Some(entry.as_str()) != namespace {
-            report.error(
-                &at,
-                format!(
-                    "a rule with a workloadSelector can only be exported to its own namespace (\".\"), not {entry:?}"
-                ),
-            );
-        }
-    }
-    if seen.contains("*") && export_to.len() > 1 {
-        report.error(at, "exportTo \"*\" already means every namespace and cannot be combined with other entries");
     }
 }
 

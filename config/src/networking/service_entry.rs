@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::workload::{WorkloadEntrySpec, validate_workload_entry};
 use crate::common::IstioStatus;
-use crate::validate::{FieldPath, Report, Validate, checks};
+use crate::validate::{self, FieldPath, Report, Validate, checks};
 
 crate::proto_enum! {
     /// Whether the service is part of the mesh.
@@ -156,61 +156,6 @@ pub(crate) fn check_selector_labels(report: &mut Report, at: &FieldPath, labels:
         } else {
             report.check(&entry, checks::label_key(key));
             report.check(&entry, checks::label_value(value));
-        }
-    }
-}
-
-/// `exportTo`: `.`, `*`, a namespace name, or `~` (ServiceEntry only); no duplicates (`.` and the
-/// object's own namespace count as the same); `*` or `~` only alone.
-pub(crate) fn check_export_to(
-    report: &mut Report,
-    at: &FieldPath,
-    export_to: &[String],
-    namespace: Option<&str>,
-    allow_none: bool,
-) {
-    // Each entry by the namespace it stands for, with the spelling first seen.
-    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-    for (i, entry) in export_to.iter().enumerate() {
-        let here = at.index(i);
-        let key = match (entry.as_str(), namespace) {
-            (".", Some(ns)) => ns,
-            (other, _) => other,
-        };
-        if let Some(first) = seen.get(key) {
-            if *first == entry {
-                report.error(&here, format!("duplicate exportTo entry {entry:?}"));
-            } else {
-                report.error(
-                    &here,
-                    format!("duplicate exportTo entry: \".\" and the own namespace {key:?} are the same"),
-                );
-            }
-            continue;
-        }
-        seen.insert(key, entry);
-        match entry.as_str() {
-            "." | "*" => {}
-            "~" if allow_none => {}
-            other => {
-                if checks::dns1123_label(other).is_err() {
-                    report.error(
-                        &here,
-                        format!(
-                            "exportTo entry {other:?} is invalid; use \".\", \"*\"{} or a namespace name",
-                            if allow_none { ", \"~\"" } else { "" }
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    if export_to.len() > 1 {
-        if seen.contains_key("*") {
-            report.error(at, "\"*\" exports to every namespace and cannot be combined with other entries");
-        }
-        if allow_none && seen.contains_key("~") {
-            report.error(at, "\"~\" exports to no namespace and cannot be combined with other entries");
         }
     }
 }
@@ -388,7 +333,7 @@ impl Validate for ServiceEntry {
             }
         }
 
-        check_export_to(report, &at.field("exportTo"), &spec.export_to, self.metadata.namespace.as_deref(), true);
+        validate::export_to(report, &at.field("exportTo"), &spec.export_to, self.metadata.namespace.as_deref(), true);
     }
 }
 
