@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::workload::{WorkloadEntrySpec, validate_workload_entry};
 use crate::common::IstioStatus;
+use crate::validate::checks::ProtocolKind;
 use crate::validate::{self, FieldPath, Report, Validate, checks};
 
 crate::proto_enum! {
@@ -105,34 +106,6 @@ impl ServiceEntrySpec {
     }
     pub fn location(&self) -> Location {
         self.location.unwrap_or_default()
-    }
-}
-
-/// Protocols Istio knows on a port (matched case-insensitively); `None` when unknown.
-pub(crate) fn protocol_kind(protocol: &str) -> Option<ProtocolKind> {
-    match protocol.to_ascii_lowercase().as_str() {
-        "http" | "http2" | "http_proxy" | "grpc" | "grpc-web" => Some(ProtocolKind::Http),
-        "https" | "tls" => Some(ProtocolKind::Tls),
-        "tcp" | "udp" | "mongo" | "redis" | "mysql" => Some(ProtocolKind::Other),
-        _ => None,
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ProtocolKind {
-    Http,
-    Tls,
-    Other,
-}
-
-/// A port protocol: empty (sniffed) or one Istio knows.
-pub(crate) fn check_protocol(protocol: &str) -> Result<(), String> {
-    if protocol.is_empty() || protocol_kind(protocol).is_some() {
-        Ok(())
-    } else {
-        Err(format!(
-            "unknown protocol {protocol:?}; use HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP, UDP, MONGO, REDIS or MYSQL"
-        ))
     }
 }
 
@@ -242,7 +215,7 @@ impl Validate for ServiceEntry {
             if let Some(target) = port.target_port {
                 report.check(&here.field("targetPort"), checks::port(target));
             }
-            report.check(&here.field("protocol"), check_protocol(&port.protocol));
+            report.check(&here.field("protocol"), checks::protocol(&port.protocol, false));
         }
         let declared: Vec<String> = spec.ports.iter().map(|p| p.name.clone()).collect();
 
@@ -324,7 +297,7 @@ impl Validate for ServiceEntry {
             let distinguishable = spec
                 .ports
                 .iter()
-                .all(|p| matches!(protocol_kind(&p.protocol), Some(ProtocolKind::Http | ProtocolKind::Tls)));
+                .all(|p| matches!(checks::protocol_kind(&p.protocol), Some(ProtocolKind::Http | ProtocolKind::Tls)));
             if !distinguishable {
                 report.error(
                     &hosts_at,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::destination_rule::{ConnectionPoolSettings, validate_connection_pool};
 use super::gateway::{
-    Port, ServerTlsMode, ServerTlsSettings, bind_ip, is_tls_protocol, protocol, scoped_dns_name, unix_address,
+    Port, ServerTlsMode, ServerTlsSettings, bind_ip, is_tls_protocol, scoped_dns_name, unix_address,
     validate_server_tls,
 };
 use crate::common::{IstioStatus, PortSelector};
@@ -193,7 +193,7 @@ fn validate_listener_port(port: &Port, at: &FieldPath, report: &mut Report) {
     if !port.name.is_empty() {
         report.check(&at.field("name"), checks::dns1123_label(&port.name).map_err(|e| format!("port name {e}")));
     }
-    report.check(&at.field("protocol"), protocol(&port.protocol));
+    report.check(&at.field("protocol"), checks::protocol(&port.protocol, true));
 }
 
 fn validate_ingress(listener: &IstioIngressListener, at: &FieldPath, ports: &mut BTreeSet<u32>, report: &mut Report) {

@@ -112,6 +112,39 @@ pub fn port(number: u32) -> Result<(), String> {
     }
 }
 
+/// What a port protocol carries, for rules that depend on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolKind {
+    Http,
+    Tls,
+    Other,
+}
+
+/// The kind of a port protocol Istio knows (matched case-insensitively); `None` when unknown.
+pub fn protocol_kind(protocol: &str) -> Option<ProtocolKind> {
+    match protocol.to_ascii_lowercase().as_str() {
+        "http" | "http2" | "http_proxy" | "grpc" | "grpc-web" => Some(ProtocolKind::Http),
+        "https" | "tls" => Some(ProtocolKind::Tls),
+        "tcp" | "udp" | "mongo" | "redis" | "mysql" => Some(ProtocolKind::Other),
+        _ => None,
+    }
+}
+
+const PROTOCOL_NAMES: &str = "HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP, UDP, MONGO, REDIS or MYSQL";
+
+/// A port protocol Istio knows. Empty means "sniffed" and is allowed unless `required`
+/// (Gateway and Sidecar listener ports).
+pub fn protocol(protocol: &str, required: bool) -> Result<(), String> {
+    if protocol.is_empty() {
+        return if required { Err(format!("protocol is required; use {PROTOCOL_NAMES}")) } else { Ok(()) };
+    }
+    if protocol_kind(protocol).is_some() {
+        Ok(())
+    } else {
+        Err(format!("unknown protocol {protocol:?}; use {PROTOCOL_NAMES}"))
+    }
+}
+
 /// A duration of at least 1 ms with at most millisecond precision.
 pub fn duration(d: &Duration) -> Result<(), String> {
     let nanos = d.as_nanos();
@@ -247,6 +280,13 @@ mod tests {
         assert!(port(0).is_err());
         assert!(port(65536).is_err());
         assert_eq!(port(8080), Ok(()));
+        assert_eq!(protocol("https", true), Ok(()));
+        assert_eq!(protocol("grpc-web", true), Ok(()));
+        assert_eq!(protocol("", false), Ok(()));
+        assert!(protocol("", true).is_err());
+        assert!(protocol("FTP", false).is_err());
+        assert_eq!(protocol_kind("tls"), Some(ProtocolKind::Tls));
+        assert_eq!(protocol_kind("HTTP_PROXY"), Some(ProtocolKind::Http));
         assert!(duration(&Duration::from_nanos(999_999)).is_err());
         assert!(duration(&Duration::from_nanos(1_500_000)).is_err());
         assert_eq!(duration(&Duration::from_millis(1)), Ok(()));
