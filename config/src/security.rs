@@ -13,15 +13,11 @@ use crate::validate::{FieldPath, Report, Validate, checks};
 // Shared policy attachment: `selector`, `targetRef`, `targetRefs` (also used by Telemetry).
 // ---------------------------------------------------------------------------------------------
 
-/// Checks a workload selector: every label valid, and a warning when it has no labels.
-pub(crate) fn validate_selector(selector: Option<&WorkloadSelector>, at: &FieldPath, report: &mut Report) {
-    let Some(selector) = selector else {
-        return;
-    };
-    if selector.match_labels.is_empty() {
-        report.warning(at, "selector has no labels, so it selects every workload");
+/// Checks a workload selector's `matchLabels`, when there is a selector.
+fn validate_selector(selector: Option<&WorkloadSelector>, at: &FieldPath, report: &mut Report) {
+    if let Some(selector) = selector {
+        checks::selector_labels(&selector.match_labels, report, &at.field("matchLabels"));
     }
-    checks::labels(&selector.match_labels, report, &at.field("matchLabels"));
 }
 
 /// The kinds a policy may target: (canonical group, kind).

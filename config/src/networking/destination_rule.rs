@@ -443,11 +443,7 @@ impl Validate for DestinationRule {
         }
         validate::export_to(report, &at.field("exportTo"), &spec.export_to, namespace, false);
         if let Some(selector) = &spec.workload_selector {
-            let at = at.field("workloadSelector").field("matchLabels");
-            if selector.match_labels.is_empty() {
-                report.warning(&at, "workload selector has no labels, so it selects every workload");
-            }
-            checks::labels(&selector.match_labels, report, &at);
+            checks::selector_labels(&selector.match_labels, report, &at.field("workloadSelector").field("matchLabels"));
         }
     }
 }

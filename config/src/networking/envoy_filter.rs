@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::service_entry::{WorkloadSelector, check_selector_labels};
+use super::WorkloadSelector;
 use crate::common::{FreeForm, IstioStatus, PolicyTargetReference};
 use crate::validate::{FieldPath, Report, Validate, checks};
 
@@ -428,7 +428,7 @@ impl Validate for EnvoyFilter {
         );
         if let Some(selector) = &spec.workload_selector {
             let sel_at = at.field("workloadSelector");
-            check_selector_labels(report, &sel_at.field("labels"), &selector.labels);
+            checks::selector_labels(&selector.labels, report, &sel_at.field("labels"));
             if !spec.target_refs.is_empty() {
                 report.error(&sel_at, "only one of workloadSelector or targetRefs may be set");
             }

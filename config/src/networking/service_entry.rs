@@ -1,11 +1,12 @@
 //! ServiceEntry: services outside the registry (`networking/v1alpha3/service_entry.proto`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::WorkloadSelector;
 use super::workload::{WorkloadEntrySpec, validate_workload_entry};
 use crate::common::IstioStatus;
 use crate::validate::checks::ProtocolKind;
@@ -90,16 +91,6 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
-// `istio.networking.v1alpha3.WorkloadSelector` (ServiceEntry, EnvoyFilter, Sidecar): plain
-// `labels`, unlike the `matchLabels` of `istio.type.v1beta1.WorkloadSelector`.
-/// Labels a workload must carry to be selected.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadSelector {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
-
 impl ServiceEntrySpec {
     pub fn resolution(&self) -> Resolution {
         self.resolution.unwrap_or_default()
@@ -112,25 +103,6 @@ impl ServiceEntrySpec {
 /// A port name: a DNS-1123 label.
 pub(crate) fn check_port_name(name: &str) -> Result<(), String> {
     checks::dns1123_label(name).map_err(|e| format!("invalid port name: {e}"))
-}
-
-/// The labels of a workload selector: no empty keys and no wildcards; a selector without labels
-/// selects every workload in the namespace, which Istio only warns about.
-pub(crate) fn check_selector_labels(report: &mut Report, at: &FieldPath, labels: &BTreeMap<String, String>) {
-    if labels.is_empty() {
-        report.warning(at, "selector has no labels, so it selects every workload in the namespace");
-    }
-    for (key, value) in labels {
-        let entry = at.key(key);
-        if key.is_empty() {
-            report.error(&entry, "selector label key must not be empty");
-        } else if key.contains('*') || value.contains('*') {
-            report.error(&entry, format!("wildcards are not supported in selectors ({key}: {value})"));
-        } else {
-            report.check(&entry, checks::label_key(key));
-            report.check(&entry, checks::label_value(value));
-        }
-    }
 }
 
 /// Extra host rules on top of `checks::wildcard_host`: the last label may not be all digits
@@ -153,7 +125,7 @@ impl Validate for ServiceEntry {
 
         if let Some(selector) = &spec.workload_selector {
             let sel_at = at.field("workloadSelector");
-            check_selector_labels(report, &sel_at.field("labels"), &selector.labels);
+            checks::selector_labels(&selector.labels, report, &sel_at.field("labels"));
             if !spec.endpoints.is_empty() {
                 report.error(&sel_at, "only one of workloadSelector or endpoints may be set");
             }

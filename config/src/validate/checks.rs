@@ -213,6 +213,25 @@ pub fn labels(map: &BTreeMap<String, String>, report: &mut super::Report, at: &s
     }
 }
 
+/// The labels of a workload selector (`labels` or `matchLabels`): valid keys and values, no
+/// wildcards; a selector without labels selects every workload, which Istio only warns about.
+pub fn selector_labels(labels: &BTreeMap<String, String>, report: &mut super::Report, at: &super::FieldPath) {
+    if labels.is_empty() {
+        report.warning(at, "workload selector has no labels, so it selects every workload");
+    }
+    for (key, value) in labels {
+        let entry = at.key(key);
+        if key.is_empty() {
+            report.error(&entry, "selector label key must not be empty");
+        } else if key.contains('*') || value.contains('*') {
+            report.error(&entry, format!("wildcards are not supported in selectors ({key}: {value})"));
+        } else {
+            report.check(&entry, label_key(key));
+            report.check(&entry, label_value(value));
+        }
+    }
+}
+
 /// An IP address or a CIDR block (`10.0.0.0/8`, `2001:db8::/32`, `1.2.3.4`).
 pub fn ip_or_cidr(value: &str) -> Result<(), String> {
     let (ip, bits) = match value.split_once('/') {
