@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::common::{Duration, FreeForm};
-use crate::networking::destination_rule::{LocalityLoadBalancerSetting, validate_locality};
+use crate::networking::destination_rule::{
+    LocalityLoadBalancerSetting, TcpKeepalive, validate_locality, validate_tcp_keepalive,
+};
 use crate::validate::{self, FieldPath, Report, checks};
 
 crate::proto_enum! {
@@ -226,18 +228,6 @@ pub struct MeshConfig {
     /// Mesh-wide baseline traffic policy (DestinationRule TrafficPolicy shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_traffic_policy: Option<FreeForm>,
-}
-
-/// TCP keepalive settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpKeepalive {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probes: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Duration>,
 }
 
 /// Outbound traffic policy.
@@ -629,12 +619,7 @@ impl MeshConfig {
             report.check(&at.field("protocolDetectionTimeout"), checks::duration(&d));
         }
         if let Some(keepalive) = &self.tcp_keepalive {
-            let at = at.field("tcpKeepalive");
-            for (name, d) in [("time", &keepalive.time), ("interval", &keepalive.interval)] {
-                if let Some(d) = d {
-                    report.check(&at.field(name), checks::duration(d));
-                }
-            }
+            validate_tcp_keepalive(keepalive, &at.field("tcpKeepalive"), report);
         }
         if let Some(file) = &self.access_log_file
             && !file.is_empty()

@@ -811,14 +811,18 @@ pub(crate) fn validate_connection_pool(pool: &ConnectionPoolSettings, at: &Field
             report.check(&at.field("idleTimeout"), checks::duration(&d));
         }
         if let Some(keepalive) = &tcp.tcp_keepalive {
-            let at = at.field("tcpKeepalive");
-            if let Some(d) = &keepalive.time {
-                report.check(&at.field("time"), checks::duration(d));
-            }
-            if let Some(d) = &keepalive.interval {
-                report.check(&at.field("interval"), checks::duration(d));
-            }
+            validate_tcp_keepalive(keepalive, &at.field("tcpKeepalive"), report);
         }
+    }
+}
+
+/// Keepalive durations; shared with MeshConfig `tcpKeepalive`.
+pub(crate) fn validate_tcp_keepalive(keepalive: &TcpKeepalive, at: &FieldPath, report: &mut Report) {
+    if let Some(d) = &keepalive.time {
+        report.check(&at.field("time"), checks::duration(d));
+    }
+    if let Some(d) = &keepalive.interval {
+        report.check(&at.field("interval"), checks::duration(d));
     }
 }
 

@@ -62,7 +62,7 @@ pub struct Server {
 pub struct Port {
     #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub number: Option<u32>,
-    /// HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP or TLS.
+    /// HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP, UDP, MONGO, REDIS or MYSQL.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
