@@ -20,37 +20,6 @@ fn validate_selector(selector: Option<&WorkloadSelector>, at: &FieldPath, report
     }
 }
 
-/// The kinds a policy may target: (canonical group, kind).
-const TARGET_KINDS: [(&str, &str); 4] = [
-    ("core", "Service"),
-    ("networking.istio.io", "ServiceEntry"),
-    ("gateway.networking.k8s.io", "Gateway"),
-    ("gateway.networking.k8s.io", "GatewayClass"),
-];
-
-fn validate_target_ref(target: &PolicyTargetReference, at: &FieldPath, report: &mut Report) {
-    if target.name.is_empty() {
-        report.error(&at.field("name"), "name must be set");
-    }
-    if !target.namespace.is_empty() {
-        report.error(&at.field("namespace"), "cross-namespace references are not supported; leave namespace empty");
-    }
-    let group = if target.group.is_empty() { "core" } else { target.group.as_str() };
-    if !TARGET_KINDS.iter().any(|(g, k)| *g == group && *k == target.kind) {
-        report.error(
-            &at.field("kind"),
-            format!(
-                "target kind {} is not supported; use a Service, a ServiceEntry (networking.istio.io) or a Gateway or GatewayClass (gateway.networking.k8s.io)",
-                if target.group.is_empty() {
-                    target.kind.clone()
-                } else {
-                    format!("{}/{}", target.group, target.kind)
-                }
-            ),
-        );
-    }
-}
-
 /// The policy attachment rules shared by every policy kind: at most one of `selector`,
 /// `targetRef` and `targetRefs`, each of them valid.
 pub(crate) fn validate_attachment(
@@ -67,10 +36,10 @@ pub(crate) fn validate_attachment(
     }
     validate_selector(selector, &spec.field("selector"), report);
     if let Some(target) = target_ref {
-        validate_target_ref(target, &spec.field("targetRef"), report);
+        checks::target_ref(target, report, &spec.field("targetRef"));
     }
     for (i, target) in target_refs.iter().enumerate() {
-        validate_target_ref(target, &spec.field("targetRefs").index(i), report);
+        checks::target_ref(target, report, &spec.field("targetRefs").index(i));
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::common::Duration;
+use crate::common::{Duration, PolicyTargetReference};
 
 const DNS1123_LABEL_MAX: usize = 63;
 const FQDN_MAX: usize = 255;
@@ -229,6 +229,38 @@ pub fn selector_labels(labels: &BTreeMap<String, String>, report: &mut super::Re
             report.check(&entry, label_key(key));
             report.check(&entry, label_value(value));
         }
+    }
+}
+
+/// The kinds a policy `targetRef` may name: (group, kind); the core group is `""` or `core`.
+const TARGET_KINDS: [(&str, &str); 4] = [
+    ("", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+    ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
+];
+
+/// A policy target reference (security policies, Telemetry, EnvoyFilter): a name, no namespace,
+/// and a supported kind.
+pub fn target_ref(target: &PolicyTargetReference, report: &mut super::Report, at: &super::FieldPath) {
+    if target.name.is_empty() {
+        report.error(&at.field("name"), "name must be set");
+    }
+    if !target.namespace.is_empty() {
+        report
+            .error(&at.field("namespace"), "namespace must not be set; targets must be in the policy's own namespace");
+    }
+    let group = if target.group == "core" { "" } else { target.group.as_str() };
+    if target.kind.is_empty() {
+        report.error(&at.field("kind"), "kind is required");
+    } else if !TARGET_KINDS.iter().any(|(g, k)| *g == group && *k == target.kind) {
+        report.error(
+            &at.field("kind"),
+            format!(
+                "target kind {} is not supported; use a Service, a ServiceEntry (networking.istio.io) or a Gateway or GatewayClass (gateway.networking.k8s.io)",
+                if target.group.is_empty() { target.kind.clone() } else { format!("{}/{}", target.group, target.kind) }
+            ),
+        );
     }
 }
 
