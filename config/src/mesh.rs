@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::common::{Duration, FreeForm};
-use crate::validate::{FieldPath, Report, checks};
+use crate::networking::destination_rule::{
+    LocalityLoadBalancerSetting, TcpKeepalive, validate_locality, validate_tcp_keepalive,
+};
+use crate::validate::{self, FieldPath, Report, checks};
 
 crate::proto_enum! {
     /// Which ingress resources Istio's ingress controller handles.
@@ -178,7 +181,7 @@ pub struct MeshConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality_lb_setting: Option<LocalityLbSetting>,
+    pub locality_lb_setting: Option<LocalityLoadBalancerSetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_refresh_rate: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,18 +230,6 @@ pub struct MeshConfig {
     pub default_traffic_policy: Option<FreeForm>,
 }
 
-/// TCP keepalive settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpKeepalive {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probes: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Duration>,
-}
-
 /// Outbound traffic policy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -271,41 +262,6 @@ pub struct CertificateData {
     pub cert_signers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_domains: Vec<String>,
-}
-
-/// Locality load-balancing settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LocalityLbSetting {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub distribute: Vec<LocalityDistribute>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover: Vec<LocalityFailover>,
-    /// Labels whose match orders failover priority.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover_priority: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-}
-
-/// Traffic from one locality spread over others by weight.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LocalityDistribute {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub from: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub to: BTreeMap<String, u32>,
-}
-
-/// Region to fail over to.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LocalityFailover {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub from: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub to: String,
 }
 
 /// A DNS certificate to provision (deprecated upstream).
@@ -609,7 +565,10 @@ impl MeshConfig {
                 mode: Some(OutboundTrafficPolicyMode::AllowAny),
                 tls: None,
             }),
-            locality_lb_setting: Some(LocalityLbSetting { enabled: Some(true), ..LocalityLbSetting::default() }),
+            locality_lb_setting: Some(LocalityLoadBalancerSetting {
+                enabled: Some(true),
+                ..LocalityLoadBalancerSetting::default()
+            }),
             default_config: Some(ProxyConfig::istio_defaults()),
             root_namespace: some("istio-system"),
             proxy_listen_port: Some(15001),
@@ -660,12 +619,7 @@ impl MeshConfig {
             report.check(&at.field("protocolDetectionTimeout"), checks::duration(&d));
         }
         if let Some(keepalive) = &self.tcp_keepalive {
-            let at = at.field("tcpKeepalive");
-            for (name, d) in [("time", &keepalive.time), ("interval", &keepalive.interval)] {
-                if let Some(d) = d {
-                    report.check(&at.field(name), checks::duration(d));
-                }
-            }
+            validate_tcp_keepalive(keepalive, &at.field("tcpKeepalive"), report);
         }
         if let Some(file) = &self.access_log_file
             && !file.is_empty()
@@ -712,13 +666,14 @@ impl MeshConfig {
             ("defaultVirtualServiceExportTo", &self.default_virtual_service_export_to),
             ("defaultDestinationRuleExportTo", &self.default_destination_rule_export_to),
         ] {
-            export_to(list, &at.field(name), report);
+            validate::export_to(report, &at.field(name), list, None, true);
         }
         if let Some(ns) = self.root_namespace.as_deref().filter(|ns| !ns.is_empty()) {
             report.check(&at.field("rootNamespace"), checks::dns1123_label(ns));
         }
         if let Some(locality) = &self.locality_lb_setting {
-            locality.validate(&at.field("localityLbSetting"), report);
+            // Mesh-wide, the failover-needs-outlierDetection warning does not apply.
+            validate_locality(locality, true, &at.field("localityLbSetting"), report);
         }
         if let Some(d) = &self.dns_refresh_rate {
             report.check(&at.field("dnsRefreshRate"), checks::duration(d));
@@ -873,60 +828,12 @@ impl ProxyConfig {
     }
 }
 
-impl LocalityLbSetting {
-    fn validate(&self, at: &FieldPath, report: &mut Report) {
-        if !self.distribute.is_empty() && !self.failover.is_empty() {
-            report.error(at, "set only one of distribute and failover");
-        }
-        for (i, rule) in self.distribute.iter().enumerate() {
-            let at = at.field("distribute").index(i);
-            if rule.from.is_empty() {
-                report.error(&at.field("from"), "locality from must not be empty");
-            }
-            let total: u64 = rule.to.values().map(|w| u64::from(*w)).sum();
-            if total != 100 {
-                report.error(&at.field("to"), format!("locality weights add up to {total}; they must add up to 100"));
-            }
-        }
-        for (i, rule) in self.failover.iter().enumerate() {
-            let at = at.field("failover").index(i);
-            if rule.from.is_empty() || rule.to.is_empty() {
-                report.error(&at, "failover needs both from and to regions");
-            } else if rule.from == rule.to {
-                report.error(&at.field("to"), format!("failover from and to are the same region {:?}", rule.from));
-            }
-            for (name, region) in [("from", &rule.from), ("to", &rule.to)] {
-                if region.contains('/') {
-                    report.error(&at.field(name), format!("failover {name} {region:?} must be a region, without '/'"));
-                }
-            }
-        }
-    }
-}
-
 /// A trust domain: a DNS name (upstream also allows `_` and upper case is not meaningful).
 fn trust_domain(domain: &str) -> Result<(), String> {
     if domain.is_empty() {
         return Err("trust domain must not be empty".into());
     }
     checks::fqdn(&domain.replace('_', "-")).map_err(|_| format!("trust domain {domain:?} is not a valid domain name"))
-}
-
-/// An exportTo list: `*`, `.`, `~` or namespace names, no repeats, `~` alone.
-fn export_to(list: &[String], at: &FieldPath, report: &mut Report) {
-    let mut seen = BTreeSet::new();
-    for (i, entry) in list.iter().enumerate() {
-        let at = at.index(i);
-        if !matches!(entry.as_str(), "*" | "." | "~") {
-            report.check(&at, checks::dns1123_label(entry));
-        }
-        if !seen.insert(entry.as_str()) {
-            report.error(&at, format!("exportTo entry {entry:?} is repeated"));
-        }
-    }
-    if list.len() > 1 && seen.contains("~") {
-        report.error(at, "exportTo \"~\" cannot be combined with other entries");
-    }
 }
 
 /// `host:port` with a valid host (name or IP) and port.
@@ -1291,9 +1198,9 @@ discoverySelectors:
                 "mesh.defaultConfig.concurrency: concurrency -1 must not be negative",
                 "mesh.defaultConfig.tracing.sampling: percentage 101 must be in the range 0..100",
                 "mesh.trustDomain: trust domain \"bad domain\" is not a valid domain name",
-                "mesh.defaultServiceExportTo[1]: \"Bad_NS\" is not a valid DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)",
-                "mesh.defaultServiceExportTo: exportTo \"~\" cannot be combined with other entries",
-                "mesh.localityLbSetting.distribute[0].to: locality weights add up to 90; they must add up to 100",
+                "mesh.defaultServiceExportTo[1]: exportTo entry \"Bad_NS\" is invalid; use \".\", \"*\", \"~\" or a namespace name",
+                "mesh.defaultServiceExportTo: \"~\" exports to no namespace and cannot be combined with other entries",
+                "mesh.localityLbSetting.distribute[0].to: locality weights total 90; they must add up to 100",
                 "mesh.extensionProviders[0].zipkin.port: port is required",
                 "mesh.extensionProviders[1].name: extension provider name \"zip\" is used twice",
                 "mesh.extensionProviders[1]: extension provider sets stackdriver, prometheus; only one provider kind is allowed",

@@ -13,45 +13,10 @@ use crate::validate::{FieldPath, Report, Validate, checks};
 // Shared policy attachment: `selector`, `targetRef`, `targetRefs` (also used by Telemetry).
 // ---------------------------------------------------------------------------------------------
 
-/// Checks a workload selector: every label valid, and a warning when it has no labels.
-pub(crate) fn validate_selector(selector: Option<&WorkloadSelector>, at: &FieldPath, report: &mut Report) {
-    let Some(selector) = selector else {
-        return;
-    };
-    if selector.match_labels.is_empty() {
-        report.warning(at, "selector has no labels, so it selects every workload");
-    }
-    checks::labels(&selector.match_labels, report, &at.field("matchLabels"));
-}
-
-/// The kinds a policy may target: (canonical group, kind).
-const TARGET_KINDS: [(&str, &str); 4] = [
-    ("core", "Service"),
-    ("networking.istio.io", "ServiceEntry"),
-    ("gateway.networking.k8s.io", "Gateway"),
-    ("gateway.networking.k8s.io", "GatewayClass"),
-];
-
-fn validate_target_ref(target: &PolicyTargetReference, at: &FieldPath, report: &mut Report) {
-    if target.name.is_empty() {
-        report.error(&at.field("name"), "name must be set");
-    }
-    if !target.namespace.is_empty() {
-        report.error(&at.field("namespace"), "cross-namespace references are not supported; leave namespace empty");
-    }
-    let group = if target.group.is_empty() { "core" } else { target.group.as_str() };
-    if !TARGET_KINDS.iter().any(|(g, k)| *g == group && *k == target.kind) {
-        report.error(
-            &at.field("kind"),
-            format!(
-                "target kind {} is not supported; use a Service, a ServiceEntry (networking.istio.io) or a Gateway or GatewayClass (gateway.networking.k8s.io)",
-                if target.group.is_empty() {
-                    target.kind.clone()
-                } else {
-                    format!("{}/{}", target.group, target.kind)
-                }
-            ),
-        );
+/// Checks a workload selector's `matchLabels`, when there is a selector.
+fn validate_selector(selector: Option<&WorkloadSelector>, at: &FieldPath, report: &mut Report) {
+    if let Some(selector) = selector {
+        checks::selector_labels(&selector.match_labels, report, &at.field("matchLabels"));
     }
 }
 
@@ -71,10 +36,10 @@ pub(crate) fn validate_attachment(
     }
     validate_selector(selector, &spec.field("selector"), report);
     if let Some(target) = target_ref {
-        validate_target_ref(target, &spec.field("targetRef"), report);
+        checks::target_ref(target, report, &spec.field("targetRef"));
     }
     for (i, target) in target_refs.iter().enumerate() {
-        validate_target_ref(target, &spec.field("targetRefs").index(i), report);
+        checks::target_ref(target, report, &spec.field("targetRefs").index(i));
     }
 }
 

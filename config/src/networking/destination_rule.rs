@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Duration, IstioStatus, PortSelector, WorkloadSelector};
-use crate::validate::{FieldPath, Report, Validate, checks};
+use crate::validate::{self, FieldPath, Report, Validate, checks};
 
 /// `DestinationRule` spec: policies for traffic to one host, after routing.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -428,19 +428,22 @@ impl Validate for DestinationRule {
             }
             validate_subset(subset, &at, report);
         }
-        validate_export_to(
-            &spec.export_to,
-            self.metadata.namespace.as_deref(),
-            spec.workload_selector.is_some(),
-            &at.field("exportTo"),
-            report,
-        );
-        if let Some(selector) = &spec.workload_selector {
-            let at = at.field("workloadSelector").field("matchLabels");
-            if selector.match_labels.is_empty() {
-                report.warning(&at, "workload selector has no labels, so it selects every workload");
+        let namespace = self.metadata.namespace.as_deref();
+        if spec.workload_selector.is_some() {
+            for (i, entry) in spec.export_to.iter().enumerate() {
+                if entry != "." && Some(entry.as_str()) != namespace {
+                    report.error(
+                        &at.field("exportTo").index(i),
+                        format!(
+                            "a rule with a workloadSelector can only be exported to its own namespace (\".\"), not {entry:?}"
+                        ),
+                    );
+                }
             }
-            checks::labels(&selector.match_labels, report, &at);
+        }
+        validate::export_to(report, &at.field("exportTo"), &spec.export_to, namespace, false);
+        if let Some(selector) = &spec.workload_selector {
+            checks::selector_labels(&selector.match_labels, report, &at.field("workloadSelector").field("matchLabels"));
         }
     }
 }
@@ -667,7 +670,9 @@ fn is_prime(n: u64) -> bool {
 const TOPOLOGY_LOCALITY_LABELS: [&str; 3] =
     ["topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"];
 
-fn validate_locality(
+/// Locality checks shared with MeshConfig `localityLbSetting`; `has_outlier_detection` silences the
+/// warning that failover needs outlier detection.
+pub(crate) fn validate_locality(
     setting: &LocalityLoadBalancerSetting,
     has_outlier_detection: bool,
     at: &FieldPath,
@@ -806,14 +811,18 @@ pub(crate) fn validate_connection_pool(pool: &ConnectionPoolSettings, at: &Field
             report.check(&at.field("idleTimeout"), checks::duration(&d));
         }
         if let Some(keepalive) = &tcp.tcp_keepalive {
-            let at = at.field("tcpKeepalive");
-            if let Some(d) = &keepalive.time {
-                report.check(&at.field("time"), checks::duration(d));
-            }
-            if let Some(d) = &keepalive.interval {
-                report.check(&at.field("interval"), checks::duration(d));
-            }
+            validate_tcp_keepalive(keepalive, &at.field("tcpKeepalive"), report);
         }
+    }
+}
+
+/// Keepalive durations; shared with MeshConfig `tcpKeepalive`.
+pub(crate) fn validate_tcp_keepalive(keepalive: &TcpKeepalive, at: &FieldPath, report: &mut Report) {
+    if let Some(d) = &keepalive.time {
+        report.check(&at.field("time"), checks::duration(d));
+    }
+    if let Some(d) = &keepalive.interval {
+        report.check(&at.field("interval"), checks::duration(d));
     }
 }
 
@@ -897,46 +906,6 @@ fn validate_client_tls(tls: &ClientTlsSettings, at: &FieldPath, report: &mut Rep
                 }
             }
         }
-    }
-}
-
-/// `exportTo`: `.`, `*`, or namespace names; no duplicates; `*` alone; with a workload selector
-/// only the rule's own namespace.
-fn validate_export_to(
-    export_to: &[String],
-    namespace: Option<&str>,
-    has_selector: bool,
-    at: &FieldPath,
-    report: &mut Report,
-) {
-    let mut seen = BTreeSet::new();
-    for (i, entry) in export_to.iter().enumerate() {
-        let at = at.index(i);
-        let key = match entry.as_str() {
-            "." => namespace.unwrap_or("."),
-            other => other,
-        };
-        match entry.as_str() {
-            "." | "*" => {}
-            "~" => {
-                report.error(&at, "exportTo \"~\" is only allowed for ServiceEntry; use \".\" to keep the rule private")
-            }
-            other => report.check(&at, checks::dns1123_label(other).map_err(|e| format!("exportTo namespace {e}"))),
-        }
-        if !seen.insert(key) {
-            report.error(&at, format!("duplicate exportTo entry {entry:?}"));
-        }
-        if has_selector && entry != "." && Some(entry.as_str()) != namespace {
-            report.error(
-                &at,
-                format!(
-                    "a rule with a workloadSelector can only be exported to its own namespace (\".\"), not {entry:?}"
-                ),
-            );
-        }
-    }
-    if seen.contains("*") && export_to.len() > 1 {
-        report.error(at, "exportTo \"*\" already means every namespace and cannot be combined with other entries");
     }
 }
 

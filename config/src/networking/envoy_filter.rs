@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::service_entry::{WorkloadSelector, check_selector_labels};
+use super::WorkloadSelector;
 use crate::common::{FreeForm, IstioStatus, PolicyTargetReference};
 use crate::validate::{FieldPath, Report, Validate, checks};
 
@@ -279,38 +279,6 @@ fn warn_deprecated_filter_name(report: &mut Report, at: &FieldPath, name: &str) 
     }
 }
 
-/// Target kinds an EnvoyFilter may attach to, with their API groups.
-const TARGET_KINDS: [(&str, &str); 4] = [
-    ("gateway.networking.k8s.io", "Gateway"),
-    ("gateway.networking.k8s.io", "GatewayClass"),
-    ("", "Service"),
-    ("networking.istio.io", "ServiceEntry"),
-];
-
-fn validate_target_ref(report: &mut Report, at: &FieldPath, target: &PolicyTargetReference) {
-    if target.kind.is_empty() {
-        report.error(&at.field("kind"), "kind is required");
-    } else {
-        let group = if target.group == "core" { "" } else { target.group.as_str() };
-        if !TARGET_KINDS.iter().any(|(g, k)| *g == group && *k == target.kind) {
-            report.error(
-                at,
-                format!(
-                    "target {}/{} is not supported; use a Gateway or GatewayClass (gateway.networking.k8s.io), a Service, or a ServiceEntry (networking.istio.io)",
-                    target.group, target.kind
-                ),
-            );
-        }
-    }
-    if target.name.is_empty() {
-        report.error(&at.field("name"), "name is required");
-    }
-    if !target.namespace.is_empty() {
-        report
-            .error(&at.field("namespace"), "namespace must not be set; targets must be in the policy's own namespace");
-    }
-}
-
 fn validate_listener_match(report: &mut Report, at: &FieldPath, apply_to: ApplyTo, listener: &ListenerMatch) {
     let Some(filter) = listener.filter_chain.as_ref().and_then(|fc| fc.filter.as_ref()) else {
         return;
@@ -428,13 +396,13 @@ impl Validate for EnvoyFilter {
         );
         if let Some(selector) = &spec.workload_selector {
             let sel_at = at.field("workloadSelector");
-            check_selector_labels(report, &sel_at.field("labels"), &selector.labels);
+            checks::selector_labels(&selector.labels, report, &sel_at.field("labels"));
             if !spec.target_refs.is_empty() {
                 report.error(&sel_at, "only one of workloadSelector or targetRefs may be set");
             }
         }
         for (i, target) in spec.target_refs.iter().enumerate() {
-            validate_target_ref(report, &at.field("targetRefs").index(i), target);
+            checks::target_ref(target, report, &at.field("targetRefs").index(i));
         }
         let patches_at = at.field("configPatches");
         if spec.config_patches.is_empty() {

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::IstioStatus;
+use crate::validate::checks::ProtocolKind;
 use crate::validate::{FieldPath, Report, Validate, checks};
 
 /// `Gateway` spec: the servers a set of gateway proxies expose.
@@ -61,7 +62,7 @@ pub struct Server {
 pub struct Port {
     #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub number: Option<u32>,
-    /// HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP or TLS.
+    /// HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP, UDP, MONGO, REDIS or MYSQL.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -146,33 +147,13 @@ pub struct TlsCertificate {
     pub ca_certificates: String,
 }
 
-/// Protocols a gateway or sidecar port may name (matched case-insensitively).
-const PROTOCOLS: [&str; 12] =
-    ["HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "HTTP_PROXY", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP"];
-
-/// Checks a port protocol name.
-pub(crate) fn protocol(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err(
-            "protocol is required (one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS)".into()
-        );
-    }
-    if PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(name)) {
-        Ok(())
-    } else {
-        Err(format!(
-            "unknown protocol {name:?}; use one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS"
-        ))
-    }
-}
-
 /// Whether a protocol carries TLS (HTTPS, TLS).
 pub(crate) fn is_tls_protocol(name: &str) -> bool {
-    ["HTTPS", "TLS"].iter().any(|p| p.eq_ignore_ascii_case(name))
+    checks::protocol_kind(name) == Some(ProtocolKind::Tls)
 }
 
 fn is_http_protocol(name: &str) -> bool {
-    ["HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB"].iter().any(|p| p.eq_ignore_ascii_case(name))
+    checks::protocol_kind(name) == Some(ProtocolKind::Http)
 }
 
 /// A `unix://` address after the scheme: an absolute path or an abstract name (`@name`).
@@ -291,7 +272,7 @@ fn validate_server(server: &Server, at: &FieldPath, report: &mut Report) {
                     }
                 }
             }
-            if let Err(e) = protocol(&port.protocol) {
+            if let Err(e) = checks::protocol(&port.protocol, true) {
                 report.error(&at.field("protocol"), e);
                 ok = false;
             }
@@ -475,10 +456,7 @@ mod tests {
 
     #[test]
     fn protocols_are_case_insensitive() {
-        assert_eq!(protocol("https"), Ok(()));
-        assert_eq!(protocol("grpc-web"), Ok(()));
-        assert!(protocol("FTP").is_err());
-        assert!(protocol("").is_err());
+        assert!(is_http_protocol("grpc-web"));
         assert!(is_tls_protocol("tls"));
         assert!(!is_tls_protocol("HTTP"));
     }

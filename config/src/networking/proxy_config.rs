@@ -6,9 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::service_entry::check_selector_labels;
 use crate::common::{IstioStatus, WorkloadSelector};
-use crate::validate::{FieldPath, Report, Validate};
+use crate::validate::{FieldPath, Report, Validate, checks};
 
 /// `ProxyConfig` spec.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -50,7 +49,7 @@ impl Validate for ProxyConfig {
         let spec = &self.spec;
         let at = FieldPath::spec();
         if let Some(selector) = &spec.selector {
-            check_selector_labels(report, &at.field("selector").field("matchLabels"), &selector.match_labels);
+            checks::selector_labels(&selector.match_labels, report, &at.field("selector").field("matchLabels"));
         }
         if let Some(n) = spec.concurrency.filter(|n| *n < 0) {
             report.error(&at.field("concurrency"), format!("concurrency {n} must not be negative"));

@@ -1,14 +1,16 @@
 //! ServiceEntry: services outside the registry (`networking/v1alpha3/service_entry.proto`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::WorkloadSelector;
 use super::workload::{WorkloadEntrySpec, validate_workload_entry};
 use crate::common::IstioStatus;
-use crate::validate::{FieldPath, Report, Validate, checks};
+use crate::validate::checks::ProtocolKind;
+use crate::validate::{self, FieldPath, Report, Validate, checks};
 
 crate::proto_enum! {
     /// Whether the service is part of the mesh.
@@ -89,16 +91,6 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
-// `istio.networking.v1alpha3.WorkloadSelector` (ServiceEntry, EnvoyFilter, Sidecar): plain
-// `labels`, unlike the `matchLabels` of `istio.type.v1beta1.WorkloadSelector`.
-/// Labels a workload must carry to be selected.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadSelector {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
-
 impl ServiceEntrySpec {
     pub fn resolution(&self) -> Resolution {
         self.resolution.unwrap_or_default()
@@ -108,111 +100,9 @@ impl ServiceEntrySpec {
     }
 }
 
-/// Protocols Istio knows on a port (matched case-insensitively); `None` when unknown.
-pub(crate) fn protocol_kind(protocol: &str) -> Option<ProtocolKind> {
-    match protocol.to_ascii_lowercase().as_str() {
-        "http" | "http2" | "http_proxy" | "grpc" | "grpc-web" => Some(ProtocolKind::Http),
-        "https" | "tls" => Some(ProtocolKind::Tls),
-        "tcp" | "udp" | "mongo" | "redis" | "mysql" => Some(ProtocolKind::Other),
-        _ => None,
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ProtocolKind {
-    Http,
-    Tls,
-    Other,
-}
-
-/// A port protocol: empty (sniffed) or one Istio knows.
-pub(crate) fn check_protocol(protocol: &str) -> Result<(), String> {
-    if protocol.is_empty() || protocol_kind(protocol).is_some() {
-        Ok(())
-    } else {
-        Err(format!(
-            "unknown protocol {protocol:?}; use HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP, UDP, MONGO, REDIS or MYSQL"
-        ))
-    }
-}
-
 /// A port name: a DNS-1123 label.
 pub(crate) fn check_port_name(name: &str) -> Result<(), String> {
     checks::dns1123_label(name).map_err(|e| format!("invalid port name: {e}"))
-}
-
-/// The labels of a workload selector: no empty keys and no wildcards; a selector without labels
-/// selects every workload in the namespace, which Istio only warns about.
-pub(crate) fn check_selector_labels(report: &mut Report, at: &FieldPath, labels: &BTreeMap<String, String>) {
-    if labels.is_empty() {
-        report.warning(at, "selector has no labels, so it selects every workload in the namespace");
-    }
-    for (key, value) in labels {
-        let entry = at.key(key);
-        if key.is_empty() {
-            report.error(&entry, "selector label key must not be empty");
-        } else if key.contains('*') || value.contains('*') {
-            report.error(&entry, format!("wildcards are not supported in selectors ({key}: {value})"));
-        } else {
-            report.check(&entry, checks::label_key(key));
-            report.check(&entry, checks::label_value(value));
-        }
-    }
-}
-
-/// `exportTo`: `.`, `*`, a namespace name, or `~` (ServiceEntry only); no duplicates (`.` and the
-/// object's own namespace count as the same); `*` or `~` only alone.
-pub(crate) fn check_export_to(
-    report: &mut Report,
-    at: &FieldPath,
-    export_to: &[String],
-    namespace: Option<&str>,
-    allow_none: bool,
-) {
-    // Each entry by the namespace it stands for, with the spelling first seen.
-    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-    for (i, entry) in export_to.iter().enumerate() {
-        let here = at.index(i);
-        let key = match (entry.as_str(), namespace) {
-            (".", Some(ns)) => ns,
-            (other, _) => other,
-        };
-        if let Some(first) = seen.get(key) {
-            if *first == entry {
-                report.error(&here, format!("duplicate exportTo entry {entry:?}"));
-            } else {
-                report.error(
-                    &here,
-                    format!("duplicate exportTo entry: \".\" and the own namespace {key:?} are the same"),
-                );
-            }
-            continue;
-        }
-        seen.insert(key, entry);
-        match entry.as_str() {
-            "." | "*" => {}
-            "~" if allow_none => {}
-            other => {
-                if checks::dns1123_label(other).is_err() {
-                    report.error(
-                        &here,
-                        format!(
-                            "exportTo entry {other:?} is invalid; use \".\", \"*\"{} or a namespace name",
-                            if allow_none { ", \"~\"" } else { "" }
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    if export_to.len() > 1 {
-        if seen.contains_key("*") {
-            report.error(at, "\"*\" exports to every namespace and cannot be combined with other entries");
-        }
-        if allow_none && seen.contains_key("~") {
-            report.error(at, "\"~\" exports to no namespace and cannot be combined with other entries");
-        }
-    }
 }
 
 /// Extra host rules on top of `checks::wildcard_host`: the last label may not be all digits
@@ -235,7 +125,7 @@ impl Validate for ServiceEntry {
 
         if let Some(selector) = &spec.workload_selector {
             let sel_at = at.field("workloadSelector");
-            check_selector_labels(report, &sel_at.field("labels"), &selector.labels);
+            checks::selector_labels(&selector.labels, report, &sel_at.field("labels"));
             if !spec.endpoints.is_empty() {
                 report.error(&sel_at, "only one of workloadSelector or endpoints may be set");
             }
@@ -297,7 +187,7 @@ impl Validate for ServiceEntry {
             if let Some(target) = port.target_port {
                 report.check(&here.field("targetPort"), checks::port(target));
             }
-            report.check(&here.field("protocol"), check_protocol(&port.protocol));
+            report.check(&here.field("protocol"), checks::protocol(&port.protocol, false));
         }
         let declared: Vec<String> = spec.ports.iter().map(|p| p.name.clone()).collect();
 
@@ -379,7 +269,7 @@ impl Validate for ServiceEntry {
             let distinguishable = spec
                 .ports
                 .iter()
-                .all(|p| matches!(protocol_kind(&p.protocol), Some(ProtocolKind::Http | ProtocolKind::Tls)));
+                .all(|p| matches!(checks::protocol_kind(&p.protocol), Some(ProtocolKind::Http | ProtocolKind::Tls)));
             if !distinguishable {
                 report.error(
                     &hosts_at,
@@ -388,7 +278,7 @@ impl Validate for ServiceEntry {
             }
         }
 
-        check_export_to(report, &at.field("exportTo"), &spec.export_to, self.metadata.namespace.as_deref(), true);
+        validate::export_to(report, &at.field("exportTo"), &spec.export_to, self.metadata.namespace.as_deref(), true);
     }
 }
 

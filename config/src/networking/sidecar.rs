@@ -1,14 +1,15 @@
 //! Sidecar: the scope of a proxy (`networking/v1alpha3/sidecar.proto`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::WorkloadSelector;
 use super::destination_rule::{ConnectionPoolSettings, validate_connection_pool};
 use super::gateway::{
-    Port, ServerTlsMode, ServerTlsSettings, bind_ip, is_tls_protocol, protocol, scoped_dns_name, unix_address,
+    Port, ServerTlsMode, ServerTlsSettings, bind_ip, is_tls_protocol, scoped_dns_name, unix_address,
     validate_server_tls,
 };
 use crate::common::{IstioStatus, PortSelector};
@@ -39,14 +40,6 @@ pub struct SidecarSpec {
     pub inbound_connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
-}
-
-/// `networking.v1alpha3.WorkloadSelector` (Sidecar's selector, keyed `labels`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadSelector {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
 }
 
 crate::proto_enum! {
@@ -131,11 +124,7 @@ impl Validate for Sidecar {
         let spec = &self.spec;
         let at = FieldPath::spec();
         if let Some(selector) = &spec.workload_selector {
-            let at = at.field("workloadSelector").field("labels");
-            if selector.labels.is_empty() {
-                report.warning(&at, "workload selector has no labels, so it selects every workload");
-            }
-            checks::labels(&selector.labels, report, &at);
+            checks::selector_labels(&selector.labels, report, &at.field("workloadSelector").field("labels"));
         }
         if spec.ingress.is_empty()
             && spec.egress.is_empty()
@@ -193,7 +182,7 @@ fn validate_listener_port(port: &Port, at: &FieldPath, report: &mut Report) {
     if !port.name.is_empty() {
         report.check(&at.field("name"), checks::dns1123_label(&port.name).map_err(|e| format!("port name {e}")));
     }
-    report.check(&at.field("protocol"), protocol(&port.protocol));
+    report.check(&at.field("protocol"), checks::protocol(&port.protocol, true));
 }
 
 fn validate_ingress(listener: &IstioIngressListener, at: &FieldPath, ports: &mut BTreeSet<u32>, report: &mut Report) {

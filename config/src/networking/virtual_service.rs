@@ -1,7 +1,7 @@
 //! VirtualService: HTTP, TLS and TCP routing rules (`networking.istio.io`,
 //! `networking/v1alpha3/virtual_service.proto`), with the semantic checks Istio makes on it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Duration, IstioStatus, PortSelector, StringMatch};
-use crate::validate::{FieldPath, Report, Validate, checks};
+use crate::validate::{self, FieldPath, Report, Validate, checks};
 
 /// `VirtualService` spec: traffic routing for a set of hosts.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -562,7 +562,7 @@ impl Validate for VirtualService {
             validate_tcp_route(route, report, &at.field("tcp").index(i));
         }
 
-        export_to(&spec.export_to, self.metadata.namespace.as_deref(), report, &at.field("exportTo"));
+        validate::export_to(report, &at.field("exportTo"), &spec.export_to, self.metadata.namespace.as_deref(), false);
 
         unreachable_rules(
             spec.http.iter().map(|r| (r.r#match.is_empty(), http_match_keys(r))),
@@ -655,36 +655,6 @@ fn gateway_names(names: &[String], report: &mut Report, at: &FieldPath) {
                 }
             }
         }
-    }
-}
-
-fn export_to(entries: &[String], own_namespace: Option<&str>, report: &mut Report, at: &FieldPath) {
-    let mut seen = BTreeSet::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let here = at.index(i);
-        match entry.as_str() {
-            "*" | "." => {}
-            "~" => {
-                report.error(&here, "exportTo \"~\" is only allowed on ServiceEntry");
-                continue;
-            }
-            name => {
-                if let Err(e) = checks::dns1123_label(name) {
-                    report.error(&here, format!("exportTo entry: {e}"));
-                    continue;
-                }
-            }
-        }
-        let key = match (entry.as_str(), own_namespace) {
-            (".", Some(ns)) => ns,
-            (other, _) => other,
-        };
-        if !seen.insert(key) {
-            report.error(&here, format!("exportTo entry {entry:?} is listed twice"));
-        }
-    }
-    if entries.len() > 1 && entries.iter().any(|e| e == "*") {
-        report.error(at, "exportTo \"*\" must be the only entry");
     }
 }
 

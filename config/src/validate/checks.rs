@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::common::Duration;
+use crate::common::{Duration, PolicyTargetReference};
 
 const DNS1123_LABEL_MAX: usize = 63;
 const FQDN_MAX: usize = 255;
@@ -112,6 +112,39 @@ pub fn port(number: u32) -> Result<(), String> {
     }
 }
 
+/// What a port protocol carries, for rules that depend on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolKind {
+    Http,
+    Tls,
+    Other,
+}
+
+/// The kind of a port protocol Istio knows (matched case-insensitively); `None` when unknown.
+pub fn protocol_kind(protocol: &str) -> Option<ProtocolKind> {
+    match protocol.to_ascii_lowercase().as_str() {
+        "http" | "http2" | "http_proxy" | "grpc" | "grpc-web" => Some(ProtocolKind::Http),
+        "https" | "tls" => Some(ProtocolKind::Tls),
+        "tcp" | "udp" | "mongo" | "redis" | "mysql" => Some(ProtocolKind::Other),
+        _ => None,
+    }
+}
+
+const PROTOCOL_NAMES: &str = "HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP, UDP, MONGO, REDIS or MYSQL";
+
+/// A port protocol Istio knows. Empty means "sniffed" and is allowed unless `required`
+/// (Gateway and Sidecar listener ports).
+pub fn protocol(protocol: &str, required: bool) -> Result<(), String> {
+    if protocol.is_empty() {
+        return if required { Err(format!("protocol is required; use {PROTOCOL_NAMES}")) } else { Ok(()) };
+    }
+    if protocol_kind(protocol).is_some() {
+        Ok(())
+    } else {
+        Err(format!("unknown protocol {protocol:?}; use {PROTOCOL_NAMES}"))
+    }
+}
+
 /// A duration of at least 1 ms with at most millisecond precision.
 pub fn duration(d: &Duration) -> Result<(), String> {
     let nanos = d.as_nanos();
@@ -177,6 +210,57 @@ pub fn labels(map: &BTreeMap<String, String>, report: &mut super::Report, at: &s
     for (key, value) in map {
         report.check(&at.key(key), label_key(key));
         report.check(&at.key(key), label_value(value));
+    }
+}
+
+/// The labels of a workload selector (`labels` or `matchLabels`): valid keys and values, no
+/// wildcards; a selector without labels selects every workload, which Istio only warns about.
+pub fn selector_labels(labels: &BTreeMap<String, String>, report: &mut super::Report, at: &super::FieldPath) {
+    if labels.is_empty() {
+        report.warning(at, "workload selector has no labels, so it selects every workload");
+    }
+    for (key, value) in labels {
+        let entry = at.key(key);
+        if key.is_empty() {
+            report.error(&entry, "selector label key must not be empty");
+        } else if key.contains('*') || value.contains('*') {
+            report.error(&entry, format!("wildcards are not supported in selectors ({key}: {value})"));
+        } else {
+            report.check(&entry, label_key(key));
+            report.check(&entry, label_value(value));
+        }
+    }
+}
+
+/// The kinds a policy `targetRef` may name: (group, kind); the core group is `""` or `core`.
+const TARGET_KINDS: [(&str, &str); 4] = [
+    ("", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+    ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
+];
+
+/// A policy target reference (security policies, Telemetry, EnvoyFilter): a name, no namespace,
+/// and a supported kind.
+pub fn target_ref(target: &PolicyTargetReference, report: &mut super::Report, at: &super::FieldPath) {
+    if target.name.is_empty() {
+        report.error(&at.field("name"), "name must be set");
+    }
+    if !target.namespace.is_empty() {
+        report
+            .error(&at.field("namespace"), "namespace must not be set; targets must be in the policy's own namespace");
+    }
+    let group = if target.group == "core" { "" } else { target.group.as_str() };
+    if target.kind.is_empty() {
+        report.error(&at.field("kind"), "kind is required");
+    } else if !TARGET_KINDS.iter().any(|(g, k)| *g == group && *k == target.kind) {
+        report.error(
+            &at.field("kind"),
+            format!(
+                "target kind {} is not supported; use a Service, a ServiceEntry (networking.istio.io) or a Gateway or GatewayClass (gateway.networking.k8s.io)",
+                if target.group.is_empty() { target.kind.clone() } else { format!("{}/{}", target.group, target.kind) }
+            ),
+        );
     }
 }
 
@@ -247,6 +331,13 @@ mod tests {
         assert!(port(0).is_err());
         assert!(port(65536).is_err());
         assert_eq!(port(8080), Ok(()));
+        assert_eq!(protocol("https", true), Ok(()));
+        assert_eq!(protocol("grpc-web", true), Ok(()));
+        assert_eq!(protocol("", false), Ok(()));
+        assert!(protocol("", true).is_err());
+        assert!(protocol("FTP", false).is_err());
+        assert_eq!(protocol_kind("tls"), Some(ProtocolKind::Tls));
+        assert_eq!(protocol_kind("HTTP_PROXY"), Some(ProtocolKind::Http));
         assert!(duration(&Duration::from_nanos(999_999)).is_err());
         assert!(duration(&Duration::from_nanos(1_500_000)).is_err());
         assert_eq!(duration(&Duration::from_millis(1)), Ok(()));

@@ -6,6 +6,9 @@
 //! hosts, ports, durations, regexes, percentages and labels live in [`checks`].
 
 pub mod checks;
+mod export;
+
+pub use export::export_to;
 
 use std::fmt;
 
