@@ -874,12 +874,21 @@ fn validate_destination(d: &Destination, report: &mut Report, at: &FieldPath) {
     }
 }
 
+/// Weights are relative since Istio 1.15 (each destination gets weight / total), so only a
+/// negative weight is an error; one above 100 is allowed but flagged, since it usually means a
+/// percentage was mistyped.
 fn weight(w: Option<i32>, report: &mut Report, at: &FieldPath) -> i64 {
     let w = w.unwrap_or(0);
     if w < 0 {
         report.error(&at.field("weight"), format!("weight {w} must not be negative"));
         0
     } else {
+        if w > 100 {
+            report.warning(
+                &at.field("weight"),
+                format!("weight {w} is above 100; weights are relative, but they usually read as percentages"),
+            );
+        }
         i64::from(w)
     }
 }
