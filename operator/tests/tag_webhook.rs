@@ -13,7 +13,10 @@ fn typed(v: Value) -> MutatingWebhookConfiguration {
     serde_json::from_value(v).unwrap()
 }
 
-fn sel(v: &MutatingWebhookConfiguration) -> Vec<(String, Value, Value)> {
+/// Webhook name, namespace selector, object selector.
+type Hook = (String, Value, Value);
+
+fn sel(v: &MutatingWebhookConfiguration) -> Vec<Hook> {
     v.webhooks
         .iter()
         .flatten()
@@ -32,7 +35,7 @@ fn expr(key: &str, op: &str, values: &[&str]) -> Value {
     }
 }
 
-fn rev_webhooks(tag: &str) -> Vec<(String, Value, Value)> {
+fn rev_webhooks(tag: &str) -> Vec<Hook> {
     let not_false = expr("sidecar.istio.io/inject", "NotIn", &["false"]);
     vec![
         (
@@ -51,7 +54,7 @@ fn rev_webhooks(tag: &str) -> Vec<(String, Value, Value)> {
 #[test]
 fn tag_webhooks_select_the_tag_and_call_the_revision() {
     // (source revision, tag, expected webhook names and selectors)
-    let cases: Vec<(&str, &str, Vec<(String, Value, Value)>)> = vec![
+    let cases: Vec<(&str, &str, Vec<Hook>)> = vec![
         ("canary", "prod", rev_webhooks("prod")),
         ("1-24-0", "stable", rev_webhooks("stable")),
         ("canary", "default", {
