@@ -96,7 +96,7 @@ fn config_source() -> String {
     if home.join(".kube/config").exists() {
         return "~/.kube/config".to_owned();
     }
-    "the in-cluster service account (KUBERNETES_SERVICE_HOST)".to_owned()
+    "the in-cluster service account (KUBECONFIG is not set and there is no ~/.kube/config)".to_owned()
 }
 
 /// Asks a yes/no question on the terminal; anything but `y`/`yes` (or no terminal) is no.
