@@ -3,4 +3,6 @@
 //! verbs under [`cli`].
 
 pub mod cli;
+pub mod install;
 pub mod manifest;
+pub mod tag;

@@ -1,6 +1,10 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
+mod install;
+mod tag;
+mod uninstall;
 mod validate;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -18,6 +22,14 @@ pub struct Cli {
 enum Command {
     /// Validate Istio configuration files (every kind Rudder knows) as istioctl validate does.
     Validate(validate::Args),
+    /// Install a control plane: apply, prune, default revision tag, wait until ready.
+    Install(install::Args),
+    /// Remove a revision's control plane, or everything with --purge.
+    Uninstall(uninstall::Args),
+    /// Check that every installed object exists and Deployments are ready.
+    VerifyInstall(verify::Args),
+    /// Manage revision tags.
+    Tag(tag::Args),
 }
 
 impl Cli {
@@ -25,6 +37,10 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Validate(args) => validate::run(&args),
+            Command::Install(args) => install::run(&args),
+            Command::Uninstall(args) => uninstall::run(&args),
+            Command::VerifyInstall(args) => verify::run(&args),
+            Command::Tag(args) => tag::run(&args),
         }
     }
 }

@@ -1,0 +1,119 @@
+//! Uninstall (§1.8 delete path): which installed objects a revision or a purge removes, which
+//! proxies still depend on that revision, and the shell that lists, checks and deletes.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use rudder_config::labels;
+
+use super::apply::{delete, list_labelled};
+use super::plan::{Listed, ObjectKey};
+use super::resources::{self, KindInfo};
+use super::{InstallError, Progress};
+use crate::manifest::Component;
+
+/// What to remove.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One revision's control plane; Base (CRDs, shared RBAC) stays.
+    Revision(String),
+    /// Everything any install made, CRDs included, and every revision tag.
+    Purge,
+}
+
+/// The label selectors (with the kinds they apply to) that find the objects in scope.
+pub fn selectors(scope: &Scope) -> Vec<(Vec<&'static KindInfo>, String)> {
+    let not_namespace = || resources::KINDS.iter().filter(|k| !k.is_namespace()).collect::<Vec<_>>();
+    match scope {
+        Scope::Revision(rev) => {
+            let components: Vec<&str> =
+                Component::INSTALL_ORDER.iter().filter(|c| **c != Component::Base).map(|c| c.label()).collect();
+            let selector = format!("{}={rev},{} in ({})", labels::REVISION, labels::COMPONENT, components.join(","));
+            vec![(resources::prunable().collect(), selector)]
+        }
+        Scope::Purge => {
+            let webhooks = ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"];
+            let tag_kinds = webhooks.iter().filter_map(|k| resources::by_kind(k)).collect();
+            vec![(not_namespace(), labels::COMPONENT.to_owned()), (tag_kinds, labels::TAG.to_owned())]
+        }
+    }
+}
+
+/// The objects to delete, webhooks first (so no new pod reaches a dying injector), CRDs last.
+pub fn plan_uninstall(listed: &[Listed]) -> Vec<ObjectKey> {
+    let rank = |k: &ObjectKey| match k.kind.as_str() {
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => 0,
+        "CustomResourceDefinition" => 2,
+        _ => 1,
+    };
+    let mut keys: Vec<ObjectKey> =
+        listed.iter().filter(|l| !l.info.is_namespace()).map(|l| ObjectKey::of(l.info.kind, &l.object)).collect();
+    keys.sort_by(|a, b| (rank(a), a).cmp(&(rank(b), b)));
+    keys.dedup();
+    keys
+}
+
+/// The revision a pod's proxy is connected to, or `None` if the pod runs no proxy (istiod pods
+/// included). A pod is a proxy when it carries the injection status annotation or an
+/// `istio.io/rev` label (gateways); the label names the revision, else the status annotation does.
+pub fn proxy_revision(pod: &Pod) -> Option<String> {
+    if pod.labels().get(labels::APP).is_some_and(|a| a == "istiod") {
+        return None;
+    }
+    let label = pod.labels().get(labels::REVISION).cloned();
+    match pod.annotations().get(labels::SIDECAR_STATUS) {
+        Some(status) => {
+            let from_status = serde_json::from_str::<serde_json::Value>(status)
+                .ok()
+                .and_then(|v| v.get("revision").and_then(|r| r.as_str()).map(str::to_owned));
+            Some(label.or(from_status).unwrap_or_else(|| labels::DEFAULT_REVISION.to_owned()))
+        }
+        None => label,
+    }
+}
+
+/// `namespace/name` of every pod whose proxy uses a revision in scope.
+pub fn connected_proxies(pods: &[Pod], scope: &Scope) -> Vec<String> {
+    let mut out: Vec<String> = pods
+        .iter()
+        .filter(|p| match (scope, proxy_revision(p)) {
+            (_, None) => false,
+            (Scope::Purge, Some(_)) => true,
+            (Scope::Revision(r), Some(rev)) => &rev == r,
+        })
+        .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Lists what the scope removes and refuses (unless `force`) while proxies still use it.
+pub async fn plan(client: &Client, scope: &Scope, force: bool) -> Result<Vec<ObjectKey>, InstallError> {
+    if !force {
+        let pods: Api<Pod> = Api::all(client.clone());
+        let pods = pods.list(&ListParams::default()).await.map_err(|e| InstallError::kube("list", "Pods", e))?;
+        let proxies = connected_proxies(&pods.items, scope);
+        if !proxies.is_empty() {
+            let revision = match scope {
+                Scope::Revision(r) => r.clone(),
+                Scope::Purge => "(all)".to_owned(),
+            };
+            return Err(InstallError::ConnectedProxies { revision, proxies });
+        }
+    }
+    let mut listed = Vec::new();
+    for (kinds, selector) in selectors(scope) {
+        listed.extend(list_labelled(client, kinds, &selector).await?);
+    }
+    Ok(plan_uninstall(&listed))
+}
+
+/// Deletes the planned objects in order.
+pub async fn execute(client: &Client, keys: &[ObjectKey], progress: &mut Progress) -> Result<(), InstallError> {
+    for key in keys {
+        delete(client, key).await?;
+        progress.line(&format!("  removed {key}"));
+    }
+    progress.done("Uninstall complete");
+    Ok(())
+}
