@@ -1,3 +1,13 @@
-//! Sidecar injection for Rudder: the injection decision, the pod mutation, and the admission
-//! server that serves them. The pure parts take values and return values; the server is a thin
-//! shell around them. (Filled in by the injector work; see the issue tracker.)
+//! Sidecar injection for Rudder.
+//!
+//! - [`decision`] (pure): whether a pod gets a sidecar (stage B of spec §2.2; stage A is the
+//!   MutatingWebhookConfiguration's selectors, rendered by the operator).
+//! - [`inject`] (pure): the injected pod, and the JSON patch from the original to it. The same
+//!   function serves the webhook and `rudder kube-inject`.
+//! - [`server`]: the HTTPS admission server (`/inject`, `/validate`) around them, with its
+//!   certificates ([`certs`]) and config reloading.
+
+pub mod certs;
+pub mod decision;
+pub mod inject;
+pub mod server;

@@ -1,0 +1,1 @@
+//! Webhook serving certificates. Placeholder.
