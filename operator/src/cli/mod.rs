@@ -1,5 +1,6 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
+mod manifest;
 mod validate;
 
 use std::process::ExitCode;
@@ -18,6 +19,8 @@ pub struct Cli {
 enum Command {
     /// Validate Istio configuration files (every kind Rudder knows) as istioctl validate does.
     Validate(validate::Args),
+    /// Render an IstioOperator into Kubernetes objects (`manifest generate`).
+    Manifest(manifest::Args),
 }
 
 impl Cli {
@@ -25,6 +28,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Validate(args) => validate::run(&args),
+            Command::Manifest(args) => manifest::run(&args),
         }
     }
 }
