@@ -94,7 +94,7 @@ type Checked = (Vec<String>, Vec<String>, Option<IstioOperator>);
 /// Validates one document as an IstioOperator: (errors, warnings, the decoded object).
 fn validate(name: &str, value: &Value) -> Result<Checked, RenderError> {
     let mut doc = value.clone();
-    tree::merge(&mut doc, json!({"apiVersion": API_VERSION, "kind": KIND}));
+    tree::merge(&mut doc, json!({"apiVersion": API_VERSION, "kind": KIND, "metadata": {}, "spec": {}}));
     let text = serde_json::to_string(&doc)
         .map_err(|e| RenderError::Input { file: name.to_owned(), message: e.to_string() })?;
     let loads: Loads =
