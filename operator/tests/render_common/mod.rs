@@ -5,6 +5,7 @@
 use rudder_operator::manifest::Manifest;
 use rudder_operator::render::{InputFile, RenderRequest, render};
 
+#[derive(Debug)]
 pub struct Case {
     pub name: &'static str,
     pub files: &'static [&'static str],
