@@ -2,6 +2,8 @@
 //! operator's own chart installs) and the `istio-reader-service-account` that multi-cluster
 //! readers use; plus the control-plane Namespace, rendered whenever anything else is.
 
+use std::sync::LazyLock;
+
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use rudder_config::labels;
 
@@ -17,12 +19,7 @@ pub fn render(ctx: &Context) -> Result<Vec<RenderedObject>, RenderError> {
     if base.enabled == Some(false) {
         return Ok(Vec::new());
     }
-    let mut out = Vec::new();
-    for crd in rudder_config::crds::all() {
-        if crd.spec.names.kind != "IstioOperator" {
-            out.push(rendered(Component::Base, &crd)?);
-        }
-    }
+    let mut out = crds()?;
     let sa = ServiceAccount {
         metadata: meta(
             "istio-reader-service-account",
@@ -36,6 +33,19 @@ pub fn render(ctx: &Context) -> Result<Vec<RenderedObject>, RenderError> {
         k8s::apply_overlays(&mut out, &spec.overlays)?;
     }
     Ok(out)
+}
+
+/// The Istio CRDs as rendered objects. Building their schemas is by far the slowest part of a
+/// render and they never change within a process, so they are built once.
+fn crds() -> Result<Vec<RenderedObject>, RenderError> {
+    static CRDS: LazyLock<Result<Vec<RenderedObject>, String>> = LazyLock::new(|| {
+        rudder_config::crds::all()
+            .iter()
+            .filter(|crd| crd.spec.names.kind != "IstioOperator")
+            .map(|crd| rendered(Component::Base, crd).map_err(|e| e.to_string()))
+            .collect()
+    });
+    CRDS.clone().map_err(RenderError::Overlay)
 }
 
 /// The control-plane namespace (labelled with its network, if one is known).
