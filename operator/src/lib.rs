@@ -5,4 +5,5 @@
 pub mod cli;
 pub mod install;
 pub mod manifest;
+pub mod render;
 pub mod tag;

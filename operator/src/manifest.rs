@@ -64,3 +64,16 @@ pub struct Manifest {
     /// Things the user should know (e.g. values Rudder keeps but does not act on), each once.
     pub notes: Vec<String>,
 }
+
+impl Manifest {
+    /// The objects as one YAML stream (`---` before each document), in [`Manifest::objects`]
+    /// order. Keys are sorted, so the same manifest always gives the same bytes.
+    pub fn to_yaml(&self) -> Result<String, String> {
+        let mut out = String::new();
+        for obj in &self.objects {
+            out.push_str("---\n");
+            out.push_str(&serde_saphyr::to_string(&obj.object).map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+}

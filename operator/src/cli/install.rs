@@ -12,6 +12,7 @@ use kube::Client;
 
 use crate::install::{InstallOptions, Progress};
 use crate::manifest::Manifest;
+use crate::render::{RenderError, RenderRequest, render};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,10 +36,15 @@ pub struct Args {
     readiness_timeout: Duration,
 }
 
-/// Renders the manifest the CLI verbs install. Wired to the renderer when it lands.
+/// Renders the manifest the cluster verbs install, from the same inputs as `manifest generate`.
 pub fn render_for_cli(files: &[PathBuf], set: &[String], revision: Option<&str>) -> anyhow::Result<Manifest> {
-    let _ = (files, set, revision);
-    bail!("renderer not available yet")
+    let files = super::manifest::read_files(files).map_err(anyhow::Error::msg)?;
+    let req = RenderRequest { files, set: set.to_vec(), revision: revision.map(str::to_owned), ..Default::default() };
+    match render(&req) {
+        Ok(manifest) => Ok(manifest),
+        Err(RenderError::Invalid(lines)) => bail!("invalid IstioOperator:\n{}", lines.join("\n")),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn run(args: &Args) -> ExitCode {
@@ -142,8 +148,9 @@ mod tests {
     }
 
     #[test]
-    fn renderer_is_not_wired_yet() {
-        let err = render_for_cli(&[], &[], None).expect_err("no renderer");
-        assert!(err.to_string().contains("renderer not available yet"));
+    fn cli_verbs_render_the_default_profile_without_files() {
+        let manifest = render_for_cli(&[], &[], Some("canary")).expect("renders");
+        assert_eq!(manifest.revision.as_deref(), Some("canary"));
+        assert!(manifest.objects.iter().any(|o| o.object.metadata.name.as_deref() == Some("istiod-canary")));
     }
 }

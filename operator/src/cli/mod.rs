@@ -1,6 +1,7 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
 mod install;
+mod manifest;
 mod tag;
 mod uninstall;
 mod validate;
@@ -30,6 +31,8 @@ enum Command {
     VerifyInstall(verify::Args),
     /// Manage revision tags.
     Tag(tag::Args),
+    /// Render an IstioOperator into Kubernetes objects (`manifest generate`).
+    Manifest(manifest::Args),
 }
 
 impl Cli {
@@ -41,6 +44,7 @@ impl Cli {
             Command::Uninstall(args) => uninstall::run(&args),
             Command::VerifyInstall(args) => verify::run(&args),
             Command::Tag(args) => tag::run(&args),
+            Command::Manifest(args) => manifest::run(&args),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 
-use super::install::{block_on, confirm, exit_code, kube_client};
+use super::install::{block_on, confirm, exit_code, kube_client, render_for_cli};
 use crate::tag::{self, SetOptions, TagError};
 
 #[derive(Debug, clap::Args)]
@@ -48,9 +48,14 @@ enum TagCommand {
         revision: String,
         #[arg(long)]
         webhook_name: Option<String>,
-        /// Read the revision's injector webhook configuration from this YAML file instead of the cluster.
-        #[arg(long)]
+        /// Read the revision's injector webhook configuration from this YAML file (for example
+        /// `kubectl get mutatingwebhookconfiguration -o yaml`) instead of rendering it.
+        #[arg(long, conflicts_with = "files")]
         webhook_file: Option<PathBuf>,
+        /// IstioOperator files to render the revision from; without them (and without
+        /// `--webhook-file`) the default profile is rendered. No cluster is needed.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -71,13 +76,10 @@ async fn dispatch(command: &TagCommand) -> anyhow::Result<()> {
             print!("{}", list_table(&tag::list_tags(&client).await?));
         }
         TagCommand::Remove { tag, yes } => remove(tag, *yes).await?,
-        TagCommand::Generate { tag, revision, webhook_name, webhook_file } => {
+        TagCommand::Generate { tag, revision, webhook_name: _, webhook_file, files } => {
             let source = match webhook_file {
                 Some(path) => webhook_from_file(path, revision)?,
-                None => {
-                    let hooks = tag::cluster_webhooks(&kube_client().await?).await?;
-                    tag::check_set(&hooks, tag, revision, webhook_name.as_deref(), &[], true)?.clone()
-                }
+                None => rendered_webhook(files, revision)?,
             };
             print!("{}", serde_saphyr::to_string(&tag::tag_webhook(&source, tag, revision))?);
         }
@@ -99,6 +101,18 @@ async fn remove(tag: &str, yes: bool) -> anyhow::Result<()> {
     }
     println!("✔ tag {tag} removed");
     Ok(())
+}
+
+/// The injector webhook configuration the renderer makes for `revision` (offline).
+fn rendered_webhook(files: &[PathBuf], revision: &str) -> anyhow::Result<MutatingWebhookConfiguration> {
+    let rev = (revision != "default").then_some(revision);
+    let manifest = render_for_cli(files, &[], rev)?;
+    let hook = manifest
+        .objects
+        .into_iter()
+        .find(|o| o.object.types.as_ref().is_some_and(|t| t.kind == "MutatingWebhookConfiguration"))
+        .with_context(|| format!("revision {revision} renders no injector webhook (is pilot disabled?)"))?;
+    Ok(serde_json::from_value(serde_json::to_value(&hook.object)?)?)
 }
 
 /// The first MutatingWebhookConfiguration in a YAML file whose `istio.io/rev` is `revision`
