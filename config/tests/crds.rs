@@ -33,6 +33,22 @@ fn chart_crds_match_the_types() {
 }
 
 #[test]
+fn compiled_in_crds_are_the_generated_ones() {
+    let files = crds::render_files().unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+    let compiled: Vec<&str> = crds::GENERATED_FILES.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, compiled, "GENERATED_FILES must list every group file");
+    let generated: Vec<serde_json::Value> =
+        crds::all().iter().map(|c| serde_json::to_value(c).expect("json")).collect();
+    let mut compiled = crds::generated_values().expect("parse");
+    let mut generated = generated;
+    let key = |v: &serde_json::Value| v["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    compiled.sort_by_key(key);
+    generated.sort_by_key(key);
+    assert!(compiled == generated, "chart/crds differs from the types; run `cargo run -p rudder-crd-gen`");
+}
+
+#[test]
 fn every_crd_is_structural_and_carries_istio_names() {
     let all = crds::all();
     assert_eq!(all.len(), rudder_config::object::KINDS.len());

@@ -35,14 +35,18 @@ pub fn render(ctx: &Context) -> Result<Vec<RenderedObject>, RenderError> {
     Ok(out)
 }
 
-/// The Istio CRDs as rendered objects. Building their schemas is by far the slowest part of a
-/// render and they never change within a process, so they are built once.
+/// The Istio CRDs as rendered objects, read from the compiled-in generated files (generating
+/// their schemas from the types costs hundreds of milliseconds); parsed once per process.
 fn crds() -> Result<Vec<RenderedObject>, RenderError> {
     static CRDS: LazyLock<Result<Vec<RenderedObject>, String>> = LazyLock::new(|| {
-        rudder_config::crds::all()
-            .iter()
-            .filter(|crd| crd.spec.names.kind != "IstioOperator")
-            .map(|crd| rendered(Component::Base, crd).map_err(|e| e.to_string()))
+        rudder_config::crds::generated_values()?
+            .into_iter()
+            .filter(|crd| crd["spec"]["names"]["kind"] != "IstioOperator")
+            .map(|crd| {
+                serde_json::from_value(crd)
+                    .map(|object| RenderedObject { component: Component::Base, object })
+                    .map_err(|e| format!("generated CRD does not read as an object: {e}"))
+            })
             .collect()
     });
     CRDS.clone().map_err(RenderError::Overlay)
