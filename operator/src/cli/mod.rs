@@ -1,6 +1,7 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
 mod install;
+mod kube_inject;
 mod tag;
 mod uninstall;
 mod validate;
@@ -30,6 +31,8 @@ enum Command {
     VerifyInstall(verify::Args),
     /// Manage revision tags.
     Tag(tag::Args),
+    /// Add the sidecar to the workloads of a YAML file, offline.
+    KubeInject(kube_inject::Args),
 }
 
 impl Cli {
@@ -41,6 +44,7 @@ impl Cli {
             Command::Uninstall(args) => uninstall::run(&args),
             Command::VerifyInstall(args) => verify::run(&args),
             Command::Tag(args) => tag::run(&args),
+            Command::KubeInject(args) => kube_inject::run(&args),
         }
     }
 }
