@@ -1,16 +1,20 @@
 //! A strategic-merge-like overlay on JSON, enough for pod templates: objects merge key by key
 //! (`null` removes a key); lists of objects merge element by element on their merge key
-//! (`name`, or `mountPath` for `volumeMounts`, `containerPort` for `ports`), new elements are
-//! appended; every other list is replaced.
+//! (`name` for containers, volumes, env and pull secrets, `mountPath` for `volumeMounts`,
+//! `containerPort` for `ports`), new elements are appended, and an empty list changes nothing;
+//! every other list is replaced.
 
 use serde_json::Value;
 
-/// The key list elements under `field` are matched by, if any.
-fn merge_key(field: &str) -> &'static str {
+/// The key list elements under `field` are matched by, if the list merges.
+fn merge_key(field: &str) -> Option<&'static str> {
     match field {
-        "volumeMounts" | "volumeDevices" => "mountPath",
-        "ports" => "containerPort",
-        _ => "name",
+        "volumeMounts" | "volumeDevices" => Some("mountPath"),
+        "ports" => Some("containerPort"),
+        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => {
+            Some("name")
+        }
+        _ => None,
     }
 }
 
@@ -30,8 +34,8 @@ fn merge_field(base: &mut Value, overlay: &Value, field: &str) {
                 }
             }
         }
-        (Value::Array(base), Value::Array(overlay)) if keyed(overlay, merge_key(field)) => {
-            let key = merge_key(field);
+        (Value::Array(base), Value::Array(overlay)) if merge_key(field).is_some_and(|k| keyed(overlay, k)) => {
+            let key = merge_key(field).unwrap_or("name");
             for item in overlay {
                 match base.iter_mut().find(|b| b.get(key).is_some() && b.get(key) == item.get(key)) {
                     Some(existing) => merge_field(existing, item, ""),
@@ -43,8 +47,9 @@ fn merge_field(base: &mut Value, overlay: &Value, field: &str) {
     }
 }
 
+/// Every element carries the merge key (an empty list merges as a no-op).
 fn keyed(items: &[Value], key: &str) -> bool {
-    !items.is_empty() && items.iter().all(|i| i.get(key).is_some())
+    items.iter().all(|i| i.get(key).is_some())
 }
 
 #[cfg(test)]

@@ -63,8 +63,14 @@ pub fn sidecar(input: &Input) -> Value {
     }
     let mut fragment = json!({
         "metadata": {"labels": pod_labels(input, true), "annotations": pod_annotations(input)},
-        "spec": {"initContainers": init, "containers": containers, "volumes": volumes(input)},
+        "spec": {"volumes": volumes(input)},
     });
+    if !init.is_empty() {
+        fragment["spec"]["initContainers"] = Value::Array(init);
+    }
+    if !containers.is_empty() {
+        fragment["spec"]["containers"] = Value::Array(containers);
+    }
     add_pull_secrets(input, &mut fragment);
     fragment
 }
@@ -131,11 +137,12 @@ fn pod_annotations(input: &Input) -> Value {
 /// The `-d` list: the proxy's own ports, then the excluded ports, then the status port.
 fn excluded_inbound(p: &Params) -> String {
     let mut ports = vec![ENVOY_PROM_PORT.to_string(), READINESS_PORT.to_string()];
-    ports
-        .extend(p.traffic.exclude_inbound_ports.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned));
-    let status = p.status_port.to_string();
-    if p.status_port != 0 && !ports.contains(&status) {
-        ports.push(status);
+    let status = (p.status_port != 0).then(|| p.status_port.to_string());
+    let extra = p.traffic.exclude_inbound_ports.split(',').map(str::trim).filter(|s| !s.is_empty());
+    for port in extra.map(str::to_owned).chain(status) {
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
     }
     ports.join(",")
 }
