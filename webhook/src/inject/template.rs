@@ -5,6 +5,7 @@
 //! imagePullSecrets}}`) that is merged onto the pod.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use rudder_config::labels;
 use rudder_config::mesh::{InterceptionMode, ProxyConfig};
@@ -375,7 +376,15 @@ fn env(input: &Input) -> Vec<Value> {
 /// The effective ProxyConfig as compact JSON, without the fields equal to the built-in defaults
 /// (`{}` when nothing differs).
 fn proxy_config_json(config: &ProxyConfig) -> String {
-    let defaults = serde_json::to_value(ProxyConfig::istio_defaults()).unwrap_or_default();
+    static DEFAULTS: OnceLock<(ProxyConfig, Value)> = OnceLock::new();
+    let (default_config, defaults) = DEFAULTS.get_or_init(|| {
+        let config = ProxyConfig::istio_defaults();
+        let json = serde_json::to_value(&config).unwrap_or_default();
+        (config, json)
+    });
+    if config == default_config {
+        return "{}".to_owned();
+    }
     let mut own = match serde_json::to_value(config) {
         Ok(Value::Object(map)) => map,
         _ => serde_json::Map::new(),
