@@ -1,6 +1,7 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
 mod install;
+mod kube_inject;
 mod manifest;
 mod tag;
 mod uninstall;
@@ -33,6 +34,8 @@ enum Command {
     Tag(tag::Args),
     /// Render an IstioOperator into Kubernetes objects (`manifest generate`).
     Manifest(manifest::Args),
+    /// Add the sidecar to the workloads of a YAML file, offline.
+    KubeInject(kube_inject::Args),
 }
 
 impl Cli {
@@ -45,6 +48,7 @@ impl Cli {
             Command::VerifyInstall(args) => verify::run(&args),
             Command::Tag(args) => tag::run(&args),
             Command::Manifest(args) => manifest::run(&args),
+            Command::KubeInject(args) => kube_inject::run(&args),
         }
     }
 }
