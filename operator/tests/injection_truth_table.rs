@@ -4,90 +4,35 @@
 //! Each row is checked three ways: as the table states it, with `enableNamespacesByDefault`, and
 //! with `policy: disabled` in both injector configs.
 //!
-//! The MutatingWebhookConfigurations come from a local helper that follows §2.1 exactly.
-//! TODO: switch to the operator renderer's MutatingWebhookConfiguration once it lands, so that
-//! this test also pins the rendered selectors.
+//! The MutatingWebhookConfigurations are the ones the operator renders (`render`), so this test
+//! pins the rendered selectors and the injector's decision together.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhook;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use rudder_config::injector::{InjectionPolicy, InjectorConfig};
-use rudder_config::labels::{
-    DEFAULT_REVISION, INJECTION_ENABLED, ISTIO_INJECTION, NAMESPACE_NAME, REVISION, SIDECAR_INJECT,
-};
-use rudder_webhook::decision::{IGNORED_NAMESPACES, injection_required, matching_webhooks};
+use rudder_config::labels::{DEFAULT_REVISION, ISTIO_INJECTION, NAMESPACE_NAME, REVISION, SIDECAR_INJECT};
+use rudder_operator::render::{RenderRequest, render};
+use rudder_webhook::decision::{injection_required, matching_webhooks};
 
-fn req(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
-    LabelSelectorRequirement {
-        key: key.to_owned(),
-        operator: operator.to_owned(),
-        values: (!values.is_empty()).then(|| values.iter().map(|v| (*v).to_owned()).collect()),
-    }
-}
-
-fn selector(reqs: Vec<LabelSelectorRequirement>) -> Option<LabelSelector> {
-    Some(LabelSelector { match_expressions: Some(reqs), match_labels: None })
-}
-
-fn webhook(
-    name: &str,
-    namespace: Vec<LabelSelectorRequirement>,
-    object: Vec<LabelSelectorRequirement>,
-) -> MutatingWebhook {
-    MutatingWebhook {
-        name: format!("{name}sidecar-injector.istio.io"),
-        namespace_selector: selector(namespace),
-        object_selector: selector(object),
-        admission_review_versions: vec!["v1".into()],
-        side_effects: "None".into(),
-        failure_policy: Some("Fail".into()),
-        reinvocation_policy: Some("Never".into()),
-        ..MutatingWebhook::default()
-    }
-}
-
-/// `rev.namespace.` and `rev.object.` for revision (or tag) `rev`.
-fn revision_webhooks(rev: &str) -> Vec<MutatingWebhook> {
-    vec![
-        webhook(
-            "rev.namespace.",
-            vec![req(REVISION, "In", &[rev]), req(ISTIO_INJECTION, "DoesNotExist", &[])],
-            vec![req(SIDECAR_INJECT, "NotIn", &["false"])],
-        ),
-        webhook(
-            "rev.object.",
-            vec![req(REVISION, "DoesNotExist", &[]), req(ISTIO_INJECTION, "DoesNotExist", &[])],
-            vec![req(SIDECAR_INJECT, "NotIn", &["false"]), req(REVISION, "In", &[rev])],
-        ),
-    ]
-}
-
-/// The no-revision MWC: its `rev.*` webhooks plus `namespace.`, `object.` and (optionally) `auto.`.
-fn default_webhooks(enable_namespaces_by_default: bool) -> Vec<MutatingWebhook> {
-    let mut hooks = revision_webhooks(DEFAULT_REVISION);
-    hooks.push(webhook(
-        "namespace.",
-        vec![req(ISTIO_INJECTION, "In", &[INJECTION_ENABLED])],
-        vec![req(SIDECAR_INJECT, "NotIn", &["false"])],
-    ));
-    hooks.push(webhook(
-        "object.",
-        vec![req(ISTIO_INJECTION, "DoesNotExist", &[]), req(REVISION, "DoesNotExist", &[])],
-        vec![req(SIDECAR_INJECT, "In", &["true"]), req(REVISION, "DoesNotExist", &[])],
-    ));
-    if enable_namespaces_by_default {
-        hooks.push(webhook(
-            "auto.",
-            vec![
-                req(ISTIO_INJECTION, "DoesNotExist", &[]),
-                req(REVISION, "DoesNotExist", &[]),
-                req(NAMESPACE_NAME, "NotIn", &IGNORED_NAMESPACES),
-            ],
-            vec![req(SIDECAR_INJECT, "DoesNotExist", &[]), req(REVISION, "DoesNotExist", &[])],
-        ));
-    }
-    hooks
+/// The injector webhooks the operator renders for `revision` (`None` = the default install).
+fn rendered_webhooks(revision: Option<&str>, enable_namespaces_by_default: bool) -> Vec<MutatingWebhook> {
+    let set = if enable_namespaces_by_default {
+        vec!["values.sidecarInjectorWebhook.enableNamespacesByDefault=true".to_owned()]
+    } else {
+        Vec::new()
+    };
+    let manifest = render(&RenderRequest { set, revision: revision.map(str::to_owned), ..RenderRequest::default() })
+        .expect("renders");
+    let object = manifest
+        .objects
+        .into_iter()
+        .find(|o| o.object.types.as_ref().is_some_and(|t| t.kind == "MutatingWebhookConfiguration"))
+        .expect("an injector webhook configuration");
+    let mwc: MutatingWebhookConfiguration =
+        serde_json::from_value(serde_json::to_value(&object.object).expect("json")).expect("typed");
+    mwc.webhooks.unwrap_or_default()
 }
 
 /// One control plane: its revision, its webhooks and its injector config.
@@ -113,9 +58,14 @@ fn installs(variant: Variant, with_default: bool) -> Vec<Install> {
         }],
         ..InjectorConfig::default()
     };
-    let mut all = vec![Install { revision: "canary", webhooks: revision_webhooks("canary"), config: config.clone() }];
+    let by_default = variant == Variant::NamespacesByDefault;
+    let mut all = vec![Install {
+        revision: "canary",
+        webhooks: rendered_webhooks(Some("canary"), by_default),
+        config: config.clone(),
+    }];
     if with_default {
-        let webhooks = default_webhooks(variant == Variant::NamespacesByDefault);
+        let webhooks = rendered_webhooks(None, by_default);
         all.insert(0, Install { revision: DEFAULT_REVISION, webhooks, config });
     }
     all
