@@ -5,6 +5,7 @@ mod tag;
 mod uninstall;
 mod validate;
 mod verify;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ enum Command {
     VerifyInstall(verify::Args),
     /// Manage revision tags.
     Tag(tag::Args),
+    /// Run the admission server alone (sidecar injection and config validation over HTTPS).
+    Webhook(webhook::Args),
 }
 
 impl Cli {
@@ -41,6 +44,7 @@ impl Cli {
             Command::Uninstall(args) => uninstall::run(&args),
             Command::VerifyInstall(args) => verify::run(&args),
             Command::Tag(args) => tag::run(&args),
+            Command::Webhook(args) => webhook::run(&args),
         }
     }
 }
