@@ -433,9 +433,13 @@ mod tests {
                "spec": {"containers": [{"name": "app", "image": "nginx"}]}})
     }
 
-    fn add_sidecar(_: &InjectionContext, pod: &Pod, ns: &str) -> Result<Outcome, InjectError> {
-        let mut pod = pod.clone();
+    fn add_sidecar(ctx: &InjectionContext, pod: &Pod, ns: &str) -> Result<Outcome, InjectError> {
         assert_eq!(ns, "apps");
+        add_sidecar_anywhere(ctx, pod, ns)
+    }
+
+    fn add_sidecar_anywhere(_: &InjectionContext, pod: &Pod, _: &str) -> Result<Outcome, InjectError> {
+        let mut pod = pod.clone();
         pod.metadata.annotations.get_or_insert_default().insert("sidecar.istio.io/status".into(), "{}".into());
         if let Some(spec) = pod.spec.as_mut() {
             spec.containers
@@ -567,5 +571,30 @@ mod tests {
         body["request"]["object"] = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
         let (_, out) = call(&Endpoint::Validate, &body, skip);
         assert_eq!(out["response"]["allowed"], true);
+    }
+
+    #[test]
+    fn truncated_or_corrupted_reviews_never_panic() {
+        let valid = serde_json::to_vec(&review(V1, pod())).expect("encode");
+        let ctx = InjectionContext::default();
+        let endpoints = [inject(), Endpoint::Validate];
+        let check = |body: &[u8]| {
+            for ep in &endpoints {
+                for f in [add_sidecar_anywhere as InjectFn, inject_pod] {
+                    let status = handle_with(ep, Some(JSON), body, &ctx, f).status;
+                    assert!(matches!(status, 200 | 400), "status {status}");
+                }
+            }
+        };
+        for len in 0..valid.len() {
+            check(&valid[..len]);
+        }
+        for at in (0..valid.len()).step_by(3) {
+            for byte in [b'"', b'{', b']', b'0', 0xff] {
+                let mut body = valid.clone();
+                body[at] = byte;
+                check(&body);
+            }
+        }
     }
 }
