@@ -2,7 +2,7 @@
 # Load test of the admission server: a release `rudder webhook` with a generated certificate,
 # and Debian's `hey` posting a typical Deployment pod's AdmissionReview with keep-alive.
 #   cargo build --release -p rudder-operator && webhook/benches/load.sh [requests] [concurrency] [-h2]
-# hey needs https://localhost (an IP URL sends an SNI that rustls refuses) and skips verification.
+# hey sends the Host header (with the port) as SNI, which rustls refuses: -host localhost fixes it.
 set -eu
 here=$(dirname "$0")
 bin=${RUDDER:-${CARGO_TARGET_DIR:-target}/release/rudder}
@@ -13,5 +13,5 @@ pid=$!
 trap 'kill $pid' EXIT
 sleep 1
 port=$(sed -n 's/^listening: https:\/\/127.0.0.1:\([0-9]*\)$/\1/p' "$out")
-hey -n 200 -c 4 -m POST -T application/json -D "$here/review-pod.json" "https://localhost:$port/inject" >/dev/null
-hey -n "$n" -c "$c" "$@" -m POST -T application/json -D "$here/review-pod.json" "https://localhost:$port/inject"
+hey -n 200 -c 4 -host localhost -m POST -T application/json -D "$here/review-pod.json" "https://localhost:$port/inject" >/dev/null
+hey -n "$n" -c "$c" -host localhost "$@" -m POST -T application/json -D "$here/review-pod.json" "https://localhost:$port/inject"

@@ -289,7 +289,7 @@ fn review_inject(request: &RequestIn, ctx: &InjectionContext, inject: InjectFn) 
     if !is_pod(request, object) {
         return Ok(ResponseOut::allow(uid));
     }
-    let pod: Pod = match serde_json::from_value(object.clone()) {
+    let pod = match Pod::deserialize(object) {
         Ok(pod) => pod,
         Err(e) => return Ok(ResponseOut::deny(uid, 400, format!("the object is not a valid Pod: {e}"))),
     };
