@@ -4,9 +4,11 @@
 //!   MutatingWebhookConfiguration's selectors, rendered by the operator).
 //! - [`inject`] (pure): the injected pod, and the JSON patch from the original to it. The same
 //!   function serves the webhook and `rudder kube-inject`.
-//! - [`server`]: the HTTPS admission server (`/inject`, `/validate`) around them, with its
+//! - [`admission`] (pure): AdmissionReview bytes in, HTTP status and body out.
+//! - [`server`]: the HTTPS admission server (`/inject`, `/validate`) around it, with its
 //!   certificates ([`certs`]) and config reloading.
 
+pub mod admission;
 pub mod certs;
 pub mod decision;
 pub mod inject;

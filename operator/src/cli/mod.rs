@@ -7,6 +7,7 @@ mod tag;
 mod uninstall;
 mod validate;
 mod verify;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,8 @@ enum Command {
     Manifest(manifest::Args),
     /// Add the sidecar to the workloads of a YAML file, offline.
     KubeInject(kube_inject::Args),
+    /// Run the admission server alone (sidecar injection and config validation over HTTPS).
+    Webhook(webhook::Args),
 }
 
 impl Cli {
@@ -49,6 +52,7 @@ impl Cli {
             Command::Tag(args) => tag::run(&args),
             Command::Manifest(args) => manifest::run(&args),
             Command::KubeInject(args) => kube_inject::run(&args),
+            Command::Webhook(args) => webhook::run(&args),
         }
     }
 }
