@@ -7,17 +7,17 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rudder_config::labels;
 use rudder_config::operator::GatewaySpec;
 
-use super::objects::{labels_of, meta, rendered};
+use super::objects::{deployment_of, labels_of, meta, rendered};
 use super::pilot::{resources, restricted};
 use super::values::Context;
 use super::workload::{self, Scaling};
@@ -180,23 +180,14 @@ fn deployment(
         tolerations: ctx.typed(&gw.value_path("tolerations"))?,
         ..PodSpec::default()
     };
-    Ok(Deployment {
-        metadata: meta(&gw.name, Some(&gw.ns), gw.labels.clone()),
-        spec: DeploymentSpec {
-            replicas: scaling.deployment_replicas(),
-            selector: LabelSelector { match_labels: Some(gw.selector.clone()), match_expressions: None },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod),
-            },
-            ..DeploymentSpec::default()
-        },
-        status: None,
-    })
+    Ok(deployment_of(
+        meta(&gw.name, Some(&gw.ns), gw.labels.clone()),
+        scaling.deployment_replicas(),
+        gw.selector.clone(),
+        pod_labels,
+        annotations,
+        pod,
+    ))
 }
 
 fn container(gw: &Gw, spec: &GatewaySpec, ports: Option<&[ServicePort]>) -> Result<Container, RenderError> {

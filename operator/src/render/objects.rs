@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::DynamicObject;
 use rudder_config::labels;
 use serde::Serialize;
@@ -33,6 +35,35 @@ pub const KIND_ORDER: &[&str] = &[
 ];
 
 /// Labels from a list of pairs.
+/// A Deployment of one pod template: the selector picks the pods by `selector` labels, which
+/// the pod labels must contain.
+pub fn deployment_of(
+    metadata: ObjectMeta,
+    replicas: Option<i32>,
+    selector: BTreeMap<String, String>,
+    pod_labels: BTreeMap<String, String>,
+    pod_annotations: BTreeMap<String, String>,
+    pod: PodSpec,
+) -> Deployment {
+    Deployment {
+        metadata,
+        spec: DeploymentSpec {
+            replicas,
+            selector: LabelSelector { match_labels: Some(selector), match_expressions: None },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    }
+}
+
 pub fn labels_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }

@@ -6,20 +6,19 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec,
+    PodSpec, Probe, ResourceRequirements, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rudder_config::injector::{InjectionPolicy, InjectorConfig};
 use rudder_config::labels;
 use rudder_config::operator::KubernetesResourcesSpec;
 
-use super::objects::{labels_of, meta, rendered};
+use super::objects::{deployment_of, labels_of, meta, rendered};
 use super::values::Context;
 use super::workload::{self, Scaling};
 use super::{PILOT_IMAGE, RenderError, k8s, rbac, webhooks};
@@ -211,23 +210,14 @@ fn deployment(
         tolerations: ctx.typed("pilot.tolerations")?,
         ..PodSpec::default()
     };
-    Ok(Deployment {
-        metadata: meta(&ctx.istiod(), Some(&ctx.namespace), labels.clone()),
-        spec: DeploymentSpec {
-            replicas: scaling.deployment_replicas(),
-            selector: LabelSelector { match_labels: Some(selector(ctx)), match_expressions: None },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod),
-            },
-            ..DeploymentSpec::default()
-        },
-        status: None,
-    })
+    Ok(deployment_of(
+        meta(&ctx.istiod(), Some(&ctx.namespace), labels.clone()),
+        scaling.deployment_replicas(),
+        selector(ctx),
+        pod_labels,
+        annotations,
+        pod,
+    ))
 }
 
 fn container(ctx: &Context, hub: Option<&str>, tag: Option<&serde_json::Value>) -> Result<Container, RenderError> {
