@@ -79,7 +79,7 @@ fn typed(doc: &Value) -> Value {
 }
 
 fn without_helm_labels(mut doc: Value) -> Value {
-    if let Some(labels) = doc["metadata"]["labels"].as_object_mut() {
+    if let Some(labels) = doc.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
         HELM_LABELS.iter().for_each(|l| {
             labels.remove(*l);
         });

@@ -76,9 +76,12 @@ fn revision_suffixes_every_name_and_labels_the_revision() {
     }
 }
 
+/// Revision, watched namespaces, expected args, expected `REVISION`.
+type ArgsCase = (Option<&'static str>, &'static [&'static str], &'static [&'static str], &'static str);
+
 #[test]
 fn deployment_args_and_env_follow_the_flags() {
-    let table: [(Option<&str>, &[&str], &[&str], &str); 3] = [
+    let table: [ArgsCase; 3] = [
         (
             None,
             &["istio-system"],
