@@ -1,9 +1,10 @@
 //! The operator side of Rudder and the home of the `rudder` binary's command line: rendering an
 //! `IstioOperator` into a control plane ([`render`], pure), the rendered [`manifest`], and the
-//! verbs under [`cli`].
+//! verbs under [`cli`], including what `operator init` installs ([`operator_init`]).
 
 pub mod cli;
 pub mod install;
 pub mod manifest;
+pub mod operator_init;
 pub mod render;
 pub mod tag;

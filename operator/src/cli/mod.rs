@@ -3,6 +3,7 @@
 mod install;
 mod kube_inject;
 mod manifest;
+mod operator;
 mod tag;
 mod uninstall;
 mod validate;
@@ -33,6 +34,8 @@ enum Command {
     VerifyInstall(verify::Args),
     /// Manage revision tags.
     Tag(tag::Args),
+    /// Install or remove the in-cluster operator (`operator init`, `operator remove`).
+    Operator(operator::Args),
     /// Render an IstioOperator into Kubernetes objects (`manifest generate`).
     Manifest(manifest::Args),
     /// Add the sidecar to the workloads of a YAML file, offline.
@@ -50,6 +53,7 @@ impl Cli {
             Command::Uninstall(args) => uninstall::run(&args),
             Command::VerifyInstall(args) => verify::run(&args),
             Command::Tag(args) => tag::run(&args),
+            Command::Operator(args) => operator::run(&args),
             Command::Manifest(args) => manifest::run(&args),
             Command::KubeInject(args) => kube_inject::run(&args),
             Command::Webhook(args) => webhook::run(&args),

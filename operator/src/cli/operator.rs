@@ -1,0 +1,130 @@
+//! `rudder operator init [--hub H] [--tag T] [--operatorNamespace NS] [--watchedNamespaces A,B]
+//! [-r REV] [-f IOP.yaml] [--dry-run]` and `rudder operator remove (-r REV | --purge) [-y]`
+//! (§1.8.1). Init applies the operator (see [`crate::operator_init`]) then the CR; re-running
+//! upgrades in place.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+
+use super::install::{block_on, confirm, exit_code, kube_client};
+use crate::install::Progress;
+use crate::operator_init::{self, InitOptions, build};
+use crate::render::{DEFAULT_HUB, DEFAULT_TAG};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Install the operator (and, with -f, an IstioOperator CR); re-running upgrades it.
+    Init(InitArgs),
+    /// Remove the operator of one revision, or of all with --purge.
+    Remove(RemoveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Registry of the operator image.
+    #[arg(long, default_value = DEFAULT_HUB)]
+    hub: String,
+    /// Tag of the operator image.
+    #[arg(long, default_value = DEFAULT_TAG)]
+    tag: String,
+    /// Namespace the operator runs in.
+    #[arg(long = "operatorNamespace", alias = "operator-namespace", default_value = "istio-operator")]
+    operator_namespace: String,
+    /// Namespaces (comma list) whose IstioOperator CRs the operator reconciles.
+    #[arg(
+        long = "watchedNamespaces",
+        alias = "watched-namespaces",
+        default_value = "istio-system",
+        value_delimiter = ','
+    )]
+    watched_namespaces: Vec<String>,
+    /// Revision the operator serves.
+    #[arg(short = 'r', long)]
+    revision: Option<String>,
+    /// An IstioOperator CR to create once the operator is installed.
+    #[arg(short = 'f', long = "filename")]
+    file: Option<PathBuf>,
+    /// Print the objects as YAML; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["revision", "purge"])))]
+struct RemoveArgs {
+    /// Revision whose operator to remove (`default` for the unrevisioned one).
+    #[arg(short = 'r', long)]
+    revision: Option<String>,
+    /// Remove the operators of every revision.
+    #[arg(long)]
+    purge: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long = "skip-confirmation")]
+    yes: bool,
+}
+
+pub fn run(args: &Args) -> ExitCode {
+    match &args.verb {
+        Verb::Init(a) => exit_code(init(a)),
+        Verb::Remove(a) => exit_code(block_on(remove(a))),
+    }
+}
+
+impl InitArgs {
+    fn options(&self) -> InitOptions {
+        InitOptions {
+            hub: self.hub.clone(),
+            tag: self.tag.clone(),
+            operator_namespace: self.operator_namespace.clone(),
+            watched_namespaces: self.watched_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
+            revision: self.revision.clone(),
+        }
+    }
+}
+
+fn init(args: &InitArgs) -> anyhow::Result<()> {
+    let crs = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            build::iop_objects(&path.display().to_string(), &text)?
+        }
+        None => Vec::new(),
+    };
+    let objects = build::init_objects(&args.options(), &crs)?;
+    if args.dry_run {
+        print!("{}", build::to_yaml(&objects)?);
+        return Ok(());
+    }
+    block_on(async {
+        let client = kube_client().await?;
+        operator_init::init(&client, &objects, &mut Progress::stdout()).await?;
+        Ok(())
+    })
+}
+
+async fn remove(args: &RemoveArgs) -> anyhow::Result<()> {
+    let revision = if args.purge { None } else { args.revision.as_deref() };
+    let client = kube_client().await?;
+    let keys = operator_init::plan_remove(&client, revision).await?;
+    if keys.is_empty() {
+        println!("Nothing to remove.");
+        return Ok(());
+    }
+    for key in &keys {
+        println!("will remove {key}");
+    }
+    if !args.yes && !confirm(&format!("Remove these {} objects?", keys.len()))? {
+        bail!("cancelled");
+    }
+    operator_init::remove(&client, &keys, &mut Progress::stdout()).await?;
+    Ok(())
+}
