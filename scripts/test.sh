@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs Rudder's whole test suite, the way CI does, and ends with one summed line
 # (`tests: N passed, N failed, N skipped`) over every test binary. Installs nothing
-# system-wide: anything the tests need beyond Rust is put under .tools/ by this script.
+# system-wide: the tools the tests need beyond Rust (Helm) go under .tools/ via install-tools.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+./scripts/install-tools.sh
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
