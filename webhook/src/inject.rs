@@ -126,7 +126,7 @@ pub fn mutate(
     let input = Input { ctx, params: &params, pod: &v, namespace, workload: &workload };
     let combined = combined_templates(ctx, &input, &annotations)?;
     let status = status_of(ctx, &combined);
-    merge::merge(&mut v, &combined);
+    merge::merge_owned(&mut v, combined);
     if let Some(user) = &user_proxy {
         apply_user_proxy(&mut v, user);
     }
@@ -169,7 +169,7 @@ fn apply_user_proxy(pod: &mut Value, user: &Value) {
         map.remove("image");
     }
     match strip::find_proxy_mut(pod) {
-        Some(proxy) => merge::merge(proxy, &overlay),
+        Some(proxy) => merge::merge_owned(proxy, overlay),
         None => {
             if let Some(Value::Array(list)) = pod.pointer_mut("/spec/containers") {
                 list.push(overlay);
@@ -216,7 +216,7 @@ fn combined_templates(
             "gateway" => template::gateway(input),
             other => overlay_template(other, &ctx.injector.templates[other])?,
         };
-        merge::merge(&mut combined, &fragment);
+        merge::merge_owned(&mut combined, fragment);
     }
     Ok(combined)
 }
