@@ -22,7 +22,7 @@ use rudder_config::load::{Problem, load_str};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::inject::{InjectError, InjectionContext, Outcome, inject_pod};
+use crate::inject::{InjectError, InjectionContext, JsonOutcome, Outcome, inject_pod_json};
 
 /// Bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -32,7 +32,7 @@ const V1BETA1: &str = "admission.k8s.io/v1beta1";
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// The injection step [`handle_with`] calls; [`inject_pod`] in production, a fake in tests.
+/// The injection step [`handle_with`] calls; [`inject_pod`](crate::inject::inject_pod) in production, a fake in tests.
 pub type InjectFn = fn(&InjectionContext, &Pod, &str) -> Result<Outcome, InjectError>;
 
 /// Which admission endpoint a request path names.
@@ -96,9 +96,9 @@ impl Reply {
     }
 }
 
-/// Answers one admission request with [`inject_pod`] as the injector.
+/// Answers one admission request with [`inject_pod`](crate::inject::inject_pod) as the injector.
 pub fn handle(endpoint: &Endpoint, content_type: Option<&str>, body: &[u8], ctx: &InjectionContext) -> Reply {
-    handle_with(endpoint, content_type, body, ctx, inject_pod)
+    handle_inner(endpoint, content_type, body, ctx, Injector::Builtin)
 }
 
 /// Answers one admission request, calling `inject` for pods sent to `/inject`.
@@ -108,6 +108,24 @@ pub fn handle_with(
     body: &[u8],
     ctx: &InjectionContext,
     inject: InjectFn,
+) -> Reply {
+    handle_inner(endpoint, content_type, body, ctx, Injector::Custom(inject))
+}
+
+/// [`inject_pod`](crate::inject::inject_pod) (through [`inject_pod_json`], which keeps the original pod's JSON for the
+/// patch), or another injector.
+#[derive(Clone, Copy)]
+enum Injector {
+    Builtin,
+    Custom(InjectFn),
+}
+
+fn handle_inner(
+    endpoint: &Endpoint,
+    content_type: Option<&str>,
+    body: &[u8],
+    ctx: &InjectionContext,
+    inject: Injector,
 ) -> Reply {
     let review = match parse(content_type, body) {
         Ok(review) => review,
@@ -283,7 +301,7 @@ fn is_pod(request: &RequestIn, object: &Value) -> bool {
     }
 }
 
-fn review_inject(request: &RequestIn, ctx: &InjectionContext, inject: InjectFn) -> Result<ResponseOut, Reply> {
+fn review_inject(request: &RequestIn, ctx: &InjectionContext, inject: Injector) -> Result<ResponseOut, Reply> {
     let object = object_of(request)?;
     let uid = request.uid.as_str();
     if !is_pod(request, object) {
@@ -300,12 +318,20 @@ fn review_inject(request: &RequestIn, ctx: &InjectionContext, inject: InjectFn) 
         .filter(|ns| !ns.is_empty())
         .or(request.namespace.as_deref())
         .unwrap_or("default");
-    let injected = match inject(ctx, &pod, namespace) {
-        Ok(Outcome::Skipped { .. }) => return Ok(ResponseOut::allow(uid)),
-        Ok(Outcome::Injected(injected)) => injected,
-        Err(e) => return Ok(ResponseOut::deny(uid, 400, format!("sidecar injection failed: {e}"))),
+    let denied = |e: InjectError| Ok(ResponseOut::deny(uid, 400, format!("sidecar injection failed: {e}")));
+    let patch = match inject {
+        Injector::Builtin => match inject_pod_json(ctx, &pod, namespace) {
+            Ok(JsonOutcome::Skipped { .. }) => return Ok(ResponseOut::allow(uid)),
+            Ok(JsonOutcome::Injected { original, injected }) => patch_from_json(original, &injected),
+            Err(e) => return denied(e),
+        },
+        Injector::Custom(inject) => match inject(ctx, &pod, namespace) {
+            Ok(Outcome::Skipped { .. }) => return Ok(ResponseOut::allow(uid)),
+            Ok(Outcome::Injected(injected)) => patch_between(&pod, &injected),
+            Err(e) => return denied(e),
+        },
     };
-    Ok(match patch_between(&pod, &injected) {
+    Ok(match patch {
         Ok(patch) => {
             ResponseOut { patch_type: Some("JSONPatch"), patch: Some(ByteString(patch)), ..ResponseOut::allow(uid) }
         }
@@ -317,17 +343,103 @@ fn review_inject(request: &RequestIn, ctx: &InjectionContext, inject: InjectFn) 
 /// typed encoding, so fields the model does not know (which the patch must leave alone) never
 /// show up as removals; `managedFields` are dropped from both first.
 pub fn patch_between(original: &Pod, injected: &Pod) -> Result<Vec<u8>, serde_json::Error> {
-    let before = pod_value(original)?;
-    let after = pod_value(injected)?;
-    serde_json::to_vec(&json_patch::diff(&before, &after))
+    patch_from_json(serde_json::to_value(original)?, injected)
 }
 
-fn pod_value(pod: &Pod) -> Result<Value, serde_json::Error> {
-    let mut value = serde_json::to_value(pod)?;
+/// [`patch_between`] with the original already encoded (`serde_json::to_value` of the pod).
+fn patch_from_json(mut before: Value, injected: &Pod) -> Result<Vec<u8>, serde_json::Error> {
+    without_managed_fields(&mut before);
+    let mut after = serde_json::to_value(injected)?;
+    without_managed_fields(&mut after);
+    Ok(diff_json(&before, &after))
+}
+
+fn without_managed_fields(value: &mut Value) {
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
     }
-    Ok(value)
+}
+
+/// The RFC 6902 patch from `before` to `after`, written straight as JSON: the same operations,
+/// in the same order and encoding, as `serde_json::to_vec(&json_patch::diff(before, after))`,
+/// without building (and cloning values into) the operation list first.
+pub fn diff_json(before: &Value, after: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.push(b'[');
+    let mut path = String::new();
+    diff_into(before, after, &mut path, &mut out);
+    out.push(b']');
+    out
+}
+
+fn diff_into(left: &Value, right: &Value, path: &mut String, out: &mut Vec<u8>) {
+    match (left, right) {
+        (Value::Object(left), Value::Object(right)) => {
+            for (key, right_value) in right {
+                let len = push_token(path, key);
+                match left.get(key) {
+                    Some(left_value) => diff_into(left_value, right_value, path, out),
+                    None => write_op(out, "add", path, Some(right_value)),
+                }
+                path.truncate(len);
+            }
+            for key in left.keys().filter(|k| !right.contains_key(*k)) {
+                let len = push_token(path, key);
+                write_op(out, "remove", path, None);
+                path.truncate(len);
+            }
+        }
+        (Value::Array(left), Value::Array(right)) => {
+            let mut shift = 0usize;
+            for idx in 0..left.len().max(right.len()) {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&(idx - shift).to_string());
+                match (left.get(idx), right.get(idx)) {
+                    (Some(l), Some(r)) => diff_into(l, r, path, out),
+                    (Some(_), None) => {
+                        shift += 1;
+                        write_op(out, "remove", path, None);
+                    }
+                    (None, Some(r)) => write_op(out, "add", path, Some(r)),
+                    (None, None) => {}
+                }
+                path.truncate(len);
+            }
+        }
+        _ if left == right => {}
+        _ => write_op(out, "replace", path, Some(right)),
+    }
+}
+
+/// Appends `/token` (JSON-pointer escaped); returns the length to truncate back to.
+fn push_token(path: &mut String, token: &str) -> usize {
+    let len = path.len();
+    path.push('/');
+    for c in token.chars() {
+        match c {
+            '~' => path.push_str("~0"),
+            '/' => path.push_str("~1"),
+            c => path.push(c),
+        }
+    }
+    len
+}
+
+fn write_op(out: &mut Vec<u8>, op: &str, path: &str, value: Option<&Value>) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"{\"op\":\"");
+    out.extend_from_slice(op.as_bytes());
+    out.extend_from_slice(b"\",\"path\":");
+    // Writing a string or a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, path);
+    if let Some(value) = value {
+        out.extend_from_slice(b",\"value\":");
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
+    out.push(b'}');
 }
 
 fn review_validate(request: &RequestIn) -> Result<ResponseOut, Reply> {
@@ -406,6 +518,7 @@ fn problem_message(problem: &Problem) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inject::inject_pod;
     use pretty_assertions::assert_eq;
     use serde_json::json;
 
@@ -595,6 +708,37 @@ mod tests {
                 body[at] = byte;
                 check(&body);
             }
+        }
+    }
+
+    #[test]
+    fn diff_json_writes_what_json_patch_would() {
+        let pairs = [
+            (json!({"a": 1, "b": [1, 2, 3], "c": {"x": "y"}}), json!({"a": 2, "b": [1], "d": null, "c": {}})),
+            (json!({"b": [1]}), json!({"b": [0, {"k": [true]}, "s"], "a/b~c": "\"q\"\u{1}"})),
+            (json!({"x/~": {"~1": 1}}), json!({"x/~": {"~1": 2, "é": [null]}})),
+            (json!([1, 2, 3, 4]), json!([1, 5])),
+            (json!({"same": {"deep": [1, {"a": 1}]}}), json!({"same": {"deep": [1, {"a": 1}]}})),
+            (json!("a"), json!(["a"])),
+            (json!(null), json!(1.5)),
+        ];
+        for (before, after) in pairs {
+            let expected = serde_json::to_vec(&json_patch::diff(&before, &after)).expect("encode");
+            assert_eq!(String::from_utf8(diff_json(&before, &after)), String::from_utf8(expected));
+        }
+    }
+
+    #[test]
+    fn builtin_injector_answers_as_inject_pod_does() {
+        let mut object = pod();
+        object["metadata"]["annotations"] = json!({"prometheus.io/scrape": "true", "prometheus.io/port": "8080"});
+        object["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"path": "/", "port": 8080}});
+        for object in [pod(), object] {
+            let bytes = serde_json::to_vec(&review(V1, object)).expect("encode");
+            let ctx = InjectionContext::offline_defaults();
+            let fast = handle(&inject(), Some(JSON), &bytes, &ctx);
+            let plain = handle_with(&inject(), Some(JSON), &bytes, &ctx, inject_pod);
+            assert_eq!(String::from_utf8(fast.body), String::from_utf8(plain.body));
         }
     }
 }

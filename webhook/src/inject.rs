@@ -98,6 +98,27 @@ pub fn inject_pod(ctx: &InjectionContext, pod: &Pod, namespace: &str) -> Result<
     mutate(ctx, pod, namespace, None).map(|p| Outcome::Injected(Box::new(p)))
 }
 
+/// [`Outcome`] with the original pod's JSON kept, for callers that diff it against the result
+/// (the admission server) without encoding the original twice.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JsonOutcome {
+    /// Not injected, and why.
+    Skipped { reason: String },
+    /// `original` is `serde_json::to_value` of the pod given; `injected` the pod with the sidecar.
+    Injected { original: Value, injected: Box<Pod> },
+}
+
+/// [`inject_pod`], also handing back the original pod's JSON.
+pub fn inject_pod_json(ctx: &InjectionContext, pod: &Pod, namespace: &str) -> Result<JsonOutcome, InjectError> {
+    let decision = decision::injection_required(&ctx.injector, namespace, &pod.metadata, pod.spec.as_ref());
+    if !decision.inject {
+        return Ok(JsonOutcome::Skipped { reason: decision.reason });
+    }
+    let original = pod_json(pod)?;
+    let injected = into_pod(mutate_value(ctx, original.clone(), namespace, None)?)?;
+    Ok(JsonOutcome::Injected { original, injected: Box::new(injected) })
+}
+
 /// The JSON patch (RFC 6902) that turns `original` into `injected`.
 pub fn patch(original: &Pod, injected: &Pod) -> json_patch::Patch {
     let from = serde_json::to_value(original).unwrap_or(Value::Null);
@@ -117,7 +138,24 @@ pub fn mutate(
     namespace: &str,
     workload: Option<&WorkloadMeta>,
 ) -> Result<Pod, InjectError> {
-    let mut v = serde_json::to_value(pod).map_err(|e| template_error(format!("cannot read the pod: {e}")))?;
+    into_pod(mutate_value(ctx, pod_json(pod)?, namespace, workload)?)
+}
+
+fn pod_json(pod: &Pod) -> Result<Value, InjectError> {
+    serde_json::to_value(pod).map_err(|e| template_error(format!("cannot read the pod: {e}")))
+}
+
+fn into_pod(v: Value) -> Result<Pod, InjectError> {
+    serde_json::from_value(v).map_err(|e| template_error(format!("the injected pod is not a valid Pod: {e}")))
+}
+
+/// [`mutate`] on the pod's JSON.
+fn mutate_value(
+    ctx: &InjectionContext,
+    mut v: Value,
+    namespace: &str,
+    workload: Option<&WorkloadMeta>,
+) -> Result<Value, InjectError> {
     let was_injected = strip::strip(&mut v);
     let user_proxy = take_user_proxy(&mut v, was_injected);
     let annotations = string_map(v.pointer("/metadata/annotations"));
@@ -126,7 +164,7 @@ pub fn mutate(
     let input = Input { ctx, params: &params, pod: &v, namespace, workload: &workload };
     let combined = combined_templates(ctx, &input, &annotations)?;
     let status = status_of(ctx, &combined);
-    merge::merge(&mut v, &combined);
+    merge::merge_owned(&mut v, combined);
     if let Some(user) = &user_proxy {
         apply_user_proxy(&mut v, user);
     }
@@ -141,7 +179,7 @@ pub fn mutate(
     }
     annotate(ctx, &mut v, &status, user_proxy.as_ref());
     reorder(&mut v, params.native, params.hold);
-    serde_json::from_value(v).map_err(|e| template_error(format!("the injected pod is not a valid Pod: {e}")))
+    Ok(v)
 }
 
 fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
@@ -169,7 +207,7 @@ fn apply_user_proxy(pod: &mut Value, user: &Value) {
         map.remove("image");
     }
     match strip::find_proxy_mut(pod) {
-        Some(proxy) => merge::merge(proxy, &overlay),
+        Some(proxy) => merge::merge_owned(proxy, overlay),
         None => {
             if let Some(Value::Array(list)) = pod.pointer_mut("/spec/containers") {
                 list.push(overlay);
@@ -216,7 +254,7 @@ fn combined_templates(
             "gateway" => template::gateway(input),
             other => overlay_template(other, &ctx.injector.templates[other])?,
         };
-        merge::merge(&mut combined, &fragment);
+        merge::merge_owned(&mut combined, fragment);
     }
     Ok(combined)
 }

@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, Endpoint, InjectFn, MAX_BODY_BYTES};
 use crate::certs::CertStore;
-use crate::inject::{InjectionContext, inject_pod};
+use crate::inject::InjectionContext;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,18 +102,19 @@ impl Sources {
 #[derive(Debug)]
 pub struct AppState {
     context: RwLock<Arc<InjectionContext>>,
-    inject: InjectFn,
+    /// `None`: [`inject_pod`](crate::inject::inject_pod) (by [`admission::handle`]'s faster path).
+    inject: Option<InjectFn>,
 }
 
 impl AppState {
-    /// State that injects with [`inject_pod`].
+    /// State that injects with [`inject_pod`](crate::inject::inject_pod).
     pub fn new(context: InjectionContext) -> Self {
-        Self::with_injector(context, inject_pod)
+        AppState { context: RwLock::new(Arc::new(context)), inject: None }
     }
 
     /// State with another injector (tests).
     pub fn with_injector(context: InjectionContext, inject: InjectFn) -> Self {
-        AppState { context: RwLock::new(Arc::new(context)), inject }
+        AppState { context: RwLock::new(Arc::new(context)), inject: Some(inject) }
     }
 
     /// The context requests see now.
@@ -185,7 +186,11 @@ async fn admit(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap,
         Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, &too_large),
     };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let reply = admission::handle_with(&endpoint, content_type, &bytes, &state.context(), state.inject);
+    let ctx = state.context();
+    let reply = match state.inject {
+        Some(inject) => admission::handle_with(&endpoint, content_type, &bytes, &ctx, inject),
+        None => admission::handle(&endpoint, content_type, &bytes, &ctx),
+    };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response()
 }

@@ -47,6 +47,37 @@ fn merge_field(base: &mut Value, overlay: &Value, field: &str) {
     }
 }
 
+/// Merges `overlay` onto `base`, moving the overlay's values in (same result as [`merge`]).
+pub fn merge_owned(base: &mut Value, overlay: Value) {
+    merge_field_owned(base, overlay, None);
+}
+
+/// `list_key`: the merge key of the field being merged (see [`merge_key`]).
+fn merge_field_owned(base: &mut Value, overlay: Value, list_key: Option<&'static str>) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                if value.is_null() {
+                    base.remove(&key);
+                } else {
+                    let list_key = merge_key(&key);
+                    merge_field_owned(base.entry(key).or_insert(Value::Null), value, list_key);
+                }
+            }
+        }
+        (Value::Array(base), Value::Array(overlay)) if list_key.is_some_and(|k| keyed(&overlay, k)) => {
+            let key = list_key.unwrap_or("name");
+            for item in overlay {
+                match base.iter_mut().find(|b| b.get(key).is_some() && b.get(key) == item.get(key)) {
+                    Some(existing) => merge_field_owned(existing, item, None),
+                    None => base.push(item),
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
 /// Every element carries the merge key (an empty list merges as a no-op).
 fn keyed(items: &[Value], key: &str) -> bool {
     items.iter().all(|i| i.get(key).is_some())
@@ -75,5 +106,23 @@ mod tests {
                  "ports": [{"containerPort": 80, "name": "http"}]},
                 {"name": "b"}]}})
         );
+    }
+
+    #[test]
+    fn owned_merge_matches_borrowed_merge() {
+        let base = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"containers": [
+            {"name": "a", "image": "x", "env": [{"name": "E", "value": "1"}], "ports": [{"containerPort": 80}],
+             "volumeMounts": [{"name": "v", "mountPath": "/v"}]}], "volumes": []}});
+        let overlay = json!({"metadata": {"labels": {"a": null, "b": "2"}, "annotations": {"x": "y"}},
+            "spec": {"containers": [
+                {"name": "a", "args": ["2"], "env": [{"name": "F", "value": "2"}], "image": null,
+                 "ports": [{"containerPort": 80, "name": "http"}], "volumeMounts": [{"name": "w", "mountPath": "/v"}]},
+                {"name": "b", "nested": {"k": null}}],
+             "volumes": [{"name": "v", "emptyDir": {}}], "args": [{"name": "n"}], "empty": []}});
+        let mut borrowed = base.clone();
+        merge(&mut borrowed, &overlay);
+        let mut owned = base;
+        merge_owned(&mut owned, overlay);
+        assert_eq!(owned, borrowed);
     }
 }

@@ -62,10 +62,10 @@ pub fn sidecar(input: &Input) -> Value {
     } else {
         containers.push(proxy);
     }
-    let mut fragment = json!({
-        "metadata": {"labels": pod_labels(input, true), "annotations": pod_annotations(input)},
-        "spec": {"volumes": volumes(input)},
-    });
+    let mut fragment = obj([
+        ("metadata", obj([("labels", pod_labels(input, true)), ("annotations", pod_annotations(input))])),
+        ("spec", obj([("volumes", Value::Array(volumes(input)))])),
+    ]);
     if !init.is_empty() {
         fragment["spec"]["initContainers"] = Value::Array(init);
     }
@@ -79,12 +79,24 @@ pub fn sidecar(input: &Input) -> Value {
 /// The `gateway` template: the proxy runs as a router in a container the user declared (usually
 /// with `image: auto`); no traffic redirection.
 pub fn gateway(input: &Input) -> Value {
-    let mut fragment = json!({
-        "metadata": {"labels": pod_labels(input, false), "annotations": pod_annotations(input)},
-        "spec": {"containers": [proxy_container(input, "router")], "volumes": volumes(input)},
-    });
+    let mut fragment = obj([
+        ("metadata", obj([("labels", pod_labels(input, false)), ("annotations", pod_annotations(input))])),
+        (
+            "spec",
+            obj([
+                ("containers", Value::Array(vec![proxy_container(input, "router")])),
+                ("volumes", Value::Array(volumes(input))),
+            ]),
+        ),
+    ]);
     add_pull_secrets(input, &mut fragment);
     fragment
+}
+
+/// An object from key/value pairs, moving the values in (`json!` would copy each non-literal
+/// value by serialising it).
+fn obj<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
 fn add_pull_secrets(input: &Input, fragment: &mut Value) {
@@ -199,13 +211,14 @@ fn init_container(input: &Input) -> Value {
         });
         (INIT_CONTAINER, security)
     };
-    let mut c = json!({
-        "name": name,
-        "image": p.image,
-        "args": init_args(input),
-        "resources": p.resources,
-        "securityContext": security,
-    });
+    let args = init_args(input).into_iter().map(Value::String).collect();
+    let mut c = obj([
+        ("name", name.into()),
+        ("image", p.image.clone().into()),
+        ("args", Value::Array(args)),
+        ("resources", p.resources.clone()),
+        ("securityContext", security),
+    ]);
     add_pull_policy(input, &mut c);
     c
 }
@@ -230,15 +243,15 @@ fn non_root_security(p: &Params, proxy: bool) -> Value {
     if root {
         caps["add"] = json!(add);
     }
-    json!({
-        "allowPrivilegeEscalation": p.privileged,
-        "privileged": p.privileged,
-        "capabilities": caps,
-        "readOnlyRootFilesystem": true,
-        "runAsGroup": PROXY_UID,
-        "runAsNonRoot": !root,
-        "runAsUser": if root { 0 } else { PROXY_UID },
-    })
+    obj([
+        ("allowPrivilegeEscalation", p.privileged.into()),
+        ("privileged", p.privileged.into()),
+        ("capabilities", caps),
+        ("readOnlyRootFilesystem", true.into()),
+        ("runAsGroup", PROXY_UID.into()),
+        ("runAsNonRoot", (!root).into()),
+        ("runAsUser", (if root { 0 } else { PROXY_UID }).into()),
+    ])
 }
 
 fn proxy_container(input: &Input, role: &str) -> Value {
@@ -252,16 +265,16 @@ fn proxy_container(input: &Input, role: &str) -> Value {
         format!("--proxyComponentLogLevel={}", p.component_log_level),
         format!("--log_output_level={}", p.agent_log_level),
     ];
-    let mut c = json!({
-        "name": PROXY_CONTAINER,
-        "image": p.image,
-        "args": args,
-        "ports": [{"containerPort": ENVOY_PROM_PORT, "name": "http-envoy-prom", "protocol": "TCP"}],
-        "env": env(input),
-        "resources": p.resources,
-        "securityContext": non_root_security(p, role == "sidecar"),
-        "volumeMounts": volume_mounts(input),
-    });
+    let mut c = obj([
+        ("name", PROXY_CONTAINER.into()),
+        ("image", p.image.clone().into()),
+        ("args", Value::Array(args.into_iter().map(Value::String).collect())),
+        ("ports", json!([{"containerPort": ENVOY_PROM_PORT, "name": "http-envoy-prom", "protocol": "TCP"}])),
+        ("env", Value::Array(env(input))),
+        ("resources", p.resources.clone()),
+        ("securityContext", non_root_security(p, role == "sidecar")),
+        ("volumeMounts", Value::Array(volume_mounts(input))),
+    ]);
     add_pull_policy(input, &mut c);
     if p.status_port != 0 {
         c["readinessProbe"] = probe(p.readiness.initial_delay, p.readiness.period, 3, p.readiness.failure_threshold);
@@ -313,11 +326,11 @@ fn resource_env(name: &str, resource: &str, divisor: Option<&str>) -> Value {
     if let Some(divisor) = divisor {
         field["divisor"] = divisor.into();
     }
-    json!({"name": name, "valueFrom": {"resourceFieldRef": field}})
+    obj([("name", name.into()), ("valueFrom", obj([("resourceFieldRef", field)]))])
 }
 
 fn plain_env(name: &str, value: impl Into<String>) -> Value {
-    json!({"name": name, "value": value.into()})
+    obj([("name", name.into()), ("value", Value::String(value.into()))])
 }
 
 fn env(input: &Input) -> Vec<Value> {
