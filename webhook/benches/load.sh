@@ -11,7 +11,13 @@ out=$(mktemp)
 "$bin" webhook --address 127.0.0.1 --port 0 --ca-out "$out.ca" >"$out" 2>&1 &
 pid=$!
 trap 'kill $pid' EXIT
-sleep 1
-port=$(sed -n 's/^listening: https:\/\/127.0.0.1:\([0-9]*\)$/\1/p' "$out")
+# Wait (up to 10 s) for the server to say where it listens.
+port=
+for _ in $(seq 100); do
+  port=$(sed -n 's/^listening: https:\/\/127.0.0.1:\([0-9]*\)$/\1/p' "$out")
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || { cat "$out" >&2; exit 1; }
 hey -n 200 -c 4 -host localhost -m POST -T application/json -D "$here/review-pod.json" "https://localhost:$port/inject" >/dev/null
 hey -n "$n" -c "$c" -host localhost "$@" -m POST -T application/json -D "$here/review-pod.json" "https://localhost:$port/inject"
