@@ -1,5 +1,5 @@
 //! The IstioOperator controller against the in-memory API: create, no-op, spec change, prune,
-//! invalid spec, revision filter, ignoreReconcile, finalizer add and delete (with ACTION_REQUIRED
+//! owned object deleted or edited, component error with retry, invalid spec, revision filter, ignoreReconcile, finalizer add and delete (with ACTION_REQUIRED
 //! while proxies still use a revision).
 
 #![allow(clippy::unwrap_used)]
@@ -13,8 +13,9 @@ use kube::Client;
 use kube::runtime::controller::Action;
 use pretty_assertions::assert_eq;
 use rudder_config::operator::{InstallState, IstioOperator};
-use rudder_operator::controller::{Context, Error, FINALIZER, reconcile};
+use rudder_operator::controller::{Context, Error, ErrorClass, FINALIZER, error_policy, reconcile};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 const NS: &str = "istio-system";
 
@@ -218,4 +219,39 @@ async fn a_revision_with_proxies_waits_with_action_required_and_keeps_base() {
 
 fn edit_delete_pod(fake: &FakeApi) {
     fake.remove("pods", Some("app"), "web");
+}
+
+#[tokio::test]
+async fn a_deleted_or_edited_owned_object_is_put_back() {
+    let (_client, fake, ctx) = installed("main", json!({}), None).await;
+    let original = fake.get("deployments", Some(NS), "istiod").unwrap();
+    fake.remove("deployments", Some(NS), "istiod");
+    // an edit that dropped the Service's type and spec
+    fake.seed("services", Some(NS), json!({"metadata": {"name": "istiod"}}));
+    reconcile_stored(&fake, &ctx, "main").await.unwrap();
+    assert_eq!(fake.get("deployments", Some(NS), "istiod").unwrap()["spec"], original["spec"]);
+    assert_eq!(fake.get("services", Some(NS), "istiod").unwrap()["kind"], "Service");
+}
+
+#[tokio::test]
+async fn a_component_error_is_reported_and_retried_with_backoff() {
+    let (client, fake) = FakeApi::start();
+    fake.seed("istiooperators", Some(NS), cr("main", 1, json!({})));
+    let ctx = Context::new(client, None);
+    reconcile_stored(&fake, &ctx, "main").await.unwrap();
+    fake.fail_writes_to("deployments/istiod");
+    let err = reconcile_stored(&fake, &ctx, "main").await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient);
+    let status = &stored(&fake, "main")["status"];
+    assert_eq!(status["status"], "ERROR");
+    assert_eq!(status["componentStatus"]["Base"]["status"], "HEALTHY");
+    assert_eq!(status["componentStatus"]["Pilot"]["status"], "ERROR");
+    assert!(status["componentStatus"]["Pilot"]["error"].as_str().unwrap().contains("injected failure"));
+    let iop = Arc::new(serde_json::from_value::<IstioOperator>(stored(&fake, "main")).unwrap());
+    assert_eq!(error_policy(iop.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(5)));
+    let err = reconcile_stored(&fake, &ctx, "main").await.unwrap_err();
+    assert_eq!(error_policy(iop, &err, ctx.clone()), Action::requeue(Duration::from_secs(10)));
+    fake.heal();
+    reconcile_stored(&fake, &ctx, "main").await.unwrap();
+    assert_eq!(state(&fake, "main"), Some(InstallState::Healthy));
 }

@@ -61,6 +61,7 @@ struct State {
     objects: BTreeMap<Key, Value>,
     calls: Vec<Call>,
     unready: bool,
+    failing: Vec<String>,
 }
 
 /// The fake API server; cloneable handle onto its state.
@@ -100,6 +101,15 @@ impl FakeApi {
     pub fn get(&self, plural: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
         let key = (plural.to_owned(), namespace.map(str::to_owned), name.to_owned());
         self.state.lock().unwrap().objects.get(&key).cloned()
+    }
+
+    /// Writes (PATCH) to paths containing `fragment` fail with 500 until [`Self::heal`].
+    pub fn fail_writes_to(&self, fragment: &str) {
+        self.state.lock().unwrap().failing.push(fragment.to_owned());
+    }
+
+    pub fn heal(&self) {
+        self.state.lock().unwrap().failing.clear();
     }
 
     /// Takes an object out of the store.
@@ -148,6 +158,10 @@ impl FakeApi {
         let mut state = self.state.lock().unwrap();
         state.calls.push(call.clone());
         let (plural, namespace, name) = parse_path(&path);
+        if method == "PATCH" && state.failing.iter().any(|f| path.contains(f.as_str())) {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "injected failure", "reason": "InternalError", "code": 500});
+            return respond(StatusCode::INTERNAL_SERVER_ERROR, &status);
+        }
         let ct = content_type.unwrap_or_default();
         let key = (plural.clone(), namespace.clone(), name.clone().unwrap_or_default());
         if method == "PATCH" && !ct.contains("apply-patch") {
