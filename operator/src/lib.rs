@@ -3,6 +3,7 @@
 //! verbs under [`cli`], including what `operator init` installs ([`operator_init`]).
 
 pub mod cli;
+pub mod controller;
 pub mod install;
 pub mod manifest;
 pub mod operator_init;

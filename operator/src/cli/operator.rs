@@ -1,6 +1,7 @@
 //! `rudder operator init [--hub H] [--tag T] [--operatorNamespace NS] [--watchedNamespaces A,B]
 //! [-r REV] [-f IOP.yaml] [--dry-run]` and `rudder operator remove (-r REV | --purge) [-y]`
-//! (§1.8.1). Init applies the operator (see [`crate::operator_init`]) then the CR; re-running
+//! (§1.8.1), and `rudder operator run [--watched-namespaces A,B] [--revision R]
+//! [--metrics-port 8383]`, the in-cluster controller ([`crate::controller`]). Init applies the operator (see [`crate::operator_init`]) then the CR; re-running
 //! upgrades in place.
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use super::install::{block_on, confirm, exit_code, kube_client};
+use crate::controller::{self, run::RunOptions};
 use crate::install::Progress;
 use crate::operator_init::{self, InitOptions, build};
 use crate::render::{DEFAULT_HUB, DEFAULT_TAG};
@@ -26,6 +28,21 @@ enum Verb {
     Init(InitArgs),
     /// Remove the operator of one revision, or of all with --purge.
     Remove(RemoveArgs),
+    /// Run the controller that reconciles IstioOperator CRs (what the operator Deployment runs).
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Namespaces (comma list) whose IstioOperator CRs to reconcile; empty means all.
+    #[arg(long, env = "WATCH_NAMESPACE", value_delimiter = ',', default_value = "")]
+    watched_namespaces: Vec<String>,
+    /// Only reconcile CRs whose spec.revision is this.
+    #[arg(long, env = "REVISION")]
+    revision: Option<String>,
+    /// Port serving /healthz and /readyz.
+    #[arg(long, default_value_t = 8383)]
+    metrics_port: u16,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +93,7 @@ pub fn run(args: &Args) -> ExitCode {
     match &args.verb {
         Verb::Init(a) => exit_code(init(a)),
         Verb::Remove(a) => exit_code(block_on(remove(a))),
+        Verb::Run(a) => exit_code(run_controller(a)),
     }
 }
 
@@ -127,4 +145,17 @@ async fn remove(args: &RemoveArgs) -> anyhow::Result<()> {
     }
     operator_init::remove(&client, &keys, &mut Progress::stdout()).await?;
     Ok(())
+}
+
+fn run_controller(args: &RunArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).try_init();
+    let opts = RunOptions {
+        watched_namespaces: args.watched_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
+        revision: args.revision.clone().filter(|r| !r.is_empty()),
+        metrics_port: args.metrics_port,
+    };
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?.block_on(async {
+        let client = kube_client().await?;
+        controller::run::run(client, opts).await
+    })
 }

@@ -1,6 +1,8 @@
 //! A small in-memory Kubernetes API behind kube's tower-test mock: server-side apply stores the
 //! object, GET/list (with label selectors)/DELETE read and change the store, and every request is
-//! logged (method, path, field manager, force, selector) for tests to assert on.
+//! logged (method, path, field manager, force, selector) for tests to assert on. JSON merge
+//! patches (also on `/status`) and the test/add/remove JSON patches of kube's finalizer helper
+//! change stored objects in place.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -23,6 +25,7 @@ pub struct Call {
     pub field_manager: Option<String>,
     pub force: bool,
     pub label_selector: Option<String>,
+    pub content_type: Option<String>,
 }
 
 impl Call {
@@ -33,6 +36,16 @@ impl Call {
 
     pub fn is_apply(&self) -> bool {
         self.method == "PATCH"
+    }
+
+    /// A server-side apply (as opposed to a merge or JSON patch).
+    pub fn is_ssa(&self) -> bool {
+        self.is_apply() && self.content_type.as_deref().is_some_and(|c| c.contains("apply-patch"))
+    }
+
+    /// Anything but a read.
+    pub fn is_write(&self) -> bool {
+        self.method != "GET"
     }
 
     /// A GET of a collection (no object name).
@@ -48,6 +61,7 @@ struct State {
     objects: BTreeMap<Key, Value>,
     calls: Vec<Call>,
     unready: bool,
+    failing: Vec<String>,
 }
 
 /// The fake API server; cloneable handle onto its state.
@@ -89,6 +103,21 @@ impl FakeApi {
         self.state.lock().unwrap().objects.get(&key).cloned()
     }
 
+    /// Writes (PATCH) to paths containing `fragment` fail with 500 until [`Self::heal`].
+    pub fn fail_writes_to(&self, fragment: &str) {
+        self.state.lock().unwrap().failing.push(fragment.to_owned());
+    }
+
+    pub fn heal(&self) {
+        self.state.lock().unwrap().failing.clear();
+    }
+
+    /// Takes an object out of the store.
+    pub fn remove(&self, plural: &str, namespace: Option<&str>, name: &str) {
+        let key = (plural.to_owned(), namespace.map(str::to_owned), name.to_owned());
+        self.state.lock().unwrap().objects.remove(&key);
+    }
+
     /// Names (`ns/name` or `name`) of every stored object of a plural.
     pub fn names(&self, plural: &str) -> Vec<String> {
         let state = self.state.lock().unwrap();
@@ -115,6 +144,8 @@ impl FakeApi {
         let method = request.method().to_string();
         let path = request.uri().path().to_owned();
         let query = parse_query(request.uri().query().unwrap_or_default());
+        let content_type =
+            request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = request.into_body().collect_bytes().await.unwrap();
         let call = Call {
             method: method.clone(),
@@ -122,10 +153,39 @@ impl FakeApi {
             field_manager: query.get("fieldManager").cloned(),
             force: query.get("force").is_some_and(|f| f == "true"),
             label_selector: query.get("labelSelector").cloned(),
+            content_type: content_type.clone(),
         };
         let mut state = self.state.lock().unwrap();
         state.calls.push(call.clone());
         let (plural, namespace, name) = parse_path(&path);
+        if method == "PATCH" && state.failing.iter().any(|f| path.contains(f.as_str())) {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "injected failure", "reason": "InternalError", "code": 500});
+            return respond(StatusCode::INTERNAL_SERVER_ERROR, &status);
+        }
+        let ct = content_type.unwrap_or_default();
+        let key = (plural.clone(), namespace.clone(), name.clone().unwrap_or_default());
+        if method == "PATCH" && !ct.contains("apply-patch") {
+            let Some(stored) = state.objects.get_mut(&key) else { return not_found() };
+            let patch: Value = serde_json::from_slice(&body).unwrap();
+            let result = match (ct.contains("merge-patch"), subresource(&path)) {
+                (true, Some("status")) => {
+                    merge(&mut stored["status"], &patch["status"]);
+                    Ok(())
+                }
+                (true, _) => {
+                    merge(stored, &patch);
+                    Ok(())
+                }
+                (false, _) => json_patch(stored, &patch),
+            };
+            return match result {
+                Ok(()) => respond(StatusCode::OK, stored),
+                Err(message) => respond(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": "Invalid", "code": 422}),
+                ),
+            };
+        }
         match (method.as_str(), name) {
             ("PATCH", Some(name)) => {
                 let mut object: Value = serde_json::from_slice(&body).unwrap();
@@ -166,6 +226,71 @@ impl FakeApi {
             ),
         }
     }
+}
+
+/// The subresource (`status`) of an object path, if any.
+fn subresource(path: &str) -> Option<&str> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let rest = if segments.first() == Some(&"api") { &segments[2..] } else { &segments[3..] };
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] => tail,
+        all => all,
+    };
+    rest.get(2).copied()
+}
+
+/// RFC 7386 merge.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in p {
+        if v.is_null() {
+            target.as_object_mut().unwrap().remove(k);
+        } else {
+            merge(&mut target[k.as_str()], v);
+        }
+    }
+}
+
+/// The `test`, `add` and `remove` operations of RFC 6902 (enough for kube's finalizer helper).
+fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
+    let mut work = target.clone();
+    for op in ops.as_array().unwrap() {
+        let path = op["path"].as_str().unwrap();
+        let (parent, last) = path.rsplit_once('/').unwrap();
+        match op["op"].as_str().unwrap() {
+            "test" => {
+                let found = work.pointer(path).cloned().unwrap_or(Value::Null);
+                if found != op["value"] {
+                    return Err(format!("test failed at {path}"));
+                }
+            }
+            "add" => match work.pointer_mut(parent) {
+                Some(Value::Array(items)) if last == "-" => items.push(op["value"].clone()),
+                Some(Value::Object(map)) => {
+                    map.insert(last.to_owned(), op["value"].clone());
+                }
+                _ => return Err(format!("cannot add at {path}")),
+            },
+            "remove" => match work.pointer_mut(parent) {
+                Some(Value::Array(items)) => {
+                    items.remove(last.parse::<usize>().unwrap());
+                }
+                Some(Value::Object(map)) => {
+                    map.remove(last);
+                }
+                _ => return Err(format!("cannot remove at {path}")),
+            },
+            other => return Err(format!("unsupported op {other}")),
+        }
+    }
+    *target = work;
+    Ok(())
 }
 
 fn mark_ready(object: &mut Value) {
