@@ -258,9 +258,24 @@ fn injection_url_replaces_the_service_reference() {
     let mwc =
         serde_json::to_value(&find(&m, "MutatingWebhookConfiguration", "istio-sidecar-injector").object).expect("w");
     for hook in mwc["webhooks"].as_array().expect("hooks") {
-        assert_eq!(hook["clientConfig"], json!({"url": "https://istiod.example.com:15017/inject", "caBundle": ""}));
+        // No bundle in the values: caBundle is left to whoever patches it in at run time.
+        assert_eq!(hook["clientConfig"], json!({"url": "https://istiod.example.com:15017/inject"}));
     }
     assert!(!names(&m).contains("Deployment istiod"), "remote mode runs no local discovery server");
+}
+
+#[test]
+fn injection_ca_bundle_comes_from_the_values_when_given() {
+    let case = CASES.iter().find(|c| c.name == "injection-url").expect("case");
+    let mut req = request(case);
+    req.set.push("values.istiodRemote.injectionCABundle=PEM-TEXT".to_owned());
+    let m = rudder_operator::render::render(&req).expect("renders");
+    let mwc =
+        serde_json::to_value(&find(&m, "MutatingWebhookConfiguration", "istio-sidecar-injector").object).expect("w");
+    for hook in mwc["webhooks"].as_array().expect("hooks") {
+        // ByteString serialises as base64: "PEM-TEXT" -> "UEVNLVRFWFQ=".
+        assert_eq!(hook["clientConfig"]["caBundle"], json!("UEVNLVRFWFQ="));
+    }
 }
 
 #[test]

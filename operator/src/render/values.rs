@@ -29,6 +29,7 @@ const USED_VALUES: &[&str] = &[
     "ownerName",
     "istiodRemote.enabled",
     "istiodRemote.injectionURL",
+    "istiodRemote.injectionCABundle",
 ];
 
 /// Everything the builders read.

@@ -50,9 +50,20 @@ pub fn injector_name(ctx: &Context) -> String {
 }
 
 /// Where the API server sends admission requests: the istiod Service, or the remote URL.
+///
+/// `caBundle` is only rendered when `values.istiodRemote.injectionCABundle` gives one (PEM text).
+/// Otherwise the field is left out, so a forced server-side apply never takes it from discovery,
+/// which patches it in at run time.
 fn client_config(ctx: &Context, path: &str, url: Option<String>) -> WebhookClientConfig {
     match url {
-        Some(url) => WebhookClientConfig { url: Some(url), ca_bundle: Some(ByteString(Vec::new())), service: None },
+        Some(url) => WebhookClientConfig {
+            url: Some(url),
+            ca_bundle: ctx
+                .str_value("istiodRemote.injectionCABundle")
+                .filter(|pem| !pem.is_empty())
+                .map(|pem| ByteString(pem.into_bytes())),
+            service: None,
+        },
         None => WebhookClientConfig {
             service: Some(ServiceReference {
                 name: ctx.istiod(),
