@@ -1,7 +1,7 @@
 //! `rudder operator init [--hub H] [--tag T] [--operatorNamespace NS] [--watchedNamespaces A,B]
 //! [-r REV] [-f IOP.yaml] [--dry-run]` and `rudder operator remove (-r REV | --purge) [-y]`
 //! (§1.8.1), and `rudder operator run [--watched-namespaces A,B] [--revision R]
-//! [--metrics-port 8383]`, the in-cluster controller ([`crate::controller`]). Init applies the operator (see [`crate::operator_init`]) then the CR; re-running
+//! [--metrics-port 8383] [--leader-elect=false]`, the in-cluster controller ([`crate::controller`]). Init applies the operator (see [`crate::operator_init`]) then the CR; re-running
 //! upgrades in place.
 
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use super::install::{block_on, confirm, exit_code, kube_client};
-use crate::controller::{self, run::RunOptions};
+use crate::controller::run::{LeaderElection, RunOptions};
+use crate::controller::{self};
 use crate::install::Progress;
 use crate::operator_init::{self, InitOptions, build};
 use crate::render::{DEFAULT_HUB, DEFAULT_TAG};
@@ -40,9 +41,15 @@ struct RunArgs {
     /// Only reconcile CRs whose spec.revision is this.
     #[arg(long, env = "REVISION")]
     revision: Option<String>,
-    /// Port serving /healthz and /readyz.
+    /// Port serving /healthz, /readyz and /metrics.
     #[arg(long, default_value_t = 8383)]
     metrics_port: u16,
+    /// Reconcile only while holding the Lease `istio-operator-lock[-REV]`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader election Lease (default: the pod's namespace, else istio-operator).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,6 +160,13 @@ fn run_controller(args: &RunArgs) -> anyhow::Result<()> {
         watched_namespaces: args.watched_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
         revision: args.revision.clone().filter(|r| !r.is_empty()),
         metrics_port: args.metrics_port,
+        leader_election: args.leader_elect.then(|| {
+            let mut le = LeaderElection::from_env();
+            if let Some(ns) = args.leader_election_namespace.as_ref().filter(|n| !n.is_empty()) {
+                le.namespace = ns.clone();
+            }
+            le
+        }),
     };
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?.block_on(async {
         let client = kube_client().await?;

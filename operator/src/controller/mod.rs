@@ -5,12 +5,14 @@
 //! ones requeue with exponential backoff. [`run`] wires it into a `kube::runtime::Controller`.
 
 pub mod cleanup;
+pub mod leader;
+pub mod metrics;
 pub mod run;
 pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -19,6 +21,7 @@ use kube::runtime::finalizer::{self, Event, finalizer};
 use kube::{Api, Client, ResourceExt};
 use rudder_config::operator::{InstallStatus, IstioOperator};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::install::plan::{self, ObjectKey, Owner, revision_name};
 use crate::install::{InstallError, InstallOptions, Progress, install, wait};
@@ -93,6 +96,8 @@ pub struct Context {
     pub client: Client,
     /// Only CRs of this revision are reconciled (`None` or empty: all).
     pub revision: Option<String>,
+    /// What `/metrics` serves.
+    pub metrics: Arc<metrics::Metrics>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -104,7 +109,7 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     pub fn new(client: Client, revision: Option<String>) -> Arc<Context> {
-        Arc::new(Context { client, revision, failures: Mutex::default() })
+        Arc::new(Context { client, revision, metrics: Arc::default(), failures: Mutex::default() })
     }
 
     /// Counts consecutive failures per CR (reset on success) and returns the count.
@@ -140,29 +145,42 @@ pub fn selected(iop: &IstioOperator, revision: Option<&str>) -> bool {
     }
 }
 
-/// Brings the cluster in line with one IstioOperator.
+/// Brings the cluster in line with one IstioOperator. Every log line inside carries the CR's
+/// name and namespace (a span around the whole reconcile); the outcome goes to the metrics.
 pub async fn reconcile(iop: Arc<IstioOperator>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span =
+        tracing::info_span!("reconcile", name = %iop.name_any(), namespace = %iop.namespace().unwrap_or_default());
+    reconcile_inner(iop, ctx).instrument(span).await
+}
+
+async fn reconcile_inner(iop: Arc<IstioOperator>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = cr_key(&iop);
     if !selected(&iop, ctx.revision.as_deref()) {
-        tracing::debug!(iop = %key, "not selected by revision or ignoreReconcile; skipping");
+        tracing::debug!("not selected by revision or ignoreReconcile; skipping");
         return Ok(Action::await_change());
     }
+    let started = Instant::now();
+    let result = reconcile_selected(iop, &ctx).await;
+    ctx.metrics.reconciled(result.as_ref().err().map(Error::class), started.elapsed());
+    ctx.record(&key, result.is_err());
+    match &result {
+        Ok(action) => tracing::info!(?action, "reconciled"),
+        Err(e) => tracing::warn!(error = %e, class = ?e.class(), "reconcile failed"),
+    }
+    result
+}
+
+async fn reconcile_selected(iop: Arc<IstioOperator>, ctx: &Context) -> Result<Action, Error> {
     let ns = iop.namespace().ok_or_else(|| Error::NoNamespace(iop.name_any()))?;
     let api: Api<IstioOperator> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, iop, |event| async {
+    finalizer(&api, FINALIZER, iop, |event| async {
         match event {
-            Event::Apply(iop) => apply(&api, &iop, &ctx).await,
-            Event::Cleanup(iop) => cleanup::cleanup(&api, &iop, &ctx).await,
+            Event::Apply(iop) => apply(&api, &iop, ctx).await,
+            Event::Cleanup(iop) => cleanup::cleanup(&api, &iop, ctx).await,
         }
     })
     .await
-    .map_err(Error::from_finalizer);
-    ctx.record(&key, result.is_err());
-    match &result {
-        Ok(action) => tracing::info!(iop = %key, ?action, "reconciled"),
-        Err(e) => tracing::warn!(iop = %key, error = %e, "reconcile failed"),
-    }
-    result
+    .map_err(Error::from_finalizer)
 }
 
 /// Permanent errors wait for a change; transient ones back off 5s, 10s, 20s … up to 5 minutes.
@@ -200,7 +218,8 @@ async fn apply(api: &Api<IstioOperator>, iop: &IstioOperator, ctx: &Context) -> 
     let opts = InstallOptions { wait: false, ..InstallOptions::default() };
     let outcome = install(&ctx.client, &manifest, &opts, &mut Progress::quiet()).await;
     match outcome {
-        Ok(_) => {
+        Ok(report) => {
+            ctx.metrics.objects(report.applied.len(), report.pruned.len());
             let pending = not_ready(&ctx.client, &manifest).await?;
             let new = status::installed(&latest, generation, &components, None, &pending);
             write_status(api, iop, &latest, &new).await?;

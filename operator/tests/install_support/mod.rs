@@ -2,7 +2,8 @@
 //! object, GET/list (with label selectors)/DELETE read and change the store, and every request is
 //! logged (method, path, field manager, force, selector) for tests to assert on. JSON merge
 //! patches (also on `/status`) and the test/add/remove JSON patches of kube's finalizer helper
-//! change stored objects in place.
+//! change stored objects in place. POST creates (409 when present) and PUT replaces (409 when the
+//! body's resourceVersion is not the stored one); both bump a resourceVersion counter.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -62,6 +63,20 @@ struct State {
     calls: Vec<Call>,
     unready: bool,
     failing: Vec<String>,
+    resource_version: u64,
+    bump_after_get: Vec<String>,
+}
+
+impl State {
+    fn next_version(&mut self) -> String {
+        self.resource_version += 1;
+        self.resource_version.to_string()
+    }
+}
+
+fn conflict(reason: &str, message: &str) -> Response<Body> {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": 409});
+    respond(StatusCode::CONFLICT, &status)
 }
 
 /// The fake API server; cloneable handle onto its state.
@@ -106,6 +121,12 @@ impl FakeApi {
     /// Writes (PATCH) to paths containing `fragment` fail with 500 until [`Self::heal`].
     pub fn fail_writes_to(&self, fragment: &str) {
         self.state.lock().unwrap().failing.push(fragment.to_owned());
+    }
+
+    /// The next GET of one object of `plural` is followed by another writer's change (its
+    /// resourceVersion moves on), so the reader's replace gets 409.
+    pub fn race_next_get(&self, plural: &str) {
+        self.state.lock().unwrap().bump_after_get.push(plural.to_owned());
     }
 
     pub fn heal(&self) {
@@ -198,10 +219,41 @@ impl FakeApi {
                 state.objects.insert((plural, namespace, name), object.clone());
                 respond(StatusCode::OK, &object)
             }
-            ("GET", Some(name)) => match state.objects.get(&(plural, namespace, name)) {
-                Some(object) => respond(StatusCode::OK, object),
-                None => not_found(),
-            },
+            ("POST", None) => {
+                let mut object: Value = serde_json::from_slice(&body).unwrap();
+                let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+                let key = (plural, namespace.clone(), name);
+                if state.objects.contains_key(&key) {
+                    return conflict("AlreadyExists", "already exists");
+                }
+                if let Some(ns) = &namespace {
+                    object["metadata"]["namespace"] = json!(ns);
+                }
+                object["metadata"]["resourceVersion"] = json!(state.next_version());
+                state.objects.insert(key, object.clone());
+                respond(StatusCode::CREATED, &object)
+            }
+            ("PUT", Some(name)) => {
+                let mut object: Value = serde_json::from_slice(&body).unwrap();
+                let key = (plural, namespace, name);
+                let Some(stored) = state.objects.get(&key) else { return not_found() };
+                if object["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"] {
+                    return conflict("Conflict", "the object has been modified");
+                }
+                object["metadata"]["resourceVersion"] = json!(state.next_version());
+                state.objects.insert(key, object.clone());
+                respond(StatusCode::OK, &object)
+            }
+            ("GET", Some(name)) => {
+                let key = (plural.clone(), namespace, name);
+                let Some(object) = state.objects.get(&key).cloned() else { return not_found() };
+                if let Some(i) = state.bump_after_get.iter().position(|p| *p == plural) {
+                    state.bump_after_get.remove(i);
+                    let version = state.next_version();
+                    state.objects.get_mut(&key).unwrap()["metadata"]["resourceVersion"] = json!(version);
+                }
+                respond(StatusCode::OK, &object)
+            }
             ("DELETE", Some(name)) => match state.objects.remove(&(plural, namespace, name)) {
                 Some(object) => respond(StatusCode::OK, &object),
                 None => not_found(),
