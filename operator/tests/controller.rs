@@ -255,3 +255,39 @@ async fn a_component_error_is_reported_and_retried_with_backoff() {
     reconcile_stored(&fake, &ctx, "main").await.unwrap();
     assert_eq!(state(&fake, "main"), Some(InstallState::Healthy));
 }
+
+/// A `MakeWriter` collecting log output in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_reconcile_log_line_names_the_cr_and_the_metrics_count_it() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (_client, _fake, ctx) = installed("logged", json!({}), None).await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("rudder_operator::controller")).collect();
+    assert!(lines.iter().any(|l| l.contains("reconciled")), "{text}");
+    for line in &lines {
+        assert!(line.contains("name=logged") && line.contains("namespace=istio-system"), "{line}");
+    }
+    let metrics = ctx.metrics.encode();
+    assert!(metrics.contains("rudder_operator_reconciles_total{result=\"success\"} 2"), "{metrics}");
+    assert!(!metrics.contains("rudder_operator_objects_applied_total 0\n"), "{metrics}");
+}
