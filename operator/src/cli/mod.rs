@@ -1,5 +1,6 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
+mod echo;
 mod install;
 mod kube_inject;
 mod manifest;
@@ -42,6 +43,8 @@ enum Command {
     KubeInject(kube_inject::Args),
     /// Run the admission server alone (sidecar injection and config validation over HTTPS).
     Webhook(webhook::Args),
+    /// Run the test/demo workload: an HTTP/1.1 + h2c echo server that names its instance.
+    Echo(echo::Args),
 }
 
 impl Cli {
@@ -57,6 +60,7 @@ impl Cli {
             Command::Manifest(args) => manifest::run(&args),
             Command::KubeInject(args) => kube_inject::run(&args),
             Command::Webhook(args) => webhook::run(&args),
+            Command::Echo(args) => echo::run(&args),
         }
     }
 }

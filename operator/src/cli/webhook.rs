@@ -127,7 +127,7 @@ async fn managed_store(args: &Args, names: Vec<String>) -> anyhow::Result<Arc<Ce
     Ok(store)
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
