@@ -8,4 +8,5 @@ pub mod install;
 pub mod manifest;
 pub mod operator_init;
 pub mod render;
+pub mod signals;
 pub mod tag;

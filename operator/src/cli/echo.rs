@@ -39,7 +39,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     };
     let listener = echo::bind(SocketAddr::new(args.address, args.port)).await?;
     println!("listening: http://{}", listener.local_addr()?);
-    echo::serve(listener, echo::router(identity), super::webhook::shutdown_signal()).await;
+    echo::serve(listener, echo::router(identity), crate::signals::shutdown_signal()).await;
     Ok(())
 }
 

@@ -79,7 +79,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     let tls = server::tls_config(store)?;
     let listener = server::bind(SocketAddr::new(args.address, args.port)).await?;
     println!("listening: https://{}", listener.local_addr()?);
-    server::serve(listener, tls, server::router(state), shutdown_signal()).await;
+    server::serve(listener, tls, server::router(state), crate::signals::shutdown_signal()).await;
     Ok(())
 }
 
@@ -125,25 +125,4 @@ async fn managed_store(args: &Args, names: Vec<String>) -> anyhow::Result<Arc<Ce
         }
     });
     Ok(store)
-}
-
-pub(super) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -73,7 +73,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!(lease = %name, namespace = %le.namespace, identity = %le.identity, "waiting for leadership");
         tokio::select! {
             r = rx.wait_for(|leading| *leading) => { r?; }
-            () = shutdown_signal() => {
+            () = crate::signals::shutdown_signal() => {
                 task.abort();
                 health.abort();
                 tracing::info!("operator stopped before leading");
@@ -103,28 +103,6 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
     health.abort();
     tracing::info!("operator stopped");
     outcome
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 fn crs_apis(client: &Client, namespaces: &[String]) -> Vec<Api<IstioOperator>> {
