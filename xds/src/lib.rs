@@ -1,4 +1,6 @@
 //! Discovery for Rudder: the service registry, translation of Istio config into Envoy xDS
-//! resources, and the ADS server that pushes them. (Filled in by the discovery work.)
+//! resources, and the ADS server that pushes them.
 
 pub mod echo;
+pub mod model;
+pub mod translate;

@@ -1,0 +1,357 @@
+//! The service model every registry fills and every translator reads: services, their
+//! endpoints, the Istio traffic config that applies to them, and the proxy asking for config.
+//!
+//! A [`Snapshot`] is immutable and shared (`Arc`) between the push pipeline and every stream;
+//! a registry change produces a new snapshot rather than mutating one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use rudder_config::mesh::MeshConfig;
+use rudder_config::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
+
+/// Application protocol of a service port, from its `protocol` field or its name prefix
+/// (`http-web`, `grpc`, …), as Istio infers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Https,
+    Tls,
+    Tcp,
+    Mongo,
+    Redis,
+    Mysql,
+    /// Not declared: sniffed at run time (auto-detection).
+    Unsupported,
+}
+
+impl Protocol {
+    /// Parses an Istio protocol name (case-insensitive); unknown names are `Unsupported`.
+    pub fn parse(name: &str) -> Self {
+        match name.to_ascii_lowercase().as_str() {
+            "http" | "http1" => Self::Http,
+            "http2" | "h2c" => Self::Http2,
+            "grpc" | "grpc-web" => Self::Grpc,
+            "https" => Self::Https,
+            "tls" => Self::Tls,
+            "tcp" => Self::Tcp,
+            "mongo" => Self::Mongo,
+            "redis" => Self::Redis,
+            "mysql" => Self::Mysql,
+            _ => Self::Unsupported,
+        }
+    }
+
+    /// The protocol of a port declared with an explicit `protocol` (ServiceEntry, Gateway) or,
+    /// when that is empty, by the `<protocol>[-suffix]` convention of its name (Kubernetes).
+    pub fn of_port(protocol: Option<&str>, name: &str) -> Self {
+        match protocol.filter(|p| !p.is_empty()) {
+            Some(p) => Self::parse(p),
+            None => Self::parse(name.split('-').next().unwrap_or(name)),
+        }
+    }
+
+    /// Whether routes (RDS) apply: HTTP, HTTP/2 and gRPC.
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Http2 | Self::Grpc)
+    }
+
+    /// Whether the upstream speaks HTTP/2.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Self::Http2 | Self::Grpc)
+    }
+
+    /// Whether the listener must sniff HTTP vs TCP.
+    pub fn is_auto(self) -> bool {
+        self == Self::Unsupported
+    }
+
+    /// Plain TCP handling (opaque bytes, tcp_proxy): TCP, TLS, HTTPS and the databases.
+    pub fn is_tcp(self) -> bool {
+        !self.is_http() && !self.is_auto()
+    }
+}
+
+/// One port of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u32,
+    pub protocol: Protocol,
+}
+
+/// How a service's endpoints are found (ServiceEntry `resolution`, or Kubernetes service type).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Resolution {
+    /// Endpoints known to the registry, sent over EDS.
+    #[default]
+    ClientSideLb,
+    /// Envoy resolves the endpoint names itself (STRICT_DNS).
+    Dns,
+    /// Envoy resolves one name and uses one address at a time (LOGICAL_DNS).
+    DnsRoundRobin,
+    /// Forward to the original destination (headless / `resolution: NONE`).
+    Passthrough,
+}
+
+/// A service: a Kubernetes Service or one host of a ServiceEntry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Service {
+    /// Fully qualified name, e.g. `reviews.default.svc.cluster.local` or `api.example.com`.
+    pub hostname: String,
+    /// Namespace of the object that declared it.
+    pub namespace: String,
+    /// Name of the declaring object (Service or ServiceEntry).
+    pub name: String,
+    pub ports: Vec<ServicePort>,
+    /// Virtual IPs (ClusterIP, ServiceEntry `addresses`); may be empty.
+    pub addresses: Vec<String>,
+    pub resolution: Resolution,
+    /// `location: MESH_EXTERNAL`: no auto-mTLS, marked external.
+    pub mesh_external: bool,
+    /// `exportTo` as declared; empty means the mesh default (everywhere).
+    pub export_to: Vec<String>,
+    /// Whether this is a Kubernetes service (short-name aliases apply).
+    pub kubernetes: bool,
+}
+
+impl Service {
+    /// The port with this number.
+    pub fn port(&self, number: u32) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == number)
+    }
+
+    /// Whether a proxy in `namespace` may see this service (`exportTo`: `*`, `.`, names).
+    pub fn visible_from(&self, namespace: &str) -> bool {
+        exported_to(&self.export_to, &self.namespace, namespace)
+    }
+}
+
+/// Whether an object in `own_namespace` with `export_to` is visible from `namespace`. Empty
+/// `export_to` means everywhere (the mesh default); `~` means nowhere.
+pub fn exported_to(export_to: &[String], own_namespace: &str, namespace: &str) -> bool {
+    export_to.is_empty()
+        || export_to.iter().any(|e| e == "*" || e == namespace || (e == "." && own_namespace == namespace))
+}
+
+/// Health of an endpoint as the registry reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Health {
+    #[default]
+    Healthy,
+    Unhealthy,
+    /// Shutting down; never sent.
+    Terminating,
+}
+
+/// One address serving one port of one service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub address: String,
+    /// The port the workload listens on (target port).
+    pub port: u32,
+    /// Name of the service port this endpoint serves (matched against cluster ports).
+    pub service_port_name: String,
+    pub labels: BTreeMap<String, String>,
+    pub namespace: String,
+    pub service_account: String,
+    /// `region/zone/subzone`, possibly empty.
+    pub locality: String,
+    /// Load-balancing weight; 0 means the default (1).
+    pub weight: u32,
+    pub health: Health,
+    /// `istio` when the workload has a sidecar (drives auto-mTLS), else empty.
+    pub tls_mode: String,
+    /// Name of the workload (pod or WorkloadEntry), for debugging.
+    pub workload: String,
+}
+
+/// Everything translation reads, at one instant. Cheap to share, never mutated.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub mesh: MeshConfig,
+    /// Services by hostname. When two namespaces declare the same hostname, the oldest
+    /// (first by namespace/name) wins, as upstream picks by creation time.
+    pub services: BTreeMap<String, Arc<Service>>,
+    /// Endpoints by service hostname, in a stable order.
+    pub endpoints: BTreeMap<String, Arc<Vec<Endpoint>>>,
+    pub virtual_services: Vec<Arc<VirtualService>>,
+    pub destination_rules: Vec<Arc<DestinationRule>>,
+    pub sidecars: Vec<Arc<Sidecar>>,
+    pub gateways: Vec<Arc<Gateway>>,
+}
+
+impl Snapshot {
+    /// The mesh root namespace (`istio-system` unless MeshConfig says otherwise).
+    pub fn root_namespace(&self) -> &str {
+        self.mesh.root_namespace.as_deref().unwrap_or("istio-system")
+    }
+
+    /// Endpoints of `hostname` (empty when none are known).
+    pub fn endpoints_of(&self, hostname: &str) -> &[Endpoint] {
+        self.endpoints.get(hostname).map(|e| e.as_slice()).unwrap_or(&[])
+    }
+}
+
+/// Kind of proxy, the first part of its node id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeType {
+    Sidecar,
+    Router,
+}
+
+/// How traffic reaches the sidecar (`INTERCEPTION_MODE` metadata).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InterceptionMode {
+    #[default]
+    Redirect,
+    Tproxy,
+    /// No iptables: listeners bind real addresses on the proxy's own IP.
+    None,
+}
+
+/// A connected proxy as discovery sees it: parsed from the xDS `Node`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Proxy {
+    pub node_type: NodeType,
+    /// `INSTANCE_IPS` metadata, else the IP in the node id.
+    pub ip_addresses: Vec<String>,
+    /// `<pod>.<namespace>`.
+    pub id: String,
+    /// Config namespace: `NAMESPACE` metadata, else the first label of the DNS domain.
+    pub namespace: String,
+    /// `<namespace>.svc.cluster.local`.
+    pub dns_domain: String,
+    pub labels: BTreeMap<String, String>,
+    pub interception: InterceptionMode,
+    pub istio_version: String,
+    pub cluster_id: String,
+    /// `ISTIO_REVISION` metadata.
+    pub revision: String,
+}
+
+/// Why a node could not be accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("node id {0:?} must be <type>~<ip>~<pod>.<namespace>~<domain>")]
+    BadId(String),
+    #[error("node id {0:?}: unknown proxy type {1:?} (sidecar or router)")]
+    BadType(String, String),
+}
+
+impl Proxy {
+    /// Parses an Istio node id and its metadata (Istio's string-encoded forms included:
+    /// `INSTANCE_IPS` comma-joined, `LABELS` an object).
+    pub fn from_node(id: &str, metadata: &BTreeMap<String, serde_json::Value>) -> Result<Self, NodeError> {
+        let parts: Vec<&str> = id.split('~').collect();
+        let [kind, ip, pod_id, domain] = parts.as_slice() else {
+            return Err(NodeError::BadId(id.to_owned()));
+        };
+        let node_type = match *kind {
+            "sidecar" => NodeType::Sidecar,
+            "router" => NodeType::Router,
+            other => return Err(NodeError::BadType(id.to_owned(), other.to_owned())),
+        };
+        let text = |key: &str| metadata.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        let ips = text("INSTANCE_IPS");
+        let ip_addresses = if ips.is_empty() {
+            vec![(*ip).to_owned()]
+        } else {
+            ips.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+        };
+        let namespace = match text("NAMESPACE") {
+            ns if !ns.is_empty() => ns,
+            _ => domain.split('.').next().unwrap_or_default().to_owned(),
+        };
+        let labels = metadata
+            .get("LABELS")
+            .and_then(|v| v.as_object())
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+            .unwrap_or_default();
+        let interception = match text("INTERCEPTION_MODE").as_str() {
+            "TPROXY" => InterceptionMode::Tproxy,
+            "NONE" => InterceptionMode::None,
+            _ => InterceptionMode::Redirect,
+        };
+        Ok(Self {
+            node_type,
+            ip_addresses,
+            id: (*pod_id).to_owned(),
+            namespace,
+            dns_domain: (*domain).to_owned(),
+            labels,
+            interception,
+            istio_version: text("ISTIO_VERSION"),
+            cluster_id: text("CLUSTER_ID"),
+            revision: text("ISTIO_REVISION"),
+        })
+    }
+
+    /// The proxy's first IP (where capture-mode-NONE listeners bind).
+    pub fn primary_ip(&self) -> &str {
+        self.ip_addresses.first().map(String::as_str).unwrap_or("0.0.0.0")
+    }
+}
+
+impl fmt::Display for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.id)
+    }
+}
+
+/// Whether `labels` carries every key/value of `selector` (an empty selector matches all).
+pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(v: serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn parses_an_istio_node() {
+        let p = Proxy::from_node(
+            "sidecar~10.1.2.3~reviews-v1-abc.default~default.svc.cluster.local",
+            &meta(json!({"LABELS": {"app": "reviews", "version": "v1"}, "INTERCEPTION_MODE": "NONE",
+                         "INSTANCE_IPS": "10.1.2.3,fd00::3"})),
+        )
+        .unwrap();
+        assert_eq!(p.node_type, NodeType::Sidecar);
+        assert_eq!(p.ip_addresses, ["10.1.2.3", "fd00::3"]);
+        assert_eq!(p.id, "reviews-v1-abc.default");
+        assert_eq!(p.namespace, "default");
+        assert_eq!(p.labels["version"], "v1");
+        assert_eq!(p.interception, InterceptionMode::None);
+    }
+
+    #[test]
+    fn rejects_bad_node_ids() {
+        assert!(matches!(Proxy::from_node("sidecar~1.2.3.4", &BTreeMap::new()), Err(NodeError::BadId(_))));
+        assert!(matches!(Proxy::from_node("ztunnel~1~a.b~b.svc", &BTreeMap::new()), Err(NodeError::BadType(..))));
+    }
+
+    #[test]
+    fn protocol_from_port_name_or_field() {
+        assert_eq!(Protocol::of_port(None, "http-web"), Protocol::Http);
+        assert_eq!(Protocol::of_port(Some("GRPC"), "x"), Protocol::Grpc);
+        assert_eq!(Protocol::of_port(None, "web"), Protocol::Unsupported);
+        assert_eq!(Protocol::of_port(Some("TCP"), "http"), Protocol::Tcp);
+    }
+
+    #[test]
+    fn export_to_rules() {
+        assert!(exported_to(&[], "a", "b"));
+        assert!(exported_to(&[".".into()], "a", "a"));
+        assert!(!exported_to(&[".".into()], "a", "b"));
+        assert!(!exported_to(&["~".into()], "a", "a"));
+        assert!(exported_to(&["b".into()], "a", "b"));
+    }
+}

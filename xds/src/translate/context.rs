@@ -1,0 +1,185 @@
+//! What translation looks up for one proxy: host name resolution, the DestinationRule of a
+//! host, the VirtualServices and Sidecar that apply, and the names Envoy resources get.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rudder_config::mesh::OutboundTrafficPolicyMode;
+use rudder_config::networking::{DestinationRule, Sidecar, VirtualService};
+
+use crate::model::{Proxy, Service, Snapshot, exported_to, labels_match};
+
+/// DNS suffix of Kubernetes service names.
+pub const DOMAIN_SUFFIX: &str = "cluster.local";
+
+/// Cluster name of a service port and subset: `outbound|<port>|<subset>|<host>`.
+pub fn outbound_cluster_name(port: u32, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// Cluster name of a workload port: `inbound|<port>||`.
+pub fn inbound_cluster_name(port: u32) -> String {
+    format!("inbound|{port}||")
+}
+
+/// Listener name: `<bind>_<port>`.
+pub fn listener_name(bind: &str, port: u32) -> String {
+    format!("{bind}_{port}")
+}
+
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+
+/// Resolves a host as written in a config object in `namespace`: a short name (no dot) becomes
+/// `<name>.<namespace>.svc.cluster.local`; anything else is taken as written.
+pub fn resolve_host(host: &str, namespace: &str) -> String {
+    if host.contains('.') || host.contains('*') {
+        host.to_owned()
+    } else {
+        format!("{host}.{namespace}.svc.{DOMAIN_SUFFIX}")
+    }
+}
+
+/// Whether `pattern` (possibly `*.suffix` or `*`) covers `host`.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+/// Translation inputs for one proxy.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub snapshot: &'a Snapshot,
+    pub proxy: &'a Proxy,
+    /// The Sidecar that applies to this proxy, if any.
+    pub sidecar: Option<&'a Arc<Sidecar>>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(snapshot: &'a Snapshot, proxy: &'a Proxy) -> Self {
+        Self { snapshot, proxy, sidecar: sidecar_for(snapshot, proxy) }
+    }
+
+    /// Services this proxy may reach: exported to its namespace (and, with a Sidecar, listed
+    /// in its egress hosts), in hostname order.
+    pub fn services(&self) -> impl Iterator<Item = &'a Arc<Service>> + '_ {
+        self.snapshot.services.values().filter(move |s| {
+            s.visible_from(&self.proxy.namespace) && self.sidecar_allows(&s.namespace, &s.hostname)
+        })
+    }
+
+    /// The service with this hostname, when visible.
+    pub fn service(&self, hostname: &str) -> Option<&'a Arc<Service>> {
+        self.snapshot.services.get(hostname).filter(|s| s.visible_from(&self.proxy.namespace))
+    }
+
+    /// Whether the Sidecar's egress hosts (`ns/host`, `./host`, `*/host`) admit this host.
+    fn sidecar_allows(&self, namespace: &str, hostname: &str) -> bool {
+        let Some(sidecar) = self.sidecar else { return true };
+        let own = sidecar.metadata.namespace.as_deref().unwrap_or_default();
+        if sidecar.spec.egress.is_empty() {
+            return true;
+        }
+        sidecar.spec.egress.iter().flat_map(|e| e.hosts.iter()).any(|h| {
+            let (ns, host) = h.split_once('/').unwrap_or(("*", h));
+            let ns_ok = ns == "*" || (ns == "." && namespace == own) || ns == namespace;
+            ns_ok && host_matches(host, hostname)
+        })
+    }
+
+    /// The DestinationRule for `hostname` as this proxy sees it: among visible rules whose
+    /// host covers it (the most specific host first), one in the proxy's namespace wins, then
+    /// one in the service's namespace, then one in the root namespace, then any other.
+    pub fn destination_rule(&self, hostname: &str) -> Option<&'a Arc<DestinationRule>> {
+        let service_ns = self.snapshot.services.get(hostname).map(|s| s.namespace.as_str()).unwrap_or_default();
+        let root = self.snapshot.root_namespace();
+        let proxy_ns = self.proxy.namespace.as_str();
+        self.snapshot
+            .destination_rules
+            .iter()
+            .filter_map(|dr| {
+                let ns = dr.metadata.namespace.as_deref().unwrap_or_default();
+                let host = resolve_host(&dr.spec.host, ns);
+                if !host_matches(&host, hostname) || !exported_to(&dr.spec.export_to, ns, proxy_ns) {
+                    return None;
+                }
+                if let Some(sel) = &dr.spec.workload_selector
+                    && (ns != proxy_ns || !labels_match(&sel.match_labels, &self.proxy.labels))
+                {
+                    return None;
+                }
+                let ns_rank = if ns == proxy_ns {
+                    0
+                } else if ns == service_ns {
+                    1
+                } else if ns == root {
+                    2
+                } else {
+                    3
+                };
+                // Exact hosts before wildcards, longer wildcards before shorter.
+                let specificity = if host.starts_with('*') { usize::MAX - host.len() } else { 0 };
+                Some(((specificity, ns_rank), dr))
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, dr)| dr)
+    }
+
+    /// VirtualServices bound to the mesh (sidecars): `gateways` empty or naming `mesh`,
+    /// exported to the proxy's namespace, in snapshot order (namespace, name).
+    pub fn mesh_virtual_services(&self) -> impl Iterator<Item = &'a Arc<VirtualService>> + '_ {
+        self.snapshot.virtual_services.iter().filter(move |vs| {
+            let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+            let bound = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+            bound && exported_to(&vs.spec.export_to, ns, &self.proxy.namespace)
+        })
+    }
+
+    /// ALLOW_ANY or REGISTRY_ONLY: the Sidecar's setting, else the mesh's.
+    pub fn registry_only(&self) -> bool {
+        use rudder_config::networking::sidecar::OutboundTrafficPolicyMode as SidecarMode;
+        if let Some(mode) = self.sidecar.and_then(|s| s.spec.outbound_traffic_policy.as_ref()).and_then(|p| p.mode) {
+            return mode == SidecarMode::RegistryOnly;
+        }
+        self.snapshot.mesh.outbound_mode() == OutboundTrafficPolicyMode::RegistryOnly
+    }
+}
+
+/// The Sidecar for a proxy: one in its namespace whose selector matches its labels, else the
+/// namespace's selector-less one, else the root namespace's selector-less one.
+fn sidecar_for<'a>(snapshot: &'a Snapshot, proxy: &Proxy) -> Option<&'a Arc<Sidecar>> {
+    fn in_ns<'s, 'n>(snapshot: &'s Snapshot, ns: &'n str) -> impl Iterator<Item = &'s Arc<Sidecar>> + use<'s, 'n> {
+        snapshot.sidecars.iter().filter(move |s| s.metadata.namespace.as_deref() == Some(ns))
+    }
+    in_ns(snapshot, &proxy.namespace)
+        .find(|s| s.spec.workload_selector.as_ref().is_some_and(|sel| labels_match(&sel.labels, &proxy.labels)))
+        .or_else(|| in_ns(snapshot, &proxy.namespace).find(|s| s.spec.workload_selector.is_none()))
+        .or_else(|| in_ns(snapshot, snapshot.root_namespace()).find(|s| s.spec.workload_selector.is_none()))
+}
+
+/// Labels as an ordered map (helper for callers holding other map types).
+pub fn to_labels<'b>(pairs: impl IntoIterator<Item = (&'b String, &'b String)>) -> BTreeMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(outbound_cluster_name(9080, "v1", "reviews.default.svc.cluster.local"), "outbound|9080|v1|reviews.default.svc.cluster.local");
+        assert_eq!(inbound_cluster_name(8080), "inbound|8080||");
+        assert_eq!(listener_name("0.0.0.0", 80), "0.0.0.0_80");
+        assert_eq!(resolve_host("reviews", "bookinfo"), "reviews.bookinfo.svc.cluster.local");
+        assert_eq!(resolve_host("api.example.com", "x"), "api.example.com");
+        assert!(host_matches("*.example.com", "api.example.com"));
+        assert!(host_matches("*", "anything"));
+        assert!(!host_matches("a.example.com", "b.example.com"));
+    }
+}
