@@ -3,4 +3,6 @@
 
 pub mod echo;
 pub mod model;
+#[doc(hidden)]
+pub mod testing;
 pub mod translate;

@@ -68,9 +68,10 @@ impl<'a> Context<'a> {
     /// Services this proxy may reach: exported to its namespace (and, with a Sidecar, listed
     /// in its egress hosts), in hostname order.
     pub fn services(&self) -> impl Iterator<Item = &'a Arc<Service>> + '_ {
-        self.snapshot.services.values().filter(move |s| {
-            s.visible_from(&self.proxy.namespace) && self.sidecar_allows(&s.namespace, &s.hostname)
-        })
+        self.snapshot
+            .services
+            .values()
+            .filter(move |s| s.visible_from(&self.proxy.namespace) && self.sidecar_allows(&s.namespace, &s.hostname))
     }
 
     /// The service with this hostname, when visible.
@@ -173,7 +174,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(outbound_cluster_name(9080, "v1", "reviews.default.svc.cluster.local"), "outbound|9080|v1|reviews.default.svc.cluster.local");
+        assert_eq!(
+            outbound_cluster_name(9080, "v1", "reviews.default.svc.cluster.local"),
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        );
         assert_eq!(inbound_cluster_name(8080), "inbound|8080||");
         assert_eq!(listener_name("0.0.0.0", 80), "0.0.0.0_80");
         assert_eq!(resolve_host("reviews", "bookinfo"), "reviews.bookinfo.svc.cluster.local");

@@ -68,11 +68,7 @@ impl ViewKey {
 /// The outbound side of `proxy`'s config: everything it needs to reach services.
 pub fn outbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
     let ctx = context::Context::new(snapshot, proxy);
-    Resources {
-        clusters: cluster::outbound(&ctx),
-        listeners: listener::outbound(&ctx),
-        routes: route::outbound(&ctx),
-    }
+    Resources { clusters: cluster::outbound(&ctx), listeners: listener::outbound(&ctx), routes: route::outbound(&ctx) }
 }
 
 /// The inbound side of `proxy`'s config: how traffic reaches its own workload.

