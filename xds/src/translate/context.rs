@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rudder_config::mesh::OutboundTrafficPolicyMode;
 use rudder_config::networking::{DestinationRule, Sidecar, VirtualService};
 
-use crate::model::{Proxy, Service, Snapshot, exported_to, labels_match};
+use crate::model::{InterceptionMode, Protocol, Proxy, Service, Snapshot, exported_to, labels_match};
 
 /// DNS suffix of Kubernetes service names.
 pub const DOMAIN_SUFFIX: &str = "cluster.local";
@@ -149,6 +149,82 @@ impl<'a> Context<'a> {
         }
         self.snapshot.mesh.outbound_mode() == OutboundTrafficPolicyMode::RegistryOnly
     }
+}
+
+/// One port of the proxy's own workload that gets an inbound listener and an
+/// `inbound|<port>||` cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundPort {
+    /// The workload port (endpoint target port, or the Sidecar ingress port number).
+    pub port: u32,
+    /// Name of the service port (or Sidecar ingress port) it serves.
+    pub name: String,
+    pub protocol: Protocol,
+    /// Where the inbound cluster sends traffic: Sidecar ingress `defaultEndpoint` as
+    /// `(ip, port)`. `None`: the original destination (the workload's own address).
+    pub default_endpoint: Option<(String, u32)>,
+    /// An address to really bind (Sidecar ingress `bind`, or the proxy IP in capture mode
+    /// NONE); `None`: reached through `virtualInbound` (iptables).
+    pub bind: Option<String>,
+}
+
+impl Context<'_> {
+    /// The proxy's inbound ports: the Sidecar's `ingress` listeners when it has any;
+    /// otherwise (with iptables only) every port of every service that has an endpoint at one
+    /// of the proxy's addresses. Sorted by port, one entry per port.
+    pub fn inbound_ports(&self) -> Vec<InboundPort> {
+        let capture_none = self.proxy.interception == InterceptionMode::None;
+        let mut ports: BTreeMap<u32, InboundPort> = BTreeMap::new();
+        let ingress = self.sidecar.map(|s| s.spec.ingress.as_slice()).unwrap_or_default();
+        if !ingress.is_empty() {
+            for listener in ingress {
+                let Some(port) = listener.port.as_ref() else { continue };
+                let Some(number) = port.number else { continue };
+                let none = capture_none
+                    || listener.capture_mode == Some(rudder_config::networking::sidecar::CaptureMode::None);
+                let bind = match (&listener.bind, none) {
+                    (b, _) if !b.is_empty() => Some(b.clone()),
+                    (_, true) => Some(self.proxy.primary_ip().to_owned()),
+                    _ => None,
+                };
+                ports.entry(number).or_insert_with(|| InboundPort {
+                    port: number,
+                    name: port.name.clone(),
+                    protocol: Protocol::of_port(Some(&port.protocol), &port.name),
+                    default_endpoint: parse_default_endpoint(&listener.default_endpoint),
+                    bind,
+                });
+            }
+            return ports.into_values().collect();
+        }
+        if capture_none {
+            return Vec::new();
+        }
+        for (host, endpoints) in &self.snapshot.endpoints {
+            let Some(service) = self.snapshot.services.get(host) else { continue };
+            for ep in endpoints.iter().filter(|e| self.proxy.ip_addresses.contains(&e.address)) {
+                let Some(sp) = service.ports.iter().find(|p| p.name == ep.service_port_name) else { continue };
+                ports.entry(ep.port).or_insert_with(|| InboundPort {
+                    port: ep.port,
+                    name: sp.name.clone(),
+                    protocol: sp.protocol,
+                    default_endpoint: None,
+                    bind: None,
+                });
+            }
+        }
+        ports.into_values().collect()
+    }
+}
+
+/// `127.0.0.1:8080` / `0.0.0.0:8080` / `[::1]:8080` → (ip, port); unix sockets and bad values
+/// give `None` (the original destination is used).
+fn parse_default_endpoint(text: &str) -> Option<(String, u32)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
+    (!text.starts_with("unix://")).then(|| (host.to_owned(), port))
 }
 
 /// The Sidecar for a proxy: one in its namespace whose selector matches its labels, else the
