@@ -14,9 +14,12 @@
 //!   delay is a 400 rather than being capped, so a mistaken test fails fast), then answers like
 //!   `/get`;
 //! - `/anything[/...]`: any method; like `/get` plus the request body's length;
-//! - `GET /echo/stats`: requests counted per path since start or the last reset (the `/echo/`
-//!   paths themselves are not counted), so tests can count retries seen at the workload;
-//! - `POST /echo/reset`: clears the counts.
+//! - `GET /echo/stats`: requests counted per path, per method and per `Host` since start or the
+//!   last reset (the `/echo/` paths themselves are not counted), so tests can count retries and
+//!   mirrored copies seen at the workload;
+//! - `POST /echo/fail/<code>`: from now on every other request is answered with `<code>` (a
+//!   failing instance, for outlier detection);
+//! - `POST /echo/reset`: clears the counts and the failure mode.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -77,7 +80,16 @@ struct EchoState {
     identity: EchoIdentity,
     instance_header: HeaderValue,
     version_header: HeaderValue,
-    counts: Mutex<BTreeMap<String, u64>>,
+    counts: Mutex<Counts>,
+    /// Status every request gets while failing (`/echo/fail/<code>`); 0 = healthy.
+    failing: std::sync::atomic::AtomicU16,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    paths: BTreeMap<String, u64>,
+    methods: BTreeMap<String, u64>,
+    hosts: BTreeMap<String, u64>,
 }
 
 /// The peer address of a connection, put in each request's extensions by [`serve`].
@@ -95,7 +107,8 @@ pub fn router(identity: EchoIdentity) -> Router {
         instance_header: header_value(&identity.instance),
         version_header: header_value(&identity.version),
         identity,
-        counts: Mutex::new(BTreeMap::new()),
+        counts: Mutex::new(Counts::default()),
+        failing: std::sync::atomic::AtomicU16::new(0),
     });
     Router::new()
         .route("/", get(echo_get))
@@ -107,6 +120,7 @@ pub fn router(identity: EchoIdentity) -> Router {
         .route("/anything/{*rest}", any(anything))
         .route("/echo/stats", get(stats))
         .route("/echo/reset", post(reset))
+        .route("/echo/fail/{code}", post(fail))
         .layer(middleware::from_fn_with_state(state.clone(), count_and_tag))
         .with_state(state)
 }
@@ -152,11 +166,24 @@ fn header_value(s: &str) -> HeaderValue {
 /// Counts the request by path (except `/echo/...`) and tags the response with who answered.
 async fn count_and_tag(State(state): State<Arc<EchoState>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if !path.starts_with("/echo/") {
+    let counted = !path.starts_with("/echo/");
+    if counted {
+        let host = req
+            .headers()
+            .get(axum::http::header::HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
         let mut counts = state.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        *counts.entry(path.to_owned()).or_default() += 1;
+        *counts.paths.entry(path.to_owned()).or_default() += 1;
+        *counts.methods.entry(req.method().as_str().to_owned()).or_default() += 1;
+        *counts.hosts.entry(host).or_default() += 1;
     }
-    let mut response = next.run(req).await;
+    let failing = state.failing.load(std::sync::atomic::Ordering::Relaxed);
+    let mut response = match StatusCode::from_u16(failing) {
+        Ok(code) if counted => (code, format!("{} is failing on purpose\n", state.identity.instance)).into_response(),
+        _ => next.run(req).await,
+    };
     let headers = response.headers_mut();
     headers.insert(INSTANCE_HEADER, state.instance_header.clone());
     headers.insert(VERSION_HEADER, state.version_header.clone());
@@ -267,17 +294,31 @@ async fn anything(State(state): State<Arc<EchoState>>, req: Request) -> Response
 }
 
 async fn stats(State(state): State<Arc<EchoState>>) -> Json<Value> {
-    let counts = state.counts.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let total: u64 = counts.values().sum();
+    let counts = state.counts.lock().unwrap_or_else(PoisonError::into_inner);
+    let total: u64 = counts.paths.values().sum();
     Json(json!({
         "instance": state.identity.instance,
         "version": state.identity.version,
         "total": total,
-        "paths": counts,
+        "paths": counts.paths,
+        "methods": counts.methods,
+        "hosts": counts.hosts,
+        "failing": state.failing.load(std::sync::atomic::Ordering::Relaxed),
     }))
 }
 
 async fn reset(State(state): State<Arc<EchoState>>) -> Json<Value> {
-    state.counts.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    *state.counts.lock().unwrap_or_else(PoisonError::into_inner) = Counts::default();
+    state.failing.store(0, std::sync::atomic::Ordering::Relaxed);
     Json(json!({ "reset": true }))
+}
+
+async fn fail(State(state): State<Arc<EchoState>>, Path(code): Path<String>) -> Response {
+    match code.parse::<u16>().ok().filter(|c| (200..=599).contains(c)) {
+        Some(c) => {
+            state.failing.store(c, std::sync::atomic::Ordering::Relaxed);
+            Json(json!({ "failing": c })).into_response()
+        }
+        None => error(&state, StatusCode::BAD_REQUEST, format!("status {code:?} must be a number from 200 to 599")),
+    }
 }

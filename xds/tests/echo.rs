@@ -175,6 +175,21 @@ async fn anything_takes_any_method_and_reports_the_body_length() {
 }
 
 #[tokio::test]
+async fn fail_mode_answers_every_request_with_the_code_until_reset() {
+    let server = Server::start("a", "v1").await;
+    let client = http1();
+    let post = |path: &str| Request::post(format!("http://{}{path}", server.addr)).body(Body::empty()).unwrap();
+    assert_eq!(send(&client, post("/echo/fail/503")).await.status, StatusCode::OK);
+    let reply = get(&client, &server, "/get").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(&client, &server, "/echo/stats").await.json["failing"], 503);
+    assert_eq!(send(&client, post("/echo/fail/42")).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(send(&client, post("/echo/reset")).await.status, StatusCode::OK);
+    assert_eq!(get(&client, &server, "/get").await.status, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn stats_count_requests_per_path_until_reset() {
     let server = Server::start("a", "v1").await;
     let client = h2c();
@@ -188,6 +203,8 @@ async fn stats_count_requests_per_path_until_reset() {
     assert_eq!(stats.json["paths"]["/status/503"], 1);
     assert_eq!(stats.json["total"], 4);
     assert!(stats.json["paths"].get("/echo/stats").is_none());
+    assert_eq!(stats.json["methods"]["GET"], 4);
+    assert_eq!(stats.json["hosts"][server.addr.to_string()], 4);
 
     let req = Request::post(format!("http://{}/echo/reset", server.addr)).body(Body::empty()).unwrap();
     assert_eq!(send(&client, req).await.status, StatusCode::OK);
