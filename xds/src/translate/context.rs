@@ -191,7 +191,7 @@ impl Context<'_> {
                     port: number,
                     name: port.name.clone(),
                     protocol: Protocol::of_port(Some(&port.protocol), &port.name),
-                    default_endpoint: parse_default_endpoint(&listener.default_endpoint),
+                    default_endpoint: parse_default_endpoint(&listener.default_endpoint, self.proxy.primary_ip()),
                     bind,
                 });
             }
@@ -217,14 +217,18 @@ impl Context<'_> {
     }
 }
 
-/// `127.0.0.1:8080` / `0.0.0.0:8080` / `[::1]:8080` → (ip, port); unix sockets and bad values
-/// give `None` (the original destination is used).
-fn parse_default_endpoint(text: &str) -> Option<(String, u32)> {
+/// `127.0.0.1:8080` / `[::1]:8080` → (ip, port); `0.0.0.0:8080` / `[::]:8080` mean the
+/// workload's own address (`instance_ip`), as in Istio. Unix sockets and bad values give `None`
+/// (the original destination is used).
+fn parse_default_endpoint(text: &str, instance_ip: &str) -> Option<(String, u32)> {
+    if text.starts_with("unix://") {
+        return None;
+    }
     let (host, port) = text.rsplit_once(':')?;
     let port = port.parse().ok()?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
-    (!text.starts_with("unix://")).then(|| (host.to_owned(), port))
+    let host = if matches!(host, "0.0.0.0" | "::" | "") { instance_ip } else { host };
+    Some((host.to_owned(), port))
 }
 
 /// The Sidecar for a proxy: one in its namespace whose selector matches its labels, else the
@@ -261,5 +265,15 @@ mod tests {
         assert!(host_matches("*.example.com", "api.example.com"));
         assert!(host_matches("*", "anything"));
         assert!(!host_matches("a.example.com", "b.example.com"));
+    }
+
+    #[test]
+    fn default_endpoints() {
+        let at = |t: &str| parse_default_endpoint(t, "127.0.0.11");
+        assert_eq!(at("127.0.0.1:8080"), Some(("127.0.0.1".into(), 8080)));
+        assert_eq!(at("0.0.0.0:18000"), Some(("127.0.0.11".into(), 18000)));
+        assert_eq!(at("[::1]:80"), Some(("::1".into(), 80)));
+        assert_eq!(at("unix:///var/run/app.sock"), None);
+        assert_eq!(at("nonsense"), None);
     }
 }
