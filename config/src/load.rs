@@ -220,7 +220,8 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Loads, ReadError> {
     Ok(loads)
 }
 
-fn files_under(path: &Path) -> Result<Vec<PathBuf>, ReadError> {
+/// Every `.yaml`, `.yml` and `.json` file at or below `path`, in name order.
+pub fn files_under(path: &Path) -> Result<Vec<PathBuf>, ReadError> {
     let io = |source| ReadError::Io { file: path.display().to_string(), source };
     if !path.is_dir() {
         // Let the read report a missing file with its path.

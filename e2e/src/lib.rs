@@ -1,2 +1,8 @@
-//! End-to-end tests for Rudder live in `tests/`. They drive the built `rudder` binary, and later
-//! real Envoy and live clusters. This library only holds helpers shared between those tests.
+//! The local mesh harness: discovery, `rudder echo` workloads and their Envoy sidecars run as
+//! real processes on loopback addresses (`127.0.<block>.<host>`), configured through a file
+//! config directory. The e2e suite asserts on it; `rudder demo` walks users through it.
+
+pub mod http;
+pub mod mesh;
+pub mod process;
+pub mod scenarios;

@@ -19,7 +19,9 @@
 //!   mirrored copies seen at the workload;
 //! - `POST /echo/fail/<code>`: from now on every other request is answered with `<code>` (a
 //!   failing instance, for outlier detection);
-//! - `POST /echo/reset`: clears the counts and the failure mode.
+//! - `POST /echo/latency/<seconds>`: from now on every other request waits that long first (a
+//!   slow instance, for load-balancing tests);
+//! - `POST /echo/reset`: clears the counts, the failure mode and the added latency.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -83,6 +85,8 @@ struct EchoState {
     counts: Mutex<Counts>,
     /// Status every request gets while failing (`/echo/fail/<code>`); 0 = healthy.
     failing: std::sync::atomic::AtomicU16,
+    /// Latency added to every request (`/echo/latency/<seconds>`), in milliseconds.
+    latency_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -109,6 +113,7 @@ pub fn router(identity: EchoIdentity) -> Router {
         identity,
         counts: Mutex::new(Counts::default()),
         failing: std::sync::atomic::AtomicU16::new(0),
+        latency_ms: std::sync::atomic::AtomicU64::new(0),
     });
     Router::new()
         .route("/", get(echo_get))
@@ -121,6 +126,7 @@ pub fn router(identity: EchoIdentity) -> Router {
         .route("/echo/stats", get(stats))
         .route("/echo/reset", post(reset))
         .route("/echo/fail/{code}", post(fail))
+        .route("/echo/latency/{seconds}", post(latency))
         .layer(middleware::from_fn_with_state(state.clone(), count_and_tag))
         .with_state(state)
 }
@@ -178,6 +184,10 @@ async fn count_and_tag(State(state): State<Arc<EchoState>>, req: Request, next: 
         *counts.paths.entry(path.to_owned()).or_default() += 1;
         *counts.methods.entry(req.method().as_str().to_owned()).or_default() += 1;
         *counts.hosts.entry(host).or_default() += 1;
+    }
+    let latency = state.latency_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if counted && latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let failing = state.failing.load(std::sync::atomic::Ordering::Relaxed);
     let mut response = match StatusCode::from_u16(failing) {
@@ -310,6 +320,7 @@ async fn stats(State(state): State<Arc<EchoState>>) -> Json<Value> {
 async fn reset(State(state): State<Arc<EchoState>>) -> Json<Value> {
     *state.counts.lock().unwrap_or_else(PoisonError::into_inner) = Counts::default();
     state.failing.store(0, std::sync::atomic::Ordering::Relaxed);
+    state.latency_ms.store(0, std::sync::atomic::Ordering::Relaxed);
     Json(json!({ "reset": true }))
 }
 
@@ -320,5 +331,20 @@ async fn fail(State(state): State<Arc<EchoState>>, Path(code): Path<String>) -> 
             Json(json!({ "failing": c })).into_response()
         }
         None => error(&state, StatusCode::BAD_REQUEST, format!("status {code:?} must be a number from 200 to 599")),
+    }
+}
+
+async fn latency(State(state): State<Arc<EchoState>>, Path(seconds): Path<String>) -> Response {
+    match seconds.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0 && *s <= MAX_DELAY.as_secs_f64()) {
+        Some(s) => {
+            let ms = (s * 1000.0).round() as u64;
+            state.latency_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+            Json(json!({ "latencyMs": ms })).into_response()
+        }
+        None => error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            format!("latency {seconds:?} must be 0 to {} seconds", MAX_DELAY.as_secs()),
+        ),
     }
 }

@@ -186,6 +186,12 @@ async fn fail_mode_answers_every_request_with_the_code_until_reset() {
     assert_eq!(send(&client, post("/echo/fail/42")).await.status, StatusCode::BAD_REQUEST);
     assert_eq!(send(&client, post("/echo/reset")).await.status, StatusCode::OK);
     assert_eq!(get(&client, &server, "/get").await.status, StatusCode::OK);
+
+    assert_eq!(send(&client, post("/echo/latency/0.2")).await.status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    assert_eq!(get(&client, &server, "/get").await.status, StatusCode::OK);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    assert_eq!(send(&client, post("/echo/latency/-1")).await.status, StatusCode::BAD_REQUEST);
     server.stop().await;
 }
 

@@ -1,0 +1,447 @@
+//! [`LocalMesh`]: discovery in file mode on a copy of `examples/local/`, two `rudder echo`
+//! workloads (httpbin v1 and v2) each behind a `rudder proxy sidecar` in capture mode NONE, a
+//! client sidecar (`sleep`), an "external" echo without a sidecar, and an unreachable host (a
+//! listener whose accept queue is full). Every address is `127.0.<block>.<host>`, so several
+//! meshes can run side by side; the config files say `127.0.0.<host>` and are relocated to
+//! the mesh's block when copied.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::http::{Client, Reply, Req};
+use crate::process::Proc;
+
+pub const NAMESPACE: &str = "testns1";
+/// The demo service, as its clients name it.
+pub const SERVICE_HOST: &str = "httpbin.testns1.svc.cluster.local";
+pub const SERVICE_PORT: u16 = 8000;
+/// Where each echo app listens on its workload address (the Sidecar's defaultEndpoint).
+pub const APP_PORT: u16 = 18000;
+/// Host part of the addresses.
+pub const DISCOVERY_HOST: u8 = 1;
+pub const CLIENT_HOST: u8 = 20;
+pub const EXTERNAL_HOST: u8 = 50;
+pub const UNREACHABLE_HOST: u8 = 40;
+pub const UNREACHABLE_PORT: u16 = 9000;
+const GRPC_PORT: u16 = 15010;
+const MONITORING_PORT: u16 = 15014;
+const ADMIN_PORT: u16 = 15000;
+/// How long to wait for processes to come up or config to arrive.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One echo workload with its sidecar.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub host: u8,
+}
+
+pub const WORKLOADS: [Workload; 2] = [
+    Workload { name: "httpbin-v1", version: "v1", host: 11 },
+    Workload { name: "httpbin-v2", version: "v2", host: 12 },
+];
+
+/// What the mesh is built from.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// The `rudder` binary.
+    pub rudder: PathBuf,
+    /// The Envoy binary.
+    pub envoy: PathBuf,
+    /// Config to start from (`examples/local`).
+    pub config_src: PathBuf,
+    /// Address block; `None` picks a free one (`Some(0)` keeps the addresses as written).
+    pub block: Option<u8>,
+    /// Where process logs go (default: the mesh's work directory).
+    pub work_dir: Option<PathBuf>,
+    /// Envoy log level for the sidecars.
+    pub envoy_log_level: String,
+}
+
+/// A running local mesh. Dropping it stops every process.
+#[derive(Debug)]
+pub struct LocalMesh {
+    pub block: u8,
+    pub work_dir: PathBuf,
+    pub config_dir: PathBuf,
+    options: MeshOptions,
+    client: Client,
+    discovery: Option<Proc>,
+    apps: BTreeMap<String, Proc>,
+    sidecars: BTreeMap<String, Proc>,
+    external: Option<Proc>,
+    _unreachable: Unreachable,
+    owns_work_dir: bool,
+}
+
+impl LocalMesh {
+    /// Starts everything and waits until every sidecar is ready with config.
+    pub async fn start(options: MeshOptions) -> anyhow::Result<Self> {
+        let block = match options.block {
+            Some(b) => b,
+            None => free_block()?,
+        };
+        let (work_dir, owns_work_dir) = match &options.work_dir {
+            Some(dir) => (dir.clone(), false),
+            None => (std::env::temp_dir().join(format!("rudder-mesh-{}-{block}", std::process::id())), true),
+        };
+        let config_dir = work_dir.join("config");
+        std::fs::create_dir_all(&config_dir)?;
+        copy_relocated(&options.config_src, &config_dir, block)?;
+        let unreachable =
+            Unreachable::new(SocketAddr::new(ip(block, UNREACHABLE_HOST).into(), UNREACHABLE_PORT)).await?;
+        let mut mesh = Self {
+            block,
+            work_dir,
+            config_dir,
+            options,
+            client: Client::new(),
+            discovery: None,
+            apps: BTreeMap::new(),
+            sidecars: BTreeMap::new(),
+            external: None,
+            _unreachable: unreachable,
+            owns_work_dir,
+        };
+        mesh.start_discovery()?;
+        mesh.wait_http_ok(&mesh.monitoring_url("/ready"), "discovery").await?;
+        for w in WORKLOADS {
+            mesh.start_app(w.name, w.version, w.host, APP_PORT)?;
+        }
+        mesh.external = Some(mesh.spawn_echo("external", "external", EXTERNAL_HOST, SERVICE_PORT)?);
+        for w in WORKLOADS {
+            let labels = format!("app=httpbin,version={}", w.version);
+            mesh.start_sidecar(w.name, w.host, &labels)?;
+        }
+        mesh.start_sidecar("sleep", CLIENT_HOST, "app=sleep")?;
+        for w in WORKLOADS {
+            mesh.wait_http_ok(&format!("http://{}:{APP_PORT}/get", ip(block, w.host)), w.name).await?;
+        }
+        let names: Vec<String> = mesh.sidecars.keys().cloned().collect();
+        for name in names {
+            let admin = mesh.admin_url(&name, "/ready");
+            mesh.wait_http_ok(&admin, &format!("sidecar {name}")).await?;
+        }
+        Ok(mesh)
+    }
+
+    /// `127.0.<block>.<host>`.
+    pub fn ip(&self, host: u8) -> Ipv4Addr {
+        ip(self.block, host)
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.work_dir.join(format!("{name}.log"))
+    }
+
+    fn rudder(&self, name: &str, args: Vec<String>) -> anyhow::Result<Proc> {
+        Proc::spawn(name, &self.options.rudder, &args, Some(&self.log(name)))
+    }
+
+    fn start_discovery(&mut self) -> anyhow::Result<()> {
+        let args = vec![
+            "discovery".into(),
+            "--config-dir".into(),
+            self.config_dir.display().to_string(),
+            "--grpc-address".into(),
+            format!("{}:{GRPC_PORT}", self.ip(DISCOVERY_HOST)),
+            "--monitoring-address".into(),
+            format!("{}:{MONITORING_PORT}", self.ip(DISCOVERY_HOST)),
+        ];
+        self.discovery = Some(self.rudder("discovery", args)?);
+        Ok(())
+    }
+
+    fn spawn_echo(&self, name: &str, version: &str, host: u8, port: u16) -> anyhow::Result<Proc> {
+        let args = vec![
+            "echo".into(),
+            "--address".into(),
+            self.ip(host).to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--instance".into(),
+            name.into(),
+            "--version".into(),
+            version.into(),
+        ];
+        self.rudder(&format!("app-{name}"), args)
+    }
+
+    fn start_app(&mut self, name: &str, version: &str, host: u8, port: u16) -> anyhow::Result<()> {
+        let app = self.spawn_echo(name, version, host, port)?;
+        self.apps.insert(name.to_owned(), app);
+        Ok(())
+    }
+
+    fn start_sidecar(&mut self, name: &str, host: u8, labels: &str) -> anyhow::Result<()> {
+        let ip = self.ip(host).to_string();
+        let base_id = u32::from(self.block) * 100 + u32::from(host);
+        let args = vec![
+            "proxy".into(),
+            "sidecar".into(),
+            "--envoy-path".into(),
+            self.options.envoy.display().to_string(),
+            "--discovery-address".into(),
+            format!("{}:{GRPC_PORT}", self.ip(DISCOVERY_HOST)),
+            "--pod-name".into(),
+            name.into(),
+            "--pod-namespace".into(),
+            NAMESPACE.into(),
+            "--instance-ip".into(),
+            ip.clone(),
+            "--labels".into(),
+            labels.into(),
+            "--interception-mode".into(),
+            "NONE".into(),
+            "--admin-address".into(),
+            ip.clone(),
+            "--admin-port".into(),
+            ADMIN_PORT.to_string(),
+            "--base-id".into(),
+            base_id.to_string(),
+            "--concurrency".into(),
+            "1".into(),
+            "--log-level".into(),
+            self.options.envoy_log_level.clone(),
+            "--config-dir".into(),
+            self.work_dir.join(format!("envoy-{name}")).display().to_string(),
+        ];
+        let proc = self.rudder(&format!("sidecar-{name}"), args)?;
+        self.sidecars.insert(name.to_owned(), proc);
+        Ok(())
+    }
+
+    /// URL on discovery's monitoring port.
+    pub fn monitoring_url(&self, path: &str) -> String {
+        format!("http://{}:{MONITORING_PORT}{path}", self.ip(DISCOVERY_HOST))
+    }
+
+    /// URL on a sidecar's Envoy admin port.
+    pub fn admin_url(&self, sidecar: &str, path: &str) -> String {
+        let host = match sidecar {
+            "sleep" => CLIENT_HOST,
+            other => WORKLOADS.iter().find(|w| w.name == other).map(|w| w.host).unwrap_or(CLIENT_HOST),
+        };
+        format!("http://{}:{ADMIN_PORT}{path}", self.ip(host))
+    }
+
+    /// URL of an echo app itself (bypassing its sidecar), for stats and failure switches.
+    pub fn app_url(&self, workload: &Workload, path: &str) -> String {
+        format!("http://{}:{APP_PORT}{path}", self.ip(workload.host))
+    }
+
+    pub fn external_url(&self, path: &str) -> String {
+        format!("http://{}:{SERVICE_PORT}{path}", self.ip(EXTERNAL_HOST))
+    }
+
+    /// A request to `path` of `host` sent through the client sidecar's listener for the
+    /// service port (capture mode NONE: the app talks to its sidecar's address).
+    pub fn via_client(&self, host: &str, path: &str) -> Req {
+        Req::get(format!("http://{}:{SERVICE_PORT}{path}", self.ip(CLIENT_HOST)), host)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub async fn send(&self, req: &Req) -> anyhow::Result<Reply> {
+        self.client.send(req).await
+    }
+
+    /// Polls `url` until it answers 2xx, failing early when a process died.
+    async fn wait_http_ok(&mut self, url: &str, what: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(reply) = self.client.send(&Req::get(url, "")).await
+                && reply.status.is_success()
+            {
+                return Ok(());
+            }
+            self.check_processes()?;
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{what} not ready at {url} after {READY_TIMEOUT:?}; logs in {}",
+                self.work_dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fails with the name of any process that exited.
+    pub fn check_processes(&mut self) -> anyhow::Result<()> {
+        let logs = self.work_dir.display().to_string();
+        for p in self.discovery.iter_mut().chain(self.apps.values_mut()).chain(self.sidecars.values_mut()) {
+            p.check_running().map_err(|e| anyhow::anyhow!("{e} (logs in {logs})"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `yaml` as `<name>.yaml` in the config directory (relocated to this block).
+    pub fn apply(&self, name: &str, yaml: &str) -> anyhow::Result<()> {
+        let path = self.config_dir.join(format!("{name}.yaml"));
+        let tmp = self.config_dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, relocate(yaml, self.block))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Removes `<name>.yaml` from the config directory.
+    pub fn remove(&self, name: &str) -> anyhow::Result<()> {
+        match std::fs::remove_file(self.config_dir.join(format!("{name}.yaml"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Discovery's debug view of which config each proxy has acknowledged.
+    pub async fn syncz(&self) -> anyhow::Result<Value> {
+        self.client.get_json(&self.monitoring_url("/debug/syncz")).await
+    }
+
+    /// Waits until discovery has read the config directory as it is now and every sidecar
+    /// has acknowledged everything pushed since.
+    pub async fn wait_synced(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let wanted = self.sidecars.len();
+        loop {
+            self.check_processes()?;
+            if let Ok(sync) = self.syncz().await
+                && synced(&sync, wanted)
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "proxies not in sync after {READY_TIMEOUT:?}; logs in {}",
+                self.work_dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Envoy's `/config_dump` of a sidecar (`sleep`, `httpbin-v1`, …).
+    pub async fn config_dump(&self, sidecar: &str, query: &str) -> anyhow::Result<Value> {
+        self.client.get_json(&self.admin_url(sidecar, &format!("/config_dump{query}"))).await
+    }
+
+    /// The echo app's `/echo/stats`.
+    pub async fn app_stats(&self, workload: &Workload) -> anyhow::Result<Value> {
+        self.client.get_json(&self.app_url(workload, "/echo/stats")).await
+    }
+
+    /// Clears every app's counters and failure switches.
+    pub async fn reset_apps(&self) -> anyhow::Result<()> {
+        for w in &WORKLOADS {
+            self.client.post(&self.app_url(w, "/echo/reset")).await?;
+        }
+        self.client.post(&self.external_url("/echo/reset")).await?;
+        Ok(())
+    }
+
+    /// Stops discovery (the sidecars keep their config).
+    pub fn stop_discovery(&mut self) {
+        if let Some(mut d) = self.discovery.take() {
+            d.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Starts discovery again on the same addresses and waits until it is ready.
+    pub async fn restart_discovery(&mut self) -> anyhow::Result<()> {
+        self.stop_discovery();
+        self.start_discovery()?;
+        self.wait_http_ok(&self.monitoring_url("/ready"), "discovery").await
+    }
+}
+
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        // Sidecars first so they do not log a lost control plane while stopping.
+        self.sidecars.clear();
+        self.discovery = None;
+        self.apps.clear();
+        self.external = None;
+        if self.owns_work_dir && std::env::var_os("RUDDER_KEEP_MESH").is_none() {
+            let _ = std::fs::remove_dir_all(&self.work_dir);
+        }
+    }
+}
+
+/// Whether every one of `wanted` proxies acknowledged the latest push of the current snapshot.
+fn synced(sync: &Value, wanted: usize) -> bool {
+    let generation = sync["generation"].as_u64().unwrap_or(0);
+    let proxies = sync["proxies"].as_array().map(Vec::as_slice).unwrap_or_default();
+    generation > 0
+        && proxies.len() >= wanted
+        && proxies
+            .iter()
+            .all(|p| p["acked_generation"].as_u64() == Some(generation) && p["pending"].as_bool() != Some(true))
+}
+
+pub fn ip(block: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, block, host)
+}
+
+/// Rewrites `127.0.0.<host>` addresses into block `block`.
+pub fn relocate(text: &str, block: u8) -> String {
+    if block == 0 { text.to_owned() } else { text.replace("127.0.0.", &format!("127.0.{block}.")) }
+}
+
+fn copy_relocated(src: &Path, dst: &Path, block: u8) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(src)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml")) {
+            let text = std::fs::read_to_string(&path)?;
+            let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+            std::fs::write(dst.join(name), relocate(&text, block))?;
+        }
+    }
+    Ok(())
+}
+
+/// A block not used by another mesh of this process, whose discovery address is free.
+fn free_block() -> anyhow::Result<u8> {
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    let start = (std::process::id() % 100) as u8 + 100;
+    for _ in 0..100 {
+        let block = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed) % 100);
+        if block == 0 {
+            continue;
+        }
+        let probe = SocketAddr::new(ip(block, DISCOVERY_HOST).into(), GRPC_PORT);
+        if std::net::TcpListener::bind(probe).is_ok() {
+            return Ok(block);
+        }
+    }
+    anyhow::bail!("no free 127.0.x.0/24 block for a local mesh")
+}
+
+/// A host that accepts no connection: a listener with a backlog of 0 whose accept queue is
+/// kept full by connections nobody accepts, so further SYNs are dropped and a client's
+/// connect times out — a connect timeout without leaving the machine.
+#[derive(Debug)]
+struct Unreachable {
+    _listener: tokio::net::TcpListener,
+    _fillers: Vec<tokio::net::TcpStream>,
+}
+
+impl Unreachable {
+    async fn new(addr: SocketAddr) -> anyhow::Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(addr)?;
+        let listener = socket.listen(0)?;
+        let mut fillers = Vec::new();
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => fillers.push(stream),
+                _ => break,
+            }
+        }
+        Ok(Self { _listener: listener, _fillers: fillers })
+    }
+}

@@ -1,0 +1,78 @@
+//! Child processes that never outlive their owner: each runs in its own process group, and
+//! dropping the guard terminates the whole group (the agent and the Envoy it started).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running process group, terminated on drop.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `program args…` in a new process group, its stdout and stderr appended to
+    /// `log` (or inherited when `None`).
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: Option<&Path>) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).process_group(0);
+        if let Some(log) = log {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+            cmd.stdout(file.try_clone()?).stderr(file);
+        }
+        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("starting {name} ({}): {e}", program.display()))?;
+        Ok(Self { name: name.to_owned(), child })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the process is still running (a process that exited is an error with its
+    /// status, so callers can fail fast instead of timing out).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => anyhow::bail!("{} exited: {status}", self.name),
+        }
+    }
+
+    /// Sends SIGTERM to the group and waits up to `grace`, then SIGKILLs it.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            signal_group(self.child.id(), "KILL");
+            return;
+        }
+        signal_group(self.child.id(), "TERM");
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                // The leader is gone; make sure nothing of its group lingers.
+                signal_group(self.child.id(), "KILL");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal_group(self.child.id(), "KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// `kill -<signal> -- -<pgid>` (unsafe code is forbidden in this workspace, so no libc).
+fn signal_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), "--".into(), format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
