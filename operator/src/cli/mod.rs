@@ -1,5 +1,6 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
+mod demo;
 mod echo;
 mod install;
 mod kube_inject;
@@ -45,6 +46,9 @@ enum Command {
     Webhook(webhook::Args),
     /// Run the test/demo workload: an HTTP/1.1 + h2c echo server that names its instance.
     Echo(echo::Args),
+    /// Run the local demo: discovery, workloads and Envoy sidecars on 127.0.0.x, walking
+    /// through the traffic scenarios of examples/traffic.
+    Demo(demo::Args),
 }
 
 impl Cli {
@@ -61,6 +65,7 @@ impl Cli {
             Command::KubeInject(args) => kube_inject::run(&args),
             Command::Webhook(args) => webhook::run(&args),
             Command::Echo(args) => echo::run(&args),
+            Command::Demo(args) => demo::run(&args),
         }
     }
 }

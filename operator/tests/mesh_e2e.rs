@@ -1,0 +1,177 @@
+//! End to end through real Envoy: discovery in file mode, `rudder echo` workloads behind
+//! `rudder proxy sidecar`s, real HTTP on 127.0.<block>.x. Needs the Envoy binary
+//! (`./scripts/install-tools.sh` puts it in `.tools/bin/envoy`; `ENVOY_PATH` overrides).
+//! One mesh at a time: the scenarios measure distributions and concurrency limits, which
+//! other meshes on the same two cores would only blur.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rudder_e2e::mesh::{LocalMesh, MeshOptions, SERVICE_HOST};
+use rudder_e2e::scenarios::{self, Scenario};
+
+static ONE_MESH_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn options() -> MeshOptions {
+    let envoy = rudder_xds::testing::envoy_path().unwrap_or_else(|e| panic!("{e}"));
+    assert!(envoy.is_file(), "Envoy not found at {}: run ./scripts/install-tools.sh", envoy.display());
+    MeshOptions {
+        rudder: PathBuf::from(env!("CARGO_BIN_EXE_rudder")),
+        envoy,
+        config_src: workspace().join("examples/local"),
+        block: None,
+        work_dir: None,
+        envoy_log_level: "warning".into(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn every_traffic_scenario_behaves_as_configured() {
+    let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut mesh = LocalMesh::start(options()).await.unwrap();
+        let examples = workspace().join("examples");
+        let mut failures = Vec::new();
+        for scenario in Scenario::ALL {
+            match scenarios::run(&mut mesh, &examples, scenario).await {
+                Ok(line) => println!("✔ {line}"),
+                Err(e) => failures.push(format!("{scenario:?}: {e:#}")),
+            }
+        }
+        assert!(failures.is_empty(), "scenarios failed (logs in {}):\n{}", mesh.work_dir.display(), failures.join("\n"));
+    });
+}
+
+/// The route config named "8000" in a sidecar's config dump.
+async fn route_8000(mesh: &LocalMesh) -> serde_json::Value {
+    let dump = mesh.config_dump("sleep", "?resource=dynamic_route_configs").await.unwrap();
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["route_config"]["name"] == "8000")
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn envoy_uptime(mesh: &LocalMesh) -> u64 {
+    let info = mesh.client().get_json(&mesh.admin_url("sleep", "/server_info")).await.unwrap();
+    info["uptime_all_epochs"].as_str().and_then(|s| s.trim_end_matches('s').parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_config_change_reaches_envoy_without_a_restart() {
+    let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut mesh = LocalMesh::start(options()).await.unwrap();
+        let examples = workspace().join("examples/traffic");
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap()).unwrap();
+        mesh.wait_synced().await.unwrap();
+        let before = route_8000(&mesh).await;
+        assert!(!before.to_string().contains("end-user"), "{before}");
+        let uptime = envoy_uptime(&mesh).await;
+
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("04-header-routing-jason.yaml")).unwrap()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = route_8000(&mesh).await;
+            if now.to_string().contains("end-user") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the header route never reached Envoy: {now}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(envoy_uptime(&mesh).await >= uptime, "Envoy restarted");
+        let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get").header("end-user", "jason")).await.unwrap();
+        assert_eq!(reply.header("x-echo-version"), "v2");
+    });
+}
+
+/// RE2 refuses this (its program is far over Envoy's default size limit of 100) while the
+/// Rust regex engine takes it, so validation passes and Envoy NACKs the route.
+const NACKED_ROUTE: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+  namespace: testns1
+spec:
+  hosts:
+  - httpbin
+  http:
+  - match:
+    - uri:
+        regex: "/(a|b|c|d|e|f|g|h){1,200}"
+    route:
+    - destination:
+        host: httpbin
+        subset: v2
+  - route:
+    - destination:
+        host: httpbin
+        subset: v2
+"#;
+
+#[test]
+fn a_nacked_resource_leaves_the_previous_config_serving() {
+    let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut mesh = LocalMesh::start(options()).await.unwrap();
+        let examples = workspace().join("examples/traffic");
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap()).unwrap();
+        mesh.wait_synced().await.unwrap();
+        let subsets = std::fs::read_to_string(examples.join("01-destination-rule-subsets.yaml")).unwrap();
+        mesh.apply("traffic", &format!("{subsets}\n---\n{NACKED_ROUTE}")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let nack = loop {
+            let sync = mesh.syncz().await.unwrap();
+            let errors: Vec<String> = sync["proxies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["last_nack"].as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+                .collect();
+            if let Some(e) = errors.into_iter().next() {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "no NACK recorded: {sync}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(nack.to_lowercase().contains("regex") || nack.contains("program size"), "{nack}");
+        // Envoy keeps the last good routes: everything still goes to v1.
+        for _ in 0..10 {
+            let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get")).await.unwrap();
+            assert_eq!(reply.header("x-echo-version"), "v1");
+        }
+    });
+}
+
+#[test]
+fn envoy_keeps_serving_while_discovery_restarts_and_then_resyncs() {
+    let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut mesh = LocalMesh::start(options()).await.unwrap();
+        let examples = workspace().join("examples/traffic");
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap()).unwrap();
+        mesh.wait_synced().await.unwrap();
+        mesh.stop_discovery();
+        for _ in 0..10 {
+            let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get")).await.unwrap();
+            assert_eq!(reply.header("x-echo-version"), "v1", "while discovery is down");
+        }
+        // A change made while discovery is down is picked up when it is back.
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("04-header-routing-jason.yaml")).unwrap()).unwrap();
+        mesh.restart_discovery().await.unwrap();
+        mesh.wait_synced().await.unwrap();
+        let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get").header("end-user", "jason")).await.unwrap();
+        assert_eq!(reply.header("x-echo-version"), "v2", "after the restart");
+    });
+}
