@@ -1,0 +1,1 @@
+//! Load client (filled in below).
