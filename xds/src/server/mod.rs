@@ -96,10 +96,6 @@ impl Kind {
     pub const fn is_wildcard(self) -> bool {
         matches!(self, Kind::Cluster | Kind::Listener)
     }
-
-    pub(crate) const fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// Produces the resources the server encodes and serves. The default, [`Translator`], calls
