@@ -218,3 +218,22 @@ async fn streams_with_the_same_view_share_encoded_resources() {
     assert_eq!(adsz["views"], 1);
     assert_eq!(adsz["connections"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn the_default_translator_serves_a_snapshot() {
+    use std::sync::Arc;
+    let (_snapshots, rx) = tokio::sync::watch::channel(Arc::new(rudder_xds::model::Snapshot::default()));
+    let server = rudder_xds::server::DiscoveryServer::new(rx, Default::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = server.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await.unwrap() });
+    let client = envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"));
+    let mut client = client.await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(first(Kind::Cluster, &[])).await.unwrap();
+    let mut responses =
+        client.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let cds = tokio::time::timeout(PATIENCE, responses.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(cds.type_url, Kind::Cluster.type_url());
+}
