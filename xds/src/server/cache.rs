@@ -1,0 +1,301 @@
+//! Encoded resources and the per-push cache that lets every stream share them.
+//!
+//! A resource is encoded once into an [`Any`] and kept behind an `Arc` with a hash of its
+//! bytes, which is both its delta version and how streams tell what changed since they last
+//! sent it. A [`Generation`] is one debounced push: endpoints encoded once (reusing the
+//! previous generation's encoding of every ClusterLoadAssignment that did not change), and the
+//! outbound resources of each distinct [`ViewKey`] computed and encoded on first use. Inbound
+//! resources depend on the proxy itself and are built per stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+use tokio::sync::OnceCell;
+
+use crate::model::{Proxy, Snapshot};
+use crate::translate::{Resources, ViewKey};
+
+use super::{Generator, Kind};
+
+/// One resource, encoded once and shared by every stream that sends it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncodedResource {
+    pub name: String,
+    /// Hash of the encoded bytes: equal content, equal hash.
+    pub hash: u64,
+    pub any: Any,
+}
+
+impl EncodedResource {
+    pub fn encode<M: Message + Name>(name: String, message: &M) -> Self {
+        let value = message.encode_to_vec();
+        let hash = content_hash(&value);
+        Self { name, hash, any: Any { type_url: M::type_url(), value } }
+    }
+
+    /// The per-resource version sent in delta responses.
+    pub fn version(&self) -> String {
+        format_version(self.hash)
+    }
+}
+
+/// How a content hash is written as a delta resource version.
+pub fn format_version(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+/// Reads a version this server wrote; anything else (another server's versions after a
+/// reconnect) maps to `None`, which never equals a current hash, so the resource is resent.
+pub fn parse_version(version: &str) -> Option<u64> {
+    (version.len() == 16).then(|| u64::from_str_radix(version, 16).ok()).flatten()
+}
+
+/// FNV-1a over the bytes: stable across builds and processes (unlike std's hasher), so
+/// versions survive a server restart and a reconnecting delta client is not resent
+/// everything it already has.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
+}
+
+/// Encoded resources of one type, by name.
+pub type ResourceMap = BTreeMap<String, Arc<EncodedResource>>;
+
+/// Encoded clusters, listeners and routes (the proxy-specific types).
+#[derive(Clone, Debug, Default)]
+pub struct EncodedSet {
+    pub clusters: ResourceMap,
+    pub listeners: ResourceMap,
+    pub routes: ResourceMap,
+}
+
+impl EncodedSet {
+    /// Encodes every resource. A name seen twice keeps its first resource: a response must not
+    /// carry the same name twice (Envoy rejects it), and translation sorts by name, so the first
+    /// is the deterministic choice.
+    pub fn encode(resources: &Resources) -> Self {
+        fn insert<M: Message + Name>(map: &mut ResourceMap, name: &str, message: &M) {
+            if map.contains_key(name) {
+                tracing::warn!(name, type_url = %M::type_url(), "duplicate resource name; keeping the first");
+                return;
+            }
+            map.insert(name.to_owned(), Arc::new(EncodedResource::encode(name.to_owned(), message)));
+        }
+        let mut set = Self::default();
+        for cluster in &resources.clusters {
+            insert(&mut set.clusters, &cluster.name, cluster);
+        }
+        for listener in &resources.listeners {
+            insert(&mut set.listeners, &listener.name, listener);
+        }
+        for route in &resources.routes {
+            insert(&mut set.routes, &route.name, route);
+        }
+        set
+    }
+
+    fn map(&self, kind: Kind) -> Option<&ResourceMap> {
+        match kind {
+            Kind::Cluster => Some(&self.clusters),
+            Kind::Listener => Some(&self.listeners),
+            Kind::Route => Some(&self.routes),
+            Kind::Endpoint => None,
+        }
+    }
+}
+
+/// Every ClusterLoadAssignment of a generation, decoded (to compare with the next
+/// generation's without encoding) and encoded.
+#[derive(Debug, Default)]
+pub struct EndpointTable {
+    decoded: BTreeMap<String, Arc<ClusterLoadAssignment>>,
+    pub encoded: ResourceMap,
+}
+
+impl EndpointTable {
+    /// Encodes `assignments`, reusing `previous`'s encoding of every assignment whose content
+    /// is unchanged: endpoint churn is the most frequent change and usually touches few
+    /// clusters.
+    pub fn build(assignments: Vec<ClusterLoadAssignment>, previous: Option<&EndpointTable>) -> Self {
+        let mut table = Self::default();
+        for assignment in assignments {
+            let name = assignment.cluster_name.clone();
+            if table.decoded.contains_key(&name) {
+                tracing::warn!(name, "duplicate ClusterLoadAssignment; keeping the first");
+                continue;
+            }
+            let reused = previous.and_then(|p| {
+                let old = p.decoded.get(&name)?;
+                let encoded = p.encoded.get(&name)?;
+                (**old == assignment).then(|| (old.clone(), encoded.clone()))
+            });
+            let (decoded, encoded) = match reused {
+                Some(pair) => pair,
+                None => {
+                    let encoded = Arc::new(EncodedResource::encode(name.clone(), &assignment));
+                    (Arc::new(assignment), encoded)
+                }
+            };
+            table.decoded.insert(name.clone(), decoded);
+            table.encoded.insert(name, encoded);
+        }
+        table
+    }
+}
+
+/// One debounced push: what every stream converges to.
+#[derive(Debug)]
+pub struct Generation {
+    /// Push counter, starting at 1.
+    pub version: u64,
+    /// `version_info` of SotW responses (and `system_version_info` of delta ones).
+    pub version_info: String,
+    pub snapshot: Arc<Snapshot>,
+    /// When the first change merged into this push arrived (start of convergence time).
+    pub changed_at: Instant,
+    pub endpoints: Arc<EndpointTable>,
+    views: Mutex<HashMap<ViewKey, Arc<OnceCell<Arc<EncodedSet>>>>>,
+}
+
+impl Generation {
+    pub fn new(version: u64, snapshot: Arc<Snapshot>, changed_at: Instant, endpoints: EndpointTable) -> Self {
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Self {
+            version,
+            version_info: format!("{unix}/{version}"),
+            snapshot,
+            changed_at,
+            endpoints: Arc::new(endpoints),
+            views: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Number of distinct views computed so far (debug output).
+    pub fn view_count(&self) -> usize {
+        self.views.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// The encoded outbound resources for `proxy`'s view, computed by the first stream that
+    /// asks; concurrent askers with the same view wait for that one computation.
+    async fn outbound(&self, generator: &Arc<dyn Generator>, proxy: &Arc<Proxy>) -> Arc<EncodedSet> {
+        let key = ViewKey::of(proxy);
+        let cell = self.views.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().clone();
+        cell.get_or_init(|| {
+            let generator = generator.clone();
+            let snapshot = self.snapshot.clone();
+            let proxy = proxy.clone();
+            async move {
+                // Translation and encoding are CPU work: keep them off the async workers.
+                let task =
+                    tokio::task::spawn_blocking(move || EncodedSet::encode(&generator.outbound(&snapshot, &proxy)));
+                match task.await {
+                    Ok(set) => Arc::new(set),
+                    Err(error) => {
+                        tracing::error!(%error, "outbound translation failed; serving no outbound resources");
+                        Arc::new(EncodedSet::default())
+                    }
+                }
+            }
+        })
+        .await
+        .clone()
+    }
+}
+
+/// Everything one proxy is served at one generation.
+#[derive(Clone, Debug)]
+pub struct ProxyResources {
+    pub generation: Arc<Generation>,
+    outbound: Arc<EncodedSet>,
+    inbound: Arc<EncodedSet>,
+}
+
+impl ProxyResources {
+    pub async fn build(generator: &Arc<dyn Generator>, generation: Arc<Generation>, proxy: &Arc<Proxy>) -> Self {
+        let outbound = generation.outbound(generator, proxy).await;
+        let inbound = {
+            let generator = generator.clone();
+            let snapshot = generation.snapshot.clone();
+            let proxy = proxy.clone();
+            tokio::task::spawn_blocking(move || EncodedSet::encode(&generator.inbound(&snapshot, &proxy)))
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, "inbound translation failed; serving no inbound resources");
+                    EncodedSet::default()
+                })
+        };
+        Self { generation, outbound, inbound: Arc::new(inbound) }
+    }
+
+    /// The resource `name` of `kind`, if this proxy has one. Inbound wins a name clash.
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<EncodedResource>> {
+        match (self.inbound.map(kind), self.outbound.map(kind)) {
+            (Some(inbound), Some(outbound)) => inbound.get(name).or_else(|| outbound.get(name)),
+            _ => self.generation.endpoints.encoded.get(name),
+        }
+    }
+
+    /// Every resource of `kind`, sorted by name.
+    pub fn all(&self, kind: Kind) -> Vec<&Arc<EncodedResource>> {
+        match (self.inbound.map(kind), self.outbound.map(kind)) {
+            (Some(inbound), Some(outbound)) if inbound.is_empty() => outbound.values().collect(),
+            (Some(inbound), Some(outbound)) => {
+                let mut merged: BTreeMap<&str, &Arc<EncodedResource>> =
+                    outbound.iter().map(|(name, r)| (name.as_str(), r)).collect();
+                merged.extend(inbound.iter().map(|(name, r)| (name.as_str(), r)));
+                merged.into_values().collect()
+            }
+            _ => self.generation.endpoints.encoded.values().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cla(name: &str, port: u32) -> ClusterLoadAssignment {
+        use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
+        ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints { priority: port, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unchanged_assignments_keep_their_encoding() {
+        let first = EndpointTable::build(vec![cla("a", 1), cla("b", 1)], None);
+        let second = EndpointTable::build(vec![cla("a", 1), cla("b", 2)], Some(&first));
+        assert!(Arc::ptr_eq(&first.encoded["a"], &second.encoded["a"]));
+        assert_ne!(first.encoded["b"].hash, second.encoded["b"].hash);
+    }
+
+    #[test]
+    fn versions_round_trip_and_reject_foreign_ones() {
+        let hash = content_hash(b"cluster");
+        assert_eq!(parse_version(&format_version(hash)), Some(hash));
+        assert_eq!(parse_version("2024-01-01T00:00:00Z/3"), None);
+        assert_eq!(content_hash(b""), 0xcbf2_9ce4_8422_2325);
+    }
+
+    #[test]
+    fn duplicate_names_keep_the_first() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        let resources = Resources {
+            clusters: vec![
+                Cluster { name: "a".into(), ..Default::default() },
+                Cluster { name: "a".into(), alt_stat_name: "second".into(), ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let set = EncodedSet::encode(&resources);
+        assert_eq!(set.clusters.len(), 1);
+        assert_eq!(set.clusters["a"].hash, EncodedResource::encode("a".into(), &resources.clusters[0]).hash);
+    }
+}

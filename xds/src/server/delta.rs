@@ -1,0 +1,249 @@
+//! Incremental ADS streams (`DeltaAggregatedResources`), xDS spec §1.5.
+//!
+//! Per type the stream keeps the subscription (wildcard flag and explicit names) and what the
+//! client holds (name → version, seeded from `initial_resource_versions`). Every answer is
+//! the difference between the two: resources in scope whose version the client lacks, and
+//! names it holds (or newly asked for) that do not exist, as `removed_resources`.
+//! Subscription changes are honoured whatever the nonce says.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::cache::{EncodedResource, ProxyResources, parse_version};
+use super::connection::{Registration, StreamCore, WatchState, nack_message};
+use super::sotw::scope;
+use super::{Kind, Shared};
+
+type Responses = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+
+#[derive(Debug)]
+struct Closed;
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    registration: Registration,
+    first: DeltaDiscoveryRequest,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    responses: Responses,
+) {
+    let mut stream = DeltaStream { core: StreamCore::new(shared, registration), responses };
+    if stream.on_request(first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = requests.message() => match message {
+                Ok(Some(request)) => {
+                    if stream.on_request(request).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(connection = %stream.core.connection().id, %status, "stream ended");
+                    return;
+                }
+            },
+            changed = stream.core.changed() => {
+                if changed.is_err() || stream.push().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One planned delta response.
+struct Diff {
+    resources: Vec<Arc<EncodedResource>>,
+    removed: Vec<String>,
+}
+
+impl Diff {
+    fn is_empty(&self) -> bool {
+        self.resources.is_empty() && self.removed.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct DeltaStream {
+    core: StreamCore,
+    responses: Responses,
+}
+
+impl DeltaStream {
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Closed> {
+        let Some(kind) = Kind::from_type_url(&request.type_url) else {
+            tracing::debug!(type_url = request.type_url, "ignoring a request for a type this server does not serve");
+            return Ok(());
+        };
+        if self.core.push_pending() {
+            self.push().await?;
+        }
+        let resources = self.core.current().await;
+        let (initial, diff) = {
+            let mut watches = self.core.connection().watches();
+            let initial = !watches.contains_key(&kind);
+            let watch = watches.entry(kind).or_default();
+            let newly_named = self.update_watch(kind, watch, initial, request);
+            let diff = diff(kind, watch, &resources, &newly_named, &BTreeSet::new());
+            (initial, diff)
+        };
+        // The first answer per type is due even when empty: Envoy waits for it to finish
+        // initialising. Later requests only change subscriptions and need an answer only
+        // when they brought something to send.
+        if !initial && diff.is_empty() {
+            return Ok(());
+        }
+        let _permit = if initial { self.core.shared.initial_push_permits.acquire().await.ok() } else { None };
+        self.send(kind, &resources, diff).await
+    }
+
+    /// Applies ACK/NACK and subscription changes; returns the names newly subscribed (or
+    /// announced by the first request), whose absence must be reported.
+    fn update_watch(
+        &self,
+        kind: Kind,
+        watch: &mut WatchState,
+        initial: bool,
+        request: DeltaDiscoveryRequest,
+    ) -> BTreeSet<String> {
+        let shared = &self.core.shared;
+        if let Some(error) = &request.error_detail {
+            let message = nack_message(error);
+            tracing::warn!(connection = %self.core.connection().id, type_url = request.type_url, message, "config rejected");
+            shared.metrics.rejected(kind);
+            watch.last_error = Some(message);
+            watch.nacks += 1;
+        } else if !request.response_nonce.is_empty() {
+            if request.response_nonce == watch.nonce_sent {
+                watch.nonce_acked = request.response_nonce;
+                watch.version_acked = watch.version_sent.clone();
+                watch.last_error = None;
+            } else {
+                shared.metrics.expired_nonce(kind);
+            }
+        }
+        let mut newly_named = BTreeSet::new();
+        if initial {
+            // Legacy: a client that never names anything wants everything.
+            watch.wildcard = request.resource_names_subscribe.is_empty();
+            for (name, version) in request.initial_resource_versions {
+                // A version we cannot read never matches, so the resource is resent.
+                watch.sent.insert(name.clone(), parse_version(&version).unwrap_or(0));
+                if name != "*" {
+                    newly_named.insert(name);
+                }
+            }
+        }
+        for name in request.resource_names_subscribe {
+            if name == "*" {
+                watch.wildcard = true;
+            } else if watch.names.insert(name.clone()) {
+                newly_named.insert(name);
+            }
+        }
+        for name in request.resource_names_unsubscribe {
+            if name == "*" {
+                watch.wildcard = false;
+            } else {
+                watch.names.remove(&name);
+                newly_named.remove(&name);
+            }
+        }
+        // The client dropped whatever left its scope; it holds none of it any more.
+        watch.sent.retain(|name, _| watch.wildcard || watch.names.contains(name));
+        newly_named.retain(|name| watch.in_scope(name));
+        newly_named
+    }
+
+    /// Moves the stream to the latest generation and sends what changed, in push order.
+    async fn push(&mut self) -> Result<(), Closed> {
+        let Some(resources) = self.core.advance().await else { return Ok(()) };
+        // Envoy re-warms an updated cluster and needs its endpoints again even if unchanged.
+        let mut changed_clusters = BTreeSet::new();
+        for kind in Kind::PUSH_ORDER {
+            let planned = {
+                let mut watches = self.core.connection().watches();
+                let Some(watch) = watches.get_mut(&kind) else { continue };
+                let force = if kind == Kind::Endpoint { &changed_clusters } else { &BTreeSet::new() };
+                let diff = diff(kind, watch, &resources, &BTreeSet::new(), force);
+                if kind == Kind::Cluster {
+                    changed_clusters.extend(diff.resources.iter().map(|r| r.name.clone()));
+                }
+                diff
+            };
+            if !planned.is_empty() {
+                self.send(kind, &resources, planned).await?;
+            }
+        }
+        self.core.shared.metrics.converged(resources.generation.changed_at.elapsed());
+        Ok(())
+    }
+
+    async fn send(&self, kind: Kind, resources: &ProxyResources, diff: Diff) -> Result<(), Closed> {
+        let started = Instant::now();
+        let nonce = self.core.shared.nonce();
+        let version_info = resources.generation.version_info.clone();
+        {
+            let mut watches = self.core.connection().watches();
+            if let Some(watch) = watches.get_mut(&kind) {
+                watch.nonce_sent = nonce.clone();
+                watch.version_sent = version_info.clone();
+            }
+        }
+        let size: usize = diff.resources.iter().map(|r| r.any.value.len()).sum();
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version_info,
+            resources: diff
+                .resources
+                .iter()
+                .map(|r| Resource {
+                    name: r.name.clone(),
+                    version: r.version(),
+                    resource: Some(r.any.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: kind.type_url().to_owned(),
+            removed_resources: diff.removed,
+            nonce,
+            ..Default::default()
+        };
+        self.responses.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.core.shared.metrics.pushed(kind, size, started.elapsed());
+        Ok(())
+    }
+}
+
+/// The resources the client lacks and the names it must drop, recording both as sent.
+/// `report_missing`: names whose absence must be reported even though the client does not
+/// hold them (new subscriptions). `force`: names to resend even if unchanged.
+fn diff(
+    kind: Kind,
+    watch: &mut WatchState,
+    resources: &ProxyResources,
+    report_missing: &BTreeSet<String>,
+    force: &BTreeSet<String>,
+) -> Diff {
+    let current = scope(kind, watch, resources);
+    let mut removed: BTreeSet<String> =
+        watch.sent.keys().filter(|name| resources.get(kind, name).is_none()).cloned().collect();
+    removed.extend(report_missing.iter().filter(|name| resources.get(kind, name).is_none()).cloned());
+    for name in &removed {
+        watch.sent.remove(name);
+    }
+    let mut changed = Vec::new();
+    for resource in current {
+        if watch.sent.get(&resource.name) != Some(&resource.hash) || force.contains(&resource.name) {
+            watch.sent.insert(resource.name.clone(), resource.hash);
+            changed.push(resource);
+        }
+    }
+    Diff { resources: changed, removed: removed.into_iter().collect() }
+}

@@ -1,0 +1,416 @@
+//! An Envoy-like ADS load generator for benchmarks (`rudder bench xds`, the bench binary).
+//!
+//! Opens N streams (SotW or delta), each with its own node id and its own HTTP/2 connection,
+//! and drives them the way Envoy does: CDS first, then EDS for the EDS clusters it received,
+//! then LDS, then RDS for route names given by the caller (finding them would mean decoding
+//! every listener's HTTP connection manager). Every response is ACKed. Per stream it records
+//! when the full config arrived and when each response arrived, so a caller can measure
+//! time-to-config and the receive latency of an update.
+//!
+//! The client shares the machine with the server it measures, so it decodes as little as it
+//! can: only the name (and, for clusters, the discovery type) of each resource.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::Kind;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The ADS server, e.g. `http://127.0.0.1:15010`.
+    pub target: String,
+    pub streams: usize,
+    /// Incremental instead of state-of-the-world.
+    pub delta: bool,
+    /// RDS names every stream subscribes to once it has listeners; empty skips RDS.
+    pub route_names: Vec<String>,
+    /// New streams per second; `None` opens them all at once (a join storm).
+    pub join_rate: Option<f64>,
+    /// Namespace of the simulated sidecars (node ids `sidecar~<ip>~load-<i>.<ns>~<ns>.svc.cluster.local`).
+    pub namespace: String,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            target: "http://127.0.0.1:15010".into(),
+            streams: 1,
+            delta: false,
+            route_names: Vec::new(),
+            join_rate: None,
+            namespace: "default".into(),
+        }
+    }
+}
+
+/// What one stream saw.
+#[derive(Clone, Debug, Default)]
+pub struct StreamStats {
+    pub node_id: String,
+    pub started: Option<Instant>,
+    /// When every type the stream asks for had arrived at least once.
+    pub full_config: Option<Instant>,
+    /// Encoded resource bytes received.
+    pub bytes: u64,
+    /// Receive times of the responses, per type in [`Kind::PUSH_ORDER`] order.
+    pub received: [Vec<Instant>; 4],
+    /// Why the stream ended early, if it did.
+    pub error: Option<String>,
+}
+
+impl StreamStats {
+    /// Time from opening the stream to the full config.
+    pub fn time_to_full_config(&self) -> Option<Duration> {
+        Some(self.full_config?.duration_since(self.started?))
+    }
+
+    /// Time from `since` to the first response of `kind` received after it.
+    pub fn received_after(&self, kind: Kind, since: Instant) -> Option<Duration> {
+        self.received[slot(kind)].iter().find(|t| **t >= since).map(|t| t.duration_since(since))
+    }
+}
+
+fn slot(kind: Kind) -> usize {
+    Kind::PUSH_ORDER.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+/// Errors starting a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("bad target {0:?}: {1}")]
+    Target(String, String),
+}
+
+/// Streams in flight. Dropping it closes them.
+#[derive(Debug)]
+pub struct LoadRun {
+    stats: Vec<Arc<Mutex<StreamStats>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for LoadRun {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// How often the waiting helpers look at the streams' progress.
+const POLL: Duration = Duration::from_millis(5);
+
+impl LoadRun {
+    /// Opens the streams, pacing them by `join_rate`; returns once all are started.
+    pub async fn start(options: LoadOptions) -> Result<Self, LoadError> {
+        let endpoint = Endpoint::from_shared(options.target.clone())
+            .map_err(|e| LoadError::Target(options.target.clone(), e.to_string()))?;
+        let options = Arc::new(options);
+        let mut run = Self { stats: Vec::new(), tasks: Vec::new() };
+        let started = Instant::now();
+        for index in 0..options.streams {
+            if let Some(rate) = options.join_rate.filter(|r| *r > 0.0) {
+                tokio::time::sleep_until((started + Duration::from_secs_f64(index as f64 / rate)).into()).await;
+            }
+            let stats = Arc::new(Mutex::new(StreamStats {
+                node_id: node_id(index, &options.namespace),
+                started: Some(Instant::now()),
+                ..Default::default()
+            }));
+            run.stats.push(stats.clone());
+            let endpoint = endpoint.clone();
+            let options = options.clone();
+            run.tasks.push(tokio::spawn(async move {
+                let result = drive(endpoint, &options, &stats).await;
+                if let Err(error) = result {
+                    lock(&stats).error = Some(error);
+                }
+            }));
+        }
+        Ok(run)
+    }
+
+    /// A copy of every stream's statistics.
+    pub fn stats(&self) -> Vec<StreamStats> {
+        self.stats.iter().map(|s| lock(s).clone()).collect()
+    }
+
+    /// Waits until every stream has its full config (or `timeout`); per stream the time it took.
+    pub async fn wait_full_config(&self, timeout: Duration) -> Vec<Option<Duration>> {
+        self.wait(timeout, |s| s.time_to_full_config()).await
+    }
+
+    /// Waits until every stream has received a response of `kind` after `since` (or
+    /// `timeout`); per stream the latency.
+    pub async fn wait_update(&self, kind: Kind, since: Instant, timeout: Duration) -> Vec<Option<Duration>> {
+        self.wait(timeout, |s| s.received_after(kind, since)).await
+    }
+
+    /// Encoded resource bytes received by all streams.
+    pub fn total_bytes(&self) -> u64 {
+        self.stats.iter().map(|s| lock(s).bytes).sum()
+    }
+
+    async fn wait(&self, timeout: Duration, done: impl Fn(&StreamStats) -> Option<Duration>) -> Vec<Option<Duration>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let results: Vec<Option<Duration>> = self
+                .stats
+                .iter()
+                .map(|s| {
+                    let stats = lock(s);
+                    done(&stats)
+                })
+                .collect();
+            let finished = self.stats.iter().map(|s| lock(s).error.is_some());
+            let all_settled = results.iter().zip(finished).all(|(r, failed)| r.is_some() || failed);
+            if all_settled || Instant::now() >= deadline {
+                return results;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// The `p`-th percentile (0–100) of the durations that are present.
+pub fn percentile(durations: &[Option<Duration>], p: f64) -> Option<Duration> {
+    let mut present: Vec<Duration> = durations.iter().flatten().copied().collect();
+    if present.is_empty() {
+        return None;
+    }
+    present.sort();
+    let rank = ((p / 100.0) * (present.len() - 1) as f64).round() as usize;
+    present.get(rank.min(present.len() - 1)).copied()
+}
+
+fn lock(stats: &Mutex<StreamStats>) -> std::sync::MutexGuard<'_, StreamStats> {
+    stats.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn node_id(index: usize, namespace: &str) -> String {
+    let ip = format!("10.{}.{}.{}", (index >> 16) & 0xff, (index >> 8) & 0xff, index & 0xff);
+    format!("sidecar~{ip}~load-{index}.{namespace}~{namespace}.svc.cluster.local")
+}
+
+/// Just the fields the client needs from a cluster: its name and discovery type.
+#[derive(Clone, PartialEq, Message)]
+struct LeanCluster {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(int32, optional, tag = "2")]
+    discovery_type: Option<i32>,
+}
+
+/// `Cluster.DiscoveryType.EDS`.
+const EDS: i32 = 3;
+
+fn eds_cluster_name(any: &Any) -> Option<String> {
+    let cluster = LeanCluster::decode(any.value.as_slice()).ok()?;
+    (cluster.discovery_type == Some(EDS)).then_some(cluster.name)
+}
+
+/// Progress of one stream towards its full config.
+#[derive(Debug, Default)]
+struct Progress {
+    got: [bool; 4],
+    listeners_requested: bool,
+    routes_requested: bool,
+    eds_clusters: BTreeSet<String>,
+}
+
+impl Progress {
+    fn complete(&self, routes: bool) -> bool {
+        self.got[slot(Kind::Cluster)]
+            && (self.eds_clusters.is_empty() || self.got[slot(Kind::Endpoint)])
+            && self.got[slot(Kind::Listener)]
+            && (!routes || self.got[slot(Kind::Route)])
+    }
+}
+
+async fn drive(endpoint: Endpoint, options: &LoadOptions, stats: &Mutex<StreamStats>) -> Result<(), String> {
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+    let node = Node { id: lock(stats).node_id.clone(), ..Default::default() };
+    if options.delta {
+        drive_delta(client, node, options, stats).await
+    } else {
+        drive_sotw(client, node, options, stats).await
+    }
+}
+
+fn record(stats: &Mutex<StreamStats>, kind: Kind, bytes: usize, progress: &mut Progress, routes: bool) {
+    let now = Instant::now();
+    progress.got[slot(kind)] = true;
+    let mut stats = lock(stats);
+    stats.received[slot(kind)].push(now);
+    stats.bytes += bytes as u64;
+    if stats.full_config.is_none() && progress.complete(routes) {
+        stats.full_config = Some(now);
+    }
+}
+
+async fn drive_sotw(
+    mut client: AggregatedDiscoveryServiceClient<Channel>,
+    node: Node,
+    options: &LoadOptions,
+    stats: &Mutex<StreamStats>,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel(8);
+    let request = |kind: Kind, names: Vec<String>, last: Option<&DiscoveryResponse>| DiscoveryRequest {
+        type_url: kind.type_url().to_owned(),
+        resource_names: names,
+        version_info: last.map(|r| r.version_info.clone()).unwrap_or_default(),
+        response_nonce: last.map(|r| r.nonce.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let closed = |_| "request channel closed".to_owned();
+    tx.send(DiscoveryRequest { node: Some(node), ..request(Kind::Cluster, Vec::new(), None) }).await.map_err(closed)?;
+    let mut responses =
+        client.stream_aggregated_resources(ReceiverStream::new(rx)).await.map_err(|s| s.to_string())?.into_inner();
+    let mut progress = Progress::default();
+    let mut last: [Option<DiscoveryResponse>; 4] = Default::default();
+    let routes = !options.route_names.is_empty();
+    while let Some(response) = responses.message().await.map_err(|s| s.to_string())? {
+        let Some(kind) = Kind::from_type_url(&response.type_url) else { continue };
+        let bytes = response.resources.iter().map(|r| r.value.len()).sum();
+        let mut follow_up = Vec::new();
+        match kind {
+            Kind::Cluster => {
+                let clusters: BTreeSet<String> = response.resources.iter().filter_map(eds_cluster_name).collect();
+                follow_up.push(request(kind, Vec::new(), Some(&response)));
+                if clusters != progress.eds_clusters {
+                    progress.eds_clusters = clusters;
+                    let names = progress.eds_clusters.iter().cloned().collect();
+                    follow_up.push(request(Kind::Endpoint, names, last[slot(Kind::Endpoint)].as_ref()));
+                }
+                if progress.eds_clusters.is_empty() && !progress.listeners_requested {
+                    progress.listeners_requested = true;
+                    follow_up.push(request(Kind::Listener, Vec::new(), None));
+                }
+            }
+            Kind::Endpoint => {
+                follow_up.push(request(kind, progress.eds_clusters.iter().cloned().collect(), Some(&response)));
+                if !progress.listeners_requested {
+                    progress.listeners_requested = true;
+                    follow_up.push(request(Kind::Listener, Vec::new(), None));
+                }
+            }
+            Kind::Listener => {
+                follow_up.push(request(kind, Vec::new(), Some(&response)));
+                if routes && !progress.routes_requested {
+                    progress.routes_requested = true;
+                    follow_up.push(request(Kind::Route, options.route_names.clone(), None));
+                }
+            }
+            Kind::Route => follow_up.push(request(kind, options.route_names.clone(), Some(&response))),
+        }
+        record(stats, kind, bytes, &mut progress, routes);
+        last[slot(kind)] = Some(DiscoveryResponse { resources: Vec::new(), ..response });
+        for request in follow_up {
+            tx.send(request).await.map_err(closed)?;
+        }
+    }
+    Err("server closed the stream".into())
+}
+
+async fn drive_delta(
+    mut client: AggregatedDiscoveryServiceClient<Channel>,
+    node: Node,
+    options: &LoadOptions,
+    stats: &Mutex<StreamStats>,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel(8);
+    let request = |kind: Kind, subscribe: Vec<String>, unsubscribe: Vec<String>, nonce: &str| DeltaDiscoveryRequest {
+        type_url: kind.type_url().to_owned(),
+        resource_names_subscribe: subscribe,
+        resource_names_unsubscribe: unsubscribe,
+        response_nonce: nonce.to_owned(),
+        ..Default::default()
+    };
+    let closed = |_| "request channel closed".to_owned();
+    let first = DeltaDiscoveryRequest { node: Some(node), ..request(Kind::Cluster, Vec::new(), Vec::new(), "") };
+    tx.send(first).await.map_err(closed)?;
+    let mut responses =
+        client.delta_aggregated_resources(ReceiverStream::new(rx)).await.map_err(|s| s.to_string())?.into_inner();
+    let mut progress = Progress::default();
+    let routes = !options.route_names.is_empty();
+    while let Some(response) = responses.message().await.map_err(|s| s.to_string())? {
+        let Some(kind) = Kind::from_type_url(&response.type_url) else { continue };
+        let bytes = response.resources.iter().filter_map(|r| r.resource.as_ref()).map(|a| a.value.len()).sum();
+        let mut follow_up = vec![request(kind, Vec::new(), Vec::new(), &response.nonce)];
+        match kind {
+            Kind::Cluster => {
+                let mut clusters = progress.eds_clusters.clone();
+                for resource in &response.resources {
+                    clusters.remove(&resource.name);
+                    if resource.resource.as_ref().and_then(eds_cluster_name).is_some() {
+                        clusters.insert(resource.name.clone());
+                    }
+                }
+                for name in &response.removed_resources {
+                    clusters.remove(name);
+                }
+                let subscribe: Vec<String> = clusters.difference(&progress.eds_clusters).cloned().collect();
+                let unsubscribe: Vec<String> = progress.eds_clusters.difference(&clusters).cloned().collect();
+                progress.eds_clusters = clusters;
+                if !subscribe.is_empty() || !unsubscribe.is_empty() {
+                    follow_up.push(request(Kind::Endpoint, subscribe, unsubscribe, ""));
+                }
+                if progress.eds_clusters.is_empty() && !progress.listeners_requested {
+                    progress.listeners_requested = true;
+                    follow_up.push(request(Kind::Listener, Vec::new(), Vec::new(), ""));
+                }
+            }
+            Kind::Endpoint => {
+                if !progress.listeners_requested {
+                    progress.listeners_requested = true;
+                    follow_up.push(request(Kind::Listener, Vec::new(), Vec::new(), ""));
+                }
+            }
+            Kind::Listener => {
+                if routes && !progress.routes_requested {
+                    progress.routes_requested = true;
+                    follow_up.push(request(Kind::Route, options.route_names.clone(), Vec::new(), ""));
+                }
+            }
+            Kind::Route => {}
+        }
+        record(stats, kind, bytes, &mut progress, routes);
+        for request in follow_up {
+            tx.send(request).await.map_err(closed)?;
+        }
+    }
+    Err("server closed the stream".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_ignore_missing_values() {
+        let ms = |n| Some(Duration::from_millis(n));
+        let values = [ms(30), None, ms(10), ms(20)];
+        assert_eq!(percentile(&values, 50.0), ms(20));
+        assert_eq!(percentile(&values, 100.0), ms(30));
+        assert_eq!(percentile(&[None], 50.0), None);
+    }
+
+    #[test]
+    fn node_ids_are_distinct_istio_ids() {
+        let id = node_id(70_000, "bench");
+        assert_eq!(id, "sidecar~10.1.17.112~load-70000.bench~bench.svc.cluster.local");
+        assert!(crate::model::Proxy::from_node(&id, &Default::default()).is_ok());
+    }
+}

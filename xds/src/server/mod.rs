@@ -1,0 +1,337 @@
+//! The ADS server: serves clusters, endpoints, listeners and routes to Envoy over
+//! `AggregatedDiscoveryService`, in both state-of-the-world (SotW) and incremental (delta) form.
+//!
+//! Pipeline (see the xDS spec §1.8 and the performance notes):
+//! - the registry publishes every change as a new [`Snapshot`] on a `watch` channel;
+//! - [`push`] debounces those changes (quiet period, capped by a maximum delay) and turns each
+//!   merged change into a [`cache::Generation`]: a push version, the snapshot and the encoded
+//!   endpoints, plus a lazily filled per-[`ViewKey`] cache of encoded outbound resources;
+//! - every stream ([`sotw`], [`delta`]) watches the latest generation and, on a change, sends
+//!   only what changed for it, in the order CDS → EDS → LDS → RDS.
+//!
+//! Per-stream and per-type bookkeeping lives in [`connection`], where the debug endpoints
+//! ([`debug`]) read it. Prometheus metrics are in [`metrics`]; [`loadclient`] is an Envoy-like
+//! load generator for benchmarks.
+
+pub mod cache;
+pub mod connection;
+pub mod debug;
+pub mod delta;
+pub mod loadclient;
+pub mod metrics;
+pub mod push;
+pub mod sotw;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::{Proxy, Snapshot};
+use crate::translate::{self, Resources};
+
+use self::cache::Generation;
+use self::connection::Connection;
+use self::metrics::Metrics;
+
+/// Largest request the server accepts (Envoy's requests are small; responses are not limited).
+pub const MAX_DECODING_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// Responses buffered per stream before the stream waits for the client to read. Small, so a
+/// slow proxy holds back its own stream rather than piling encoded config up in memory.
+const RESPONSE_BUFFER: usize = 4;
+
+/// The xDS resource types this server serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl Kind {
+    /// Make-before-break order: clusters and their endpoints before the listeners and routes
+    /// that reference them (xDS protocol, "Eventual consistency considerations").
+    pub const PUSH_ORDER: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+
+    pub const fn type_url(self) -> &'static str {
+        match self {
+            Kind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    pub fn from_type_url(type_url: &str) -> Option<Kind> {
+        Self::PUSH_ORDER.into_iter().find(|k| k.type_url() == type_url)
+    }
+
+    /// `cds`, `eds`, `lds`, `rds`: metric labels and debug output.
+    pub const fn short_name(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cds",
+            Kind::Endpoint => "eds",
+            Kind::Listener => "lds",
+            Kind::Route => "rds",
+        }
+    }
+
+    /// Root types: a SotW response carries the full set and absence means deletion.
+    pub const fn is_wildcard(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::Listener)
+    }
+}
+
+/// Produces the resources the server encodes and serves. The default, [`Translator`], calls
+/// [`crate::translate`]; tests and benchmarks plug in fixed resources ([`FixedGenerator`]).
+///
+/// The split mirrors what each part depends on, so the server can share work: `outbound` must
+/// depend only on the proxy's [`ViewKey`] (it is computed once per distinct view), `inbound`
+/// may read the whole proxy (computed per proxy), `endpoints` on nothing but the snapshot.
+pub trait Generator: Send + Sync + 'static {
+    fn outbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources;
+    fn inbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources;
+    fn endpoints(&self, snapshot: &Snapshot) -> Vec<ClusterLoadAssignment>;
+}
+
+/// The production generator: Istio config translation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Translator;
+
+impl Generator for Translator {
+    fn outbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources {
+        translate::outbound(snapshot, proxy)
+    }
+    fn inbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources {
+        translate::inbound(snapshot, proxy)
+    }
+    fn endpoints(&self, snapshot: &Snapshot) -> Vec<ClusterLoadAssignment> {
+        translate::endpoints(snapshot)
+    }
+}
+
+/// Serves the same resources to every proxy, whatever the snapshot says; replace them with
+/// [`FixedGenerator::set`] and publish any snapshot to make the server push them.
+#[derive(Debug, Default)]
+pub struct FixedGenerator {
+    state: Mutex<(Resources, Vec<ClusterLoadAssignment>)>,
+}
+
+impl FixedGenerator {
+    pub fn new(resources: Resources, endpoints: Vec<ClusterLoadAssignment>) -> Self {
+        Self { state: Mutex::new((resources, endpoints)) }
+    }
+
+    /// Replaces the served resources (takes effect at the next snapshot change).
+    pub fn set(&self, resources: Resources, endpoints: Vec<ClusterLoadAssignment>) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = (resources, endpoints);
+    }
+}
+
+impl Generator for FixedGenerator {
+    fn outbound(&self, _: &Snapshot, _: &Proxy) -> Resources {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).0.clone()
+    }
+    fn inbound(&self, _: &Snapshot, _: &Proxy) -> Resources {
+        Resources::default()
+    }
+    fn endpoints(&self, _: &Snapshot) -> Vec<ClusterLoadAssignment> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1.clone()
+    }
+}
+
+/// How snapshot changes are merged into pushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebounceOptions {
+    /// Push once no change has arrived for this long.
+    pub quiet: Duration,
+    /// Push at the latest this long after the first merged change, even if changes keep coming.
+    pub max_delay: Duration,
+}
+
+impl Default for DebounceOptions {
+    fn default() -> Self {
+        Self { quiet: Duration::from_millis(100), max_delay: Duration::from_secs(1) }
+    }
+}
+
+/// Server tuning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerOptions {
+    pub debounce: DebounceOptions,
+    /// How many streams may build and send their first response of a type at once. Bounds
+    /// the cost of join storms (every proxy reconnecting together) while pushes to proxies
+    /// already connected carry on.
+    pub initial_push_concurrency: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { debounce: DebounceOptions::default(), initial_push_concurrency: 32 }
+    }
+}
+
+/// State shared by the gRPC service, every stream, the push task and the debug endpoints.
+pub(crate) struct Shared {
+    pub(crate) generator: Arc<dyn Generator>,
+    pub(crate) generations: watch::Sender<Arc<Generation>>,
+    pub(crate) connections: Mutex<BTreeMap<String, Arc<Connection>>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) registry: Registry,
+    pub(crate) initial_push_permits: Semaphore,
+    next_connection: AtomicU64,
+    next_nonce: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("generation", &self.generations.borrow().version).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// A nonce unique within this server process (and so within every stream).
+    pub(crate) fn nonce(&self) -> String {
+        format!("{:x}", self.next_nonce.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    pub(crate) fn connection_id(&self, node_id: &str) -> String {
+        format!("{node_id}-{}", self.next_connection.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    pub(crate) fn connections(&self) -> Vec<Arc<Connection>> {
+        self.connections.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+}
+
+/// The discovery server. Cheap to clone; all clones serve the same state.
+#[derive(Clone, Debug)]
+pub struct DiscoveryServer {
+    shared: Arc<Shared>,
+}
+
+impl DiscoveryServer {
+    /// A server translating Istio config with [`Translator`].
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, options: ServerOptions) -> Self {
+        Self::with_generator(snapshots, options, Arc::new(Translator))
+    }
+
+    /// A server serving what `generator` produces. Builds the first generation from the
+    /// current snapshot at once and spawns the debounce task, so call it inside a Tokio
+    /// runtime. The task ends when the snapshot sender is dropped; streams keep serving the
+    /// last generation.
+    pub fn with_generator(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        options: ServerOptions,
+        generator: Arc<dyn Generator>,
+    ) -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let snapshot = snapshots.borrow().clone();
+        let first = push::build_generation(generator.as_ref(), snapshot, 1, std::time::Instant::now(), None);
+        let (generations, _) = watch::channel(Arc::new(first));
+        let shared = Arc::new(Shared {
+            generator,
+            generations,
+            connections: Mutex::new(BTreeMap::new()),
+            metrics,
+            registry,
+            initial_push_permits: Semaphore::new(options.initial_push_concurrency.max(1)),
+            next_connection: AtomicU64::new(0),
+            next_nonce: AtomicU64::new(0),
+        });
+        tokio::spawn(push::debounce_loop(Arc::downgrade(&shared), snapshots, options.debounce));
+        Self { shared }
+    }
+
+    /// The push version currently served (1 for the initial snapshot, +1 per debounced push).
+    pub fn version(&self) -> u64 {
+        self.shared.generations.borrow().version
+    }
+
+    /// Number of connected streams.
+    pub fn connected(&self) -> usize {
+        self.shared.connections.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// The tonic service, with the request size limit raised for large proxies.
+    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<DiscoveryServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// `/metrics`, `/ready` and the `/debug/*` endpoints, for the monitoring port.
+    pub fn monitoring_router(&self) -> axum::Router {
+        debug::router(self.shared.clone())
+    }
+
+    /// Serves ADS over cleartext HTTP/2 on `listener` until `shutdown` completes.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(self.ads_service())
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+            .await
+    }
+}
+
+type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for DiscoveryServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let mut requests = request.into_inner();
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let connection = connection::register(&self.shared, first.node.as_ref(), peer, false)?;
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(sotw::run(self.shared.clone(), connection, first, requests, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let mut requests = request.into_inner();
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let connection = connection::register(&self.shared, first.node.as_ref(), peer, true)?;
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(delta::run(self.shared.clone(), connection, first, requests, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,274 @@
+//! State-of-the-world ADS streams (`StreamAggregatedResources`).
+//!
+//! Requests are classified as upstream does (xDS spec §1.2): a NACK is recorded and not
+//! answered; an empty name list for a non-wildcard type unsubscribes; a first request (or one
+//! without a nonce) is answered with everything in scope; a stale nonce is ignored; an ACK is
+//! answered only with names it newly added (or, for wildcard types, the new full set when the
+//! subscription changed). Pushes send CDS and LDS in full when anything in them changed, and
+//! only the changed EDS and RDS resources.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::Kind;
+use super::Shared;
+use super::cache::{EncodedResource, ProxyResources};
+use super::connection::{Registration, StreamCore, WatchState, nack_message};
+
+type Responses = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+
+/// The client went away.
+#[derive(Debug)]
+struct Closed;
+
+/// What a request asks the server to send.
+enum Answer {
+    Nothing,
+    /// Everything in the subscription's scope (a new or re-started subscription).
+    Everything {
+        initial: bool,
+    },
+    /// Only these newly subscribed names.
+    Names(Vec<String>),
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    registration: Registration,
+    first: DiscoveryRequest,
+    mut requests: Streaming<DiscoveryRequest>,
+    responses: Responses,
+) {
+    let mut stream = SotwStream { core: StreamCore::new(shared, registration), responses };
+    if stream.on_request(first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = requests.message() => match message {
+                Ok(Some(request)) => {
+                    if stream.on_request(request).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(connection = %stream.core.connection().id, %status, "stream ended");
+                    return;
+                }
+            },
+            changed = stream.core.changed() => {
+                if changed.is_err() || stream.push().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SotwStream {
+    core: StreamCore,
+    responses: Responses,
+}
+
+impl SotwStream {
+    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Closed> {
+        let Some(kind) = Kind::from_type_url(&request.type_url) else {
+            tracing::debug!(type_url = request.type_url, "ignoring a request for a type this server does not serve");
+            return Ok(());
+        };
+        if self.core.push_pending() {
+            self.push().await?;
+        }
+        let resources = self.core.current().await;
+        let answer = self.classify(kind, request);
+        match answer {
+            Answer::Nothing => Ok(()),
+            Answer::Everything { initial } => {
+                // Join storms: bound how many streams build and queue their first config at once.
+                let _permit = if initial { self.core.shared.initial_push_permits.acquire().await.ok() } else { None };
+                let list = {
+                    let watches = self.core.connection().watches();
+                    let Some(watch) = watches.get(&kind) else { return Ok(()) };
+                    scope(kind, watch, &resources)
+                };
+                self.send(kind, &resources, list, true).await
+            }
+            Answer::Names(names) => {
+                let list: Vec<_> = names.iter().filter_map(|name| resources.get(kind, name).cloned()).collect();
+                if list.is_empty() {
+                    return Ok(());
+                }
+                self.send(kind, &resources, list, false).await
+            }
+        }
+    }
+
+    /// Updates the watch for `request` and decides what to answer.
+    fn classify(&self, kind: Kind, request: DiscoveryRequest) -> Answer {
+        let shared = &self.core.shared;
+        let connection = self.core.connection();
+        let mut watches = connection.watches();
+        if let Some(error) = &request.error_detail {
+            // NACK: the proxy keeps its last good config; answering would only repeat the
+            // rejected one.
+            let message = nack_message(error);
+            tracing::warn!(connection = %connection.id, type_url = request.type_url, message, "config rejected");
+            shared.metrics.rejected(kind);
+            if let Some(watch) = watches.get_mut(&kind) {
+                watch.last_error = Some(message);
+                watch.nacks += 1;
+            }
+            return Answer::Nothing;
+        }
+        let mut names: BTreeSet<String> = request.resource_names.into_iter().collect();
+        let star = names.remove("*");
+        if !kind.is_wildcard() && names.is_empty() && !star {
+            watches.remove(&kind);
+            return Answer::Nothing;
+        }
+        let Some(watch) = watches.get_mut(&kind) else {
+            let legacy_wildcard = kind.is_wildcard() && names.is_empty() && !star;
+            watches.insert(
+                kind,
+                WatchState { wildcard: star || legacy_wildcard, legacy_wildcard, names, ..Default::default() },
+            );
+            return Answer::Everything { initial: true };
+        };
+        let wildcard = star || (names.is_empty() && watch.legacy_wildcard);
+        if request.response_nonce.is_empty() {
+            // The client restarted this subscription: it holds nothing we can rely on.
+            watch.wildcard = wildcard;
+            watch.names = names;
+            watch.sent.clear();
+            return Answer::Everything { initial: false };
+        }
+        if request.response_nonce != watch.nonce_sent {
+            shared.metrics.expired_nonce(kind);
+            return Answer::Nothing;
+        }
+        watch.nonce_acked = request.response_nonce;
+        watch.version_acked = request.version_info;
+        watch.last_error = None;
+        if kind.is_wildcard() {
+            if wildcard == watch.wildcard && names == watch.names {
+                return Answer::Nothing;
+            }
+            watch.wildcard = wildcard;
+            watch.names = names;
+            return Answer::Everything { initial: false };
+        }
+        let added: Vec<String> = names.difference(&watch.names).cloned().collect();
+        let widened = wildcard && !watch.wildcard;
+        for removed in watch.names.difference(&names) {
+            // Forget it, so a later re-subscription is answered even if unchanged.
+            watch.sent.remove(removed);
+        }
+        watch.wildcard = wildcard;
+        watch.names = names;
+        if widened {
+            Answer::Everything { initial: false }
+        } else if added.is_empty() {
+            Answer::Nothing
+        } else {
+            Answer::Names(added)
+        }
+    }
+
+    /// Moves the stream to the latest generation and sends what changed, in push order.
+    async fn push(&mut self) -> Result<(), Closed> {
+        let Some(resources) = self.core.advance().await else { return Ok(()) };
+        // Envoy re-warms an updated cluster and needs its endpoints again even if unchanged.
+        let mut changed_clusters = BTreeSet::new();
+        for kind in Kind::PUSH_ORDER {
+            let planned = {
+                let mut watches = self.core.connection().watches();
+                let Some(watch) = watches.get_mut(&kind) else { continue };
+                plan_push(kind, watch, &resources, &mut changed_clusters)
+            };
+            if let Some(list) = planned {
+                self.send(kind, &resources, list, kind.is_wildcard()).await?;
+            }
+        }
+        self.core.shared.metrics.converged(resources.generation.changed_at.elapsed());
+        Ok(())
+    }
+
+    /// Sends `list` as one response; `full` means it is the whole set the client should hold.
+    async fn send(
+        &self,
+        kind: Kind,
+        resources: &ProxyResources,
+        list: Vec<Arc<EncodedResource>>,
+        full: bool,
+    ) -> Result<(), Closed> {
+        let started = Instant::now();
+        let nonce = self.core.shared.nonce();
+        let version_info = resources.generation.version_info.clone();
+        {
+            let mut watches = self.core.connection().watches();
+            let Some(watch) = watches.get_mut(&kind) else { return Ok(()) };
+            watch.nonce_sent = nonce.clone();
+            watch.version_sent = version_info.clone();
+            let sent = list.iter().map(|r| (r.name.clone(), r.hash));
+            if full {
+                watch.sent = sent.collect::<BTreeMap<_, _>>();
+            } else {
+                watch.sent.extend(sent);
+            }
+        }
+        let size: usize = list.iter().map(|r| r.any.value.len()).sum();
+        let response = DiscoveryResponse {
+            version_info,
+            resources: list.iter().map(|r| r.any.clone()).collect(),
+            type_url: kind.type_url().to_owned(),
+            nonce,
+            ..Default::default()
+        };
+        self.responses.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.core.shared.metrics.pushed(kind, size, started.elapsed());
+        Ok(())
+    }
+}
+
+/// Every resource in the subscription's scope, sorted by name.
+pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) -> Vec<Arc<EncodedResource>> {
+    if watch.wildcard {
+        resources.all(kind).into_iter().cloned().collect()
+    } else {
+        watch.names.iter().filter_map(|name| resources.get(kind, name).cloned()).collect()
+    }
+}
+
+/// What a push sends for one type, if anything: the full set for CDS/LDS when any member
+/// changed, the changed (or re-warming) members for EDS/RDS.
+fn plan_push(
+    kind: Kind,
+    watch: &mut WatchState,
+    resources: &ProxyResources,
+    changed_clusters: &mut BTreeSet<String>,
+) -> Option<Vec<Arc<EncodedResource>>> {
+    let current = scope(kind, watch, resources);
+    let changed = |r: &&Arc<EncodedResource>| watch.sent.get(&r.name) != Some(&r.hash);
+    if kind == Kind::Cluster {
+        changed_clusters.extend(current.iter().filter(changed).map(|r| r.name.clone()));
+    }
+    if kind.is_wildcard() {
+        let unchanged = current.len() == watch.sent.len() && !current.iter().any(|r| changed(&r));
+        return (!unchanged).then_some(current);
+    }
+    let list: Vec<_> = current
+        .iter()
+        .filter(|r| changed(r) || (kind == Kind::Endpoint && changed_clusters.contains(&r.name)))
+        .cloned()
+        .collect();
+    // Forget what no longer exists, so it is sent again if it comes back unchanged.
+    watch.sent.retain(|name, _| resources.get(kind, name).is_some());
+    (!list.is_empty()).then_some(list)
+}
