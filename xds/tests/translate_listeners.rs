@@ -118,6 +118,23 @@ fn sidecar(value: serde_json::Value) -> Arc<Sidecar> {
     Arc::new(serde_json::from_value(v).unwrap())
 }
 
+/// A Sidecar for `web` with an HTTP ingress port bound at `bind`, a TCP port and a sniffed
+/// port.
+fn ingress_sidecar(bind: &str) -> Arc<Sidecar> {
+    sidecar(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "workloadSelector": {"labels": {"app": "web"}},
+            "ingress": [
+                {"port": {"number": 8080, "protocol": "HTTP", "name": "http"}, "bind": bind,
+                 "defaultEndpoint": "127.0.0.1:18080"},
+                {"port": {"number": 9000, "protocol": "TCP", "name": "tcp"}, "defaultEndpoint": "127.0.0.1:19000"},
+                {"port": {"number": 7000, "name": "sniffed"}, "defaultEndpoint": "127.0.0.1:17000"}
+            ]
+        }
+    }))
+}
+
 fn with_logs(file: &str, encoding: AccessLogEncoding) -> MeshConfig {
     MeshConfig {
         access_log_file: Some(file.to_owned()),
@@ -447,6 +464,15 @@ fn virtual_service_tls_routes() {
 }
 
 #[test]
+fn service_ports_on_capture_ports_are_skipped() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let odd = service("odd.default.svc.cluster.local", &[("tcp", 15001), ("http", 15006)], &["10.96.0.40"]);
+    snap.services.insert(odd.hostname.clone(), odd);
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    assert!(names(&ls).iter().all(|n| !n.ends_with("_15001") && !n.ends_with("_15006")), "{:?}", names(&ls));
+}
+
+#[test]
 fn sidecar_egress_hosts_limit_listeners() {
     let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
     snap.sidecars.push(sidecar(json!({
@@ -559,18 +585,7 @@ fn inbound_http_route_config() {
 #[test]
 fn sidecar_ingress_bind_gets_its_own_listener() {
     let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
-    snap.sidecars.push(sidecar(json!({
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {
-            "workloadSelector": {"labels": {"app": "web"}},
-            "ingress": [
-                {"port": {"number": 8080, "protocol": "HTTP", "name": "http"}, "bind": "127.0.0.2",
-                 "defaultEndpoint": "127.0.0.1:18080"},
-                {"port": {"number": 9000, "protocol": "TCP", "name": "tcp"}, "defaultEndpoint": "127.0.0.1:19000"},
-                {"port": {"number": 7000, "name": "sniffed"}, "defaultEndpoint": "127.0.0.1:17000"}
-            ]
-        }
-    })));
+    snap.sidecars.push(ingress_sidecar("127.0.0.2"));
     let ls = inbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
     assert_eq!(names(&ls), ["127.0.0.2_8080", "virtualInbound"]);
     let bound = &ls[0];
@@ -732,6 +747,9 @@ fn envoy_accepts_redirect_sidecar_with_text_and_json_logs() {
             envoy_check(&snap, &proxy(PROXY_IP, "REDIRECT"), inline).unwrap();
             envoy_check(&snap, &proxy(PROXY_IP, "TPROXY"), inline).unwrap();
         }
+        // Inbound from a Sidecar: a bound HTTP port, a TCP port and a sniffed one.
+        snap.sidecars.push(ingress_sidecar("127.0.0.3"));
+        envoy_check(&snap, &proxy(PROXY_IP, "REDIRECT"), false).unwrap();
     }
 }
 
@@ -751,14 +769,7 @@ fn envoy_refuses_a_broken_listener_set() {
 #[test]
 fn envoy_accepts_capture_none_sidecar() {
     let mut snap = mesh_snapshot(with_logs("/dev/stdout", AccessLogEncoding::Text));
-    snap.sidecars.push(sidecar(json!({
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"ingress": [
-            {"port": {"number": 8080, "protocol": "HTTP", "name": "http"}, "bind": "127.0.0.3", "defaultEndpoint": "127.0.0.1:18080"},
-            {"port": {"number": 9000, "protocol": "TCP", "name": "tcp"}, "defaultEndpoint": "127.0.0.1:19000"},
-            {"port": {"number": 7000, "name": "sniffed"}, "defaultEndpoint": "127.0.0.1:17000"}
-        ]}
-    })));
+    snap.sidecars.push(ingress_sidecar("127.0.0.3"));
     let p = proxy("127.0.0.2", "NONE");
     let ls = {
         let mut ls = outbound(&snap, &p);

@@ -260,6 +260,33 @@ mod tests {
     }
 
     #[test]
+    fn nested_json_layouts_survive_the_hand_encoding() {
+        let format = r#"{"z":"%PROTOCOL%","a":{"y":"%DURATION%","b":["x",1,true,null]}}"#;
+        let logs = from_mesh(&mesh(Some("/tmp/a"), Some(format), Some(AccessLogEncoding::Json)));
+        let file = decode(&logs[0]);
+        let Some(AccessLogFormat::LogFormat(f)) = &file.access_log_format else { panic!("no log_format") };
+        let Some(Format::JsonFormat(s)) = &f.format else { panic!("not json") };
+        let Some(Kind::StructValue(inner)) = &s.fields["a"].kind else { panic!("a is not an object") };
+        assert_eq!(inner.fields["y"].kind, Some(Kind::StringValue("%DURATION%".into())));
+        let Some(Kind::ListValue(list)) = &inner.fields["b"].kind else { panic!("b is not a list") };
+        let kinds: Vec<_> = list.values.iter().map(|v| v.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Some(Kind::StringValue("x".into())),
+                Some(Kind::NumberValue(1.0)),
+                Some(Kind::BoolValue(true)),
+                Some(Kind::NullValue(0))
+            ]
+        );
+        // Keys in order on the wire: "a" before "z" although written after it.
+        let Some(ConfigType::TypedConfig(any)) = &logs[0].config_type else { panic!("no typed config") };
+        let bytes = &any.value;
+        let at = |needle: &[u8]| bytes.windows(needle.len()).position(|w| w == needle).unwrap();
+        assert!(at(b"%DURATION%") < at(b"%PROTOCOL%"));
+    }
+
+    #[test]
     fn json_encoding_is_byte_stable() {
         let m = mesh(Some("/dev/stdout"), None, Some(AccessLogEncoding::Json));
         let first = from_mesh(&m);

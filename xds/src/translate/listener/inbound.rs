@@ -62,7 +62,11 @@ fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &[AccessLog])
         Some(port_match(inbound_port)),
         vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), logs)],
     )];
-    for p in ports.iter().filter(|p| p.bind.is_none() && p.port != inbound_port) {
+    for p in ports.iter().filter(|p| p.bind.is_none()) {
+        if p.port == inbound_port {
+            tracing::warn!(proxy = %ctx.proxy, port = p.port, "workload port is the inbound capture port; skipped");
+            continue;
+        }
         chains.extend(port_chains(p, &listener_name(WILDCARD, p.port), Some(p.port), logs));
     }
     chains.push(filter_chain(
