@@ -13,21 +13,23 @@ use super::hcm::TcpTarget;
 use crate::model::{Service, labels_match};
 use crate::translate::context::{Context, host_matches, outbound_cluster_name, resolve_host};
 
+/// An address prefix and its length in bits, e.g. `("10.0.0.0", 8)`.
+pub type PrefixRange = (String, u32);
+
 /// One L4 filter chain: criteria beyond the listener's own address, and the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct L4Chain {
-    pub prefix_ranges: Vec<(String, u32)>,
+    pub prefix_ranges: Vec<PrefixRange>,
     pub server_names: Vec<String>,
     pub target: TcpTarget,
 }
 
-impl L4Chain {
-    pub fn prefix_ranges(&self) -> Vec<CidrRange> {
-        self.prefix_ranges
-            .iter()
-            .map(|(ip, len)| CidrRange { address_prefix: ip.clone(), prefix_len: Some(UInt32Value { value: *len }) })
-            .collect()
-    }
+/// `(prefix, length)` pairs as Envoy CIDR ranges.
+pub fn cidr_ranges(ranges: &[PrefixRange]) -> Vec<CidrRange> {
+    ranges
+        .iter()
+        .map(|(ip, len)| CidrRange { address_prefix: ip.clone(), prefix_len: Some(UInt32Value { value: *len }) })
+        .collect()
 }
 
 /// The chains for `service` on `port`: TLS routes by SNI (TLS/HTTPS ports only), then TCP
@@ -138,7 +140,7 @@ fn target(ctx: &Context<'_>, vs_namespace: &str, route: &[RouteDestination], por
 
 /// `10.0.0.0/8` or a bare address (a host route) as (prefix, length); bad entries are
 /// logged and skipped.
-fn cidrs(subnets: &[String]) -> Vec<(String, u32)> {
+fn cidrs(subnets: &[String]) -> Vec<PrefixRange> {
     subnets
         .iter()
         .filter_map(|s| {

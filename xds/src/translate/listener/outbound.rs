@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::hcm::{Routes, TcpTarget, hcm_filter, http_connection_manager, tcp_proxy};
-use super::l4_routes::{self, L4Chain};
+use super::l4_routes::{self, L4Chain, PrefixRange, cidr_ranges};
 use super::{
     PASSTHROUGH_FILTER_CHAIN, SNIFFED_HTTP_PROTOCOLS, VIRTUAL_OUTBOUND_BLACKHOLE, VIRTUAL_OUTBOUND_CATCHALL_TCP,
     detection_timeout, filter_chain, listener, set_chains,
@@ -131,11 +131,10 @@ fn sniffed_http_match(prefix_ranges: Vec<envoy_types::pb::envoy::config::core::v
 
 /// A chain for one L4 route, restricted to `addresses` when the route names no subnets of
 /// its own.
-fn l4_filter_chain(chain: &L4Chain, addresses: &[(String, u32)], logs: &[AccessLog]) -> FilterChain {
-    let ranges = if chain.prefix_ranges.is_empty() { addresses.to_vec() } else { chain.prefix_ranges.clone() };
-    let restricted = L4Chain { prefix_ranges: ranges, ..chain.clone() };
+fn l4_filter_chain(chain: &L4Chain, addresses: &[PrefixRange], logs: &[AccessLog]) -> FilterChain {
+    let ranges = if chain.prefix_ranges.is_empty() { addresses } else { &chain.prefix_ranges };
     let m = FilterChainMatch {
-        prefix_ranges: restricted.prefix_ranges(),
+        prefix_ranges: cidr_ranges(ranges),
         server_names: chain.server_names.clone(),
         ..Default::default()
     };
@@ -143,52 +142,23 @@ fn l4_filter_chain(chain: &L4Chain, addresses: &[(String, u32)], logs: &[AccessL
     filter_chain("", m, vec![tcp_proxy(&chain.target, logs)])
 }
 
-/// A service address: a plain IP (its own listener) or a CIDR block (a chain on the
-/// wildcard listener).
-enum Vip {
-    Ip(String),
-    Cidr(String, u32),
-}
-
-fn vips(service: &Service) -> Vec<Vip> {
-    service
-        .addresses
-        .iter()
-        .filter_map(|a| match a.split_once('/') {
-            None => a.parse::<std::net::IpAddr>().ok().map(|ip| Vip::Ip(ip.to_string())),
-            Some((ip, len)) => {
-                let ip: std::net::IpAddr = ip.parse().ok()?;
-                let full = if ip.is_ipv4() { 32 } else { 128 };
-                match len.parse::<u32>().ok().filter(|l| *l <= full)? {
-                    l if l == full => Some(Vip::Ip(ip.to_string())),
-                    l => Some(Vip::Cidr(ip.to_string(), l)),
-                }
-            }
-        })
-        .collect()
-}
-
-fn host_ranges(service: &Service) -> Vec<(String, u32)> {
-    vips(service)
-        .into_iter()
-        .filter_map(|v| match v {
-            Vip::Ip(ip) => {
-                let len = if ip.contains(':') { 128 } else { 32 };
-                Some((ip, len))
-            }
-            Vip::Cidr(..) => None,
-        })
-        .collect()
-}
-
-fn cidr_ranges(service: &Service) -> Vec<(String, u32)> {
-    vips(service)
-        .into_iter()
-        .filter_map(|v| match v {
-            Vip::Cidr(ip, len) => Some((ip, len)),
-            Vip::Ip(_) => None,
-        })
-        .collect()
+/// A service's addresses as prefix ranges, split into host addresses (each gets a listener
+/// of its own) and wider CIDR blocks (chains on the wildcard listener). Entries that are
+/// not addresses are ignored.
+fn address_ranges(service: &Service) -> (Vec<PrefixRange>, Vec<PrefixRange>) {
+    let mut hosts = Vec::new();
+    let mut blocks = Vec::new();
+    for address in &service.addresses {
+        let (ip, len) = address.split_once('/').unwrap_or((address, ""));
+        let Ok(ip) = ip.parse::<std::net::IpAddr>() else { continue };
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        let Some(len) = (if len.is_empty() { Some(full) } else { len.parse::<u32>().ok().filter(|l| *l <= full) })
+        else {
+            continue;
+        };
+        if len == full { &mut hosts } else { &mut blocks }.push((ip.to_string(), len));
+    }
+    (hosts, blocks)
 }
 
 /// Listeners of one port when iptables captures traffic.
@@ -214,14 +184,11 @@ fn captured_port_listeners(
             // match in Envoy, so the HTTP chain must carry the address too), then a generic
             // HTTP chain for addresses the registry does not know.
             for (service, _) in services.iter().filter(|(_, p)| p.is_auto()) {
-                let ranges = host_ranges(service);
+                let (ranges, _) = address_ranges(service);
                 if ranges.is_empty() {
                     continue;
                 }
-                let http_match = sniffed_http_match(
-                    L4Chain { prefix_ranges: ranges.clone(), server_names: Vec::new(), target: own(port, service) }
-                        .prefix_ranges(),
-                );
+                let http_match = sniffed_http_match(cidr_ranges(&ranges));
                 wildcard_chains.push(filter_chain("", Some(http_match), vec![hcm.clone()]));
                 // Only the catch-all TCP route: subnet routes would also take HTTP bytes.
                 if let Some(tcp) = l4_routes::chains(ctx, service, port).pop() {
@@ -237,8 +204,7 @@ fn captured_port_listeners(
 
     for (service, _) in services.iter().filter(|(_, p)| p.is_tcp()) {
         let chains = l4_routes::chains(ctx, service, port);
-        let ips = host_ranges(service);
-        let cidrs = cidr_ranges(service);
+        let (ips, cidrs) = address_ranges(service);
         for (ip, _) in &ips {
             let name = listener_name(ip, port);
             if out.contains_key(&name) {
