@@ -7,6 +7,7 @@ use std::process::Command;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::StaticResources;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use prost::Message;
 
@@ -34,7 +35,10 @@ pub fn envoy_path() -> Result<PathBuf, String> {
 /// Listeners must carry their routes inline (`route_config`), since no RDS server is there.
 pub fn envoy_accepts(clusters: Vec<Cluster>, listeners: Vec<Listener>) -> Result<(), String> {
     let envoy = envoy_path()?;
+    // A node id and cluster let listeners that subscribe to RDS over ADS pass validation.
+    let node = Node { id: "envoy-validate".to_owned(), cluster: "envoy-validate".to_owned(), ..Default::default() };
     let bootstrap = Bootstrap {
+        node: Some(node),
         static_resources: Some(StaticResources { clusters, listeners, ..Default::default() }),
         ..Default::default()
     };

@@ -1,0 +1,154 @@
+//! Inbound listeners. With iptables, `virtualInbound` (15006) takes every connection to the
+//! workload and picks a chain by destination port: one per declared workload port (HTTP →
+//! HCM with an inline route to `inbound|<port>||`, TCP → tcp_proxy to it, sniffed → both),
+//! a passthrough chain for undeclared ports, and a blackhole chain for 15006 itself. Ports
+//! with a `bind` (Sidecar ingress, capture mode NONE) get a listener of their own instead.
+//! Plaintext only (see the parent module).
+
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, MaxStreamDuration};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    Decorator, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
+
+use super::hcm::{Routes, TcpTarget, hcm_filter, http_connection_manager, tcp_proxy};
+use super::outbound::capture_ports;
+use super::{SNIFFED_HTTP_PROTOCOLS, VIRTUAL_INBOUND_BLACKHOLE, detection_timeout, filter_chain, listener, set_chains};
+use crate::model::{InterceptionMode, Protocol};
+use crate::translate::context::{
+    BLACKHOLE_CLUSTER, Context, INBOUND_PASSTHROUGH_CLUSTER, InboundPort, VIRTUAL_INBOUND, inbound_cluster_name,
+    listener_name,
+};
+
+const WILDCARD: &str = "0.0.0.0";
+/// Name of the chain for connections to ports the workload did not declare.
+pub const VIRTUAL_INBOUND_PASSTHROUGH: &str = "virtualInbound";
+
+/// Inbound listeners of `ctx.proxy` (unsorted).
+pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
+    let logs = super::access_log::from_mesh(&ctx.snapshot.mesh);
+    let ports = ctx.inbound_ports();
+    let mut out: Vec<Listener> = ports
+        .iter()
+        .filter_map(|p| {
+            let bind = p.bind.as_deref()?;
+            let name = listener_name(bind, p.port);
+            let mut l = listener(name.clone(), bind, p.port, TrafficDirection::Inbound, true);
+            set_chains(&mut l, port_chains(p, &name, None, &logs), detection_timeout(ctx));
+            Some(l)
+        })
+        .collect();
+    if ctx.proxy.interception != InterceptionMode::None {
+        out.push(virtual_inbound(ctx, &ports, &logs));
+    }
+    out
+}
+
+fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &[AccessLog]) -> Listener {
+    let (_, inbound_port) = capture_ports(ctx);
+    let mut l = listener(VIRTUAL_INBOUND.to_owned(), WILDCARD, inbound_port, TrafficDirection::Inbound, true);
+    l.bind_to_port = None;
+    l.use_original_dst = Some(BoolValue { value: true });
+    if ctx.proxy.interception == InterceptionMode::Tproxy {
+        l.transparent = Some(BoolValue { value: true });
+    }
+    let mut chains = vec![filter_chain(
+        VIRTUAL_INBOUND_BLACKHOLE,
+        Some(port_match(inbound_port)),
+        vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), logs)],
+    )];
+    for p in ports.iter().filter(|p| p.bind.is_none()) {
+        if p.port == inbound_port {
+            tracing::warn!(proxy = %ctx.proxy, port = p.port, "workload port is the inbound capture port; skipped");
+            continue;
+        }
+        chains.extend(port_chains(p, &listener_name(WILDCARD, p.port), Some(p.port), logs));
+    }
+    chains.push(filter_chain(
+        VIRTUAL_INBOUND_PASSTHROUGH,
+        None,
+        vec![tcp_proxy(&TcpTarget::Cluster(INBOUND_PASSTHROUGH_CLUSTER.to_owned()), logs)],
+    ));
+    set_chains(&mut l, chains, detection_timeout(ctx));
+    l
+}
+
+fn port_match(port: u32) -> FilterChainMatch {
+    FilterChainMatch { destination_port: Some(UInt32Value { value: port }), ..Default::default() }
+}
+
+/// The chains serving one workload port, matched on `destination_port` when given
+/// (`virtualInbound`) and on nothing else for a listener of its own.
+fn port_chains(p: &InboundPort, name: &str, destination_port: Option<u32>, logs: &[AccessLog]) -> Vec<FilterChain> {
+    let base = FilterChainMatch {
+        destination_port: destination_port.map(|value| UInt32Value { value }),
+        ..Default::default()
+    };
+    let base_match = (base != FilterChainMatch::default()).then(|| base.clone());
+    let cluster = inbound_cluster_name(p.port);
+    let hcm = || {
+        let hcm = http_connection_manager(
+            &format!("inbound_{name}"),
+            Routes::Inline(Box::new(inbound_route_config(p.port, p.protocol))),
+            logs,
+        );
+        hcm_filter(hcm)
+    };
+    let tcp = || tcp_proxy(&TcpTarget::Cluster(cluster.clone()), logs);
+    if p.protocol.is_http() {
+        vec![filter_chain(name, base_match, vec![hcm()])]
+    } else if p.protocol.is_auto() {
+        let http_match = FilterChainMatch {
+            application_protocols: SNIFFED_HTTP_PROTOCOLS.iter().map(|s| (*s).to_owned()).collect(),
+            ..base
+        };
+        vec![filter_chain(name, Some(http_match), vec![hcm()]), filter_chain(name, base_match, vec![tcp()])]
+    } else {
+        vec![filter_chain(name, base_match, vec![tcp()])]
+    }
+}
+
+/// The route table of an inbound HTTP port: everything to `inbound|<port>||`, no timeout
+/// (the caller's sidecar enforces it), and a retry when the connection to the app was reset
+/// before the request was sent (the app restarting); gRPC streams are not retried.
+pub fn inbound_route_config(port: u32, protocol: Protocol) -> RouteConfiguration {
+    let cluster = inbound_cluster_name(port);
+    let no_timeout = Duration { seconds: 0, nanos: 0 };
+    let retry_policy = (protocol != Protocol::Grpc).then(|| RetryPolicy {
+        retry_on: "reset-before-request".to_owned(),
+        num_retries: Some(UInt32Value { value: 2 }),
+        ..Default::default()
+    });
+    let route = Route {
+        name: "default".to_owned(),
+        r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".to_owned())), ..Default::default() }),
+        decorator: Some(Decorator { operation: format!("{cluster}/*"), ..Default::default() }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
+            timeout: Some(no_timeout),
+            max_stream_duration: Some(MaxStreamDuration {
+                grpc_timeout_header_max: Some(no_timeout),
+                ..Default::default()
+            }),
+            retry_policy,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    RouteConfiguration {
+        name: cluster,
+        validate_clusters: Some(BoolValue { value: false }),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".to_owned()],
+            routes: vec![route],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

@@ -1,0 +1,173 @@
+//! VirtualService `tcp` and `tls` routes for one service port, as the filter chains of that
+//! port's outbound TCP listener: per route, the extra match criteria (destination subnets,
+//! SNI names) and where the connection goes.
+
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use rudder_config::networking::VirtualService;
+use rudder_config::networking::virtual_service::{L4MatchAttributes, RouteDestination, TlsMatchAttributes};
+
+use super::hcm::TcpTarget;
+use crate::model::{Service, labels_match};
+use crate::translate::context::{Context, host_matches, outbound_cluster_name, resolve_host};
+
+/// An address prefix and its length in bits, e.g. `("10.0.0.0", 8)`.
+pub type PrefixRange = (String, u32);
+
+/// One L4 filter chain: criteria beyond the listener's own address, and the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L4Chain {
+    pub prefix_ranges: Vec<PrefixRange>,
+    pub server_names: Vec<String>,
+    pub target: TcpTarget,
+}
+
+/// `(prefix, length)` pairs as Envoy CIDR ranges.
+pub fn cidr_ranges(ranges: &[PrefixRange]) -> Vec<CidrRange> {
+    ranges
+        .iter()
+        .map(|(ip, len)| CidrRange { address_prefix: ip.clone(), prefix_len: Some(UInt32Value { value: *len }) })
+        .collect()
+}
+
+/// The chains for `service` on `port`: TLS routes by SNI (TLS/HTTPS ports only), then TCP
+/// routes in order; the last chain has no criteria (the first TCP route that applies to
+/// everything, or the service's own cluster).
+pub fn chains(ctx: &Context<'_>, service: &Service, port: u32) -> Vec<L4Chain> {
+    let mut chains = Vec::new();
+    let tls_port = service
+        .port(port)
+        .is_some_and(|p| matches!(p.protocol, crate::model::Protocol::Tls | crate::model::Protocol::Https));
+    if tls_port && let Some(vs) = virtual_service_for(ctx, &service.hostname, |vs| !vs.spec.tls.is_empty()) {
+        let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+        for route in &vs.spec.tls {
+            let Some(target) = target(ctx, ns, &route.route, port) else { continue };
+            for m in route.r#match.iter().filter(|m| tls_match_applies(ctx, m, port)) {
+                if m.sni_hosts.is_empty() {
+                    continue;
+                }
+                chains.push(L4Chain {
+                    prefix_ranges: cidrs(&m.destination_subnets),
+                    server_names: m.sni_hosts.clone(),
+                    target: target.clone(),
+                });
+            }
+        }
+    }
+    if let Some(vs) = virtual_service_for(ctx, &service.hostname, |vs| !vs.spec.tcp.is_empty()) {
+        let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+        for route in &vs.spec.tcp {
+            let applicable: Vec<&L4MatchAttributes> =
+                route.r#match.iter().filter(|m| l4_match_applies(ctx, m, port)).collect();
+            if !route.r#match.is_empty() && applicable.is_empty() {
+                continue;
+            }
+            let Some(target) = target(ctx, ns, &route.route, port) else { continue };
+            let catch_all = route.r#match.is_empty() || applicable.iter().any(|m| m.destination_subnets.is_empty());
+            if catch_all {
+                chains.push(L4Chain { prefix_ranges: Vec::new(), server_names: Vec::new(), target });
+                return chains;
+            }
+            let subnets = applicable.iter().flat_map(|m| m.destination_subnets.iter().cloned()).collect::<Vec<_>>();
+            chains.push(L4Chain { prefix_ranges: cidrs(&subnets), server_names: Vec::new(), target });
+        }
+    }
+    chains.push(L4Chain {
+        prefix_ranges: Vec::new(),
+        server_names: Vec::new(),
+        target: TcpTarget::Cluster(outbound_cluster_name(port, "", &service.hostname)),
+    });
+    chains
+}
+
+/// The first mesh VirtualService (snapshot order) with a host covering `hostname` that
+/// `wanted` accepts.
+fn virtual_service_for<'a>(
+    ctx: &'a Context<'_>,
+    hostname: &str,
+    wanted: impl Fn(&VirtualService) -> bool,
+) -> Option<&'a VirtualService> {
+    ctx.mesh_virtual_services().map(|vs| vs.as_ref()).find(|vs| {
+        let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+        wanted(vs) && vs.spec.hosts.iter().any(|h| host_matches(&resolve_host(h, ns), hostname))
+    })
+}
+
+fn l4_match_applies(ctx: &Context<'_>, m: &L4MatchAttributes, port: u32) -> bool {
+    common_match(ctx, m.port, &m.source_labels, &m.gateways, &m.source_namespace, port)
+}
+
+fn tls_match_applies(ctx: &Context<'_>, m: &TlsMatchAttributes, port: u32) -> bool {
+    common_match(ctx, m.port, &m.source_labels, &m.gateways, &m.source_namespace, port)
+}
+
+fn common_match(
+    ctx: &Context<'_>,
+    match_port: Option<u32>,
+    source_labels: &std::collections::BTreeMap<String, String>,
+    gateways: &[String],
+    source_namespace: &str,
+    port: u32,
+) -> bool {
+    match_port.is_none_or(|p| p == port)
+        && labels_match(source_labels, &ctx.proxy.labels)
+        && (gateways.is_empty() || gateways.iter().any(|g| g == "mesh"))
+        && (source_namespace.is_empty() || source_namespace == ctx.proxy.namespace)
+}
+
+/// The clusters of a route's destinations (hosts resolved in the VirtualService's
+/// namespace). A destination without a port uses its service's only port, else `port`.
+fn target(ctx: &Context<'_>, vs_namespace: &str, route: &[RouteDestination], port: u32) -> Option<TcpTarget> {
+    let clusters = route
+        .iter()
+        .filter_map(|rd| {
+            let dest = rd.destination.as_ref()?;
+            let host = resolve_host(&dest.host, vs_namespace);
+            let dest_port = dest.port.as_ref().and_then(|p| p.number).unwrap_or_else(|| {
+                match ctx.service(&host).map(|s| s.ports.as_slice()) {
+                    Some([only]) => only.port,
+                    _ => port,
+                }
+            });
+            let weight = u32::try_from(rd.weight.unwrap_or(0)).unwrap_or(0);
+            Some((outbound_cluster_name(dest_port, &dest.subset, &host), weight))
+        })
+        .collect();
+    TcpTarget::from_weighted(clusters)
+}
+
+/// `10.0.0.0/8` or a bare address (a host route) as (prefix, length); bad entries are
+/// logged and skipped.
+fn cidrs(subnets: &[String]) -> Vec<PrefixRange> {
+    subnets
+        .iter()
+        .filter_map(|s| {
+            let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+            let Ok(addr) = ip.parse::<IpAddr>() else {
+                tracing::warn!(subnet = %s, "ignoring destination subnet that is not an IP or CIDR");
+                return None;
+            };
+            let full = if addr.is_ipv4() { 32 } else { 128 };
+            let len = if len.is_empty() { Some(full) } else { len.parse().ok().filter(|l| *l <= full) };
+            let Some(len) = len else {
+                tracing::warn!(subnet = %s, "ignoring destination subnet with a bad prefix length");
+                return None;
+            };
+            Some((addr.to_string(), len))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets() {
+        let got =
+            cidrs(&["10.0.0.0/8".into(), "1.2.3.4".into(), "fd00::/64".into(), "x/8".into(), "1.2.3.4/40".into()]);
+        assert_eq!(got, [("10.0.0.0".into(), 8), ("1.2.3.4".into(), 32), ("fd00::".into(), 64)]);
+    }
+}

@@ -1,0 +1,783 @@
+//! Listener translation for sidecars: table tests per listener kind and capture mode, and
+//! a real Envoy (`--mode validate`) accepting the listener sets.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{Address, TrafficDirection};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+use envoy_types::pb::google::protobuf::Duration;
+use envoy_types::util::pack_any;
+use prost::Message;
+use rudder_config::mesh::{AccessLogEncoding, MeshConfig, OutboundTrafficPolicy, OutboundTrafficPolicyMode};
+use rudder_config::networking::{Sidecar, VirtualService};
+use rudder_xds::model::{Endpoint, Protocol, Proxy, Resolution, Service, ServicePort, Snapshot};
+use rudder_xds::testing::envoy_accepts;
+use rudder_xds::translate::context::Context;
+use rudder_xds::translate::listener::{self, access_log, hcm};
+use serde_json::json;
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+
+fn service(host: &str, ports: &[(&str, u32)], addresses: &[&str]) -> Arc<Service> {
+    let (name, namespace) = {
+        let mut parts = host.split('.');
+        (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or("default").to_owned())
+    };
+    Arc::new(Service {
+        hostname: host.to_owned(),
+        namespace,
+        name,
+        ports: ports
+            .iter()
+            .map(|(n, p)| ServicePort { name: (*n).to_owned(), port: *p, protocol: Protocol::of_port(None, n) })
+            .collect(),
+        addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+        resolution: Resolution::ClientSideLb,
+        mesh_external: false,
+        export_to: Vec::new(),
+        kubernetes: true,
+    })
+}
+
+fn endpoint(address: &str, port: u32, port_name: &str) -> Endpoint {
+    Endpoint {
+        address: address.to_owned(),
+        port,
+        service_port_name: port_name.to_owned(),
+        labels: BTreeMap::new(),
+        namespace: "default".to_owned(),
+        service_account: "default".to_owned(),
+        locality: String::new(),
+        weight: 0,
+        health: Default::default(),
+        tls_mode: "istio".to_owned(),
+        workload: "app".to_owned(),
+    }
+}
+
+const PROXY_IP: &str = "10.1.0.5";
+
+fn proxy(ip: &str, mode: &str) -> Proxy {
+    let meta: BTreeMap<String, serde_json::Value> =
+        serde_json::from_value(json!({"INTERCEPTION_MODE": mode, "LABELS": {"app": "web", "version": "v1"}})).unwrap();
+    Proxy::from_node(&format!("sidecar~{ip}~web-1.default~default.svc.cluster.local"), &meta).unwrap()
+}
+
+/// A mesh of: reviews (HTTP 9080), ratings (sniffed 8080, two addresses), mysql (TCP 3306),
+/// redis without an address (TCP 6379), a CIDR-addressed external TCP service (TCP 5432),
+/// an HTTPS external service and the proxy's own workload `web` (http 80 → 8080 target,
+/// tcp 9000).
+fn mesh_snapshot(mesh: MeshConfig) -> Snapshot {
+    let services = [
+        service("reviews.default.svc.cluster.local", &[("http", 9080)], &["10.96.0.10"]),
+        service("ratings.default.svc.cluster.local", &[("web", 8080)], &["10.96.0.11", "10.96.0.12"]),
+        service("mysql.db.svc.cluster.local", &[("tcp-mysql", 3306)], &["10.96.0.20"]),
+        service("redis.db.svc.cluster.local", &[("tcp", 6379)], &[]),
+        service("pg.example.com", &[("tcp", 5432)], &["192.168.10.0/24"]),
+        service("api.example.com", &[("https", 443)], &["240.0.0.1"]),
+        service("web.default.svc.cluster.local", &[("http", 80), ("tcp-admin", 9000)], &["10.96.0.30"]),
+    ];
+    let mut endpoints = BTreeMap::new();
+    endpoints.insert(
+        "web.default.svc.cluster.local".to_owned(),
+        Arc::new(vec![endpoint(PROXY_IP, 8080, "http"), endpoint(PROXY_IP, 9000, "tcp-admin")]),
+    );
+    Snapshot {
+        mesh,
+        services: services.into_iter().map(|s| (s.hostname.clone(), s)).collect(),
+        endpoints,
+        ..Default::default()
+    }
+}
+
+fn virtual_service(value: serde_json::Value) -> Arc<VirtualService> {
+    let mut v = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService"});
+    v.as_object_mut().unwrap().extend(value.as_object().unwrap().clone());
+    Arc::new(serde_json::from_value(v).unwrap())
+}
+
+fn sidecar(value: serde_json::Value) -> Arc<Sidecar> {
+    let mut v = json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar"});
+    v.as_object_mut().unwrap().extend(value.as_object().unwrap().clone());
+    Arc::new(serde_json::from_value(v).unwrap())
+}
+
+/// A Sidecar for `web` with an HTTP ingress port bound at `bind`, a TCP port and a sniffed
+/// port.
+fn ingress_sidecar(bind: &str) -> Arc<Sidecar> {
+    sidecar(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "workloadSelector": {"labels": {"app": "web"}},
+            "ingress": [
+                {"port": {"number": 8080, "protocol": "HTTP", "name": "http"}, "bind": bind,
+                 "defaultEndpoint": "127.0.0.1:18080"},
+                {"port": {"number": 9000, "protocol": "TCP", "name": "tcp"}, "defaultEndpoint": "127.0.0.1:19000"},
+                {"port": {"number": 7000, "name": "sniffed"}, "defaultEndpoint": "127.0.0.1:17000"}
+            ]
+        }
+    }))
+}
+
+fn with_logs(file: &str, encoding: AccessLogEncoding) -> MeshConfig {
+    MeshConfig {
+        access_log_file: Some(file.to_owned()),
+        access_log_encoding: Some(encoding),
+        ..MeshConfig::istio_defaults()
+    }
+}
+
+fn registry_only() -> MeshConfig {
+    MeshConfig {
+        outbound_traffic_policy: Some(OutboundTrafficPolicy {
+            mode: Some(OutboundTrafficPolicyMode::RegistryOnly),
+            tls: None,
+        }),
+        ..MeshConfig::istio_defaults()
+    }
+}
+
+fn outbound(snapshot: &Snapshot, proxy: &Proxy) -> Vec<Listener> {
+    listener::outbound(&Context::new(snapshot, proxy))
+}
+
+fn inbound(snapshot: &Snapshot, proxy: &Proxy) -> Vec<Listener> {
+    listener::inbound(&Context::new(snapshot, proxy))
+}
+
+// ---------------------------------------------------------------------------------------
+// Readers
+
+fn find<'a>(listeners: &'a [Listener], name: &str) -> &'a Listener {
+    listeners
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no listener {name}; have {:?}", names(listeners)))
+}
+
+fn names(listeners: &[Listener]) -> Vec<&str> {
+    listeners.iter().map(|l| l.name.as_str()).collect()
+}
+
+fn address(a: &Option<Address>) -> (String, u32) {
+    let Some(Address { address: Some(AddressKind::SocketAddress(s)) }) = a else { panic!("no socket address") };
+    let Some(PortSpecifier::PortValue(p)) = s.port_specifier else { panic!("no port") };
+    (s.address.clone(), p)
+}
+
+fn typed(filter: &Filter) -> &[u8] {
+    let Some(ConfigType::TypedConfig(any)) = &filter.config_type else { panic!("no typed config") };
+    &any.value
+}
+
+fn tcp(filter: &Filter) -> TcpProxy {
+    assert_eq!(filter.name, hcm::TCP_PROXY);
+    TcpProxy::decode(typed(filter)).unwrap()
+}
+
+fn tcp_cluster(chain: &FilterChain) -> String {
+    match tcp(&chain.filters[0]).cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) => c,
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            w.clusters.iter().map(|c| format!("{}:{}", c.name, c.weight)).collect::<Vec<_>>().join(",")
+        }
+        None => panic!("no cluster"),
+    }
+}
+
+fn http(filter: &Filter) -> HttpConnectionManager {
+    assert_eq!(filter.name, hcm::HTTP_CONNECTION_MANAGER);
+    HttpConnectionManager::decode(typed(filter)).unwrap()
+}
+
+fn rds_name(chain: &FilterChain) -> String {
+    match http(&chain.filters[0]).route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => rds.route_config_name,
+        other => panic!("not RDS: {other:?}"),
+    }
+}
+
+fn inline_routes(chain: &FilterChain) -> RouteConfiguration {
+    match http(&chain.filters[0]).route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => rc,
+        other => panic!("not inline: {other:?}"),
+    }
+}
+
+fn chain_named<'a>(l: &'a Listener, name: &str) -> &'a FilterChain {
+    l.filter_chains.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no chain {name} in {}", l.name))
+}
+
+fn ranges(m: &FilterChainMatch) -> Vec<String> {
+    m.prefix_ranges
+        .iter()
+        .map(|r| format!("{}/{}", r.address_prefix, r.prefix_len.as_ref().map(|l| l.value).unwrap_or_default()))
+        .collect()
+}
+
+fn listener_filter_names(l: &Listener) -> Vec<&str> {
+    l.listener_filters.iter().map(|f| f.name.as_str()).collect()
+}
+
+fn bind_to_port(l: &Listener) -> bool {
+    l.bind_to_port.as_ref().is_none_or(|b| b.value)
+}
+
+/// Every access log list of every HCM and tcp_proxy in the listeners.
+fn all_filter_logs(listeners: &[Listener]) -> Vec<(String, Vec<AccessLog>)> {
+    let mut out = Vec::new();
+    for l in listeners {
+        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+            for f in &chain.filters {
+                let logs = match f.name.as_str() {
+                    hcm::HTTP_CONNECTION_MANAGER => http(f).access_log,
+                    hcm::TCP_PROXY => tcp(f).access_log,
+                    other => panic!("unexpected filter {other}"),
+                };
+                out.push((format!("{}/{}/{}", l.name, chain.name, f.name), logs));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Outbound, REDIRECT / TPROXY
+
+#[test]
+fn virtual_outbound_by_policy_and_mode() {
+    let cases = [
+        ("REDIRECT", MeshConfig::istio_defaults(), "PassthroughCluster", false),
+        ("REDIRECT", registry_only(), "BlackHoleCluster", false),
+        ("TPROXY", MeshConfig::istio_defaults(), "PassthroughCluster", true),
+    ];
+    for (mode, mesh, catch_all, transparent) in cases {
+        let snap = mesh_snapshot(mesh);
+        let ls = outbound(&snap, &proxy(PROXY_IP, mode));
+        let vo = find(&ls, "virtualOutbound");
+        assert_eq!(address(&vo.address), ("0.0.0.0".to_owned(), 15001));
+        assert_eq!(vo.use_original_dst.as_ref().map(|b| b.value), Some(true));
+        assert_eq!(vo.transparent.as_ref().map(|b| b.value).unwrap_or(false), transparent, "{mode}");
+        assert_eq!(vo.traffic_direction, TrafficDirection::Outbound as i32);
+        assert!(bind_to_port(vo));
+        let blackhole = chain_named(vo, "virtualOutbound-blackhole");
+        assert_eq!(blackhole.filter_chain_match.as_ref().unwrap().destination_port.as_ref().unwrap().value, 15001);
+        assert_eq!(tcp_cluster(blackhole), "BlackHoleCluster");
+        let all = chain_named(vo, "virtualOutbound-catchall-tcp");
+        assert!(all.filter_chain_match.is_none());
+        assert_eq!(tcp_cluster(all), catch_all, "{mode}");
+    }
+}
+
+#[test]
+fn sidecar_outbound_policy_overrides_mesh() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    snap.sidecars.push(sidecar(json!({
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}
+    })));
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    assert_eq!(
+        tcp_cluster(chain_named(find(&ls, "virtualOutbound"), "virtualOutbound-catchall-tcp")),
+        "BlackHoleCluster"
+    );
+    let http_port = find(&ls, "0.0.0.0_9080");
+    assert_eq!(tcp_cluster(http_port.default_filter_chain.as_ref().unwrap()), "BlackHoleCluster");
+}
+
+#[test]
+fn listener_set_names_and_order() {
+    let snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    assert_eq!(
+        names(&ls),
+        [
+            "0.0.0.0_5432",
+            "0.0.0.0_6379",
+            "0.0.0.0_80",
+            "0.0.0.0_8080",
+            "0.0.0.0_9080",
+            "10.96.0.20_3306",
+            "10.96.0.30_9000",
+            "240.0.0.1_443",
+            "virtualOutbound",
+        ]
+    );
+    for l in ls.iter().filter(|l| l.name != "virtualOutbound") {
+        assert!(!bind_to_port(l), "{} must not bind", l.name);
+        assert_eq!(l.traffic_direction, TrafficDirection::Outbound as i32);
+    }
+}
+
+#[test]
+fn http_port_listener() {
+    let snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let l = find(&ls, "0.0.0.0_9080");
+    assert_eq!(address(&l.address), ("0.0.0.0".to_owned(), 9080));
+    assert_eq!(l.filter_chains.len(), 1);
+    assert!(l.filter_chains[0].filter_chain_match.is_none());
+    assert_eq!(rds_name(&l.filter_chains[0]), "9080");
+    let h = http(&l.filter_chains[0].filters[0]);
+    assert_eq!(h.stat_prefix, "outbound_0.0.0.0_9080");
+    assert!(l.listener_filters.is_empty());
+    let default = l.default_filter_chain.as_ref().unwrap();
+    assert_eq!(default.name, "PassthroughFilterChain");
+    assert_eq!(tcp_cluster(default), "PassthroughCluster");
+}
+
+#[test]
+fn sniffed_port_listener() {
+    let snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let l = find(&ls, "0.0.0.0_8080");
+    assert_eq!(listener_filter_names(l), ["envoy.filters.listener.http_inspector"]);
+    assert!(l.continue_on_listener_filters_timeout);
+    assert_eq!(l.listener_filters_timeout, Some(Duration { seconds: 0, nanos: 0 }));
+    let summary: Vec<(Vec<String>, Vec<String>, String)> = l
+        .filter_chains
+        .iter()
+        .map(|c| {
+            let m = c.filter_chain_match.clone().unwrap_or_default();
+            let target =
+                if c.filters[0].name == hcm::TCP_PROXY { tcp_cluster(c) } else { format!("rds:{}", rds_name(c)) };
+            (ranges(&m), m.application_protocols.clone(), target)
+        })
+        .collect();
+    let vips = vec!["10.96.0.11/32".to_owned(), "10.96.0.12/32".to_owned()];
+    let alpn = vec!["http/1.1".to_owned(), "h2c".to_owned()];
+    assert_eq!(
+        summary,
+        [
+            (vips.clone(), alpn.clone(), "rds:8080".to_owned()),
+            (vips, vec![], "outbound|8080||ratings.default.svc.cluster.local".to_owned()),
+            (vec![], alpn, "rds:8080".to_owned()),
+        ]
+    );
+    assert_eq!(tcp_cluster(l.default_filter_chain.as_ref().unwrap()), "PassthroughCluster");
+}
+
+#[test]
+fn tcp_port_listeners() {
+    let snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let mysql = find(&ls, "10.96.0.20_3306");
+    assert_eq!(address(&mysql.address), ("10.96.0.20".to_owned(), 3306));
+    assert_eq!(mysql.filter_chains.len(), 1);
+    assert!(mysql.filter_chains[0].filter_chain_match.is_none());
+    assert_eq!(tcp_cluster(&mysql.filter_chains[0]), "outbound|3306||mysql.db.svc.cluster.local");
+    assert_eq!(tcp(&mysql.filter_chains[0].filters[0]).stat_prefix, "outbound|3306||mysql.db.svc.cluster.local");
+    // No address: the wildcard listener carries the service on that port.
+    let redis = find(&ls, "0.0.0.0_6379");
+    assert_eq!(tcp_cluster(&redis.filter_chains[0]), "outbound|6379||redis.db.svc.cluster.local");
+    // A CIDR address: a prefix-matched chain on the wildcard listener.
+    let pg = find(&ls, "0.0.0.0_5432");
+    assert_eq!(ranges(pg.filter_chains[0].filter_chain_match.as_ref().unwrap()), ["192.168.10.0/24"]);
+    assert_eq!(tcp_cluster(&pg.filter_chains[0]), "outbound|5432||pg.example.com");
+}
+
+#[test]
+fn virtual_service_tcp_routes() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    snap.virtual_services.push(virtual_service(json!({
+        "metadata": {"name": "mysql", "namespace": "db"},
+        "spec": {
+            "hosts": ["mysql"],
+            "tcp": [
+                {"match": [{"sourceLabels": {"app": "other"}}], "route": [{"destination": {"host": "nowhere"}}]},
+                {"match": [{"port": 3306, "destinationSubnets": ["10.10.0.0/16"]}],
+                 "route": [{"destination": {"host": "mysql-replica", "port": {"number": 3307}}}]},
+                {"match": [{"port": 3306, "sourceLabels": {"app": "web"}}],
+                 "route": [{"destination": {"host": "mysql", "subset": "v1"}, "weight": 80},
+                           {"destination": {"host": "mysql", "subset": "v2"}, "weight": 20}]},
+                {"route": [{"destination": {"host": "mysql"}}]}
+            ]
+        }
+    })));
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let l = find(&ls, "10.96.0.20_3306");
+    let summary: Vec<(Vec<String>, String)> = l
+        .filter_chains
+        .iter()
+        .map(|c| (c.filter_chain_match.as_ref().map(ranges).unwrap_or_default(), tcp_cluster(c)))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (vec!["10.10.0.0/16".to_owned()], "outbound|3307||mysql-replica.db.svc.cluster.local".to_owned()),
+            (
+                vec![],
+                "outbound|3306|v1|mysql.db.svc.cluster.local:80,outbound|3306|v2|mysql.db.svc.cluster.local:20"
+                    .to_owned()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn virtual_service_tls_routes() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    snap.virtual_services.push(virtual_service(json!({
+        "metadata": {"name": "api", "namespace": "default"},
+        "spec": {
+            "hosts": ["api.example.com"],
+            "tls": [
+                {"match": [{"port": 443, "sniHosts": ["api.example.com"]}],
+                 "route": [{"destination": {"host": "api.example.com", "subset": "blue"}}]},
+                {"match": [{"port": 443, "sniHosts": ["*.example.com"]}],
+                 "route": [{"destination": {"host": "api.example.com"}}]}
+            ]
+        }
+    })));
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let l = find(&ls, "240.0.0.1_443");
+    assert_eq!(listener_filter_names(l), ["envoy.filters.listener.tls_inspector"]);
+    let summary: Vec<(Vec<String>, String)> = l
+        .filter_chains
+        .iter()
+        .map(|c| (c.filter_chain_match.as_ref().map(|m| m.server_names.clone()).unwrap_or_default(), tcp_cluster(c)))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (vec!["api.example.com".to_owned()], "outbound|443|blue|api.example.com".to_owned()),
+            (vec!["*.example.com".to_owned()], "outbound|443||api.example.com".to_owned()),
+            (vec![], "outbound|443||api.example.com".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn service_ports_on_capture_ports_are_skipped() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let odd = service("odd.default.svc.cluster.local", &[("tcp", 15001), ("http", 15006)], &["10.96.0.40"]);
+    snap.services.insert(odd.hostname.clone(), odd);
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    assert!(names(&ls).iter().all(|n| !n.ends_with("_15001") && !n.ends_with("_15006")), "{:?}", names(&ls));
+}
+
+#[test]
+fn sidecar_egress_hosts_limit_listeners() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    snap.sidecars.push(sidecar(json!({
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {"egress": [{"hosts": ["./*"]}]}
+    })));
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    assert_eq!(names(&ls), ["0.0.0.0_80", "0.0.0.0_8080", "0.0.0.0_9080", "10.96.0.30_9000", "virtualOutbound"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Outbound, capture mode NONE
+
+#[test]
+fn capture_none_binds_each_port_at_the_proxy_address() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    // A second TCP service on 3306 loses to the first (hostname order).
+    let extra = service("zz-mysql.db.svc.cluster.local", &[("tcp", 3306)], &["10.96.0.99"]);
+    snap.services.insert(extra.hostname.clone(), extra);
+    let ls = outbound(&snap, &proxy(PROXY_IP, "NONE"));
+    assert!(!names(&ls).contains(&"virtualOutbound"));
+    assert_eq!(
+        names(&ls),
+        [
+            "10.1.0.5_3306",
+            "10.1.0.5_443",
+            "10.1.0.5_5432",
+            "10.1.0.5_6379",
+            "10.1.0.5_80",
+            "10.1.0.5_8080",
+            "10.1.0.5_9000",
+            "10.1.0.5_9080"
+        ]
+    );
+    for l in &ls {
+        assert!(bind_to_port(l), "{}", l.name);
+        assert_eq!(address(&l.address).0, PROXY_IP);
+        assert!(l.default_filter_chain.is_none());
+    }
+    let web = find(&ls, "10.1.0.5_9080");
+    assert_eq!(rds_name(&web.filter_chains[0]), "9080");
+    assert_eq!(tcp_cluster(&find(&ls, "10.1.0.5_3306").filter_chains[0]), "outbound|3306||mysql.db.svc.cluster.local");
+    // Sniffed: HTTP by ALPN, anything else to the service.
+    let sniffed = find(&ls, "10.1.0.5_8080");
+    assert_eq!(listener_filter_names(sniffed), ["envoy.filters.listener.http_inspector"]);
+    assert_eq!(rds_name(&sniffed.filter_chains[0]), "8080");
+    assert_eq!(tcp_cluster(&sniffed.filter_chains[1]), "outbound|8080||ratings.default.svc.cluster.local");
+}
+
+// ---------------------------------------------------------------------------------------
+// Inbound
+
+#[test]
+fn virtual_inbound_chains() {
+    for (mode, transparent) in [("REDIRECT", false), ("TPROXY", true)] {
+        let snap = mesh_snapshot(MeshConfig::istio_defaults());
+        let ls = inbound(&snap, &proxy(PROXY_IP, mode));
+        assert_eq!(names(&ls), ["virtualInbound"]);
+        let vi = &ls[0];
+        assert_eq!(address(&vi.address), ("0.0.0.0".to_owned(), 15006));
+        assert_eq!(vi.use_original_dst.as_ref().map(|b| b.value), Some(true));
+        assert_eq!(vi.transparent.as_ref().map(|b| b.value).unwrap_or(false), transparent);
+        assert_eq!(vi.traffic_direction, TrafficDirection::Inbound as i32);
+        let summary: Vec<(String, Option<u32>, String)> = vi
+            .filter_chains
+            .iter()
+            .map(|c| {
+                let port = c.filter_chain_match.as_ref().and_then(|m| m.destination_port.as_ref()).map(|p| p.value);
+                let target = if c.filters[0].name == hcm::TCP_PROXY {
+                    tcp_cluster(c)
+                } else {
+                    format!("inline:{}", inline_routes(c).name)
+                };
+                (c.name.clone(), port, target)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("virtualInbound-blackhole".to_owned(), Some(15006), "BlackHoleCluster".to_owned()),
+                ("0.0.0.0_8080".to_owned(), Some(8080), "inline:inbound|8080||".to_owned()),
+                ("0.0.0.0_9000".to_owned(), Some(9000), "inbound|9000||".to_owned()),
+                ("virtualInbound".to_owned(), None, "InboundPassthroughCluster".to_owned()),
+            ]
+        );
+    }
+}
+
+#[test]
+fn inbound_http_route_config() {
+    let snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let ls = inbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let chain = chain_named(&ls[0], "0.0.0.0_8080");
+    let h = http(&chain.filters[0]);
+    assert_eq!(h.stat_prefix, "inbound_0.0.0.0_8080");
+    let rc = inline_routes(chain);
+    assert_eq!(rc.name, "inbound|8080||");
+    assert_eq!(rc.virtual_hosts.len(), 1);
+    let vh = &rc.virtual_hosts[0];
+    assert_eq!(vh.name, "inbound|http|8080");
+    assert_eq!(vh.domains, ["*"]);
+    let Some(Action::Route(action)) = &vh.routes[0].action else { panic!("no route action") };
+    assert_eq!(action.cluster_specifier, Some(RouteCluster::Cluster("inbound|8080||".to_owned())));
+    assert_eq!(action.timeout, Some(Duration { seconds: 0, nanos: 0 }));
+    let retry = action.retry_policy.as_ref().unwrap();
+    assert_eq!(retry.retry_on, "reset-before-request");
+    assert_eq!(retry.num_retries.as_ref().unwrap().value, 2);
+}
+
+#[test]
+fn sidecar_ingress_bind_gets_its_own_listener() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    snap.sidecars.push(ingress_sidecar("127.0.0.2"));
+    let ls = inbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    assert_eq!(names(&ls), ["127.0.0.2_8080", "virtualInbound"]);
+    let bound = &ls[0];
+    assert!(bind_to_port(bound));
+    assert_eq!(address(&bound.address), ("127.0.0.2".to_owned(), 8080));
+    assert_eq!(bound.traffic_direction, TrafficDirection::Inbound as i32);
+    assert!(bound.filter_chains[0].filter_chain_match.is_none());
+    assert_eq!(inline_routes(&bound.filter_chains[0]).name, "inbound|8080||");
+    let vi = &ls[1];
+    let chain_names: Vec<&str> = vi.filter_chains.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        chain_names,
+        ["virtualInbound-blackhole", "0.0.0.0_7000", "0.0.0.0_7000", "0.0.0.0_9000", "virtualInbound"]
+    );
+    assert_eq!(listener_filter_names(vi), ["envoy.filters.listener.http_inspector"]);
+}
+
+#[test]
+fn capture_none_inbound_only_from_sidecar_ingress() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    assert!(inbound(&snap, &proxy(PROXY_IP, "NONE")).is_empty());
+    snap.sidecars.push(sidecar(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"ingress": [{"port": {"number": 8080, "protocol": "HTTP", "name": "http"},
+                              "defaultEndpoint": "127.0.0.1:18080"}]}
+    })));
+    let ls = inbound(&snap, &proxy(PROXY_IP, "NONE"));
+    assert_eq!(names(&ls), ["10.1.0.5_8080"]);
+    // And the outbound side leaves that address and port to the inbound listener.
+    let out = outbound(&snap, &proxy(PROXY_IP, "NONE"));
+    assert!(!names(&out).contains(&"10.1.0.5_8080"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Access logs and determinism
+
+#[test]
+fn access_logs_on_every_hcm_and_tcp_proxy() {
+    for encoding in [AccessLogEncoding::Text, AccessLogEncoding::Json] {
+        let snap = mesh_snapshot(with_logs("/dev/stdout", encoding));
+        let p = proxy(PROXY_IP, "REDIRECT");
+        let mut ls = outbound(&snap, &p);
+        ls.extend(inbound(&snap, &p));
+        let want = access_log::from_mesh(&snap.mesh);
+        assert_eq!(want.len(), 1);
+        let all = all_filter_logs(&ls);
+        assert!(all.len() > 15);
+        for (at, logs) in all {
+            assert_eq!(logs, want, "{at}");
+        }
+    }
+    // No file: no logs.
+    let snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    assert!(all_filter_logs(&ls).iter().all(|(_, logs)| logs.is_empty()));
+}
+
+#[test]
+fn output_is_byte_identical_across_runs() {
+    let snap = mesh_snapshot(with_logs("/dev/stdout", AccessLogEncoding::Json));
+    let p = proxy(PROXY_IP, "REDIRECT");
+    let encode = |ls: Vec<Listener>| ls.iter().map(|l| l.encode_to_vec()).collect::<Vec<_>>();
+    let first = (encode(outbound(&snap, &p)), encode(inbound(&snap, &p)));
+    for _ in 0..5 {
+        assert_eq!((encode(outbound(&snap, &p)), encode(inbound(&snap, &p))), first);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Real Envoy
+
+fn static_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.into(),
+        connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        ..Default::default()
+    }
+}
+
+/// Every cluster name the listeners' tcp_proxies reference (inline routes are not validated:
+/// `validate_clusters` is off, as Istio has it).
+fn referenced_clusters(listeners: &[Listener]) -> Vec<Cluster> {
+    let mut names = std::collections::BTreeSet::new();
+    for l in listeners {
+        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+            for f in chain.filters.iter().filter(|f| f.name == hcm::TCP_PROXY) {
+                match tcp(f).cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(c)) => {
+                        names.insert(c);
+                    }
+                    Some(ClusterSpecifier::WeightedClusters(w)) => names.extend(w.clusters.into_iter().map(|c| c.name)),
+                    None => {}
+                }
+            }
+        }
+    }
+    names.iter().map(|n| static_cluster(n)).collect()
+}
+
+/// Replaces every RDS reference with the inline route table a route translation would
+/// serve (one catch-all vhost), since a validating Envoy has no ADS server to ask.
+fn inline_rds(listeners: &mut [Listener]) {
+    for l in listeners {
+        for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.iter_mut()) {
+            for f in chain.filters.iter_mut().filter(|f| f.name == hcm::HTTP_CONNECTION_MANAGER) {
+                let mut h = http(f);
+                if let Some(RouteSpecifier::Rds(rds)) = &h.route_specifier {
+                    h.route_specifier = Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+                        name: rds.route_config_name.clone(),
+                        virtual_hosts: vec![envoy_types::pb::envoy::config::route::v3::VirtualHost {
+                            name: "allow_any".into(),
+                            domains: vec!["*".into()],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }));
+                    f.config_type = Some(ConfigType::TypedConfig(pack_any(h)));
+                }
+            }
+        }
+    }
+}
+
+fn envoy_check(snap: &Snapshot, p: &Proxy, inline: bool) -> Result<(), String> {
+    let mut ls = outbound(snap, p);
+    ls.extend(inbound(snap, p));
+    if inline {
+        inline_rds(&mut ls);
+    }
+    let mut clusters = referenced_clusters(&ls);
+    clusters.extend(["outbound|9080||reviews.default.svc.cluster.local"].iter().map(|n| static_cluster(n)));
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    clusters.dedup_by(|a, b| a.name == b.name);
+    envoy_accepts(clusters, ls)
+}
+
+#[test]
+fn envoy_accepts_redirect_sidecar_with_text_and_json_logs() {
+    for mesh in
+        [with_logs("/dev/stdout", AccessLogEncoding::Text), with_logs("/tmp/rudder-al.log", AccessLogEncoding::Json)]
+    {
+        let mut snap = mesh_snapshot(mesh);
+        snap.virtual_services.push(virtual_service(json!({
+            "metadata": {"name": "mysql", "namespace": "db"},
+            "spec": {"hosts": ["mysql"], "tcp": [
+                {"match": [{"destinationSubnets": ["10.10.0.0/16"]}], "route": [{"destination": {"host": "mysql", "subset": "a"}}]},
+                {"route": [{"destination": {"host": "mysql", "subset": "a"}, "weight": 50},
+                           {"destination": {"host": "mysql", "subset": "b"}, "weight": 50}]}]}
+        })));
+        snap.virtual_services.push(virtual_service(json!({
+            "metadata": {"name": "api", "namespace": "default"},
+            "spec": {"hosts": ["api.example.com"], "tls": [
+                {"match": [{"sniHosts": ["api.example.com"]}], "route": [{"destination": {"host": "api.example.com"}}]}]}
+        })));
+        // RDS as served (validate mode subscribes nowhere, but checks the HCM), and with the
+        // routes inline so the HCM is checked together with a route table.
+        for inline in [false, true] {
+            envoy_check(&snap, &proxy(PROXY_IP, "REDIRECT"), inline).unwrap();
+            envoy_check(&snap, &proxy(PROXY_IP, "TPROXY"), inline).unwrap();
+        }
+        // Inbound from a Sidecar: a bound HTTP port, a TCP port and a sniffed one.
+        snap.sidecars.push(ingress_sidecar("127.0.0.3"));
+        envoy_check(&snap, &proxy(PROXY_IP, "REDIRECT"), false).unwrap();
+    }
+}
+
+#[test]
+fn envoy_refuses_a_broken_listener_set() {
+    // The acceptance checks above only mean something if Envoy really looks at the
+    // listeners: two chains with the same match must be refused.
+    let snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let mut ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let l = ls.iter_mut().find(|l| l.name == "0.0.0.0_9080").unwrap();
+    l.filter_chains.push(l.filter_chains[0].clone());
+    let clusters = referenced_clusters(&ls);
+    let err = envoy_accepts(clusters, ls).unwrap_err();
+    assert!(err.contains("same matching rules"), "{err}");
+}
+
+#[test]
+fn envoy_accepts_capture_none_sidecar() {
+    let mut snap = mesh_snapshot(with_logs("/dev/stdout", AccessLogEncoding::Text));
+    snap.sidecars.push(ingress_sidecar("127.0.0.3"));
+    let p = proxy("127.0.0.2", "NONE");
+    let ls = {
+        let mut ls = outbound(&snap, &p);
+        ls.extend(inbound(&snap, &p));
+        ls
+    };
+    assert!(names(&ls).contains(&"127.0.0.3_8080"));
+    assert!(names(&ls).contains(&"127.0.0.2_9000"));
+    envoy_check(&snap, &p, false).unwrap();
+    envoy_check(&snap, &p, true).unwrap();
+}
