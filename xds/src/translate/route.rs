@@ -1208,3 +1208,851 @@ fn with_timeout(mut action: RouteAction, timeout: Duration) -> RouteAction {
 fn zero_duration() -> Duration {
     Duration { seconds: 0, nanos: 0 }
 }
+
+#[cfg(test)]
+#[allow(deprecated)] // reads max_grpc_timeout
+mod tests {
+    use super::*;
+    use crate::model::{Protocol, Proxy, ServicePort, Snapshot};
+    use prost::Message;
+    use rudder_config::object::IstioObject;
+
+    const REVIEWS: &str = "reviews.default.svc.cluster.local";
+    const RATINGS: &str = "ratings.other.svc.cluster.local";
+
+    fn proxy(namespace: &str, labels: &[(&str, &str)]) -> Proxy {
+        let labels: serde_json::Map<String, serde_json::Value> =
+            labels.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect();
+        let meta = BTreeMap::from([("LABELS".to_owned(), serde_json::Value::Object(labels))]);
+        Proxy::from_node(&format!("sidecar~10.0.0.9~client.{namespace}~{namespace}.svc.cluster.local"), &meta).unwrap()
+    }
+
+    fn service(host: &str, ports: &[(u32, &str)], vip: &str) -> Arc<Service> {
+        let kubernetes = host.ends_with(".svc.cluster.local");
+        let namespace = if kubernetes { host.split('.').nth(1).unwrap() } else { "default" };
+        Arc::new(Service {
+            hostname: host.to_owned(),
+            namespace: namespace.to_owned(),
+            name: host.split('.').next().unwrap().to_owned(),
+            ports: ports
+                .iter()
+                .map(|(port, name)| ServicePort {
+                    name: (*name).to_owned(),
+                    port: *port,
+                    protocol: Protocol::of_port(None, name),
+                })
+                .collect(),
+            addresses: if vip.is_empty() { vec![] } else { vec![vip.to_owned()] },
+            resolution: Resolution::ClientSideLb,
+            mesh_external: false,
+            export_to: vec![],
+            kubernetes,
+        })
+    }
+
+    fn load(yaml: &str) -> Vec<IstioObject> {
+        let loads = rudder_config::load::load_str("test.yaml", yaml).unwrap();
+        assert!(loads.problems.is_empty(), "{:?}", loads.problems);
+        loads.objects.into_iter().map(|o| o.object).collect()
+    }
+
+    fn snapshot(services: &[Arc<Service>], yaml: &str) -> Snapshot {
+        let mut snap = Snapshot {
+            services: services.iter().map(|s| (s.hostname.clone(), s.clone())).collect(),
+            ..Default::default()
+        };
+        for object in load(yaml) {
+            match object {
+                IstioObject::VirtualService(vs) => snap.virtual_services.push(Arc::new(*vs)),
+                IstioObject::DestinationRule(dr) => snap.destination_rules.push(Arc::new(*dr)),
+                other => panic!("unexpected {}", other.kind()),
+            }
+        }
+        snap
+    }
+
+    fn translate(snap: &Snapshot, proxy: &Proxy) -> Vec<RouteConfiguration> {
+        outbound(&Context::new(snap, proxy))
+    }
+
+    fn config(rcs: &[RouteConfiguration], port: u32) -> &RouteConfiguration {
+        rcs.iter().find(|rc| rc.name == port.to_string()).unwrap_or_else(|| panic!("no route config {port}"))
+    }
+
+    fn vhost<'a>(rcs: &'a [RouteConfiguration], port: u32, host: &str) -> &'a VirtualHost {
+        let name = format!("{host}:{port}");
+        config(rcs, port).virtual_hosts.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("no vhost {name}"))
+    }
+
+    fn action(route: &Route) -> &RouteAction {
+        match &route.action {
+            Some(route::Action::Route(a)) => a,
+            other => panic!("not a route action: {other:?}"),
+        }
+    }
+
+    fn cluster(route: &Route) -> &str {
+        match &action(route).cluster_specifier {
+            Some(ClusterSpecifier::Cluster(c)) => c,
+            other => panic!("not a single cluster: {other:?}"),
+        }
+    }
+
+    fn weighted(route: &Route) -> Vec<(String, u32)> {
+        match &action(route).cluster_specifier {
+            Some(ClusterSpecifier::WeightedClusters(w)) => {
+                w.clusters.iter().map(|c| (c.name.clone(), c.weight.unwrap().value)).collect()
+            }
+            other => panic!("not weighted: {other:?}"),
+        }
+    }
+
+    /// Routes of the one VirtualService in `yaml` for a default-namespace sidecar, on `port`.
+    fn vs_routes(services: &[Arc<Service>], yaml: &str, port: u32) -> Vec<Route> {
+        let snap = snapshot(services, yaml);
+        let p = proxy("default", &[("app", "client")]);
+        let ctx = Context::new(&snap, &p);
+        http_routes(&ctx, &snap.virtual_services[0], port)
+    }
+
+    fn reviews() -> Vec<Arc<Service>> {
+        vec![service(REVIEWS, &[(9080, "http")], "10.96.0.10")]
+    }
+
+    fn vs_yaml(http: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews-vs, namespace: default}}\n\
+             spec:\n  hosts: [reviews]\n  http:\n{http}"
+        )
+    }
+
+    fn dur(seconds: i64, nanos: i32) -> Option<Duration> {
+        Some(Duration { seconds, nanos })
+    }
+
+    #[test]
+    fn default_route_configuration() {
+        let snap = snapshot(&reviews(), "");
+        let rcs = translate(&snap, &proxy("default", &[]));
+        assert_eq!(rcs.len(), 1);
+        let rc = config(&rcs, 9080);
+        assert_eq!(rc.validate_clusters, Some(BoolValue { value: false }));
+        assert!(rc.ignore_port_in_host_matching);
+        assert_eq!(rc.max_direct_response_body_size_bytes, Some(UInt32Value { value: 1024 * 1024 }));
+
+        let vh = vhost(&rcs, 9080, REVIEWS);
+        assert_eq!(vh.domains, [REVIEWS, "reviews", "reviews.default.svc", "reviews.default", "10.96.0.10"]);
+        assert!(vh.include_request_attempt_count);
+        let [route] = vh.routes.as_slice() else { panic!("{:?}", vh.routes) };
+        assert_eq!(route.name, "default");
+        assert_eq!(route.r#match.as_ref().unwrap().path_specifier, Some(PathSpecifier::Prefix("/".into())));
+        assert_eq!(cluster(route), "outbound|9080||reviews.default.svc.cluster.local");
+        assert_eq!(action(route).timeout, dur(0, 0));
+        assert_eq!(action(route).max_grpc_timeout, dur(0, 0));
+        assert_eq!(route.decorator.as_ref().unwrap().operation, "reviews.default.svc.cluster.local:9080/*");
+        let retry = action(route).retry_policy.as_ref().unwrap();
+        assert_eq!(retry.num_retries, Some(UInt32Value { value: 2 }));
+        assert_eq!(retry.retry_on, "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes");
+        assert!(retry.retriable_status_codes.is_empty());
+        assert_eq!(retry.host_selection_retry_max_attempts, 5);
+        let [predicate] = retry.retry_host_predicate.as_slice() else { panic!() };
+        assert_eq!(predicate.name, "envoy.retry_host_predicates.previous_hosts");
+        let Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(any)) = &predicate.config_type else {
+            panic!()
+        };
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+        );
+
+        let catch_all = rc.virtual_hosts.last().unwrap();
+        assert_eq!((catch_all.name.as_str(), catch_all.domains.as_slice()), ("allow_any", &["*".to_owned()][..]));
+        assert_eq!(cluster(&catch_all.routes[0]), "PassthroughCluster");
+        assert_eq!(action(&catch_all.routes[0]).timeout, dur(0, 0));
+    }
+
+    #[test]
+    fn registry_only_blocks_unknown_hosts() {
+        let mut snap = snapshot(&reviews(), "");
+        snap.mesh.outbound_traffic_policy = Some(rudder_config::mesh::OutboundTrafficPolicy {
+            mode: Some(rudder_config::mesh::OutboundTrafficPolicyMode::RegistryOnly),
+            ..Default::default()
+        });
+        let rcs = translate(&snap, &proxy("default", &[]));
+        let catch_all = config(&rcs, 9080).virtual_hosts.last().unwrap();
+        assert_eq!(catch_all.name, "block_all");
+        assert_eq!(catch_all.routes[0].name, "block_all");
+        let Some(route::Action::DirectResponse(d)) = &catch_all.routes[0].action else { panic!() };
+        assert_eq!(d.status, 502);
+    }
+
+    #[test]
+    fn ports_domains_and_ordering() {
+        let services = vec![
+            service(REVIEWS, &[(9080, "http"), (3306, "tcp"), (8080, "web")], "10.96.0.10"),
+            service(RATINGS, &[(9080, "grpc")], "10.96.0.11"),
+            // Same VIP as reviews: the domain goes to whichever vhost claims it first.
+            service("api.example.com", &[(9080, "http")], "10.96.0.10"),
+            service("fd.example.com", &[(9080, "http2")], "fd00::1"),
+        ];
+        let rcs = translate(&snapshot(&services, ""), &proxy("default", &[]));
+        // TCP ports get no routes; sniffed ("web") ports do.
+        assert_eq!(rcs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["8080", "9080"]);
+        let names: Vec<&str> = config(&rcs, 9080).virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "api.example.com:9080",
+                "fd.example.com:9080",
+                "ratings.other.svc.cluster.local:9080",
+                "reviews.default.svc.cluster.local:9080",
+                "allow_any"
+            ]
+        );
+        // Another namespace: no bare short name.
+        assert_eq!(vhost(&rcs, 9080, RATINGS).domains, [RATINGS, "ratings.other", "ratings.other.svc", "10.96.0.11"]);
+        assert_eq!(vhost(&rcs, 9080, "fd.example.com").domains, ["fd.example.com", "[fd00::1]"]);
+        // Non-Kubernetes hosts get no aliases; first claim on the VIP wins (by hostname order).
+        assert_eq!(vhost(&rcs, 9080, "api.example.com").domains, ["api.example.com", "10.96.0.10"]);
+        assert!(!vhost(&rcs, 9080, REVIEWS).domains.contains(&"10.96.0.10".to_owned()));
+        let all: Vec<&String> = config(&rcs, 9080).virtual_hosts.iter().flat_map(|v| &v.domains).collect();
+        assert_eq!(all.len(), all.iter().collect::<BTreeSet<_>>().len(), "duplicate domains: {all:?}");
+    }
+
+    #[test]
+    fn headless_kubernetes_services_get_wildcard_domains() {
+        let mut headless = (*service(REVIEWS, &[(9080, "http")], "")).clone();
+        headless.resolution = Resolution::Passthrough;
+        let rcs = translate(&snapshot(&[Arc::new(headless)], ""), &proxy("default", &[]));
+        let domains = &vhost(&rcs, 9080, REVIEWS).domains;
+        assert!(domains.contains(&format!("*.{REVIEWS}")));
+        assert!(domains.contains(&"*.reviews".to_owned()));
+    }
+
+    #[test]
+    fn consistent_hash_adds_hash_policy_and_drops_previous_hosts() {
+        let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\n\
+                  spec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n\
+                  \x20   portLevelSettings:\n    - port: {number: 9090}\n      loadBalancer:\n        consistentHash:\n          httpCookie: {name: c, ttl: 10s, path: /}\n";
+        let services = vec![service(REVIEWS, &[(9080, "http"), (9090, "http")], "")];
+        let rcs = translate(&snapshot(&services, dr), &proxy("default", &[]));
+        let route = &vhost(&rcs, 9080, REVIEWS).routes[0];
+        assert_eq!(
+            action(route).hash_policy,
+            [HashPolicy {
+                policy_specifier: Some(hash_policy::PolicySpecifier::Header(hash_policy::Header {
+                    header_name: "x-user".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }]
+        );
+        assert!(action(route).retry_policy.as_ref().unwrap().retry_host_predicate.is_empty());
+        let route = &vhost(&rcs, 9090, REVIEWS).routes[0];
+        let Some(hash_policy::PolicySpecifier::Cookie(cookie)) = &action(route).hash_policy[0].policy_specifier else {
+            panic!()
+        };
+        assert_eq!((cookie.name.as_str(), cookie.ttl, cookie.path.as_str()), ("c", dur(10, 0), "/"));
+    }
+
+    #[test]
+    fn matches_translate_in_order_and_stop_after_catch_all() {
+        let yaml = vs_yaml(
+            r#"  - name: api
+    match:
+    - name: exact
+      uri: {exact: /v1/login}
+      ignoreUriCase: true
+      method: {exact: POST}
+      authority: {prefix: reviews}
+      scheme: {exact: http}
+      headers:
+        x-b: {regex: "*"}
+        x-a: {exact: one}
+      withoutHeaders:
+        x-c: {prefix: bad}
+        x-d: {regex: "*"}
+      queryParams:
+        debug: {regex: "*"}
+        v: {regex: "[0-9]+"}
+    - uri: {regex: "/v[0-9]+/.*"}
+      statPrefix: api_regex
+    - uri: {prefix: /}
+    - uri: {prefix: /never}
+    route: [{destination: {host: reviews}}]
+  - name: after
+    route: [{destination: {host: reviews}}]
+"#,
+        );
+        let routes = vs_routes(&reviews(), &yaml, 9080);
+        assert_eq!(routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["api.exact", "api", "api"]);
+
+        let m = routes[0].r#match.as_ref().unwrap();
+        assert_eq!(m.path_specifier, Some(PathSpecifier::Path("/v1/login".into())));
+        assert_eq!(m.case_sensitive, Some(BoolValue { value: false }));
+        let headers: Vec<(&str, bool, bool)> =
+            m.headers.iter().map(|h| (h.name.as_str(), h.invert_match, h.treat_missing_header_as_empty)).collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-a", false, false),
+                ("x-b", false, false),
+                ("x-c", true, true),
+                ("x-d", true, false),
+                (":method", false, false),
+                (":authority", false, false),
+                (":scheme", false, false)
+            ]
+        );
+        assert_eq!(m.headers[1].header_match_specifier, Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)));
+        assert_eq!(
+            m.headers[4].header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::StringMatch(string_matcher(&StringMatch::Exact("POST".into()))))
+        );
+        assert_eq!(m.query_parameters.len(), 2);
+        assert_eq!(
+            m.query_parameters[0].query_parameter_match_specifier,
+            Some(query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true))
+        );
+        assert_eq!(
+            m.query_parameters[1].query_parameter_match_specifier,
+            Some(query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(regex("[0-9]+"))),
+                ..Default::default()
+            }))
+        );
+
+        let m = routes[1].r#match.as_ref().unwrap();
+        assert_eq!(m.path_specifier, Some(PathSpecifier::SafeRegex(regex("/v[0-9]+/.*"))));
+        assert_eq!(m.case_sensitive, Some(BoolValue { value: true }));
+        assert_eq!(routes[1].stat_prefix, "api_regex");
+        assert!(is_catch_all(&routes[2]));
+        assert_eq!(routes[1].decorator.as_ref().unwrap().operation, format!("{REVIEWS}:9080/v[0-9]+/.*"));
+        assert_eq!(routes[0].decorator.as_ref().unwrap().operation, format!("{REVIEWS}:9080/v1/login"));
+        assert_eq!(routes[2].decorator.as_ref().unwrap().operation, format!("{REVIEWS}:9080/*"));
+        assert_eq!(
+            routes[0].metadata.as_ref().unwrap().filter_metadata["istio"].fields["config"].kind,
+            Some(value::Kind::StringValue(
+                "/apis/networking.istio.io/v1/namespaces/default/virtual-service/reviews-vs".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn jwt_claim_headers_become_metadata_matchers() {
+        let yaml = vs_yaml(
+            r#"  - match:
+    - headers:
+        "@request.auth.claims.group": {exact: admin}
+        "@request.auth.claims[org][id]": {prefix: "7"}
+    route: [{destination: {host: reviews}}]
+"#,
+        );
+        let routes = vs_routes(&reviews(), &yaml, 9080);
+        let m = routes[0].r#match.as_ref().unwrap();
+        assert!(m.headers.is_empty());
+        let paths: Vec<Vec<String>> = m
+            .dynamic_metadata
+            .iter()
+            .map(|d| {
+                assert_eq!(d.filter, "envoy.filters.http.jwt_authn");
+                d.path
+                    .iter()
+                    .map(|s| match &s.segment {
+                        Some(metadata_matcher::path_segment::Segment::Key(k)) => k.clone(),
+                        None => String::new(),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(paths, [vec!["payload", "group"], vec!["payload", "org", "id"]]);
+    }
+
+    #[test]
+    fn source_port_and_gateway_conditions_are_evaluated_per_proxy() {
+        let yaml = vs_yaml(
+            r#"  - name: labels
+    match: [{sourceLabels: {app: client}, uri: {prefix: /a}}]
+    route: [{destination: {host: reviews}}]
+  - name: other-labels
+    match: [{sourceLabels: {app: other}, uri: {prefix: /b}}]
+    route: [{destination: {host: reviews}}]
+  - name: namespace
+    match: [{sourceNamespace: elsewhere, uri: {prefix: /c}}, {sourceNamespace: default, uri: {prefix: /d}}]
+    route: [{destination: {host: reviews}}]
+  - name: port
+    match: [{port: 9090, uri: {prefix: /e}}, {port: 9080, uri: {prefix: /f}}]
+    route: [{destination: {host: reviews}}]
+  - name: gateways
+    match: [{gateways: [my-gw], uri: {prefix: /g}}, {gateways: [mesh], sourceLabels: {app: nope}, uri: {prefix: /h}}]
+    route: [{destination: {host: reviews}}]
+"#,
+        );
+        let routes = vs_routes(&reviews(), &yaml, 9080);
+        let prefixes: Vec<String> = routes
+            .iter()
+            .map(|r| match &r.r#match.as_ref().unwrap().path_specifier {
+                Some(PathSpecifier::Prefix(p)) => p.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // `gateways` in a match replaces the source checks, as upstream.
+        assert_eq!(prefixes, ["/a", "/d", "/f", "/h"]);
+    }
+
+    #[test]
+    fn destinations_subsets_ports_and_weights() {
+        let services = vec![
+            service(REVIEWS, &[(9080, "http")], ""),
+            service(RATINGS, &[(9080, "http"), (9090, "http")], ""),
+            service("single.default.svc.cluster.local", &[(7070, "http")], ""),
+        ];
+        let yaml = vs_yaml(
+            r#"  - match: [{uri: {prefix: /one}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /multi}}]
+    route: [{destination: {host: ratings.other.svc.cluster.local}}]
+  - match: [{uri: {prefix: /explicit}}]
+    route: [{destination: {host: ratings.other.svc.cluster.local, port: {number: 9090}}}]
+  - match: [{uri: {prefix: /only}}]
+    route: [{destination: {host: single}}]
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 70}
+    - {destination: {host: reviews, subset: v2}, weight: 30}
+    - {destination: {host: reviews, subset: v3}, weight: 0}
+"#,
+        );
+        let routes = vs_routes(&services, &yaml, 9080);
+        assert_eq!(cluster(&routes[0]), "outbound|9080|v1|reviews.default.svc.cluster.local");
+        assert_eq!(cluster(&routes[1]), "outbound|9080||ratings.other.svc.cluster.local");
+        assert_eq!(cluster(&routes[2]), "outbound|9090||ratings.other.svc.cluster.local");
+        assert_eq!(cluster(&routes[3]), "outbound|7070||single.default.svc.cluster.local");
+        assert_eq!(
+            weighted(&routes[4]),
+            [
+                ("outbound|9080|v1|reviews.default.svc.cluster.local".to_owned(), 70),
+                ("outbound|9080|v2|reviews.default.svc.cluster.local".to_owned(), 30)
+            ]
+        );
+        assert_eq!(routes[4].decorator.as_ref().unwrap().operation, "reviews-vs:9080/*");
+        assert!(action(&routes[4]).retry_policy.as_ref().unwrap().retry_host_predicate.len() == 1);
+    }
+
+    #[test]
+    fn destination_hash_uses_subset_policy() {
+        let yaml = vs_yaml(
+            r#"  - route: [{destination: {host: reviews, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-top}}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}
+"#,
+        );
+        let routes = vs_routes(&reviews(), &yaml, 9080);
+        assert_eq!(
+            action(&routes[0]).hash_policy[0].policy_specifier,
+            Some(hash_policy::PolicySpecifier::ConnectionProperties(hash_policy::ConnectionProperties {
+                source_ip: true
+            }))
+        );
+        assert!(action(&routes[0]).retry_policy.as_ref().unwrap().retry_host_predicate.is_empty());
+    }
+
+    #[test]
+    fn rewrites_redirects_and_direct_responses() {
+        let yaml = vs_yaml(
+            r#"  - match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /new, authority: new.example.com}
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /re}}]
+    rewrite: {uriRegexRewrite: {match: "^/re/(.*)", rewrite: "/\\1"}}
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /moved}}]
+    redirect: {uri: /here, authority: other.example.com, scheme: https, port: 8443, redirectCode: 308}
+  - match: [{uri: {prefix: /default-port}}]
+    redirect: {scheme: https, port: 443}
+  - match: [{uri: {prefix: /same-port}}]
+    redirect: {derivePort: FROM_REQUEST_PORT, redirectCode: 302}
+  - match: [{uri: {prefix: /bad-code}}]
+    redirect: {uri: /x, redirectCode: 305}
+  - match: [{uri: {prefix: /text}}]
+    directResponse: {status: 418, body: {string: teapot}}
+  - match: [{uri: {prefix: /bytes}}]
+    directResponse: {status: 200, body: {bytes: aGVsbG8=}}
+"#,
+        );
+        let routes = vs_routes(&reviews(), &yaml, 9080);
+        assert_eq!(routes.len(), 7, "the unsupported redirect code is skipped");
+        assert_eq!(action(&routes[0]).prefix_rewrite, "/new");
+        assert_eq!(
+            action(&routes[0]).host_rewrite_specifier,
+            Some(HostRewriteSpecifier::HostRewriteLiteral("new.example.com".into()))
+        );
+        assert_eq!(
+            action(&routes[1]).regex_rewrite,
+            Some(RegexMatchAndSubstitute { pattern: Some(regex("^/re/(.*)")), substitution: "/\\1".into() })
+        );
+        let redirect = |r: &Route| match &r.action {
+            Some(route::Action::Redirect(r)) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            redirect(&routes[2]),
+            RedirectAction {
+                host_redirect: "other.example.com".into(),
+                port_redirect: 8443,
+                response_code: RedirectResponseCode::PermanentRedirect as i32,
+                scheme_rewrite_specifier: Some(SchemeRewriteSpecifier::SchemeRedirect("https".into())),
+                path_rewrite_specifier: Some(PathRewriteSpecifier::PathRedirect("/here".into())),
+                ..Default::default()
+            }
+        );
+        assert_eq!(redirect(&routes[3]).port_redirect, 0);
+        assert_eq!(redirect(&routes[3]).response_code, RedirectResponseCode::MovedPermanently as i32);
+        assert_eq!(redirect(&routes[4]).port_redirect, 9080);
+        assert_eq!(redirect(&routes[4]).response_code, RedirectResponseCode::Found as i32);
+        let direct = |r: &Route| match &r.action {
+            Some(route::Action::DirectResponse(d)) => d.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(direct(&routes[5]).status, 418);
+        assert_eq!(
+            direct(&routes[5]).body.unwrap().specifier,
+            Some(data_source::Specifier::InlineString("teapot".into()))
+        );
+        assert_eq!(
+            direct(&routes[6]).body.unwrap().specifier,
+            Some(data_source::Specifier::InlineBytes(b"hello".to_vec()))
+        );
+        assert_eq!(routes[5].decorator.as_ref().unwrap().operation, "reviews-vs:9080/text*");
+    }
+
+    #[test]
+    fn timeouts_and_retries() {
+        let yaml = vs_yaml(
+            r#"  - match: [{uri: {prefix: /a}}]
+    timeout: 1.5s
+    retries: {attempts: 4, perTryTimeout: 500ms, retryOn: "gateway-error, 503,connect-failure,999", retryRemoteLocalities: true, backoff: 25ms}
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /b}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /c}}]
+    retries: {attempts: 1, retryOn: "502", retryIgnorePreviousHosts: false}
+    route: [{destination: {host: reviews}}]
+"#,
+        );
+        let routes = vs_routes(&reviews(), &yaml, 9080);
+        let a = action(&routes[0]);
+        assert_eq!((a.timeout, a.max_grpc_timeout), (dur(1, 500_000_000), dur(1, 500_000_000)));
+        let retry = a.retry_policy.as_ref().unwrap();
+        assert_eq!(retry.num_retries, Some(UInt32Value { value: 4 }));
+        assert_eq!(retry.retry_on, "gateway-error,connect-failure,999,retriable-status-codes");
+        assert_eq!(retry.retriable_status_codes, [503]);
+        assert_eq!(retry.per_try_timeout, dur(0, 500_000_000));
+        assert_eq!(retry.retry_back_off.as_ref().unwrap().base_interval, dur(0, 25_000_000));
+        let priority = retry.retry_priority.as_ref().unwrap();
+        assert_eq!(priority.name, "envoy.retry_priorities.previous_priorities");
+        let Some(retry_policy::retry_priority::ConfigType::TypedConfig(any)) = &priority.config_type else { panic!() };
+        assert_eq!(PreviousPrioritiesConfig::decode(any.value.as_slice()).unwrap().update_frequency, 2);
+        assert_eq!(retry.retry_host_predicate.len(), 1);
+        assert_eq!((a.timeout, a.max_grpc_timeout), (dur(1, 500_000_000), dur(1, 500_000_000)));
+
+        assert_eq!(action(&routes[1]).retry_policy, None);
+        assert_eq!(action(&routes[1]).timeout, dur(0, 0));
+        let retry = action(&routes[2]).retry_policy.as_ref().unwrap();
+        assert_eq!(
+            (retry.retry_on.as_str(), retry.retriable_status_codes.as_slice()),
+            ("retriable-status-codes", &[502][..])
+        );
+        assert!(retry.retry_host_predicate.is_empty());
+    }
+
+    #[test]
+    fn mesh_default_retry_policy_applies() {
+        let mut snap = snapshot(&reviews(), "");
+        let policy = serde_json::json!({"attempts": 5, "retryOn": "5xx"});
+        snap.mesh.default_http_retry_policy = serde_json::from_value(policy).ok();
+        let rcs = translate(&snap, &proxy("default", &[]));
+        let retry = action(&vhost(&rcs, 9080, REVIEWS).routes[0]).retry_policy.clone().unwrap();
+        assert_eq!((retry.num_retries.unwrap().value, retry.retry_on.as_str()), (5, "5xx"));
+    }
+
+    #[test]
+    fn fault_cors_and_mirrors() {
+        let yaml = vs_yaml(
+            r#"  - match: [{uri: {prefix: /fault}}]
+    fault:
+      delay: {fixedDelay: 2s, percentage: {value: 12.5}}
+      abort: {httpStatus: 503, percentage: {value: 0.1}}
+    corsPolicy:
+      allowOrigins: [{exact: "https://a.example"}, {regex: "https://.*\\.b\\.example"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-a, x-b]
+      exposeHeaders: [x-c]
+      maxAge: 24h
+      allowCredentials: true
+      unmatchedPreflights: IGNORE
+    mirror: {host: ratings.other.svc.cluster.local}
+    mirrorPercentage: {value: 50}
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /grpc}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE}, delay: {fixedDelay: 1s, percent: 30}}
+    mirrors:
+    - {destination: {host: reviews, subset: shadow}}
+    - {destination: {host: reviews, subset: none}, percentage: {value: 0}}
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /nomirror}}]
+    mirror: {host: reviews}
+    mirrorPercentage: {value: 0}
+    corsPolicy: {allowOrigin: ["https://legacy.example"]}
+    route: [{destination: {host: reviews}}]
+"#,
+        );
+        let services = vec![service(REVIEWS, &[(9080, "http")], ""), service(RATINGS, &[(9080, "http")], "")];
+        let routes = vs_routes(&services, &yaml, 9080);
+        let fault = |r: &Route| {
+            let any = &r.typed_per_filter_config["envoy.filters.http.fault"];
+            assert_eq!(any.type_url, "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault");
+            HttpFault::decode(any.value.as_slice()).unwrap()
+        };
+        let cors = |r: &Route| {
+            let any = &r.typed_per_filter_config["envoy.filters.http.cors"];
+            assert_eq!(any.type_url, "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy");
+            EnvoyCorsPolicy::decode(any.value.as_slice()).unwrap()
+        };
+        let million = |n| Some(FractionalPercent { numerator: n, denominator: DenominatorType::Million as i32 });
+        let hundred = |n| Some(FractionalPercent { numerator: n, denominator: DenominatorType::Hundred as i32 });
+
+        let f = fault(&routes[0]);
+        let delay = f.delay.unwrap();
+        assert_eq!(delay.percentage, million(125_000));
+        assert_eq!(
+            delay.fault_delay_secifier,
+            Some(fault_delay::FaultDelaySecifier::FixedDelay(Duration { seconds: 2, nanos: 0 }))
+        );
+        let abort = f.abort.unwrap();
+        assert_eq!(abort.percentage, million(1000));
+        assert_eq!(abort.error_type, Some(fault_abort::ErrorType::HttpStatus(503)));
+
+        let c = cors(&routes[0]);
+        assert_eq!(c.allow_origin_string_match.len(), 2);
+        assert_eq!(
+            (c.allow_methods.as_str(), c.allow_headers.as_str(), c.expose_headers.as_str()),
+            ("GET,POST", "x-a,x-b", "x-c")
+        );
+        assert_eq!(c.max_age, "86400");
+        assert_eq!(c.allow_credentials, Some(BoolValue { value: true }));
+        assert_eq!(c.forward_not_matching_preflights, Some(BoolValue { value: false }));
+        assert_eq!(c.filter_enabled.unwrap().default_value, hundred(100));
+
+        let mirrors = &action(&routes[0]).request_mirror_policies;
+        assert_eq!(mirrors.len(), 1);
+        assert_eq!(mirrors[0].cluster, "outbound|9080||ratings.other.svc.cluster.local");
+        assert_eq!(mirrors[0].runtime_fraction.as_ref().unwrap().default_value, million(500_000));
+        assert_eq!(mirrors[0].trace_sampled, Some(BoolValue { value: false }));
+
+        let f = fault(&routes[1]);
+        assert_eq!(f.delay.unwrap().percentage, hundred(30));
+        let abort = f.abort.unwrap();
+        assert_eq!((abort.error_type, abort.percentage), (Some(fault_abort::ErrorType::GrpcStatus(14)), None));
+        assert!(!routes[1].typed_per_filter_config.contains_key("envoy.filters.http.cors"));
+        let mirrors = &action(&routes[1]).request_mirror_policies;
+        assert_eq!(mirrors.len(), 1, "an explicit 0% mirror is dropped");
+        assert_eq!(mirrors[0].cluster, "outbound|9080|shadow|reviews.default.svc.cluster.local");
+        assert_eq!(mirrors[0].runtime_fraction.as_ref().unwrap().default_value, hundred(100));
+
+        assert!(action(&routes[2]).request_mirror_policies.is_empty());
+        assert!(!routes[2].typed_per_filter_config.contains_key("envoy.filters.http.fault"));
+        let c = cors(&routes[2]);
+        assert_eq!(c.allow_origin_string_match, [string_matcher(&StringMatch::Exact("https://legacy.example".into()))]);
+        assert_eq!(c.forward_not_matching_preflights, Some(BoolValue { value: true }));
+    }
+
+    #[test]
+    fn unsupported_faults_are_dropped() {
+        let yaml = vs_yaml(
+            r#"  - fault: {delay: {exponentialDelay: 1s}, abort: {http2Error: CANCEL}}
+    route: [{destination: {host: reviews}}]
+"#,
+        );
+        let routes = vs_routes(&reviews(), &yaml, 9080);
+        assert!(routes[0].typed_per_filter_config.is_empty());
+    }
+
+    #[test]
+    fn header_operations_and_authority() {
+        let yaml = vs_yaml(
+            r#"  - match: [{uri: {prefix: /single}}]
+    headers:
+      request:
+        set: {x-b: "1", x-a: "2", ":authority": set.example, host: ignored-too}
+        add: {x-c: "3", ":path": /nope}
+        remove: [x-d, ":method", Host]
+      response:
+        set: {x-e: "4"}
+        add: {x-f: "5"}
+        remove: [x-g]
+    route:
+    - destination: {host: reviews}
+      headers: {request: {set: {x-dest: d, ":authority": dest.example}}, response: {remove: [x-h]}}
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 50
+      headers: {request: {add: {x-w: w}, set: {host: w.example}}, response: {set: {x-r: r}}}
+    - destination: {host: reviews, subset: v2}
+      weight: 50
+"#,
+        );
+        let routes = vs_routes(&reviews(), &yaml, 9080);
+        let ops = |list: &[HeaderValueOption]| -> Vec<(String, String, i32)> {
+            list.iter()
+                .map(|o| {
+                    let h = o.header.as_ref().unwrap();
+                    (h.key.clone(), h.value.clone(), o.append_action)
+                })
+                .collect()
+        };
+        let set = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+        let add = HeaderAppendAction::AppendIfExistsOrAdd as i32;
+        let r = &routes[0];
+        assert_eq!(
+            ops(&r.request_headers_to_add),
+            [
+                ("x-a".into(), "2".into(), set),
+                ("x-b".into(), "1".into(), set),
+                ("x-c".into(), "3".into(), add),
+                ("x-dest".into(), "d".into(), set)
+            ]
+        );
+        assert_eq!(r.request_headers_to_remove, ["x-d"]);
+        assert_eq!(ops(&r.response_headers_to_add), [("x-e".into(), "4".into(), set), ("x-f".into(), "5".into(), add)]);
+        assert_eq!(r.response_headers_to_remove, ["x-g", "x-h"]);
+        // `host` sorts after `:authority`, so it is the one that wins, as upstream's last-wins.
+        assert_eq!(
+            action(r).host_rewrite_specifier,
+            Some(HostRewriteSpecifier::HostRewriteLiteral("ignored-too".into()))
+        );
+
+        let Some(ClusterSpecifier::WeightedClusters(w)) = &action(&routes[1]).cluster_specifier else { panic!() };
+        assert_eq!(ops(&w.clusters[0].request_headers_to_add), [("x-w".into(), "w".into(), add)]);
+        assert_eq!(ops(&w.clusters[0].response_headers_to_add), [("x-r".into(), "r".into(), set)]);
+        assert!(w.clusters[0].host_rewrite_specifier.is_some());
+        assert!(w.clusters[1].request_headers_to_add.is_empty());
+    }
+
+    #[test]
+    fn virtual_service_owns_vhost_and_non_registry_hosts_get_port_80() {
+        let services = vec![service(REVIEWS, &[(9080, "http")], "10.96.0.10"), service(RATINGS, &[(9080, "http")], "")];
+        let yaml = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-vs, namespace: default}
+spec:
+  hosts: [reviews, reviews.example.com]
+  http: [{route: [{destination: {host: reviews, subset: v2}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wildcard, namespace: default}
+spec:
+  hosts: ["*.other.svc.cluster.local"]
+  http: [{route: [{destination: {host: ratings.other.svc.cluster.local, subset: v9}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: external, namespace: default}
+spec:
+  hosts: [api.external.io]
+  http: [{route: [{destination: {host: api.external.io}}]}]
+"#;
+        let rcs = translate(&snapshot(&services, yaml), &proxy("default", &[]));
+        assert_eq!(rcs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["80", "9080"]);
+        assert_eq!(
+            cluster(&vhost(&rcs, 9080, REVIEWS).routes[0]),
+            "outbound|9080|v2|reviews.default.svc.cluster.local"
+        );
+        assert_eq!(vhost(&rcs, 9080, REVIEWS).domains[0], REVIEWS);
+        assert_eq!(cluster(&vhost(&rcs, 9080, RATINGS).routes[0]), "outbound|9080|v9|ratings.other.svc.cluster.local");
+        // The VirtualService's extra host rides along on its service's port...
+        assert_eq!(vhost(&rcs, 9080, "reviews.example.com").domains, ["reviews.example.com"]);
+        // ...and every non-registry host is served on port 80.
+        let external = vhost(&rcs, 80, "api.external.io");
+        assert_eq!(external.domains, ["api.external.io"]);
+        assert_eq!(cluster(&external.routes[0]), "outbound|80||api.external.io");
+        assert!(config(&rcs, 80).virtual_hosts.iter().any(|v| v.name == "reviews.example.com:80"));
+        assert!(config(&rcs, 80).virtual_hosts.iter().all(|v| v.name != format!("{REVIEWS}:80")));
+    }
+
+    #[test]
+    fn filtered_out_virtual_service_falls_back_to_default_route() {
+        let yaml = vs_yaml(
+            r#"  - match: [{sourceLabels: {app: someone-else}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+"#,
+        );
+        let rcs = translate(&snapshot(&reviews(), &yaml), &proxy("default", &[("app", "client")]));
+        assert_eq!(vhost(&rcs, 9080, REVIEWS).routes[0].name, "default");
+    }
+
+    #[test]
+    fn untranslatable_rules_are_skipped_without_panicking() {
+        let yaml = vs_yaml(
+            r#"  - name: delegated
+    delegate: {name: child}
+  - name: empty
+    match: [{uri: {prefix: /empty}}]
+  - name: zero
+    match: [{uri: {prefix: /zero}}]
+    route: [{destination: {host: reviews}, weight: 0}, {destination: {host: reviews, subset: b}, weight: 0}]
+  - name: bad-bytes
+    match: [{uri: {prefix: /bytes}}]
+    directResponse: {status: 200, body: {bytes: "!!!"}}
+  - name: fine
+    route: [{destination: {host: reviews}}]
+"#,
+        );
+        let routes = vs_routes(&reviews(), &yaml, 9080);
+        assert_eq!(routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["fine"]);
+    }
+
+    #[test]
+    fn gateways_reuse_the_rule_builder() {
+        let yaml = vs_yaml(
+            r#"  - match: [{gateways: [istio-system/ingress], uri: {prefix: /gw}}, {uri: {prefix: /all}}]
+    route: [{destination: {host: reviews}}]
+"#,
+        );
+        let snap = snapshot(&reviews(), &yaml);
+        let p = proxy("istio-system", &[]);
+        let ctx = Context::new(&snap, &p);
+        assert_eq!(http_routes_for_gateways(&ctx, &snap.virtual_services[0], 80, &["istio-system/ingress"]).len(), 2);
+        assert_eq!(http_routes(&ctx, &snap.virtual_services[0], 80).len(), 1);
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        let services = vec![
+            service(REVIEWS, &[(9080, "http")], "10.96.0.10"),
+            service(RATINGS, &[(9080, "http")], "10.96.0.11"),
+            service("api.example.com", &[(443, "https"), (80, "http")], ""),
+        ];
+        let yaml = vs_yaml("  - route: [{destination: {host: reviews}}]\n    fault: {abort: {httpStatus: 500}}\n");
+        let snap = snapshot(&services, &yaml);
+        let p = proxy("default", &[]);
+        assert_eq!(translate(&snap, &p), translate(&snap, &p));
+    }
+
+    #[test]
+    fn base64_decoding() {
+        assert_eq!(decode_base64("aGVsbG8gd29ybGQ=").unwrap(), b"hello world");
+        assert_eq!(decode_base64("YQ").unwrap(), b"a");
+        assert!(decode_base64("a$b").is_none());
+    }
+}
