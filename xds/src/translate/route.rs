@@ -7,7 +7,13 @@
 //! port; gateways reuse it through [`http_routes_for_gateways`].
 //!
 //! Behaviour follows istiod (`pilot/pkg/networking/core/httproute.go`, `route/route.go`,
-//! `route/retry/retry.go`); where this module deliberately differs it says so.
+//! `route/retry/retry.go`). Deliberate differences:
+//! - a destination without a port takes the service's only port even when that service is
+//!   not on the listener port (istiod only looks at services on the listener port there);
+//! - a VirtualService host is "outside the registry" when it matches no visible service at
+//!   all (istiod: no service on port 80), so registry hosts never appear on port 80 by accident;
+//! - the `default` route of a consistently hashed service drops the previous-hosts retry
+//!   predicate, as VirtualService routes do.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
