@@ -3,6 +3,7 @@
 
 pub mod echo;
 pub mod model;
+pub mod registry;
 #[doc(hidden)]
 pub mod testing;
 pub mod translate;
