@@ -125,14 +125,14 @@ pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
 
 /// The objects without validation errors, sorted by namespace/name; each dropped one is logged
 /// with its first error. Warnings do not drop an object.
-pub fn valid<T: Validate + kube::Resource>(kind: &str, objects: &[Arc<T>]) -> Vec<Arc<T>> {
+pub(crate) fn valid<T: Validate + kube::Resource>(kind: &str, objects: &[Arc<T>]) -> Vec<Arc<T>> {
     let mut kept: Vec<Arc<T>> = objects.iter().filter(|o| passes(kind, o.as_ref())).cloned().collect();
     kept.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
     kept
 }
 
 /// Whether `object` validates; logs why not.
-pub fn passes<T: Validate + kube::Resource>(kind: &str, object: &T) -> bool {
+pub(crate) fn passes<T: Validate + kube::Resource>(kind: &str, object: &T) -> bool {
     let report = object.report();
     let Some(first) = report.errors().next() else { return true };
     let meta = object.meta();

@@ -101,23 +101,12 @@ impl Sources {
         let events = watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), config());
         streams.push(reflect(streams.len(), "Node", writer, events.default_backoff()));
 
-        let mut istio = |kind: &'static str, resource: ApiResource| {
-            let writer = Writer::new(resource.clone());
-            let store = writer.as_reader();
-            let events = watcher(Api::<DynamicObject>::all_with(client.clone(), &resource), config());
-            streams.push(reflect(streams.len(), kind, writer, events.modify(strip_managed_fields).default_backoff()));
-            store
-        };
-        let virtual_services =
-            Decoded::new("VirtualService", istio("VirtualService", ApiResource::erase::<VirtualService>(&())));
-        let destination_rules =
-            Decoded::new("DestinationRule", istio("DestinationRule", ApiResource::erase::<DestinationRule>(&())));
-        let gateways = Decoded::new("Gateway", istio("Gateway", ApiResource::erase::<Gateway>(&())));
-        let sidecars = Decoded::new("Sidecar", istio("Sidecar", ApiResource::erase::<Sidecar>(&())));
-        let service_entries =
-            Decoded::new("ServiceEntry", istio("ServiceEntry", ApiResource::erase::<ServiceEntry>(&())));
-        let workload_entries =
-            Decoded::new("WorkloadEntry", istio("WorkloadEntry", ApiResource::erase::<WorkloadEntry>(&())));
+        let virtual_services = Decoded::start("VirtualService", client, &mut streams);
+        let destination_rules = Decoded::start("DestinationRule", client, &mut streams);
+        let gateways = Decoded::start("Gateway", client, &mut streams);
+        let sidecars = Decoded::start("Sidecar", client, &mut streams);
+        let service_entries = Decoded::start("ServiceEntry", client, &mut streams);
+        let workload_entries = Decoded::start("WorkloadEntry", client, &mut streams);
 
         let count = streams.len();
         Self {
@@ -184,7 +173,16 @@ struct Outcome<T> {
 }
 
 impl<T: DeserializeOwned + Validate + Resource> Decoded<T> {
-    fn new(kind: &'static str, store: Store<DynamicObject>) -> Self {
+    /// Starts the untyped watch of `T`'s resource, adding its events to `streams`.
+    fn start(kind: &'static str, client: &Client, streams: &mut SelectAll<BoxStream<'static, Signal>>) -> Self
+    where
+        T: Resource<DynamicType = ()>,
+    {
+        let resource = ApiResource::erase::<T>(&());
+        let writer = Writer::new(resource.clone());
+        let store = writer.as_reader();
+        let events = watcher(Api::<DynamicObject>::all_with(client.clone(), &resource), watcher::Config::default());
+        streams.push(reflect(streams.len(), kind, writer, events.modify(strip_managed_fields).default_backoff()));
         Self { kind, store, cache: BTreeMap::new() }
     }
 
