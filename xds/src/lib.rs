@@ -3,6 +3,7 @@
 
 pub mod echo;
 pub mod model;
+pub mod registry;
 pub mod server;
 #[doc(hidden)]
 pub mod testing;

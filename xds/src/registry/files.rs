@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::model::Snapshot;
 
-use super::assemble::{ConfigObjects, assemble};
+use super::kube::{KubeInputs, build_snapshot};
 
 /// How often the directory is scanned for changes.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -98,13 +98,22 @@ impl ConfigDir {
         mesh
     }
 
-    /// The snapshot of everything currently read.
+    /// The snapshot of everything currently read (the same merge as the Kubernetes source,
+    /// with no Kubernetes objects).
     pub fn snapshot(&self) -> Snapshot {
-        let mut objects = ConfigObjects::default();
+        let mut inputs = KubeInputs::default();
         for loaded in self.files.values().flat_map(|f| &f.objects) {
-            objects.add(loaded.object.clone());
+            match &loaded.object {
+                IstioObject::VirtualService(o) => inputs.virtual_services.push(Arc::new((**o).clone())),
+                IstioObject::DestinationRule(o) => inputs.destination_rules.push(Arc::new((**o).clone())),
+                IstioObject::Sidecar(o) => inputs.sidecars.push(Arc::new((**o).clone())),
+                IstioObject::Gateway(o) => inputs.gateways.push(Arc::new((**o).clone())),
+                IstioObject::ServiceEntry(o) => inputs.service_entries.push(Arc::new((**o).clone())),
+                IstioObject::WorkloadEntry(o) => inputs.workload_entries.push(Arc::new((**o).clone())),
+                _ => {}
+            }
         }
-        assemble(&self.mesh(), objects, Vec::new(), BTreeMap::new())
+        build_snapshot(&inputs, &self.mesh())
     }
 }
 

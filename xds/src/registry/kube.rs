@@ -1,0 +1,13 @@
+//! The Kubernetes source of the service registry: Services, EndpointSlices, Pods, Namespaces,
+//! Nodes and the Istio config kinds, watched through kube-runtime reflectors and merged into
+//! [`Snapshot`](crate::model::Snapshot)s.
+//!
+//! [`convert`] maps single objects, [`build_snapshot`] merges whole stores (both pure);
+//! [`run`] is the I/O around them.
+
+pub mod convert;
+mod snapshot;
+mod watch;
+
+pub use snapshot::{KubeInputs, build_snapshot};
+pub use watch::run;

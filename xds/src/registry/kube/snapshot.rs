@@ -1,0 +1,281 @@
+//! The Kubernetes source's stores, merged into one [`Snapshot`]. Pure: equal inputs give an
+//! equal snapshot, whatever order the stores listed their objects in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service as KubeService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::PartialObjectMeta;
+use rudder_config::Validate;
+use rudder_config::mesh::MeshConfig;
+use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+
+use super::convert::{self, Workloads};
+use crate::model::{Endpoint, Service, Snapshot};
+use crate::registry::service_entry::{service_entries, sort_endpoints};
+
+/// What the reflectors hold at one instant, Istio kinds already decoded.
+#[derive(Clone, Debug, Default)]
+pub struct KubeInputs {
+    pub services: Vec<Arc<KubeService>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub pods: Vec<Arc<Pod>>,
+    /// Watched so namespace-scoped discovery can follow; `discoverySelectors` are not applied
+    /// yet, so every namespace is discovered.
+    pub namespaces: Vec<Arc<PartialObjectMeta<Namespace>>>,
+    /// Node labels give endpoints their region and subzone.
+    pub nodes: Vec<Arc<PartialObjectMeta<Node>>>,
+    pub virtual_services: Vec<Arc<VirtualService>>,
+    pub destination_rules: Vec<Arc<DestinationRule>>,
+    pub gateways: Vec<Arc<Gateway>>,
+    pub sidecars: Vec<Arc<Sidecar>>,
+    pub service_entries: Vec<Arc<ServiceEntry>>,
+    pub workload_entries: Vec<Arc<WorkloadEntry>>,
+}
+
+/// Merges the stores into a snapshot. Services are keyed by hostname; when two declare the same
+/// hostname the first by (namespace, name) wins and the others are dropped with a warning.
+/// Istio objects that fail validation are dropped with a warning; the rest are sorted by
+/// namespace and name.
+pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
+    let service_entries_valid = valid("ServiceEntry", &inputs.service_entries);
+    let workload_entries_valid = valid("WorkloadEntry", &inputs.workload_entries);
+
+    let workloads = Workloads::new(
+        inputs.pods.iter().map(|p| p.as_ref()),
+        inputs.nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref()?))),
+    );
+
+    // Every declared service with its endpoints, before duplicate hostnames are settled.
+    let mut candidates: Vec<(Service, Vec<Endpoint>)> = Vec::new();
+
+    let slices = convert::slices_by_service(inputs.endpoint_slices.iter().map(|s| s.as_ref()));
+    for kube_service in &inputs.services {
+        let Some(service) = convert::service(kube_service) else { continue };
+        let endpoints = match convert::external_name(kube_service) {
+            Some(name) => convert::external_name_endpoints(&service, name),
+            None => {
+                let publish_not_ready =
+                    kube_service.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
+                let own = slices.get(&(service.namespace.as_str(), service.name.as_str()));
+                convert::slice_endpoints(
+                    &service,
+                    publish_not_ready,
+                    own.map(Vec::as_slice).unwrap_or_default(),
+                    &workloads,
+                )
+            }
+        };
+        candidates.push((service, endpoints));
+    }
+
+    let entries: Vec<ServiceEntry> = service_entries_valid.iter().map(|e| ServiceEntry::clone(e)).collect();
+    let workload_entries: Vec<WorkloadEntry> = workload_entries_valid.iter().map(|w| WorkloadEntry::clone(w)).collect();
+    let (entry_services, mut entry_endpoints) = service_entries(&entries, &workload_entries);
+    for entry in &entries {
+        for (host, pod_endpoints) in convert::selected_pod_endpoints(entry, &workloads) {
+            entry_endpoints.entry(host).or_default().extend(pod_endpoints);
+        }
+    }
+    for list in entry_endpoints.values_mut() {
+        sort_endpoints(list);
+    }
+    for service in entry_services {
+        // Entries sharing a host pool their endpoints under it, so each gets the whole pool;
+        // only the winner below is kept.
+        let endpoints = entry_endpoints.get(&service.hostname).cloned().unwrap_or_default();
+        candidates.push((service, endpoints));
+    }
+
+    candidates
+        .sort_by(|(a, _), (b, _)| (&a.hostname, &a.namespace, &a.name).cmp(&(&b.hostname, &b.namespace, &b.name)));
+    let mut services: BTreeMap<String, Arc<Service>> = BTreeMap::new();
+    let mut endpoints: BTreeMap<String, Arc<Vec<Endpoint>>> = BTreeMap::new();
+    for (service, list) in candidates {
+        if let Some(winner) = services.get(&service.hostname) {
+            // The same ServiceEntry declaring a host twice is not a conflict worth a warning.
+            if (winner.namespace.as_str(), winner.name.as_str()) != (service.namespace.as_str(), service.name.as_str())
+            {
+                tracing::warn!(
+                    hostname = %service.hostname,
+                    kept = %format!("{}/{}", winner.namespace, winner.name),
+                    dropped = %format!("{}/{}", service.namespace, service.name),
+                    "duplicate service hostname; keeping the first by namespace/name"
+                );
+            }
+            continue;
+        }
+        if !list.is_empty() {
+            endpoints.insert(service.hostname.clone(), Arc::new(list));
+        }
+        services.insert(service.hostname.clone(), Arc::new(service));
+    }
+
+    Snapshot {
+        mesh: mesh.clone(),
+        services,
+        endpoints,
+        virtual_services: valid("VirtualService", &inputs.virtual_services),
+        destination_rules: valid("DestinationRule", &inputs.destination_rules),
+        sidecars: valid("Sidecar", &inputs.sidecars),
+        gateways: valid("Gateway", &inputs.gateways),
+    }
+}
+
+/// The objects without validation errors, sorted by namespace/name; each dropped one is logged
+/// with its first error. Warnings do not drop an object.
+pub(crate) fn valid<T: Validate + kube::Resource>(kind: &str, objects: &[Arc<T>]) -> Vec<Arc<T>> {
+    let mut kept: Vec<Arc<T>> = objects.iter().filter(|o| passes(kind, o.as_ref())).cloned().collect();
+    kept.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
+    kept
+}
+
+/// Whether `object` validates; logs why not.
+pub(crate) fn passes<T: Validate + kube::Resource>(kind: &str, object: &T) -> bool {
+    let report = object.report();
+    let Some(first) = report.errors().next() else { return true };
+    let meta = object.meta();
+    tracing::warn!(
+        kind,
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        name = meta.name.as_deref().unwrap_or_default(),
+        error = %first,
+        "invalid config ignored"
+    );
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Health, Resolution};
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+
+    fn arc<T: DeserializeOwned>(v: Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn istio(kind: &str, ns: &str, name: &str, spec: Value) -> Value {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": kind, "metadata": {"name": name, "namespace": ns}, "spec": spec})
+    }
+
+    fn kube_svc(ns: &str, name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": ns},
+               "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "http", "port": 80}]}})
+    }
+
+    fn inputs() -> KubeInputs {
+        KubeInputs {
+            services: vec![arc(kube_svc("default", "reviews")), arc(kube_svc("default", "ratings"))],
+            endpoint_slices: vec![arc(json!({
+                "metadata": {"name": "reviews-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "reviews"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 9080}],
+                "endpoints": [{"addresses": ["10.1.0.1"]}],
+            }))],
+            virtual_services: vec![
+                arc(istio(
+                    "VirtualService",
+                    "b",
+                    "vs",
+                    json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}),
+                )),
+                arc(istio(
+                    "VirtualService",
+                    "a",
+                    "vs",
+                    json!({"hosts": ["ratings"], "http": [{"route": [{"destination": {"host": "ratings"}}]}]}),
+                )),
+                // Invalid: no routes.
+                arc(istio("VirtualService", "a", "broken", json!({"hosts": ["ratings"]}))),
+            ],
+            destination_rules: vec![arc(istio("DestinationRule", "default", "reviews", json!({"host": "reviews"})))],
+            service_entries: vec![arc(istio(
+                "ServiceEntry",
+                "default",
+                "ext",
+                json!({"hosts": ["api.example.com"], "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}], "resolution": "DNS"}),
+            ))],
+            ..KubeInputs::default()
+        }
+    }
+
+    #[test]
+    fn merges_services_endpoints_and_config() {
+        let snapshot = build_snapshot(&inputs(), &MeshConfig::default());
+        let hosts: Vec<_> = snapshot.services.keys().map(String::as_str).collect();
+        assert_eq!(
+            hosts,
+            ["api.example.com", "ratings.default.svc.cluster.local", "reviews.default.svc.cluster.local"]
+        );
+        let reviews = snapshot.endpoints_of("reviews.default.svc.cluster.local");
+        assert_eq!(reviews.len(), 1);
+        assert_eq!(
+            (reviews[0].address.as_str(), reviews[0].port, reviews[0].health),
+            ("10.1.0.1", 9080, Health::Healthy)
+        );
+        assert!(snapshot.endpoints_of("ratings.default.svc.cluster.local").is_empty());
+        assert_eq!(snapshot.services["api.example.com"].resolution, Resolution::Dns);
+        assert_eq!(snapshot.endpoints_of("api.example.com")[0].address, "api.example.com");
+        let vs: Vec<_> = snapshot
+            .virtual_services
+            .iter()
+            .map(|v| format!("{}/{}", v.metadata.namespace.as_deref().unwrap(), v.metadata.name.as_deref().unwrap()))
+            .collect();
+        assert_eq!(vs, ["a/vs", "b/vs"], "sorted, invalid one dropped");
+        assert_eq!(snapshot.destination_rules.len(), 1);
+    }
+
+    #[test]
+    fn same_inputs_in_any_order_give_the_same_snapshot() {
+        let a = inputs();
+        let mut b = inputs();
+        b.services.reverse();
+        b.virtual_services.reverse();
+        let (sa, sb) = (build_snapshot(&a, &MeshConfig::default()), build_snapshot(&b, &MeshConfig::default()));
+        assert_eq!(sa.services, sb.services);
+        assert_eq!(sa.endpoints, sb.endpoints);
+        let specs = |s: &Snapshot| s.virtual_services.iter().map(|v| v.spec.clone()).collect::<Vec<_>>();
+        assert_eq!(specs(&sa), specs(&sb));
+    }
+
+    #[test]
+    fn duplicate_hostname_first_by_namespace_name_wins() {
+        let host = "reviews.default.svc.cluster.local";
+        let mut i = inputs();
+        // A ServiceEntry in namespace "aaa" for the Kubernetes service's hostname wins over it.
+        i.service_entries.push(arc(istio(
+            "ServiceEntry",
+            "aaa",
+            "shadow",
+            json!({"hosts": [host], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC", "location": "MESH_INTERNAL",
+                   "endpoints": [{"address": "10.9.9.9"}]}),
+        )));
+        let snapshot = build_snapshot(&i, &MeshConfig::default());
+        assert_eq!(snapshot.services[host].namespace, "aaa");
+        assert!(!snapshot.services[host].kubernetes);
+        let addresses: Vec<_> = snapshot.endpoints_of(host).iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addresses, ["10.9.9.9"], "only the winner's endpoints");
+    }
+
+    #[test]
+    fn invalid_service_entries_are_dropped() {
+        let mut i = inputs();
+        i.service_entries.push(arc(istio(
+            "ServiceEntry",
+            "default",
+            "nohosts",
+            json!({"ports": [{"number": 80, "name": "http"}]}),
+        )));
+        i.service_entries.push(arc(istio(
+            "ServiceEntry",
+            "default",
+            "star",
+            json!({"hosts": ["*"], "ports": [{"number": 80, "name": "http"}], "resolution": "NONE"}),
+        )));
+        let snapshot = build_snapshot(&i, &MeshConfig::default());
+        assert!(!snapshot.services.contains_key("*"));
+        assert_eq!(snapshot.services.len(), 3);
+    }
+}

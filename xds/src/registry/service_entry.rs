@@ -1,0 +1,386 @@
+//! ServiceEntry (with the WorkloadEntries it selects) → services and endpoints. Shared by every
+//! registry source that carries Istio config (Kubernetes, files), so it takes typed objects and
+//! returns model values, nothing else.
+//!
+//! One [`Service`] per host. Endpoints come from the entry's inline `endpoints`, or from the
+//! WorkloadEntries in its namespace that its `workloadSelector` picks; a DNS entry with neither
+//! resolves its own host name. Pods picked by a `workloadSelector` are the Kubernetes source's
+//! business (it alone knows pods).
+
+use std::collections::BTreeMap;
+
+use rudder_config::labels::{TLS_MODE, TLS_MODE_ISTIO};
+use rudder_config::networking::service_entry::{self, Location, ServiceEntrySpec};
+use rudder_config::networking::workload::WorkloadEntrySpec;
+use rudder_config::networking::{ServiceEntry, WorkloadEntry};
+
+use crate::model::{Endpoint, Health, Protocol, Resolution, Service, ServicePort, labels_match};
+
+/// Pod/WorkloadEntry label carrying a `region.zone.subzone` locality.
+pub const LOCALITY_LABEL: &str = "istio-locality";
+
+/// Address prefix of a Unix domain socket endpoint.
+const UNIX_PREFIX: &str = "unix://";
+
+/// Services (one per host of each entry, in input order) and their endpoints by hostname.
+/// Entries are taken as given: the caller drops invalid ones and settles duplicate hostnames.
+pub fn service_entries(
+    entries: &[ServiceEntry],
+    workload_entries: &[WorkloadEntry],
+) -> (Vec<Service>, BTreeMap<String, Vec<Endpoint>>) {
+    let mut services = Vec::new();
+    let mut endpoints: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+    for entry in entries {
+        let namespace = entry.metadata.namespace.as_deref().unwrap_or_default();
+        let name = entry.metadata.name.as_deref().unwrap_or_default();
+        let spec = &entry.spec;
+        let selected: Vec<&WorkloadEntry> = match &spec.workload_selector {
+            Some(selector) => workload_entries
+                .iter()
+                .filter(|we| {
+                    we.metadata.namespace.as_deref().unwrap_or_default() == namespace
+                        && labels_match(&selector.labels, &we.spec.labels)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        for host in &spec.hosts {
+            services.push(entry_service(spec, host, namespace, name));
+            let mut list = Vec::new();
+            for port in &spec.ports {
+                if spec.workload_selector.is_some() {
+                    for we in &selected {
+                        let workload = we.metadata.name.as_deref().unwrap_or_default();
+                        list.push(workload_endpoint(&we.spec, port, namespace, workload));
+                    }
+                } else if spec.endpoints.is_empty() {
+                    if is_dns(spec) {
+                        list.push(host_endpoint(host, port, namespace));
+                    }
+                } else {
+                    for inline in &spec.endpoints {
+                        list.push(workload_endpoint(inline, port, namespace, ""));
+                    }
+                }
+            }
+            sort_endpoints(&mut list);
+            if !list.is_empty() {
+                endpoints.entry(host.clone()).or_default().extend(list);
+            }
+        }
+    }
+    (services, endpoints)
+}
+
+/// The model service for one host of a ServiceEntry.
+fn entry_service(spec: &ServiceEntrySpec, host: &str, namespace: &str, name: &str) -> Service {
+    Service {
+        hostname: host.to_owned(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        ports: spec
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                name: p.name.clone(),
+                port: p.number.unwrap_or_default(),
+                protocol: Protocol::of_port(Some(&p.protocol), &p.name),
+            })
+            .collect(),
+        addresses: spec.addresses.clone(),
+        resolution: resolution(spec.resolution()),
+        mesh_external: spec.location() == Location::MeshExternal,
+        export_to: spec.export_to.clone(),
+        kubernetes: false,
+    }
+}
+
+/// ServiceEntry `resolution` → model resolution.
+pub fn resolution(resolution: service_entry::Resolution) -> Resolution {
+    match resolution {
+        service_entry::Resolution::Static => Resolution::ClientSideLb,
+        service_entry::Resolution::Dns => Resolution::Dns,
+        service_entry::Resolution::DnsRoundRobin => Resolution::DnsRoundRobin,
+        // DYNAMIC_DNS needs Envoy's dynamic forward proxy, which the model does not carry yet;
+        // forwarding to the address the application resolved is the closest working behaviour.
+        service_entry::Resolution::None | service_entry::Resolution::DynamicDns => Resolution::Passthrough,
+    }
+}
+
+fn is_dns(spec: &ServiceEntrySpec) -> bool {
+    matches!(spec.resolution(), service_entry::Resolution::Dns | service_entry::Resolution::DnsRoundRobin)
+}
+
+/// The port a workload serves `port` on: its own `ports` entry of that name, else the entry's
+/// `targetPort`, else the service port number.
+pub fn workload_port(overrides: &BTreeMap<String, u32>, port: &service_entry::ServicePort) -> u32 {
+    overrides
+        .get(&port.name)
+        .copied()
+        .filter(|p| *p > 0)
+        .or(port.target_port.filter(|p| *p > 0))
+        .unwrap_or(port.number.unwrap_or_default())
+}
+
+/// An inline endpoint or a selected WorkloadEntry serving `port`.
+fn workload_endpoint(
+    spec: &WorkloadEntrySpec,
+    port: &service_entry::ServicePort,
+    namespace: &str,
+    workload: &str,
+) -> Endpoint {
+    // A Unix socket has no port; the address keeps its `unix://` prefix so translation can
+    // tell it from a host name.
+    let endpoint_port = if spec.address.starts_with(UNIX_PREFIX) { 0 } else { workload_port(&spec.ports, port) };
+    let locality = if spec.locality.is_empty() {
+        spec.labels.get(LOCALITY_LABEL).map(|l| locality_from_label(l)).unwrap_or_default()
+    } else {
+        spec.locality.clone()
+    };
+    Endpoint {
+        address: spec.address.clone(),
+        port: endpoint_port,
+        service_port_name: port.name.clone(),
+        labels: spec.labels.clone(),
+        namespace: namespace.to_owned(),
+        service_account: spec.service_account.clone(),
+        locality,
+        weight: spec.weight.unwrap_or_default(),
+        health: Health::Healthy,
+        tls_mode: workload_tls_mode(spec),
+        workload: workload.to_owned(),
+    }
+}
+
+/// A DNS entry without endpoints: Envoy resolves the host itself.
+fn host_endpoint(host: &str, port: &service_entry::ServicePort, namespace: &str) -> Endpoint {
+    Endpoint {
+        address: host.to_owned(),
+        port: port.target_port.filter(|p| *p > 0).unwrap_or(port.number.unwrap_or_default()),
+        service_port_name: port.name.clone(),
+        labels: BTreeMap::new(),
+        namespace: namespace.to_owned(),
+        service_account: String::new(),
+        locality: String::new(),
+        weight: 0,
+        health: Health::Healthy,
+        tls_mode: String::new(),
+        workload: String::new(),
+    }
+}
+
+/// `istio` when the workload takes Istio mTLS: its `security.istio.io/tlsMode` label says so,
+/// or (without the label) it has a service account, as a VM with a sidecar would.
+fn workload_tls_mode(spec: &WorkloadEntrySpec) -> String {
+    let istio = match spec.labels.get(TLS_MODE) {
+        Some(mode) => mode == TLS_MODE_ISTIO,
+        None => !spec.service_account.is_empty(),
+    };
+    if istio { TLS_MODE_ISTIO.to_owned() } else { String::new() }
+}
+
+/// `istio-locality` label values use `.` where localities use `/` (labels cannot hold `/`).
+pub fn locality_from_label(label: &str) -> String {
+    label.replace('.', "/")
+}
+
+/// Stable endpoint order: by service port name, then address and port.
+pub fn sort_endpoints(endpoints: &mut [Endpoint]) {
+    endpoints.sort_by(|a, b| {
+        (&a.service_port_name, &a.address, a.port, &a.workload).cmp(&(
+            &b.service_port_name,
+            &b.address,
+            b.port,
+            &b.workload,
+        ))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn se(ns: &str, name: &str, spec: serde_json::Value) -> ServiceEntry {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn we(ns: &str, name: &str, spec: serde_json::Value) -> WorkloadEntry {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    /// (address, port, service port name, tls mode, workload) of each endpoint.
+    fn summary(endpoints: &[Endpoint]) -> Vec<(String, u32, String, String, String)> {
+        endpoints
+            .iter()
+            .map(|e| (e.address.clone(), e.port, e.service_port_name.clone(), e.tls_mode.clone(), e.workload.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn one_service_per_host_with_mapped_fields() {
+        let entry = se(
+            "web",
+            "external",
+            json!({
+                "hosts": ["api.example.com", "cdn.example.com"],
+                "addresses": ["240.0.0.1"],
+                "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}, {"number": 80, "name": "http-plain"}],
+                "resolution": "DNS",
+                "exportTo": ["."],
+            }),
+        );
+        let (services, _) = service_entries(&[entry], &[]);
+        assert_eq!(services.len(), 2);
+        let api = &services[0];
+        assert_eq!(api.hostname, "api.example.com");
+        assert_eq!(services[1].hostname, "cdn.example.com");
+        assert_eq!((api.namespace.as_str(), api.name.as_str()), ("web", "external"));
+        assert_eq!(api.addresses, ["240.0.0.1"]);
+        assert_eq!(api.resolution, Resolution::Dns);
+        assert!(api.mesh_external, "MESH_EXTERNAL is the default location");
+        assert!(!api.kubernetes);
+        assert_eq!(api.export_to, ["."]);
+        let ports: Vec<_> = api.ports.iter().map(|p| (p.name.as_str(), p.port, p.protocol)).collect();
+        assert_eq!(ports, [("tls", 443, Protocol::Tls), ("http-plain", 80, Protocol::Http)]);
+    }
+
+    #[test]
+    fn resolution_and_location_table() {
+        let cases = [
+            ("NONE", "MESH_INTERNAL", Resolution::Passthrough, false),
+            ("STATIC", "MESH_EXTERNAL", Resolution::ClientSideLb, true),
+            ("DNS", "MESH_INTERNAL", Resolution::Dns, false),
+            ("DNS_ROUND_ROBIN", "MESH_EXTERNAL", Resolution::DnsRoundRobin, true),
+            ("DYNAMIC_DNS", "MESH_EXTERNAL", Resolution::Passthrough, true),
+        ];
+        for (resolution, location, want, external) in cases {
+            let entry = se(
+                "ns",
+                "e",
+                json!({"hosts": ["a.example.com"], "ports": [{"number": 80, "name": "http"}],
+                       "resolution": resolution, "location": location}),
+            );
+            let (services, _) = service_entries(&[entry], &[]);
+            assert_eq!(services[0].resolution, want, "{resolution}");
+            assert_eq!(services[0].mesh_external, external, "{location}");
+        }
+    }
+
+    #[test]
+    fn inline_endpoints_map_ports_by_name() {
+        let entry = se(
+            "ns",
+            "e",
+            json!({
+                "hosts": ["db.internal"],
+                "ports": [{"number": 5432, "name": "tcp-pg", "targetPort": 6432}, {"number": 80, "name": "http"}],
+                "resolution": "STATIC", "location": "MESH_INTERNAL",
+                "endpoints": [
+                    {"address": "10.0.0.2", "ports": {"http": 8080}, "labels": {"security.istio.io/tlsMode": "istio"},
+                     "locality": "r1/z1", "weight": 3},
+                    {"address": "10.0.0.1", "labels": {"istio-locality": "r2.z2"}},
+                ],
+            }),
+        );
+        let (_, endpoints) = service_entries(&[entry], &[]);
+        let list = &endpoints["db.internal"];
+        assert_eq!(
+            summary(list),
+            [
+                ("10.0.0.1".into(), 80, "http".into(), "".into(), "".into()),
+                ("10.0.0.2".into(), 8080, "http".into(), "istio".into(), "".into()),
+                ("10.0.0.1".into(), 6432, "tcp-pg".into(), "".into(), "".into()),
+                ("10.0.0.2".into(), 6432, "tcp-pg".into(), "istio".into(), "".into()),
+            ]
+        );
+        assert_eq!(list[0].locality, "r2/z2");
+        assert_eq!(list[1].locality, "r1/z1");
+        assert_eq!(list[1].weight, 3);
+        assert!(list.iter().all(|e| e.namespace == "ns" && e.health == Health::Healthy));
+    }
+
+    #[test]
+    fn workload_entries_by_selector_in_the_same_namespace() {
+        let entry = se(
+            "vms",
+            "legacy",
+            json!({
+                "hosts": ["legacy.vms.svc.cluster.local"],
+                "ports": [{"number": 80, "name": "http", "targetPort": 9080}],
+                "resolution": "STATIC", "location": "MESH_INTERNAL",
+                "workloadSelector": {"labels": {"app": "legacy"}},
+            }),
+        );
+        let workloads = [
+            we("vms", "vm-1", json!({"address": "10.1.0.1", "labels": {"app": "legacy"}, "serviceAccount": "legacy"})),
+            we("vms", "vm-2", json!({"address": "10.1.0.2", "labels": {"app": "legacy"}, "ports": {"http": 8000}})),
+            we("vms", "other", json!({"address": "10.1.0.3", "labels": {"app": "other"}})),
+            we("elsewhere", "vm-3", json!({"address": "10.1.0.4", "labels": {"app": "legacy"}})),
+        ];
+        let (_, endpoints) = service_entries(&[entry], &workloads);
+        assert_eq!(
+            summary(&endpoints["legacy.vms.svc.cluster.local"]),
+            [
+                ("10.1.0.1".into(), 9080, "http".into(), "istio".into(), "vm-1".into()),
+                ("10.1.0.2".into(), 8000, "http".into(), "".into(), "vm-2".into()),
+            ]
+        );
+        assert_eq!(endpoints["legacy.vms.svc.cluster.local"][0].service_account, "legacy");
+    }
+
+    #[test]
+    fn dns_without_endpoints_resolves_the_host() {
+        let entry = se(
+            "ns",
+            "e",
+            json!({"hosts": ["a.example.com", "b.example.com"], "resolution": "DNS",
+                   "ports": [{"number": 443, "name": "tls", "protocol": "TLS", "targetPort": 8443}]}),
+        );
+        let (_, endpoints) = service_entries(&[entry], &[]);
+        assert_eq!(
+            summary(&endpoints["a.example.com"]),
+            [("a.example.com".into(), 8443, "tls".into(), "".into(), "".into())]
+        );
+        assert_eq!(endpoints["b.example.com"][0].address, "b.example.com");
+    }
+
+    #[test]
+    fn no_endpoints_without_dns_or_selected_workloads() {
+        let cases = [
+            json!({"hosts": ["a.example.com"], "resolution": "NONE", "ports": [{"number": 80, "name": "http"}]}),
+            json!({"hosts": ["a.example.com"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}]}),
+            // A selector that picks nothing does not fall back to the host name.
+            json!({"hosts": ["a.example.com"], "resolution": "DNS", "ports": [{"number": 80, "name": "http"}],
+                   "workloadSelector": {"labels": {"app": "none"}}}),
+        ];
+        for spec in cases {
+            let (services, endpoints) = service_entries(&[se("ns", "e", spec.clone())], &[]);
+            assert_eq!(services.len(), 1, "{spec}");
+            assert!(endpoints.is_empty(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn unix_socket_endpoints_have_no_port() {
+        let entry = se(
+            "ns",
+            "e",
+            json!({"hosts": ["uds.local"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}],
+                   "endpoints": [{"address": "unix:///var/run/app.sock"}]}),
+        );
+        let (_, endpoints) = service_entries(&[entry], &[]);
+        assert_eq!(
+            summary(&endpoints["uds.local"]),
+            [("unix:///var/run/app.sock".into(), 0, "http".into(), "".into(), "".into())]
+        );
+    }
+}
