@@ -78,6 +78,8 @@ pub struct LocalMesh {
     external: Option<Proc>,
     _unreachable: Unreachable,
     owns_work_dir: bool,
+    /// Discovery's push version before the last config change, until a push after it is seen.
+    changed_after: Option<u64>,
 }
 
 impl LocalMesh {
@@ -108,6 +110,7 @@ impl LocalMesh {
             external: None,
             _unreachable: unreachable,
             owns_work_dir,
+            changed_after: None,
         };
         mesh.start_discovery()?;
         mesh.wait_http_ok(&mesh.monitoring_url("/ready"), "discovery").await?;
@@ -282,8 +285,12 @@ impl LocalMesh {
         Ok(())
     }
 
-    /// Writes `yaml` as `<name>.yaml` in the config directory (relocated to this block).
-    pub fn apply(&self, name: &str, yaml: &str) -> anyhow::Result<()> {
+    /// Writes `yaml` as `<name>.yaml` in the config directory (relocated to this block);
+    /// [`wait_synced`](Self::wait_synced) then waits for a push made after the change.
+    pub async fn apply(&mut self, name: &str, yaml: &str) -> anyhow::Result<()> {
+        if self.changed_after.is_none() {
+            self.changed_after = self.push_version().await.ok();
+        }
         let path = self.config_dir.join(format!("{name}.yaml"));
         let tmp = self.config_dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, relocate(yaml, self.block))?;
@@ -292,7 +299,10 @@ impl LocalMesh {
     }
 
     /// Removes `<name>.yaml` from the config directory.
-    pub fn remove(&self, name: &str) -> anyhow::Result<()> {
+    pub async fn remove(&mut self, name: &str) -> anyhow::Result<()> {
+        if self.changed_after.is_none() {
+            self.changed_after = self.push_version().await.ok();
+        }
         match std::fs::remove_file(self.config_dir.join(format!("{name}.yaml"))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -304,16 +314,29 @@ impl LocalMesh {
         self.client.get_json(&self.monitoring_url("/debug/syncz")).await
     }
 
-    /// Waits until discovery has read the config directory as it is now and every sidecar
-    /// has acknowledged everything pushed since.
+    /// Discovery's current push version.
+    pub async fn push_version(&self) -> anyhow::Result<u64> {
+        let adsz = self.client.get_json(&self.monitoring_url("/debug/adsz")).await?;
+        Ok(adsz["push_version"].as_u64().unwrap_or(0))
+    }
+
+    /// Waits until discovery has pushed the config directory as it is now (a push after the
+    /// last [`apply`](Self::apply)) and every sidecar has answered everything pushed since.
     pub async fn wait_synced(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let wanted = self.sidecars.len();
         loop {
             self.check_processes()?;
-            if let Ok(sync) = self.syncz().await
+            let pushed = match (self.changed_after, self.push_version().await) {
+                (Some(before), Ok(now)) => now > before,
+                (None, Ok(_)) => true,
+                (_, Err(_)) => false,
+            };
+            if pushed
+                && let Ok(sync) = self.syncz().await
                 && synced(&sync, wanted)
             {
+                self.changed_after = None;
                 return Ok(());
             }
             anyhow::ensure!(
@@ -354,6 +377,7 @@ impl LocalMesh {
     /// Starts discovery again on the same addresses and waits until it is ready.
     pub async fn restart_discovery(&mut self) -> anyhow::Result<()> {
         self.stop_discovery();
+        self.changed_after = None;
         self.start_discovery()?;
         self.wait_http_ok(&self.monitoring_url("/ready"), "discovery").await
     }

@@ -172,7 +172,7 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
             .replace("UNREACHABLE_PORT", &UNREACHABLE_PORT.to_string())
             .replace("UNREACHABLE_HOST", &UNREACHABLE_HOST.to_string()),
     };
-    mesh.apply("traffic", &yaml)?;
+    mesh.apply("traffic", &yaml).await?;
     mesh.wait_synced().await?;
     mesh.reset_apps().await?;
     match scenario {

@@ -86,7 +86,7 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         }
         let _ = std::io::stdout().flush();
     }
-    mesh.remove("traffic")?;
+    mesh.remove("traffic").await?;
     println!(
         "{} of {} scenarios behaved as configured.",
         Scenario::ALL.len() - failed,

@@ -1,6 +1,7 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
 mod demo;
+mod discovery;
 mod echo;
 mod install;
 mod kube_inject;
@@ -46,6 +47,9 @@ enum Command {
     Webhook(webhook::Args),
     /// Run the test/demo workload: an HTTP/1.1 + h2c echo server that names its instance.
     Echo(echo::Args),
+    /// Run discovery: the service registry (config directory or Kubernetes) and the ADS
+    /// server that keeps every Envoy's config current.
+    Discovery(discovery::Args),
     /// Run the local demo: discovery, workloads and Envoy sidecars on 127.0.0.x, walking
     /// through the traffic scenarios of examples/traffic.
     Demo(demo::Args),
@@ -66,6 +70,7 @@ impl Cli {
             Command::Webhook(args) => webhook::run(&args),
             Command::Echo(args) => echo::run(&args),
             Command::Demo(args) => demo::run(&args),
+            Command::Discovery(args) => discovery::run(&args),
         }
     }
 }

@@ -41,17 +41,33 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 /// Per proxy, per type: what was sent and acknowledged, and the last rejection.
+/// Per proxy: what was sent and acknowledged per type, the last NACK, and `synced` — the
+/// stream has taken the latest push and every type it watches answered the last response
+/// (ACK or NACK). Tests and operators wait on `synced`.
 async fn syncz(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let current = shared.generations.borrow().version;
     let proxies: Vec<Value> = shared
         .connections()
         .iter()
         .map(|c| {
-            let types: BTreeMap<&str, Value> = c
-                .watch_snapshot()
+            let watches = c.watch_snapshot();
+            let answered = watches
+                .values()
+                .all(|w| w.nonce_sent.is_empty() || w.nonce_acked == w.nonce_sent || w.last_error.is_some());
+            let last_nack = watches.values().find_map(|w| w.last_error.clone());
+            let types: BTreeMap<&str, Value> = watches
                 .into_iter()
                 .map(|(kind, watch)| (kind.short_name(), serde_json::to_value(watch).unwrap_or(Value::Null)))
                 .collect();
-            json!({"proxy": c.node_id, "connection": c.id, "push_version": c.pushed_version(), "types": types})
+            json!({
+                "proxy": c.node_id,
+                "connection": c.id,
+                "push_version": c.pushed_version(),
+                "server_push_version": current,
+                "synced": c.pushed_version() == current && answered,
+                "last_nack": last_nack,
+                "types": types,
+            })
         })
         .collect();
     Json(Value::Array(proxies))
