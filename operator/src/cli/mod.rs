@@ -5,6 +5,7 @@ mod install;
 mod kube_inject;
 mod manifest;
 mod operator;
+mod proxy;
 mod tag;
 mod uninstall;
 mod validate;
@@ -45,6 +46,8 @@ enum Command {
     Webhook(webhook::Args),
     /// Run the test/demo workload: an HTTP/1.1 + h2c echo server that names its instance.
     Echo(echo::Args),
+    /// The proxy agent: write Envoy's bootstrap and run Envoy (`proxy sidecar|router|bootstrap|wait|request|init`).
+    Proxy(proxy::Args),
 }
 
 impl Cli {
@@ -61,6 +64,7 @@ impl Cli {
             Command::KubeInject(args) => kube_inject::run(&args),
             Command::Webhook(args) => webhook::run(&args),
             Command::Echo(args) => echo::run(&args),
+            Command::Proxy(args) => proxy::run(&args),
         }
     }
 }
