@@ -35,11 +35,11 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum ProxyCommand {
     /// Run Envoy as a workload's sidecar.
-    Sidecar(RunArgs),
+    Sidecar(Box<RunArgs>),
     /// Run Envoy as a gateway (router).
-    Router(RunArgs),
+    Router(Box<RunArgs>),
     /// Print the Envoy bootstrap the agent would write (JSON).
-    Bootstrap(BootstrapArgs),
+    Bootstrap(Box<BootstrapArgs>),
     /// Wait until the proxy reports ready (exit 0) or time out (exit 1).
     Wait(WaitArgs),
     /// Send one request to the local Envoy admin endpoint and print the answer.

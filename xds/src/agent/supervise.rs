@@ -191,10 +191,10 @@ async fn stop(child: &mut Child, options: &EnvoyOptions, admin: &str) -> Result<
     if let Ok(status) = tokio::time::timeout(options.termination_drain, child.wait()).await {
         return status.map_err(SuperviseError::Wait);
     }
-    if let Some(pid) = child.id() {
-        if let Err(e) = send_sigterm(pid).await {
-            tracing::warn!("SIGTERM to Envoy (pid {pid}) failed: {e}");
-        }
+    if let Some(pid) = child.id()
+        && let Err(e) = send_sigterm(pid).await
+    {
+        tracing::warn!("SIGTERM to Envoy (pid {pid}) failed: {e}");
     }
     if let Ok(status) = tokio::time::timeout(options.kill_grace, child.wait()).await {
         return status.map_err(SuperviseError::Wait);
