@@ -1,6 +1,7 @@
 //! Discovery for Rudder: the service registry, translation of Istio config into Envoy xDS
 //! resources, and the ADS server that pushes them.
 
+pub mod agent;
 pub mod echo;
 pub mod model;
 pub mod registry;

@@ -7,6 +7,7 @@ mod install;
 mod kube_inject;
 mod manifest;
 mod operator;
+mod proxy;
 mod tag;
 mod uninstall;
 mod validate;
@@ -53,6 +54,8 @@ enum Command {
     /// Run the local demo: discovery, workloads and Envoy sidecars on 127.0.0.x, walking
     /// through the traffic scenarios of examples/traffic.
     Demo(demo::Args),
+    /// The proxy agent: write Envoy's bootstrap and run Envoy (`proxy sidecar|router|bootstrap|wait|request|init`).
+    Proxy(proxy::Args),
 }
 
 impl Cli {
@@ -71,6 +74,7 @@ impl Cli {
             Command::Echo(args) => echo::run(&args),
             Command::Demo(args) => demo::run(&args),
             Command::Discovery(args) => discovery::run(&args),
+            Command::Proxy(args) => proxy::run(&args),
         }
     }
 }

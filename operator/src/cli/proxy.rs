@@ -1,0 +1,651 @@
+//! `rudder proxy`: the proxy agent verbs the injected pod runs (the pilot-agent counterparts).
+//!
+//! * `sidecar` / `router`: build the Envoy bootstrap from flags and the injector's env vars
+//!   (`POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP`, `ISTIO_META_*`, `PROXY_CONFIG`, …), run Envoy
+//!   on it, drain and stop it on SIGTERM/SIGINT (see `rudder_xds::agent::supervise`).
+//! * `bootstrap`: print that bootstrap (JSON) and exit.
+//! * `wait`: poll the readiness endpoint until it answers 200 (the postStart hook).
+//! * `request METHOD PATH`: one request to Envoy's local admin endpoint, body printed.
+//! * `init`: the iptables setup; only `--dry-run` (print the rules) is supported so far.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use rudder_config::common::Duration as ConfigDuration;
+use rudder_config::mesh::ProxyConfig;
+use rudder_xds::agent::bootstrap::{
+    self, BootstrapOptions, DEFAULT_DISCOVERY_ADDRESS, DEFAULT_ISTIO_VERSION, XdsTransport, metadata_from_env,
+};
+use rudder_xds::agent::supervise::{self, Ending, EnvoyOptions, SuperviseError};
+use rudder_xds::model::{InterceptionMode, NodeType};
+
+use super::install::exit_code;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: ProxyCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ProxyCommand {
+    /// Run Envoy as a workload's sidecar.
+    Sidecar(Box<RunArgs>),
+    /// Run Envoy as a gateway (router).
+    Router(Box<RunArgs>),
+    /// Print the Envoy bootstrap the agent would write (JSON).
+    Bootstrap(Box<BootstrapArgs>),
+    /// Wait until the proxy reports ready (exit 0) or time out (exit 1).
+    Wait(WaitArgs),
+    /// Send one request to the local Envoy admin endpoint and print the answer.
+    Request(RequestArgs),
+    /// Set up traffic redirection (iptables). Only --dry-run is supported yet.
+    Init(InitArgs),
+}
+
+/// Who the proxy is and where discovery lives: everything that goes into the bootstrap.
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// Pod name (node id and `NAME` metadata).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Pod namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Pod IPs, comma-separated; the first one goes into the node id.
+    #[arg(long = "ip", env = "INSTANCE_IP", value_delimiter = ',')]
+    ips: Vec<IpAddr>,
+    /// DNS domain (last part of the node id); default `<namespace>.svc.cluster.local`.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Cluster id (`CLUSTER_ID` metadata).
+    #[arg(long, env = "ISTIO_META_CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// Pod labels as `k=v,k=v` (default: `ISTIO_METAJSON_LABELS`, a JSON object).
+    #[arg(long)]
+    labels: Option<String>,
+    #[arg(long, env = "ISTIO_METAJSON_LABELS", hide = true)]
+    labels_json: Option<String>,
+    /// Workload name (`WORKLOAD_NAME` metadata).
+    #[arg(long, env = "ISTIO_META_WORKLOAD_NAME")]
+    workload_name: Option<String>,
+    /// How traffic reaches the proxy: REDIRECT, TPROXY or NONE.
+    #[arg(long, env = "ISTIO_META_INTERCEPTION_MODE", default_value = "REDIRECT", value_parser = parse_interception)]
+    interception_mode: InterceptionMode,
+    /// Istio version announced to discovery.
+    #[arg(long, env = "ISTIO_META_ISTIO_VERSION", default_value = DEFAULT_ISTIO_VERSION)]
+    istio_version: String,
+    /// Control-plane revision (`ISTIO_REVISION` metadata).
+    #[arg(long, env = "ISTIO_META_ISTIO_REVISION", default_value = "")]
+    revision: String,
+    /// Discovery (plaintext gRPC) as host:port; default: PROXY_CONFIG's discoveryAddress, else
+    /// `istiod.istio-system.svc:15010`.
+    #[arg(long, env = "PILOT_ADDRESS")]
+    discovery_address: Option<String>,
+    /// ADS flavour: DELTA_GRPC (incremental, Istio's default since 1.22) or GRPC.
+    #[arg(long, default_value = "DELTA_GRPC", value_parser = parse_transport)]
+    xds_transport: XdsTransport,
+    /// Envoy admin address.
+    #[arg(long, default_value = "127.0.0.1")]
+    admin_address: IpAddr,
+    /// Envoy admin port.
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Readiness port (`/healthz/ready`).
+    #[arg(long, default_value_t = 15021)]
+    status_port: u16,
+    /// Prometheus port (`/stats/prometheus`).
+    #[arg(long, default_value_t = 15090)]
+    prometheus_port: u16,
+    /// The effective ProxyConfig (JSON), as the injector sets it.
+    #[arg(long, env = "PROXY_CONFIG", hide_env_values = true)]
+    proxy_config: Option<String>,
+}
+
+/// How Envoy runs.
+#[derive(Debug, clap::Args)]
+struct EnvoyArgs {
+    /// Envoy binary; default `envoy` on PATH.
+    #[arg(long, env = "ENVOY_PATH")]
+    envoy_path: Option<PathBuf>,
+    /// Directory for the bootstrap file; default a fresh temporary directory.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// Envoy `--base-id`; default the admin port, so Envoys with distinct admin ports coexist.
+    #[arg(long)]
+    base_id: Option<u32>,
+    /// Listener drain time (Envoy `--drain-time-s`); default PROXY_CONFIG's drainDuration, else 45s.
+    #[arg(long, value_parser = parse_duration)]
+    drain_duration: Option<Duration>,
+    /// Worker threads (0 = one per core); default PROXY_CONFIG's concurrency, else 2.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// How long to drain before stopping Envoy on shutdown; default PROXY_CONFIG's
+    /// terminationDrainDuration, else 5s.
+    #[arg(long, value_parser = parse_duration)]
+    termination_drain_duration: Option<Duration>,
+    /// How long Envoy may take to exit after SIGTERM before it is killed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    kill_grace: Duration,
+    /// Envoy log level.
+    #[arg(long = "proxyLogLevel", alias = "log-level", default_value = "warning")]
+    proxy_log_level: String,
+    /// Envoy per-component log levels (`misc:error,upstream:debug`).
+    #[arg(long = "proxyComponentLogLevel", alias = "component-log-level", default_value = "misc:error")]
+    proxy_component_log_level: String,
+    /// The agent's own log filter (accepted for the injector's `--log_output_level`;
+    /// `default:info` style scopes are read as plain levels).
+    #[arg(long = "log_output_level", default_value = "default:info")]
+    log_output_level: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    envoy: EnvoyArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct BootstrapArgs {
+    /// Proxy type: sidecar or router.
+    #[arg(long = "type", default_value = "sidecar", value_parser = parse_node_type)]
+    node_type: NodeType,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct WaitArgs {
+    /// Readiness URL to poll (plain http).
+    #[arg(long, default_value = "http://localhost:15021/healthz/ready")]
+    url: String,
+    /// Give up after this many seconds.
+    #[arg(long = "timeoutSeconds", alias = "timeout-seconds", default_value_t = 60)]
+    timeout_seconds: u64,
+    /// Time between attempts.
+    #[arg(long = "periodMillis", alias = "period-millis", default_value_t = 500)]
+    period_millis: u64,
+    /// Timeout of one attempt.
+    #[arg(long = "requestTimeoutMillis", alias = "request-timeout-millis", default_value_t = 500)]
+    request_timeout_millis: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct RequestArgs {
+    /// Local port to send the request to (Envoy admin by default).
+    #[arg(long = "debug-port", default_value_t = 15000)]
+    debug_port: u16,
+    /// HTTP method.
+    method: String,
+    /// Path, e.g. `stats` or `/server_info`.
+    path: String,
+}
+
+/// The flags the injector's init container passes (istio-iptables').
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Print the rules instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Outbound capture port.
+    #[arg(short = 'p', default_value_t = 15001)]
+    outbound_port: u16,
+    /// Inbound capture port.
+    #[arg(short = 'z', default_value_t = 15006)]
+    inbound_port: u16,
+    /// The proxy's user id (its own traffic is not captured).
+    #[arg(short = 'u', default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The proxy's group id; default the user id.
+    #[arg(short = 'g')]
+    proxy_gid: Option<u32>,
+    /// Interception mode: REDIRECT, TPROXY or NONE.
+    #[arg(short = 'm', default_value = "REDIRECT", value_parser = parse_interception)]
+    mode: InterceptionMode,
+    /// Outbound IP ranges to capture (`*` = all).
+    #[arg(short = 'i', default_value = "*")]
+    include_ip_ranges: String,
+    /// Outbound IP ranges not to capture.
+    #[arg(short = 'x', default_value = "")]
+    exclude_ip_ranges: String,
+    /// Inbound ports to capture (`*` = all).
+    #[arg(short = 'b', default_value = "*")]
+    include_inbound_ports: String,
+    /// Inbound ports not to capture.
+    #[arg(short = 'd', default_value = "")]
+    exclude_inbound_ports: String,
+    /// Outbound ports to capture regardless of address.
+    #[arg(short = 'q', default_value = "")]
+    include_outbound_ports: String,
+    /// Outbound ports not to capture.
+    #[arg(short = 'o', default_value = "")]
+    exclude_outbound_ports: String,
+    /// Interfaces whose traffic is captured as inbound.
+    #[arg(short = 'k', default_value = "")]
+    reroute_interfaces: String,
+    /// Interfaces left alone.
+    #[arg(short = 'c', default_value = "")]
+    exclude_interfaces: String,
+    /// CNI mode: validate the CNI plugin's redirection.
+    #[arg(long)]
+    run_validation: bool,
+    /// CNI mode: the rules are applied by the CNI plugin.
+    #[arg(long)]
+    skip_rule_apply: bool,
+    #[arg(long = "log_output_level", default_value = "default:info")]
+    log_output_level: String,
+}
+
+pub fn run(args: &Args) -> ExitCode {
+    match &args.command {
+        ProxyCommand::Sidecar(run) => run_proxy(NodeType::Sidecar, run),
+        ProxyCommand::Router(run) => run_proxy(NodeType::Router, run),
+        ProxyCommand::Bootstrap(b) => exit_code(print_bootstrap(b)),
+        ProxyCommand::Wait(w) => exit_code(runtime().and_then(|rt| rt.block_on(wait(w)))),
+        ProxyCommand::Request(r) => exit_code(runtime().and_then(|rt| rt.block_on(request(r)))),
+        ProxyCommand::Init(i) => exit_code(init(i)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")
+}
+
+fn print_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
+    let (options, _) = bootstrap_options(args.node_type, &args.node)?;
+    let json = bootstrap::bootstrap(&options)?;
+    write_stdout(&(serde_json::to_string_pretty(&json)? + "\n"))
+}
+
+/// The bootstrap options, and the parsed PROXY_CONFIG (for the Envoy settings it carries).
+fn bootstrap_options(node_type: NodeType, args: &NodeArgs) -> anyhow::Result<(BootstrapOptions, ProxyConfig)> {
+    let (proxy_config, proxy_config_json) = parse_proxy_config(args.proxy_config.as_deref())?;
+    let (mut extra, unparsable) = metadata_from_env(std::env::vars());
+    for name in unparsable {
+        eprintln!("warning: {name} is not valid JSON; left out of the node metadata");
+    }
+    if let Some(json) = proxy_config_json {
+        extra.insert("PROXY_CONFIG".to_owned(), json);
+    }
+    let labels = match (&args.labels, &args.labels_json) {
+        (Some(text), _) => parse_labels(text)?,
+        (None, Some(json)) if !json.trim().is_empty() => {
+            serde_json::from_str(json).context("ISTIO_METAJSON_LABELS must be a JSON object of strings")?
+        }
+        _ => BTreeMap::new(),
+    };
+    let pod_name = args.pod_name.clone().filter(|p| !p.is_empty()).unwrap_or_else(hostname);
+    let options = BootstrapOptions {
+        node_type,
+        ip_addresses: args.ips.clone(),
+        pod_name,
+        namespace: args.namespace.clone(),
+        dns_domain: args.domain.clone().filter(|d| !d.is_empty()),
+        cluster_id: args.cluster_id.clone(),
+        labels,
+        workload_name: args.workload_name.clone().filter(|w| !w.is_empty()),
+        interception: args.interception_mode,
+        istio_version: args.istio_version.clone(),
+        revision: args.revision.clone(),
+        discovery_address: discovery_address(args.discovery_address.as_deref(), &proxy_config),
+        xds_transport: args.xds_transport,
+        admin_address: args.admin_address,
+        admin_port: args.admin_port,
+        status_port: args.status_port,
+        prometheus_port: args.prometheus_port,
+        extra_metadata: extra,
+    };
+    Ok((options, proxy_config))
+}
+
+/// PROXY_CONFIG as typed settings (unknown fields tolerated: then only the JSON is kept) and
+/// as the JSON object for the node metadata.
+fn parse_proxy_config(text: Option<&str>) -> anyhow::Result<(ProxyConfig, Option<serde_json::Value>)> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok((ProxyConfig::default(), None));
+    };
+    let json: serde_json::Value = serde_json::from_str(text).context("PROXY_CONFIG is not JSON")?;
+    let typed = serde_json::from_value(json.clone()).unwrap_or_else(|e| {
+        eprintln!("warning: PROXY_CONFIG not fully understood ({e}); using defaults for its settings");
+        ProxyConfig::default()
+    });
+    Ok((typed, Some(json)))
+}
+
+/// Flag/env first, then PROXY_CONFIG, then the default. The agent speaks plaintext gRPC only,
+/// so an istiod mTLS address (port 15012, Istio's default) is read as the same istiod's
+/// plaintext port 15010.
+fn discovery_address(explicit: Option<&str>, proxy_config: &ProxyConfig) -> String {
+    if let Some(address) = explicit.filter(|a| !a.is_empty()) {
+        return address.to_owned();
+    }
+    match proxy_config.discovery_address.as_deref().filter(|a| !a.is_empty()) {
+        Some(address) => match address.strip_suffix(":15012") {
+            Some(host) => format!("{host}:15010"),
+            None => address.to_owned(),
+        },
+        None => DEFAULT_DISCOVERY_ADDRESS.to_owned(),
+    }
+}
+
+fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("label {pair:?} must be key=value"))?;
+            Ok((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "rudder-proxy".to_owned())
+}
+
+fn admin_authority(address: IpAddr, port: u16) -> String {
+    match address {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
+    let level = args.envoy.log_output_level.rsplit(':').next().unwrap_or("info").to_owned();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "info".into()))
+        .try_init();
+    let prepared = (|| -> anyhow::Result<_> {
+        let (options, proxy_config) = bootstrap_options(node_type, &args.node)?;
+        let json = bootstrap::bootstrap(&options)?;
+        let envoy = envoy_options(&args.envoy, &options, &proxy_config)?;
+        Ok((json, envoy, admin_authority(options.admin_address, options.admin_port)))
+    })();
+    let (json, envoy, admin) = match prepared {
+        Ok(p) => p,
+        Err(e) => return exit_code(Err(e)),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return exit_code(Err(e)),
+    };
+    let outcome = rt.block_on(async {
+        let shutdown = shutdown_signal()?;
+        let on_start = |pid: u32| {
+            let _ = write_stdout(&format!("envoy started: pid {pid}\n"));
+        };
+        Ok::<_, anyhow::Error>(supervise::supervise(&json, &envoy, &admin, shutdown, on_start).await)
+    });
+    match outcome {
+        Err(e) => exit_code(Err(e)),
+        Ok(Ok(Ending::Stopped(status))) => {
+            eprintln!("Envoy stopped ({status})");
+            ExitCode::from(supervise::exit_code_of(status))
+        }
+        Ok(Ok(Ending::ExitedCleanly)) => {
+            eprintln!("Envoy exited by itself with status 0");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(SuperviseError::EnvoyDied(status))) => {
+            eprintln!("error: Envoy exited unexpectedly ({status}); the proxy is down");
+            ExitCode::from(supervise::exit_code_of(status).max(1))
+        }
+        Ok(Err(e)) => exit_code(Err(e.into())),
+    }
+}
+
+fn envoy_options(
+    args: &EnvoyArgs,
+    node: &BootstrapOptions,
+    proxy_config: &ProxyConfig,
+) -> anyhow::Result<EnvoyOptions> {
+    let path = supervise::resolve_envoy(args.envoy_path.as_deref()).map_err(|e| anyhow!(e))?;
+    let defaults = EnvoyOptions::new(path);
+    let from_config = |d: Option<ConfigDuration>| d.map(ConfigDuration::to_std);
+    Ok(EnvoyOptions {
+        config_dir: args.config_dir.clone(),
+        base_id: args.base_id.unwrap_or(u32::from(node.admin_port)),
+        drain_duration: args
+            .drain_duration
+            .or_else(|| from_config(proxy_config.drain_duration))
+            .unwrap_or(defaults.drain_duration),
+        concurrency: args
+            .concurrency
+            .or_else(|| proxy_config.concurrency.and_then(|c| u32::try_from(c).ok()))
+            .unwrap_or(defaults.concurrency),
+        log_level: args.proxy_log_level.clone(),
+        component_log_level: args.proxy_component_log_level.clone(),
+        termination_drain: args
+            .termination_drain_duration
+            .or_else(|| from_config(proxy_config.termination_drain_duration))
+            .unwrap_or(defaults.termination_drain),
+        kill_grace: args.kill_grace,
+        ..defaults
+    })
+}
+
+/// SIGTERM or SIGINT. Both handlers are installed now, before Envoy starts, so that an early
+/// signal is not lost to the default action (which would orphan Envoy).
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => eprintln!("SIGTERM: draining and stopping Envoy"),
+            _ = int.recv() => eprintln!("SIGINT: draining and stopping Envoy"),
+        }
+    })
+}
+
+async fn wait(args: &WaitArgs) -> anyhow::Result<()> {
+    let rest = args.url.strip_prefix("http://").ok_or_else(|| anyhow!("--url must be http://host:port/path"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_seconds);
+    let per_request = Duration::from_millis(args.request_timeout_millis.max(1));
+    loop {
+        let last = match supervise::local_request(authority, "GET", path, per_request).await {
+            Ok(response) if response.status == 200 => {
+                return write_stdout("proxy ready\n");
+            }
+            Ok(response) => format!("HTTP {}: {}", response.status, response.body.trim()),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("proxy not ready after {}s ({}: {last})", args.timeout_seconds, args.url);
+        }
+        tokio::time::sleep(Duration::from_millis(args.period_millis)).await;
+    }
+}
+
+async fn request(args: &RequestArgs) -> anyhow::Result<()> {
+    let path = if args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
+    let authority = format!("127.0.0.1:{}", args.debug_port);
+    let method = args.method.to_ascii_uppercase();
+    let response = supervise::local_request(&authority, &method, &path, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("{method} http://{authority}{path}"))?;
+    write_stdout(&response.body)?;
+    if response.status >= 400 {
+        bail!("{method} {path}: HTTP {}", response.status);
+    }
+    Ok(())
+}
+
+fn init(args: &InitArgs) -> anyhow::Result<()> {
+    if !args.dry_run {
+        bail!(
+            "`rudder proxy init` cannot apply iptables rules yet (not supported); use --dry-run to print them, \
+             or run pods with interception mode NONE"
+        );
+    }
+    write_stdout(&iptables_rules(args)?)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn list(text: &str) -> Vec<&str> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+}
+
+/// The nat-table rules (iptables-restore format) for REDIRECT mode, IPv4, shaped like
+/// istio-iptables': inbound TCP to the inbound capture port except excluded ports, outbound
+/// TCP to the outbound capture port except the proxy's own traffic and excluded ranges/ports.
+fn iptables_rules(args: &InitArgs) -> anyhow::Result<String> {
+    match args.mode {
+        InterceptionMode::None => return Ok("# interception mode NONE: no rules\n".to_owned()),
+        InterceptionMode::Tproxy => bail!("TPROXY rules are not supported yet"),
+        InterceptionMode::Redirect => {}
+    }
+    let uid = args.proxy_uid;
+    let gid = args.proxy_gid.unwrap_or(uid);
+    let v4 = |cidr: &&str| !cidr.contains(':');
+    let mut rules = vec![
+        "*nat".to_owned(),
+        ":ISTIO_INBOUND - [0:0]".to_owned(),
+        ":ISTIO_IN_REDIRECT - [0:0]".to_owned(),
+        ":ISTIO_OUTPUT - [0:0]".to_owned(),
+        ":ISTIO_REDIRECT - [0:0]".to_owned(),
+        format!("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", args.outbound_port),
+        format!("-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", args.inbound_port),
+    ];
+    let inbound = list(&args.include_inbound_ports);
+    if !inbound.is_empty() {
+        rules.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".to_owned());
+        if inbound == ["*"] {
+            for port in list(&args.exclude_inbound_ports) {
+                rules.push(format!("-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN"));
+            }
+            rules.push("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT".to_owned());
+        } else {
+            for port in inbound {
+                rules.push(format!("-A ISTIO_INBOUND -p tcp --dport {port} -j ISTIO_IN_REDIRECT"));
+            }
+        }
+    }
+    rules.push("-A OUTPUT -p tcp -j ISTIO_OUTPUT".to_owned());
+    for interface in list(&args.exclude_interfaces) {
+        rules.push(format!("-I PREROUTING 1 -i {interface} -j RETURN"));
+        rules.push(format!("-I OUTPUT 1 -o {interface} -j RETURN"));
+    }
+    for interface in list(&args.reroute_interfaces) {
+        rules.push(format!("-A PREROUTING -i {interface} -j ISTIO_REDIRECT"));
+    }
+    for port in list(&args.include_outbound_ports) {
+        rules.push(format!("-A ISTIO_OUTPUT -p tcp --dport {port} -j ISTIO_REDIRECT"));
+    }
+    rules.push("-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN".to_owned());
+    for (kind, id) in [("uid", uid), ("gid", gid)] {
+        rules
+            .push(format!("-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -m owner --{kind}-owner {id} -j ISTIO_IN_REDIRECT"));
+        rules.push(format!("-A ISTIO_OUTPUT -o lo -m owner ! --{kind}-owner {id} -j RETURN"));
+        rules.push(format!("-A ISTIO_OUTPUT -m owner --{kind}-owner {id} -j RETURN"));
+    }
+    rules.push("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN".to_owned());
+    for port in list(&args.exclude_outbound_ports) {
+        rules.push(format!("-A ISTIO_OUTPUT -p tcp --dport {port} -j RETURN"));
+    }
+    for cidr in list(&args.exclude_ip_ranges).into_iter().filter(v4) {
+        rules.push(format!("-A ISTIO_OUTPUT -d {cidr} -j RETURN"));
+    }
+    let include = list(&args.include_ip_ranges);
+    if include == ["*"] {
+        rules.push("-A ISTIO_OUTPUT -j ISTIO_REDIRECT".to_owned());
+    } else {
+        for cidr in include.into_iter().filter(v4) {
+            rules.push(format!("-A ISTIO_OUTPUT -d {cidr} -j ISTIO_REDIRECT"));
+        }
+    }
+    rules.push("COMMIT".to_owned());
+    Ok(rules.join("\n") + "\n")
+}
+
+fn parse_interception(text: &str) -> Result<InterceptionMode, String> {
+    match text.to_ascii_uppercase().as_str() {
+        "REDIRECT" => Ok(InterceptionMode::Redirect),
+        "TPROXY" => Ok(InterceptionMode::Tproxy),
+        "NONE" => Ok(InterceptionMode::None),
+        other => Err(format!("{other:?}: expected REDIRECT, TPROXY or NONE")),
+    }
+}
+
+fn parse_transport(text: &str) -> Result<XdsTransport, String> {
+    match text.to_ascii_uppercase().as_str() {
+        "GRPC" => Ok(XdsTransport::Grpc),
+        "DELTA_GRPC" => Ok(XdsTransport::DeltaGrpc),
+        other => Err(format!("{other:?}: expected GRPC or DELTA_GRPC")),
+    }
+}
+
+fn parse_node_type(text: &str) -> Result<NodeType, String> {
+    match text {
+        "sidecar" => Ok(NodeType::Sidecar),
+        "router" => Ok(NodeType::Router),
+        other => Err(format!("{other:?}: expected sidecar or router")),
+    }
+}
+
+/// Go-style durations (`5s`, `1m30s`, `500ms`) or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let parsed = ConfigDuration::parse(text)?;
+    if parsed.as_nanos() < 0 {
+        return Err(format!("{text:?}: must not be negative"));
+    }
+    Ok(parsed.to_std())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_address_precedence() {
+        let none = ProxyConfig::default();
+        let istio =
+            ProxyConfig { discovery_address: Some("istiod-canary.istio-system.svc:15012".into()), ..none.clone() };
+        assert_eq!(discovery_address(None, &none), DEFAULT_DISCOVERY_ADDRESS);
+        assert_eq!(discovery_address(None, &istio), "istiod-canary.istio-system.svc:15010");
+        assert_eq!(discovery_address(Some("127.0.0.1:18000"), &istio), "127.0.0.1:18000");
+    }
+
+    #[test]
+    fn labels_and_durations() {
+        assert_eq!(
+            parse_labels("app=a, version=v1").unwrap(),
+            [("app".into(), "a".into()), ("version".into(), "v1".into())].into()
+        );
+        assert!(parse_labels("app").is_err());
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("-1s").is_err());
+    }
+}

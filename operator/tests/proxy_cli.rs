@@ -1,0 +1,257 @@
+//! `rudder proxy` as the injected pod runs it: the bootstrap from the injector's env vars is
+//! one real Envoy accepts; `proxy sidecar` with no discovery server starts Envoy, which waits
+//! for its first config (admin says 503, readiness is not 200, `proxy wait` gives up), and
+//! SIGTERM to the agent takes Envoy down with it. Plus the small verbs and the error paths.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rudder_xds::agent::supervise::local_request;
+use rudder_xds::testing::envoy_path;
+
+fn rudder() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rudder"));
+    // The test environment's own pod identity must not leak in.
+    for var in ["POD_NAME", "POD_NAMESPACE", "INSTANCE_IP", "PILOT_ADDRESS", "PROXY_CONFIG", "ISTIO_METAJSON_LABELS"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// The env vars and args the injector gives the proxy container (see the webhook templates).
+fn injected(cmd: &mut Command) -> &mut Command {
+    cmd.env("POD_NAME", "reviews-v1-abc")
+        .env("POD_NAMESPACE", "bookinfo")
+        .env("INSTANCE_IP", "127.0.0.1")
+        .env("ISTIO_META_CLUSTER_ID", "Kubernetes")
+        .env("ISTIO_META_INTERCEPTION_MODE", "NONE")
+        .env("ISTIO_META_WORKLOAD_NAME", "reviews-v1")
+        .env("ISTIO_META_MESH_ID", "cluster.local")
+        .env("ISTIO_META_POD_PORTS", r#"[{"containerPort":9080,"protocol":"TCP"}]"#)
+        .env("ISTIO_METAJSON_LABELS", r#"{"app":"reviews","version":"v1"}"#)
+        .env("PROXY_CONFIG", r#"{"discoveryAddress":"istiod.istio-system.svc:15012"}"#)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn text(out: &Output) -> String {
+    format!("stdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn kill(signal: &str, pid: u32) {
+    let _ = Command::new("kill").args([signal, &pid.to_string()]).stderr(Stdio::null()).status();
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; count it as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+/// The agent and its Envoy, stopped (SIGTERM, then SIGKILL) when the test ends, pass or fail.
+struct Agent {
+    child: Child,
+    envoy_pid: Option<u32>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        kill("-TERM", self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(pid) = self.envoy_pid.filter(|pid| alive(*pid)) {
+            kill("-KILL", pid);
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Status and body of a local GET, or `None` if nothing answers.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    runtime()
+        .block_on(local_request(&format!("127.0.0.1:{port}"), "GET", path, Duration::from_secs(2)))
+        .ok()
+        .map(|r| (r.status, r.body))
+}
+
+#[test]
+fn bootstrap_from_the_injected_env_is_accepted_by_envoy() {
+    let out = injected(&mut rudder())
+        .args(["proxy", "bootstrap", "--domain", "bookinfo.svc.cluster.local"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let node = &json["node"];
+    assert_eq!(node["id"], "sidecar~127.0.0.1~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local");
+    assert_eq!(node["cluster"], "reviews.bookinfo");
+    let meta = &node["metadata"];
+    assert_eq!(meta["LABELS"]["version"], "v1");
+    assert_eq!(meta["INSTANCE_IPS"], "127.0.0.1");
+    assert_eq!(meta["INTERCEPTION_MODE"], "NONE");
+    assert_eq!(meta["WORKLOAD_NAME"], "reviews-v1");
+    assert_eq!(meta["MESH_ID"], "cluster.local");
+    assert_eq!(meta["POD_PORTS"], r#"[{"containerPort":9080,"protocol":"TCP"}]"#);
+    assert_eq!(meta["PROXY_CONFIG"]["discoveryAddress"], "istiod.istio-system.svc:15012");
+    // The agent speaks plaintext: istiod's mTLS port becomes its plaintext one.
+    let xds =
+        json["static_resources"]["clusters"].as_array().unwrap().iter().find(|c| c["name"] == "xds-grpc").unwrap();
+    let socket = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+    assert_eq!(socket["address"], "istiod.istio-system.svc");
+    assert_eq!(socket["port_value"], 15010);
+
+    let dir = std::env::temp_dir().join(format!("rudder-proxy-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bootstrap.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let check = Command::new(envoy_path().unwrap())
+        .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(check.status.success(), "{}", text(&check));
+}
+
+#[test]
+fn sidecar_waits_for_config_and_stops_envoy_on_sigterm() {
+    let (admin, status, prometheus, nobody) = (free_port(), free_port(), free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("rudder-proxy-sidecar-{}", std::process::id()));
+    let child = injected(&mut rudder())
+        .env("ENVOY_PATH", envoy_path().unwrap())
+        .args(["proxy", "sidecar", "--domain", "bookinfo.svc.cluster.local"])
+        .args(["--proxyLogLevel=warning", "--proxyComponentLogLevel=misc:error", "--log_output_level=default:info"])
+        .args(["--discovery-address", &format!("127.0.0.1:{nobody}")])
+        .args(["--admin-port", &admin.to_string(), "--status-port", &status.to_string()])
+        .args(["--prometheus-port", &prometheus.to_string(), "--base-id", &admin.to_string()])
+        .args(["--concurrency", "1", "--termination-drain-duration", "200ms"])
+        .arg("--config-dir")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent { child, envoy_pid: None };
+    let mut line = String::new();
+    BufReader::new(agent.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let pid: u32 =
+        line.trim().strip_prefix("envoy started: pid ").unwrap_or_else(|| panic!("{line:?}")).parse().unwrap();
+    agent.envoy_pid = Some(pid);
+    assert!(dir.join("envoy-rev.json").is_file());
+
+    // Admin comes up; with no discovery server and initial_fetch_timeout 0, Envoy stays
+    // PRE_INITIALIZING, so nothing reports ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (code, body) = loop {
+        if let Some(answer) = get(admin, "/ready") {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "Envoy admin on {admin} never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!((code, body.trim()), (503, "PRE_INITIALIZING"));
+    assert_ne!(get(status, "/healthz/ready").map(|(code, _)| code), Some(200));
+
+    let request =
+        rudder().args(["proxy", "request", "--debug-port", &admin.to_string(), "GET", "server_info"]).output().unwrap();
+    assert!(request.status.success(), "{}", text(&request));
+    let info: serde_json::Value = serde_json::from_slice(&request.stdout).unwrap();
+    assert_eq!(info["state"], "PRE_INITIALIZING");
+    assert!(info["command_line_options"]["base_id"].as_str().is_some_and(|id| id == admin.to_string()), "{info}");
+
+    let url = format!("http://127.0.0.1:{status}/healthz/ready");
+    let wait = rudder()
+        .args(["proxy", "wait", "--url", &url, "--timeoutSeconds", "1", "--periodMillis", "100"])
+        .output()
+        .unwrap();
+    assert!(!wait.status.success(), "{}", text(&wait));
+    assert!(String::from_utf8_lossy(&wait.stderr).contains("not ready"), "{}", text(&wait));
+
+    kill("-TERM", agent.child.id());
+    let exit = agent.child.wait().unwrap();
+    assert!(exit.success(), "agent: {exit}");
+    assert!(!alive(pid), "Envoy (pid {pid}) outlived the agent");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn envoy_dying_makes_the_agent_fail_loudly() {
+    let fake = ["/bin/false", "/usr/bin/false"].into_iter().map(PathBuf::from).find(|p| p.is_file()).unwrap();
+    let out = injected(&mut rudder())
+        .args(["proxy", "router", "--admin-port", &free_port().to_string(), "--envoy-path"])
+        .arg(&fake)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Envoy exited unexpectedly"), "{}", text(&out));
+}
+
+#[test]
+fn missing_envoy_is_a_clear_error() {
+    let out =
+        injected(&mut rudder()).args(["proxy", "sidecar", "--envoy-path", "/nonexistent/envoy"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/envoy not found"), "{}", text(&out));
+}
+
+#[test]
+fn init_prints_rules_with_dry_run_and_refuses_otherwise() {
+    // The injector's init-container arguments.
+    let args = [
+        "proxy",
+        "init",
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--log_output_level=default:info",
+    ];
+    let out = rudder().args(args).arg("--dry-run").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let rules = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+        "-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN",
+        "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+        "COMMIT",
+    ] {
+        assert!(rules.contains(want), "missing {want:?} in\n{rules}");
+    }
+    let refused = rudder().args(args).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not supported"), "{}", text(&refused));
+}
+
+#[test]
+fn request_without_a_listener_fails() {
+    let out = rudder()
+        .args(["proxy", "request", "--debug-port", &free_port().to_string(), "GET", "/ready"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+}
