@@ -1101,3 +1101,54 @@ fn non_negative(cluster: &str, field: &str, d: Option<Duration>) -> Option<PbDur
     }
     Some(pb_duration(d))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_convert_exactly() {
+        assert_eq!(pb_duration(Duration::from_millis(2500)), PbDuration { seconds: 2, nanos: 500_000_000 });
+        assert_eq!(pb_duration(Duration::from_secs(0)), PbDuration { seconds: 0, nanos: 0 });
+        assert_eq!(positive("c", "f", Some(Duration::from_secs(0))), None);
+        assert_eq!(positive("c", "f", Some(Duration::from_millis(-1))), None);
+        assert_eq!(non_negative("c", "f", Some(Duration::from_secs(0))), Some(PbDuration { seconds: 0, nanos: 0 }));
+        assert_eq!(non_negative("c", "f", Some(Duration::from_millis(-1))), None);
+    }
+
+    #[test]
+    fn primes() {
+        assert!([2, 3, 65537, 4_999_999].iter().all(|n| is_prime(*n)));
+        assert!(![0, 1, 4, 65536].iter().any(|n| is_prime(*n)));
+    }
+
+    /// A traffic policy from JSON (the same field names as the YAML).
+    fn policy(json: &str) -> TrafficPolicy {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn subset_inherits_what_it_does_not_set_but_port_level_replaces() {
+        let rule = policy(
+            r#"{"proxyProtocol": {"version": "V2"}, "retryBudget": {"percent": 10},
+                "loadBalancer": {"simple": "RANDOM"}, "tls": {"mode": "SIMPLE"},
+                "portLevelSettings": [{"port": {"number": 80}, "outlierDetection": {"consecutive5xxErrors": 1}}]}"#,
+        );
+        let subset = policy(r#"{"loadBalancer": {"simple": "ROUND_ROBIN"}}"#);
+        let merged = subset_policy(Some(&rule), Some(&subset), 81);
+        assert_eq!(merged.load_balancer.and_then(|l| l.simple), Some(SimpleLb::RoundRobin));
+        assert!(merged.tls.is_some() && merged.proxy_protocol.is_some() && merged.retry_budget.is_some());
+
+        let on_80 = subset_policy(Some(&rule), Some(&subset), 80);
+        assert_eq!(on_80.load_balancer.and_then(|l| l.simple), Some(SimpleLb::RoundRobin));
+        assert!(on_80.tls.is_none(), "the rule's port level replaced the rule's tls");
+        assert!(on_80.outlier_detection.is_some());
+        assert!(on_80.proxy_protocol.is_none() && on_80.retry_budget.is_none());
+
+        let subset_port = policy(r#"{"portLevelSettings": [{"port": {"number": 81}, "tls": {"mode": "DISABLE"}}]}"#);
+        let replaced = subset_policy(Some(&rule), Some(&subset_port), 81);
+        assert!(replaced.load_balancer.is_none(), "a subset port level replaces all four components");
+        assert_eq!(replaced.tls.and_then(|t| t.mode), Some(ClientTlsMode::Disable));
+        assert!(replaced.proxy_protocol.is_some(), "not a port-level field: inherited");
+    }
+}
