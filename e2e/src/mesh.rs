@@ -185,36 +185,43 @@ impl LocalMesh {
     fn start_sidecar(&mut self, name: &str, host: u8, labels: &str) -> anyhow::Result<()> {
         let ip = self.ip(host).to_string();
         let base_id = u32::from(self.block) * 100 + u32::from(host);
-        let args = vec![
-            "proxy".into(),
-            "sidecar".into(),
-            "--envoy-path".into(),
-            self.options.envoy.display().to_string(),
-            "--discovery-address".into(),
-            format!("{}:{GRPC_PORT}", self.ip(DISCOVERY_HOST)),
-            "--pod-name".into(),
-            name.into(),
-            "--pod-namespace".into(),
-            NAMESPACE.into(),
-            "--instance-ip".into(),
-            ip.clone(),
-            "--labels".into(),
-            labels.into(),
-            "--interception-mode".into(),
-            "NONE".into(),
-            "--admin-address".into(),
-            ip.clone(),
-            "--admin-port".into(),
-            ADMIN_PORT.to_string(),
-            "--base-id".into(),
-            base_id.to_string(),
-            "--concurrency".into(),
-            "1".into(),
-            "--log-level".into(),
-            self.options.envoy_log_level.clone(),
-            "--config-dir".into(),
-            self.work_dir.join(format!("envoy-{name}")).display().to_string(),
-        ];
+        let args: Vec<String> = [
+            "proxy",
+            "sidecar",
+            "--envoy-path",
+            &self.options.envoy.display().to_string(),
+            "--discovery-address",
+            &format!("{}:{GRPC_PORT}", self.ip(DISCOVERY_HOST)),
+            "--pod-name",
+            name,
+            "--namespace",
+            NAMESPACE,
+            "--ip",
+            &ip,
+            "--labels",
+            labels,
+            "--interception-mode",
+            "NONE",
+            "--admin-address",
+            &ip,
+            "--admin-port",
+            &ADMIN_PORT.to_string(),
+            "--base-id",
+            &base_id.to_string(),
+            "--concurrency",
+            "1",
+            "--drain-duration",
+            "1s",
+            "--termination-drain-duration",
+            "0s",
+            "--proxyLogLevel",
+            &self.options.envoy_log_level,
+            "--config-dir",
+            &self.work_dir.join(format!("envoy-{name}")).display().to_string(),
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
         let proc = self.rudder(&format!("sidecar-{name}"), args)?;
         self.sidecars.insert(name.to_owned(), proc);
         Ok(())
@@ -332,16 +339,16 @@ impl LocalMesh {
                 (None, Ok(_)) => true,
                 (_, Err(_)) => false,
             };
-            if pushed
-                && let Ok(sync) = self.syncz().await
-                && synced(&sync, wanted)
-            {
+            let sync = self.syncz().await;
+            if pushed && sync.as_ref().is_ok_and(|s| synced(s, wanted)) {
                 self.changed_after = None;
                 return Ok(());
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "proxies not in sync after {READY_TIMEOUT:?}; logs in {}",
+                "proxies not in sync after {READY_TIMEOUT:?} (a push after version {:?} seen: {pushed}; syncz: {}); logs in {}",
+                self.changed_after,
+                sync.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
                 self.work_dir.display()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -396,15 +403,10 @@ impl Drop for LocalMesh {
     }
 }
 
-/// Whether every one of `wanted` proxies acknowledged the latest push of the current snapshot.
+/// Whether `wanted` proxies are connected and each has taken and answered the latest push.
 fn synced(sync: &Value, wanted: usize) -> bool {
-    let generation = sync["generation"].as_u64().unwrap_or(0);
-    let proxies = sync["proxies"].as_array().map(Vec::as_slice).unwrap_or_default();
-    generation > 0
-        && proxies.len() >= wanted
-        && proxies
-            .iter()
-            .all(|p| p["acked_generation"].as_u64() == Some(generation) && p["pending"].as_bool() != Some(true))
+    let proxies = sync.as_array().map(Vec::as_slice).unwrap_or_default();
+    proxies.len() >= wanted && proxies.iter().all(|p| p["synced"] == true)
 }
 
 pub fn ip(block: u8, host: u8) -> Ipv4Addr {
