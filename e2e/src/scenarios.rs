@@ -364,16 +364,32 @@ async fn mirror(mesh: &LocalMesh) -> anyhow::Result<String> {
     }
 }
 
-/// v1 made slow (0.3s per request), then 40 requests, 8 at a time: how many did each get?
+/// v1 made slow (0.3s per request), then 40 requests from 8 clients that each send their
+/// next request as soon as the last one is answered: how many did each version get?
 async fn with_slow_v1(mesh: &LocalMesh) -> anyhow::Result<(usize, usize)> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     mesh.client().post(&mesh.app_url(&WORKLOADS[0], "/echo/latency/0.3")).await?;
+    let tickets = Arc::new(AtomicUsize::new(40));
+    let req = mesh.via_client(SERVICE_HOST, "/get");
+    let workers = (0..8).map(|_| {
+        let (client, req, tickets) = (mesh.client().clone(), req.clone(), tickets.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while tickets.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                let reply = client.send(&req).await?;
+                seen.push(reply.header("x-echo-version").to_owned());
+            }
+            anyhow::Ok(seen)
+        })
+    });
     let (mut v1, mut v2) = (0, 0);
-    for _ in 0..5 {
-        for (reply, _) in concurrent(mesh, "/get", 8).await? {
-            match reply.header("x-echo-version") {
+    for worker in futures::future::join_all(workers).await {
+        for version in worker?? {
+            match version.as_str() {
                 "v1" => v1 += 1,
                 "v2" => v2 += 1,
-                other => anyhow::bail!("unexpected reply {} from {other:?}", reply.status),
+                other => anyhow::bail!("unexpected reply from {other:?}"),
             }
         }
     }
