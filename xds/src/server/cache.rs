@@ -66,36 +66,68 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
 /// Encoded resources of one type, by name.
 pub type ResourceMap = BTreeMap<String, Arc<EncodedResource>>;
 
-/// Encoded clusters, listeners and routes (the proxy-specific types).
+/// Encoded clusters, listeners and routes (the proxy-specific types), with the translated
+/// messages they came from.
 #[derive(Clone, Debug, Default)]
 pub struct EncodedSet {
     pub clusters: ResourceMap,
     pub listeners: ResourceMap,
     pub routes: ResourceMap,
+    source: Resources,
 }
 
 impl EncodedSet {
     /// Encodes every resource. A name seen twice keeps its first resource: a response must not
     /// carry the same name twice (Envoy rejects it), and translation sorts by name, so the first
     /// is the deterministic choice.
-    pub fn encode(resources: &Resources) -> Self {
-        fn insert<M: Message + Name>(map: &mut ResourceMap, name: &str, message: &M) {
+    ///
+    /// A resource equal (`==`) to the one of the same name in `previous` keeps `previous`'s
+    /// encoding and version. Equality, not the bytes, decides: prost writes proto maps
+    /// (`typed_per_filter_config`, metadata) in `HashMap` order, so equal messages can encode to
+    /// different bytes, which would look like a change and be pushed again for nothing.
+    pub fn encode(resources: Resources, previous: Option<&EncodedSet>) -> Self {
+        fn insert<M: Message + Name + PartialEq>(
+            map: &mut ResourceMap,
+            name: &str,
+            message: &M,
+            previous: Option<(&ResourceMap, &BTreeMap<&str, &M>)>,
+        ) {
             if map.contains_key(name) {
                 tracing::warn!(name, type_url = %M::type_url(), "duplicate resource name; keeping the first");
                 return;
             }
-            map.insert(name.to_owned(), Arc::new(EncodedResource::encode(name.to_owned(), message)));
+            let reused = previous.and_then(|(encoded, messages)| {
+                (*messages.get(name)? == message).then(|| encoded.get(name).cloned()).flatten()
+            });
+            let encoded = reused.unwrap_or_else(|| Arc::new(EncodedResource::encode(name.to_owned(), message)));
+            map.insert(name.to_owned(), encoded);
+        }
+        fn by_name<M>(items: &[M], name: impl Fn(&M) -> &str) -> BTreeMap<&str, &M> {
+            let mut out = BTreeMap::new();
+            for item in items {
+                out.entry(name(item)).or_insert(item);
+            }
+            out
         }
         let mut set = Self::default();
-        for cluster in &resources.clusters {
-            insert(&mut set.clusters, &cluster.name, cluster);
+        {
+            let old_clusters = previous.map(|p| by_name(&p.source.clusters, |c| &c.name)).unwrap_or_default();
+            let old_listeners = previous.map(|p| by_name(&p.source.listeners, |l| &l.name)).unwrap_or_default();
+            let old_routes = previous.map(|p| by_name(&p.source.routes, |r| &r.name)).unwrap_or_default();
+            for cluster in &resources.clusters {
+                let prev = previous.map(|p| (&p.clusters, &old_clusters));
+                insert(&mut set.clusters, &cluster.name, cluster, prev);
+            }
+            for listener in &resources.listeners {
+                let prev = previous.map(|p| (&p.listeners, &old_listeners));
+                insert(&mut set.listeners, &listener.name, listener, prev);
+            }
+            for route in &resources.routes {
+                let prev = previous.map(|p| (&p.routes, &old_routes));
+                insert(&mut set.routes, &route.name, route, prev);
+            }
         }
-        for listener in &resources.listeners {
-            insert(&mut set.listeners, &listener.name, listener);
-        }
-        for route in &resources.routes {
-            insert(&mut set.routes, &route.name, route);
-        }
+        set.source = resources;
         set
     }
 
@@ -160,10 +192,29 @@ pub struct Generation {
     pub changed_at: Instant,
     pub endpoints: Arc<EndpointTable>,
     views: Mutex<HashMap<ViewKey, Arc<OnceCell<Arc<EncodedSet>>>>>,
+    /// The previous generation's views, taken as each view is recomputed, so unchanged
+    /// resources keep their encoding (see [`EncodedSet::encode`]).
+    previous_views: Mutex<HashMap<ViewKey, Arc<EncodedSet>>>,
 }
 
 impl Generation {
-    pub fn new(version: u64, snapshot: Arc<Snapshot>, changed_at: Instant, endpoints: EndpointTable) -> Self {
+    pub fn new(
+        version: u64,
+        snapshot: Arc<Snapshot>,
+        changed_at: Instant,
+        endpoints: EndpointTable,
+        previous: Option<&Generation>,
+    ) -> Self {
+        let previous_views = previous
+            .map(|p| {
+                p.views
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .filter_map(|(key, cell)| Some((key.clone(), cell.get()?.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Self {
             version,
@@ -172,6 +223,7 @@ impl Generation {
             changed_at,
             endpoints: Arc::new(endpoints),
             views: Mutex::new(HashMap::new()),
+            previous_views: Mutex::new(previous_views),
         }
     }
 
@@ -184,15 +236,17 @@ impl Generation {
     /// asks; concurrent askers with the same view wait for that one computation.
     async fn outbound(&self, generator: &Arc<dyn Generator>, proxy: &Arc<Proxy>) -> Arc<EncodedSet> {
         let key = ViewKey::of(proxy);
-        let cell = self.views.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().clone();
+        let cell = self.views.lock().unwrap_or_else(PoisonError::into_inner).entry(key.clone()).or_default().clone();
         cell.get_or_init(|| {
             let generator = generator.clone();
             let snapshot = self.snapshot.clone();
             let proxy = proxy.clone();
+            let previous = self.previous_views.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
             async move {
                 // Translation and encoding are CPU work: keep them off the async workers.
-                let task =
-                    tokio::task::spawn_blocking(move || EncodedSet::encode(&generator.outbound(&snapshot, &proxy)));
+                let task = tokio::task::spawn_blocking(move || {
+                    EncodedSet::encode(generator.outbound(&snapshot, &proxy), previous.as_deref())
+                });
                 match task.await {
                     Ok(set) => Arc::new(set),
                     Err(error) => {
@@ -216,18 +270,28 @@ pub struct ProxyResources {
 }
 
 impl ProxyResources {
-    pub async fn build(generator: &Arc<dyn Generator>, generation: Arc<Generation>, proxy: &Arc<Proxy>) -> Self {
+    /// `previous`: what the stream was last served (its inbound encodings are reused when
+    /// unchanged).
+    pub async fn build(
+        generator: &Arc<dyn Generator>,
+        generation: Arc<Generation>,
+        proxy: &Arc<Proxy>,
+        previous: Option<&ProxyResources>,
+    ) -> Self {
         let outbound = generation.outbound(generator, proxy).await;
         let inbound = {
             let generator = generator.clone();
             let snapshot = generation.snapshot.clone();
             let proxy = proxy.clone();
-            tokio::task::spawn_blocking(move || EncodedSet::encode(&generator.inbound(&snapshot, &proxy)))
-                .await
-                .unwrap_or_else(|error| {
-                    tracing::error!(%error, "inbound translation failed; serving no inbound resources");
-                    EncodedSet::default()
-                })
+            let previous = previous.map(|p| p.inbound.clone());
+            tokio::task::spawn_blocking(move || {
+                EncodedSet::encode(generator.inbound(&snapshot, &proxy), previous.as_deref())
+            })
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "inbound translation failed; serving no inbound resources");
+                EncodedSet::default()
+            })
         };
         Self { generation, outbound, inbound: Arc::new(inbound) }
     }
@@ -269,6 +333,30 @@ mod tests {
     }
 
     #[test]
+    fn equal_resources_keep_their_encoding_whatever_their_map_order() {
+        use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+        let route_config = |timeout: i64| {
+            let mut filters = std::collections::HashMap::new();
+            for name in ["envoy.filters.http.fault", "envoy.filters.http.cors", "x.y"] {
+                filters
+                    .insert(name.to_owned(), Any { type_url: format!("type.googleapis.com/{name}"), value: vec![1] });
+            }
+            let route = Route { typed_per_filter_config: filters, name: format!("r{timeout}"), ..Default::default() };
+            RouteConfiguration {
+                name: "80".into(),
+                virtual_hosts: vec![VirtualHost { name: "a".into(), routes: vec![route], ..Default::default() }],
+                ..Default::default()
+            }
+        };
+        let first = EncodedSet::encode(Resources { routes: vec![route_config(1)], ..Default::default() }, None);
+        let same = EncodedSet::encode(Resources { routes: vec![route_config(1)], ..Default::default() }, Some(&first));
+        assert!(Arc::ptr_eq(&first.routes["80"], &same.routes["80"]));
+        let changed =
+            EncodedSet::encode(Resources { routes: vec![route_config(2)], ..Default::default() }, Some(&same));
+        assert_ne!(changed.routes["80"].hash, same.routes["80"].hash);
+    }
+
+    #[test]
     fn unchanged_assignments_keep_their_encoding() {
         let first = EndpointTable::build(vec![cla("a", 1), cla("b", 1)], None);
         let second = EndpointTable::build(vec![cla("a", 1), cla("b", 2)], Some(&first));
@@ -294,7 +382,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let set = EncodedSet::encode(&resources);
+        let set = EncodedSet::encode(resources.clone(), None);
         assert_eq!(set.clusters.len(), 1);
         assert_eq!(set.clusters["a"].hash, EncodedResource::encode("a".into(), &resources.clusters[0]).hash);
     }

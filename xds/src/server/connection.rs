@@ -178,8 +178,8 @@ impl StreamCore {
     }
 
     async fn adopt(&mut self, generation: Arc<Generation>) -> ProxyResources {
-        let resources =
-            ProxyResources::build(&self.shared.generator, generation, &self.registration.connection.proxy).await;
+        let proxy = &self.registration.connection.proxy;
+        let resources = ProxyResources::build(&self.shared.generator, generation, proxy, self.current.as_ref()).await;
         *self.registration.connection.pushed_version.lock().unwrap_or_else(PoisonError::into_inner) =
             resources.generation.version;
         self.current = Some(resources.clone());

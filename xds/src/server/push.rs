@@ -26,7 +26,7 @@ pub fn build_generation(
     previous: Option<&Generation>,
 ) -> Generation {
     let endpoints = EndpointTable::build(generator.endpoints(&snapshot), previous.map(|p| p.endpoints.as_ref()));
-    Generation::new(version, snapshot, changed_at, endpoints)
+    Generation::new(version, snapshot, changed_at, endpoints, previous)
 }
 
 /// Runs until the snapshot sender is dropped or the server is gone.
