@@ -145,7 +145,7 @@ fn a_nacked_resource_leaves_the_previous_config_serving() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let nack = loop {
             let sync = mesh.syncz().await.unwrap();
-            let errors: Vec<String> = sync["proxies"]
+            let errors: Vec<String> = sync
                 .as_array()
                 .into_iter()
                 .flatten()
