@@ -1,0 +1,115 @@
+//! The file source of the registry: what a config directory gives, how changes, broken files
+//! and invalid objects are handled.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rudder_config::mesh::MeshConfig;
+use rudder_xds::model::Snapshot;
+use rudder_xds::registry::files::{ConfigDir, watch_dir};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rudder-files-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn copy_examples_local(dir: &Path) {
+    for entry in std::fs::read_dir(workspace().join("examples/local")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+const VS: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+  namespace: testns1
+spec:
+  hosts: [httpbin]
+  http:
+  - route:
+    - destination:
+        host: httpbin
+"#;
+
+const INVALID_VS: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: broken
+  namespace: testns1
+spec:
+  hosts: [httpbin]
+  http:
+  - route:
+    - destination:
+        host: httpbin
+      weight: -5
+"#;
+
+#[test]
+fn examples_local_gives_the_service_its_workloads_and_the_mesh_config() {
+    let dir = temp_dir("examples");
+    copy_examples_local(&dir);
+    let mut source = ConfigDir::new(&dir, MeshConfig::istio_defaults());
+    assert!(source.refresh());
+    let snapshot = source.snapshot();
+    let service = &snapshot.services["httpbin.testns1.svc.cluster.local"];
+    assert_eq!(service.ports[0].port, 8000);
+    let endpoints = snapshot.endpoints_of("httpbin.testns1.svc.cluster.local");
+    let addresses: Vec<&str> = endpoints.iter().map(|e| e.address.as_str()).collect();
+    assert_eq!(addresses, ["127.0.0.11", "127.0.0.12"]);
+    assert_eq!(snapshot.sidecars.len(), 1);
+    assert_eq!(snapshot.mesh.access_log_file.as_deref(), Some("/dev/stdout"), "mesh from the istio ConfigMap");
+    assert!(!source.refresh(), "nothing changed");
+}
+
+#[test]
+fn invalid_objects_are_dropped_and_broken_files_keep_their_last_good_objects() {
+    let dir = temp_dir("broken");
+    copy_examples_local(&dir);
+    std::fs::write(dir.join("traffic.yaml"), format!("{VS}---\n{INVALID_VS}")).unwrap();
+    let mut source = ConfigDir::new(&dir, MeshConfig::istio_defaults());
+    source.refresh();
+    let names: Vec<_> = source.snapshot().virtual_services.iter().map(|v| v.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, ["httpbin"], "the invalid VirtualService is dropped, the valid one kept");
+
+    // Broken YAML: the file keeps what it gave before; the rest of the directory is unaffected.
+    std::fs::write(dir.join("traffic.yaml"), "kind: [unterminated\n  - : :").unwrap();
+    assert!(source.refresh());
+    let snapshot = source.snapshot();
+    assert_eq!(snapshot.virtual_services.len(), 1);
+    assert!(snapshot.services.contains_key("httpbin.testns1.svc.cluster.local"));
+
+    // Removing the file removes its objects.
+    std::fs::remove_file(dir.join("traffic.yaml")).unwrap();
+    assert!(source.refresh());
+    assert!(source.snapshot().virtual_services.is_empty());
+}
+
+#[tokio::test]
+async fn watch_dir_publishes_a_snapshot_per_change() {
+    let dir = temp_dir("watch");
+    copy_examples_local(&dir);
+    let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task =
+        tokio::spawn(watch_dir(dir.clone(), MeshConfig::istio_defaults(), tx, Duration::from_millis(20), async {
+            let _ = stop_rx.await;
+        }));
+    rx.changed().await.unwrap();
+    assert!(rx.borrow_and_update().virtual_services.is_empty());
+    std::fs::write(dir.join("traffic.yaml"), VS).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), rx.changed()).await.unwrap().unwrap();
+    assert_eq!(rx.borrow().virtual_services.len(), 1);
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+}
