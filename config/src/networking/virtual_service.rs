@@ -482,7 +482,8 @@ const RETRY_ON_POLICIES: &[&str] = &[
     "unavailable",
 ];
 
-const GRPC_STATUS_NAMES: &[&str] = &[
+/// gRPC status names in code order (the index is the status code).
+pub const GRPC_STATUS_NAMES: &[&str] = &[
     "OK",
     "CANCELLED",
     "UNKNOWN",

@@ -237,3 +237,49 @@ mod tests {
         assert_eq!(proxy.labels["app"], "reviews");
     }
 }
+
+/// The response channel of a stream is gone: the client disconnected.
+#[derive(Debug)]
+pub(crate) struct Closed;
+
+/// One kind of ADS stream (SotW or delta): how it answers a request and how it pushes a new
+/// generation. [`drive`] runs either.
+pub(crate) trait StreamHandler: Send {
+    type Request: Send + 'static;
+    fn core(&mut self) -> &mut StreamCore;
+    fn on_request(&mut self, request: Self::Request) -> impl Future<Output = Result<(), Closed>> + Send;
+    fn push(&mut self) -> impl Future<Output = Result<(), Closed>> + Send;
+}
+
+/// Serves one stream until the client goes away: answers `first`, then every request, and
+/// pushes every new generation.
+pub(crate) async fn drive<H: StreamHandler>(
+    mut stream: H,
+    first: H::Request,
+    mut requests: tonic::Streaming<H::Request>,
+) {
+    if stream.on_request(first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = requests.message() => match message {
+                Ok(Some(request)) => {
+                    if stream.on_request(request).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(connection = %stream.core().connection().id, %status, "stream ended");
+                    return;
+                }
+            },
+            changed = stream.core().changed() => {
+                if changed.is_err() || stream.push().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

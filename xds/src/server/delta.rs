@@ -15,47 +15,20 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::cache::{EncodedResource, ProxyResources, parse_version};
-use super::connection::{Registration, StreamCore, WatchState, nack_message};
+use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
 use super::sotw::scope;
 use super::{Kind, Shared};
 
 type Responses = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
-#[derive(Debug)]
-struct Closed;
-
 pub(crate) async fn run(
     shared: Arc<Shared>,
     registration: Registration,
     first: DeltaDiscoveryRequest,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    requests: Streaming<DeltaDiscoveryRequest>,
     responses: Responses,
 ) {
-    let mut stream = DeltaStream { core: StreamCore::new(shared, registration), responses };
-    if stream.on_request(first).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            message = requests.message() => match message {
-                Ok(Some(request)) => {
-                    if stream.on_request(request).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(status) => {
-                    tracing::debug!(connection = %stream.core.connection().id, %status, "stream ended");
-                    return;
-                }
-            },
-            changed = stream.core.changed() => {
-                if changed.is_err() || stream.push().await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    drive(DeltaStream { core: StreamCore::new(shared, registration), responses }, first, requests).await;
 }
 
 /// One planned delta response.
@@ -74,6 +47,22 @@ impl Diff {
 struct DeltaStream {
     core: StreamCore,
     responses: Responses,
+}
+
+impl StreamHandler for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+
+    fn core(&mut self) -> &mut StreamCore {
+        &mut self.core
+    }
+
+    fn on_request(&mut self, request: DeltaDiscoveryRequest) -> impl Future<Output = Result<(), Closed>> + Send {
+        DeltaStream::on_request(self, request)
+    }
+
+    fn push(&mut self) -> impl Future<Output = Result<(), Closed>> + Send {
+        DeltaStream::push(self)
+    }
 }
 
 impl DeltaStream {

@@ -18,13 +18,9 @@ use tonic::{Status, Streaming};
 use super::Kind;
 use super::Shared;
 use super::cache::{EncodedResource, ProxyResources};
-use super::connection::{Registration, StreamCore, WatchState, nack_message};
+use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
 
 type Responses = mpsc::Sender<Result<DiscoveryResponse, Status>>;
-
-/// The client went away.
-#[derive(Debug)]
-struct Closed;
 
 /// What a request asks the server to send.
 enum Answer {
@@ -41,40 +37,32 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     registration: Registration,
     first: DiscoveryRequest,
-    mut requests: Streaming<DiscoveryRequest>,
+    requests: Streaming<DiscoveryRequest>,
     responses: Responses,
 ) {
-    let mut stream = SotwStream { core: StreamCore::new(shared, registration), responses };
-    if stream.on_request(first).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            message = requests.message() => match message {
-                Ok(Some(request)) => {
-                    if stream.on_request(request).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(status) => {
-                    tracing::debug!(connection = %stream.core.connection().id, %status, "stream ended");
-                    return;
-                }
-            },
-            changed = stream.core.changed() => {
-                if changed.is_err() || stream.push().await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    drive(SotwStream { core: StreamCore::new(shared, registration), responses }, first, requests).await;
 }
 
 #[derive(Debug)]
 struct SotwStream {
     core: StreamCore,
     responses: Responses,
+}
+
+impl StreamHandler for SotwStream {
+    type Request = DiscoveryRequest;
+
+    fn core(&mut self) -> &mut StreamCore {
+        &mut self.core
+    }
+
+    fn on_request(&mut self, request: DiscoveryRequest) -> impl Future<Output = Result<(), Closed>> + Send {
+        SotwStream::on_request(self, request)
+    }
+
+    fn push(&mut self) -> impl Future<Output = Result<(), Closed>> + Send {
+        SotwStream::push(self)
+    }
 }
 
 impl SotwStream {

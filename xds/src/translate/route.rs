@@ -1138,26 +1138,8 @@ fn fault_config(fault: &HttpFaultInjection) -> Option<HttpFault> {
 }
 
 fn grpc_status_code(name: &str) -> Option<u32> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    NAMES.iter().position(|n| *n == name).and_then(|i| u32::try_from(i).ok())
+    use rudder_config::networking::virtual_service::GRPC_STATUS_NAMES;
+    GRPC_STATUS_NAMES.iter().position(|n| *n == name).and_then(|i| u32::try_from(i).ok())
 }
 
 fn cors_config(cors: &CorsPolicy) -> EnvoyCorsPolicy {
