@@ -169,6 +169,26 @@ pub struct Endpoint {
     pub workload: String,
 }
 
+impl Endpoint {
+    /// A healthy endpoint with no labels, account, locality or sidecar: the form of endpoints
+    /// that only name an address (DNS names, ExternalName services).
+    pub fn plain(address: &str, port: u32, service_port_name: &str, namespace: &str) -> Self {
+        Self {
+            address: address.to_owned(),
+            port,
+            service_port_name: service_port_name.to_owned(),
+            labels: BTreeMap::new(),
+            namespace: namespace.to_owned(),
+            service_account: String::new(),
+            locality: String::new(),
+            weight: 0,
+            health: Health::Healthy,
+            tls_mode: String::new(),
+            workload: String::new(),
+        }
+    }
+}
+
 /// Everything translation reads, at one instant. Cheap to share, never mutated.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {

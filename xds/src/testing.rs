@@ -1,7 +1,7 @@
 //! Test support shared by the xds tests, the e2e suite and benches: finding the Envoy binary
 //! and asking a real Envoy whether it accepts a set of resources. Not used at run time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
@@ -45,18 +45,36 @@ pub fn envoy_accepts(clusters: Vec<Cluster>, listeners: Vec<Listener>) -> Result
     let dir = std::env::temp_dir().join(format!("rudder-envoy-validate-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let file = dir.join("bootstrap.pb");
-    std::fs::write(&file, bootstrap.encode_to_vec()).map_err(|e| e.to_string())?;
-    let out = Command::new(&envoy)
-        .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "--config-path"])
-        .arg(&file)
-        .output()
-        .map_err(|e| format!("running {}: {e}", envoy.display()));
+    let result = std::fs::write(&file, bootstrap.encode_to_vec())
+        .map_err(|e| e.to_string())
+        .and_then(|()| envoy_validates(&envoy, &file));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = out?;
+    result
+}
+
+/// Runs `envoy --mode validate` on a bootstrap file (`.pb` binary proto, `.json` or `.yaml`).
+/// `Err` carries Envoy's complaint.
+pub fn envoy_validates(envoy: &Path, bootstrap: &Path) -> Result<(), String> {
+    let out = Command::new(envoy)
+        .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "--config-path"])
+        .arg(bootstrap)
+        .output()
+        .map_err(|e| format!("running {}: {e}", envoy.display()))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// A STATIC cluster with no endpoints, for referencing a name in a validated config.
+pub fn static_cluster(name: &str) -> Cluster {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+    Cluster {
+        name: name.into(),
+        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration { seconds: 1, nanos: 0 }),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        ..Default::default()
     }
 }
 

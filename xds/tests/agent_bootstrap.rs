@@ -1,11 +1,9 @@
 //! The agent's bootstrap as real Envoy sees it: every variant passes `envoy --mode validate`.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
-
 use rudder_xds::agent::bootstrap::{BootstrapOptions, XdsTransport, bootstrap};
 use rudder_xds::model::{InterceptionMode, NodeType};
-use rudder_xds::testing::envoy_path;
+use rudder_xds::testing::{envoy_path, envoy_validates};
 
 fn validate(name: &str, options: &BootstrapOptions) -> Result<(), String> {
     let json = bootstrap(options).map_err(|e| e.to_string())?;
@@ -13,18 +11,9 @@ fn validate(name: &str, options: &BootstrapOptions) -> Result<(), String> {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bootstrap.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
-    let out = Command::new(envoy_path()?)
-        .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
-        .arg(&file)
-        .output()
-        .map_err(|e| e.to_string());
+    let result = envoy_validates(&envoy_path()?, &file);
     let _ = std::fs::remove_dir_all(&dir);
-    let out = out?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-    }
+    result
 }
 
 fn sidecar() -> BootstrapOptions {

@@ -1,19 +1,7 @@
 //! The Envoy acceptance check itself: a good cluster passes, a broken one is refused with
 //! Envoy's reason.
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
-use envoy_types::pb::google::protobuf::Duration;
-use rudder_xds::testing::envoy_accepts;
-
-fn static_cluster(name: &str) -> Cluster {
-    Cluster {
-        name: name.into(),
-        connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-        ..Default::default()
-    }
-}
+use rudder_xds::testing::{envoy_accepts, static_cluster};
 
 #[test]
 fn envoy_accepts_a_valid_cluster_and_refuses_a_duplicate() {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{Address, TrafficDirection};
@@ -26,7 +25,7 @@ use prost::Message;
 use rudder_config::mesh::{AccessLogEncoding, MeshConfig, OutboundTrafficPolicy, OutboundTrafficPolicyMode};
 use rudder_config::networking::{Sidecar, VirtualService};
 use rudder_xds::model::{Endpoint, Protocol, Proxy, Resolution, Service, ServicePort, Snapshot};
-use rudder_xds::testing::envoy_accepts;
+use rudder_xds::testing::{envoy_accepts, static_cluster};
 use rudder_xds::translate::context::Context;
 use rudder_xds::translate::listener::{self, access_log, hcm};
 use serde_json::json;
@@ -656,15 +655,6 @@ fn output_is_byte_identical_across_runs() {
 
 // ---------------------------------------------------------------------------------------
 // Real Envoy
-
-fn static_cluster(name: &str) -> Cluster {
-    Cluster {
-        name: name.into(),
-        connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-        ..Default::default()
-    }
-}
 
 /// Every cluster name the listeners' tcp_proxies reference (inline routes are not validated:
 /// `validate_clusters` is off, as Istio has it).

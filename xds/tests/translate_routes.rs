@@ -8,8 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
@@ -24,12 +22,11 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_filter,
 };
-use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 use rudder_config::mesh::{OutboundTrafficPolicy, OutboundTrafficPolicyMode};
 use rudder_config::object::IstioObject;
 use rudder_xds::model::{Protocol, Proxy, Resolution, Service, ServicePort, Snapshot};
-use rudder_xds::testing::envoy_accepts;
+use rudder_xds::testing::{envoy_accepts, static_cluster};
 use rudder_xds::translate::context::Context;
 use rudder_xds::translate::route as routes;
 
@@ -219,15 +216,6 @@ fn referenced_clusters(configs: &[RouteConfiguration]) -> BTreeSet<String> {
         names.extend(action.request_mirror_policies.iter().map(|m| m.cluster.clone()));
     }
     names
-}
-
-fn static_cluster(name: &str) -> Cluster {
-    Cluster {
-        name: name.into(),
-        connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-        ..Default::default()
-    }
 }
 
 fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> HttpFilter {

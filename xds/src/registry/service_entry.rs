@@ -154,19 +154,8 @@ fn workload_endpoint(
 
 /// A DNS entry without endpoints: Envoy resolves the host itself.
 fn host_endpoint(host: &str, port: &service_entry::ServicePort, namespace: &str) -> Endpoint {
-    Endpoint {
-        address: host.to_owned(),
-        port: port.target_port.filter(|p| *p > 0).unwrap_or(port.number.unwrap_or_default()),
-        service_port_name: port.name.clone(),
-        labels: BTreeMap::new(),
-        namespace: namespace.to_owned(),
-        service_account: String::new(),
-        locality: String::new(),
-        weight: 0,
-        health: Health::Healthy,
-        tls_mode: String::new(),
-        workload: String::new(),
-    }
+    let number = port.target_port.filter(|p| *p > 0).unwrap_or(port.number.unwrap_or_default());
+    Endpoint::plain(host, number, &port.name, namespace)
 }
 
 /// `istio` when the workload takes Istio mTLS: its `security.istio.io/tlsMode` label says so,

@@ -99,22 +99,7 @@ pub fn external_name(svc: &KubeService) -> Option<&str> {
 /// An ExternalName service's only endpoints: the external name, on each service port, for
 /// Envoy to resolve.
 pub fn external_name_endpoints(svc: &Service, external_name: &str) -> Vec<Endpoint> {
-    svc.ports
-        .iter()
-        .map(|p| Endpoint {
-            address: external_name.to_owned(),
-            port: p.port,
-            service_port_name: p.name.clone(),
-            labels: BTreeMap::new(),
-            namespace: svc.namespace.clone(),
-            service_account: String::new(),
-            locality: String::new(),
-            weight: 0,
-            health: Health::Healthy,
-            tls_mode: String::new(),
-            workload: String::new(),
-        })
-        .collect()
+    svc.ports.iter().map(|p| Endpoint::plain(external_name, p.port, &p.name, &svc.namespace)).collect()
 }
 
 /// Where pods and node labels are looked up while converting endpoints.
