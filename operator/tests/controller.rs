@@ -148,9 +148,7 @@ async fn webhook_fields_discovery_owns_are_not_reset_by_a_reconcile() {
     let mut vwc = vwc;
     discovery_sets(&mut vwc, "Fail", "Q0E=");
     fake.seed(VWC, None, vwc);
-    let mut mwc = fake.get(MWC, None, "istio-sidecar-injector-canary").unwrap_or(json!(null));
-    assert!(mwc.is_null());
-    mwc = fake.get(MWC, None, "istio-revision-tag-default").unwrap();
+    let mut mwc = fake.get(MWC, None, "istio-revision-tag-default").unwrap();
     discovery_sets(&mut mwc, "Fail", "Q0E=");
     fake.seed(MWC, None, mwc);
 
