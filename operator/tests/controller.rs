@@ -1,6 +1,7 @@
-//! The IstioOperator controller against the in-memory API: create, no-op, spec change, prune,
-//! owned object deleted or edited, component error with retry, invalid spec, revision filter, ignoreReconcile, finalizer add and delete (with ACTION_REQUIRED
-//! while proxies still use a revision).
+//! The IstioOperator controller against the in-memory API: create, no-op (reads only), spec
+//! change, prune, owned object deleted or edited, component error with retry, invalid spec,
+//! revision filter, ignoreReconcile, finalizer add and delete (with ACTION_REQUIRED while proxies
+//! still use a revision), webhook fields discovery owns, and gateways shared by two CRs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -87,13 +88,159 @@ async fn create_adds_the_finalizer_then_installs_and_reports_healthy() {
 }
 
 #[tokio::test]
-async fn a_second_reconcile_only_reads_and_reapplies() {
+async fn a_no_op_reconcile_of_a_demo_cr_only_reads() {
+    let (_client, fake, ctx) = installed("demo", json!({"profile": "demo"}), None).await;
+    assert!(fake.names("deployments").contains(&"istio-system/istio-egressgateway".to_owned()));
+    fake.clear_calls();
+    reconcile_stored(&fake, &ctx, "demo").await.unwrap();
+    let calls = fake.calls();
+    assert_eq!(writes(&calls), Vec::<String>::new(), "no apply, status, finalizer or delete writes");
+    assert!(calls.iter().any(Call::is_list));
+    assert_eq!(state(&fake, "demo"), Some(InstallState::Healthy));
+}
+
+#[tokio::test]
+async fn an_object_changed_since_the_last_apply_is_applied_again_and_only_it() {
     let (_client, fake, ctx) = installed("main", json!({}), None).await;
+    let mut cm = fake.get("configmaps", Some(NS), "istio").unwrap();
+    cm["data"]["mesh"] = json!("edited: true");
+    cm["metadata"]["resourceVersion"] = json!("edited");
+    fake.seed("configmaps", Some(NS), cm);
     fake.clear_calls();
     reconcile_stored(&fake, &ctx, "main").await.unwrap();
-    let calls = fake.calls();
-    let other_writes: Vec<String> = calls.iter().filter(|c| c.is_write() && !c.is_ssa()).map(Call::line).collect();
-    assert_eq!(other_writes, Vec::<String>::new(), "no status, finalizer or delete writes");
+    assert_eq!(writes(&fake.calls()), ["PATCH /api/v1/namespaces/istio-system/configmaps/istio"]);
+    let mesh = fake.get("configmaps", Some(NS), "istio").unwrap();
+    assert_ne!(mesh["data"]["mesh"], "edited: true");
+}
+
+const VWC: &str = "validatingwebhookconfigurations";
+const MWC: &str = "mutatingwebhookconfigurations";
+
+/// What discovery's writes leave on a webhook configuration: `failurePolicy` and `caBundle` of
+/// every webhook set to its values and owned by its field manager (an Update, so a new version).
+fn discovery_sets(object: &mut Value, policy: &str, ca: &str) {
+    let mut owned = serde_json::Map::new();
+    for hook in object["webhooks"].as_array_mut().unwrap() {
+        hook["failurePolicy"] = json!(policy);
+        hook["clientConfig"]["caBundle"] = json!(ca);
+        let key = format!("k:{}", json!({"name": hook["name"]}));
+        owned.insert(key, json!({"f:failurePolicy": {}, "f:clientConfig": {"f:caBundle": {}}}));
+    }
+    object["metadata"]["managedFields"] = json!([{
+        "manager": "pilot-discovery", "operation": "Update", "apiVersion": "admissionregistration.k8s.io/v1",
+        "fieldsType": "FieldsV1", "fieldsV1": {"f:webhooks": owned},
+    }]);
+    object["metadata"]["resourceVersion"] = json!("set-by-discovery");
+}
+
+fn policies(object: &Value) -> Vec<String> {
+    object["webhooks"].as_array().unwrap().iter().map(|h| h["failurePolicy"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn webhook_fields_discovery_owns_are_not_reset_by_a_reconcile() {
+    let (_client, fake, ctx) = installed("main", json!({}), None).await;
+    // A fresh install gets the rendered values.
+    let vwc = fake.get(VWC, None, "istio-validator-istio-system").unwrap();
+    assert_eq!(policies(&vwc), ["Ignore"]);
+    assert_eq!(vwc["webhooks"][0]["clientConfig"].get("caBundle"), None);
+
+    let mut vwc = vwc;
+    discovery_sets(&mut vwc, "Fail", "Q0E=");
+    fake.seed(VWC, None, vwc);
+    let mut mwc = fake.get(MWC, None, "istio-revision-tag-default").unwrap();
+    discovery_sets(&mut mwc, "Fail", "Q0E=");
+    fake.seed(MWC, None, mwc);
+
+    // A spec change makes the reconcile apply everything again.
+    edit(&fake, "main", |v| {
+        v["spec"] = json!({"meshConfig": {"accessLogFile": "/dev/stdout"}});
+        v["metadata"]["generation"] = json!(2);
+    });
+    reconcile_stored(&fake, &ctx, "main").await.unwrap();
+    let applied = |name: &str| fake.calls().iter().any(|c| c.is_ssa() && c.path.ends_with(name));
+    assert!(applied("/istio-validator-istio-system") && applied("/istio-revision-tag-default"));
+    let vwc = fake.get(VWC, None, "istio-validator-istio-system").unwrap();
+    assert_eq!(policies(&vwc), ["Fail"], "discovery's failurePolicy stays");
+    assert_eq!(vwc["webhooks"][0]["clientConfig"]["caBundle"], "Q0E=");
+    assert_eq!(vwc["webhooks"][0]["clientConfig"]["service"]["name"], "istiod", "the rest is still ours");
+    let mwc = fake.get(MWC, None, "istio-revision-tag-default").unwrap();
+    assert!(mwc["webhooks"].as_array().unwrap().iter().all(|h| h["clientConfig"]["caBundle"] == "Q0E="));
+    assert_eq!(state(&fake, "main"), Some(InstallState::Healthy));
+
+    // And the next reconcile does not touch them at all.
+    fake.clear_calls();
+    reconcile_stored(&fake, &ctx, "main").await.unwrap();
+    assert_eq!(writes(&fake.calls()), Vec::<String>::new());
+}
+
+/// `(owning-resource, rev)` of every stored object of the ingress gateway.
+fn gateway_owners(fake: &FakeApi) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for plural in ["deployments", "services", "serviceaccounts", "roles", "rolebindings", "poddisruptionbudgets"] {
+        for name in fake.names(plural).into_iter().filter(|n| n.contains("ingressgateway")) {
+            let (ns, name) = name.split_once('/').unwrap();
+            let labels = fake.get(plural, Some(ns), name).unwrap()["metadata"]["labels"].clone();
+            let label = |k: &str| labels[k].as_str().unwrap_or_default().to_owned();
+            out.push((
+                format!("{plural}/{name}"),
+                label("install.operator.istio.io/owning-resource"),
+                label("istio.io/rev"),
+            ));
+        }
+    }
+    out
+}
+
+fn all_owned_by(owners: &[(String, String, String)], cr: &str, rev: &str) -> bool {
+    !owners.is_empty() && owners.iter().all(|(_, o, r)| o == cr && r == rev)
+}
+
+#[tokio::test]
+async fn gateways_shared_by_default_and_canary_have_one_owner_and_outlive_the_canary() {
+    let (client, fake) = FakeApi::start();
+    let gateway = json!({"ingressGateways": [{"name": "istio-ingressgateway", "enabled": true}]});
+    fake.seed("istiooperators", Some(NS), cr("main", 1, json!({"components": gateway})));
+    fake.seed("istiooperators", Some(NS), cr("canary", 1, json!({"revision": "canary", "components": gateway})));
+    let ctx = Context::new(client, None);
+    // The canary comes first and creates the gateway: nobody else owns it yet.
+    for _ in 0..2 {
+        reconcile_stored(&fake, &ctx, "canary").await.unwrap();
+    }
+    assert!(all_owned_by(&gateway_owners(&fake), "canary", "canary"), "{:?}", gateway_owners(&fake));
+    // The default CR takes it over; the canary, reconciled again, leaves it alone.
+    for name in ["main", "main", "canary"] {
+        reconcile_stored(&fake, &ctx, name).await.unwrap();
+    }
+    let owners = gateway_owners(&fake);
+    assert!(all_owned_by(&owners, "main", "default"), "{owners:?}");
+    assert!(owners.iter().any(|(o, _, _)| o == "deployments/istio-ingressgateway"));
+    assert_eq!(state(&fake, "canary"), Some(InstallState::Healthy), "not waiting on a gateway it does not own");
+    assert_eq!(state(&fake, "main"), Some(InstallState::Healthy));
+    // Once settled, neither CR writes: no tug of war over the gateway.
+    fake.clear_calls();
+    for name in ["main", "canary", "main"] {
+        reconcile_stored(&fake, &ctx, name).await.unwrap();
+    }
+    assert_eq!(writes(&fake.calls()), Vec::<String>::new());
+
+    // The canary stops rendering the gateway: its prune leaves it.
+    edit(&fake, "canary", |v| {
+        v["spec"]["components"] = json!({"ingressGateways": [{"name": "istio-ingressgateway", "enabled": false}]});
+        v["metadata"]["generation"] = json!(2);
+    });
+    reconcile_stored(&fake, &ctx, "canary").await.unwrap();
+    assert_eq!(gateway_owners(&fake), owners);
+    // The canary is deleted: its own objects go, the gateway stays with the default CR.
+    mark_deleted(&fake, "canary");
+    reconcile_stored(&fake, &ctx, "canary").await.unwrap();
+    assert_eq!(stored(&fake, "canary")["metadata"]["finalizers"], json!([]));
+    assert!(!fake.names("deployments").contains(&"istio-system/istiod-canary".to_owned()));
+    assert_eq!(gateway_owners(&fake), owners);
+    // And the default CR still has nothing to do.
+    fake.clear_calls();
+    reconcile_stored(&fake, &ctx, "main").await.unwrap();
+    assert_eq!(writes(&fake.calls()), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Leader election against the in-memory API: acquire a missing Lease, renew it, stay out while
-//! another holder is fresh, take it over once expired, lose it, and lose a write race (409).
+//! another holder is fresh, take it over once expired, lose it, lose a write race (409), release
+//! it on graceful shutdown; and readiness of `operator run` whether it leads or stands by.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,10 @@ use std::time::Duration;
 use install_support::FakeApi;
 use k8s_openapi::jiff::Timestamp;
 use rudder_operator::controller::leader::{Elector, lease_name};
-use serde_json::Value;
+use rudder_operator::controller::run::{LeaderElection, RunOptions, run_on};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 const NS: &str = "istio-operator";
 
@@ -98,4 +102,121 @@ async fn the_run_loop_publishes_leadership_and_hands_over_when_the_leader_stops(
     task_a.abort();
     tokio::time::timeout(Duration::from_secs(5), rx_b.wait_for(|l| *l)).await.unwrap().unwrap();
     task_b.abort();
+}
+
+#[tokio::test]
+async fn releasing_lets_another_replica_lead_at_once() {
+    let (client, fake) = FakeApi::start();
+    let name = lease_name(None);
+    let a = Elector::new(client.clone(), NS, &name, "pod-a", 15);
+    let b = Elector::new(client.clone(), NS, &name, "pod-b", 15);
+    let now = Timestamp::now();
+    assert!(a.try_acquire_or_renew_at(now).await.unwrap());
+    assert!(!b.try_acquire_or_renew_at(now).await.unwrap());
+    // b does not hold it: releasing is a read, nothing more.
+    fake.clear_calls();
+    assert!(!b.release().await.unwrap());
+    assert!(fake.calls().iter().all(|c| c.method == "GET"));
+    assert_eq!(lease(&fake, "istio-operator-lock")["spec"]["holderIdentity"], "pod-a");
+    // a gives it up: no holder, and b takes it well within the 15 seconds a held it for.
+    assert!(a.release().await.unwrap());
+    let l = lease(&fake, "istio-operator-lock");
+    assert_eq!(l["spec"].get("holderIdentity"), None);
+    assert_eq!(l["spec"]["leaseDurationSeconds"], 1);
+    assert!(b.try_acquire_or_renew_at(now).await.unwrap());
+    assert_eq!(lease(&fake, "istio-operator-lock")["spec"]["holderIdentity"], "pod-b");
+}
+
+/// One plain HTTP GET against the health listener: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+async fn metric_until(addr: std::net::SocketAddr, line: &str) {
+    let wait = async {
+        while !http_get(addr, "/metrics").await.1.lines().any(|l| l == line) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait).await.unwrap_or_else(|_| panic!("never saw {line}"));
+}
+
+fn opts(identity: &str) -> RunOptions {
+    let le = LeaderElection { namespace: NS.into(), identity: identity.into(), lease_duration_secs: 15 };
+    RunOptions { leader_election: Some(le), ..RunOptions::default() }
+}
+
+/// A runtime whose workers have room for a running controller: in debug builds its future (a
+/// watch per installed kind) needs more stack than the 2 MiB of a test thread.
+fn roomy_runtime() -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).thread_stack_size(32 << 20).enable_all().build().unwrap()
+}
+
+#[test]
+fn a_standby_replica_is_ready_without_leading() {
+    roomy_runtime().block_on(standby_replica_is_ready());
+}
+
+async fn standby_replica_is_ready() {
+    let (client, fake) = FakeApi::start();
+    let held = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "istio-operator-lock", "namespace": NS, "resourceVersion": "1"},
+        "spec": {"holderIdentity": "old-pod", "leaseDurationSeconds": 15,
+            "renewTime": Timestamp::now().to_string(), "acquireTime": Timestamp::now().to_string()}});
+    fake.seed("leases", Some(NS), held);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_on(listener, client, opts("new-pod"), async {
+        let _ = stopped.await;
+    }));
+    let ready = async {
+        while http_get(addr, "/readyz").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ready).await.expect("a follower turns ready");
+    metric_until(addr, "rudder_operator_leader 0").await;
+    assert_eq!(lease(&fake, "istio-operator-lock")["spec"]["holderIdentity"], "old-pod");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+    assert_eq!(lease(&fake, "istio-operator-lock")["spec"]["holderIdentity"], "old-pod", "not ours to release");
+}
+
+#[test]
+fn a_leader_releases_the_lease_on_graceful_shutdown() {
+    roomy_runtime().block_on(leader_releases_on_shutdown());
+}
+
+async fn leader_releases_on_shutdown() {
+    let (client, fake) = FakeApi::start();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_on(listener, client.clone(), opts("pod-a"), async {
+        let _ = stopped.await;
+    }));
+    metric_until(addr, "rudder_operator_leader 1").await;
+    assert_eq!(lease(&fake, "istio-operator-lock")["spec"]["holderIdentity"], "pod-a");
+    // Readiness check, the controller's initial list, then its first watch: the cache is synced.
+    let synced = async {
+        while fake.calls().iter().filter(|c| c.method == "GET" && c.path.ends_with("/istiooperators")).count() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), synced).await.unwrap();
+    stop.send(()).unwrap();
+    // Well within the shutdown grace: the controllers stop on the signal, then the Lease goes.
+    tokio::time::timeout(Duration::from_secs(8), task).await.unwrap().unwrap().unwrap();
+    let spec = lease(&fake, "istio-operator-lock")["spec"].clone();
+    assert_eq!(spec.get("holderIdentity"), None, "{spec}");
+    // The next replica leads at once instead of after 15 seconds.
+    let b = Elector::new(client, NS, &lease_name(None), "pod-b", 15);
+    assert!(b.try_acquire_or_renew().await.unwrap());
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -34,6 +35,7 @@ pub struct Metrics {
     duration: Histogram,
     applied: Counter,
     pruned: Counter,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -44,6 +46,7 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.01, 2.0, 13));
         let applied = Counter::default();
         let pruned = Counter::default();
+        let leader = Gauge::default();
         let mut registry = Registry::default();
         // The client appends `_total` to counter names.
         registry.register("rudder_operator_reconciles", "IstioOperator reconciles by result", reconciles.clone());
@@ -51,7 +54,8 @@ impl Default for Metrics {
         registry.register("rudder_operator_reconcile_duration_seconds", "Time one reconcile took", duration.clone());
         registry.register("rudder_operator_objects_applied", "Objects applied by reconciles", applied.clone());
         registry.register("rudder_operator_objects_pruned", "Objects pruned by reconciles", pruned.clone());
-        Metrics { registry, reconciles, errors, duration, applied, pruned }
+        registry.register("rudder_operator_leader", "1 while this replica holds the leader Lease", leader.clone());
+        Metrics { registry, reconciles, errors, duration, applied, pruned, leader }
     }
 }
 
@@ -76,6 +80,11 @@ impl Metrics {
         self.pruned.inc_by(pruned as u64);
     }
 
+    /// Records whether this replica leads (reconciles) right now.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
     /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -93,6 +102,7 @@ mod tests {
     fn one_reconcile_shows_up_in_every_series() {
         let m = Metrics::default();
         m.objects(7, 2);
+        m.set_leader(true);
         m.reconciled(None, Duration::from_millis(30));
         m.reconciled(Some(ErrorClass::Transient), Duration::from_millis(5));
         let text = m.encode();
@@ -103,6 +113,7 @@ mod tests {
             "rudder_operator_reconcile_duration_seconds_count 2",
             "rudder_operator_objects_applied_total 7",
             "rudder_operator_objects_pruned_total 2",
+            "rudder_operator_leader 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

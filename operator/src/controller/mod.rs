@@ -23,6 +23,7 @@ use rudder_config::operator::{InstallStatus, IstioOperator};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
+use crate::install::live::AppliedCache;
 use crate::install::plan::{self, ObjectKey, Owner, revision_name};
 use crate::install::{InstallError, InstallOptions, Progress, install, wait};
 use crate::manifest::{Component, Manifest};
@@ -99,6 +100,8 @@ pub struct Context {
     /// What `/metrics` serves.
     pub metrics: Arc<metrics::Metrics>,
     failures: Mutex<HashMap<String, u32>>,
+    /// What was applied and the versions it produced, so unchanged objects are not re-applied.
+    applied: Arc<AppliedCache>,
 }
 
 impl std::fmt::Debug for Context {
@@ -109,7 +112,13 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     pub fn new(client: Client, revision: Option<String>) -> Arc<Context> {
-        Arc::new(Context { client, revision, metrics: Arc::default(), failures: Mutex::default() })
+        Arc::new(Context {
+            client,
+            revision,
+            metrics: Arc::default(),
+            failures: Mutex::default(),
+            applied: Arc::default(),
+        })
     }
 
     /// Counts consecutive failures per CR (reset on success) and returns the count.
@@ -215,12 +224,12 @@ async fn apply(api: &Api<IstioOperator>, iop: &IstioOperator, ctx: &Context) -> 
         write_status(api, iop, &latest, &begin).await?;
         latest = begin;
     }
-    let opts = InstallOptions { wait: false, ..InstallOptions::default() };
+    let opts = InstallOptions { wait: false, cache: Some(ctx.applied.clone()), ..InstallOptions::default() };
     let outcome = install(&ctx.client, &manifest, &opts, &mut Progress::quiet()).await;
     match outcome {
         Ok(report) => {
             ctx.metrics.objects(report.applied.len(), report.pruned.len());
-            let pending = not_ready(&ctx.client, &manifest).await?;
+            let pending = not_ready(&ctx.client, &manifest, &report.left_to_owner).await?;
             let new = status::installed(&latest, generation, &components, None, &pending);
             write_status(api, iop, &latest, &new).await?;
             Ok(Action::requeue(if pending.is_empty() { RESYNC } else { READY_POLL }))
@@ -266,12 +275,16 @@ fn failed_component(manifest: &Manifest, error: &InstallError) -> Option<Compone
     planned.iter().find(|p| p.key.to_string() == *target).map(|p| p.component)
 }
 
-/// Deployments of the manifest that are not rolled out yet (one list call, no waiting).
-async fn not_ready(client: &Client, manifest: &Manifest) -> Result<Vec<String>, Error> {
+/// Deployments of the manifest that are not rolled out yet (one list call, no waiting). Shared
+/// gateways left to the CR that owns them are that CR's to watch.
+async fn not_ready(client: &Client, manifest: &Manifest, not_ours: &[ObjectKey]) -> Result<Vec<String>, Error> {
     let owner = Owner::of_manifest(manifest);
     let planned = plan::plan_apply(manifest, &owner)?;
-    let wanted: Vec<ObjectKey> =
-        planned.iter().filter(|p| p.info.kind == "Deployment").map(|p| p.key.clone()).collect();
+    let wanted: Vec<ObjectKey> = planned
+        .iter()
+        .filter(|p| p.info.kind == "Deployment" && !not_ours.contains(&p.key))
+        .map(|p| p.key.clone())
+        .collect();
     if wanted.is_empty() {
         return Ok(Vec::new());
     }

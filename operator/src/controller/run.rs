@@ -1,16 +1,24 @@
 //! `rudder operator run`: one `kube::runtime::Controller` per watched namespace (or one over all
 //! namespaces), re-triggered by the objects it installed (found by their owner labels, so a
 //! deleted or edited object is put back), `/healthz`, `/readyz` and `/metrics` on a plain TCP
-//! responder, leader election on a Lease ([`super::leader`]; `/readyz` is not ready until this
-//! replica leads, and losing the Lease ends the process so it restarts as a follower), and
-//! graceful shutdown on SIGTERM or Ctrl-C.
+//! responder, leader election on a Lease ([`super::leader`]; losing the Lease ends the process so
+//! it restarts as a follower), and graceful shutdown on SIGTERM or Ctrl-C, which also releases
+//! the Lease so another replica leads at once.
+//!
+//! Readiness does not depend on leadership. `/readyz` turns ready once this replica has listed
+//! the IstioOperators it watches (the API server answers, RBAC allows it, the CRD is served),
+//! whether it leads or stands by; the `rudder_operator_leader` metric and the logs tell which.
+//! Were followers unready, a rolling update of the operator Deployment would stall: the new pod
+//! cannot lead while the old one holds the Lease, so it never gets ready, so the old pod is
+//! never replaced.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use futures::StreamExt;
-use futures::future::join_all;
-use kube::api::DynamicObject;
+use futures::future::{BoxFuture, Shared, join_all};
+use futures::{FutureExt, StreamExt};
+use kube::api::{DynamicObject, ListParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -60,49 +68,113 @@ impl LeaderElection {
 
 /// Runs the controllers until a shutdown signal (or lost leadership); health endpoints meanwhile.
 pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", opts.metrics_port)).await?;
+    run_on(listener, client, opts, crate::signals::shutdown_signal()).await
+}
+
+type Shutdown = Shared<BoxFuture<'static, ()>>;
+
+/// How long in-flight reconciles get to finish after a shutdown signal. A controller stopped
+/// before its cache ever synced does not finish on its own, so this bounds the wait (well within
+/// a pod's default 30 second termination grace period) and the Lease is released regardless.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// [`run`] with the health endpoints on `listener`, stopping when `shutdown` resolves.
+pub async fn run_on(
+    listener: TcpListener,
+    client: Client,
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shutdown: Shutdown = shutdown.boxed().shared();
     let ready = Arc::new(AtomicBool::new(false));
     let ctx = Context::new(client.clone(), opts.revision.clone());
-    let listener = TcpListener::bind(("0.0.0.0", opts.metrics_port)).await?;
     let health = tokio::spawn(serve_health(listener, ready.clone(), ctx.metrics.clone()));
-    let mut lost = None;
+    let apis = crs_apis(&client, &opts.watched_namespaces);
+    tokio::select! {
+        r = can_list(&apis) => r?,
+        () = shutdown.clone() => {
+            health.abort();
+            return Ok(());
+        }
+    }
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!("ready: IstioOperators can be listed");
+    let mut elected = None;
     if let Some(le) = &opts.leader_election {
         let name = leader::lease_name(opts.revision.as_deref());
         let elector = Elector::new(client.clone(), &le.namespace, &name, &le.identity, le.lease_duration_secs);
         let (tx, mut rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(elector.run(tx));
-        tracing::info!(lease = %name, namespace = %le.namespace, identity = %le.identity, "waiting for leadership");
+        let task = tokio::spawn(elector.clone().run(tx));
+        tracing::info!(lease = %name, namespace = %le.namespace, identity = %le.identity, "standing by for leadership");
         tokio::select! {
-            r = rx.wait_for(|leading| *leading) => { r?; }
-            () = crate::signals::shutdown_signal() => {
+            // The `watch::Ref` must not outlive the wait (it is not `Send`).
+            r = async { rx.wait_for(|leading| *leading).await.map(drop) } => r?,
+            () = shutdown.clone() => {
                 task.abort();
+                release(&elector).await;
                 health.abort();
                 tracing::info!("operator stopped before leading");
                 return Ok(());
             }
         }
-        lost = Some((rx, task));
+        elected = Some((elector, rx, task));
     }
-    let controllers = crs_apis(&client, &opts.watched_namespaces).into_iter().map(|api| controller(api, &client, &ctx));
-    ready.store(true, Ordering::SeqCst);
+    ctx.metrics.set_leader(true);
+    // Boxed: a controller's future is large, and several of them inline would need a deep stack.
+    let controllers = apis.into_iter().map(|api| Box::pin(controller(api, &client, &ctx, shutdown.clone())));
     tracing::info!(namespaces = ?opts.watched_namespaces, revision = ?opts.revision, "operator started");
-    let outcome = match lost {
-        Some((mut rx, task)) => {
+    let controllers = join_all(controllers);
+    let grace_over = async {
+        shutdown.clone().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time; exiting anyway");
+    };
+    let outcome = match elected {
+        Some((elector, mut rx, task)) => {
             let outcome = tokio::select! {
-                _ = join_all(controllers) => Ok(()),
-                _ = rx.wait_for(|leading| !*leading) => Err(anyhow::anyhow!("lost the leader election lease")),
+                _ = controllers => Ok(()),
+                () = grace_over => Ok(()),
+                _ = async { rx.wait_for(|leading| !*leading).await.map(drop) } => {
+                    Err(anyhow::anyhow!("lost the leader election lease"))
+                }
             };
             task.abort();
+            if outcome.is_ok() {
+                release(&elector).await;
+            }
             outcome
         }
         None => {
-            join_all(controllers).await;
+            tokio::select! {
+                _ = controllers => {}
+                () = grace_over => {}
+            }
             Ok(())
         }
     };
+    ctx.metrics.set_leader(false);
     ready.store(false, Ordering::SeqCst);
     health.abort();
     tracing::info!("operator stopped");
     outcome
+}
+
+/// One list of IstioOperators per watched scope: what the controllers' caches start from.
+async fn can_list(apis: &[Api<IstioOperator>]) -> anyhow::Result<()> {
+    for api in apis {
+        api.list(&ListParams::default().limit(1)).await?;
+    }
+    Ok(())
+}
+
+/// Gives the Lease up on the way out; a failure only costs the next leader the lease duration.
+async fn release(elector: &Elector) {
+    match elector.release().await {
+        Ok(true) => tracing::info!(identity = %elector.identity(), "released the leader election lease"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not release the leader election lease"),
+    }
 }
 
 fn crs_apis(client: &Client, namespaces: &[String]) -> Vec<Api<IstioOperator>> {
@@ -112,14 +184,14 @@ fn crs_apis(client: &Client, namespaces: &[String]) -> Vec<Api<IstioOperator>> {
     }
 }
 
-async fn controller(api: Api<IstioOperator>, client: &Client, ctx: &Arc<Context>) {
+async fn controller(api: Api<IstioOperator>, client: &Client, ctx: &Arc<Context>, shutdown: Shutdown) {
     let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED, labels::MANAGED_RECONCILE));
     let mut c = Controller::new(api, watcher::Config::default());
     for info in resources::KINDS.iter().filter(|k| !k.is_namespace() && !k.is_crd()) {
         let ar = info.api_resource();
         c = c.watches_with(Api::all_with(client.clone(), &ar), ar, owned.clone(), owner_of);
     }
-    c.shutdown_on_signal()
+    c.graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {

@@ -1,7 +1,8 @@
 //! The install shell: server-side apply of a planned manifest, prune, the `default` revision tag,
 //! and the readiness wait. Each step is a few API calls around a pure planner.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
@@ -11,6 +12,7 @@ use rudder_config::labels;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::live::{self, AppliedCache};
 use super::plan::{self, Listed, ObjectKey, Owner, PlannedObject};
 use super::resources::{self, KindInfo};
 use super::{InstallError, Progress, wait};
@@ -26,6 +28,11 @@ pub struct InstallOptions {
     pub wait: bool,
     pub readiness_timeout: Duration,
     pub poll_interval: Duration,
+    /// Reconcile mode (the controller sets it, and keeps it between reconciles): read the live
+    /// objects first, then skip objects nobody changed since their last apply, leave webhook
+    /// fields discovery owns to discovery, and leave shared gateways to the CR that owns them
+    /// (all in [`super::live`] and [`plan::yields_to_live_owner`]). `None`: apply everything.
+    pub cache: Option<Arc<AppliedCache>>,
 }
 
 impl Default for InstallOptions {
@@ -35,6 +42,7 @@ impl Default for InstallOptions {
             wait: true,
             readiness_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(2),
+            cache: None,
         }
     }
 }
@@ -42,7 +50,12 @@ impl Default for InstallOptions {
 /// What an install did (or, on a dry run, would do).
 #[derive(Clone, Debug, Default)]
 pub struct InstallReport {
+    /// Objects sent to the API server (in reconcile mode, only those that needed it).
     pub applied: Vec<ObjectKey>,
+    /// Objects not applied because nothing changed since their last apply (reconcile mode).
+    pub unchanged: Vec<ObjectKey>,
+    /// Rendered shared objects left to the other CR that owns them (reconcile mode).
+    pub left_to_owner: Vec<ObjectKey>,
     pub pruned: Vec<ObjectKey>,
     /// Whether the `default` revision tag was (re)written.
     pub default_tag: bool,
@@ -65,22 +78,37 @@ pub async fn install(
     let mut rendered: BTreeSet<ObjectKey> = planned.iter().map(|p| p.key.clone()).collect();
     rendered.extend(tag_objects.iter().map(|(info, o)| ObjectKey::of(info.kind, o)));
     let mut report = InstallReport { default_tag: !tag_objects.is_empty(), ..InstallReport::default() };
+    let live = match &opts.cache {
+        Some(_) => live_objects(client, planned.iter().map(|p| p.info)).await?,
+        None => LiveObjects::new(),
+    };
+    if opts.cache.is_some() {
+        let (keep, yielded): (Vec<_>, Vec<_>) =
+            planned.into_iter().partition(|p| !plan::yields_to_live_owner(p, &owner, live.get(&p.key)));
+        planned = keep;
+        report.left_to_owner = yielded.into_iter().map(|p| p.key).collect();
+        for key in &report.left_to_owner {
+            progress.line(&format!("  left {key} to the CR that owns it"));
+        }
+    }
+    let applier = Applier { client, live: &live, cache: opts.cache.as_deref() };
     if opts.dry_run {
         report.applied = rendered.iter().cloned().collect();
         report.pruned = plan_prune(client, &owner, &rendered).await?;
         print_dry_run(&report, progress);
         return Ok(report);
     }
-    apply_planned(client, &planned, progress).await?;
-    report.applied = planned.iter().map(|p| p.key.clone()).collect();
+    apply_planned(&applier, &planned, &mut report, progress).await?;
     report.pruned = plan_prune(client, &owner, &rendered).await?;
     for key in &report.pruned {
         delete(client, key).await?;
+        if let Some(cache) = &opts.cache {
+            cache.forget(key);
+        }
         progress.line(&format!("  removed {key}"));
     }
     for (info, object) in &tag_objects {
-        apply(client, info, object).await?;
-        report.applied.push(ObjectKey::of(info.kind, object));
+        applier.apply(info, object, &mut report).await?;
     }
     if report.default_tag {
         progress.done(&format!("Default revision tag points at {}", owner.revision));
@@ -105,13 +133,14 @@ fn print_dry_run(report: &InstallReport, progress: &mut Progress) {
 }
 
 async fn apply_planned(
-    client: &Client,
+    applier: &Applier<'_>,
     planned: &[PlannedObject],
+    report: &mut InstallReport,
     progress: &mut Progress,
 ) -> Result<(), InstallError> {
     let mut remaining = plan::component_counts(planned);
     for p in planned {
-        apply(client, p.info, &p.object).await?;
+        applier.apply(p.info, &p.object, report).await?;
         let left = remaining.entry(p.component).or_insert(1);
         *left -= 1;
         if *left == 0 {
@@ -119,6 +148,72 @@ async fn apply_planned(
         }
     }
     Ok(())
+}
+
+/// Live objects by key, as listed before applying (reconcile mode only).
+type LiveObjects = BTreeMap<ObjectKey, DynamicObject>;
+
+/// Every object Rudder manages (`operator.istio.io/managed=Reconcile`, whoever owns it) of the
+/// given kinds: one list per kind, reads only. Kinds whose API is not served yet (a CRD that
+/// this very install creates) simply have no objects.
+async fn live_objects(
+    client: &Client,
+    kinds: impl IntoIterator<Item = &'static KindInfo>,
+) -> Result<LiveObjects, InstallError> {
+    let mut distinct: Vec<&'static KindInfo> = Vec::new();
+    for info in kinds {
+        if !distinct.contains(&info) {
+            distinct.push(info);
+        }
+    }
+    let params = ListParams::default().labels(&format!("{}={}", labels::MANAGED, labels::MANAGED_RECONCILE));
+    let mut out = LiveObjects::new();
+    for info in distinct {
+        match api_for(client, info, None).list(&params).await {
+            Ok(found) => out.extend(found.items.into_iter().map(|o| (ObjectKey::of(info.kind, &o), o))),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(InstallError::kube("list", format!("{} objects", info.kind), e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Applies one object at a time; in reconcile mode with the live objects and the cache.
+struct Applier<'a> {
+    client: &'a Client,
+    live: &'a LiveObjects,
+    cache: Option<&'a AppliedCache>,
+}
+
+impl Applier<'_> {
+    async fn apply(
+        &self,
+        info: &'static KindInfo,
+        object: &DynamicObject,
+        report: &mut InstallReport,
+    ) -> Result<(), InstallError> {
+        let key = ObjectKey::of(info.kind, object);
+        let Some(cache) = self.cache else {
+            apply(self.client, info, object).await?;
+            report.applied.push(key);
+            return Ok(());
+        };
+        let live = self.live.get(&key);
+        let body = live::leave_run_time_fields(info.kind, object, live);
+        if cache.unchanged(&key, &body, live) {
+            report.unchanged.push(key);
+            return Ok(());
+        }
+        match apply_object(self.client, info, &body).await {
+            Ok(stored) => cache.record(&key, &body, stored.metadata.resource_version.as_deref()),
+            Err(e) => {
+                cache.forget(&key);
+                return Err(e);
+            }
+        }
+        report.applied.push(key);
+        Ok(())
+    }
 }
 
 /// Whether some earlier install made a `default` revision tag.
@@ -200,6 +295,15 @@ pub fn api_for(client: &Client, info: &KindInfo, namespace: Option<&str>) -> Api
 
 /// Server-side apply under Rudder's field manager, forcing ownership of conflicting fields.
 pub async fn apply(client: &Client, info: &KindInfo, object: &DynamicObject) -> Result<(), InstallError> {
+    apply_object(client, info, object).await.map(drop)
+}
+
+/// [`apply`], returning the object as the API server stored it.
+pub async fn apply_object(
+    client: &Client,
+    info: &KindInfo,
+    object: &DynamicObject,
+) -> Result<DynamicObject, InstallError> {
     let key = ObjectKey::of(info.kind, object);
     let mut body = object.clone();
     body.metadata.managed_fields = None;
@@ -210,8 +314,7 @@ pub async fn apply(client: &Client, info: &KindInfo, object: &DynamicObject) -> 
     api_for(client, info, object.metadata.namespace.as_deref())
         .patch(&key.name, &params, &Patch::Apply(&body))
         .await
-        .map_err(|e| InstallError::kube("apply", &key, e))?;
-    Ok(())
+        .map_err(|e| InstallError::kube("apply", &key, e))
 }
 
 /// Deletes one object with background propagation; an object already gone is fine.

@@ -5,6 +5,7 @@
 //! the async functions around them only talk to the API server.
 
 pub mod apply;
+pub mod live;
 pub mod plan;
 pub mod progress;
 pub mod resources;

@@ -90,6 +90,33 @@ pub fn revision_name(revision: Option<&str>) -> &str {
     }
 }
 
+/// Whether a component's objects are shared between the CRs of different revisions: gateways
+/// keep their names (`istio-ingressgateway`, …) whichever revision renders them, and Base (the
+/// CRDs, the reader ServiceAccount, the control-plane Namespace) exists once per cluster.
+pub fn is_shared(component: Component) -> bool {
+    matches!(component, Component::Base | Component::IngressGateways | Component::EgressGateways)
+}
+
+/// Whether an install should leave `planned` alone because another CR owns the live object.
+///
+/// The rule for objects two CRs both render (gateways and Base, [`is_shared`]): the CR of the default
+/// revision owns them. It applies them whoever holds them now, and the forced apply rewrites the
+/// owner labels, so from then on no other CR's prune or finalizer selects them. A revisioned CR
+/// (a canary) applies a shared object only while it is absent or already its own; one owned by
+/// another CR is left as it is. So every shared object has exactly one owner, and deleting or
+/// pruning a canary never takes away a gateway the default CR also renders, and two CRs never
+/// take turns rewriting the same object on every resync. (So while a default CR exists, the CRDs
+/// are the ones it renders; a canary's Base is applied only while nobody else holds it.)
+pub fn yields_to_live_owner(planned: &PlannedObject, owner: &Owner, live: Option<&DynamicObject>) -> bool {
+    if !is_shared(planned.component) || owner.revision == labels::DEFAULT_REVISION {
+        return false;
+    }
+    let Some(live) = live else { return false };
+    let l = live.labels();
+    let holder = (l.get(labels::OWNING_RESOURCE), l.get(labels::REVISION));
+    holder != (Some(&owner.owning_resource), Some(&owner.revision))
+}
+
 /// One object ready to apply.
 #[derive(Clone, Debug)]
 pub struct PlannedObject {

@@ -216,7 +216,20 @@ impl FakeApi {
                 if plural == "deployments" && !state.unready {
                     mark_ready(&mut object);
                 }
-                state.objects.insert((plural, namespace, name), object.clone());
+                let key = (plural, namespace, name);
+                let manager = call.field_manager.clone().unwrap_or_default();
+                let previous = state.objects.get(&key).cloned();
+                if let Some(previous) = &previous {
+                    keep_fields_of_other_managers(previous, &mut object, &manager);
+                }
+                let version = match &previous {
+                    Some(p) if without_version(p) == without_version(&object) => {
+                        p["metadata"]["resourceVersion"].clone()
+                    }
+                    _ => json!(state.next_version()),
+                };
+                object["metadata"]["resourceVersion"] = version;
+                state.objects.insert(key, object.clone());
                 respond(StatusCode::OK, &object)
             }
             ("POST", None) => {
@@ -276,6 +289,63 @@ impl FakeApi {
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "unsupported", "reason": "MethodNotAllowed", "code": 405}),
             ),
+        }
+    }
+}
+
+fn without_version(object: &Value) -> Value {
+    let mut o = object.clone();
+    if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    o
+}
+
+/// Server-side apply's rule for fields the applier does not send: a field another manager owns
+/// (per the stored `managedFields`) keeps its stored value, and those managers' entries stay. The
+/// applier's own earlier fields are not tracked: they go when not sent again.
+fn keep_fields_of_other_managers(stored: &Value, applied: &mut Value, manager: &str) {
+    let others: Vec<Value> = stored["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["manager"].as_str() != Some(manager))
+        .cloned()
+        .collect();
+    for entry in &others {
+        carry_owned(stored, applied, &entry["fieldsV1"]);
+    }
+    if !others.is_empty() {
+        applied["metadata"]["managedFields"] = Value::Array(others);
+    }
+}
+
+/// Copies into `applied` every field of `stored` that `fields` (a fieldsV1 tree) names and
+/// `applied` lacks; `k:{..}` keys match list items by their key fields.
+fn carry_owned(stored: &Value, applied: &mut Value, fields: &Value) {
+    let Some(fields) = fields.as_object() else { return };
+    for (key, sub) in fields {
+        let leaf = sub.as_object().is_none_or(|m| m.keys().all(|k| k == "."));
+        if let Some(field) = key.strip_prefix("f:") {
+            let Some(value) = stored.get(field) else { continue };
+            match applied.get_mut(field) {
+                Some(target) if !leaf => carry_owned(value, target, sub),
+                Some(_) => {}
+                None => {
+                    if let Some(map) = applied.as_object_mut() {
+                        map.insert(field.to_owned(), value.clone());
+                    }
+                }
+            }
+        } else if let Some(item_key) = key.strip_prefix("k:") {
+            let item_key: Value = serde_json::from_str(item_key).unwrap();
+            let matches = |item: &Value| item_key.as_object().unwrap().iter().all(|(k, v)| item.get(k) == Some(v));
+            let Some(from) = stored.as_array().and_then(|items| items.iter().find(|i| matches(i))) else { continue };
+            let Some(items) = applied.as_array_mut() else { continue };
+            match items.iter_mut().find(|i| matches(i)) {
+                Some(target) => carry_owned(from, target, sub),
+                None => items.push(from.clone()),
+            }
         }
     }
 }
