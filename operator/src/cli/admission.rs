@@ -51,8 +51,8 @@ pub struct AdmissionArgs {
     /// The injector ConfigMap's `values` (JSON or YAML) as a file, reloaded when it changes.
     #[arg(long)]
     pub inject_values: Option<PathBuf>,
-    /// Mesh config (YAML) over Istio's defaults, under any `istio` ConfigMap read from the
-    /// cluster or the config directory.
+    /// Mesh config (YAML) over Istio's defaults: the base any `istio` ConfigMap Rudder reads is
+    /// layered over; reloaded when it changes.
     #[arg(long)]
     pub mesh_config: Option<PathBuf>,
     /// This control plane's revision (names its ConfigMaps, Service and certificates).
