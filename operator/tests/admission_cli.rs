@@ -140,3 +140,30 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn discovery_without_webhook_leaves_the_port_closed() {
+    let (monitoring, webhook) = (free_port(), free_port());
+    let config_dir = workspace().join("examples/local");
+    let monitoring_address = format!("127.0.0.1:{monitoring}");
+    let (_child, _stdout) = spawn(&[
+        "discovery",
+        "--config-dir",
+        config_dir.to_str().unwrap(),
+        "--grpc-address",
+        "127.0.0.1:0",
+        "--monitoring-address",
+        &monitoring_address,
+        "--webhook-address",
+        "127.0.0.1",
+        "--webhook-port",
+        &webhook.to_string(),
+        "--no-webhook",
+    ]);
+    let up = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::net::TcpStream::connect(&monitoring_address).is_ok()
+    });
+    assert!(up, "discovery's monitoring port never opened");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", webhook)).is_err(), "admission server running");
+}
