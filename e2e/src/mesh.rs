@@ -156,6 +156,8 @@ impl LocalMesh {
             format!("{}:{GRPC_PORT}", self.ip(DISCOVERY_HOST)),
             "--monitoring-address".into(),
             format!("{}:{MONITORING_PORT}", self.ip(DISCOVERY_HOST)),
+            // Meshes run side by side on one host: no admission server on the shared 15017.
+            "--no-webhook".into(),
         ];
         self.discovery = Some(self.rudder("discovery", args)?);
         Ok(())

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod injector_watch;
 pub mod install;
 pub mod manifest;
 pub mod operator_init;

@@ -4,7 +4,9 @@
 //! Routes: `POST /inject`, `POST /inject/*` and `POST /validate` ([`crate::admission`]),
 //! `GET /ready`. The injection context (injector `config` and `values`, mesh config) is read
 //! from files and reloaded when their modification times change ([`Sources`],
-//! [`spawn_reloader`]); a reload that fails keeps the last good context.
+//! [`spawn_reloader`]); a reload that fails keeps the last good context. The parsers
+//! ([`parse_inject_config`], [`parse_inject_values`], [`parse_mesh`]) also serve callers that
+//! read the same texts from ConfigMaps.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,8 +67,27 @@ fn read_text(path: &Path) -> Result<String, ServerError> {
     std::fs::read_to_string(path).map_err(|source| ServerError::Read { path: path.display().to_string(), source })
 }
 
-fn config_error(path: &Path, message: impl Into<String>) -> ServerError {
-    ServerError::Config { path: path.display().to_string(), message: message.into() }
+fn config_error(origin: &str, message: impl Into<String>) -> ServerError {
+    ServerError::Config { path: origin.to_owned(), message: message.into() }
+}
+
+/// Parses the injector ConfigMap's `config` text; `origin` (a file, or a ConfigMap and key)
+/// names the input in errors.
+pub fn parse_inject_config(origin: &str, text: &str) -> Result<InjectorConfig, ServerError> {
+    InjectorConfig::from_yaml(text).map_err(|e| config_error(origin, e))
+}
+
+/// Parses the injector ConfigMap's `values` text (JSON or YAML; blank means none).
+pub fn parse_inject_values(origin: &str, text: &str) -> Result<serde_json::Value, ServerError> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_saphyr::from_str(text).map_err(|e| config_error(origin, e.to_string()))
+}
+
+/// Parses mesh config YAML layered over `base`.
+pub fn parse_mesh(origin: &str, text: &str, base: &MeshConfig) -> Result<MeshConfig, ServerError> {
+    mesh::apply_yaml(text, base).map_err(|e| config_error(origin, e))
 }
 
 impl Sources {
@@ -74,17 +95,14 @@ impl Sources {
     pub fn load(&self) -> Result<InjectionContext, ServerError> {
         let mut ctx = InjectionContext { revision: self.revision.clone(), ..Default::default() };
         if let Some(path) = &self.inject_config {
-            ctx.injector = InjectorConfig::from_yaml(&read_text(path)?).map_err(|e| config_error(path, e))?;
+            ctx.injector = parse_inject_config(&path.display().to_string(), &read_text(path)?)?;
         }
         if let Some(path) = &self.inject_values {
-            let text = read_text(path)?;
-            if !text.trim().is_empty() {
-                ctx.values = serde_saphyr::from_str(&text).map_err(|e| config_error(path, e.to_string()))?;
-            }
+            ctx.values = parse_inject_values(&path.display().to_string(), &read_text(path)?)?;
         }
         ctx.mesh = MeshConfig::istio_defaults();
         if let Some(path) = &self.mesh_config {
-            ctx.mesh = mesh::apply_yaml(&read_text(path)?, &ctx.mesh).map_err(|e| config_error(path, e))?;
+            ctx.mesh = parse_mesh(&path.display().to_string(), &read_text(path)?, &ctx.mesh)?;
         }
         Ok(ctx)
     }
@@ -194,6 +212,9 @@ async fn admit(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap,
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response()
 }
+
+/// The TLS settings [`serve`] takes (from [`tls_config`]).
+pub type TlsConfig = rustls::ServerConfig;
 
 /// A rustls server config with the ring provider, ALPN h2 then http/1.1, and certificates from
 /// `certs` (resolved per handshake, so rotation and file reloads apply to new connections).

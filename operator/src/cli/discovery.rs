@@ -1,21 +1,27 @@
 //! `rudder discovery`: the control plane's discovery role. Builds the service registry from a
 //! config directory (`--config-dir`, for hosts without Kubernetes) or from the cluster, and
 //! serves Envoy config over ADS (SotW and delta) with metrics and debug endpoints on the
-//! monitoring port.
+//! monitoring port. Unless `--no-webhook` (or `--webhook-port 0`), it also runs the admission
+//! server ([`super::admission`]) on 15017 as istiod does.
+//!
+//! Where the admission server's config comes from: with a cluster, the revision's injector and
+//! `istio` ConfigMaps (unless `--inject-config`/`--inject-values` files are given); with
+//! `--config-dir`, the files given by the flags (defaults without them): the registry's mesh
+//! comes from the directory's `istio` ConfigMap, the injector's from `--mesh-config`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use rudder_config::common::Duration as GoDuration;
-use rudder_config::mesh::{self, MeshConfig};
 use rudder_xds::model::Snapshot;
 use rudder_xds::registry::{files, kube as kube_registry};
 use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions};
 use tokio::sync::watch;
 
+use super::admission::{self, AdmissionArgs};
 use super::install::exit_code;
 
 #[derive(Debug, clap::Args)]
@@ -25,9 +31,6 @@ pub struct Args {
     /// watching a Kubernetes cluster.
     #[arg(long)]
     config_dir: Option<PathBuf>,
-    /// MeshConfig YAML applied over Istio's defaults (before any `istio` ConfigMap).
-    #[arg(long)]
-    mesh_config: Option<PathBuf>,
     /// Where proxies connect for ADS (plaintext gRPC, as istiod's 15010).
     #[arg(long, default_value = "0.0.0.0:15010")]
     grpc_address: SocketAddr,
@@ -44,6 +47,17 @@ pub struct Args {
     /// How often `--config-dir` is scanned for changes.
     #[arg(long, default_value = "200ms", value_parser = go_duration)]
     poll_interval: std::time::Duration,
+    /// Port of the admission server (HTTPS, `/inject`, `/validate`); 0 turns it off.
+    #[arg(long, default_value_t = 15017)]
+    webhook_port: u16,
+    /// Address the admission server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    webhook_address: IpAddr,
+    /// Do not run the admission server.
+    #[arg(long)]
+    no_webhook: bool,
+    #[command(flatten)]
+    admission: AdmissionArgs,
 }
 
 fn go_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -51,29 +65,13 @@ fn go_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 pub fn run(args: &Args) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn,tower=warn".into()),
-        )
-        .try_init();
+    super::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
     exit_code(runtime.context("starting the runtime").and_then(|rt| rt.block_on(serve(args))))
 }
 
-fn base_mesh(args: &Args) -> anyhow::Result<MeshConfig> {
-    match &args.mesh_config {
-        None => Ok(MeshConfig::istio_defaults()),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            mesh::apply_yaml_over_defaults(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-        }
-    }
-}
-
 async fn serve(args: &Args) -> anyhow::Result<()> {
-    let mesh = base_mesh(args)?;
+    let mesh = args.admission.base_mesh()?;
     let (tx, rx) = watch::channel(Arc::new(Snapshot { mesh: mesh.clone(), ..Snapshot::default() }));
     let options = ServerOptions {
         debounce: DebounceOptions { quiet: args.debounce_after, max_delay: args.debounce_max },
@@ -94,19 +92,27 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         }
     };
 
-    let registry = match &args.config_dir {
+    let (registry, cluster) = match &args.config_dir {
         Some(dir) => {
             anyhow::ensure!(dir.is_dir(), "--config-dir {}: not a directory", dir.display());
             tracing::info!(dir = %dir.display(), "registry: config directory");
-            tokio::spawn(files::watch_dir(dir.clone(), mesh, tx, args.poll_interval, stopped()))
+            (tokio::spawn(files::watch_dir(dir.clone(), mesh, tx, args.poll_interval, stopped())), None)
         }
         None => {
             let client = kube::Client::try_default()
                 .await
                 .context("no --config-dir given and no Kubernetes configuration found (KUBECONFIG or in-cluster)")?;
             tracing::info!("registry: Kubernetes");
-            tokio::spawn(kube_registry::run(client, mesh, tx, stopped()))
+            (tokio::spawn(kube_registry::run(client.clone(), mesh, tx, stopped())), Some(client))
         }
+    };
+    let webhook_task = if args.no_webhook || args.webhook_port == 0 {
+        None
+    } else {
+        let listen = SocketAddr::new(args.webhook_address, args.webhook_port);
+        let admission = admission::start(&args.admission, listen, cluster).await?;
+        tracing::info!(webhook = %admission.local_addr()?, "admission server listening");
+        Some(tokio::spawn(admission.serve(stopped())))
     };
     let monitoring_app = server.monitoring_router();
     let monitoring_task = tokio::spawn({
@@ -124,6 +130,9 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = registry.await;
     let _ = monitoring_task.await;
+    if let Some(task) = webhook_task {
+        let _ = task.await;
+    }
     if let Ok(Err(e)) = grpc_task.await {
         anyhow::bail!("gRPC server: {e}");
     }

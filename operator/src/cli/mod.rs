@@ -1,5 +1,6 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
+pub mod admission;
 mod demo;
 mod discovery;
 mod echo;
@@ -48,14 +49,25 @@ enum Command {
     Webhook(webhook::Args),
     /// Run the test/demo workload: an HTTP/1.1 + h2c echo server that names its instance.
     Echo(echo::Args),
-    /// Run discovery: the service registry (config directory or Kubernetes) and the ADS
-    /// server that keeps every Envoy's config current.
+    /// Run discovery: the service registry (config directory or Kubernetes), the ADS server
+    /// that keeps every Envoy's config current, and the admission server.
     Discovery(discovery::Args),
     /// Run the local demo: discovery, workloads and Envoy sidecars on 127.0.0.x, walking
     /// through the traffic scenarios of examples/traffic.
     Demo(demo::Args),
     /// The proxy agent: write Envoy's bootstrap and run Envoy (`proxy sidecar|router|bootstrap|wait|request|init`).
     Proxy(proxy::Args),
+}
+
+/// Logs to stderr, `RUST_LOG` or `info` without kube's and tower's chatter.
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn,tower=warn".into()),
+        )
+        .try_init();
 }
 
 impl Cli {
