@@ -110,7 +110,13 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         None
     } else {
         let listen = SocketAddr::new(args.webhook_address, args.webhook_port);
-        let admission = admission::start(&args.admission, listen, cluster).await?;
+        // In a cluster the API server must trust the webhook: without certificate files, keep
+        // the generated CA in a Secret and patch it into the revision's webhook configurations.
+        let mut admission_args = args.admission.clone();
+        if cluster.is_some() && admission_args.tls_cert.is_none() {
+            admission_args.manage_certs = true;
+        }
+        let admission = admission::start(&admission_args, listen, cluster).await?;
         tracing::info!(webhook = %admission.local_addr()?, "admission server listening");
         Some(tokio::spawn(admission.serve(stopped())))
     };
