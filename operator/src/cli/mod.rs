@@ -1,5 +1,6 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
+mod bench;
 mod demo;
 mod discovery;
 mod echo;
@@ -56,6 +57,8 @@ enum Command {
     Demo(demo::Args),
     /// The proxy agent: write Envoy's bootstrap and run Envoy (`proxy sidecar|router|bootstrap|wait|request|init`).
     Proxy(proxy::Args),
+    /// Discovery benchmarks: write a synthetic mesh (`bench mesh`), load a running discovery (`bench xds`).
+    Bench(bench::Args),
 }
 
 impl Cli {
@@ -75,6 +78,7 @@ impl Cli {
             Command::Demo(args) => demo::run(&args),
             Command::Discovery(args) => discovery::run(&args),
             Command::Proxy(args) => proxy::run(&args),
+            Command::Bench(args) => bench::run(&args),
         }
     }
 }
