@@ -198,12 +198,7 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
 
 /// Sends `n` GETs for `path` one after the other; counts replies by answering version
 /// (`x-echo-version`, or `status <code>` when Envoy answered itself).
-async fn tally(
-    mesh: &LocalMesh,
-    path: &str,
-    headers: &[(&str, &str)],
-    n: usize,
-) -> anyhow::Result<BTreeMap<String, usize>> {
+async fn tally(mesh: &LocalMesh, path: &str, headers: &[(&str, &str)], n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
     let mut req = mesh.via_client(SERVICE_HOST, path);
     for (k, v) in headers {
         req = req.header(k, v);
@@ -289,10 +284,7 @@ async fn fault_delay(mesh: &LocalMesh) -> anyhow::Result<String> {
     let delayed = replies.iter().filter(|(_, took)| *took >= Duration::from_millis(2900)).count();
     let ok = replies.iter().filter(|(r, _)| r.status == StatusCode::OK).count();
     // 50% of 40: 8..=32 is beyond ±5σ.
-    anyhow::ensure!(
-        ok == N && (8..=32).contains(&delayed),
-        "expected about 20 of {N} delayed by 3s, all 200; got {delayed} delayed, {ok} ok"
-    );
+    anyhow::ensure!(ok == N && (8..=32).contains(&delayed), "expected about 20 of {N} delayed by 3s, all 200; got {delayed} delayed, {ok} ok");
     Ok(format!("fault delay 3s at 50%: {delayed}/{N} delayed, all {ok} answered 200"))
 }
 
@@ -306,11 +298,7 @@ async fn fault_abort(mesh: &LocalMesh) -> anyhow::Result<String> {
 
 async fn request_timeout(mesh: &LocalMesh) -> anyhow::Result<String> {
     let slow = mesh.send(&mesh.via_client(SERVICE_HOST, "/delay/3")).await?;
-    anyhow::ensure!(
-        slow.status == StatusCode::GATEWAY_TIMEOUT,
-        "/delay/3 under a 2s timeout: expected 504, got {}",
-        slow.status
-    );
+    anyhow::ensure!(slow.status == StatusCode::GATEWAY_TIMEOUT, "/delay/3 under a 2s timeout: expected 504, got {}", slow.status);
     let fast = mesh.send(&mesh.via_client(SERVICE_HOST, "/delay/1")).await?;
     anyhow::ensure!(fast.status == StatusCode::OK, "/delay/1 under a 2s timeout: expected 200, got {}", fast.status);
     Ok("request timeout 2s: /delay/3 got 504, /delay/1 got 200".into())
@@ -326,10 +314,7 @@ async fn connect_timeout(mesh: &LocalMesh) -> anyhow::Result<String> {
         "expected 503 after connect timeouts, got {} {body:?}",
         reply.status
     );
-    Ok(format!(
-        "connect timeout 1s to a host that never accepts: 503 after {:.1}s (default retries included)",
-        took.as_secs_f64()
-    ))
+    Ok(format!("connect timeout 1s to a host that never accepts: 503 after {:.1}s (default retries included)", took.as_secs_f64()))
 }
 
 /// Requests for `path` the workloads saw (summed over both versions).
@@ -344,11 +329,7 @@ async fn seen_at_workloads(mesh: &LocalMesh, path: &str) -> anyhow::Result<u64> 
 async fn retries(mesh: &LocalMesh) -> anyhow::Result<String> {
     let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/status/503")).await?;
     let seen = seen_at_workloads(mesh, "/status/503").await?;
-    anyhow::ensure!(
-        reply.status == StatusCode::SERVICE_UNAVAILABLE && seen == 4,
-        "expected 503 after 1+3 attempts, got {} after {seen}",
-        reply.status
-    );
+    anyhow::ensure!(reply.status == StatusCode::SERVICE_UNAVAILABLE && seen == 4, "expected 503 after 1+3 attempts, got {} after {seen}", reply.status);
     Ok(format!("retries (3 on 5xx): one GET /status/503 → {seen} attempts at the workloads, then 503"))
 }
 
@@ -439,13 +420,8 @@ async fn circuit_breaking(mesh: &LocalMesh) -> anyhow::Result<String> {
         .iter()
         .filter(|(r, _)| r.status == StatusCode::SERVICE_UNAVAILABLE && r.header("x-envoy-overloaded") == "true")
         .count();
-    anyhow::ensure!(
-        ok >= 10 && overloaded >= 1 && ok + overloaded == N,
-        "expected some 200s and some overflow 503s, got {ok} ok, {overloaded} overloaded of {N}"
-    );
-    Ok(format!(
-        "circuit breaking (10 connections, 10 pending): {ok} served, {overloaded} rejected with 503 of {N} at once"
-    ))
+    anyhow::ensure!(ok >= 10 && overloaded >= 1 && ok + overloaded == N, "expected some 200s and some overflow 503s, got {ok} ok, {overloaded} overloaded of {N}");
+    Ok(format!("circuit breaking (10 connections, 10 pending): {ok} served, {overloaded} rejected with 503 of {N} at once"))
 }
 
 async fn outlier_detection(mesh: &LocalMesh) -> anyhow::Result<String> {
@@ -469,27 +445,14 @@ async fn unknown_host(mesh: &LocalMesh) -> anyhow::Result<Reply> {
 
 async fn allow_any(mesh: &LocalMesh) -> anyhow::Result<String> {
     let reply = unknown_host(mesh).await?;
-    anyhow::ensure!(
-        reply.status == StatusCode::OK && reply.header("x-echo-instance") == "external",
-        "ALLOW_ANY: expected the external host to answer, got {} {:?}",
-        reply.status,
-        reply.header("x-echo-instance")
-    );
+    anyhow::ensure!(reply.status == StatusCode::OK && reply.header("x-echo-instance") == "external", "ALLOW_ANY: expected the external host to answer, got {} {:?}", reply.status, reply.header("x-echo-instance"));
     Ok("ALLOW_ANY: unknown host external.example passed through (200 from the external server)".into())
 }
 
 async fn registry_only(mesh: &LocalMesh) -> anyhow::Result<String> {
     let reply = unknown_host(mesh).await?;
-    anyhow::ensure!(
-        reply.status == StatusCode::BAD_GATEWAY,
-        "REGISTRY_ONLY: expected 502 for an unknown host, got {}",
-        reply.status
-    );
+    anyhow::ensure!(reply.status == StatusCode::BAD_GATEWAY, "REGISTRY_ONLY: expected 502 for an unknown host, got {}", reply.status);
     let known = tally(mesh, "/get", &[], 5).await?;
-    anyhow::ensure!(
-        known.keys().all(|k| k == "v1" || k == "v2"),
-        "REGISTRY_ONLY must still reach httpbin: {}",
-        show(&known)
-    );
+    anyhow::ensure!(known.keys().all(|k| k == "v1" || k == "v2"), "REGISTRY_ONLY must still reach httpbin: {}", show(&known));
     Ok(format!("REGISTRY_ONLY: unknown host got 502; httpbin still reached ({})", show(&known)))
 }

@@ -47,12 +47,7 @@ fn every_traffic_scenario_behaves_as_configured() {
                 Err(e) => failures.push(format!("{scenario:?}: {e:#}")),
             }
         }
-        assert!(
-            failures.is_empty(),
-            "scenarios failed (logs in {}):\n{}",
-            mesh.work_dir.display(),
-            failures.join("\n")
-        );
+        assert!(failures.is_empty(), "scenarios failed (logs in {}):\n{}", mesh.work_dir.display(), failures.join("\n"));
     });
 }
 
@@ -79,17 +74,13 @@ fn a_config_change_reaches_envoy_without_a_restart() {
     runtime().block_on(async {
         let mut mesh = LocalMesh::start(options()).await.unwrap();
         let examples = workspace().join("examples/traffic");
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap())
-            .await
-            .unwrap();
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap()).await.unwrap();
         mesh.wait_synced().await.unwrap();
         let before = route_8000(&mesh).await;
         assert!(!before.to_string().contains("end-user"), "{before}");
         let uptime = envoy_uptime(&mesh).await;
 
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("04-header-routing-jason.yaml")).unwrap())
-            .await
-            .unwrap();
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("04-header-routing-jason.yaml")).unwrap()).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let now = route_8000(&mesh).await;
@@ -135,9 +126,7 @@ fn a_nacked_resource_leaves_the_previous_config_serving() {
     runtime().block_on(async {
         let mut mesh = LocalMesh::start(options()).await.unwrap();
         let examples = workspace().join("examples/traffic");
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap())
-            .await
-            .unwrap();
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap()).await.unwrap();
         mesh.wait_synced().await.unwrap();
         let subsets = std::fs::read_to_string(examples.join("01-destination-rule-subsets.yaml")).unwrap();
         mesh.apply("traffic", &format!("{subsets}\n---\n{NACKED_ROUTE}")).await.unwrap();
@@ -171,9 +160,7 @@ fn envoy_keeps_serving_while_discovery_restarts_and_then_resyncs() {
     runtime().block_on(async {
         let mut mesh = LocalMesh::start(options()).await.unwrap();
         let examples = workspace().join("examples/traffic");
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap())
-            .await
-            .unwrap();
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap()).await.unwrap();
         mesh.wait_synced().await.unwrap();
         mesh.stop_discovery();
         for _ in 0..10 {
@@ -181,9 +168,7 @@ fn envoy_keeps_serving_while_discovery_restarts_and_then_resyncs() {
             assert_eq!(reply.header("x-echo-version"), "v1", "while discovery is down");
         }
         // A change made while discovery is down is picked up when it is back.
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("04-header-routing-jason.yaml")).unwrap())
-            .await
-            .unwrap();
+        mesh.apply("traffic", &std::fs::read_to_string(examples.join("04-header-routing-jason.yaml")).unwrap()).await.unwrap();
         mesh.restart_discovery().await.unwrap();
         mesh.wait_synced().await.unwrap();
         let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get").header("end-user", "jason")).await.unwrap();

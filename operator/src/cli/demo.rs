@@ -62,11 +62,7 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         work_dir: args.work_dir.clone(),
         envoy_log_level: "warning".into(),
     };
-    anyhow::ensure!(
-        options.config_src.is_dir(),
-        "{} is not a directory (run from the repository root or pass --examples)",
-        options.config_src.display()
-    );
+    anyhow::ensure!(options.config_src.is_dir(), "{} is not a directory (run from the repository root or pass --examples)", options.config_src.display());
     println!("Starting discovery, httpbin v1/v2 with sidecars and a client sidecar on 127.0.{}.x …", args.block);
     let shutdown = crate::signals::shutdown_signal();
     tokio::pin!(shutdown);
@@ -91,7 +87,11 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     }
     mesh.remove("traffic").await?;
-    println!("{} of {} scenarios behaved as configured.", Scenario::ALL.len() - failed, Scenario::ALL.len());
+    println!(
+        "{} of {} scenarios behaved as configured.",
+        Scenario::ALL.len() - failed,
+        Scenario::ALL.len()
+    );
     if !args.no_wait {
         println!(
             "The mesh keeps running; try:\n  curl -H 'Host: {}' http://{}:{}/get\nedit files in {} to change routing; Ctrl-C stops everything.",

@@ -54,8 +54,7 @@ pub fn run(args: &Args) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn,tower=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn,tower=warn".into()),
         )
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();

@@ -79,8 +79,11 @@ impl Interner {
 /// Live values by content hash. Holds them weakly: a value no stream uses any more is freed.
 #[derive(Debug)]
 struct Pool<T> {
-    by_hash: Mutex<(HashMap<u64, Vec<Weak<T>>>, usize)>,
+    /// Weak handles by content hash, and how many were inserted (to sweep dead ones).
+    by_hash: Mutex<(Buckets<T>, usize)>,
 }
+
+type Buckets<T> = HashMap<u64, Vec<Weak<T>>>;
 
 impl<T> Default for Pool<T> {
     fn default() -> Self {
