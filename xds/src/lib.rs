@@ -7,5 +7,7 @@ pub mod model;
 pub mod registry;
 pub mod server;
 #[doc(hidden)]
+pub mod synthetic;
+#[doc(hidden)]
 pub mod testing;
 pub mod translate;

@@ -1,6 +1,7 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
 pub mod admission;
+mod bench;
 mod demo;
 mod discovery;
 mod echo;
@@ -57,6 +58,8 @@ enum Command {
     Demo(demo::Args),
     /// The proxy agent: write Envoy's bootstrap and run Envoy (`proxy sidecar|router|bootstrap|wait|request|init`).
     Proxy(proxy::Args),
+    /// Discovery benchmarks: write a synthetic mesh (`bench mesh`), load a running discovery (`bench xds`).
+    Bench(bench::Args),
 }
 
 /// Logs to stderr, `RUST_LOG` or `info` without kube's and tower's chatter.
@@ -87,6 +90,7 @@ impl Cli {
             Command::Demo(args) => demo::run(&args),
             Command::Discovery(args) => discovery::run(&args),
             Command::Proxy(args) => proxy::run(&args),
+            Command::Bench(args) => bench::run(&args),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! resources depend on the proxy itself and are built per stream.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -66,6 +66,15 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
 /// Encoded resources of one type, by name.
 pub type ResourceMap = BTreeMap<String, Arc<EncodedResource>>;
 
+/// Name → content hash of a whole [`ResourceMap`]: what a stream records as sent when it sent
+/// all of it. Built once per map and shared by every such stream (thousands of proxies of one
+/// view would otherwise each build and hold the same tens of thousands of entries).
+pub type SentMap = Arc<BTreeMap<String, u64>>;
+
+fn sent_map_of(map: &ResourceMap) -> SentMap {
+    Arc::new(map.iter().map(|(name, r)| (name.clone(), r.hash)).collect())
+}
+
 /// Encoded clusters, listeners and routes (the proxy-specific types), with the translated
 /// messages they came from.
 #[derive(Clone, Debug, Default)]
@@ -74,6 +83,8 @@ pub struct EncodedSet {
     pub listeners: ResourceMap,
     pub routes: ResourceMap,
     source: Resources,
+    /// [`SentMap`]s of the three maps, in the same order, built on first use.
+    sent: [OnceLock<SentMap>; 3],
 }
 
 impl EncodedSet {
@@ -139,6 +150,16 @@ impl EncodedSet {
             Kind::Endpoint => None,
         }
     }
+
+    fn sent_map(&self, kind: Kind) -> Option<SentMap> {
+        let (slot, map) = match kind {
+            Kind::Cluster => (0, &self.clusters),
+            Kind::Listener => (1, &self.listeners),
+            Kind::Route => (2, &self.routes),
+            Kind::Endpoint => return None,
+        };
+        Some(self.sent[slot].get_or_init(|| sent_map_of(map)).clone())
+    }
 }
 
 /// Every ClusterLoadAssignment of a generation, decoded (to compare with the next
@@ -147,6 +168,8 @@ impl EncodedSet {
 pub struct EndpointTable {
     decoded: BTreeMap<String, Arc<ClusterLoadAssignment>>,
     pub encoded: ResourceMap,
+    /// The [`SentMap`] of `encoded`, built on first use.
+    sent: OnceLock<SentMap>,
 }
 
 impl EndpointTable {
@@ -301,6 +324,23 @@ impl ProxyResources {
         match (self.inbound.map(kind), self.outbound.map(kind)) {
             (Some(inbound), Some(outbound)) => inbound.get(name).or_else(|| outbound.get(name)),
             _ => self.generation.endpoints.encoded.get(name),
+        }
+    }
+
+    /// The shared [`SentMap`] of `list` when `list` (a subset of this proxy's resources of
+    /// `kind`, as [`ProxyResources::all`] or a subscription scope gives) is all of them and they
+    /// come from one shared map; `None` otherwise, and the caller builds its own.
+    pub fn sent_map(&self, kind: Kind, list: &[Arc<EncodedResource>]) -> Option<SentMap> {
+        match (self.inbound.map(kind), self.outbound.map(kind)) {
+            (Some(inbound), Some(outbound)) if inbound.is_empty() && list.len() == outbound.len() => {
+                self.outbound.sent_map(kind)
+            }
+            (Some(_), Some(_)) => None,
+            _ => {
+                let table = &self.generation.endpoints;
+                (list.len() == table.encoded.len())
+                    .then(|| table.sent.get_or_init(|| sent_map_of(&table.encoded)).clone())
+            }
         }
     }
 

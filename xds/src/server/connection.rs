@@ -2,9 +2,10 @@
 //! was sent and what it acknowledged. The stream task is the only writer; the debug endpoints
 //! read it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -27,11 +28,14 @@ pub struct WatchState {
     /// "everything" rather than "nothing".
     #[serde(skip)]
     pub legacy_wildcard: bool,
-    /// Explicitly subscribed names.
-    pub names: BTreeSet<String>,
-    /// What the client was last sent (SotW) or holds (delta): name → content hash.
+    /// Explicitly subscribed names. Shared between streams that subscribe to the same set
+    /// (see [`Interner`]); change it through `Arc::make_mut`.
+    #[serde(serialize_with = "serialize_names")]
+    pub names: Arc<BTreeSet<String>>,
+    /// What the client was last sent (SotW) or holds (delta): name → content hash. Shared
+    /// like `names`.
     #[serde(skip)]
-    pub sent: BTreeMap<String, u64>,
+    pub sent: Arc<BTreeMap<String, u64>>,
     pub nonce_sent: String,
     pub nonce_acked: String,
     pub version_sent: String,
@@ -44,6 +48,102 @@ pub struct WatchState {
 impl WatchState {
     pub fn in_scope(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+}
+
+fn serialize_names<S: serde::Serializer>(names: &Arc<BTreeSet<String>>, serializer: S) -> Result<S::Ok, S::Error> {
+    names.as_ref().serialize(serializer)
+}
+
+/// Deduplicates the per-stream bookkeeping of [`WatchState`]. Proxies of one view subscribe
+/// to and are sent the same tens of thousands of names (every EDS cluster of a large mesh);
+/// a private copy per stream made memory grow by megabytes per proxy. Streams instead keep
+/// an `Arc` to one shared copy of each distinct map and copy it only to change it
+/// (`Arc::make_mut`), after which the result is interned again.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    sent: Pool<BTreeMap<String, u64>>,
+    names: Pool<BTreeSet<String>>,
+}
+
+impl Interner {
+    pub(crate) fn sent(&self, map: Arc<BTreeMap<String, u64>>) -> Arc<BTreeMap<String, u64>> {
+        self.sent.intern(map)
+    }
+
+    pub(crate) fn names(&self, names: Arc<BTreeSet<String>>) -> Arc<BTreeSet<String>> {
+        self.names.intern(names)
+    }
+}
+
+/// Live values by content hash. Holds them weakly: a value no stream uses any more is freed.
+#[derive(Debug)]
+struct Pool<T> {
+    /// Weak handles by content hash, and how many were inserted (to sweep dead ones).
+    by_hash: Mutex<(Buckets<T>, usize)>,
+}
+
+type Buckets<T> = HashMap<u64, Vec<Weak<T>>>;
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Self { by_hash: Mutex::new((HashMap::new(), 0)) }
+    }
+}
+
+/// Maps smaller than this are not worth a lookup.
+const INTERN_MIN_LEN: usize = 16;
+
+/// How many insertions between sweeps of dead entries.
+const SWEEP_EVERY: usize = 1024;
+
+impl<T: Hash + Eq + Len> Pool<T> {
+    fn intern(&self, value: Arc<T>) -> Arc<T> {
+        // Already shared: it came from the pool (or a shared cache) and was not changed since.
+        if value.len() < INTERN_MIN_LEN || Arc::strong_count(&value) > 1 {
+            return value;
+        }
+        // Hash and compare outside the lock: both walk every name.
+        let mut hasher = DefaultHasher::new();
+        value.hash(&mut hasher);
+        let key = hasher.finish();
+        let candidates: Vec<Arc<T>> = {
+            let pool = self.by_hash.lock().unwrap_or_else(PoisonError::into_inner);
+            pool.0.get(&key).map(|b| b.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default()
+        };
+        if let Some(existing) = candidates.into_iter().find(|c| Arc::ptr_eq(c, &value) || **c == *value) {
+            return existing;
+        }
+        let mut pool = self.by_hash.lock().unwrap_or_else(PoisonError::into_inner);
+        let (by_hash, inserted) = &mut *pool;
+        let bucket = by_hash.entry(key).or_default();
+        bucket.retain(|w| w.strong_count() > 0);
+        bucket.push(Arc::downgrade(&value));
+        *inserted += 1;
+        if *inserted % SWEEP_EVERY == 0 {
+            by_hash.retain(|_, bucket| {
+                bucket.retain(|w| w.strong_count() > 0);
+                !bucket.is_empty()
+            });
+        }
+        value
+    }
+}
+
+/// The size of an interned collection.
+trait Len {
+    fn len(&self) -> usize;
+}
+
+impl<K, V> Len for BTreeMap<K, V> {
+    fn len(&self) -> usize {
+        BTreeMap::len(self)
+    }
+}
+
+impl<K> Len for BTreeSet<K> {
+    fn len(&self) -> usize {
+        BTreeSet::len(self)
     }
 }
 
@@ -134,17 +234,63 @@ pub(crate) struct StreamCore {
     pub(crate) registration: Registration,
     generations: watch::Receiver<Arc<Generation>>,
     current: Option<ProxyResources>,
+    /// Whether this stream holds one of the initial-push permits (see
+    /// [`StreamCore::hold_initial_permit`]).
+    holds_initial_permit: bool,
+}
+
+impl Drop for StreamCore {
+    fn drop(&mut self) {
+        if self.holds_initial_permit {
+            self.shared.initial_push_permits.add_permits(1);
+        }
+    }
 }
 
 impl StreamCore {
     /// Subscribes to pushes right away, so none published from here on is missed.
     pub(crate) fn new(shared: Arc<Shared>, registration: Registration) -> Self {
         let generations = shared.generations.subscribe();
-        Self { shared, registration, generations, current: None }
+        Self { shared, registration, generations, current: None, holds_initial_permit: false }
     }
 
     pub(crate) fn connection(&self) -> &Arc<Connection> {
         &self.registration.connection
+    }
+
+    /// Join storms: a stream building or sending an initial response holds one of a bounded
+    /// number of permits until the client has answered everything it was sent (ACK or NACK),
+    /// so at most that many streams have first config in flight. Holding it only while the
+    /// response was queued let every stream of a storm queue megabytes at once.
+    pub(crate) async fn hold_initial_permit(&mut self) {
+        if self.holds_initial_permit {
+            return;
+        }
+        if let Ok(permit) = self.shared.initial_push_permits.acquire().await {
+            permit.forget();
+            self.holds_initial_permit = true;
+        }
+    }
+
+    /// Returns the initial-push permit once no response of any type awaits an answer.
+    pub(crate) fn release_initial_permit_if_answered(&mut self) {
+        if !self.holds_initial_permit {
+            return;
+        }
+        let answered = self
+            .connection()
+            .watches()
+            .values()
+            .all(|w| w.nonce_sent.is_empty() || w.nonce_acked == w.nonce_sent || w.last_error.is_some());
+        if answered {
+            self.shared.initial_push_permits.add_permits(1);
+            self.holds_initial_permit = false;
+        }
+    }
+
+    /// Whether the stream has not subscribed to anything yet (its first request).
+    pub(crate) fn is_new(&self) -> bool {
+        self.connection().watches().is_empty()
     }
 
     /// Resolves when a generation newer than the one last taken is published; `Err` when the

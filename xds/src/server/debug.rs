@@ -123,7 +123,7 @@ async fn config_dump(State(shared): State<Arc<Shared>>, Query(query): Query<Conf
                 .map(|(kind, watch)| {
                     (
                         kind.short_name(),
-                        watch.sent.into_iter().map(|(name, hash)| (name, format_version(hash))).collect(),
+                        watch.sent.iter().map(|(name, hash)| (name.clone(), format_version(*hash))).collect(),
                     )
                 })
                 .collect();

@@ -74,6 +74,10 @@ impl DeltaStream {
         if self.core.push_pending() {
             self.push().await?;
         }
+        if self.core.is_new() {
+            // Join storms: building the first config counts as an initial push.
+            self.core.hold_initial_permit().await;
+        }
         let resources = self.core.current().await;
         let (initial, diff) = {
             let mut watches = self.core.connection().watches();
@@ -81,15 +85,19 @@ impl DeltaStream {
             let watch = watches.entry(kind).or_default();
             let newly_named = self.update_watch(kind, watch, initial, request);
             let diff = diff(kind, watch, &resources, &newly_named, &BTreeSet::new());
+            self.intern(watch);
             (initial, diff)
         };
         // The first answer per type is due even when empty: Envoy waits for it to finish
         // initialising. Later requests only change subscriptions and need an answer only
         // when they brought something to send.
+        self.core.release_initial_permit_if_answered();
         if !initial && diff.is_empty() {
             return Ok(());
         }
-        let _permit = if initial { self.core.shared.initial_push_permits.acquire().await.ok() } else { None };
+        if initial {
+            self.core.hold_initial_permit().await;
+        }
         self.send(kind, &resources, diff).await
     }
 
@@ -124,7 +132,7 @@ impl DeltaStream {
             watch.wildcard = request.resource_names_subscribe.is_empty();
             for (name, version) in request.initial_resource_versions {
                 // A version we cannot read never matches, so the resource is resent.
-                watch.sent.insert(name.clone(), parse_version(&version).unwrap_or(0));
+                Arc::make_mut(&mut watch.sent).insert(name.clone(), parse_version(&version).unwrap_or(0));
                 if name != "*" {
                     newly_named.insert(name);
                 }
@@ -133,7 +141,7 @@ impl DeltaStream {
         for name in request.resource_names_subscribe {
             if name == "*" {
                 watch.wildcard = true;
-            } else if watch.names.insert(name.clone()) {
+            } else if !watch.names.contains(&name) && Arc::make_mut(&mut watch.names).insert(name.clone()) {
                 newly_named.insert(name);
             }
         }
@@ -141,12 +149,17 @@ impl DeltaStream {
             if name == "*" {
                 watch.wildcard = false;
             } else {
-                watch.names.remove(&name);
+                if watch.names.contains(&name) {
+                    Arc::make_mut(&mut watch.names).remove(&name);
+                }
                 newly_named.remove(&name);
             }
         }
         // The client dropped whatever left its scope; it holds none of it any more.
-        watch.sent.retain(|name, _| watch.wildcard || watch.names.contains(name));
+        if !watch.wildcard && watch.sent.keys().any(|name| !watch.names.contains(name)) {
+            let names = watch.names.clone();
+            Arc::make_mut(&mut watch.sent).retain(|name, _| names.contains(name));
+        }
         newly_named.retain(|name| watch.in_scope(name));
         newly_named
     }
@@ -162,6 +175,7 @@ impl DeltaStream {
                 let Some(watch) = watches.get_mut(&kind) else { continue };
                 let force = if kind == Kind::Endpoint { &changed_clusters } else { &BTreeSet::new() };
                 let diff = diff(kind, watch, &resources, &BTreeSet::new(), force);
+                self.intern(watch);
                 if kind == Kind::Cluster {
                     changed_clusters.extend(diff.resources.iter().map(|r| r.name.clone()));
                 }
@@ -173,6 +187,14 @@ impl DeltaStream {
         }
         self.core.shared.metrics.converged(resources.generation.changed_at.elapsed());
         Ok(())
+    }
+
+    /// Shares the watch's maps with other streams holding the same ones (see
+    /// [`Interner`](super::connection::Interner)).
+    fn intern(&self, watch: &mut WatchState) {
+        let interner = &self.core.shared.interner;
+        watch.sent = interner.sent(std::mem::take(&mut watch.sent));
+        watch.names = interner.names(std::mem::take(&mut watch.names));
     }
 
     async fn send(&self, kind: Kind, resources: &ProxyResources, diff: Diff) -> Result<(), Closed> {
@@ -221,16 +243,24 @@ fn diff(
     force: &BTreeSet<String>,
 ) -> Diff {
     let current = scope(kind, watch, resources);
+    if watch.sent.is_empty() && report_missing.iter().all(|name| resources.get(kind, name).is_some()) {
+        // The client holds nothing and everything in scope exists: send it all, and record
+        // it with the shared map when there is one rather than building one per stream.
+        if let Some(shared) = resources.sent_map(kind, &current) {
+            watch.sent = shared;
+            return Diff { resources: current, removed: Vec::new() };
+        }
+    }
     let mut removed: BTreeSet<String> =
         watch.sent.keys().filter(|name| resources.get(kind, name).is_none()).cloned().collect();
     removed.extend(report_missing.iter().filter(|name| resources.get(kind, name).is_none()).cloned());
     for name in &removed {
-        watch.sent.remove(name);
+        Arc::make_mut(&mut watch.sent).remove(name);
     }
     let mut changed = Vec::new();
     for resource in current {
         if watch.sent.get(&resource.name) != Some(&resource.hash) || force.contains(&resource.name) {
-            watch.sent.insert(resource.name.clone(), resource.hash);
+            Arc::make_mut(&mut watch.sent).insert(resource.name.clone(), resource.hash);
             changed.push(resource);
         }
     }

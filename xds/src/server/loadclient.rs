@@ -117,6 +117,7 @@ impl LoadRun {
         let endpoint = Endpoint::from_shared(options.target.clone())
             .map_err(|e| LoadError::Target(options.target.clone(), e.to_string()))?;
         let options = Arc::new(options);
+        let names = Arc::new(NameCache::default());
         let mut run = Self { stats: Vec::new(), tasks: Vec::new() };
         let started = Instant::now();
         for index in 0..options.streams {
@@ -131,8 +132,9 @@ impl LoadRun {
             run.stats.push(stats.clone());
             let endpoint = endpoint.clone();
             let options = options.clone();
+            let names = names.clone();
             run.tasks.push(tokio::spawn(async move {
-                let result = drive(endpoint, &options, &stats).await;
+                let result = drive(endpoint, &options, &names, &stats).await;
                 if let Err(error) = result {
                     lock(&stats).error = Some(error);
                 }
@@ -226,7 +228,28 @@ struct Progress {
     got: [bool; 4],
     listeners_requested: bool,
     routes_requested: bool,
-    eds_clusters: BTreeSet<String>,
+    /// Shared with the other streams when equal (see [`NameCache`]).
+    eds_clusters: Arc<BTreeSet<String>>,
+}
+
+/// The EDS cluster names streams hold, shared: every stream of a run usually sees the same
+/// tens of thousands of names, and a private copy each made the client's memory grow by a
+/// megabyte per stream. Keeps the last set seen; a stream with an equal set takes that one.
+#[derive(Debug, Default)]
+struct NameCache {
+    last: Mutex<Option<Arc<BTreeSet<String>>>>,
+}
+
+impl NameCache {
+    fn share(&self, names: BTreeSet<String>) -> Arc<BTreeSet<String>> {
+        let last = self.last.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(last) = last.filter(|l| **l == names) {
+            return last;
+        }
+        let names = Arc::new(names);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(names.clone());
+        names
+    }
 }
 
 impl Progress {
@@ -238,14 +261,19 @@ impl Progress {
     }
 }
 
-async fn drive(endpoint: Endpoint, options: &LoadOptions, stats: &Mutex<StreamStats>) -> Result<(), String> {
+async fn drive(
+    endpoint: Endpoint,
+    options: &LoadOptions,
+    names: &NameCache,
+    stats: &Mutex<StreamStats>,
+) -> Result<(), String> {
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let node = Node { id: lock(stats).node_id.clone(), ..Default::default() };
     if options.delta {
-        drive_delta(client, node, options, stats).await
+        drive_delta(client, node, options, names, stats).await
     } else {
-        drive_sotw(client, node, options, stats).await
+        drive_sotw(client, node, options, names, stats).await
     }
 }
 
@@ -264,6 +292,7 @@ async fn drive_sotw(
     mut client: AggregatedDiscoveryServiceClient<Channel>,
     node: Node,
     options: &LoadOptions,
+    cache: &NameCache,
     stats: &Mutex<StreamStats>,
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel(8);
@@ -289,8 +318,8 @@ async fn drive_sotw(
             Kind::Cluster => {
                 let clusters: BTreeSet<String> = response.resources.iter().filter_map(eds_cluster_name).collect();
                 follow_up.push(request(kind, Vec::new(), Some(&response)));
-                if clusters != progress.eds_clusters {
-                    progress.eds_clusters = clusters;
+                if clusters != *progress.eds_clusters {
+                    progress.eds_clusters = cache.share(clusters);
                     let names = progress.eds_clusters.iter().cloned().collect();
                     follow_up.push(request(Kind::Endpoint, names, last[slot(Kind::Endpoint)].as_ref()));
                 }
@@ -328,6 +357,7 @@ async fn drive_delta(
     mut client: AggregatedDiscoveryServiceClient<Channel>,
     node: Node,
     options: &LoadOptions,
+    cache: &NameCache,
     stats: &Mutex<StreamStats>,
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel(8);
@@ -351,7 +381,7 @@ async fn drive_delta(
         let mut follow_up = vec![request(kind, Vec::new(), Vec::new(), &response.nonce)];
         match kind {
             Kind::Cluster => {
-                let mut clusters = progress.eds_clusters.clone();
+                let mut clusters = (*progress.eds_clusters).clone();
                 for resource in &response.resources {
                     clusters.remove(&resource.name);
                     if resource.resource.as_ref().and_then(eds_cluster_name).is_some() {
@@ -363,7 +393,7 @@ async fn drive_delta(
                 }
                 let subscribe: Vec<String> = clusters.difference(&progress.eds_clusters).cloned().collect();
                 let unsubscribe: Vec<String> = progress.eds_clusters.difference(&clusters).cloned().collect();
-                progress.eds_clusters = clusters;
+                progress.eds_clusters = cache.share(clusters);
                 if !subscribe.is_empty() || !unsubscribe.is_empty() {
                     follow_up.push(request(Kind::Endpoint, subscribe, unsubscribe, ""));
                 }

@@ -195,6 +195,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) registry: Registry,
     pub(crate) initial_push_permits: Semaphore,
+    pub(crate) interner: connection::Interner,
     next_connection: AtomicU64,
     next_nonce: AtomicU64,
 }
@@ -253,6 +254,7 @@ impl DiscoveryServer {
             metrics,
             registry,
             initial_push_permits: Semaphore::new(options.initial_push_concurrency.max(1)),
+            interner: connection::Interner::default(),
             next_connection: AtomicU64::new(0),
             next_nonce: AtomicU64::new(0),
         });

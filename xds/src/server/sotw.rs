@@ -74,13 +74,20 @@ impl SotwStream {
         if self.core.push_pending() {
             self.push().await?;
         }
+        if self.core.is_new() {
+            // Join storms: building the first config counts as an initial push.
+            self.core.hold_initial_permit().await;
+        }
         let resources = self.core.current().await;
         let answer = self.classify(kind, request);
+        self.core.release_initial_permit_if_answered();
         match answer {
             Answer::Nothing => Ok(()),
             Answer::Everything { initial } => {
-                // Join storms: bound how many streams build and queue their first config at once.
-                let _permit = if initial { self.core.shared.initial_push_permits.acquire().await.ok() } else { None };
+                // Join storms: bound how many streams have first config in flight at once.
+                if initial {
+                    self.core.hold_initial_permit().await;
+                }
                 let list = {
                     let watches = self.core.connection().watches();
                     let Some(watch) = watches.get(&kind) else { return Ok(()) };
@@ -123,6 +130,7 @@ impl SotwStream {
         }
         let Some(watch) = watches.get_mut(&kind) else {
             let legacy_wildcard = kind.is_wildcard() && names.is_empty() && !star;
+            let names = shared.interner.names(Arc::new(names));
             watches.insert(
                 kind,
                 WatchState { wildcard: star || legacy_wildcard, legacy_wildcard, names, ..Default::default() },
@@ -133,8 +141,8 @@ impl SotwStream {
         if request.response_nonce.is_empty() {
             // The client restarted this subscription: it holds nothing we can rely on.
             watch.wildcard = wildcard;
-            watch.names = names;
-            watch.sent.clear();
+            watch.names = shared.interner.names(Arc::new(names));
+            watch.sent = Arc::default();
             return Answer::Everything { initial: false };
         }
         if request.response_nonce != watch.nonce_sent {
@@ -145,21 +153,28 @@ impl SotwStream {
         watch.version_acked = request.version_info;
         watch.last_error = None;
         if kind.is_wildcard() {
-            if wildcard == watch.wildcard && names == watch.names {
+            if wildcard == watch.wildcard && names == *watch.names {
                 return Answer::Nothing;
             }
             watch.wildcard = wildcard;
-            watch.names = names;
+            watch.names = shared.interner.names(Arc::new(names));
             return Answer::Everything { initial: false };
         }
         let added: Vec<String> = names.difference(&watch.names).cloned().collect();
         let widened = wildcard && !watch.wildcard;
-        for removed in watch.names.difference(&names) {
-            // Forget it, so a later re-subscription is answered even if unchanged.
-            watch.sent.remove(removed);
+        let removed: Vec<&String> = watch.names.difference(&names).filter(|n| watch.sent.contains_key(*n)).collect();
+        if !removed.is_empty() {
+            // Forget them, so a later re-subscription is answered even if unchanged.
+            let mut sent = (*watch.sent).clone();
+            for name in removed {
+                sent.remove(name);
+            }
+            watch.sent = shared.interner.sent(Arc::new(sent));
         }
         watch.wildcard = wildcard;
-        watch.names = names;
+        if names != *watch.names {
+            watch.names = shared.interner.names(Arc::new(names));
+        }
         if widened {
             Answer::Everything { initial: false }
         } else if added.is_empty() {
@@ -205,11 +220,15 @@ impl SotwStream {
             watch.nonce_sent = nonce.clone();
             watch.version_sent = version_info.clone();
             let sent = list.iter().map(|r| (r.name.clone(), r.hash));
-            if full {
-                watch.sent = sent.collect::<BTreeMap<_, _>>();
-            } else {
-                watch.sent.extend(sent);
-            }
+            watch.sent = match resources.sent_map(kind, &list).filter(|_| full) {
+                Some(shared) => shared,
+                None if full => self.core.shared.interner.sent(Arc::new(sent.collect::<BTreeMap<_, _>>())),
+                None => {
+                    let mut extended = (*watch.sent).clone();
+                    extended.extend(sent);
+                    self.core.shared.interner.sent(Arc::new(extended))
+                }
+            };
         }
         let size: usize = list.iter().map(|r| r.any.value.len()).sum();
         let response = DiscoveryResponse {
@@ -256,7 +275,10 @@ fn plan_push(
         .filter(|r| changed(r) || (kind == Kind::Endpoint && changed_clusters.contains(&r.name)))
         .cloned()
         .collect();
-    // Forget what no longer exists, so it is sent again if it comes back unchanged.
-    watch.sent.retain(|name, _| resources.get(kind, name).is_some());
+    // Forget what no longer exists, so it is sent again if it comes back unchanged. (Checked
+    // first: the map is shared between streams and copied only to change it.)
+    if watch.sent.keys().any(|name| resources.get(kind, name).is_none()) {
+        Arc::make_mut(&mut watch.sent).retain(|name, _| resources.get(kind, name).is_some());
+    }
     (!list.is_empty()).then_some(list)
 }

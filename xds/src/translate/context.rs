@@ -1,7 +1,7 @@
 //! What translation looks up for one proxy: host name resolution, the DestinationRule of a
 //! host, the VirtualServices and Sidecar that apply, and the names Envoy resources get.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rudder_config::mesh::OutboundTrafficPolicyMode;
@@ -58,11 +58,61 @@ pub struct Context<'a> {
     pub proxy: &'a Proxy,
     /// The Sidecar that applies to this proxy, if any.
     pub sidecar: Option<&'a Arc<Sidecar>>,
+    /// DestinationRules by resolved host, so [`Context::destination_rule`] does not scan (and
+    /// resolve) every rule for every lookup: translation asks once per service and per route
+    /// destination, which made it quadratic in the mesh size.
+    rules: RuleIndex<'a>,
+}
+
+/// DestinationRules with their hosts resolved once: exact hosts in a map, wildcards in a list.
+/// Both keep the snapshot order of the rules (ties are broken by it).
+#[derive(Debug, Default)]
+struct RuleIndex<'a> {
+    exact: HashMap<String, Vec<(usize, &'a Arc<DestinationRule>)>>,
+    wildcard: Vec<(usize, String, &'a Arc<DestinationRule>)>,
+}
+
+impl<'a> RuleIndex<'a> {
+    fn new(rules: &'a [Arc<DestinationRule>]) -> Self {
+        let mut index = Self::default();
+        for (order, dr) in rules.iter().enumerate() {
+            let host = resolve_host(&dr.spec.host, dr.metadata.namespace.as_deref().unwrap_or_default());
+            if host.starts_with('*') {
+                index.wildcard.push((order, host, dr));
+            } else {
+                index.exact.entry(host).or_default().push((order, dr));
+            }
+        }
+        index
+    }
+
+    /// Rules whose host covers `hostname`, with their resolved host, in snapshot order.
+    fn covering<'s>(&'s self, hostname: &str) -> Vec<(&'s str, &'a Arc<DestinationRule>)> {
+        let mut found: Vec<(usize, &str, &Arc<DestinationRule>)> = self
+            .exact
+            .get_key_value(hostname)
+            .into_iter()
+            .flat_map(|(host, rules)| rules.iter().map(move |(order, dr)| (*order, host.as_str(), *dr)))
+            .chain(
+                self.wildcard
+                    .iter()
+                    .filter(|(_, host, _)| host_matches(host, hostname))
+                    .map(|(order, host, dr)| (*order, host.as_str(), *dr)),
+            )
+            .collect();
+        found.sort_by_key(|(order, _, _)| *order);
+        found.into_iter().map(|(_, host, dr)| (host, dr)).collect()
+    }
 }
 
 impl<'a> Context<'a> {
     pub fn new(snapshot: &'a Snapshot, proxy: &'a Proxy) -> Self {
-        Self { snapshot, proxy, sidecar: sidecar_for(snapshot, proxy) }
+        Self {
+            snapshot,
+            proxy,
+            sidecar: sidecar_for(snapshot, proxy),
+            rules: RuleIndex::new(&snapshot.destination_rules),
+        }
     }
 
     /// Services this proxy may reach: exported to its namespace (and, with a Sidecar, listed
@@ -100,13 +150,12 @@ impl<'a> Context<'a> {
         let service_ns = self.snapshot.services.get(hostname).map(|s| s.namespace.as_str()).unwrap_or_default();
         let root = self.snapshot.root_namespace();
         let proxy_ns = self.proxy.namespace.as_str();
-        self.snapshot
-            .destination_rules
-            .iter()
-            .filter_map(|dr| {
+        self.rules
+            .covering(hostname)
+            .into_iter()
+            .filter_map(|(host, dr)| {
                 let ns = dr.metadata.namespace.as_deref().unwrap_or_default();
-                let host = resolve_host(&dr.spec.host, ns);
-                if !host_matches(&host, hostname) || !exported_to(&dr.spec.export_to, ns, proxy_ns) {
+                if !exported_to(&dr.spec.export_to, ns, proxy_ns) {
                     return None;
                 }
                 if let Some(sel) = &dr.spec.workload_selector

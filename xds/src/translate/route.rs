@@ -85,8 +85,10 @@ const NON_REGISTRY_HOST_PORT: u32 = 80;
 /// One RouteConfiguration per outbound HTTP port, sorted by port.
 pub fn outbound(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
     let services: Vec<&Arc<Service>> = ctx.services().collect();
+    let hostnames: HashSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
     let virtual_services: Vec<MeshVirtualService<'_>> =
-        ctx.mesh_virtual_services().map(|vs| MeshVirtualService::new(vs, &services)).collect();
+        ctx.mesh_virtual_services().map(|vs| MeshVirtualService::new(vs, &services, &hostnames)).collect();
+    let owners = Owners::new(&virtual_services);
 
     let mut ports: BTreeSet<u32> = services
         .iter()
@@ -97,7 +99,7 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
     if virtual_services.iter().any(|vs| !vs.non_registry_hosts.is_empty()) {
         ports.insert(NON_REGISTRY_HOST_PORT);
     }
-    ports.into_iter().map(|port| route_configuration(ctx, port, &services, &virtual_services)).collect()
+    ports.into_iter().map(|port| route_configuration(ctx, port, &services, &virtual_services, &owners)).collect()
 }
 
 /// A mesh VirtualService with its hosts resolved against its namespace.
@@ -111,14 +113,19 @@ struct MeshVirtualService<'a> {
 }
 
 impl<'a> MeshVirtualService<'a> {
-    fn new(vs: &'a Arc<VirtualService>, services: &[&Arc<Service>]) -> Self {
+    /// `hostnames` are the `services`' hostnames, so exact hosts are looked up rather than
+    /// compared with every service (one VirtualService per service made that quadratic).
+    fn new(vs: &'a Arc<VirtualService>, services: &[&Arc<Service>], hostnames: &HashSet<&str>) -> Self {
         let ns = namespace_of(vs);
         let hosts: Vec<String> = vs.spec.hosts.iter().map(|h| resolve_host(h, ns)).collect();
-        let non_registry_hosts = hosts
-            .iter()
-            .filter(|h| h.as_str() != "*" && !services.iter().any(|s| host_matches(h, &s.hostname)))
-            .cloned()
-            .collect();
+        let covers_a_service = |h: &str| {
+            if h.starts_with('*') {
+                services.iter().any(|s| host_matches(h, &s.hostname))
+            } else {
+                hostnames.contains(h)
+            }
+        };
+        let non_registry_hosts = hosts.iter().filter(|h| h.as_str() != "*" && !covers_a_service(h)).cloned().collect();
         Self { vs, hosts, non_registry_hosts }
     }
 }
@@ -131,21 +138,44 @@ fn name_of(vs: &VirtualService) -> &str {
     vs.metadata.name.as_deref().unwrap_or_default()
 }
 
-/// Which VirtualService (index into the mesh list) owns a service: the first one naming the
-/// host exactly, else the one with the most specific (longest) wildcard covering it.
-fn owning_virtual_service(hostname: &str, virtual_services: &[MeshVirtualService<'_>]) -> Option<usize> {
-    if let Some(i) = virtual_services.iter().position(|vs| vs.hosts.iter().any(|h| h == hostname)) {
-        return Some(i);
-    }
-    let mut best: Option<(usize, usize)> = None;
-    for (i, vs) in virtual_services.iter().enumerate() {
-        for host in vs.hosts.iter().filter(|h| h.starts_with('*') && host_matches(h, hostname)) {
-            if best.is_none_or(|(_, len)| host.len() > len) {
-                best = Some((i, host.len()));
+/// The mesh VirtualServices' hosts, indexed once per proxy so finding a service's owner is a
+/// lookup rather than a scan of every VirtualService (per service and port).
+struct Owners<'v> {
+    /// Each host written in a VirtualService, with the first VirtualService naming it.
+    exact: HashMap<&'v str, usize>,
+    /// Wildcard hosts (`*…`) with their VirtualService, in VirtualService then host order.
+    wildcard: Vec<(usize, &'v str)>,
+}
+
+impl<'v> Owners<'v> {
+    fn new(virtual_services: &'v [MeshVirtualService<'_>]) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = Vec::new();
+        for (i, vs) in virtual_services.iter().enumerate() {
+            for host in &vs.hosts {
+                exact.entry(host.as_str()).or_insert(i);
+                if host.starts_with('*') {
+                    wildcard.push((i, host.as_str()));
+                }
             }
         }
+        Self { exact, wildcard }
     }
-    best.map(|(i, _)| i)
+
+    /// Which VirtualService (index into the mesh list) owns a service: the first one naming
+    /// the host exactly, else the one with the most specific (longest) wildcard covering it.
+    fn owner(&self, hostname: &str) -> Option<usize> {
+        if let Some(i) = self.exact.get(hostname) {
+            return Some(*i);
+        }
+        let mut best: Option<(usize, usize)> = None;
+        for (i, host) in self.wildcard.iter().filter(|(_, h)| host_matches(h, hostname)) {
+            if best.is_none_or(|(_, len)| host.len() > len) {
+                best = Some((*i, host.len()));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
 }
 
 /// A virtual host before domain de-duplication.
@@ -162,6 +192,7 @@ fn route_configuration(
     port: u32,
     services: &[&Arc<Service>],
     virtual_services: &[MeshVirtualService<'_>],
+    owners: &Owners<'_>,
 ) -> RouteConfiguration {
     let on_port: Vec<&Arc<Service>> = services
         .iter()
@@ -179,7 +210,7 @@ fn route_configuration(
     let mut default_drafts = Vec::new();
     let mut vs_covers_port = vec![false; virtual_services.len()];
     for service in &on_port {
-        let owner = owning_virtual_service(&service.hostname, virtual_services);
+        let owner = owners.owner(&service.hostname);
         // A VirtualService whose rules all fall away for this proxy (source labels, ports)
         // leaves the service on its default route, as istiod does.
         let routes = owner.map(&mut routes_of).filter(|r| !r.is_empty());

@@ -1,0 +1,233 @@
+//! `rudder bench`: discovery benchmarks against a real server.
+//!
+//! - `bench mesh` writes the synthetic mesh (`rudder_xds::synthetic`) as a config directory for
+//!   `rudder discovery --config-dir`;
+//! - `bench xds` connects N Envoy-like ADS streams (`rudder_xds::server::loadclient`) to a
+//!   running discovery, reports the time each took to get its full config, then optionally
+//!   changes a VirtualService file and reports how long every stream took to receive it. It
+//!   prints its own CPU time next to the server's (`--pid`), since both share the machine.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rudder_xds::server::Kind;
+use rudder_xds::server::loadclient::{LoadOptions, LoadRun, percentile};
+use rudder_xds::synthetic;
+
+use super::install::exit_code;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Load a running discovery with N simulated sidecars and time their config.
+    Xds(XdsArgs),
+    /// Write the synthetic benchmark mesh as a config directory.
+    Mesh(MeshArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct XdsArgs {
+    /// Discovery's ADS address (`rudder discovery --grpc-address`).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    address: String,
+    /// Number of simulated sidecars, one stream and one connection each.
+    #[arg(long, default_value_t = 100)]
+    proxies: usize,
+    /// Use incremental (delta) xDS instead of state-of-the-world.
+    #[arg(long)]
+    delta: bool,
+    /// New streams per second; without it every stream opens at once (a join storm).
+    #[arg(long)]
+    join_rate: Option<f64>,
+    /// Namespace of the simulated sidecars.
+    #[arg(long, default_value = synthetic::NAMESPACE)]
+    namespace: String,
+    /// RouteConfiguration names each stream subscribes to (the synthetic mesh's ports).
+    #[arg(long, value_delimiter = ',', default_value = "8080,8081,8082,8083")]
+    routes: Vec<String>,
+    /// After the initial push, flip the route weights in this VirtualService file (90/10
+    /// becomes 10/90 and back) and time how long every stream takes to receive new routes.
+    #[arg(long)]
+    update_file: Option<PathBuf>,
+    /// Discovery's process id: report its CPU time and peak resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Give up waiting for a phase after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Quiet time between the initial push and the update, so ACKs settle first (seconds).
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+}
+
+#[derive(Debug, clap::Args)]
+struct MeshArgs {
+    #[arg(long, default_value_t = 1_000)]
+    services: usize,
+    /// HTTP ports per service (8080, 8081, …).
+    #[arg(long, default_value_t = 4)]
+    ports: usize,
+    /// Workloads (WorkloadEntries) per service.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Directory to write (created if missing; existing files of the same names are replaced).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: &Args) -> ExitCode {
+    match &args.command {
+        Command::Mesh(mesh) => exit_code(write_mesh(mesh)),
+        Command::Xds(xds) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+            exit_code(runtime.context("starting the runtime").and_then(|rt| rt.block_on(load(xds))))
+        }
+    }
+}
+
+fn write_mesh(args: &MeshArgs) -> anyhow::Result<()> {
+    synthetic::write_dir(&args.out, args.services, args.ports, args.endpoints)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "wrote {} services × {} ports × {} endpoints to {}",
+        args.services,
+        args.ports,
+        args.endpoints,
+        args.out.display()
+    );
+    Ok(())
+}
+
+async fn load(args: &XdsArgs) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(args.timeout);
+    let options = LoadOptions {
+        target: format!("http://{}", args.address),
+        streams: args.proxies,
+        delta: args.delta,
+        route_names: args.routes.clone(),
+        join_rate: args.join_rate,
+        namespace: args.namespace.clone(),
+    };
+    let mode = if args.delta { "delta" } else { "sotw" };
+    println!("{mode}: {} proxies → {}, join rate {:?}", args.proxies, args.address, args.join_rate);
+
+    let client_before = cpu_of("self");
+    let server_before = args.pid.map(|pid| cpu_of(&pid.to_string()));
+    let started = Instant::now();
+    let run = LoadRun::start(options).await.context("starting the streams")?;
+    let times = run.wait_full_config(timeout).await;
+    let total = started.elapsed();
+    let complete = times.iter().flatten().count();
+    println!(
+        "full config: {complete}/{} streams in {} (p50 {}, p99 {}, max {}); {:.1} MiB received",
+        args.proxies,
+        ms(Some(total)),
+        ms(percentile(&times, 50.0)),
+        ms(percentile(&times, 99.0)),
+        ms(percentile(&times, 100.0)),
+        run.total_bytes() as f64 / (1024.0 * 1024.0),
+    );
+    report_errors(&run);
+    report_cpu("initial push", client_before, server_before, args.pid);
+
+    if let Some(file) = &args.update_file {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        let client_before = cpu_of("self");
+        let server_before = args.pid.map(|pid| cpu_of(&pid.to_string()));
+        let since = Instant::now();
+        flip(file)?;
+        let latencies = run.wait_update(Kind::Route, since, timeout).await;
+        let received = latencies.iter().flatten().count();
+        println!(
+            "update ({}): {received}/{} streams got new routes (p50 {}, p99 {}, max {}); includes the config-dir \
+             poll and debounce",
+            file.display(),
+            args.proxies,
+            ms(percentile(&latencies, 50.0)),
+            ms(percentile(&latencies, 99.0)),
+            ms(percentile(&latencies, 100.0)),
+        );
+        report_cpu("update", client_before, server_before, args.pid);
+    }
+    if let Some(pid) = args.pid {
+        let (hwm, rss) = memory_of(pid);
+        println!("server memory: peak RSS (VmHWM) {hwm}, RSS now {rss}");
+    }
+    let (client_hwm, _) = memory_of(std::process::id());
+    println!("client memory: peak RSS {client_hwm}");
+    anyhow::ensure!(complete == args.proxies, "{} streams never got their full config", args.proxies - complete);
+    Ok(())
+}
+
+/// Flips the route weights of a VirtualService file in place.
+fn flip(file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let (flipped, count) = synthetic::flip_weights(&text);
+    anyhow::ensure!(count > 0, "{}: no `weight:` lines to change", file.display());
+    std::fs::write(file, flipped).with_context(|| format!("writing {}", file.display()))
+}
+
+fn report_errors(run: &LoadRun) {
+    let stats = run.stats();
+    let failed: Vec<_> = stats.iter().filter_map(|s| Some((&s.node_id, s.error.as_ref()?))).collect();
+    if let Some((node, error)) = failed.first() {
+        println!("{} streams failed; first: {node}: {error}", failed.len());
+    }
+}
+
+fn report_cpu(phase: &str, client_before: Option<Duration>, server_before: Option<Option<Duration>>, pid: Option<u32>) {
+    let client = cpu_of("self").zip(client_before).map(|(after, before)| after.saturating_sub(before));
+    let server = pid
+        .and_then(|pid| cpu_of(&pid.to_string()))
+        .zip(server_before.flatten())
+        .map(|(after, before)| after.saturating_sub(before));
+    let server = if pid.is_some() { format!(", server {}", ms(server)) } else { String::new() };
+    println!("  cpu during {phase}: client {}{server}", ms(client));
+}
+
+/// User + system CPU time of a process (`self` or a pid) from `/proc/<pid>/stat`. Linux's
+/// clock tick is 100 Hz on every common configuration (`getconf CLK_TCK`).
+fn cpu_of(pid: &str) -> Option<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces: fields are counted after its closing paren.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 1000 / TICKS_PER_SECOND))
+}
+
+/// `VmHWM` (peak resident) and `VmRSS` of a process, as `/proc/<pid>/status` writes them.
+fn memory_of(pid: u32) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_else(|| "?".to_owned())
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn ms(duration: Option<Duration>) -> String {
+    match duration {
+        Some(d) => format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+        None => "–".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_cpu_and_memory() {
+        assert!(cpu_of("self").is_some());
+        let (hwm, _) = memory_of(std::process::id());
+        assert!(hwm.ends_with("kB"), "{hwm}");
+    }
+}
