@@ -32,7 +32,7 @@ fn sidecar() -> Proxy {
 fn full_config(snapshot: &Snapshot, proxy: &Proxy) -> usize {
     let resources = translate::for_proxy(snapshot, proxy);
     let endpoints = translate::endpoints(snapshot);
-    let encoded = EncodedSet::encode(&resources);
+    let encoded = EncodedSet::encode(resources, None);
     let table = EndpointTable::build(endpoints, None);
     encoded.clusters.len() + encoded.listeners.len() + encoded.routes.len() + table.encoded.len()
 }
@@ -56,7 +56,9 @@ fn translate_one_sidecar(c: &mut Criterion) {
     group.bench_function("inbound", |b| b.iter(|| translate::inbound(black_box(&snapshot), black_box(&proxy))));
     group.bench_function("for_proxy", |b| b.iter(|| translate::for_proxy(black_box(&snapshot), black_box(&proxy))));
     group.bench_function("endpoints", |b| b.iter(|| translate::endpoints(black_box(&snapshot))));
-    group.bench_function("encode for_proxy", |b| b.iter(|| EncodedSet::encode(black_box(&resources))));
+    group.bench_function("encode for_proxy", |b| {
+        b.iter_batched(|| resources.clone(), |r| EncodedSet::encode(r, None), criterion::BatchSize::LargeInput)
+    });
     group.bench_function("encode endpoints", |b| {
         b.iter_batched(|| endpoints.clone(), |e| EndpointTable::build(e, None), criterion::BatchSize::LargeInput)
     });
