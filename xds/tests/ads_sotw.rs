@@ -191,6 +191,24 @@ async fn a_burst_of_changes_is_one_push() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_answers_cannot_hold_back_other_first_configs() {
+    let options = rudder_xds::server::ServerOptions {
+        debounce: DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) },
+        initial_push_concurrency: 1,
+        initial_push_timeout: Duration::from_millis(300),
+    };
+    let harness = Harness::start_with_options(fixture(), options).await;
+    let mut silent = harness.sotw().await;
+    silent.send(first(Kind::Cluster, &[])).await;
+    let _never_acked = silent.recv().await;
+    // The only initial-push slot is held by a stream that never ACKs; it is given back after
+    // the timeout, so the next proxy still gets its config.
+    let mut next = harness.sotw().await;
+    next.send(first(Kind::Cluster, &[])).await;
+    assert_eq!(names(&next.recv().await), ["a", "b"]);
+}
+
+#[tokio::test]
 async fn a_request_without_node_is_invalid_argument() {
     let harness = Harness::start().await;
     let mut stream = harness.sotw().await;

@@ -237,6 +237,9 @@ pub(crate) struct StreamCore {
     /// Whether this stream holds one of the initial-push permits (see
     /// [`StreamCore::hold_initial_permit`]).
     holds_initial_permit: bool,
+    /// When a held permit is given back even if the client has not answered, so clients that
+    /// never ACK cannot starve every other stream's first config.
+    permit_deadline: Option<tokio::time::Instant>,
 }
 
 impl Drop for StreamCore {
@@ -251,7 +254,7 @@ impl StreamCore {
     /// Subscribes to pushes right away, so none published from here on is missed.
     pub(crate) fn new(shared: Arc<Shared>, registration: Registration) -> Self {
         let generations = shared.generations.subscribe();
-        Self { shared, registration, generations, current: None, holds_initial_permit: false }
+        Self { shared, registration, generations, current: None, holds_initial_permit: false, permit_deadline: None }
     }
 
     pub(crate) fn connection(&self) -> &Arc<Connection> {
@@ -269,7 +272,23 @@ impl StreamCore {
         if let Ok(permit) = self.shared.initial_push_permits.acquire().await {
             permit.forget();
             self.holds_initial_permit = true;
+            self.permit_deadline = Some(tokio::time::Instant::now() + self.shared.initial_push_timeout);
         }
+    }
+
+    /// When the held initial-push permit expires (`None`: no permit held).
+    pub(crate) fn permit_deadline(&self) -> Option<tokio::time::Instant> {
+        self.permit_deadline.filter(|_| self.holds_initial_permit)
+    }
+
+    /// Gives the initial-push permit back whether or not the client answered.
+    pub(crate) fn expire_initial_permit(&mut self) {
+        if self.holds_initial_permit {
+            tracing::debug!(connection = %self.connection().id, "client did not answer its first config in time; permit returned");
+            self.shared.initial_push_permits.add_permits(1);
+            self.holds_initial_permit = false;
+        }
+        self.permit_deadline = None;
     }
 
     /// Returns the initial-push permit once no response of any type awaits an answer.
@@ -285,6 +304,7 @@ impl StreamCore {
         if answered {
             self.shared.initial_push_permits.add_permits(1);
             self.holds_initial_permit = false;
+            self.permit_deadline = None;
         }
     }
 
@@ -408,7 +428,15 @@ pub(crate) async fn drive<H: StreamHandler>(
         return;
     }
     loop {
+        let permit_deadline = stream.core().permit_deadline();
+        let permit_expired = async move {
+            match permit_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = permit_expired => stream.core().expire_initial_permit(),
             message = requests.message() => match message {
                 Ok(Some(request)) => {
                     if stream.on_request(request).await.is_err() {

@@ -179,11 +179,17 @@ pub struct ServerOptions {
     /// the cost of join storms (every proxy reconnecting together) while pushes to proxies
     /// already connected carry on.
     pub initial_push_concurrency: usize,
+    /// How long a stream may keep its initial-push slot while its client does not answer.
+    pub initial_push_timeout: Duration,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { debounce: DebounceOptions::default(), initial_push_concurrency: 32 }
+        Self {
+            debounce: DebounceOptions::default(),
+            initial_push_concurrency: 32,
+            initial_push_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -195,6 +201,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) registry: Registry,
     pub(crate) initial_push_permits: Semaphore,
+    pub(crate) initial_push_timeout: Duration,
     pub(crate) interner: connection::Interner,
     next_connection: AtomicU64,
     next_nonce: AtomicU64,
@@ -254,6 +261,7 @@ impl DiscoveryServer {
             metrics,
             registry,
             initial_push_permits: Semaphore::new(options.initial_push_concurrency.max(1)),
+            initial_push_timeout: options.initial_push_timeout,
             interner: connection::Interner::default(),
             next_connection: AtomicU64::new(0),
             next_nonce: AtomicU64::new(0),

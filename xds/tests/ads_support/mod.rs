@@ -111,10 +111,16 @@ impl Harness {
     }
 
     pub async fn start_with(resources: (Resources, Vec<ClusterLoadAssignment>), debounce: DebounceOptions) -> Self {
+        Self::start_with_options(resources, ServerOptions { debounce, ..Default::default() }).await
+    }
+
+    pub async fn start_with_options(
+        resources: (Resources, Vec<ClusterLoadAssignment>),
+        options: ServerOptions,
+    ) -> Self {
         let generator = Arc::new(FixedGenerator::new(resources.0, resources.1));
         let (snapshots, rx) = watch::channel(Arc::new(Snapshot::default()));
-        let server =
-            DiscoveryServer::with_generator(rx, ServerOptions { debounce, ..Default::default() }, generator.clone());
+        let server = DiscoveryServer::with_generator(rx, options, generator.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
