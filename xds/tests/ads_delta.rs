@@ -4,8 +4,11 @@
 mod ads_support;
 
 use ads_support::*;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use rudder_xds::server::Kind;
+use rudder_xds::server::{DebounceOptions, Kind};
 
 fn first_delta(kind: Kind, subscribe: &[&str]) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest { node: Some(node()), ..delta_request(kind, subscribe, &[], "") }
@@ -113,4 +116,42 @@ async fn a_delta_request_without_node_is_invalid_argument() {
     let mut stream = harness.delta().await;
     stream.send(delta_request(Kind::Cluster, &[], &[], "")).await;
     assert_eq!(stream.call_status().await.unwrap_err().code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_large_push_is_split_into_responses_of_about_a_mebibyte() {
+    let (mut resources, endpoints) = fixture();
+    // Three clusters of ~600 KiB each: no two fit in one 1 MiB response.
+    resources.clusters = ["big-1", "big-2", "big-3"]
+        .iter()
+        .map(|name| Cluster { alt_stat_name: "x".repeat(600 << 10), ..cluster(name, 1) })
+        .collect();
+    let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
+    let harness = Harness::start_with((resources, endpoints), debounce).await;
+    let mut stream = harness.delta().await;
+    stream.send(first_delta(Kind::Cluster, &[])).await;
+    let mut chunks = Vec::new();
+    for _ in 0..3 {
+        chunks.push(stream.recv().await);
+    }
+    let names: Vec<Vec<String>> = chunks.iter().map(delta_names).collect();
+    assert_eq!(names, [["big-1"], ["big-2"], ["big-3"]]);
+    let nonces: Vec<&str> = chunks.iter().map(|c| c.nonce.as_str()).collect();
+    let base = nonces[0].trim_end_matches("/1");
+    assert_eq!(nonces, [format!("{base}/1"), format!("{base}/2"), format!("{base}/3")]);
+
+    // ACKs of the earlier chunks are neither stale nor the end of the send.
+    for chunk in &chunks[..2] {
+        stream.send(delta_request(Kind::Cluster, &[], &[], &chunk.nonce)).await;
+    }
+    stream.assert_quiet().await;
+    assert_eq!(harness.syncz().await[0]["types"]["cds"]["nonce_acked"], "");
+    stream.send(delta_request(Kind::Cluster, &[], &[], &chunks[2].nonce)).await;
+    stream.assert_quiet().await;
+    assert_eq!(harness.syncz().await[0]["types"]["cds"]["nonce_acked"], chunks[2].nonce);
+    let (_, metrics) = harness.get("/metrics").await;
+    assert!(
+        !metrics.lines().any(|l| l.starts_with("pilot_xds_expired_nonce_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }

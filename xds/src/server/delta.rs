@@ -122,7 +122,7 @@ impl DeltaStream {
                 watch.nonce_acked = request.response_nonce;
                 watch.version_acked = watch.version_sent.clone();
                 watch.last_error = None;
-            } else {
+            } else if !earlier_chunk(&request.response_nonce, &watch.nonce_sent) {
                 shared.metrics.expired_nonce(kind);
             }
         }
@@ -197,38 +197,69 @@ impl DeltaStream {
         watch.names = interner.names(std::mem::take(&mut watch.names));
     }
 
+    /// Sends `diff` in responses of at most [`CHUNK_BYTES`] of resources each (one response
+    /// when it fits), so a stream's send buffer — which keeps the capacity of the largest
+    /// message it ever encoded — stays small even for a first config of many megabytes. The
+    /// chunks of one send share a nonce prefix (`<nonce>/<i>`); their ACKs but the last are not
+    /// stale, just early.
     async fn send(&self, kind: Kind, resources: &ProxyResources, diff: Diff) -> Result<(), Closed> {
         let started = Instant::now();
-        let nonce = self.core.shared.nonce();
+        let base = self.core.shared.nonce();
         let version_info = resources.generation.version_info.clone();
-        {
-            let mut watches = self.core.connection().watches();
-            if let Some(watch) = watches.get_mut(&kind) {
-                watch.nonce_sent = nonce.clone();
-                watch.version_sent = version_info.clone();
-            }
-        }
         let size: usize = diff.resources.iter().map(|r| r.any.value.len()).sum();
-        let response = DeltaDiscoveryResponse {
-            system_version_info: version_info,
-            resources: diff
-                .resources
-                .iter()
-                .map(|r| Resource {
+        let mut chunks: Vec<Vec<Resource>> = vec![Vec::new()];
+        let mut chunk_bytes = 0;
+        for r in &diff.resources {
+            let len = r.any.value.len();
+            if chunk_bytes + len > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
+                chunks.push(Vec::new());
+                chunk_bytes = 0;
+            }
+            chunk_bytes += len;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(Resource {
                     name: r.name.clone(),
                     version: r.version(),
                     resource: Some(r.any.clone()),
                     ..Default::default()
-                })
-                .collect(),
-            type_url: kind.type_url().to_owned(),
-            removed_resources: diff.removed,
-            nonce,
-            ..Default::default()
-        };
-        self.responses.send(Ok(response)).await.map_err(|_| Closed)?;
+                });
+            }
+        }
+        let count = chunks.len();
+        let nonce_of = |i: usize| if count == 1 { base.clone() } else { format!("{base}/{}", i + 1) };
+        {
+            let mut watches = self.core.connection().watches();
+            if let Some(watch) = watches.get_mut(&kind) {
+                watch.nonce_sent = nonce_of(count - 1);
+                watch.version_sent = version_info.clone();
+            }
+        }
+        let mut removed = Some(diff.removed);
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let response = DeltaDiscoveryResponse {
+                system_version_info: version_info.clone(),
+                resources: chunk,
+                type_url: kind.type_url().to_owned(),
+                removed_resources: if last { removed.take().unwrap_or_default() } else { Vec::new() },
+                nonce: nonce_of(i),
+                ..Default::default()
+            };
+            self.responses.send(Ok(response)).await.map_err(|_| Closed)?;
+        }
         self.core.shared.metrics.pushed(kind, size, started.elapsed());
         Ok(())
+    }
+}
+
+/// Resource bytes per delta response before the rest goes into another response.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Whether `nonce` is an earlier chunk of the send whose last chunk is `sent`.
+fn earlier_chunk(nonce: &str, sent: &str) -> bool {
+    match (nonce.rsplit_once('/'), sent.rsplit_once('/')) {
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
     }
 }
 
