@@ -71,6 +71,10 @@ impl DeltaStream {
             tracing::debug!(type_url = request.type_url, "ignoring a request for a type this server does not serve");
             return Ok(());
         };
+        if self.is_early_chunk_ack(kind, &request) {
+            // The rest of that send is on its way; the ACK of its last chunk settles it.
+            return Ok(());
+        }
         if self.core.push_pending() {
             self.push().await?;
         }
@@ -84,7 +88,14 @@ impl DeltaStream {
             let initial = !watches.contains_key(&kind);
             let watch = watches.entry(kind).or_default();
             let newly_named = self.update_watch(kind, watch, initial, request);
-            let diff = diff(kind, watch, &resources, &newly_named, &BTreeSet::new());
+            // Within one generation nothing already sent can have changed, so a request that
+            // only names more resources needs only those looked at (Envoy subscribes EDS names
+            // as CDS chunks arrive; a full diff each time would be quadratic).
+            let diff = if initial || watch.wildcard || newly_named.contains("*") {
+                diff(kind, watch, &resources, &newly_named, &BTreeSet::new())
+            } else {
+                diff_named(kind, watch, &resources, &newly_named)
+            };
             self.intern(watch);
             (initial, diff)
         };
@@ -99,6 +110,19 @@ impl DeltaStream {
             self.core.hold_initial_permit().await;
         }
         self.send(kind, &resources, diff).await
+    }
+
+    /// A plain ACK (no error, no subscription change) of a chunk before the last of a send.
+    fn is_early_chunk_ack(&self, kind: Kind, request: &DeltaDiscoveryRequest) -> bool {
+        if request.error_detail.is_some()
+            || request.response_nonce.is_empty()
+            || !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty()
+        {
+            return false;
+        }
+        let watches = self.core.connection().watches();
+        watches.get(&kind).is_some_and(|w| earlier_chunk(&request.response_nonce, &w.nonce_sent))
     }
 
     /// Applies ACK/NACK and subscription changes; returns the names newly subscribed (or
@@ -258,9 +282,33 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Whether `nonce` is an earlier chunk of the send whose last chunk is `sent`.
 fn earlier_chunk(nonce: &str, sent: &str) -> bool {
     match (nonce.rsplit_once('/'), sent.rsplit_once('/')) {
-        (Some((a, _)), Some((b, _))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b && nonce != sent,
         _ => false,
     }
+}
+
+/// [`diff`] restricted to `names` (newly subscribed): each is sent if the client lacks it, or
+/// reported removed if it does not exist.
+fn diff_named(kind: Kind, watch: &mut WatchState, resources: &ProxyResources, names: &BTreeSet<String>) -> Diff {
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    for name in names {
+        match resources.get(kind, name) {
+            Some(resource) => {
+                if watch.sent.get(name) != Some(&resource.hash) {
+                    Arc::make_mut(&mut watch.sent).insert(name.clone(), resource.hash);
+                    changed.push(resource.clone());
+                }
+            }
+            None => {
+                if watch.sent.contains_key(name) {
+                    Arc::make_mut(&mut watch.sent).remove(name);
+                }
+                removed.push(name.clone());
+            }
+        }
+    }
+    Diff { resources: changed, removed }
 }
 
 /// The resources the client lacks and the names it must drop, recording both as sent.
