@@ -235,7 +235,6 @@ fn container(ctx: &Context, hub: Option<&str>, tag: Option<&serde_json::Value>) 
         image_pull_policy: ctx.str_value("global.imagePullPolicy"),
         args: Some(vec!["discovery".into()]),
         ports: Some(vec![
-            port("http-debug", 8080),
             port("grpc-xds", 15010),
             port("tls-xds", 15012),
             port("https-webhooks", 15017),
@@ -243,9 +242,11 @@ fn container(ctx: &Context, hub: Option<&str>, tag: Option<&serde_json::Value>) 
         ]),
         env: Some(env(ctx)?),
         readiness_probe: Some(Probe {
+            // `rudder discovery` answers readiness on its monitoring port (istiod's 8080 debug
+            // listener does not exist here).
             http_get: Some(HTTPGetAction {
                 path: Some("/ready".into()),
-                port: IntOrString::Int(8080),
+                port: IntOrString::Int(15014),
                 ..HTTPGetAction::default()
             }),
             initial_delay_seconds: Some(1),

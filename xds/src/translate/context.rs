@@ -292,11 +292,6 @@ fn sidecar_for<'a>(snapshot: &'a Snapshot, proxy: &Proxy) -> Option<&'a Arc<Side
         .or_else(|| in_ns(snapshot, snapshot.root_namespace()).find(|s| s.spec.workload_selector.is_none()))
 }
 
-/// Labels as an ordered map (helper for callers holding other map types).
-pub fn to_labels<'b>(pairs: impl IntoIterator<Item = (&'b String, &'b String)>) -> BTreeMap<String, String> {
-    pairs.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
