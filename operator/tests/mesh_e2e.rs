@@ -31,6 +31,19 @@ fn options() -> MeshOptions {
     }
 }
 
+/// The text of `examples/traffic/<file>`.
+fn traffic_example(file: &str) -> String {
+    std::fs::read_to_string(workspace().join("examples/traffic").join(file)).unwrap()
+}
+
+/// A mesh with every request routed to v1 (example 02), in sync.
+async fn mesh_routing_to_v1() -> LocalMesh {
+    let mut mesh = LocalMesh::start(options()).await.unwrap();
+    mesh.apply("traffic", &traffic_example("02-route-all-to-v1.yaml")).await.unwrap();
+    mesh.wait_synced().await.unwrap();
+    mesh
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
@@ -78,19 +91,12 @@ async fn envoy_uptime(mesh: &LocalMesh) -> u64 {
 fn a_config_change_reaches_envoy_without_a_restart() {
     let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     runtime().block_on(async {
-        let mut mesh = LocalMesh::start(options()).await.unwrap();
-        let examples = workspace().join("examples/traffic");
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap())
-            .await
-            .unwrap();
-        mesh.wait_synced().await.unwrap();
+        let mut mesh = mesh_routing_to_v1().await;
         let before = route_8000(&mesh).await;
         assert!(!before.to_string().contains("end-user"), "{before}");
         let uptime = envoy_uptime(&mesh).await;
 
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("04-header-routing-jason.yaml")).unwrap())
-            .await
-            .unwrap();
+        mesh.apply("traffic", &traffic_example("04-header-routing-jason.yaml")).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let now = route_8000(&mesh).await;
@@ -134,13 +140,8 @@ spec:
 fn a_nacked_resource_leaves_the_previous_config_serving() {
     let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     runtime().block_on(async {
-        let mut mesh = LocalMesh::start(options()).await.unwrap();
-        let examples = workspace().join("examples/traffic");
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap())
-            .await
-            .unwrap();
-        mesh.wait_synced().await.unwrap();
-        let subsets = std::fs::read_to_string(examples.join("01-destination-rule-subsets.yaml")).unwrap();
+        let mut mesh = mesh_routing_to_v1().await;
+        let subsets = traffic_example("01-destination-rule-subsets.yaml");
         mesh.apply("traffic", &format!("{subsets}\n---\n{NACKED_ROUTE}")).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let nack = loop {
@@ -170,21 +171,14 @@ fn a_nacked_resource_leaves_the_previous_config_serving() {
 fn envoy_keeps_serving_while_discovery_restarts_and_then_resyncs() {
     let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     runtime().block_on(async {
-        let mut mesh = LocalMesh::start(options()).await.unwrap();
-        let examples = workspace().join("examples/traffic");
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("02-route-all-to-v1.yaml")).unwrap())
-            .await
-            .unwrap();
-        mesh.wait_synced().await.unwrap();
+        let mut mesh = mesh_routing_to_v1().await;
         mesh.stop_discovery();
         for _ in 0..10 {
             let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get")).await.unwrap();
             assert_eq!(reply.header("x-echo-version"), "v1", "while discovery is down");
         }
         // A change made while discovery is down is picked up when it is back.
-        mesh.apply("traffic", &std::fs::read_to_string(examples.join("04-header-routing-jason.yaml")).unwrap())
-            .await
-            .unwrap();
+        mesh.apply("traffic", &traffic_example("04-header-routing-jason.yaml")).await.unwrap();
         mesh.restart_discovery().await.unwrap();
         mesh.wait_synced().await.unwrap();
         let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get").header("end-user", "jason")).await.unwrap();
