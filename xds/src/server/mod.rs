@@ -308,6 +308,41 @@ impl DiscoveryServer {
 
 type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
 
+impl DiscoveryServer {
+    /// Reads a stream's first request, registers the connection from its node, and runs the
+    /// stream (`run`: SotW or delta) in its own task.
+    async fn open_stream<Req, Resp, Run, Fut>(
+        &self,
+        request: Request<Streaming<Req>>,
+        delta: bool,
+        node: fn(&Req) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+        run: Run,
+    ) -> Result<Response<ResponseStream<Resp>>, Status>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        Run: FnOnce(
+            Arc<Shared>,
+            connection::Registration,
+            Req,
+            Streaming<Req>,
+            mpsc::Sender<Result<Resp, Status>>,
+        ) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let peer = request.remote_addr();
+        let mut requests = request.into_inner();
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let connection = connection::register(&self.shared, node(&first), peer, delta)?;
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(run(self.shared.clone(), connection, first, requests, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for DiscoveryServer {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
@@ -317,31 +352,13 @@ impl AggregatedDiscoveryService for DiscoveryServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let mut requests = request.into_inner();
-        let first = requests
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let connection = connection::register(&self.shared, first.node.as_ref(), peer, false)?;
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(sotw::run(self.shared.clone(), connection, first, requests, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.open_stream(request, false, |r| r.node.as_ref(), sotw::run).await
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let mut requests = request.into_inner();
-        let first = requests
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let connection = connection::register(&self.shared, first.node.as_ref(), peer, true)?;
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(delta::run(self.shared.clone(), connection, first, requests, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.open_stream(request, true, |r| r.node.as_ref(), delta::run).await
     }
 }
