@@ -188,6 +188,12 @@ async fn a_burst_of_changes_is_one_push() {
     assert_eq!(harness.server.version(), 2);
     let (_, metrics) = harness.get("/metrics").await;
     assert!(metrics.contains("pilot_xds_pushes_total{type=\"cds\"} 2"), "{metrics}");
+    assert!(metrics.contains("pilot_xds 1"), "one connected stream: {metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("pilot_proxy_convergence_time_count") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|l| l.starts_with("pilot_xds_push_time_count") && !l.ends_with(" 0")), "{metrics}");
 }
 
 #[tokio::test]
