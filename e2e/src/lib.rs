@@ -2,6 +2,8 @@
 //! real processes on loopback addresses (`127.0.<block>.<host>`), configured through a file
 //! config directory. The e2e suite asserts on it; `rudder demo` walks users through it.
 
+pub mod cluster;
+pub mod cluster_dns;
 pub mod http;
 pub mod mesh;
 pub mod process;

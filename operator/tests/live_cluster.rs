@@ -1,6 +1,7 @@
 //! Canary upgrade against a real API server: install `default`, install `canary`, point the
-//! `default` tag at canary, uninstall the old revision. Runs only when `KUBECONFIG` is set (kind,
-//! k3d or any conformant cluster); otherwise prints why it skipped. Everything lives in namespace
+//! `default` tag at canary, uninstall the old revision. Runs on the test cluster
+//! (`rudder_e2e::cluster`: `RUDDER_K8S_LOCAL` or `KUBECONFIG`); otherwise prints why it skipped.
+//! The istiod stand-in runs the sample httpbin image the harness loads. Everything lives in namespace
 //! `rudder-live` and cluster-scoped names carry that suffix, so a real Istio is left alone.
 
 #![allow(clippy::unwrap_used)]
@@ -12,6 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, DynamicObject};
 use kube::{Api, Client};
+
 use rudder_operator::install::uninstall::{self, Scope};
 use rudder_operator::install::{InstallOptions, Progress, install};
 use rudder_operator::manifest::{Component, Manifest, RenderedObject};
@@ -19,14 +21,6 @@ use rudder_operator::tag::{self, SetOptions};
 use serde_json::{Value, json};
 
 const NS: &str = "rudder-live";
-
-fn cluster() -> Option<()> {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        println!("skipped: KUBECONFIG not set");
-        return None;
-    }
-    Some(())
-}
 
 fn obj(v: Value) -> DynamicObject {
     serde_json::from_value(v).unwrap()
@@ -62,7 +56,7 @@ fn manifest(revision: Option<&str>) -> Manifest {
         pilot(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": istiod},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": istiod}},
                 "template": {"metadata": {"labels": {"app": istiod}},
-                    "spec": {"containers": [{"name": "discovery", "image": "registry.k8s.io/pause:3.9"}]}}}})),
+                    "spec": {"containers": [{"name": "discovery", "image": "docker.io/mccutchen/go-httpbin:v2.15.0"}]}}}})),
         pilot(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": istiod},
             "spec": {"selector": {"app": istiod}, "ports": [{"name": "https-webhook", "port": 443, "targetPort": 15017}]}})),
     ];
@@ -88,10 +82,8 @@ async fn clean_up(client: &Client) {
 
 #[tokio::test]
 async fn canary_upgrade_with_default_tag() {
-    if cluster().is_none() {
-        return;
-    }
-    let client = Client::try_default().await.expect("a client from KUBECONFIG");
+    let Some(cluster) = rudder_e2e::cluster::shared(env!("CARGO_BIN_EXE_rudder")) else { return };
+    let client = cluster.client().await.expect("a client for the test cluster");
     let opts = InstallOptions { readiness_timeout: Duration::from_secs(180), ..InstallOptions::default() };
     let mut progress = Progress::to_writer(Box::new(std::io::stderr()), false);
 

@@ -3,9 +3,10 @@
 //! pods created (server-side dry run, so nothing is scheduled) in labelled and unlabelled
 //! namespaces, as the truth table says.
 //!
-//! Runs when `KUBECONFIG` is set and `RUDDER_LIVE_WEBHOOK_HOST` names an address the API server
-//! can reach this machine at (for kind, the Docker bridge gateway, e.g. `172.18.0.1`);
-//! otherwise prints why it skipped. Use a throwaway cluster: while it runs, pods created in any
+//! Runs on the test cluster (`rudder_e2e::cluster`). On the harness's own k8s-local cluster the
+//! API server runs on this machine and calls the webhook on 127.0.0.1; on a `KUBECONFIG` cluster
+//! `RUDDER_LIVE_WEBHOOK_HOST` must name an address the API server can reach this machine at (for
+//! kind, the Docker bridge gateway, e.g. `172.18.0.1`). Otherwise it prints why it skipped. Use a throwaway cluster: while it runs, pods created in any
 //! namespace labelled `istio-injection=enabled` go through this webhook too.
 
 #![allow(clippy::unwrap_used)]
@@ -35,10 +36,9 @@ impl Drop for Webhook {
     }
 }
 
-fn preconditions() -> Option<String> {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        println!("skipped: KUBECONFIG not set");
-        return None;
+fn webhook_host(cluster: &rudder_e2e::cluster::Cluster) -> Option<String> {
+    if cluster.is_local() {
+        return Some("127.0.0.1".into());
     }
     match std::env::var("RUDDER_LIVE_WEBHOOK_HOST") {
         Ok(host) if !host.is_empty() => Some(host),
@@ -118,8 +118,9 @@ async fn clean_up(client: &Client) {
 
 #[tokio::test]
 async fn pods_are_injected_per_the_truth_table() {
-    let Some(host) = preconditions() else { return };
-    let client = Client::try_default().await.expect("a client from KUBECONFIG");
+    let Some(cluster) = rudder_e2e::cluster::shared(env!("CARGO_BIN_EXE_rudder")) else { return };
+    let Some(host) = webhook_host(cluster) else { return };
+    let client = cluster.client().await.expect("a client for the test cluster");
     clean_up(&client).await;
     let (_webhook, port, ca) = start_webhook(&host);
     let url = format!("https://{host}:{port}/inject");

@@ -155,7 +155,10 @@ async fn remove(args: &RemoveArgs) -> anyhow::Result<()> {
 }
 
 fn run_controller(args: &RunArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
     let opts = RunOptions {
         watched_namespaces: args.watched_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
         revision: args.revision.clone().filter(|r| !r.is_empty()),

@@ -320,13 +320,13 @@ fn parse_proxy_config(text: Option<&str>) -> anyhow::Result<(ProxyConfig, Option
 }
 
 /// Flag/env first, then PROXY_CONFIG, then the default. The agent speaks plaintext gRPC only,
-/// so an istiod mTLS address (port 15012, Istio's default) is read as the same istiod's
-/// plaintext port 15010.
+/// so an istiod mTLS address (port 15012, Istio's default, which gateways also get in
+/// `PILOT_ADDRESS`) is read as the same istiod's plaintext port 15010.
 fn discovery_address(explicit: Option<&str>, proxy_config: &ProxyConfig) -> String {
-    if let Some(address) = explicit.filter(|a| !a.is_empty()) {
-        return address.to_owned();
-    }
-    match proxy_config.discovery_address.as_deref().filter(|a| !a.is_empty()) {
+    let configured = explicit
+        .filter(|a| !a.is_empty())
+        .or_else(|| proxy_config.discovery_address.as_deref().filter(|a| !a.is_empty()));
+    match configured {
         Some(address) => match address.strip_suffix(":15012") {
             Some(host) => format!("{host}:15010"),
             None => address.to_owned(),
@@ -635,6 +635,7 @@ mod tests {
         assert_eq!(discovery_address(None, &none), DEFAULT_DISCOVERY_ADDRESS);
         assert_eq!(discovery_address(None, &istio), "istiod-canary.istio-system.svc:15010");
         assert_eq!(discovery_address(Some("127.0.0.1:18000"), &istio), "127.0.0.1:18000");
+        assert_eq!(discovery_address(Some("istiod.istio-system.svc:15012"), &none), "istiod.istio-system.svc:15010");
     }
 
     #[test]

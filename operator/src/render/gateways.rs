@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -169,6 +169,7 @@ fn deployment(
     let pod = PodSpec {
         service_account_name: Some(account.into()),
         containers: vec![container(gw, spec, ports)?],
+        volumes: Some(writable_dirs().map(|(name, _)| empty_dir(name)).collect()),
         security_context: Some(PodSecurityContext {
             run_as_user: Some(1337),
             run_as_group: Some(1337),
@@ -232,8 +233,27 @@ fn container(gw: &Gw, spec: &GatewaySpec, ports: Option<&[ServicePort]>) -> Resu
         }),
         resources: Some(resources(ctx, &gw.value_path("resources"), "100m", "128Mi")?),
         security_context: Some(restricted()),
+        volume_mounts: Some(
+            writable_dirs()
+                .map(|(name, path)| VolumeMount {
+                    name: name.into(),
+                    mount_path: path.into(),
+                    ..VolumeMount::default()
+                })
+                .collect(),
+        ),
         ..Container::default()
     })
+}
+
+/// The proxy's writable directories (bootstrap, Envoy's files), as in an injected pod: the
+/// container's root filesystem is read-only.
+fn writable_dirs() -> impl Iterator<Item = (&'static str, &'static str)> {
+    [("istio-envoy", "/etc/istio/proxy"), ("istio-data", "/var/lib/istio/data")].into_iter()
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume { name: name.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() }
 }
 
 fn env(gw: &Gw) -> Vec<EnvVar> {

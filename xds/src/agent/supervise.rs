@@ -138,6 +138,7 @@ pub async fn supervise(
 ) -> Result<Ending, SuperviseError> {
     let (dir, temporary) = match &options.config_dir {
         Some(dir) => (dir.clone(), false),
+        None if is_writable_dir(Path::new(POD_CONFIG_DIR)) => (PathBuf::from(POD_CONFIG_DIR), false),
         None => (std::env::temp_dir().join(format!("rudder-proxy-{}", std::process::id())), true),
     };
     let result = run_in(&dir, bootstrap, options, admin, shutdown, on_start).await;
@@ -145,6 +146,17 @@ pub async fn supervise(
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
+}
+
+/// The directory a pod gives the proxy for its files (Istio's `istio-envoy` emptyDir): the root
+/// filesystem of an injected or gateway pod is read-only, so the temp dir cannot be used there.
+pub const POD_CONFIG_DIR: &str = "/etc/istio/proxy";
+
+fn is_writable_dir(dir: &Path) -> bool {
+    let probe = dir.join(format!(".rudder-probe-{}", std::process::id()));
+    let writable = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    writable
 }
 
 async fn run_in(
