@@ -37,6 +37,16 @@ async fn refuses_while_proxies_use_the_revision() {
         pod("istio-system", "istiod-1", json!({"app": "istiod", "istio.io/rev": "default"}), json!({})),
     );
     fake.seed("pods", Some("plain"), pod("plain", "db-0", json!({"app": "db"}), json!({})));
+    // A proxy of a workload the removal itself deletes (here the Deployment istiod, as a
+    // gateway would be) does not block it.
+    let mut removed_with_it = pod(
+        "istio-system",
+        "istiod-abc12-x",
+        json!({"istio.io/rev": "default", "pod-template-hash": "abc12"}),
+        json!({}),
+    );
+    removed_with_it["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "istiod-abc12", "uid": "1", "controller": true}]);
+    fake.seed("pods", Some("istio-system"), removed_with_it);
     let err = uninstall::plan(&client, &Scope::Revision("default".into()), false).await.unwrap_err();
     match err {
         InstallError::ConnectedProxies { revision, proxies } => {

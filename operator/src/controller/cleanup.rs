@@ -13,36 +13,36 @@ use rudder_config::operator::IstioOperator;
 use super::{Context, Error, status, write_status};
 use crate::install::Progress;
 use crate::install::apply::list_labelled;
-use crate::install::plan::revision_name;
+use crate::install::plan::{ObjectKey, revision_name};
 use crate::install::resources::{self, KindInfo};
 use crate::install::uninstall::{self, Scope};
 
 /// Removes the CR's objects, or reports the proxies that still hold them.
 pub async fn cleanup(api: &Api<IstioOperator>, iop: &IstioOperator, ctx: &Context) -> Result<Action, Error> {
     let revision = revision_name(Some(&iop.spec.revision)).to_owned();
-    let proxies = connected(ctx, &revision).await?;
+    let mut listed = Vec::new();
+    for (kinds, selector) in selectors(&iop.name_any(), &revision) {
+        listed.extend(list_labelled(&ctx.client, kinds, &selector).await?);
+    }
+    let keys = uninstall::plan_uninstall(&listed);
+    let proxies = connected(ctx, &revision, &keys).await?;
     if !proxies.is_empty() {
         let old = iop.status.clone().unwrap_or_default();
         let message = format!("revision {revision} is still used by: {}", proxies.join(", "));
         write_status(api, iop, &old, &status::action_required(&old, &message)).await?;
         return Err(Error::ProxiesConnected { revision, proxies });
     }
-    let mut listed = Vec::new();
-    for (kinds, selector) in selectors(&iop.name_any(), &revision) {
-        listed.extend(list_labelled(&ctx.client, kinds, &selector).await?);
-    }
-    let keys = uninstall::plan_uninstall(&listed);
     uninstall::execute(&ctx.client, &keys, &mut Progress::quiet()).await?;
     tracing::info!(iop = %iop.name_any(), removed = keys.len(), "removed the revision's objects");
     Ok(Action::await_change())
 }
 
-/// `namespace/name` of pods whose proxy uses `revision`.
-async fn connected(ctx: &Context, revision: &str) -> Result<Vec<String>, Error> {
+/// `namespace/name` of pods whose proxy uses `revision`, but for those of `removed` workloads.
+async fn connected(ctx: &Context, revision: &str, removed: &[ObjectKey]) -> Result<Vec<String>, Error> {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let pods =
         pods.list(&ListParams::default()).await.map_err(|source| Error::Kube { action: "listing pods", source })?;
-    Ok(uninstall::connected_proxies(&pods.items, &Scope::Revision(revision.to_owned())))
+    Ok(uninstall::connected_proxies(&pods.items, &Scope::Revision(revision.to_owned()), removed))
 }
 
 /// What the CR owns: for a revision, its non-Base components (as `uninstall -r` selects them);

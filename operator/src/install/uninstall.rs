@@ -72,8 +72,9 @@ pub fn proxy_revision(pod: &Pod) -> Option<String> {
     }
 }
 
-/// `namespace/name` of every pod whose proxy uses a revision in scope.
-pub fn connected_proxies(pods: &[Pod], scope: &Scope) -> Vec<String> {
+/// `namespace/name` of every pod whose proxy uses a revision in scope, except the pods of the
+/// workloads in `removed`: a gateway that the removal itself deletes never blocks it.
+pub fn connected_proxies(pods: &[Pod], scope: &Scope, removed: &[ObjectKey]) -> Vec<String> {
     let mut out: Vec<String> = pods
         .iter()
         .filter(|p| match (scope, proxy_revision(p)) {
@@ -81,18 +82,36 @@ pub fn connected_proxies(pods: &[Pod], scope: &Scope) -> Vec<String> {
             (Scope::Purge, Some(_)) => true,
             (Scope::Revision(r), Some(rev)) => &rev == r,
         })
+        .filter(|p| !workload_of(p).is_some_and(|w| removed.contains(&w)))
         .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
         .collect();
     out.sort();
     out
 }
 
-/// Lists what the scope removes and refuses (unless `force`) while proxies still use it.
+/// The workload that runs `pod`: its controller, and for a ReplicaSet the Deployment that
+/// named it (`<deployment>-<pod-template-hash>`, so no further lookup is needed).
+fn workload_of(pod: &Pod) -> Option<ObjectKey> {
+    let owner = pod.metadata.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))?;
+    let (kind, name) = match (owner.kind.as_str(), pod.labels().get("pod-template-hash")) {
+        ("ReplicaSet", Some(hash)) => ("Deployment", owner.name.strip_suffix(&format!("-{hash}"))?.to_owned()),
+        (kind, _) => (kind, owner.name.clone()),
+    };
+    Some(ObjectKey { kind: kind.to_owned(), namespace: pod.namespace(), name })
+}
+
+/// Lists what the scope removes and refuses (unless `force`) while proxies other than the
+/// removed workloads' own still use it.
 pub async fn plan(client: &Client, scope: &Scope, force: bool) -> Result<Vec<ObjectKey>, InstallError> {
+    let mut listed = Vec::new();
+    for (kinds, selector) in selectors(scope) {
+        listed.extend(list_labelled(client, kinds, &selector).await?);
+    }
+    let keys = plan_uninstall(&listed);
     if !force {
         let pods: Api<Pod> = Api::all(client.clone());
         let pods = pods.list(&ListParams::default()).await.map_err(|e| InstallError::kube("list", "Pods", e))?;
-        let proxies = connected_proxies(&pods.items, scope);
+        let proxies = connected_proxies(&pods.items, scope, &keys);
         if !proxies.is_empty() {
             let revision = match scope {
                 Scope::Revision(r) => r.clone(),
@@ -101,11 +120,7 @@ pub async fn plan(client: &Client, scope: &Scope, force: bool) -> Result<Vec<Obj
             return Err(InstallError::ConnectedProxies { revision, proxies });
         }
     }
-    let mut listed = Vec::new();
-    for (kinds, selector) in selectors(scope) {
-        listed.extend(list_labelled(client, kinds, &selector).await?);
-    }
-    Ok(plan_uninstall(&listed))
+    Ok(keys)
 }
 
 /// Deletes the planned objects in order.
