@@ -210,6 +210,26 @@ async fn cert_store(
     Ok(Arc::new(CertStore::fixed(bundle.certified_key()?)))
 }
 
+/// Labels the Secret discovery made as part of its revision's control plane, so that
+/// `rudder uninstall` (`-r REV` or `--purge`) removes it with the rest.
+async fn label_as_control_plane(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    revision: Option<&str>,
+) -> anyhow::Result<()> {
+    use rudder_config::labels;
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"labels": {
+        labels::REVISION: revision.unwrap_or(labels::DEFAULT_REVISION),
+        labels::COMPONENT: "Pilot",
+    }}});
+    api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("labelling secret {namespace}/{name}"))?;
+    Ok(())
+}
+
 /// Certificates from the Secret, with caBundle patching and a rotation task.
 async fn managed_store(
     args: &AdmissionArgs,
@@ -219,6 +239,7 @@ async fn managed_store(
 ) -> anyhow::Result<Arc<CertStore>> {
     let secret = format!("{}-webhook-certs", certs::service_name(args.revision()));
     let bundle = certs::ensure_secret(&client, &args.namespace, &secret, &names, SystemTime::now()).await?;
+    label_as_control_plane(&client, &args.namespace, &secret, args.revision()).await?;
     let revision = args.revision().map(str::to_owned);
     let patched = certs::patch_ca_bundles(&client, revision.as_deref(), &bundle.ca_cert_pem).await?;
     println!(
