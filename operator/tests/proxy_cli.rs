@@ -1,7 +1,8 @@
 //! `rudder proxy` as the injected pod runs it: the bootstrap from the injector's env vars is
 //! one real Envoy accepts; `proxy sidecar` with no discovery server starts Envoy, which waits
 //! for its first config (admin says 503, readiness is not 200, `proxy wait` gives up), and
-//! SIGTERM to the agent takes Envoy down with it. Plus the small verbs and the error paths.
+//! SIGTERM to the agent takes Envoy down with it. Plus the small verbs and the error paths;
+//! `init` here runs against fake iptables tools (the real ones: `capture_netns.rs`).
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -205,31 +206,40 @@ fn missing_envoy_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/envoy not found"), "{}", text(&out));
 }
 
+/// The injector's init-container arguments.
+const INIT: [&str; 19] = [
+    "proxy",
+    "init",
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+    "--log_output_level=default:info",
+];
+
+/// [`INIT`] with `-x` (excluded IP ranges) set.
+fn init_with_excluded(ranges: &str) -> Vec<&str> {
+    let mut args = INIT.to_vec();
+    let at = args.iter().position(|a| *a == "-x").unwrap() + 1;
+    args[at] = ranges;
+    args
+}
+
 #[test]
-fn init_prints_rules_with_dry_run_and_refuses_otherwise() {
-    // The injector's init-container arguments.
-    let args = [
-        "proxy",
-        "init",
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--log_output_level=default:info",
-    ];
-    let out = rudder().args(args).arg("--dry-run").output().unwrap();
+fn init_dry_run_prints_the_rules_with_dns_capture_on_by_default() {
+    let out = rudder().env_remove("ISTIO_META_DNS_CAPTURE").args(INIT).arg("--dry-run").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let rules = String::from_utf8(out.stdout).unwrap();
     for want in [
@@ -238,13 +248,132 @@ fn init_prints_rules_with_dry_run_and_refuses_otherwise() {
         "-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN",
         "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
         "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+        "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053",
+        "-A ISTIO_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
         "COMMIT",
     ] {
-        assert!(rules.contains(want), "missing {want:?} in\n{rules}");
+        assert!(rules.lines().any(|line| line == want), "missing {want:?} in\n{rules}");
     }
-    let refused = rudder().args(args).output().unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("not supported"), "{}", text(&refused));
+
+    let off = rudder().env("ISTIO_META_DNS_CAPTURE", "false").args(INIT).arg("--dry-run").output().unwrap();
+    let off = String::from_utf8(off.stdout).unwrap();
+    assert!(off.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT") && !off.contains("15053"), "{off}");
+    let forced =
+        rudder().env("ISTIO_META_DNS_CAPTURE", "false").args(INIT).args(["--dry-run", "--redirect-dns"]).output();
+    let forced = String::from_utf8(forced.unwrap().stdout).unwrap();
+    assert!(forced.contains("--to-ports 15053"), "{forced}");
+    let dropped =
+        rudder().env_remove("ISTIO_META_DNS_CAPTURE").args(INIT).args(["--dry-run", "--redirect-dns=false"]).output();
+    assert!(!String::from_utf8(dropped.unwrap().stdout).unwrap().contains("15053"));
+
+    let none = rudder().args(["proxy", "init", "-m", "NONE", "--dry-run"]).output().unwrap();
+    assert!(none.status.success(), "{}", text(&none));
+    assert!(!String::from_utf8_lossy(&none.stdout).contains("-A "), "{}", text(&none));
+}
+
+/// A directory standing in for PATH, with fake `iptables-restore` (and optionally `ip`) that
+/// record their arguments and input instead of touching the machine's firewall.
+struct FakeTools(PathBuf);
+
+impl FakeTools {
+    fn new(name: &str, with_ip: bool) -> Self {
+        let dir = std::env::temp_dir().join(format!("rudder-proxy-init-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut tools = vec!["iptables-restore", "ip6tables-restore"];
+        if with_ip {
+            tools.push("ip");
+        }
+        for tool in tools {
+            let script = format!(
+                "#!/bin/sh\n\
+                 echo \"{tool} $*\" >> '{dir}/calls'\n\
+                 /usr/bin/cat >> '{dir}/input'\n\
+                 if [ -n \"$FAKE_FAIL\" ]; then echo \"{tool}: line 7 failed\" >&2; exit 1; fi\n",
+                dir = dir.display()
+            );
+            let path = dir.join(tool);
+            std::fs::write(&path, script).unwrap();
+            let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+            std::fs::set_permissions(&path, permissions).unwrap();
+        }
+        Self(dir)
+    }
+
+    fn init(&self) -> Command {
+        let mut cmd = rudder();
+        cmd.env("PATH", &self.0).env_remove("ISTIO_META_DNS_CAPTURE").env_remove("FAKE_FAIL");
+        cmd
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for FakeTools {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn init_checks_then_applies_through_iptables_restore() {
+    let fake = FakeTools::new("apply", false);
+    let out = fake.init().args(INIT).arg("--ipv6=false").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fake.read("calls"), "iptables-restore --test --noflush\niptables-restore --noflush\n");
+    let input = fake.read("input");
+    assert_eq!(input.matches("-A ISTIO_OUTPUT -j ISTIO_REDIRECT").count(), 2, "{input}");
+
+    let v6 = FakeTools::new("apply6", false);
+    let out = v6.init().args(init_with_excluded("fd00::/8")).arg("--ipv6=false").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        v6.read("calls"),
+        "iptables-restore --test --noflush\nip6tables-restore --test --noflush\n\
+         iptables-restore --noflush\nip6tables-restore --noflush\n"
+    );
+    assert!(v6.read("input").contains("-A ISTIO_OUTPUT -d fd00::/8 -j RETURN"));
+}
+
+#[test]
+fn init_failures_name_the_flag_or_the_command() {
+    // A bad flag: nothing runs.
+    let fake = FakeTools::new("bad-flag", true);
+    let out = fake.init().args(init_with_excluded("10.0.0.0/8,10.300.0.0/16")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("-x (outbound IP ranges not to capture): \"10.300.0.0/16\""), "{stderr}");
+    assert_eq!(fake.read("calls"), "");
+
+    // iptables-restore refuses: its command line and its stderr are in the error.
+    let out = fake.init().env("FAKE_FAIL", "1").args(INIT).arg("--ipv6=false").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("iptables-restore --test --noflush` failed"), "{stderr}");
+    assert!(stderr.contains("iptables-restore: line 7 failed"), "{stderr}");
+
+    // TPROXY without `ip`: said before anything is applied.
+    let no_ip = FakeTools::new("no-ip", false);
+    let out = no_ip.init().args(["proxy", "init", "-m", "TPROXY", "--ipv6=false"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ip not found on PATH: TPROXY mode needs the `ip` command"), "{stderr}");
+    assert_eq!(no_ip.read("calls"), "");
+
+    // TPROXY with `ip`: the policy route after the rules.
+    let out = fake.init().args(["proxy", "init", "-m", "TPROXY", "--ipv6=false"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        fake.read("calls").ends_with(
+            "iptables-restore --noflush\nip -f inet rule add fwmark 1337 lookup 133\n\
+             ip -f inet route add local default dev lo table 133\n"
+        ),
+        "{}",
+        fake.read("calls")
+    );
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! * `bootstrap`: print that bootstrap (JSON) and exit.
 //! * `wait`: poll the readiness endpoint until it answers 200 (the postStart hook).
 //! * `request METHOD PATH`: one request to Envoy's local admin endpoint, body printed.
-//! * `init`: the iptables setup; only `--dry-run` (print the rules) is supported so far.
+//! * `init`: the init container's traffic capture: the rules of `rudder_xds::agent::capture`
+//!   applied with `iptables-restore --noflush` (`--dry-run` prints them).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,6 +22,7 @@ use rudder_config::mesh::ProxyConfig;
 use rudder_xds::agent::bootstrap::{
     self, BootstrapOptions, DEFAULT_DISCOVERY_ADDRESS, DEFAULT_ISTIO_VERSION, XdsTransport, metadata_from_env,
 };
+use rudder_xds::agent::capture::{self, CaptureConfig, CaptureFlags, CaptureRules};
 use rudder_xds::agent::supervise::{self, Ending, EnvoyOptions, SuperviseError};
 use rudder_xds::model::{InterceptionMode, NodeType};
 
@@ -44,7 +46,7 @@ enum ProxyCommand {
     Wait(WaitArgs),
     /// Send one request to the local Envoy admin endpoint and print the answer.
     Request(RequestArgs),
-    /// Set up traffic redirection (iptables). Only --dry-run is supported yet.
+    /// Set up traffic capture (iptables) in the pod's network namespace; --dry-run prints it.
     Init(InitArgs),
 }
 
@@ -188,10 +190,12 @@ struct RequestArgs {
     path: String,
 }
 
-/// The flags the injector's init container passes (istio-iptables').
+/// The flags the injector's init container passes (istio-iptables'). The rules themselves come
+/// from `rudder_xds::agent::capture`.
 #[derive(Debug, clap::Args)]
 struct InitArgs {
-    /// Print the rules instead of applying them.
+    /// Print the rules (and, for TPROXY, the routing commands as comments) instead of applying
+    /// them.
     #[arg(long)]
     dry_run: bool,
     /// Outbound capture port.
@@ -206,7 +210,7 @@ struct InitArgs {
     /// The proxy's group id; default the user id.
     #[arg(short = 'g')]
     proxy_gid: Option<u32>,
-    /// Interception mode: REDIRECT, TPROXY or NONE.
+    /// Interception mode: REDIRECT, TPROXY (also needs the `ip` command) or NONE (no rules).
     #[arg(short = 'm', default_value = "REDIRECT", value_parser = parse_interception)]
     mode: InterceptionMode,
     /// Outbound IP ranges to capture (`*` = all).
@@ -227,16 +231,25 @@ struct InitArgs {
     /// Outbound ports not to capture.
     #[arg(short = 'o', default_value = "")]
     exclude_outbound_ports: String,
-    /// Interfaces whose traffic is captured as inbound.
+    /// Interfaces whose traffic is captured as outbound.
     #[arg(short = 'k', default_value = "")]
     reroute_interfaces: String,
     /// Interfaces left alone.
     #[arg(short = 'c', default_value = "")]
     exclude_interfaces: String,
-    /// CNI mode: validate the CNI plugin's redirection.
+    /// Send the application's DNS (UDP and TCP port 53) to the agent's DNS proxy on port 15053.
+    /// ON by default in Rudder (Istio's default is off): off only with `--redirect-dns=false` or,
+    /// without the flag, when ISTIO_META_DNS_CAPTURE is `false`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    redirect_dns: Option<bool>,
+    /// Also write IPv6 rules (ip6tables-restore). Default: when the pod has a global IPv6
+    /// address or an IPv6 range is given.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    ipv6: Option<bool>,
+    /// CNI mode: validate the CNI plugin's redirection (not implemented: accepted and ignored).
     #[arg(long)]
     run_validation: bool,
-    /// CNI mode: the rules are applied by the CNI plugin.
+    /// CNI mode: the rules are applied by the CNI plugin, so nothing is applied here.
     #[arg(long)]
     skip_rule_apply: bool,
     #[arg(long = "log_output_level", default_value = "default:info")]
@@ -489,14 +502,134 @@ async fn request(args: &RequestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Validates every flag first (nothing is applied if one is wrong), then applies the rules:
+/// `iptables-restore --noflush` (and `ip6tables-restore`), then the TPROXY routes.
 fn init(args: &InitArgs) -> anyhow::Result<()> {
-    if !args.dry_run {
-        bail!(
-            "`rudder proxy init` cannot apply iptables rules yet (not supported); use --dry-run to print them, \
-             or run pods with interception mode NONE"
-        );
+    let config = capture_config(args)?;
+    let rules = capture::rules(&config);
+    if args.dry_run {
+        return write_stdout(&dry_run_text(&config, &rules));
     }
-    write_stdout(&iptables_rules(args)?)
+    if args.skip_rule_apply {
+        eprintln!("--skip-rule-apply: the CNI plugin sets up the redirection; nothing applied");
+        return Ok(());
+    }
+    if rules.is_empty() {
+        return write_stdout("interception mode NONE: no rules to apply\n");
+    }
+    apply(&rules)?;
+    let v6 = if rules.ipv6.is_some() { " and IPv6" } else { "" };
+    write_stdout(&format!("traffic capture applied: {} mode, IPv4{v6}\n", format!("{:?}", config.mode).to_uppercase()))
+}
+
+fn capture_config(args: &InitArgs) -> anyhow::Result<CaptureConfig> {
+    let dns_env = std::env::var("ISTIO_META_DNS_CAPTURE").ok();
+    let base = CaptureConfig {
+        mode: args.mode,
+        outbound_port: args.outbound_port,
+        inbound_port: args.inbound_port,
+        proxy_uid: args.proxy_uid,
+        proxy_gid: args.proxy_gid.unwrap_or(args.proxy_uid),
+        redirect_dns: args.redirect_dns.unwrap_or_else(|| capture::dns_capture_from_env(dns_env.as_deref())),
+        ipv6: args.ipv6.unwrap_or_else(has_global_ipv6),
+        ..CaptureConfig::default()
+    };
+    let flags = CaptureFlags {
+        include_ip_ranges: args.include_ip_ranges.clone(),
+        exclude_ip_ranges: args.exclude_ip_ranges.clone(),
+        include_inbound_ports: args.include_inbound_ports.clone(),
+        exclude_inbound_ports: args.exclude_inbound_ports.clone(),
+        include_outbound_ports: args.include_outbound_ports.clone(),
+        exclude_outbound_ports: args.exclude_outbound_ports.clone(),
+        reroute_interfaces: args.reroute_interfaces.clone(),
+        exclude_interfaces: args.exclude_interfaces.clone(),
+    };
+    Ok(CaptureConfig::from_flags(base, &flags)?)
+}
+
+/// Whether this network namespace has a global-scope IPv6 address (`/proc/net/if_inet6`,
+/// scope column `00`).
+fn has_global_ipv6() -> bool {
+    std::fs::read_to_string("/proc/net/if_inet6")
+        .is_ok_and(|table| table.lines().any(|line| line.split_whitespace().nth(3) == Some("00")))
+}
+
+fn dry_run_text(config: &CaptureConfig, rules: &CaptureRules) -> String {
+    if rules.is_empty() {
+        return "# interception mode NONE: no rules\n".to_owned();
+    }
+    let dns = if config.redirect_dns { "on" } else { "off" };
+    let mut out = format!("# DNS capture {dns}\n# iptables-restore --noflush\n{}", rules.ipv4);
+    if let Some(v6) = &rules.ipv6 {
+        out.push_str(&format!("# ip6tables-restore --noflush\n{v6}"));
+    }
+    for route in &rules.routes {
+        out.push_str(&format!("# ip {}\n", route.join(" ")));
+    }
+    out
+}
+
+/// Finds every program needed before running any of them, checks the rule text with
+/// `--test`, then applies.
+fn apply(rules: &CaptureRules) -> anyhow::Result<()> {
+    let v4 = program("iptables-restore", "iptables (nft) is needed to set up traffic capture")?;
+    let v6 = match rules.ipv6 {
+        Some(_) => Some(program("ip6tables-restore", "IPv6 capture needs ip6tables")?),
+        None => None,
+    };
+    let ip = if rules.routes.is_empty() {
+        None
+    } else {
+        Some(program("ip", "TPROXY mode needs the `ip` command (iproute2) for its policy route")?)
+    };
+    let restores: Vec<(&PathBuf, &str)> =
+        [Some((&v4, rules.ipv4.as_str())), v6.as_ref().zip(rules.ipv6.as_deref())].into_iter().flatten().collect();
+    for (program, text) in &restores {
+        run_with_input(program, &["--test", "--noflush"], text)?;
+    }
+    for (program, text) in &restores {
+        run_with_input(program, &["--noflush"], text)?;
+    }
+    if let Some(ip) = ip {
+        for route in &rules.routes {
+            let args: Vec<&str> = route.iter().map(String::as_str).collect();
+            run_with_input(&ip, &args, "")?;
+        }
+    }
+    Ok(())
+}
+
+/// `name` on PATH, or an error saying why it is needed.
+fn program(name: &str, why: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| anyhow!("{name} not found on PATH: {why}"))
+}
+
+fn run_with_input(program: &PathBuf, args: &[&str], input: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let shown = format!("{} {}", program.display(), args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {shown}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).with_context(|| format!("writing the rules to {shown}"))?;
+    }
+    let output = child.wait_with_output().with_context(|| format!("waiting for {shown}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let detail = [stderr.trim(), stdout.trim()].into_iter().find(|s| !s.is_empty()).unwrap_or("no output");
+        bail!("`{shown}` failed ({}): {detail}", output.status);
+    }
+    Ok(())
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -509,80 +642,12 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn list(text: &str) -> Vec<&str> {
-    text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
-}
-
-/// The nat-table rules (iptables-restore format) for REDIRECT mode, IPv4, shaped like
-/// istio-iptables': inbound TCP to the inbound capture port except excluded ports, outbound
-/// TCP to the outbound capture port except the proxy's own traffic and excluded ranges/ports.
-fn iptables_rules(args: &InitArgs) -> anyhow::Result<String> {
-    match args.mode {
-        InterceptionMode::None => return Ok("# interception mode NONE: no rules\n".to_owned()),
-        InterceptionMode::Tproxy => bail!("TPROXY rules are not supported yet"),
-        InterceptionMode::Redirect => {}
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(format!("{other:?}: expected true or false")),
     }
-    let uid = args.proxy_uid;
-    let gid = args.proxy_gid.unwrap_or(uid);
-    let v4 = |cidr: &&str| !cidr.contains(':');
-    let mut rules = vec![
-        "*nat".to_owned(),
-        ":ISTIO_INBOUND - [0:0]".to_owned(),
-        ":ISTIO_IN_REDIRECT - [0:0]".to_owned(),
-        ":ISTIO_OUTPUT - [0:0]".to_owned(),
-        ":ISTIO_REDIRECT - [0:0]".to_owned(),
-        format!("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", args.outbound_port),
-        format!("-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", args.inbound_port),
-    ];
-    let inbound = list(&args.include_inbound_ports);
-    if !inbound.is_empty() {
-        rules.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".to_owned());
-        if inbound == ["*"] {
-            for port in list(&args.exclude_inbound_ports) {
-                rules.push(format!("-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN"));
-            }
-            rules.push("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT".to_owned());
-        } else {
-            for port in inbound {
-                rules.push(format!("-A ISTIO_INBOUND -p tcp --dport {port} -j ISTIO_IN_REDIRECT"));
-            }
-        }
-    }
-    rules.push("-A OUTPUT -p tcp -j ISTIO_OUTPUT".to_owned());
-    for interface in list(&args.exclude_interfaces) {
-        rules.push(format!("-I PREROUTING 1 -i {interface} -j RETURN"));
-        rules.push(format!("-I OUTPUT 1 -o {interface} -j RETURN"));
-    }
-    for interface in list(&args.reroute_interfaces) {
-        rules.push(format!("-A PREROUTING -i {interface} -j ISTIO_REDIRECT"));
-    }
-    for port in list(&args.include_outbound_ports) {
-        rules.push(format!("-A ISTIO_OUTPUT -p tcp --dport {port} -j ISTIO_REDIRECT"));
-    }
-    rules.push("-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN".to_owned());
-    for (kind, id) in [("uid", uid), ("gid", gid)] {
-        rules
-            .push(format!("-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -m owner --{kind}-owner {id} -j ISTIO_IN_REDIRECT"));
-        rules.push(format!("-A ISTIO_OUTPUT -o lo -m owner ! --{kind}-owner {id} -j RETURN"));
-        rules.push(format!("-A ISTIO_OUTPUT -m owner --{kind}-owner {id} -j RETURN"));
-    }
-    rules.push("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN".to_owned());
-    for port in list(&args.exclude_outbound_ports) {
-        rules.push(format!("-A ISTIO_OUTPUT -p tcp --dport {port} -j RETURN"));
-    }
-    for cidr in list(&args.exclude_ip_ranges).into_iter().filter(v4) {
-        rules.push(format!("-A ISTIO_OUTPUT -d {cidr} -j RETURN"));
-    }
-    let include = list(&args.include_ip_ranges);
-    if include == ["*"] {
-        rules.push("-A ISTIO_OUTPUT -j ISTIO_REDIRECT".to_owned());
-    } else {
-        for cidr in include.into_iter().filter(v4) {
-            rules.push(format!("-A ISTIO_OUTPUT -d {cidr} -j ISTIO_REDIRECT"));
-        }
-    }
-    rules.push("COMMIT".to_owned());
-    Ok(rules.join("\n") + "\n")
 }
 
 fn parse_interception(text: &str) -> Result<InterceptionMode, String> {
