@@ -208,8 +208,11 @@ async fn remove_takes_only_the_revisions_operator_objects_and_purge_takes_all() 
     assert_eq!(fake.names("customresourcedefinitions"), ["istiooperators.install.istio.io"]);
     assert_eq!(fake.names("namespaces"), ["istio-operator", "istio-system"]);
 
+    // --purge: the other revision's objects, then the CRD (no IstioOperator is left).
     let keys = operator_init::plan_remove(&client, None).await.unwrap();
-    assert_eq!(keys.len(), 5);
+    assert_eq!(keys.len(), 6);
+    assert_eq!(keys.last().unwrap().to_string(), "CustomResourceDefinition istiooperators.install.istio.io");
     operator_init::remove(&client, &keys, &mut Progress::quiet()).await.unwrap();
     assert!(fake.names("clusterroles").is_empty());
+    assert!(fake.names("customresourcedefinitions").is_empty());
 }

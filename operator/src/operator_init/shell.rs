@@ -62,12 +62,32 @@ pub fn remove_selector(revision: Option<&str>) -> String {
     }
 }
 
-/// The operator objects `remove` would delete, Deployments first.
+/// The operator objects `remove` would delete, Deployments first. With every revision
+/// (`None`, `--purge`) the IstioOperator CRD goes too, last, once no IstioOperator is left
+/// (deleting it would delete the users' CRs, which no operator would then finalize).
 pub async fn plan_remove(client: &Client, revision: Option<&str>) -> Result<Vec<ObjectKey>, InitError> {
     let kinds = REMOVED_KINDS.iter().filter_map(|k| resources::by_kind(k));
     let listed = list_labelled(client, kinds, &remove_selector(revision)).await?;
-    Ok(listed.iter().map(|l| ObjectKey::of(l.info.kind, &l.object)).collect())
+    let mut keys: Vec<ObjectKey> = listed.iter().map(|l| ObjectKey::of(l.info.kind, &l.object)).collect();
+    if revision.is_none() {
+        let crs = kube::Api::<rudder_config::operator::IstioOperator>::all(client.clone())
+            .list(&kube::api::ListParams::default().limit(1))
+            .await;
+        if let Ok(list) = crs
+            && list.items.is_empty()
+        {
+            keys.push(ObjectKey {
+                kind: "CustomResourceDefinition".into(),
+                namespace: None,
+                name: ISTIO_OPERATOR_CRD.into(),
+            });
+        }
+    }
+    Ok(keys)
 }
+
+/// The IstioOperator CRD that `operator init` installs.
+pub const ISTIO_OPERATOR_CRD: &str = "istiooperators.install.istio.io";
 
 /// Deletes the planned objects (already gone is fine).
 pub async fn remove(client: &Client, keys: &[ObjectKey], progress: &mut Progress) -> Result<(), InitError> {
