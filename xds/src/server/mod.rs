@@ -245,13 +245,15 @@ impl DiscoveryServer {
     /// runtime. The task ends when the snapshot sender is dropped; streams keep serving the
     /// last generation.
     pub fn with_generator(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
         options: ServerOptions,
         generator: Arc<dyn Generator>,
     ) -> Self {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let snapshot = snapshots.borrow().clone();
+        // Marked seen here, not in the spawned task: a snapshot published before that task
+        // first runs must still count as a change.
+        let snapshot = snapshots.borrow_and_update().clone();
         let first = push::build_generation(generator.as_ref(), snapshot, 1, std::time::Instant::now(), None);
         let (generations, _) = watch::channel(Arc::new(first));
         let shared = Arc::new(Shared {
