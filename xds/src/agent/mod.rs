@@ -1,7 +1,10 @@
 //! The proxy agent, Rudder's counterpart of Istio's pilot-agent: it turns the pod's identity
 //! (the env vars and flags the injector sets) into an Envoy bootstrap ([`bootstrap`], pure) and
-//! runs Envoy on it as a supervised child ([`supervise`]). The `rudder proxy` verbs are thin
-//! wrappers around these.
+//! runs Envoy on it as a supervised child ([`supervise`]). Beside Envoy, a sidecar's agent runs
+//! a DNS proxy for mesh hosts ([`dns`]) fed with the name table from discovery ([`nds`]). The
+//! `rudder proxy` verbs are thin wrappers around these.
 
 pub mod bootstrap;
+pub mod dns;
+pub mod nds;
 pub mod supervise;
