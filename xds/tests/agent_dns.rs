@@ -118,9 +118,14 @@ fn fake_answer(packet: &[u8]) -> Vec<u8> {
 
 impl FakeUpstream {
     async fn start() -> Self {
-        let udp = Arc::new(UdpSocket::bind(localhost0()).await.unwrap());
+        // UDP and TCP on one port: retry while the TCP twin of a free UDP port is taken.
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind(localhost0()).await.unwrap();
+            if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+                break (Arc::new(udp), tcp);
+            }
+        };
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
         let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         let counter = queries.clone();

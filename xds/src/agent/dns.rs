@@ -179,8 +179,7 @@ impl DnsServer {
     /// Binds UDP and TCP on `options.listen`; answers from whatever `names` holds when a
     /// query arrives.
     pub async fn bind(options: DnsOptions, names: watch::Receiver<Arc<Lookup>>) -> io::Result<Self> {
-        let udp = UdpSocket::bind(options.listen).await?;
-        let tcp = TcpListener::bind(udp.local_addr()?).await?;
+        let (udp, tcp) = bind_pair(options.listen).await?;
         let resolver = Resolver {
             names,
             upstreams: options.upstreams,
@@ -203,6 +202,26 @@ impl DnsServer {
         tasks.spawn(serve_tcp(tcp, resolver));
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// Whether a proxy runs the DNS proxy. `setting` is `ISTIO_META_DNS_CAPTURE` (or the flag):
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case) decide for a sidecar; unset
+/// or empty means Rudder's default, on for sidecars whose traffic is redirected (REDIRECT,
+/// TPROXY) and off in mode NONE, where nothing sends the application's DNS to the proxy.
+/// Routers (gateways) never run it.
+pub fn capture_enabled(
+    node_type: crate::model::NodeType,
+    interception: crate::model::InterceptionMode,
+    setting: Option<&str>,
+) -> Result<bool, String> {
+    let explicit = match setting.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") => None,
+        Some("true" | "1" | "yes" | "on") => Some(true),
+        Some("false" | "0" | "no" | "off") => Some(false),
+        Some(other) => return Err(format!("DNS capture {other:?}: expected true or false")),
+    };
+    Ok(node_type == crate::model::NodeType::Sidecar
+        && explicit.unwrap_or(interception != crate::model::InterceptionMode::None))
 }
 
 /// Everything the running DNS proxy needs (see [`start`]).
@@ -257,6 +276,23 @@ pub async fn start(options: DnsProxyOptions) -> io::Result<DnsProxy> {
     tasks.spawn(super::nds::run(options.discovery_address, options.node, names));
     tracing::info!(%local_addr, "DNS proxy listening (UDP and TCP)");
     Ok(DnsProxy { local_addr, _tasks: tasks })
+}
+
+/// UDP and TCP on the same address. With port 0 the UDP port is picked first and may be
+/// taken for TCP, so a few ports are tried.
+async fn bind_pair(listen: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        let udp = UdpSocket::bind(listen).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(error) if listen.port() == 0 && attempts < 16 => {
+                tracing::debug!(%error, "TCP twin of a free UDP port is taken; trying another");
+                attempts += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -517,7 +553,26 @@ async fn serve_connection(mut stream: TcpStream, resolver: &Resolver) -> io::Res
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::model::{InterceptionMode, NodeType};
     use crate::nametable::NameInfo;
+
+    #[test]
+    fn capture_defaults_and_settings() {
+        use InterceptionMode::{None as NoCapture, Redirect, Tproxy};
+        use NodeType::{Router, Sidecar};
+        for (node, mode, setting, want) in [
+            (Sidecar, Redirect, None, true),
+            (Sidecar, Tproxy, Some(""), true),
+            (Sidecar, NoCapture, None, false),
+            (Sidecar, NoCapture, Some("true"), true),
+            (Sidecar, Redirect, Some("FALSE"), false),
+            (Sidecar, Redirect, Some("0"), false),
+            (Router, Redirect, Some("true"), false),
+        ] {
+            assert_eq!(capture_enabled(node, mode, setting), Ok(want), "{node:?} {mode:?} {setting:?}");
+        }
+        assert!(capture_enabled(Sidecar, Redirect, Some("maybe")).is_err());
+    }
 
     fn table() -> NameTable {
         let info = |ips: &[&str], alt: &[&str]| NameInfo {
