@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod echo;
 pub mod model;
+pub mod nametable;
 pub mod registry;
 pub mod server;
 #[doc(hidden)]

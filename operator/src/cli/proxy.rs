@@ -2,7 +2,10 @@
 //!
 //! * `sidecar` / `router`: build the Envoy bootstrap from flags and the injector's env vars
 //!   (`POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP`, `ISTIO_META_*`, `PROXY_CONFIG`, …), run Envoy
-//!   on it, drain and stop it on SIGTERM/SIGINT (see `rudder_xds::agent::supervise`).
+//!   on it, drain and stop it on SIGTERM/SIGINT (see `rudder_xds::agent::supervise`). A sidecar
+//!   also runs the DNS proxy for mesh hosts (`rudder_xds::agent::dns`) unless
+//!   `ISTIO_META_DNS_CAPTURE=false` / `--dns-capture=false` (default: on unless interception
+//!   mode is NONE).
 //! * `bootstrap`: print that bootstrap (JSON) and exit.
 //! * `wait`: poll the readiness endpoint until it answers 200 (the postStart hook).
 //! * `request METHOD PATH`: one request to Envoy's local admin endpoint, body printed.
@@ -11,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +26,8 @@ use rudder_xds::agent::bootstrap::{
     self, BootstrapOptions, DEFAULT_DISCOVERY_ADDRESS, DEFAULT_ISTIO_VERSION, XdsTransport, metadata_from_env,
 };
 use rudder_xds::agent::capture::{self, CaptureConfig, CaptureFlags, CaptureRules};
+use rudder_xds::agent::dns::{self, DnsProxyOptions};
+use rudder_xds::agent::nds;
 use rudder_xds::agent::supervise::{self, Ending, EnvoyOptions, SuperviseError};
 use rudder_xds::model::{InterceptionMode, NodeType};
 
@@ -152,6 +157,26 @@ struct RunArgs {
     node: NodeArgs,
     #[command(flatten)]
     envoy: EnvoyArgs,
+    #[command(flatten)]
+    dns: DnsArgs,
+}
+
+/// The DNS proxy for mesh hosts (Istio's DNS capture); sidecars only.
+#[derive(Debug, clap::Args)]
+struct DnsArgs {
+    /// Answer the application's DNS queries for mesh hosts (true/false). Default: on for
+    /// sidecars unless the interception mode is NONE; never for routers.
+    #[arg(long, env = "ISTIO_META_DNS_CAPTURE")]
+    dns_capture: Option<String>,
+    /// Where the DNS proxy listens (UDP and TCP).
+    #[arg(long, default_value_t = dns::DEFAULT_LISTEN_ADDRESS)]
+    dns_listen_address: SocketAddr,
+    /// Resolver configuration giving the upstream nameservers and search domains.
+    #[arg(long, default_value = dns::DEFAULT_RESOLV_CONF)]
+    dns_resolv_conf: PathBuf,
+    /// How long to wait for the upstream nameservers before answering SERVFAIL.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    dns_upstream_timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -386,9 +411,10 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
         let (options, proxy_config) = bootstrap_options(node_type, &args.node)?;
         let json = bootstrap::bootstrap(&options)?;
         let envoy = envoy_options(&args.envoy, &options, &proxy_config)?;
-        Ok((json, envoy, admin_authority(options.admin_address, options.admin_port)))
+        let dns = dns_proxy_options(&args.dns, &options)?;
+        Ok((json, envoy, admin_authority(options.admin_address, options.admin_port), dns))
     })();
-    let (json, envoy, admin) = match prepared {
+    let (json, envoy, admin, dns) = match prepared {
         Ok(p) => p,
         Err(e) => return exit_code(Err(e)),
     };
@@ -398,6 +424,11 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
     };
     let outcome = rt.block_on(async {
         let shutdown = shutdown_signal()?;
+        // Runs beside Envoy and stops with the agent.
+        let _dns = match dns {
+            Some(options) => Some(start_dns_proxy(options).await?),
+            None => None,
+        };
         let on_start = |pid: u32| {
             let _ = write_stdout(&format!("envoy started: pid {pid}\n"));
         };
@@ -419,6 +450,26 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
         }
         Ok(Err(e)) => exit_code(Err(e.into())),
     }
+}
+
+/// The DNS proxy's options, if this proxy runs it.
+fn dns_proxy_options(args: &DnsArgs, node: &BootstrapOptions) -> anyhow::Result<Option<DnsProxyOptions>> {
+    let enabled =
+        dns::capture_enabled(node.node_type, node.interception, args.dns_capture.as_deref()).map_err(|e| anyhow!(e))?;
+    Ok(enabled.then(|| DnsProxyOptions {
+        listen: args.dns_listen_address,
+        resolv_conf: args.dns_resolv_conf.clone(),
+        upstream_timeout: args.dns_upstream_timeout,
+        discovery_address: node.discovery_address.clone(),
+        node: nds::node(node),
+    }))
+}
+
+async fn start_dns_proxy(options: DnsProxyOptions) -> anyhow::Result<dns::DnsProxy> {
+    let listen = options.listen;
+    dns::start(options).await.with_context(|| {
+        format!("DNS proxy: cannot listen on {listen} (change --dns-listen-address, or turn it off with ISTIO_META_DNS_CAPTURE=false)")
+    })
 }
 
 fn envoy_options(

@@ -1,9 +1,13 @@
 //! The proxy agent, Rudder's counterpart of Istio's pilot-agent: it turns the pod's identity
 //! (the env vars and flags the injector sets) into an Envoy bootstrap ([`bootstrap`], pure) and
-//! runs Envoy on it as a supervised child ([`supervise`]); [`capture`] writes the iptables rules
-//! that send the pod's traffic through Envoy (the init container's job, pure). The `rudder proxy`
-//! verbs are thin wrappers around these.
+//! runs Envoy on it as a supervised child ([`supervise`]). Beside Envoy, a sidecar's agent runs
+//! a DNS proxy for mesh hosts ([`dns`]) fed with the name table from discovery ([`nds`]).
+//! [`capture`] writes the iptables rules that send the pod's traffic (and its DNS) through the
+//! proxy (the init container's job, pure). The `rudder proxy` verbs are thin wrappers around
+//! these.
 
 pub mod bootstrap;
 pub mod capture;
+pub mod dns;
+pub mod nds;
 pub mod supervise;

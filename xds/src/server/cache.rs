@@ -5,7 +5,8 @@
 //! sent it. A [`Generation`] is one debounced push: endpoints encoded once (reusing the
 //! previous generation's encoding of every ClusterLoadAssignment that did not change), and the
 //! outbound resources of each distinct [`ViewKey`] computed and encoded on first use. Inbound
-//! resources depend on the proxy itself and are built per stream.
+//! resources depend on the proxy itself and are built per stream. The name table (NDS) depends
+//! only on the proxy's namespace and is built on first use per namespace.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -147,7 +148,7 @@ impl EncodedSet {
             Kind::Cluster => Some(&self.clusters),
             Kind::Listener => Some(&self.listeners),
             Kind::Route => Some(&self.routes),
-            Kind::Endpoint => None,
+            Kind::Endpoint | Kind::NameTable => None,
         }
     }
 
@@ -156,7 +157,7 @@ impl EncodedSet {
             Kind::Cluster => (0, &self.clusters),
             Kind::Listener => (1, &self.listeners),
             Kind::Route => (2, &self.routes),
-            Kind::Endpoint => return None,
+            Kind::Endpoint | Kind::NameTable => return None,
         };
         Some(self.sent[slot].get_or_init(|| sent_map_of(map)).clone())
     }
@@ -215,6 +216,8 @@ pub struct Generation {
     pub changed_at: Instant,
     pub endpoints: Arc<EndpointTable>,
     views: Mutex<HashMap<ViewKey, Arc<OnceCell<Arc<EncodedSet>>>>>,
+    /// Encoded name tables by proxy namespace, built on first use (only agents ask for them).
+    name_tables: Mutex<HashMap<String, Arc<ResourceMap>>>,
     /// The previous generation's views, taken as each view is recomputed, so unchanged
     /// resources keep their encoding (see [`EncodedSet::encode`]).
     previous_views: Mutex<HashMap<ViewKey, Arc<EncodedSet>>>,
@@ -246,6 +249,7 @@ impl Generation {
             changed_at,
             endpoints: Arc::new(endpoints),
             views: Mutex::new(HashMap::new()),
+            name_tables: Mutex::new(HashMap::new()),
             previous_views: Mutex::new(previous_views),
         }
     }
@@ -253,6 +257,23 @@ impl Generation {
     /// Number of distinct views computed so far (debug output).
     pub fn view_count(&self) -> usize {
         self.views.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// The encoded name table for proxies in `namespace`: one resource named
+    /// [`NAME_TABLE_RESOURCE`]. Cheap (one pass over the services), so built in place.
+    fn name_table(&self, namespace: &str) -> Arc<ResourceMap> {
+        if let Some(table) = self.name_tables.lock().unwrap_or_else(PoisonError::into_inner).get(namespace) {
+            return table.clone();
+        }
+        let table = crate::nametable::build(&self.snapshot, namespace);
+        let encoded = EncodedResource::encode(NAME_TABLE_RESOURCE.to_owned(), &table);
+        let map = Arc::new(ResourceMap::from([(NAME_TABLE_RESOURCE.to_owned(), Arc::new(encoded))]));
+        self.name_tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(namespace.to_owned())
+            .or_insert(map)
+            .clone()
     }
 
     /// The encoded outbound resources for `proxy`'s view, computed by the first stream that
@@ -284,12 +305,18 @@ impl Generation {
     }
 }
 
+/// Name of the one resource an NDS response carries (Istio's agent ignores it).
+pub const NAME_TABLE_RESOURCE: &str = "nametable";
+
 /// Everything one proxy is served at one generation.
 #[derive(Clone, Debug)]
 pub struct ProxyResources {
     pub generation: Arc<Generation>,
     outbound: Arc<EncodedSet>,
     inbound: Arc<EncodedSet>,
+    namespace: Arc<str>,
+    /// The generation's name table for `namespace`, looked up on first use.
+    name_table: Arc<OnceLock<Arc<ResourceMap>>>,
 }
 
 impl ProxyResources {
@@ -316,11 +343,24 @@ impl ProxyResources {
                 EncodedSet::default()
             })
         };
-        Self { generation, outbound, inbound: Arc::new(inbound) }
+        Self {
+            generation,
+            outbound,
+            inbound: Arc::new(inbound),
+            namespace: proxy.namespace.as_str().into(),
+            name_table: Arc::default(),
+        }
+    }
+
+    fn name_table(&self) -> &ResourceMap {
+        self.name_table.get_or_init(|| self.generation.name_table(&self.namespace))
     }
 
     /// The resource `name` of `kind`, if this proxy has one. Inbound wins a name clash.
     pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<EncodedResource>> {
+        if kind == Kind::NameTable {
+            return self.name_table().get(name);
+        }
         match (self.inbound.map(kind), self.outbound.map(kind)) {
             (Some(inbound), Some(outbound)) => inbound.get(name).or_else(|| outbound.get(name)),
             _ => self.generation.endpoints.encoded.get(name),
@@ -331,6 +371,9 @@ impl ProxyResources {
     /// `kind`, as [`ProxyResources::all`] or a subscription scope gives) is all of them and they
     /// come from one shared map; `None` otherwise, and the caller builds its own.
     pub fn sent_map(&self, kind: Kind, list: &[Arc<EncodedResource>]) -> Option<SentMap> {
+        if kind == Kind::NameTable {
+            return None;
+        }
         match (self.inbound.map(kind), self.outbound.map(kind)) {
             (Some(inbound), Some(outbound)) if inbound.is_empty() && list.len() == outbound.len() => {
                 self.outbound.sent_map(kind)
@@ -346,6 +389,9 @@ impl ProxyResources {
 
     /// Every resource of `kind`, sorted by name.
     pub fn all(&self, kind: Kind) -> Vec<&Arc<EncodedResource>> {
+        if kind == Kind::NameTable {
+            return self.name_table().values().collect();
+        }
         match (self.inbound.map(kind), self.outbound.map(kind)) {
             (Some(inbound), Some(outbound)) if inbound.is_empty() => outbound.values().collect(),
             (Some(inbound), Some(outbound)) => {

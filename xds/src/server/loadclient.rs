@@ -65,7 +65,7 @@ pub struct StreamStats {
     /// Encoded resource bytes received.
     pub bytes: u64,
     /// Receive times of the responses, per type in [`Kind::PUSH_ORDER`] order.
-    pub received: [Vec<Instant>; 4],
+    pub received: [Vec<Instant>; Kind::PUSH_ORDER.len()],
     /// Why the stream ended early, if it did.
     pub error: Option<String>,
 }
@@ -225,7 +225,7 @@ fn eds_cluster_name(any: &Any) -> Option<String> {
 /// Progress of one stream towards its full config.
 #[derive(Debug, Default)]
 struct Progress {
-    got: [bool; 4],
+    got: [bool; Kind::PUSH_ORDER.len()],
     listeners_requested: bool,
     routes_requested: bool,
     /// Shared with the other streams when equal (see [`NameCache`]).
@@ -308,7 +308,7 @@ async fn drive_sotw(
     let mut responses =
         client.stream_aggregated_resources(ReceiverStream::new(rx)).await.map_err(|s| s.to_string())?.into_inner();
     let mut progress = Progress::default();
-    let mut last: [Option<DiscoveryResponse>; 4] = Default::default();
+    let mut last: [Option<DiscoveryResponse>; Kind::PUSH_ORDER.len()] = Default::default();
     let routes = !options.route_names.is_empty();
     while let Some(response) = responses.message().await.map_err(|s| s.to_string())? {
         let Some(kind) = Kind::from_type_url(&response.type_url) else { continue };
@@ -343,6 +343,8 @@ async fn drive_sotw(
                 }
             }
             Kind::Route => follow_up.push(request(kind, options.route_names.clone(), Some(&response))),
+            // Never asked for.
+            Kind::NameTable => {}
         }
         record(stats, kind, bytes, &mut progress, routes);
         last[slot(kind)] = Some(DiscoveryResponse { resources: Vec::new(), ..response });
@@ -414,7 +416,7 @@ async fn drive_delta(
                     follow_up.push(request(Kind::Route, options.route_names.clone(), Vec::new(), ""));
                 }
             }
-            Kind::Route => {}
+            Kind::Route | Kind::NameTable => {}
         }
         record(stats, kind, bytes, &mut progress, routes);
         for request in follow_up {

@@ -1,5 +1,6 @@
 //! The ADS server: serves clusters, endpoints, listeners and routes to Envoy over
-//! `AggregatedDiscoveryService`, in both state-of-the-world (SotW) and incremental (delta) form.
+//! `AggregatedDiscoveryService`, in both state-of-the-world (SotW) and incremental (delta) form,
+//! and the name table (NDS, see [`crate::nametable`]) to the proxy agent's DNS server.
 //!
 //! Pipeline (see the xDS spec §1.8 and the performance notes):
 //! - the registry publishes every change as a new [`Snapshot`] on a `watch` channel;
@@ -62,12 +63,16 @@ pub enum Kind {
     Endpoint,
     Listener,
     Route,
+    /// Istio's NDS: the [`NameTable`](crate::nametable::NameTable) the proxy agent answers DNS
+    /// from. Only the agent asks for it; Envoy never does, so it never joins Envoy's pushes.
+    NameTable,
 }
 
 impl Kind {
     /// Make-before-break order: clusters and their endpoints before the listeners and routes
-    /// that reference them (xDS protocol, "Eventual consistency considerations").
-    pub const PUSH_ORDER: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+    /// that reference them (xDS protocol, "Eventual consistency considerations"). The name
+    /// table, which no Envoy resource references, comes last.
+    pub const PUSH_ORDER: [Kind; 5] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route, Kind::NameTable];
 
     pub const fn type_url(self) -> &'static str {
         match self {
@@ -75,6 +80,7 @@ impl Kind {
             Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Kind::NameTable => crate::nametable::TYPE_URL,
         }
     }
 
@@ -82,19 +88,20 @@ impl Kind {
         Self::PUSH_ORDER.into_iter().find(|k| k.type_url() == type_url)
     }
 
-    /// `cds`, `eds`, `lds`, `rds`: metric labels and debug output.
+    /// `cds`, `eds`, `lds`, `rds`, `nds`: metric labels and debug output.
     pub const fn short_name(self) -> &'static str {
         match self {
             Kind::Cluster => "cds",
             Kind::Endpoint => "eds",
             Kind::Listener => "lds",
             Kind::Route => "rds",
+            Kind::NameTable => "nds",
         }
     }
 
     /// Root types: a SotW response carries the full set and absence means deletion.
     pub const fn is_wildcard(self) -> bool {
-        matches!(self, Kind::Cluster | Kind::Listener)
+        matches!(self, Kind::Cluster | Kind::Listener | Kind::NameTable)
     }
 }
 
@@ -245,13 +252,15 @@ impl DiscoveryServer {
     /// runtime. The task ends when the snapshot sender is dropped; streams keep serving the
     /// last generation.
     pub fn with_generator(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
         options: ServerOptions,
         generator: Arc<dyn Generator>,
     ) -> Self {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let snapshot = snapshots.borrow().clone();
+        // Marked seen here, not in the spawned task: a snapshot published before that task
+        // first runs must still count as a change.
+        let snapshot = snapshots.borrow_and_update().clone();
         let first = push::build_generation(generator.as_ref(), snapshot, 1, std::time::Instant::now(), None);
         let (generations, _) = watch::channel(Arc::new(first));
         let shared = Arc::new(Shared {

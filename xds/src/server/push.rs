@@ -35,8 +35,7 @@ pub(crate) async fn debounce_loop(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     options: DebounceOptions,
 ) {
-    // The current value was used for the first generation.
-    snapshots.borrow_and_update();
+    // The current value was used for the first generation (and marked seen then).
     loop {
         if snapshots.changed().await.is_err() {
             return;
