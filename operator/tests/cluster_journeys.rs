@@ -109,8 +109,146 @@ spec:
     println!("journey a: invalid VirtualService refused: {}", refusal.lines().last().unwrap_or_default());
 }
 
+/// Runs `script` in the sleep pod's app container (busybox sh, curl).
+fn in_sleep(cluster: &Cluster, script: &str) -> String {
+    cluster.kubectl(&["-n", "testns1", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c", script]).unwrap()
+}
+
+/// `count` requests from the sleep pod: one `<status> <answering instance>` line each.
+fn requests(cluster: &Cluster, count: u32, curl_args: &str, path: &str) -> Vec<(u16, String)> {
+    let script = format!(
+        "for i in $(seq {count}); do curl -s -o /dev/null --max-time 10 {curl_args} \
+         -w '%{{http_code}} %header{{x-echo-instance}}\\n' http://httpbin.testns1:8000{path}; done"
+    );
+    in_sleep(cluster, &script)
+        .lines()
+        .filter_map(|l| {
+            let (code, instance) = l.split_once(' ').unwrap_or((l, ""));
+            Some((code.parse().ok()?, instance.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The httpbin version that answered, from its pod name (`httpbin-v1-…`).
+fn version(instance: &str) -> &str {
+    instance.strip_prefix("httpbin-").and_then(|rest| rest.split('-').next()).unwrap_or("none")
+}
+
+fn tally(replies: &[(u16, String)]) -> std::collections::BTreeMap<String, u32> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (code, instance) in replies {
+        *counts.entry(format!("{code} {}", version(instance))).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Applies a traffic example and waits until `settled` holds for a probe of 10 requests
+/// (config reaches the sidecar asynchronously), then returns `count` more requests' tally.
+fn apply_traffic(
+    cluster: &Cluster,
+    file: &str,
+    curl_args: &str,
+    path: &str,
+    settled: impl Fn(&std::collections::BTreeMap<String, u32>) -> bool,
+    count: u32,
+) -> std::collections::BTreeMap<String, u32> {
+    cluster.kubectl(&["apply", "-f", &example(&format!("traffic/{file}"))]).unwrap();
+    wait_for(&format!("{file} in force"), Duration::from_secs(60), || {
+        let probe = tally(&requests(cluster, 10, curl_args, path));
+        if settled(&probe) { Ok(()) } else { Err(format!("{probe:?}")) }
+    });
+    tally(&requests(cluster, count, curl_args, path))
+}
+
+fn only(counts: &std::collections::BTreeMap<String, u32>, key: &str) -> bool {
+    counts.len() == 1 && counts.contains_key(key)
+}
+
+/// Journey b: injection through the API server's calls to discovery's webhook, the init
+/// container's capture, every sidecar connected, and the sleep pod's captured traffic following
+/// `examples/traffic/`.
+fn injected_apps_follow_the_traffic_rules(cluster: &Cluster) {
+    cluster.kubectl(&["create", "namespace", "testns1"]).unwrap();
+    cluster.kubectl(&["label", "namespace", "testns1", "istio-injection=enabled"]).unwrap();
+    for app in ["apps/httpbin.yaml", "apps/sleep.yaml"] {
+        cluster.kubectl(&["apply", "-f", &example(app)]).unwrap();
+    }
+    for deploy in ["httpbin-v1", "httpbin-v2", "sleep"] {
+        cluster
+            .kubectl(&["-n", "testns1", "rollout", "status", &format!("deploy/{deploy}"), "--timeout=180s"])
+            .unwrap_or_else(|e| panic!("{deploy} rolled out: {e}\n{}", diagnose(cluster, "testns1")));
+    }
+    let containers = jsonpath(
+        cluster,
+        &["-n", "testns1", "get", "pods"],
+        "{range .items[*]}{.metadata.name}: {.spec.initContainers[*].name} | {.spec.containers[*].name}{\"\\n\"}{end}",
+    )
+    .unwrap();
+    for line in containers.lines().filter(|l| !l.is_empty()) {
+        assert!(line.contains("istio-init") && line.contains("istio-proxy"), "injected: {line}");
+    }
+    let proxies = wait_for("every sidecar connected to discovery", Duration::from_secs(60), || {
+        let syncz = istiod_debug(cluster, "syncz")?;
+        let ids: Vec<&str> = ["httpbin-v1", "httpbin-v2", "sleep"].into_iter().filter(|w| syncz.contains(w)).collect();
+        if ids.len() == 3 { Ok(syncz.len()) } else { Err(format!("connected: {ids:?}")) }
+    });
+    println!("journey b: 3 injected pods, every sidecar connected ({proxies} bytes of /debug/syncz)");
+
+    // The app's plain request: DNS answered by the sidecar's agent, the connection captured.
+    let plain = in_sleep(cluster, "curl -s -o /dev/null -w '%{http_code}' http://httpbin.testns1:8000/get");
+    assert_eq!(plain, "200", "plain curl http://httpbin.testns1:8000/get from the sleep pod");
+
+    let all_v1 = apply_traffic(cluster, "02-route-all-to-v1.yaml", "", "/get", |c| only(c, "200 v1"), 40);
+    assert!(only(&all_v1, "200 v1"), "route all to v1: {all_v1:?}");
+    println!("journey b: route all to v1: {all_v1:?}");
+
+    let split = apply_traffic(cluster, "03-weighted-90-10.yaml", "", "/headers", |c| c.contains_key("200 v1"), 10);
+    assert!(only(&split, "200 v1"), "03: /headers goes to v1: {split:?}");
+    let status = tally(&requests(cluster, 10, "", "/status/200"));
+    assert!(only(&status, "200 v2"), "03: /status goes to v2: {status:?}");
+    println!("journey b: uri routing: /headers {split:?}, /status {status:?}");
+
+    let jason = apply_traffic(
+        cluster,
+        "04-header-routing-jason.yaml",
+        "-H 'end-user: jason'",
+        "/get",
+        |c| only(c, "200 v2"),
+        20,
+    );
+    let others = tally(&requests(cluster, 20, "", "/get"));
+    assert!(only(&jason, "200 v2") && only(&others, "200 v1"), "header routing: jason {jason:?}, others {others:?}");
+    println!("journey b: header routing: jason {jason:?}, others {others:?}");
+}
+
+/// `GET` on discovery's monitoring port through the API server's pod proxy.
+fn istiod_debug(cluster: &Cluster, what: &str) -> Result<String, String> {
+    let pod =
+        jsonpath(cluster, &["-n", "istio-system", "get", "pods", "-l", "app=istiod"], "{.items[0].metadata.name}")?;
+    cluster
+        .kubectl(&["get", "--raw", &format!("/api/v1/namespaces/istio-system/pods/{pod}:15014/proxy/debug/{what}")])
+        .map_err(|e| e.to_string())
+}
+
+/// Pods, events and the logs of failing containers of `namespace`, for a failure message.
+fn diagnose(cluster: &Cluster, namespace: &str) -> String {
+    let mut out = cluster.kubectl(&["-n", namespace, "get", "pods", "-o", "wide"]).unwrap_or_default();
+    out += &cluster.kubectl(&["-n", namespace, "get", "events", "--sort-by=.lastTimestamp"]).unwrap_or_default();
+    let pods = cluster.kubectl(&["-n", namespace, "get", "pods", "-o", "name"]).unwrap_or_default();
+    for pod in pods.lines() {
+        for container in ["istio-init", "istio-proxy"] {
+            let logs = cluster
+                .kubectl(&["-n", namespace, "logs", pod, "-c", container, "--tail=20"])
+                .unwrap_or_else(|e| e.to_string());
+            out += &format!("--- {pod} {container}\n{logs}\n");
+        }
+    }
+    out
+}
+
 #[test]
 fn user_journeys_on_a_real_cluster() {
     let Some(cluster) = cluster::shared(RUDDER) else { return };
     operator_installs_the_default_control_plane(cluster);
+    injected_apps_follow_the_traffic_rules(cluster);
 }
