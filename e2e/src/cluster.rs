@@ -96,6 +96,11 @@ impl Cluster {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// The kubectl this harness uses (the bundle's, or the one on PATH).
+    pub fn kubectl_path(&self) -> &Path {
+        &self.kubectl
+    }
+
     /// A command for `program` with `KUBECONFIG` pointing at this cluster.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);

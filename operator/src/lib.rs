@@ -7,6 +7,7 @@ pub mod controller;
 pub mod injector_watch;
 pub mod install;
 pub mod manifest;
+pub mod mesh_watch;
 pub mod operator_init;
 pub mod render;
 pub mod signals;

@@ -202,11 +202,17 @@ fn injected_apps_follow_the_traffic_rules(cluster: &Cluster) {
     assert!(only(&all_v1, "200 v1"), "route all to v1: {all_v1:?}");
     println!("journey b: route all to v1: {all_v1:?}");
 
-    let split = apply_traffic(cluster, "03-weighted-90-10.yaml", "", "/headers", |c| c.contains_key("200 v1"), 10);
-    assert!(only(&split, "200 v1"), "03: /headers goes to v1: {split:?}");
-    let status = tally(&requests(cluster, 10, "", "/status/200"));
+    // 03: /status → v2 (what tells that the file is in force), /headers → v1, the rest 90/10.
+    let status = apply_traffic(cluster, "03-weighted-90-10.yaml", "", "/status/200", |c| only(c, "200 v2"), 10);
     assert!(only(&status, "200 v2"), "03: /status goes to v2: {status:?}");
-    println!("journey b: uri routing: /headers {split:?}, /status {status:?}");
+    let headers = tally(&requests(cluster, 10, "", "/headers"));
+    assert!(only(&headers, "200 v1"), "03: /headers goes to v1: {headers:?}");
+    println!("journey b: uri routing: /status {status:?}, /headers {headers:?}");
+    // 200 draws at 10%: v2 = 0 has probability 0.9^200 < 1e-9, v2 >= v1 far less.
+    let split = tally(&requests(cluster, 200, "", "/get"));
+    let (v1, v2) = (split.get("200 v1").copied().unwrap_or(0), split.get("200 v2").copied().unwrap_or(0));
+    assert!(v1 + v2 == 200 && v2 >= 1 && v1 > v2 * 2, "90/10 split: {split:?}");
+    println!("journey b: 90/10 split: v1={v1} v2={v2} of 200");
 
     let jason = apply_traffic(
         cluster,
@@ -219,12 +225,217 @@ fn injected_apps_follow_the_traffic_rules(cluster: &Cluster) {
     let others = tally(&requests(cluster, 20, "", "/get"));
     assert!(only(&jason, "200 v2") && only(&others, "200 v1"), "header routing: jason {jason:?}, others {others:?}");
     println!("journey b: header routing: jason {jason:?}, others {others:?}");
+
+    let aborted =
+        apply_traffic(cluster, "06-fault-abort.yaml", "-H 'client-id: gogo123'", "/get", |c| only(c, "500 none"), 20);
+    let others = tally(&requests(cluster, 20, "", "/get"));
+    assert!(only(&aborted, "500 none") && only(&others, "200 v1"), "fault abort: {aborted:?}, others {others:?}");
+    println!("journey b: fault abort for client-id gogo123: {aborted:?}; others {others:?}");
+
+    // 09: retry on 5xx, 3 attempts: one GET /status/503 reaches the workloads 4 times.
+    cluster.kubectl(&["apply", "-f", &example("traffic/09-retries.yaml")]).unwrap();
+    let pods =
+        jsonpath(cluster, &["-n", "testns1", "get", "pods", "-l", "app=httpbin"], "{.items[*].status.podIP}").unwrap();
+    let echo = |verb: &str, path: &str| -> String {
+        pods.split_whitespace()
+            .map(|ip| in_sleep(cluster, &format!("curl -s -X {verb} http://{ip}:8080{path}")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let attempts = wait_for("09-retries in force", Duration::from_secs(60), || {
+        echo("POST", "/echo/reset");
+        let code = in_sleep(cluster, "curl -s -o /dev/null -w '%{http_code}' http://httpbin.testns1:8000/status/503");
+        let seen: u64 = echo("GET", "/echo/stats")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["paths"]["/status/503"].as_u64())
+            .sum();
+        if code == "503" && seen == 4 { Ok(seen) } else { Err(format!("{code}, {seen} attempts at the workloads")) }
+    });
+    println!("journey b: retries (3 on 5xx): one GET /status/503 → {attempts} attempts at the workloads, then 503");
+}
+
+/// Journey c: CR edits are reconciled (mesh config taken by discovery without a restart, a
+/// component's resources rolled out) and drift is put back (a deleted istiod Deployment, an
+/// edited webhook).
+fn operator_reconciles_edits_and_drift(cluster: &Cluster) {
+    let istiod_pods =
+        || jsonpath(cluster, &["-n", "istio-system", "get", "pods", "-l", "app=istiod"], "{.items[*].metadata.name}");
+    let before = istiod_pods().unwrap();
+    let patch = r#"{"spec":{"meshConfig":{"accessLogFile":"/dev/stdout"}}}"#;
+    cluster
+        .kubectl(&["-n", "istio-system", "patch", "istiooperator", "default", "--type", "merge", "-p", patch])
+        .unwrap();
+    let sleep_pod =
+        jsonpath(cluster, &["-n", "testns1", "get", "pods", "-l", "app=sleep"], "{.items[0].metadata.name}").unwrap();
+    // The user's check: the sidecar's access log shows the request.
+    wait_for("meshConfig.accessLogFile in force: sleep's istio-proxy logs requests", Duration::from_secs(90), || {
+        in_sleep(cluster, "curl -s -o /dev/null http://httpbin.testns1:8000/get?access-log-probe");
+        let logs = cluster
+            .kubectl(&["-n", "testns1", "logs", &sleep_pod, "-c", "istio-proxy", "--tail=50"])
+            .map_err(|e| e.to_string())?;
+        if logs.contains("access-log-probe") { Ok(()) } else { Err("no access log line yet".into()) }
+    });
+    assert_eq!(istiod_pods().unwrap(), before, "discovery took the new mesh config without a restart");
+    println!("journey c: meshConfig.accessLogFile reconciled; sleep's sidecar logs requests; istiod not restarted");
+
+    let patch =
+        r#"{"spec":{"components":{"pilot":{"k8s":{"resources":{"requests":{"cpu":"250m","memory":"256Mi"}}}}}}}"#;
+    cluster
+        .kubectl(&["-n", "istio-system", "patch", "istiooperator", "default", "--type", "merge", "-p", patch])
+        .unwrap();
+    wait_for("istiod's resources follow the CR", Duration::from_secs(90), || {
+        let cpu = jsonpath(
+            cluster,
+            &["-n", "istio-system", "get", "deploy", "istiod"],
+            "{.spec.template.spec.containers[0].resources.requests.cpu}",
+        )?;
+        if cpu == "250m" { Ok(()) } else { Err(cpu) }
+    });
+    cluster.kubectl(&["-n", "istio-system", "rollout", "status", "deploy/istiod", "--timeout=120s"]).unwrap();
+    println!("journey c: components.pilot.k8s.resources reconciled and rolled out");
+
+    cluster.kubectl(&["-n", "istio-system", "delete", "deployment", "istiod", "--wait=true"]).unwrap();
+    wait_for("the deleted istiod Deployment is put back", Duration::from_secs(90), || {
+        jsonpath(cluster, &["-n", "istio-system", "get", "deploy", "istiod"], "{.metadata.uid}")
+    });
+    cluster.kubectl(&["-n", "istio-system", "rollout", "status", "deploy/istiod", "--timeout=120s"]).unwrap();
+    let selector = || {
+        jsonpath(
+            cluster,
+            &["get", "mutatingwebhookconfiguration", "istio-sidecar-injector"],
+            "{.webhooks[0].namespaceSelector}",
+        )
+    };
+    let rendered = selector().unwrap();
+    let edit =
+        r#"[{"op":"replace","path":"/webhooks/0/namespaceSelector","value":{"matchLabels":{"edited":"by-hand"}}}]"#;
+    cluster
+        .kubectl(&["patch", "mutatingwebhookconfiguration", "istio-sidecar-injector", "--type", "json", "-p", edit])
+        .unwrap();
+    wait_for("the edited injector webhook is put back", Duration::from_secs(90), || {
+        let now = selector()?;
+        if now == rendered { Ok(()) } else { Err(now) }
+    });
+    println!("journey c: a deleted istiod Deployment and an edited webhook were put back");
+}
+
+/// The loop the counting client runs until `/tmp/stop` exists: one status code a line.
+const COUNTING_LOOP: &str = r"rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do
+  curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' http://httpbin.testns1:8000/get; sleep 0.05; done";
+
+/// Journey d: the canary upgrade. A client still on the old revision counts requests through
+/// the whole switch; none may fail.
+fn canary_upgrade_without_failed_requests(cluster: &Cluster) {
+    // The counting client stays on the default revision through the switch: once the old
+    // control plane is gone its Envoy keeps serving the last config it got.
+    cluster.kubectl(&["create", "namespace", "watcher"]).unwrap();
+    cluster.kubectl(&["label", "namespace", "watcher", "istio-injection=enabled"]).unwrap();
+    let sleep = std::fs::read_to_string(example("apps/sleep.yaml"))
+        .unwrap()
+        .replace("namespace: testns1", "namespace: watcher");
+    cluster.apply(&sleep).unwrap();
+    cluster.kubectl(&["-n", "watcher", "rollout", "status", "deploy/sleep", "--timeout=120s"]).unwrap();
+    cluster.kubectl(&["apply", "-f", &example("traffic/02-route-all-to-v1.yaml")]).unwrap();
+    let watcher = ["-n", "watcher", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c"];
+    let in_watcher = |script: &str| {
+        let mut args = watcher.to_vec();
+        args.push(script);
+        cluster.kubectl(&args)
+    };
+    wait_for("the watcher reaches httpbin", Duration::from_secs(60), || {
+        let code = in_watcher("curl -s -o /dev/null -w '%{http_code}' http://httpbin.testns1:8000/get")
+            .map_err(|e| e.to_string())?;
+        if code == "200" { Ok(()) } else { Err(code) }
+    });
+    let counter = cluster
+        .command(cluster.kubectl_path())
+        .args(watcher)
+        .arg(COUNTING_LOOP)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let started = Instant::now();
+    cluster.kubectl(&["apply", "-f", &example("operator/canary.yaml")]).unwrap();
+    wait_for("IstioOperator canary HEALTHY", Duration::from_secs(240), || {
+        let status = jsonpath(cluster, &["-n", "istio-system", "get", "istiooperator", "canary"], "{.status.status}")?;
+        if status == "HEALTHY" { Ok(()) } else { Err(status) }
+    });
+    println!("journey d: canary HEALTHY {:.1} s after kubectl apply", started.elapsed().as_secs_f64());
+    cluster.kubectl(&["label", "namespace", "testns1", "istio-injection-", "istio.io/rev=canary"]).unwrap();
+    cluster.kubectl(&["-n", "testns1", "rollout", "restart", "deployment"]).unwrap();
+    for deploy in ["httpbin-v1", "httpbin-v2", "sleep"] {
+        cluster
+            .kubectl(&["-n", "testns1", "rollout", "status", &format!("deploy/{deploy}"), "--timeout=180s"])
+            .unwrap_or_else(|e| panic!("{deploy} restarted: {e}\n{}", diagnose(cluster, "testns1")));
+    }
+    wait_for("the restarted pods are injected by and connected to istiod-canary", Duration::from_secs(90), || {
+        let pods = jsonpath(
+            cluster,
+            &["-n", "testns1", "get", "pods"],
+            r#"{range .items[?(@.metadata.deletionTimestamp)]}{.metadata.name} {end}"#,
+        )?;
+        if !pods.trim().is_empty() {
+            return Err(format!("still terminating: {pods}"));
+        }
+        let status = jsonpath(
+            cluster,
+            &["-n", "testns1", "get", "pods"],
+            r#"{range .items[*]}{.metadata.name}={.metadata.annotations.sidecar\.istio\.io/status}{"\n"}{end}"#,
+        )?;
+        let syncz = istiod_debug_of(cluster, "canary", "syncz")?;
+        for line in status.lines().filter(|l| !l.is_empty()) {
+            let pod = line.split('=').next().unwrap_or_default();
+            if !line.contains(r#""revision":"canary""#) {
+                return Err(format!("not injected by canary: {line}"));
+            }
+            if !syncz.contains(pod) {
+                return Err(format!("{pod} not connected to istiod-canary"));
+            }
+        }
+        Ok(())
+    });
+    println!("journey d: testns1 relabelled istio.io/rev=canary and restarted: injected by and connected to canary");
+
+    let tagged = rudder(cluster, &["tag", "set", "default", "--revision", "canary", "--overwrite"]);
+    println!("journey d: rudder tag set default --revision canary: {}", tagged.trim());
+    cluster
+        .kubectl(&["-n", "istio-system", "delete", "istiooperator", "default", "--wait=true", "--timeout=180s"])
+        .unwrap();
+    wait_for("the old control plane is gone", Duration::from_secs(120), || {
+        let left = cluster
+            .kubectl(&["-n", "istio-system", "get", "deploy,pods", "-l", "app=istiod", "-o", "name"])
+            .map_err(|e| e.to_string())?;
+        if left.trim().is_empty() { Ok(()) } else { Err(left) }
+    });
+    let after = tally(&requests(cluster, 20, "", "/get"));
+    assert!(only(&after, "200 v1"), "traffic still flows after the old control plane is gone: {after:?}");
+
+    in_watcher("touch /tmp/stop").unwrap();
+    let out = counter.wait_with_output().unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for code in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+        *counts.entry(code.to_owned()).or_insert(0u32) += 1;
+    }
+    let total: u32 = counts.values().sum();
+    println!("journey d: requests during the switch: {counts:?} ({total} in {:.0} s)", started.elapsed().as_secs_f64());
+    assert!(total > 100, "the counting client ran through the switch: {counts:?}");
+    assert!(counts.len() == 1 && counts.contains_key("200"), "no request failed during the switch: {counts:?}");
 }
 
 /// `GET` on discovery's monitoring port through the API server's pod proxy.
 fn istiod_debug(cluster: &Cluster, what: &str) -> Result<String, String> {
-    let pod =
-        jsonpath(cluster, &["-n", "istio-system", "get", "pods", "-l", "app=istiod"], "{.items[0].metadata.name}")?;
+    istiod_debug_of(cluster, "default", what)
+}
+
+fn istiod_debug_of(cluster: &Cluster, revision: &str, what: &str) -> Result<String, String> {
+    let pod = jsonpath(
+        cluster,
+        &["-n", "istio-system", "get", "pods", "-l", &format!("app=istiod,istio.io/rev={revision}"), "--field-selector=status.phase=Running"],
+        "{.items[0].metadata.name}",
+    )?;
     cluster
         .kubectl(&["get", "--raw", &format!("/api/v1/namespaces/istio-system/pods/{pod}:15014/proxy/debug/{what}")])
         .map_err(|e| e.to_string())
@@ -251,4 +462,6 @@ fn user_journeys_on_a_real_cluster() {
     let Some(cluster) = cluster::shared(RUDDER) else { return };
     operator_installs_the_default_control_plane(cluster);
     injected_apps_follow_the_traffic_rules(cluster);
+    operator_reconciles_edits_and_drift(cluster);
+    canary_upgrade_without_failed_requests(cluster);
 }

@@ -103,7 +103,10 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
                 .await
                 .context("no --config-dir given and no Kubernetes configuration found (KUBECONFIG or in-cluster)")?;
             tracing::info!("registry: Kubernetes");
-            (tokio::spawn(kube_registry::run(client.clone(), mesh, tx, stopped())), Some(client))
+            let revision = args.admission.revision.as_deref().filter(|r| !r.is_empty() && *r != "default");
+            let name = revision.map_or_else(|| "istio".to_owned(), |r| format!("istio-{r}"));
+            let (_follower, mesh) = crate::mesh_watch::spawn(client.clone(), &args.admission.namespace, &name, mesh);
+            (tokio::spawn(kube_registry::run_with_mesh(client.clone(), mesh, tx, stopped())), Some(client))
         }
     };
     let webhook_task = if args.no_webhook || args.webhook_port == 0 {

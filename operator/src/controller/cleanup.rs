@@ -20,8 +20,15 @@ use crate::install::uninstall::{self, Scope};
 /// Removes the CR's objects, or reports the proxies that still hold them.
 pub async fn cleanup(api: &Api<IstioOperator>, iop: &IstioOperator, ctx: &Context) -> Result<Action, Error> {
     let revision = revision_name(Some(&iop.spec.revision)).to_owned();
+    let others = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|source| Error::Kube { action: "listing IstioOperators", source })?
+        .items
+        .iter()
+        .any(|other| other.uid() != iop.uid());
     let mut listed = Vec::new();
-    for (kinds, selector) in selectors(&iop.name_any(), &revision) {
+    for (kinds, selector) in selectors(&iop.name_any(), &revision, others) {
         listed.extend(list_labelled(&ctx.client, kinds, &selector).await?);
     }
     let keys = uninstall::plan_uninstall(&listed);
@@ -46,10 +53,12 @@ async fn connected(ctx: &Context, revision: &str, removed: &[ObjectKey]) -> Resu
 }
 
 /// What the CR owns: for a revision, its non-Base components (as `uninstall -r` selects them);
-/// for the default revision, every component, CRDs included. Both limited to this owner.
-pub fn selectors(owner: &str, revision: &str) -> Vec<(Vec<&'static KindInfo>, String)> {
+/// for the default revision, every component, CRDs included, unless `others_remain` (another
+/// IstioOperator, e.g. the canary this one is being replaced by, still needs Base: the CRDs
+/// and the shared RBAC). Both limited to this owner.
+pub fn selectors(owner: &str, revision: &str, others_remain: bool) -> Vec<(Vec<&'static KindInfo>, String)> {
     let owned = format!("{}={owner}", labels::OWNING_RESOURCE);
-    if revision != labels::DEFAULT_REVISION {
+    if revision != labels::DEFAULT_REVISION || others_remain {
         return uninstall::selectors(&Scope::Revision(revision.to_owned()))
             .into_iter()
             .map(|(kinds, selector)| (kinds, format!("{selector},{owned}")))
@@ -66,12 +75,15 @@ mod tests {
 
     #[test]
     fn a_revision_never_selects_base_or_crds() {
-        let sel = selectors("canary", "canary");
+        let sel = selectors("canary", "canary", false);
         assert_eq!(sel.len(), 1);
         assert!(sel[0].0.iter().all(|k| !k.is_crd()));
         assert!(!sel[0].1.contains("Base"));
         assert!(sel[0].1.ends_with("install.operator.istio.io/owning-resource=canary"));
-        let default = selectors("main", "default");
+        let default = selectors("main", "default", false);
         assert!(default[0].0.iter().any(|k| k.is_crd()));
+        let replaced = selectors("main", "default", true);
+        assert!(replaced[0].0.iter().all(|k| !k.is_crd()), "Base stays while another IstioOperator remains");
+        assert!(replaced[0].1.starts_with("istio.io/rev=default,"));
     }
 }

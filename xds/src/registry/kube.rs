@@ -10,4 +10,4 @@ mod snapshot;
 mod watch;
 
 pub use snapshot::{KubeInputs, build_snapshot};
-pub use watch::run;
+pub use watch::{run, run_with_mesh};

@@ -233,17 +233,33 @@ pub async fn run(
     tx: watch::Sender<Arc<Snapshot>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let (_fixed, mesh) = watch::channel(mesh);
+    run_with_mesh(client, mesh, tx, shutdown).await;
+}
+
+/// [`run`], with the mesh config followed from `mesh` (the revision's `istio` ConfigMap in a
+/// cluster): a change rebuilds the snapshot like a change of any watched object.
+pub async fn run_with_mesh(
+    client: Client,
+    mut mesh: watch::Receiver<MeshConfig>,
+    tx: watch::Sender<Arc<Snapshot>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut sources = Sources::start(&client);
     let mut synced = vec![false; sources.count];
+    let mut mesh_open = true;
     let mut announced = false;
     tokio::pin!(shutdown);
     loop {
-        let signal = tokio::select! {
+        tokio::select! {
             () = &mut shutdown => return,
-            signal = sources.streams.next() => signal,
-        };
-        let Some(signal) = signal else { return };
-        note(&mut synced, signal);
+            signal = sources.streams.next() => match signal {
+                Some(signal) => note(&mut synced, signal),
+                None => return,
+            },
+            // Once the sender is gone the last mesh config stays in force.
+            changed = mesh.changed(), if mesh_open => mesh_open = changed.is_ok(),
+        }
         let batch = tokio::time::sleep(COALESCE);
         tokio::pin!(batch);
         loop {
@@ -263,7 +279,8 @@ pub async fn run(
             tracing::info!("kubernetes registry synced");
             announced = true;
         }
-        let snapshot = build_snapshot(&sources.inputs(), &mesh);
+        let current = mesh.borrow_and_update().clone();
+        let snapshot = build_snapshot(&sources.inputs(), &current);
         tx.send_replace(Arc::new(snapshot));
     }
 }
