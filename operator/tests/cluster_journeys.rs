@@ -324,26 +324,34 @@ fn operator_reconciles_edits_and_drift(cluster: &Cluster) {
 const COUNTING_LOOP: &str = r"rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do
   curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' http://httpbin.testns1:8000/get; sleep 0.05; done";
 
-/// Journey d: the canary upgrade. A client still on the old revision counts requests through
-/// the whole switch; none may fail.
+/// Journey d: the canary upgrade. A client on the canary revision counts requests to httpbin
+/// while httpbin moves to canary and the old control plane is removed; none may fail. (A client
+/// left on the old revision would hold the old CR in ACTION_REQUIRED, as it should.)
 fn canary_upgrade_without_failed_requests(cluster: &Cluster) {
-    // The counting client stays on the default revision through the switch: once the old
-    // control plane is gone its Envoy keeps serving the last config it got.
+    cluster.kubectl(&["apply", "-f", &example("traffic/02-route-all-to-v1.yaml")]).unwrap();
+    let started = Instant::now();
+    cluster.kubectl(&["apply", "-f", &example("operator/canary.yaml")]).unwrap();
+    wait_for("IstioOperator canary HEALTHY", Duration::from_secs(240), || {
+        let status = jsonpath(cluster, &["-n", "istio-system", "get", "istiooperator", "canary"], "{.status.status}")?;
+        if status == "HEALTHY" { Ok(()) } else { Err(status) }
+    });
+    cluster.kubectl(&["-n", "istio-system", "rollout", "status", "deploy/istiod-canary", "--timeout=120s"]).unwrap();
+    println!("journey d: canary HEALTHY and rolled out {:.1} s after kubectl apply", started.elapsed().as_secs_f64());
+
     cluster.kubectl(&["create", "namespace", "watcher"]).unwrap();
-    cluster.kubectl(&["label", "namespace", "watcher", "istio-injection=enabled"]).unwrap();
+    cluster.kubectl(&["label", "namespace", "watcher", "istio.io/rev=canary"]).unwrap();
     let sleep = std::fs::read_to_string(example("apps/sleep.yaml"))
         .unwrap()
         .replace("namespace: testns1", "namespace: watcher");
     cluster.apply(&sleep).unwrap();
     cluster.kubectl(&["-n", "watcher", "rollout", "status", "deploy/sleep", "--timeout=120s"]).unwrap();
-    cluster.kubectl(&["apply", "-f", &example("traffic/02-route-all-to-v1.yaml")]).unwrap();
     let watcher = ["-n", "watcher", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c"];
     let in_watcher = |script: &str| {
         let mut args = watcher.to_vec();
         args.push(script);
         cluster.kubectl(&args)
     };
-    wait_for("the watcher reaches httpbin", Duration::from_secs(60), || {
+    wait_for("the counting client reaches httpbin", Duration::from_secs(60), || {
         let code = in_watcher("curl -s -o /dev/null -w '%{http_code}' http://httpbin.testns1:8000/get")
             .map_err(|e| e.to_string())?;
         if code == "200" { Ok(()) } else { Err(code) }
@@ -356,14 +364,8 @@ fn canary_upgrade_without_failed_requests(cluster: &Cluster) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let switch = Instant::now();
 
-    let started = Instant::now();
-    cluster.kubectl(&["apply", "-f", &example("operator/canary.yaml")]).unwrap();
-    wait_for("IstioOperator canary HEALTHY", Duration::from_secs(240), || {
-        let status = jsonpath(cluster, &["-n", "istio-system", "get", "istiooperator", "canary"], "{.status.status}")?;
-        if status == "HEALTHY" { Ok(()) } else { Err(status) }
-    });
-    println!("journey d: canary HEALTHY {:.1} s after kubectl apply", started.elapsed().as_secs_f64());
     cluster.kubectl(&["label", "namespace", "testns1", "istio-injection-", "istio.io/rev=canary"]).unwrap();
     cluster.kubectl(&["-n", "testns1", "rollout", "restart", "deployment"]).unwrap();
     for deploy in ["httpbin-v1", "httpbin-v2", "sleep"] {
@@ -401,10 +403,16 @@ fn canary_upgrade_without_failed_requests(cluster: &Cluster) {
 
     let tagged = rudder(cluster, &["tag", "set", "default", "--revision", "canary", "--overwrite"]);
     println!("journey d: rudder tag set default --revision canary: {}", tagged.trim());
-    cluster
-        .kubectl(&["-n", "istio-system", "delete", "istiooperator", "default", "--wait=true", "--timeout=180s"])
-        .unwrap();
-    wait_for("the old control plane is gone", Duration::from_secs(120), || {
+    cluster.kubectl(&["-n", "istio-system", "delete", "istiooperator", "default", "--wait=false"]).unwrap();
+    wait_for("the old control plane is gone", Duration::from_secs(180), || {
+        if let Ok(status) = jsonpath(
+            cluster,
+            &["-n", "istio-system", "get", "istiooperator", "default", "--ignore-not-found"],
+            "{.status.status}: {.status.conditions[*].message}",
+        ) && !status.is_empty()
+        {
+            return Err(format!("IstioOperator default: {status}"));
+        }
         let left = cluster
             .kubectl(&["-n", "istio-system", "get", "deploy,pods", "-l", "app=istiod", "-o", "name"])
             .map_err(|e| e.to_string())?;
@@ -420,7 +428,7 @@ fn canary_upgrade_without_failed_requests(cluster: &Cluster) {
         *counts.entry(code.to_owned()).or_insert(0u32) += 1;
     }
     let total: u32 = counts.values().sum();
-    println!("journey d: requests during the switch: {counts:?} ({total} in {:.0} s)", started.elapsed().as_secs_f64());
+    println!("journey d: requests during the switch: {counts:?} ({total} in {:.0} s)", switch.elapsed().as_secs_f64());
     assert!(total > 100, "the counting client ran through the switch: {counts:?}");
     assert!(counts.len() == 1 && counts.contains_key("200"), "no request failed during the switch: {counts:?}");
 }
@@ -433,7 +441,15 @@ fn istiod_debug(cluster: &Cluster, what: &str) -> Result<String, String> {
 fn istiod_debug_of(cluster: &Cluster, revision: &str, what: &str) -> Result<String, String> {
     let pod = jsonpath(
         cluster,
-        &["-n", "istio-system", "get", "pods", "-l", &format!("app=istiod,istio.io/rev={revision}"), "--field-selector=status.phase=Running"],
+        &[
+            "-n",
+            "istio-system",
+            "get",
+            "pods",
+            "-l",
+            &format!("app=istiod,istio.io/rev={revision}"),
+            "--field-selector=status.phase=Running",
+        ],
         "{.items[0].metadata.name}",
     )?;
     cluster

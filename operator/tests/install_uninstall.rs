@@ -46,7 +46,12 @@ async fn refuses_while_proxies_use_the_revision() {
         json!({}),
     );
     removed_with_it["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "istiod-abc12", "uid": "1", "controller": true}]);
+    removed_with_it["spec"] = json!({"containers": [{"name": "istio-proxy"}]});
     fake.seed("pods", Some("istio-system"), removed_with_it);
+    // A pod with the revision label but no proxy (the operator's own) is no proxy.
+    let mut operator = pod("istio-operator", "istio-operator-1", json!({"istio.io/rev": "default"}), json!({}));
+    operator["spec"] = json!({"containers": [{"name": "istio-operator"}]});
+    fake.seed("pods", Some("istio-operator"), operator);
     let err = uninstall::plan(&client, &Scope::Revision("default".into()), false).await.unwrap_err();
     match err {
         InstallError::ConnectedProxies { revision, proxies } => {

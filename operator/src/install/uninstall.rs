@@ -53,11 +53,16 @@ pub fn plan_uninstall(listed: &[Listed]) -> Vec<ObjectKey> {
     keys
 }
 
-/// The revision a pod's proxy is connected to, or `None` if the pod runs no proxy (istiod pods
-/// included). A pod is a proxy when it carries the injection status annotation or an
-/// `istio.io/rev` label (gateways); the label names the revision, else the status annotation does.
+/// The revision a pod's proxy is connected to, or `None` if the pod runs no proxy (istiod and
+/// operator pods included, whatever their labels). A pod is a proxy when it carries the
+/// injection status annotation, or runs an `istio-proxy` container with an `istio.io/rev` label
+/// (gateways); the label names the revision, else the status annotation does.
 pub fn proxy_revision(pod: &Pod) -> Option<String> {
     if pod.labels().get(labels::APP).is_some_and(|a| a == "istiod") {
+        return None;
+    }
+    let runs_proxy = pod.spec.as_ref().is_some_and(|spec| spec.containers.iter().any(|c| c.name == "istio-proxy"));
+    if !runs_proxy && !pod.annotations().contains_key(labels::SIDECAR_STATUS) {
         return None;
     }
     let label = pod.labels().get(labels::REVISION).cloned();
