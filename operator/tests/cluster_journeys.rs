@@ -414,7 +414,16 @@ fn canary_upgrade_without_failed_requests(cluster: &Cluster) {
             return Err(format!("IstioOperator default: {status}"));
         }
         let left = cluster
-            .kubectl(&["-n", "istio-system", "get", "deploy,pods", "-l", "app=istiod", "-o", "name"])
+            .kubectl(&[
+                "-n",
+                "istio-system",
+                "get",
+                "deploy,pods",
+                "-l",
+                "app=istiod,istio.io/rev=default",
+                "-o",
+                "name",
+            ])
             .map_err(|e| e.to_string())?;
         if left.trim().is_empty() { Ok(()) } else { Err(left) }
     });

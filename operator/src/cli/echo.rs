@@ -25,6 +25,14 @@ pub struct Args {
     /// Version reported in responses.
     #[arg(long, env = "ECHO_VERSION", default_value = "v1")]
     version: String,
+    /// On SIGTERM, keep serving this long before stopping (`5s`), as a well-behaved workload
+    /// does while its endpoint is being withdrawn from the clients' load balancers.
+    #[arg(long, env = "ECHO_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_delay)]
+    shutdown_delay: std::time::Duration,
+}
+
+fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
+    rudder_config::common::Duration::parse(text).map(rudder_config::common::Duration::to_std)
 }
 
 pub fn run(args: &Args) -> ExitCode {
@@ -39,7 +47,15 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     };
     let listener = echo::bind(SocketAddr::new(args.address, args.port)).await?;
     println!("listening: http://{}", listener.local_addr()?);
-    echo::serve(listener, echo::router(identity), crate::signals::shutdown_signal()).await;
+    let delay = args.shutdown_delay;
+    let shutdown = async move {
+        crate::signals::shutdown_signal().await;
+        if !delay.is_zero() {
+            println!("stopping in {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
+    };
+    echo::serve(listener, echo::router(identity), shutdown).await;
     Ok(())
 }
 
