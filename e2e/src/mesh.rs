@@ -362,6 +362,27 @@ impl LocalMesh {
         self.client.get_json(&self.admin_url(sidecar, &format!("/config_dump{query}"))).await
     }
 
+    /// A sidecar's Envoy stats whose names contain `filter` (letters, digits, `.` and `_`
+    /// only: it is sent as Envoy's filter regex), by full name. Counters and gauges only.
+    pub async fn sidecar_stats(&self, sidecar: &str, filter: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        let url = self.admin_url(sidecar, &format!("/stats?filter={filter}"));
+        let reply = self.client.send(&Req::get(&url, "")).await?;
+        anyhow::ensure!(reply.status.is_success(), "GET {url}: {}", reply.status);
+        Ok(String::from_utf8_lossy(&reply.body)
+            .lines()
+            .filter_map(|line| line.rsplit_once(": "))
+            .filter_map(|(name, value)| Some((name.to_owned(), value.trim().parse().ok()?)))
+            .collect())
+    }
+
+    /// A sidecar's Envoy `/clusters` (text: one `cluster::host::field::value` line each).
+    pub async fn sidecar_clusters(&self, sidecar: &str) -> anyhow::Result<String> {
+        let url = self.admin_url(sidecar, "/clusters");
+        let reply = self.client.send(&Req::get(&url, "")).await?;
+        anyhow::ensure!(reply.status.is_success(), "GET {url}: {}", reply.status);
+        Ok(String::from_utf8_lossy(&reply.body).into_owned())
+    }
+
     /// The echo app's `/echo/stats`.
     pub async fn app_stats(&self, workload: &Workload) -> anyhow::Result<Value> {
         self.client.get_json(&self.app_url(workload, "/echo/stats")).await
@@ -463,12 +484,16 @@ impl Unreachable {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(addr)?;
         let listener = socket.listen(0)?;
+        // With a backlog of 0 the accept queue holds one connection, and is full once it does.
+        // That first connect has room, so it completes as soon as the kernel handles it; if it
+        // does not within the generous timeout, the queue was full already (a kernel that
+        // counts the backlog differently). Either way no later SYN is answered. (A short
+        // timeout here could give up on a connect that was merely slow on a loaded machine and
+        // leave the queue empty.)
         let mut fillers = Vec::new();
-        for _ in 0..8 {
-            match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => fillers.push(stream),
-                _ => break,
-            }
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await
+        {
+            fillers.push(stream);
         }
         Ok(Self { _listener: listener, _fillers: fillers })
     }

@@ -1,6 +1,6 @@
 //! The traffic scenarios of `examples/traffic/`, each applied to a
 //! [`LocalMesh`](crate::mesh::LocalMesh) and checked through real Envoy. Every scenario
-//! returns one line saying what the rule did (`90/10 split: v1=181 v2=19 of 200`) or an error
+//! returns one line saying what the rule did (`90/10 split: v1=362 v2=38 of 400`) or an error
 //! saying what was expected; the e2e suite asserts on the result and `rudder demo` prints it.
 //!
 //! Scenario files are applied as `traffic.yaml` in the mesh's config directory, so each one
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 
-use crate::http::Reply;
-use crate::mesh::{LocalMesh, SERVICE_HOST, UNREACHABLE_HOST, UNREACHABLE_PORT, WORKLOADS};
+use crate::http::{Reply, Req};
+use crate::mesh::{LocalMesh, SERVICE_HOST, UNREACHABLE_HOST, UNREACHABLE_PORT, WORKLOADS, Workload};
 
 /// One scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,12 +248,14 @@ async fn uri_match(mesh: &LocalMesh) -> anyhow::Result<String> {
 }
 
 async fn split(mesh: &LocalMesh) -> anyhow::Result<String> {
-    const N: usize = 200;
+    const N: usize = 400;
     let counts = tally(mesh, "/get", &[], N).await?;
     let v1 = counts.get("v1").copied().unwrap_or(0);
     let v2 = counts.get("v2").copied().unwrap_or(0);
-    // 10% of 200 is 20 with a standard deviation of about 4.2; 5..=40 is beyond ±3.5σ.
-    anyhow::ensure!(v1 + v2 == N && (5..=40).contains(&v2), "expected about 180/20, got {}", show(&counts));
+    // Envoy draws the weighted cluster from a fresh random number per request, so v2's count is
+    // Binomial(400, 0.1): mean 40, σ 6. P(v2 ≤ 13) + P(v2 ≥ 73) ≈ 6.3e-7, while 50/50 or
+    // 100/0 fail for certain.
+    anyhow::ensure!(v1 + v2 == N && (14..=72).contains(&v2), "expected about 360/40, got {}", show(&counts));
     Ok(format!("90/10 split: v1={v1} v2={v2} of {N}"))
 }
 
@@ -283,17 +285,31 @@ async fn concurrent(mesh: &LocalMesh, path: &str, n: usize) -> anyhow::Result<Ve
     Ok(out)
 }
 
+/// Delays the client sidecar's fault filters have injected so far.
+async fn delays_injected(mesh: &LocalMesh) -> anyhow::Result<u64> {
+    let stats = mesh.sidecar_stats("sleep", "fault.delays_injected").await?;
+    Ok(stats.iter().filter(|(name, _)| name.starts_with("http.")).map(|(_, n)| n).sum())
+}
+
 async fn fault_delay(mesh: &LocalMesh) -> anyhow::Result<String> {
     const N: usize = 40;
+    let before = delays_injected(mesh).await?;
     let replies = concurrent(mesh, "/get", N).await?;
-    let delayed = replies.iter().filter(|(_, took)| *took >= Duration::from_millis(2900)).count();
+    let injected = usize::try_from(delays_injected(mesh).await? - before)?;
+    // A delayed request cannot be answered sooner than 3s after it was sent (Envoy starts the
+    // timer after receiving it), give or take the granularity of Envoy's coarse timer clock:
+    // hence 2.9s. Undelayed
+    // requests are not bounded from above: on a loaded machine one may take long too.
+    let held = replies.iter().filter(|(_, took)| *took >= Duration::from_millis(2900)).count();
     let ok = replies.iter().filter(|(r, _)| r.status == StatusCode::OK).count();
-    // 50% of 40: 8..=32 is beyond ±5σ.
+    // Envoy draws each request's delay on its own at 50%: Binomial(40, 0.5), so
+    // P(injected ≤ 3) + P(injected ≥ 37) ≈ 2e-8, while 0% or 100% fail for certain.
     anyhow::ensure!(
-        ok == N && (8..=32).contains(&delayed),
-        "expected about 20 of {N} delayed by 3s, all 200; got {delayed} delayed, {ok} ok"
+        ok == N && (4..=36).contains(&injected) && held >= injected,
+        "expected about 20 of {N} delayed by 3s, all 200; Envoy injected {injected} delays, \
+         {held} replies took 3s or more, {ok} were 200"
     );
-    Ok(format!("fault delay 3s at 50%: {delayed}/{N} delayed, all {ok} answered 200"))
+    Ok(format!("fault delay 3s at 50%: Envoy delayed {injected}/{N} ({held} took ≥3s), all {ok} answered 200"))
 }
 
 async fn fault_abort(mesh: &LocalMesh) -> anyhow::Result<String> {
@@ -305,15 +321,20 @@ async fn fault_abort(mesh: &LocalMesh) -> anyhow::Result<String> {
 }
 
 async fn request_timeout(mesh: &LocalMesh) -> anyhow::Result<String> {
-    let slow = mesh.send(&mesh.via_client(SERVICE_HOST, "/delay/3")).await?;
+    // Margins of seconds both ways: the workload answers /delay/10 no sooner than 10s, 8s
+    // after Envoy's 2s timer, and /delay/0.5 1.5s before it. Envoy's timers run on a coarse
+    // clock and may fire a few milliseconds early by ours, hence 1.9s as the lower bound.
+    let started = Instant::now();
+    let slow = mesh.send(&mesh.via_client(SERVICE_HOST, "/delay/10")).await?;
+    let took = started.elapsed();
     anyhow::ensure!(
-        slow.status == StatusCode::GATEWAY_TIMEOUT,
-        "/delay/3 under a 2s timeout: expected 504, got {}",
+        slow.status == StatusCode::GATEWAY_TIMEOUT && took >= Duration::from_millis(1900),
+        "/delay/10 under a 2s timeout: expected 504 after 2s, got {} after {took:?}",
         slow.status
     );
-    let fast = mesh.send(&mesh.via_client(SERVICE_HOST, "/delay/1")).await?;
-    anyhow::ensure!(fast.status == StatusCode::OK, "/delay/1 under a 2s timeout: expected 200, got {}", fast.status);
-    Ok("request timeout 2s: /delay/3 got 504, /delay/1 got 200".into())
+    let fast = mesh.send(&mesh.via_client(SERVICE_HOST, "/delay/0.5")).await?;
+    anyhow::ensure!(fast.status == StatusCode::OK, "/delay/0.5 under a 2s timeout: expected 200, got {}", fast.status);
+    Ok(format!("request timeout 2s: /delay/10 got 504 after {:.1}s, /delay/0.5 got 200", took.as_secs_f64()))
 }
 
 async fn connect_timeout(mesh: &LocalMesh) -> anyhow::Result<String> {
@@ -367,13 +388,14 @@ async fn mirror(mesh: &LocalMesh) -> anyhow::Result<String> {
     let counts = tally(mesh, "/get", &[], N).await?;
     only(&counts, "v1", N)?;
     // Mirrored copies are sent without waiting for them; poll until v2 saw them all.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + crate::mesh::READY_TIMEOUT;
     loop {
         let stats = mesh.app_stats(&WORKLOADS[1]).await?;
         let shadow: u64 = stats["hosts"]
             .as_object()
             .map(|hosts| hosts.iter().filter(|(h, _)| h.contains("-shadow")).filter_map(|(_, n)| n.as_u64()).sum())
             .unwrap_or(0);
+        anyhow::ensure!(shadow as usize <= N, "v2 saw {shadow} mirrored copies of {N} requests: {stats}");
         if shadow as usize == N {
             let host = stats["hosts"].as_object().and_then(|h| h.keys().next().cloned()).unwrap_or_default();
             return Ok(format!("mirror to v2: v1 served {N}/{N}; v2 saw {shadow} copies with host {host}"));
@@ -383,82 +405,379 @@ async fn mirror(mesh: &LocalMesh) -> anyhow::Result<String> {
     }
 }
 
-/// v1 made slow (0.3s per request), then 80 requests from 8 clients that each send their
-/// next request as soon as the last one is answered: how many did each version get?
-async fn with_slow_v1(mesh: &LocalMesh) -> anyhow::Result<(usize, usize)> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    mesh.client().post(&mesh.app_url(&WORKLOADS[0], "/echo/latency/0.3")).await?;
-    let tickets = Arc::new(AtomicUsize::new(80));
-    let req = mesh.via_client(SERVICE_HOST, "/get");
-    let workers = (0..8).map(|_| {
-        let (client, req, tickets) = (mesh.client().clone(), req.clone(), tickets.clone());
-        tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while tickets.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-                let reply = client.send(&req).await?;
-                seen.push(reply.header("x-echo-version").to_owned());
-            }
-            anyhow::Ok(seen)
+/// Envoy's name for the httpbin cluster of the client sidecar.
+fn httpbin_cluster() -> String {
+    format!("outbound|{}||{SERVICE_HOST}", crate::mesh::SERVICE_PORT)
+}
+
+/// A stat of the client sidecar's httpbin cluster (`upstream_rq_active`, …; 0 before Envoy
+/// has created it).
+async fn httpbin_stat(mesh: &LocalMesh, stat: &str) -> anyhow::Result<u64> {
+    let leaf = stat.rsplit('.').next().unwrap_or(stat);
+    let prefix = format!("cluster.{}", httpbin_cluster());
+    let suffix = format!(".{stat}");
+    let stats = mesh.sidecar_stats("sleep", leaf).await?;
+    // Named after the cluster's alt_stat_name, which is its name and a `;`.
+    Ok(stats
+        .iter()
+        .filter(|(name, _)| {
+            name.strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(&suffix))
+                .is_some_and(|mid| mid.is_empty() || mid == ";")
         })
-    });
-    let (mut v1, mut v2) = (0, 0);
-    for worker in futures::future::join_all(workers).await {
-        for version in worker?? {
-            match version.as_str() {
-                "v1" => v1 += 1,
-                "v2" => v2 += 1,
-                other => anyhow::bail!("unexpected reply from {other:?}"),
+        .map(|(_, n)| n)
+        .sum())
+}
+
+/// Requests a workload's app has seen since the last reset.
+async fn app_total(mesh: &LocalMesh, workload: &Workload) -> anyhow::Result<u64> {
+    Ok(mesh.app_stats(workload).await?["total"].as_u64().unwrap_or(0))
+}
+
+/// How long a held request stays at a workload: the longest latency `rudder echo` adds.
+const HOLD: Duration = Duration::from_secs(10);
+
+type Pending = tokio::task::JoinHandle<anyhow::Result<Reply>>;
+
+/// Where a request watched by [`send_watching`] went.
+enum Landed {
+    Answered(Reply),
+    /// Seen arriving at the watched workload, and still in flight.
+    Held(Pending),
+}
+
+/// Sends `req` in the background and waits until it is answered or seen arriving at
+/// `watched` (whose answers take [`HOLD`]).
+async fn send_watching(mesh: &LocalMesh, req: &Req, watched: &Workload) -> anyhow::Result<Landed> {
+    let before = app_total(mesh, watched).await?;
+    let task = {
+        let (client, req) = (mesh.client().clone(), req.clone());
+        tokio::spawn(async move { client.send(&req).await })
+    };
+    let deadline = Instant::now() + crate::mesh::READY_TIMEOUT;
+    loop {
+        if task.is_finished() {
+            return Ok(Landed::Answered(task.await??));
+        }
+        if app_total(mesh, watched).await? > before {
+            return Ok(Landed::Held(task));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "a request through the client sidecar neither answered nor arrived");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Cancels held requests and waits until the client sidecar has none in flight to httpbin.
+async fn release(mesh: &LocalMesh, held: Vec<Pending>) -> anyhow::Result<()> {
+    for task in &held {
+        task.abort();
+    }
+    let deadline = Instant::now() + crate::mesh::READY_TIMEOUT;
+    loop {
+        let active = httpbin_stat(mesh, "upstream_rq_active").await?;
+        let pending = httpbin_stat(mesh, "upstream_rq_pending_active").await?;
+        if active == 0 && pending == 0 {
+            return mesh.reset_apps().await;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "released requests still in flight in the client sidecar: {active} active, {pending} pending"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// v1 made slow (each request held there for [`HOLD`]), then `n` GETs sent one after the
+/// other, each while v1 has at least one request in flight and v2 none: how many went to v1?
+///
+/// Each GET is watched until it is answered (by v2) or seen arriving at v1, where it stays,
+/// so when the next one is sent v2 is idle and v1 busy. That is only certain while the latest
+/// request held at v1 has not been answered, i.e. within [`HOLD`] of when it was sent: before
+/// that runs short another is parked at v1 (uncounted requests until one lands there), and a
+/// counted request answered after it ran out is not counted (`discarded`).
+async fn with_busy_v1(mesh: &LocalMesh, n: usize) -> anyhow::Result<BusyV1> {
+    let v1 = &WORKLOADS[0];
+    mesh.client().post(&mesh.app_url(v1, &format!("/echo/latency/{}", HOLD.as_secs()))).await?;
+    let req = mesh.via_client(SERVICE_HOST, "/get");
+    let mut held: Vec<Pending> = Vec::new();
+    let mut out = BusyV1::default();
+    let result = async {
+        // When the request held at v1 most recently was sent.
+        let mut holding_since: Option<Instant> = None;
+        while out.v1 + out.v2 < n {
+            if holding_since.is_none_or(|since| since.elapsed() > HOLD / 2) {
+                let mut tries = 0;
+                loop {
+                    let sent = Instant::now();
+                    match send_watching(mesh, &req, v1).await? {
+                        Landed::Held(task) => {
+                            held.push(task);
+                            holding_since = Some(sent);
+                            break;
+                        }
+                        Landed::Answered(reply) => expect_fast_v2(&reply)?,
+                    }
+                    tries += 1;
+                    anyhow::ensure!(tries < 60, "60 requests in a row avoided v1 while it was idle");
+                }
             }
+            let busy_until = holding_since.map(|since| since + HOLD);
+            let sent = Instant::now();
+            let landed = send_watching(mesh, &req, v1).await?;
+            // v1 was certainly busy when Envoy picked a host for it only if it landed before
+            // the latest held request could have been answered.
+            let counted = busy_until.is_some_and(|until| Instant::now() < until);
+            match landed {
+                Landed::Held(task) => {
+                    held.push(task);
+                    holding_since = Some(sent);
+                    out.v1 += usize::from(counted);
+                }
+                Landed::Answered(reply) => {
+                    expect_fast_v2(&reply)?;
+                    out.v2 += usize::from(counted);
+                    if !counted {
+                        holding_since = None;
+                    }
+                }
+            }
+            out.discarded += usize::from(!counted);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    release(mesh, held).await?;
+    result.map(|()| out)
+}
+
+#[derive(Debug, Default)]
+struct BusyV1 {
+    v1: usize,
+    v2: usize,
+    /// Requests sent after v1 may have gone idle, not counted.
+    discarded: usize,
+}
+
+impl BusyV1 {
+    fn note(&self) -> String {
+        if self.discarded == 0 {
+            String::new()
+        } else {
+            format!(" ({} sent as v1 may have gone idle not counted)", self.discarded)
         }
     }
-    mesh.reset_apps().await?;
-    Ok((v1, v2))
+}
+
+fn expect_fast_v2(reply: &Reply) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        reply.status == StatusCode::OK && reply.header("x-echo-version") == "v2",
+        "expected a request not held at the slow v1 to be answered by v2, got {}",
+        answered_by(reply)
+    );
+    Ok(())
 }
 
 async fn round_robin(mesh: &LocalMesh) -> anyhow::Result<String> {
     let counts = tally(mesh, "/get", &[], 20).await?;
     let (v1, v2) = (counts.get("v1").copied().unwrap_or(0), counts.get("v2").copied().unwrap_or(0));
+    // One worker thread (--concurrency 1), so Envoy's round robin strictly alternates.
     anyhow::ensure!(v1 + v2 == 20 && v1.abs_diff(v2) <= 2, "round robin should alternate: {}", show(&counts));
-    let (slow, fast) = with_slow_v1(mesh).await?;
-    anyhow::ensure!(slow >= 36, "round robin keeps sending to a slow v1: expected about 40 of 80, got {slow}");
-    Ok(format!("ROUND_ROBIN: v1={v1} v2={v2} of 20; with v1 slow, v1={slow} v2={fast} of 80"))
-}
-
-async fn least_request(mesh: &LocalMesh) -> anyhow::Result<String> {
-    let (slow, fast) = with_slow_v1(mesh).await?;
-    // Envoy picks the less loaded of two random hosts (drawn with replacement), so a busy v1
-    // still gets about a quarter of the requests; round robin gives it half.
-    anyhow::ensure!(slow <= 32, "least request should mostly avoid the slow v1: got v1={slow} v2={fast} of 80");
-    Ok(format!("LEAST_CONN: with v1 slow, v1={slow} v2={fast} of 80 (round robin gives 40/40)"))
-}
-
-async fn circuit_breaking(mesh: &LocalMesh) -> anyhow::Result<String> {
-    const N: usize = 60;
-    let replies = concurrent(mesh, "/delay/1", N).await?;
-    let ok = replies.iter().filter(|(r, _)| r.status == StatusCode::OK).count();
-    let overloaded = replies
-        .iter()
-        .filter(|(r, _)| r.status == StatusCode::SERVICE_UNAVAILABLE && r.header("x-envoy-overloaded") == "true")
-        .count();
+    const N: usize = 40;
+    let busy = with_busy_v1(mesh, N).await?;
+    // Round robin ignores load: it keeps alternating, so half go to the busy v1.
     anyhow::ensure!(
-        ok >= 10 && overloaded >= 1 && ok + overloaded == N,
-        "expected some 200s and some overflow 503s, got {ok} ok, {overloaded} overloaded of {N}"
+        busy.v1.abs_diff(busy.v2) <= 2,
+        "round robin keeps sending to a busy v1: expected {}/{}, got v1={} v2={}{}",
+        N / 2,
+        N / 2,
+        busy.v1,
+        busy.v2,
+        busy.note()
     );
     Ok(format!(
-        "circuit breaking (10 connections, 10 pending): {ok} served, {overloaded} rejected with 503 of {N} at once"
+        "ROUND_ROBIN: v1={v1} v2={v2} of 20; while v1 is busy and v2 idle, v1={} v2={} of {N}{}",
+        busy.v1,
+        busy.v2,
+        busy.note()
     ))
 }
 
+async fn least_request(mesh: &LocalMesh) -> anyhow::Result<String> {
+    const N: usize = 200;
+    let busy = with_busy_v1(mesh, N).await?;
+    // Envoy's least request with equal weights draws two hosts at random with replacement and
+    // takes the one with fewer active requests. With v1 busy and v2 idle only a (v1, v1) draw
+    // picks v1: p = 1/4, so v1's count is Binomial(200, 1/4), mean 50, σ 6.1.
+    // P(v1 < 20) + P(v1 > 82) ≈ 2.6e-7. Round robin (100) fails for certain, random (≈100)
+    // with probability ≥ 0.99, and a least-request that never picks the busy host fails too.
+    anyhow::ensure!(
+        busy.v1 + busy.v2 == N && (20..=82).contains(&busy.v1),
+        "least request: with v1 busy and v2 idle about 1 in 4 should go to v1 (two random picks \
+         both v1); got v1={} v2={} of {N}{}",
+        busy.v1,
+        busy.v2,
+        busy.note()
+    );
+    Ok(format!(
+        "LEAST_CONN: while v1 is busy and v2 idle, v1={} v2={} of {N} (two random picks, fewer active wins: \
+         1 in 4 expected; round robin sends half){}",
+        busy.v1,
+        busy.v2,
+        busy.note()
+    ))
+}
+
+async fn circuit_breaking(mesh: &LocalMesh) -> anyhow::Result<String> {
+    // maxConnections 10 and http1MaxPendingRequests 10: with 10 requests in service on 10
+    // connections and 10 more queued, every further request is rejected at once. Held
+    // requests (/delay/10) fill both limits first, one at a time, each seen in place.
+    const EXTRA: usize = 20;
+    let path = format!("/delay/{}", HOLD.as_secs());
+    let req = mesh.via_client(SERVICE_HOST, &path);
+    let mut held: Vec<Pending> = Vec::new();
+    let result = async {
+        let started = Instant::now();
+        for i in 1..=10 {
+            held.push(send_held(mesh, &req, &path, |at_apps, _| at_apps >= i).await?);
+        }
+        // At the connection limit: further requests queue. (Envoy still opens one connection
+        // to a host that has none, so one may reach a workload instead.)
+        let mut extra_connections = 0;
+        while httpbin_stat(mesh, "upstream_rq_pending_active").await? < 10 {
+            let before = seen_at_workloads(mesh, &path).await?;
+            let queued = httpbin_stat(mesh, "upstream_rq_pending_active").await?;
+            held.push(send_held(mesh, &req, &path, |at_apps, pending| at_apps > before || pending > queued).await?);
+            if seen_at_workloads(mesh, &path).await? > before {
+                extra_connections += 1;
+            }
+            if extra_connections > 1 {
+                let stats = mesh.sidecar_stats("sleep", "httpbin").await?;
+                let stats: Vec<String> = stats
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.contains("cx_") || k.contains("pending") || k.contains("circuit") || k.contains("rq_active")
+                    })
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                anyhow::bail!(
+                    "maxConnections 10 not enforced: {} in service; {}",
+                    10 + extra_connections,
+                    stats.join(" ")
+                );
+            }
+        }
+        let in_service = seen_at_workloads(mesh, &path).await?;
+        let replies = concurrent(mesh, &path, EXTRA).await?;
+        let rejected = replies
+            .iter()
+            .filter(|(r, _)| r.status == StatusCode::SERVICE_UNAVAILABLE && r.header("x-envoy-overloaded") == "true")
+            .count();
+        // The limits held throughout only if no held request has been answered yet (none can
+        // be before HOLD has passed since the first was sent).
+        anyhow::ensure!(
+            started.elapsed() < HOLD && held.iter().all(|t| !t.is_finished()),
+            "filling the limits and sending {EXTRA} more took over {HOLD:?}, so the held requests may have been \
+             answered meanwhile ({rejected} of the {EXTRA} were rejected)"
+        );
+        let after = seen_at_workloads(mesh, &path).await?;
+        anyhow::ensure!(
+            rejected == EXTRA && after == in_service,
+            "with {in_service} in service and 10 queued, expected all {EXTRA} more rejected with 503 \
+             x-envoy-overloaded; {rejected} were, and {} reached a workload",
+            after - in_service
+        );
+        Ok(format!(
+            "circuit breaking (10 connections, 10 pending): {in_service} in service, 10 queued, the next {EXTRA} \
+             rejected at once with 503 x-envoy-overloaded"
+        ))
+    }
+    .await;
+    release(mesh, held).await?;
+    result
+}
+
+/// Sends a held request and waits until `placed(requests at the workloads, requests queued
+/// in the client sidecar)` says it is in place.
+async fn send_held(
+    mesh: &LocalMesh,
+    req: &Req,
+    path: &str,
+    placed: impl Fn(u64, u64) -> bool,
+) -> anyhow::Result<Pending> {
+    let task = {
+        let (client, req) = (mesh.client().clone(), req.clone());
+        tokio::spawn(async move { client.send(&req).await })
+    };
+    let deadline = Instant::now() + crate::mesh::READY_TIMEOUT;
+    loop {
+        if task.is_finished() {
+            let reply = task.await??;
+            anyhow::bail!("a request meant to be held was answered at once: {}", answered_by(&reply));
+        }
+        if placed(seen_at_workloads(mesh, path).await?, httpbin_stat(mesh, "upstream_rq_pending_active").await?) {
+            return Ok(task);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "a held request was neither served nor queued");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Whether the client sidecar has ejected `workload` from the httpbin cluster.
+async fn ejected(mesh: &LocalMesh, workload: &Workload) -> anyhow::Result<bool> {
+    let prefix =
+        format!("{}::{}:{}::health_flags::", httpbin_cluster(), mesh.ip(workload.host), crate::mesh::SERVICE_PORT);
+    let clusters = mesh.sidecar_clusters("sleep").await?;
+    Ok(clusters.lines().any(|l| l.starts_with(&prefix) && l.contains("failed_outlier_check")))
+}
+
 async fn outlier_detection(mesh: &LocalMesh) -> anyhow::Result<String> {
-    mesh.client().post(&mesh.app_url(&WORKLOADS[1], "/echo/fail/500")).await?;
-    let before = tally(mesh, "/get", &[], 10).await?;
-    // Ejection happens on the 5xx itself; give Envoy's sweep a moment all the same.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // consecutive5xxErrors 1, baseEjectionTime 3m, maxEjectionPercent 100 (and no panic
+    // routing): the first 5xx from a host ejects it, and while ejected it gets no requests.
+    let (v1, v2) = (&WORKLOADS[0], &WORKLOADS[1]);
+    anyhow::ensure!(
+        httpbin_stat(mesh, "outlier_detection.ejections_active").await? == 0,
+        "a host was ejected before the scenario started"
+    );
+    mesh.client().post(&mesh.app_url(v2, "/echo/fail/500")).await?;
+    // Both hosts idle: each request goes to v2 with probability 1/2; stop at its first 500.
+    let req = mesh.via_client(SERVICE_HOST, "/get");
+    let mut before = BTreeMap::new();
+    for _ in 0..60 {
+        let reply = mesh.send(&req).await?;
+        *before.entry(answered_by(&reply)).or_default() += 1;
+        if reply.header("x-echo-version") == "v2" {
+            break;
+        }
+    }
+    anyhow::ensure!(
+        before.get("v2 status 500") == Some(&1) && before.keys().all(|k| k == "v1" || k == "v2 status 500"),
+        "expected v1 answers until v2's first 500, got {}",
+        show(&before)
+    );
+    // Ejection is decided on Envoy's main thread; wait until it shows.
+    let deadline = Instant::now() + crate::mesh::READY_TIMEOUT;
+    while !ejected(mesh, v2).await? {
+        anyhow::ensure!(Instant::now() < deadline, "v2 not ejected after its 500");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v2_seen = app_total(mesh, v2).await?;
     let after = tally(mesh, "/get", &[], 20).await?;
+    let v2_after = app_total(mesh, v2).await? - v2_seen;
+    let still = ejected(mesh, v2).await?;
+    let v1_ok = app_total(mesh, v1).await?;
     mesh.reset_apps().await?;
+    anyhow::ensure!(
+        v2_seen == 1 && v2_after == 0 && still,
+        "v2 should have seen exactly its one failing request and none while ejected; saw {v2_seen} then {v2_after} \
+         (still ejected: {still})"
+    );
     only(&after, "v1", 20)?;
-    Ok(format!("outlier detection: v2 failing; first 10: {}; after ejection: {} of 20", show(&before), show(&after)))
+    Ok(format!(
+        "outlier detection: v2 failing; until its first 500: {}; after ejection: {} of 20, v2 saw none \
+         (v1 served {v1_ok} in all)",
+        show(&before),
+        show(&after)
+    ))
 }
 
 /// A request for a host the registry does not know, through the client sidecar. In capture
