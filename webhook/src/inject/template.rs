@@ -219,6 +219,12 @@ fn init_container(input: &Input) -> Value {
         ("resources", p.resources.clone()),
         ("securityContext", security),
     ]);
+    // proxyMetadata reaches the init container too (as Istio's template does): it carries the
+    // capture switches the rules depend on, e.g. ISTIO_META_DNS_CAPTURE.
+    if !p.cni && !p.proxy_config.proxy_metadata.is_empty() {
+        let env = p.proxy_config.proxy_metadata.iter().map(|(name, v)| plain_env(name, v.clone())).collect();
+        c["env"] = Value::Array(env);
+    }
     add_pull_policy(input, &mut c);
     c
 }
