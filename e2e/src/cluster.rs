@@ -129,7 +129,8 @@ impl Cluster {
         output_text("kubectl apply", child.wait_with_output()?)
     }
 
-    /// The logs of the local cluster's components (for a failing test's message).
+    /// The local cluster's state dir (its components' logs are under `logs/`); `None` for a
+    /// `KUBECONFIG` cluster.
     pub fn state_dir(&self) -> Option<&Path> {
         self.local.as_ref().map(|l| l.state_dir.as_path())
     }
