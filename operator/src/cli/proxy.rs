@@ -25,7 +25,8 @@ use rudder_config::mesh::ProxyConfig;
 use rudder_xds::agent::bootstrap::{
     self, BootstrapOptions, DEFAULT_DISCOVERY_ADDRESS, DEFAULT_ISTIO_VERSION, XdsTransport, metadata_from_env,
 };
-use rudder_xds::agent::capture::{self, CaptureConfig, CaptureFlags, CaptureRules};
+use rudder_xds::agent::capture::{self, CaptureConfig, CaptureFlags};
+use rudder_xds::agent::capture_apply;
 use rudder_xds::agent::dns::{self, DnsProxyOptions};
 use rudder_xds::agent::nds;
 use rudder_xds::agent::supervise::{self, Ending, EnvoyOptions, SuperviseError};
@@ -559,7 +560,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
     let config = capture_config(args)?;
     let rules = capture::rules(&config);
     if args.dry_run {
-        return write_stdout(&dry_run_text(&config, &rules));
+        return write_stdout(&capture_apply::dry_run_text(&config, &rules));
     }
     if args.skip_rule_apply {
         eprintln!("--skip-rule-apply: the CNI plugin sets up the redirection; nothing applied");
@@ -568,7 +569,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
     if rules.is_empty() {
         return write_stdout("interception mode NONE: no rules to apply\n");
     }
-    apply(&rules)?;
+    capture_apply::apply(&rules)?;
     let v6 = if rules.ipv6.is_some() { " and IPv6" } else { "" };
     write_stdout(&format!("traffic capture applied: {} mode, IPv4{v6}\n", format!("{:?}", config.mode).to_uppercase()))
 }
@@ -582,7 +583,7 @@ fn capture_config(args: &InitArgs) -> anyhow::Result<CaptureConfig> {
         proxy_uid: args.proxy_uid,
         proxy_gid: args.proxy_gid.unwrap_or(args.proxy_uid),
         redirect_dns: args.redirect_dns.unwrap_or_else(|| capture::dns_capture_from_env(dns_env.as_deref())),
-        ipv6: args.ipv6.unwrap_or_else(has_global_ipv6),
+        ipv6: args.ipv6.unwrap_or_else(capture_apply::has_global_ipv6),
         ..CaptureConfig::default()
     };
     let flags = CaptureFlags {
@@ -596,91 +597,6 @@ fn capture_config(args: &InitArgs) -> anyhow::Result<CaptureConfig> {
         exclude_interfaces: args.exclude_interfaces.clone(),
     };
     Ok(CaptureConfig::from_flags(base, &flags)?)
-}
-
-/// Whether this network namespace has a global-scope IPv6 address (`/proc/net/if_inet6`,
-/// scope column `00`).
-fn has_global_ipv6() -> bool {
-    std::fs::read_to_string("/proc/net/if_inet6")
-        .is_ok_and(|table| table.lines().any(|line| line.split_whitespace().nth(3) == Some("00")))
-}
-
-fn dry_run_text(config: &CaptureConfig, rules: &CaptureRules) -> String {
-    if rules.is_empty() {
-        return "# interception mode NONE: no rules\n".to_owned();
-    }
-    let dns = if config.redirect_dns { "on" } else { "off" };
-    let mut out = format!("# DNS capture {dns}\n# iptables-restore --noflush\n{}", rules.ipv4);
-    if let Some(v6) = &rules.ipv6 {
-        out.push_str(&format!("# ip6tables-restore --noflush\n{v6}"));
-    }
-    for route in &rules.routes {
-        out.push_str(&format!("# ip {}\n", route.join(" ")));
-    }
-    out
-}
-
-/// Finds every program needed before running any of them, checks the rule text with
-/// `--test`, then applies.
-fn apply(rules: &CaptureRules) -> anyhow::Result<()> {
-    let v4 = program("iptables-restore", "iptables (nft) is needed to set up traffic capture")?;
-    let v6 = match rules.ipv6 {
-        Some(_) => Some(program("ip6tables-restore", "IPv6 capture needs ip6tables")?),
-        None => None,
-    };
-    let ip = if rules.routes.is_empty() {
-        None
-    } else {
-        Some(program("ip", "TPROXY mode needs the `ip` command (iproute2) for its policy route")?)
-    };
-    let restores: Vec<(&PathBuf, &str)> =
-        [Some((&v4, rules.ipv4.as_str())), v6.as_ref().zip(rules.ipv6.as_deref())].into_iter().flatten().collect();
-    for (program, text) in &restores {
-        run_with_input(program, &["--test", "--noflush"], text)?;
-    }
-    for (program, text) in &restores {
-        run_with_input(program, &["--noflush"], text)?;
-    }
-    if let Some(ip) = ip {
-        for route in &rules.routes {
-            let args: Vec<&str> = route.iter().map(String::as_str).collect();
-            run_with_input(&ip, &args, "")?;
-        }
-    }
-    Ok(())
-}
-
-/// `name` on PATH, or an error saying why it is needed.
-fn program(name: &str, why: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| anyhow!("{name} not found on PATH: {why}"))
-}
-
-fn run_with_input(program: &PathBuf, args: &[&str], input: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let shown = format!("{} {}", program.display(), args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {shown}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).with_context(|| format!("writing the rules to {shown}"))?;
-    }
-    let output = child.wait_with_output().with_context(|| format!("waiting for {shown}"))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let detail = [stderr.trim(), stdout.trim()].into_iter().find(|s| !s.is_empty()).unwrap_or("no output");
-        bail!("`{shown}` failed ({}): {detail}", output.status);
-    }
-    Ok(())
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.

@@ -3,11 +3,12 @@
 //! runs Envoy on it as a supervised child ([`supervise`]). Beside Envoy, a sidecar's agent runs
 //! a DNS proxy for mesh hosts ([`dns`]) fed with the name table from discovery ([`nds`]).
 //! [`capture`] writes the iptables rules that send the pod's traffic (and its DNS) through the
-//! proxy (the init container's job, pure). The `rudder proxy` verbs are thin wrappers around
+//! proxy (the init container's job, pure); [`capture_apply`] runs them through iptables. The `rudder proxy` verbs are thin wrappers around
 //! these.
 
 pub mod bootstrap;
 pub mod capture;
+pub mod capture_apply;
 pub mod dns;
 pub mod nds;
 pub mod supervise;
