@@ -5,7 +5,8 @@
 //! - injection latency as the API server sees it: server-side dry-run pod creates in an injected
 //!   namespace against the same in an uninjected one;
 //! - `kubectl apply` of a VirtualService → every sidecar's Envoy holds the new route in its
-//!   config dump (read in each pod through `kubectl exec … rudder proxy request`).
+//!   config dump (read in each pod through `kubectl exec … rudder proxy request`, all pods
+//!   polled at once, so each sample is an upper bound by one exec round trip).
 //!
 //!   RUDDER_K8S_LOCAL=$(scripts/k8s-local.sh) cargo bench -p rudder-operator --bench cluster
 
@@ -155,21 +156,27 @@ spec:
         );
         let started = Instant::now();
         cluster.apply(&vs).unwrap();
-        for pod in &sidecars {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let dump = routes(cluster, pod);
-                if dump.as_deref().is_some_and(|d| d.contains(&marker)) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{marker} not in {pod}'s route config dump within 60 s; last dump: {}",
-                    dump.map(|d| d.chars().take(3000).collect::<String>()).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(10));
+        // Every sidecar is polled at once, each by its own thread, so one sidecar's reads do
+        // not delay another's; the sample is when the last one showed the route.
+        std::thread::scope(|scope| {
+            for pod in &sidecars {
+                let marker = &marker;
+                scope.spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let dump = routes(cluster, pod);
+                        if dump.as_deref().is_some_and(|d| d.contains(marker.as_str())) {
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "{marker} not in {pod}'s route config dump within 60 s; last dump: {}",
+                            dump.map(|d| d.chars().take(3000).collect::<String>()).unwrap_or_default()
+                        );
+                    }
+                });
             }
-        }
+        });
         samples.push(started.elapsed());
     }
     println!(
