@@ -85,6 +85,20 @@ fn per_namespace_default(object: &str) -> bool {
         && ["/kube-root-ca.crt", "/openshift-service-ca.crt", "/default"].iter().any(|n| object.ends_with(n))
 }
 
+/// Waits (up to 60 s) until the difference from `before` is `expected`; fails showing the last.
+fn settles_to(cluster: &Cluster, before: &BTreeSet<String>, expected: Vec<String>, what: &str) {
+    let expected = sorted(expected);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = sorted(diff(before, &inventory(cluster)));
+        if now == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: left {now:?}, expected {expected:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -108,11 +122,12 @@ fn install_verify_uninstall_and_operator_remove_leave_the_cluster_as_found() {
         let pods = cluster.kubectl(&["get", "pods", "-n", "istio-system", "-o", "name"]).map_err(|e| e.to_string())?;
         if pods.trim().is_empty() { Ok(()) } else { Err(pods) }
     });
-    let after_uninstall = inventory(cluster);
-    assert_eq!(
-        sorted(diff(&before, &after_uninstall)),
-        sorted(namespace_leftovers("istio-system")),
-        "rudder uninstall --purge leaves only the namespace"
+    // Deletions finish asynchronously (a CRD waits for its objects' cleanup): poll the inventory.
+    settles_to(
+        cluster,
+        &before,
+        namespace_leftovers("istio-system"),
+        "rudder uninstall --purge leaves only the namespace",
     );
 
     must(cluster, &["operator", "init"]);
@@ -123,12 +138,7 @@ fn install_verify_uninstall_and_operator_remove_leave_the_cluster_as_found() {
             cluster.kubectl(&["get", "pods", "-n", "istio-operator", "-o", "name"]).map_err(|e| e.to_string())?;
         if pods.trim().is_empty() { Ok(()) } else { Err(pods) }
     });
-    let after_remove = inventory(cluster);
     let mut expected = namespace_leftovers("istio-system");
     expected.extend(namespace_leftovers("istio-operator"));
-    assert_eq!(
-        sorted(diff(&before, &after_remove)),
-        sorted(expected),
-        "rudder operator remove --purge leaves only the namespaces"
-    );
+    settles_to(cluster, &before, expected, "rudder operator remove --purge leaves only the namespaces");
 }

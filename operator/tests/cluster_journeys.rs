@@ -322,7 +322,7 @@ fn operator_reconciles_edits_and_drift(cluster: &Cluster) {
 
 /// The loop the counting client runs until `/tmp/stop` exists: one status code a line.
 const COUNTING_LOOP: &str = r"rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do
-  curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' http://httpbin.testns1:8000/get; sleep 0.05; done";
+  curl -s -o /dev/null --max-time 30 -w '%{http_code} exit=%{exitcode}\n' http://httpbin.testns1:8000/get; sleep 0.05; done";
 
 /// Journey d: the canary upgrade. A client on the canary revision counts requests to httpbin
 /// while httpbin moves to canary and the old control plane is removed; none may fail. (A client
@@ -439,7 +439,7 @@ fn canary_upgrade_without_failed_requests(cluster: &Cluster) {
     let total: u32 = counts.values().sum();
     println!("journey d: requests during the switch: {counts:?} ({total} in {:.0} s)", switch.elapsed().as_secs_f64());
     assert!(total > 100, "the counting client ran through the switch: {counts:?}");
-    assert!(counts.len() == 1 && counts.contains_key("200"), "no request failed during the switch: {counts:?}");
+    assert!(counts.len() == 1 && counts.contains_key("200 exit=0"), "no request failed during the switch: {counts:?}");
 }
 
 /// `GET` on discovery's monitoring port through the API server's pod proxy.
