@@ -85,16 +85,36 @@ fn per_namespace_default(object: &str) -> bool {
         && ["/kube-root-ca.crt", "/openshift-service-ca.crt", "/default"].iter().any(|n| object.ends_with(n))
 }
 
-/// Waits (up to 60 s) until the difference from `before` is `expected`; fails showing the last.
+/// Waits (up to 120 s) until the difference from `before` is `expected`; fails showing the
+/// last difference and the state of any CustomResourceDefinition left (its deletion, finalizers
+/// and conditions).
 fn settles_to(cluster: &Cluster, before: &BTreeSet<String>, expected: Vec<String>, what: &str) {
     let expected = sorted(expected);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let now = sorted(diff(before, &inventory(cluster)));
         if now == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "{what}: left {now:?}, expected {expected:?}");
+        if Instant::now() > deadline {
+            let crds: Vec<String> = now
+                .iter()
+                .filter_map(|o| o.strip_prefix("+ CustomResourceDefinition//"))
+                .map(|name| {
+                    cluster
+                        .kubectl(&[
+                            "get",
+                            "crd",
+                            name,
+                            "-o",
+                            "jsonpath={.metadata.name} deleted={.metadata.deletionTimestamp} \
+                             finalizers={.metadata.finalizers} conditions={.status.conditions}",
+                        ])
+                        .unwrap_or_else(|e| e.to_string())
+                })
+                .collect();
+            panic!("{what}: left {now:?}, expected {expected:?}; {crds:?}");
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
