@@ -151,6 +151,10 @@ async fn remove(args: &RemoveArgs) -> anyhow::Result<()> {
         bail!("cancelled");
     }
     operator_init::remove(&client, &keys, &mut Progress::stdout()).await?;
+    let left = crate::install::uninstall::settle_crds(&client, &keys, std::time::Duration::from_secs(120)).await;
+    if !left.is_empty() {
+        eprintln!("warning: still being deleted by the API server: CustomResourceDefinition {}", left.join(", "));
+    }
     Ok(())
 }
 

@@ -137,3 +137,55 @@ pub async fn execute(client: &Client, keys: &[ObjectKey], progress: &mut Progres
     progress.done("Uninstall complete");
     Ok(())
 }
+
+/// Waits (up to `timeout`) until the CustomResourceDefinitions among `keys` are gone, and
+/// returns the names still there. The API server deletes a CRD only after its cleanup finalizer
+/// has listed and removed the CRD's objects; for a CRD created moments before, that listing can
+/// fail ("storage is (re)initializing") and is then retried only on the CRD's next change, so a
+/// CRD found in that state gets an annotation touched to have the cleanup tried again.
+pub async fn settle_crds(client: &Client, keys: &[ObjectKey], timeout: std::time::Duration) -> Vec<String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut remaining: Vec<String> =
+        keys.iter().filter(|k| k.kind == "CustomResourceDefinition").map(|k| k.name.clone()).collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !remaining.is_empty() {
+        let mut still = Vec::new();
+        for name in remaining {
+            match api.get_opt(&name).await {
+                Ok(None) => {}
+                Ok(Some(crd)) => {
+                    if cleanup_failed(&crd) {
+                        let touch = serde_json::json!({"metadata": {"annotations": {
+                            "rudder.io/cleanup-retry": std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs().to_string())
+                                .unwrap_or_default(),
+                        }}});
+                        let _ = api
+                            .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&touch))
+                            .await;
+                    }
+                    still.push(name);
+                }
+                Err(_) => still.push(name),
+            }
+        }
+        remaining = still;
+        if remaining.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    remaining
+}
+
+/// Whether the CRD's cleanup finalizer gave up on listing its objects (condition `Terminating`
+/// with reason `InstanceDeletionFailed`).
+fn cleanup_failed(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> bool {
+    crd.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|conditions| {
+        conditions.iter().any(|c| c.type_ == "Terminating" && c.reason.as_deref() == Some("InstanceDeletionFailed"))
+    })
+}
