@@ -91,9 +91,7 @@ impl Cluster {
 
     /// A client for the cluster, on the caller's runtime.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-        Ok(kube::Client::try_from(config)?)
+        client_for(&self.kubeconfig).await
     }
 
     /// The kubectl this harness uses (the bundle's, or the one on PATH).
@@ -270,6 +268,13 @@ ports:
   protocol: TCP
 "
     )
+}
+
+/// A client for the cluster `kubeconfig` names, on the caller's runtime.
+pub(crate) async fn client_for(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 fn workspace_root() -> PathBuf {

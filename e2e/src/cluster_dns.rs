@@ -48,7 +48,7 @@ pub fn spawn_node_services(kubeconfig: PathBuf, forward_listen: SocketAddr, api:
                 let dns = UdpSocket::bind(dns_addr)
                     .await
                     .with_context(|| format!("binding the cluster DNS on {dns_addr}"))?;
-                let client = client(&kubeconfig).await?;
+                let client = crate::cluster::client_for(&kubeconfig).await?;
                 anyhow::Ok((forward, dns, client))
             }
             .await;
@@ -67,12 +67,6 @@ pub fn spawn_node_services(kubeconfig: PathBuf, forward_listen: SocketAddr, api:
         });
     })?;
     ready_rx.recv().context("the node services thread ended before it was ready")?
-}
-
-async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
 }
 
 async fn forward_all(listener: TcpListener, api: SocketAddr) {
