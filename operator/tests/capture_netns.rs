@@ -2,8 +2,10 @@
 //! namespace this test creates (never the machine's own), the rules land in the kernel
 //! (`iptables-save` shows the ISTIO chains), and they work: a connection from an ordinary user to
 //! an address routed out of the namespace's own interface arrives at the outbound capture port, while the
-//! proxy's own user (1337) is not captured. Needs root, `ip`, `iptables-restore`,
-//! `iptables-save`, `setpriv` and `bash`; prints `skipped: needs root and iptables` otherwise.
+//! proxy's own user (1337) is not captured, and an application's DNS query reaches the agent's
+//! port even from a source port the proxy has just used. Needs root, `ip`, `iptables-restore`,
+//! `iptables-save`, `setpriv` and `bash` (and `/usr/bin/python3` for the DNS test); prints
+//! `skipped: …` otherwise.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -247,4 +249,85 @@ fn bad_flags_apply_nothing() {
     assert!(stderr.contains("-d (inbound ports not to capture): \"15o21\" is not a port number"), "{stderr}");
     let all = ns.ok(&["iptables-save"]);
     assert!(!all.contains("ISTIO"), "rules were applied after all:\n{all}");
+}
+
+/// A stand-in for the agent's DNS proxy: answers every A query on 127.0.0.1:15053 with
+/// 10.96.0.5, and prints `ready` once bound.
+const DNS_STAND_IN: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 15053))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(2048)
+    end = q.index(0, 12) + 5
+    answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + bytes([10, 96, 0, 5])
+    s.sendto(q[:2] + struct.pack("!HHHHH", 0x8580, 1, 1, 0, 0) + q[12:end] + answer, peer)
+"#;
+
+/// A DNS query for `httpbin.testns1` to 10.244.9.53:53 from source port `argv[1]`; prints
+/// `answered` or `unanswered` (after 1.5 s).
+const DNS_QUERY_FROM_PORT: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.connect(("10.244.9.53", 53))
+name = b"".join(bytes([len(p)]) + p for p in b"httpbin.testns1".split(b".")) + b"\0"
+s.send(struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 1, 1))
+s.settimeout(1.5)
+try:
+    s.recv(2048)
+    print("answered")
+except socket.timeout:
+    print("unanswered")
+"#;
+
+/// The system's Python, readable by the test users (a per-user shim may not be).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// The proxy's own lookup leaves a conntrack entry (pod:port → nameserver:53, not redirected).
+/// An application query from the same source port a moment later must still reach the agent:
+/// the two live in different conntrack zones. Without them the application's query matches the
+/// proxy's entry and goes to the nameserver itself, which cannot answer mesh names.
+#[test]
+fn application_dns_is_captured_even_from_a_port_the_proxy_just_used() {
+    if !can_run() {
+        return;
+    }
+    if !Path::new(PYTHON).is_file() {
+        eprintln!("skipped: needs {PYTHON}");
+        return;
+    }
+    let mut ns = Netns::new();
+    ns.add_pod_network();
+    let init = ns.rudder().args(INJECTED).output().unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+
+    let mut agent = ns
+        .exec("setpriv")
+        .args(["--reuid=1337", "--regid=1337", "--clear-groups", PYTHON, "-c", DNS_STAND_IN])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = agent.stdout.take().unwrap();
+    ns.children.push(agent);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let query_as = |uid: u32, port: u16| {
+        let script = format!("exec {PYTHON} -c '{DNS_QUERY_FROM_PORT}' {port}");
+        let out = ns.bash_as(uid, 10, &script);
+        assert!(out.status.success(), "query as {uid} from port {port}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // Baseline: an application query is answered by the agent, the proxy's goes out for real.
+    assert_eq!(query_as(1000, 40_001), "answered");
+    for port in [40_002, 40_003] {
+        assert_eq!(query_as(1337, port), "unanswered", "the proxy's own lookup was captured");
+        assert_eq!(query_as(1000, port), "answered", "the application's lookup from port {port} escaped capture");
+    }
+    let raw = ns.ok(&["iptables-save", "-t", "raw"]);
+    assert!(raw.contains("-A OUTPUT -p udp -m udp --dport 53 -j CT --zone 2"), "{raw}");
 }

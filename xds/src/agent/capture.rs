@@ -23,6 +23,13 @@
 //! * DNS capture (Rudder's default): UDP and TCP to port 53 from anyone but the proxy go to the
 //!   agent's DNS port ([`DEFAULT_DNS_PORT`], on 127.0.0.1 / ::1). The proxy's own lookups are
 //!   returned before the redirect, so its upstream queries are not looped back to itself.
+//!   `raw` puts the two kinds of DNS flows in separate conntrack zones: the proxy's own lookups
+//!   and their answers in zone [`PROXY_DNS_ZONE`], the application's captured queries and the
+//!   agent's answers in zone [`APP_DNS_ZONE`]. Without them, an application query that happens
+//!   to leave from a source port the proxy used a moment earlier for the same nameserver
+//!   matches the proxy's live conntrack entry, which was never redirected, and bypasses the
+//!   agent (a rare `could not resolve host` for a mesh name). The kernel keeps the first zone a
+//!   packet is given, so the specific rules come first.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -32,6 +39,10 @@ use crate::model::InterceptionMode;
 
 /// The agent's DNS port: captured DNS goes here (127.0.0.1 for IPv4, ::1 for IPv6).
 pub const DEFAULT_DNS_PORT: u16 = 15053;
+/// Conntrack zone of the proxy's own DNS lookups to the upstream nameservers.
+pub const PROXY_DNS_ZONE: u16 = 1;
+/// Conntrack zone of the application's DNS queries, redirected to the agent.
+pub const APP_DNS_ZONE: u16 = 2;
 /// The firewall mark of TPROXY'd packets (Istio's 1337, `0x539`).
 pub const PROXY_MARK: u32 = 1337;
 /// The routing table that delivers marked packets locally in TPROXY mode.
@@ -400,7 +411,31 @@ fn tables(config: &CaptureConfig, family: Family) -> String {
         mangle(config, family).write(&mut out);
     }
     nat(config, family, !tproxy).write(&mut out);
+    if config.redirect_dns {
+        dns_zones(config).write(&mut out);
+    }
     out
+}
+
+/// Separate conntrack zones for the proxy's and the application's DNS (see the module docs).
+fn dns_zones(config: &CaptureConfig) -> Table {
+    let mut t = Table::new("raw", &[]);
+    for interface in &config.exclude_interfaces {
+        t.add("PREROUTING", format!("-i {interface} -j RETURN"));
+        t.add("OUTPUT", format!("-o {interface} -j RETURN"));
+    }
+    // Answers from upstream nameservers can only be for the proxy: the application's queries
+    // never leave the pod. (Answers over loopback already carry their conntrack entry.)
+    t.add("PREROUTING", format!("-p udp --sport 53 -j CT --zone {PROXY_DNS_ZONE}"));
+    for (kind, id) in [("uid", config.proxy_uid), ("gid", config.proxy_gid)] {
+        t.add("OUTPUT", format!("-p udp --dport 53 -m owner --{kind}-owner {id} -j CT --zone {PROXY_DNS_ZONE}"));
+        t.add(
+            "OUTPUT",
+            format!("-p udp --sport {} -m owner --{kind}-owner {id} -j CT --zone {APP_DNS_ZONE}", config.dns_port),
+        );
+    }
+    t.add("OUTPUT", format!("-p udp --dport 53 -j CT --zone {APP_DNS_ZONE}"));
+    t
 }
 
 /// TPROXY inbound: new connections to the TPROXY target, packets of the proxy's own
@@ -594,6 +629,14 @@ mod tests {
 -A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
 -A ISTIO_OUTPUT -j ISTIO_REDIRECT
 COMMIT
+*raw
+-A PREROUTING -p udp --sport 53 -j CT --zone 1
+-A OUTPUT -p udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1
+-A OUTPUT -p udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2
+-A OUTPUT -p udp --dport 53 -m owner --gid-owner 1337 -j CT --zone 1
+-A OUTPUT -p udp --sport 15053 -m owner --gid-owner 1337 -j CT --zone 2
+-A OUTPUT -p udp --dport 53 -j CT --zone 2
+COMMIT
 ";
         assert_eq!(out.ipv4, want);
         assert_eq!(out.ipv6, None);
@@ -683,7 +726,7 @@ COMMIT
 
         let nothing = CaptureFlags { include_inbound_ports: String::new(), ..injected() };
         let out = rules(&config(CaptureConfig::default(), nothing));
-        assert!(!out.ipv4.contains("-A PREROUTING"), "{}", out.ipv4);
+        assert!(!out.ipv4.contains("-A PREROUTING -p tcp"), "{}", out.ipv4);
         assert!(out.ipv4.contains("-A OUTPUT -p tcp -j ISTIO_OUTPUT"));
     }
 
@@ -801,6 +844,31 @@ COMMIT
         let off = rules(&config(CaptureConfig { redirect_dns: false, ..CaptureConfig::default() }, injected())).ipv4;
         assert!(!off.contains("53"), "{off}");
         assert!(off.contains("-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN"), "{off}");
+    }
+
+    #[test]
+    fn proxy_and_application_dns_live_in_separate_conntrack_zones() {
+        let flags = CaptureFlags { exclude_interfaces: "eth9".into(), ..injected() };
+        let on = rules(&config(CaptureConfig { dns_port: 5353, ..CaptureConfig::default() }, flags));
+        let raw = on.ipv4.split("*raw\n").nth(1).unwrap_or_else(|| panic!("no raw table in\n{}", on.ipv4));
+        // The first CT rule a packet meets decides its zone: the proxy's own lookups and the
+        // agent's answers are told apart before the catch-all for the application's queries.
+        assert_eq!(
+            lines(raw),
+            [
+                "-A PREROUTING -i eth9 -j RETURN",
+                "-A OUTPUT -o eth9 -j RETURN",
+                "-A PREROUTING -p udp --sport 53 -j CT --zone 1",
+                "-A OUTPUT -p udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1",
+                "-A OUTPUT -p udp --sport 5353 -m owner --uid-owner 1337 -j CT --zone 2",
+                "-A OUTPUT -p udp --dport 53 -m owner --gid-owner 1337 -j CT --zone 1",
+                "-A OUTPUT -p udp --sport 5353 -m owner --gid-owner 1337 -j CT --zone 2",
+                "-A OUTPUT -p udp --dport 53 -j CT --zone 2",
+                "COMMIT",
+            ]
+        );
+        let off = rules(&config(CaptureConfig { redirect_dns: false, ..CaptureConfig::default() }, injected()));
+        assert!(!off.ipv4.contains("*raw"), "{}", off.ipv4);
     }
 
     #[test]
