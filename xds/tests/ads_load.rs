@@ -18,6 +18,7 @@ async fn streams_converge_and_see_updates(delta: bool) {
         route_names: vec!["r1".into()],
         join_rate: None,
         namespace: "bench".into(),
+        distinct_workloads: 0,
     };
     let run = LoadRun::start(options).await.unwrap();
     let times = run.wait_full_config(PATIENCE).await;
@@ -47,4 +48,28 @@ async fn sotw_streams_converge_and_see_updates() {
 #[tokio::test]
 async fn delta_streams_converge_and_see_updates() {
     streams_converge_and_see_updates(true).await;
+}
+
+/// Every proxy with labels of its own (as in a real mesh) still shares the one view: the
+/// server computes outbound config once, not once per label set.
+#[tokio::test]
+async fn distinct_workloads_share_one_view() {
+    let harness = Harness::start().await;
+    let options = LoadOptions {
+        target: format!("http://{}", harness.addr),
+        streams: 12,
+        delta: false,
+        route_names: vec!["r1".into()],
+        join_rate: None,
+        namespace: "bench".into(),
+        distinct_workloads: 12,
+    };
+    let run = LoadRun::start(options).await.unwrap();
+    let times = run.wait_full_config(PATIENCE).await;
+    assert!(times.iter().all(Option::is_some), "{:?}", run.stats().iter().map(|s| &s.error).collect::<Vec<_>>());
+    let (status, body) = harness.get("/debug/adsz").await;
+    assert_eq!(status, 200, "{body}");
+    let adsz: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(adsz["connections"].as_array().map(Vec::len), Some(12), "{body}");
+    assert_eq!(adsz["views"], 1, "{body}");
 }

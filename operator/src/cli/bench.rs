@@ -49,6 +49,10 @@ struct XdsArgs {
     /// Namespace of the simulated sidecars.
     #[arg(long, default_value = synthetic::NAMESPACE)]
     namespace: String,
+    /// Give the sidecars this many distinct workload label sets (as a real mesh has; 0: no
+    /// labels, all alike).
+    #[arg(long, default_value_t = 0)]
+    distinct_workloads: usize,
     /// RouteConfiguration names each stream subscribes to (the synthetic mesh's ports).
     #[arg(long, value_delimiter = ',', default_value = "8080,8081,8082,8083")]
     routes: Vec<String>,
@@ -114,9 +118,13 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         route_names: args.routes.clone(),
         join_rate: args.join_rate,
         namespace: args.namespace.clone(),
+        distinct_workloads: args.distinct_workloads,
     };
     let mode = if args.delta { "delta" } else { "sotw" };
-    println!("{mode}: {} proxies → {}, join rate {:?}", args.proxies, args.address, args.join_rate);
+    println!(
+        "{mode}: {} proxies ({} distinct workloads) → {}, join rate {:?}",
+        args.proxies, args.distinct_workloads, args.address, args.join_rate
+    );
 
     let client_before = cpu_of("self");
     let server_before = args.pid.map(|pid| cpu_of(&pid.to_string()));

@@ -18,7 +18,7 @@ use prost::{Message, Name};
 use tokio::sync::OnceCell;
 
 use crate::model::{Proxy, Snapshot};
-use crate::translate::{Resources, ViewKey};
+use crate::translate::{LabelSelectors, Resources, ViewKey};
 
 use super::{Generator, Kind};
 
@@ -215,6 +215,8 @@ pub struct Generation {
     /// When the first change merged into this push arrived (start of convergence time).
     pub changed_at: Instant,
     pub endpoints: Arc<EndpointTable>,
+    /// What of a proxy's labels outbound translation looks at (see [`ViewKey`]).
+    selectors: LabelSelectors,
     views: Mutex<HashMap<ViewKey, Arc<OnceCell<Arc<EncodedSet>>>>>,
     /// Encoded name tables by proxy namespace, built on first use (only agents ask for them).
     name_tables: Mutex<HashMap<String, Arc<ResourceMap>>>,
@@ -245,6 +247,7 @@ impl Generation {
         Self {
             version,
             version_info: format!("{unix}/{version}"),
+            selectors: LabelSelectors::of(&snapshot),
             snapshot,
             changed_at,
             endpoints: Arc::new(endpoints),
@@ -279,7 +282,7 @@ impl Generation {
     /// The encoded outbound resources for `proxy`'s view, computed by the first stream that
     /// asks; concurrent askers with the same view wait for that one computation.
     async fn outbound(&self, generator: &Arc<dyn Generator>, proxy: &Arc<Proxy>) -> Arc<EncodedSet> {
-        let key = ViewKey::of(proxy);
+        let key = ViewKey::of(proxy, &self.selectors);
         let cell = self.views.lock().unwrap_or_else(PoisonError::into_inner).entry(key.clone()).or_default().clone();
         cell.get_or_init(|| {
             let generator = generator.clone();

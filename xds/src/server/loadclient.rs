@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::protobuf::value::Kind as Kind_;
+use envoy_types::pb::google::protobuf::{Any, Struct, Value};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -40,6 +41,9 @@ pub struct LoadOptions {
     pub join_rate: Option<f64>,
     /// Namespace of the simulated sidecars (node ids `sidecar~<ip>~load-<i>.<ns>~<ns>.svc.cluster.local`).
     pub namespace: String,
+    /// Give the streams this many distinct label sets (`app`, `version`, `pod-template-hash`;
+    /// stream `i` gets set `i % N`), as workloads of a real mesh have; 0 sends no labels.
+    pub distinct_workloads: usize,
 }
 
 impl Default for LoadOptions {
@@ -51,6 +55,7 @@ impl Default for LoadOptions {
             route_names: Vec::new(),
             join_rate: None,
             namespace: "default".into(),
+            distinct_workloads: 0,
         }
     }
 }
@@ -58,6 +63,8 @@ impl Default for LoadOptions {
 /// What one stream saw.
 #[derive(Clone, Debug, Default)]
 pub struct StreamStats {
+    /// The stream's number, from 0.
+    pub index: usize,
     pub node_id: String,
     pub started: Option<Instant>,
     /// When every type the stream asks for had arrived at least once.
@@ -126,6 +133,7 @@ impl LoadRun {
             }
             let stats = Arc::new(Mutex::new(StreamStats {
                 node_id: node_id(index, &options.namespace),
+                index,
                 started: Some(Instant::now()),
                 ..Default::default()
             }));
@@ -200,6 +208,25 @@ fn lock(stats: &Mutex<StreamStats>) -> std::sync::MutexGuard<'_, StreamStats> {
     stats.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Node metadata with `LABELS` of workload `index % distinct` (none when `distinct` is 0).
+fn workload_labels(index: usize, distinct: usize) -> Option<Struct> {
+    if distinct == 0 {
+        return None;
+    }
+    let workload = index % distinct;
+    let text = |s: String| Value { kind: Some(Kind_::StringValue(s)) };
+    let labels = Struct {
+        fields: [
+            ("app".to_owned(), text(format!("load-{workload}"))),
+            ("version".to_owned(), text("v1".to_owned())),
+            ("pod-template-hash".to_owned(), text(format!("{workload:08x}"))),
+        ]
+        .into(),
+    };
+    let labels = Value { kind: Some(Kind_::StructValue(labels)) };
+    Some(Struct { fields: [("LABELS".to_owned(), labels)].into() })
+}
+
 fn node_id(index: usize, namespace: &str) -> String {
     let ip = format!("10.{}.{}.{}", (index >> 16) & 0xff, (index >> 8) & 0xff, index & 0xff);
     format!("sidecar~{ip}~load-{index}.{namespace}~{namespace}.svc.cluster.local")
@@ -269,7 +296,12 @@ async fn drive(
 ) -> Result<(), String> {
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
-    let node = Node { id: lock(stats).node_id.clone(), ..Default::default() };
+    let index = lock(stats).index;
+    let node = Node {
+        id: lock(stats).node_id.clone(),
+        metadata: workload_labels(index, options.distinct_workloads),
+        ..Default::default()
+    };
     if options.delta {
         drive_delta(client, node, options, names, stats).await
     } else {

@@ -145,7 +145,8 @@ impl<'a> Context<'a> {
 
     /// The DestinationRule for `hostname` as this proxy sees it: among visible rules whose
     /// host covers it (the most specific host first), one in the proxy's namespace wins, then
-    /// one in the service's namespace, then one in the root namespace, then any other.
+    /// one in the service's namespace, then one in the root namespace, then any other; among
+    /// equals, one whose `workloadSelector` selects the proxy beats one without.
     pub fn destination_rule(&self, hostname: &str) -> Option<&'a Arc<DestinationRule>> {
         let service_ns = self.snapshot.services.get(hostname).map(|s| s.namespace.as_str()).unwrap_or_default();
         let root = self.snapshot.root_namespace();
@@ -174,7 +175,9 @@ impl<'a> Context<'a> {
                 };
                 // Exact hosts before wildcards, longer wildcards before shorter.
                 let specificity = if host.starts_with('*') { usize::MAX - host.len() } else { 0 };
-                Some(((specificity, ns_rank), dr))
+                // A rule that selects this workload beats its namespace's general one.
+                let general = dr.spec.workload_selector.is_none();
+                Some(((specificity, ns_rank, general), dr))
             })
             .min_by_key(|(rank, _)| *rank)
             .map(|(_, dr)| dr)

@@ -3,8 +3,9 @@
 //!
 //! Output is split by what it depends on, so the server can share work between proxies:
 //! - [`outbound`]: clusters, listeners and routes that depend only on the proxy's
-//!   [`ViewKey`] (type, namespace, labels, interception mode and — for capture mode NONE — its
-//!   address); computed once per distinct view;
+//!   [`ViewKey`] (type, namespace, which of the mesh's label selectors match its labels,
+//!   interception mode and — for capture mode NONE — its address); computed once per distinct
+//!   view, so workloads with their own labels still share one;
 //! - [`inbound`]: the proxy's own workload side (inbound listeners and clusters), per proxy;
 //! - [`endpoints`]: every ClusterLoadAssignment, the same for all proxies.
 
@@ -15,13 +16,14 @@ pub mod listener;
 pub mod route;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
-use crate::model::{InterceptionMode, NodeType, Proxy, Snapshot};
+use crate::model::{InterceptionMode, NodeType, Proxy, Snapshot, labels_match};
 
 /// Resources of the three proxy-specific types (endpoints are shared, see [`endpoints`]).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -43,22 +45,106 @@ impl Resources {
 /// Every proxy field the outbound translation reads. Two proxies with equal keys get
 /// identical outbound resources; adding a field that translation reads without adding it
 /// here would serve one proxy another's config, so keep the two in step.
+///
+/// Sidecars' labels are not in the key, only what translation asks of them: which of the
+/// snapshot's [`LabelSelectors`] match. In a real mesh every workload has labels of its own;
+/// keyed by the labels themselves, each workload would get (and hold) its own full view.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ViewKey {
     pub node_type: NodeType,
     pub namespace: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: ViewLabels,
     pub interception: InterceptionMode,
     /// Only for capture mode NONE, where outbound listeners bind the proxy's own address.
     pub bind_ip: Option<String>,
 }
 
+/// What of a proxy's labels its outbound config depends on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ViewLabels {
+    /// Sidecars: the selectors that match, in [`LabelSelectors`] order.
+    Matching(Vec<Arc<LabelSelector>>),
+    /// Gateways: all labels (Gateway `selector`s pick them; there are few gateway workloads).
+    All(BTreeMap<String, String>),
+}
+
+/// A label selector outbound translation evaluates against a sidecar's labels. `namespace` is
+/// set for selectors that only apply to proxies of that namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelSelector {
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Every distinct [`LabelSelector`] of a snapshot: Sidecar `workloadSelector`s and
+/// DestinationRule `workloadSelector`s (for their own namespace), and VirtualService
+/// `sourceLabels` (HTTP, TLS and TCP matches; for any proxy the service is exported to). Built
+/// once per snapshot; matching one proxy against it is a few map lookups per selector.
+#[derive(Clone, Debug, Default)]
+pub struct LabelSelectors {
+    all: Vec<Arc<LabelSelector>>,
+}
+
+impl LabelSelectors {
+    pub fn of(snapshot: &Snapshot) -> Self {
+        let mut all = std::collections::BTreeSet::new();
+        let mut add = |namespace: Option<&str>, labels: &BTreeMap<String, String>| {
+            if !labels.is_empty() {
+                all.insert(LabelSelector { namespace: namespace.map(str::to_owned), labels: labels.clone() });
+            }
+        };
+        for sidecar in &snapshot.sidecars {
+            if let Some(selector) = &sidecar.spec.workload_selector {
+                add(sidecar.metadata.namespace.as_deref(), &selector.labels);
+            }
+        }
+        for rule in &snapshot.destination_rules {
+            if let Some(selector) = &rule.spec.workload_selector {
+                add(rule.metadata.namespace.as_deref(), &selector.match_labels);
+            }
+        }
+        for vs in &snapshot.virtual_services {
+            let spec = &vs.spec;
+            let http = spec.http.iter().flat_map(|r| &r.r#match).map(|m| &m.source_labels);
+            let tls = spec.tls.iter().flat_map(|r| &r.r#match).map(|m| &m.source_labels);
+            let tcp = spec.tcp.iter().flat_map(|r| &r.r#match).map(|m| &m.source_labels);
+            for labels in http.chain(tls).chain(tcp) {
+                add(None, labels);
+            }
+        }
+        Self { all: all.into_iter().map(Arc::new).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// The selectors that apply to `proxy` and match its labels.
+    fn matching(&self, proxy: &Proxy) -> Vec<Arc<LabelSelector>> {
+        self.all
+            .iter()
+            .filter(|s| s.namespace.as_ref().is_none_or(|ns| *ns == proxy.namespace))
+            .filter(|s| labels_match(&s.labels, &proxy.labels))
+            .cloned()
+            .collect()
+    }
+}
+
 impl ViewKey {
-    pub fn of(proxy: &Proxy) -> Self {
+    /// The key of `proxy`, with `selectors` those of the snapshot it is translated from.
+    pub fn of(proxy: &Proxy, selectors: &LabelSelectors) -> Self {
+        let labels = match proxy.node_type {
+            NodeType::Sidecar => ViewLabels::Matching(selectors.matching(proxy)),
+            NodeType::Router => ViewLabels::All(proxy.labels.clone()),
+        };
         Self {
             node_type: proxy.node_type,
             namespace: proxy.namespace.clone(),
-            labels: proxy.labels.clone(),
+            labels,
             interception: proxy.interception,
             bind_ip: (proxy.interception == InterceptionMode::None).then(|| proxy.primary_ip().to_owned()),
         }
@@ -88,4 +174,139 @@ pub fn for_proxy(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
 /// sorted by cluster name. Proxy-independent.
 pub fn endpoints(snapshot: &Snapshot) -> Vec<ClusterLoadAssignment> {
     endpoint::all(snapshot)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::registry::kube::{KubeInputs, build_snapshot};
+    use rudder_config::object::IstioObject;
+
+    /// Two services; a VirtualService routing `role: canary` callers of `reviews` to v2; a
+    /// Sidecar for `team: a` in `apps` hiding `ratings`; a DestinationRule for `tier: edge` in
+    /// `apps` (ROUND_ROBIN for `reviews`).
+    const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: apps}
+spec:
+  hosts: [reviews.apps.svc.cluster.local]
+  addresses: [10.96.0.10]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.10, labels: {version: v1}}, {address: 10.244.0.11, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: apps}
+spec:
+  hosts: [ratings.apps.svc.cluster.local]
+  addresses: [10.96.0.11]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.12}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: apps}
+spec:
+  hosts: [reviews.apps.svc.cluster.local]
+  http:
+  - match: [{sourceLabels: {role: canary}}]
+    route: [{destination: {host: reviews.apps.svc.cluster.local, subset: v2}}]
+  - route: [{destination: {host: reviews.apps.svc.cluster.local, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: apps}
+spec:
+  host: reviews.apps.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-edge, namespace: apps}
+spec:
+  host: reviews.apps.svc.cluster.local
+  workloadSelector: {matchLabels: {tier: edge}}
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: team-a, namespace: apps}
+spec:
+  workloadSelector: {labels: {team: a}}
+  egress: [{hosts: ["./reviews.apps.svc.cluster.local"]}]
+"#;
+
+    fn snapshot() -> Snapshot {
+        let loads = rudder_config::load::load_str("mesh.yaml", MESH).unwrap();
+        assert!(loads.problems.is_empty(), "{:?}", loads.problems);
+        let mut inputs = KubeInputs::default();
+        for loaded in loads.objects {
+            match loaded.object {
+                IstioObject::ServiceEntry(o) => inputs.service_entries.push(Arc::new(*o)),
+                IstioObject::VirtualService(o) => inputs.virtual_services.push(Arc::new(*o)),
+                IstioObject::DestinationRule(o) => inputs.destination_rules.push(Arc::new(*o)),
+                IstioObject::Sidecar(o) => inputs.sidecars.push(Arc::new(*o)),
+                other => panic!("unexpected {}", other.kind()),
+            }
+        }
+        build_snapshot(&inputs, &rudder_config::mesh::MeshConfig::default())
+    }
+
+    fn proxy(kind: &str, namespace: &str, labels: &[(&str, &str)]) -> Proxy {
+        let labels: serde_json::Map<String, serde_json::Value> =
+            labels.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect();
+        let meta = BTreeMap::from([("LABELS".to_owned(), serde_json::Value::Object(labels))]);
+        let id = format!("{kind}~10.244.1.9~pod.{namespace}~{namespace}.svc.cluster.local");
+        Proxy::from_node(&id, &meta).unwrap()
+    }
+
+    #[test]
+    fn workloads_share_a_view_unless_a_selector_tells_them_apart() {
+        let snap = snapshot();
+        let selectors = LabelSelectors::of(&snap);
+        assert_eq!(selectors.len(), 3, "{selectors:?}");
+        let label_sets: [&[(&str, &str)]; 8] = [
+            &[],
+            &[("app", "productpage"), ("pod-template-hash", "7d4f")],
+            &[("app", "details"), ("version", "v1")],
+            &[("role", "canary")],
+            &[("role", "canary"), ("app", "x")],
+            &[("team", "a")],
+            &[("tier", "edge"), ("app", "y")],
+            &[("team", "a"), ("tier", "edge"), ("role", "canary")],
+        ];
+        let mut proxies = Vec::new();
+        for namespace in ["apps", "other"] {
+            for labels in label_sets {
+                proxies.push(proxy("sidecar", namespace, labels));
+            }
+        }
+        let keys: Vec<ViewKey> = proxies.iter().map(|p| ViewKey::of(p, &selectors)).collect();
+        // Equal keys must mean equal config; that is what sharing a view relies on.
+        for (a, key_a) in proxies.iter().zip(&keys) {
+            for (b, key_b) in proxies.iter().zip(&keys) {
+                if key_a == key_b {
+                    assert!(outbound(&snap, a) == outbound(&snap, b), "{key_a:?} is shared but the config differs");
+                }
+            }
+        }
+        let distinct =
+            |ns: &str| keys.iter().filter(|k| k.namespace == ns).collect::<std::collections::BTreeSet<_>>().len();
+        // apps: none, canary, team a, edge, all three; other: none, canary (the namespaced
+        // selectors do not apply there).
+        assert_eq!(distinct("apps"), 5);
+        assert_eq!(distinct("other"), 2);
+        // The selectors do change the config, so these proxies must not share.
+        let plain = outbound(&snap, &proxies[0]);
+        for labels_index in [3, 5, 6] {
+            assert!(plain != outbound(&snap, &proxies[labels_index]), "{:?} changes nothing", label_sets[labels_index]);
+        }
+        // Gateways keep their labels in the key.
+        let gateway = |app: &str| ViewKey::of(&proxy("router", "apps", &[("app", app)]), &selectors);
+        assert_ne!(gateway("ingress"), gateway("egress"));
+    }
 }
