@@ -113,3 +113,70 @@ async fn watch_dir_publishes_a_snapshot_per_change() {
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
 }
+
+/// With polling effectively off (once an hour), changes still arrive: they come from inotify.
+/// New files, files in new subdirectories, rewrites and removals are all seen.
+#[tokio::test]
+async fn watch_dir_follows_inotify_events() {
+    let dir = temp_dir("inotify");
+    copy_examples_local(&dir);
+    let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let hour = Duration::from_secs(3600);
+    let task = tokio::spawn(watch_dir(dir.clone(), MeshConfig::istio_defaults(), tx, hour, async {
+        let _ = stop_rx.await;
+    }));
+    rx.changed().await.unwrap();
+    let vs_names = |rx: &tokio::sync::watch::Receiver<Arc<Snapshot>>| -> Vec<String> {
+        rx.borrow().virtual_services.iter().map(|v| v.metadata.name.clone().unwrap()).collect()
+    };
+    assert!(vs_names(&rx).is_empty());
+
+    std::fs::write(dir.join("traffic.yaml"), VS).unwrap();
+    next_snapshot(&mut rx).await;
+    assert_eq!(vs_names(&rx), ["httpbin"]);
+
+    std::fs::create_dir(dir.join("team-b")).unwrap();
+    std::fs::write(dir.join("team-b/more.yaml"), VS.replace("name: httpbin\n", "name: second\n")).unwrap();
+    while vs_names(&rx).len() < 2 {
+        next_snapshot(&mut rx).await;
+    }
+    assert_eq!(vs_names(&rx), ["httpbin", "second"]);
+
+    std::fs::remove_file(dir.join("traffic.yaml")).unwrap();
+    while vs_names(&rx).len() > 1 {
+        next_snapshot(&mut rx).await;
+    }
+    assert_eq!(vs_names(&rx), ["second"]);
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+}
+
+/// A file that did not change is not read again: the next snapshot shares its objects.
+#[test]
+fn unchanged_files_are_not_read_again() {
+    let dir = temp_dir("unchanged");
+    copy_examples_local(&dir);
+    std::fs::write(dir.join("a.yaml"), VS).unwrap();
+    let mut source = ConfigDir::new(&dir, MeshConfig::istio_defaults());
+    source.refresh();
+    let before = source.snapshot();
+
+    std::fs::write(dir.join("b.yaml"), VS.replace("name: httpbin\n", "name: second\n")).unwrap();
+    assert!(source.refresh_paths([dir.join("b.yaml").as_path()]));
+    assert!(!source.refresh_paths([dir.join("a.yaml").as_path()]), "a.yaml did not change");
+    let after = source.snapshot();
+    assert_eq!(after.virtual_services.len(), 2);
+    let first =
+        |s: &Snapshot| s.virtual_services.iter().find(|v| v.metadata.name.as_deref() == Some("httpbin")).cloned();
+    assert!(Arc::ptr_eq(&first(&before).unwrap(), &first(&after).unwrap()), "a.yaml's object was rebuilt");
+
+    std::fs::remove_file(dir.join("b.yaml")).unwrap();
+    assert!(source.refresh_paths([dir.join("b.yaml").as_path()]));
+    assert_eq!(source.snapshot().virtual_services.len(), 1);
+}
+
+async fn next_snapshot(rx: &mut tokio::sync::watch::Receiver<Arc<Snapshot>>) {
+    tokio::time::timeout(Duration::from_secs(10), rx.changed()).await.expect("no snapshot within 10 s").unwrap();
+}

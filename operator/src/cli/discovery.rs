@@ -44,7 +44,7 @@ pub struct Args {
     /// Push at the latest this long after the first change of a burst (PILOT_DEBOUNCE_MAX).
     #[arg(long, env = "PILOT_DEBOUNCE_MAX", default_value = "1s", value_parser = go_duration)]
     debounce_max: std::time::Duration,
-    /// How often `--config-dir` is scanned for changes.
+    /// How often `--config-dir` is scanned for changes where it cannot be watched (inotify).
     #[arg(long, default_value = "200ms", value_parser = go_duration)]
     poll_interval: std::time::Duration,
     /// Port of the admission server (HTTPS, `/inject`, `/validate`); 0 turns it off.

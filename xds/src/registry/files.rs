@@ -2,34 +2,87 @@
 //! DIR (services and workloads outside Kubernetes as ServiceEntry + WorkloadEntry, traffic
 //! rules as usual) and publishes a new [`Snapshot`] whenever a file changes.
 //!
+//! Changes are driven by inotify (the `notify` crate): an event names the files to look at, and
+//! only a file whose modification time or size changed is read, parsed and validated again;
+//! every other file's objects are reused as they are (shared, not copied). A full rescan runs at
+//! start, when the kernel reports lost events, and as a slow safety net; where no watch can be
+//! set up (no inotify), the directory is polled instead.
+//!
 //! Bad input never takes healthy config down: a file that cannot be read or parsed keeps the
 //! objects it last gave, and an object that fails validation is dropped with its reason
 //! while everything else is served.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use rudder_config::load::{self, Loaded};
 use rudder_config::mesh::MeshConfig;
+use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use rudder_config::{IstioObject, Report, Validate};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::model::Snapshot;
 
 use super::kube::{KubeInputs, build_snapshot};
 
-/// How often the directory is scanned for changes.
+/// How often the directory is scanned when it cannot be watched.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a watched directory is rescanned anyway, in case an event was missed.
+const SAFETY_RESCAN: Duration = Duration::from_secs(60);
+/// After an event, how long to wait for the writer to finish (more events restart the wait).
+const SETTLE: Duration = Duration::from_millis(10);
+/// The longest a burst of events delays reading.
+const SETTLE_MAX: Duration = Duration::from_millis(100);
 
-/// What one file last gave.
-#[derive(Debug, Clone)]
+/// What one file last gave: its valid objects by kind, shared with the snapshots built from
+/// them.
+#[derive(Debug, Clone, Default)]
 struct FileState {
-    stamp: (SystemTime, u64),
-    objects: Vec<Loaded>,
+    stamp: Option<(SystemTime, u64)>,
+    objects: FileObjects,
     /// `data.mesh` of a ConfigMap named `istio` in this file (MeshConfig YAML).
     mesh_overlay: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FileObjects {
+    virtual_services: Vec<Arc<VirtualService>>,
+    destination_rules: Vec<Arc<DestinationRule>>,
+    sidecars: Vec<Arc<Sidecar>>,
+    gateways: Vec<Arc<Gateway>>,
+    service_entries: Vec<Arc<ServiceEntry>>,
+    workload_entries: Vec<Arc<WorkloadEntry>>,
+}
+
+impl FileObjects {
+    fn of(loaded: Vec<Loaded>) -> Self {
+        let mut objects = Self::default();
+        for loaded in loaded {
+            match loaded.object {
+                IstioObject::VirtualService(o) => objects.virtual_services.push(Arc::from(o)),
+                IstioObject::DestinationRule(o) => objects.destination_rules.push(Arc::from(o)),
+                IstioObject::Sidecar(o) => objects.sidecars.push(Arc::from(o)),
+                IstioObject::Gateway(o) => objects.gateways.push(Arc::from(o)),
+                IstioObject::ServiceEntry(o) => objects.service_entries.push(Arc::from(o)),
+                IstioObject::WorkloadEntry(o) => objects.workload_entries.push(Arc::from(o)),
+                _ => {}
+            }
+        }
+        objects
+    }
+
+    fn add_to(&self, inputs: &mut KubeInputs) {
+        inputs.virtual_services.extend(self.virtual_services.iter().cloned());
+        inputs.destination_rules.extend(self.destination_rules.iter().cloned());
+        inputs.sidecars.extend(self.sidecars.iter().cloned());
+        inputs.gateways.extend(self.gateways.iter().cloned());
+        inputs.service_entries.extend(self.service_entries.iter().cloned());
+        inputs.workload_entries.extend(self.workload_entries.iter().cloned());
+    }
 }
 
 /// A config directory and what was read from it.
@@ -45,8 +98,9 @@ impl ConfigDir {
         Self { dir: dir.into(), mesh, files: BTreeMap::new() }
     }
 
-    /// Re-reads changed files. Returns whether anything changed (files added, changed or
-    /// removed). Problems are logged with file, document, object and field.
+    /// Rescans the whole directory and re-reads changed files. Returns whether anything
+    /// changed (files added, changed or removed). Problems are logged with file, document,
+    /// object and field.
     pub fn refresh(&mut self) -> bool {
         let paths = match load::files_under(&self.dir) {
             Ok(paths) => paths,
@@ -55,37 +109,55 @@ impl ConfigDir {
                 return false;
             }
         };
-        let mut changed = false;
+        let present: BTreeSet<&PathBuf> = paths.iter().collect();
         let before = self.files.len();
-        // A set: `Vec::contains` per known file made every poll quadratic in the number of
-        // files (a million path comparisons every 200 ms for a 1,000-file directory).
-        let present: std::collections::BTreeSet<&PathBuf> = paths.iter().collect();
         self.files.retain(|p, _| present.contains(p));
-        changed |= self.files.len() != before;
+        let mut changed = self.files.len() != before;
+        for path in &paths {
+            changed |= self.reread_if_changed(path);
+        }
+        changed
+    }
+
+    /// Looks at `paths` only (what inotify reported): re-reads those config files that changed,
+    /// forgets those that are gone. A directory among them (created, moved or removed) means a
+    /// rescan of the whole tree. Returns whether anything changed.
+    pub fn refresh_paths<'p>(&mut self, paths: impl IntoIterator<Item = &'p Path>) -> bool {
+        let mut changed = false;
         for path in paths {
-            let Some(stamp) = stamp_of(&path) else { continue };
-            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+            if path.is_dir() || self.files.keys().any(|known| known.starts_with(path) && known != path) {
+                return self.refresh() || changed;
+            }
+            if !is_config_file(path) || !path.starts_with(&self.dir) {
                 continue;
             }
-            changed = true;
-            match read_file(&path) {
-                Ok((objects, mesh_overlay)) => {
-                    self.files.insert(path, FileState { stamp, objects, mesh_overlay });
-                }
-                Err(e) => {
-                    tracing::warn!("{e}; keeping what this file gave before");
-                    // Remember the stamp so a broken file is reported once, not every poll.
-                    let mut kept = self.files.get(&path).cloned().unwrap_or(FileState {
-                        stamp,
-                        objects: Vec::new(),
-                        mesh_overlay: None,
-                    });
-                    kept.stamp = stamp;
-                    self.files.insert(path, kept);
-                }
+            if path.exists() {
+                changed |= self.reread_if_changed(path);
+            } else {
+                changed |= self.files.remove(path).is_some();
             }
         }
         changed
+    }
+
+    /// Reads `path` again if its modification time or size differ from the last read.
+    fn reread_if_changed(&mut self, path: &Path) -> bool {
+        let Some(stamp) = stamp_of(path) else { return false };
+        if self.files.get(path).is_some_and(|f| f.stamp == Some(stamp)) {
+            return false;
+        }
+        match read_file(path) {
+            Ok((objects, mesh_overlay)) => {
+                let state = FileState { stamp: Some(stamp), objects: FileObjects::of(objects), mesh_overlay };
+                self.files.insert(path.to_owned(), state);
+            }
+            Err(e) => {
+                tracing::warn!("{e}; keeping what this file gave before");
+                // Remember the stamp so a broken file is reported once, not at every rescan.
+                self.files.entry(path.to_owned()).or_default().stamp = Some(stamp);
+            }
+        }
+        true
     }
 
     /// The mesh config: the base with the `istio` ConfigMap's `mesh` applied, when the
@@ -102,22 +174,18 @@ impl ConfigDir {
     }
 
     /// The snapshot of everything currently read (the same merge as the Kubernetes source,
-    /// with no Kubernetes objects).
+    /// with no Kubernetes objects). Objects are shared with the files' state, not copied.
     pub fn snapshot(&self) -> Snapshot {
         let mut inputs = KubeInputs::default();
-        for loaded in self.files.values().flat_map(|f| &f.objects) {
-            match &loaded.object {
-                IstioObject::VirtualService(o) => inputs.virtual_services.push(Arc::new((**o).clone())),
-                IstioObject::DestinationRule(o) => inputs.destination_rules.push(Arc::new((**o).clone())),
-                IstioObject::Sidecar(o) => inputs.sidecars.push(Arc::new((**o).clone())),
-                IstioObject::Gateway(o) => inputs.gateways.push(Arc::new((**o).clone())),
-                IstioObject::ServiceEntry(o) => inputs.service_entries.push(Arc::new((**o).clone())),
-                IstioObject::WorkloadEntry(o) => inputs.workload_entries.push(Arc::new((**o).clone())),
-                _ => {}
-            }
+        for file in self.files.values() {
+            file.objects.add_to(&mut inputs);
         }
         build_snapshot(&inputs, &self.mesh())
     }
+}
+
+fn is_config_file(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
 fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
@@ -157,8 +225,9 @@ fn valid(loaded: &Loaded) -> bool {
     }
 }
 
-/// Reads `dir` now, publishes the snapshot, then polls for changes until `shutdown`,
-/// publishing a new snapshot after each change.
+/// Reads `dir` now, publishes the snapshot, then follows changes until `shutdown`, publishing
+/// a new snapshot after each change: by inotify events, or by polling every `poll` where the
+/// directory cannot be watched.
 pub async fn watch_dir(
     dir: PathBuf,
     mesh: MeshConfig,
@@ -166,22 +235,70 @@ pub async fn watch_dir(
     poll: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let mut source = ConfigDir::new(dir, mesh);
+    let mut source = ConfigDir::new(dir.clone(), mesh);
+    // The watch is set up before the first read, so no change falls between the two.
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event| {
+        let _ = events_tx.send(event);
+    })
+    .and_then(|mut watcher| watcher.watch(&dir, RecursiveMode::Recursive).map(|()| watcher));
+    let rescan_every = match &watcher {
+        Ok(_) => SAFETY_RESCAN,
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot watch the config dir; polling it every {poll:?}");
+            poll
+        }
+    };
     source.refresh();
     tx.send_replace(Arc::new(source.snapshot()));
     tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + rescan_every, rescan_every);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                // Reading is blocking file I/O, but the directory is small and polls are rare.
-                if source.refresh() {
-                    tracing::info!("config dir changed; publishing a new snapshot");
-                    tx.send_replace(Arc::new(source.snapshot()));
-                }
-            }
+        // File I/O below is blocking, but only the files named by events are touched.
+        let changed = tokio::select! {
             () = &mut shutdown => return,
+            _ = rescan.tick() => source.refresh(),
+            Some(first) = events.recv() => {
+                let mut batch = Batch::default();
+                batch.add(first);
+                let started = tokio::time::Instant::now();
+                loop {
+                    let deadline = (tokio::time::Instant::now() + SETTLE).min(started + SETTLE_MAX);
+                    match tokio::time::timeout_at(deadline, events.recv()).await {
+                        Ok(Some(event)) => batch.add(event),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                if batch.rescan { source.refresh() } else { source.refresh_paths(batch.paths.iter().map(PathBuf::as_path)) }
+            }
+        };
+        if changed {
+            tracing::info!("config dir changed; publishing a new snapshot");
+            tx.send_replace(Arc::new(source.snapshot()));
+        }
+    }
+}
+
+/// The paths of a burst of inotify events, or the need for a full rescan.
+#[derive(Debug, Default)]
+struct Batch {
+    paths: BTreeSet<PathBuf>,
+    rescan: bool,
+}
+
+impl Batch {
+    fn add(&mut self, event: notify::Result<notify::Event>) {
+        match event {
+            Ok(event) if event.need_rescan() => self.rescan = true,
+            // Opening or reading changes nothing; closing after a write may end one.
+            Ok(event) if matches!(event.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)) =>
+                {}
+            Ok(event) => self.paths.extend(event.paths),
+            Err(error) => {
+                tracing::warn!(%error, "config dir watch error; rescanning");
+                self.rescan = true;
+            }
         }
     }
 }

@@ -36,11 +36,12 @@ pub struct KubeInputs {
 
 /// Merges the stores into a snapshot. Services are keyed by hostname; when two declare the same
 /// hostname the first by (namespace, name) wins and the others are dropped with a warning.
-/// Istio objects that fail validation are dropped with a warning; the rest are sorted by
-/// namespace and name.
+/// Istio objects are sorted by namespace and name. They must be valid already: each source
+/// validates an object once, when it arrives or changes (the Kubernetes watch as it decodes, the
+/// config directory as it reads a file), not at every rebuild.
 pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
-    let service_entries_valid = valid("ServiceEntry", &inputs.service_entries);
-    let workload_entries_valid = valid("WorkloadEntry", &inputs.workload_entries);
+    let service_entries_valid = sorted(&inputs.service_entries);
+    let workload_entries_valid = sorted(&inputs.workload_entries);
 
     let workloads = Workloads::new(
         inputs.pods.iter().map(|p| p.as_ref()),
@@ -116,17 +117,16 @@ pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
         mesh: mesh.clone(),
         services,
         endpoints,
-        virtual_services: valid("VirtualService", &inputs.virtual_services),
-        destination_rules: valid("DestinationRule", &inputs.destination_rules),
-        sidecars: valid("Sidecar", &inputs.sidecars),
-        gateways: valid("Gateway", &inputs.gateways),
+        virtual_services: sorted(&inputs.virtual_services),
+        destination_rules: sorted(&inputs.destination_rules),
+        sidecars: sorted(&inputs.sidecars),
+        gateways: sorted(&inputs.gateways),
     }
 }
 
-/// The objects without validation errors, sorted by namespace/name; each dropped one is logged
-/// with its first error. Warnings do not drop an object.
-pub(crate) fn valid<T: Validate + kube::Resource>(kind: &str, objects: &[Arc<T>]) -> Vec<Arc<T>> {
-    let mut kept: Vec<Arc<T>> = objects.iter().filter(|o| passes(kind, o.as_ref())).cloned().collect();
+/// The objects sorted by namespace/name.
+fn sorted<T: kube::Resource>(objects: &[Arc<T>]) -> Vec<Arc<T>> {
+    let mut kept = objects.to_vec();
     kept.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
     kept
 }
@@ -187,8 +187,6 @@ mod tests {
                     "vs",
                     json!({"hosts": ["ratings"], "http": [{"route": [{"destination": {"host": "ratings"}}]}]}),
                 )),
-                // Invalid: no routes.
-                arc(istio("VirtualService", "a", "broken", json!({"hosts": ["ratings"]}))),
             ],
             destination_rules: vec![arc(istio("DestinationRule", "default", "reviews", json!({"host": "reviews"})))],
             service_entries: vec![arc(istio(
@@ -223,7 +221,7 @@ mod tests {
             .iter()
             .map(|v| format!("{}/{}", v.metadata.namespace.as_deref().unwrap(), v.metadata.name.as_deref().unwrap()))
             .collect();
-        assert_eq!(vs, ["a/vs", "b/vs"], "sorted, invalid one dropped");
+        assert_eq!(vs, ["a/vs", "b/vs"], "sorted");
         assert_eq!(snapshot.destination_rules.len(), 1);
     }
 
@@ -257,25 +255,5 @@ mod tests {
         assert!(!snapshot.services[host].kubernetes);
         let addresses: Vec<_> = snapshot.endpoints_of(host).iter().map(|e| e.address.as_str()).collect();
         assert_eq!(addresses, ["10.9.9.9"], "only the winner's endpoints");
-    }
-
-    #[test]
-    fn invalid_service_entries_are_dropped() {
-        let mut i = inputs();
-        i.service_entries.push(arc(istio(
-            "ServiceEntry",
-            "default",
-            "nohosts",
-            json!({"ports": [{"number": 80, "name": "http"}]}),
-        )));
-        i.service_entries.push(arc(istio(
-            "ServiceEntry",
-            "default",
-            "star",
-            json!({"hosts": ["*"], "ports": [{"number": 80, "name": "http"}], "resolution": "NONE"}),
-        )));
-        let snapshot = build_snapshot(&i, &MeshConfig::default());
-        assert!(!snapshot.services.contains_key("*"));
-        assert_eq!(snapshot.services.len(), 3);
     }
 }
