@@ -8,7 +8,7 @@
 //! resources depend on the proxy itself and are built per stream. The name table (NDS) depends
 //! only on the proxy's namespace and is built on first use per namespace.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -202,6 +202,54 @@ impl EndpointTable {
         }
         table
     }
+}
+
+impl EndpointTable {
+    /// `previous` with the assignments of `hosts` replaced by `assignments` (all of theirs, in
+    /// any order); every other entry is shared as it is. An assignment equal to the one it
+    /// replaces keeps its encoding and version, so streams are not sent it again.
+    pub fn update(previous: &EndpointTable, hosts: &BTreeSet<String>, assignments: Vec<ClusterLoadAssignment>) -> Self {
+        let of_changed_host = |name: &str| assignment_host(name).is_some_and(|host| hosts.contains(host));
+        let mut table = EndpointTable {
+            decoded: previous
+                .decoded
+                .iter()
+                .filter(|(n, _)| !of_changed_host(n))
+                .map(|(n, a)| (n.clone(), a.clone()))
+                .collect(),
+            encoded: previous
+                .encoded
+                .iter()
+                .filter(|(n, _)| !of_changed_host(n))
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+            sent: OnceLock::new(),
+        };
+        for assignment in assignments {
+            let name = assignment.cluster_name.clone();
+            if table.decoded.contains_key(&name) {
+                tracing::warn!(name, "duplicate ClusterLoadAssignment; keeping the first");
+                continue;
+            }
+            let reused =
+                previous.decoded.get(&name).zip(previous.encoded.get(&name)).filter(|(old, _)| ***old == assignment);
+            let (decoded, encoded) = match reused {
+                Some((old, encoded)) => (old.clone(), encoded.clone()),
+                None => {
+                    let encoded = Arc::new(EncodedResource::encode(name.clone(), &assignment));
+                    (Arc::new(assignment), encoded)
+                }
+            };
+            table.decoded.insert(name.clone(), decoded);
+            table.encoded.insert(name, encoded);
+        }
+        table
+    }
+}
+
+/// The host of an EDS cluster name `outbound|<port>|<subset>|<host>`.
+fn assignment_host(name: &str) -> Option<&str> {
+    name.splitn(4, '|').nth(3)
 }
 
 /// One debounced push: what every stream converges to.
@@ -474,5 +522,127 @@ mod tests {
         let set = EncodedSet::encode(resources.clone(), None);
         assert_eq!(set.clusters.len(), 1);
         assert_eq!(set.clusters["a"].hash, EncodedResource::encode("a".into(), &resources.clusters[0]).hash);
+    }
+}
+
+/// Incremental endpoint tables against from-scratch ones, over random change sequences.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod incremental_tests {
+    use super::*;
+    use crate::model::{Endpoint, Protocol, Resolution, Service, ServicePort};
+    use crate::translate::endpoint;
+    use rudder_config::networking::DestinationRule;
+
+    /// xorshift64: a deterministic sequence per seed, enough to pick changes.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, below: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % below
+        }
+    }
+
+    fn host(i: u64) -> String {
+        format!("svc-{i}.ns.svc.cluster.local")
+    }
+
+    fn service(i: u64, ports: u64) -> Arc<Service> {
+        Arc::new(Service {
+            hostname: host(i),
+            namespace: "ns".into(),
+            name: format!("svc-{i}"),
+            ports: (0..ports)
+                .map(|p| ServicePort { name: format!("http-{p}"), port: 8000 + p as u32, protocol: Protocol::Http })
+                .collect(),
+            addresses: vec![format!("10.96.0.{i}")],
+            resolution: Resolution::ClientSideLb,
+            mesh_external: false,
+            export_to: vec![],
+            kubernetes: true,
+        })
+    }
+
+    fn endpoints(i: u64, rng: &mut Rng) -> Arc<Vec<Endpoint>> {
+        let count = rng.next(4);
+        Arc::new(
+            (0..count)
+                .map(|e| {
+                    let mut ep = Endpoint::plain(&format!("10.244.{i}.{e}"), 9000, "http-0", "ns");
+                    ep.labels = [("version".to_owned(), format!("v{}", rng.next(2) + 1))].into();
+                    ep
+                })
+                .collect(),
+        )
+    }
+
+    fn rule(name: &str, host: &str, versions: &[u64]) -> Arc<DestinationRule> {
+        let subsets: Vec<_> = versions
+            .iter()
+            .map(|v| serde_json::json!({"name": format!("v{v}"), "labels": {"version": format!("v{v}")}}))
+            .collect();
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"host": host, "subsets": subsets},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn mutate(snapshot: &Snapshot, rng: &mut Rng) -> Snapshot {
+        let mut next = snapshot.clone();
+        for _ in 0..=rng.next(3) {
+            let i = rng.next(8);
+            match rng.next(6) {
+                0 => {
+                    next.services.insert(host(i), service(i, 1 + rng.next(2)));
+                }
+                1 => {
+                    next.services.remove(&host(i));
+                }
+                2 | 3 => {
+                    next.endpoints.insert(host(i), endpoints(i, rng));
+                }
+                4 => {
+                    let versions: Vec<u64> = (1..=rng.next(3)).collect();
+                    let target = if rng.next(4) == 0 { "*.ns.svc.cluster.local".to_owned() } else { host(i) };
+                    next.destination_rules.retain(|r| r.metadata.name.as_deref() != Some(&format!("dr-{i}")));
+                    next.destination_rules.push(rule(&format!("dr-{i}"), &target, &versions));
+                    next.destination_rules.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                }
+                _ => {
+                    next.destination_rules.retain(|r| r.metadata.name.as_deref() != Some(&format!("dr-{i}")));
+                }
+            }
+        }
+        next
+    }
+
+    #[test]
+    fn incremental_endpoints_equal_a_full_translation() {
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut snapshot = Snapshot::default();
+            let mut table = EndpointTable::build(endpoint::all(&snapshot), None);
+            for step in 0..30 {
+                let next = mutate(&snapshot, &mut rng);
+                table = match endpoint::changed_hosts(&snapshot, &next) {
+                    Some(hosts) => EndpointTable::update(&table, &hosts, endpoint::for_services(&next, &hosts)),
+                    None => EndpointTable::build(endpoint::all(&next), Some(&table)),
+                };
+                let full = EndpointTable::build(endpoint::all(&next), None);
+                let names = |t: &EndpointTable| t.decoded.keys().cloned().collect::<Vec<_>>();
+                assert_eq!(names(&table), names(&full), "seed {seed} step {step}");
+                for (name, assignment) in &full.decoded {
+                    assert_eq!(**assignment, *table.decoded[name], "seed {seed} step {step}: {name}");
+                    assert_eq!(full.encoded[name].hash, table.encoded[name].hash, "seed {seed} step {step}: {name}");
+                }
+                snapshot = next;
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ pub mod metrics;
 pub mod push;
 pub mod sotw;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -115,6 +115,17 @@ pub trait Generator: Send + Sync + 'static {
     fn outbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources;
     fn inbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources;
     fn endpoints(&self, snapshot: &Snapshot) -> Vec<ClusterLoadAssignment>;
+    /// The hosts whose assignments may differ from `before` to `after`; `None` (the default)
+    /// means any, and every assignment is generated again.
+    fn endpoint_changes(&self, _before: &Snapshot, _after: &Snapshot) -> Option<BTreeSet<String>> {
+        None
+    }
+    /// Every assignment of `hosts` (used with [`Generator::endpoint_changes`]).
+    fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
+        let mut all = self.endpoints(snapshot);
+        all.retain(|a| a.cluster_name.splitn(4, '|').nth(3).is_some_and(|host| hosts.contains(host)));
+        all
+    }
 }
 
 /// The production generator: Istio config translation.
@@ -130,6 +141,12 @@ impl Generator for Translator {
     }
     fn endpoints(&self, snapshot: &Snapshot) -> Vec<ClusterLoadAssignment> {
         translate::endpoints(snapshot)
+    }
+    fn endpoint_changes(&self, before: &Snapshot, after: &Snapshot) -> Option<BTreeSet<String>> {
+        translate::endpoint::changed_hosts(before, after)
+    }
+    fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
+        translate::endpoint::for_services(snapshot, hosts)
     }
 }
 

@@ -25,7 +25,15 @@ pub fn build_generation(
     changed_at: Instant,
     previous: Option<&Generation>,
 ) -> Generation {
-    let endpoints = EndpointTable::build(generator.endpoints(&snapshot), previous.map(|p| p.endpoints.as_ref()));
+    // Only the services whose endpoint inputs changed are translated again, when the
+    // generator can tell which those are.
+    let changes = previous.and_then(|p| Some((p, generator.endpoint_changes(&p.snapshot, &snapshot)?)));
+    let endpoints = match changes {
+        Some((previous, hosts)) => {
+            EndpointTable::update(&previous.endpoints, &hosts, generator.endpoints_of(&snapshot, &hosts))
+        }
+        None => EndpointTable::build(generator.endpoints(&snapshot), previous.map(|p| p.endpoints.as_ref())),
+    };
     Generation::new(version, snapshot, changed_at, endpoints, previous)
 }
 

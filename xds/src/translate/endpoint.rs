@@ -6,7 +6,8 @@
 //! Also owns how one registry [`Endpoint`] becomes an Envoy `LbEndpoint`, which the cluster
 //! translation reuses for the inline endpoints of DNS clusters.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HealthStatus, Locality, Metadata, SocketAddress, address, socket_address,
@@ -15,6 +16,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::google::protobuf::{Struct, UInt32Value, Value, value};
+use rudder_config::networking::DestinationRule;
 use rudder_config::networking::destination_rule::Subset;
 
 use super::context::{host_matches, outbound_cluster_name, resolve_host};
@@ -53,6 +55,79 @@ pub fn for_service(snapshot: &Snapshot, hostname: &str) -> Vec<ClusterLoadAssign
     }
     out.sort_unstable_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     out
+}
+
+/// The assignments of the `hosts` that are `ClientSideLb` services, sorted by cluster name:
+/// exactly the entries [`all`] has for them.
+pub fn for_services(snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
+    let rules = SubsetIndex::new(snapshot);
+    let mut out = Vec::new();
+    for host in hosts {
+        if let Some(service) = snapshot.services.get(host)
+            && service.resolution == Resolution::ClientSideLb
+        {
+            service_assignments(snapshot, host, service, &rules.subsets_for(host), &mut out);
+        }
+    }
+    out.sort_unstable_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    out
+}
+
+/// The hosts whose assignments may differ between `before` and `after`: a service added,
+/// removed or changed, its endpoints changed, or a DestinationRule naming it changed its
+/// subsets. `None` when any host could be affected (a wildcard DestinationRule's subsets
+/// changed). Comparing inputs is far cheaper than translating every endpoint again.
+pub fn changed_hosts(before: &Snapshot, after: &Snapshot) -> Option<BTreeSet<String>> {
+    let mut changed = BTreeSet::new();
+    let hosts: BTreeSet<&String> = before.services.keys().chain(after.services.keys()).collect();
+    for host in hosts {
+        let same_service = match (before.services.get(host), after.services.get(host)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        let same_endpoints = match (before.endpoints.get(host), after.endpoints.get(host)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if !(same_service && same_endpoints) {
+            changed.insert(host.clone());
+        }
+    }
+    let rules = |snapshot: &Snapshot| -> BTreeMap<(String, String), Arc<DestinationRule>> {
+        snapshot
+            .destination_rules
+            .iter()
+            .map(|r| {
+                let key =
+                    (r.metadata.namespace.clone().unwrap_or_default(), r.metadata.name.clone().unwrap_or_default());
+                (key, r.clone())
+            })
+            .collect()
+    };
+    let (old_rules, new_rules) = (rules(before), rules(after));
+    let keys: BTreeSet<&(String, String)> = old_rules.keys().chain(new_rules.keys()).collect();
+    for key in keys {
+        let (old, new) = (old_rules.get(key), new_rules.get(key));
+        let (old, new) = (subsets_of(old, &key.0), subsets_of(new, &key.0));
+        if old == new {
+            continue;
+        }
+        for (host, _) in old.into_iter().chain(new) {
+            if host.starts_with('*') {
+                return None;
+            }
+            changed.insert(host);
+        }
+    }
+    Some(changed)
+}
+
+/// What of a DestinationRule the assignments depend on: its resolved host and its subsets.
+fn subsets_of<'r>(rule: Option<&'r Arc<DestinationRule>>, namespace: &str) -> Option<(String, &'r [Subset])> {
+    rule.filter(|r| !r.spec.subsets.is_empty())
+        .map(|r| (resolve_host(&r.spec.host, namespace), r.spec.subsets.as_slice()))
 }
 
 fn service_assignments(
