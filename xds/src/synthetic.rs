@@ -120,6 +120,21 @@ pub fn snapshot(services: usize, ports: usize, endpoints: usize) -> Snapshot {
     build_snapshot(&inputs, &MeshConfig::istio_defaults())
 }
 
+/// Flips the first `version: v1`/`v2` label of a file (the first WorkloadEntry's): an
+/// endpoint-only change, since versions only pick subset members. Returns whether it found one.
+pub fn flip_first_version(text: &str) -> (String, bool) {
+    let Some(workload) = text.find("kind: WorkloadEntry\n") else { return (text.to_owned(), false) };
+    let Some(at) = text[workload..].find("version: v").map(|i| workload + i + "version: v".len()) else {
+        return (text.to_owned(), false);
+    };
+    let flipped = match text[at..].chars().next() {
+        Some('1') => '2',
+        Some('2') => '1',
+        _ => return (text.to_owned(), false),
+    };
+    (format!("{}{flipped}{}", &text[..at], &text[at + 1..]), true)
+}
+
 /// Flips every `weight: N` line of a file to `weight: 100-N` (90/10 becomes 10/90 and back):
 /// a real route change for a bench to time. Returns how many weights changed.
 pub fn flip_weights(text: &str) -> (String, usize) {
@@ -162,6 +177,15 @@ mod tests {
         addresses.sort();
         addresses.dedup();
         assert_eq!(addresses.len(), 3000);
+    }
+
+    #[test]
+    fn the_first_version_label_flips_back_and_forth() {
+        let text = service_yaml(0, 1, 2);
+        let (once, found) = flip_first_version(&text);
+        assert!(found);
+        assert_ne!(once, text);
+        assert_eq!(flip_first_version(&once).0, text);
     }
 
     #[test]

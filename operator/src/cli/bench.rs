@@ -60,6 +60,10 @@ struct XdsArgs {
     /// becomes 10/90 and back) and time how long every stream takes to receive new routes.
     #[arg(long)]
     update_file: Option<PathBuf>,
+    /// After that, flip the first WorkloadEntry's version label in this file (an endpoint-only
+    /// change) and time how long every stream takes to receive new endpoints.
+    #[arg(long)]
+    endpoint_update_file: Option<PathBuf>,
     /// Discovery's process id: report its CPU time and peak resident memory.
     #[arg(long)]
     pid: Option<u32>,
@@ -155,7 +159,7 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         let received = latencies.iter().flatten().count();
         println!(
             "update ({}): {received}/{} streams got new routes (p50 {}, p99 {}, max {}); includes the config-dir \
-             poll and debounce",
+             watch and debounce",
             file.display(),
             args.proxies,
             ms(percentile(&latencies, 50.0)),
@@ -163,6 +167,27 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
             ms(percentile(&latencies, 100.0)),
         );
         report_cpu("update", client_before, server_before, args.pid);
+    }
+    if let Some(file) = &args.endpoint_update_file {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        let client_before = cpu_of("self");
+        let server_before = args.pid.map(|pid| cpu_of(&pid.to_string()));
+        let since = Instant::now();
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let (flipped, found) = synthetic::flip_first_version(&text);
+        anyhow::ensure!(found, "{}: no `version: v1|v2` label to change", file.display());
+        std::fs::write(file, flipped).with_context(|| format!("writing {}", file.display()))?;
+        let latencies = run.wait_update(Kind::Endpoint, since, timeout).await;
+        let received = latencies.iter().flatten().count();
+        println!(
+            "endpoint update ({}): {received}/{} streams got new endpoints (p50 {}, p99 {}, max {})",
+            file.display(),
+            args.proxies,
+            ms(percentile(&latencies, 50.0)),
+            ms(percentile(&latencies, 99.0)),
+            ms(percentile(&latencies, 100.0)),
+        );
+        report_cpu("endpoint update", client_before, server_before, args.pid);
     }
     if let Some(pid) = args.pid {
         let (hwm, rss) = memory_of(pid);

@@ -71,10 +71,9 @@ pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
         candidates.push((service, endpoints));
     }
 
-    let entries: Vec<ServiceEntry> = service_entries_valid.iter().map(|e| ServiceEntry::clone(e)).collect();
-    let workload_entries: Vec<WorkloadEntry> = workload_entries_valid.iter().map(|w| WorkloadEntry::clone(w)).collect();
-    let (entry_services, mut entry_endpoints) = service_entries(&entries, &workload_entries);
-    for entry in &entries {
+    let entries = &service_entries_valid;
+    let (entry_services, mut entry_endpoints) = service_entries(entries, &workload_entries_valid);
+    for entry in entries {
         for (host, pod_endpoints) in convert::selected_pod_endpoints(entry, &workloads) {
             entry_endpoints.entry(host).or_default().extend(pod_endpoints);
         }
