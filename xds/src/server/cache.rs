@@ -140,6 +140,18 @@ impl EncodedSet {
             }
         }
         set.source = resources;
+        // A map whose every resource was reused is the previous map: keep its shared sent map,
+        // so streams holding it see in O(1) that nothing changed.
+        if let Some(previous) = previous {
+            for (slot, kind) in [Kind::Cluster, Kind::Listener, Kind::Route].into_iter().enumerate() {
+                if let (Some(new), Some(old)) = (set.map(kind), previous.map(kind))
+                    && same_map(new, old)
+                    && let Some(sent) = previous.sent[slot].get()
+                {
+                    set.sent[slot] = OnceLock::from(sent.clone());
+                }
+            }
+        }
         set
     }
 
@@ -161,6 +173,11 @@ impl EncodedSet {
         };
         Some(self.sent[slot].get_or_init(|| sent_map_of(map)).clone())
     }
+}
+
+/// Whether two maps hold the very same encoded resources under the same names.
+fn same_map(a: &ResourceMap, b: &ResourceMap) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((na, ra), (nb, rb))| Arc::ptr_eq(ra, rb) && na == nb)
 }
 
 /// Every ClusterLoadAssignment of a generation, decoded (to compare with the next
@@ -200,7 +217,23 @@ impl EndpointTable {
             table.decoded.insert(name.clone(), decoded);
             table.encoded.insert(name, encoded);
         }
+        if let Some(previous) = previous {
+            table.keep_sent_map_if_unchanged(previous);
+        }
         table
+    }
+
+    /// The shared [`SentMap`] of the whole table.
+    pub fn sent_map(&self) -> SentMap {
+        self.sent.get_or_init(|| sent_map_of(&self.encoded)).clone()
+    }
+
+    fn keep_sent_map_if_unchanged(&mut self, previous: &EndpointTable) {
+        if same_map(&self.encoded, &previous.encoded)
+            && let Some(sent) = previous.sent.get()
+        {
+            self.sent = OnceLock::from(sent.clone());
+        }
     }
 }
 
@@ -243,6 +276,7 @@ impl EndpointTable {
             table.decoded.insert(name.clone(), decoded);
             table.encoded.insert(name, encoded);
         }
+        table.keep_sent_map_if_unchanged(previous);
         table
     }
 }
@@ -436,6 +470,49 @@ impl ProxyResources {
                     .then(|| table.sent.get_or_init(|| sent_map_of(&table.encoded)).clone())
             }
         }
+    }
+
+    /// The shared [`SentMap`] of all of this proxy's resources of `kind`, when they are one
+    /// shared map (no inbound resources of the kind; endpoints always); `None` otherwise.
+    pub fn whole_sent_map(&self, kind: Kind) -> Option<SentMap> {
+        match (self.inbound.map(kind), self.outbound.map(kind)) {
+            (Some(inbound), Some(_)) if inbound.is_empty() => self.outbound.sent_map(kind),
+            (Some(_), Some(_)) => None,
+            _ if kind == Kind::Endpoint => Some(self.generation.endpoints.sent_map()),
+            _ => None,
+        }
+    }
+
+    /// How many resources of `kind` this proxy has, when they are one shared map.
+    pub(crate) fn whole_len(&self, kind: Kind) -> Option<usize> {
+        match (self.inbound.map(kind), self.outbound.map(kind)) {
+            (Some(inbound), Some(outbound)) if inbound.is_empty() => Some(outbound.len()),
+            (Some(_), Some(_)) => None,
+            _ if kind == Kind::Endpoint => Some(self.generation.endpoints.encoded.len()),
+            _ => None,
+        }
+    }
+
+    /// The resources named in `names` (sorted), in name order. For endpoints, one merged walk
+    /// over both sorted collections instead of a lookup per name: a proxy subscribes to
+    /// thousands of assignments and every push looked each one up.
+    pub fn named(&self, kind: Kind, names: &BTreeSet<String>) -> Vec<Arc<EncodedResource>> {
+        if kind != Kind::Endpoint {
+            return names.iter().filter_map(|name| self.get(kind, name).cloned()).collect();
+        }
+        let table = &self.generation.endpoints.encoded;
+        if names.len() < table.len() / 8 {
+            return names.iter().filter_map(|name| table.get(name).cloned()).collect();
+        }
+        let mut out = Vec::with_capacity(names.len().min(table.len()));
+        let mut wanted = names.iter().peekable();
+        for (name, resource) in table {
+            while wanted.next_if(|w| w.as_str() < name.as_str()).is_some() {}
+            if wanted.next_if(|w| *w == name).is_some() {
+                out.push(resource.clone());
+            }
+        }
+        out
     }
 
     /// Every resource of `kind`, sorted by name.

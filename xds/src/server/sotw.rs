@@ -222,6 +222,11 @@ impl SotwStream {
             let sent = list.iter().map(|r| (r.name.clone(), r.hash));
             watch.sent = match resources.sent_map(kind, &list).filter(|_| full) {
                 Some(shared) => shared,
+                // The stream already held every other resource of the kind at its current
+                // version: it now holds the whole shared map (no private copy to build).
+                None if !full && holds_all_but(kind, resources, &watch.sent, &list) => {
+                    resources.whole_sent_map(kind).unwrap_or_default()
+                }
                 None if full => self.core.shared.interner.sent(Arc::new(sent.collect::<BTreeMap<_, _>>())),
                 None => {
                     let mut extended = (*watch.sent).clone();
@@ -249,8 +254,34 @@ pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) 
     if watch.wildcard {
         resources.all(kind).into_iter().cloned().collect()
     } else {
-        watch.names.iter().filter_map(|name| resources.get(kind, name).cloned()).collect()
+        resources.named(kind, &watch.names)
     }
+}
+
+/// Whether `sent` plus `list` is exactly the whole shared map of `kind`: `sent` has as many
+/// entries as the map minus what `list` adds, and `list` only updates or adds members.
+/// (Cheap: lengths and the new names only; `sent` only ever holds names the map has, being
+/// pruned of vanished names every push.)
+fn holds_all_but(kind: Kind, resources: &ProxyResources, sent: &BTreeMap<String, u64>, list: &[Arc<EncodedResource>]) -> bool {
+    let Some(whole) = resources.whole_len(kind) else { return false };
+    let added = list.iter().filter(|r| !sent.contains_key(&r.name)).count();
+    sent.len() + added == whole && list.iter().all(|r| resources.get(kind, &r.name).is_some_and(|cur| cur.hash == r.hash))
+}
+
+/// For each resource of `current` (sorted by name), whether `sent` (also sorted) lacks it or
+/// has another version: one merged walk, not a map lookup per resource.
+fn changed_flags(current: &[Arc<EncodedResource>], sent: &BTreeMap<String, u64>) -> Vec<bool> {
+    let mut sent = sent.iter().peekable();
+    current
+        .iter()
+        .map(|r| {
+            while sent.next_if(|(name, _)| name.as_str() < r.name.as_str()).is_some() {}
+            match sent.next_if(|(name, _)| **name == r.name) {
+                Some((_, hash)) => *hash != r.hash,
+                None => true,
+            }
+        })
+        .collect()
 }
 
 /// What a push sends for one type, if anything: the full set for CDS/LDS when any member
@@ -261,19 +292,26 @@ fn plan_push(
     resources: &ProxyResources,
     changed_clusters: &mut BTreeSet<String>,
 ) -> Option<Vec<Arc<EncodedResource>>> {
+    // The stream holds the very map of every resource of the kind, and it is still current:
+    // nothing in scope changed (the common case for most types of most pushes).
+    let rewarm = kind == Kind::Endpoint && !changed_clusters.is_empty();
+    if !rewarm && resources.whole_sent_map(kind).is_some_and(|whole| Arc::ptr_eq(&whole, &watch.sent)) {
+        return None;
+    }
     let current = scope(kind, watch, resources);
-    let changed = |r: &&Arc<EncodedResource>| watch.sent.get(&r.name) != Some(&r.hash);
+    let changed = changed_flags(&current, &watch.sent);
     if kind == Kind::Cluster {
-        changed_clusters.extend(current.iter().filter(changed).map(|r| r.name.clone()));
+        changed_clusters.extend(current.iter().zip(&changed).filter(|(_, c)| **c).map(|(r, _)| r.name.clone()));
     }
     if kind.is_wildcard() {
-        let unchanged = current.len() == watch.sent.len() && !current.iter().any(|r| changed(&r));
+        let unchanged = current.len() == watch.sent.len() && !changed.iter().any(|c| *c);
         return (!unchanged).then_some(current);
     }
     let list: Vec<_> = current
         .iter()
-        .filter(|r| changed(r) || (kind == Kind::Endpoint && changed_clusters.contains(&r.name)))
-        .cloned()
+        .zip(&changed)
+        .filter(|(r, c)| **c || (rewarm && changed_clusters.contains(&r.name)))
+        .map(|(r, _)| r.clone())
         .collect();
     // Forget what no longer exists, so it is sent again if it comes back unchanged. (Checked
     // first: the map is shared between streams and copied only to change it.)
