@@ -202,9 +202,42 @@ pub struct Snapshot {
     pub destination_rules: Vec<Arc<DestinationRule>>,
     pub sidecars: Vec<Arc<Sidecar>>,
     pub gateways: Vec<Arc<Gateway>>,
+    /// `endpoints` by address, built on first use by [`Snapshot::endpoints_at`].
+    pub by_address: AddressIndex,
+}
+
+/// Endpoints by address: hostname and position in that host's list. Built on first use; a
+/// clone starts empty, so a snapshot copied and then changed never answers from a stale index.
+#[derive(Debug, Default)]
+pub struct AddressIndex(std::sync::OnceLock<std::collections::HashMap<String, Vec<(String, usize)>>>);
+
+impl Clone for AddressIndex {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 impl Snapshot {
+    /// Every endpoint at `address`, with its service hostname, in hostname order: what a proxy
+    /// at that address serves. Indexed once per snapshot (each proxy asks, and a scan per proxy
+    /// is a scan of every endpoint of the mesh).
+    /// Items are (hostname, position in the host's list, endpoint).
+    pub fn endpoints_at(&self, address: &str) -> impl Iterator<Item = (&String, usize, &Endpoint)> {
+        let index = self.by_address.0.get_or_init(|| {
+            let mut index: std::collections::HashMap<String, Vec<(String, usize)>> = std::collections::HashMap::new();
+            for (host, list) in &self.endpoints {
+                for (i, endpoint) in list.iter().enumerate() {
+                    index.entry(endpoint.address.clone()).or_default().push((host.clone(), i));
+                }
+            }
+            index
+        });
+        index.get(address).into_iter().flatten().filter_map(|(host, i)| {
+            let (host, list) = self.endpoints.get_key_value(host)?;
+            Some((host, *i, list.get(*i)?))
+        })
+    }
+
     /// The mesh root namespace (`istio-system` unless MeshConfig says otherwise).
     pub fn root_namespace(&self) -> &str {
         self.mesh.root_namespace.as_deref().unwrap_or("istio-system")

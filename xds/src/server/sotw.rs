@@ -262,10 +262,16 @@ pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) 
 /// entries as the map minus what `list` adds, and `list` only updates or adds members.
 /// (Cheap: lengths and the new names only; `sent` only ever holds names the map has, being
 /// pruned of vanished names every push.)
-fn holds_all_but(kind: Kind, resources: &ProxyResources, sent: &BTreeMap<String, u64>, list: &[Arc<EncodedResource>]) -> bool {
+fn holds_all_but(
+    kind: Kind,
+    resources: &ProxyResources,
+    sent: &BTreeMap<String, u64>,
+    list: &[Arc<EncodedResource>],
+) -> bool {
     let Some(whole) = resources.whole_len(kind) else { return false };
     let added = list.iter().filter(|r| !sent.contains_key(&r.name)).count();
-    sent.len() + added == whole && list.iter().all(|r| resources.get(kind, &r.name).is_some_and(|cur| cur.hash == r.hash))
+    sent.len() + added == whole
+        && list.iter().all(|r| resources.get(kind, &r.name).is_some_and(|cur| cur.hash == r.hash))
 }
 
 /// For each resource of `current` (sorted by name), whether `sent` (also sorted) lacks it or

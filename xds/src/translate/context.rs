@@ -61,7 +61,8 @@ pub struct Context<'a> {
     /// DestinationRules by resolved host, so [`Context::destination_rule`] does not scan (and
     /// resolve) every rule for every lookup: translation asks once per service and per route
     /// destination, which made it quadratic in the mesh size.
-    rules: RuleIndex<'a>,
+    /// Built on first use: inbound translation never asks, and it runs per proxy.
+    rules: std::cell::OnceCell<RuleIndex<'a>>,
 }
 
 /// DestinationRules with their hosts resolved once: exact hosts in a map, wildcards in a list.
@@ -107,12 +108,7 @@ impl<'a> RuleIndex<'a> {
 
 impl<'a> Context<'a> {
     pub fn new(snapshot: &'a Snapshot, proxy: &'a Proxy) -> Self {
-        Self {
-            snapshot,
-            proxy,
-            sidecar: sidecar_for(snapshot, proxy),
-            rules: RuleIndex::new(&snapshot.destination_rules),
-        }
+        Self { snapshot, proxy, sidecar: sidecar_for(snapshot, proxy), rules: std::cell::OnceCell::new() }
     }
 
     /// Services this proxy may reach: exported to its namespace (and, with a Sidecar, listed
@@ -152,6 +148,7 @@ impl<'a> Context<'a> {
         let root = self.snapshot.root_namespace();
         let proxy_ns = self.proxy.namespace.as_str();
         self.rules
+            .get_or_init(|| RuleIndex::new(&self.snapshot.destination_rules))
             .covering(hostname)
             .into_iter()
             .filter_map(|(host, dr)| {
@@ -252,9 +249,14 @@ impl Context<'_> {
         if capture_none {
             return Vec::new();
         }
-        for (host, endpoints) in &self.snapshot.endpoints {
+        let mut at_proxy: Vec<_> =
+            self.proxy.ip_addresses.iter().flat_map(|ip| self.snapshot.endpoints_at(ip)).collect();
+        // Host order, then the host's own order, whatever the order of the proxy's addresses.
+        at_proxy.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        at_proxy.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+        for (host, _, ep) in at_proxy {
             let Some(service) = self.snapshot.services.get(host) else { continue };
-            for ep in endpoints.iter().filter(|e| self.proxy.ip_addresses.contains(&e.address)) {
+            {
                 let Some(sp) = service.ports.iter().find(|p| p.name == ep.service_port_name) else { continue };
                 ports.entry(ep.port).or_insert_with(|| InboundPort {
                     port: ep.port,

@@ -120,6 +120,7 @@ pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
         destination_rules: sorted(&inputs.destination_rules),
         sidecars: sorted(&inputs.sidecars),
         gateways: sorted(&inputs.gateways),
+        by_address: Default::default(),
     }
 }
 
