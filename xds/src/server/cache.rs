@@ -515,6 +515,23 @@ impl ProxyResources {
         out
     }
 
+    /// Whether this proxy has a resource of `kind` for each of `names` (sorted). For
+    /// endpoints, one merged walk over the table.
+    pub fn has_all<'n>(&self, kind: Kind, names: impl ExactSizeIterator<Item = &'n String>) -> bool {
+        if kind != Kind::Endpoint {
+            return names.into_iter().all(|name| self.get(kind, name).is_some());
+        }
+        let table = &self.generation.endpoints.encoded;
+        if names.len() < table.len() / 8 {
+            return names.into_iter().all(|name| table.contains_key(name));
+        }
+        let mut table = table.keys().peekable();
+        names.into_iter().all(|name| {
+            while table.next_if(|t| t.as_str() < name.as_str()).is_some() {}
+            table.next_if(|t| *t == name).is_some()
+        })
+    }
+
     /// Every resource of `kind`, sorted by name.
     pub fn all(&self, kind: Kind) -> Vec<&Arc<EncodedResource>> {
         if kind == Kind::NameTable {

@@ -122,6 +122,19 @@ impl SotwStream {
             }
             return Answer::Nothing;
         }
+        // An ACK usually repeats the subscription unchanged (thousands of EDS names on every
+        // push): tell that without building a new set.
+        if !request.response_nonce.is_empty()
+            && request.response_nonce == watches.get(&kind).map(|w| w.nonce_sent.as_str()).unwrap_or_default()
+            && let Some(watch) = watches.get_mut(&kind)
+            && !watch.legacy_wildcard
+            && same_names(&request.resource_names, watch)
+        {
+            watch.nonce_acked = request.response_nonce;
+            watch.version_acked = request.version_info;
+            watch.last_error = None;
+            return Answer::Nothing;
+        }
         let mut names: BTreeSet<String> = request.resource_names.into_iter().collect();
         let star = names.remove("*");
         if !kind.is_wildcard() && names.is_empty() && !star {
@@ -258,6 +271,23 @@ pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) 
     }
 }
 
+/// Whether a request's `resource_names` are exactly the watch's subscription (`*` standing
+/// for the wildcard). Sorted lists, as Envoy and our clients send, are compared in one walk.
+fn same_names(requested: &[String], watch: &WatchState) -> bool {
+    let star = requested.iter().filter(|n| *n == "*").count();
+    if (star > 0) != watch.wildcard || requested.len() - star != watch.names.len() {
+        return false;
+    }
+    let explicit = requested.iter().filter(|n| *n != "*");
+    if requested.is_sorted() {
+        explicit.zip(watch.names.iter()).all(|(a, b)| a == b)
+    } else {
+        // Same length, so all present means equal, unless a name is repeated.
+        let all_present = explicit.clone().all(|n| watch.names.contains(n));
+        all_present && explicit.collect::<BTreeSet<_>>().len() == watch.names.len()
+    }
+}
+
 /// Whether `sent` plus `list` is exactly the whole shared map of `kind`: `sent` has as many
 /// entries as the map minus what `list` adds, and `list` only updates or adds members.
 /// (Cheap: lengths and the new names only; `sent` only ever holds names the map has, being
@@ -321,7 +351,7 @@ fn plan_push(
         .collect();
     // Forget what no longer exists, so it is sent again if it comes back unchanged. (Checked
     // first: the map is shared between streams and copied only to change it.)
-    if watch.sent.keys().any(|name| resources.get(kind, name).is_none()) {
+    if !resources.has_all(kind, watch.sent.keys()) {
         Arc::make_mut(&mut watch.sent).retain(|name, _| resources.get(kind, name).is_some());
     }
     (!list.is_empty()).then_some(list)
