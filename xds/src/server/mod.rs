@@ -22,6 +22,7 @@ pub mod loadclient;
 pub mod metrics;
 pub mod push;
 pub mod sotw;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -30,9 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -306,11 +305,10 @@ impl DiscoveryServer {
         self.shared.connections.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// The tonic service, with the request size limit raised for large proxies.
-    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<DiscoveryServer> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
-            .max_encoding_message_size(usize::MAX)
+    /// The ADS gRPC service: SotW written from the shared encodings ([`wire`]), delta through
+    /// tonic's generated service (request size limit raised for large proxies).
+    pub fn ads_service(&self) -> wire::AdsService {
+        wire::AdsService::new(self.clone())
     }
 
     /// `/metrics`, `/ready` and the `/debug/*` endpoints, for the monitoring port.
@@ -335,6 +333,23 @@ impl DiscoveryServer {
 type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
 
 impl DiscoveryServer {
+    /// Opens a SotW stream from its decoded requests: the first request registers the
+    /// connection, then the stream runs in its own task, sending on the returned channel.
+    pub(crate) async fn open_sotw(
+        &self,
+        mut requests: Streaming<DiscoveryRequest>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<mpsc::Receiver<Result<wire::SotwResponse, Status>>, Status> {
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let connection = connection::register(&self.shared, first.node.as_ref(), peer, false)?;
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(sotw::run(self.shared.clone(), connection, first, requests, tx));
+        Ok(rx)
+    }
+
     /// Reads a stream's first request, registers the connection from its node, and runs the
     /// stream (`run`: SotW or delta) in its own task.
     async fn open_stream<Req, Resp, Run, Fut>(
@@ -374,11 +389,23 @@ impl AggregatedDiscoveryService for DiscoveryServer {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
     type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
 
+    /// Not reached through [`DiscoveryServer::ads_service`], which serves SotW itself; this is
+    /// for a server built from the generated service alone.
     async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.open_stream(request, false, |r| r.node.as_ref(), sotw::run).await
+        let peer = request.remote_addr();
+        let mut responses = self.open_sotw(request.into_inner(), peer).await?;
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(async move {
+            while let Some(response) = responses.recv().await {
+                if tx.send(response.map(wire::SotwResponse::into_message)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn delta_aggregated_resources(

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -19,8 +19,9 @@ use super::Kind;
 use super::Shared;
 use super::cache::{EncodedResource, ProxyResources};
 use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
+use super::wire::SotwResponse;
 
-type Responses = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+type Responses = mpsc::Sender<Result<SotwResponse, Status>>;
 
 /// What a request asks the server to send.
 enum Answer {
@@ -249,13 +250,8 @@ impl SotwStream {
             };
         }
         let size: usize = list.iter().map(|r| r.any.value.len()).sum();
-        let response = DiscoveryResponse {
-            version_info,
-            resources: list.iter().map(|r| r.any.clone()).collect(),
-            type_url: kind.type_url().to_owned(),
-            nonce,
-            ..Default::default()
-        };
+        // The shared encodings themselves: the body writes them out (see `wire`).
+        let response = SotwResponse { version_info, type_url: kind.type_url(), nonce, resources: list };
         self.responses.send(Ok(response)).await.map_err(|_| Closed)?;
         self.core.shared.metrics.pushed(kind, size, started.elapsed());
         Ok(())
