@@ -18,7 +18,10 @@ use prost::{Message, Name};
 use tokio::sync::OnceCell;
 
 use crate::model::{Proxy, Snapshot};
-use crate::translate::{LabelSelectors, Resources, ViewKey};
+use crate::translate::{LabelSelectors, Parts, Resources, ViewKey};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
 use super::{Generator, Kind};
 
@@ -77,75 +80,97 @@ fn sent_map_of(map: &ResourceMap) -> SentMap {
 }
 
 /// Encoded clusters, listeners and routes (the proxy-specific types), with the translated
-/// messages they came from.
+/// messages they came from. Each kind is shared (`Arc`) so a set rebuilt for a change that
+/// did not touch a kind takes that kind over from its predecessor as it is.
 #[derive(Clone, Debug, Default)]
 pub struct EncodedSet {
-    pub clusters: ResourceMap,
-    pub listeners: ResourceMap,
-    pub routes: ResourceMap,
-    source: Resources,
+    pub clusters: Arc<ResourceMap>,
+    pub listeners: Arc<ResourceMap>,
+    pub routes: Arc<ResourceMap>,
+    cluster_source: Arc<Vec<Cluster>>,
+    listener_source: Arc<Vec<Listener>>,
+    route_source: Arc<Vec<RouteConfiguration>>,
     /// [`SentMap`]s of the three maps, in the same order, built on first use.
     sent: [OnceLock<SentMap>; 3],
 }
 
-impl EncodedSet {
-    /// Encodes every resource. A name seen twice keeps its first resource: a response must not
-    /// carry the same name twice (Envoy rejects it), and translation sorts by name, so the first
-    /// is the deterministic choice.
-    ///
-    /// A resource equal (`==`) to the one of the same name in `previous` keeps `previous`'s
-    /// encoding and version. Equality, not the bytes, decides: prost writes proto maps
-    /// (`typed_per_filter_config`, metadata) in `HashMap` order, so equal messages can encode to
-    /// different bytes, which would look like a change and be pushed again for nothing.
-    pub fn encode(resources: Resources, previous: Option<&EncodedSet>) -> Self {
-        fn insert<M: Message + Name + PartialEq>(
-            map: &mut ResourceMap,
-            name: &str,
-            message: &M,
-            previous: Option<(&ResourceMap, &BTreeMap<&str, &M>)>,
-        ) {
-            if map.contains_key(name) {
-                tracing::warn!(name, type_url = %M::type_url(), "duplicate resource name; keeping the first");
-                return;
-            }
-            let reused = previous.and_then(|(encoded, messages)| {
-                (*messages.get(name)? == message).then(|| encoded.get(name).cloned()).flatten()
-            });
-            let encoded = reused.unwrap_or_else(|| Arc::new(EncodedResource::encode(name.to_owned(), message)));
-            map.insert(name.to_owned(), encoded);
-        }
-        fn by_name<M>(items: &[M], name: impl Fn(&M) -> &str) -> BTreeMap<&str, &M> {
+/// Encodes `items` by name. A name seen twice keeps its first resource: a response must not
+/// carry the same name twice (Envoy rejects it), and translation sorts by name, so the first is
+/// the deterministic choice.
+///
+/// A resource equal (`==`) to the one of the same name in `previous` keeps `previous`'s
+/// encoding and version. Equality, not the bytes, decides: prost writes proto maps
+/// (`typed_per_filter_config`, metadata) in `HashMap` order, so equal messages can encode to
+/// different bytes, which would look like a change and be pushed again for nothing.
+fn encode_kind<M: Message + Name + PartialEq>(
+    items: &[M],
+    name: impl Fn(&M) -> &str,
+    previous: Option<(&ResourceMap, &[M])>,
+) -> ResourceMap {
+    let old: BTreeMap<&str, &M> = previous
+        .map(|(_, messages)| {
             let mut out = BTreeMap::new();
-            for item in items {
-                out.entry(name(item)).or_insert(item);
+            for message in messages {
+                out.entry(name(message)).or_insert(message);
             }
             out
+        })
+        .unwrap_or_default();
+    let mut map = ResourceMap::new();
+    for item in items {
+        let key = name(item);
+        if map.contains_key(key) {
+            tracing::warn!(name = key, type_url = %M::type_url(), "duplicate resource name; keeping the first");
+            continue;
         }
+        let reused =
+            previous.and_then(|(encoded, _)| (*old.get(key)? == item).then(|| encoded.get(key).cloned()).flatten());
+        let encoded = reused.unwrap_or_else(|| Arc::new(EncodedResource::encode(key.to_owned(), item)));
+        map.insert(key.to_owned(), encoded);
+    }
+    map
+}
+
+impl EncodedSet {
+    /// Encodes every resource (see [`encode_kind`] for names and reuse of `previous`).
+    pub fn encode(resources: Resources, previous: Option<&EncodedSet>) -> Self {
+        Self::update(previous, resources, Parts::ALL)
+    }
+
+    /// The set for `fresh`, whose kinds in `parts` were translated again; every other kind is
+    /// `previous`'s, shared as it is (when there is no `previous`, `parts` must be all).
+    pub fn update(previous: Option<&EncodedSet>, fresh: Resources, parts: Parts) -> Self {
         let mut set = Self::default();
-        {
-            let old_clusters = previous.map(|p| by_name(&p.source.clusters, |c| &c.name)).unwrap_or_default();
-            let old_listeners = previous.map(|p| by_name(&p.source.listeners, |l| &l.name)).unwrap_or_default();
-            let old_routes = previous.map(|p| by_name(&p.source.routes, |r| &r.name)).unwrap_or_default();
-            for cluster in &resources.clusters {
-                let prev = previous.map(|p| (&p.clusters, &old_clusters));
-                insert(&mut set.clusters, &cluster.name, cluster, prev);
-            }
-            for listener in &resources.listeners {
-                let prev = previous.map(|p| (&p.listeners, &old_listeners));
-                insert(&mut set.listeners, &listener.name, listener, prev);
-            }
-            for route in &resources.routes {
-                let prev = previous.map(|p| (&p.routes, &old_routes));
-                insert(&mut set.routes, &route.name, route, prev);
+        match previous.filter(|_| !parts.clusters) {
+            Some(p) => (set.clusters, set.cluster_source) = (p.clusters.clone(), p.cluster_source.clone()),
+            None => {
+                let old = previous.map(|p| (p.clusters.as_ref(), p.cluster_source.as_slice()));
+                set.clusters = Arc::new(encode_kind(&fresh.clusters, |c| &c.name, old));
+                set.cluster_source = Arc::new(fresh.clusters);
             }
         }
-        set.source = resources;
+        match previous.filter(|_| !parts.listeners) {
+            Some(p) => (set.listeners, set.listener_source) = (p.listeners.clone(), p.listener_source.clone()),
+            None => {
+                let old = previous.map(|p| (p.listeners.as_ref(), p.listener_source.as_slice()));
+                set.listeners = Arc::new(encode_kind(&fresh.listeners, |l| &l.name, old));
+                set.listener_source = Arc::new(fresh.listeners);
+            }
+        }
+        match previous.filter(|_| !parts.routes) {
+            Some(p) => (set.routes, set.route_source) = (p.routes.clone(), p.route_source.clone()),
+            None => {
+                let old = previous.map(|p| (p.routes.as_ref(), p.route_source.as_slice()));
+                set.routes = Arc::new(encode_kind(&fresh.routes, |r| &r.name, old));
+                set.route_source = Arc::new(fresh.routes);
+            }
+        }
         // A map whose every resource was reused is the previous map: keep its shared sent map,
         // so streams holding it see in O(1) that nothing changed.
         if let Some(previous) = previous {
             for (slot, kind) in [Kind::Cluster, Kind::Listener, Kind::Route].into_iter().enumerate() {
                 if let (Some(new), Some(old)) = (set.map(kind), previous.map(kind))
-                    && same_map(new, old)
+                    && (std::ptr::eq(new, old) || same_map(new, old))
                     && let Some(sent) = previous.sent[slot].get()
                 {
                     set.sent[slot] = OnceLock::from(sent.clone());
@@ -153,6 +178,15 @@ impl EncodedSet {
             }
         }
         set
+    }
+
+    /// The translated messages, for translating again only some kinds.
+    pub fn sources(&self) -> Resources {
+        Resources {
+            clusters: self.cluster_source.as_ref().clone(),
+            listeners: self.listener_source.as_ref().clone(),
+            routes: self.route_source.as_ref().clone(),
+        }
     }
 
     fn map(&self, kind: Kind) -> Option<&ResourceMap> {
@@ -305,6 +339,9 @@ pub struct Generation {
     /// The previous generation's views, taken as each view is recomputed, so unchanged
     /// resources keep their encoding (see [`EncodedSet::encode`]).
     previous_views: Mutex<HashMap<ViewKey, Arc<EncodedSet>>>,
+    /// The snapshot `previous_views` were translated from: what a view's rebuild compares
+    /// with to translate again only the kinds a change touched.
+    previous_snapshot: Option<Arc<Snapshot>>,
 }
 
 impl Generation {
@@ -336,6 +373,7 @@ impl Generation {
             views: Mutex::new(HashMap::new()),
             name_tables: Mutex::new(HashMap::new()),
             previous_views: Mutex::new(previous_views),
+            previous_snapshot: previous.map(|p| p.snapshot.clone()),
         }
     }
 
@@ -371,13 +409,24 @@ impl Generation {
             let snapshot = self.snapshot.clone();
             let proxy = proxy.clone();
             let previous = self.previous_views.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+            let previous_snapshot = self.previous_snapshot.clone();
             async move {
                 // Translation and encoding are CPU work: keep them off the async workers.
-                let task = tokio::task::spawn_blocking(move || {
-                    EncodedSet::encode(generator.outbound(&snapshot, &proxy), previous.as_deref())
+                let task = tokio::task::spawn_blocking(move || match (previous, previous_snapshot) {
+                    (Some(previous), Some(before)) => {
+                        let parts = generator.changed_parts(&before, &snapshot, &key);
+                        if !parts.any() {
+                            return previous;
+                        }
+                        let fresh = generator.outbound_parts(&snapshot, &proxy, parts);
+                        Arc::new(EncodedSet::update(Some(&previous), fresh, parts))
+                    }
+                    (previous, _) => {
+                        Arc::new(EncodedSet::encode(generator.outbound(&snapshot, &proxy), previous.as_deref()))
+                    }
                 });
                 match task.await {
-                    Ok(set) => Arc::new(set),
+                    Ok(set) => set,
                     Err(error) => {
                         tracing::error!(%error, "outbound translation failed; serving no outbound resources");
                         Arc::new(EncodedSet::default())
@@ -624,7 +673,7 @@ mod tests {
 #[allow(clippy::unwrap_used)]
 mod incremental_tests {
     use super::*;
-    use crate::model::{Endpoint, Protocol, Resolution, Service, ServicePort};
+    use crate::model::{Endpoint, Protocol, Proxy, Resolution, Service, ServicePort};
     use crate::translate::endpoint;
     use rudder_config::networking::DestinationRule;
 
@@ -714,6 +763,96 @@ mod incremental_tests {
             }
         }
         next
+    }
+
+    fn virtual_service(i: u64, weight: u64) -> Arc<rudder_config::networking::VirtualService> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": format!("vs-{i}"), "namespace": "ns"},
+                "spec": {"hosts": [host(i)], "http": [{"route": [
+                    {"destination": {"host": host(i), "subset": "v1"}, "weight": weight},
+                    {"destination": {"host": host(i), "subset": "v2"}, "weight": 100 - weight},
+                ]}], "tcp": [{"route": [{"destination": {"host": host(i)}}]}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn sidecar(hosts: &[String]) -> Arc<rudder_config::networking::Sidecar> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                "metadata": {"name": "default", "namespace": "ns"},
+                "spec": {"egress": [{"hosts": hosts}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// [`mutate`], plus VirtualService and Sidecar changes.
+    fn mutate_config(snapshot: &Snapshot, rng: &mut Rng) -> Snapshot {
+        let mut next = mutate(snapshot, rng);
+        let i = rng.next(8);
+        match rng.next(5) {
+            0 => {
+                next.virtual_services.retain(|v| v.metadata.name.as_deref() != Some(&format!("vs-{i}")));
+                next.virtual_services.push(virtual_service(i, rng.next(101)));
+                next.virtual_services.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            }
+            1 => next.virtual_services.retain(|v| v.metadata.name.as_deref() != Some(&format!("vs-{i}"))),
+            2 => {
+                let hosts: Vec<String> = (0..=rng.next(3)).map(|h| format!("./{}", host(h * 2))).collect();
+                next.sidecars = vec![sidecar(&hosts)];
+            }
+            3 => next.sidecars.clear(),
+            _ => {}
+        }
+        next
+    }
+
+    /// A view rebuilt from only the kinds a change touched equals one translated from scratch.
+    #[test]
+    fn incremental_views_equal_a_full_translation() {
+        use crate::translate::{self, ViewKey};
+        // The third, in capture mode NONE, sits at an endpoint's address (its inbound ports
+        // then shape its outbound listeners).
+        let none = std::collections::BTreeMap::from([("INTERCEPTION_MODE".to_owned(), serde_json::json!("NONE"))]);
+        let proxies: Vec<Proxy> = [
+            ("sidecar~10.244.1.1~a.ns~ns.svc.cluster.local", Default::default()),
+            ("sidecar~10.244.1.2~b.other~other.svc.cluster.local", Default::default()),
+            ("sidecar~10.244.3.0~c.ns~ns.svc.cluster.local", none),
+        ]
+        .iter()
+        .map(|(id, meta)| Proxy::from_node(id, meta).unwrap())
+        .collect();
+        let mut rebuilt_partially = 0;
+        for seed in 1..=25u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let mut snapshot = Snapshot::default();
+            let mut sets: Vec<EncodedSet> =
+                proxies.iter().map(|p| EncodedSet::encode(translate::outbound(&snapshot, p), None)).collect();
+            for step in 0..20 {
+                let next = mutate_config(&snapshot, &mut rng);
+                let selectors = crate::translate::LabelSelectors::of(&next);
+                for (proxy, set) in proxies.iter().zip(sets.iter_mut()) {
+                    let parts = translate::changed_parts(&snapshot, &next, &ViewKey::of(proxy, &selectors));
+                    if parts.any() && parts != crate::translate::Parts::ALL {
+                        rebuilt_partially += 1;
+                    }
+                    *set = EncodedSet::update(Some(set), translate::outbound_parts(&next, proxy, parts), parts);
+                    let full = translate::outbound(&next, proxy);
+                    assert!(set.sources() == full, "seed {seed} step {step} {}: {parts:?}", proxy.id);
+                    let full = EncodedSet::encode(full, None);
+                    for kind in [Kind::Cluster, Kind::Listener, Kind::Route] {
+                        let names = |s: &EncodedSet| s.map(kind).unwrap().keys().cloned().collect::<Vec<_>>();
+                        assert_eq!(names(set), names(&full), "seed {seed} step {step}");
+                    }
+                }
+                snapshot = next;
+            }
+        }
+        assert!(rebuilt_partially > 50, "the sequences exercise partial rebuilds ({rebuilt_partially})");
     }
 
     #[test]

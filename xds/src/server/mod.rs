@@ -42,7 +42,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::{Proxy, Snapshot};
-use crate::translate::{self, Resources};
+use crate::translate::{self, Parts, Resources, ViewKey};
 
 use self::cache::Generation;
 use self::connection::Connection;
@@ -119,6 +119,15 @@ pub trait Generator: Send + Sync + 'static {
     fn endpoint_changes(&self, _before: &Snapshot, _after: &Snapshot) -> Option<BTreeSet<String>> {
         None
     }
+    /// Which kinds of a view's outbound config may differ from `before` to `after`; all (the
+    /// default) translates the view again whole.
+    fn changed_parts(&self, _before: &Snapshot, _after: &Snapshot, _key: &ViewKey) -> Parts {
+        Parts::ALL
+    }
+    /// The kinds of the outbound config named in `parts` (others may be left empty).
+    fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, _parts: Parts) -> Resources {
+        self.outbound(snapshot, proxy)
+    }
     /// Every assignment of `hosts` (used with [`Generator::endpoint_changes`]).
     fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
         let mut all = self.endpoints(snapshot);
@@ -143,6 +152,12 @@ impl Generator for Translator {
     }
     fn endpoint_changes(&self, before: &Snapshot, after: &Snapshot) -> Option<BTreeSet<String>> {
         translate::endpoint::changed_hosts(before, after)
+    }
+    fn changed_parts(&self, before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Parts {
+        translate::changed_parts(before, after, key)
+    }
+    fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resources {
+        translate::outbound_parts(snapshot, proxy, parts)
     }
     fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
         translate::endpoint::for_services(snapshot, hosts)

@@ -151,6 +151,70 @@ impl ViewKey {
     }
 }
 
+/// Which kinds of a view's outbound resources a change may have touched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    pub clusters: bool,
+    pub listeners: bool,
+    pub routes: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts { clusters: true, listeners: true, routes: true };
+    pub const NONE: Parts = Parts { clusters: false, listeners: false, routes: false };
+
+    pub fn any(self) -> bool {
+        self.clusters || self.listeners || self.routes
+    }
+}
+
+/// What of a view's outbound config may differ between `before` and `after`, from what each
+/// kind reads (keep in step with the translation modules):
+/// - clusters: services, their endpoints (DNS clusters carry them inline, ISTIO_MUTUAL SANs
+///   come from their accounts), DestinationRules, Sidecars, the mesh config;
+/// - routes: services, VirtualServices, DestinationRules (subsets), Sidecars, the mesh config;
+/// - listeners: services, VirtualServices (TCP and TLS routes), Sidecars, the mesh config, and
+///   in capture mode NONE the endpoints (the proxy's own inbound ports).
+///
+/// Gateways are not read by sidecar translation yet, so a Gateway change touches nothing.
+pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Parts {
+    /// The same objects: shared (the registries reuse unchanged objects) or equal.
+    macro_rules! same {
+        ($a:expr, $b:expr) => {
+            $a.len() == $b.len()
+                && $a
+                    .iter()
+                    .zip($b.iter())
+                    .all(|(x, y)| Arc::ptr_eq(x, y) || (x.metadata == y.metadata && x.spec == y.spec))
+        };
+    }
+    fn same_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
+    }
+    if key.node_type == NodeType::Router || before.mesh != after.mesh || !same!(before.sidecars, after.sidecars) {
+        return Parts::ALL;
+    }
+    let services = !same_map(&before.services, &after.services);
+    let endpoints = !same_map(&before.endpoints, &after.endpoints);
+    let virtual_services = !same!(before.virtual_services, after.virtual_services);
+    let rules = !same!(before.destination_rules, after.destination_rules);
+    Parts {
+        clusters: services || endpoints || rules,
+        routes: services || virtual_services || rules,
+        listeners: services || virtual_services || (endpoints && key.interception == InterceptionMode::None),
+    }
+}
+
+/// The kinds of `proxy`'s outbound config named in `parts` (the others left empty).
+pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resources {
+    let ctx = context::Context::new(snapshot, proxy);
+    Resources {
+        clusters: if parts.clusters { cluster::outbound(&ctx) } else { Vec::new() },
+        listeners: if parts.listeners { listener::outbound(&ctx) } else { Vec::new() },
+        routes: if parts.routes { route::outbound(&ctx) } else { Vec::new() },
+    }
+}
+
 /// The outbound side of `proxy`'s config: everything it needs to reach services.
 pub fn outbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
     let ctx = context::Context::new(snapshot, proxy);
