@@ -10,16 +10,17 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::cache::{EncodedResource, ProxyResources, parse_version};
 use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
 use super::sotw::scope;
+use super::wire::DeltaResponse;
 use super::{Kind, Shared};
 
-type Responses = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+type Responses = mpsc::Sender<Result<DeltaResponse, Status>>;
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -231,9 +232,9 @@ impl DeltaStream {
         let base = self.core.shared.nonce();
         let version_info = resources.generation.version_info.clone();
         let size: usize = diff.resources.iter().map(|r| r.any.value.len()).sum();
-        let mut chunks: Vec<Vec<Resource>> = vec![Vec::new()];
+        let mut chunks: Vec<Vec<Arc<EncodedResource>>> = vec![Vec::new()];
         let mut chunk_bytes = 0;
-        for r in &diff.resources {
+        for r in diff.resources {
             let len = r.any.value.len();
             if chunk_bytes + len > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
                 chunks.push(Vec::new());
@@ -241,12 +242,7 @@ impl DeltaStream {
             }
             chunk_bytes += len;
             if let Some(chunk) = chunks.last_mut() {
-                chunk.push(Resource {
-                    name: r.name.clone(),
-                    version: r.version(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                });
+                chunk.push(r);
             }
         }
         let count = chunks.len();
@@ -261,13 +257,13 @@ impl DeltaStream {
         let mut removed = Some(diff.removed);
         for (i, chunk) in chunks.into_iter().enumerate() {
             let last = i + 1 == count;
-            let response = DeltaDiscoveryResponse {
+            // The shared encodings themselves: the body writes them out (see `wire`).
+            let response = DeltaResponse {
                 system_version_info: version_info.clone(),
                 resources: chunk,
-                type_url: kind.type_url().to_owned(),
+                type_url: kind.type_url(),
                 removed_resources: if last { removed.take().unwrap_or_default() } else { Vec::new() },
                 nonce: nonce_of(i),
-                ..Default::default()
             };
             self.responses.send(Ok(response)).await.map_err(|_| Closed)?;
         }
@@ -321,6 +317,13 @@ fn diff(
     report_missing: &BTreeSet<String>,
     force: &BTreeSet<String>,
 ) -> Diff {
+    // The client holds the very map of every resource of the kind, and it is still current.
+    if force.is_empty()
+        && report_missing.is_empty()
+        && resources.whole_sent_map(kind).is_some_and(|whole| Arc::ptr_eq(&whole, &watch.sent))
+    {
+        return Diff { resources: Vec::new(), removed: Vec::new() };
+    }
     let current = scope(kind, watch, resources);
     if watch.sent.is_empty() && report_missing.iter().all(|name| resources.get(kind, name).is_some()) {
         // The client holds nothing and everything in scope exists: send it all, and record
@@ -330,17 +333,31 @@ fn diff(
             return Diff { resources: current, removed: Vec::new() };
         }
     }
-    let mut removed: BTreeSet<String> =
-        watch.sent.keys().filter(|name| resources.get(kind, name).is_none()).cloned().collect();
+    let mut removed: BTreeSet<String> = if resources.has_all(kind, watch.sent.keys()) {
+        BTreeSet::new()
+    } else {
+        watch.sent.keys().filter(|name| resources.get(kind, name).is_none()).cloned().collect()
+    };
     removed.extend(report_missing.iter().filter(|name| resources.get(kind, name).is_none()).cloned());
     for name in &removed {
         Arc::make_mut(&mut watch.sent).remove(name);
     }
-    let mut changed = Vec::new();
-    for resource in current {
-        if watch.sent.get(&resource.name) != Some(&resource.hash) || force.contains(&resource.name) {
-            Arc::make_mut(&mut watch.sent).insert(resource.name.clone(), resource.hash);
-            changed.push(resource);
+    let flags = super::sotw::changed_flags(&current, &watch.sent);
+    let whole = current.len();
+    let changed: Vec<_> = current
+        .into_iter()
+        .zip(flags)
+        .filter(|(r, changed)| *changed || force.contains(&r.name))
+        .map(|(r, _)| r)
+        .collect();
+    // Everything in scope is every resource of the kind: after this send the client holds the
+    // whole shared map (no private copy to build). Otherwise record the changes one by one.
+    match resources.whole_len(kind).filter(|len| *len == whole).and_then(|_| resources.whole_sent_map(kind)) {
+        Some(shared) => watch.sent = shared,
+        None => {
+            for resource in &changed {
+                Arc::make_mut(&mut watch.sent).insert(resource.name.clone(), resource.hash);
+            }
         }
     }
     Diff { resources: changed, removed: removed.into_iter().collect() }

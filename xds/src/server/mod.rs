@@ -31,15 +31,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
 use crate::model::{Proxy, Snapshot};
 use crate::translate::{self, Parts, Resources, ViewKey};
@@ -320,8 +316,8 @@ impl DiscoveryServer {
         self.shared.connections.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// The ADS gRPC service: SotW written from the shared encodings ([`wire`]), delta through
-    /// tonic's generated service (request size limit raised for large proxies).
+    /// The ADS gRPC service: responses written from the shared encodings ([`wire`]), requests
+    /// decoded by tonic (size limit raised for large proxies).
     pub fn ads_service(&self) -> wire::AdsService {
         wire::AdsService::new(self.clone())
     }
@@ -345,8 +341,6 @@ impl DiscoveryServer {
     }
 }
 
-type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
-
 impl DiscoveryServer {
     /// Opens a SotW stream from its decoded requests: the first request registers the
     /// connection, then the stream runs in its own task, sending on the returned channel.
@@ -365,68 +359,19 @@ impl DiscoveryServer {
         Ok(rx)
     }
 
-    /// Reads a stream's first request, registers the connection from its node, and runs the
-    /// stream (`run`: SotW or delta) in its own task.
-    async fn open_stream<Req, Resp, Run, Fut>(
+    /// Opens a delta stream, as [`DiscoveryServer::open_sotw`] does a SotW one.
+    pub(crate) async fn open_delta(
         &self,
-        request: Request<Streaming<Req>>,
-        delta: bool,
-        node: fn(&Req) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>,
-        run: Run,
-    ) -> Result<Response<ResponseStream<Resp>>, Status>
-    where
-        Req: Send + 'static,
-        Resp: Send + 'static,
-        Run: FnOnce(
-            Arc<Shared>,
-            connection::Registration,
-            Req,
-            Streaming<Req>,
-            mpsc::Sender<Result<Resp, Status>>,
-        ) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let peer = request.remote_addr();
-        let mut requests = request.into_inner();
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<mpsc::Receiver<Result<wire::DeltaResponse, Status>>, Status> {
         let first = requests
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let connection = connection::register(&self.shared, node(&first), peer, delta)?;
+        let connection = connection::register(&self.shared, first.node.as_ref(), peer, true)?;
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run(self.shared.clone(), connection, first, requests, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for DiscoveryServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    /// Not reached through [`DiscoveryServer::ads_service`], which serves SotW itself; this is
-    /// for a server built from the generated service alone.
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let mut responses = self.open_sotw(request.into_inner(), peer).await?;
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(async move {
-            while let Some(response) = responses.recv().await {
-                if tx.send(response.map(wire::SotwResponse::into_message)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.open_stream(request, true, |r| r.node.as_ref(), delta::run).await
+        tokio::spawn(delta::run(self.shared.clone(), connection, first, requests, tx));
+        Ok(rx)
     }
 }

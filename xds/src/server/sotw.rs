@@ -302,7 +302,7 @@ fn holds_all_but(
 
 /// For each resource of `current` (sorted by name), whether `sent` (also sorted) lacks it or
 /// has another version: one merged walk, not a map lookup per resource.
-fn changed_flags(current: &[Arc<EncodedResource>], sent: &BTreeMap<String, u64>) -> Vec<bool> {
+pub(crate) fn changed_flags(current: &[Arc<EncodedResource>], sent: &BTreeMap<String, u64>) -> Vec<bool> {
     let mut sent = sent.iter().peekable();
     current
         .iter()

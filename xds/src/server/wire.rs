@@ -9,17 +9,15 @@
 //! bytes are copied once, into the chunk. The bytes on the wire are exactly those of
 //! `DiscoveryResponse` (fields 1, 2, 4, 5, in field order).
 //!
-//! [`AdsService`] routes `StreamAggregatedResources` here and every other method (delta ADS) to
-//! tonic's generated service.
+//! Delta responses are written the same way ([`DeltaResponse`]). [`AdsService`] routes both ADS
+//! methods; requests are decoded by tonic.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use http_body::Frame;
 use prost::bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
@@ -27,12 +25,14 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::codec::Streaming;
 use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
 
 use super::cache::EncodedResource;
 use super::{DiscoveryServer, MAX_DECODING_MESSAGE_SIZE};
 
-/// The SotW method's path.
+/// The methods' paths.
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 /// Bytes written per body frame (a whole resource larger than this goes in one frame).
 pub const CHUNK: usize = 64 * 1024;
 
@@ -45,105 +45,131 @@ pub struct SotwResponse {
     pub resources: Vec<Arc<EncodedResource>>,
 }
 
-/// Length of a string field (tag, length, bytes); 0 for an empty one, which proto3 omits.
-fn string_field_len(tag: u32, value: &str) -> usize {
-    if value.is_empty() {
-        0
-    } else {
-        prost::encoding::key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+/// One `DeltaDiscoveryResponse`, by reference to the shared encodings.
+#[derive(Debug, Clone, Default)]
+pub struct DeltaResponse {
+    pub system_version_info: String,
+    pub type_url: &'static str,
+    pub nonce: String,
+    pub resources: Vec<Arc<EncodedResource>>,
+    pub removed_resources: Vec<String>,
+}
+
+/// A response message written field by field: the scalar and small fields first (`head`),
+/// then one length-delimited entry per shared resource. Protobuf does not care about field
+/// order, so the bytes decode to the same message as prost's encoding of it.
+pub trait WireMessage: Send + 'static {
+    fn head_len(&self) -> usize;
+    fn write_head(&self, out: &mut BytesMut);
+    fn resources(&self) -> &[Arc<EncodedResource>];
+    /// The length of resource `r`'s entry, tag and length prefix included.
+    fn entry_len(&self, r: &EncodedResource) -> usize;
+    fn write_entry(&self, r: &EncodedResource, out: &mut BytesMut);
+
+    fn encoded_len(&self) -> usize {
+        self.head_len() + self.resources().iter().map(|r| self.entry_len(r)).sum::<usize>()
     }
 }
 
-fn put_string_field(tag: u32, value: &str, out: &mut BytesMut) {
+/// Length of a string or bytes field (tag, length, bytes); 0 for an empty one, which proto3
+/// omits.
+fn string_field_len(tag: u32, value: &[u8]) -> usize {
+    if value.is_empty() { 0 } else { delimited_len(tag, value.len()) }
+}
+
+/// Length of a length-delimited field of `len` bytes, written even when empty.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+fn put_string_field(tag: u32, value: &[u8], out: &mut BytesMut) {
     if !value.is_empty() {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(value.len() as u64, out);
-        out.put_slice(value.as_bytes());
+        put_delimited_header(tag, value.len(), out);
+        out.put_slice(value);
     }
+}
+
+fn put_delimited_header(tag: u32, len: usize, out: &mut BytesMut) {
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
 }
 
 /// Encoded length of one `google.protobuf.Any` (`type_url` = 1, `value` = 2).
-fn any_len(resource: &EncodedResource) -> usize {
-    string_field_len(1, &resource.any.type_url) + bytes_field_len(2, &resource.any.value)
+fn any_len(r: &EncodedResource) -> usize {
+    string_field_len(1, r.any.type_url.as_bytes()) + string_field_len(2, &r.any.value)
 }
 
-fn bytes_field_len(tag: u32, value: &[u8]) -> usize {
-    if value.is_empty() {
-        0
-    } else {
-        prost::encoding::key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+fn put_any(r: &EncodedResource, out: &mut BytesMut) {
+    put_string_field(1, r.any.type_url.as_bytes(), out);
+    put_string_field(2, &r.any.value, out);
+}
+
+impl WireMessage for SotwResponse {
+    fn head_len(&self) -> usize {
+        string_field_len(1, self.version_info.as_bytes())
+            + string_field_len(4, self.type_url.as_bytes())
+            + string_field_len(5, self.nonce.as_bytes())
+    }
+
+    fn write_head(&self, out: &mut BytesMut) {
+        put_string_field(1, self.version_info.as_bytes(), out);
+        put_string_field(4, self.type_url.as_bytes(), out);
+        put_string_field(5, self.nonce.as_bytes(), out);
+    }
+
+    fn resources(&self) -> &[Arc<EncodedResource>] {
+        &self.resources
+    }
+
+    /// `resources` (2): the Any.
+    fn entry_len(&self, r: &EncodedResource) -> usize {
+        delimited_len(2, any_len(r))
+    }
+
+    fn write_entry(&self, r: &EncodedResource, out: &mut BytesMut) {
+        put_delimited_header(2, any_len(r), out);
+        put_any(r, out);
     }
 }
 
-impl SotwResponse {
-    /// The protobuf message length (without the gRPC frame header).
-    fn encoded_len(&self) -> usize {
-        let resources: usize = self
-            .resources
-            .iter()
-            .map(|r| {
-                let len = any_len(r);
-                prost::encoding::key_len(2) + encoded_len_varint(len as u64) + len
-            })
-            .sum();
-        string_field_len(1, &self.version_info)
-            + resources
-            + string_field_len(4, self.type_url)
-            + string_field_len(5, &self.nonce)
-    }
-
-    /// The response as gRPC data frames of about [`CHUNK`] bytes: the 5-byte message header,
-    /// then the message.
-    fn frames(self) -> Frames {
-        Frames { response: self, next: 0, started: false }
-    }
+/// Length of a delta `Resource` message: `version` (1), `resource` (2, the Any), `name` (3).
+fn delta_resource_len(r: &EncodedResource) -> usize {
+    string_field_len(1, r.version().as_bytes()) + delimited_len(2, any_len(r)) + string_field_len(3, r.name.as_bytes())
 }
 
-/// Writes a [`SotwResponse`] chunk by chunk.
-#[derive(Debug)]
-struct Frames {
-    response: SotwResponse,
-    /// The next resource to write.
-    next: usize,
-    started: bool,
-}
+impl WireMessage for DeltaResponse {
+    fn head_len(&self) -> usize {
+        string_field_len(1, self.system_version_info.as_bytes())
+            + string_field_len(4, self.type_url.as_bytes())
+            + string_field_len(5, self.nonce.as_bytes())
+            + self.removed_resources.iter().map(|n| delimited_len(6, n.len())).sum::<usize>()
+    }
 
-impl Frames {
-    fn next_chunk(&mut self) -> Option<Bytes> {
-        let resources = &self.response.resources;
-        if self.started && self.next >= resources.len() {
-            return None;
+    fn write_head(&self, out: &mut BytesMut) {
+        put_string_field(1, self.system_version_info.as_bytes(), out);
+        put_string_field(4, self.type_url.as_bytes(), out);
+        put_string_field(5, self.nonce.as_bytes(), out);
+        for name in &self.removed_resources {
+            put_delimited_header(6, name.len(), out);
+            out.put_slice(name.as_bytes());
         }
-        let mut out = BytesMut::with_capacity(CHUNK.min(self.response.encoded_len_hint()) + 16);
-        if !self.started {
-            self.started = true;
-            let len = self.response.encoded_len();
-            out.put_u8(0); // not compressed
-            out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-            put_string_field(1, &self.response.version_info, &mut out);
-        }
-        while let Some(resource) = resources.get(self.next) {
-            let len = any_len(resource);
-            if !out.is_empty() && out.len() + len > CHUNK {
-                break;
-            }
-            encode_key(2, WireType::LengthDelimited, &mut out);
-            encode_varint(len as u64, &mut out);
-            put_string_field(1, &resource.any.type_url, &mut out);
-            if !resource.any.value.is_empty() {
-                encode_key(2, WireType::LengthDelimited, &mut out);
-                encode_varint(resource.any.value.len() as u64, &mut out);
-                out.put_slice(&resource.any.value);
-            }
-            self.next += 1;
-        }
-        if self.next >= resources.len() {
-            put_string_field(4, self.response.type_url, &mut out);
-            put_string_field(5, &self.response.nonce, &mut out);
-            // Marks the end even when the last resource ended exactly at a chunk boundary.
-            self.next = usize::MAX;
-        }
-        Some(out.freeze())
+    }
+
+    fn resources(&self) -> &[Arc<EncodedResource>] {
+        &self.resources
+    }
+
+    /// `resources` (2): a `Resource`.
+    fn entry_len(&self, r: &EncodedResource) -> usize {
+        delimited_len(2, delta_resource_len(r))
+    }
+
+    fn write_entry(&self, r: &EncodedResource, out: &mut BytesMut) {
+        put_delimited_header(2, delta_resource_len(r), out);
+        put_string_field(1, r.version().as_bytes(), out);
+        put_delimited_header(2, any_len(r), out);
+        put_any(r, out);
+        put_string_field(3, r.name.as_bytes(), out);
     }
 }
 
@@ -158,26 +184,87 @@ impl SotwResponse {
             ..Default::default()
         }
     }
+}
 
-    /// A capacity hint for the first chunk: small responses get small buffers.
-    fn encoded_len_hint(&self) -> usize {
-        self.resources.iter().take(64).map(|r| r.any.value.len() + 64).sum::<usize>() + 256
+impl DeltaResponse {
+    /// The same response as a prost message (copies every resource).
+    pub fn into_message(self) -> envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
+        use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
+        DeltaDiscoveryResponse {
+            system_version_info: self.system_version_info,
+            resources: self
+                .resources
+                .iter()
+                .map(|r| Resource {
+                    name: r.name.clone(),
+                    version: r.version(),
+                    resource: Some(r.any.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: self.type_url.to_owned(),
+            removed_resources: self.removed_resources,
+            nonce: self.nonce,
+            ..Default::default()
+        }
     }
 }
 
-/// The response body of one SotW stream: frames from the stream task, then the gRPC status in
-/// the trailers.
+/// Writes one message as gRPC frame chunks of about [`CHUNK`] bytes.
 #[derive(Debug)]
-pub struct SotwBody {
-    responses: mpsc::Receiver<Result<SotwResponse, Status>>,
-    current: Option<Frames>,
-    queued: VecDeque<Frames>,
+struct Frames<M> {
+    message: M,
+    /// The next resource to write; `None` before the header is written.
+    next: Option<usize>,
+}
+
+impl<M: WireMessage> Frames<M> {
+    fn new(message: M) -> Self {
+        Self { message, next: None }
+    }
+
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let resources = self.message.resources();
+        let mut out = BytesMut::new();
+        let mut next = match self.next {
+            Some(next) if next >= resources.len() => return None,
+            Some(next) => next,
+            None => {
+                let len = self.message.encoded_len();
+                let first: usize = resources.iter().take(64).map(|r| self.message.entry_len(r)).sum();
+                out.reserve(CHUNK.min(first + self.message.head_len() + 5));
+                out.put_u8(0); // not compressed
+                out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+                self.message.write_head(&mut out);
+                0
+            }
+        };
+        while let Some(resource) = resources.get(next) {
+            let len = self.message.entry_len(resource);
+            if !out.is_empty() && out.len() + len > CHUNK {
+                break;
+            }
+            out.reserve(len);
+            self.message.write_entry(resource, &mut out);
+            next += 1;
+        }
+        self.next = Some(next);
+        Some(out.freeze())
+    }
+}
+
+/// The response body of one stream: each message from the stream task written as frames, then
+/// the gRPC status in the trailers.
+#[derive(Debug)]
+pub struct WireBody<M> {
+    responses: mpsc::Receiver<Result<M, Status>>,
+    current: Option<Frames<M>>,
     done: bool,
 }
 
-impl SotwBody {
-    pub fn new(responses: mpsc::Receiver<Result<SotwResponse, Status>>) -> Self {
-        Self { responses, current: None, queued: VecDeque::new(), done: false }
+impl<M> WireBody<M> {
+    pub fn new(responses: mpsc::Receiver<Result<M, Status>>) -> Self {
+        Self { responses, current: None, done: false }
     }
 
     fn trailers(status: &Status) -> Frame<Bytes> {
@@ -189,7 +276,7 @@ impl SotwBody {
     }
 }
 
-impl http_body::Body for SotwBody {
+impl<M: WireMessage + Unpin> http_body::Body for WireBody<M> {
     type Data = Bytes;
     type Error = Status;
 
@@ -202,15 +289,11 @@ impl http_body::Body for SotwBody {
                 }
                 this.current = None;
             }
-            if let Some(next) = this.queued.pop_front() {
-                this.current = Some(next);
-                continue;
-            }
             if this.done {
                 return Poll::Ready(None);
             }
             match this.responses.poll_recv(cx) {
-                Poll::Ready(Some(Ok(response))) => this.current = Some(response.frames()),
+                Poll::Ready(Some(Ok(message))) => this.current = Some(Frames::new(message)),
                 Poll::Ready(Some(Err(status))) => {
                     this.done = true;
                     return Poll::Ready(Some(Ok(Self::trailers(&status))));
@@ -225,19 +308,15 @@ impl http_body::Body for SotwBody {
     }
 }
 
-/// The ADS gRPC service: SotW streams through [`SotwBody`], delta through tonic.
+/// The ADS gRPC service, both methods answered through [`WireBody`].
 #[derive(Clone, Debug)]
 pub struct AdsService {
     server: DiscoveryServer,
-    generated: AggregatedDiscoveryServiceServer<DiscoveryServer>,
 }
 
 impl AdsService {
     pub fn new(server: DiscoveryServer) -> Self {
-        let generated = AggregatedDiscoveryServiceServer::new(server.clone())
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
-            .max_encoding_message_size(usize::MAX);
-        Self { server, generated }
+        Self { server }
     }
 }
 
@@ -246,6 +325,22 @@ impl NamedService for AdsService {
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+/// The HTTP response of a stream whose messages arrive on `responses`.
+fn grpc_response<M: WireMessage + Unpin>(
+    responses: Result<mpsc::Receiver<Result<M, Status>>, Status>,
+) -> http::Response<tonic::body::Body> {
+    match responses {
+        Ok(responses) => {
+            let mut response = http::Response::new(tonic::body::Body::new(WireBody::new(responses)));
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            response
+        }
+        Err(status) => status.into_http(),
+    }
+}
 
 impl tower::Service<http::Request<tonic::body::Body>> for AdsService {
     type Response = http::Response<tonic::body::Body>;
@@ -257,26 +352,91 @@ impl tower::Service<http::Request<tonic::body::Body>> for AdsService {
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() != SOTW_PATH {
-            return Box::pin(tower::Service::call(&mut self.generated, request));
-        }
         let server = self.server.clone();
         Box::pin(async move {
-            let peer =
-                request.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
+            let peer = request.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
+            let path = request.uri().path().to_owned();
             let body = request.into_body();
-            let decoder = tonic_prost::ProstDecoder::<DiscoveryRequest>::default();
-            let requests = Streaming::new_request(decoder, body, None, Some(MAX_DECODING_MESSAGE_SIZE));
-            Ok(match server.open_sotw(requests, peer).await {
-                Ok(responses) => {
-                    let mut response = http::Response::new(tonic::body::Body::new(SotwBody::new(responses)));
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-                    response
+            Ok(match path.as_str() {
+                SOTW_PATH => {
+                    let decoder = tonic_prost::ProstDecoder::<DiscoveryRequest>::default();
+                    let requests = Streaming::new_request(decoder, body, None, Some(MAX_DECODING_MESSAGE_SIZE));
+                    grpc_response(server.open_sotw(requests, peer).await)
                 }
-                Err(status) => status.into_http(),
+                DELTA_PATH => {
+                    let decoder = tonic_prost::ProstDecoder::<DeltaDiscoveryRequest>::default();
+                    let requests = Streaming::new_request(decoder, body, None, Some(MAX_DECODING_MESSAGE_SIZE));
+                    grpc_response(server.open_delta(requests, peer).await)
+                }
+                other => Status::unimplemented(format!("{other}: not an ADS method")).into_http(),
             })
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
+    use prost::Message;
+
+    fn resources(count: usize, size: usize) -> Vec<Arc<EncodedResource>> {
+        (0..count)
+            .map(|i| {
+                let cluster = Cluster { name: format!("c{i}-{}", "x".repeat(size)), ..Default::default() };
+                Arc::new(EncodedResource::encode(cluster.name.clone(), &cluster))
+            })
+            .collect()
+    }
+
+    /// The frames of `message`, joined: the 5-byte gRPC header and the message bytes.
+    fn framed<M: WireMessage>(message: M) -> (Vec<usize>, Vec<u8>) {
+        let mut frames = Frames::new(message);
+        let mut sizes = Vec::new();
+        let mut all = Vec::new();
+        while let Some(chunk) = frames.next_chunk() {
+            sizes.push(chunk.len());
+            all.extend_from_slice(&chunk);
+        }
+        (sizes, all)
+    }
+
+    #[test]
+    fn sotw_bytes_decode_to_the_same_response() {
+        for (count, size) in [(0, 0), (1, 10), (3, 0), (500, 300), (2, 200_000)] {
+            let response = SotwResponse {
+                version_info: "1700000000/7".into(),
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                nonce: "42".into(),
+                resources: resources(count, size),
+            };
+            let (sizes, bytes) = framed(response.clone());
+            assert_eq!(bytes[0], 0);
+            let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+            assert_eq!(len, bytes.len() - 5, "the header gives the message length");
+            assert_eq!(DiscoveryResponse::decode(&bytes[5..]).unwrap(), response.clone().into_message());
+            assert_eq!(len, response.into_message().encoded_len(), "same length as prost's encoding");
+            // Chunks stay near CHUNK, except one holding a single larger resource.
+            assert!(sizes.iter().all(|s| *s <= CHUNK || size > CHUNK / 2), "{sizes:?}");
+        }
+    }
+
+    #[test]
+    fn delta_bytes_decode_to_the_same_response() {
+        for (count, removed) in [(0, vec![]), (2, vec!["gone".to_owned()]), (300, vec!["a".into(), "b".into()])] {
+            let response = DeltaResponse {
+                system_version_info: "1700000000/7".into(),
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                nonce: "42/1".into(),
+                resources: resources(count, 400),
+                removed_resources: removed,
+            };
+            let (_, bytes) = framed(response.clone());
+            let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+            assert_eq!(len, bytes.len() - 5);
+            assert_eq!(DeltaDiscoveryResponse::decode(&bytes[5..]).unwrap(), response.into_message());
+        }
     }
 }
