@@ -286,21 +286,28 @@ fn earlier_chunk(nonce: &str, sent: &str) -> bool {
 /// [`diff`] restricted to `names` (newly subscribed): each is sent if the client lacks it, or
 /// reported removed if it does not exist.
 fn diff_named(kind: Kind, watch: &mut WatchState, resources: &ProxyResources, names: &BTreeSet<String>) -> Diff {
-    let mut changed = Vec::new();
-    let mut removed = Vec::new();
-    for name in names {
-        match resources.get(kind, name) {
-            Some(resource) => {
-                if watch.sent.get(name) != Some(&resource.hash) {
-                    Arc::make_mut(&mut watch.sent).insert(name.clone(), resource.hash);
-                    changed.push(resource.clone());
-                }
+    let found = resources.named(kind, names);
+    let removed: Vec<String> = if found.len() == names.len() {
+        Vec::new()
+    } else {
+        names.iter().filter(|name| resources.get(kind, name).is_none()).cloned().collect()
+    };
+    let flags = super::sotw::changed_flags(&found, &watch.sent);
+    let changed: Vec<_> = found.into_iter().zip(flags).filter(|(_, c)| *c).map(|(r, _)| r).collect();
+    // A first subscription to everything of the kind (a sidecar asking for all its clusters'
+    // endpoints): the client ends up holding the whole shared map, so record that one instead
+    // of building a private copy of it.
+    // (Only from an empty start: entries the client already holds may be a generation behind.)
+    let holds_whole = watch.sent.is_empty() && resources.whole_len(kind) == Some(changed.len());
+    match resources.whole_sent_map(kind).filter(|_| holds_whole) {
+        Some(shared) => watch.sent = shared,
+        None => {
+            let sent = Arc::make_mut(&mut watch.sent);
+            for name in &removed {
+                sent.remove(name);
             }
-            None => {
-                if watch.sent.contains_key(name) {
-                    Arc::make_mut(&mut watch.sent).remove(name);
-                }
-                removed.push(name.clone());
+            for resource in &changed {
+                sent.insert(resource.name.clone(), resource.hash);
             }
         }
     }

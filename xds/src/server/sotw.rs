@@ -94,14 +94,14 @@ impl SotwStream {
                     let Some(watch) = watches.get(&kind) else { return Ok(()) };
                     scope(kind, watch, &resources)
                 };
-                self.send(kind, &resources, list, true).await
+                self.send(kind, &resources, list, true, false).await
             }
             Answer::Names(names) => {
                 let list: Vec<_> = names.iter().filter_map(|name| resources.get(kind, name).cloned()).collect();
                 if list.is_empty() {
                     return Ok(());
                 }
-                self.send(kind, &resources, list, false).await
+                self.send(kind, &resources, list, false, false).await
             }
         }
     }
@@ -210,20 +210,22 @@ impl SotwStream {
                 plan_push(kind, watch, &resources, &mut changed_clusters)
             };
             if let Some(list) = planned {
-                self.send(kind, &resources, list, kind.is_wildcard()).await?;
+                self.send(kind, &resources, list, kind.is_wildcard(), true).await?;
             }
         }
         self.core.shared.metrics.converged(resources.generation.changed_at.elapsed());
         Ok(())
     }
 
-    /// Sends `list` as one response; `full` means it is the whole set the client should hold.
+    /// Sends `list` as one response; `full` means it is the whole set the client should hold;
+    /// `synced` that every other resource in scope was just checked to be current (a push).
     async fn send(
         &self,
         kind: Kind,
         resources: &ProxyResources,
         list: Vec<Arc<EncodedResource>>,
         full: bool,
+        synced: bool,
     ) -> Result<(), Closed> {
         let started = Instant::now();
         let nonce = self.core.shared.nonce();
@@ -238,7 +240,7 @@ impl SotwStream {
                 Some(shared) => shared,
                 // The stream already held every other resource of the kind at its current
                 // version: it now holds the whole shared map (no private copy to build).
-                None if !full && holds_all_but(kind, resources, &watch.sent, &list) => {
+                None if !full && synced && holds_all_but(kind, resources, &watch.sent, &list) => {
                     resources.whole_sent_map(kind).unwrap_or_default()
                 }
                 None if full => self.core.shared.interner.sent(Arc::new(sent.collect::<BTreeMap<_, _>>())),
