@@ -9,9 +9,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use rudder_e2e::synthetic;
 use rudder_xds::model::{Proxy, Snapshot};
 use rudder_xds::server::cache::{EncodedSet, EndpointTable};
-use rudder_xds::synthetic;
 use rudder_xds::translate;
 
 const SERVICES: usize = 1_000;

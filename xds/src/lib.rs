@@ -8,7 +8,5 @@ pub mod nametable;
 pub mod registry;
 pub mod server;
 #[doc(hidden)]
-pub mod synthetic;
-#[doc(hidden)]
 pub mod testing;
 pub mod translate;

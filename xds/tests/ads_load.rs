@@ -6,8 +6,8 @@ mod ads_support;
 use std::time::{Duration, Instant};
 
 use ads_support::*;
+use rudder_e2e::loadclient::{LoadOptions, LoadRun, percentile};
 use rudder_xds::server::Kind;
-use rudder_xds::server::loadclient::{LoadOptions, LoadRun, percentile};
 
 async fn streams_converge_and_see_updates(delta: bool) {
     let harness = Harness::start().await;

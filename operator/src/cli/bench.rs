@@ -1,8 +1,8 @@
 //! `rudder bench`: discovery benchmarks against a real server.
 //!
-//! - `bench mesh` writes the synthetic mesh (`rudder_xds::synthetic`) as a config directory for
+//! - `bench mesh` writes the synthetic mesh (`rudder_e2e::synthetic`) as a config directory for
 //!   `rudder discovery --config-dir`;
-//! - `bench xds` connects N Envoy-like ADS streams (`rudder_xds::server::loadclient`) to a
+//! - `bench xds` connects N Envoy-like ADS streams (`rudder_e2e::loadclient`) to a
 //!   running discovery, reports the time each took to get its full config, then optionally
 //!   changes a VirtualService file and reports how long every stream took to receive it. It
 //!   prints its own CPU time next to the server's (`--pid`), since both share the machine.
@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use rudder_e2e::loadclient::{LoadOptions, LoadRun, percentile};
+use rudder_e2e::synthetic;
 use rudder_xds::server::Kind;
-use rudder_xds::server::loadclient::{LoadOptions, LoadRun, percentile};
-use rudder_xds::synthetic;
 
 use super::install::exit_code;
 
@@ -132,6 +132,7 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
 
     let client_before = cpu_of("self");
     let server_before = args.pid.map(|pid| cpu_of(&pid.to_string()));
+    let server_memory_before = args.pid.and_then(memory_of);
     let started = Instant::now();
     let run = LoadRun::start(options).await.context("starting the streams")?;
     let times = run.wait_full_config(timeout).await;
@@ -146,8 +147,17 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         ms(percentile(&times, 100.0)),
         run.total_bytes() as f64 / (1024.0 * 1024.0),
     );
+    let sizes = run.mean_full_config_bytes();
+    let by_kind: Vec<String> = Kind::PUSH_ORDER
+        .iter()
+        .zip(sizes)
+        .filter(|(_, b)| *b > 0)
+        .map(|(k, b)| format!("{} {}", k.short_name(), kib(b)))
+        .collect();
+    println!("  initial config per proxy: {} ({})", kib(sizes.iter().sum()), by_kind.join(", "));
     report_errors(&run);
     report_cpu("initial push", client_before, server_before, args.pid);
+    report_server_memory("after the join", args.pid, server_memory_before, complete);
 
     if let Some(file) = &args.update_file {
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
@@ -189,12 +199,10 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         );
         report_cpu("endpoint update", client_before, server_before, args.pid);
     }
-    if let Some(pid) = args.pid {
-        let (hwm, rss) = memory_of(pid);
-        println!("server memory: peak RSS (VmHWM) {hwm}, RSS now {rss}");
+    report_server_memory("at the end", args.pid, server_memory_before, complete);
+    if let Some((client_hwm, _)) = memory_of(std::process::id()) {
+        println!("client memory: peak RSS {}", mib(client_hwm));
     }
-    let (client_hwm, _) = memory_of(std::process::id());
-    println!("client memory: peak RSS {client_hwm}");
     anyhow::ensure!(complete == args.proxies, "{} streams never got their full config", args.proxies - complete);
     Ok(())
 }
@@ -213,6 +221,23 @@ fn report_errors(run: &LoadRun) {
     if let Some((node, error)) = failed.first() {
         println!("{} streams failed; first: {node}: {error}", failed.len());
     }
+}
+
+/// Server peak and current RSS, and the growth over the RSS before the streams opened per
+/// stream (the memory a connected, idle proxy costs).
+fn report_server_memory(phase: &str, pid: Option<u32>, before: Option<(u64, u64)>, streams: usize) {
+    let Some((hwm, rss)) = pid.and_then(memory_of) else { return };
+    let per_stream = before
+        .filter(|_| streams > 0)
+        .map(|(_, base)| {
+            format!(
+                ", {} per stream over the {} before the join",
+                kib(rss.saturating_sub(base) * 1024 / streams as u64),
+                mib(base)
+            )
+        })
+        .unwrap_or_default();
+    println!("server memory {phase}: peak RSS {}, RSS {}{per_stream}", mib(hwm), mib(rss));
 }
 
 fn report_cpu(phase: &str, client_before: Option<Duration>, server_before: Option<Option<Duration>>, pid: Option<u32>) {
@@ -238,12 +263,21 @@ fn cpu_of(pid: &str) -> Option<Duration> {
 }
 
 /// `VmHWM` (peak resident) and `VmRSS` of a process, as `/proc/<pid>/status` writes them.
-fn memory_of(pid: u32) -> (String, String) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+/// Peak and current resident memory of a process in KiB (`VmHWM`, `VmRSS`).
+fn memory_of(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_else(|| "?".to_owned())
+        status.lines().find_map(|l| l.strip_prefix(name))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
     };
-    (field("VmHWM:"), field("VmRSS:"))
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+fn kib(bytes: u64) -> String {
+    format!("{:.1} KiB", bytes as f64 / 1024.0)
 }
 
 fn ms(duration: Option<Duration>) -> String {
@@ -260,7 +294,7 @@ mod tests {
     #[test]
     fn reads_own_cpu_and_memory() {
         assert!(cpu_of("self").is_some());
-        let (hwm, _) = memory_of(std::process::id());
-        assert!(hwm.ends_with("kB"), "{hwm}");
+        let (hwm, rss) = memory_of(std::process::id()).unwrap();
+        assert!(hwm >= rss && rss > 0, "{hwm} {rss}");
     }
 }

@@ -11,14 +11,12 @@
 //!   only what changed for it, in the order CDS → EDS → LDS → RDS.
 //!
 //! Per-stream and per-type bookkeeping lives in [`connection`], where the debug endpoints
-//! ([`debug`]) read it. Prometheus metrics are in [`metrics`]; [`loadclient`] is an Envoy-like
-//! load generator for benchmarks.
+//! ([`debug`]) read it. Prometheus metrics are in [`metrics`].
 
 pub mod cache;
 pub mod connection;
 pub mod debug;
 pub mod delta;
-pub mod loadclient;
 pub mod metrics;
 pub mod push;
 pub mod sotw;

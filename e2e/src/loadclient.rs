@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::Kind;
+use rudder_xds::server::Kind;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -69,8 +69,10 @@ pub struct StreamStats {
     pub started: Option<Instant>,
     /// When every type the stream asks for had arrived at least once.
     pub full_config: Option<Instant>,
-    /// Encoded resource bytes received.
-    pub bytes: u64,
+    /// Encoded resource bytes received, per type in [`Kind::PUSH_ORDER`] order.
+    pub bytes: [u64; Kind::PUSH_ORDER.len()],
+    /// `bytes` as they were when the full config arrived: the size of the initial config.
+    pub full_config_bytes: [u64; Kind::PUSH_ORDER.len()],
     /// Receive times of the responses, per type in [`Kind::PUSH_ORDER`] order.
     pub received: [Vec<Instant>; Kind::PUSH_ORDER.len()],
     /// Why the stream ended early, if it did.
@@ -169,7 +171,24 @@ impl LoadRun {
 
     /// Encoded resource bytes received by all streams.
     pub fn total_bytes(&self) -> u64 {
-        self.stats.iter().map(|s| lock(s).bytes).sum()
+        self.stats.iter().map(|s| lock(s).bytes.iter().sum::<u64>()).sum()
+    }
+
+    /// Mean bytes of the initial config per stream that reached it, per type in
+    /// [`Kind::PUSH_ORDER`] order.
+    pub fn mean_full_config_bytes(&self) -> [u64; Kind::PUSH_ORDER.len()] {
+        let mut sum = [0u64; Kind::PUSH_ORDER.len()];
+        let mut count = 0u64;
+        for stats in &self.stats {
+            let stats = lock(stats);
+            if stats.full_config.is_some() {
+                count += 1;
+                for (total, bytes) in sum.iter_mut().zip(stats.full_config_bytes) {
+                    *total += bytes;
+                }
+            }
+        }
+        sum.map(|total| total.checked_div(count).unwrap_or(0))
     }
 
     async fn wait(&self, timeout: Duration, done: impl Fn(&StreamStats) -> Option<Duration>) -> Vec<Option<Duration>> {
@@ -314,9 +333,10 @@ fn record(stats: &Mutex<StreamStats>, kind: Kind, bytes: usize, progress: &mut P
     progress.got[slot(kind)] = true;
     let mut stats = lock(stats);
     stats.received[slot(kind)].push(now);
-    stats.bytes += bytes as u64;
+    stats.bytes[slot(kind)] += bytes as u64;
     if stats.full_config.is_none() && progress.complete(routes) {
         stats.full_config = Some(now);
+        stats.full_config_bytes = stats.bytes;
     }
 }
 
@@ -475,6 +495,6 @@ mod tests {
     fn node_ids_are_distinct_istio_ids() {
         let id = node_id(70_000, "bench");
         assert_eq!(id, "sidecar~10.1.17.112~load-70000.bench~bench.svc.cluster.local");
-        assert!(crate::model::Proxy::from_node(&id, &Default::default()).is_ok());
+        assert!(rudder_xds::model::Proxy::from_node(&id, &Default::default()).is_ok());
     }
 }

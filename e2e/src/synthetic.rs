@@ -17,8 +17,8 @@ use rudder_config::IstioObject;
 use rudder_config::load;
 use rudder_config::mesh::MeshConfig;
 
-use crate::model::Snapshot;
-use crate::registry::kube::{KubeInputs, build_snapshot};
+use rudder_xds::model::Snapshot;
+use rudder_xds::registry::kube::{KubeInputs, build_snapshot};
 
 /// Namespace every synthetic object lives in (and the natural namespace for load clients).
 pub const NAMESPACE: &str = "bench";
