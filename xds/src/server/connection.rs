@@ -411,7 +411,7 @@ pub(crate) struct Closed;
 /// One kind of ADS stream (SotW or delta): how it answers a request and how it pushes a new
 /// generation. [`drive`] runs either.
 pub(crate) trait StreamHandler: Send {
-    type Request: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
     fn core(&mut self) -> &mut StreamCore;
     fn on_request(&mut self, request: Self::Request) -> impl Future<Output = Result<(), Closed>> + Send;
     fn push(&mut self) -> impl Future<Output = Result<(), Closed>> + Send;
@@ -422,7 +422,7 @@ pub(crate) trait StreamHandler: Send {
 pub(crate) async fn drive<H: StreamHandler>(
     mut stream: H,
     first: H::Request,
-    mut requests: tonic::Streaming<H::Request>,
+    mut requests: super::wire::Requests<H::Request>,
 ) {
     if stream.on_request(first).await.is_err() {
         return;

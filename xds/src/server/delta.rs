@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::cache::{EncodedResource, ProxyResources, parse_version};
 use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
 use super::sotw::scope;
-use super::wire::DeltaResponse;
+use super::wire::{DeltaResponse, Requests};
 use super::{Kind, Shared};
 
 type Responses = mpsc::Sender<Result<DeltaResponse, Status>>;
@@ -26,7 +26,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     registration: Registration,
     first: DeltaDiscoveryRequest,
-    requests: Streaming<DeltaDiscoveryRequest>,
+    requests: Requests<DeltaDiscoveryRequest>,
     responses: Responses,
 ) {
     drive(DeltaStream { core: StreamCore::new(shared, registration), responses }, first, requests).await;

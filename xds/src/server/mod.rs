@@ -33,7 +33,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::model::{Proxy, Snapshot};
 use crate::translate::{self, Parts, Resources, ViewKey};
@@ -41,6 +41,7 @@ use crate::translate::{self, Parts, Resources, ViewKey};
 use self::cache::Generation;
 use self::connection::Connection;
 use self::metrics::Metrics;
+use self::wire::Requests;
 
 /// Largest request the server accepts (Envoy's requests are small; responses are not limited).
 pub const MAX_DECODING_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -344,7 +345,7 @@ impl DiscoveryServer {
     /// connection, then the stream runs in its own task, sending on the returned channel.
     pub(crate) async fn open_sotw(
         &self,
-        mut requests: Streaming<DiscoveryRequest>,
+        mut requests: Requests<DiscoveryRequest>,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<mpsc::Receiver<Result<wire::SotwResponse, Status>>, Status> {
         let first = requests
@@ -360,7 +361,7 @@ impl DiscoveryServer {
     /// Opens a delta stream, as [`DiscoveryServer::open_sotw`] does a SotW one.
     pub(crate) async fn open_delta(
         &self,
-        mut requests: Streaming<DeltaDiscoveryRequest>,
+        mut requests: Requests<DeltaDiscoveryRequest>,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<mpsc::Receiver<Result<wire::DeltaResponse, Status>>, Status> {
         let first = requests

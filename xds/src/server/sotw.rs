@@ -13,13 +13,13 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::Kind;
 use super::Shared;
 use super::cache::{EncodedResource, ProxyResources};
 use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
-use super::wire::SotwResponse;
+use super::wire::{Requests, SotwResponse};
 
 type Responses = mpsc::Sender<Result<SotwResponse, Status>>;
 
@@ -38,7 +38,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     registration: Registration,
     first: DiscoveryRequest,
-    requests: Streaming<DiscoveryRequest>,
+    requests: Requests<DiscoveryRequest>,
     responses: Responses,
 ) {
     drive(SotwStream { core: StreamCore::new(shared, registration), responses }, first, requests).await;

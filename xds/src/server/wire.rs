@@ -10,20 +10,20 @@
 //! `DiscoveryResponse` (fields 1, 2, 4, 5, in field order).
 //!
 //! Delta responses are written the same way ([`DeltaResponse`]). [`AdsService`] routes both ADS
-//! methods; requests are decoded by tonic.
+//! methods. Requests are read by [`Requests`], which, unlike tonic's decoder, gives back the
+//! buffer of a large request (an EDS subscription of thousands of names) once it is decoded:
+//! an idle stream keeps no request-sized buffer.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use http_body::Frame;
 use prost::bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::codec::Streaming;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 
@@ -342,6 +342,73 @@ fn grpc_response<M: WireMessage + Unpin>(
     }
 }
 
+/// The request messages of one ADS call, decoded from the gRPC frames of its body.
+pub struct Requests<M> {
+    body: tonic::body::Body,
+    buffer: BytesMut,
+    message: std::marker::PhantomData<fn() -> M>,
+}
+
+/// Request buffer capacity kept between messages; a larger one is given back once empty.
+impl<M> std::fmt::Debug for Requests<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requests").field("buffered", &self.buffer.len()).finish_non_exhaustive()
+    }
+}
+
+const KEPT_REQUEST_BUFFER: usize = 8 * 1024;
+/// The gRPC message header: a compression flag and a big-endian length.
+const GRPC_HEADER: usize = 5;
+
+impl<M: prost::Message + Default> Requests<M> {
+    pub fn new(body: tonic::body::Body) -> Self {
+        Self { body, buffer: BytesMut::new(), message: std::marker::PhantomData }
+    }
+
+    /// The next request; `None` when the client closed its side cleanly.
+    pub async fn message(&mut self) -> Result<Option<M>, Status> {
+        loop {
+            if let Some(message) = self.decode_buffered()? {
+                return Ok(Some(message));
+            }
+            let frame = std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut self.body), cx)).await;
+            match frame {
+                None if self.buffer.is_empty() => return Ok(None),
+                None => return Err(Status::internal("the request stream ended inside a message")),
+                Some(Err(status)) => return Err(status),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode_buffered(&mut self) -> Result<Option<M>, Status> {
+        let Some(header) = self.buffer.get(..GRPC_HEADER) else { return Ok(None) };
+        if header[0] != 0 {
+            return Err(Status::unimplemented("compressed requests are not supported"));
+        }
+        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if length > MAX_DECODING_MESSAGE_SIZE {
+            return Err(Status::resource_exhausted(format!(
+                "request of {length} bytes; the limit is {MAX_DECODING_MESSAGE_SIZE}"
+            )));
+        }
+        let Some(bytes) = self.buffer.get(GRPC_HEADER..GRPC_HEADER + length) else {
+            self.buffer.reserve(GRPC_HEADER + length - self.buffer.len());
+            return Ok(None);
+        };
+        let message = M::decode(bytes).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
+        prost::bytes::Buf::advance(&mut self.buffer, GRPC_HEADER + length);
+        if self.buffer.is_empty() && self.buffer.capacity() > KEPT_REQUEST_BUFFER {
+            self.buffer = BytesMut::new();
+        }
+        Ok(Some(message))
+    }
+}
+
 impl tower::Service<http::Request<tonic::body::Body>> for AdsService {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
@@ -358,16 +425,8 @@ impl tower::Service<http::Request<tonic::body::Body>> for AdsService {
             let path = request.uri().path().to_owned();
             let body = request.into_body();
             Ok(match path.as_str() {
-                SOTW_PATH => {
-                    let decoder = tonic_prost::ProstDecoder::<DiscoveryRequest>::default();
-                    let requests = Streaming::new_request(decoder, body, None, Some(MAX_DECODING_MESSAGE_SIZE));
-                    grpc_response(server.open_sotw(requests, peer).await)
-                }
-                DELTA_PATH => {
-                    let decoder = tonic_prost::ProstDecoder::<DeltaDiscoveryRequest>::default();
-                    let requests = Streaming::new_request(decoder, body, None, Some(MAX_DECODING_MESSAGE_SIZE));
-                    grpc_response(server.open_delta(requests, peer).await)
-                }
+                SOTW_PATH => grpc_response(server.open_sotw(Requests::new(body), peer).await),
+                DELTA_PATH => grpc_response(server.open_delta(Requests::new(body), peer).await),
                 other => Status::unimplemented(format!("{other}: not an ADS method")).into_http(),
             })
         })
@@ -379,7 +438,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for AdsService {
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
+    use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse};
     use prost::Message;
 
     fn resources(count: usize, size: usize) -> Vec<Arc<EncodedResource>> {
@@ -438,5 +497,67 @@ mod tests {
             assert_eq!(len, bytes.len() - 5);
             assert_eq!(DeltaDiscoveryResponse::decode(&bytes[5..]).unwrap(), response.into_message());
         }
+    }
+
+    /// A request body delivered in the given pieces.
+    struct Pieces(std::collections::VecDeque<Bytes>);
+
+    impl http_body::Body for Pieces {
+        type Data = Bytes;
+        type Error = Status;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front().map(|piece| Ok(Frame::data(piece))))
+        }
+    }
+
+    fn requests(pieces: Vec<Vec<u8>>) -> Requests<DiscoveryRequest> {
+        Requests::new(tonic::body::Body::new(Pieces(pieces.into_iter().map(Bytes::from).collect())))
+    }
+
+    fn grpc_frame(request: &DiscoveryRequest) -> Vec<u8> {
+        let body = request.encode_to_vec();
+        let mut frame = vec![0];
+        frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    fn subscription(names: usize) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: "t".into(),
+            resource_names: (0..names).map(|i| format!("outbound|8080||svc-{i}.bench.svc.cluster.local")).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_decode_across_and_within_frames_and_give_back_large_buffers() {
+        let (big, small) = (subscription(3_000), subscription(1));
+        let big_frame = grpc_frame(&big);
+        assert!(big_frame.len() > 10 * KEPT_REQUEST_BUFFER);
+        // The big request split at odd places (inside the header too), then two in one piece.
+        let mut pieces: Vec<Vec<u8>> =
+            vec![big_frame[..3].to_vec(), big_frame[3..1000].to_vec(), big_frame[1000..].to_vec()];
+        pieces.push([grpc_frame(&small), grpc_frame(&small)].concat());
+        let mut stream = requests(pieces);
+        assert_eq!(stream.message().await.unwrap().unwrap(), big);
+        assert!(stream.buffer.capacity() <= KEPT_REQUEST_BUFFER, "{}", stream.buffer.capacity());
+        assert_eq!(stream.message().await.unwrap().unwrap(), small);
+        assert_eq!(stream.message().await.unwrap().unwrap(), small);
+        assert_eq!(stream.message().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn bad_request_frames_end_the_stream_with_a_status() {
+        let frame = grpc_frame(&subscription(2));
+        let truncated = requests(vec![frame[..frame.len() - 1].to_vec()]).message().await.unwrap_err();
+        assert_eq!(truncated.code(), tonic::Code::Internal, "{truncated}");
+        let mut compressed = frame.clone();
+        compressed[0] = 1;
+        assert_eq!(requests(vec![compressed]).message().await.unwrap_err().code(), tonic::Code::Unimplemented);
+        let huge = [vec![0], u32::MAX.to_be_bytes().to_vec()].concat();
+        assert_eq!(requests(vec![huge]).message().await.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        let garbage = [vec![0, 0, 0, 0, 2], vec![0xff, 0xff]].concat();
+        assert_eq!(requests(vec![garbage]).message().await.unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 }
