@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::model::Snapshot;
 
-use super::kube::{KubeInputs, build_snapshot};
+use super::kube::{KubeInputs, SnapshotCache, build_snapshot_cached};
 
 /// How often the directory is scanned when it cannot be watched.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -91,11 +91,13 @@ pub struct ConfigDir {
     dir: PathBuf,
     mesh: MeshConfig,
     files: BTreeMap<PathBuf, FileState>,
+    /// Conversions of the last snapshot, reused for the objects a change left alone.
+    cache: SnapshotCache,
 }
 
 impl ConfigDir {
     pub fn new(dir: impl Into<PathBuf>, mesh: MeshConfig) -> Self {
-        Self { dir: dir.into(), mesh, files: BTreeMap::new() }
+        Self { dir: dir.into(), mesh, files: BTreeMap::new(), cache: SnapshotCache::default() }
     }
 
     /// Rescans the whole directory and re-reads changed files. Returns whether anything
@@ -174,13 +176,15 @@ impl ConfigDir {
     }
 
     /// The snapshot of everything currently read (the same merge as the Kubernetes source,
-    /// with no Kubernetes objects). Objects are shared with the files' state, not copied.
-    pub fn snapshot(&self) -> Snapshot {
+    /// with no Kubernetes objects). Objects are shared with the files' state, not copied, and
+    /// what the objects of unchanged files gave the previous snapshot is reused.
+    pub fn snapshot(&mut self) -> Snapshot {
         let mut inputs = KubeInputs::default();
         for file in self.files.values() {
             file.objects.add_to(&mut inputs);
         }
-        build_snapshot(&inputs, &self.mesh())
+        let mesh = self.mesh();
+        build_snapshot_cached(&inputs, &mesh, &mut self.cache)
     }
 }
 

@@ -9,5 +9,5 @@ pub mod convert;
 mod snapshot;
 mod watch;
 
-pub use snapshot::{KubeInputs, build_snapshot};
+pub use snapshot::{KubeInputs, SnapshotCache, build_snapshot, build_snapshot_cached};
 pub use watch::{run, run_with_mesh};

@@ -9,6 +9,7 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use rudder_config::labels::{TLS_MODE, TLS_MODE_ISTIO};
 use rudder_config::networking::service_entry::{self, Location, ServiceEntrySpec};
@@ -23,67 +24,143 @@ pub const LOCALITY_LABEL: &str = "istio-locality";
 /// Address prefix of a Unix domain socket endpoint.
 const UNIX_PREFIX: &str = "unix://";
 
-/// Services (one per host of each entry, in input order) and their endpoints by hostname.
-/// Entries are taken as given: the caller drops invalid ones and settles duplicate hostnames.
-pub fn service_entries<E: Borrow<ServiceEntry>, W: Borrow<WorkloadEntry>>(
-    entries: &[E],
-    workload_entries: &[W],
-) -> (Vec<Service>, BTreeMap<String, Vec<Endpoint>>) {
-    let mut services = Vec::new();
-    let mut endpoints: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-    let workloads = WorkloadIndex::new(workload_entries);
-    for entry in entries {
-        let entry = entry.borrow();
-        let namespace = entry.metadata.namespace.as_deref().unwrap_or_default();
-        let name = entry.metadata.name.as_deref().unwrap_or_default();
-        let spec = &entry.spec;
-        let selected: Vec<&WorkloadEntry> = match &spec.workload_selector {
-            Some(selector) => workloads.selected(namespace, &selector.labels),
-            None => Vec::new(),
-        };
-        for host in &spec.hosts {
-            services.push(entry_service(spec, host, namespace, name));
-            let mut list = Vec::new();
-            for port in &spec.ports {
-                if spec.workload_selector.is_some() {
-                    for we in &selected {
-                        let workload = we.metadata.name.as_deref().unwrap_or_default();
-                        list.push(workload_endpoint(&we.spec, port, namespace, workload));
-                    }
-                } else if spec.endpoints.is_empty() {
-                    if is_dns(spec) {
-                        list.push(host_endpoint(host, port, namespace));
-                    }
-                } else {
-                    for inline in &spec.endpoints {
-                        list.push(workload_endpoint(inline, port, namespace, ""));
-                    }
+/// One ServiceEntry converted: its services (one per host, in host order) and, per host, its
+/// endpoints, sorted (hosts without endpoints are left out).
+#[derive(Debug, Default)]
+pub struct EntryServices {
+    pub services: Vec<Arc<Service>>,
+    pub endpoints: Vec<(String, Arc<Vec<Endpoint>>)>,
+}
+
+/// The conversions of the previous build, by entry. An entry whose object and selected
+/// WorkloadEntries are the very objects of last time (`Arc::ptr_eq`: sources share unchanged
+/// objects between builds) is not converted again, and its services and endpoint lists keep
+/// their `Arc`s, so a rebuild after one change converts one entry and a comparison with the
+/// previous snapshot is a pointer check for the others.
+#[derive(Debug, Default)]
+pub struct EntryCache {
+    entries: HashMap<(String, String), CachedEntry>,
+}
+
+#[derive(Debug)]
+struct CachedEntry {
+    // Holding the objects keeps their addresses from being reused by new ones.
+    entry: Arc<ServiceEntry>,
+    selected: Vec<Arc<WorkloadEntry>>,
+    converted: Arc<EntryServices>,
+}
+
+impl EntryCache {
+    /// How many entries are remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every entry converted, in input order. Entries are taken as given: the caller drops
+    /// invalid ones and settles duplicate hostnames. Forgets entries that are gone.
+    pub fn convert(
+        &mut self,
+        entries: &[Arc<ServiceEntry>],
+        workload_entries: &[Arc<WorkloadEntry>],
+    ) -> Vec<Arc<EntryServices>> {
+        let workloads = WorkloadIndex::new(workload_entries);
+        let mut previous = std::mem::take(&mut self.entries);
+        let mut converted = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let namespace = entry.metadata.namespace.as_deref().unwrap_or_default();
+            let name = entry.metadata.name.as_deref().unwrap_or_default();
+            let selected: Vec<&Arc<WorkloadEntry>> = match &entry.spec.workload_selector {
+                Some(selector) => workloads.selected(namespace, &selector.labels),
+                None => Vec::new(),
+            };
+            let key = (namespace.to_owned(), name.to_owned());
+            let unchanged = |cached: &CachedEntry| {
+                Arc::ptr_eq(&cached.entry, entry)
+                    && cached.selected.len() == selected.len()
+                    && cached.selected.iter().zip(&selected).all(|(a, b)| Arc::ptr_eq(a, b))
+            };
+            let services = match previous.remove(&key) {
+                Some(cached) if unchanged(&cached) => cached.converted,
+                cached => {
+                    // The same entry with other workloads keeps its services.
+                    let services =
+                        cached.filter(|c| Arc::ptr_eq(&c.entry, entry)).map(|c| c.converted.services.clone());
+                    let refs: Vec<&WorkloadEntry> = selected.iter().map(|we| we.as_ref()).collect();
+                    Arc::new(convert_entry(entry, &refs, services))
+                }
+            };
+            let cached = CachedEntry {
+                entry: entry.clone(),
+                selected: selected.into_iter().cloned().collect(),
+                converted: services.clone(),
+            };
+            self.entries.insert(key, cached);
+            converted.push(services);
+        }
+        converted
+    }
+}
+
+/// One entry's services and endpoints, `selected` being the WorkloadEntries its selector picks;
+/// `services`, when given, are this entry's services from an earlier conversion.
+fn convert_entry(
+    entry: &ServiceEntry,
+    selected: &[&WorkloadEntry],
+    services: Option<Vec<Arc<Service>>>,
+) -> EntryServices {
+    let namespace = entry.metadata.namespace.as_deref().unwrap_or_default();
+    let name = entry.metadata.name.as_deref().unwrap_or_default();
+    let spec = &entry.spec;
+    let mut converted = EntryServices::default();
+    let reused = services.is_some();
+    converted.services = services.unwrap_or_default();
+    for host in &spec.hosts {
+        if !reused {
+            converted.services.push(Arc::new(entry_service(spec, host, namespace, name)));
+        }
+        let mut list = Vec::new();
+        for port in &spec.ports {
+            if spec.workload_selector.is_some() {
+                for we in selected {
+                    let workload = we.metadata.name.as_deref().unwrap_or_default();
+                    list.push(workload_endpoint(&we.spec, port, namespace, workload));
+                }
+            } else if spec.endpoints.is_empty() {
+                if is_dns(spec) {
+                    list.push(host_endpoint(host, port, namespace));
+                }
+            } else {
+                for inline in &spec.endpoints {
+                    list.push(workload_endpoint(inline, port, namespace, ""));
                 }
             }
-            sort_endpoints(&mut list);
-            if !list.is_empty() {
-                endpoints.entry(host.clone()).or_default().extend(list);
-            }
+        }
+        sort_endpoints(&mut list);
+        if !list.is_empty() {
+            converted.endpoints.push((host.clone(), Arc::new(list)));
         }
     }
-    (services, endpoints)
+    converted
 }
 
 /// WorkloadEntries by namespace and by label, so that each entry's selector looks at the few
 /// workloads carrying one of its labels instead of every workload of the mesh (a scan per entry
 /// made the registry quadratic: 1,000 entries × 10,000 workloads on every rebuild).
-struct WorkloadIndex<'w> {
-    all: Vec<&'w WorkloadEntry>,
+struct WorkloadIndex<'w, W> {
+    all: &'w [W],
     by_namespace: HashMap<&'w str, Vec<usize>>,
     by_label: HashMap<(&'w str, &'w str, &'w str), Vec<usize>>,
 }
 
-impl<'w> WorkloadIndex<'w> {
-    fn new<W: Borrow<WorkloadEntry>>(workloads: &'w [W]) -> Self {
-        let mut index = Self { all: Vec::new(), by_namespace: HashMap::new(), by_label: HashMap::new() };
-        for (i, we) in workloads.iter().map(Borrow::borrow).enumerate() {
+impl<'w, W: Borrow<WorkloadEntry>> WorkloadIndex<'w, W> {
+    fn new(all: &'w [W]) -> Self {
+        let mut index = Self { all, by_namespace: HashMap::new(), by_label: HashMap::new() };
+        for (i, we) in all.iter().map(Borrow::borrow).enumerate() {
             let namespace = we.metadata.namespace.as_deref().unwrap_or_default();
-            index.all.push(we);
             index.by_namespace.entry(namespace).or_default().push(i);
             for (key, value) in &we.spec.labels {
                 index.by_label.entry((namespace, key, value)).or_default().push(i);
@@ -93,17 +170,18 @@ impl<'w> WorkloadIndex<'w> {
     }
 
     /// The workloads of `namespace` whose labels include `selector`, in input order.
-    fn selected(&self, namespace: &str, selector: &BTreeMap<String, String>) -> Vec<&'w WorkloadEntry> {
+    fn selected(&self, namespace: &str, selector: &BTreeMap<String, String>) -> Vec<&'w W> {
         let candidates = match selector.iter().next() {
             None => self.by_namespace.get(namespace),
             // Every selected workload carries the selector's first label.
             Some((key, value)) => self.by_label.get(&(namespace, key.as_str(), value.as_str())),
         };
+        let all = self.all;
         candidates
             .into_iter()
             .flatten()
-            .map(|&i| self.all[i])
-            .filter(|we| labels_match(selector, &we.spec.labels))
+            .map(|&i| &all[i])
+            .filter(|we| labels_match(selector, &(*we).borrow().spec.labels))
             .collect()
     }
 }
@@ -242,6 +320,24 @@ mod tests {
         .unwrap()
     }
 
+    /// Every entry converted at once: services in order, endpoints pooled by host.
+    fn service_entries(
+        entries: &[ServiceEntry],
+        workloads: &[WorkloadEntry],
+    ) -> (Vec<Service>, BTreeMap<String, Vec<Endpoint>>) {
+        let entries: Vec<_> = entries.iter().cloned().map(Arc::new).collect();
+        let workloads: Vec<_> = workloads.iter().cloned().map(Arc::new).collect();
+        let mut services = Vec::new();
+        let mut endpoints: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+        for converted in EntryCache::default().convert(&entries, &workloads) {
+            services.extend(converted.services.iter().map(|s| Service::clone(s)));
+            for (host, list) in &converted.endpoints {
+                endpoints.entry(host.clone()).or_default().extend(list.iter().cloned());
+            }
+        }
+        (services, endpoints)
+    }
+
     /// (address, port, service port name, tls mode, workload) of each endpoint.
     fn summary(endpoints: &[Endpoint]) -> Vec<(String, u32, String, String, String)> {
         endpoints
@@ -263,7 +359,7 @@ mod tests {
                 "exportTo": ["."],
             }),
         );
-        let (services, _) = service_entries(&[entry], &[] as &[WorkloadEntry]);
+        let (services, _) = service_entries(&[entry], &[]);
         assert_eq!(services.len(), 2);
         let api = &services[0];
         assert_eq!(api.hostname, "api.example.com");
@@ -294,7 +390,7 @@ mod tests {
                 json!({"hosts": ["a.example.com"], "ports": [{"number": 80, "name": "http"}],
                        "resolution": resolution, "location": location}),
             );
-            let (services, _) = service_entries(&[entry], &[] as &[WorkloadEntry]);
+            let (services, _) = service_entries(&[entry], &[]);
             assert_eq!(services[0].resolution, want, "{resolution}");
             assert_eq!(services[0].mesh_external, external, "{location}");
         }
@@ -316,7 +412,7 @@ mod tests {
                 ],
             }),
         );
-        let (_, endpoints) = service_entries(&[entry], &[] as &[WorkloadEntry]);
+        let (_, endpoints) = service_entries(&[entry], &[]);
         let list = &endpoints["db.internal"];
         assert_eq!(
             summary(list),
@@ -370,7 +466,7 @@ mod tests {
             json!({"hosts": ["a.example.com", "b.example.com"], "resolution": "DNS",
                    "ports": [{"number": 443, "name": "tls", "protocol": "TLS", "targetPort": 8443}]}),
         );
-        let (_, endpoints) = service_entries(&[entry], &[] as &[WorkloadEntry]);
+        let (_, endpoints) = service_entries(&[entry], &[]);
         assert_eq!(
             summary(&endpoints["a.example.com"]),
             [("a.example.com".into(), 8443, "tls".into(), "".into(), "".into())]
@@ -388,7 +484,7 @@ mod tests {
                    "workloadSelector": {"labels": {"app": "none"}}}),
         ];
         for spec in cases {
-            let (services, endpoints) = service_entries(&[se("ns", "e", spec.clone())], &[] as &[WorkloadEntry]);
+            let (services, endpoints) = service_entries(&[se("ns", "e", spec.clone())], &[]);
             assert_eq!(services.len(), 1, "{spec}");
             assert!(endpoints.is_empty(), "{spec}");
         }
@@ -402,7 +498,7 @@ mod tests {
             json!({"hosts": ["uds.local"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}],
                    "endpoints": [{"address": "unix:///var/run/app.sock"}]}),
         );
-        let (_, endpoints) = service_entries(&[entry], &[] as &[WorkloadEntry]);
+        let (_, endpoints) = service_entries(&[entry], &[]);
         assert_eq!(
             summary(&endpoints["uds.local"]),
             [("unix:///var/run/app.sock".into(), 0, "http".into(), "".into(), "".into())]

@@ -13,7 +13,7 @@ use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar,
 
 use super::convert::{self, Workloads};
 use crate::model::{Endpoint, Service, Snapshot};
-use crate::registry::service_entry::{service_entries, sort_endpoints};
+use crate::registry::service_entry::{EntryCache, sort_endpoints};
 
 /// What the reflectors hold at one instant, Istio kinds already decoded.
 #[derive(Clone, Debug, Default)]
@@ -40,6 +40,19 @@ pub struct KubeInputs {
 /// validates an object once, when it arrives or changes (the Kubernetes watch as it decodes, the
 /// config directory as it reads a file), not at every rebuild.
 pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
+    build_snapshot_cached(inputs, mesh, &mut SnapshotCache::default())
+}
+
+/// What a source keeps between its builds so that a rebuild after a change converts only the
+/// objects that changed (today: ServiceEntries and the WorkloadEntries they select).
+#[derive(Debug, Default)]
+pub struct SnapshotCache {
+    entries: EntryCache,
+}
+
+/// [`build_snapshot`], reusing from `cache` the conversions of objects that did not change
+/// since the previous call: their services and endpoint lists keep their `Arc`s.
+pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut SnapshotCache) -> Snapshot {
     let service_entries_valid = sorted(&inputs.service_entries);
     let workload_entries_valid = sorted(&inputs.workload_entries);
 
@@ -48,8 +61,9 @@ pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
         inputs.nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref()?))),
     );
 
-    // Every declared service with its endpoints, before duplicate hostnames are settled.
-    let mut candidates: Vec<(Service, Vec<Endpoint>)> = Vec::new();
+    // Every declared service with its own endpoints (`None`: the pool of the ServiceEntries
+    // declaring its host), before duplicate hostnames are settled.
+    let mut candidates: Vec<(Arc<Service>, Option<Vec<Endpoint>>)> = Vec::new();
 
     let slices = convert::slices_by_service(inputs.endpoint_slices.iter().map(|s| s.as_ref()));
     for kube_service in &inputs.services {
@@ -68,31 +82,34 @@ pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
                 )
             }
         };
-        candidates.push((service, endpoints));
+        candidates.push((Arc::new(service), Some(endpoints)));
     }
 
-    let entries = &service_entries_valid;
-    let (entry_services, mut entry_endpoints) = service_entries(entries, &workload_entries_valid);
-    for entry in entries {
-        for (host, pod_endpoints) in convert::selected_pod_endpoints(entry, &workloads) {
-            entry_endpoints.entry(host).or_default().extend(pod_endpoints);
+    // Entries sharing a host pool their endpoints under it; only the winner below gets them.
+    let converted = cache.entries.convert(&service_entries_valid, &workload_entries_valid);
+    let mut pools: BTreeMap<String, Vec<Arc<Vec<Endpoint>>>> = BTreeMap::new();
+    for entry in &converted {
+        for (host, list) in &entry.endpoints {
+            pools.entry(host.clone()).or_default().push(list.clone());
         }
     }
-    for list in entry_endpoints.values_mut() {
-        sort_endpoints(list);
+    for entry in &service_entries_valid {
+        for (host, mut pod_endpoints) in convert::selected_pod_endpoints(entry, &workloads) {
+            if !pod_endpoints.is_empty() {
+                sort_endpoints(&mut pod_endpoints);
+                pools.entry(host).or_default().push(Arc::new(pod_endpoints));
+            }
+        }
     }
-    for service in entry_services {
-        // Entries sharing a host pool their endpoints under it, so each gets the whole pool;
-        // only the winner below is kept.
-        let endpoints = entry_endpoints.get(&service.hostname).cloned().unwrap_or_default();
-        candidates.push((service, endpoints));
+    for entry in &converted {
+        candidates.extend(entry.services.iter().map(|service| (service.clone(), None)));
     }
 
     candidates
         .sort_by(|(a, _), (b, _)| (&a.hostname, &a.namespace, &a.name).cmp(&(&b.hostname, &b.namespace, &b.name)));
     let mut services: BTreeMap<String, Arc<Service>> = BTreeMap::new();
     let mut endpoints: BTreeMap<String, Arc<Vec<Endpoint>>> = BTreeMap::new();
-    for (service, list) in candidates {
+    for (service, own) in candidates {
         if let Some(winner) = services.get(&service.hostname) {
             // The same ServiceEntry declaring a host twice is not a conflict worth a warning.
             if (winner.namespace.as_str(), winner.name.as_str()) != (service.namespace.as_str(), service.name.as_str())
@@ -106,10 +123,14 @@ pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
             }
             continue;
         }
-        if !list.is_empty() {
-            endpoints.insert(service.hostname.clone(), Arc::new(list));
+        let list = match own {
+            Some(list) => (!list.is_empty()).then(|| Arc::new(list)),
+            None => pools.remove(&service.hostname).and_then(merge_pool),
+        };
+        if let Some(list) = list {
+            endpoints.insert(service.hostname.clone(), list);
         }
-        services.insert(service.hostname.clone(), Arc::new(service));
+        services.insert(service.hostname.clone(), service);
     }
 
     Snapshot {
@@ -122,6 +143,17 @@ pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
         gateways: sorted(&inputs.gateways),
         by_address: Default::default(),
     }
+}
+
+/// One host's endpoints from every entry declaring it: a single list is shared as it is (each
+/// is sorted already), several are merged and sorted.
+fn merge_pool(mut pool: Vec<Arc<Vec<Endpoint>>>) -> Option<Arc<Vec<Endpoint>>> {
+    if pool.len() <= 1 {
+        return pool.pop();
+    }
+    let mut all: Vec<Endpoint> = pool.iter().flat_map(|list| list.iter().cloned()).collect();
+    sort_endpoints(&mut all);
+    Some(Arc::new(all))
 }
 
 /// The objects sorted by namespace/name.
@@ -255,5 +287,125 @@ mod tests {
         assert!(!snapshot.services[host].kubernetes);
         let addresses: Vec<_> = snapshot.endpoints_of(host).iter().map(|e| e.address.as_str()).collect();
         assert_eq!(addresses, ["10.9.9.9"], "only the winner's endpoints");
+    }
+
+    fn entry_with_workloads(ns: &str, name: &str, host: &str) -> (Arc<ServiceEntry>, Vec<Arc<WorkloadEntry>>) {
+        let entry = arc(istio(
+            "ServiceEntry",
+            ns,
+            name,
+            json!({"hosts": [host], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC",
+                   "location": "MESH_INTERNAL", "workloadSelector": {"labels": {"app": name}}}),
+        ));
+        let workloads = (1..=2)
+            .map(|i| {
+                let spec =
+                    json!({"address": format!("10.2.{}.{i}", name.len()), "labels": {"app": name, "version": "v1"}});
+                arc(istio("WorkloadEntry", ns, &format!("{name}-{i}"), spec))
+            })
+            .collect();
+        (entry, workloads)
+    }
+
+    #[test]
+    fn a_cached_rebuild_converts_only_changed_entries_and_equals_a_fresh_build() {
+        let mut i = inputs();
+        for (name, host) in [("one", "one.mesh"), ("two", "two.mesh"), ("three", "three.mesh")] {
+            let (entry, workloads) = entry_with_workloads("vms", name, host);
+            i.service_entries.push(entry);
+            i.workload_entries.extend(workloads);
+        }
+        // Two entries sharing a host pool their endpoints under it.
+        let (shared, workloads) = entry_with_workloads("vms", "shared", "two.mesh");
+        i.service_entries.push(shared);
+        i.workload_entries.extend(workloads);
+        let mesh = MeshConfig::default();
+        let mut cache = SnapshotCache::default();
+        let first = build_snapshot_cached(&i, &mesh, &mut cache);
+        assert_eq!(first.endpoints_of("two.mesh").len(), 4, "pooled");
+
+        let again = build_snapshot_cached(&i, &mesh, &mut cache);
+        for host in ["one.mesh", "two.mesh", "three.mesh", "api.example.com"] {
+            assert!(Arc::ptr_eq(&first.services[host], &again.services[host]), "{host}: service reused");
+        }
+        assert!(Arc::ptr_eq(&first.endpoints["one.mesh"], &again.endpoints["one.mesh"]));
+
+        // One WorkloadEntry of "one" changes (a new object, as a source delivers a change).
+        let index = i.workload_entries.iter().position(|w| w.metadata.name.as_deref() == Some("one-1")).unwrap();
+        let mut changed = WorkloadEntry::clone(&i.workload_entries[index]);
+        changed.spec.labels.insert("version".into(), "v2".into());
+        i.workload_entries[index] = Arc::new(changed);
+        let after = build_snapshot_cached(&i, &mesh, &mut cache);
+        assert!(!Arc::ptr_eq(&again.endpoints["one.mesh"], &after.endpoints["one.mesh"]));
+        assert_eq!(after.endpoints_of("one.mesh")[0].labels["version"], "v2");
+        assert!(Arc::ptr_eq(&again.endpoints["three.mesh"], &after.endpoints["three.mesh"]), "untouched entry");
+        assert!(Arc::ptr_eq(&again.services["one.mesh"], &after.services["one.mesh"]), "the entry itself is the same");
+
+        // An entry that goes away is forgotten; what remains equals a build from scratch.
+        i.service_entries.retain(|e| e.metadata.name.as_deref() != Some("three"));
+        let cached = build_snapshot_cached(&i, &mesh, &mut cache);
+        let fresh = build_snapshot(&i, &mesh);
+        assert_eq!(cached.services, fresh.services);
+        assert_eq!(cached.endpoints, fresh.endpoints);
+        assert!(!cached.services.contains_key("three.mesh"));
+        assert_eq!(cache.entries.len(), 4, "ext, one, two, shared");
+    }
+
+    /// Random sequences of ServiceEntry and WorkloadEntry changes: a cached rebuild always
+    /// equals a build from scratch.
+    #[test]
+    fn cached_rebuilds_equal_fresh_builds_after_random_changes() {
+        struct Rng(u64);
+        impl Rng {
+            fn next(&mut self, below: u64) -> u64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0 % below
+            }
+        }
+        let entry = |i: u64, rng: &mut Rng| -> Arc<ServiceEntry> {
+            // Hosts collide across entries (h0..h3), so pools and duplicate settling are exercised.
+            let host = format!("h{}.mesh", rng.next(4));
+            let spec = match rng.next(3) {
+                0 => json!({"hosts": [host], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC",
+                            "endpoints": [{"address": format!("10.3.0.{}", rng.next(9))}]}),
+                _ => json!({"hosts": [host], "ports": [{"number": 80 + rng.next(2), "name": "http"}],
+                            "resolution": "STATIC", "workloadSelector": {"labels": {"app": format!("a{}", rng.next(3))}}}),
+            };
+            arc(istio("ServiceEntry", "ns", &format!("se-{i}"), spec))
+        };
+        let workload = |i: u64, rng: &mut Rng| -> Arc<WorkloadEntry> {
+            let spec = json!({"address": format!("10.4.0.{}", rng.next(20)),
+                              "labels": {"app": format!("a{}", rng.next(3)), "version": format!("v{}", rng.next(2))}});
+            arc(istio("WorkloadEntry", "ns", &format!("we-{i}"), spec))
+        };
+        let mesh = MeshConfig::default();
+        for seed in 1..=30u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut inputs = KubeInputs::default();
+            let mut cache = SnapshotCache::default();
+            for step in 0..40 {
+                let i = rng.next(6);
+                match rng.next(5) {
+                    0 => {
+                        inputs.service_entries.retain(|e| e.metadata.name.as_deref() != Some(&format!("se-{i}")));
+                        let new = entry(i, &mut rng);
+                        inputs.service_entries.push(new);
+                    }
+                    1 => inputs.service_entries.retain(|e| e.metadata.name.as_deref() != Some(&format!("se-{i}"))),
+                    2 | 3 => {
+                        inputs.workload_entries.retain(|w| w.metadata.name.as_deref() != Some(&format!("we-{i}")));
+                        let new = workload(i, &mut rng);
+                        inputs.workload_entries.push(new);
+                    }
+                    _ => inputs.workload_entries.retain(|w| w.metadata.name.as_deref() != Some(&format!("we-{i}"))),
+                }
+                let cached = build_snapshot_cached(&inputs, &mesh, &mut cache);
+                let fresh = build_snapshot(&inputs, &mesh);
+                assert_eq!(cached.services, fresh.services, "seed {seed} step {step}");
+                assert_eq!(cached.endpoints, fresh.endpoints, "seed {seed} step {step}");
+            }
+        }
     }
 }

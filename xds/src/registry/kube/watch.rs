@@ -28,7 +28,7 @@ use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar,
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::snapshot::{KubeInputs, build_snapshot, passes};
+use super::snapshot::{KubeInputs, SnapshotCache, build_snapshot_cached, passes};
 use crate::model::Snapshot;
 
 /// How long to keep gathering events after the first one before rebuilding.
@@ -249,6 +249,7 @@ pub async fn run_with_mesh(
     let mut synced = vec![false; sources.count];
     let mut mesh_open = true;
     let mut announced = false;
+    let mut cache = SnapshotCache::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -280,7 +281,7 @@ pub async fn run_with_mesh(
             announced = true;
         }
         let current = mesh.borrow_and_update().clone();
-        let snapshot = build_snapshot(&sources.inputs(), &current);
+        let snapshot = build_snapshot_cached(&sources.inputs(), &current, &mut cache);
         tx.send_replace(Arc::new(snapshot));
     }
 }
