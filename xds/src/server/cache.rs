@@ -222,6 +222,17 @@ pub struct EndpointTable {
     pub encoded: ResourceMap,
     /// The [`SentMap`] of `encoded`, built on first use.
     sent: OnceLock<SentMap>,
+    /// How this table differs from the one it was updated from, when only contents changed.
+    delta: Option<TableDelta>,
+}
+
+/// The assignments an update changed, when it kept the set of names: a stream holding the
+/// whole previous table (its sent map is `previous_sent`) needs exactly `changed`, found
+/// without walking its thousands of subscribed names.
+#[derive(Debug)]
+pub struct TableDelta {
+    pub previous_sent: SentMap,
+    pub changed: Vec<Arc<EncodedResource>>,
 }
 
 impl EndpointTable {
@@ -291,19 +302,24 @@ impl EndpointTable {
                 .map(|(n, e)| (n.clone(), e.clone()))
                 .collect(),
             sent: OnceLock::new(),
+            delta: None,
         };
+        let mut changed = Vec::new();
+        let mut same_names = true;
         for assignment in assignments {
             let name = assignment.cluster_name.clone();
             if table.decoded.contains_key(&name) {
                 tracing::warn!(name, "duplicate ClusterLoadAssignment; keeping the first");
                 continue;
             }
+            same_names &= previous.encoded.contains_key(&name);
             let reused =
                 previous.decoded.get(&name).zip(previous.encoded.get(&name)).filter(|(old, _)| ***old == assignment);
             let (decoded, encoded) = match reused {
                 Some((old, encoded)) => (old.clone(), encoded.clone()),
                 None => {
                     let encoded = Arc::new(EncodedResource::encode(name.clone(), &assignment));
+                    changed.push(encoded.clone());
                     (Arc::new(assignment), encoded)
                 }
             };
@@ -311,7 +327,18 @@ impl EndpointTable {
             table.encoded.insert(name, encoded);
         }
         table.keep_sent_map_if_unchanged(previous);
+        if same_names
+            && table.encoded.len() == previous.encoded.len()
+            && let Some(previous_sent) = previous.sent.get()
+        {
+            table.delta = Some(TableDelta { previous_sent: previous_sent.clone(), changed });
+        }
         table
+    }
+
+    /// What changed since the table this one was updated from, if only contents did.
+    pub fn delta(&self) -> Option<&TableDelta> {
+        self.delta.as_ref()
     }
 }
 
@@ -857,16 +884,34 @@ mod incremental_tests {
 
     #[test]
     fn incremental_endpoints_equal_a_full_translation() {
+        let mut deltas = 0;
         for seed in 1..=40u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let mut snapshot = Snapshot::default();
             let mut table = EndpointTable::build(endpoint::all(&snapshot), None);
             for step in 0..30 {
                 let next = mutate(&snapshot, &mut rng);
-                table = match endpoint::changed_hosts(&snapshot, &next) {
+                // Streams hold the whole table's sent map (which makes an update record its delta).
+                let held = table.sent_map();
+                let updated = match endpoint::changed_hosts(&snapshot, &next) {
                     Some(hosts) => EndpointTable::update(&table, &hosts, endpoint::for_services(&next, &hosts)),
                     None => EndpointTable::build(endpoint::all(&next), Some(&table)),
                 };
+                if let Some(delta) = updated.delta() {
+                    deltas += 1;
+                    assert!(Arc::ptr_eq(&delta.previous_sent, &held), "seed {seed} step {step}");
+                    let names = |t: &EndpointTable| t.encoded.keys().cloned().collect::<Vec<_>>();
+                    assert_eq!(names(&updated), names(&table), "a delta keeps the names");
+                    let differing: Vec<&String> = updated
+                        .encoded
+                        .iter()
+                        .filter(|(n, e)| !Arc::ptr_eq(e, &table.encoded[*n]))
+                        .map(|(n, _)| n)
+                        .collect();
+                    let changed: Vec<&String> = delta.changed.iter().map(|r| &r.name).collect();
+                    assert_eq!(changed, differing, "seed {seed} step {step}");
+                }
+                table = updated;
                 let full = EndpointTable::build(endpoint::all(&next), None);
                 let names = |t: &EndpointTable| t.decoded.keys().cloned().collect::<Vec<_>>();
                 assert_eq!(names(&table), names(&full), "seed {seed} step {step}");
@@ -877,5 +922,6 @@ mod incremental_tests {
                 snapshot = next;
             }
         }
+        assert!(deltas > 50, "the sequences exercise content-only updates ({deltas})");
     }
 }

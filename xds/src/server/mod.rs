@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -345,7 +345,7 @@ impl DiscoveryServer {
     /// connection, then the stream runs in its own task, sending on the returned channel.
     pub(crate) async fn open_sotw(
         &self,
-        mut requests: Requests<DiscoveryRequest>,
+        mut requests: Requests<wire::SotwRequest>,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<mpsc::Receiver<Result<wire::SotwResponse, Status>>, Status> {
         let first = requests

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -19,7 +18,7 @@ use super::Kind;
 use super::Shared;
 use super::cache::{EncodedResource, ProxyResources};
 use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
-use super::wire::{Requests, SotwResponse};
+use super::wire::{Requests, SotwRequest, SotwResponse};
 
 type Responses = mpsc::Sender<Result<SotwResponse, Status>>;
 
@@ -37,8 +36,8 @@ enum Answer {
 pub(crate) async fn run(
     shared: Arc<Shared>,
     registration: Registration,
-    first: DiscoveryRequest,
-    requests: Requests<DiscoveryRequest>,
+    first: SotwRequest,
+    requests: Requests<SotwRequest>,
     responses: Responses,
 ) {
     drive(SotwStream { core: StreamCore::new(shared, registration), responses }, first, requests).await;
@@ -51,13 +50,13 @@ struct SotwStream {
 }
 
 impl StreamHandler for SotwStream {
-    type Request = DiscoveryRequest;
+    type Request = SotwRequest;
 
     fn core(&mut self) -> &mut StreamCore {
         &mut self.core
     }
 
-    fn on_request(&mut self, request: DiscoveryRequest) -> impl Future<Output = Result<(), Closed>> + Send {
+    fn on_request(&mut self, request: SotwRequest) -> impl Future<Output = Result<(), Closed>> + Send {
         SotwStream::on_request(self, request)
     }
 
@@ -67,7 +66,7 @@ impl StreamHandler for SotwStream {
 }
 
 impl SotwStream {
-    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Closed> {
+    async fn on_request(&mut self, request: SotwRequest) -> Result<(), Closed> {
         let Some(kind) = Kind::from_type_url(&request.type_url) else {
             tracing::debug!(type_url = request.type_url, "ignoring a request for a type this server does not serve");
             return Ok(());
@@ -107,7 +106,7 @@ impl SotwStream {
     }
 
     /// Updates the watch for `request` and decides what to answer.
-    fn classify(&self, kind: Kind, request: DiscoveryRequest) -> Answer {
+    fn classify(&self, kind: Kind, request: SotwRequest) -> Answer {
         let shared = &self.core.shared;
         let connection = self.core.connection();
         let mut watches = connection.watches();
@@ -136,7 +135,11 @@ impl SotwStream {
             watch.last_error = None;
             return Answer::Nothing;
         }
-        let mut names: BTreeSet<String> = request.resource_names.into_iter().collect();
+        let Some(names) = request.names() else {
+            tracing::warn!(connection = %connection.id, type_url = request.type_url, "resource names not UTF-8; request ignored");
+            return Answer::Nothing;
+        };
+        let mut names: BTreeSet<String> = names.into_iter().collect();
         let star = names.remove("*");
         if !kind.is_wildcard() && names.is_empty() && !star {
             watches.remove(&kind);
@@ -271,18 +274,21 @@ pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) 
 
 /// Whether a request's `resource_names` are exactly the watch's subscription (`*` standing
 /// for the wildcard). Sorted lists, as Envoy and our clients send, are compared in one walk.
-fn same_names(requested: &[String], watch: &WatchState) -> bool {
-    let star = requested.iter().filter(|n| *n == "*").count();
+fn same_names<N: AsRef<[u8]> + Ord>(requested: &[N], watch: &WatchState) -> bool {
+    let is_star = |n: &N| n.as_ref() == b"*";
+    let star = requested.iter().filter(|n| is_star(n)).count();
     if (star > 0) != watch.wildcard || requested.len() - star != watch.names.len() {
         return false;
     }
-    let explicit = requested.iter().filter(|n| *n != "*");
+    let explicit = requested.iter().filter(|n| !is_star(n));
+    // Byte order is the strings' order (UTF-8 preserves it).
     if requested.is_sorted() {
-        explicit.zip(watch.names.iter()).all(|(a, b)| a == b)
+        explicit.zip(watch.names.iter()).all(|(a, b)| a.as_ref() == b.as_bytes())
     } else {
         // Same length, so all present means equal, unless a name is repeated.
-        let all_present = explicit.clone().all(|n| watch.names.contains(n));
-        all_present && explicit.collect::<BTreeSet<_>>().len() == watch.names.len()
+        let present = |n: &N| std::str::from_utf8(n.as_ref()).is_ok_and(|n| watch.names.contains(n));
+        let all_present = explicit.clone().all(present);
+        all_present && explicit.map(AsRef::as_ref).collect::<BTreeSet<&[u8]>>().len() == watch.names.len()
     }
 }
 
@@ -331,6 +337,16 @@ fn plan_push(
     let rewarm = kind == Kind::Endpoint && !changed_clusters.is_empty();
     if !rewarm && resources.whole_sent_map(kind).is_some_and(|whole| Arc::ptr_eq(&whole, &watch.sent)) {
         return None;
+    }
+    // The stream holds every assignment of the previous table, and this one only changed some
+    // contents: those are the push (the common endpoint churn, O(changes) per stream).
+    if kind == Kind::Endpoint
+        && !rewarm
+        && let Some(delta) = resources.generation.endpoints.delta()
+        && Arc::ptr_eq(&delta.previous_sent, &watch.sent)
+        && (watch.wildcard || watch.names.len() == delta.previous_sent.len())
+    {
+        return (!delta.changed.is_empty()).then(|| delta.changed.clone());
     }
     let current = scope(kind, watch, resources);
     let changed = changed_flags(&current, &watch.sent);

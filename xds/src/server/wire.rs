@@ -342,6 +342,34 @@ fn grpc_response<M: WireMessage + Unpin>(
     }
 }
 
+/// A SotW `DiscoveryRequest` whose resource names are slices of the received bytes (protobuf
+/// encodes `string` and `bytes` alike). Envoy acknowledges every EDS response with all the names
+/// it subscribes to (thousands); held as slices, an acknowledgement that repeats the
+/// subscription is recognised without allocating a string per name (see `sotw::same_names`).
+/// Fields this server does not read (`resource_locators`) are skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SotwRequest {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(message, optional, tag = "2")]
+    pub node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub resource_names: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub response_nonce: String,
+    #[prost(message, optional, tag = "6")]
+    pub error_detail: Option<envoy_types::pb::google::rpc::Status>,
+}
+
+impl SotwRequest {
+    /// The resource names as strings; `None` if one is not UTF-8 (a `string` field must be).
+    pub fn names(&self) -> Option<Vec<String>> {
+        self.resource_names.iter().map(|name| String::from_utf8(name.to_vec()).ok()).collect()
+    }
+}
+
 /// The request messages of one ADS call, decoded from the gRPC frames of its body.
 pub struct Requests<M> {
     body: tonic::body::Body,
@@ -396,12 +424,14 @@ impl<M: prost::Message + Default> Requests<M> {
                 "request of {length} bytes; the limit is {MAX_DECODING_MESSAGE_SIZE}"
             )));
         }
-        let Some(bytes) = self.buffer.get(GRPC_HEADER..GRPC_HEADER + length) else {
+        if self.buffer.len() < GRPC_HEADER + length {
             self.buffer.reserve(GRPC_HEADER + length - self.buffer.len());
             return Ok(None);
-        };
-        let message = M::decode(bytes).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
-        prost::bytes::Buf::advance(&mut self.buffer, GRPC_HEADER + length);
+        }
+        // Frozen, so `bytes` fields of the message are slices of it rather than copies.
+        let mut frame = self.buffer.split_to(GRPC_HEADER + length).freeze();
+        prost::bytes::Buf::advance(&mut frame, GRPC_HEADER);
+        let message = M::decode(frame).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
         if self.buffer.is_empty() && self.buffer.capacity() > KEPT_REQUEST_BUFFER {
             self.buffer = BytesMut::new();
         }
@@ -440,6 +470,8 @@ mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse};
     use prost::Message;
+
+    use crate::server::Kind;
 
     fn resources(count: usize, size: usize) -> Vec<Arc<EncodedResource>> {
         (0..count)
@@ -559,5 +591,36 @@ mod tests {
         assert_eq!(requests(vec![huge]).message().await.unwrap_err().code(), tonic::Code::ResourceExhausted);
         let garbage = [vec![0, 0, 0, 0, 2], vec![0xff, 0xff]].concat();
         assert_eq!(requests(vec![garbage]).message().await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_sotw_request_reads_what_envoy_sends_with_names_as_slices() {
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        let sent = DiscoveryRequest {
+            version_info: "v1".into(),
+            node: Some(Node { id: "sidecar~1.2.3.4~a.ns~ns.svc.cluster.local".into(), ..Default::default() }),
+            resource_names: vec!["outbound|80||a.ns.svc.cluster.local".into(), "*".into()],
+            resource_locators: vec![Default::default()],
+            type_url: Kind::Endpoint.type_url().into(),
+            response_nonce: "7".into(),
+            error_detail: Some(envoy_types::pb::google::rpc::Status {
+                code: 3,
+                message: "bad".into(),
+                details: vec![],
+            }),
+        };
+        let frame = grpc_frame(&sent);
+        let mut stream = Requests::<SotwRequest>::new(tonic::body::Body::new(Pieces([Bytes::from(frame)].into())));
+        let got = stream.message().await.unwrap().unwrap();
+        assert_eq!(got.names().unwrap(), sent.resource_names);
+        assert_eq!(
+            (got.version_info.as_str(), got.type_url.as_str(), got.response_nonce.as_str()),
+            ("v1", sent.type_url.as_str(), "7")
+        );
+        assert_eq!(got.node, sent.node);
+        assert_eq!(got.error_detail.unwrap().message, "bad");
+
+        let not_utf8 = SotwRequest { resource_names: vec![Bytes::from_static(&[0xff, 0xfe])], ..Default::default() };
+        assert_eq!(not_utf8.names(), None);
     }
 }
