@@ -88,6 +88,11 @@ impl DeltaStream {
             let mut watches = self.core.connection().watches();
             let initial = !watches.contains_key(&kind);
             let watch = watches.entry(kind).or_default();
+            // Interning hashes and compares whole maps (thousands of names): only for maps this
+            // request replaced. (Addresses only: an old map freed and its address reused just
+            // skips one chance to share.) A private sent map that grows to the whole shared map
+            // is replaced by it (`diff_named`).
+            let before = (Arc::as_ptr(&watch.sent), Arc::as_ptr(&watch.names));
             let newly_named = self.update_watch(kind, watch, initial, request);
             // Within one generation nothing already sent can have changed, so a request that
             // only names more resources needs only those looked at (Envoy subscribes EDS names
@@ -97,7 +102,11 @@ impl DeltaStream {
             } else {
                 diff_named(kind, watch, &resources, &newly_named)
             };
-            self.intern(watch);
+            let sent_unseen = Arc::as_ptr(&watch.sent) != before.0;
+            let names_unseen = Arc::as_ptr(&watch.names) != before.1;
+            if sent_unseen || names_unseen {
+                self.intern(watch);
+            }
             (initial, diff)
         };
         // The first answer per type is due even when empty: Envoy waits for it to finish
@@ -152,6 +161,8 @@ impl DeltaStream {
             }
         }
         let mut newly_named = BTreeSet::new();
+        // Whether the scope may have lost names (only then can `sent` hold names out of scope).
+        let mut narrowed = initial;
         if initial {
             // Legacy: a client that never names anything wants everything.
             watch.wildcard = request.resource_names_subscribe.is_empty();
@@ -171,6 +182,7 @@ impl DeltaStream {
             }
         }
         for name in request.resource_names_unsubscribe {
+            narrowed = true;
             if name == "*" {
                 watch.wildcard = false;
             } else {
@@ -181,7 +193,7 @@ impl DeltaStream {
             }
         }
         // The client dropped whatever left its scope; it holds none of it any more.
-        if !watch.wildcard && watch.sent.keys().any(|name| !watch.names.contains(name)) {
+        if narrowed && !watch.wildcard && watch.sent.keys().any(|name| !watch.names.contains(name)) {
             let names = watch.names.clone();
             Arc::make_mut(&mut watch.sent).retain(|name, _| names.contains(name));
         }
@@ -308,6 +320,14 @@ fn diff_named(kind: Kind, watch: &mut WatchState, resources: &ProxyResources, na
             }
             for resource in &changed {
                 sent.insert(resource.name.clone(), resource.hash);
+            }
+            // The last of several subscriptions completed the whole map (one walk, only when
+            // the sizes match): share it instead of keeping a private copy per stream.
+            if let Some(whole) = resources.whole_sent_map(kind)
+                && whole.len() == watch.sent.len()
+                && *whole == *watch.sent
+            {
+                watch.sent = whole;
             }
         }
     }
