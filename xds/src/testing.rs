@@ -1,5 +1,6 @@
 //! Test support shared by the xds tests, the e2e suite and benches: finding the Envoy binary
-//! and asking a real Envoy whether it accepts a set of resources. Not used at run time.
+//! and asking a real Envoy whether it accepts a set of resources, and a seeded random sequence
+//! for property tests. Not used at run time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,4 +83,19 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// xorshift64: a deterministic sequence per seed (non-zero), enough for property tests to pick
+/// changes reproducibly.
+#[derive(Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value below `below` (non-zero).
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
 }

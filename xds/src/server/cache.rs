@@ -704,16 +704,7 @@ mod incremental_tests {
     use crate::translate::endpoint;
     use rudder_config::networking::DestinationRule;
 
-    /// xorshift64: a deterministic sequence per seed, enough to pick changes.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self, below: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % below
-        }
-    }
+    use crate::testing::Rng;
 
     fn host(i: u64) -> String {
         format!("svc-{i}.ns.svc.cluster.local")

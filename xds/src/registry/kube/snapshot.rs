@@ -355,15 +355,7 @@ mod tests {
     /// equals a build from scratch.
     #[test]
     fn cached_rebuilds_equal_fresh_builds_after_random_changes() {
-        struct Rng(u64);
-        impl Rng {
-            fn next(&mut self, below: u64) -> u64 {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                self.0 % below
-            }
-        }
+        use crate::testing::Rng;
         let entry = |i: u64, rng: &mut Rng| -> Arc<ServiceEntry> {
             // Hosts collide across entries (h0..h3), so pools and duplicate settling are exercised.
             let host = format!("h{}.mesh", rng.next(4));
