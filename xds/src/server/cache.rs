@@ -140,31 +140,23 @@ impl EncodedSet {
     /// The set for `fresh`, whose kinds in `parts` were translated again; every other kind is
     /// `previous`'s, shared as it is (when there is no `previous`, `parts` must be all).
     pub fn update(previous: Option<&EncodedSet>, fresh: Resources, parts: Parts) -> Self {
-        let mut set = Self::default();
-        match previous.filter(|_| !parts.clusters) {
-            Some(p) => (set.clusters, set.cluster_source) = (p.clusters.clone(), p.cluster_source.clone()),
-            None => {
-                let old = previous.map(|p| (p.clusters.as_ref(), p.cluster_source.as_slice()));
-                set.clusters = Arc::new(encode_kind(&fresh.clusters, |c| &c.name, old));
-                set.cluster_source = Arc::new(fresh.clusters);
-            }
-        }
-        match previous.filter(|_| !parts.listeners) {
-            Some(p) => (set.listeners, set.listener_source) = (p.listeners.clone(), p.listener_source.clone()),
-            None => {
-                let old = previous.map(|p| (p.listeners.as_ref(), p.listener_source.as_slice()));
-                set.listeners = Arc::new(encode_kind(&fresh.listeners, |l| &l.name, old));
-                set.listener_source = Arc::new(fresh.listeners);
-            }
-        }
-        match previous.filter(|_| !parts.routes) {
-            Some(p) => (set.routes, set.route_source) = (p.routes.clone(), p.route_source.clone()),
-            None => {
-                let old = previous.map(|p| (p.routes.as_ref(), p.route_source.as_slice()));
-                set.routes = Arc::new(encode_kind(&fresh.routes, |r| &r.name, old));
-                set.route_source = Arc::new(fresh.routes);
-            }
-        }
+        let (clusters, cluster_source) =
+            kind_part(previous.map(|p| (&p.clusters, &p.cluster_source)), !parts.clusters, fresh.clusters, |c| &c.name);
+        let (listeners, listener_source) =
+            kind_part(previous.map(|p| (&p.listeners, &p.listener_source)), !parts.listeners, fresh.listeners, |l| {
+                &l.name
+            });
+        let (routes, route_source) =
+            kind_part(previous.map(|p| (&p.routes, &p.route_source)), !parts.routes, fresh.routes, |r| &r.name);
+        let mut set = Self {
+            clusters,
+            listeners,
+            routes,
+            cluster_source,
+            listener_source,
+            route_source,
+            sent: Default::default(),
+        };
         // A map whose every resource was reused is the previous map: keep its shared sent map,
         // so streams holding it see in O(1) that nothing changed.
         if let Some(previous) = previous {
@@ -209,6 +201,23 @@ impl EncodedSet {
     }
 }
 
+/// One kind of an [`EncodedSet`]: `previous`'s as it is when `keep`, else `fresh` encoded
+/// (reusing `previous`'s encoding of equal resources, see [`encode_kind`]).
+fn kind_part<M: Message + Name + PartialEq>(
+    previous: Option<(&Arc<ResourceMap>, &Arc<Vec<M>>)>,
+    keep: bool,
+    fresh: Vec<M>,
+    name: impl Fn(&M) -> &str,
+) -> (Arc<ResourceMap>, Arc<Vec<M>>) {
+    match previous {
+        Some((map, source)) if keep => (map.clone(), source.clone()),
+        _ => {
+            let old = previous.map(|(map, source)| (map.as_ref(), source.as_slice()));
+            (Arc::new(encode_kind(&fresh, name, old)), Arc::new(fresh))
+        }
+    }
+}
+
 /// Whether two maps hold the very same encoded resources under the same names.
 fn same_map(a: &ResourceMap, b: &ResourceMap) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|((na, ra), (nb, rb))| Arc::ptr_eq(ra, rb) && na == nb)
@@ -242,30 +251,41 @@ impl EndpointTable {
     pub fn build(assignments: Vec<ClusterLoadAssignment>, previous: Option<&EndpointTable>) -> Self {
         let mut table = Self::default();
         for assignment in assignments {
-            let name = assignment.cluster_name.clone();
-            if table.decoded.contains_key(&name) {
-                tracing::warn!(name, "duplicate ClusterLoadAssignment; keeping the first");
-                continue;
-            }
-            let reused = previous.and_then(|p| {
-                let old = p.decoded.get(&name)?;
-                let encoded = p.encoded.get(&name)?;
-                (**old == assignment).then(|| (old.clone(), encoded.clone()))
-            });
-            let (decoded, encoded) = match reused {
-                Some(pair) => pair,
-                None => {
-                    let encoded = Arc::new(EncodedResource::encode(name.clone(), &assignment));
-                    (Arc::new(assignment), encoded)
-                }
-            };
-            table.decoded.insert(name.clone(), decoded);
-            table.encoded.insert(name, encoded);
+            table.insert(assignment, previous);
         }
         if let Some(previous) = previous {
             table.keep_sent_map_if_unchanged(previous);
         }
         table
+    }
+
+    /// Adds `assignment` unless its name is taken (the first wins), keeping `previous`'s
+    /// encoding when the content is equal. Returns the encoding when a new one was made.
+    fn insert(
+        &mut self,
+        assignment: ClusterLoadAssignment,
+        previous: Option<&EndpointTable>,
+    ) -> Option<Arc<EncodedResource>> {
+        let name = assignment.cluster_name.clone();
+        if self.decoded.contains_key(&name) {
+            tracing::warn!(name, "duplicate ClusterLoadAssignment; keeping the first");
+            return None;
+        }
+        let reused = previous.and_then(|p| {
+            let old = p.decoded.get(&name)?;
+            let encoded = p.encoded.get(&name)?;
+            (**old == assignment).then(|| (old.clone(), encoded.clone()))
+        });
+        let (decoded, encoded, fresh) = match reused {
+            Some((decoded, encoded)) => (decoded, encoded, None),
+            None => {
+                let encoded = Arc::new(EncodedResource::encode(name.clone(), &assignment));
+                (Arc::new(assignment), encoded.clone(), Some(encoded))
+            }
+        };
+        self.decoded.insert(name.clone(), decoded);
+        self.encoded.insert(name, encoded);
+        fresh
     }
 
     /// The shared [`SentMap`] of the whole table.
@@ -307,24 +327,8 @@ impl EndpointTable {
         let mut changed = Vec::new();
         let mut same_names = true;
         for assignment in assignments {
-            let name = assignment.cluster_name.clone();
-            if table.decoded.contains_key(&name) {
-                tracing::warn!(name, "duplicate ClusterLoadAssignment; keeping the first");
-                continue;
-            }
-            same_names &= previous.encoded.contains_key(&name);
-            let reused =
-                previous.decoded.get(&name).zip(previous.encoded.get(&name)).filter(|(old, _)| ***old == assignment);
-            let (decoded, encoded) = match reused {
-                Some((old, encoded)) => (old.clone(), encoded.clone()),
-                None => {
-                    let encoded = Arc::new(EncodedResource::encode(name.clone(), &assignment));
-                    changed.push(encoded.clone());
-                    (Arc::new(assignment), encoded)
-                }
-            };
-            table.decoded.insert(name.clone(), decoded);
-            table.encoded.insert(name, encoded);
+            same_names &= previous.encoded.contains_key(&assignment.cluster_name);
+            changed.extend(table.insert(assignment, Some(previous)));
         }
         table.keep_sent_map_if_unchanged(previous);
         if same_names

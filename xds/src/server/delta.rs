@@ -102,9 +102,7 @@ impl DeltaStream {
             } else {
                 diff_named(kind, watch, &resources, &newly_named)
             };
-            let sent_unseen = Arc::as_ptr(&watch.sent) != before.0;
-            let names_unseen = Arc::as_ptr(&watch.names) != before.1;
-            if sent_unseen || names_unseen {
+            if (Arc::as_ptr(&watch.sent), Arc::as_ptr(&watch.names)) != before {
                 self.intern(watch);
             }
             (initial, diff)

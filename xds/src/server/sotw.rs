@@ -125,8 +125,8 @@ impl SotwStream {
         // An ACK usually repeats the subscription unchanged (thousands of EDS names on every
         // push): tell that without building a new set.
         if !request.response_nonce.is_empty()
-            && request.response_nonce == watches.get(&kind).map(|w| w.nonce_sent.as_str()).unwrap_or_default()
             && let Some(watch) = watches.get_mut(&kind)
+            && request.response_nonce == watch.nonce_sent
             && !watch.legacy_wildcard
             && same_names(&request.resource_names, watch)
         {
