@@ -349,6 +349,18 @@ fn diff(
     {
         return Diff { resources: Vec::new(), removed: Vec::new() };
     }
+    // It held the whole previous table and only contents changed: it now holds the whole
+    // current one.
+    if force.is_empty()
+        && report_missing.is_empty()
+        && (watch.wildcard || watch.names.len() == watch.sent.len())
+        && let Some(changed) = resources.changed_since(kind, &watch.sent)
+        && let Some(whole) = resources.whole_sent_map(kind)
+    {
+        let changed = changed.to_vec();
+        watch.sent = whole;
+        return Diff { resources: changed, removed: Vec::new() };
+    }
     let current = scope(kind, watch, resources);
     if watch.sent.is_empty() && report_missing.iter().all(|name| resources.get(kind, name).is_some()) {
         // The client holds nothing and everything in scope exists: send it all, and record

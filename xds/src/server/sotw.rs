@@ -340,13 +340,11 @@ fn plan_push(
     }
     // The stream holds every assignment of the previous table, and this one only changed some
     // contents: those are the push (the common endpoint churn, O(changes) per stream).
-    if kind == Kind::Endpoint
-        && !rewarm
-        && let Some(delta) = resources.generation.endpoints.delta()
-        && Arc::ptr_eq(&delta.previous_sent, &watch.sent)
-        && (watch.wildcard || watch.names.len() == delta.previous_sent.len())
+    if !rewarm
+        && (watch.wildcard || watch.names.len() == watch.sent.len())
+        && let Some(changed) = resources.changed_since(kind, &watch.sent)
     {
-        return (!delta.changed.is_empty()).then(|| delta.changed.clone());
+        return (!changed.is_empty()).then(|| changed.to_vec());
     }
     let current = scope(kind, watch, resources);
     let changed = changed_flags(&current, &watch.sent);
