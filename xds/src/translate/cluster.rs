@@ -81,22 +81,30 @@ const TRANSPORT_SOCKET_TLS: &str = "envoy.transport_sockets.tls";
 /// sorted by name (first wins on a duplicate name), then BlackHole, Passthrough and
 /// InboundPassthrough.
 pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
-    let mut clusters = Vec::new();
+    // Names are decided and sorted before any cluster is built: clusters are ~3 KB each, and
+    // sorting (or growing) a vector of them moves every one many times over.
+    let mut planned = Vec::new();
     for service in ctx.services() {
         let rule = ctx.destination_rule(&service.hostname);
         let rule_policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
         let subsets = rule.map(|r| r.spec.subsets.as_slice()).unwrap_or_default();
         for port in &service.ports {
-            let policy = port_policy(rule_policy, port.port);
-            clusters.extend(service_cluster(ctx, service, port, None, &policy));
+            let name = outbound_cluster_name(port.port, "", &service.hostname);
+            planned.push((name, service, port, None, port_policy(rule_policy, port.port)));
             for subset in subsets.iter().filter(|s| !s.name.is_empty()) {
                 let policy = subset_policy(rule_policy, subset.traffic_policy.as_ref(), port.port);
-                clusters.extend(service_cluster(ctx, service, port, Some(subset), &policy));
+                let name = outbound_cluster_name(port.port, &subset.name, &service.hostname);
+                planned.push((name, service, port, Some(subset), policy));
             }
         }
     }
-    clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    clusters.dedup_by(|later, first| later.name == first.name);
+    // Stable, so the first of a duplicate name is the one kept.
+    planned.sort_by(|a, b| a.0.cmp(&b.0));
+    planned.dedup_by(|later, first| later.0 == first.0);
+    let mut clusters = Vec::with_capacity(planned.len() + 3);
+    clusters.extend(planned.into_iter().filter_map(|(name, service, port, subset, policy)| {
+        service_cluster(ctx, name, service, port, subset, &policy)
+    }));
     clusters.push(blackhole_cluster(ctx));
     clusters.push(passthrough_cluster(ctx));
     clusters.push(inbound_passthrough_cluster(ctx));
@@ -284,13 +292,12 @@ fn single<V>(key: &str, value: V) -> HashMap<String, V> {
 /// cannot exist (a LOGICAL_DNS service with no address to resolve).
 fn service_cluster(
     ctx: &Context<'_>,
+    name: String,
     service: &Service,
     port: &ServicePort,
     subset: Option<&Subset>,
     policy: &Policy<'_>,
 ) -> Option<Cluster> {
-    let subset_name = subset.map_or("", |s| s.name.as_str());
-    let name = outbound_cluster_name(port.port, subset_name, &service.hostname);
     let passthrough_lb = policy.load_balancer.and_then(|lb| lb.simple) == Some(SimpleLb::Passthrough);
     let kind = match service.resolution {
         _ if passthrough_lb => DiscoveryType::OriginalDst,
@@ -348,6 +355,7 @@ fn service_cluster(
         // Auto-mTLS (a `tlsMode-istio` transport socket match when no `tls` is given) is
         // deliberately off: Rudder's proxies have no workload certificates yet, so an
         // ISTIO_MUTUAL socket could never handshake. Plain text is used instead.
+        let subset_name = subset.map_or("", |s| s.name.as_str());
         let sni = format!("outbound_.{}_.{}_.{}", port.port, subset_name, service.hostname);
         draft.cluster.transport_socket = tls_socket(ctx, &mut draft, tls, service, &sni);
     }
