@@ -396,7 +396,7 @@ async fn drive_sotw(
             }
             Kind::Route => follow_up.push(request(kind, options.route_names.clone(), Some(&response))),
             // Never asked for.
-            Kind::NameTable => {}
+            Kind::Secret | Kind::NameTable => {}
         }
         record(stats, kind, bytes, &mut progress, routes);
         last[slot(kind)] = Some(DiscoveryResponse { resources: Vec::new(), ..response });
@@ -468,7 +468,7 @@ async fn drive_delta(
                     follow_up.push(request(Kind::Route, options.route_names.clone(), Vec::new(), ""));
                 }
             }
-            Kind::Route | Kind::NameTable => {}
+            Kind::Route | Kind::Secret | Kind::NameTable => {}
         }
         record(stats, kind, bytes, &mut progress, routes);
         for request in follow_up {

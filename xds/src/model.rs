@@ -147,6 +147,16 @@ pub enum Health {
     Terminating,
 }
 
+/// A TLS credential from a Secret (Kubernetes, or a `kind: Secret` document in the config
+/// directory), in PEM. Either part may be missing: a `-cacert` Secret holds only a CA.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsCredential {
+    pub certificate_chain: Vec<u8>,
+    pub private_key: Vec<u8>,
+    /// CA certificates for validating clients (MUTUAL gateways).
+    pub ca_certificates: Vec<u8>,
+}
+
 /// One address serving one port of one service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
@@ -202,6 +212,8 @@ pub struct Snapshot {
     pub destination_rules: Vec<Arc<DestinationRule>>,
     pub sidecars: Vec<Arc<Sidecar>>,
     pub gateways: Vec<Arc<Gateway>>,
+    /// TLS credentials gateways name in `credentialName`, by `<namespace>/<name>`.
+    pub secrets: BTreeMap<String, Arc<TlsCredential>>,
     /// `endpoints` by address, built on first use by [`Snapshot::endpoints_at`].
     pub by_address: AddressIndex,
 }

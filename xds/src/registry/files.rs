@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::api::core::v1::Secret;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use rudder_config::load::{self, Loaded};
@@ -56,11 +57,13 @@ struct FileObjects {
     gateways: Vec<Arc<Gateway>>,
     service_entries: Vec<Arc<ServiceEntry>>,
     workload_entries: Vec<Arc<WorkloadEntry>>,
+    /// `kind: Secret` documents: gateway credentials in file mode.
+    secrets: Vec<Arc<Secret>>,
 }
 
 impl FileObjects {
-    fn of(loaded: Vec<Loaded>) -> Self {
-        let mut objects = Self::default();
+    fn of(loaded: Vec<Loaded>, secrets: Vec<Secret>) -> Self {
+        let mut objects = Self { secrets: secrets.into_iter().map(Arc::new).collect(), ..Self::default() };
         for loaded in loaded {
             match loaded.object {
                 IstioObject::VirtualService(o) => objects.virtual_services.push(Arc::from(o)),
@@ -82,6 +85,7 @@ impl FileObjects {
         inputs.gateways.extend(self.gateways.iter().cloned());
         inputs.service_entries.extend(self.service_entries.iter().cloned());
         inputs.workload_entries.extend(self.workload_entries.iter().cloned());
+        inputs.secrets.extend(self.secrets.iter().cloned());
     }
 }
 
@@ -149,8 +153,9 @@ impl ConfigDir {
             return false;
         }
         match read_file(path) {
-            Ok((objects, mesh_overlay)) => {
-                let state = FileState { stamp: Some(stamp), objects: FileObjects::of(objects), mesh_overlay };
+            Ok(read) => {
+                let objects = FileObjects::of(read.objects, read.secrets);
+                let state = FileState { stamp: Some(stamp), objects, mesh_overlay: read.mesh_overlay };
                 self.files.insert(path.to_owned(), state);
             }
             Err(e) => {
@@ -197,20 +202,47 @@ fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Reads one file: its valid Istio objects and the mesh config of an `istio` ConfigMap.
-/// Decode problems and invalid objects are logged and left out.
-fn read_file(path: &Path) -> Result<(Vec<Loaded>, Option<String>), load::ReadError> {
+/// What one config file holds.
+struct FileRead {
+    /// Its valid Istio objects.
+    objects: Vec<Loaded>,
+    /// `data.mesh` of an `istio` ConfigMap.
+    mesh_overlay: Option<String>,
+    /// Its `v1` Secrets (`stringData` merged into `data`, as the API server does).
+    secrets: Vec<Secret>,
+}
+
+/// Reads one file. Decode problems and invalid objects are logged and left out.
+fn read_file(path: &Path) -> Result<FileRead, load::ReadError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| load::ReadError::Io { file: name.clone(), source })?;
     let loads = load::load_str(&name, &text)?;
     for problem in loads.problems.iter().filter(|p| p.is_error()) {
         tracing::warn!("{problem}");
     }
-    let mesh_overlay = load::documents(&name, &text)?.into_iter().find_map(|doc| {
-        let is_mesh = doc["kind"] == "ConfigMap" && doc["metadata"]["name"] == "istio";
-        is_mesh.then(|| doc["data"]["mesh"].as_str().map(str::to_owned)).flatten()
-    });
-    Ok((loads.objects.into_iter().filter(valid).collect(), mesh_overlay))
+    let mut mesh_overlay = None;
+    let mut secrets = Vec::new();
+    for (i, doc) in load::documents(&name, &text)?.into_iter().enumerate() {
+        if doc["kind"] == "ConfigMap" && doc["metadata"]["name"] == "istio" && mesh_overlay.is_none() {
+            mesh_overlay = doc["data"]["mesh"].as_str().map(str::to_owned);
+        } else if doc["kind"] == "Secret" && doc["apiVersion"] == "v1" {
+            match serde_path_to_error::deserialize::<_, Secret>(doc) {
+                Ok(secret) => secrets.push(with_string_data(secret)),
+                Err(e) => tracing::warn!("{name} document {}: Secret: {}: {} (ignored)", i + 1, e.path(), e.inner()),
+            }
+        }
+    }
+    Ok(FileRead { objects: loads.objects.into_iter().filter(valid).collect(), mesh_overlay, secrets })
+}
+
+fn with_string_data(mut secret: Secret) -> Secret {
+    if let Some(strings) = secret.string_data.take() {
+        let data = secret.data.get_or_insert_with(Default::default);
+        for (key, value) in strings {
+            data.insert(key, k8s_openapi::ByteString(value.into_bytes()));
+        }
+    }
+    secret
 }
 
 /// Whether an object passes validation; logs why not.

@@ -4,4 +4,5 @@
 
 pub mod files;
 pub mod kube;
+pub mod secret;
 pub mod service_entry;

@@ -22,6 +22,7 @@ use crate::translate::{LabelSelectors, Parts, Resources, ViewKey};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 use super::{Generator, Kind};
 
@@ -87,11 +88,13 @@ pub struct EncodedSet {
     pub clusters: Arc<ResourceMap>,
     pub listeners: Arc<ResourceMap>,
     pub routes: Arc<ResourceMap>,
+    pub secrets: Arc<ResourceMap>,
     cluster_source: Arc<Vec<Cluster>>,
     listener_source: Arc<Vec<Listener>>,
     route_source: Arc<Vec<RouteConfiguration>>,
-    /// [`SentMap`]s of the three maps, in the same order, built on first use.
-    sent: [OnceLock<SentMap>; 3],
+    secret_source: Arc<Vec<Secret>>,
+    /// [`SentMap`]s of the four maps, in the same order, built on first use.
+    sent: [OnceLock<SentMap>; 4],
 }
 
 /// Encodes `items` by name. A name seen twice keeps its first resource: a response must not
@@ -148,19 +151,24 @@ impl EncodedSet {
             });
         let (routes, route_source) =
             kind_part(previous.map(|p| (&p.routes, &p.route_source)), !parts.routes, fresh.routes, |r| &r.name);
+        // Secrets go with the listeners that name them (see `Resources::secrets`).
+        let (secrets, secret_source) =
+            kind_part(previous.map(|p| (&p.secrets, &p.secret_source)), !parts.listeners, fresh.secrets, |s| &s.name);
         let mut set = Self {
             clusters,
             listeners,
             routes,
+            secrets,
             cluster_source,
             listener_source,
             route_source,
+            secret_source,
             sent: Default::default(),
         };
         // A map whose every resource was reused is the previous map: keep its shared sent map,
         // so streams holding it see in O(1) that nothing changed.
         if let Some(previous) = previous {
-            for (slot, kind) in [Kind::Cluster, Kind::Listener, Kind::Route].into_iter().enumerate() {
+            for (slot, kind) in [Kind::Cluster, Kind::Listener, Kind::Route, Kind::Secret].into_iter().enumerate() {
                 if let (Some(new), Some(old)) = (set.map(kind), previous.map(kind))
                     && (std::ptr::eq(new, old) || same_map(new, old))
                     && let Some(sent) = previous.sent[slot].get()
@@ -178,6 +186,7 @@ impl EncodedSet {
             clusters: self.cluster_source.as_ref().clone(),
             listeners: self.listener_source.as_ref().clone(),
             routes: self.route_source.as_ref().clone(),
+            secrets: self.secret_source.as_ref().clone(),
         }
     }
 
@@ -186,6 +195,7 @@ impl EncodedSet {
             Kind::Cluster => Some(&self.clusters),
             Kind::Listener => Some(&self.listeners),
             Kind::Route => Some(&self.routes),
+            Kind::Secret => Some(&self.secrets),
             Kind::Endpoint | Kind::NameTable => None,
         }
     }
@@ -195,6 +205,7 @@ impl EncodedSet {
             Kind::Cluster => (0, &self.clusters),
             Kind::Listener => (1, &self.listeners),
             Kind::Route => (2, &self.routes),
+            Kind::Secret => (3, &self.secrets),
             Kind::Endpoint | Kind::NameTable => return None,
         };
         Some(self.sent[slot].get_or_init(|| sent_map_of(map)).clone())

@@ -57,16 +57,20 @@ pub enum Kind {
     Endpoint,
     Listener,
     Route,
+    /// SDS over ADS: gateway credentials (`kubernetes://<credentialName>`).
+    Secret,
     /// Istio's NDS: the [`NameTable`](crate::nametable::NameTable) the proxy agent answers DNS
     /// from. Only the agent asks for it; Envoy never does, so it never joins Envoy's pushes.
     NameTable,
 }
 
 impl Kind {
-    /// Make-before-break order: clusters and their endpoints before the listeners and routes
-    /// that reference them (xDS protocol, "Eventual consistency considerations"). The name
-    /// table, which no Envoy resource references, comes last.
-    pub const PUSH_ORDER: [Kind; 5] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route, Kind::NameTable];
+    /// Make-before-break order: clusters and their endpoints, then the secrets listeners use,
+    /// before the listeners and routes that reference them (xDS protocol, "Eventual
+    /// consistency considerations"). The name table, which no Envoy resource references,
+    /// comes last.
+    pub const PUSH_ORDER: [Kind; 6] =
+        [Kind::Cluster, Kind::Endpoint, Kind::Secret, Kind::Listener, Kind::Route, Kind::NameTable];
 
     pub const fn type_url(self) -> &'static str {
         match self {
@@ -74,6 +78,7 @@ impl Kind {
             Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Kind::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
             Kind::NameTable => crate::nametable::TYPE_URL,
         }
     }
@@ -82,13 +87,14 @@ impl Kind {
         Self::PUSH_ORDER.into_iter().find(|k| k.type_url() == type_url)
     }
 
-    /// `cds`, `eds`, `lds`, `rds`, `nds`: metric labels and debug output.
+    /// `cds`, `eds`, `lds`, `rds`, `sds`, `nds`: metric labels and debug output.
     pub const fn short_name(self) -> &'static str {
         match self {
             Kind::Cluster => "cds",
             Kind::Endpoint => "eds",
             Kind::Listener => "lds",
             Kind::Route => "rds",
+            Kind::Secret => "sds",
             Kind::NameTable => "nds",
         }
     }

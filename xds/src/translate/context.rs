@@ -288,6 +288,10 @@ fn parse_default_endpoint(text: &str, instance_ip: &str) -> Option<(String, u32)
 /// The Sidecar for a proxy: one in its namespace whose selector matches its labels, else the
 /// namespace's selector-less one, else the root namespace's selector-less one.
 fn sidecar_for<'a>(snapshot: &'a Snapshot, proxy: &Proxy) -> Option<&'a Arc<Sidecar>> {
+    // Sidecar resources scope sidecars, never gateways.
+    if proxy.node_type == crate::model::NodeType::Router {
+        return None;
+    }
     fn in_ns<'s, 'n>(snapshot: &'s Snapshot, ns: &'n str) -> impl Iterator<Item = &'s Arc<Sidecar>> + use<'s, 'n> {
         snapshot.sidecars.iter().filter(move |s| s.metadata.namespace.as_deref() == Some(ns))
     }

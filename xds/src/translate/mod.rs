@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod context;
 pub mod endpoint;
+pub mod gateway;
 pub mod listener;
 pub mod route;
 
@@ -22,6 +23,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 use crate::model::{InterceptionMode, NodeType, Proxy, Snapshot, labels_match};
 
@@ -31,6 +33,9 @@ pub struct Resources {
     pub clusters: Vec<Cluster>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
+    /// SDS secrets served over ADS (gateway `credentialName`s). They change with the listeners
+    /// that name them, so they are translated again whenever listeners are.
+    pub secrets: Vec<Secret>,
 }
 
 impl Resources {
@@ -39,6 +44,7 @@ impl Resources {
         self.clusters.extend(other.clusters);
         self.listeners.extend(other.listeners);
         self.routes.extend(other.routes);
+        self.secrets.extend(other.secrets);
     }
 }
 
@@ -55,7 +61,9 @@ pub struct ViewKey {
     pub namespace: String,
     pub labels: ViewLabels,
     pub interception: InterceptionMode,
-    /// Only for capture mode NONE, where outbound listeners bind the proxy's own address.
+    /// The proxy's own address, where its config depends on it: capture mode NONE (outbound
+    /// listeners bind it) and gateways (the services it backs map server ports to the ports
+    /// it listens on).
     pub bind_ip: Option<String>,
 }
 
@@ -146,7 +154,8 @@ impl ViewKey {
             namespace: proxy.namespace.clone(),
             labels,
             interception: proxy.interception,
-            bind_ip: (proxy.interception == InterceptionMode::None).then(|| proxy.primary_ip().to_owned()),
+            bind_ip: (proxy.interception == InterceptionMode::None || proxy.node_type == NodeType::Router)
+                .then(|| proxy.primary_ip().to_owned()),
         }
     }
 }
@@ -176,7 +185,7 @@ impl Parts {
 /// - listeners: services, VirtualServices (TCP and TLS routes), Sidecars, the mesh config, and
 ///   in capture mode NONE the endpoints (the proxy's own inbound ports).
 ///
-/// Gateways are not read by sidecar translation yet, so a Gateway change touches nothing.
+/// Gateways and Secrets are read only by gateway proxies, which are translated again whole.
 pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Parts {
     /// The same objects: shared (the registries reuse unchanged objects) or equal.
     macro_rules! same {
@@ -208,23 +217,37 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
 /// The kinds of `proxy`'s outbound config named in `parts` (the others left empty).
 pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resources {
     let ctx = context::Context::new(snapshot, proxy);
+    let router = proxy.node_type == NodeType::Router;
     Resources {
         clusters: if parts.clusters { cluster::outbound(&ctx) } else { Vec::new() },
-        listeners: if parts.listeners { listener::outbound(&ctx) } else { Vec::new() },
-        routes: if parts.routes { route::outbound(&ctx) } else { Vec::new() },
+        listeners: match (parts.listeners, router) {
+            (false, _) => Vec::new(),
+            (true, false) => listener::outbound(&ctx),
+            (true, true) => gateway::listeners(&ctx),
+        },
+        routes: match (parts.routes, router) {
+            (false, _) => Vec::new(),
+            (true, false) => route::outbound(&ctx),
+            (true, true) => gateway::routes(&ctx),
+        },
+        secrets: if parts.listeners && router { gateway::secrets(&ctx) } else { Vec::new() },
     }
 }
 
-/// The outbound side of `proxy`'s config: everything it needs to reach services.
+/// The outbound side of `proxy`'s config: everything it needs to reach services (for a
+/// gateway: its Gateway servers' listeners, routes and credentials too).
 pub fn outbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
-    let ctx = context::Context::new(snapshot, proxy);
-    Resources { clusters: cluster::outbound(&ctx), listeners: listener::outbound(&ctx), routes: route::outbound(&ctx) }
+    outbound_parts(snapshot, proxy, Parts::ALL)
 }
 
-/// The inbound side of `proxy`'s config: how traffic reaches its own workload.
+/// The inbound side of `proxy`'s config: how traffic reaches its own workload. Gateways have
+/// none: their workload is the proxy.
 pub fn inbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
+    if proxy.node_type == NodeType::Router {
+        return Resources::default();
+    }
     let ctx = context::Context::new(snapshot, proxy);
-    Resources { clusters: cluster::inbound(&ctx), listeners: listener::inbound(&ctx), routes: Vec::new() }
+    Resources { clusters: cluster::inbound(&ctx), listeners: listener::inbound(&ctx), ..Resources::default() }
 }
 
 /// Outbound and inbound together, in push order within each type.

@@ -340,7 +340,7 @@ fn service_domains(service: &Service, proxy_namespace: &str) -> (Vec<String>, Ve
 }
 
 /// IPv6 literals are written in brackets in Host headers.
-fn ipv6_compliant(host: &str) -> String {
+pub(crate) fn ipv6_compliant(host: &str) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() }
 }
 

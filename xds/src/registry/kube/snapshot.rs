@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service as KubeService};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::PartialObjectMeta;
 use rudder_config::Validate;
@@ -32,6 +32,8 @@ pub struct KubeInputs {
     pub sidecars: Vec<Arc<Sidecar>>,
     pub service_entries: Vec<Arc<ServiceEntry>>,
     pub workload_entries: Vec<Arc<WorkloadEntry>>,
+    /// TLS Secrets (gateway `credentialName`s).
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// Merges the stores into a snapshot. Services are keyed by hostname; when two declare the same
@@ -141,6 +143,7 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
         destination_rules: sorted(&inputs.destination_rules),
         sidecars: sorted(&inputs.sidecars),
         gateways: sorted(&inputs.gateways),
+        secrets: crate::registry::secret::credentials(inputs.secrets.iter().map(|s| s.as_ref())),
         by_address: Default::default(),
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service as KubeService};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
@@ -73,6 +73,7 @@ struct Sources {
     sidecars: Decoded<Sidecar>,
     service_entries: Decoded<ServiceEntry>,
     workload_entries: Decoded<WorkloadEntry>,
+    secrets: Store<Secret>,
 }
 
 impl Sources {
@@ -108,6 +109,13 @@ impl Sources {
         let service_entries = Decoded::start("ServiceEntry", client, &mut streams);
         let workload_entries = Decoded::start("WorkloadEntry", client, &mut streams);
 
+        // Gateway credentials. Service-account tokens and Helm releases are never credentials
+        // and are often most of a cluster's Secrets, so the API server leaves them out.
+        let (secrets, writer) = reflector::store();
+        let secret_config = config().fields("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1");
+        let events = watcher(Api::<Secret>::all(client.clone()), secret_config).modify(strip_managed_fields);
+        streams.push(reflect(streams.len(), "Secret", writer, events.default_backoff()));
+
         let count = streams.len();
         Self {
             streams,
@@ -123,6 +131,7 @@ impl Sources {
             sidecars,
             service_entries,
             workload_entries,
+            secrets,
         }
     }
 
@@ -140,6 +149,7 @@ impl Sources {
             sidecars: self.sidecars.current(),
             service_entries: self.service_entries.current(),
             workload_entries: self.workload_entries.current(),
+            secrets: self.secrets.state(),
         }
     }
 }

@@ -67,7 +67,7 @@ pub fn socket_address(ip: &str, port: u32) -> Address {
 
 /// A listener named `name` on `ip:port`; `bind` false for listeners reached only through
 /// the original-destination hand-off of `virtualOutbound`.
-fn listener(name: String, ip: &str, port: u32, direction: TrafficDirection, bind: bool) -> Listener {
+pub(crate) fn listener(name: String, ip: &str, port: u32, direction: TrafficDirection, bind: bool) -> Listener {
     Listener {
         name,
         address: Some(socket_address(ip, port)),
@@ -77,7 +77,7 @@ fn listener(name: String, ip: &str, port: u32, direction: TrafficDirection, bind
     }
 }
 
-fn filter_chain(name: &str, filter_chain_match: Option<FilterChainMatch>, filters: Vec<Filter>) -> FilterChain {
+pub(crate) fn filter_chain(name: &str, filter_chain_match: Option<FilterChainMatch>, filters: Vec<Filter>) -> FilterChain {
     FilterChain { name: name.to_owned(), filter_chain_match, filters, ..Default::default() }
 }
 
@@ -105,7 +105,7 @@ fn listener_filters(chains: &[FilterChain]) -> Vec<ListenerFilter> {
 
 /// Sets the chains and the listener filters they need. Chains with the same match as an
 /// earlier one are dropped (Envoy refuses duplicate matches; the first rule wins).
-fn set_chains(listener: &mut Listener, chains: Vec<FilterChain>, detection_timeout: Option<std::time::Duration>) {
+pub(crate) fn set_chains(listener: &mut Listener, chains: Vec<FilterChain>, detection_timeout: Option<std::time::Duration>) {
     let mut seen = std::collections::BTreeSet::new();
     let chains: Vec<FilterChain> = chains
         .into_iter()

@@ -1,0 +1,553 @@
+//! Gateway proxies (`router`): the `Gateway` servers whose `selector` matches the proxy become
+//! really bound listeners, the VirtualServices bound to those gateways (`gateways:`) become
+//! their route configurations, and `credentialName`s become SDS secrets served over ADS.
+//!
+//! Names follow istiod, so `proxy-config` output and dashboards read the same:
+//! - listener `<bind or 0.0.0.0>_<port>`, the port being the gateway workload's target port
+//!   (a Service port 80 → target 8080 listens on 8080; without a Service, the server port);
+//! - plain HTTP servers of one port share route configuration `http.<port>`; each terminated
+//!   HTTPS server has its own, `https.<number>.<port name>.<gateway>.<namespace>`;
+//! - virtual hosts `<host>:<number>`; a route configuration without any is a `blackhole:<number>`
+//!   host with no routes (404);
+//! - secrets `kubernetes://<credentialName>` and `kubernetes://<credentialName>-cacert`.
+//!
+//! Not yet: ISTIO_MUTUAL and AUTO_PASSTHROUGH (they need the mesh CA), a server whose
+//! credential is missing is skipped (Envoy would otherwise keep the whole listener warming).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, TrafficDirection, TransportSocket, data_source};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, TlsCertificate,
+    TlsParameters, common_tls_context, secret, tls_parameters,
+};
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use envoy_types::util::pack_any;
+use rudder_config::networking::Gateway;
+use rudder_config::networking::gateway::{Server, ServerTlsMode, ServerTlsSettings, TlsProtocol};
+use rudder_config::networking::virtual_service::TlsMatchAttributes;
+
+use super::context::{Context, host_matches, listener_name, resolve_host};
+use super::listener::hcm::{Routes, TcpTarget, hcm_filter, http_connection_manager, tcp_proxy};
+use super::listener::{access_log, filter_chain, l4_routes, listener, set_chains};
+use super::route::{http_routes_for_gateways, ipv6_compliant};
+use crate::model::{Protocol, labels_match};
+use crate::registry::secret as secret_key;
+
+const WILDCARD: &str = "0.0.0.0";
+const TRANSPORT_SOCKET_TLS: &str = "envoy.transport_sockets.tls";
+/// SDS resource names of credentials, as istiod names them.
+pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
+pub const CA_SUFFIX: &str = "-cacert";
+
+/// One server of a Gateway that selects the proxy.
+#[derive(Debug)]
+struct GatewayServer<'a> {
+    gateway: &'a Arc<Gateway>,
+    server: &'a Server,
+    /// `<namespace>/<name>` of the gateway.
+    gateway_name: String,
+    number: u32,
+    port_name: &'a str,
+    protocol: Protocol,
+    /// The port the proxy listens on.
+    target_port: u32,
+    bind: &'a str,
+}
+
+impl GatewayServer<'_> {
+    fn namespace(&self) -> &str {
+        self.gateway.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    fn name(&self) -> &str {
+        self.gateway.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    fn tls_mode(&self) -> Option<ServerTlsMode> {
+        self.server.tls.as_ref().map(|t| t.mode.unwrap_or_default())
+    }
+
+    /// Whether the proxy terminates TLS for this server and routes HTTP behind it.
+    fn terminates_tls(&self) -> bool {
+        self.protocol == Protocol::Https
+            && matches!(self.tls_mode(), Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual))
+    }
+
+    fn https_route_name(&self) -> String {
+        format!("https.{}.{}.{}.{}", self.number, self.port_name, self.name(), self.namespace())
+    }
+}
+
+/// The servers of every Gateway selecting `ctx.proxy`, in snapshot order.
+fn servers<'a>(ctx: &Context<'a>) -> Vec<GatewayServer<'a>> {
+    let mut out = Vec::new();
+    for gateway in &ctx.snapshot.gateways {
+        if !labels_match(&gateway.spec.selector, &ctx.proxy.labels) {
+            continue;
+        }
+        let namespace = gateway.metadata.namespace.as_deref().unwrap_or("default");
+        let gateway_name = format!("{namespace}/{}", gateway.metadata.name.as_deref().unwrap_or_default());
+        for server in &gateway.spec.servers {
+            let Some(port) = server.port.as_ref() else { continue };
+            let Some(number) = port.number.filter(|n| *n != 0) else { continue };
+            out.push(GatewayServer {
+                gateway,
+                server,
+                gateway_name: gateway_name.clone(),
+                number,
+                port_name: &port.name,
+                protocol: Protocol::of_port(Some(&port.protocol), &port.name),
+                target_port: target_port(ctx, number),
+                bind: if server.bind.is_empty() { WILDCARD } else { &server.bind },
+            });
+        }
+    }
+    out
+}
+
+/// The port the gateway workload listens on for server port `number`: the target port of a
+/// service port `number` whose endpoints include the proxy's address (how a Kubernetes
+/// Service maps 80 → 8080 for the stock ingress gateway), else `number` itself.
+fn target_port(ctx: &Context<'_>, number: u32) -> u32 {
+    for (host, _, endpoint) in ctx.snapshot.endpoints_at(ctx.proxy.primary_ip()) {
+        let Some(service) = ctx.snapshot.services.get(host) else { continue };
+        if service.ports.iter().any(|p| p.port == number && p.name == endpoint.service_port_name) {
+            return endpoint.port;
+        }
+    }
+    number
+}
+
+/// The names a VirtualService in `vs_namespace` may use for the gateway `<ns>/<name>`.
+fn gateway_names_for(gateway_name: &str, vs_namespace: &str) -> Vec<String> {
+    let mut names = vec![gateway_name.to_owned()];
+    if let Some((ns, name)) = gateway_name.split_once('/')
+        && ns == vs_namespace
+    {
+        names.push(name.to_owned());
+    }
+    names
+}
+
+/// Whether a server host (`host`, `ns/host`, `./host`, `*/host`) admits `vs_host` of a
+/// VirtualService in `vs_namespace`; the matching host, the more specific of the two.
+fn server_host_match(server_host: &str, gateway_namespace: &str, vs_namespace: &str, vs_host: &str) -> Option<String> {
+    let (ns, host) = server_host.split_once('/').unwrap_or(("*", server_host));
+    let ns_ok = ns == "*" || (ns == "." && vs_namespace == gateway_namespace) || ns == vs_namespace;
+    if !ns_ok {
+        return None;
+    }
+    if host_matches(host, vs_host) {
+        Some(vs_host.to_owned())
+    } else if host_matches(vs_host, host) {
+        Some(host.to_owned())
+    } else {
+        None
+    }
+}
+
+/// Listeners of a gateway proxy: one per (bind, target port), sorted by name.
+pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
+    let logs = access_log::from_mesh(&ctx.snapshot.mesh);
+    let servers = servers(ctx);
+    let mut by_listener: BTreeMap<(&str, u32), Vec<&GatewayServer<'_>>> = BTreeMap::new();
+    for server in &servers {
+        by_listener.entry((server.bind, server.target_port)).or_default().push(server);
+    }
+    let mut out = Vec::new();
+    for ((bind, port), servers) in by_listener {
+        let name = listener_name(bind, port);
+        let mut chains = Vec::new();
+        let mut plain_http = false;
+        for server in &servers {
+            if server.protocol.is_http() {
+                // Every plain HTTP server of the port shares one chain and `http.<port>`.
+                if !plain_http {
+                    plain_http = true;
+                    chains.push(http_chain(&name, None, None, Routes::Rds(format!("http.{port}")), &logs));
+                }
+            } else if server.terminates_tls() {
+                match downstream_tls(ctx, server) {
+                    Ok(socket) => {
+                        let route = Routes::Rds(server.https_route_name());
+                        chains.push(http_chain(&name, sni_match(&server.server.hosts), Some(socket), route, &logs));
+                    }
+                    Err(why) => tracing::warn!(
+                        gateway = %server.gateway_name, port = server.number, "server skipped: {why}"
+                    ),
+                }
+            } else if server.tls_mode() == Some(ServerTlsMode::Passthrough)
+                && matches!(server.protocol, Protocol::Tls | Protocol::Https)
+            {
+                chains.extend(passthrough_chains(ctx, server, &logs));
+            } else if server.protocol == Protocol::Tcp && server.server.tls.is_none() {
+                chains.extend(tcp_chain(ctx, server, &logs));
+            } else {
+                tracing::warn!(
+                    gateway = %server.gateway_name,
+                    port = server.number,
+                    protocol = ?server.protocol,
+                    tls = ?server.tls_mode(),
+                    "server not supported yet (ISTIO_MUTUAL and AUTO_PASSTHROUGH need the mesh CA); skipped"
+                );
+            }
+        }
+        if chains.is_empty() {
+            continue;
+        }
+        let mut l = listener(name, bind, port, TrafficDirection::Outbound, true);
+        set_chains(&mut l, chains, None);
+        out.push(l);
+    }
+    out
+}
+
+fn sni_match(hosts: &[String]) -> Option<FilterChainMatch> {
+    let names: BTreeSet<String> = hosts
+        .iter()
+        .map(|h| h.split_once('/').map_or(h.as_str(), |(_, host)| host).to_owned())
+        .filter(|h| h != "*")
+        .collect();
+    // A `*` host admits any SNI (and none): no server_names match.
+    let any = hosts.iter().any(|h| h.split_once('/').map_or(h.as_str(), |(_, host)| host) == "*");
+    (!any && !names.is_empty())
+        .then(|| FilterChainMatch { server_names: names.into_iter().collect(), ..Default::default() })
+}
+
+fn http_chain(
+    listener: &str,
+    filter_chain_match: Option<FilterChainMatch>,
+    transport_socket: Option<TransportSocket>,
+    routes: Routes,
+    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+) -> FilterChain {
+    let mut hcm = http_connection_manager(&format!("outbound_{listener}"), routes, logs);
+    // The gateway is the edge: the client's address is the remote address.
+    hcm.use_remote_address = Some(BoolValue { value: true });
+    let mut chain = filter_chain("", filter_chain_match, vec![hcm_filter(hcm)]);
+    chain.transport_socket = transport_socket;
+    chain
+}
+
+/// SNI-routed chains of a PASSTHROUGH server: the `tls` routes of the VirtualServices bound to
+/// its gateway whose `sniHosts` the server's hosts admit.
+fn passthrough_chains(
+    ctx: &Context<'_>,
+    server: &GatewayServer<'_>,
+    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+) -> Vec<FilterChain> {
+    let mut chains = Vec::new();
+    for vs in bound_virtual_services(ctx, &server.gateway_name) {
+        let vs_ns = vs.metadata.namespace.as_deref().unwrap_or("default");
+        let names = gateway_names_for(&server.gateway_name, vs_ns);
+        for route in &vs.spec.tls {
+            let Some(target) = l4_routes::target(ctx, vs_ns, &route.route, server.number) else { continue };
+            for m in route.r#match.iter().filter(|m| tls_match_applies(m, server.number, &names)) {
+                let sni: Vec<String> = m
+                    .sni_hosts
+                    .iter()
+                    .filter(|sni| {
+                        server.server.hosts.iter().any(|h| server_host_match(h, server.namespace(), vs_ns, sni).is_some())
+                    })
+                    .cloned()
+                    .collect();
+                if sni.is_empty() {
+                    continue;
+                }
+                let chain_match = FilterChainMatch { server_names: sni, ..Default::default() };
+                chains.push(filter_chain("", Some(chain_match), vec![tcp_proxy(&target, logs)]));
+            }
+        }
+    }
+    chains
+}
+
+fn tls_match_applies(m: &TlsMatchAttributes, number: u32, names: &[String]) -> bool {
+    m.port.is_none_or(|p| p == 0 || p == number) && (m.gateways.is_empty() || m.gateways.iter().any(|g| names.contains(g)))
+}
+
+/// The chain of a plain TCP server: the first `tcp` route of a VirtualService bound to its
+/// gateway that applies to the port.
+fn tcp_chain(
+    ctx: &Context<'_>,
+    server: &GatewayServer<'_>,
+    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+) -> Option<FilterChain> {
+    for vs in bound_virtual_services(ctx, &server.gateway_name) {
+        let vs_ns = vs.metadata.namespace.as_deref().unwrap_or("default");
+        let admitted = vs.spec.hosts.iter().any(|h| {
+            let host = resolve_host(h, vs_ns);
+            server.server.hosts.iter().any(|s| server_host_match(s, server.namespace(), vs_ns, &host).is_some())
+        });
+        if !admitted {
+            continue;
+        }
+        let names = gateway_names_for(&server.gateway_name, vs_ns);
+        for route in &vs.spec.tcp {
+            let applies = route.r#match.is_empty()
+                || route.r#match.iter().any(|m| {
+                    m.port.is_none_or(|p| p == 0 || p == server.number)
+                        && (m.gateways.is_empty() || m.gateways.iter().any(|g| names.contains(g)))
+                });
+            if !applies {
+                continue;
+            }
+            let target: TcpTarget = l4_routes::target(ctx, vs_ns, &route.route, server.number)?;
+            return Some(filter_chain("", None, vec![tcp_proxy(&target, logs)]));
+        }
+    }
+    None
+}
+
+/// VirtualServices naming the gateway `<ns>/<name>` in `gateways` (short names resolved in the
+/// VirtualService's namespace), in snapshot order.
+fn bound_virtual_services<'a>(
+    ctx: &Context<'a>,
+    gateway_name: &str,
+) -> impl Iterator<Item = &'a Arc<rudder_config::networking::VirtualService>> {
+    let gateway_name = gateway_name.to_owned();
+    ctx.snapshot.virtual_services.iter().filter(move |vs| {
+        let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
+        let names = gateway_names_for(&gateway_name, ns);
+        vs.spec.gateways.iter().any(|g| names.contains(g))
+    })
+}
+
+/// The TLS context of a terminated server: certificates by SDS from its credential (or the
+/// files it names), the client CA for MUTUAL.
+fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<TransportSocket, String> {
+    let tls = server.server.tls.as_ref().ok_or("no tls settings")?;
+    let mode = tls.mode.unwrap_or_default();
+    let mut common = CommonTlsContext {
+        tls_params: Some(tls_params(tls)),
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        ..Default::default()
+    };
+    let mutual = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
+    if !tls.credential_name.is_empty() {
+        let credential = credential(ctx, &tls.credential_name)
+            .ok_or_else(|| format!("credentialName {:?}: no such Secret in namespace {}", tls.credential_name, ctx.proxy.namespace))?;
+        if credential.certificate_chain.is_empty() {
+            return Err(format!("credentialName {:?}: the Secret has no certificate", tls.credential_name));
+        }
+        common.tls_certificate_sds_secret_configs = vec![ads_secret(&format!("{CREDENTIAL_PREFIX}{}", tls.credential_name))];
+        if mutual {
+            if ca_of(ctx, &tls.credential_name).is_none() {
+                return Err(format!(
+                    "credentialName {:?}: MUTUAL needs a CA (ca.crt/cacert in the Secret, or a Secret {0}{CA_SUFFIX})",
+                    tls.credential_name
+                ));
+            }
+            common.validation_context_type = Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                ads_secret(&format!("{CREDENTIAL_PREFIX}{}{CA_SUFFIX}", tls.credential_name)),
+            ));
+        }
+    } else if !tls.server_certificate.is_empty() && !tls.private_key.is_empty() {
+        common.tls_certificates = vec![TlsCertificate {
+            certificate_chain: Some(file(&tls.server_certificate)),
+            private_key: Some(file(&tls.private_key)),
+            ..Default::default()
+        }];
+        if mutual {
+            if tls.ca_certificates.is_empty() {
+                return Err("MUTUAL with file certificates needs caCertificates".into());
+            }
+            common.validation_context_type = Some(common_tls_context::ValidationContextType::ValidationContext(
+                CertificateValidationContext { trusted_ca: Some(file(&tls.ca_certificates)), ..Default::default() },
+            ));
+        }
+    } else {
+        return Err("SIMPLE/MUTUAL needs credentialName, or serverCertificate and privateKey".into());
+    }
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: Some(BoolValue { value: mode == ServerTlsMode::Mutual }),
+        ..Default::default()
+    };
+    Ok(TransportSocket {
+        name: TRANSPORT_SOCKET_TLS.to_owned(),
+        config_type: Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+            pack_any(context),
+        )),
+    })
+}
+
+fn tls_params(tls: &ServerTlsSettings) -> TlsParameters {
+    let version = |v: Option<TlsProtocol>, default: tls_parameters::TlsProtocol| {
+        (match v {
+            Some(TlsProtocol::TlsV1_0) => tls_parameters::TlsProtocol::TlSv10,
+            Some(TlsProtocol::TlsV1_1) => tls_parameters::TlsProtocol::TlSv11,
+            Some(TlsProtocol::TlsV1_2) => tls_parameters::TlsProtocol::TlSv12,
+            Some(TlsProtocol::TlsV1_3) => tls_parameters::TlsProtocol::TlSv13,
+            Some(TlsProtocol::TlsAuto) | None => default,
+        }) as i32
+    };
+    TlsParameters {
+        tls_minimum_protocol_version: version(tls.min_protocol_version, tls_parameters::TlsProtocol::TlSv12),
+        tls_maximum_protocol_version: version(tls.max_protocol_version, tls_parameters::TlsProtocol::TlSv13),
+        cipher_suites: tls.cipher_suites.clone(),
+        ..Default::default()
+    }
+}
+
+fn file(path: &str) -> DataSource {
+    DataSource { specifier: Some(data_source::Specifier::Filename(path.to_owned())), ..Default::default() }
+}
+
+fn ads_secret(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig { name: name.to_owned(), sds_config: Some(super::listener::hcm::ads_config_source()) }
+}
+
+/// A credential of the proxy's namespace (where istiod looks for a gateway's Secrets).
+fn credential<'a>(ctx: &Context<'a>, name: &str) -> Option<&'a Arc<crate::model::TlsCredential>> {
+    ctx.snapshot.secrets.get(&secret_key::key(&ctx.proxy.namespace, name))
+}
+
+/// The client CA of credential `name`: Secret `<name>-cacert`, else the credential's own CA.
+fn ca_of<'a>(ctx: &Context<'a>, name: &str) -> Option<&'a [u8]> {
+    credential(ctx, &format!("{name}{CA_SUFFIX}"))
+        .map(|c| c.ca_certificates.as_slice())
+        .filter(|ca| !ca.is_empty())
+        .or_else(|| credential(ctx, name).map(|c| c.ca_certificates.as_slice()).filter(|ca| !ca.is_empty()))
+}
+
+/// The SDS secrets the proxy's listeners name, sorted by name.
+pub fn secrets(ctx: &Context<'_>) -> Vec<Secret> {
+    let mut out: BTreeMap<String, Secret> = BTreeMap::new();
+    for server in servers(ctx) {
+        let Some(tls) = server.server.tls.as_ref() else { continue };
+        if !server.terminates_tls() || tls.credential_name.is_empty() {
+            continue;
+        }
+        let name = &tls.credential_name;
+        if let Some(credential) = credential(ctx, name).filter(|c| !c.certificate_chain.is_empty()) {
+            let resource = format!("{CREDENTIAL_PREFIX}{name}");
+            out.entry(resource.clone()).or_insert_with(|| Secret {
+                name: resource,
+                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                    certificate_chain: Some(inline(&credential.certificate_chain)),
+                    private_key: Some(inline(&credential.private_key)),
+                    ..Default::default()
+                })),
+            });
+        }
+        if matches!(tls.mode.unwrap_or_default(), ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
+            && let Some(ca) = ca_of(ctx, name)
+        {
+            let resource = format!("{CREDENTIAL_PREFIX}{name}{CA_SUFFIX}");
+            out.entry(resource.clone()).or_insert_with(|| Secret {
+                name: resource,
+                r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                    trusted_ca: Some(inline(ca)),
+                    ..Default::default()
+                })),
+            });
+        }
+    }
+    out.into_values().collect()
+}
+
+fn inline(bytes: &[u8]) -> DataSource {
+    DataSource { specifier: Some(data_source::Specifier::InlineBytes(bytes.to_vec())), ..Default::default() }
+}
+
+/// Route configurations of a gateway proxy: `http.<port>` per listener with plain HTTP
+/// servers, one per terminated HTTPS server; sorted by name.
+pub fn routes(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
+    let servers = servers(ctx);
+    let mut plain: BTreeMap<u32, Vec<&GatewayServer<'_>>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for server in &servers {
+        if server.protocol.is_http() {
+            plain.entry(server.target_port).or_default().push(server);
+        } else if server.terminates_tls() {
+            out.push(route_configuration(ctx, server.https_route_name(), &[server]));
+        }
+    }
+    for (port, servers) in plain {
+        out.push(route_configuration(ctx, format!("http.{port}"), &servers));
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|later, first| later.name == first.name);
+    out
+}
+
+fn route_configuration(ctx: &Context<'_>, name: String, servers: &[&GatewayServer<'_>]) -> RouteConfiguration {
+    let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
+    let mut seen_domains = HashSet::new();
+    let number = servers.first().map_or(0, |s| s.number);
+    for server in servers {
+        let redirect = server.server.tls.as_ref().is_some_and(|t| t.https_redirect);
+        for vs in bound_virtual_services(ctx, &server.gateway_name) {
+            let vs_ns = vs.metadata.namespace.as_deref().unwrap_or("default");
+            let hosts: Vec<String> = vs
+                .spec
+                .hosts
+                .iter()
+                .filter_map(|h| {
+                    let host = resolve_host(h, vs_ns);
+                    server.server.hosts.iter().find_map(|s| server_host_match(s, server.namespace(), vs_ns, &host))
+                })
+                .collect();
+            if hosts.is_empty() {
+                continue;
+            }
+            let names = gateway_names_for(&server.gateway_name, vs_ns);
+            let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let routes = http_routes_for_gateways(ctx, vs, server.number, &name_refs);
+            if routes.is_empty() && !redirect {
+                continue;
+            }
+            for host in hosts {
+                if !seen_domains.insert(host.to_ascii_lowercase()) {
+                    tracing::debug!(route = %name, host, "host already routed by an earlier VirtualService; skipped");
+                    continue;
+                }
+                virtual_hosts.push(VirtualHost {
+                    name: format!("{host}:{}", server.number),
+                    // The route configuration ignores ports in Host, so one domain covers both.
+                    domains: vec![ipv6_compliant(&host)],
+                    routes: routes.clone(),
+                    require_tls: if redirect { TlsRequirementType::All as i32 } else { TlsRequirementType::None as i32 },
+                    include_request_attempt_count: true,
+                    ..Default::default()
+                });
+            }
+        }
+        // A redirecting server redirects even hosts no VirtualService routes.
+        if redirect {
+            for host in &server.server.hosts {
+                let host = host.split_once('/').map_or(host.as_str(), |(_, h)| h);
+                if seen_domains.insert(host.to_ascii_lowercase()) {
+                    virtual_hosts.push(VirtualHost {
+                        name: format!("{host}:{}", server.number),
+                        domains: vec![ipv6_compliant(host)],
+                        require_tls: TlsRequirementType::All as i32,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    if virtual_hosts.is_empty() {
+        virtual_hosts.push(VirtualHost {
+            name: format!("blackhole:{number}"),
+            domains: vec!["*".to_owned()],
+            ..Default::default()
+        });
+    }
+    RouteConfiguration {
+        name,
+        virtual_hosts,
+        validate_clusters: Some(BoolValue { value: false }),
+        max_direct_response_body_size_bytes: Some(UInt32Value { value: super::route::MAX_DIRECT_RESPONSE_BODY_BYTES }),
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    }
+}
