@@ -13,3 +13,4 @@ pub mod mesh;
 pub mod process;
 pub mod scenarios;
 pub mod synthetic;
+pub mod tls;

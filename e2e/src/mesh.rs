@@ -26,6 +26,13 @@ pub const APP_PORT: u16 = 18000;
 pub const DISCOVERY_HOST: u8 = 1;
 pub const CLIENT_HOST: u8 = 20;
 pub const EXTERNAL_HOST: u8 = 50;
+/// The ingress gateway (`rudder proxy router`, labels `istio: ingressgateway`, namespace
+/// istio-system), and the ports its service maps 80 and 443 to (`examples/local/`).
+pub const GATEWAY_HOST: u8 = 30;
+pub const GATEWAY_NAME: &str = "ingressgateway";
+pub const GATEWAY_NAMESPACE: &str = "istio-system";
+pub const GATEWAY_HTTP_PORT: u16 = 8080;
+pub const GATEWAY_HTTPS_PORT: u16 = 8443;
 pub const UNREACHABLE_HOST: u8 = 40;
 pub const UNREACHABLE_PORT: u16 = 9000;
 const GRPC_PORT: u16 = 15010;
@@ -120,9 +127,16 @@ impl LocalMesh {
         mesh.external = Some(mesh.spawn_echo("external", "external", EXTERNAL_HOST, SERVICE_PORT)?);
         for w in WORKLOADS {
             let labels = format!("app=httpbin,version={}", w.version);
-            mesh.start_sidecar(w.name, w.host, &labels)?;
+            mesh.start_proxy("sidecar", w.name, w.host, NAMESPACE, &labels)?;
         }
-        mesh.start_sidecar("sleep", CLIENT_HOST, "app=sleep")?;
+        mesh.start_proxy("sidecar", "sleep", CLIENT_HOST, NAMESPACE, "app=sleep")?;
+        mesh.start_proxy(
+            "router",
+            GATEWAY_NAME,
+            GATEWAY_HOST,
+            GATEWAY_NAMESPACE,
+            "istio=ingressgateway,app=istio-ingressgateway",
+        )?;
         for w in WORKLOADS {
             mesh.wait_http_ok(&format!("http://{}:{APP_PORT}/get", ip(block, w.host)), w.name).await?;
         }
@@ -184,12 +198,13 @@ impl LocalMesh {
         Ok(())
     }
 
-    fn start_sidecar(&mut self, name: &str, host: u8, labels: &str) -> anyhow::Result<()> {
+    /// Starts `rudder proxy <kind>` (sidecar or router) for workload `name` at `host`.
+    fn start_proxy(&mut self, kind: &str, name: &str, host: u8, namespace: &str, labels: &str) -> anyhow::Result<()> {
         let ip = self.ip(host).to_string();
         let base_id = u32::from(self.block) * 100 + u32::from(host);
         let args: Vec<String> = [
             "proxy",
-            "sidecar",
+            kind,
             "--envoy-path",
             &self.options.envoy.display().to_string(),
             "--discovery-address",
@@ -197,7 +212,7 @@ impl LocalMesh {
             "--pod-name",
             name,
             "--namespace",
-            NAMESPACE,
+            namespace,
             "--ip",
             &ip,
             "--labels",
@@ -224,7 +239,7 @@ impl LocalMesh {
         .into_iter()
         .map(str::to_owned)
         .collect();
-        let proc = self.rudder(&format!("sidecar-{name}"), args)?;
+        let proc = self.rudder(&format!("{kind}-{name}"), args)?;
         self.sidecars.insert(name.to_owned(), proc);
         Ok(())
     }
@@ -238,6 +253,7 @@ impl LocalMesh {
     pub fn admin_url(&self, sidecar: &str, path: &str) -> String {
         let host = match sidecar {
             "sleep" => CLIENT_HOST,
+            GATEWAY_NAME => GATEWAY_HOST,
             other => WORKLOADS.iter().find(|w| w.name == other).map(|w| w.host).unwrap_or(CLIENT_HOST),
         };
         format!("http://{}:{ADMIN_PORT}{path}", self.ip(host))
@@ -250,6 +266,16 @@ impl LocalMesh {
 
     pub fn external_url(&self, path: &str) -> String {
         format!("http://{}:{SERVICE_PORT}{path}", self.ip(EXTERNAL_HOST))
+    }
+
+    /// A plain HTTP request to `path` with `Host: host`, sent to the ingress gateway.
+    pub fn via_gateway(&self, host: &str, path: &str) -> Req {
+        Req::get(format!("http://{}:{GATEWAY_HTTP_PORT}{path}", self.ip(GATEWAY_HOST)), host)
+    }
+
+    /// The ingress gateway's HTTPS address.
+    pub fn gateway_https(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(GATEWAY_HOST).into(), GATEWAY_HTTPS_PORT)
     }
 
     /// A request to `path` of `host` sent through the client sidecar's listener for the

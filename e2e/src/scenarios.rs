@@ -36,11 +36,13 @@ pub enum Scenario {
     OutlierDetection,
     AllowAny,
     RegistryOnly,
+    IngressGateway,
+    IngressTls,
 }
 
 impl Scenario {
     /// Every scenario, in the order the demo walks through them.
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 19] = [
         Self::RouteAllToV1,
         Self::UriMatch,
         Self::Split,
@@ -58,11 +60,13 @@ impl Scenario {
         Self::OutlierDetection,
         Self::AllowAny,
         Self::RegistryOnly,
+        Self::IngressGateway,
+        Self::IngressTls,
     ];
 
     /// The config it applies: a file of `examples/traffic/`, or its own YAML.
     fn config(self) -> Config {
-        use Config::{Example, Inline};
+        use Config::{Example, Generated, Inline};
         match self {
             Self::RouteAllToV1 => Example("02-route-all-to-v1.yaml"),
             Self::UriMatch | Self::Split => Example("03-weighted-90-10.yaml"),
@@ -79,6 +83,8 @@ impl Scenario {
             Self::CircuitBreaking | Self::OutlierDetection => Example("14-circuit-breaking.yaml"),
             Self::AllowAny => Inline(ALLOW_ANY_YAML),
             Self::RegistryOnly => Inline(REGISTRY_ONLY_YAML),
+            Self::IngressGateway => Example("15-ingress-gateway.yaml"),
+            Self::IngressTls => Generated,
         }
     }
 
@@ -87,6 +93,7 @@ impl Scenario {
         match self.config() {
             Config::Example(file) => format!("examples/traffic/{file}"),
             Config::Inline(_) => "built-in local config".into(),
+            Config::Generated => "built-in local config with certificates made for the run".into(),
         }
     }
 }
@@ -94,6 +101,8 @@ impl Scenario {
 enum Config {
     Example(&'static str),
     Inline(&'static str),
+    /// Built at run time (test certificates).
+    Generated,
 }
 
 /// A host that never accepts a connection (see `mesh::Unreachable`), with a 1s connect timeout.
@@ -163,7 +172,12 @@ spec:
 /// Applies `scenario`'s config, waits until every sidecar has it, resets the workloads and
 /// runs the checks.
 pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> anyhow::Result<String> {
+    let tls = match scenario {
+        Scenario::IngressTls => Some(IngressTls::new(mesh).await?),
+        _ => None,
+    };
     let yaml = match scenario.config() {
+        Config::Generated => tls.as_ref().map(IngressTls::yaml).unwrap_or_default(),
         Config::Example(file) => {
             let path: PathBuf = examples.join("traffic").join(file);
             std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
@@ -193,6 +207,11 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::OutlierDetection => outlier_detection(mesh).await,
         Scenario::AllowAny => allow_any(mesh).await,
         Scenario::RegistryOnly => registry_only(mesh).await,
+        Scenario::IngressGateway => ingress_gateway(mesh).await,
+        Scenario::IngressTls => match &tls {
+            Some(tls) => ingress_tls(mesh, tls).await,
+            None => anyhow::bail!("no TLS fixture"),
+        },
     }
 }
 
@@ -813,4 +832,202 @@ async fn registry_only(mesh: &LocalMesh) -> anyhow::Result<String> {
         show(&known)
     );
     Ok(format!("REGISTRY_ONLY: unknown host got 502; httpbin still reached ({})", show(&known)))
+}
+
+/// Example 15 through the ingress gateway: `httpbin.example.com` `/status` and `/delay` reach
+/// httpbin through its sidecar; other paths and hosts are not routed (404 from the gateway).
+async fn ingress_gateway(mesh: &LocalMesh) -> anyhow::Result<String> {
+    const N: usize = 10;
+    let mut counts = BTreeMap::new();
+    for _ in 0..N {
+        let reply = mesh.send(&mesh.via_gateway(INGRESS_HOST, "/status/200")).await?;
+        *counts.entry(answered_by(&reply)).or_default() += 1;
+    }
+    let routed: usize = ["v1", "v2"].iter().map(|v| counts.get(*v).copied().unwrap_or(0)).sum();
+    anyhow::ensure!(routed == N, "expected every /status/200 to reach httpbin, got {}", show(&counts));
+    let seen = seen_at_workloads(mesh, "/status/200").await?;
+    anyhow::ensure!(seen == N as u64, "httpbin saw {seen} of {N} requests");
+    let unrouted = mesh.send(&mesh.via_gateway(INGRESS_HOST, "/get")).await?;
+    anyhow::ensure!(unrouted.status == StatusCode::NOT_FOUND, "/get: expected 404, got {}", unrouted.status);
+    let other_host = mesh.send(&mesh.via_gateway("other.example.com", "/status/200")).await?;
+    anyhow::ensure!(other_host.status == StatusCode::NOT_FOUND, "other host: expected 404, got {}", other_host.status);
+    Ok(format!(
+        "ingress: Host {INGRESS_HOST} /status/200 → {} of {N} through the gateway; /get → 404; Host other.example.com → 404",
+        show(&counts)
+    ))
+}
+
+const INGRESS_HOST: &str = "httpbin.example.com";
+const MTLS_HOST: &str = "mtls.example.com";
+const PASSTHROUGH_HOST: &str = "backend.example.com";
+/// The passthrough backend: a TLS server of its own at `127.0.<block>.61:9443`.
+const BACKEND_HOST: u8 = 61;
+const BACKEND_PORT: u16 = 9443;
+
+/// The TLS scenario's fixture: a CA, the gateway's certificates (as Secrets), a client
+/// certificate, and a backend terminating its own TLS.
+struct IngressTls {
+    ca: crate::tls::TestCa,
+    gateway_cert: crate::tls::CertPair,
+    client: crate::tls::CertPair,
+    backend: crate::tls::TlsBackend,
+}
+
+impl IngressTls {
+    async fn new(mesh: &LocalMesh) -> anyhow::Result<Self> {
+        let ca = crate::tls::TestCa::new("rudder e2e CA")?;
+        let gateway_cert = ca.server(&[INGRESS_HOST, MTLS_HOST])?;
+        let client = ca.client("e2e-client")?;
+        let backend_cert = ca.server(&[PASSTHROUGH_HOST])?;
+        let addr = std::net::SocketAddr::new(mesh.ip(BACKEND_HOST).into(), BACKEND_PORT);
+        let backend = crate::tls::TlsBackend::start(addr, "tls-backend", &backend_cert).await?;
+        Ok(Self { ca, gateway_cert, client, backend })
+    }
+
+    /// SIMPLE for httpbin.example.com (to v1), MUTUAL for mtls.example.com (same Secret, its
+    /// `ca.crt` the client CA), PASSTHROUGH for backend.example.com, all on port 443, and an
+    /// HTTPS redirect on port 80.
+    fn yaml(&self) -> String {
+        let indent = |pem: &str| pem.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+        format!(
+            r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: httpbin-credential
+  namespace: istio-system
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{cert}
+  tls.key: |
+{key}
+  ca.crt: |
+{ca}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: secure-gateway
+  namespace: testns1
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [{INGRESS_HOST}]
+    tls: {{mode: SIMPLE, credentialName: httpbin-credential}}
+  - port: {{number: 443, name: https-mutual, protocol: HTTPS}}
+    hosts: [{MTLS_HOST}]
+    tls: {{mode: MUTUAL, credentialName: httpbin-credential}}
+  - port: {{number: 443, name: tls-passthrough, protocol: TLS}}
+    hosts: [{PASSTHROUGH_HOST}]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [{INGRESS_HOST}]
+    tls: {{httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: httpbin
+  namespace: testns1
+spec:
+  host: httpbin
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+  - name: v2
+    labels: {{version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+  namespace: testns1
+spec:
+  hosts: [{INGRESS_HOST}, {MTLS_HOST}]
+  gateways: [secure-gateway]
+  http:
+  - route:
+    - destination: {{host: httpbin, subset: v1, port: {{number: 8000}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: tls-backend
+  namespace: testns1
+spec:
+  hosts: [tls-backend.testns1.svc.cluster.local]
+  ports: [{{number: {BACKEND_PORT}, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.{BACKEND_HOST}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: tls-backend
+  namespace: testns1
+spec:
+  hosts: [{PASSTHROUGH_HOST}]
+  gateways: [secure-gateway]
+  tls:
+  - match: [{{port: 443, sniHosts: [{PASSTHROUGH_HOST}]}}]
+    route:
+    - destination: {{host: tls-backend, port: {{number: {BACKEND_PORT}}}}}
+"#,
+            cert = indent(&self.gateway_cert.cert_pem),
+            key = indent(&self.gateway_cert.key_pem),
+            ca = indent(&self.ca.cert_pem),
+        )
+    }
+}
+
+async fn ingress_tls(mesh: &LocalMesh, tls: &IngressTls) -> anyhow::Result<String> {
+    use crate::tls::https_get;
+    let gateway = mesh.gateway_https();
+    const N: usize = 5;
+    let mut versions = BTreeMap::new();
+    for _ in 0..N {
+        let reply = https_get(gateway, INGRESS_HOST, "/get", &tls.ca.cert_pem, None).await?;
+        let version =
+            reply.headers.get("x-echo-version").cloned().unwrap_or_else(|| format!("status {}", reply.status));
+        *versions.entry(version).or_default() += 1;
+    }
+    only(&versions, "v1", N)?;
+
+    let without_cert = https_get(gateway, MTLS_HOST, "/get", &tls.ca.cert_pem, None).await;
+    anyhow::ensure!(
+        without_cert.as_ref().map_or(true, |r| r.status >= 400),
+        "MUTUAL: a client without a certificate got {:?}",
+        without_cert.map(|r| r.status)
+    );
+    let with_cert = https_get(gateway, MTLS_HOST, "/get", &tls.ca.cert_pem, Some(&tls.client)).await?;
+    anyhow::ensure!(
+        with_cert.status == 200 && with_cert.headers.get("x-echo-version").map(String::as_str) == Some("v1"),
+        "MUTUAL with a client certificate: {} {:?}",
+        with_cert.status,
+        with_cert.headers
+    );
+
+    let passthrough = https_get(gateway, PASSTHROUGH_HOST, "/", &tls.ca.cert_pem, None).await?;
+    anyhow::ensure!(
+        passthrough.status == 200 && passthrough.body == "tls-backend",
+        "PASSTHROUGH: expected the backend's own reply, got {} {:?}",
+        passthrough.status,
+        passthrough.body
+    );
+    anyhow::ensure!(tls.backend.addr.port() == BACKEND_PORT);
+
+    let redirect = mesh.send(&mesh.via_gateway(INGRESS_HOST, "/get")).await?;
+    anyhow::ensure!(
+        redirect.status == StatusCode::MOVED_PERMANENTLY && redirect.header("location").starts_with("https://"),
+        "port 80: expected a redirect to HTTPS, got {} {:?}",
+        redirect.status,
+        redirect.header("location")
+    );
+    Ok(format!(
+        "ingress TLS: SIMPLE {INGRESS_HOST} → {} of {N}; MUTUAL {MTLS_HOST} refused without a client certificate, v1 with one; \
+         PASSTHROUGH {PASSTHROUGH_HOST} → the backend's own TLS; port 80 → 301 to https",
+        show(&versions)
+    ))
 }

@@ -64,15 +64,17 @@ mod tests {
         let mut secret = Secret::default();
         secret.metadata.name = Some("cred".into());
         secret.metadata.namespace = Some("istio-system".into());
-        secret.data =
-            Some(entries.iter().map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec()))).collect());
+        secret.data = Some(entries.iter().map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec()))).collect());
         secret
     }
 
     #[test]
     fn both_layouts_and_ca_only_secrets_are_credentials() {
         let tls = credential(&secret(&[("tls.crt", "C"), ("tls.key", "K"), ("ca.crt", "A")])).unwrap().unwrap();
-        assert_eq!((tls.certificate_chain, tls.private_key, tls.ca_certificates), (b"C".to_vec(), b"K".to_vec(), b"A".to_vec()));
+        assert_eq!(
+            (tls.certificate_chain, tls.private_key, tls.ca_certificates),
+            (b"C".to_vec(), b"K".to_vec(), b"A".to_vec())
+        );
         let generic = credential(&secret(&[("cert", "C"), ("key", "K")])).unwrap().unwrap();
         assert_eq!((generic.certificate_chain, generic.private_key), (b"C".to_vec(), b"K".to_vec()));
         let ca_only = credential(&secret(&[("cacert", "A")])).unwrap().unwrap();

@@ -3,8 +3,11 @@
 //! their route configurations, and `credentialName`s become SDS secrets served over ADS.
 //!
 //! Names follow istiod, so `proxy-config` output and dashboards read the same:
-//! - listener `<bind or 0.0.0.0>_<port>`, the port being the gateway workload's target port
-//!   (a Service port 80 → target 8080 listens on 8080; without a Service, the server port);
+//! - listener `<address>_<port>`, the port being the gateway workload's target port (a Service
+//!   port 80 → target 8080 listens on 8080; without a Service, the server port). The address
+//!   is the server's `bind`, else `0.0.0.0`; a gateway run with interception mode NONE (no
+//!   network namespace of its own, as in the local mesh) binds its own address instead, as
+//!   sidecars in that mode do;
 //! - plain HTTP servers of one port share route configuration `http.<port>`; each terminated
 //!   HTTPS server has its own, `https.<number>.<port name>.<gateway>.<namespace>`;
 //! - virtual hosts `<host>:<number>`; a route configuration without any is a `blackhole:<number>`
@@ -35,7 +38,7 @@ use super::context::{Context, host_matches, listener_name, resolve_host};
 use super::listener::hcm::{Routes, TcpTarget, hcm_filter, http_connection_manager, tcp_proxy};
 use super::listener::{access_log, filter_chain, l4_routes, listener, set_chains};
 use super::route::{http_routes_for_gateways, ipv6_compliant};
-use crate::model::{Protocol, labels_match};
+use crate::model::{InterceptionMode, Protocol, labels_match};
 use crate::registry::secret as secret_key;
 
 const WILDCARD: &str = "0.0.0.0";
@@ -75,7 +78,10 @@ impl GatewayServer<'_> {
     /// Whether the proxy terminates TLS for this server and routes HTTP behind it.
     fn terminates_tls(&self) -> bool {
         self.protocol == Protocol::Https
-            && matches!(self.tls_mode(), Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual))
+            && matches!(
+                self.tls_mode(),
+                Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
+            )
     }
 
     fn https_route_name(&self) -> String {
@@ -103,7 +109,13 @@ fn servers<'a>(ctx: &Context<'a>) -> Vec<GatewayServer<'a>> {
                 port_name: &port.name,
                 protocol: Protocol::of_port(Some(&port.protocol), &port.name),
                 target_port: target_port(ctx, number),
-                bind: if server.bind.is_empty() { WILDCARD } else { &server.bind },
+                bind: if !server.bind.is_empty() {
+                    &server.bind
+                } else if ctx.proxy.interception == InterceptionMode::None {
+                    ctx.proxy.primary_ip()
+                } else {
+                    WILDCARD
+                },
             });
         }
     }
@@ -252,7 +264,11 @@ fn passthrough_chains(
                     .sni_hosts
                     .iter()
                     .filter(|sni| {
-                        server.server.hosts.iter().any(|h| server_host_match(h, server.namespace(), vs_ns, sni).is_some())
+                        server
+                            .server
+                            .hosts
+                            .iter()
+                            .any(|h| server_host_match(h, server.namespace(), vs_ns, sni).is_some())
                     })
                     .cloned()
                     .collect();
@@ -268,7 +284,8 @@ fn passthrough_chains(
 }
 
 fn tls_match_applies(m: &TlsMatchAttributes, number: u32, names: &[String]) -> bool {
-    m.port.is_none_or(|p| p == 0 || p == number) && (m.gateways.is_empty() || m.gateways.iter().any(|g| names.contains(g)))
+    m.port.is_none_or(|p| p == 0 || p == number)
+        && (m.gateways.is_empty() || m.gateways.iter().any(|g| names.contains(g)))
 }
 
 /// The chain of a plain TCP server: the first `tcp` route of a VirtualService bound to its
@@ -330,12 +347,14 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
     };
     let mutual = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
     if !tls.credential_name.is_empty() {
-        let credential = credential(ctx, &tls.credential_name)
-            .ok_or_else(|| format!("credentialName {:?}: no such Secret in namespace {}", tls.credential_name, ctx.proxy.namespace))?;
+        let credential = credential(ctx, &tls.credential_name).ok_or_else(|| {
+            format!("credentialName {:?}: no such Secret in namespace {}", tls.credential_name, ctx.proxy.namespace)
+        })?;
         if credential.certificate_chain.is_empty() {
             return Err(format!("credentialName {:?}: the Secret has no certificate", tls.credential_name));
         }
-        common.tls_certificate_sds_secret_configs = vec![ads_secret(&format!("{CREDENTIAL_PREFIX}{}", tls.credential_name))];
+        common.tls_certificate_sds_secret_configs =
+            vec![ads_secret(&format!("{CREDENTIAL_PREFIX}{}", tls.credential_name))];
         if mutual {
             if ca_of(ctx, &tls.credential_name).is_none() {
                 return Err(format!(
@@ -343,9 +362,10 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
                     tls.credential_name
                 ));
             }
-            common.validation_context_type = Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
-                ads_secret(&format!("{CREDENTIAL_PREFIX}{}{CA_SUFFIX}", tls.credential_name)),
-            ));
+            common.validation_context_type =
+                Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(ads_secret(
+                    &format!("{CREDENTIAL_PREFIX}{}{CA_SUFFIX}", tls.credential_name),
+                )));
         }
     } else if !tls.server_certificate.is_empty() && !tls.private_key.is_empty() {
         common.tls_certificates = vec![TlsCertificate {
@@ -357,9 +377,11 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
             if tls.ca_certificates.is_empty() {
                 return Err("MUTUAL with file certificates needs caCertificates".into());
             }
-            common.validation_context_type = Some(common_tls_context::ValidationContextType::ValidationContext(
-                CertificateValidationContext { trusted_ca: Some(file(&tls.ca_certificates)), ..Default::default() },
-            ));
+            common.validation_context_type =
+                Some(common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
+                    trusted_ca: Some(file(&tls.ca_certificates)),
+                    ..Default::default()
+                }));
         }
     } else {
         return Err("SIMPLE/MUTUAL needs credentialName, or serverCertificate and privateKey".into());
@@ -513,7 +535,11 @@ fn route_configuration(ctx: &Context<'_>, name: String, servers: &[&GatewayServe
                     // The route configuration ignores ports in Host, so one domain covers both.
                     domains: vec![ipv6_compliant(&host)],
                     routes: routes.clone(),
-                    require_tls: if redirect { TlsRequirementType::All as i32 } else { TlsRequirementType::None as i32 },
+                    require_tls: if redirect {
+                        TlsRequirementType::All as i32
+                    } else {
+                        TlsRequirementType::None as i32
+                    },
                     include_request_attempt_count: true,
                     ..Default::default()
                 });

@@ -119,7 +119,12 @@ fn common_match(
 
 /// The clusters of a route's destinations (hosts resolved in the VirtualService's
 /// namespace). A destination without a port uses its service's only port, else `port`.
-pub(crate) fn target(ctx: &Context<'_>, vs_namespace: &str, route: &[RouteDestination], port: u32) -> Option<TcpTarget> {
+pub(crate) fn target(
+    ctx: &Context<'_>,
+    vs_namespace: &str,
+    route: &[RouteDestination],
+    port: u32,
+) -> Option<TcpTarget> {
     let clusters = route
         .iter()
         .filter_map(|rd| {

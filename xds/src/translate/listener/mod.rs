@@ -77,7 +77,11 @@ pub(crate) fn listener(name: String, ip: &str, port: u32, direction: TrafficDire
     }
 }
 
-pub(crate) fn filter_chain(name: &str, filter_chain_match: Option<FilterChainMatch>, filters: Vec<Filter>) -> FilterChain {
+pub(crate) fn filter_chain(
+    name: &str,
+    filter_chain_match: Option<FilterChainMatch>,
+    filters: Vec<Filter>,
+) -> FilterChain {
     FilterChain { name: name.to_owned(), filter_chain_match, filters, ..Default::default() }
 }
 
@@ -105,7 +109,11 @@ fn listener_filters(chains: &[FilterChain]) -> Vec<ListenerFilter> {
 
 /// Sets the chains and the listener filters they need. Chains with the same match as an
 /// earlier one are dropped (Envoy refuses duplicate matches; the first rule wins).
-pub(crate) fn set_chains(listener: &mut Listener, chains: Vec<FilterChain>, detection_timeout: Option<std::time::Duration>) {
+pub(crate) fn set_chains(
+    listener: &mut Listener,
+    chains: Vec<FilterChain>,
+    detection_timeout: Option<std::time::Duration>,
+) {
     let mut seen = std::collections::BTreeSet::new();
     let chains: Vec<FilterChain> = chains
         .into_iter()

@@ -1,0 +1,201 @@
+//! TLS for the harnesses: a test CA issuing server and client certificates (rcgen), an HTTPS
+//! client that picks its SNI, trust root and client certificate, and a TLS server that answers
+//! every request with one fixed reply (a backend with its own TLS, for gateway passthrough).
+//! Requests are plain HTTP/1.1 with `Connection: close`, so a reply is read to its end.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// A certificate and its private key, PEM.
+#[derive(Clone, Debug)]
+pub struct CertPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A throwaway CA.
+#[derive(Debug)]
+pub struct TestCa {
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::generate()?;
+        let params = ca_params(name)?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(ca_params(name)?, key) })
+    }
+
+    /// A server certificate for `hosts` (DNS names).
+    pub fn server(&self, hosts: &[&str]) -> anyhow::Result<CertPair> {
+        self.issue(hosts, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate named `name`.
+    pub fn client(&self, name: &str) -> anyhow::Result<CertPair> {
+        self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> anyhow::Result<CertPair> {
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("test"));
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+fn ca_params(name: &str) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    Ok(params)
+}
+
+fn chain(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    Ok(CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>()?)
+}
+
+fn private_key(pem: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
+    Ok(PrivateKeyDer::from_pem_slice(pem.as_bytes())?)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A reply: status, headers (lower-case names) and body.
+#[derive(Clone, Debug)]
+pub struct TlsReply {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// `GET path` over TLS to `addr`, with SNI and `Host` `host`, trusting `ca_pem`, presenting
+/// `client` when given. `Err` when the handshake or the exchange fails (e.g. a server that
+/// requires a client certificate and gets none).
+pub async fn https_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    ca_pem: &str,
+    client: Option<&CertPair>,
+) -> anyhow::Result<TlsReply> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in chain(ca_pem)? {
+        roots.add(cert)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(pair) => builder.with_client_auth_cert(chain(&pair.cert_pem)?, private_key(&pair.key_pem)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    let connector = TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+    let name = ServerName::try_from(host.to_owned())?;
+    let mut tls = connector.connect(name, tcp).await.with_context(|| format!("TLS handshake with {addr} as {host}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw).await.with_context(|| format!("reading the reply from {addr}"))?;
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &[u8]) -> anyhow::Result<TlsReply> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("reply without a header end")?;
+    let mut lines = head.lines();
+    let status_line = lines.next().context("empty reply")?;
+    let status = status_line.split_whitespace().nth(1).context("no status code")?.parse()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(TlsReply { status, headers, body: body.to_owned() })
+}
+
+/// A TLS server answering every request with 200, header `x-backend: <name>` and body `<name>`;
+/// stops when dropped.
+#[derive(Debug)]
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsBackend {
+    pub async fn start(addr: SocketAddr, name: &str, pair: &CertPair) -> anyhow::Result<Self> {
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain(&pair.cert_pem)?, private_key(&pair.key_pem)?)?;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+        let addr = listener.local_addr()?;
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+            name.len()
+        );
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tls.write_all(reply.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_reaches_a_backend_through_a_test_ca() {
+        let ca = TestCa::new("test ca").unwrap();
+        let server = ca.server(&["backend.example.com"]).unwrap();
+        let backend = TlsBackend::start("127.0.0.1:0".parse().unwrap(), "tls-backend", &server).await.unwrap();
+        let reply = https_get(backend.addr, "backend.example.com", "/", &ca.cert_pem, None).await.unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (200, "tls-backend"));
+        assert_eq!(reply.headers["x-backend"], "tls-backend");
+        // The certificate does not name another host.
+        assert!(https_get(backend.addr, "other.example.com", "/", &ca.cert_pem, None).await.is_err());
+        // Nor does another CA vouch for it.
+        let stranger = TestCa::new("other ca").unwrap();
+        assert!(https_get(backend.addr, "backend.example.com", "/", &stranger.cert_pem, None).await.is_err());
+    }
+}

@@ -1,0 +1,408 @@
+//! Gateway translation: Gateway servers and the VirtualServices bound to them, read from a
+//! config directory as `rudder discovery --config-dir` reads it (Secrets included), become
+//! the listeners, routes and SDS secrets of a `router` proxy; a real Envoy (`--mode validate`)
+//! accepts them.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
+use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    DownstreamTlsContext, common_tls_context, secret,
+};
+use prost::Message;
+use rudder_xds::model::{Proxy, Snapshot};
+use rudder_xds::registry::files::ConfigDir;
+use rudder_xds::translate::{self, Resources};
+use serde_json::json;
+
+const GATEWAY_IP: &str = "10.1.0.30";
+
+/// httpbin (8000) in `apps`; the ingress gateway workload at [`GATEWAY_IP`] behind a service
+/// mapping 80 → 8080 and 443 → 8443; Secrets `httpbin-cred` (with a CA) and `other-cred`.
+const BASE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: apps}
+spec:
+  hosts: [httpbin.apps.svc.cluster.local]
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.10}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend-tls, namespace: apps}
+spec:
+  hosts: [backend.apps.svc.cluster.local]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.11}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  hosts: [istio-ingressgateway.istio-system.svc.cluster.local]
+  ports:
+  - {number: 80, name: http2, protocol: HTTP, targetPort: 8080}
+  - {number: 443, name: https, protocol: HTTPS, targetPort: 8443}
+  resolution: STATIC
+  endpoints: [{address: 10.1.0.30, labels: {istio: ingressgateway}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: httpbin-cred, namespace: istio-system}
+type: kubernetes.io/tls
+stringData: {tls.crt: CERT, tls.key: KEY, ca.crt: CA}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: other-cred, namespace: istio-system}
+stringData: {cert: OTHER, key: OTHERKEY}
+"#;
+
+fn snapshot(extra: &str) -> Snapshot {
+    let dir = std::env::temp_dir().join(format!("rudder-gw-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("base.yaml"), BASE).unwrap();
+    std::fs::write(dir.join("extra.yaml"), extra).unwrap();
+    let mut source = ConfigDir::new(&dir, Default::default());
+    source.refresh();
+    let snapshot = source.snapshot();
+    std::fs::remove_dir_all(&dir).unwrap();
+    snapshot
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn gateway_proxy() -> Proxy {
+    let meta: BTreeMap<String, serde_json::Value> =
+        serde_json::from_value(json!({"LABELS": {"istio": "ingressgateway", "app": "istio-ingressgateway"}})).unwrap();
+    Proxy::from_node(
+        &format!("router~{GATEWAY_IP}~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local"),
+        &meta,
+    )
+    .unwrap()
+}
+
+fn resources(extra: &str) -> Resources {
+    let snapshot = snapshot(extra);
+    let proxy = gateway_proxy();
+    translate::for_proxy(&snapshot, &proxy)
+}
+
+fn listener<'r>(r: &'r Resources, name: &str) -> &'r Listener {
+    r.listeners.iter().find(|l| l.name == name).unwrap_or_else(|| {
+        panic!("no listener {name}; have {:?}", r.listeners.iter().map(|l| &l.name).collect::<Vec<_>>())
+    })
+}
+
+fn route<'r>(r: &'r Resources, name: &str) -> &'r RouteConfiguration {
+    r.routes
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no route {name}; have {:?}", r.routes.iter().map(|c| &c.name).collect::<Vec<_>>()))
+}
+
+fn hcm(l: &Listener, chain: usize) -> HttpConnectionManager {
+    let Some(ConfigType::TypedConfig(any)) = &l.filter_chains[chain].filters[0].config_type else { panic!() };
+    HttpConnectionManager::decode(any.value.as_slice()).unwrap()
+}
+
+fn rds_name(h: &HttpConnectionManager) -> &str {
+    match &h.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => &rds.route_config_name,
+        other => panic!("not RDS: {other:?}"),
+    }
+}
+
+fn cluster_of(vhost: &VirtualHost) -> &str {
+    match &vhost.routes[0].action {
+        Some(Action::Route(action)) => match &action.cluster_specifier {
+            Some(RouteCluster::Cluster(c)) => c,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
+const HTTP_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: httpbin-gateway, namespace: apps}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [httpbin.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: apps}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [httpbin-gateway]
+  http:
+  - match: [{uri: {prefix: /status}}]
+    route: [{destination: {host: httpbin, port: {number: 8000}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mesh-only, namespace: apps}
+spec:
+  hosts: [httpbin.example.com]
+  http:
+  - route: [{destination: {host: httpbin}}]
+"#;
+
+#[test]
+fn an_http_server_listens_on_the_target_port_and_routes_its_bound_virtual_services() {
+    let r = resources(HTTP_GATEWAY);
+    assert_eq!(r.listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["0.0.0.0_8080"]);
+    let l = listener(&r, "0.0.0.0_8080");
+    assert_eq!(l.bind_to_port.as_ref().map(|b| b.value), Some(true));
+    let h = hcm(l, 0);
+    assert_eq!(rds_name(&h), "http.8080");
+    assert_eq!(h.use_remote_address.map(|b| b.value), Some(true), "a gateway is the edge");
+
+    let config = route(&r, "http.8080");
+    assert_eq!(config.virtual_hosts.len(), 1, "{:?}", config.virtual_hosts);
+    let vhost = &config.virtual_hosts[0];
+    assert_eq!(vhost.name, "httpbin.example.com:80");
+    assert_eq!(vhost.domains, ["httpbin.example.com"]);
+    assert_eq!(vhost.routes.len(), 1, "only the VirtualService bound to the gateway");
+    assert_eq!(cluster_of(vhost), "outbound|8000||httpbin.apps.svc.cluster.local");
+    // Gateways get the clusters of the services they may route to, and no inbound side.
+    assert!(r.clusters.iter().any(|c| c.name == "outbound|8000||httpbin.apps.svc.cluster.local"));
+    assert!(!r.clusters.iter().any(|c| c.name.starts_with("inbound|")));
+    assert!(r.secrets.is_empty());
+}
+
+#[test]
+fn a_server_without_virtual_services_answers_404_and_sidecars_ignore_gateways() {
+    let r = resources(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+"#,
+    );
+    let config = route(&r, "http.8080");
+    assert_eq!(config.virtual_hosts.len(), 1);
+    assert_eq!(config.virtual_hosts[0].name, "blackhole:80");
+    assert!(config.virtual_hosts[0].routes.is_empty());
+
+    // A gateway that selects other workloads gives this proxy nothing.
+    let other = resources(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+"#,
+    );
+    assert!(other.listeners.is_empty() && other.routes.is_empty());
+}
+
+#[test]
+fn server_hosts_filter_virtual_services_by_namespace_and_wildcard() {
+    let r = resources(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["apps/*.example.com"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: in-apps, namespace: apps}
+spec:
+  hosts: [a.example.com]
+  gateways: [istio-system/gw]
+  http: [{route: [{destination: {host: httpbin}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: elsewhere, namespace: other}
+spec:
+  hosts: [b.example.com]
+  gateways: [istio-system/gw]
+  http: [{route: [{destination: {host: httpbin.apps.svc.cluster.local}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wrong-host, namespace: apps}
+spec:
+  hosts: [a.example.org]
+  gateways: [istio-system/gw]
+  http: [{route: [{destination: {host: httpbin}}]}]
+"#,
+    );
+    let names: Vec<&str> = route(&r, "http.8080").virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["a.example.com:80"]);
+}
+
+fn tls_context(l: &Listener, chain: usize) -> DownstreamTlsContext {
+    let socket = l.filter_chains[chain].transport_socket.as_ref().unwrap();
+    let Some(SocketConfig::TypedConfig(any)) = &socket.config_type else { panic!() };
+    DownstreamTlsContext::decode(any.value.as_slice()).unwrap()
+}
+
+const TLS_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: secure, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [httpbin.example.com]
+    tls: {mode: SIMPLE, credentialName: other-cred}
+  - port: {number: 443, name: https-mtls, protocol: HTTPS}
+    hosts: [mtls.example.com]
+    tls: {mode: MUTUAL, credentialName: httpbin-cred}
+  - port: {number: 443, name: https-missing, protocol: HTTPS}
+    hosts: [missing.example.com]
+    tls: {mode: SIMPLE, credentialName: no-such-cred}
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [httpbin.example.com]
+    tls: {httpsRedirect: true}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: apps}
+spec:
+  hosts: [httpbin.example.com, mtls.example.com]
+  gateways: [istio-system/secure]
+  http: [{route: [{destination: {host: httpbin}}]}]
+"#;
+
+#[test]
+fn simple_and_mutual_servers_terminate_tls_with_credentials_served_over_sds() {
+    let r = resources(TLS_GATEWAY);
+    let l = listener(&r, "0.0.0.0_8443");
+    // The server whose Secret is missing is left out rather than holding the listener back.
+    assert_eq!(l.filter_chains.len(), 2, "{:?}", l.filter_chains);
+    let sni: Vec<&[String]> =
+        l.filter_chains.iter().map(|c| c.filter_chain_match.as_ref().unwrap().server_names.as_slice()).collect();
+    assert_eq!(sni, [&["httpbin.example.com".to_owned()][..], &["mtls.example.com".to_owned()][..]]);
+    assert!(l.listener_filters.iter().any(|f| f.name == "envoy.filters.listener.tls_inspector"));
+
+    let simple = tls_context(l, 0);
+    let common = simple.common_tls_context.as_ref().unwrap();
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "kubernetes://other-cred");
+    assert_eq!(simple.require_client_certificate.map(|b| b.value), Some(false));
+    assert_eq!(rds_name(&hcm(l, 0)), "https.443.https.secure.istio-system");
+
+    let mutual = tls_context(l, 1);
+    assert_eq!(mutual.require_client_certificate.map(|b| b.value), Some(true));
+    match &mutual.common_tls_context.as_ref().unwrap().validation_context_type {
+        Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+            assert_eq!(sds.name, "kubernetes://httpbin-cred-cacert")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let secrets: BTreeMap<&str, &secret::Type> =
+        r.secrets.iter().map(|s| (s.name.as_str(), s.r#type.as_ref().unwrap())).collect();
+    assert_eq!(
+        secrets.keys().copied().collect::<Vec<_>>(),
+        ["kubernetes://httpbin-cred", "kubernetes://httpbin-cred-cacert", "kubernetes://other-cred"]
+    );
+    match secrets["kubernetes://other-cred"] {
+        secret::Type::TlsCertificate(cert) => {
+            let chain = cert.certificate_chain.as_ref().unwrap().specifier.as_ref().unwrap();
+            assert_eq!(
+                chain,
+                &envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineBytes(b"OTHER".to_vec())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(secrets["kubernetes://httpbin-cred-cacert"], secret::Type::ValidationContext(_)));
+
+    // Port 80 redirects to HTTPS.
+    let redirect = route(&r, "http.8080");
+    assert_eq!(redirect.virtual_hosts[0].name, "httpbin.example.com:80");
+    assert_eq!(redirect.virtual_hosts[0].require_tls, TlsRequirementType::All as i32);
+}
+
+#[test]
+fn passthrough_routes_by_sni_to_the_backend() {
+    let r = resources(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: pass, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [backend.example.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend, namespace: apps}
+spec:
+  hosts: [backend.example.com]
+  gateways: [istio-system/pass]
+  tls:
+  - match: [{port: 443, sniHosts: [backend.example.com]}]
+    route: [{destination: {host: backend, port: {number: 443}}}]
+"#,
+    );
+    let l = listener(&r, "0.0.0.0_8443");
+    assert_eq!(l.filter_chains.len(), 1);
+    let chain = &l.filter_chains[0];
+    assert_eq!(chain.filter_chain_match.as_ref().unwrap().server_names, ["backend.example.com"]);
+    assert!(chain.transport_socket.is_none(), "passthrough does not terminate TLS");
+    let Some(ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else { panic!() };
+    let proxy = TcpProxy::decode(any.value.as_slice()).unwrap();
+    assert_eq!(
+        proxy.cluster_specifier,
+        Some(ClusterSpecifier::Cluster("outbound|443||backend.apps.svc.cluster.local".into()))
+    );
+}
+
+#[test]
+fn envoy_accepts_a_gateways_listeners_and_routes() {
+    let r = resources(TLS_GATEWAY);
+    // Envoy validates listeners with their routes inline; RDS and SDS names resolve at run time,
+    // so inline the routes here and check the secrets' shape on their own.
+    let mut listeners = r.listeners.clone();
+    for l in &mut listeners {
+        for chain in &mut l.filter_chains {
+            let Some(ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else { continue };
+            let Ok(mut h) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
+            if let Some(RouteSpecifier::Rds(rds)) = &h.route_specifier {
+                let config = route(&r, &rds.route_config_name).clone();
+                h.route_specifier = Some(RouteSpecifier::RouteConfig(config));
+                chain.filters[0].config_type = Some(ConfigType::TypedConfig(envoy_types::util::pack_any(h)));
+            }
+        }
+    }
+    rudder_xds::testing::envoy_accepts(r.clusters.clone(), listeners).unwrap();
+}
