@@ -114,6 +114,17 @@ fn fixtures() -> BTreeMap<String, Vec<Value>> {
         ),
         ("services".into(), vec![kube_service("reviews", "10.96.0.20")]),
         (
+            "secrets".into(),
+            vec![
+                json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                    "metadata": {"name": "gw-cred", "namespace": "istio-system", "resourceVersion": "1"},
+                    "data": {"tls.crt": "Q0VSVA==", "tls.key": "S0VZ"}}),
+                json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": "app-password", "namespace": "default", "resourceVersion": "1"},
+                    "data": {"password": "aHVudGVyMg=="}}),
+            ],
+        ),
+        (
             "endpointslices".into(),
             vec![json!({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -194,6 +205,9 @@ async fn first_snapshot_then_updates_then_shutdown() {
     let vs: Vec<&str> = first.virtual_services.iter().map(|v| v.metadata.name.as_deref().unwrap()).collect();
     assert_eq!(vs, ["reviews"], "the malformed and the invalid VirtualService are skipped");
     assert_eq!(first.destination_rules.len(), 1);
+    // TLS Secrets become gateway credentials; other Secrets are not kept.
+    assert_eq!(first.secrets.keys().collect::<Vec<_>>(), ["istio-system/gw-cred"]);
+    assert_eq!(first.secrets["istio-system/gw-cred"].certificate_chain, b"CERT");
 
     // A change on a watch produces a new snapshot carrying it.
     let mut ratings = kube_service("ratings", "10.96.0.30");
@@ -243,6 +257,7 @@ async fn first_snapshot_then_updates_then_shutdown() {
             "namespaces",
             "nodes",
             "pods",
+            "secrets",
             "serviceentries",
             "services",
             "sidecars",
