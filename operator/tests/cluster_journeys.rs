@@ -442,6 +442,93 @@ fn canary_upgrade_without_failed_requests(cluster: &Cluster) {
     assert!(counts.len() == 1 && counts.contains_key("200 exit=0"), "no request failed during the switch: {counts:?}");
 }
 
+/// Journey e: the ingress gateway of the default install (`rudder proxy router`) serves
+/// `examples/traffic/15-ingress-gateway.yaml` into the mesh, then terminates TLS with a
+/// Kubernetes Secret named in `credentialName` (served to it over SDS by discovery).
+fn ingress_gateway_routes_into_the_mesh(cluster: &Cluster) {
+    cluster.kubectl(&["apply", "-f", &example("traffic/15-ingress-gateway.yaml")]).unwrap();
+    let gateway = "istio-ingressgateway.istio-system";
+    let through_gateway = |path: &str| {
+        in_sleep(
+            cluster,
+            &format!(
+                "curl -s -o /dev/null --max-time 10 -H 'Host: httpbin.example.com' \
+                 -w '%{{http_code}} %header{{x-echo-instance}}' http://{gateway}{path} || true"
+            ),
+        )
+    };
+    let routed = wait_for("example 15 in force at the ingress gateway", Duration::from_secs(90), || {
+        let reply = through_gateway("/status/200");
+        if reply.starts_with("200 httpbin-") { Ok(reply) } else { Err(reply) }
+    });
+    let unrouted = through_gateway("/get");
+    assert!(unrouted.starts_with("404"), "/get is not routed by example 15: {unrouted}");
+    println!("journey e: Host httpbin.example.com /status/200 through the ingress gateway → {routed}; /get → {unrouted}");
+
+    let ca = rudder_e2e::tls::TestCa::new("journey e CA").unwrap();
+    let cert = ca.server(&["httpbin.example.com"]).unwrap();
+    let dir = std::env::temp_dir().join(format!("rudder-journey-e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_file, &cert.cert_pem).unwrap();
+    std::fs::write(&key_file, &cert.key_pem).unwrap();
+    cluster
+        .kubectl(&[
+            "-n",
+            "istio-system",
+            "create",
+            "secret",
+            "tls",
+            "httpbin-credential",
+            &format!("--cert={}", cert_file.display()),
+            &format!("--key={}", key_file.display()),
+        ])
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    cluster
+        .apply(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: httpbin-tls, namespace: testns1}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [httpbin.example.com]
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin-tls, namespace: testns1}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [httpbin-tls]
+  http: [{route: [{destination: {host: httpbin, port: {number: 8000}}}]}]
+",
+        )
+        .unwrap();
+    let ip = jsonpath(cluster, &["-n", "istio-system", "get", "service", "istio-ingressgateway"], "{.spec.clusterIP}")
+        .unwrap();
+    // -k: the sleep pod does not have the test CA; the issuer printed below shows whose
+    // certificate the gateway presented.
+    let https = wait_for("the TLS server in force at the ingress gateway", Duration::from_secs(90), || {
+        let reply = in_sleep(
+            cluster,
+            &format!(
+                "curl -skv -o /dev/null --max-time 10 --resolve httpbin.example.com:443:{ip} \\
+                 -w 'code=%{{http_code}} instance=%header{{x-echo-instance}}\\n' \\
+                 https://httpbin.example.com/status/200 2>&1 | grep -E 'code=|issuer:' || true"
+            ),
+        );
+        if reply.contains("code=200 instance=httpbin-") && reply.contains("journey e CA") {
+            Ok(reply.split_whitespace().collect::<Vec<_>>().join(" "))
+        } else {
+            Err(reply)
+        }
+    });
+    println!("journey e: https://httpbin.example.com through the ingress gateway (credentialName) → {https}");
+}
+
 /// `GET` on discovery's monitoring port through the API server's pod proxy.
 fn istiod_debug(cluster: &Cluster, what: &str) -> Result<String, String> {
     istiod_debug_of(cluster, "default", what)
@@ -487,6 +574,7 @@ fn user_journeys_on_a_real_cluster() {
     let Some(cluster) = cluster::shared(RUDDER) else { return };
     operator_installs_the_default_control_plane(cluster);
     injected_apps_follow_the_traffic_rules(cluster);
+    ingress_gateway_routes_into_the_mesh(cluster);
     operator_reconciles_edits_and_drift(cluster);
     canary_upgrade_without_failed_requests(cluster);
 }
