@@ -32,6 +32,9 @@ pub const GATEWAY_HOST: u8 = 30;
 pub const GATEWAY_NAME: &str = "ingressgateway";
 pub const GATEWAY_NAMESPACE: &str = "istio-system";
 pub const GATEWAY_HTTP_PORT: u16 = 8080;
+/// The egress gateway (`istio: egressgateway`, namespace istio-system), listening on 8080.
+pub const EGRESS_HOST: u8 = 31;
+pub const EGRESS_NAME: &str = "egressgateway";
 pub const GATEWAY_HTTPS_PORT: u16 = 8443;
 pub const UNREACHABLE_HOST: u8 = 40;
 pub const UNREACHABLE_PORT: u16 = 9000;
@@ -136,6 +139,13 @@ impl LocalMesh {
             GATEWAY_HOST,
             GATEWAY_NAMESPACE,
             "istio=ingressgateway,app=istio-ingressgateway",
+        )?;
+        mesh.start_proxy(
+            "router",
+            EGRESS_NAME,
+            EGRESS_HOST,
+            GATEWAY_NAMESPACE,
+            "istio=egressgateway,app=istio-egressgateway",
         )?;
         for w in WORKLOADS {
             mesh.wait_http_ok(&format!("http://{}:{APP_PORT}/get", ip(block, w.host)), w.name).await?;
@@ -244,6 +254,12 @@ impl LocalMesh {
         Ok(())
     }
 
+    /// What a proxy's process (agent and Envoy, access log included) has written so far.
+    pub fn proxy_log(&self, name: &str) -> String {
+        let kind = if name == GATEWAY_NAME || name == EGRESS_NAME { "router" } else { "sidecar" };
+        std::fs::read_to_string(self.log(&format!("{kind}-{name}"))).unwrap_or_default()
+    }
+
     /// URL on discovery's monitoring port.
     pub fn monitoring_url(&self, path: &str) -> String {
         format!("http://{}:{MONITORING_PORT}{path}", self.ip(DISCOVERY_HOST))
@@ -254,6 +270,7 @@ impl LocalMesh {
         let host = match sidecar {
             "sleep" => CLIENT_HOST,
             GATEWAY_NAME => GATEWAY_HOST,
+            EGRESS_NAME => EGRESS_HOST,
             other => WORKLOADS.iter().find(|w| w.name == other).map(|w| w.host).unwrap_or(CLIENT_HOST),
         };
         format!("http://{}:{ADMIN_PORT}{path}", self.ip(host))

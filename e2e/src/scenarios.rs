@@ -38,11 +38,12 @@ pub enum Scenario {
     RegistryOnly,
     IngressGateway,
     IngressTls,
+    EgressGateway,
 }
 
 impl Scenario {
     /// Every scenario, in the order the demo walks through them.
-    pub const ALL: [Scenario; 19] = [
+    pub const ALL: [Scenario; 20] = [
         Self::RouteAllToV1,
         Self::UriMatch,
         Self::Split,
@@ -62,6 +63,7 @@ impl Scenario {
         Self::RegistryOnly,
         Self::IngressGateway,
         Self::IngressTls,
+        Self::EgressGateway,
     ];
 
     /// The config it applies: a file of `examples/traffic/`, or its own YAML.
@@ -85,6 +87,7 @@ impl Scenario {
             Self::RegistryOnly => Inline(REGISTRY_ONLY_YAML),
             Self::IngressGateway => Example("15-ingress-gateway.yaml"),
             Self::IngressTls => Generated,
+            Self::EgressGateway => Inline(EGRESS_GATEWAY_YAML),
         }
     }
 
@@ -184,7 +187,8 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         }
         Config::Inline(text) => text
             .replace("UNREACHABLE_PORT", &UNREACHABLE_PORT.to_string())
-            .replace("UNREACHABLE_HOST", &UNREACHABLE_HOST.to_string()),
+            .replace("UNREACHABLE_HOST", &UNREACHABLE_HOST.to_string())
+            .replace("EXTERNAL_HOST", &crate::mesh::EXTERNAL_HOST.to_string()),
     };
     mesh.apply("traffic", &yaml).await?;
     mesh.wait_synced().await?;
@@ -208,6 +212,7 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::AllowAny => allow_any(mesh).await,
         Scenario::RegistryOnly => registry_only(mesh).await,
         Scenario::IngressGateway => ingress_gateway(mesh).await,
+        Scenario::EgressGateway => egress_gateway(mesh).await,
         Scenario::IngressTls => match &tls {
             Some(tls) => ingress_tls(mesh, tls).await,
             None => anyhow::bail!("no TLS fixture"),
@@ -832,6 +837,99 @@ async fn registry_only(mesh: &LocalMesh) -> anyhow::Result<String> {
         show(&known)
     );
     Ok(format!("REGISTRY_ONLY: unknown host got 502; httpbin still reached ({})", show(&known)))
+}
+
+/// REGISTRY_ONLY with one external host registered (`external.example`, the local "external"
+/// server), reached through the egress gateway: the sidecar sends it to the gateway
+/// (`gateways: [mesh]`), the gateway to the host (`gateways: [istio-egressgateway]`).
+const EGRESS_GATEWAY_YAML: &str = r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: default
+  namespace: testns1
+spec:
+  outboundTrafficPolicy:
+    mode: REGISTRY_ONLY
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: external
+  namespace: testns1
+spec:
+  hosts: [external.example]
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{address: 127.0.0.EXTERNAL_HOST}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+  namespace: testns1
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: [external.example]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: external-through-egress
+  namespace: testns1
+spec:
+  hosts: [external.example]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 8000}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 8080}}
+  - match: [{gateways: [istio-egressgateway], port: 8080}]
+    route:
+    - destination: {host: external.example, port: {number: 8000}}
+"#;
+
+async fn egress_gateway(mesh: &LocalMesh) -> anyhow::Result<String> {
+    const N: usize = 5;
+    let cluster = "outbound|8000||external.example";
+    let logged =
+        |log: &str| log.lines().filter(|l| l.contains(cluster) && l.contains("/anything/egress-check")).count();
+    let before = logged(&mesh.proxy_log(crate::mesh::EGRESS_NAME));
+    for _ in 0..N {
+        let reply = mesh.send(&mesh.via_client("external.example", "/anything/egress-check")).await?;
+        anyhow::ensure!(
+            reply.status == StatusCode::OK && reply.header("x-echo-instance") == "external",
+            "external.example through the egress gateway: got {} from {:?}",
+            reply.status,
+            reply.header("x-echo-instance")
+        );
+    }
+    // Envoy writes access logs shortly after each request ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let seen = logged(&mesh.proxy_log(crate::mesh::EGRESS_NAME)) - before;
+        if seen >= N || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    anyhow::ensure!(seen == N, "the egress gateway's access log shows {seen} of {N} requests to {cluster}");
+    let target = format!("{}:{}", mesh.ip(crate::mesh::EXTERNAL_HOST), crate::mesh::SERVICE_PORT);
+    let unknown = mesh
+        .send(&mesh.via_client("unregistered.example", "/get").header("x-envoy-original-dst-host", &target))
+        .await?;
+    anyhow::ensure!(
+        unknown.status == StatusCode::BAD_GATEWAY,
+        "REGISTRY_ONLY: a host without a ServiceEntry must get 502, got {}",
+        unknown.status
+    );
+    Ok(format!(
+        "egress: REGISTRY_ONLY + ServiceEntry external.example → 200 from the external server {N}/{N}, \
+         each in the egress gateway's access log ({cluster}); an unregistered host → 502"
+    ))
 }
 
 /// Example 15 through the ingress gateway: `httpbin.example.com` `/status` and `/delay` reach

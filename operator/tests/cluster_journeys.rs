@@ -463,7 +463,9 @@ fn ingress_gateway_routes_into_the_mesh(cluster: &Cluster) {
     });
     let unrouted = through_gateway("/get");
     assert!(unrouted.starts_with("404"), "/get is not routed by example 15: {unrouted}");
-    println!("journey e: Host httpbin.example.com /status/200 through the ingress gateway → {routed}; /get → {unrouted}");
+    println!(
+        "journey e: Host httpbin.example.com /status/200 through the ingress gateway → {routed}; /get → {unrouted}"
+    );
 
     let ca = rudder_e2e::tls::TestCa::new("journey e CA").unwrap();
     let cert = ca.server(&["httpbin.example.com"]).unwrap();

@@ -168,7 +168,7 @@ fn deployment(
     annotations.extend(ctx.typed::<BTreeMap<String, String>>(&gw.value_path("podAnnotations"))?.unwrap_or_default());
     let pod = PodSpec {
         service_account_name: Some(account.into()),
-        containers: vec![container(gw, spec, ports)?],
+        containers: vec![container(gw, spec, ports, &pod_labels)?],
         volumes: Some(writable_dirs().map(|(name, _)| empty_dir(name)).collect()),
         security_context: Some(PodSecurityContext {
             run_as_user: Some(1337),
@@ -191,7 +191,12 @@ fn deployment(
     ))
 }
 
-fn container(gw: &Gw, spec: &GatewaySpec, ports: Option<&[ServicePort]>) -> Result<Container, RenderError> {
+fn container(
+    gw: &Gw,
+    spec: &GatewaySpec,
+    ports: Option<&[ServicePort]>,
+    pod_labels: &BTreeMap<String, String>,
+) -> Result<Container, RenderError> {
     let ctx = gw.ctx;
     let mut container_ports: Vec<ContainerPort> = Vec::new();
     for p in ports.unwrap_or_default() {
@@ -219,7 +224,7 @@ fn container(gw: &Gw, spec: &GatewaySpec, ports: Option<&[ServicePort]>) -> Resu
         image_pull_policy: ctx.str_value("global.imagePullPolicy"),
         args: Some(vec!["proxy".into(), "router".into()]),
         ports: Some(container_ports),
-        env: Some(env(gw)),
+        env: Some(env(gw, pod_labels)),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/healthz/ready".into()),
@@ -256,7 +261,9 @@ fn empty_dir(name: &str) -> Volume {
     Volume { name: name.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() }
 }
 
-fn env(gw: &Gw) -> Vec<EnvVar> {
+/// The agent's environment. The pod's labels go in as `ISTIO_METAJSON_LABELS`: Gateway
+/// `selector`s pick gateways by the labels their proxy reports.
+fn env(gw: &Gw, pod_labels: &BTreeMap<String, String>) -> Vec<EnvVar> {
     let field = |name: &str, path: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -272,6 +279,7 @@ fn env(gw: &Gw) -> Vec<EnvVar> {
         field("INSTANCE_IP", "status.podIP"),
         field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         plain("ISTIO_META_WORKLOAD_NAME", gw.name.clone()),
+        plain("ISTIO_METAJSON_LABELS", serde_json::to_string(pod_labels).unwrap_or_default()),
         plain("ISTIO_META_CLUSTER_ID", "Kubernetes".into()),
         plain("CA_ADDR", gw.ctx.discovery_address()),
         plain("PILOT_ADDRESS", gw.ctx.discovery_address()),
