@@ -136,11 +136,32 @@ spec:
         subset: v2
 "#;
 
+/// `rudder proxy-status [POD] --discovery-address` against the mesh's discovery.
+fn proxy_status(mesh: &LocalMesh, pod: Option<&str>) -> String {
+    let address = mesh.monitoring_url("").trim_start_matches("http://").to_owned();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rudder"));
+    cmd.args(["proxy-status", "--discovery-address", &address]).args(pod);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "proxy-status: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
-fn a_nacked_resource_leaves_the_previous_config_serving() {
+fn a_nacked_resource_leaves_the_previous_config_serving_and_proxy_status_shows_it() {
     let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     runtime().block_on(async {
         let mut mesh = mesh_routing_to_v1().await;
+        // Every proxy (three sidecars, two gateways) SYNCED on every type it watches.
+        let table = proxy_status(&mesh, None);
+        let rows: Vec<&str> = table.lines().skip(1).collect();
+        assert_eq!(rows.len(), 5, "{table}");
+        for row in &rows {
+            let cells: Vec<&str> = row.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect();
+            assert!(cells[2..7].iter().all(|c| *c == "SYNCED" || *c == "-"), "{row}");
+            assert!(cells[2..7].contains(&"SYNCED"), "{row}");
+        }
+        assert!(table.contains("sleep.testns1") && table.contains("ingressgateway.istio-system"), "{table}");
+
         let subsets = traffic_example("01-destination-rule-subsets.yaml");
         mesh.apply("traffic", &format!("{subsets}\n---\n{NACKED_ROUTE}")).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -159,6 +180,14 @@ fn a_nacked_resource_leaves_the_previous_config_serving() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert!(nack.to_lowercase().contains("regex") || nack.contains("program size"), "{nack}");
+        let table = proxy_status(&mesh, None);
+        let sleep = table.lines().find(|l| l.starts_with("sleep.testns1")).unwrap();
+        assert!(sleep.contains("STALE"), "{table}");
+        assert!(table.contains(&format!("sleep.testns1 RDS: rejected: {nack}")), "{table}");
+        println!("{table}");
+        let detail = proxy_status(&mesh, Some("sleep.testns1"));
+        println!("{detail}");
+        assert!(detail.contains("RDS: rejected:") && detail.contains("NONCE ACKED"), "{detail}");
         // Envoy keeps the last good routes: everything still goes to v1.
         for _ in 0..10 {
             let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get")).await.unwrap();

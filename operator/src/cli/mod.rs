@@ -10,6 +10,7 @@ mod kube_inject;
 mod manifest;
 mod operator;
 mod proxy;
+mod proxy_status;
 mod tag;
 mod uninstall;
 mod validate;
@@ -58,6 +59,8 @@ enum Command {
     Demo(demo::Args),
     /// The proxy agent: write Envoy's bootstrap and run Envoy (`proxy sidecar|router|bootstrap|wait|request|init`).
     Proxy(proxy::Args),
+    /// Show every proxy's sync state per type (SYNCED, NOT SENT, STALE with Envoy's rejection).
+    ProxyStatus(proxy_status::Args),
     /// Discovery benchmarks: write a synthetic mesh (`bench mesh`), load a running discovery (`bench xds`).
     Bench(bench::Args),
 }
@@ -91,6 +94,7 @@ impl Cli {
             Command::Demo(args) => demo::run(&args),
             Command::Discovery(args) => discovery::run(&args),
             Command::Proxy(args) => proxy::run(&args),
+            Command::ProxyStatus(args) => proxy_status::run(&args),
             Command::Bench(args) => bench::run(&args),
         }
     }
