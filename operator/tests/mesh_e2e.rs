@@ -214,3 +214,53 @@ fn envoy_keeps_serving_while_discovery_restarts_and_then_resyncs() {
         assert_eq!(reply.header("x-echo-version"), "v2", "after the restart");
     });
 }
+
+/// `rudder proxy-config …` with the sidecar's admin address.
+fn proxy_config(mesh: &LocalMesh, proxy: &str, args: &[&str]) -> String {
+    let admin = mesh.admin_url(proxy, "").trim_start_matches("http://").to_owned();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rudder"))
+        .arg("proxy-config")
+        .args(args)
+        .args(["--admin-address", &admin])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "proxy-config {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn proxy_config_shows_what_the_live_envoy_holds() {
+    let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mesh = mesh_routing_to_v1().await;
+        // Clusters: the same names as Envoy's own /clusters listing.
+        let listed = mesh.sidecar_clusters("sleep").await.unwrap();
+        let live: std::collections::BTreeSet<&str> =
+            listed.lines().filter_map(|l| l.split("::").next()).filter(|n| !n.is_empty()).collect();
+        let json: serde_json::Value =
+            serde_json::from_str(&proxy_config(&mesh, "sleep", &["clusters", "-o", "json"])).unwrap();
+        let shown: std::collections::BTreeSet<&str> =
+            json.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(shown, live);
+
+        // Filters: the v1 subset of httpbin, its cluster and its one endpoint (v1's workload).
+        let v1 = proxy_config(&mesh, "sleep", &["clusters", "--fqdn", SERVICE_HOST, "--subset", "v1"]);
+        let rows: Vec<Vec<&str>> = v1.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows, [vec![SERVICE_HOST, "8000", "v1", "outbound", "EDS", "httpbin"]], "{v1}");
+        let endpoints = proxy_config(&mesh, "sleep", &["endpoints", "--fqdn", SERVICE_HOST, "--subset", "v1"]);
+        let v1_ip = mesh.ip(rudder_e2e::mesh::WORKLOADS[0].host);
+        let rows: Vec<&str> = endpoints.lines().skip(1).collect();
+        assert_eq!(rows.len(), 1, "{endpoints}");
+        assert!(rows[0].starts_with(&format!("{v1_ip}:8000")) && rows[0].contains("HEALTHY"), "{endpoints}");
+
+        // Listeners and routes: the port-8000 listener uses route "8000", whose httpbin host
+        // comes from the VirtualService httpbin.
+        let listeners = proxy_config(&mesh, "sleep", &["listeners", "--port", "8000"]);
+        assert!(listeners.lines().nth(1).is_some_and(|l| l.ends_with("Route: 8000")), "{listeners}");
+        let routes = proxy_config(&mesh, "sleep", &["routes", "--name", "8000"]);
+        let httpbin = routes.lines().find(|l| l.contains(&format!("{SERVICE_HOST}:8000"))).unwrap_or_default();
+        assert!(httpbin.ends_with("httpbin"), "{routes}");
+        let yaml = proxy_config(&mesh, "sleep", &["routes", "--name", "8000", "-o", "yaml"]);
+        assert!(yaml.contains("virtual_hosts"), "{yaml}");
+    });
+}

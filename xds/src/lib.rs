@@ -5,6 +5,7 @@ pub mod agent;
 pub mod echo;
 pub mod model;
 pub mod nametable;
+pub mod proxy_config;
 pub mod proxy_status;
 pub mod registry;
 pub mod server;

@@ -213,7 +213,10 @@ mod tests {
     #[test]
     fn states_follow_nonces_and_rejections() {
         let proxies = from_syncz(&syncz(), "istiod-1").unwrap();
-        assert_eq!(proxies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["ingress-1.istio-system", "sleep-1.apps"]);
+        assert_eq!(
+            proxies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["ingress-1.istio-system", "sleep-1.apps"]
+        );
         let sleep = &proxies[1];
         assert_eq!(sleep.kind, "sidecar");
         let states: Vec<(&str, &SyncState)> = sleep.types.iter().map(|(k, t)| (k.as_str(), &t.state)).collect();
@@ -235,7 +238,10 @@ mod tests {
         let proxies = from_syncz(&syncz(), "istiod-1").unwrap();
         let text = table(&proxies);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["NAME", "TYPE", "CDS", "LDS", "EDS", "RDS", "SDS", "DISCOVERY"]);
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["NAME", "TYPE", "CDS", "LDS", "EDS", "RDS", "SDS", "DISCOVERY"]
+        );
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
             ["ingress-1.istio-system", "router", "-", "-", "-", "-", "SYNCED", "istiod-1"]

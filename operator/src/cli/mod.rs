@@ -10,6 +10,7 @@ mod kube_inject;
 mod manifest;
 mod operator;
 mod proxy;
+mod proxy_config;
 mod proxy_status;
 mod tag;
 mod uninstall;
@@ -59,6 +60,8 @@ enum Command {
     Demo(demo::Args),
     /// The proxy agent: write Envoy's bootstrap and run Envoy (`proxy sidecar|router|bootstrap|wait|request|init`).
     Proxy(proxy::Args),
+    /// Show what a proxy's Envoy holds: clusters, listeners, routes, endpoints, secrets.
+    ProxyConfig(proxy_config::Args),
     /// Show every proxy's sync state per type (SYNCED, NOT SENT, STALE with Envoy's rejection).
     ProxyStatus(proxy_status::Args),
     /// Discovery benchmarks: write a synthetic mesh (`bench mesh`), load a running discovery (`bench xds`).
@@ -95,6 +98,7 @@ impl Cli {
             Command::Discovery(args) => discovery::run(&args),
             Command::Proxy(args) => proxy::run(&args),
             Command::ProxyStatus(args) => proxy_status::run(&args),
+            Command::ProxyConfig(args) => proxy_config::run(&args),
             Command::Bench(args) => bench::run(&args),
         }
     }

@@ -90,11 +90,11 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
         let subsets = rule.map(|r| r.spec.subsets.as_slice()).unwrap_or_default();
         for port in &service.ports {
             let name = outbound_cluster_name(port.port, "", &service.hostname);
-            planned.push((name, service, port, None, port_policy(rule_policy, port.port)));
+            planned.push((name, service, port, None, port_policy(rule_policy, port.port), rule));
             for subset in subsets.iter().filter(|s| !s.name.is_empty()) {
                 let policy = subset_policy(rule_policy, subset.traffic_policy.as_ref(), port.port);
                 let name = outbound_cluster_name(port.port, &subset.name, &service.hostname);
-                planned.push((name, service, port, Some(subset), policy));
+                planned.push((name, service, port, Some(subset), policy, rule));
             }
         }
     }
@@ -102,8 +102,14 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
     planned.sort_by(|a, b| a.0.cmp(&b.0));
     planned.dedup_by(|later, first| later.0 == first.0);
     let mut clusters = Vec::with_capacity(planned.len() + 3);
-    clusters.extend(planned.into_iter().filter_map(|(name, service, port, subset, policy)| {
-        service_cluster(ctx, name, service, port, subset, &policy)
+    clusters.extend(planned.into_iter().filter_map(|(name, service, port, subset, policy, rule)| {
+        let mut cluster = service_cluster(ctx, name, service, port, subset, &policy)?;
+        if let Some(rule) = rule {
+            let namespace = rule.metadata.namespace.as_deref().unwrap_or_default();
+            let name = rule.metadata.name.as_deref().unwrap_or_default();
+            cluster.metadata = Some(super::context::istio_config_metadata("destination-rule", namespace, name));
+        }
+        Some(cluster)
     }));
     clusters.push(blackhole_cluster(ctx));
     clusters.push(passthrough_cluster(ctx));

@@ -33,6 +33,23 @@ pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
 pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
 pub const VIRTUAL_INBOUND: &str = "virtualInbound";
 
+/// `filter_metadata.istio.config`: the Istio object a resource was built from, as istiod
+/// writes it (`/apis/networking.istio.io/v1/namespaces/<ns>/<resource>/<name>`), which
+/// `proxy-config` and dashboards read.
+pub fn istio_config_metadata(
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+    let reference = format!("/apis/networking.istio.io/v1/namespaces/{namespace}/{resource}/{name}");
+    let fields = HashMap::from([("config".to_owned(), Value { kind: Some(value::Kind::StringValue(reference)) })]);
+    envoy_types::pb::envoy::config::core::v3::Metadata {
+        filter_metadata: HashMap::from([("istio".to_owned(), Struct { fields })]),
+        ..Default::default()
+    }
+}
+
 /// Resolves a host as written in a config object in `namespace`: a short name (no dot) becomes
 /// `<name>.<namespace>.svc.cluster.local`; anything else is taken as written.
 pub fn resolve_host(host: &str, namespace: &str) -> String {

@@ -47,7 +47,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
-use envoy_types::pb::google::protobuf::{BoolValue, Duration, Struct, UInt32Value, Value, value};
+use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use rudder_config::common::{Duration as IstioDuration, StringMatch};
 use rudder_config::networking::destination_rule::ConsistentHashLb;
@@ -611,10 +611,7 @@ fn build_route(
 
 /// `filter_metadata.istio.config`: which VirtualService a route came from.
 fn config_metadata(vs: &VirtualService) -> Metadata {
-    let reference =
-        format!("/apis/networking.istio.io/v1/namespaces/{}/virtual-service/{}", namespace_of(vs), name_of(vs));
-    let fields = HashMap::from([("config".to_owned(), Value { kind: Some(value::Kind::StringValue(reference)) })]);
-    Metadata { filter_metadata: HashMap::from([("istio".to_owned(), Struct { fields })]), ..Default::default() }
+    super::context::istio_config_metadata("virtual-service", namespace_of(vs), name_of(vs))
 }
 
 /// The trace operation: `host:port<path>` for a single upstream, else `vsName:port<path>`.
@@ -1555,7 +1552,7 @@ mod tests {
         assert_eq!(routes[2].decorator.as_ref().unwrap().operation, format!("{REVIEWS}:9080/*"));
         assert_eq!(
             routes[0].metadata.as_ref().unwrap().filter_metadata["istio"].fields["config"].kind,
-            Some(value::Kind::StringValue(
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
                 "/apis/networking.istio.io/v1/namespaces/default/virtual-service/reviews-vs".into()
             ))
         );
