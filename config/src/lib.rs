@@ -4,6 +4,7 @@
 //!
 //! Nothing here does I/O beyond reading the files it is asked to load.
 
+pub mod analyze;
 pub mod common;
 pub mod crds;
 pub mod injector;

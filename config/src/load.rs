@@ -158,7 +158,9 @@ pub fn load_str(file: &str, text: &str) -> Result<Loads, ReadError> {
 }
 
 impl Loads {
-    fn add(&mut self, source: Source, doc: Value) {
+    /// Decodes one document (a YAML or JSON mapping, or an object read from a cluster) into
+    /// an Istio object, or records why it is not one.
+    pub fn add(&mut self, source: Source, doc: Value) {
         if !doc.is_object() {
             self.problems.push(Problem::NotAnObject { source, message: "document is not a YAML mapping".into() });
             return;

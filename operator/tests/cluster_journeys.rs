@@ -529,6 +529,46 @@ spec:
         }
     });
     println!("journey e: https://httpbin.example.com through the ingress gateway (credentialName) → {https}");
+
+    // What the proxies hold, as a user debugs it: every proxy SYNCED, the gateway's secret,
+    // the sleep sidecar's httpbin clusters read from its own Envoy.
+    let status = wait_for("proxy-status: every proxy SYNCED", Duration::from_secs(30), || {
+        let status = rudder(cluster, &["proxy-status"]);
+        let gateway_row = status.lines().find(|l| l.starts_with("istio-ingressgateway-")).unwrap_or_default();
+        let synced = gateway_row.contains("router") && gateway_row.contains("SYNCED") && !status.contains("STALE");
+        if synced { Ok(status) } else { Err(status) }
+    });
+    let gateway_pod = jsonpath(
+        cluster,
+        &["-n", "istio-system", "get", "pods", "-l", "istio=ingressgateway"],
+        "{.items[0].metadata.name}",
+    )
+    .unwrap();
+    let secrets = rudder(cluster, &["proxy-config", "secret", &format!("{gateway_pod}.istio-system")]);
+    assert!(secrets.contains("kubernetes://httpbin-credential") && secrets.contains("Cert Chain"), "{secrets}");
+    let sleep_pod =
+        jsonpath(cluster, &["-n", "testns1", "get", "pods", "-l", "app=sleep"], "{.items[0].metadata.name}").unwrap();
+    let clusters = rudder(
+        cluster,
+        &["proxy-config", "clusters", &sleep_pod, "-n", "testns1", "--fqdn", "httpbin.testns1.svc.cluster.local"],
+    );
+    assert!(clusters.lines().skip(1).any(|l| l.contains("8000") && l.contains("outbound")), "{clusters}");
+    println!(
+        "journey e: proxy-status: {} proxies, none STALE; proxy-config secret {gateway_pod}: kubernetes://httpbin-credential",
+        status.lines().count() - 1
+    );
+
+    // analyze reads the cluster: clean as it is; an ambiguous injection label is reported.
+    let clean = rudder(cluster, &["analyze", "-n", "testns1"]);
+    assert!(clean.contains("No validation issues found"), "{clean}");
+    cluster.kubectl(&["label", "namespace", "testns1", "istio.io/rev=default"]).unwrap();
+    let ambiguous = rudder(cluster, &["analyze", "-A"]);
+    cluster.kubectl(&["label", "namespace", "testns1", "istio.io/rev-"]).unwrap();
+    assert!(ambiguous.contains("Warning [IST0123] (Namespace testns1)"), "{ambiguous}");
+    println!(
+        "journey e: analyze -n testns1 clean; with both injection labels: {}",
+        ambiguous.lines().next().unwrap_or_default()
+    );
 }
 
 /// `GET` on discovery's monitoring port through the API server's pod proxy.

@@ -58,10 +58,11 @@ pub struct ProxyStatus {
     pub types: BTreeMap<String, TypeStatus>,
 }
 
-/// The proxies of one `/debug/syncz` answer. `Err` names what did not have the expected shape.
+/// The proxies of one `/debug/syncz` answer. A proxy's streams (Envoy's ADS and its agent's
+/// name-table stream) are one row. `Err` names what did not have the expected shape.
 pub fn from_syncz(syncz: &Value, discovery: &str) -> Result<Vec<ProxyStatus>, String> {
     let proxies = syncz.as_array().ok_or("syncz: expected a JSON array of proxies")?;
-    let mut out = Vec::new();
+    let mut out: Vec<ProxyStatus> = Vec::new();
     for (i, proxy) in proxies.iter().enumerate() {
         let node = proxy["proxy"].as_str().ok_or_else(|| format!("syncz[{i}].proxy: expected the node id"))?;
         let parts: Vec<&str> = node.split('~').collect();
@@ -75,7 +76,10 @@ pub fn from_syncz(syncz: &Value, discovery: &str) -> Result<Vec<ProxyStatus>, St
                 types.insert(short.clone(), type_status(watch));
             }
         }
-        out.push(ProxyStatus { name, node: node.to_owned(), kind, discovery: discovery.to_owned(), types });
+        match out.iter_mut().find(|p| p.node == node) {
+            Some(seen) => seen.types.extend(types),
+            None => out.push(ProxyStatus { name, node: node.to_owned(), kind, discovery: discovery.to_owned(), types }),
+        }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -204,6 +208,9 @@ mod tests {
                 "eds": {"nonce_sent": "7", "nonce_acked": "6", "nacks": 0},
                 "rds": {"nonce_sent": "", "nonce_acked": "", "nacks": 0}
             }},
+            {"proxy": "sidecar~10.1.0.5~sleep-1.apps~apps.svc.cluster.local", "types": {
+                "nds": {"nonce_sent": "1", "nonce_acked": "1", "nacks": 0}
+            }},
             {"proxy": "router~10.1.0.9~ingress-1.istio-system~istio-system.svc.cluster.local", "types": {
                 "sds": {"nonce_sent": "2", "nonce_acked": "2", "nacks": 0}
             }}
@@ -226,6 +233,7 @@ mod tests {
                 ("cds", &SyncState::Synced),
                 ("eds", &SyncState::Stale),
                 ("lds", &SyncState::Rejected("Error adding/updating listener(s) 10.1.0.5_80: cannot bind".into())),
+                ("nds", &SyncState::Synced),
                 ("rds", &SyncState::NotSent),
             ]
         );

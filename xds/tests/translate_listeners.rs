@@ -325,6 +325,24 @@ fn listener_set_names_and_order() {
 }
 
 #[test]
+fn no_listener_on_the_proxys_own_ports() {
+    // Every gateway Service has the status port 15021; the sidecar's bootstrap listens there.
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    let gateway = service(
+        "istio-ingressgateway.istio-system.svc.cluster.local",
+        &[("status-port", 15021), ("http2", 80), ("tcp-metrics", 15090)],
+        &["10.96.0.40"],
+    );
+    snap.services.insert(gateway.hostname.clone(), gateway);
+    for mode in ["REDIRECT", "NONE"] {
+        let ls = outbound(&snap, &proxy(PROXY_IP, mode));
+        let ports: Vec<u32> = ls.iter().map(|l| address(&l.address).1).collect();
+        assert!(!ports.contains(&15021) && !ports.contains(&15090), "{mode}: {:?}", names(&ls));
+        assert!(ports.contains(&80), "{mode}: {:?}", names(&ls));
+    }
+}
+
+#[test]
 fn http_port_listener() {
     let snap = mesh_snapshot(MeshConfig::istio_defaults());
     let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));

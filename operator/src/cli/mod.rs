@@ -1,6 +1,7 @@
 //! `rudder`'s verbs, shaped like istioctl's.
 
 pub mod admission;
+mod analyze;
 mod bench;
 mod demo;
 mod discovery;
@@ -34,6 +35,8 @@ pub struct Cli {
 enum Command {
     /// Validate Istio configuration files (every kind Rudder knows) as istioctl validate does.
     Validate(validate::Args),
+    /// Analyze Istio configuration across objects (files, the cluster, or both), as istioctl analyze.
+    Analyze(analyze::Args),
     /// Install a control plane: apply, prune, default revision tag, wait until ready.
     Install(install::Args),
     /// Remove a revision's control plane, or everything with --purge.
@@ -85,6 +88,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Validate(args) => validate::run(&args),
+            Command::Analyze(args) => analyze::run(&args),
             Command::Install(args) => install::run(&args),
             Command::Uninstall(args) => uninstall::run(&args),
             Command::VerifyInstall(args) => verify::run(&args),

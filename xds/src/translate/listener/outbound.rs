@@ -23,11 +23,17 @@ use crate::translate::context::{BLACKHOLE_CLUSTER, Context, PASSTHROUGH_CLUSTER,
 const WILDCARD: &str = "0.0.0.0";
 const DEFAULT_PROXY_LISTEN_PORT: u32 = 15001;
 const DEFAULT_PROXY_INBOUND_LISTEN_PORT: u32 = 15006;
+/// Ports the proxy itself listens on (admin 15000, agent 15020, readiness 15021, DNS 15053,
+/// Envoy's Prometheus 15090). A service port among them (every gateway Service has 15021)
+/// would collide with the bootstrap's own listener and have the whole listener update
+/// rejected, so no outbound listener is built for it, as istiod skips them.
+const PROXY_OWN_PORTS: [u32; 5] = [15000, 15020, 15021, 15053, 15090];
 
 /// Outbound listeners of `ctx.proxy` (unsorted).
 pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let logs = super::access_log::from_mesh(&ctx.snapshot.mesh);
-    let by_port = services_by_port(ctx);
+    let mut by_port = services_by_port(ctx);
+    by_port.retain(|port, _| !PROXY_OWN_PORTS.contains(port));
     if ctx.proxy.interception == InterceptionMode::None {
         let ip = ctx.proxy.primary_ip();
         let inbound_binds: Vec<(String, u32)> =
