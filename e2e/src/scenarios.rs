@@ -39,11 +39,12 @@ pub enum Scenario {
     IngressGateway,
     IngressTls,
     EgressGateway,
+    SidecarScope,
 }
 
 impl Scenario {
     /// Every scenario, in the order the demo walks through them.
-    pub const ALL: [Scenario; 20] = [
+    pub const ALL: [Scenario; 21] = [
         Self::RouteAllToV1,
         Self::UriMatch,
         Self::Split,
@@ -64,6 +65,7 @@ impl Scenario {
         Self::IngressGateway,
         Self::IngressTls,
         Self::EgressGateway,
+        Self::SidecarScope,
     ];
 
     /// The config it applies: a file of `examples/traffic/`, or its own YAML.
@@ -88,6 +90,7 @@ impl Scenario {
             Self::IngressGateway => Example("15-ingress-gateway.yaml"),
             Self::IngressTls => Generated,
             Self::EgressGateway => Inline(EGRESS_GATEWAY_YAML),
+            Self::SidecarScope => Inline(SIDECAR_SCOPE_YAML),
         }
     }
 
@@ -179,6 +182,15 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::IngressTls => Some(IngressTls::new(mesh).await?),
         _ => None,
     };
+    // The client's clusters before its Sidecar scopes it, to compare with after.
+    let before_scope = match scenario {
+        Scenario::SidecarScope => {
+            mesh.remove("traffic").await?;
+            mesh.wait_synced().await?;
+            Some(client_config(mesh).await?)
+        }
+        _ => None,
+    };
     let yaml = match scenario.config() {
         Config::Generated => tls.as_ref().map(IngressTls::yaml).unwrap_or_default(),
         Config::Example(file) => {
@@ -213,6 +225,7 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::RegistryOnly => registry_only(mesh).await,
         Scenario::IngressGateway => ingress_gateway(mesh).await,
         Scenario::EgressGateway => egress_gateway(mesh).await,
+        Scenario::SidecarScope => sidecar_scope(mesh, before_scope.unwrap_or_default()).await,
         Scenario::IngressTls => match &tls {
             Some(tls) => ingress_tls(mesh, tls).await,
             None => anyhow::bail!("no TLS fixture"),
@@ -929,6 +942,70 @@ async fn egress_gateway(mesh: &LocalMesh) -> anyhow::Result<String> {
     Ok(format!(
         "egress: REGISTRY_ONLY + ServiceEntry external.example → 200 from the external server {N}/{N}, \
          each in the egress gateway's access log ({cluster}); an unregistered host → 502"
+    ))
+}
+
+/// The client sidecar scoped to its own namespace: only testns1's services (httpbin), not the
+/// gateways' services of istio-system.
+const SIDECAR_SCOPE_YAML: &str = r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: sleep
+  namespace: testns1
+spec:
+  workloadSelector:
+    labels:
+      app: sleep
+  egress:
+  - hosts: ["./*"]
+"#;
+
+/// The client sidecar's clusters (Envoy's own `/clusters` listing) and its config dump size.
+#[derive(Clone, Debug, Default)]
+pub struct ClientConfig {
+    clusters: std::collections::BTreeSet<String>,
+    dump_bytes: usize,
+}
+
+async fn client_config(mesh: &LocalMesh) -> anyhow::Result<ClientConfig> {
+    let listing = mesh.sidecar_clusters("sleep").await?;
+    let clusters =
+        listing.lines().filter_map(|l| l.split("::").next()).filter(|n| !n.is_empty()).map(str::to_owned).collect();
+    let dump = mesh.config_dump("sleep", "?include_eds").await?;
+    Ok(ClientConfig { clusters, dump_bytes: dump.to_string().len() })
+}
+
+async fn sidecar_scope(mesh: &LocalMesh, before: ClientConfig) -> anyhow::Result<String> {
+    let after = client_config(mesh).await?;
+    let egress = "outbound|8080||istio-egressgateway.istio-system.svc.cluster.local";
+    anyhow::ensure!(
+        before.clusters.contains(egress),
+        "before scoping the client should see {egress}: {:?}",
+        before.clusters
+    );
+    let outside: Vec<&String> = after.clusters.iter().filter(|c| c.contains(".istio-system.")).collect();
+    anyhow::ensure!(outside.is_empty(), "scoped to testns1, the client still holds {outside:?}");
+    let httpbin = format!("outbound|8000||{SERVICE_HOST}");
+    anyhow::ensure!(after.clusters.contains(&httpbin), "the client lost {httpbin}: {:?}", after.clusters);
+    anyhow::ensure!(
+        after.dump_bytes < before.dump_bytes,
+        "config dump {} → {} bytes",
+        before.dump_bytes,
+        after.dump_bytes
+    );
+    let reached = tally(mesh, "/get", &[], 5).await?;
+    anyhow::ensure!(
+        reached.keys().all(|k| k == "v1" || k == "v2"),
+        "httpbin must still be reached: {}",
+        show(&reached)
+    );
+    Ok(format!(
+        "Sidecar egress ./*: the client's Envoy holds {} clusters (was {}), none of istio-system; config dump {} → {} bytes; httpbin still reached ({})",
+        after.clusters.len(),
+        before.clusters.len(),
+        before.dump_bytes,
+        after.dump_bytes,
+        show(&reached)
     ))
 }
 

@@ -104,8 +104,13 @@ pub fn write_dir(dir: &Path, services: usize, ports: usize, endpoints: usize) ->
 /// The snapshot discovery builds from this mesh (Istio's default MeshConfig): the YAML is
 /// loaded and merged exactly as the config-directory registry does.
 pub fn snapshot(services: usize, ports: usize, endpoints: usize) -> Snapshot {
+    snapshot_of(mesh(services, ports, endpoints))
+}
+
+/// Loads and merges `(file, text)` pairs as the config-directory registry does.
+fn snapshot_of(files: impl IntoIterator<Item = (String, String)>) -> Snapshot {
     let mut inputs = KubeInputs::default();
-    for (file, text) in mesh(services, ports, endpoints) {
+    for (file, text) in files {
         let Ok(loads) = load::load_str(&file, &text) else { continue };
         for loaded in loads.objects {
             match loaded.object {
@@ -113,11 +118,27 @@ pub fn snapshot(services: usize, ports: usize, endpoints: usize) -> Snapshot {
                 IstioObject::DestinationRule(o) => inputs.destination_rules.push(Arc::new(*o)),
                 IstioObject::ServiceEntry(o) => inputs.service_entries.push(Arc::new(*o)),
                 IstioObject::WorkloadEntry(o) => inputs.workload_entries.push(Arc::new(*o)),
+                IstioObject::Sidecar(o) => inputs.sidecars.push(Arc::new(*o)),
                 _ => {}
             }
         }
     }
     build_snapshot(&inputs, &MeshConfig::istio_defaults())
+}
+
+/// The same mesh spread over `namespaces` namespaces (`bench-0`, `bench-1`, …; service `i`
+/// in `bench-<i % namespaces>`, host `svc-i.bench-<k>.svc.cluster.local`): what Sidecar
+/// scoping to one namespace is measured on.
+pub fn snapshot_in_namespaces(services: usize, ports: usize, endpoints: usize, namespaces: usize) -> Snapshot {
+    let namespaces = namespaces.max(1);
+    let files = mesh(services, ports, endpoints).into_iter().enumerate().map(|(index, (file, text))| {
+        let namespace = format!("{NAMESPACE}-{}", index % namespaces);
+        let text = text
+            .replace(&format!(".{NAMESPACE}.svc."), &format!(".{namespace}.svc."))
+            .replace(&format!("namespace: {NAMESPACE}\n"), &format!("namespace: {namespace}\n"));
+        (file, text)
+    });
+    snapshot_of(files)
 }
 
 /// Flips the first `version: v1`/`v2` label of a file (the first WorkloadEntry's): an

@@ -198,12 +198,16 @@ impl<'a> Context<'a> {
     }
 
     /// VirtualServices bound to the mesh (sidecars): `gateways` empty or naming `mesh`,
-    /// exported to the proxy's namespace, in snapshot order (namespace, name).
+    /// exported to the proxy's namespace and, with a Sidecar, admitted by its egress hosts, in
+    /// snapshot order (namespace, name).
     pub fn mesh_virtual_services(&self) -> impl Iterator<Item = &'a Arc<VirtualService>> + '_ {
         self.snapshot.virtual_services.iter().filter(move |vs| {
             let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
             let bound = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
-            bound && exported_to(&vs.spec.export_to, ns, &self.proxy.namespace)
+            // A Sidecar's egress hosts scope VirtualServices too (by their own namespace), or
+            // every VirtualService of the mesh would still bring its hosts along.
+            let in_scope = || vs.spec.hosts.iter().any(|h| self.sidecar_allows(ns, &resolve_host(h, ns)));
+            bound && exported_to(&vs.spec.export_to, ns, &self.proxy.namespace) && in_scope()
         })
     }
 
