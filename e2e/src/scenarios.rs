@@ -39,12 +39,13 @@ pub enum Scenario {
     IngressGateway,
     IngressTls,
     EgressGateway,
+    IngressToEgress,
     SidecarScope,
 }
 
 impl Scenario {
     /// Every scenario, in the order the demo walks through them.
-    pub const ALL: [Scenario; 21] = [
+    pub const ALL: [Scenario; 22] = [
         Self::RouteAllToV1,
         Self::UriMatch,
         Self::Split,
@@ -65,6 +66,7 @@ impl Scenario {
         Self::IngressGateway,
         Self::IngressTls,
         Self::EgressGateway,
+        Self::IngressToEgress,
         Self::SidecarScope,
     ];
 
@@ -91,6 +93,7 @@ impl Scenario {
             Self::IngressTls => Generated,
             Self::EgressGateway => Inline(EGRESS_GATEWAY_YAML),
             Self::SidecarScope => Inline(SIDECAR_SCOPE_YAML),
+            Self::IngressToEgress => Inline(INGRESS_TO_EGRESS_YAML),
         }
     }
 
@@ -225,6 +228,7 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::RegistryOnly => registry_only(mesh).await,
         Scenario::IngressGateway => ingress_gateway(mesh).await,
         Scenario::EgressGateway => egress_gateway(mesh).await,
+        Scenario::IngressToEgress => ingress_to_egress(mesh).await,
         Scenario::SidecarScope => sidecar_scope(mesh, before_scope.unwrap_or_default()).await,
         Scenario::IngressTls => match &tls {
             Some(tls) => ingress_tls(mesh, tls).await,
@@ -942,6 +946,121 @@ async fn egress_gateway(mesh: &LocalMesh) -> anyhow::Result<String> {
     Ok(format!(
         "egress: REGISTRY_ONLY + ServiceEntry external.example → 200 from the external server {N}/{N}, \
          each in the egress gateway's access log ({cluster}); an unregistered host → 502"
+    ))
+}
+
+/// One request through the whole mesh: it enters at the ingress gateway (`journey.example.com`,
+/// to httpbin v1), httpbin v1's app calls `external.example:9080` through its own sidecar, which
+/// sends it to the egress gateway, which sends it out to the "external" server.
+const INGRESS_TO_EGRESS_YAML: &str = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: journey
+  namespace: testns1
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [journey.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: httpbin
+  namespace: testns1
+spec:
+  host: httpbin
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: journey-in
+  namespace: testns1
+spec:
+  hosts: [journey.example.com]
+  gateways: [journey]
+  http:
+  - route:
+    - destination: {host: httpbin, subset: v1, port: {number: 8000}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: external
+  namespace: testns1
+spec:
+  hosts: [external.example]
+  ports: [{number: 9080, name: http, protocol: HTTP, targetPort: 8000}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{address: 127.0.0.EXTERNAL_HOST}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+  namespace: testns1
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: [external.example]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: external-through-egress
+  namespace: testns1
+spec:
+  hosts: [external.example]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 9080}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 8080}}
+  - match: [{gateways: [istio-egressgateway], port: 8080}]
+    route:
+    - destination: {host: external.example, port: {number: 9080}}
+"#;
+
+async fn ingress_to_egress(mesh: &LocalMesh) -> anyhow::Result<String> {
+    let v1 = &WORKLOADS[0];
+    let marker = "/anything/through-the-mesh";
+    let call = format!("/echo/call?to={}:9080&host=external.example&path={marker}", mesh.ip(v1.host));
+    let logged = |proxy: &str, needle: &str| mesh.proxy_log(proxy).lines().filter(|l| l.contains(needle)).count();
+    let (ingress_before, egress_before) =
+        (logged(crate::mesh::GATEWAY_NAME, "journey.example.com"), logged(crate::mesh::EGRESS_NAME, marker));
+    let reply = mesh.send(&mesh.via_gateway("journey.example.com", &call)).await?;
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    anyhow::ensure!(
+        reply.status == StatusCode::OK && body["instance"] == "external" && body["path"] == marker,
+        "expected the external server's answer for {marker}, got {} {body}",
+        reply.status
+    );
+    anyhow::ensure!(
+        reply.header("x-echo-instance") == v1.name,
+        "the call went through {:?}",
+        reply.header("x-echo-instance")
+    );
+    // Envoy writes access logs shortly after each request ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ingress = logged(crate::mesh::GATEWAY_NAME, "journey.example.com") > ingress_before;
+        let egress = logged(crate::mesh::EGRESS_NAME, marker) > egress_before;
+        if ingress && egress {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "access logs: ingress gateway {ingress}, egress gateway {egress}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(format!(
+        "ingress gateway → {} (its sidecar) → app calls external.example:9080 → its sidecar → egress gateway → external server: 200, seen in both gateways' access logs",
+        v1.name
     ))
 }
 

@@ -21,7 +21,11 @@
 //!   failing instance, for outlier detection);
 //! - `POST /echo/latency/<seconds>`: from now on every other request waits that long first (a
 //!   slow instance, for load-balancing tests);
-//! - `POST /echo/reset`: clears the counts, the failure mode and the added latency.
+//! - `POST /echo/reset`: clears the counts, the failure mode and the added latency;
+//! - `GET /echo/call?to=<host:port>&host=<Host>&path=<path>`: the workload itself sends
+//!   `GET <path>` (default `/get`) with `Host: <host>` to `<host:port>` and answers with the
+//!   reply's status and body: an application's outbound call, so a test can follow one request
+//!   through an ingress gateway, this workload's sidecar and out again.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,7 +34,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -127,6 +131,7 @@ pub fn router(identity: EchoIdentity) -> Router {
         .route("/echo/reset", post(reset))
         .route("/echo/fail/{code}", post(fail))
         .route("/echo/latency/{seconds}", post(latency))
+        .route("/echo/call", get(call))
         .layer(middleware::from_fn_with_state(state.clone(), count_and_tag))
         .with_state(state)
 }
@@ -301,6 +306,28 @@ async fn anything(State(state): State<Arc<EchoState>>, req: Request) -> Response
     };
     body.insert("bodyLength".into(), json!(bytes.len()));
     Json(Value::Object(body)).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CallParams {
+    to: String,
+    host: Option<String>,
+    path: Option<String>,
+}
+
+/// How long an outbound call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn call(State(state): State<Arc<EchoState>>, Query(params): Query<CallParams>) -> Response {
+    let path = params.path.unwrap_or_else(|| "/get".into());
+    let host = params.host.unwrap_or_else(|| params.to.clone());
+    match crate::agent::supervise::request_with_host(&params.to, &host, "GET", &path, CALL_TIMEOUT).await {
+        Ok(reply) => {
+            let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, [(axum::http::header::CONTENT_TYPE, "application/json")], reply.body).into_response()
+        }
+        Err(e) => error(&state, StatusCode::BAD_GATEWAY, format!("calling {} as {host}: {e}", params.to)),
+    }
 }
 
 async fn stats(State(state): State<Arc<EchoState>>) -> Json<Value> {

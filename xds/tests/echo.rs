@@ -228,3 +228,22 @@ async fn unknown_paths_are_404_with_the_identity_headers() {
     assert_eq!(reply.headers["x-echo-version"], "v3");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn call_makes_the_workloads_own_outbound_request() {
+    let caller = Server::start("caller", "v1").await;
+    let callee = Server::start("callee", "v2").await;
+    let path = format!("/echo/call?to={}&host=callee.example&path=/status/418", callee.addr);
+    let teapot = get(&http1(), &caller, &path).await;
+    assert_eq!(teapot.status, StatusCode::IM_A_TEAPOT, "the callee's status comes back");
+    let path = format!("/echo/call?to={}&host=callee.example", callee.addr);
+    let reply = get(&http1(), &caller, &path).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json["instance"], "callee");
+    assert_eq!(reply.json["host"], "callee.example", "the Host the caller chose");
+    // Nobody listening: 502 from the caller, saying where it tried.
+    let nowhere = get(&http1(), &caller, "/echo/call?to=127.0.0.1:1").await;
+    assert_eq!(nowhere.status, StatusCode::BAD_GATEWAY);
+    caller.stop().await;
+    callee.stop().await;
+}

@@ -244,10 +244,22 @@ pub struct LocalResponse {
 /// the end (`Connection: close`), chunked bodies decoded. Enough for Envoy's admin and the
 /// readiness listener; not a general client.
 pub async fn local_request(authority: &str, method: &str, path: &str, timeout: Duration) -> io::Result<LocalResponse> {
+    request_with_host(authority, authority, method, path, timeout).await
+}
+
+/// [`local_request`] to `authority` with another `Host` header (a service name sent to a
+/// proxy's listener).
+pub async fn request_with_host(
+    authority: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> io::Result<LocalResponse> {
     let exchange = async {
         let mut stream = TcpStream::connect(authority).await?;
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: rudder-proxy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: rudder-proxy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
