@@ -62,3 +62,42 @@ fn a_sidecar_scoped_to_its_namespace_gets_a_tenth_of_the_config_or_less() {
     eprintln!("config bytes: unscoped {unscoped}, scoped {scoped} ({:.1}x smaller)", unscoped as f64 / scoped as f64);
     assert!(scoped * 10 <= unscoped, "scoped {scoped} bytes vs unscoped {unscoped}");
 }
+
+#[test]
+fn an_egress_listener_with_a_port_scopes_that_port_and_the_catch_all_the_others() {
+    // Four services of two ports (8080, 8081) in one namespace.
+    let mut snapshot = synthetic::snapshot_in_namespaces(4, 2, 1, 1);
+    let yaml = r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bench-0}
+spec:
+  egress:
+  - port: {number: 8080, protocol: HTTP, name: http}
+    hosts: ["./svc-0.bench-0.svc.cluster.local"]
+  - hosts: ["./*"]
+"#;
+    let loads = rudder_config::load::load_str("sidecar.yaml", yaml).unwrap();
+    assert!(loads.problems.is_empty(), "{:?}", loads.problems);
+    let IstioObject::Sidecar(sidecar) = loads.objects.into_iter().next().unwrap().object else { panic!() };
+    snapshot.sidecars.push(Arc::new(*sidecar));
+    let resources = translate::for_proxy(&snapshot, &proxy());
+    let defaults: Vec<&str> = resources
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .filter(|n| n.starts_with("outbound|") && n.contains("||"))
+        .collect();
+    assert_eq!(
+        defaults,
+        [
+            "outbound|8080||svc-0.bench-0.svc.cluster.local",
+            "outbound|8081||svc-0.bench-0.svc.cluster.local",
+            "outbound|8081||svc-1.bench-0.svc.cluster.local",
+            "outbound|8081||svc-2.bench-0.svc.cluster.local",
+            "outbound|8081||svc-3.bench-0.svc.cluster.local",
+        ]
+    );
+    let route_8080 = resources.routes.iter().find(|r| r.name == "8080").unwrap();
+    let hosts: Vec<&str> = route_8080.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(hosts, ["svc-0.bench-0.svc.cluster.local:8080", "allow_any"]);
+}

@@ -88,7 +88,7 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
         let rule = ctx.destination_rule(&service.hostname);
         let rule_policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
         let subsets = rule.map(|r| r.spec.subsets.as_slice()).unwrap_or_default();
-        for port in &service.ports {
+        for port in service.ports.iter().filter(|p| ctx.port_visible(service, p.port)) {
             let name = outbound_cluster_name(port.port, "", &service.hostname);
             planned.push((name, service, port, None, port_policy(rule_policy, port.port), rule));
             for subset in subsets.iter().filter(|s| !s.name.is_empty()) {

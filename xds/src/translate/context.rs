@@ -142,14 +142,35 @@ impl<'a> Context<'a> {
         self.snapshot.services.get(hostname).filter(|s| s.visible_from(&self.proxy.namespace))
     }
 
-    /// Whether the Sidecar's egress hosts (`ns/host`, `./host`, `*/host`) admit this host.
+    /// Whether the Sidecar's egress hosts (`ns/host`, `./host`, `*/host`) admit this host on
+    /// some port.
     fn sidecar_allows(&self, namespace: &str, hostname: &str) -> bool {
         let Some(sidecar) = self.sidecar else { return true };
-        let own = sidecar.metadata.namespace.as_deref().unwrap_or_default();
         if sidecar.spec.egress.is_empty() {
             return true;
         }
-        sidecar.spec.egress.iter().flat_map(|e| e.hosts.iter()).any(|h| {
+        sidecar.spec.egress.iter().any(|e| self.hosts_admit(&e.hosts, namespace, hostname))
+    }
+
+    /// Whether `port` of `service` is in the proxy's scope: the Sidecar's egress listener for
+    /// that port decides when it has one, else its listener without a port (the catch-all);
+    /// with neither, the port is out of scope.
+    pub fn port_visible(&self, service: &Service, port: u32) -> bool {
+        let Some(sidecar) = self.sidecar else { return true };
+        let egress = &sidecar.spec.egress;
+        if egress.is_empty() {
+            return true;
+        }
+        let entry = egress
+            .iter()
+            .find(|e| e.port.as_ref().and_then(|p| p.number) == Some(port))
+            .or_else(|| egress.iter().find(|e| e.port.is_none()));
+        entry.is_some_and(|e| self.hosts_admit(&e.hosts, &service.namespace, &service.hostname))
+    }
+
+    fn hosts_admit(&self, hosts: &[String], namespace: &str, hostname: &str) -> bool {
+        let own = self.sidecar.and_then(|s| s.metadata.namespace.as_deref()).unwrap_or_default();
+        hosts.iter().any(|h| {
             let (ns, host) = h.split_once('/').unwrap_or(("*", h));
             let ns_ok = ns == "*" || (ns == "." && namespace == own) || ns == namespace;
             ns_ok && host_matches(host, hostname)

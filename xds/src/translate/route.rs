@@ -92,7 +92,7 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
 
     let mut ports: BTreeSet<u32> = services
         .iter()
-        .flat_map(|s| s.ports.iter())
+        .flat_map(|s| s.ports.iter().filter(|p| ctx.port_visible(s, p.port)))
         .filter(|p| p.protocol.is_http() || p.protocol.is_auto())
         .map(|p| p.port)
         .collect();
@@ -198,6 +198,7 @@ fn route_configuration(
         .iter()
         .copied()
         .filter(|s| s.port(port).is_some_and(|p| p.protocol.is_http() || p.protocol.is_auto()))
+        .filter(|s| ctx.port_visible(s, port))
         .collect();
 
     // Routes of each VirtualService on this port, computed once; `None` until needed.

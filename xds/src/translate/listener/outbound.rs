@@ -76,7 +76,7 @@ pub(super) fn capture_ports(ctx: &Context<'_>) -> (u32, u32) {
 fn services_by_port<'a>(ctx: &Context<'a>) -> BTreeMap<u32, Vec<(&'a Service, Protocol)>> {
     let mut by_port: BTreeMap<u32, Vec<(&'a Service, Protocol)>> = BTreeMap::new();
     for service in ctx.services() {
-        for port in &service.ports {
+        for port in service.ports.iter().filter(|p| ctx.port_visible(service, p.port)) {
             by_port.entry(port.port).or_default().push((service.as_ref(), port.protocol));
         }
     }
