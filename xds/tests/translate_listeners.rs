@@ -325,6 +325,26 @@ fn listener_set_names_and_order() {
 }
 
 #[test]
+fn sidecar_egress_listeners_that_bind() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    snap.sidecars.push(sidecar(json!({
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {"egress": [
+            {"port": {"number": 9080, "protocol": "HTTP", "name": "http"}, "bind": "127.0.0.2", "hosts": ["*/*"]},
+            {"port": {"number": 8080, "protocol": "HTTP", "name": "web"}, "captureMode": "NONE", "hosts": ["*/*"]},
+            {"hosts": ["*/*"]}
+        ]}
+    })));
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let names = names(&ls);
+    // 9080 at its bind, 8080 at 127.0.0.1 (capture NONE), both really bound; the rest captured.
+    assert!(names.contains(&"127.0.0.2_9080") && names.contains(&"127.0.0.1_8080"), "{names:?}");
+    assert!(!names.contains(&"0.0.0.0_9080") && !names.contains(&"0.0.0.0_8080"), "{names:?}");
+    assert!(bind_to_port(find(&ls, "127.0.0.2_9080")) && bind_to_port(find(&ls, "127.0.0.1_8080")));
+    assert!(names.contains(&"0.0.0.0_80") && !bind_to_port(find(&ls, "0.0.0.0_80")), "{names:?}");
+}
+
+#[test]
 fn no_listener_on_the_proxys_own_ports() {
     // Every gateway Service has the status port 15021; the sidecar's bootstrap listens there.
     let mut snap = mesh_snapshot(MeshConfig::istio_defaults());

@@ -168,6 +168,18 @@ impl<'a> Context<'a> {
         entry.is_some_and(|e| self.hosts_admit(&e.hosts, &service.namespace, &service.hostname))
     }
 
+    /// Where the Sidecar's egress listener for `port` binds, when it asks for a real bind:
+    /// its `bind`, else 127.0.0.1 for `captureMode: NONE` (nothing redirects traffic to it, so
+    /// the application must address the proxy); `None` when traffic reaches the port by capture.
+    pub fn egress_bind(&self, port: u32) -> Option<String> {
+        use rudder_config::networking::sidecar::CaptureMode;
+        let entry = self.sidecar?.spec.egress.iter().find(|e| e.port.as_ref().and_then(|p| p.number) == Some(port))?;
+        if !entry.bind.is_empty() {
+            return Some(entry.bind.clone());
+        }
+        (entry.capture_mode == Some(CaptureMode::None)).then(|| "127.0.0.1".to_owned())
+    }
+
     fn hosts_admit(&self, hosts: &[String], namespace: &str, hostname: &str) -> bool {
         let own = self.sidecar.and_then(|s| s.metadata.namespace.as_deref()).unwrap_or_default();
         hosts.iter().any(|h| {

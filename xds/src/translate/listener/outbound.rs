@@ -57,7 +57,11 @@ pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
             tracing::warn!(proxy = %ctx.proxy, port, "service port collides with the proxy's capture port; skipped");
             continue;
         }
-        out.extend(captured_port_listeners(ctx, *port, services, &logs));
+        match ctx.egress_bind(*port) {
+            // A Sidecar egress listener that binds (`bind`, or `captureMode: NONE`).
+            Some(bind) => out.extend(bound_port_listener(ctx, &bind, *port, services, &logs)),
+            None => out.extend(captured_port_listeners(ctx, *port, services, &logs)),
+        }
     }
     out
 }
