@@ -496,6 +496,27 @@ pub struct ProxyResources {
 }
 
 impl ProxyResources {
+    /// Whether this proxy's resources include SDS secrets.
+    pub fn has_credentials(&self) -> bool {
+        !self.outbound.secrets.is_empty() || !self.inbound.secrets.is_empty()
+    }
+
+    /// Serves this proxy no secrets (see [`Connection::may_receive_credentials`](super::connection::Connection::may_receive_credentials)).
+    pub fn withhold_credentials(&mut self) {
+        if self.has_credentials() {
+            let strip = |set: &Arc<EncodedSet>| {
+                let mut set = set.as_ref().clone();
+                set.secrets = Arc::default();
+                set.sent[3] = OnceLock::new();
+                Arc::new(set)
+            };
+            self.outbound = strip(&self.outbound);
+            self.inbound = strip(&self.inbound);
+        }
+    }
+}
+
+impl ProxyResources {
     /// `previous`: what the stream was last served (its inbound encodings are reused when
     /// unchanged).
     pub async fn build(

@@ -172,6 +172,15 @@ impl Connection {
         self.watches().clone()
     }
 
+    /// Whether this stream may be sent TLS credentials (gateway `credentialName` secrets).
+    /// Until xDS runs over authenticated TLS (the mesh CA), the node id is only a claim, so
+    /// secrets go only to a stream whose peer address is the address the proxy claims (in a
+    /// cluster, the pod's IP), or from this host itself (file mode, where every proxy is local).
+    pub fn may_receive_credentials(&self) -> bool {
+        let Some(peer) = self.peer else { return false };
+        peer.ip().is_loopback() || self.proxy.ip_addresses.iter().any(|ip| ip.parse() == Ok(peer.ip()))
+    }
+
     pub fn pushed_version(&self) -> u64 {
         *self.pushed_version.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -344,8 +353,19 @@ impl StreamCore {
     }
 
     async fn adopt(&mut self, generation: Arc<Generation>) -> ProxyResources {
-        let proxy = &self.registration.connection.proxy;
-        let resources = ProxyResources::build(&self.shared.generator, generation, proxy, self.current.as_ref()).await;
+        let connection = &self.registration.connection;
+        let mut resources =
+            ProxyResources::build(&self.shared.generator, generation, &connection.proxy, self.current.as_ref()).await;
+        if !connection.may_receive_credentials() {
+            if resources.has_credentials() {
+                tracing::warn!(
+                    connection = %connection.id,
+                    peer = ?connection.peer,
+                    "credentials withheld: the stream does not come from the address its node claims"
+                );
+            }
+            resources.withhold_credentials();
+        }
         *self.registration.connection.pushed_version.lock().unwrap_or_else(PoisonError::into_inner) =
             resources.generation.version;
         self.current = Some(resources.clone());
@@ -381,6 +401,30 @@ pub(crate) fn nack_message(status: &envoy_types::pb::google::rpc::Status) -> Str
 mod tests {
     use super::*;
     use envoy_types::pb::google::protobuf::ListValue;
+
+    fn connection(node_ip: &str, peer: Option<&str>) -> Connection {
+        let id = format!("router~{node_ip}~gw-1.istio-system~istio-system.svc.cluster.local");
+        let proxy = Proxy::from_node(&id, &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        Connection {
+            id: "c".into(),
+            node_id: id,
+            proxy: Arc::new(proxy),
+            peer: peer.map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}"))),
+            delta: false,
+            connected_at: SystemTime::now(),
+            connected_instant: Instant::now(),
+            pushed_version: Mutex::new(0),
+            watches: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_address_a_node_claims_or_to_this_host() {
+        assert!(connection("10.244.0.7", Some("10.244.0.7:40000")).may_receive_credentials());
+        assert!(connection("10.244.0.7", Some("127.0.0.1:40000")).may_receive_credentials());
+        assert!(!connection("10.244.0.7", Some("10.244.0.9:40000")).may_receive_credentials());
+        assert!(!connection("10.244.0.7", None).may_receive_credentials());
+    }
 
     #[test]
     fn metadata_struct_becomes_json() {
