@@ -2,6 +2,7 @@
 //! resources, and the ADS server that pushes them.
 
 pub mod agent;
+pub mod ca;
 pub mod echo;
 pub mod model;
 pub mod nametable;

@@ -1,0 +1,311 @@
+//! The mesh CA: the root that workload identities chain to, and workload certificates signed
+//! from CSRs for SPIFFE identities (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`). Pure: PEM in,
+//! PEM out, the clock passed in. Discovery keeps the root (a generated one in the Secret
+//! `istio-ca-secret`, or one plugged in from `cacerts`, or their file equivalents) and serves
+//! signing; the agent makes its key and CSR here too.
+//!
+//! Rules, as Istio's CA applies them:
+//! - the certificate's only identity is the caller's, whatever the CSR asked for (a CSR asking
+//!   for another identity is refused);
+//! - the requested lifetime is honoured up to the maximum; none requested means the default
+//!   (24 h);
+//! - the chain returned is the leaf, then the CA's chain up to and including the root.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// Lifetime of a workload certificate when the caller asks for none (Istio's default).
+pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The longest a workload certificate may live (Istio's `MAX_WORKLOAD_CERT_TTL` default, 90 days).
+pub const DEFAULT_MAX_WORKLOAD_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Lifetime of a generated root (Istio's self-signed CA default: ten years).
+pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Certificates are valid from a little before they are issued: clocks differ.
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot generate or sign: {0}")]
+    Crypto(#[from] rcgen::Error),
+    #[error("the CSR is not valid: {0}")]
+    Csr(String),
+    #[error("the CSR asks for {asked}, but the caller is {caller}")]
+    IdentityMismatch { asked: String, caller: String },
+    #[error("bad CA material: {0}")]
+    Material(String),
+    #[error("bad SPIFFE identity {0:?}: expected spiffe://<trust domain>/ns/<namespace>/sa/<service account>")]
+    Identity(String),
+}
+
+/// A workload identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId {
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl SpiffeId {
+    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, CaError> {
+        let bad = || CaError::Identity(text.to_owned());
+        let rest = text.strip_prefix("spiffe://").ok_or_else(bad)?;
+        match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [domain, "ns", ns, "sa", sa] if !domain.is_empty() && !ns.is_empty() && !sa.is_empty() => {
+                Ok(Self::new(domain, ns, sa))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+    }
+}
+
+/// A CA's material in PEM, named as Istio's `cacerts` Secret names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaMaterial {
+    /// `ca-cert.pem`: the signing certificate.
+    pub ca_cert: String,
+    /// `ca-key.pem`: its private key.
+    pub ca_key: String,
+    /// `cert-chain.pem`: the signing certificate's chain up to the root (for a self-signed
+    /// root, the root itself).
+    pub cert_chain: String,
+    /// `root-cert.pem`: the root every workload trusts.
+    pub root_cert: String,
+}
+
+/// A new self-signed root for `trust_domain`.
+pub fn generate_root(trust_domain: &str, now: SystemTime) -> Result<CaMaterial, CaError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::OrganizationName, trust_domain);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params, now, ROOT_TTL);
+    let cert = params.self_signed(&key)?;
+    let pem = cert.pem();
+    Ok(CaMaterial { ca_cert: pem.clone(), ca_key: key.serialize_pem(), cert_chain: pem.clone(), root_cert: pem })
+}
+
+/// The window `[now - skew, now + ttl]`.
+fn set_validity(params: &mut CertificateParams, now: SystemTime, ttl: Duration) {
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let whole = Duration::from_secs(since_epoch.as_secs());
+    params.not_before = epoch + whole.saturating_sub(CLOCK_SKEW);
+    params.not_after = epoch + whole + ttl;
+}
+
+/// Signs workload certificates.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    material: CaMaterial,
+    max_ttl: Duration,
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority").field("max_ttl", &self.max_ttl).finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    pub fn new(material: CaMaterial, max_ttl: Duration) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(&material.ca_key).map_err(|e| CaError::Material(format!("ca-key: {e}")))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&material.ca_cert, key).map_err(|e| CaError::Material(format!("ca-cert: {e}")))?;
+        Ok(Self { issuer, material, max_ttl })
+    }
+
+    /// The root workloads trust (`root-cert.pem`).
+    pub fn root_pem(&self) -> &str {
+        &self.material.root_cert
+    }
+
+    pub fn material(&self) -> &CaMaterial {
+        &self.material
+    }
+
+    /// A certificate for `caller` with the CSR's key, valid for `ttl` (default when `None`,
+    /// at most the maximum). Returns the chain: leaf first, root last.
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        caller: &SpiffeId,
+        ttl: Option<Duration>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, CaError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Csr(e.to_string()))?;
+        let caller_uri = caller.to_string();
+        for san in &csr.params.subject_alt_names {
+            match san {
+                SanType::URI(uri) if uri.as_str() == caller_uri => {}
+                SanType::URI(uri) => {
+                    return Err(CaError::IdentityMismatch { asked: uri.as_str().to_owned(), caller: caller_uri });
+                }
+                other => {
+                    return Err(CaError::IdentityMismatch { asked: format!("{other:?}"), caller: caller_uri });
+                }
+            }
+        }
+        let ttl = ttl.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_WORKLOAD_TTL).min(self.max_ttl);
+        let params = &mut csr.params;
+        params.subject_alt_names =
+            vec![SanType::URI(Ia5String::try_from(caller_uri.as_str()).map_err(|e| CaError::Csr(e.to_string()))?)];
+        params.distinguished_name = DistinguishedName::new();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(params, now, ttl);
+        let leaf = csr.signed_by(&self.issuer)?;
+        let mut chain = vec![leaf.pem()];
+        chain.extend(split_pem(&self.material.cert_chain));
+        if !chain.iter().any(|c| c.trim() == self.material.root_cert.trim()) {
+            chain.push(self.material.root_cert.clone());
+        }
+        Ok(chain)
+    }
+}
+
+/// The certificates of a PEM bundle, each as its own PEM text.
+pub fn split_pem(bundle: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    bundle
+        .split_inclusive(END)
+        .map(str::trim)
+        .filter(|c| c.starts_with("-----BEGIN CERTIFICATE-----"))
+        .map(|c| format!("{c}\n"))
+        .collect()
+}
+
+/// A new key and a CSR for `identity` (what the agent sends): (CSR PEM, key PEM).
+pub fn csr_for(identity: &SpiffeId) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names =
+        vec![SanType::URI(Ia5String::try_from(identity.to_string()).map_err(|e| CaError::Csr(e.to_string()))?)];
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// Verifies `chain` as rustls's WebPKI client-certificate verifier would, at `at`.
+    fn verifies(root: &str, chain: &[String], at: SystemTime) -> Result<(), String> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(root.as_bytes()).unwrap()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let certs: Vec<CertificateDer<'static>> =
+            chain.iter().map(|c| CertificateDer::from_pem_slice(c.as_bytes()).unwrap()).collect();
+        let seconds = at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        verifier
+            .verify_client_cert(&certs[0], &certs[1..], UnixTime::since_unix_epoch(Duration::from_secs(seconds)))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn spiffe_ids_parse_and_print() {
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/sleep").unwrap();
+        assert_eq!(id, SpiffeId::new("cluster.local", "default", "sleep"));
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/sleep");
+        for bad in ["spiffe://cluster.local/ns/default", "http://x/ns/a/sa/b", "spiffe:///ns/a/sa/b"] {
+            assert!(SpiffeId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_workload_certificate_chains_to_the_root_and_names_only_the_caller() {
+        let ca = Authority::new(generate_root("cluster.local", now()).unwrap(), DEFAULT_MAX_WORKLOAD_TTL).unwrap();
+        let sleep = SpiffeId::new("cluster.local", "default", "sleep");
+        let (csr, _key) = csr_for(&sleep).unwrap();
+        let chain = ca.sign(&csr, &sleep, None, now()).unwrap();
+        assert_eq!(chain.len(), 2, "leaf and root");
+        assert_eq!(chain[1].trim(), ca.root_pem().trim());
+        verifies(ca.root_pem(), &chain, now() + Duration::from_secs(60)).unwrap();
+        // Default lifetime: 24 h.
+        verifies(ca.root_pem(), &chain, now() + DEFAULT_WORKLOAD_TTL - Duration::from_secs(60)).unwrap();
+        assert!(verifies(ca.root_pem(), &chain, now() + DEFAULT_WORKLOAD_TTL + Duration::from_secs(60)).is_err());
+        // Another root does not vouch for it.
+        let other = generate_root("cluster.local", now()).unwrap();
+        assert!(verifies(&other.root_cert, &chain, now() + Duration::from_secs(60)).is_err());
+    }
+
+    #[test]
+    fn the_identity_must_be_the_callers_and_the_lifetime_is_capped() {
+        let ca = Authority::new(generate_root("cluster.local", now()).unwrap(), Duration::from_secs(3600)).unwrap();
+        let sleep = SpiffeId::new("cluster.local", "default", "sleep");
+        let admin = SpiffeId::new("cluster.local", "istio-system", "istiod");
+        let (csr, _) = csr_for(&admin).unwrap();
+        let refused = ca.sign(&csr, &sleep, None, now()).unwrap_err();
+        assert!(matches!(refused, CaError::IdentityMismatch { .. }), "{refused}");
+        let (csr, _) = csr_for(&sleep).unwrap();
+        let chain = ca.sign(&csr, &sleep, Some(Duration::from_secs(30 * 24 * 3600)), now()).unwrap();
+        assert!(verifies(ca.root_pem(), &chain, now() + Duration::from_secs(3500)).is_ok());
+        assert!(verifies(ca.root_pem(), &chain, now() + Duration::from_secs(3700)).is_err(), "capped at the maximum");
+        assert!(matches!(ca.sign("not a csr", &sleep, None, now()), Err(CaError::Csr(_))));
+    }
+
+    #[test]
+    fn a_plugged_in_intermediate_signs_and_the_chain_reaches_the_root() {
+        // cacerts: a root, and an intermediate it signed that does the signing.
+        let root = generate_root("cluster.local", now()).unwrap();
+        let root_key = KeyPair::from_pem(&root.ca_key).unwrap();
+        let root_issuer = Issuer::from_ca_cert_pem(&root.ca_cert, root_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "intermediate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        set_validity(&mut params, now(), ROOT_TTL);
+        let intermediate = params.signed_by(&key, &root_issuer).unwrap().pem();
+        let material = CaMaterial {
+            ca_cert: intermediate.clone(),
+            ca_key: key.serialize_pem(),
+            cert_chain: format!("{intermediate}{}", root.root_cert),
+            root_cert: root.root_cert.clone(),
+        };
+        let ca = Authority::new(material, DEFAULT_MAX_WORKLOAD_TTL).unwrap();
+        let id = SpiffeId::new("cluster.local", "apps", "web");
+        let (csr, _) = csr_for(&id).unwrap();
+        let chain = ca.sign(&csr, &id, None, now()).unwrap();
+        assert_eq!(chain.len(), 3, "leaf, intermediate, root");
+        verifies(&root.root_cert, &chain, now() + Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            Authority::new(CaMaterial { ca_key: "junk".into(), ..root }, DEFAULT_MAX_WORKLOAD_TTL),
+            Err(CaError::Material(_))
+        ));
+    }
+}
