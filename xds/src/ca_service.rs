@@ -1,0 +1,218 @@
+//! The CSR API of the mesh CA, wire-compatible with Istio's
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`: a caller presents a bearer
+//! token, the token says who it is, and the CA signs the CSR for exactly that identity
+//! ([`crate::ca::Authority::sign`]).
+//!
+//! Who a token names is an [`Authenticator`]'s answer: in a cluster, the API server's
+//! TokenReview of a service-account token with audience `istio-ca`; in file mode, a table of
+//! tokens discovery was given ([`StaticTokens`]).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
+
+use crate::ca::{Authority, CaError, SpiffeId};
+
+/// `istio.v1.auth.IstioCertificateRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IstioCertificateRequest {
+    /// PEM-encoded certificate signing request.
+    #[prost(string, tag = "1")]
+    pub csr: String,
+    /// Requested lifetime in seconds (0: the CA's default).
+    #[prost(int64, tag = "3")]
+    pub validity_duration: i64,
+    #[prost(message, optional, tag = "4")]
+    pub metadata: Option<envoy_types::pb::google::protobuf::Struct>,
+}
+
+/// `istio.v1.auth.IstioCertificateResponse`: the chain, leaf first, root last.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IstioCertificateResponse {
+    #[prost(string, repeated, tag = "1")]
+    pub cert_chain: Vec<String>,
+}
+
+pub const SERVICE_NAME: &str = "istio.v1.auth.IstioCertificateService";
+pub const CREATE_CERTIFICATE_PATH: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
+/// The audience service-account tokens for the CA carry.
+pub const CA_AUDIENCE: &str = "istio-ca";
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+/// Says which identity a bearer token stands for.
+pub trait Authenticator: Send + Sync + 'static {
+    fn identity(&self, token: &str) -> BoxFuture<Result<SpiffeId, Status>>;
+}
+
+/// Tokens known in advance, each naming an identity (file mode: discovery reads them from a
+/// file it is given; each agent is given its own token).
+#[derive(Clone, Debug, Default)]
+pub struct StaticTokens(pub BTreeMap<String, SpiffeId>);
+
+impl Authenticator for StaticTokens {
+    fn identity(&self, token: &str) -> BoxFuture<Result<SpiffeId, Status>> {
+        let found = self.0.get(token).cloned().ok_or_else(|| Status::unauthenticated("unknown token"));
+        Box::pin(async move { found })
+    }
+}
+
+/// The CA's signing service.
+#[derive(Clone)]
+pub struct CertificateService {
+    authority: Arc<RwLock<Authority>>,
+    authenticator: Arc<dyn Authenticator>,
+}
+
+impl std::fmt::Debug for CertificateService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateService").finish_non_exhaustive()
+    }
+}
+
+impl NamedService for CertificateService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl CertificateService {
+    pub fn new(authority: Arc<RwLock<Authority>>, authenticator: Arc<dyn Authenticator>) -> Self {
+        Self { authority, authenticator }
+    }
+
+    /// Authenticates the caller and signs its CSR.
+    pub async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let token = bearer_token(request.metadata())?;
+        let caller = self.authenticator.identity(&token).await?;
+        let request = request.into_inner();
+        let ttl = u64::try_from(request.validity_duration).ok().map(Duration::from_secs);
+        let authority = self.authority.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match authority.sign(&request.csr, &caller, ttl, SystemTime::now()) {
+            Ok(cert_chain) => {
+                tracing::debug!(identity = %caller, "certificate signed");
+                Ok(Response::new(IstioCertificateResponse { cert_chain }))
+            }
+            Err(e @ CaError::IdentityMismatch { .. }) => Err(Status::permission_denied(e.to_string())),
+            Err(e @ CaError::Csr(_)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> {
+    let header = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Status::unauthenticated("no authorization: Bearer <token>"))?;
+    let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(Status::unauthenticated("no authorization: Bearer <token>"));
+    }
+    Ok(token.to_owned())
+}
+
+struct Unary(CertificateService);
+
+impl tonic::server::UnaryService<IstioCertificateRequest> for Unary {
+    type Response = IstioCertificateResponse;
+    type Future = BoxFuture<Result<Response<IstioCertificateResponse>, Status>>;
+
+    fn call(&mut self, request: Request<IstioCertificateRequest>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.create_certificate(request).await })
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for CertificateService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            if request.uri().path() != CREATE_CERTIFICATE_PATH {
+                return Ok(Status::unimplemented(format!("{}: not a CA method", request.uri().path())).into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(Unary(service), request).await)
+        })
+    }
+}
+
+/// A client call of `CreateCertificate` on `channel` (what the agent does).
+pub async fn create_certificate(
+    channel: tonic::transport::Channel,
+    token: &str,
+    csr: String,
+    validity: Duration,
+) -> Result<Vec<String>, Status> {
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut request = Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
+        metadata: None,
+    });
+    let value =
+        format!("Bearer {token}").parse().map_err(|_| Status::invalid_argument("the token is not a header value"))?;
+    request.metadata_mut().insert("authorization", value);
+    let path = http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE_PATH);
+    let codec = tonic_prost::ProstCodec::<IstioCertificateRequest, IstioCertificateResponse>::default();
+    Ok(client.unary(request, path, codec).await?.into_inner().cert_chain)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ca::{DEFAULT_MAX_WORKLOAD_TTL, csr_for, generate_root};
+
+    async fn serve(service: CertificateService) -> tonic::transport::Channel {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_caller_gets_a_certificate_for_its_own_identity_only() {
+        let root = generate_root("cluster.local", SystemTime::now()).unwrap();
+        let authority = Arc::new(RwLock::new(Authority::new(root, DEFAULT_MAX_WORKLOAD_TTL).unwrap()));
+        let sleep = SpiffeId::new("cluster.local", "default", "sleep");
+        let tokens = StaticTokens([("sleep-token".to_owned(), sleep.clone())].into());
+        let channel = serve(CertificateService::new(authority, Arc::new(tokens))).await;
+
+        let (csr, _key) = csr_for(&sleep).unwrap();
+        let chain =
+            create_certificate(channel.clone(), "sleep-token", csr.clone(), Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(chain.len(), 2);
+        assert!(chain[0].starts_with("-----BEGIN CERTIFICATE-----"));
+
+        let unknown = create_certificate(channel.clone(), "forged", csr, Duration::ZERO).await.unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::Unauthenticated);
+
+        let (other_csr, _) = csr_for(&SpiffeId::new("cluster.local", "istio-system", "istiod")).unwrap();
+        let denied = create_certificate(channel.clone(), "sleep-token", other_csr, Duration::ZERO).await.unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+
+        let garbage = create_certificate(channel, "sleep-token", "not a csr".into(), Duration::ZERO).await.unwrap_err();
+        assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+    }
+}
