@@ -63,6 +63,59 @@ impl Authenticator for StaticTokens {
     }
 }
 
+/// Service-account tokens checked by the API server (TokenReview, audience `istio-ca`): the
+/// identity is the token's service account in `trust_domain`.
+#[derive(Clone)]
+pub struct TokenReviewer {
+    client: kube::Client,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for TokenReviewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewer").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+    }
+}
+
+impl TokenReviewer {
+    pub fn new(client: kube::Client, trust_domain: &str) -> Self {
+        Self { client, trust_domain: trust_domain.to_owned() }
+    }
+
+    async fn review(&self, token: String) -> Result<SpiffeId, Status> {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let review = TokenReview {
+            spec: TokenReviewSpec { token, audiences: Some(vec![CA_AUDIENCE.to_owned()]) },
+            ..Default::default()
+        };
+        let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
+        let reviewed = api
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| Status::unavailable(format!("TokenReview: {e}")))?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            let why = status.error.unwrap_or_else(|| "not authenticated".into());
+            return Err(Status::unauthenticated(format!("token rejected: {why}")));
+        }
+        let username = status.user.and_then(|u| u.username).unwrap_or_default();
+        match username.strip_prefix("system:serviceaccount:").and_then(|rest| rest.split_once(':')) {
+            Some((namespace, account)) if !namespace.is_empty() && !account.is_empty() => {
+                Ok(SpiffeId::new(&self.trust_domain, namespace, account))
+            }
+            _ => Err(Status::unauthenticated(format!("{username:?} is not a service account"))),
+        }
+    }
+}
+
+impl Authenticator for TokenReviewer {
+    fn identity(&self, token: &str) -> BoxFuture<Result<SpiffeId, Status>> {
+        let reviewer = self.clone();
+        let token = token.to_owned();
+        Box::pin(async move { reviewer.review(token).await })
+    }
+}
+
 /// The CA's signing service.
 #[derive(Clone)]
 pub struct CertificateService {
@@ -179,6 +232,39 @@ pub async fn create_certificate(
 mod tests {
     use super::*;
     use crate::ca::{DEFAULT_MAX_WORKLOAD_TTL, csr_for, generate_root};
+
+    /// An API server that answers TokenReviews: `good` is `default/sleep`, anything else fails.
+    fn reviewing_api() -> kube::Client {
+        use http_body_util::BodyExt;
+        let (service, mut handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                assert_eq!(request.uri().path(), "/apis/authentication.k8s.io/v1/tokenreviews");
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(review["spec"]["audiences"], serde_json::json!([CA_AUDIENCE]));
+                let status = if review["spec"]["token"] == "good" {
+                    serde_json::json!({"authenticated": true, "user": {"username": "system:serviceaccount:default:sleep"}})
+                } else {
+                    serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
+                };
+                let answer = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                    "metadata": {}, "spec": review["spec"], "status": status});
+                send.send_response(http::Response::new(kube::client::Body::from(serde_json::to_vec(&answer).unwrap())));
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    #[tokio::test]
+    async fn service_account_tokens_are_reviewed_by_the_api_server() {
+        let reviewer = TokenReviewer::new(reviewing_api(), "cluster.local");
+        assert_eq!(reviewer.identity("good").await.unwrap(), SpiffeId::new("cluster.local", "default", "sleep"));
+        let rejected = reviewer.identity("forged").await.unwrap_err();
+        assert_eq!(rejected.code(), tonic::Code::Unauthenticated);
+        assert!(rejected.message().contains("invalid bearer token"), "{rejected}");
+    }
 
     async fn serve(service: CertificateService) -> tonic::transport::Channel {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
