@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 
 use crate::http::{Reply, Req};
-use crate::mesh::{LocalMesh, SERVICE_HOST, UNREACHABLE_HOST, UNREACHABLE_PORT, WORKLOADS, Workload};
+use crate::mesh::{LocalMesh, SERVICE_HOST, SERVICE_PORT, UNREACHABLE_HOST, UNREACHABLE_PORT, WORKLOADS, Workload};
 
 /// One scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl Scenario {
 
     /// The config it applies: a file of `examples/traffic/`, or its own YAML.
     fn config(self) -> Config {
-        use Config::{Example, Generated, Inline};
+        use Config::{Composed, Example, Generated, Inline};
         match self {
             Self::RouteAllToV1 => Example("02-route-all-to-v1.yaml"),
             Self::UriMatch | Self::Split => Example("03-weighted-90-10.yaml"),
@@ -91,9 +91,9 @@ impl Scenario {
             Self::RegistryOnly => Inline(REGISTRY_ONLY_YAML),
             Self::IngressGateway => Example("15-ingress-gateway.yaml"),
             Self::IngressTls => Generated,
-            Self::EgressGateway => Inline(EGRESS_GATEWAY_YAML),
+            Self::EgressGateway => Composed(egress_gateway_yaml),
             Self::SidecarScope => Inline(SIDECAR_SCOPE_YAML),
-            Self::IngressToEgress => Inline(INGRESS_TO_EGRESS_YAML),
+            Self::IngressToEgress => Composed(ingress_to_egress_yaml),
         }
     }
 
@@ -101,7 +101,7 @@ impl Scenario {
     pub fn source(self) -> String {
         match self.config() {
             Config::Example(file) => format!("examples/traffic/{file}"),
-            Config::Inline(_) => "built-in local config".into(),
+            Config::Inline(_) | Config::Composed(_) => "built-in local config".into(),
             Config::Generated => "built-in local config with certificates made for the run".into(),
         }
     }
@@ -110,6 +110,8 @@ impl Scenario {
 enum Config {
     Example(&'static str),
     Inline(&'static str),
+    /// Built from shared parts.
+    Composed(fn() -> String),
     /// Built at run time (test certificates).
     Generated,
 }
@@ -200,10 +202,8 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
             let path: PathBuf = examples.join("traffic").join(file);
             std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
-        Config::Inline(text) => text
-            .replace("UNREACHABLE_PORT", &UNREACHABLE_PORT.to_string())
-            .replace("UNREACHABLE_HOST", &UNREACHABLE_HOST.to_string())
-            .replace("EXTERNAL_HOST", &crate::mesh::EXTERNAL_HOST.to_string()),
+        Config::Inline(text) => local_addresses(text.to_owned()),
+        Config::Composed(build) => local_addresses(build()),
     };
     mesh.apply("traffic", &yaml).await?;
     mesh.wait_synced().await?;
@@ -235,6 +235,13 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
             None => anyhow::bail!("no TLS fixture"),
         },
     }
+}
+
+/// Built-in config with the local stand-ins' host numbers and ports filled in.
+fn local_addresses(text: String) -> String {
+    text.replace("UNREACHABLE_PORT", &UNREACHABLE_PORT.to_string())
+        .replace("UNREACHABLE_HOST", &UNREACHABLE_HOST.to_string())
+        .replace("EXTERNAL_HOST", &crate::mesh::EXTERNAL_HOST.to_string())
 }
 
 /// Sends `n` GETs for `path` one after the other; counts replies by answering version
@@ -856,29 +863,22 @@ async fn registry_only(mesh: &LocalMesh) -> anyhow::Result<String> {
     Ok(format!("REGISTRY_ONLY: unknown host got 502; httpbin still reached ({})", show(&known)))
 }
 
-/// REGISTRY_ONLY with one external host registered (`external.example`, the local "external"
-/// server), reached through the egress gateway: the sidecar sends it to the gateway
-/// (`gateways: [mesh]`), the gateway to the host (`gateways: [istio-egressgateway]`).
-const EGRESS_GATEWAY_YAML: &str = r#"apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata:
-  name: default
-  namespace: testns1
-spec:
-  outboundTrafficPolicy:
-    mode: REGISTRY_ONLY
----
-apiVersion: networking.istio.io/v1
+/// `external.example` (the local "external" server) registered on `port` and reached through
+/// the egress gateway: the sidecar sends it to the gateway (`gateways: [mesh]`), the gateway to
+/// the host (`gateways: [istio-egressgateway]`), the two-hop pattern of example 19.
+fn external_through_egress_yaml(port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata:
   name: external
   namespace: testns1
 spec:
   hosts: [external.example]
-  ports: [{number: 8000, name: http, protocol: HTTP}]
+  ports: [{{number: {port}, name: http, protocol: HTTP, targetPort: {SERVICE_PORT}}}]
   resolution: STATIC
   location: MESH_EXTERNAL
-  endpoints: [{address: 127.0.0.EXTERNAL_HOST}]
+  endpoints: [{{address: 127.0.0.EXTERNAL_HOST}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -889,7 +889,7 @@ spec:
   selector:
     istio: egressgateway
   servers:
-  - port: {number: 8080, name: http, protocol: HTTP}
+  - port: {{number: 8080, name: http, protocol: HTTP}}
     hosts: [external.example]
 ---
 apiVersion: networking.istio.io/v1
@@ -901,13 +901,20 @@ spec:
   hosts: [external.example]
   gateways: [istio-egressgateway, mesh]
   http:
-  - match: [{gateways: [mesh], port: 8000}]
+  - match: [{{gateways: [mesh], port: {port}}}]
     route:
-    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 8080}}
-  - match: [{gateways: [istio-egressgateway], port: 8080}]
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, port: {{number: 8080}}}}
+  - match: [{{gateways: [istio-egressgateway], port: 8080}}]
     route:
-    - destination: {host: external.example, port: {number: 8000}}
-"#;
+    - destination: {{host: external.example, port: {{number: {port}}}}}
+"#
+    )
+}
+
+/// REGISTRY_ONLY with one external host registered, reached through the egress gateway.
+fn egress_gateway_yaml() -> String {
+    format!("{REGISTRY_ONLY_YAML}---\n{}", external_through_egress_yaml(SERVICE_PORT))
+}
 
 async fn egress_gateway(mesh: &LocalMesh) -> anyhow::Result<String> {
     const N: usize = 5;
@@ -952,7 +959,7 @@ async fn egress_gateway(mesh: &LocalMesh) -> anyhow::Result<String> {
 /// One request through the whole mesh: it enters at the ingress gateway (`journey.example.com`,
 /// to httpbin v1), httpbin v1's app calls `external.example:9080` through its own sidecar, which
 /// sends it to the egress gateway, which sends it out to the "external" server.
-const INGRESS_TO_EGRESS_YAML: &str = r#"apiVersion: networking.istio.io/v1
+const JOURNEY_INGRESS_YAML: &str = r#"apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata:
   name: journey
@@ -986,47 +993,11 @@ spec:
   http:
   - route:
     - destination: {host: httpbin, subset: v1, port: {number: 8000}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: external
-  namespace: testns1
-spec:
-  hosts: [external.example]
-  ports: [{number: 9080, name: http, protocol: HTTP, targetPort: 8000}]
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints: [{address: 127.0.0.EXTERNAL_HOST}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: istio-egressgateway
-  namespace: testns1
-spec:
-  selector:
-    istio: egressgateway
-  servers:
-  - port: {number: 8080, name: http, protocol: HTTP}
-    hosts: [external.example]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: external-through-egress
-  namespace: testns1
-spec:
-  hosts: [external.example]
-  gateways: [istio-egressgateway, mesh]
-  http:
-  - match: [{gateways: [mesh], port: 9080}]
-    route:
-    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 8080}}
-  - match: [{gateways: [istio-egressgateway], port: 8080}]
-    route:
-    - destination: {host: external.example, port: {number: 9080}}
 "#;
+
+fn ingress_to_egress_yaml() -> String {
+    format!("{JOURNEY_INGRESS_YAML}---\n{}", external_through_egress_yaml(9080))
+}
 
 async fn ingress_to_egress(mesh: &LocalMesh) -> anyhow::Result<String> {
     let v1 = &WORKLOADS[0];
