@@ -67,7 +67,10 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         "{} is not a directory (run from the repository root or pass --examples)",
         options.config_src.display()
     );
-    println!("Starting discovery, httpbin v1/v2 with sidecars and a client sidecar on 127.0.{}.x …", args.block);
+    println!(
+        "Starting discovery, httpbin v1/v2 with sidecars, a client sidecar and ingress and egress gateways on 127.0.{}.x …",
+        args.block
+    );
     let shutdown = crate::signals::shutdown_signal();
     tokio::pin!(shutdown);
     let mut mesh = tokio::select! {
@@ -94,11 +97,19 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     println!("{} of {} scenarios behaved as configured.", Scenario::ALL.len() - failed, Scenario::ALL.len());
     if !args.no_wait {
         println!(
-            "The mesh keeps running; try:\n  curl -H 'Host: {}' http://{}:{}/get\nedit files in {} to change routing; Ctrl-C stops everything.",
+            "The mesh keeps running; try:\n  curl -H 'Host: {}' http://{}:{}/get\n  \
+             rudder proxy-status --discovery-address {}:15014\n  \
+             rudder proxy-config clusters --admin-address {}:15000\n\
+             apply examples/traffic/15-ingress-gateway.yaml in {} to route http://{}:{} (Host httpbin.example.com);\n\
+             edit files there to change routing; Ctrl-C stops everything.",
             mesh::SERVICE_HOST,
             mesh.ip(mesh::CLIENT_HOST),
             mesh::SERVICE_PORT,
-            mesh.config_dir.display()
+            mesh.ip(mesh::DISCOVERY_HOST),
+            mesh.ip(mesh::CLIENT_HOST),
+            mesh.config_dir.display(),
+            mesh.ip(mesh::GATEWAY_HOST),
+            mesh::GATEWAY_HTTP_PORT,
         );
         shutdown.await;
         println!("Stopping …");
