@@ -92,6 +92,68 @@ pub struct CaMaterial {
     pub root_cert: String,
 }
 
+impl CaMaterial {
+    /// The keys of the `cacerts` and `istio-ca-secret` Secrets, and the file names of a CA
+    /// directory.
+    pub const CA_CERT: &'static str = "ca-cert.pem";
+    pub const CA_KEY: &'static str = "ca-key.pem";
+    pub const CERT_CHAIN: &'static str = "cert-chain.pem";
+    pub const ROOT_CERT: &'static str = "root-cert.pem";
+
+    /// The material from a Secret's data or a directory's files, by name. `None` when none of
+    /// it is there; an error names what is missing. A self-signed CA (Istio's `istio-ca-secret`
+    /// leaves the chain and root empty) is its own chain and root.
+    pub fn from_entries(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, CaError> {
+        let present = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let (cert, key) = (present(Self::CA_CERT), present(Self::CA_KEY));
+        match (cert, key) {
+            (None, None) if present(Self::ROOT_CERT).is_none() => Ok(None),
+            (Some(ca_cert), Some(ca_key)) => {
+                let cert_chain = present(Self::CERT_CHAIN).unwrap_or_else(|| ca_cert.clone());
+                let root_cert = present(Self::ROOT_CERT).unwrap_or_else(|| ca_cert.clone());
+                Ok(Some(Self { ca_cert, ca_key, cert_chain, root_cert }))
+            }
+            (None, _) => Err(CaError::Material(format!("{} is missing", Self::CA_CERT))),
+            (_, None) => Err(CaError::Material(format!("{} is missing", Self::CA_KEY))),
+        }
+    }
+
+    /// `(name, PEM)` of each part, to store as Secret data or files.
+    pub fn entries(&self) -> [(&'static str, &str); 4] {
+        [
+            (Self::CA_CERT, &self.ca_cert),
+            (Self::CA_KEY, &self.ca_key),
+            (Self::CERT_CHAIN, &self.cert_chain),
+            (Self::ROOT_CERT, &self.root_cert),
+        ]
+    }
+
+    /// The CA kept in `dir` (file mode), or a new self-signed one for `trust_domain` written
+    /// there (the key readable by its owner only) when the directory holds none.
+    pub fn load_or_create_dir(dir: &std::path::Path, trust_domain: &str, now: SystemTime) -> Result<Self, CaError> {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        if let Some(material) =
+            Self::from_entries(read).map_err(|e| CaError::Material(format!("{}: {e}", dir.display())))?
+        {
+            return Ok(material);
+        }
+        let material = generate_root(trust_domain, now)?;
+        let io = |e: std::io::Error| CaError::Material(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        for (name, pem) in material.entries() {
+            let path = dir.join(name);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            if name == Self::CA_KEY {
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            }
+            let mut file = options.open(&path).map_err(io)?;
+            std::io::Write::write_all(&mut file, pem.as_bytes()).map_err(io)?;
+        }
+        Ok(material)
+    }
+}
+
 /// A new self-signed root for `trust_domain`.
 pub fn generate_root(trust_domain: &str, now: SystemTime) -> Result<CaMaterial, CaError> {
     let key = KeyPair::generate()?;
@@ -234,6 +296,32 @@ mod tests {
             .verify_client_cert(&certs[0], &certs[1..], UnixTime::since_unix_epoch(Duration::from_secs(seconds)))
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_ca_directory_is_created_once_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("rudder-ca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let created = CaMaterial::load_or_create_dir(&dir, "cluster.local", now()).unwrap();
+        let again = CaMaterial::load_or_create_dir(&dir, "cluster.local", now()).unwrap();
+        assert_eq!(created, again, "the second start keeps the first root");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(CaMaterial::CA_KEY)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_file(dir.join(CaMaterial::CA_KEY)).unwrap();
+        let broken = CaMaterial::load_or_create_dir(&dir, "cluster.local", now()).unwrap_err();
+        assert!(broken.to_string().contains("ca-key.pem is missing"), "{broken}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_self_signed_secret_is_its_own_chain_and_root() {
+        let root = generate_root("cluster.local", now()).unwrap();
+        let data = [(CaMaterial::CA_CERT, root.ca_cert.clone()), (CaMaterial::CA_KEY, root.ca_key.clone())];
+        let get = |name: &str| data.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+        let material = CaMaterial::from_entries(get).unwrap().unwrap();
+        assert_eq!(material, root);
+        assert_eq!(CaMaterial::from_entries(|_| None).unwrap(), None);
     }
 
     #[test]
