@@ -154,16 +154,24 @@ impl Cluster {
         ];
         // The watchdog owns the cluster's life: it waits for the host lock, starts the
         // cluster, and stops it (undoing the host changes) once this process has exited.
+        // A previous cluster's bridge can still be going away in the kernel when its stop
+        // returns (its veths unregister asynchronously), and a start then fails to create its
+        // own: wait (bounded) for it to be gone. On a failed start the logs are kept, so the
+        // error can show them.
         let script = r#"
 exec 9>"$HOST_LOCK"
 flock 9
+for _ in $(seq 300); do ip link show k8slocal0 >/dev/null 2>&1 || break; sleep 0.1; done
 "$BUNDLE/start.sh" --state-dir "$STATE" --node >"$LOGS/start.log" 2>&1
 rc=$?
-echo "$rc" >"$LOGS/started.tmp" && mv "$LOGS/started.tmp" "$LOGS/started"
 if [ "$rc" = 0 ]; then
+  echo 0 >"$LOGS/started.tmp" && mv "$LOGS/started.tmp" "$LOGS/started"
   while kill -0 "$OWNER" 2>/dev/null; do sleep 0.5; done
+  "$BUNDLE/stop.sh" --state-dir "$STATE" --purge >"$LOGS/stop.log" 2>&1 && rm -rf "$LOGS"
+else
+  "$BUNDLE/stop.sh" --state-dir "$STATE" --purge >"$LOGS/stop.log" 2>&1
+  echo "$rc" >"$LOGS/started.tmp" && mv "$LOGS/started.tmp" "$LOGS/started"
 fi
-"$BUNDLE/stop.sh" --state-dir "$STATE" --purge >"$LOGS/stop.log" 2>&1 && rm -rf "$LOGS"
 "#;
         let mut cmd = Command::new("bash");
         use std::os::unix::process::CommandExt;
