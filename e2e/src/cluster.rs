@@ -140,18 +140,20 @@ impl Cluster {
         let logs = PathBuf::from(format!("{}-logs", state_dir.display()));
         std::fs::create_dir_all(&logs)?;
         let started = logs.join("started");
-        let api_port = free_port()?;
-        let ports = [
-            ("K8S_API_PORT", api_port),
-            ("K8S_ETCD_PORT", free_port()?),
-            ("K8S_ETCD_PEER_PORT", free_port()?),
-            ("K8S_KCM_PORT", free_port()?),
-            ("K8S_SCHED_PORT", free_port()?),
-            ("K8S_KUBELET_PORT", free_port()?),
-            ("K8S_KUBELET_HEALTHZ_PORT", free_port()?),
-            ("K8S_PROXY_HEALTHZ_PORT", free_port()?),
-            ("K8S_PROXY_METRICS_PORT", free_port()?),
+        let picked: [u16; 9] = crate::process::free_ports()?;
+        let api_port = picked[0];
+        let names = [
+            "K8S_API_PORT",
+            "K8S_ETCD_PORT",
+            "K8S_ETCD_PEER_PORT",
+            "K8S_KCM_PORT",
+            "K8S_SCHED_PORT",
+            "K8S_KUBELET_PORT",
+            "K8S_KUBELET_HEALTHZ_PORT",
+            "K8S_PROXY_HEALTHZ_PORT",
+            "K8S_PROXY_METRICS_PORT",
         ];
+        let ports = names.into_iter().zip(picked);
         // The watchdog owns the cluster's life: it waits for the host lock, starts the
         // cluster, and stops it (undoing the host changes) once this process has exited.
         // A previous cluster's bridge can still be going away in the kernel when its stop

@@ -76,3 +76,15 @@ fn signal_group(pgid: u32, signal: &str) {
         .stderr(Stdio::null())
         .status();
 }
+
+/// `N` distinct TCP ports free on 127.0.0.1 now. All are held until every one is chosen, so
+/// two picks cannot return the same port, as separate picks can when the processes bind their
+/// ports only later.
+pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let held = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0u16; N];
+    for (port, listener) in ports.iter_mut().zip(&held) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}

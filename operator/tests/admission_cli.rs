@@ -143,7 +143,7 @@ fn tempdir(name: &str) -> PathBuf {
 
 #[test]
 fn discovery_without_webhook_leaves_the_port_closed() {
-    let (monitoring, webhook) = (free_port(), free_port());
+    let [monitoring, webhook] = rudder_e2e::process::free_ports().unwrap();
     let config_dir = workspace().join("examples/local");
     let monitoring_address = format!("127.0.0.1:{monitoring}");
     let (_child, _stdout) = spawn(&[

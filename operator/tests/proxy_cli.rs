@@ -128,7 +128,7 @@ fn bootstrap_from_the_injected_env_is_accepted_by_envoy() {
 
 #[test]
 fn sidecar_waits_for_config_and_stops_envoy_on_sigterm() {
-    let (admin, status, prometheus, nobody) = (free_port(), free_port(), free_port(), free_port());
+    let [admin, status, prometheus, nobody] = rudder_e2e::process::free_ports().unwrap();
     let dir = std::env::temp_dir().join(format!("rudder-proxy-sidecar-{}", std::process::id()));
     let child = injected(&mut rudder())
         .env("ENVOY_PATH", envoy_path().unwrap())

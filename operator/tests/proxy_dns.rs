@@ -15,10 +15,6 @@ use rudder_xds::testing::envoy_path;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A UDP port free on 127.0.0.1 whose TCP twin is free too.
 fn free_dns_port() -> u16 {
     loop {
@@ -117,19 +113,18 @@ fn sidecar_dns_proxy_answers_config_dir_hosts_and_follows_changes() {
     let resolv_conf = dir.join("resolv.conf");
     std::fs::write(&resolv_conf, "search testns1.svc.cluster.local svc.cluster.local cluster.local\n").unwrap();
 
-    let grpc = free_port();
+    let [grpc, monitoring, admin, status, prometheus] = rudder_e2e::process::free_ports().unwrap();
     let _discovery = Killed(
         rudder(&dir.join("discovery.log"))
             .args(["discovery", "--no-webhook", "--config-dir"])
             .arg(&config)
             .args(["--grpc-address", &format!("127.0.0.1:{grpc}")])
-            .args(["--monitoring-address", &format!("127.0.0.1:{}", free_port())])
+            .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
             .args(["--debounce-after", "10ms", "--poll-interval", "50ms"])
             .spawn()
             .unwrap(),
     );
     let dns_port = free_dns_port();
-    let admin = free_port();
     let _sidecar = Killed(
         rudder(&dir.join("sidecar.log"))
             .args(["proxy", "sidecar", "--envoy-path"])
@@ -140,7 +135,7 @@ fn sidecar_dns_proxy_answers_config_dir_hosts_and_follows_changes() {
             .arg(&resolv_conf)
             .args(["--discovery-address", &format!("127.0.0.1:{grpc}")])
             .args(["--admin-port", &admin.to_string(), "--base-id", &admin.to_string()])
-            .args(["--status-port", &free_port().to_string(), "--prometheus-port", &free_port().to_string()])
+            .args(["--status-port", &status.to_string(), "--prometheus-port", &prometheus.to_string()])
             .args(["--concurrency", "1", "--termination-drain-duration", "0s", "--config-dir"])
             .arg(dir.join("envoy"))
             .spawn()
