@@ -19,11 +19,12 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::IstioObject;
+use crate::hosts::{host_matches, resolve_host};
 use crate::load::Loaded;
 use crate::networking::virtual_service::Destination;
 
-/// DNS suffix of Kubernetes service names.
-const DOMAIN_SUFFIX: &str = "svc.cluster.local";
+/// Suffix of Kubernetes service hostnames.
+const SERVICE_SUFFIX: &str = "svc.cluster.local";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -101,32 +102,16 @@ fn resource(kind: &str, name: &str, namespace: Option<&str>) -> String {
     }
 }
 
-/// `name` → `name.<ns>.svc.cluster.local`; names with a dot or a `*` are taken as written.
-fn resolve(host: &str, namespace: &str) -> String {
-    if host.contains('.') || host.contains('*') {
-        host.to_owned()
-    } else {
-        format!("{host}.{namespace}.{DOMAIN_SUFFIX}")
-    }
-}
-
-fn covers(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        Some(suffix) => host.ends_with(suffix),
-        None => pattern == host,
-    }
-}
-
 /// Every host a Service or ServiceEntry declares.
 struct Hosts(BTreeSet<String>);
 
 impl Hosts {
     fn of(inputs: &Inputs) -> Self {
-        let mut hosts: BTreeSet<String> = inputs.services.iter().map(|s| format!("{s}.{DOMAIN_SUFFIX}")).collect();
+        let mut hosts: BTreeSet<String> = inputs.services.iter().map(|s| format!("{s}.{SERVICE_SUFFIX}")).collect();
         for loaded in &inputs.objects {
             if let IstioObject::ServiceEntry(se) = &loaded.object {
                 let ns = se.metadata.namespace.as_deref().unwrap_or("default");
-                hosts.extend(se.spec.hosts.iter().map(|h| resolve(h, ns)));
+                hosts.extend(se.spec.hosts.iter().map(|h| resolve_host(h, ns)));
             }
         }
         Self(hosts)
@@ -139,11 +124,13 @@ impl Hosts {
             return true;
         }
         let long = match host.split('.').count() {
-            2 => format!("{host}.{DOMAIN_SUFFIX}"),
+            2 => format!("{host}.{SERVICE_SUFFIX}"),
             3 if host.ends_with(".svc") => format!("{host}.cluster.local"),
             _ => host.to_owned(),
         };
-        self.0.contains(host) || self.0.contains(&long) || self.0.iter().any(|h| h.starts_with('*') && covers(h, host))
+        self.0.contains(host)
+            || self.0.contains(&long)
+            || self.0.iter().any(|h| h.starts_with('*') && host_matches(h, host))
     }
 }
 
@@ -171,7 +158,7 @@ fn references(inputs: &Inputs, hosts: &Hosts, out: &mut Vec<Message>) {
         .filter_map(|l| match &l.object {
             IstioObject::DestinationRule(dr) => {
                 let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
-                Some((resolve(&dr.spec.host, ns), dr.spec.subsets.iter().map(|s| s.name.as_str()).collect()))
+                Some((resolve_host(&dr.spec.host, ns), dr.spec.subsets.iter().map(|s| s.name.as_str()).collect()))
             }
             _ => None,
         })
@@ -198,14 +185,14 @@ fn references(inputs: &Inputs, hosts: &Hosts, out: &mut Vec<Message>) {
                     }
                 }
                 for destination in destinations(vs) {
-                    let host = resolve(&destination.host, ns);
+                    let host = resolve_host(&destination.host, ns);
                     if !hosts.knows(&host) {
                         message(Level::Warning, format!("Referenced host not found: {:?}", destination.host));
                     }
                     if !destination.subset.is_empty()
                         && !rules
                             .iter()
-                            .any(|(h, subsets)| covers(h, &host) && subsets.contains(destination.subset.as_str()))
+                            .any(|(h, subsets)| host_matches(h, &host) && subsets.contains(destination.subset.as_str()))
                     {
                         message(
                             Level::Error,
@@ -219,7 +206,7 @@ fn references(inputs: &Inputs, hosts: &Hosts, out: &mut Vec<Message>) {
             }
             IstioObject::DestinationRule(dr) => {
                 let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
-                if !hosts.knows(&resolve(&dr.spec.host, ns)) {
+                if !hosts.knows(&resolve_host(&dr.spec.host, ns)) {
                     out.push(Message {
                         level: Level::Warning,
                         code: "IST0101",

@@ -832,8 +832,29 @@ async fn outlier_detection(mesh: &LocalMesh) -> anyhow::Result<String> {
 /// mode NONE there is no original destination, so the client names it in
 /// `x-envoy-original-dst-host` (the "external" host is a local echo server).
 async fn unknown_host(mesh: &LocalMesh) -> anyhow::Result<Reply> {
+    unregistered(mesh, "external.example").await
+}
+
+/// A request through the client sidecar for `host`, whose original destination is the
+/// "external" server: what passes through ALLOW_ANY and is refused by REGISTRY_ONLY.
+async fn unregistered(mesh: &LocalMesh, host: &str) -> anyhow::Result<Reply> {
     let target = format!("{}:{}", mesh.ip(crate::mesh::EXTERNAL_HOST), crate::mesh::SERVICE_PORT);
-    mesh.send(&mesh.via_client("external.example", "/get").header("x-envoy-original-dst-host", &target)).await
+    mesh.send(&mesh.via_client(host, "/get").header("x-envoy-original-dst-host", &target)).await
+}
+
+/// Lines of `proxy`'s log (its access log among them) holding every one of `needles`, waiting
+/// up to 10 s for there to be at least `wanted`: Envoy writes access logs shortly after each
+/// request ends.
+async fn logged_lines(mesh: &LocalMesh, proxy: &str, needles: &[&str], wanted: usize) -> usize {
+    let count = || mesh.proxy_log(proxy).lines().filter(|l| needles.iter().all(|n| l.contains(n))).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = count();
+        if seen >= wanted || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn allow_any(mesh: &LocalMesh) -> anyhow::Result<String> {
@@ -919,9 +940,8 @@ fn egress_gateway_yaml() -> String {
 async fn egress_gateway(mesh: &LocalMesh) -> anyhow::Result<String> {
     const N: usize = 5;
     let cluster = "outbound|8000||external.example";
-    let logged =
-        |log: &str| log.lines().filter(|l| l.contains(cluster) && l.contains("/anything/egress-check")).count();
-    let before = logged(&mesh.proxy_log(crate::mesh::EGRESS_NAME));
+    let needles = [cluster, "/anything/egress-check"];
+    let before = logged_lines(mesh, crate::mesh::EGRESS_NAME, &needles, 0).await;
     for _ in 0..N {
         let reply = mesh.send(&mesh.via_client("external.example", "/anything/egress-check")).await?;
         anyhow::ensure!(
@@ -931,20 +951,9 @@ async fn egress_gateway(mesh: &LocalMesh) -> anyhow::Result<String> {
             reply.header("x-echo-instance")
         );
     }
-    // Envoy writes access logs shortly after each request ends.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let seen = loop {
-        let seen = logged(&mesh.proxy_log(crate::mesh::EGRESS_NAME)) - before;
-        if seen >= N || Instant::now() > deadline {
-            break seen;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let seen = logged_lines(mesh, crate::mesh::EGRESS_NAME, &needles, before + N).await - before;
     anyhow::ensure!(seen == N, "the egress gateway's access log shows {seen} of {N} requests to {cluster}");
-    let target = format!("{}:{}", mesh.ip(crate::mesh::EXTERNAL_HOST), crate::mesh::SERVICE_PORT);
-    let unknown = mesh
-        .send(&mesh.via_client("unregistered.example", "/get").header("x-envoy-original-dst-host", &target))
-        .await?;
+    let unknown = unregistered(mesh, "unregistered.example").await?;
     anyhow::ensure!(
         unknown.status == StatusCode::BAD_GATEWAY,
         "REGISTRY_ONLY: a host without a ServiceEntry must get 502, got {}",
@@ -972,17 +981,6 @@ spec:
     hosts: [journey.example.com]
 ---
 apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: httpbin
-  namespace: testns1
-spec:
-  host: httpbin
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
   name: journey-in
@@ -996,16 +994,30 @@ spec:
 "#;
 
 fn ingress_to_egress_yaml() -> String {
-    format!("{JOURNEY_INGRESS_YAML}---\n{}", external_through_egress_yaml(9080))
+    format!("{JOURNEY_INGRESS_YAML}---\n{HTTPBIN_SUBSETS_YAML}---\n{}", external_through_egress_yaml(9080))
 }
+
+/// httpbin's subsets `v1` and `v2` (as `examples/traffic/01-destination-rule-subsets.yaml`),
+/// for the built-in configs that route to a subset.
+const HTTPBIN_SUBSETS_YAML: &str = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: httpbin
+  namespace: testns1
+spec:
+  host: httpbin
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
 
 async fn ingress_to_egress(mesh: &LocalMesh) -> anyhow::Result<String> {
     let v1 = &WORKLOADS[0];
     let marker = "/anything/through-the-mesh";
     let call = format!("/echo/call?to={}:9080&host=external.example&path={marker}", mesh.ip(v1.host));
-    let logged = |proxy: &str, needle: &str| mesh.proxy_log(proxy).lines().filter(|l| l.contains(needle)).count();
-    let (ingress_before, egress_before) =
-        (logged(crate::mesh::GATEWAY_NAME, "journey.example.com"), logged(crate::mesh::EGRESS_NAME, marker));
+    let (gateway, egress) = (crate::mesh::GATEWAY_NAME, crate::mesh::EGRESS_NAME);
+    let ingress_before = logged_lines(mesh, gateway, &["journey.example.com"], 0).await;
+    let egress_before = logged_lines(mesh, egress, &[marker], 0).await;
     let reply = mesh.send(&mesh.via_gateway("journey.example.com", &call)).await?;
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
     anyhow::ensure!(
@@ -1018,17 +1030,9 @@ async fn ingress_to_egress(mesh: &LocalMesh) -> anyhow::Result<String> {
         "the call went through {:?}",
         reply.header("x-echo-instance")
     );
-    // Envoy writes access logs shortly after each request ends.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ingress = logged(crate::mesh::GATEWAY_NAME, "journey.example.com") > ingress_before;
-        let egress = logged(crate::mesh::EGRESS_NAME, marker) > egress_before;
-        if ingress && egress {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "access logs: ingress gateway {ingress}, egress gateway {egress}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ingress = logged_lines(mesh, gateway, &["journey.example.com"], ingress_before + 1).await > ingress_before;
+    let egress = logged_lines(mesh, egress, &[marker], egress_before + 1).await > egress_before;
+    anyhow::ensure!(ingress && egress, "access logs: ingress gateway {ingress}, egress gateway {egress}");
     Ok(format!(
         "ingress gateway → {} (its sidecar) → app calls external.example:9080 → its sidecar → egress gateway → external server: 200, seen in both gateways' access logs",
         v1.name
@@ -1052,7 +1056,7 @@ spec:
 
 /// The client sidecar's clusters (Envoy's own `/clusters` listing) and its config dump size.
 #[derive(Clone, Debug, Default)]
-pub struct ClientConfig {
+struct ClientConfig {
     clusters: std::collections::BTreeSet<String>,
     dump_bytes: usize,
 }
@@ -1191,19 +1195,7 @@ spec:
     hosts: [{INGRESS_HOST}]
     tls: {{httpsRedirect: true}}
 ---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: httpbin
-  namespace: testns1
-spec:
-  host: httpbin
-  subsets:
-  - name: v1
-    labels: {{version: v1}}
-  - name: v2
-    labels: {{version: v2}}
----
+{HTTPBIN_SUBSETS_YAML}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:

@@ -242,6 +242,19 @@ fn proxy_config_shows_what_the_live_envoy_holds() {
         let shown: std::collections::BTreeSet<&str> =
             json.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(shown, live);
+        // A saved dump (`-f`, which wins over the admin address) reads the same.
+        let saved = mesh.work_dir.join("sleep-config-dump.json");
+        let dump = mesh.config_dump("sleep", "?include_eds").await.unwrap();
+        std::fs::write(&saved, dump.to_string()).unwrap();
+        let from_file: serde_json::Value = serde_json::from_str(&proxy_config(
+            &mesh,
+            "sleep",
+            &["clusters", "-o", "json", "-f", saved.to_str().unwrap()],
+        ))
+        .unwrap();
+        let names: std::collections::BTreeSet<&str> =
+            from_file.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, live);
 
         // Filters: the v1 subset of httpbin, its cluster and its one endpoint (v1's workload).
         let v1 = proxy_config(&mesh, "sleep", &["clusters", "--fqdn", SERVICE_HOST, "--subset", "v1"]);

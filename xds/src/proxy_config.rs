@@ -121,9 +121,11 @@ fn text<'v>(v: &'v Value, key: &str) -> &'v str {
 }
 
 fn cluster_matches(cluster: &Value, f: &Filter) -> bool {
-    let name = text(cluster, "name");
-    let parts = cluster_parts(name);
-    let (direction, port, subset, host) = parts.unwrap_or(("", "", "", name));
+    cluster_name_matches(text(cluster, "name"), f)
+}
+
+fn cluster_name_matches(name: &str, f: &Filter) -> bool {
+    let (direction, port, subset, host) = cluster_parts(name).unwrap_or(("", "", "", name));
     f.fqdn.as_ref().is_none_or(|q| host == q || name == q)
         && f.port.is_none_or(|p| port == p.to_string())
         && f.subset.as_ref().is_none_or(|s| subset == s)
@@ -146,9 +148,7 @@ fn name_matches(object: &Value, f: &Filter) -> bool {
 }
 
 fn endpoint_matches(assignment: &Value, f: &Filter) -> bool {
-    let mut as_cluster = serde_json::Map::new();
-    as_cluster.insert("name".into(), assignment["cluster_name"].clone());
-    cluster_matches(&Value::Object(as_cluster), f)
+    cluster_name_matches(text(assignment, "cluster_name"), f)
 }
 
 /// istioctl's short table for `section` (for `all`, one table per section, each titled).

@@ -9,8 +9,8 @@ use rudder_config::networking::{DestinationRule, Sidecar, VirtualService};
 
 use crate::model::{InterceptionMode, Protocol, Proxy, Service, Snapshot, exported_to, labels_match};
 
-/// DNS suffix of Kubernetes service names.
-pub const DOMAIN_SUFFIX: &str = "cluster.local";
+use rudder_config::hosts::scoped_host;
+pub use rudder_config::hosts::{DOMAIN_SUFFIX, host_matches, resolve_host};
 
 /// Cluster name of a service port and subset: `outbound|<port>|<subset>|<host>`.
 pub fn outbound_cluster_name(port: u32, subset: &str, host: &str) -> String {
@@ -47,24 +47,6 @@ pub fn istio_config_metadata(
     envoy_types::pb::envoy::config::core::v3::Metadata {
         filter_metadata: HashMap::from([("istio".to_owned(), Struct { fields })]),
         ..Default::default()
-    }
-}
-
-/// Resolves a host as written in a config object in `namespace`: a short name (no dot) becomes
-/// `<name>.<namespace>.svc.cluster.local`; anything else is taken as written.
-pub fn resolve_host(host: &str, namespace: &str) -> String {
-    if host.contains('.') || host.contains('*') {
-        host.to_owned()
-    } else {
-        format!("{host}.{namespace}.svc.{DOMAIN_SUFFIX}")
-    }
-}
-
-/// Whether `pattern` (possibly `*.suffix` or `*`) covers `host`.
-pub fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        Some(suffix) => host.ends_with(suffix),
-        None => pattern == host,
     }
 }
 
@@ -182,11 +164,7 @@ impl<'a> Context<'a> {
 
     fn hosts_admit(&self, hosts: &[String], namespace: &str, hostname: &str) -> bool {
         let own = self.sidecar.and_then(|s| s.metadata.namespace.as_deref()).unwrap_or_default();
-        hosts.iter().any(|h| {
-            let (ns, host) = h.split_once('/').unwrap_or(("*", h));
-            let ns_ok = ns == "*" || (ns == "." && namespace == own) || ns == namespace;
-            ns_ok && host_matches(host, hostname)
-        })
+        hosts.iter().any(|h| scoped_host(h, own, namespace).is_some_and(|host| host_matches(host, hostname)))
     }
 
     /// The DestinationRule for `hostname` as this proxy sees it: among visible rules whose

@@ -149,11 +149,7 @@ fn gateway_names_for(gateway_name: &str, vs_namespace: &str) -> Vec<String> {
 /// Whether a server host (`host`, `ns/host`, `./host`, `*/host`) admits `vs_host` of a
 /// VirtualService in `vs_namespace`; the matching host, the more specific of the two.
 fn server_host_match(server_host: &str, gateway_namespace: &str, vs_namespace: &str, vs_host: &str) -> Option<String> {
-    let (ns, host) = server_host.split_once('/').unwrap_or(("*", server_host));
-    let ns_ok = ns == "*" || (ns == "." && vs_namespace == gateway_namespace) || ns == vs_namespace;
-    if !ns_ok {
-        return None;
-    }
+    let host = rudder_config::hosts::scoped_host(server_host, gateway_namespace, vs_namespace)?;
     if host_matches(host, vs_host) {
         Some(vs_host.to_owned())
     } else if host_matches(vs_host, host) {
@@ -220,15 +216,12 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
 }
 
 fn sni_match(hosts: &[String]) -> Option<FilterChainMatch> {
-    let names: BTreeSet<String> = hosts
-        .iter()
-        .map(|h| h.split_once('/').map_or(h.as_str(), |(_, host)| host).to_owned())
-        .filter(|h| h != "*")
-        .collect();
+    let names: BTreeSet<&str> = hosts.iter().map(|h| h.split_once('/').map_or(h.as_str(), |(_, host)| host)).collect();
     // A `*` host admits any SNI (and none): no server_names match.
-    let any = hosts.iter().any(|h| h.split_once('/').map_or(h.as_str(), |(_, host)| host) == "*");
-    (!any && !names.is_empty())
-        .then(|| FilterChainMatch { server_names: names.into_iter().collect(), ..Default::default() })
+    (!names.contains("*") && !names.is_empty()).then(|| FilterChainMatch {
+        server_names: names.into_iter().map(str::to_owned).collect(),
+        ..Default::default()
+    })
 }
 
 fn http_chain(
