@@ -248,6 +248,59 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// Discovery's own serving certificate (the TLS xDS port): DNS and IP SANs, signed by this
+    /// CA so agents that trust the mesh root can verify it. Returns (chain PEM, key PEM).
+    pub fn serving_certificate(
+        &self,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = dns_names
+            .iter()
+            .map(|name| Ia5String::try_from(name.as_str()).map(SanType::DnsName))
+            .chain(ips.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
+            .collect::<Result<_, _>>()
+            .map_err(|e| CaError::Material(format!("serving certificate name: {e}")))?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, now, ttl.min(self.max_ttl));
+        let leaf = params.signed_by(&key, &self.issuer)?;
+        let mut chain = leaf.pem();
+        for cert in split_pem(&self.material.cert_chain) {
+            if cert.trim() != self.material.root_cert.trim() {
+                chain.push_str(&cert);
+            }
+        }
+        Ok((chain, key.serialize_pem()))
+    }
+}
+
+/// The SPIFFE identity a certificate (DER) carries in its URI SAN, if any.
+pub fn identity_of_certificate(der: &[u8]) -> Option<SpiffeId> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let sans = cert.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => SpiffeId::parse(uri).ok(),
+        _ => None,
+    })
+}
+
+/// When a certificate (PEM) expires.
+pub fn not_after_of(pem: &str) -> Option<SystemTime> {
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der.contents).ok()?;
+    let seconds = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
 /// The certificates of a PEM bundle, each as its own PEM text.
 pub fn split_pem(bundle: &str) -> Vec<String> {
     const END: &str = "-----END CERTIFICATE-----";

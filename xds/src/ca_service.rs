@@ -63,6 +63,86 @@ impl Authenticator for StaticTokens {
     }
 }
 
+/// File-mode tokens: discovery holds a secret key (`token-key` in its CA directory) and a
+/// token is `v1:<namespace>:<service account>:<HMAC-SHA256 of those, hex>`, so discovery can
+/// issue a token for any identity (`rudder ca token`) and check one without keeping a list.
+#[derive(Clone)]
+pub struct FileTokens {
+    key: ring::hmac::Key,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for FileTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileTokens").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+    }
+}
+
+/// The token key's file in a CA directory.
+pub const TOKEN_KEY_FILE: &str = "token-key";
+const TOKEN_VERSION: &str = "v1";
+
+impl FileTokens {
+    pub fn new(secret: &[u8], trust_domain: &str) -> Self {
+        Self { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret), trust_domain: trust_domain.to_owned() }
+    }
+
+    /// The key kept in `dir`, or a new random one written there (owner-readable only).
+    pub fn load_or_create_dir(dir: &std::path::Path, trust_domain: &str) -> std::io::Result<Self> {
+        use std::io::Write as _;
+        let path = dir.join(TOKEN_KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(secret) if secret.len() >= 32 => return Ok(Self::new(&secret, trust_domain)),
+            Ok(_) => {
+                return Err(std::io::Error::other(format!("{}: shorter than 32 bytes", path.display())));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| std::io::Error::other("no randomness for the token key"))?;
+        std::fs::create_dir_all(dir)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(&path)?.write_all(&secret)?;
+        Ok(Self::new(&secret, trust_domain))
+    }
+
+    /// A token that authenticates as `namespace`/`service_account`.
+    pub fn issue(&self, namespace: &str, service_account: &str) -> String {
+        let claim = format!("{TOKEN_VERSION}:{namespace}:{service_account}");
+        let tag = ring::hmac::sign(&self.key, claim.as_bytes());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{claim}:{hex}")
+    }
+
+    fn verify(&self, token: &str) -> Result<SpiffeId, Status> {
+        let bad = || Status::unauthenticated("not a token issued by this discovery");
+        let (claim, hex) = token.trim().rsplit_once(':').ok_or_else(bad)?;
+        let tag = (0..hex.len())
+            .step_by(2)
+            .map(|i| hex.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(bad)?;
+        ring::hmac::verify(&self.key, claim.as_bytes(), &tag).map_err(|_| bad())?;
+        match claim.split(':').collect::<Vec<_>>().as_slice() {
+            [TOKEN_VERSION, namespace, account] if !namespace.is_empty() && !account.is_empty() => {
+                Ok(SpiffeId::new(&self.trust_domain, namespace, account))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Authenticator for FileTokens {
+    fn identity(&self, token: &str) -> BoxFuture<Result<SpiffeId, Status>> {
+        let verified = self.verify(token);
+        Box::pin(async move { verified })
+    }
+}
+
 /// Service-account tokens checked by the API server (TokenReview, audience `istio-ca`): the
 /// identity is the token's service account in `trust_domain`.
 #[derive(Clone)]
@@ -275,6 +355,23 @@ mod tests {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn file_tokens_name_their_identity_and_cannot_be_forged() {
+        let dir = std::env::temp_dir().join(format!("rudder-tokens-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tokens = FileTokens::load_or_create_dir(&dir, "cluster.local").unwrap();
+        let token = tokens.issue("default", "sleep");
+        let again = FileTokens::load_or_create_dir(&dir, "cluster.local").unwrap();
+        assert_eq!(again.identity(&token).await.unwrap(), SpiffeId::new("cluster.local", "default", "sleep"));
+        let forged = token.replace(":sleep:", ":admin:");
+        assert_eq!(again.identity(&forged).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+        let other_key = FileTokens::new(&[7; 32], "cluster.local");
+        assert_eq!(other_key.identity(&token).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert!(again.identity("v1:default:sleep:zz").await.is_err());
+        assert!(again.identity("").await.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

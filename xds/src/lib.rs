@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod ca;
+pub mod ca_kube;
 pub mod ca_service;
 pub mod echo;
 pub mod model;

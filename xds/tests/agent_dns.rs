@@ -291,7 +291,7 @@ async fn the_table_comes_from_discovery_over_nds_and_follows_changes() {
         listen: localhost0(),
         resolv_conf: resolv_conf.clone(),
         upstream_timeout: Duration::from_millis(200),
-        discovery_address: discovery_addr.to_string(),
+        discovery: rudder_xds::agent::identity::DiscoveryTarget { address: discovery_addr.to_string(), root_pem: None },
         node: nds::node(&options),
     })
     .await

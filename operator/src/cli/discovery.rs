@@ -12,13 +12,17 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use rudder_config::common::Duration as GoDuration;
+use rudder_xds::ca::{Authority, CaMaterial};
+use rudder_xds::ca_kube;
+use rudder_xds::ca_service::{Authenticator, CertificateService, FileTokens, TokenReviewer};
 use rudder_xds::model::Snapshot;
 use rudder_xds::registry::{files, kube as kube_registry};
-use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions};
+use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions, TlsOptions};
 use tokio::sync::watch;
 
 use super::admission::{self, AdmissionArgs};
@@ -34,6 +38,22 @@ pub struct Args {
     /// Where proxies connect for ADS (plaintext gRPC, as istiod's 15010).
     #[arg(long, default_value = "0.0.0.0:15010")]
     grpc_address: SocketAddr,
+    /// TLS xDS and the CA's `CreateCertificate` (istiod's 15012). Served when there is a CA:
+    /// always in a cluster, with `--ca-dir` in file mode.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    secure_grpc_address: SocketAddr,
+    /// File mode: the CA directory. A plugged-in CA's `ca-cert.pem`, `ca-key.pem`,
+    /// `cert-chain.pem`, `root-cert.pem` are used as they are; an empty directory gets a new
+    /// self-signed root (and the key of the tokens `rudder ca token` issues) at first start.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// More names (DNS or IP) for discovery's TLS certificate, beside `istiod[-<rev>].<ns>.svc`,
+    /// localhost and the listen address.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    tls_sans: Vec<String>,
+    /// Longest lifetime of a workload certificate.
+    #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = "2160h", value_parser = go_duration)]
+    max_workload_cert_ttl: std::time::Duration,
     /// Metrics (`/metrics`), readiness (`/ready`) and debug endpoints (`/debug/syncz`,
     /// `/debug/adsz`, `/debug/config_dump?proxyID=`).
     #[arg(long, default_value = "0.0.0.0:15014")]
@@ -92,6 +112,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         }
     };
 
+    let trust_domain = mesh.trust_domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "cluster.local".into());
     let (registry, cluster) = match &args.config_dir {
         Some(dir) => {
             anyhow::ensure!(dir.is_dir(), "--config-dir {}: not a directory", dir.display());
@@ -108,6 +129,18 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
             let (_follower, mesh) = crate::mesh_watch::spawn(client.clone(), &args.admission.namespace, &name, mesh);
             (tokio::spawn(kube_registry::run_with_mesh(client.clone(), mesh, tx, stopped())), Some(client))
         }
+    };
+    let secure_task = match secure_server(args, &trust_domain, cluster.clone()).await? {
+        Some((tls, ca)) => {
+            let listener = tokio::net::TcpListener::bind(args.secure_grpc_address)
+                .await
+                .with_context(|| format!("binding the TLS xDS address {}", args.secure_grpc_address))?;
+            tracing::info!(address = %args.secure_grpc_address, "TLS xDS and CA serving");
+            let server = server.clone();
+            let stopped = stopped();
+            Some(tokio::spawn(async move { server.serve_tls(listener, &tls, Some(ca), stopped).await }))
+        }
+        None => None,
     };
     let webhook_task = if args.no_webhook || args.webhook_port == 0 {
         None
@@ -145,5 +178,71 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     if let Ok(Err(e)) = grpc_task.await {
         anyhow::bail!("gRPC server: {e}");
     }
+    if let Some(task) = secure_task
+        && let Ok(Err(e)) = task.await
+    {
+        anyhow::bail!("TLS gRPC server: {e}");
+    }
     Ok(())
 }
+
+/// The CA and discovery's TLS identity: from the cluster's Secrets (the root then published in
+/// every namespace), or from `--ca-dir`. `None` in file mode without `--ca-dir`.
+async fn secure_server(
+    args: &Args,
+    trust_domain: &str,
+    cluster: Option<kube::Client>,
+) -> anyhow::Result<Option<(TlsOptions, CertificateService)>> {
+    let namespace = &args.admission.namespace;
+    let (material, authenticator): (CaMaterial, Arc<dyn Authenticator>) = match (&cluster, &args.ca_dir) {
+        (Some(client), _) => {
+            let (material, source) = ca_kube::load_or_create(client.clone(), namespace, trust_domain).await?;
+            tracing::info!(secret = source, "mesh CA loaded");
+            tokio::spawn(ca_kube::publish_root(client.clone(), material.root_cert.clone(), std::future::pending()));
+            (material, Arc::new(TokenReviewer::new(client.clone(), trust_domain)))
+        }
+        (None, Some(dir)) => {
+            let material = CaMaterial::load_or_create_dir(dir, trust_domain, SystemTime::now())?;
+            let tokens = FileTokens::load_or_create_dir(dir, trust_domain)
+                .with_context(|| format!("the token key in {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), "mesh CA loaded");
+            (material, Arc::new(tokens))
+        }
+        (None, None) => {
+            tracing::info!("no --ca-dir: no CA and no TLS xDS port (plaintext xDS only)");
+            return Ok(None);
+        }
+    };
+    let authority = Authority::new(material, args.max_workload_cert_ttl)?;
+    let revision = args.admission.revision.as_deref().filter(|r| !r.is_empty() && *r != "default");
+    let istiod = revision.map_or_else(|| "istiod".to_owned(), |r| format!("istiod-{r}"));
+    let mut names = vec![
+        format!("{istiod}.{namespace}.svc"),
+        format!("{istiod}.{namespace}.svc.cluster.local"),
+        "localhost".to_owned(),
+    ];
+    if revision.is_some() {
+        // A revision tag's Service (istiod.<ns>.svc) may point at this revision too.
+        names.push(format!("istiod.{namespace}.svc"));
+    }
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    if !args.secure_grpc_address.ip().is_unspecified() {
+        ips.push(args.secure_grpc_address.ip());
+    }
+    for san in &args.tls_sans {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => names.push(san.clone()),
+        }
+    }
+    names.sort();
+    names.dedup();
+    ips.sort();
+    ips.dedup();
+    let (cert_chain, key) = authority.serving_certificate(&names, &ips, SERVING_CERT_TTL, SystemTime::now())?;
+    let tls = TlsOptions { cert_chain, key, client_root: authority.root_pem().to_owned() };
+    Ok(Some((tls, CertificateService::new(Arc::new(RwLock::new(authority)), authenticator))))
+}
+
+/// Lifetime of discovery's own TLS certificate (made afresh at every start).
+const SERVING_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);

@@ -3,6 +3,7 @@
 pub mod admission;
 mod analyze;
 mod bench;
+mod ca;
 mod demo;
 mod discovery;
 mod echo;
@@ -57,7 +58,7 @@ enum Command {
     Echo(echo::Args),
     /// Run discovery: the service registry (config directory or Kubernetes), the ADS server
     /// that keeps every Envoy's config current, and the admission server.
-    Discovery(discovery::Args),
+    Discovery(Box<discovery::Args>),
     /// Run the local demo: discovery, workloads and Envoy sidecars on 127.0.0.x, walking
     /// through the traffic scenarios of examples/traffic.
     Demo(demo::Args),
@@ -67,6 +68,8 @@ enum Command {
     ProxyConfig(proxy_config::Args),
     /// Show every proxy's sync state per type (SYNCED, NOT SENT, STALE with Envoy's rejection).
     ProxyStatus(proxy_status::Args),
+    /// Mesh CA helpers for file mode: issue an agent's token, print the root.
+    Ca(ca::Args),
     /// Discovery benchmarks: write a synthetic mesh (`bench mesh`), load a running discovery (`bench xds`).
     Bench(bench::Args),
 }
@@ -88,6 +91,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Validate(args) => validate::run(&args),
+            Command::Ca(args) => ca::run(&args),
             Command::Analyze(args) => analyze::run(&args),
             Command::Install(args) => install::run(&args),
             Command::Uninstall(args) => uninstall::run(&args),

@@ -28,8 +28,11 @@ use rudder_xds::agent::bootstrap::{
 use rudder_xds::agent::capture::{self, CaptureConfig, CaptureFlags};
 use rudder_xds::agent::capture_apply;
 use rudder_xds::agent::dns::{self, DnsProxyOptions};
+use rudder_xds::agent::identity::{self, DiscoveryTarget, IdentityOptions};
 use rudder_xds::agent::nds;
+use rudder_xds::agent::sds;
 use rudder_xds::agent::supervise::{self, Ending, EnvoyOptions, SuperviseError};
+use rudder_xds::ca::SpiffeId;
 use rudder_xds::model::{InterceptionMode, NodeType};
 
 use super::install::exit_code;
@@ -160,6 +163,39 @@ struct RunArgs {
     envoy: EnvoyArgs,
     #[command(flatten)]
     dns: DnsArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// The workload identity from the mesh CA. It is in use when the mesh root is there (the
+/// `istio-ca-root-cert` ConfigMap the injector mounts, or `--ca-root-cert`): then the agent
+/// gets a certificate for the pod's service account, serves it to Envoy over SDS, and Envoy and
+/// the agent reach discovery over TLS (istiod's 15012) verifying that root. Without it, xDS is
+/// plaintext (15010) and the proxy has no certificate.
+#[derive(Debug, clap::Args)]
+struct SecurityArgs {
+    /// The mesh root certificate (PEM).
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    ca_root_cert: PathBuf,
+    /// The CA (`CreateCertificate`) as host:port; default the discovery address.
+    #[arg(long, env = "CA_ADDR")]
+    ca_address: Option<String>,
+    /// The token that proves the pod's identity to the CA (a service-account token with audience
+    /// istio-ca in a cluster; a `rudder ca token` file in file mode).
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    ca_token: PathBuf,
+    /// The pod's service account (the identity's last part).
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// The mesh trust domain.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime asked for the workload certificate (renewed at 80 %).
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    secret_ttl: Duration,
+    /// The SDS socket Envoy gets its certificate from.
+    #[arg(long, default_value = "/var/run/secrets/workload-spiffe-uds/socket")]
+    workload_socket: PathBuf,
 }
 
 /// The DNS proxy for mesh hosts (Istio's DNS capture); sidecars only.
@@ -298,13 +334,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn print_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
-    let (options, _) = bootstrap_options(args.node_type, &args.node)?;
+    let (options, _) = bootstrap_options(args.node_type, &args.node, false)?;
     let json = bootstrap::bootstrap(&options)?;
     write_stdout(&(serde_json::to_string_pretty(&json)? + "\n"))
 }
 
 /// The bootstrap options, and the parsed PROXY_CONFIG (for the Envoy settings it carries).
-fn bootstrap_options(node_type: NodeType, args: &NodeArgs) -> anyhow::Result<(BootstrapOptions, ProxyConfig)> {
+fn bootstrap_options(
+    node_type: NodeType,
+    args: &NodeArgs,
+    secure: bool,
+) -> anyhow::Result<(BootstrapOptions, ProxyConfig)> {
     let (proxy_config, proxy_config_json) = parse_proxy_config(args.proxy_config.as_deref())?;
     let (mut extra, unparsable) = metadata_from_env(std::env::vars());
     for name in unparsable {
@@ -333,13 +373,14 @@ fn bootstrap_options(node_type: NodeType, args: &NodeArgs) -> anyhow::Result<(Bo
         interception: args.interception_mode,
         istio_version: args.istio_version.clone(),
         revision: args.revision.clone(),
-        discovery_address: discovery_address(args.discovery_address.as_deref(), &proxy_config),
+        discovery_address: discovery_address(args.discovery_address.as_deref(), &proxy_config, secure),
         xds_transport: args.xds_transport,
         admin_address: args.admin_address,
         admin_port: args.admin_port,
         status_port: args.status_port,
         prometheus_port: args.prometheus_port,
         extra_metadata: extra,
+        sds_socket: None,
     };
     Ok((options, proxy_config))
 }
@@ -358,14 +399,17 @@ fn parse_proxy_config(text: Option<&str>) -> anyhow::Result<(ProxyConfig, Option
     Ok((typed, Some(json)))
 }
 
-/// Flag/env first, then PROXY_CONFIG, then the default. The agent speaks plaintext gRPC only,
-/// so an istiod mTLS address (port 15012, Istio's default, which gateways also get in
-/// `PILOT_ADDRESS`) is read as the same istiod's plaintext port 15010.
-fn discovery_address(explicit: Option<&str>, proxy_config: &ProxyConfig) -> String {
+/// Flag/env first, then PROXY_CONFIG, then the default. Without the mesh root (`secure`
+/// false) the agent can only speak plaintext, so an istiod TLS address (port 15012, Istio's
+/// default, which gateways also get in `PILOT_ADDRESS`) is read as the same istiod's
+/// plaintext port 15010.
+fn discovery_address(explicit: Option<&str>, proxy_config: &ProxyConfig, secure: bool) -> String {
     let configured = explicit
         .filter(|a| !a.is_empty())
         .or_else(|| proxy_config.discovery_address.as_deref().filter(|a| !a.is_empty()));
     match configured {
+        Some(address) if secure => address.to_owned(),
+        None if secure => DEFAULT_DISCOVERY_ADDRESS.replace(":15010", ":15012"),
         Some(address) => match address.strip_suffix(":15012") {
             Some(host) => format!("{host}:15010"),
             None => address.to_owned(),
@@ -409,13 +453,22 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "info".into()))
         .try_init();
     let prepared = (|| -> anyhow::Result<_> {
-        let (options, proxy_config) = bootstrap_options(node_type, &args.node)?;
+        let root = mesh_root(&args.security.ca_root_cert)?;
+        let (mut options, proxy_config) = bootstrap_options(node_type, &args.node, root.is_some())?;
+        let discovery = DiscoveryTarget { address: options.discovery_address.clone(), root_pem: root };
+        let identity = match &discovery.root_pem {
+            Some(_) => {
+                options.sds_socket = Some(args.security.workload_socket.display().to_string());
+                Some(identity_options(&args.security, &discovery, &options.namespace))
+            }
+            None => None,
+        };
         let json = bootstrap::bootstrap(&options)?;
         let envoy = envoy_options(&args.envoy, &options, &proxy_config)?;
-        let dns = dns_proxy_options(&args.dns, &options)?;
-        Ok((json, envoy, admin_authority(options.admin_address, options.admin_port), dns))
+        let dns = dns_proxy_options(&args.dns, &options, &discovery)?;
+        Ok((json, envoy, admin_authority(options.admin_address, options.admin_port), dns, identity))
     })();
-    let (json, envoy, admin, dns) = match prepared {
+    let (json, envoy, admin, dns, identity) = match prepared {
         Ok(p) => p,
         Err(e) => return exit_code(Err(e)),
     };
@@ -425,6 +478,17 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
     };
     let outcome = rt.block_on(async {
         let shutdown = shutdown_signal()?;
+        // The certificate first: Envoy cannot reach discovery without it.
+        let _sds = match identity {
+            Some(options) => {
+                let certs = identity::start(options, CERTIFICATE_WAIT).await.map_err(|e| anyhow!(e))?;
+                Some(
+                    sds::start(&args.security.workload_socket, certs)
+                        .with_context(|| format!("serving SDS on {}", args.security.workload_socket.display()))?,
+                )
+            }
+            None => None,
+        };
         // Runs beside Envoy and stops with the agent.
         let _dns = match dns {
             Some(options) => Some(start_dns_proxy(options).await?),
@@ -453,15 +517,45 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
     }
 }
 
+/// How long the agent waits for its first workload certificate before giving up.
+const CERTIFICATE_WAIT: Duration = Duration::from_secs(120);
+
+/// The mesh root, if the file is there (an empty or unreadable one is an error).
+fn mesh_root(path: &std::path::Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Ok(Some(pem)),
+        Ok(_) => bail!("{}: no PEM certificate in the mesh root file", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading the mesh root {}", path.display())),
+    }
+}
+
+fn identity_options(args: &SecurityArgs, discovery: &DiscoveryTarget, namespace: &str) -> IdentityOptions {
+    let ca = DiscoveryTarget {
+        address: args.ca_address.clone().filter(|a| !a.is_empty()).unwrap_or_else(|| discovery.address.clone()),
+        root_pem: discovery.root_pem.clone(),
+    };
+    IdentityOptions {
+        ca,
+        token_path: args.ca_token.clone(),
+        identity: SpiffeId::new(&args.trust_domain, namespace, &args.service_account),
+        ttl: args.secret_ttl,
+    }
+}
+
 /// The DNS proxy's options, if this proxy runs it.
-fn dns_proxy_options(args: &DnsArgs, node: &BootstrapOptions) -> anyhow::Result<Option<DnsProxyOptions>> {
+fn dns_proxy_options(
+    args: &DnsArgs,
+    node: &BootstrapOptions,
+    discovery: &DiscoveryTarget,
+) -> anyhow::Result<Option<DnsProxyOptions>> {
     let enabled =
         dns::capture_enabled(node.node_type, node.interception, args.dns_capture.as_deref()).map_err(|e| anyhow!(e))?;
     Ok(enabled.then(|| DnsProxyOptions {
         listen: args.dns_listen_address,
         resolv_conf: args.dns_resolv_conf.clone(),
         upstream_timeout: args.dns_upstream_timeout,
-        discovery_address: node.discovery_address.clone(),
+        discovery: discovery.clone(),
         node: nds::node(node),
     }))
 }
@@ -664,10 +758,16 @@ mod tests {
         let none = ProxyConfig::default();
         let istio =
             ProxyConfig { discovery_address: Some("istiod-canary.istio-system.svc:15012".into()), ..none.clone() };
-        assert_eq!(discovery_address(None, &none), DEFAULT_DISCOVERY_ADDRESS);
-        assert_eq!(discovery_address(None, &istio), "istiod-canary.istio-system.svc:15010");
-        assert_eq!(discovery_address(Some("127.0.0.1:18000"), &istio), "127.0.0.1:18000");
-        assert_eq!(discovery_address(Some("istiod.istio-system.svc:15012"), &none), "istiod.istio-system.svc:15010");
+        assert_eq!(discovery_address(None, &none, false), DEFAULT_DISCOVERY_ADDRESS);
+        assert_eq!(discovery_address(None, &istio, false), "istiod-canary.istio-system.svc:15010");
+        assert_eq!(discovery_address(Some("127.0.0.1:18000"), &istio, false), "127.0.0.1:18000");
+        assert_eq!(
+            discovery_address(Some("istiod.istio-system.svc:15012"), &none, false),
+            "istiod.istio-system.svc:15010"
+        );
+        // With the mesh root the agent speaks TLS, to 15012 as configured.
+        assert_eq!(discovery_address(None, &istio, true), "istiod-canary.istio-system.svc:15012");
+        assert_eq!(discovery_address(None, &none, true), "istiod.istio-system.svc:15012");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const DEFAULT_ISTIO_VERSION: &str = "1.28.0";
 pub const DEFAULT_DISCOVERY_ADDRESS: &str = "istiod.istio-system.svc:15010";
 /// Cluster the ADS stream uses.
 pub const XDS_CLUSTER: &str = "xds-grpc";
+/// Cluster of the agent's SDS server (workload certificate and mesh root).
+pub const SDS_CLUSTER: &str = "sds-grpc";
 /// Cluster the readiness listener forwards to (Envoy's own admin `/ready`).
 pub const AGENT_CLUSTER: &str = "agent";
 /// Cluster the Prometheus listener forwards to (Envoy's own admin `/stats/prometheus`).
@@ -75,6 +77,10 @@ pub struct BootstrapOptions {
     pub prometheus_port: u16,
     /// More node metadata (e.g. from `ISTIO_META_*`); the typed options above win over it.
     pub extra_metadata: BTreeMap<String, Value>,
+    /// The agent's SDS socket (the mesh CA is in use): Envoy gets its workload certificate
+    /// from it (`sds-grpc`) and reaches discovery over TLS with it. `None`: plaintext xDS and
+    /// no workload certificate.
+    pub sds_socket: Option<String>,
 }
 
 impl Default for BootstrapOptions {
@@ -98,6 +104,7 @@ impl Default for BootstrapOptions {
             status_port: 15021,
             prometheus_port: 15090,
             extra_metadata: BTreeMap::new(),
+            sds_socket: None,
         }
     }
 }
@@ -247,6 +254,14 @@ pub fn bootstrap(options: &BootstrapOptions) -> Result<Value, BootstrapError> {
     let ads = json!({"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"});
     let admin = socket_address(options.admin_address, options.admin_port);
     let bind = options.listener_bind_address();
+    let mut clusters =
+        vec![local_cluster(AGENT_CLUSTER, admin.clone()), local_cluster(PROMETHEUS_CLUSTER, admin.clone())];
+    let mut xds = xds_cluster(&discovery_host, discovery_port);
+    if let Some(socket) = &options.sds_socket {
+        clusters.push(sds_cluster(socket));
+        xds["transport_socket"] = xds_tls(&discovery_host);
+    }
+    clusters.push(xds);
     Ok(json!({
         "node": {
             "id": options.node_id(),
@@ -266,11 +281,7 @@ pub fn bootstrap(options: &BootstrapOptions) -> Result<Value, BootstrapError> {
             "lds_config": ads,
         },
         "static_resources": {
-            "clusters": [
-                local_cluster(AGENT_CLUSTER, admin.clone()),
-                local_cluster(PROMETHEUS_CLUSTER, admin),
-                xds_cluster(&discovery_host, discovery_port),
-            ],
+            "clusters": clusters,
             "listeners": [
                 admin_proxy_listener("readiness", bind, options.status_port, json!({
                     "match": {"path": READINESS_PATH},
@@ -328,6 +339,54 @@ fn xds_cluster(host: &str, port: u16) -> Value {
             },
         },
     })
+}
+
+/// The agent's SDS server on its Unix socket (HTTP/2).
+fn sds_cluster(socket: &str) -> Value {
+    json!({
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket}}}}]}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+    })
+}
+
+/// A secret from the agent's SDS server.
+fn sds_secret(name: &str) -> Value {
+    json!({"name": name, "sds_config": {"resource_api_version": "V3", "api_config_source": {
+        "api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
+        "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}]}}})
+}
+
+/// TLS to discovery: the workload certificate as client certificate (it proves the proxy's
+/// namespace), discovery's certificate checked against the mesh root and its name.
+fn xds_tls(host: &str) -> Value {
+    let san_type = if host.parse::<IpAddr>().is_ok() { "IP_ADDRESS" } else { "DNS" };
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_certificate_sds_secret_configs": [sds_secret("default")],
+            "combined_validation_context": {
+                "default_validation_context": {"match_typed_subject_alt_names": [
+                    {"san_type": san_type, "matcher": {"exact": host}}]},
+                "validation_context_sds_secret_config": sds_secret("ROOTCA"),
+            },
+        },
+    });
+    if san_type == "DNS" {
+        context["sni"] = json!(host);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
 }
 
 /// A plain-HTTP listener with a single route to the admin endpoint, so that only the chosen

@@ -232,7 +232,7 @@ pub struct DnsProxyOptions {
     pub resolv_conf: PathBuf,
     pub upstream_timeout: Duration,
     /// Discovery as `host:port` (plaintext gRPC), for the name table.
-    pub discovery_address: String,
+    pub discovery: super::identity::DiscoveryTarget,
     /// The proxy's xDS node ([`super::nds::node`]).
     pub node: envoy_types::pb::envoy::config::core::v3::Node,
 }
@@ -273,7 +273,7 @@ pub async fn start(options: DnsProxyOptions) -> io::Result<DnsProxy> {
     let local_addr = server.local_addr()?;
     let mut tasks = JoinSet::new();
     tasks.spawn(server.run());
-    tasks.spawn(super::nds::run(options.discovery_address, options.node, names));
+    tasks.spawn(super::nds::run(options.discovery, options.node, names));
     tracing::info!(%local_addr, "DNS proxy listening (UDP and TCP)");
     Ok(DnsProxy { local_addr, _tasks: tasks })
 }

@@ -4,11 +4,14 @@
 //! a DNS proxy for mesh hosts ([`dns`]) fed with the name table from discovery ([`nds`]).
 //! [`capture`] writes the iptables rules that send the pod's traffic (and its DNS) through the
 //! proxy (the init container's job, pure); [`capture_apply`] runs them through iptables. The `rudder proxy` verbs are thin wrappers around
-//! these.
+//! these. With the mesh CA, [`identity`] keeps the workload certificate renewed and [`sds`]
+//! serves it to Envoy on a Unix socket.
 
 pub mod bootstrap;
 pub mod capture;
 pub mod capture_apply;
 pub mod dns;
+pub mod identity;
 pub mod nds;
+pub mod sds;
 pub mod supervise;

@@ -19,13 +19,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use super::identity::DiscoveryTarget;
+
 use super::bootstrap::BootstrapOptions;
 use super::dns::Lookup;
 use crate::nametable::{NameTable, TYPE_URL};
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The xDS node of the proxy: the id, cluster and metadata of its Envoy bootstrap.
 pub fn node(options: &BootstrapOptions) -> Node {
@@ -54,12 +55,12 @@ fn to_value(json: serde_json::Value) -> Value {
     Value { kind: Some(kind) }
 }
 
-/// Keeps `names` up to date from discovery at `discovery_address` (`host:port`) until the task
-/// is dropped or aborted, or every receiver of `names` is gone.
-pub async fn run(discovery_address: String, node: Node, names: watch::Sender<Arc<Lookup>>) {
-    let url = format!("http://{discovery_address}");
-    let endpoint = match Endpoint::from_shared(url.clone()) {
-        Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
+/// Keeps `names` up to date from `discovery` until the task is dropped or aborted, or every
+/// receiver of `names` is gone.
+pub async fn run(discovery: DiscoveryTarget, node: Node, names: watch::Sender<Arc<Lookup>>) {
+    let url = discovery.address.clone();
+    let endpoint = match discovery.endpoint() {
+        Ok(endpoint) => endpoint,
         Err(error) => {
             tracing::error!(%url, %error, "bad discovery address; the DNS proxy gets no name table");
             return;

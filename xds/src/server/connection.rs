@@ -2,6 +2,7 @@
 //! was sent and what it acknowledged. The stream task is the only writer; the debug endpoints
 //! read it.
 
+use crate::ca::{SpiffeId, identity_of_certificate};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
@@ -147,6 +148,28 @@ impl<K> Len for BTreeSet<K> {
     }
 }
 
+/// Who is at the other end of a stream, as the transport says.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Peer {
+    pub(crate) address: Option<SocketAddr>,
+    /// From the client certificate on the TLS port.
+    pub(crate) identity: Option<SpiffeId>,
+}
+
+impl Peer {
+    /// The peer of a request served by tonic: plaintext or TLS (with or without a client
+    /// certificate).
+    pub(crate) fn of<B>(request: &http::Request<B>) -> Self {
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        let extensions = request.extensions();
+        if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
+            let identity = tls.peer_certs().and_then(|certs| certs.first().and_then(|c| identity_of_certificate(c)));
+            return Self { address: tls.get_ref().remote_addr(), identity };
+        }
+        Self { address: extensions.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr), identity: None }
+    }
+}
+
 /// One ADS stream.
 #[derive(Debug)]
 pub struct Connection {
@@ -155,6 +178,8 @@ pub struct Connection {
     pub node_id: String,
     pub proxy: Arc<Proxy>,
     pub peer: Option<SocketAddr>,
+    /// The SPIFFE identity of the client certificate, on the TLS port.
+    pub identity: Option<SpiffeId>,
     pub delta: bool,
     pub connected_at: SystemTime,
     pub(crate) connected_instant: Instant,
@@ -172,11 +197,15 @@ impl Connection {
         self.watches().clone()
     }
 
-    /// Whether this stream may be sent TLS credentials (gateway `credentialName` secrets).
-    /// Until xDS runs over authenticated TLS (the mesh CA), the node id is only a claim, so
-    /// secrets go only to a stream whose peer address is the address the proxy claims (in a
-    /// cluster, the pod's IP), or from this host itself (file mode, where every proxy is local).
+    /// Whether this stream may be sent TLS credentials (gateway `credentialName` secrets of
+    /// its namespace). A client certificate proves the namespace (registration refuses a node
+    /// claiming another one). Without one, the node id is only a claim, so secrets go only to a
+    /// stream whose peer address is the address the proxy claims (in a cluster, the pod's IP),
+    /// or from this host itself (file mode, where every proxy is local).
     pub fn may_receive_credentials(&self) -> bool {
+        if self.identity.is_some() {
+            return true;
+        }
         let Some(peer) = self.peer else { return false };
         peer.ip().is_loopback() || self.proxy.ip_addresses.iter().any(|ip| ip.parse() == Ok(peer.ip()))
     }
@@ -210,7 +239,7 @@ impl Drop for Registration {
 pub(crate) fn register(
     shared: &Arc<Shared>,
     node: Option<&Node>,
-    peer: Option<SocketAddr>,
+    peer: Peer,
     delta: bool,
 ) -> Result<Registration, Status> {
     let node = node
@@ -218,11 +247,20 @@ pub(crate) fn register(
         .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
     let metadata = node.metadata.as_ref().map(struct_to_json).unwrap_or_default();
     let proxy = Proxy::from_node(&node.id, &metadata).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if let Some(identity) = &peer.identity
+        && identity.namespace != proxy.namespace
+    {
+        return Err(Status::permission_denied(format!(
+            "node {} claims namespace {:?}, but its certificate is {identity}",
+            node.id, proxy.namespace
+        )));
+    }
     let connection = Arc::new(Connection {
         id: shared.connection_id(&node.id),
         node_id: node.id.clone(),
         proxy: Arc::new(proxy),
-        peer,
+        peer: peer.address,
+        identity: peer.identity,
         delta,
         connected_at: SystemTime::now(),
         connected_instant: Instant::now(),
@@ -410,6 +448,7 @@ mod tests {
             node_id: id,
             proxy: Arc::new(proxy),
             peer: peer.map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}"))),
+            identity: None,
             delta: false,
             connected_at: SystemTime::now(),
             connected_instant: Instant::now(),
@@ -424,6 +463,10 @@ mod tests {
         assert!(connection("10.244.0.7", Some("127.0.0.1:40000")).may_receive_credentials());
         assert!(!connection("10.244.0.7", Some("10.244.0.9:40000")).may_receive_credentials());
         assert!(!connection("10.244.0.7", None).may_receive_credentials());
+        // A client certificate (its namespace checked at registration) is proof enough.
+        let mut verified = connection("10.244.0.7", Some("10.244.0.9:40000"));
+        verified.identity = Some(SpiffeId::new("cluster.local", "istio-system", "gw"));
+        assert!(verified.may_receive_credentials());
     }
 
     #[test]

@@ -86,6 +86,7 @@ async fn adsz(State(shared): State<Arc<Shared>>) -> Json<Value> {
                 "proxy": c.proxy.id,
                 "namespace": c.proxy.namespace,
                 "peer": c.peer.map(|p| p.to_string()),
+                "identity": c.identity.as_ref().map(ToString::to_string),
                 "transport": if c.delta { "delta" } else { "sotw" },
                 "connected_seconds": c.age().as_secs(),
                 "push_version": c.pushed_version(),

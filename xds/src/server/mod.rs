@@ -346,13 +346,55 @@ impl DiscoveryServer {
     }
 }
 
+/// The TLS port's certificate and the root client certificates are checked against.
+#[derive(Clone)]
+pub struct TlsOptions {
+    /// Discovery's certificate chain (PEM, leaf first).
+    pub cert_chain: String,
+    pub key: String,
+    /// Client certificates must chain to this root (PEM); a client may also present none.
+    pub client_root: String,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions").finish_non_exhaustive()
+    }
+}
+
+impl DiscoveryServer {
+    /// Serves ADS and, when given, the CA's `CreateCertificate` over TLS on `listener` (istiod's
+    /// 15012) until `shutdown` completes. A client certificate is optional; one that chains to
+    /// the mesh root proves the proxy's namespace (see [`connection::Connection::identity`]).
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        tls: &TlsOptions,
+        ca: Option<crate::ca_service::CertificateService>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert_chain, &tls.key))
+            .client_ca_root(Certificate::from_pem(&tls.client_root))
+            .client_auth_optional(true);
+        tonic::transport::Server::builder()
+            .tls_config(config)?
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(self.ads_service())
+            .add_optional_service(ca)
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+            .await
+    }
+}
+
 impl DiscoveryServer {
     /// Opens a SotW stream from its decoded requests: the first request registers the
     /// connection, then the stream runs in its own task, sending on the returned channel.
     pub(crate) async fn open_sotw(
         &self,
         mut requests: Requests<wire::SotwRequest>,
-        peer: Option<std::net::SocketAddr>,
+        peer: connection::Peer,
     ) -> Result<mpsc::Receiver<Result<wire::SotwResponse, Status>>, Status> {
         let first = requests
             .message()
@@ -368,7 +410,7 @@ impl DiscoveryServer {
     pub(crate) async fn open_delta(
         &self,
         mut requests: Requests<DeltaDiscoveryRequest>,
-        peer: Option<std::net::SocketAddr>,
+        peer: connection::Peer,
     ) -> Result<mpsc::Receiver<Result<wire::DeltaResponse, Status>>, Status> {
         let first = requests
             .message()

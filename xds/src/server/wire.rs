@@ -19,13 +19,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::server::connection::Peer;
 use http_body::Frame;
 use prost::bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpConnectInfo;
 
 use super::cache::EncodedResource;
 use super::{DiscoveryServer, MAX_DECODING_MESSAGE_SIZE};
@@ -451,7 +451,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for AdsService {
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let server = self.server.clone();
         Box::pin(async move {
-            let peer = request.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
+            let peer = Peer::of(&request);
             let path = request.uri().path().to_owned();
             let body = request.into_body();
             Ok(match path.as_str() {
