@@ -1,7 +1,10 @@
 //! [`LocalMesh`]: discovery in file mode on a copy of `examples/local/`, two `rudder echo`
 //! workloads (httpbin v1 and v2) each behind a `rudder proxy sidecar` in capture mode NONE, a
 //! client sidecar (`sleep`), an "external" echo without a sidecar, and an unreachable host (a
-//! listener whose accept queue is full). Every address is `127.0.<block>.<host>`, so several
+//! listener whose accept queue is full). Discovery runs the mesh CA (`--ca-dir`): every proxy
+//! gets a workload certificate for its app's service account (a `rudder ca token`), talks to
+//! discovery over TLS, and sidecars talk to each other over auto mTLS. Every address is
+//! `127.0.<block>.<host>`, so several
 //! meshes can run side by side; the config files say `127.0.0.<host>` and are relocated to
 //! the mesh's block when copied.
 
@@ -39,6 +42,9 @@ pub const GATEWAY_HTTPS_PORT: u16 = 8443;
 pub const UNREACHABLE_HOST: u8 = 40;
 pub const UNREACHABLE_PORT: u16 = 9000;
 const GRPC_PORT: u16 = 15010;
+/// TLS xDS and the CA (`CreateCertificate`): every proxy of the local mesh gets a workload
+/// certificate and reaches discovery here.
+const SECURE_GRPC_PORT: u16 = 15012;
 const MONITORING_PORT: u16 = 15014;
 const ADMIN_PORT: u16 = 15000;
 /// How long to wait for processes to come up or config to arrive.
@@ -124,6 +130,8 @@ impl LocalMesh {
         };
         mesh.start_discovery()?;
         mesh.wait_http_ok(&mesh.monitoring_url("/ready"), "discovery").await?;
+        // Discovery made the CA (and the token key) at start.
+        std::fs::copy(mesh.ca_dir().join("root-cert.pem"), mesh.root_cert())?;
         for w in WORKLOADS {
             mesh.start_app(w.name, w.version, w.host, APP_PORT)?;
         }
@@ -171,11 +179,38 @@ impl LocalMesh {
         Proc::spawn(name, &self.options.rudder, &args, Some(&self.log(name)))
     }
 
+    /// The CA directory discovery keeps its root and token key in.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.work_dir.join("ca")
+    }
+
+    /// The mesh root as the proxies read it (the `istio-ca-root-cert` ConfigMap's stand-in).
+    pub fn root_cert(&self) -> PathBuf {
+        self.work_dir.join("root-cert.pem")
+    }
+
+    /// A CA token for `namespace`/`account`, as `rudder ca token` issues it.
+    fn issue_token(&self, namespace: &str, account: &str) -> anyhow::Result<PathBuf> {
+        let path = self.work_dir.join(format!("token-{namespace}-{account}"));
+        let status = std::process::Command::new(&self.options.rudder)
+            .args(["ca", "token", "--ca-dir"])
+            .arg(self.ca_dir())
+            .args(["--namespace", namespace, "--service-account", account, "-o"])
+            .arg(&path)
+            .status()?;
+        anyhow::ensure!(status.success(), "rudder ca token failed: {status}");
+        Ok(path)
+    }
+
     fn start_discovery(&mut self) -> anyhow::Result<()> {
         let args = vec![
             "discovery".into(),
             "--config-dir".into(),
             self.config_dir.display().to_string(),
+            "--secure-grpc-address".into(),
+            format!("{}:{SECURE_GRPC_PORT}", self.ip(DISCOVERY_HOST)),
+            "--ca-dir".into(),
+            self.ca_dir().display().to_string(),
             "--grpc-address".into(),
             format!("{}:{GRPC_PORT}", self.ip(DISCOVERY_HOST)),
             "--monitoring-address".into(),
@@ -212,13 +247,25 @@ impl LocalMesh {
     fn start_proxy(&mut self, kind: &str, name: &str, host: u8, namespace: &str, labels: &str) -> anyhow::Result<()> {
         let ip = self.ip(host).to_string();
         let base_id = u32::from(self.block) * 100 + u32::from(host);
+        // The workload's identity: its service account is its app label (httpbin for both
+        // versions, as the WorkloadEntries say).
+        let account = labels.split(',').find_map(|pair| pair.strip_prefix("app=")).unwrap_or(name);
+        let token = self.issue_token(namespace, account)?;
         let args: Vec<String> = [
             "proxy",
             kind,
             "--envoy-path",
             &self.options.envoy.display().to_string(),
             "--discovery-address",
-            &format!("{}:{GRPC_PORT}", self.ip(DISCOVERY_HOST)),
+            &format!("{}:{SECURE_GRPC_PORT}", self.ip(DISCOVERY_HOST)),
+            "--ca-root-cert",
+            &self.root_cert().display().to_string(),
+            "--ca-token",
+            &token.display().to_string(),
+            "--service-account",
+            account,
+            "--workload-socket",
+            &self.work_dir.join(format!("sds-{name}")).join("socket").display().to_string(),
             "--pod-name",
             name,
             "--namespace",

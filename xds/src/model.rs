@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
+use rudder_config::security::PeerAuthentication;
 
 /// Application protocol of a service port, from its `protocol` field or its name prefix
 /// (`http-web`, `grpc`, …), as Istio infers it.
@@ -211,6 +212,8 @@ pub struct Snapshot {
     pub virtual_services: Vec<Arc<VirtualService>>,
     pub destination_rules: Vec<Arc<DestinationRule>>,
     pub sidecars: Vec<Arc<Sidecar>>,
+    /// Sorted by namespace and name.
+    pub peer_authentications: Vec<Arc<PeerAuthentication>>,
     pub gateways: Vec<Arc<Gateway>>,
     /// TLS credentials gateways name in `credentialName`, by `<namespace>/<name>`.
     pub secrets: BTreeMap<String, Arc<TlsCredential>>,
@@ -296,7 +299,14 @@ pub struct Proxy {
     pub cluster_id: String,
     /// `ISTIO_REVISION` metadata.
     pub revision: String,
+    /// `WORKLOAD_IDENTITY` metadata: the SPIFFE identity whose certificate the agent serves
+    /// Envoy over SDS. Empty when the proxy has none (no mesh CA), and then it takes and
+    /// originates no mutual TLS.
+    pub workload_identity: String,
 }
+
+/// The node metadata key naming the proxy's workload certificate identity.
+pub const WORKLOAD_IDENTITY: &str = "WORKLOAD_IDENTITY";
 
 /// Why a node could not be accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -352,7 +362,13 @@ impl Proxy {
             istio_version: text("ISTIO_VERSION"),
             cluster_id: text("CLUSTER_ID"),
             revision: text("ISTIO_REVISION"),
+            workload_identity: text(WORKLOAD_IDENTITY),
         })
+    }
+
+    /// Whether the agent serves Envoy a workload certificate (`default`/`ROOTCA` over SDS).
+    pub fn has_workload_certificate(&self) -> bool {
+        !self.workload_identity.is_empty()
     }
 
     /// The proxy's first IP (where capture-mode-NONE listeners bind).

@@ -256,6 +256,7 @@ async fn first_snapshot_then_updates_then_shutdown() {
             "gateways",
             "namespaces",
             "nodes",
+            "peerauthentications",
             "pods",
             "secrets",
             "serviceentries",

@@ -459,7 +459,12 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
         let identity = match &discovery.root_pem {
             Some(_) => {
                 options.sds_socket = Some(args.security.workload_socket.display().to_string());
-                Some(identity_options(&args.security, &discovery, &options.namespace))
+                let identity = identity_options(&args.security, &discovery, &options.namespace);
+                options.extra_metadata.insert(
+                    rudder_xds::model::WORKLOAD_IDENTITY.to_owned(),
+                    serde_json::Value::String(identity.identity.to_string()),
+                );
+                Some(identity)
             }
             None => None,
         };

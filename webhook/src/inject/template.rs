@@ -452,7 +452,7 @@ fn volumes(input: &Input) -> Vec<Value> {
             "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}}),
         // Optional until discovery runs the mesh CA and publishes its root in every namespace:
         // a required mount of a ConfigMap nobody writes would keep every injected pod pending.
-        json!({"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert", "optional": true}}),
+        json!({"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}}),
         json!({"name": "istio-ca-crl", "configMap": {"name": "istio-ca-crl", "optional": true}}),
     ];
     for (name, volume) in &input.params.user_volumes {

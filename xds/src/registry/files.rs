@@ -23,6 +23,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use rudder_config::load::{self, Loaded};
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use rudder_config::security::PeerAuthentication;
 use rudder_config::{IstioObject, Report, Validate};
 use tokio::sync::{mpsc, watch};
 
@@ -55,6 +56,7 @@ struct FileObjects {
     destination_rules: Vec<Arc<DestinationRule>>,
     sidecars: Vec<Arc<Sidecar>>,
     gateways: Vec<Arc<Gateway>>,
+    peer_authentications: Vec<Arc<PeerAuthentication>>,
     service_entries: Vec<Arc<ServiceEntry>>,
     workload_entries: Vec<Arc<WorkloadEntry>>,
     /// `kind: Secret` documents: gateway credentials in file mode.
@@ -70,6 +72,7 @@ impl FileObjects {
                 IstioObject::DestinationRule(o) => objects.destination_rules.push(Arc::from(o)),
                 IstioObject::Sidecar(o) => objects.sidecars.push(Arc::from(o)),
                 IstioObject::Gateway(o) => objects.gateways.push(Arc::from(o)),
+                IstioObject::PeerAuthentication(o) => objects.peer_authentications.push(Arc::from(o)),
                 IstioObject::ServiceEntry(o) => objects.service_entries.push(Arc::from(o)),
                 IstioObject::WorkloadEntry(o) => objects.workload_entries.push(Arc::from(o)),
                 _ => {}
@@ -83,6 +86,7 @@ impl FileObjects {
         inputs.destination_rules.extend(self.destination_rules.iter().cloned());
         inputs.sidecars.extend(self.sidecars.iter().cloned());
         inputs.gateways.extend(self.gateways.iter().cloned());
+        inputs.peer_authentications.extend(self.peer_authentications.iter().cloned());
         inputs.service_entries.extend(self.service_entries.iter().cloned());
         inputs.workload_entries.extend(self.workload_entries.iter().cloned());
         inputs.secrets.extend(self.secrets.iter().cloned());

@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlierDetection, UpstreamConnectionOptions,
+    cluster::TransportSocketMatch,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiConfigSource, ApiVersion, BindConfig, ConfigSource, DataSource, GrpcService,
@@ -58,6 +59,9 @@ use super::context::{
     outbound_cluster_name,
 };
 use super::endpoint;
+use rudder_config::labels::TLS_MODE_ISTIO;
+/// The endpoint metadata key (under `envoy.transport_socket_match`) auto mTLS matches on.
+const TLS_MODE_KEY: &str = "tlsMode";
 use crate::model::{InterceptionMode, NodeType, Protocol, Resolution, Service, ServicePort, labels_match};
 
 /// Key of the upstream HTTP options in `typed_extension_protocol_options`.
@@ -357,19 +361,42 @@ fn service_cluster(
     apply_retry_budget(&mut draft, policy.retry_budget);
     apply_outlier_detection(&mut draft, policy.outlier_detection);
     apply_load_balancer(&mut draft, policy.load_balancer);
+    let subset_name = subset.map_or("", |s| s.name.as_str());
+    let sni = format!("outbound_.{}_.{}_.{}", port.port, subset_name, service.hostname);
     if let Some(tls) = policy.tls {
-        // Auto-mTLS (a `tlsMode-istio` transport socket match when no `tls` is given) is
-        // deliberately off: Rudder's proxies have no workload certificates yet, so an
-        // ISTIO_MUTUAL socket could never handshake. Plain text is used instead.
-        let subset_name = subset.map_or("", |s| s.name.as_str());
-        let sni = format!("outbound_.{}_.{}_.{}", port.port, subset_name, service.hostname);
         draft.cluster.transport_socket = tls_socket(ctx, &mut draft, tls, service, &sni);
+    } else if policy.proxy_protocol.is_none() && auto_mtls(ctx, service) {
+        // Auto mTLS: Istio mTLS to endpoints whose workload has a sidecar (`tlsMode: istio`
+        // endpoint metadata), plaintext to the others.
+        let istio_mutual = ClientTlsSettings { mode: Some(ClientTlsMode::IstioMutual), ..Default::default() };
+        let socket = tls_socket(ctx, &mut draft, &istio_mutual, service, &sni);
+        draft.cluster.transport_socket_matches = vec![
+            TransportSocketMatch {
+                name: "tlsMode-istio".to_owned(),
+                r#match: Some(endpoint::one_field(TLS_MODE_KEY, TLS_MODE_ISTIO.to_owned())),
+                transport_socket: socket,
+            },
+            TransportSocketMatch {
+                name: "tlsMode-disabled".to_owned(),
+                r#match: Some(Default::default()),
+                transport_socket: Some(raw_buffer()),
+            },
+        ];
     }
     if let Some(proxy_protocol) = policy.proxy_protocol {
         draft.cluster.transport_socket =
             Some(wrap_proxy_protocol(proxy_protocol, draft.cluster.transport_socket.take()));
     }
     Some(draft.finish())
+}
+
+/// Whether clusters of `service` get auto mTLS: the mesh enables it, this proxy has a
+/// certificate to present, the service is in the mesh, and its namespace does not turn mTLS off.
+fn auto_mtls(ctx: &Context<'_>, service: &Service) -> bool {
+    ctx.snapshot.mesh.enable_auto_mtls != Some(false)
+        && ctx.proxy.has_workload_certificate()
+        && !service.mesh_external
+        && !super::security::namespace_disables_mtls(ctx.snapshot, &service.namespace)
 }
 
 /// Inline endpoints of a DNS cluster: the service's endpoints for this port (and subset), or,
@@ -919,7 +946,7 @@ fn file(path: &str) -> DataSource {
 
 /// A secret from the local SDS server (`sds-grpc` bootstrap cluster), as Istio's sidecars get
 /// their workload certificate.
-fn sds_grpc_secret(name: &str) -> SdsSecretConfig {
+pub(crate) fn sds_grpc_secret(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_owned(),
         sds_config: Some(ConfigSource {

@@ -303,7 +303,7 @@ fn endpoint_metadata(endpoint: &Endpoint) -> Option<Metadata> {
     (!metadata.filter_metadata.is_empty()).then_some(metadata)
 }
 
-fn one_field(key: &str, text: String) -> Struct {
+pub(crate) fn one_field(key: &str, text: String) -> Struct {
     Struct { fields: [(key.to_owned(), Value { kind: Some(value::Kind::StringValue(text)) })].into_iter().collect() }
 }
 

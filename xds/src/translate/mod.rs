@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod gateway;
 pub mod listener;
 pub mod route;
+pub mod security;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct ViewKey {
     /// listeners bind it) and gateways (the services it backs map server ports to the ports
     /// it listens on).
     pub bind_ip: Option<String>,
+    /// Whether the proxy has a workload certificate (auto mTLS needs one).
+    pub mtls: bool,
 }
 
 /// What of a proxy's labels its outbound config depends on.
@@ -156,6 +159,7 @@ impl ViewKey {
             interception: proxy.interception,
             bind_ip: (proxy.interception == InterceptionMode::None || proxy.node_type == NodeType::Router)
                 .then(|| proxy.primary_ip().to_owned()),
+            mtls: proxy.has_workload_certificate(),
         }
     }
 }
@@ -180,7 +184,7 @@ impl Parts {
 /// What of a view's outbound config may differ between `before` and `after`, from what each
 /// kind reads (keep in step with the translation modules):
 /// - clusters: services, their endpoints (DNS clusters carry them inline, ISTIO_MUTUAL SANs
-///   come from their accounts), DestinationRules, Sidecars, the mesh config;
+///   come from their accounts), DestinationRules, PeerAuthentications, Sidecars, the mesh config;
 /// - routes: services, VirtualServices, DestinationRules (subsets), Sidecars, the mesh config;
 /// - listeners: services, VirtualServices (TCP and TLS routes), Sidecars, the mesh config, and
 ///   in capture mode NONE the endpoints (the proxy's own inbound ports).
@@ -207,8 +211,10 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
     let endpoints = !same_map(&before.endpoints, &after.endpoints);
     let virtual_services = !same!(before.virtual_services, after.virtual_services);
     let rules = !same!(before.destination_rules, after.destination_rules);
+    // Auto mTLS towards a namespace follows its PeerAuthentication.
+    let peer_authentications = !same!(before.peer_authentications, after.peer_authentications);
     Parts {
-        clusters: services || endpoints || rules,
+        clusters: services || endpoints || rules || peer_authentications,
         routes: services || virtual_services || rules,
         listeners: services || virtual_services || (endpoints && key.interception == InterceptionMode::None),
     }

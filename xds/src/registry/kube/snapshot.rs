@@ -10,6 +10,7 @@ use kube::api::PartialObjectMeta;
 use rudder_config::Validate;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use rudder_config::security::PeerAuthentication;
 
 use super::convert::{self, Workloads};
 use crate::model::{Endpoint, Service, Snapshot};
@@ -30,6 +31,7 @@ pub struct KubeInputs {
     pub destination_rules: Vec<Arc<DestinationRule>>,
     pub gateways: Vec<Arc<Gateway>>,
     pub sidecars: Vec<Arc<Sidecar>>,
+    pub peer_authentications: Vec<Arc<PeerAuthentication>>,
     pub service_entries: Vec<Arc<ServiceEntry>>,
     pub workload_entries: Vec<Arc<WorkloadEntry>>,
     /// TLS Secrets (gateway `credentialName`s).
@@ -142,6 +144,7 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
         virtual_services: sorted(&inputs.virtual_services),
         destination_rules: sorted(&inputs.destination_rules),
         sidecars: sorted(&inputs.sidecars),
+        peer_authentications: sorted(&inputs.peer_authentications),
         gateways: sorted(&inputs.gateways),
         secrets: crate::registry::secret::credentials(inputs.secrets.iter().map(|s| s.as_ref())),
         by_address: Default::default(),

@@ -25,6 +25,7 @@ use kube::{Client, Resource};
 use rudder_config::Validate;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use rudder_config::security::PeerAuthentication;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -71,6 +72,7 @@ struct Sources {
     destination_rules: Decoded<DestinationRule>,
     gateways: Decoded<Gateway>,
     sidecars: Decoded<Sidecar>,
+    peer_authentications: Decoded<PeerAuthentication>,
     service_entries: Decoded<ServiceEntry>,
     workload_entries: Decoded<WorkloadEntry>,
     secrets: Store<Secret>,
@@ -106,6 +108,7 @@ impl Sources {
         let destination_rules = Decoded::start("DestinationRule", client, &mut streams);
         let gateways = Decoded::start("Gateway", client, &mut streams);
         let sidecars = Decoded::start("Sidecar", client, &mut streams);
+        let peer_authentications = Decoded::start("PeerAuthentication", client, &mut streams);
         let service_entries = Decoded::start("ServiceEntry", client, &mut streams);
         let workload_entries = Decoded::start("WorkloadEntry", client, &mut streams);
 
@@ -129,6 +132,7 @@ impl Sources {
             destination_rules,
             gateways,
             sidecars,
+            peer_authentications,
             service_entries,
             workload_entries,
             secrets,
@@ -147,6 +151,7 @@ impl Sources {
             destination_rules: self.destination_rules.current(),
             gateways: self.gateways.current(),
             sidecars: self.sidecars.current(),
+            peer_authentications: self.peer_authentications.current(),
             service_entries: self.service_entries.current(),
             workload_entries: self.workload_entries.current(),
             secrets: self.secrets.state(),

@@ -3,16 +3,24 @@
 //! HCM with an inline route to `inbound|<port>||`, TCP → tcp_proxy to it, sniffed → both),
 //! a passthrough chain for undeclared ports, and a blackhole chain for 15006 itself. Ports
 //! with a `bind` (Sidecar ingress, capture mode NONE) get a listener of their own instead.
-//! Plaintext only (see the parent module).
+//! Each port's chains follow its PeerAuthentication mode ([`crate::translate::security`]):
+//! DISABLE keeps plaintext chains only; STRICT has only chains that terminate Istio mTLS
+//! (matched on `transport_protocol: tls`, client certificate required, its identity forwarded
+//! to the app in `x-forwarded-client-cert`); PERMISSIVE has both, told apart by the TLS
+//! inspector. Over mTLS a sniffed port is served as TCP: the client's ALPN does not say
+//! whether HTTP follows.
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
-use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::core::v3::{TrafficDirection, TransportSocket};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, MaxStreamDuration};
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{
     Decorator, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    ForwardClientCertDetails, SetCurrentClientCertDetails,
 };
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 
@@ -24,6 +32,7 @@ use crate::translate::context::{
     BLACKHOLE_CLUSTER, Context, INBOUND_PASSTHROUGH_CLUSTER, InboundPort, VIRTUAL_INBOUND, inbound_cluster_name,
     listener_name,
 };
+use crate::translate::security::{PortMtls, inbound_mode, inbound_tls_socket};
 
 const WILDCARD: &str = "0.0.0.0";
 /// Name of the chain for connections to ports the workload did not declare.
@@ -39,7 +48,8 @@ pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
             let bind = p.bind.as_deref()?;
             let name = listener_name(bind, p.port);
             let mut l = listener(name.clone(), bind, p.port, TrafficDirection::Inbound, true);
-            set_chains(&mut l, port_chains(p, &name, None, &logs), detection_timeout(ctx));
+            let mode = inbound_mode(ctx.snapshot, ctx.proxy, p.port);
+            set_chains(&mut l, port_chains(p, &name, None, &logs, mode), detection_timeout(ctx));
             Some(l)
         })
         .collect();
@@ -67,13 +77,18 @@ fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &[AccessLog])
             tracing::warn!(proxy = %ctx.proxy, port = p.port, "workload port is the inbound capture port; skipped");
             continue;
         }
-        chains.extend(port_chains(p, &listener_name(WILDCARD, p.port), Some(p.port), logs));
+        let mode = inbound_mode(ctx.snapshot, ctx.proxy, p.port);
+        chains.extend(port_chains(p, &listener_name(WILDCARD, p.port), Some(p.port), logs, mode));
     }
-    chains.push(filter_chain(
-        VIRTUAL_INBOUND_PASSTHROUGH,
-        None,
-        vec![tcp_proxy(&TcpTarget::Cluster(INBOUND_PASSTHROUGH_CLUSTER.to_owned()), logs)],
-    ));
+    // Undeclared ports follow the workload's mode without a port.
+    let passthrough = || vec![tcp_proxy(&TcpTarget::Cluster(INBOUND_PASSTHROUGH_CLUSTER.to_owned()), logs)];
+    let mode = inbound_mode(ctx.snapshot, ctx.proxy, 0);
+    for (transport, socket) in transports(mode, &[]) {
+        let matched = transport.map(|t| FilterChainMatch { transport_protocol: t.to_owned(), ..Default::default() });
+        let mut chain = filter_chain(VIRTUAL_INBOUND_PASSTHROUGH, matched, passthrough());
+        chain.transport_socket = socket;
+        chains.push(chain);
+    }
     set_chains(&mut l, chains, detection_timeout(ctx));
     l
 }
@@ -82,27 +97,75 @@ fn port_match(port: u32) -> FilterChainMatch {
     FilterChainMatch { destination_port: Some(UInt32Value { value: port }), ..Default::default() }
 }
 
-/// The chains serving one workload port, matched on `destination_port` when given
+/// The transports a port in `mode` accepts: `(transport_protocol to match, socket)`. With one
+/// transport nothing needs matching; mTLS chains get the server TLS socket.
+fn transports(mode: PortMtls, alpn: &[&str]) -> Vec<(Option<&'static str>, Option<TransportSocket>)> {
+    match mode {
+        PortMtls::Disable => vec![(None, None)],
+        PortMtls::Strict => vec![(Some("tls"), Some(inbound_tls_socket(alpn)))],
+        PortMtls::Permissive => vec![(Some("tls"), Some(inbound_tls_socket(alpn))), (Some("raw_buffer"), None)],
+    }
+}
+
+/// The chains serving one workload port in `mode`, matched on `destination_port` when given
 /// (`virtualInbound`) and on nothing else for a listener of its own.
-fn port_chains(p: &InboundPort, name: &str, destination_port: Option<u32>, logs: &[AccessLog]) -> Vec<FilterChain> {
-    let base = FilterChainMatch {
-        destination_port: destination_port.map(|value| UInt32Value { value }),
-        ..Default::default()
-    };
+fn port_chains(
+    p: &InboundPort,
+    name: &str,
+    destination_port: Option<u32>,
+    logs: &[AccessLog],
+    mode: PortMtls,
+) -> Vec<FilterChain> {
+    let alpn: &[&str] = if p.protocol.is_http() { &["h2", "http/1.1"] } else { &[] };
+    let mut chains = Vec::new();
+    for (transport, socket) in transports(mode, alpn) {
+        let base = FilterChainMatch {
+            destination_port: destination_port.map(|value| UInt32Value { value }),
+            transport_protocol: transport.unwrap_or_default().to_owned(),
+            ..Default::default()
+        };
+        let mut port = protocol_chains(p, name, base, logs, socket.is_some());
+        for chain in &mut port {
+            chain.transport_socket.clone_from(&socket);
+        }
+        chains.extend(port);
+    }
+    chains
+}
+
+/// One transport's chains of a port: HTTP, TCP, or both when the protocol is sniffed (over
+/// mTLS, TCP).
+fn protocol_chains(
+    p: &InboundPort,
+    name: &str,
+    base: FilterChainMatch,
+    logs: &[AccessLog],
+    mtls: bool,
+) -> Vec<FilterChain> {
     let base_match = (base != FilterChainMatch::default()).then(|| base.clone());
     let cluster = inbound_cluster_name(p.port);
     let hcm = || {
-        let hcm = http_connection_manager(
+        let mut hcm = http_connection_manager(
             &format!("inbound_{name}"),
             Routes::Inline(Box::new(inbound_route_config(p.port, p.protocol))),
             logs,
         );
+        if mtls {
+            // The app learns who called: the client certificate's SPIFFE id (URI) and more.
+            hcm.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
+            hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+                subject: Some(BoolValue { value: true }),
+                uri: true,
+                dns: true,
+                ..Default::default()
+            });
+        }
         hcm_filter(hcm)
     };
     let tcp = || tcp_proxy(&TcpTarget::Cluster(cluster.clone()), logs);
     if p.protocol.is_http() {
         vec![filter_chain(name, base_match, vec![hcm()])]
-    } else if p.protocol.is_auto() {
+    } else if p.protocol.is_auto() && !mtls {
         let http_match = FilterChainMatch {
             application_protocols: SNIFFED_HTTP_PROTOCOLS.iter().map(|s| (*s).to_owned()).collect(),
             ..base

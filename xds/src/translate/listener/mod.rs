@@ -6,8 +6,7 @@
 //! shares, gateways included), [`access_log`] (file logs from MeshConfig), [`l4_routes`]
 //! (VirtualService `tcp`/`tls` routes as filter chains), `outbound` and `inbound`.
 //!
-//! Inbound chains are plaintext only: Rudder proxies have no workload certificates yet, so
-//! every workload port behaves as PeerAuthentication DISABLE.
+//! Inbound chains follow PeerAuthentication (see `inbound` and [`crate::translate::security`]).
 
 pub mod access_log;
 pub mod hcm;
@@ -90,7 +89,7 @@ pub(crate) fn filter_chain(
 fn listener_filters(chains: &[FilterChain]) -> Vec<ListenerFilter> {
     let matches = || chains.iter().filter_map(|c| c.filter_chain_match.as_ref());
     let mut filters = Vec::new();
-    if matches().any(|m| !m.server_names.is_empty()) {
+    if matches().any(|m| !m.server_names.is_empty() || !m.transport_protocol.is_empty()) {
         filters.push(ListenerFilter {
             name: TLS_INSPECTOR.to_owned(),
             config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(TlsInspector::default()))),
