@@ -43,11 +43,12 @@ pub enum Scenario {
     SidecarScope,
     MtlsPermissive,
     MtlsStrict,
+    IngressIstioMutual,
 }
 
 impl Scenario {
     /// Every scenario, in the order the demo walks through them.
-    pub const ALL: [Scenario; 24] = [
+    pub const ALL: [Scenario; 25] = [
         Self::RouteAllToV1,
         Self::UriMatch,
         Self::Split,
@@ -72,6 +73,7 @@ impl Scenario {
         Self::SidecarScope,
         Self::MtlsPermissive,
         Self::MtlsStrict,
+        Self::IngressIstioMutual,
     ];
 
     /// The config it applies: a file of `examples/traffic/`, or its own YAML.
@@ -99,6 +101,7 @@ impl Scenario {
             Self::SidecarScope => Inline(SIDECAR_SCOPE_YAML),
             Self::MtlsPermissive => Inline(MTLS_PERMISSIVE_YAML),
             Self::MtlsStrict => Example("20-peer-authentication-strict.yaml"),
+            Self::IngressIstioMutual => Example("21-gateway-istio-mutual.yaml"),
             Self::IngressToEgress => Composed(ingress_to_egress_yaml),
         }
     }
@@ -238,6 +241,7 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::SidecarScope => sidecar_scope(mesh, before_scope.unwrap_or_default()).await,
         Scenario::MtlsPermissive => mutual_tls(mesh, false).await,
         Scenario::MtlsStrict => mutual_tls(mesh, true).await,
+        Scenario::IngressIstioMutual => ingress_istio_mutual(mesh).await,
         Scenario::IngressTls => match &tls {
             Some(tls) => ingress_tls(mesh, tls).await,
             None => anyhow::bail!("no TLS fixture"),
@@ -1151,6 +1155,39 @@ async fn mutual_tls(mesh: &LocalMesh, strict: bool) -> anyhow::Result<String> {
     Ok(format!(
         "PeerAuthentication {}: the client sidecar reaches httpbin over mTLS as {CLIENT_IDENTITY} (x-forwarded-client-cert); {outcome}",
         if strict { "STRICT" } else { "PERMISSIVE" }
+    ))
+}
+
+/// Example 21: the gateway's ISTIO_MUTUAL server admits a caller with a certificate of the mesh
+/// (and proves its own mesh identity); callers without one, or with another CA's, are refused.
+async fn ingress_istio_mutual(mesh: &LocalMesh) -> anyhow::Result<String> {
+    const HOST: &str = "httpbin.mesh.internal";
+    const GATEWAY_IDENTITY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
+    let root = std::fs::read_to_string(mesh.root_cert())?;
+    let caller = crate::tls::mesh_certificate(
+        &mesh.ca_dir(),
+        &rudder_xds::ca::SpiffeId::new("cluster.local", "testns1", "sleep"),
+    )?;
+    let addr = mesh.gateway_https();
+    let get = |client: Option<crate::tls::CertPair>| {
+        let root = root.clone();
+        async move { crate::tls::mesh_https_get(addr, HOST, HOST, "/get", &root, client.as_ref(), GATEWAY_IDENTITY).await }
+    };
+    let mut versions = BTreeMap::new();
+    for _ in 0..4 {
+        let reply = get(Some(caller.clone())).await?;
+        anyhow::ensure!(reply.status == 200, "a mesh caller got status {}: {}", reply.status, reply.body);
+        let version = reply.headers.get("x-echo-version").cloned().unwrap_or_default();
+        *versions.entry(version).or_insert(0usize) += 1;
+    }
+    let without = get(None).await;
+    anyhow::ensure!(without.is_err(), "a caller without a certificate got {:?}", without.map(|r| r.status));
+    let stranger = crate::tls::TestCa::new("not the mesh")?.client("stranger")?;
+    let foreign = get(Some(stranger)).await;
+    anyhow::ensure!(foreign.is_err(), "a caller with another CA's certificate got {:?}", foreign.map(|r| r.status));
+    Ok(format!(
+        "gateway ISTIO_MUTUAL: a caller with a mesh certificate reaches httpbin ({}), the gateway proving {GATEWAY_IDENTITY}; no certificate or another CA's → refused",
+        show(&versions)
     ))
 }
 

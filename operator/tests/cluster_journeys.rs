@@ -572,6 +572,51 @@ spec:
 }
 
 /// `GET` on discovery's monitoring port through the API server's pod proxy.
+/// Journey f: the mesh CA in a cluster. Discovery published the root in every namespace; the
+/// injected sleep reaches httpbin over mutual TLS and httpbin sees sleep's SPIFFE id; a client
+/// without a sidecar (namespace `plain`) gets through under the default PERMISSIVE and is
+/// refused once testns1 is STRICT.
+fn mesh_traffic_is_mutual_tls(cluster: &Cluster) {
+    cluster.kubectl(&["create", "namespace", "plain"]).unwrap();
+    wait_for("istio-ca-root-cert published in a new namespace", Duration::from_secs(30), || {
+        jsonpath(cluster, &["-n", "plain", "get", "configmap", "istio-ca-root-cert"], "{.data.root-cert\\.pem}")
+            .and_then(|pem| if pem.contains("BEGIN CERTIFICATE") { Ok(()) } else { Err(pem) })
+    });
+    let sleep =
+        std::fs::read_to_string(example("apps/sleep.yaml")).unwrap().replace("namespace: testns1", "namespace: plain");
+    cluster.apply(&sleep).unwrap();
+    cluster.kubectl(&["-n", "plain", "rollout", "status", "deploy/sleep", "--timeout=120s"]).unwrap();
+    let plain = |script: &str| {
+        cluster.kubectl(&["-n", "plain", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c", script]).unwrap()
+    };
+    let plain_code =
+        || plain("curl -s -o /dev/null --max-time 5 -w '%{http_code}' http://httpbin.testns1:8000/get || true");
+
+    let headers = in_sleep(cluster, "curl -s --max-time 10 http://httpbin.testns1:8000/headers");
+    assert!(
+        headers.contains("URI=spiffe://cluster.local/ns/testns1/sa/sleep"),
+        "httpbin sees sleep's identity in x-forwarded-client-cert: {headers}"
+    );
+    let sleep_pod =
+        jsonpath(cluster, &["-n", "testns1", "get", "pods", "-l", "app=sleep"], "{.items[0].metadata.name}").unwrap();
+    let secrets = rudder(cluster, &["proxy-config", "secret", &sleep_pod, "-n", "testns1"]);
+    assert!(secrets.contains("default") && secrets.contains("ROOTCA"), "{secrets}");
+    assert_eq!(plain_code(), "200", "PERMISSIVE (the default) takes plaintext");
+
+    cluster.kubectl(&["apply", "-f", &example("traffic/20-peer-authentication-strict.yaml")]).unwrap();
+    let refused = wait_for("STRICT refuses the plaintext client", Duration::from_secs(60), || {
+        let code = plain_code();
+        if code == "000" { Ok(code) } else { Err(code) }
+    });
+    let through_sidecar = requests(cluster, 5, "", "/get");
+    assert!(through_sidecar.iter().all(|(code, _)| *code == 200), "{through_sidecar:?}");
+    cluster.kubectl(&["delete", "-f", &example("traffic/20-peer-authentication-strict.yaml")]).unwrap();
+    cluster.kubectl(&["delete", "namespace", "plain", "--wait=false"]).unwrap();
+    println!(
+        "journey f: root published to a new namespace; sleep → httpbin over mTLS as spiffe://cluster.local/ns/testns1/sa/sleep; plaintext client 200 under PERMISSIVE, {refused} under STRICT; sleep 5/5 200"
+    );
+}
+
 fn istiod_debug(cluster: &Cluster, what: &str) -> Result<String, String> {
     istiod_debug_of(cluster, "default", what)
 }
@@ -617,6 +662,7 @@ fn user_journeys_on_a_real_cluster() {
     operator_installs_the_default_control_plane(cluster);
     injected_apps_follow_the_traffic_rules(cluster);
     ingress_gateway_routes_into_the_mesh(cluster);
+    mesh_traffic_is_mutual_tls(cluster);
     operator_reconciles_edits_and_drift(cluster);
     canary_upgrade_without_failed_requests(cluster);
 }

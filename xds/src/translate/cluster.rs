@@ -79,7 +79,7 @@ const DEFAULT_RING_SIZE: u64 = 1024;
 const MAX_RING_SIZE: u64 = 8_388_608;
 /// Maglev table sizes must be prime and below this.
 const MAGLEV_MAX_TABLE_SIZE: u64 = 5_000_011;
-const TRANSPORT_SOCKET_TLS: &str = "envoy.transport_sockets.tls";
+use super::security::TRANSPORT_SOCKET_TLS;
 
 /// Clusters for reaching services: one per visible service port and DestinationRule subset,
 /// sorted by name (first wins on a duplicate name), then BlackHole, Passthrough and
@@ -913,7 +913,7 @@ fn service_accounts(ctx: &Context<'_>, service: &Service) -> Vec<String> {
 
 /// A validation context that only checks SANs (exact match); the trust anchor is added by the
 /// caller. A name with a scheme is a URI SAN, an address an IP SAN, anything else a DNS SAN.
-fn san_validation(names: &[String]) -> CertificateValidationContext {
+pub(crate) fn san_validation(names: &[String]) -> CertificateValidationContext {
     use subject_alt_name_matcher::SanType;
     CertificateValidationContext {
         match_typed_subject_alt_names: names

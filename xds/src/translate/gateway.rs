@@ -14,8 +14,10 @@
 //!   host with no routes (404);
 //! - secrets `kubernetes://<credentialName>` and `kubernetes://<credentialName>-cacert`.
 //!
-//! Not yet: ISTIO_MUTUAL and AUTO_PASSTHROUGH (they need the mesh CA), a server whose
-//! credential is missing is skipped (Envoy would otherwise keep the whole listener warming).
+//! ISTIO_MUTUAL terminates with the gateway's workload certificate (`default` from the agent's
+//! SDS) and requires a client certificate of the mesh (`ROOTCA`, `subjectAltNames` when given).
+//! A server whose credential is missing is skipped (Envoy would otherwise keep the whole
+//! listener warming). Not yet: AUTO_PASSTHROUGH.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use rudder_config::networking::Gateway;
 use rudder_config::networking::gateway::{Server, ServerTlsMode, ServerTlsSettings, TlsProtocol};
 use rudder_config::networking::virtual_service::TlsMatchAttributes;
 
+use super::cluster::{san_validation, sds_grpc_secret};
 use super::context::{Context, host_matches, listener_name, resolve_host};
 use super::listener::hcm::{Routes, TcpTarget, hcm_filter, http_connection_manager, tcp_proxy};
 use super::listener::{access_log, filter_chain, l4_routes, listener, set_chains};
@@ -42,7 +45,7 @@ use crate::model::{InterceptionMode, Protocol, labels_match};
 use crate::registry::secret as secret_key;
 
 const WILDCARD: &str = "0.0.0.0";
-const TRANSPORT_SOCKET_TLS: &str = "envoy.transport_sockets.tls";
+use super::security::TRANSPORT_SOCKET_TLS;
 /// SDS resource names of credentials, as istiod names them.
 pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
 pub const CA_SUFFIX: &str = "-cacert";
@@ -80,7 +83,12 @@ impl GatewayServer<'_> {
         self.protocol == Protocol::Https
             && matches!(
                 self.tls_mode(),
-                Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
+                Some(
+                    ServerTlsMode::Simple
+                        | ServerTlsMode::Mutual
+                        | ServerTlsMode::OptionalMutual
+                        | ServerTlsMode::IstioMutual
+                )
             )
     }
 
@@ -201,7 +209,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                     port = server.number,
                     protocol = ?server.protocol,
                     tls = ?server.tls_mode(),
-                    "server not supported yet (ISTIO_MUTUAL and AUTO_PASSTHROUGH need the mesh CA); skipped"
+                    "server not supported yet (AUTO_PASSTHROUGH, or TLS termination for a non-HTTPS protocol); skipped"
                 );
             }
         }
@@ -339,7 +347,24 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
         ..Default::default()
     };
     let mutual = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
-    if !tls.credential_name.is_empty() {
+    if mode == ServerTlsMode::IstioMutual {
+        // The gateway's own workload certificate; clients present one of the mesh.
+        if !ctx.proxy.has_workload_certificate() {
+            return Err("ISTIO_MUTUAL needs the gateway's workload certificate (run discovery with the mesh CA)".into());
+        }
+        common.tls_certificate_sds_secret_configs = vec![sds_grpc_secret("default")];
+        let mut validation = CertificateValidationContext::default();
+        if !tls.subject_alt_names.is_empty() {
+            validation = san_validation(&tls.subject_alt_names);
+        }
+        common.validation_context_type = Some(common_tls_context::ValidationContextType::CombinedValidationContext(
+            common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: Some(validation),
+                validation_context_sds_secret_config: Some(sds_grpc_secret("ROOTCA")),
+                ..Default::default()
+            },
+        ));
+    } else if !tls.credential_name.is_empty() {
         let credential = credential(ctx, &tls.credential_name).ok_or_else(|| {
             format!("credentialName {:?}: no such Secret in namespace {}", tls.credential_name, ctx.proxy.namespace)
         })?;
@@ -381,7 +406,9 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
     }
     let context = DownstreamTlsContext {
         common_tls_context: Some(common),
-        require_client_certificate: Some(BoolValue { value: mode == ServerTlsMode::Mutual }),
+        require_client_certificate: Some(BoolValue {
+            value: matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::IstioMutual),
+        }),
         ..Default::default()
     };
     Ok(TransportSocket {
