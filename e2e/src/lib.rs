@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod cluster_dns;
 pub mod http;
+pub mod jwt;
 pub mod loadclient;
 pub mod mesh;
 pub mod process;

@@ -432,7 +432,7 @@ impl LocalMesh {
                 (_, Err(_)) => false,
             };
             let sync = self.syncz().await;
-            if pushed && sync.as_ref().is_ok_and(|s| synced(s, wanted)) {
+            if pushed && sync.as_ref().is_ok_and(|s| synced(s, wanted)) && self.nothing_draining().await {
                 self.changed_after = None;
                 return Ok(());
             }
@@ -454,6 +454,19 @@ impl LocalMesh {
 
     /// A sidecar's Envoy stats whose names contain `filter` (letters, digits, `.` and `_`
     /// only: it is sent as Envoy's filter regex), by full name. Counters and gauges only.
+    /// Whether every proxy is done draining replaced listeners and filter chains: until then,
+    /// connections opened before a change (a client's pooled upstream connection) still run
+    /// the old chain, e.g. an old authorization policy.
+    async fn nothing_draining(&self) -> bool {
+        for name in self.sidecars.keys() {
+            match self.sidecar_stats(name, "listener_manager.total_.*_draining").await {
+                Ok(stats) if stats.values().all(|v| *v == 0) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
     pub async fn sidecar_stats(&self, sidecar: &str, filter: &str) -> anyhow::Result<BTreeMap<String, u64>> {
         let url = self.admin_url(sidecar, &format!("/stats?filter={filter}"));
         let reply = self.client.send(&Req::get(&url, "")).await?;

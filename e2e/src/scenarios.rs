@@ -44,11 +44,13 @@ pub enum Scenario {
     MtlsPermissive,
     MtlsStrict,
     IngressIstioMutual,
+    Authorization,
+    JwtAuthentication,
 }
 
 impl Scenario {
     /// Every scenario, in the order the demo walks through them.
-    pub const ALL: [Scenario; 25] = [
+    pub const ALL: [Scenario; 27] = [
         Self::RouteAllToV1,
         Self::UriMatch,
         Self::Split,
@@ -74,6 +76,8 @@ impl Scenario {
         Self::MtlsPermissive,
         Self::MtlsStrict,
         Self::IngressIstioMutual,
+        Self::Authorization,
+        Self::JwtAuthentication,
     ];
 
     /// The config it applies: a file of `examples/traffic/`, or its own YAML.
@@ -102,6 +106,8 @@ impl Scenario {
             Self::MtlsPermissive => Inline(MTLS_PERMISSIVE_YAML),
             Self::MtlsStrict => Example("20-peer-authentication-strict.yaml"),
             Self::IngressIstioMutual => Example("21-gateway-istio-mutual.yaml"),
+            Self::Authorization => Example("22-authorization-policy.yaml"),
+            Self::JwtAuthentication => Generated,
             Self::IngressToEgress => Composed(ingress_to_egress_yaml),
         }
     }
@@ -111,7 +117,7 @@ impl Scenario {
         match self.config() {
             Config::Example(file) => format!("examples/traffic/{file}"),
             Config::Inline(_) | Config::Composed(_) => "built-in local config".into(),
-            Config::Generated => "built-in local config with certificates made for the run".into(),
+            Config::Generated => "built-in local config with certificates or keys made for the run".into(),
         }
     }
 }
@@ -196,6 +202,10 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::IngressTls => Some(IngressTls::new(mesh).await?),
         _ => None,
     };
+    let jwt = match scenario {
+        Scenario::JwtAuthentication => Some(crate::jwt::JwtIssuer::new("e2e")?),
+        _ => None,
+    };
     // The client's clusters before its Sidecar scopes it, to compare with after.
     let before_scope = match scenario {
         Scenario::SidecarScope => {
@@ -206,7 +216,11 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         _ => None,
     };
     let yaml = match scenario.config() {
-        Config::Generated => tls.as_ref().map(IngressTls::yaml).unwrap_or_default(),
+        Config::Generated => match (&tls, &jwt) {
+            (Some(tls), _) => tls.yaml(),
+            (None, Some(issuer)) => jwt_yaml(issuer),
+            (None, None) => String::new(),
+        },
         Config::Example(file) => {
             let path: PathBuf = examples.join("traffic").join(file);
             std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
@@ -242,6 +256,11 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::MtlsPermissive => mutual_tls(mesh, false).await,
         Scenario::MtlsStrict => mutual_tls(mesh, true).await,
         Scenario::IngressIstioMutual => ingress_istio_mutual(mesh).await,
+        Scenario::Authorization => authorization(mesh).await,
+        Scenario::JwtAuthentication => match &jwt {
+            Some(issuer) => jwt_authentication(mesh, issuer).await,
+            None => anyhow::bail!("no JWT issuer"),
+        },
         Scenario::IngressTls => match &tls {
             Some(tls) => ingress_tls(mesh, tls).await,
             None => anyhow::bail!("no TLS fixture"),
@@ -1189,6 +1208,119 @@ async fn ingress_istio_mutual(mesh: &LocalMesh) -> anyhow::Result<String> {
         "gateway ISTIO_MUTUAL: a caller with a mesh certificate reaches httpbin ({}), the gateway proving {GATEWAY_IDENTITY}; no certificate or another CA's → refused",
         show(&versions)
     ))
+}
+
+/// Status of `method path` from the client sidecar to httpbin, with extra headers.
+async fn status_via_client(
+    mesh: &LocalMesh,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<u16> {
+    let mut req = mesh.via_client(SERVICE_HOST, path).method(method);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    Ok(mesh.send(&req).await?.status.as_u16())
+}
+
+/// Example 22: httpbin admits GETs of a few paths from sleep's identity only, and denies
+/// /status/418 to everyone (DENY is evaluated before ALLOW).
+async fn authorization(mesh: &LocalMesh) -> anyhow::Result<String> {
+    let mut seen = Vec::new();
+    for (method, path, want) in [
+        (Method::GET, "/get", 200),
+        (Method::GET, "/status/200", 200),
+        (Method::POST, "/post", 403),
+        (Method::GET, "/delay/0", 403),
+        (Method::GET, "/status/418", 403),
+    ] {
+        let got = status_via_client(mesh, method.clone(), path, &[]).await?;
+        anyhow::ensure!(got == want, "sleep {method} {path}: want {want}, got {got}");
+        seen.push(format!("{method} {path} {got}"));
+    }
+    // Straight to httpbin's sidecar over mTLS, as two identities.
+    let root = std::fs::read_to_string(mesh.root_cert())?;
+    let v1 = WORKLOADS[0];
+    let addr = std::net::SocketAddr::new(mesh.ip(v1.host).into(), SERVICE_PORT);
+    let as_identity = |account: &'static str| {
+        let root = root.clone();
+        let ca_dir = mesh.ca_dir();
+        async move {
+            let id = rudder_xds::ca::SpiffeId::new("cluster.local", "testns1", account);
+            let cert = crate::tls::mesh_certificate(&ca_dir, &id)?;
+            let server = "spiffe://cluster.local/ns/testns1/sa/httpbin";
+            crate::tls::mesh_https_get(addr, SERVICE_HOST, SERVICE_HOST, "/get", &root, Some(&cert), server).await
+        }
+    };
+    let sleep = as_identity("sleep").await?;
+    anyhow::ensure!(sleep.status == 200, "as sleep, straight to httpbin: {}", sleep.status);
+    let other = as_identity("other").await?;
+    anyhow::ensure!(other.status == 403, "as testns1/other, straight to httpbin: {} (want 403)", other.status);
+    Ok(format!("AuthorizationPolicy: sleep {}; as testns1/other GET /get → 403, as sleep → 200", seen.join(", ")))
+}
+
+const JWT_ISSUER: &str = "testing@rudder.local";
+
+fn jwt_yaml(issuer: &crate::jwt::JwtIssuer) -> String {
+    format!(
+        r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: httpbin, namespace: testns1}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  jwtRules:
+  - issuer: {JWT_ISSUER}
+    jwks: '{jwks}'
+    outputPayloadToHeader: x-jwt-payload
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: testns1}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  rules:
+  - from: [{{source: {{requestPrincipals: ["{JWT_ISSUER}/*"]}}}}]
+    to: [{{operation: {{paths: ["/headers", "/get"]}}}}]
+  - to: [{{operation: {{paths: ["/status/*"]}}}}]
+    when: [{{key: "request.auth.claims[groups]", values: ["admins"]}}]
+"#,
+        jwks = issuer.jwks()
+    )
+}
+
+/// RequestAuthentication with a test issuer, and a policy asking for its tokens: a valid token
+/// is admitted (and its payload forwarded), none is 403, an expired or foreign one is 401; a
+/// claim condition admits the admins only.
+async fn jwt_authentication(mesh: &LocalMesh, issuer: &crate::jwt::JwtIssuer) -> anyhow::Result<String> {
+    let now = crate::jwt::now();
+    let claims = |sub: &str, groups: &[&str], exp: u64| serde_json::json!({"iss": JWT_ISSUER, "sub": sub, "groups": groups, "iat": now.saturating_sub(60), "exp": exp});
+    let valid = issuer.token(&claims("alice", &["users"], now + 3600))?;
+    let admin = issuer.token(&claims("root", &["admins"], now + 3600))?;
+    let expired = issuer.token(&claims("alice", &["users"], now.saturating_sub(600)))?;
+    let foreign = crate::jwt::JwtIssuer::new("e2e")?.token(&claims("mallory", &["admins"], now + 3600))?;
+    let bearer = |token: &str| format!("Bearer {token}");
+
+    let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/headers").header("authorization", &bearer(&valid))).await?;
+    anyhow::ensure!(reply.status == StatusCode::OK, "a valid token: status {}", reply.status);
+    let payload = reply.json()["headers"]["x-jwt-payload"].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(!payload.is_empty(), "outputPayloadToHeader: no x-jwt-payload at httpbin: {}", reply.json()["headers"]);
+    let cases = [
+        ("no token", "/headers", None, 403),
+        ("an expired token", "/headers", Some(&expired), 401),
+        ("a token of another key", "/headers", Some(&foreign), 401),
+        ("a user on /status/200", "/status/200", Some(&valid), 403),
+        ("an admin on /status/200", "/status/200", Some(&admin), 200),
+    ];
+    let mut seen = vec!["a valid token → 200 (payload forwarded)".to_owned()];
+    for (what, path, token, want) in cases {
+        let header = token.map(|t| bearer(t));
+        let headers: Vec<(&str, &str)> = header.iter().map(|h| ("authorization", h.as_str())).collect();
+        let got = status_via_client(mesh, Method::GET, path, &headers).await?;
+        anyhow::ensure!(got == want, "{what}: want {want}, got {got}");
+        seen.push(format!("{what} → {got}"));
+    }
+    Ok(format!("RequestAuthentication + requestPrincipals: {}", seen.join("; ")))
 }
 
 fn first_line(error: &anyhow::Error) -> String {

@@ -586,11 +586,15 @@ fn mesh_traffic_is_mutual_tls(cluster: &Cluster) {
         std::fs::read_to_string(example("apps/sleep.yaml")).unwrap().replace("namespace: testns1", "namespace: plain");
     cluster.apply(&sleep).unwrap();
     cluster.kubectl(&["-n", "plain", "rollout", "status", "deploy/sleep", "--timeout=120s"]).unwrap();
+    // Fully qualified: without a sidecar, the pod asks the cluster DNS, which has no search path.
     let plain = |script: &str| {
         cluster.kubectl(&["-n", "plain", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c", script]).unwrap()
     };
-    let plain_code =
-        || plain("curl -s -o /dev/null --max-time 5 -w '%{http_code}' http://httpbin.testns1:8000/get || true");
+    let plain_code = || {
+        plain(
+            "curl -s -o /dev/null --max-time 5 -w '%{http_code}' http://httpbin.testns1.svc.cluster.local:8000/get || true",
+        )
+    };
 
     let headers = in_sleep(cluster, "curl -s --max-time 10 http://httpbin.testns1:8000/headers");
     assert!(
@@ -601,7 +605,20 @@ fn mesh_traffic_is_mutual_tls(cluster: &Cluster) {
         jsonpath(cluster, &["-n", "testns1", "get", "pods", "-l", "app=sleep"], "{.items[0].metadata.name}").unwrap();
     let secrets = rudder(cluster, &["proxy-config", "secret", &sleep_pod, "-n", "testns1"]);
     assert!(secrets.contains("default") && secrets.contains("ROOTCA"), "{secrets}");
-    assert_eq!(plain_code(), "200", "PERMISSIVE (the default) takes plaintext");
+    wait_for("PERMISSIVE (the default) takes plaintext", Duration::from_secs(60), || {
+        let code = plain_code();
+        if code == "200" {
+            return Ok(());
+        }
+        let verbose = plain(
+            "curl -sv -o /dev/null --max-time 5 http://httpbin.testns1.svc.cluster.local:8000/get 2>&1 | tail -5 || true",
+        );
+        let pod =
+            jsonpath(cluster, &["-n", "testns1", "get", "pods", "-l", "app=httpbin"], "{.items[0].metadata.name}")
+                .unwrap_or_default();
+        let listeners = rudder(cluster, &["proxy-config", "listeners", &pod, "-n", "testns1", "--port", "15006"]);
+        Err(format!("{code}\n{verbose}\n{listeners}"))
+    });
 
     cluster.kubectl(&["apply", "-f", &example("traffic/20-peer-authentication-strict.yaml")]).unwrap();
     let refused = wait_for("STRICT refuses the plaintext client", Duration::from_secs(60), || {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
-use rudder_config::security::PeerAuthentication;
+use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Application protocol of a service port, from its `protocol` field or its name prefix
 /// (`http-web`, `grpc`, …), as Istio infers it.
@@ -214,6 +214,12 @@ pub struct Snapshot {
     pub sidecars: Vec<Arc<Sidecar>>,
     /// Sorted by namespace and name.
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
+    /// Sorted by namespace and name.
+    pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
+    /// Sorted by namespace and name.
+    pub request_authentications: Vec<Arc<RequestAuthentication>>,
+    /// JWKS documents fetched for RequestAuthentication `jwksUri`s, by URI.
+    pub jwks: BTreeMap<String, Arc<str>>,
     pub gateways: Vec<Arc<Gateway>>,
     /// TLS credentials gateways name in `credentialName`, by `<namespace>/<name>`.
     pub secrets: BTreeMap<String, Arc<TlsCredential>>,

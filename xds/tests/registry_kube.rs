@@ -251,6 +251,7 @@ async fn first_snapshot_then_updates_then_shutdown() {
     assert_eq!(
         lists,
         [
+            "authorizationpolicies",
             "destinationrules",
             "endpointslices",
             "gateways",
@@ -258,6 +259,7 @@ async fn first_snapshot_then_updates_then_shutdown() {
             "nodes",
             "peerauthentications",
             "pods",
+            "requestauthentications",
             "secrets",
             "serviceentries",
             "services",

@@ -23,7 +23,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use rudder_config::load::{self, Loaded};
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
-use rudder_config::security::PeerAuthentication;
+use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use rudder_config::{IstioObject, Report, Validate};
 use tokio::sync::{mpsc, watch};
 
@@ -57,6 +57,8 @@ struct FileObjects {
     sidecars: Vec<Arc<Sidecar>>,
     gateways: Vec<Arc<Gateway>>,
     peer_authentications: Vec<Arc<PeerAuthentication>>,
+    authorization_policies: Vec<Arc<AuthorizationPolicy>>,
+    request_authentications: Vec<Arc<RequestAuthentication>>,
     service_entries: Vec<Arc<ServiceEntry>>,
     workload_entries: Vec<Arc<WorkloadEntry>>,
     /// `kind: Secret` documents: gateway credentials in file mode.
@@ -73,6 +75,8 @@ impl FileObjects {
                 IstioObject::Sidecar(o) => objects.sidecars.push(Arc::from(o)),
                 IstioObject::Gateway(o) => objects.gateways.push(Arc::from(o)),
                 IstioObject::PeerAuthentication(o) => objects.peer_authentications.push(Arc::from(o)),
+                IstioObject::AuthorizationPolicy(o) => objects.authorization_policies.push(Arc::from(o)),
+                IstioObject::RequestAuthentication(o) => objects.request_authentications.push(Arc::from(o)),
                 IstioObject::ServiceEntry(o) => objects.service_entries.push(Arc::from(o)),
                 IstioObject::WorkloadEntry(o) => objects.workload_entries.push(Arc::from(o)),
                 _ => {}
@@ -87,6 +91,8 @@ impl FileObjects {
         inputs.sidecars.extend(self.sidecars.iter().cloned());
         inputs.gateways.extend(self.gateways.iter().cloned());
         inputs.peer_authentications.extend(self.peer_authentications.iter().cloned());
+        inputs.authorization_policies.extend(self.authorization_policies.iter().cloned());
+        inputs.request_authentications.extend(self.request_authentications.iter().cloned());
         inputs.service_entries.extend(self.service_entries.iter().cloned());
         inputs.workload_entries.extend(self.workload_entries.iter().cloned());
         inputs.secrets.extend(self.secrets.iter().cloned());

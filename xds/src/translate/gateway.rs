@@ -26,6 +26,7 @@ use envoy_types::pb::envoy::config::core::v3::{DataSource, TrafficDirection, Tra
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, TlsCertificate,
     TlsParameters, common_tls_context, secret, tls_parameters,
@@ -170,6 +171,7 @@ fn server_host_match(server_host: &str, gateway_namespace: &str, vs_namespace: &
 /// Listeners of a gateway proxy: one per (bind, target port), sorted by name.
 pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let logs = access_log::from_mesh(&ctx.snapshot.mesh);
+    let authorization = super::authz::http_filters(ctx.snapshot, ctx.proxy);
     let servers = servers(ctx);
     let mut by_listener: BTreeMap<(&str, u32), Vec<&GatewayServer<'_>>> = BTreeMap::new();
     for server in &servers {
@@ -185,13 +187,27 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                 // Every plain HTTP server of the port shares one chain and `http.<port>`.
                 if !plain_http {
                     plain_http = true;
-                    chains.push(http_chain(&name, None, None, Routes::Rds(format!("http.{port}")), &logs));
+                    chains.push(http_chain(
+                        &name,
+                        None,
+                        None,
+                        Routes::Rds(format!("http.{port}")),
+                        &logs,
+                        &authorization,
+                    ));
                 }
             } else if server.terminates_tls() {
                 match downstream_tls(ctx, server) {
                     Ok(socket) => {
                         let route = Routes::Rds(server.https_route_name());
-                        chains.push(http_chain(&name, sni_match(&server.server.hosts), Some(socket), route, &logs));
+                        chains.push(http_chain(
+                            &name,
+                            sni_match(&server.server.hosts),
+                            Some(socket),
+                            route,
+                            &logs,
+                            &authorization,
+                        ));
                     }
                     Err(why) => tracing::warn!(
                         gateway = %server.gateway_name, port = server.number, "server skipped: {why}"
@@ -238,10 +254,14 @@ fn http_chain(
     transport_socket: Option<TransportSocket>,
     routes: Routes,
     logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+    authorization: &[HttpFilter],
 ) -> FilterChain {
     let mut hcm = http_connection_manager(&format!("outbound_{listener}"), routes, logs);
     // The gateway is the edge: the client's address is the remote address.
     hcm.use_remote_address = Some(BoolValue { value: true });
+    // AuthorizationPolicies selecting the gateway workload, before the router.
+    let router = hcm.http_filters.len().saturating_sub(1);
+    hcm.http_filters.splice(router..router, authorization.iter().cloned());
     let mut chain = filter_chain("", filter_chain_match, vec![hcm_filter(hcm)]);
     chain.transport_socket = transport_socket;
     chain

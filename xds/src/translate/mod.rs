@@ -9,6 +9,8 @@
 //! - [`inbound`]: the proxy's own workload side (inbound listeners and clusters), per proxy;
 //! - [`endpoints`]: every ClusterLoadAssignment, the same for all proxies.
 
+pub mod authn;
+pub mod authz;
 pub mod cluster;
 pub mod context;
 pub mod endpoint;

@@ -10,7 +10,7 @@ use kube::api::PartialObjectMeta;
 use rudder_config::Validate;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
-use rudder_config::security::PeerAuthentication;
+use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use super::convert::{self, Workloads};
 use crate::model::{Endpoint, Service, Snapshot};
@@ -32,6 +32,8 @@ pub struct KubeInputs {
     pub gateways: Vec<Arc<Gateway>>,
     pub sidecars: Vec<Arc<Sidecar>>,
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
+    pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
+    pub request_authentications: Vec<Arc<RequestAuthentication>>,
     pub service_entries: Vec<Arc<ServiceEntry>>,
     pub workload_entries: Vec<Arc<WorkloadEntry>>,
     /// TLS Secrets (gateway `credentialName`s).
@@ -145,6 +147,9 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
         destination_rules: sorted(&inputs.destination_rules),
         sidecars: sorted(&inputs.sidecars),
         peer_authentications: sorted(&inputs.peer_authentications),
+        authorization_policies: sorted(&inputs.authorization_policies),
+        request_authentications: sorted(&inputs.request_authentications),
+        jwks: BTreeMap::new(),
         gateways: sorted(&inputs.gateways),
         secrets: crate::registry::secret::credentials(inputs.secrets.iter().map(|s| s.as_ref())),
         by_address: Default::default(),

@@ -25,7 +25,7 @@ use kube::{Client, Resource};
 use rudder_config::Validate;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
-use rudder_config::security::PeerAuthentication;
+use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -73,6 +73,8 @@ struct Sources {
     gateways: Decoded<Gateway>,
     sidecars: Decoded<Sidecar>,
     peer_authentications: Decoded<PeerAuthentication>,
+    authorization_policies: Decoded<AuthorizationPolicy>,
+    request_authentications: Decoded<RequestAuthentication>,
     service_entries: Decoded<ServiceEntry>,
     workload_entries: Decoded<WorkloadEntry>,
     secrets: Store<Secret>,
@@ -109,6 +111,8 @@ impl Sources {
         let gateways = Decoded::start("Gateway", client, &mut streams);
         let sidecars = Decoded::start("Sidecar", client, &mut streams);
         let peer_authentications = Decoded::start("PeerAuthentication", client, &mut streams);
+        let authorization_policies = Decoded::start("AuthorizationPolicy", client, &mut streams);
+        let request_authentications = Decoded::start("RequestAuthentication", client, &mut streams);
         let service_entries = Decoded::start("ServiceEntry", client, &mut streams);
         let workload_entries = Decoded::start("WorkloadEntry", client, &mut streams);
 
@@ -133,6 +137,8 @@ impl Sources {
             gateways,
             sidecars,
             peer_authentications,
+            authorization_policies,
+            request_authentications,
             service_entries,
             workload_entries,
             secrets,
@@ -152,6 +158,8 @@ impl Sources {
             gateways: self.gateways.current(),
             sidecars: self.sidecars.current(),
             peer_authentications: self.peer_authentications.current(),
+            authorization_policies: self.authorization_policies.current(),
+            request_authentications: self.request_authentications.current(),
             service_entries: self.service_entries.current(),
             workload_entries: self.workload_entries.current(),
             secrets: self.secrets.state(),

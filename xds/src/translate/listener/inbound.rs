@@ -12,13 +12,14 @@
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::core::v3::{TrafficDirection, TransportSocket};
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, MaxStreamDuration};
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{
     Decorator, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     ForwardClientCertDetails, SetCurrentClientCertDetails,
 };
@@ -28,6 +29,7 @@ use super::hcm::{Routes, TcpTarget, hcm_filter, http_connection_manager, tcp_pro
 use super::outbound::capture_ports;
 use super::{SNIFFED_HTTP_PROTOCOLS, VIRTUAL_INBOUND_BLACKHOLE, detection_timeout, filter_chain, listener, set_chains};
 use crate::model::{InterceptionMode, Protocol};
+use crate::translate::authz;
 use crate::translate::context::{
     BLACKHOLE_CLUSTER, Context, INBOUND_PASSTHROUGH_CLUSTER, InboundPort, VIRTUAL_INBOUND, inbound_cluster_name,
     listener_name,
@@ -40,7 +42,11 @@ pub const VIRTUAL_INBOUND_PASSTHROUGH: &str = "virtualInbound";
 
 /// Inbound listeners of `ctx.proxy` (unsorted).
 pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
-    let logs = super::access_log::from_mesh(&ctx.snapshot.mesh);
+    let logs = ChainFilters {
+        logs: super::access_log::from_mesh(&ctx.snapshot.mesh),
+        http: authz::http_filters(ctx.snapshot, ctx.proxy),
+        tcp: authz::network_filters(ctx.snapshot, ctx.proxy),
+    };
     let ports = ctx.inbound_ports();
     let mut out: Vec<Listener> = ports
         .iter()
@@ -59,7 +65,24 @@ pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     out
 }
 
-fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &[AccessLog]) -> Listener {
+/// What every inbound chain carries besides its routing: access logs and authorization.
+struct ChainFilters {
+    logs: Vec<AccessLog>,
+    /// HTTP RBAC filters, before the router.
+    http: Vec<HttpFilter>,
+    /// Network RBAC filters, before tcp_proxy.
+    tcp: Vec<Filter>,
+}
+
+impl ChainFilters {
+    fn tcp_proxy(&self, cluster: &str) -> Vec<Filter> {
+        let mut filters = self.tcp.clone();
+        filters.push(tcp_proxy(&TcpTarget::Cluster(cluster.to_owned()), &self.logs));
+        filters
+    }
+}
+
+fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &ChainFilters) -> Listener {
     let (_, inbound_port) = capture_ports(ctx);
     let mut l = listener(VIRTUAL_INBOUND.to_owned(), WILDCARD, inbound_port, TrafficDirection::Inbound, true);
     l.bind_to_port = None;
@@ -70,7 +93,7 @@ fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &[AccessLog])
     let mut chains = vec![filter_chain(
         VIRTUAL_INBOUND_BLACKHOLE,
         Some(port_match(inbound_port)),
-        vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), logs)],
+        vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), &logs.logs)],
     )];
     for p in ports.iter().filter(|p| p.bind.is_none()) {
         if p.port == inbound_port {
@@ -81,7 +104,7 @@ fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &[AccessLog])
         chains.extend(port_chains(p, &listener_name(WILDCARD, p.port), Some(p.port), logs, mode));
     }
     // Undeclared ports follow the workload's mode without a port.
-    let passthrough = || vec![tcp_proxy(&TcpTarget::Cluster(INBOUND_PASSTHROUGH_CLUSTER.to_owned()), logs)];
+    let passthrough = || logs.tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER);
     let mode = inbound_mode(ctx.snapshot, ctx.proxy, 0);
     for (transport, socket) in transports(mode, &[]) {
         let matched = transport.map(|t| FilterChainMatch { transport_protocol: t.to_owned(), ..Default::default() });
@@ -113,7 +136,7 @@ fn port_chains(
     p: &InboundPort,
     name: &str,
     destination_port: Option<u32>,
-    logs: &[AccessLog],
+    logs: &ChainFilters,
     mode: PortMtls,
 ) -> Vec<FilterChain> {
     let alpn: &[&str] = if p.protocol.is_http() { &["h2", "http/1.1"] } else { &[] };
@@ -139,7 +162,7 @@ fn protocol_chains(
     p: &InboundPort,
     name: &str,
     base: FilterChainMatch,
-    logs: &[AccessLog],
+    logs: &ChainFilters,
     mtls: bool,
 ) -> Vec<FilterChain> {
     let base_match = (base != FilterChainMatch::default()).then(|| base.clone());
@@ -148,8 +171,11 @@ fn protocol_chains(
         let mut hcm = http_connection_manager(
             &format!("inbound_{name}"),
             Routes::Inline(Box::new(inbound_route_config(p.port, p.protocol))),
-            logs,
+            &logs.logs,
         );
+        // Authorization right before the router (after authentication, when there is any).
+        let router = hcm.http_filters.len().saturating_sub(1);
+        hcm.http_filters.splice(router..router, logs.http.iter().cloned());
         if mtls {
             // The app learns who called: the client certificate's SPIFFE id (URI) and more.
             hcm.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
@@ -162,7 +188,7 @@ fn protocol_chains(
         }
         hcm_filter(hcm)
     };
-    let tcp = || tcp_proxy(&TcpTarget::Cluster(cluster.clone()), logs);
+    let tcp = || logs.tcp_proxy(&cluster);
     if p.protocol.is_http() {
         vec![filter_chain(name, base_match, vec![hcm()])]
     } else if p.protocol.is_auto() && !mtls {
@@ -170,9 +196,9 @@ fn protocol_chains(
             application_protocols: SNIFFED_HTTP_PROTOCOLS.iter().map(|s| (*s).to_owned()).collect(),
             ..base
         };
-        vec![filter_chain(name, Some(http_match), vec![hcm()]), filter_chain(name, base_match, vec![tcp()])]
+        vec![filter_chain(name, Some(http_match), vec![hcm()]), filter_chain(name, base_match, tcp())]
     } else {
-        vec![filter_chain(name, base_match, vec![tcp()])]
+        vec![filter_chain(name, base_match, tcp())]
     }
 }
 

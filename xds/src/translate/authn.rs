@@ -1,0 +1,122 @@
+//! RequestAuthentication → Envoy's JWT filter, for the workloads a policy applies to (selector,
+//! namespace, mesh root namespace, as for AuthorizationPolicy).
+//!
+//! As Istio documents it: a request without a token passes (an AuthorizationPolicy asking for
+//! `requestPrincipals` is what turns it away); a request with a token that no rule of the
+//! workload validates (wrong signature, expired, wrong issuer or audience) gets 401. Every
+//! rule is one provider: its issuer, audiences, keys (`jwks` inline, or the `jwksUri` document
+//! discovery fetched, see `crate::registry::jwks`), where the token is read from
+//! (`fromHeaders`, `fromParams`, `fromCookies`; default the `Authorization: Bearer` header and
+//! the `access_token` parameter), `forwardOriginalToken`, `outputPayloadToHeader` and
+//! `outputClaimToHeaders`. The verified payload goes into dynamic metadata, where the RBAC
+//! filters read request principals and claims ([`super::authz`]).
+//!
+//! A rule whose keys are not (yet) known gets a key nothing was signed with: its tokens are
+//! refused rather than accepted unverified.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::config::route::v3::RouteMatch;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+    JwtAuthentication, JwtClaimToHeader, JwtHeader, JwtProvider, JwtRequirement, JwtRequirementOrList, RequirementRule,
+    jwt_provider, jwt_requirement, requirement_rule,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+use envoy_types::pb::google::protobuf::{Any, Empty};
+use rudder_config::security::{JwtRule, RequestAuthentication};
+
+use super::authz::{JWT_FILTER, JWT_PAYLOAD, encode_sorted_map, selects};
+use crate::model::{Proxy, Snapshot};
+
+const JWT_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
+/// A P-256 public key no one holds the private half of: the keys of a rule whose real keys
+/// are unknown, so its tokens fail verification.
+const NO_KEYS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"rudder-no-key","alg":"ES256","x":"GW5zgilQRO-6r8L760rlYcCoUYK2s-aUe78iXDOKkdY","y":"X4pS6rqDk0iRd9IEOY6BldYwHRyIves4B7XZVtgEY0A"}]}"#;
+
+/// The JWT filter for `proxy`, if any RequestAuthentication applies to it.
+pub fn http_filter(snapshot: &Snapshot, proxy: &Proxy) -> Option<HttpFilter> {
+    let mut providers = BTreeMap::new();
+    for policy in snapshot.request_authentications.iter().map(AsRef::as_ref) {
+        if !applies(snapshot, policy, proxy) {
+            continue;
+        }
+        let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
+        let name = policy.metadata.name.as_deref().unwrap_or_default();
+        for (i, rule) in policy.spec.jwt_rules.iter().enumerate() {
+            providers.insert(format!("{namespace}/{name}/{i}"), provider(snapshot, rule));
+        }
+    }
+    if providers.is_empty() {
+        return None;
+    }
+    let mut requirements: Vec<JwtRequirement> = providers
+        .keys()
+        .map(|name| JwtRequirement { requires_type: Some(jwt_requirement::RequiresType::ProviderName(name.clone())) })
+        .collect();
+    requirements.push(JwtRequirement { requires_type: Some(jwt_requirement::RequiresType::AllowMissing(Empty {})) });
+    let rule = RequirementRule {
+        r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".to_owned())), ..Default::default() }),
+        requirement_type: Some(requirement_rule::RequirementType::Requires(JwtRequirement {
+            requires_type: Some(jwt_requirement::RequiresType::RequiresAny(JwtRequirementOrList { requirements })),
+        })),
+    };
+    let base = JwtAuthentication { rules: vec![rule], ..Default::default() };
+    let config = encode_sorted_map(&base, 1, &providers);
+    Some(HttpFilter {
+        name: JWT_FILTER.to_owned(),
+        config_type: Some(ConfigType::TypedConfig(Any { type_url: JWT_FILTER_TYPE.to_owned(), value: config })),
+        ..Default::default()
+    })
+}
+
+fn applies(snapshot: &Snapshot, policy: &RequestAuthentication, proxy: &Proxy) -> bool {
+    let spec = &policy.spec;
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+        return false;
+    }
+    selects(snapshot, policy.metadata.namespace.as_deref().unwrap_or_default(), spec.selector.as_ref(), proxy)
+}
+
+fn provider(snapshot: &Snapshot, rule: &JwtRule) -> JwtProvider {
+    let keys = if !rule.jwks.trim().is_empty() {
+        rule.jwks.clone()
+    } else if let Some(fetched) = snapshot.jwks.get(&rule.jwks_uri) {
+        fetched.to_string()
+    } else {
+        if !rule.jwks_uri.is_empty() {
+            tracing::debug!(uri = %rule.jwks_uri, issuer = %rule.issuer, "JWKS not fetched (yet); tokens of this issuer are refused");
+        }
+        NO_KEYS.to_owned()
+    };
+    JwtProvider {
+        issuer: rule.issuer.clone(),
+        audiences: rule.audiences.clone(),
+        forward: rule.forward_original_token,
+        from_headers: rule
+            .from_headers
+            .iter()
+            .map(|h| JwtHeader { name: h.name.clone(), value_prefix: h.prefix.clone() })
+            .collect(),
+        from_params: rule.from_params.clone(),
+        from_cookies: rule.from_cookies.clone(),
+        forward_payload_header: rule.output_payload_to_header.clone(),
+        payload_in_metadata: JWT_PAYLOAD.to_owned(),
+        claim_to_headers: rule
+            .output_claim_to_headers
+            .iter()
+            .map(|c| JwtClaimToHeader {
+                header_name: c.header.clone(),
+                claim_name: c.claim.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        jwks_source_specifier: Some(jwt_provider::JwksSourceSpecifier::LocalJwks(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(keys)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
