@@ -74,3 +74,33 @@ mod tests {
         assert_eq!(b64(&[0xfb, 0xff]), "-_8");
     }
 }
+
+/// An identity provider's key endpoint: serves one JWKS document at `/jwks.json` until dropped.
+#[derive(Debug)]
+pub struct JwksServer {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    pub async fn start(addr: std::net::SocketAddr, jwks: String) -> anyhow::Result<Self> {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("JWKS server on {addr}: {e}"))?;
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { ([(http::header::CONTENT_TYPE, "application/json")], jwks) }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { task })
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -82,7 +82,7 @@ impl Scenario {
 
     /// The config it applies: a file of `examples/traffic/`, or its own YAML.
     fn config(self) -> Config {
-        use Config::{Composed, Example, Generated, Inline};
+        use Config::{Composed, Example, Generated, Inline, Security};
         match self {
             Self::RouteAllToV1 => Example("02-route-all-to-v1.yaml"),
             Self::UriMatch | Self::Split => Example("03-weighted-90-10.yaml"),
@@ -104,10 +104,10 @@ impl Scenario {
             Self::EgressGateway => Composed(egress_gateway_yaml),
             Self::SidecarScope => Inline(SIDECAR_SCOPE_YAML),
             Self::MtlsPermissive => Inline(MTLS_PERMISSIVE_YAML),
-            Self::MtlsStrict => Example("20-peer-authentication-strict.yaml"),
+            Self::MtlsStrict => Security("01-mtls-strict.yaml"),
             Self::IngressIstioMutual => Example("21-gateway-istio-mutual.yaml"),
-            Self::Authorization => Example("22-authorization-policy.yaml"),
-            Self::JwtAuthentication => Generated,
+            Self::Authorization => Security("02-authorization-policy.yaml"),
+            Self::JwtAuthentication => Security("03-jwt.yaml"),
             Self::IngressToEgress => Composed(ingress_to_egress_yaml),
         }
     }
@@ -116,6 +116,7 @@ impl Scenario {
     pub fn source(self) -> String {
         match self.config() {
             Config::Example(file) => format!("examples/traffic/{file}"),
+            Config::Security(file) => format!("examples/security/{file}"),
             Config::Inline(_) | Config::Composed(_) => "built-in local config".into(),
             Config::Generated => "built-in local config with certificates or keys made for the run".into(),
         }
@@ -124,6 +125,8 @@ impl Scenario {
 
 enum Config {
     Example(&'static str),
+    /// A file of `examples/security/`.
+    Security(&'static str),
     Inline(&'static str),
     /// Built from shared parts.
     Composed(fn() -> String),
@@ -202,8 +205,14 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::IngressTls => Some(IngressTls::new(mesh).await?),
         _ => None,
     };
+    // The identity provider of example 03: its keys served where the example's jwksUri says.
     let jwt = match scenario {
-        Scenario::JwtAuthentication => Some(crate::jwt::JwtIssuer::new("e2e")?),
+        Scenario::JwtAuthentication => {
+            let issuer = crate::jwt::JwtIssuer::new("e2e")?;
+            let addr = std::net::SocketAddr::new(mesh.ip(JWKS_HOST).into(), JWKS_PORT);
+            let server = crate::jwt::JwksServer::start(addr, issuer.jwks()).await?;
+            Some((issuer, server))
+        }
         _ => None,
     };
     // The client's clusters before its Sidecar scopes it, to compare with after.
@@ -216,11 +225,11 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         _ => None,
     };
     let yaml = match scenario.config() {
-        Config::Generated => match (&tls, &jwt) {
-            (Some(tls), _) => tls.yaml(),
-            (None, Some(issuer)) => jwt_yaml(issuer),
-            (None, None) => String::new(),
-        },
+        Config::Generated => tls.as_ref().map(IngressTls::yaml).unwrap_or_default(),
+        Config::Security(file) => {
+            let path: PathBuf = examples.join("security").join(file);
+            std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
         Config::Example(file) => {
             let path: PathBuf = examples.join("traffic").join(file);
             std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
@@ -258,7 +267,7 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::IngressIstioMutual => ingress_istio_mutual(mesh).await,
         Scenario::Authorization => authorization(mesh).await,
         Scenario::JwtAuthentication => match &jwt {
-            Some(issuer) => jwt_authentication(mesh, issuer).await,
+            Some((issuer, _keys_served)) => jwt_authentication(mesh, issuer).await,
             None => anyhow::bail!("no JWT issuer"),
         },
         Scenario::IngressTls => match &tls {
@@ -1262,34 +1271,12 @@ async fn authorization(mesh: &LocalMesh) -> anyhow::Result<String> {
 
 const JWT_ISSUER: &str = "testing@rudder.local";
 
-fn jwt_yaml(issuer: &crate::jwt::JwtIssuer) -> String {
-    format!(
-        r#"apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: httpbin, namespace: testns1}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  jwtRules:
-  - issuer: {JWT_ISSUER}
-    jwks: '{jwks}'
-    outputPayloadToHeader: x-jwt-payload
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: require-jwt, namespace: testns1}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  rules:
-  - from: [{{source: {{requestPrincipals: ["{JWT_ISSUER}/*"]}}}}]
-    to: [{{operation: {{paths: ["/headers", "/get"]}}}}]
-  - to: [{{operation: {{paths: ["/status/*"]}}}}]
-    when: [{{key: "request.auth.claims[groups]", values: ["admins"]}}]
-"#,
-        jwks = issuer.jwks()
-    )
-}
+/// Where example 03's jwksUri points (`127.0.0.60:8080/jwks.json`, relocated to the mesh's block).
+const JWKS_HOST: u8 = 60;
+const JWKS_PORT: u16 = 8080;
 
-/// RequestAuthentication with a test issuer, and a policy asking for its tokens: a valid token
+/// Example 03: RequestAuthentication with keys discovery fetched from the issuer's jwksUri, and
+/// a policy asking for its tokens: a valid token
 /// is admitted (and its payload forwarded), none is 403, an expired or foreign one is 401; a
 /// claim condition admits the admins only.
 async fn jwt_authentication(mesh: &LocalMesh, issuer: &crate::jwt::JwtIssuer) -> anyhow::Result<String> {
@@ -1304,7 +1291,11 @@ async fn jwt_authentication(mesh: &LocalMesh, issuer: &crate::jwt::JwtIssuer) ->
     let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/headers").header("authorization", &bearer(&valid))).await?;
     anyhow::ensure!(reply.status == StatusCode::OK, "a valid token: status {}", reply.status);
     let payload = reply.json()["headers"]["x-jwt-payload"].as_str().unwrap_or_default().to_owned();
-    anyhow::ensure!(!payload.is_empty(), "outputPayloadToHeader: no x-jwt-payload at httpbin: {}", reply.json()["headers"]);
+    anyhow::ensure!(
+        !payload.is_empty(),
+        "outputPayloadToHeader: no x-jwt-payload at httpbin: {}",
+        reply.json()["headers"]
+    );
     let cases = [
         ("no token", "/headers", None, 403),
         ("an expired token", "/headers", Some(&expired), 401),
@@ -1320,7 +1311,10 @@ async fn jwt_authentication(mesh: &LocalMesh, issuer: &crate::jwt::JwtIssuer) ->
         anyhow::ensure!(got == want, "{what}: want {want}, got {got}");
         seen.push(format!("{what} → {got}"));
     }
-    Ok(format!("RequestAuthentication + requestPrincipals: {}", seen.join("; ")))
+    Ok(format!(
+        "RequestAuthentication (keys fetched by discovery from jwksUri) + requestPrincipals: {}",
+        seen.join("; ")
+    ))
 }
 
 fn first_line(error: &anyhow::Error) -> String {

@@ -193,6 +193,8 @@ fn injected_apps_follow_the_traffic_rules(cluster: &Cluster) {
         if ids.len() == 3 { Ok(syncz.len()) } else { Err(format!("connected: {ids:?}")) }
     });
     println!("journey b: 3 injected pods, every sidecar connected ({proxies} bytes of /debug/syncz)");
+    // The traffic rules below hold under STRICT mutual TLS: every hop between sidecars is mTLS.
+    cluster.kubectl(&["apply", "-f", &example("security/01-mtls-strict.yaml")]).unwrap();
 
     // The app's plain request: DNS answered by the sidecar's agent, the connection captured.
     let plain = in_sleep(cluster, "curl -s -o /dev/null -w '%{http_code}' http://httpbin.testns1:8000/get");
@@ -253,6 +255,8 @@ fn injected_apps_follow_the_traffic_rules(cluster: &Cluster) {
         if code == "503" && seen == 4 { Ok(seen) } else { Err(format!("{code}, {seen} attempts at the workloads")) }
     });
     println!("journey b: retries (3 on 5xx): one GET /status/503 → {attempts} attempts at the workloads, then 503");
+    cluster.kubectl(&["delete", "-f", &example("security/01-mtls-strict.yaml")]).unwrap();
+    println!("journey b: all of the above under STRICT mTLS (examples/security/01-mtls-strict.yaml)");
 }
 
 /// Journey c: CR edits are reconciled (mesh config taken by discovery without a restart, a
@@ -620,14 +624,14 @@ fn mesh_traffic_is_mutual_tls(cluster: &Cluster) {
         Err(format!("{code}\n{verbose}\n{listeners}"))
     });
 
-    cluster.kubectl(&["apply", "-f", &example("traffic/20-peer-authentication-strict.yaml")]).unwrap();
+    cluster.kubectl(&["apply", "-f", &example("security/01-mtls-strict.yaml")]).unwrap();
     let refused = wait_for("STRICT refuses the plaintext client", Duration::from_secs(60), || {
         let code = plain_code();
         if code == "000" { Ok(code) } else { Err(code) }
     });
     let through_sidecar = requests(cluster, 5, "", "/get");
     assert!(through_sidecar.iter().all(|(code, _)| *code == 200), "{through_sidecar:?}");
-    cluster.kubectl(&["delete", "-f", &example("traffic/20-peer-authentication-strict.yaml")]).unwrap();
+    cluster.kubectl(&["delete", "-f", &example("security/01-mtls-strict.yaml")]).unwrap();
     cluster.kubectl(&["delete", "namespace", "plain", "--wait=false"]).unwrap();
     println!(
         "journey f: root published to a new namespace; sleep → httpbin over mTLS as spiffe://cluster.local/ns/testns1/sa/sleep; plaintext client 200 under PERMISSIVE, {refused} under STRICT; sleep 5/5 200"

@@ -21,7 +21,7 @@ use rudder_xds::ca::{Authority, CaMaterial};
 use rudder_xds::ca_kube;
 use rudder_xds::ca_service::{Authenticator, CertificateService, FileTokens, TokenReviewer};
 use rudder_xds::model::Snapshot;
-use rudder_xds::registry::{files, kube as kube_registry};
+use rudder_xds::registry::{files, jwks, kube as kube_registry};
 use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions, TlsOptions};
 use tokio::sync::watch;
 
@@ -51,6 +51,9 @@ pub struct Args {
     /// localhost and the listen address.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
+    /// How often RequestAuthentication jwksUri documents are fetched again.
+    #[arg(long, env = "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL", default_value = "20m", value_parser = go_duration)]
+    jwks_refresh: std::time::Duration,
     /// Longest lifetime of a workload certificate.
     #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = "2160h", value_parser = go_duration)]
     max_workload_cert_ttl: std::time::Duration,
@@ -92,7 +95,11 @@ pub fn run(args: &Args) -> ExitCode {
 
 async fn serve(args: &Args) -> anyhow::Result<()> {
     let mesh = args.admission.base_mesh()?;
-    let (tx, rx) = watch::channel(Arc::new(Snapshot { mesh: mesh.clone(), ..Snapshot::default() }));
+    // The registry publishes on `tx`; the JWKS follower passes its snapshots on to the server
+    // with the documents of RequestAuthentication jwksUris.
+    let first = Arc::new(Snapshot { mesh: mesh.clone(), ..Snapshot::default() });
+    let (tx, registry_rx) = watch::channel(first.clone());
+    let (with_keys_tx, rx) = watch::channel(first);
     let options = ServerOptions {
         debounce: DebounceOptions { quiet: args.debounce_after, max_delay: args.debounce_max },
         ..ServerOptions::default()
@@ -113,6 +120,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     };
 
     let trust_domain = mesh.trust_domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "cluster.local".into());
+    let jwks_task = tokio::spawn(jwks::follow(registry_rx, with_keys_tx, args.jwks_refresh, stopped()));
     let (registry, cluster) = match &args.config_dir {
         Some(dir) => {
             anyhow::ensure!(dir.is_dir(), "--config-dir {}: not a directory", dir.display());
@@ -171,6 +179,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = registry.await;
+    let _ = jwks_task.await;
     let _ = monitoring_task.await;
     if let Some(task) = webhook_task {
         let _ = task.await;

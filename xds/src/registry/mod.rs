@@ -3,6 +3,7 @@
 //! source maps the same object the same way.
 
 pub mod files;
+pub mod jwks;
 pub mod kube;
 pub mod secret;
 pub mod service_entry;

@@ -1,0 +1,168 @@
+//! JWKS documents for RequestAuthentication `jwksUri`s, fetched by discovery (as istiod does by
+//! default) so proxies get the keys inline and never reach out themselves.
+//!
+//! [`follow`] sits between a registry and the server: every snapshot the registry publishes is
+//! passed on with [`Snapshot::jwks`] filled from a cache; URIs not fetched yet are fetched
+//! (HTTP or HTTPS, platform trust roots, bounded time), documents are fetched again every
+//! `refresh` and a failed fetch is retried sooner, the last good document staying in use. A
+//! fetched document that is not a JWKS (JSON with `keys`) is refused like a failed fetch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::model::Snapshot;
+
+/// How often documents are fetched again (istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL default).
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(20 * 60);
+/// How soon a failed fetch is tried again.
+const RETRY: Duration = Duration::from_secs(30);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A JWKS larger than this is refused.
+const MAX_DOCUMENT: usize = 1024 * 1024;
+
+/// The `jwksUri`s of RequestAuthentications without inline `jwks`.
+pub fn wanted(snapshot: &Snapshot) -> BTreeSet<String> {
+    snapshot
+        .request_authentications
+        .iter()
+        .flat_map(|ra| ra.spec.jwt_rules.iter())
+        .filter(|rule| rule.jwks.trim().is_empty() && !rule.jwks_uri.trim().is_empty())
+        .map(|rule| rule.jwks_uri.trim().to_owned())
+        .collect()
+}
+
+#[derive(Debug)]
+struct Entry {
+    document: Option<Arc<str>>,
+    next_fetch: Instant,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>;
+
+fn client() -> Result<HttpsClient, String> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_platform_verifier()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth();
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// One fetch: the body when it is a JWKS.
+async fn fetch(client: &HttpsClient, uri: &str) -> Result<Arc<str>, String> {
+    let request = http::Request::get(uri).body(String::new()).map_err(|e| format!("bad URI: {e}"))?;
+    let response = tokio::time::timeout(FETCH_TIMEOUT, client.request(request))
+        .await
+        .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = tokio::time::timeout(FETCH_TIMEOUT, response.into_body().collect())
+        .await
+        .map_err(|_| "body not read in time".to_owned())?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    if body.len() > MAX_DOCUMENT {
+        return Err(format!("document larger than {MAX_DOCUMENT} bytes"));
+    }
+    let text = String::from_utf8(body.to_vec()).map_err(|_| "not UTF-8".to_owned())?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
+    if !json.get("keys").is_some_and(serde_json::Value::is_array) {
+        return Err("not a JWKS (no \"keys\" array)".into());
+    }
+    Ok(text.into())
+}
+
+/// Passes every snapshot of `upstream` on to `downstream` with its JWKS documents, until
+/// `upstream` closes or `stop` completes.
+pub async fn follow(
+    mut upstream: watch::Receiver<Arc<Snapshot>>,
+    downstream: watch::Sender<Arc<Snapshot>>,
+    refresh: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let client = match client() {
+        Ok(client) => Some(client),
+        Err(error) => {
+            tracing::error!(%error, "no HTTPS client for jwksUri documents; their tokens will be refused");
+            None
+        }
+    };
+    let mut cache: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut published: Option<BTreeMap<String, Arc<str>>> = None;
+    let mut last: Option<Arc<Snapshot>> = None;
+    tokio::pin!(stop);
+    loop {
+        let snapshot = upstream.borrow_and_update().clone();
+        let uris = wanted(&snapshot);
+        cache.retain(|uri, _| uris.contains(uri));
+        let now = Instant::now();
+        for uri in &uris {
+            let entry = cache.entry(uri.clone()).or_insert(Entry { document: None, next_fetch: now });
+            if entry.next_fetch > now {
+                continue;
+            }
+            let outcome = match &client {
+                Some(client) => fetch(client, uri).await,
+                None => Err("no HTTP client".into()),
+            };
+            match outcome {
+                Ok(document) => {
+                    if entry.document.as_deref() != Some(&*document) {
+                        tracing::info!(%uri, "JWKS fetched");
+                    }
+                    entry.document = Some(document);
+                    entry.next_fetch = Instant::now() + refresh;
+                }
+                Err(error) => {
+                    tracing::warn!(%uri, %error, kept = entry.document.is_some(), "JWKS fetch failed; retrying");
+                    entry.next_fetch = Instant::now() + RETRY.min(refresh);
+                }
+            }
+        }
+        let documents: BTreeMap<String, Arc<str>> =
+            cache.iter().filter_map(|(uri, e)| Some((uri.clone(), e.document.clone()?))).collect();
+        let new_snapshot = !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snapshot));
+        if new_snapshot || published.as_ref() != Some(&documents) {
+            // Without documents the registry's snapshot goes on as it is (no copy).
+            let passed = if documents.is_empty() {
+                snapshot.clone()
+            } else {
+                let mut with_keys = snapshot.as_ref().clone();
+                with_keys.jwks = documents.clone();
+                Arc::new(with_keys)
+            };
+            if downstream.send(passed).is_err() {
+                return;
+            }
+            published = Some(documents);
+            last = Some(snapshot);
+        }
+        let next = cache.values().map(|e| e.next_fetch).min();
+        let wake = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = upstream.changed() => if changed.is_err() { return },
+            () = wake => {}
+            () = &mut stop => return,
+        }
+    }
+}
