@@ -78,6 +78,8 @@ pub struct MeshOptions {
     pub work_dir: Option<PathBuf>,
     /// Envoy log level for the sidecars.
     pub envoy_log_level: String,
+    /// Lifetime the proxies ask for their workload certificates (`--secret-ttl`; default 24h).
+    pub secret_ttl: Option<String>,
 }
 
 /// A running local mesh. Dropping it stops every process.
@@ -266,6 +268,8 @@ impl LocalMesh {
             account,
             "--workload-socket",
             &self.work_dir.join(format!("sds-{name}")).join("socket").display().to_string(),
+            "--secret-ttl",
+            self.options.secret_ttl.as_deref().unwrap_or("24h"),
             "--pod-name",
             name,
             "--namespace",

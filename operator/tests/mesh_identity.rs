@@ -171,7 +171,8 @@ fn the_agent_gets_its_certificate_serves_it_over_sds_and_renews_it() {
     // Discovery saw the client certificate: the stream is bound to the identity.
     let adsz: Value =
         serde_json::from_str(&get(&format!("http://127.0.0.1:{}/debug/adsz", fx.monitoring)).unwrap()).unwrap();
-    let identities: Vec<&str> = adsz.as_array().unwrap().iter().filter_map(|c| c["identity"].as_str()).collect();
+    let identities: Vec<&str> =
+        adsz["connections"].as_array().unwrap().iter().filter_map(|c| c["identity"].as_str()).collect();
     assert!(identities.contains(&"spiffe://cluster.local/ns/default/sa/sleep"), "{adsz}");
 
     // 6 s lifetime: renewed at 80 % (~4.8 s), pushed to the same Envoy.

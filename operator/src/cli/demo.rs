@@ -55,6 +55,7 @@ fn find_envoy(args: &Args) -> anyhow::Result<PathBuf> {
 
 async fn demo(args: &Args) -> anyhow::Result<()> {
     let options = MeshOptions {
+        secret_ttl: None,
         rudder: std::env::current_exe().context("locating the rudder binary")?,
         envoy: find_envoy(args)?,
         config_src: args.examples.join("local"),
