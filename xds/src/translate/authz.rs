@@ -669,3 +669,185 @@ fn or_principals(mut all: Vec<Principal>) -> Principal {
         _ => Principal { identifier: Some(principal::Identifier::OrIds(principal::Set { ids: all })) },
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+
+    use super::*;
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        let loads = rudder_config::load::load_str("policies.yaml", yaml).unwrap();
+        assert!(loads.problems.is_empty(), "{:?}", loads.problems);
+        let mut snapshot = Snapshot::default();
+        for loaded in loads.objects {
+            match loaded.object {
+                rudder_config::IstioObject::AuthorizationPolicy(p) => {
+                    snapshot.authorization_policies.push(Arc::from(p))
+                }
+                rudder_config::IstioObject::RequestAuthentication(p) => {
+                    snapshot.request_authentications.push(Arc::from(p));
+                }
+                other => panic!("unexpected {}", other.kind()),
+            }
+        }
+        snapshot
+    }
+
+    fn proxy(namespace: &str, app: &str) -> Proxy {
+        let meta = BTreeMap::from([("LABELS".to_owned(), serde_json::json!({"app": app}))]);
+        Proxy::from_node(&format!("sidecar~10.0.0.1~{app}-1.{namespace}~{namespace}.svc.cluster.local"), &meta).unwrap()
+    }
+
+    /// The HTTP filters as (name, action, policy names).
+    fn http(snapshot: &Snapshot, proxy: &Proxy) -> Vec<(String, Option<i32>, Vec<String>)> {
+        http_filters(snapshot, proxy)
+            .into_iter()
+            .map(|f| {
+                let Some(HttpFilterConfig::TypedConfig(any)) = f.config_type else { panic!("typed config") };
+                if f.name != HTTP_RBAC {
+                    return (f.name, None, vec![]);
+                }
+                let rbac = HttpRbac::decode(any.value.as_slice()).unwrap().rules.unwrap();
+                let mut names: Vec<String> = rbac.policies.keys().cloned().collect();
+                names.sort();
+                (f.name, Some(rbac.action), names)
+            })
+            .collect()
+    }
+
+    const POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing, namespace: quiet}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: closed}
+spec: {action: DENY, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-nothing, namespace: closed}
+spec: {action: DENY}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: httpbin, namespace: apps}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/apps/sa/sleep"]}}]
+    to: [{operation: {methods: ["GET"], paths: ["/get"]}}]
+  - to: [{operation: {ports: ["9000"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"#;
+
+    #[test]
+    fn which_policies_apply_and_in_which_order() {
+        let snapshot = snapshot(POLICIES);
+        let mesh_deny = (
+            "envoy.filters.http.rbac".to_owned(),
+            Some(1),
+            vec!["ns[istio-system]-policy[no-admin]-rule[0]".to_owned()],
+        );
+        // No policy of its own: only the mesh-wide DENY.
+        assert_eq!(http(&snapshot, &proxy("apps", "sleep")), vec![mesh_deny.clone()]);
+        // Its own ALLOW (two rules) after every DENY.
+        assert_eq!(
+            http(&snapshot, &proxy("apps", "httpbin")),
+            vec![
+                mesh_deny.clone(),
+                (
+                    HTTP_RBAC.to_owned(),
+                    Some(0),
+                    vec!["ns[apps]-policy[httpbin]-rule[0]".to_owned(), "ns[apps]-policy[httpbin]-rule[1]".to_owned()]
+                ),
+            ]
+        );
+        // ALLOW without rules: an ALLOW filter with no policy, which denies everything.
+        let quiet = http(&snapshot, &proxy("quiet", "x"));
+        assert_eq!(quiet[1], (HTTP_RBAC.to_owned(), Some(0), vec![]));
+        // DENY with `rules: [{}]` denies all; DENY without rules matches nothing.
+        let closed = http(&snapshot, &proxy("closed", "x"));
+        assert_eq!(closed.len(), 1);
+        let (_, action, names) = &closed[0];
+        assert_eq!(action, &Some(1));
+        assert!(names.contains(&"ns[closed]-policy[deny-all]-rule[0]".to_owned()), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("deny-nothing")), "{names:?}");
+    }
+
+    #[test]
+    fn peer_principals_become_spiffe_ids() {
+        let snapshot = snapshot(POLICIES);
+        let filters = http_filters(&snapshot, &proxy("apps", "httpbin"));
+        let Some(HttpFilterConfig::TypedConfig(any)) = &filters[1].config_type else { panic!() };
+        let rbac = HttpRbac::decode(any.value.as_slice()).unwrap().rules.unwrap();
+        let text = format!("{:?}", rbac.policies["ns[apps]-policy[httpbin]-rule[0]"]);
+        assert!(text.contains(r#"Exact("spiffe://cluster.local/ns/apps/sa/sleep")"#), "{text}");
+        assert!(text.contains(r#"name: ":method""#) && text.contains(r#"Exact("GET")"#), "{text}");
+    }
+
+    #[test]
+    fn tcp_chains_drop_allow_rules_with_http_fields_and_widen_deny_rules() {
+        let snapshot = snapshot(POLICIES);
+        let decode = |f: &Filter| {
+            let Some(FilterConfig::TypedConfig(any)) = &f.config_type else { panic!() };
+            let rbac = NetworkRbac::decode(any.value.as_slice()).unwrap();
+            assert!(!rbac.stat_prefix.is_empty());
+            let rules = rbac.rules.unwrap();
+            let mut names: Vec<String> = rules.policies.keys().cloned().collect();
+            names.sort();
+            (rules.action, names, rules.policies)
+        };
+        let filters = network_filters(&snapshot, &proxy("apps", "httpbin"));
+        let (deny, deny_names, deny_policies) = decode(&filters[0]);
+        assert_eq!((deny, deny_names.len()), (1, 1));
+        // The mesh DENY on /admin* cannot check the path on TCP: it denies every connection.
+        let only = &deny_policies["ns[istio-system]-policy[no-admin]-rule[0]"];
+        assert_eq!(format!("{:?}", only.permissions), format!("{:?}", vec![any_permission()]));
+        // The ALLOW rule with methods/paths is gone; the port rule stays.
+        let (allow, allow_names, _) = decode(&filters[1]);
+        assert_eq!((allow, allow_names), (0, vec!["ns[apps]-policy[httpbin]-rule[1]".to_owned()]));
+    }
+
+    #[test]
+    fn equal_policies_encode_to_equal_bytes() {
+        let snapshot = snapshot(POLICIES);
+        let p = proxy("apps", "httpbin");
+        let first: Vec<Vec<u8>> = http_filters(&snapshot, &p).into_iter().map(|f| f.encode_to_vec()).collect();
+        for _ in 0..20 {
+            let again: Vec<Vec<u8>> = http_filters(&snapshot, &p).into_iter().map(|f| f.encode_to_vec()).collect();
+            assert_eq!(first, again);
+        }
+    }
+
+    #[test]
+    fn a_request_authentication_puts_the_jwt_filter_first() {
+        let yaml = format!(
+            "{POLICIES}---\n{}",
+            r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: apps}
+spec:
+  jwtRules: [{issuer: "https://issuer.example", jwks: '{"keys":[]}'}]
+"#
+        );
+        let snapshot = snapshot(&yaml);
+        let names: Vec<String> = http(&snapshot, &proxy("apps", "httpbin")).into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(names, [JWT_FILTER, HTTP_RBAC, HTTP_RBAC]);
+        assert_eq!(http(&snapshot, &proxy("other", "x")).len(), 1, "only the mesh-wide DENY elsewhere");
+    }
+}
