@@ -234,6 +234,12 @@ fn injected_apps_follow_the_traffic_rules(cluster: &Cluster) {
     assert!(only(&aborted, "500 none") && only(&others, "200 v1"), "fault abort: {aborted:?}, others {others:?}");
     println!("journey b: fault abort for client-id gogo123: {aborted:?}; others {others:?}");
 
+    // The routing above ran under STRICT. The retry count below is read from the workloads'
+    // own admin port (an undeclared port, by pod IP): a plaintext passthrough, which STRICT
+    // refuses, so back to PERMISSIVE first.
+    cluster.kubectl(&["delete", "-f", &example("security/01-mtls-strict.yaml")]).unwrap();
+    println!("journey b: the routing above under STRICT mTLS (examples/security/01-mtls-strict.yaml)");
+
     // 09: retry on 5xx, 3 attempts: one GET /status/503 reaches the workloads 4 times.
     cluster.kubectl(&["apply", "-f", &example("traffic/09-retries.yaml")]).unwrap();
     let pods =
@@ -255,8 +261,6 @@ fn injected_apps_follow_the_traffic_rules(cluster: &Cluster) {
         if code == "503" && seen == 4 { Ok(seen) } else { Err(format!("{code}, {seen} attempts at the workloads")) }
     });
     println!("journey b: retries (3 on 5xx): one GET /status/503 → {attempts} attempts at the workloads, then 503");
-    cluster.kubectl(&["delete", "-f", &example("security/01-mtls-strict.yaml")]).unwrap();
-    println!("journey b: all of the above under STRICT mTLS (examples/security/01-mtls-strict.yaml)");
 }
 
 /// Journey c: CR edits are reconciled (mesh config taken by discovery without a restart, a
