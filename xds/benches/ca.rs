@@ -48,6 +48,7 @@ fn create_certificate_over_tls(c: &mut Criterion) {
         identities.iter().enumerate().map(|(i, id)| (format!("token-{i}"), id.clone())).collect::<BTreeMap<_, _>>(),
     );
     let csrs: Vec<String> = identities.iter().map(|id| csr_for(id).expect("a CSR").0).collect();
+    let bearer: Vec<String> = (0..AGENTS).map(|i| format!("token-{i}")).collect();
     let service = CertificateService::new(Arc::new(RwLock::new(authority)), Arc::new(tokens));
     let channel = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
@@ -83,7 +84,7 @@ fn create_certificate_over_tls(c: &mut Criterion) {
                     let calls = csrs.iter().enumerate().map(|(i, csr)| {
                         create_certificate(
                             channel.clone(),
-                            &format!("token-{i}"),
+                            &bearer[i],
                             csr.clone(),
                             Duration::from_secs(3600),
                         )
