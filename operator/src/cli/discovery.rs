@@ -22,7 +22,7 @@ use rudder_xds::ca_kube;
 use rudder_xds::ca_service::{Authenticator, CertificateService, FileTokens, TokenReviewer};
 use rudder_xds::model::Snapshot;
 use rudder_xds::registry::{files, jwks, kube as kube_registry};
-use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions, TlsOptions};
+use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions, ServingCertificate, TlsOptions};
 use tokio::sync::watch;
 
 use super::admission::{self, AdmissionArgs};
@@ -248,10 +248,44 @@ async fn secure_server(
     names.dedup();
     ips.sort();
     ips.dedup();
-    let (cert_chain, key) = authority.serving_certificate(&names, &ips, SERVING_CERT_TTL, SystemTime::now())?;
-    let tls = TlsOptions { cert_chain, key, client_root: authority.root_pem().to_owned() };
-    Ok(Some((tls, CertificateService::new(Arc::new(RwLock::new(authority)), authenticator))))
+    let ttl = SERVING_CERT_TTL.min(args.max_workload_cert_ttl);
+    let (cert_chain, key) = authority.serving_certificate(&names, &ips, ttl, SystemTime::now())?;
+    let serving = ServingCertificate::new(&cert_chain, &key).map_err(|e| anyhow::anyhow!(e))?;
+    let tls = TlsOptions { serving: serving.clone(), client_root: authority.root_pem().to_owned() };
+    let authority = Arc::new(RwLock::new(authority));
+    tokio::spawn(renew_serving_certificate(authority.clone(), serving, names, ips, ttl));
+    Ok(Some((tls, CertificateService::new(authority, authenticator))))
 }
 
-/// Lifetime of discovery's own TLS certificate (made afresh at every start).
-const SERVING_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of discovery's own TLS certificate (at most the workload maximum).
+const SERVING_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Replaces discovery's TLS certificate at 80 % of its lifetime, for as long as discovery runs.
+async fn renew_serving_certificate(
+    authority: Arc<RwLock<Authority>>,
+    serving: Arc<ServingCertificate>,
+    names: Vec<String>,
+    ips: Vec<IpAddr>,
+    ttl: std::time::Duration,
+) {
+    let mut wait = ttl.mul_f64(0.8);
+    loop {
+        tokio::time::sleep(wait).await;
+        let issued = authority.read().unwrap_or_else(std::sync::PoisonError::into_inner).serving_certificate(
+            &names,
+            &ips,
+            ttl,
+            SystemTime::now(),
+        );
+        match issued.map_err(|e| e.to_string()).and_then(|(chain, key)| serving.replace(&chain, &key)) {
+            Ok(()) => {
+                tracing::info!("discovery's TLS certificate renewed");
+                wait = ttl.mul_f64(0.8);
+            }
+            Err(error) => {
+                tracing::error!(%error, "renewing discovery's TLS certificate failed; retrying in a minute");
+                wait = std::time::Duration::from_secs(60);
+            }
+        }
+    }
+}

@@ -25,7 +25,7 @@ pub mod wire;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -346,26 +346,60 @@ impl DiscoveryServer {
     }
 }
 
+/// Discovery's own certificate on the TLS port, replaceable while serving (rotation): every
+/// new handshake gets the current one.
+#[derive(Debug)]
+pub struct ServingCertificate {
+    current: RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ServingCertificate {
+    /// From a PEM chain (leaf first) and its PEM key.
+    pub fn new(chain_pem: &str, key_pem: &str) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(Self { current: RwLock::new(certified_key(chain_pem, key_pem)?) }))
+    }
+
+    /// Serves `chain_pem`/`key_pem` from the next handshake on.
+    pub fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<(), String> {
+        let key = certified_key(chain_pem, key_pem)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
+        Ok(())
+    }
+}
+
+fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("serving certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("serving key: {e}"))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("serving key: {e}"))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)))
+}
+
+impl rustls::server::ResolvesServerCert for ServingCertificate {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+}
+
 /// The TLS port's certificate and the root client certificates are checked against.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TlsOptions {
-    /// Discovery's certificate chain (PEM, leaf first).
-    pub cert_chain: String,
-    pub key: String,
+    pub serving: Arc<ServingCertificate>,
     /// Client certificates must chain to this root (PEM); a client may also present none.
     pub client_root: String,
 }
 
-impl std::fmt::Debug for TlsOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsOptions").finish_non_exhaustive()
-    }
-}
+/// How long a TLS handshake on the xDS port may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl DiscoveryServer {
     /// Serves ADS and, when given, the CA's `CreateCertificate` over TLS on `listener` (istiod's
     /// 15012) until `shutdown` completes. A client certificate is optional; one that chains to
     /// the mesh root proves the proxy's namespace (see [`connection::Connection::identity`]).
+    /// Handshakes run in tasks of their own, so a slow client holds up no other.
     pub async fn serve_tls(
         &self,
         listener: TcpListener,
@@ -373,19 +407,68 @@ impl DiscoveryServer {
         ca: Option<crate::ca_service::CertificateService>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&tls.cert_chain, &tls.key))
-            .client_ca_root(Certificate::from_pem(&tls.client_root))
-            .client_auth_optional(true);
-        tonic::transport::Server::builder()
-            .tls_config(config)?
+        let config = match server_tls_config(tls) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(%error, "TLS xDS port not served");
+                return Ok(());
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (tx, rx) = mpsc::channel::<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>(64);
+        let accepting = tokio::spawn(async move {
+            loop {
+                let tcp = match listener.accept().await {
+                    Ok((tcp, _)) => tcp,
+                    Err(error) => {
+                        tracing::warn!(%error, "accepting on the TLS xDS port");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(self.ads_service())
             .add_optional_service(ca)
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
-            .await
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
+            .await;
+        accepting.abort();
+        served
     }
+}
+
+fn server_tls_config(tls: &TlsOptions) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(tls.client_root.as_bytes()) {
+        roots.add(cert.map_err(|e| format!("mesh root: {e}"))?).map_err(|e| format!("mesh root: {e}"))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(tls.serving.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 impl DiscoveryServer {
