@@ -533,6 +533,17 @@ impl Drop for LocalMesh {
     }
 }
 
+/// The workload certificate (`default` secret) in an Envoy's secrets config dump
+/// (`/config_dump?resource=dynamic_active_secrets`): its SDS version and certificate chain.
+pub fn workload_certificate(dump: &Value) -> Option<(String, String)> {
+    let secret = dump["configs"].as_array()?.iter().find(|s| s["name"] == "default")?;
+    let chain = &secret["secret"]["tls_certificate"]["certificate_chain"]["inline_string"];
+    Some((
+        secret["version_info"].as_str().unwrap_or_default().to_owned(),
+        chain.as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
 /// Whether `wanted` proxies are connected and each has taken and answered the latest push.
 fn synced(sync: &Value, wanted: usize) -> bool {
     let proxies = sync.as_array().map(Vec::as_slice).unwrap_or_default();

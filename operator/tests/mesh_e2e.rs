@@ -282,15 +282,7 @@ fn proxy_config_shows_what_the_live_envoy_holds() {
 /// The `default` secret's version and certificate in a proxy's Envoy.
 async fn workload_certificate(mesh: &LocalMesh, proxy: &str) -> Option<(String, String)> {
     let dump = mesh.config_dump(proxy, "?resource=dynamic_active_secrets").await.ok()?;
-    dump["configs"].as_array()?.iter().find(|s| s["name"] == "default").map(|s| {
-        (
-            s["version_info"].as_str().unwrap_or_default().to_owned(),
-            s["secret"]["tls_certificate"]["certificate_chain"]["inline_string"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        )
-    })
+    rudder_e2e::mesh::workload_certificate(&dump)
 }
 
 #[test]

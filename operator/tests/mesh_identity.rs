@@ -37,18 +37,8 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
 
 /// The `default` secret Envoy holds: (version, certificate chain).
 fn workload_secret(admin: u16) -> Option<(String, String)> {
-    let dump: Value =
-        serde_json::from_str(&get(&format!("http://127.0.0.1:{admin}/config_dump?resource=dynamic_active_secrets"))?)
-            .ok()?;
-    dump["configs"].as_array()?.iter().find(|s| s["name"] == "default").map(|s| {
-        (
-            s["version_info"].as_str().unwrap_or_default().to_owned(),
-            s["secret"]["tls_certificate"]["certificate_chain"]["inline_string"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        )
-    })
+    let url = format!("http://127.0.0.1:{admin}/config_dump?resource=dynamic_active_secrets");
+    rudder_e2e::mesh::workload_certificate(&serde_json::from_str(&get(&url)?).ok()?)
 }
 
 struct Fixture {

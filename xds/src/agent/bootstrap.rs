@@ -17,8 +17,9 @@ pub const DEFAULT_ISTIO_VERSION: &str = "1.28.0";
 pub const DEFAULT_DISCOVERY_ADDRESS: &str = "istiod.istio-system.svc:15010";
 /// Cluster the ADS stream uses.
 pub const XDS_CLUSTER: &str = "xds-grpc";
-/// Cluster of the agent's SDS server (workload certificate and mesh root).
-pub const SDS_CLUSTER: &str = "sds-grpc";
+/// Cluster of the agent's SDS server (workload certificate and mesh root); translation names
+/// it in every Istio mTLS context.
+pub use crate::translate::cluster::SDS_CLUSTER;
 /// Cluster the readiness listener forwards to (Envoy's own admin `/ready`).
 pub const AGENT_CLUSTER: &str = "agent";
 /// Cluster the Prometheus listener forwards to (Envoy's own admin `/stats/prometheus`).
@@ -375,11 +376,11 @@ fn xds_tls(host: &str) -> Value {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": {
             "alpn_protocols": ["h2"],
-            "tls_certificate_sds_secret_configs": [sds_secret("default")],
+            "tls_certificate_sds_secret_configs": [sds_secret(super::sds::WORKLOAD_SECRET)],
             "combined_validation_context": {
                 "default_validation_context": {"match_typed_subject_alt_names": [
                     {"san_type": san_type, "matcher": {"exact": host}}]},
-                "validation_context_sds_secret_config": sds_secret("ROOTCA"),
+                "validation_context_sds_secret_config": sds_secret(super::sds::ROOT_SECRET),
             },
         },
     });

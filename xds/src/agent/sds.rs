@@ -26,10 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::identity::WorkloadCertificate;
 
-/// The workload certificate's secret name.
-pub const WORKLOAD_SECRET: &str = "default";
-/// The mesh root's secret name.
-pub const ROOT_SECRET: &str = "ROOTCA";
+pub use crate::translate::security::{ROOT_SECRET, WORKLOAD_SECRET};
 /// The socket's file name in the workload socket directory (Istio's layout).
 pub const SOCKET_NAME: &str = "socket";
 /// Istio's workload socket directory.

@@ -49,6 +49,7 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
 use rudder_config::common::Duration;
+use rudder_config::labels::TLS_MODE_ISTIO;
 use rudder_config::networking::destination_rule::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, OutlierDetection,
     ProxyProtocol, RetryBudget, SimpleLb, Subset, TcpKeepalive, TrafficPolicy,
@@ -59,9 +60,7 @@ use super::context::{
     outbound_cluster_name,
 };
 use super::endpoint;
-use rudder_config::labels::TLS_MODE_ISTIO;
-/// The endpoint metadata key (under `envoy.transport_socket_match`) auto mTLS matches on.
-const TLS_MODE_KEY: &str = "tlsMode";
+use super::security::{ROOT_SECRET, TRANSPORT_SOCKET_TLS, WORKLOAD_SECRET};
 use crate::model::{InterceptionMode, NodeType, Protocol, Resolution, Service, ServicePort, labels_match};
 
 /// Key of the upstream HTTP options in `typed_extension_protocol_options`.
@@ -72,6 +71,8 @@ pub const INBOUND_PASSTHROUGH_BIND: &str = "127.0.0.6";
 /// Bootstrap cluster of the local SDS server (istio-agent's), serving `default` and `ROOTCA`.
 pub const SDS_CLUSTER: &str = "sds-grpc";
 
+/// The endpoint metadata key (under `envoy.transport_socket_match`) auto mTLS matches on.
+const TLS_MODE_KEY: &str = "tlsMode";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(60);
 const DEFAULT_RING_SIZE: u64 = 1024;
@@ -79,7 +80,6 @@ const DEFAULT_RING_SIZE: u64 = 1024;
 const MAX_RING_SIZE: u64 = 8_388_608;
 /// Maglev table sizes must be prime and below this.
 const MAGLEV_MAX_TABLE_SIZE: u64 = 5_000_011;
-use super::security::TRANSPORT_SOCKET_TLS;
 
 /// Clusters for reaching services: one per visible service port and DestinationRule subset,
 /// sorted by name (first wins on a duplicate name), then BlackHole, Passthrough and
@@ -815,12 +815,12 @@ fn tls_socket(
             } else {
                 tls.subject_alt_names.clone()
             };
-            common.tls_certificate_sds_secret_configs = vec![sds_grpc_secret("default")];
+            common.tls_certificate_sds_secret_configs = vec![sds_grpc_secret(WORKLOAD_SECRET)];
             common.validation_context_type =
                 Some(common_tls_context::ValidationContextType::CombinedValidationContext(
                     common_tls_context::CombinedCertificateValidationContext {
                         default_validation_context: Some(san_validation(&sans)),
-                        validation_context_sds_secret_config: Some(sds_grpc_secret("ROOTCA")),
+                        validation_context_sds_secret_config: Some(sds_grpc_secret(ROOT_SECRET)),
                         ..Default::default()
                     },
                 ));

@@ -46,7 +46,7 @@ use crate::model::{InterceptionMode, Protocol, labels_match};
 use crate::registry::secret as secret_key;
 
 const WILDCARD: &str = "0.0.0.0";
-use super::security::TRANSPORT_SOCKET_TLS;
+use super::security::{ROOT_SECRET, TRANSPORT_SOCKET_TLS, WORKLOAD_SECRET};
 /// SDS resource names of credentials, as istiod names them.
 pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
 pub const CA_SUFFIX: &str = "-cacert";
@@ -372,7 +372,7 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
         if !ctx.proxy.has_workload_certificate() {
             return Err("ISTIO_MUTUAL needs the gateway's workload certificate (run discovery with the mesh CA)".into());
         }
-        common.tls_certificate_sds_secret_configs = vec![sds_grpc_secret("default")];
+        common.tls_certificate_sds_secret_configs = vec![sds_grpc_secret(WORKLOAD_SECRET)];
         let mut validation = CertificateValidationContext::default();
         if !tls.subject_alt_names.is_empty() {
             validation = san_validation(&tls.subject_alt_names);
@@ -380,7 +380,7 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
         common.validation_context_type = Some(common_tls_context::ValidationContextType::CombinedValidationContext(
             common_tls_context::CombinedCertificateValidationContext {
                 default_validation_context: Some(validation),
-                validation_context_sds_secret_config: Some(sds_grpc_secret("ROOTCA")),
+                validation_context_sds_secret_config: Some(sds_grpc_secret(ROOT_SECRET)),
                 ..Default::default()
             },
         ));

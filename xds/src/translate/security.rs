@@ -22,6 +22,10 @@ use crate::model::{Proxy, Snapshot, labels_match};
 /// Istio's default root namespace (mesh-wide policies live there).
 const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 pub const TRANSPORT_SOCKET_TLS: &str = "envoy.transport_sockets.tls";
+/// The agent's SDS name of the workload certificate and key.
+pub const WORKLOAD_SECRET: &str = "default";
+/// The agent's SDS name of the mesh root.
+pub const ROOT_SECRET: &str = "ROOTCA";
 
 /// The effective inbound mode of a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,9 +133,9 @@ pub fn inbound_tls_socket(alpn: &[&str]) -> TransportSocket {
             tls_maximum_protocol_version: tls_parameters::TlsProtocol::TlSv13 as i32,
             ..Default::default()
         }),
-        tls_certificate_sds_secret_configs: vec![super::cluster::sds_grpc_secret("default")],
+        tls_certificate_sds_secret_configs: vec![super::cluster::sds_grpc_secret(WORKLOAD_SECRET)],
         validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
-            super::cluster::sds_grpc_secret("ROOTCA"),
+            super::cluster::sds_grpc_secret(ROOT_SECRET),
         )),
         alpn_protocols: alpn.iter().map(|p| (*p).to_owned()).collect(),
         ..Default::default()
