@@ -1188,6 +1188,7 @@ async fn mutual_tls(mesh: &LocalMesh, strict: bool) -> anyhow::Result<String> {
 
 /// Example 21: the gateway's ISTIO_MUTUAL server admits a caller with a certificate of the mesh
 /// (and proves its own mesh identity); callers without one, or with another CA's, are refused.
+/// Its AUTO_PASSTHROUGH server passes a mesh caller's own mTLS through to the service.
 async fn ingress_istio_mutual(mesh: &LocalMesh) -> anyhow::Result<String> {
     const HOST: &str = "httpbin.mesh.internal";
     const GATEWAY_IDENTITY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
@@ -1213,8 +1214,21 @@ async fn ingress_istio_mutual(mesh: &LocalMesh) -> anyhow::Result<String> {
     let stranger = crate::tls::TestCa::new("not the mesh")?.client("stranger")?;
     let foreign = get(Some(stranger)).await;
     anyhow::ensure!(foreign.is_err(), "a caller with another CA's certificate got {:?}", foreign.map(|r| r.status));
+
+    // AUTO_PASSTHROUGH on 15443: the caller's own mTLS, by SNI, straight to httpbin's sidecar.
+    let edge = std::net::SocketAddr::new(addr.ip(), 15443);
+    let sni = format!("outbound_.8000_._.{SERVICE_HOST}");
+    let httpbin = "spiffe://cluster.local/ns/testns1/sa/httpbin";
+    let through =
+        crate::tls::mesh_https_get(edge, &sni, SERVICE_HOST, "/headers", &root, Some(&caller), httpbin).await?;
+    anyhow::ensure!(through.status == 200, "AUTO_PASSTHROUGH: status {}: {}", through.status, through.body);
+    anyhow::ensure!(
+        through.body.contains("URI=spiffe://cluster.local/ns/testns1/sa/sleep"),
+        "httpbin saw the caller's own certificate through the gateway: {}",
+        through.body
+    );
     Ok(format!(
-        "gateway ISTIO_MUTUAL: a caller with a mesh certificate reaches httpbin ({}), the gateway proving {GATEWAY_IDENTITY}; no certificate or another CA's → refused",
+        "gateway ISTIO_MUTUAL: a caller with a mesh certificate reaches httpbin ({}), the gateway proving {GATEWAY_IDENTITY}; no certificate or another CA's → refused. AUTO_PASSTHROUGH 15443: the caller's mTLS (SNI {sni}) passed through to httpbin, which saw the caller's identity",
         show(&versions)
     ))
 }

@@ -17,7 +17,8 @@
 //! ISTIO_MUTUAL terminates with the gateway's workload certificate (`default` from the agent's
 //! SDS) and requires a client certificate of the mesh (`ROOTCA`, `subjectAltNames` when given).
 //! A server whose credential is missing is skipped (Envoy would otherwise keep the whole
-//! listener warming). Not yet: AUTO_PASSTHROUGH.
+//! listener warming). AUTO_PASSTHROUGH routes mesh clients' mTLS by SNI to SNI-DNAT clusters
+//! without terminating it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use rudder_config::networking::gateway::{Server, ServerTlsMode, ServerTlsSetting
 use rudder_config::networking::virtual_service::TlsMatchAttributes;
 
 use super::cluster::{san_validation, sds_grpc_secret};
-use super::context::{Context, host_matches, listener_name, resolve_host};
+use super::context::{BLACKHOLE_CLUSTER, Context, host_matches, listener_name, resolve_host};
 use super::listener::hcm::{Routes, TcpTarget, hcm_filter, http_connection_manager, tcp_proxy};
 use super::listener::{access_log, filter_chain, l4_routes, listener, set_chains};
 use super::route::{http_routes_for_gateways, ipv6_compliant};
@@ -217,6 +218,10 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                 && matches!(server.protocol, Protocol::Tls | Protocol::Https)
             {
                 chains.extend(passthrough_chains(ctx, server, &logs));
+            } else if server.tls_mode() == Some(ServerTlsMode::AutoPassthrough)
+                && matches!(server.protocol, Protocol::Tls | Protocol::Https)
+            {
+                chains.push(auto_passthrough_chain(server, &logs));
             } else if server.protocol == Protocol::Tcp && server.server.tls.is_none() {
                 chains.extend(tcp_chain(ctx, server, &logs));
             } else {
@@ -225,7 +230,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                     port = server.number,
                     protocol = ?server.protocol,
                     tls = ?server.tls_mode(),
-                    "server not supported yet (AUTO_PASSTHROUGH, or TLS termination for a non-HTTPS protocol); skipped"
+                    "server not supported (TLS termination for a non-HTTPS protocol, or TLS settings on a plain protocol); skipped"
                 );
             }
         }
@@ -302,6 +307,77 @@ fn passthrough_chains(
         }
     }
     chains
+}
+
+/// The chain of an AUTO_PASSTHROUGH server: a mesh client's Istio mTLS passes through
+/// untouched to the service its SNI names (`outbound_.<port>_.<subset>_.<host>`, the name of
+/// one of the gateway's SNI-DNAT clusters, see [`with_sni_dnat_clusters`]); the workload
+/// behind terminates it. Server hosts narrow the SNIs accepted (`*` takes any).
+fn auto_passthrough_chain(
+    server: &GatewayServer<'_>,
+    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+) -> FilterChain {
+    let hosts: Vec<&str> = server.server.hosts.iter().map(|h| h.rsplit('/').next().unwrap_or(h)).collect();
+    let server_names =
+        if hosts.iter().any(|h| *h == "*") { Vec::new() } else { hosts.iter().map(|h| (*h).to_owned()).collect() };
+    let sni_cluster = envoy_types::pb::envoy::config::listener::v3::Filter {
+        name: SNI_CLUSTER_FILTER.to_owned(),
+        config_type: Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(pack_any(
+            envoy_types::pb::envoy::extensions::filters::network::sni_cluster::v3::SniCluster {},
+        ))),
+    };
+    // tcp_proxy's own cluster is only the fallback: sni_cluster names the real one.
+    let proxy = tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), logs);
+    let chain_match = FilterChainMatch { server_names, ..Default::default() };
+    filter_chain("", Some(chain_match), vec![sni_cluster, proxy])
+}
+
+const SNI_CLUSTER_FILTER: &str = "envoy.filters.network.sni_cluster";
+
+/// A gateway with an AUTO_PASSTHROUGH server also gets, for each outbound service cluster
+/// `outbound|<port>|<subset>|<host>`, a copy named as Istio mTLS clients name it in their SNI,
+/// `outbound_.<port>_.<subset>_.<host>`, that forwards the client's TLS as it is (no TLS of its
+/// own); endpoints are the original cluster's. Sorted by name, as clusters are.
+pub fn with_sni_dnat_clusters(
+    ctx: &Context<'_>,
+    mut clusters: Vec<envoy_types::pb::envoy::config::cluster::v3::Cluster>,
+) -> Vec<envoy_types::pb::envoy::config::cluster::v3::Cluster> {
+    let passthrough = servers(ctx).iter().any(|s| s.tls_mode() == Some(ServerTlsMode::AutoPassthrough));
+    if !passthrough {
+        return clusters;
+    }
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+    // EDS copies would share their originals' assignments, and Envoy does not hand a new
+    // cluster an assignment another cluster already holds: the copies carry theirs inline
+    // (gateways are translated again on every change, endpoints included).
+    let hosts: BTreeSet<String> =
+        clusters.iter().filter_map(|c| c.name.splitn(4, '|').nth(3).map(str::to_owned)).collect();
+    let mut assignments: BTreeMap<String, _> =
+        super::endpoint::for_services(ctx.snapshot, &hosts).into_iter().map(|a| (a.cluster_name.clone(), a)).collect();
+    let mut copies = Vec::new();
+    for cluster in &clusters {
+        let mut parts = cluster.name.splitn(4, '|');
+        let (Some("outbound"), Some(port), Some(subset), Some(host)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let mut copy = cluster.clone();
+        copy.name = format!("outbound_.{port}_.{subset}_.{host}");
+        copy.transport_socket = None;
+        copy.transport_socket_matches.clear();
+        copy.alt_stat_name = cluster.name.clone();
+        if copy.eds_cluster_config.take().is_some() {
+            let Some(mut assignment) = assignments.remove(&cluster.name) else { continue };
+            assignment.cluster_name.clone_from(&copy.name);
+            copy.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+            copy.load_assignment = Some(assignment);
+        }
+        copies.push(copy);
+    }
+    clusters.extend(copies);
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    clusters
 }
 
 fn tls_match_applies(m: &TlsMatchAttributes, number: u32, names: &[String]) -> bool {

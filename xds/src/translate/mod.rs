@@ -227,7 +227,11 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
     let ctx = context::Context::new(snapshot, proxy);
     let router = proxy.node_type == NodeType::Router;
     Resources {
-        clusters: if parts.clusters { cluster::outbound(&ctx) } else { Vec::new() },
+        clusters: match (parts.clusters, router) {
+            (false, _) => Vec::new(),
+            (true, false) => cluster::outbound(&ctx),
+            (true, true) => gateway::with_sni_dnat_clusters(&ctx, cluster::outbound(&ctx)),
+        },
         listeners: match (parts.listeners, router) {
             (false, _) => Vec::new(),
             (true, false) => listener::outbound(&ctx),
