@@ -318,8 +318,7 @@ fn auto_passthrough_chain(
     logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
 ) -> FilterChain {
     let hosts: Vec<&str> = server.server.hosts.iter().map(|h| h.rsplit('/').next().unwrap_or(h)).collect();
-    let server_names =
-        if hosts.iter().any(|h| *h == "*") { Vec::new() } else { hosts.iter().map(|h| (*h).to_owned()).collect() };
+    let server_names = if hosts.contains(&"*") { Vec::new() } else { hosts.iter().map(|h| (*h).to_owned()).collect() };
     let sni_cluster = envoy_types::pb::envoy::config::listener::v3::Filter {
         name: SNI_CLUSTER_FILTER.to_owned(),
         config_type: Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(pack_any(
