@@ -69,6 +69,9 @@ async fn uninstall(args: &Args) -> anyhow::Result<()> {
         bail!("cancelled");
     }
     uninstall::execute(&client, &keys, &mut Progress::stdout()).await?;
+    if scope == Scope::Purge {
+        uninstall::remove_mesh_ca_objects(&client, &mut Progress::stdout(), std::time::Duration::from_secs(90)).await?;
+    }
     let left = uninstall::settle_crds(&client, &keys, std::time::Duration::from_secs(120)).await;
     if !left.is_empty() {
         eprintln!("warning: still being deleted by the API server: CustomResourceDefinition {}", left.join(", "));

@@ -128,6 +128,67 @@ pub async fn plan(client: &Client, scope: &Scope, force: bool) -> Result<Vec<Obj
     Ok(keys)
 }
 
+/// What discovery made at run time rather than what an install applied: the mesh root's
+/// ConfigMap `istio-ca-root-cert` in every namespace and the self-signed CA's Secret
+/// `istio-ca-secret` (a plugged-in `cacerts` is the user's and stays). A purge removes them
+/// once no discovery pod is left to publish them again (waiting up to `timeout` for that).
+pub async fn remove_mesh_ca_objects(
+    client: &Client,
+    progress: &mut Progress,
+    timeout: std::time::Duration,
+) -> Result<(), InstallError> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let pods: Api<Pod> = Api::all(client.clone());
+    let discovery = ListParams::default().labels(&format!("{}=istiod", labels::APP));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = pods.list(&discovery).await.map_err(|e| InstallError::kube("list", "Pods", e))?;
+        if left.items.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            progress.line(&format!(
+                "  {} discovery pods still stopping; the mesh root may be published again",
+                left.items.len()
+            ));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let configmaps: Api<ConfigMap> = Api::all(client.clone());
+    let named = |name: &str| ListParams::default().fields(&format!("metadata.name={name}"));
+    let found = configmaps
+        .list(&named(rudder_xds::ca_kube::ROOT_CONFIGMAP))
+        .await
+        .map_err(|e| InstallError::kube("list", "ConfigMaps", e))?;
+    for cm in found.items {
+        let namespace = cm.namespace().unwrap_or_default();
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        match api.delete(&cm.name_any(), &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(InstallError::kube("delete", "ConfigMap", e)),
+        }
+        progress.line(&format!("  removed ConfigMap/{namespace}/{}", rudder_xds::ca_kube::ROOT_CONFIGMAP));
+    }
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let found = secrets
+        .list(&named(rudder_xds::ca_kube::SELF_SIGNED_SECRET))
+        .await
+        .map_err(|e| InstallError::kube("list", "Secrets", e))?;
+    for secret in found.items {
+        let namespace = secret.namespace().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        match api.delete(&secret.name_any(), &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(InstallError::kube("delete", "Secret", e)),
+        }
+        progress.line(&format!("  removed Secret/{namespace}/{}", rudder_xds::ca_kube::SELF_SIGNED_SECRET));
+    }
+    Ok(())
+}
+
 /// Deletes the planned objects in order.
 pub async fn execute(client: &Client, keys: &[ObjectKey], progress: &mut Progress) -> Result<(), InstallError> {
     for key in keys {
