@@ -6,6 +6,7 @@ pub mod cli;
 pub mod controller;
 pub mod injector_watch;
 pub mod install;
+pub mod logging;
 pub mod manifest;
 pub mod mesh_watch;
 pub mod operator_init;

@@ -81,6 +81,8 @@ pub struct Args {
     no_webhook: bool,
     #[command(flatten)]
     admission: AdmissionArgs,
+    #[command(flatten)]
+    log: crate::logging::LogArgs,
 }
 
 fn go_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -88,7 +90,7 @@ fn go_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 pub fn run(args: &Args) -> ExitCode {
-    super::init_logging();
+    crate::logging::init(&args.log);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
     exit_code(runtime.context("starting the runtime").and_then(|rt| rt.block_on(serve(args))))
 }
@@ -164,7 +166,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         tracing::info!(webhook = %admission.local_addr()?, "admission server listening");
         Some(tokio::spawn(admission.serve(stopped())))
     };
-    let monitoring_app = server.monitoring_router();
+    let monitoring_app = server.monitoring_router().merge(crate::logging::router());
     let monitoring_task = tokio::spawn({
         let stopped = stopped();
         async move { axum::serve(monitoring, monitoring_app).with_graceful_shutdown(stopped).await }

@@ -74,18 +74,6 @@ enum Command {
     Bench(bench::Args),
 }
 
-/// Logs to stderr, `RUST_LOG` or `info` without kube's and tower's chatter.
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn,tower=warn".into()),
-        )
-        .try_init();
-}
-
 impl Cli {
     /// Runs the chosen verb and returns the process exit code.
     pub fn run(self) -> ExitCode {

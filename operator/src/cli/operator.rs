@@ -35,6 +35,8 @@ enum Verb {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
+    #[command(flatten)]
+    log: crate::logging::LogArgs,
     /// Namespaces (comma list) whose IstioOperator CRs to reconcile; empty means all.
     #[arg(long, env = "WATCH_NAMESPACE", value_delimiter = ',', default_value = "")]
     watched_namespaces: Vec<String>,
@@ -159,10 +161,7 @@ async fn remove(args: &RemoveArgs) -> anyhow::Result<()> {
 }
 
 fn run_controller(args: &RunArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    crate::logging::init(&args.log);
     let opts = RunOptions {
         watched_namespaces: args.watched_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
         revision: args.revision.clone().filter(|r| !r.is_empty()),

@@ -24,10 +24,12 @@ pub struct Args {
     from_cluster: bool,
     #[command(flatten)]
     admission: AdmissionArgs,
+    #[command(flatten)]
+    log: crate::logging::LogArgs,
 }
 
 pub fn run(args: &Args) -> ExitCode {
-    super::init_logging();
+    crate::logging::init(&args.log);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
     exit_code(runtime.context("starting the runtime").and_then(|rt| rt.block_on(serve(args))))
 }

@@ -227,9 +227,24 @@ async fn serve_health(listener: TcpListener, ready: Arc<AtomicBool>, metrics: Ar
 
 /// The HTTP response for one request's head: `/healthz`, `/readyz` or `/metrics`.
 pub fn health_response(request: &str, ready: bool, metrics: &Metrics) -> String {
-    let path = request.split_whitespace().nth(1).unwrap_or("");
+    let mut head = request.split_whitespace();
+    let method = head.next().unwrap_or("");
+    let target = head.next().unwrap_or("");
+    let (path, query) = target.split_once('?').map_or((target, None), |(p, q)| (p, Some(q)));
     let encoded;
+    let logging;
     let (code, content_type, body) = match path {
+        "/logging" => {
+            let (status, text) = crate::logging::handle(method, query);
+            logging = text;
+            let code = match status {
+                200 => "200 OK",
+                400 => "400 Bad Request",
+                405 => "405 Method Not Allowed",
+                _ => "503 Service Unavailable",
+            };
+            (code, "text/plain", logging.as_str())
+        }
         "/healthz" => ("200 OK", "text/plain", "ok"),
         "/readyz" if ready => ("200 OK", "text/plain", "ok"),
         "/readyz" => ("503 Service Unavailable", "text/plain", "not ready"),
@@ -256,6 +271,9 @@ mod tests {
         assert!(health_response("GET /readyz HTTP/1.1\r\n", false, &m).starts_with("HTTP/1.1 503"));
         assert!(health_response("GET /readyz HTTP/1.1\r\n", true, &m).starts_with("HTTP/1.1 200"));
         assert!(health_response("GET /x HTTP/1.1\r\n", true, &m).starts_with("HTTP/1.1 404"));
+        // The log filter is served there too (its value depends on the process's logger).
+        assert!(!health_response("GET /logging HTTP/1.1\r\n", true, &m).starts_with("HTTP/1.1 404"));
+        assert!(health_response("DELETE /logging HTTP/1.1\r\n", true, &m).starts_with("HTTP/1.1 405"));
     }
 
     #[test]
