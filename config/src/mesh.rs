@@ -548,6 +548,11 @@ impl ProxyConfig {
 }
 
 impl MeshConfig {
+    /// The trust domain of workload identities: `trustDomain`, `cluster.local` when unset or empty.
+    pub fn effective_trust_domain(&self) -> &str {
+        self.trust_domain.as_deref().filter(|d| !d.is_empty()).unwrap_or("cluster.local")
+    }
+
     /// Upstream's built-in mesh defaults (`DefaultMeshConfig` plus the chart's effective
     /// defaults for Prometheus merging and default metrics provider).
     pub fn istio_defaults() -> Self {

@@ -261,7 +261,7 @@ impl Snapshot {
 
     /// The mesh root namespace (`istio-system` unless MeshConfig says otherwise).
     pub fn root_namespace(&self) -> &str {
-        self.mesh.root_namespace.as_deref().unwrap_or("istio-system")
+        self.mesh.root_namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or("istio-system")
     }
 
     /// Endpoints of `hostname` (empty when none are known).

@@ -121,7 +121,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         }
     };
 
-    let trust_domain = mesh.trust_domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "cluster.local".into());
+    let trust_domain = mesh.effective_trust_domain().to_owned();
     let jwks_task = tokio::spawn(jwks::follow(registry_rx, with_keys_tx, args.jwks_refresh, stopped()));
     let (registry, cluster) = match &args.config_dir {
         Some(dir) => {

@@ -49,7 +49,6 @@ const NETWORK_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.ne
 /// Where the JWT filter leaves a verified token's payload (see [`super::authn`]).
 pub const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 pub const JWT_PAYLOAD: &str = "payload";
-const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
 /// The policies of each action that apply to a workload: `(policy, Envoy policy name prefix)`.
 #[derive(Debug, Default)]
@@ -68,7 +67,7 @@ pub(crate) fn selects(
     selector: Option<&rudder_config::common::WorkloadSelector>,
     proxy: &Proxy,
 ) -> bool {
-    let root = snapshot.mesh.root_namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(DEFAULT_ROOT_NAMESPACE);
+    let root = snapshot.root_namespace();
     match selector.filter(|s| !s.match_labels.is_empty()) {
         Some(selector) => namespace == proxy.namespace && labels_match(&selector.match_labels, &proxy.labels),
         None => namespace == proxy.namespace || namespace == root,
@@ -175,7 +174,7 @@ pub fn network_filters(snapshot: &Snapshot, proxy: &Proxy) -> Vec<Filter> {
 /// `(action name, encoded filter config with only `rules` set)` for each needed filter.
 fn filters(snapshot: &Snapshot, proxy: &Proxy, layer: Layer) -> Vec<(&'static str, Vec<u8>)> {
     let found = applicable(snapshot, proxy);
-    let trust_domain = snapshot.mesh.trust_domain.as_deref().filter(|d| !d.is_empty()).unwrap_or("cluster.local");
+    let trust_domain = snapshot.mesh.effective_trust_domain();
     let mut out = Vec::new();
     if !found.deny.is_empty() {
         let policies = envoy_policies(&found.deny, layer, true, trust_domain);

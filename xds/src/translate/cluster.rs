@@ -900,7 +900,7 @@ fn tls_socket(
 
 /// SPIFFE identities of the service's endpoints, the SANs ISTIO_MUTUAL expects by default.
 fn service_accounts(ctx: &Context<'_>, service: &Service) -> Vec<String> {
-    let trust_domain = ctx.snapshot.mesh.trust_domain.as_deref().unwrap_or("cluster.local");
+    let trust_domain = ctx.snapshot.mesh.effective_trust_domain();
     let accounts: BTreeSet<String> = ctx
         .snapshot
         .endpoints_of(&service.hostname)

@@ -19,8 +19,6 @@ use rudder_config::security::{MutualTlsMode, PeerAuthentication};
 
 use crate::model::{Proxy, Snapshot, labels_match};
 
-/// Istio's default root namespace (mesh-wide policies live there).
-const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 pub const TRANSPORT_SOCKET_TLS: &str = "envoy.transport_sockets.tls";
 /// The agent's SDS name of the workload certificate and key.
 pub const WORKLOAD_SECRET: &str = "default";
@@ -55,10 +53,6 @@ impl PortMtls {
     pub fn accepts_plaintext(self) -> bool {
         self != Self::Strict
     }
-}
-
-fn root_namespace(snapshot: &Snapshot) -> &str {
-    snapshot.mesh.root_namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(DEFAULT_ROOT_NAMESPACE)
 }
 
 fn without_selector(policy: &PeerAuthentication) -> bool {
@@ -103,7 +97,7 @@ pub fn policy_mode(
     port_level
         .or_else(|| level(workload))
         .or_else(|| level(namespace_policy(snapshot, namespace)))
-        .or_else(|| level(namespace_policy(snapshot, root_namespace(snapshot))))
+        .or_else(|| level(namespace_policy(snapshot, snapshot.root_namespace())))
         .unwrap_or(PortMtls::Permissive)
 }
 
@@ -120,7 +114,8 @@ pub fn inbound_mode(snapshot: &Snapshot, proxy: &Proxy, port: u32) -> PortMtls {
 /// looked at, as Istio's auto mTLS does not either without per-endpoint information.
 pub fn namespace_disables_mtls(snapshot: &Snapshot, namespace: &str) -> bool {
     let level = |policy: Option<&PeerAuthentication>| policy.and_then(|p| PortMtls::of(p.spec.mtls.as_ref()?.mode));
-    level(namespace_policy(snapshot, namespace)).or_else(|| level(namespace_policy(snapshot, root_namespace(snapshot))))
+    level(namespace_policy(snapshot, namespace))
+        .or_else(|| level(namespace_policy(snapshot, snapshot.root_namespace())))
         == Some(PortMtls::Disable)
 }
 

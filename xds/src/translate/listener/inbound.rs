@@ -42,7 +42,7 @@ pub const VIRTUAL_INBOUND_PASSTHROUGH: &str = "virtualInbound";
 
 /// Inbound listeners of `ctx.proxy` (unsorted).
 pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
-    let logs = ChainFilters {
+    let filters = ChainFilters {
         logs: super::access_log::from_mesh(&ctx.snapshot.mesh),
         http: authz::http_filters(ctx.snapshot, ctx.proxy),
         tcp: authz::network_filters(ctx.snapshot, ctx.proxy),
@@ -55,12 +55,12 @@ pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
             let name = listener_name(bind, p.port);
             let mut l = listener(name.clone(), bind, p.port, TrafficDirection::Inbound, true);
             let mode = inbound_mode(ctx.snapshot, ctx.proxy, p.port);
-            set_chains(&mut l, port_chains(p, &name, None, &logs, mode), detection_timeout(ctx));
+            set_chains(&mut l, port_chains(p, &name, None, &filters, mode), detection_timeout(ctx));
             Some(l)
         })
         .collect();
     if ctx.proxy.interception != InterceptionMode::None {
-        out.push(virtual_inbound(ctx, &ports, &logs));
+        out.push(virtual_inbound(ctx, &ports, &filters));
     }
     out
 }
@@ -68,7 +68,7 @@ pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
 /// What every inbound chain carries besides its routing: access logs and authorization.
 struct ChainFilters {
     logs: Vec<AccessLog>,
-    /// HTTP RBAC filters, before the router.
+    /// Authentication (JWT) and authorization (RBAC) HTTP filters, before the router.
     http: Vec<HttpFilter>,
     /// Network RBAC filters, before tcp_proxy.
     tcp: Vec<Filter>,
@@ -82,7 +82,7 @@ impl ChainFilters {
     }
 }
 
-fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &ChainFilters) -> Listener {
+fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], filters: &ChainFilters) -> Listener {
     let (_, inbound_port) = capture_ports(ctx);
     let mut l = listener(VIRTUAL_INBOUND.to_owned(), WILDCARD, inbound_port, TrafficDirection::Inbound, true);
     l.bind_to_port = None;
@@ -93,7 +93,7 @@ fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &ChainFilters
     let mut chains = vec![filter_chain(
         VIRTUAL_INBOUND_BLACKHOLE,
         Some(port_match(inbound_port)),
-        vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), &logs.logs)],
+        vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), &filters.logs)],
     )];
     for p in ports.iter().filter(|p| p.bind.is_none()) {
         if p.port == inbound_port {
@@ -101,10 +101,10 @@ fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], logs: &ChainFilters
             continue;
         }
         let mode = inbound_mode(ctx.snapshot, ctx.proxy, p.port);
-        chains.extend(port_chains(p, &listener_name(WILDCARD, p.port), Some(p.port), logs, mode));
+        chains.extend(port_chains(p, &listener_name(WILDCARD, p.port), Some(p.port), filters, mode));
     }
     // Undeclared ports follow the workload's mode without a port.
-    let passthrough = || logs.tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER);
+    let passthrough = || filters.tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER);
     let mode = inbound_mode(ctx.snapshot, ctx.proxy, 0);
     for (transport, socket) in transports(mode, &[]) {
         let matched = transport.map(|t| FilterChainMatch { transport_protocol: t.to_owned(), ..Default::default() });
@@ -136,7 +136,7 @@ fn port_chains(
     p: &InboundPort,
     name: &str,
     destination_port: Option<u32>,
-    logs: &ChainFilters,
+    filters: &ChainFilters,
     mode: PortMtls,
 ) -> Vec<FilterChain> {
     let alpn: &[&str] = if p.protocol.is_http() { &["h2", "http/1.1"] } else { &[] };
@@ -147,7 +147,7 @@ fn port_chains(
             transport_protocol: transport.unwrap_or_default().to_owned(),
             ..Default::default()
         };
-        let mut port = protocol_chains(p, name, base, logs, socket.is_some());
+        let mut port = protocol_chains(p, name, base, filters, socket.is_some());
         for chain in &mut port {
             chain.transport_socket.clone_from(&socket);
         }
@@ -162,7 +162,7 @@ fn protocol_chains(
     p: &InboundPort,
     name: &str,
     base: FilterChainMatch,
-    logs: &ChainFilters,
+    filters: &ChainFilters,
     mtls: bool,
 ) -> Vec<FilterChain> {
     let base_match = (base != FilterChainMatch::default()).then(|| base.clone());
@@ -171,11 +171,11 @@ fn protocol_chains(
         let mut hcm = http_connection_manager(
             &format!("inbound_{name}"),
             Routes::Inline(Box::new(inbound_route_config(p.port, p.protocol))),
-            &logs.logs,
+            &filters.logs,
         );
         // Authorization right before the router (after authentication, when there is any).
         let router = hcm.http_filters.len().saturating_sub(1);
-        hcm.http_filters.splice(router..router, logs.http.iter().cloned());
+        hcm.http_filters.splice(router..router, filters.http.iter().cloned());
         if mtls {
             // The app learns who called: the client certificate's SPIFFE id (URI) and more.
             hcm.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
@@ -188,7 +188,7 @@ fn protocol_chains(
         }
         hcm_filter(hcm)
     };
-    let tcp = || logs.tcp_proxy(&cluster);
+    let tcp = || filters.tcp_proxy(&cluster);
     if p.protocol.is_http() {
         vec![filter_chain(name, base_match, vec![hcm()])]
     } else if p.protocol.is_auto() && !mtls {
