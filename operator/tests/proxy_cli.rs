@@ -127,6 +127,41 @@ fn bootstrap_from_the_injected_env_is_accepted_by_envoy() {
 }
 
 #[test]
+fn with_the_mesh_root_the_bootstrap_reaches_discovery_over_tls_with_the_sds_certificate() {
+    let dir = std::env::temp_dir().join(format!("rudder-proxy-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = dir.join("root-cert.pem");
+    let material = rudder_xds::ca::generate_root("cluster.local", std::time::SystemTime::now()).unwrap();
+    std::fs::write(&root, &material.root_cert).unwrap();
+    let out = injected(&mut rudder())
+        .args(["proxy", "bootstrap", "--ca-root-cert"])
+        .arg(&root)
+        .args(["--service-account", "reviews", "--workload-socket", "/tmp/rudder-sds/socket"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["node"]["metadata"]["WORKLOAD_IDENTITY"], "spiffe://cluster.local/ns/bookinfo/sa/reviews");
+    let clusters = json["static_resources"]["clusters"].as_array().unwrap();
+    let xds = clusters.iter().find(|c| c["name"] == "xds-grpc").unwrap();
+    let socket = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+    assert_eq!(socket["port_value"], 15012, "TLS port kept");
+    assert_eq!(xds["transport_socket"]["name"], "envoy.transport_sockets.tls");
+    let sds = clusters.iter().find(|c| c["name"] == "sds-grpc").unwrap();
+    let pipe = &sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"];
+    assert_eq!(pipe, "/tmp/rudder-sds/socket");
+    let file = dir.join("bootstrap.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let check = Command::new(envoy_path().unwrap())
+        .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(check.status.success(), "{}", text(&check));
+}
+
+#[test]
 fn sidecar_waits_for_config_and_stops_envoy_on_sigterm() {
     let [admin, status, prometheus, nobody] = rudder_e2e::process::free_ports().unwrap();
     let dir = std::env::temp_dir().join(format!("rudder-proxy-sidecar-{}", std::process::id()));

@@ -49,7 +49,7 @@ enum ProxyCommand {
     Sidecar(Box<RunArgs>),
     /// Run Envoy as a gateway (router).
     Router(Box<RunArgs>),
-    /// Print the Envoy bootstrap the agent would write (JSON).
+    /// Print the Envoy bootstrap the agent would write (JSON), TLS and SDS included when the mesh root is there.
     Bootstrap(Box<BootstrapArgs>),
     /// Wait until the proxy reports ready (exit 0) or time out (exit 1).
     Wait(WaitArgs),
@@ -223,6 +223,8 @@ struct BootstrapArgs {
     node_type: NodeType,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -334,9 +336,35 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn print_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
-    let (options, _) = bootstrap_options(args.node_type, &args.node, false)?;
-    let json = bootstrap::bootstrap(&options)?;
+    let proxy = proxy_setup(args.node_type, &args.node, &args.security)?;
+    let json = bootstrap::bootstrap(&proxy.options)?;
     write_stdout(&(serde_json::to_string_pretty(&json)? + "\n"))
+}
+
+/// What a proxy runs with: its bootstrap options, PROXY_CONFIG, how to reach discovery, and,
+/// when the mesh root is there, how to get its certificate (the bootstrap then gets the SDS
+/// socket and TLS to discovery, the node metadata the identity).
+struct ProxySetup {
+    options: BootstrapOptions,
+    proxy_config: ProxyConfig,
+    discovery: DiscoveryTarget,
+    identity: Option<IdentityOptions>,
+}
+
+fn proxy_setup(node_type: NodeType, node: &NodeArgs, security: &SecurityArgs) -> anyhow::Result<ProxySetup> {
+    let root = mesh_root(&security.ca_root_cert)?;
+    let (mut options, proxy_config) = bootstrap_options(node_type, node, root.is_some())?;
+    let discovery = DiscoveryTarget { address: options.discovery_address.clone(), root_pem: root };
+    let identity = discovery.root_pem.is_some().then(|| {
+        options.sds_socket = Some(security.workload_socket.display().to_string());
+        let identity = identity_options(security, &discovery, &options.namespace);
+        options.extra_metadata.insert(
+            rudder_xds::model::WORKLOAD_IDENTITY.to_owned(),
+            serde_json::Value::String(identity.identity.to_string()),
+        );
+        identity
+    });
+    Ok(ProxySetup { options, proxy_config, discovery, identity })
 }
 
 /// The bootstrap options, and the parsed PROXY_CONFIG (for the Envoy settings it carries).
@@ -453,21 +481,8 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "info".into()))
         .try_init();
     let prepared = (|| -> anyhow::Result<_> {
-        let root = mesh_root(&args.security.ca_root_cert)?;
-        let (mut options, proxy_config) = bootstrap_options(node_type, &args.node, root.is_some())?;
-        let discovery = DiscoveryTarget { address: options.discovery_address.clone(), root_pem: root };
-        let identity = match &discovery.root_pem {
-            Some(_) => {
-                options.sds_socket = Some(args.security.workload_socket.display().to_string());
-                let identity = identity_options(&args.security, &discovery, &options.namespace);
-                options.extra_metadata.insert(
-                    rudder_xds::model::WORKLOAD_IDENTITY.to_owned(),
-                    serde_json::Value::String(identity.identity.to_string()),
-                );
-                Some(identity)
-            }
-            None => None,
-        };
+        let ProxySetup { options, proxy_config, discovery, identity } =
+            proxy_setup(node_type, &args.node, &args.security)?;
         let json = bootstrap::bootstrap(&options)?;
         let envoy = envoy_options(&args.envoy, &options, &proxy_config)?;
         let dns = dns_proxy_options(&args.dns, &options, &discovery)?;
