@@ -159,3 +159,115 @@ pub async fn publish_root(client: Client, root_pem: String, stop: impl std::futu
         () = stop => {}
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// An API server holding Secrets by name in `istio-system`; with `winner`, a
+    /// create answer 409 after storing `winner` (another replica created it first). Records
+    /// the requests as `METHOD name`.
+    fn api(secrets: Vec<Secret>, winner: Option<Secret>) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let (service, mut handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut stored: BTreeMap<String, Secret> =
+                secrets.into_iter().map(|s| (s.metadata.name.clone().unwrap(), s)).collect();
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_owned();
+                let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let (status, answer) = match method.as_str() {
+                    "GET" => match stored.get(&name) {
+                        Some(secret) => (200, serde_json::to_vec(secret).unwrap()),
+                        None => (404, not_found(&name)),
+                    },
+                    "POST" => {
+                        let created: Secret = serde_json::from_slice(&body).unwrap();
+                        let key = created.metadata.name.clone().unwrap();
+                        match &winner {
+                            Some(first) => {
+                                stored.insert(key.clone(), first.clone());
+                                (
+                                    409,
+                                    serde_json::to_vec(&serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                                    "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "exists"}))
+                                    .unwrap(),
+                                )
+                            }
+                            None => {
+                                stored.insert(key, created.clone());
+                                (201, serde_json::to_vec(&created).unwrap())
+                            }
+                        }
+                    }
+                    other => panic!("unexpected {other} {path}"),
+                };
+                log.lock().unwrap().push(format!("{method} {name}"));
+                let mut response = http::Response::new(kube::client::Body::from(answer));
+                *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                send.send_response(response);
+            }
+        });
+        (Client::new(service, "istio-system"), seen)
+    }
+
+    fn not_found(name: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": format!("secrets \"{name}\" not found")}))
+        .unwrap()
+    }
+
+    fn secret(name: &str, material: &CaMaterial) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("istio-system".into()),
+                ..Default::default()
+            },
+            data: Some(
+                material.entries().iter().map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec()))).collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plugged_in_cacerts_wins_over_the_self_signed_secret() {
+        let plugged = generate_root("cluster.local", SystemTime::now()).unwrap();
+        let own = generate_root("cluster.local", SystemTime::now()).unwrap();
+        let (client, seen) = api(vec![secret(PLUGGED_SECRET, &plugged), secret(SELF_SIGNED_SECRET, &own)], None);
+        let (material, source) = load_or_create(client, "istio-system", "cluster.local").await.unwrap();
+        assert_eq!((source, material), (PLUGGED_SECRET, plugged));
+        assert_eq!(*seen.lock().unwrap(), ["GET cacerts"]);
+    }
+
+    #[tokio::test]
+    async fn without_a_ca_one_is_generated_and_kept() {
+        let (client, seen) = api(vec![], None);
+        let (material, source) = load_or_create(client, "istio-system", "cluster.local").await.unwrap();
+        assert_eq!(source, SELF_SIGNED_SECRET);
+        assert!(material.root_cert.contains("BEGIN CERTIFICATE"));
+        assert_eq!(*seen.lock().unwrap(), ["GET cacerts", "GET istio-ca-secret", "POST secrets"]);
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_loses_the_create_race_uses_the_winners_root() {
+        let first = generate_root("cluster.local", SystemTime::now()).unwrap();
+        let (client, seen) = api(vec![], Some(secret(SELF_SIGNED_SECRET, &first)));
+        let (material, source) = load_or_create(client, "istio-system", "cluster.local").await.unwrap();
+        assert_eq!((source, material), (SELF_SIGNED_SECRET, first));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["GET cacerts", "GET istio-ca-secret", "POST secrets", "GET istio-ca-secret"]
+        );
+    }
+}

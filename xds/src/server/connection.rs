@@ -247,14 +247,7 @@ pub(crate) fn register(
         .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
     let metadata = node.metadata.as_ref().map(struct_to_json).unwrap_or_default();
     let proxy = Proxy::from_node(&node.id, &metadata).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if let Some(identity) = &peer.identity
-        && identity.namespace != proxy.namespace
-    {
-        return Err(Status::permission_denied(format!(
-            "node {} claims namespace {:?}, but its certificate is {identity}",
-            node.id, proxy.namespace
-        )));
-    }
+    check_claimed_namespace(peer.identity.as_ref(), &proxy, &node.id)?;
     let connection = Arc::new(Connection {
         id: shared.connection_id(&node.id),
         node_id: node.id.clone(),
@@ -271,6 +264,17 @@ pub(crate) fn register(
     shared.metrics.connected.inc();
     tracing::debug!(connection = %connection.id, delta, "connected");
     Ok(Registration { shared: shared.clone(), connection })
+}
+
+/// A client certificate proves the proxy's namespace: a node claiming another is refused.
+fn check_claimed_namespace(identity: Option<&SpiffeId>, proxy: &Proxy, node_id: &str) -> Result<(), Status> {
+    match identity {
+        Some(identity) if identity.namespace != proxy.namespace => Err(Status::permission_denied(format!(
+            "node {node_id} claims namespace {:?}, but its certificate is {identity}",
+            proxy.namespace
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// What both stream kinds share: the connection, the generation feed and the resources of the
@@ -467,6 +471,16 @@ mod tests {
         let mut verified = connection("10.244.0.7", Some("10.244.0.9:40000"));
         verified.identity = Some(SpiffeId::new("cluster.local", "istio-system", "gw"));
         assert!(verified.may_receive_credentials());
+    }
+
+    #[test]
+    fn a_certificate_of_another_namespace_cannot_claim_this_one() {
+        let proxy = connection("10.244.0.7", None).proxy;
+        let id = |ns: &str| SpiffeId::new("cluster.local", ns, "gw");
+        assert!(check_claimed_namespace(Some(&id("istio-system")), &proxy, "n").is_ok());
+        assert!(check_claimed_namespace(None, &proxy, "n").is_ok(), "no certificate: only the address rule applies");
+        let refused = check_claimed_namespace(Some(&id("default")), &proxy, "n").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
