@@ -166,3 +166,96 @@ pub async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Serves whatever `document` holds at `/jwks.json` (a 500 for an empty one), counting
+    /// the requests in `fetches`.
+    async fn issuer(document: Arc<Mutex<String>>, fetches: Arc<std::sync::atomic::AtomicUsize>) -> String {
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let text = document.lock().unwrap().clone();
+                async move {
+                    if text.is_empty() {
+                        (http::StatusCode::INTERNAL_SERVER_ERROR, String::new())
+                    } else {
+                        (http::StatusCode::OK, text)
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/jwks.json")
+    }
+
+    fn snapshot_with(uri: &str) -> Arc<Snapshot> {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: ra, namespace: apps}}\n\
+             spec: {{jwtRules: [{{issuer: iss, jwksUri: \"{uri}\"}}]}}\n"
+        );
+        let loaded = rudder_config::load::load_str("ra.yaml", &yaml).unwrap();
+        let mut snapshot = Snapshot::default();
+        for l in loaded.objects {
+            if let rudder_config::IstioObject::RequestAuthentication(ra) = l.object {
+                snapshot.request_authentications.push(Arc::from(ra));
+            }
+        }
+        Arc::new(snapshot)
+    }
+
+    async fn wait_for(rx: &mut watch::Receiver<Arc<Snapshot>>, uri: &str, want: Option<&str>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if rx.borrow_and_update().jwks.get(uri).map(|d| d.to_string()).as_deref() == want {
+                return;
+            }
+            assert!(tokio::time::timeout_at(deadline, rx.changed()).await.is_ok(), "no JWKS {want:?} for {uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn documents_are_fetched_refreshed_and_the_last_good_one_kept() {
+        let first = r#"{"keys":[{"kid":"1"}]}"#;
+        let second = r#"{"keys":[{"kid":"2"}]}"#;
+        let document = Arc::new(Mutex::new(first.to_owned()));
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let uri = issuer(document.clone(), fetches.clone()).await;
+        // Until discovery has asked the issuer `n` more times.
+        let fetched = |n: usize| {
+            let fetches = fetches.clone();
+            let target = fetches.load(std::sync::atomic::Ordering::SeqCst) + n;
+            async move {
+                while fetches.load(std::sync::atomic::Ordering::SeqCst) < target {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let (up_tx, up_rx) = watch::channel(snapshot_with(&uri));
+        let (down_tx, mut down_rx) = watch::channel(Arc::new(Snapshot::default()));
+        tokio::spawn(follow(up_rx, down_tx, Duration::from_millis(200), std::future::pending()));
+        wait_for(&mut down_rx, &uri, Some(first)).await;
+
+        *document.lock().unwrap() = second.to_owned();
+        wait_for(&mut down_rx, &uri, Some(second)).await;
+
+        // A failing issuer or a document that is not a JWKS: the last good keys stay.
+        *document.lock().unwrap() = String::new();
+        tokio::time::timeout(Duration::from_secs(10), fetched(2)).await.unwrap();
+        *document.lock().unwrap() = r#"{"not":"keys"}"#.to_owned();
+        tokio::time::timeout(Duration::from_secs(10), fetched(2)).await.unwrap();
+        assert_eq!(down_rx.borrow().jwks.get(&uri).map(|d| d.to_string()).as_deref(), Some(second));
+
+        // The RequestAuthentication gone: its document goes too.
+        up_tx.send(Arc::new(Snapshot::default())).unwrap();
+        wait_for(&mut down_rx, &uri, None).await;
+    }
+}
