@@ -73,24 +73,56 @@ impl Endpoint {
     }
 }
 
-/// An HTTP answer: status, content type and body.
+/// An HTTP answer: status, content type and body, and what it decided (for the metrics).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    pub audit: Audit,
+}
+
+/// What an answered review decided, as the admission metrics count it
+/// ([`crate::metrics::Metrics::record`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Audit {
+    /// Nothing decided: an HTTP-level error (the status says which), or a DELETE without an
+    /// object at `/validate`.
+    #[default]
+    None,
+    /// A pod was given a sidecar (a patch was sent).
+    Injected,
+    /// Allowed unchanged: injection was not wanted, or the object is not a pod.
+    Skipped,
+    /// Injection was asked for and failed (the pod is denied).
+    InjectFailed,
+    /// An object was validated: `reason` is `None` when it passed, else why it failed
+    /// (`invalid_resource`, `yaml_decode_error`, `unknown_type`, as istiod names them).
+    Validated { resource: Box<Resource>, reason: Option<&'static str> },
+}
+
+/// The `request.resource` of a review (group, version and plural resource name), or what the
+/// object's `apiVersion` and `kind` give when the review has none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+pub struct Resource {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub resource: String,
 }
 
 impl Reply {
     fn error(status: u16, message: impl Into<String>) -> Self {
         let mut body = message.into().into_bytes();
         body.push(b'\n');
-        Reply { status, content_type: TEXT, body }
+        Reply { status, content_type: TEXT, body, audit: Audit::None }
     }
 
-    fn review(out: &ReviewOut<'_>) -> Self {
+    fn review(out: &ReviewOut<'_>, audit: Audit) -> Self {
         match serde_json::to_vec(out) {
-            Ok(body) => Reply { status: 200, content_type: JSON, body },
+            Ok(body) => Reply { status: 200, content_type: JSON, body, audit },
             Err(e) => Reply::error(500, format!("cannot encode the response: {e}")),
         }
     }
@@ -139,8 +171,8 @@ fn handle_inner(
         Endpoint::Validate => review_validate(&review.request),
     };
     match response {
-        Ok(response) => {
-            Reply::review(&ReviewOut { api_version: review.api_version, kind: "AdmissionReview", response })
+        Ok((response, audit)) => {
+            Reply::review(&ReviewOut { api_version: review.api_version, kind: "AdmissionReview", response }, audit)
         }
         Err(reply) => reply,
     }
@@ -176,6 +208,8 @@ struct RequestIn {
     uid: String,
     #[serde(default)]
     kind: Option<GroupVersionKind>,
+    #[serde(default)]
+    resource: Option<Resource>,
     #[serde(default)]
     namespace: Option<String>,
     #[serde(default)]
@@ -301,15 +335,16 @@ fn is_pod(request: &RequestIn, object: &Value) -> bool {
     }
 }
 
-fn review_inject(request: &RequestIn, ctx: &InjectionContext, inject: Injector) -> Result<ResponseOut, Reply> {
+fn review_inject(request: &RequestIn, ctx: &InjectionContext, inject: Injector) -> Result<(ResponseOut, Audit), Reply> {
     let object = object_of(request)?;
     let uid = request.uid.as_str();
     if !is_pod(request, object) {
-        return Ok(ResponseOut::allow(uid));
+        return Ok((ResponseOut::allow(uid), Audit::Skipped));
     }
+    let failed = |code: u16, message: String| Ok((ResponseOut::deny(uid, code, message), Audit::InjectFailed));
     let pod = match Pod::deserialize(object) {
         Ok(pod) => pod,
-        Err(e) => return Ok(ResponseOut::deny(uid, 400, format!("the object is not a valid Pod: {e}"))),
+        Err(e) => return failed(400, format!("the object is not a valid Pod: {e}")),
     };
     let namespace = pod
         .metadata
@@ -318,25 +353,27 @@ fn review_inject(request: &RequestIn, ctx: &InjectionContext, inject: Injector) 
         .filter(|ns| !ns.is_empty())
         .or(request.namespace.as_deref())
         .unwrap_or("default");
-    let denied = |e: InjectError| Ok(ResponseOut::deny(uid, 400, format!("sidecar injection failed: {e}")));
+    let denied = |e: InjectError| failed(400, format!("sidecar injection failed: {e}"));
+    let skipped = || Ok((ResponseOut::allow(uid), Audit::Skipped));
     let patch = match inject {
         Injector::Builtin => match inject_pod_json(ctx, &pod, namespace) {
-            Ok(JsonOutcome::Skipped { .. }) => return Ok(ResponseOut::allow(uid)),
+            Ok(JsonOutcome::Skipped { .. }) => return skipped(),
             Ok(JsonOutcome::Injected { original, injected }) => patch_from_json(original, &injected),
             Err(e) => return denied(e),
         },
         Injector::Custom(inject) => match inject(ctx, &pod, namespace) {
-            Ok(Outcome::Skipped { .. }) => return Ok(ResponseOut::allow(uid)),
+            Ok(Outcome::Skipped { .. }) => return skipped(),
             Ok(Outcome::Injected(injected)) => patch_between(&pod, &injected),
             Err(e) => return denied(e),
         },
     };
-    Ok(match patch {
-        Ok(patch) => {
-            ResponseOut { patch_type: Some("JSONPatch"), patch: Some(ByteString(patch)), ..ResponseOut::allow(uid) }
-        }
-        Err(e) => ResponseOut::deny(uid, 500, format!("cannot encode the patch: {e}")),
-    })
+    match patch {
+        Ok(patch) => Ok((
+            ResponseOut { patch_type: Some("JSONPatch"), patch: Some(ByteString(patch)), ..ResponseOut::allow(uid) },
+            Audit::Injected,
+        )),
+        Err(e) => failed(500, format!("cannot encode the patch: {e}")),
+    }
 }
 
 /// The RFC 6902 patch, as JSON bytes, from `original` to `injected`. Both go through the same
@@ -442,28 +479,52 @@ fn write_op(out: &mut Vec<u8>, op: &str, path: &str, value: Option<&Value>) {
     out.push(b'}');
 }
 
-fn review_validate(request: &RequestIn) -> Result<ResponseOut, Reply> {
+fn review_validate(request: &RequestIn) -> Result<(ResponseOut, Audit), Reply> {
     let uid = request.uid.as_str();
     if request.operation.as_deref() == Some("DELETE") && request.object.as_ref().is_none_or(Value::is_null) {
-        return Ok(ResponseOut::allow(uid));
+        return Ok((ResponseOut::allow(uid), Audit::None));
     }
     let object = object_of(request)?;
     let verdict = validate_object(object);
+    let resource = Box::new(request.resource.clone().unwrap_or_else(|| resource_of(object)));
     let mut response = if verdict.errors.is_empty() {
         ResponseOut::allow(uid)
     } else {
         ResponseOut::deny(uid, 400, verdict.errors.join("; "))
     };
     response.warnings = verdict.warnings;
-    Ok(response)
+    Ok((response, Audit::Validated { resource, reason: verdict.reason }))
 }
 
-/// What validation found in one object: `path: message` lines.
+/// The resource an object is of, from its `apiVersion` and `kind` (lower-case plural kind, as
+/// Istio's resources are named): for reviews without `request.resource`.
+fn resource_of(object: &Value) -> Resource {
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+    let resource = match kind.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{stem}ies"),
+        _ if kind.is_empty() => kind,
+        _ => format!("{kind}s"),
+    };
+    Resource { group: group.to_owned(), version: version.to_owned(), resource }
+}
+
+/// What validation found in one object: `path: message` lines, and why it failed in
+/// istiod's words (`galley_validation_failed`'s `reason`) when it did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    pub reason: Option<&'static str>,
 }
+
+/// The object could not be decoded (`galley_validation_failed` reason, as istiod's).
+pub const REASON_DECODE: &str = "yaml_decode_error";
+/// An Istio kind at a version Rudder does not serve.
+pub const REASON_UNKNOWN_TYPE: &str = "unknown_type";
+/// The object decoded and broke a validation rule.
+pub const REASON_INVALID: &str = "invalid_resource";
 
 /// Decodes and validates one Istio object given as JSON, as `rudder validate` does. Objects of
 /// kinds Rudder does not know pass.
@@ -473,6 +534,7 @@ pub fn validate_object(object: &Value) -> Verdict {
         Ok(text) => text,
         Err(e) => {
             verdict.errors.push(format!("cannot read the object: {e}"));
+            verdict.reason = Some(REASON_DECODE);
             return verdict;
         }
     };
@@ -480,12 +542,16 @@ pub fn validate_object(object: &Value) -> Verdict {
         Ok(loads) => loads,
         Err(e) => {
             verdict.errors.push(e.to_string());
+            verdict.reason = Some(REASON_DECODE);
             return verdict;
         }
     };
     for problem in &loads.problems {
         if let Some(message) = problem_message(problem) {
             verdict.errors.push(message);
+            let reason =
+                if matches!(problem, Problem::UnknownVersion { .. }) { REASON_UNKNOWN_TYPE } else { REASON_DECODE };
+            verdict.reason.get_or_insert(reason);
         }
     }
     for loaded in &loads.objects {
@@ -493,7 +559,10 @@ pub fn validate_object(object: &Value) -> Verdict {
             let line =
                 if item.path.is_empty() { item.message.clone() } else { format!("{}: {}", item.path, item.message) };
             match item.severity {
-                rudder_config::Severity::Error => verdict.errors.push(line),
+                rudder_config::Severity::Error => {
+                    verdict.errors.push(line);
+                    verdict.reason.get_or_insert(REASON_INVALID);
+                }
                 rudder_config::Severity::Warning => verdict.warnings.push(line),
             }
         }

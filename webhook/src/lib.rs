@@ -7,9 +7,11 @@
 //! - [`admission`] (pure): AdmissionReview bytes in, HTTP status and body out.
 //! - [`server`]: the HTTPS admission server (`/inject`, `/validate`) around it, with its
 //!   certificates ([`certs`]) and config reloading.
+//! - [`metrics`]: istiod's injection and validation counters, which the server keeps.
 
 pub mod admission;
 pub mod certs;
 pub mod decision;
 pub mod inject;
+pub mod metrics;
 pub mod server;

@@ -32,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::{self, Endpoint, InjectFn, MAX_BODY_BYTES};
 use crate::certs::CertStore;
 use crate::inject::InjectionContext;
+use crate::metrics::Metrics;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,23 +117,30 @@ impl Sources {
     }
 }
 
-/// What request handlers share: the current context and the injector to call.
+/// What request handlers share: the current context, the injector to call and the metrics.
 #[derive(Debug)]
 pub struct AppState {
     context: RwLock<Arc<InjectionContext>>,
     /// `None`: [`inject_pod`](crate::inject::inject_pod) (by [`admission::handle`]'s faster path).
     inject: Option<InjectFn>,
+    metrics: Metrics,
 }
 
 impl AppState {
     /// State that injects with [`inject_pod`](crate::inject::inject_pod).
     pub fn new(context: InjectionContext) -> Self {
-        AppState { context: RwLock::new(Arc::new(context)), inject: None }
+        AppState { context: RwLock::new(Arc::new(context)), inject: None, metrics: Metrics::default() }
     }
 
     /// State with another injector (tests).
     pub fn with_injector(context: InjectionContext, inject: InjectFn) -> Self {
-        AppState { context: RwLock::new(Arc::new(context)), inject: Some(inject) }
+        AppState { context: RwLock::new(Arc::new(context)), inject: Some(inject), metrics: Metrics::default() }
+    }
+
+    /// The same state counting into `metrics` (registered where they are served).
+    #[must_use]
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        AppState { metrics, ..self }
     }
 
     /// The context requests see now.
@@ -196,12 +204,16 @@ async fn admit(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap,
     };
     let too_large = format!("body larger than {MAX_BODY_BYTES} bytes");
     if declared_length(&headers).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        state.metrics.record(&endpoint, StatusCode::PAYLOAD_TOO_LARGE.as_u16(), &admission::Audit::None);
         return plain(StatusCode::PAYLOAD_TOO_LARGE, &too_large);
     }
     // Reads at most the limit; a longer body (chunked, no length) fails here.
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
-        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, &too_large),
+        Err(_) => {
+            state.metrics.record(&endpoint, StatusCode::PAYLOAD_TOO_LARGE.as_u16(), &admission::Audit::None);
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+        }
     };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let ctx = state.context();
@@ -209,6 +221,7 @@ async fn admit(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap,
         Some(inject) => admission::handle_with(&endpoint, content_type, &bytes, &ctx, inject),
         None => admission::handle(&endpoint, content_type, &bytes, &ctx),
     };
+    state.metrics.record(&endpoint, reply.status, &reply.audit);
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response()
 }

@@ -50,10 +50,14 @@ impl Running {
 }
 
 async fn start(store: CertStore, ca_pem: String) -> Running {
+    start_with(store, ca_pem, AppState::with_injector(InjectionContext::default(), fake_inject)).await
+}
+
+async fn start_with(store: CertStore, ca_pem: String, state: AppState) -> Running {
     let listener = server::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let tls = server::tls_config(Arc::new(store)).expect("tls config");
-    let state = Arc::new(AppState::with_injector(InjectionContext::default(), fake_inject));
+    let state = Arc::new(state);
     let (stop, stopped) = oneshot::channel();
     let app = server::router(state.clone());
     let done = tokio::spawn(server::serve(listener, tls, app, async {
@@ -269,6 +273,44 @@ async fn validate_rejects_a_broken_virtual_service_with_the_path() {
     let (_, body) =
         send(&running, Proto::H1, post("/validate", JSON, review(v1, "VirtualService", virtual_service(100)))).await;
     assert_eq!(json_of(&body)["response"]["allowed"], true);
+    running.stop().await;
+}
+
+/// istiod's admission counters, as the server keeps them for what it answered over HTTPS.
+#[tokio::test]
+async fn admission_metrics_count_what_was_answered() {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = rudder_webhook::metrics::Metrics::register(&mut registry);
+    let bundle = bundle();
+    let store = CertStore::fixed(bundle.certified_key().expect("key"));
+    let state = AppState::with_injector(InjectionContext::default(), fake_inject).with_metrics(metrics);
+    let running = start_with(store, bundle.ca_cert_pem, state).await;
+    let v1 = "admission.k8s.io/v1";
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}});
+    for (path, content_type, body) in [
+        ("/inject", JSON, review(v1, "Pod", pod(json!({})))),
+        ("/inject", JSON, review(v1, "Pod", pod(json!({"bad": "true"})))),
+        ("/inject", JSON, review(v1, "Service", service)),
+        ("/inject", Some("text/plain"), review(v1, "Pod", pod(json!({})))),
+        ("/validate", JSON, review(v1, "VirtualService", virtual_service(100))),
+        ("/validate", JSON, review(v1, "VirtualService", virtual_service(-5))),
+        ("/validate", JSON, b"not json".to_vec()),
+    ] {
+        send(&running, Proto::H2, post(path, content_type, body)).await;
+    }
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    for line in [
+        "sidecar_injection_requests_total 4",
+        "sidecar_injection_success_total 1",
+        "sidecar_injection_skip_total 1",
+        "sidecar_injection_failure_total 2",
+        r#"galley_validation_passed_total{group="networking.istio.io",version="v1",resource="virtualservices"} 1"#,
+        r#"galley_validation_failed_total{group="networking.istio.io",version="v1",resource="virtualservices",reason="invalid_resource"} 1"#,
+        r#"galley_validation_http_error_total{status="400"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
     running.stop().await;
 }
 
