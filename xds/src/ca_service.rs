@@ -14,6 +14,11 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
@@ -201,6 +206,7 @@ impl Authenticator for TokenReviewer {
 pub struct CertificateService {
     authority: Arc<RwLock<Authority>>,
     authenticator: Arc<dyn Authenticator>,
+    metrics: CaMetrics,
 }
 
 impl std::fmt::Debug for CertificateService {
@@ -215,7 +221,14 @@ impl NamedService for CertificateService {
 
 impl CertificateService {
     pub fn new(authority: Arc<RwLock<Authority>>, authenticator: Arc<dyn Authenticator>) -> Self {
-        Self { authority, authenticator }
+        Self { authority, authenticator, metrics: CaMetrics::default() }
+    }
+
+    /// The same service counting into `metrics`; sets their expiry gauges from the CA now.
+    #[must_use]
+    pub fn with_metrics(self, metrics: CaMetrics) -> Self {
+        metrics.ca_loaded(self.authority.read().unwrap_or_else(std::sync::PoisonError::into_inner).material());
+        Self { metrics, ..self }
     }
 
     /// Authenticates the caller and signs its CSR.
@@ -223,12 +236,20 @@ impl CertificateService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let token = bearer_token(request.metadata())?;
-        let caller = self.authenticator.identity(&token).await?;
+        self.metrics.csrs.inc();
+        let caller = match bearer_token(request.metadata()) {
+            Ok(token) => self.authenticator.identity(&token).await,
+            Err(status) => Err(status),
+        };
+        let caller = caller.inspect_err(|_| {
+            self.metrics.authentication_failures.inc();
+        })?;
         let request = request.into_inner();
         let ttl = u64::try_from(request.validity_duration).ok().map(Duration::from_secs);
         let authority = self.authority.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match authority.sign(&request.csr, &caller, ttl, SystemTime::now()) {
+        let signed = authority.sign(&request.csr, &caller, ttl, SystemTime::now());
+        self.metrics.signed(signed.as_ref().err());
+        match signed {
             Ok(cert_chain) => {
                 tracing::debug!(identity = %caller, "certificate signed");
                 Ok(Response::new(IstioCertificateResponse { cert_chain }))
@@ -237,6 +258,110 @@ impl CertificateService {
             Err(e @ CaError::Csr(_)) => Err(Status::invalid_argument(e.to_string())),
             Err(e) => Err(Status::internal(e.to_string())),
         }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    error: &'static str,
+}
+
+/// Prometheus metrics of the CA, named as istiod's (`citadel_server_*`; counters carry the
+/// OpenMetrics `_total` suffix). Clones share the values; [`CaMetrics::default`] counts without
+/// being served, [`CaMetrics::register`] adds them to a registry.
+#[derive(Clone, Debug, Default)]
+pub struct CaMetrics {
+    csrs: Counter,
+    authentication_failures: Counter,
+    csr_parsing_errors: Counter,
+    id_extraction_errors: Counter,
+    sign_errors: Family<ErrorLabel, Counter>,
+    issued: Counter,
+    root_expiry: Gauge,
+    chain_expiry: Gauge,
+}
+
+impl CaMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register("citadel_server_csr_count", "CreateCertificate requests received", m.csrs.clone());
+        registry.register(
+            "citadel_server_authentication_failure_count",
+            "CreateCertificate requests whose caller could not be authenticated (no token, unknown token)",
+            m.authentication_failures.clone(),
+        );
+        registry.register(
+            "citadel_server_csr_parsing_err_count",
+            "CSRs that could not be parsed or verified",
+            m.csr_parsing_errors.clone(),
+        );
+        registry.register(
+            "citadel_server_id_extraction_err_count",
+            "CSRs asking for an identity other than the caller's (or for none)",
+            m.id_extraction_errors.clone(),
+        );
+        registry.register(
+            "citadel_server_csr_sign_err_count",
+            "CSRs the CA failed to sign, by error (CERT_GEN_ERROR, CA_NOT_READY)",
+            m.sign_errors.clone(),
+        );
+        registry.register(
+            "citadel_server_success_cert_issuance_count",
+            "Workload certificates issued",
+            m.issued.clone(),
+        );
+        registry.register(
+            "citadel_server_root_cert_expiry_timestamp",
+            "Unix time (seconds) the mesh root certificate expires",
+            m.root_expiry.clone(),
+        );
+        registry.register(
+            "citadel_server_cert_chain_expiry_timestamp",
+            "Unix time (seconds) the first certificate of the CA's chain expires",
+            m.chain_expiry.clone(),
+        );
+        m
+    }
+
+    /// Every metric with a series, in the text a scrape returns (empty families are left out
+    /// of a scrape): the names dashboards and alerts may use.
+    pub fn sample_exposition() -> String {
+        let mut registry = Registry::default();
+        let m = Self::register(&mut registry);
+        m.signed(Some(&CaError::Material(String::new())));
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+
+    /// Sets the expiry gauges from the CA's root and chain (the earliest certificate of each).
+    pub fn ca_loaded(&self, material: &crate::ca::CaMaterial) {
+        let earliest = |bundle: &str| {
+            crate::ca::split_pem(bundle)
+                .iter()
+                .filter_map(|pem| crate::ca::not_after_of(pem))
+                .min()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_secs()).ok())
+        };
+        if let Some(at) = earliest(&material.root_cert) {
+            self.root_expiry.set(at);
+        }
+        if let Some(at) = earliest(&material.cert_chain) {
+            self.chain_expiry.set(at);
+        }
+    }
+
+    /// Counts the outcome of one signing of an authenticated caller's CSR.
+    fn signed(&self, error: Option<&CaError>) {
+        match error {
+            None => self.issued.inc(),
+            Some(CaError::Csr(_)) => self.csr_parsing_errors.inc(),
+            Some(CaError::IdentityMismatch { .. } | CaError::Identity(_)) => self.id_extraction_errors.inc(),
+            Some(CaError::Material(_)) => self.sign_errors.get_or_create(&ErrorLabel { error: "CA_NOT_READY" }).inc(),
+            Some(CaError::Crypto(_)) => self.sign_errors.get_or_create(&ErrorLabel { error: "CERT_GEN_ERROR" }).inc(),
+        };
     }
 }
 
@@ -397,5 +522,45 @@ mod tests {
 
         let garbage = create_certificate(channel, "sleep-token", "not a csr".into(), Duration::ZERO).await.unwrap_err();
         assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn every_csr_is_counted_with_its_outcome() {
+        let root = generate_root("cluster.local", SystemTime::now()).unwrap();
+        let root_expiry = crate::ca::not_after_of(&root.root_cert).unwrap();
+        let authority = Arc::new(RwLock::new(Authority::new(root, DEFAULT_MAX_WORKLOAD_TTL).unwrap()));
+        let sleep = SpiffeId::new("cluster.local", "default", "sleep");
+        let tokens = StaticTokens([("sleep-token".to_owned(), sleep.clone())].into());
+        let mut registry = Registry::default();
+        let metrics = CaMetrics::register(&mut registry);
+        let channel = serve(CertificateService::new(authority, Arc::new(tokens)).with_metrics(metrics.clone())).await;
+
+        let (csr, _key) = csr_for(&sleep).unwrap();
+        for _ in 0..2 {
+            create_certificate(channel.clone(), "sleep-token", csr.clone(), Duration::from_secs(60)).await.unwrap();
+        }
+        create_certificate(channel.clone(), "forged", csr, Duration::ZERO).await.unwrap_err();
+        let (other_csr, _) = csr_for(&SpiffeId::new("cluster.local", "istio-system", "istiod")).unwrap();
+        create_certificate(channel.clone(), "sleep-token", other_csr, Duration::ZERO).await.unwrap_err();
+        create_certificate(channel, "sleep-token", "not a csr".into(), Duration::ZERO).await.unwrap_err();
+
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let expiry = root_expiry.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        for line in [
+            "citadel_server_csr_count_total 5".to_owned(),
+            "citadel_server_success_cert_issuance_count_total 2".to_owned(),
+            "citadel_server_authentication_failure_count_total 1".to_owned(),
+            "citadel_server_id_extraction_err_count_total 1".to_owned(),
+            "citadel_server_csr_parsing_err_count_total 1".to_owned(),
+            format!("citadel_server_root_cert_expiry_timestamp {expiry}"),
+            format!("citadel_server_cert_chain_expiry_timestamp {expiry}"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        metrics.signed(Some(&CaError::Material("gone".into())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"citadel_server_csr_sign_err_count_total{error="CA_NOT_READY"} 1"#), "{text}");
     }
 }

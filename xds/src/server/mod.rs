@@ -238,7 +238,9 @@ pub(crate) struct Shared {
     pub(crate) generations: watch::Sender<Arc<Generation>>,
     pub(crate) connections: Mutex<BTreeMap<String, Arc<Connection>>>,
     pub(crate) metrics: Metrics,
-    pub(crate) registry: Registry,
+    /// What `/metrics` encodes: the server's own metrics and any registered beside them
+    /// ([`DiscoveryServer::register_metrics`]).
+    pub(crate) registry: RwLock<Registry>,
     pub(crate) initial_push_permits: Semaphore,
     pub(crate) initial_push_timeout: Duration,
     pub(crate) interner: connection::Interner,
@@ -293,6 +295,7 @@ impl DiscoveryServer {
         // Marked seen here, not in the spawned task: a snapshot published before that task
         // first runs must still count as a change.
         let snapshot = snapshots.borrow_and_update().clone();
+        metrics.config_served(&snapshot);
         let first = push::build_generation(generator.as_ref(), snapshot, 1, std::time::Instant::now(), None);
         let (generations, _) = watch::channel(Arc::new(first));
         let shared = Arc::new(Shared {
@@ -300,7 +303,7 @@ impl DiscoveryServer {
             generations,
             connections: Mutex::new(BTreeMap::new()),
             metrics,
-            registry,
+            registry: RwLock::new(registry),
             initial_push_permits: Semaphore::new(options.initial_push_concurrency.max(1)),
             initial_push_timeout: options.initial_push_timeout,
             interner: connection::Interner::default(),
@@ -325,6 +328,12 @@ impl DiscoveryServer {
     /// decoded by tonic (size limit raised for large proxies).
     pub fn ads_service(&self) -> wire::AdsService {
         wire::AdsService::new(self.clone())
+    }
+
+    /// Registers more metrics (the CA's, the admission server's, …) in the registry `/metrics`
+    /// serves, and returns what `register` returns (usually the handles to count with).
+    pub fn register_metrics<T>(&self, register: impl FnOnce(&mut Registry) -> T) -> T {
+        register(&mut self.shared.registry.write().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// `/metrics`, `/ready` and the `/debug/*` endpoints, for the monitoring port.

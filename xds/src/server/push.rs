@@ -14,6 +14,7 @@ use tokio::time::sleep_until;
 use crate::model::Snapshot;
 
 use super::cache::{EndpointTable, Generation};
+use super::metrics::ConfigChanges;
 use super::{DebounceOptions, Generator, Shared};
 
 /// Builds the generation for `snapshot`: endpoints are translated and encoded here, once for
@@ -66,12 +67,17 @@ pub(crate) async fn debounce_loop(
         let previous = server.generations.borrow().clone();
         let generator = server.generator.clone();
         let built = tokio::task::spawn_blocking(move || {
-            build_generation(generator.as_ref(), snapshot, previous.version + 1, first_change, Some(&previous))
+            let changes = ConfigChanges::between(&previous.snapshot, &snapshot);
+            let generation =
+                build_generation(generator.as_ref(), snapshot, previous.version + 1, first_change, Some(&previous));
+            (generation, changes)
         })
         .await;
         match built {
-            Ok(generation) => {
-                tracing::debug!(version = generation.version, "pushing");
+            Ok((generation, changes)) => {
+                tracing::debug!(version = generation.version, triggers = ?changes.triggers, "pushing");
+                server.metrics.config_served(&generation.snapshot);
+                server.metrics.config_pushed(&changes);
                 server.generations.send_replace(Arc::new(generation));
             }
             Err(error) => tracing::error!(%error, "building a push failed; keeping the previous config"),
