@@ -47,6 +47,8 @@ const GRPC_PORT: u16 = 15010;
 const SECURE_GRPC_PORT: u16 = 15012;
 const MONITORING_PORT: u16 = 15014;
 const ADMIN_PORT: u16 = 15000;
+/// The agent's merged metrics (`/stats/prometheus`), as pilot-agent's.
+pub const AGENT_METRICS_PORT: u16 = 15020;
 /// How long to wait for processes to come up or config to arrive.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -280,6 +282,8 @@ impl LocalMesh {
             labels,
             "--interception-mode",
             "NONE",
+            "--metrics-address",
+            &format!("{ip}:{AGENT_METRICS_PORT}"),
             "--admin-address",
             &ip,
             "--admin-port",
@@ -325,6 +329,13 @@ impl LocalMesh {
             other => WORKLOADS.iter().find(|w| w.name == other).map(|w| w.host).unwrap_or(CLIENT_HOST),
         };
         format!("http://{}:{ADMIN_PORT}{path}", self.ip(host))
+    }
+
+    /// URL on a proxy's agent metrics port (`/stats/prometheus`).
+    pub fn agent_metrics_url(&self, proxy: &str) -> String {
+        let admin = self.admin_url(proxy, "");
+        let authority = admin.trim_start_matches("http://").rsplit_once(':').map_or("", |(h, _)| h).to_owned();
+        format!("http://{authority}:{AGENT_METRICS_PORT}/stats/prometheus")
     }
 
     /// URL of an echo app itself (bypassing its sidecar), for stats and failure switches.

@@ -127,6 +127,8 @@ fn sidecar(fx: &Fixture, name: &str, token_file: &Path, ttl: &str) -> (Proc, u16
             ttl,
             "--workload-socket",
             &fx.dir.join(format!("sds-{name}/socket")).display().to_string(),
+            "--metrics-address",
+            "127.0.0.1:0",
             "--admin-port",
             &admin.to_string(),
             "--status-port",

@@ -171,6 +171,7 @@ fn sidecar_waits_for_config_and_stops_envoy_on_sigterm() {
         .args(["--proxyLogLevel=warning", "--proxyComponentLogLevel=misc:error", "--log_output_level=default:info"])
         .args(["--discovery-address", &format!("127.0.0.1:{nobody}")])
         .args(["--admin-port", &admin.to_string(), "--status-port", &status.to_string()])
+        .args(["--metrics-address", "127.0.0.1:0"])
         .args(["--prometheus-port", &prometheus.to_string(), "--base-id", &admin.to_string()])
         .args(["--concurrency", "1", "--termination-drain-duration", "200ms"])
         .arg("--config-dir")
@@ -225,7 +226,15 @@ fn sidecar_waits_for_config_and_stops_envoy_on_sigterm() {
 fn envoy_dying_makes_the_agent_fail_loudly() {
     let fake = ["/bin/false", "/usr/bin/false"].into_iter().map(PathBuf::from).find(|p| p.is_file()).unwrap();
     let out = injected(&mut rudder())
-        .args(["proxy", "router", "--admin-port", &free_port().to_string(), "--envoy-path"])
+        .args([
+            "proxy",
+            "router",
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--admin-port",
+            &free_port().to_string(),
+            "--envoy-path",
+        ])
         .arg(&fake)
         .output()
         .unwrap();

@@ -135,6 +135,7 @@ fn sidecar_dns_proxy_answers_config_dir_hosts_and_follows_changes() {
             .arg(&resolv_conf)
             .args(["--discovery-address", &format!("127.0.0.1:{grpc}")])
             .args(["--admin-port", &admin.to_string(), "--base-id", &admin.to_string()])
+            .args(["--metrics-address", "127.0.0.1:0"])
             .args(["--status-port", &status.to_string(), "--prometheus-port", &prometheus.to_string()])
             .args(["--concurrency", "1", "--termination-drain-duration", "0s", "--config-dir"])
             .arg(dir.join("envoy"))

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use rudder_config::telemetry::Telemetry;
 
 /// Application protocol of a service port, from its `protocol` field or its name prefix
 /// (`http-web`, `grpc`, …), as Istio infers it.
@@ -218,6 +219,8 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
     /// Sorted by namespace and name.
     pub request_authentications: Vec<Arc<RequestAuthentication>>,
+    /// Sorted by namespace and name.
+    pub telemetries: Vec<Arc<Telemetry>>,
     /// JWKS documents fetched for RequestAuthentication `jwksUri`s, by URI.
     pub jwks: BTreeMap<String, Arc<str>>,
     pub gateways: Vec<Arc<Gateway>>,

@@ -264,6 +264,7 @@ async fn first_snapshot_then_updates_then_shutdown() {
             "serviceentries",
             "services",
             "sidecars",
+            "telemetries",
             "virtualservices",
             "workloadentries",
         ]

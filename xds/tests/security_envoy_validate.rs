@@ -1,7 +1,7 @@
 //! The security translation as real Envoy reads it: a sidecar (iptables capture, with a
 //! workload certificate) of a workload with an HTTP and a TCP port, under port-level
 //! PeerAuthentication, an AuthorizationPolicy with HTTP and TCP rules and a
-//! RequestAuthentication. Its inbound listeners and clusters go into a static bootstrap that
+//! RequestAuthentication. Its inbound listeners and clusters (and the tracing collector's) go into a static bootstrap that
 //! `envoy --mode validate` must accept: every RBAC (HTTP and network), JWT and TLS config is
 //! one Envoy takes, not only one our types encode.
 #![allow(clippy::unwrap_used)]
@@ -128,6 +128,10 @@ fn envoy_accepts_the_inbound_security_config() {
     // The static bootstrap: the inbound listeners and clusters, and the agent's SDS cluster
     // the TLS contexts name.
     let mut clusters: Vec<Cluster> = inbound.clusters.clone();
+    // The tracer's collector (Istio's default mesh traces to zipkin), which the HCMs name.
+    let outbound = rudder_xds::translate::outbound(&snapshot, &proxy);
+    clusters
+        .extend(outbound.clusters.into_iter().filter(|c| c.name == rudder_xds::translate::telemetry::ZIPKIN_CLUSTER));
     let sds: serde_json::Value = serde_json::json!({
         "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

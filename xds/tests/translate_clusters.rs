@@ -178,7 +178,9 @@ fn defaults_without_a_destination_rule() {
             &name(9090, ""),
             "BlackHoleCluster",
             "PassthroughCluster",
-            "InboundPassthroughCluster"
+            "InboundPassthroughCluster",
+            // Istio's default mesh traces to zipkin.istio-system:9411.
+            "zipkin"
         ]
     );
     let http = find(&clusters, &name(9080, ""));

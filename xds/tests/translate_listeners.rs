@@ -28,6 +28,7 @@ use rudder_xds::model::{Endpoint, Protocol, Proxy, Resolution, Service, ServiceP
 use rudder_xds::testing::{envoy_accepts, static_cluster};
 use rudder_xds::translate::context::Context;
 use rudder_xds::translate::listener::{self, access_log, hcm};
+use rudder_xds::translate::telemetry;
 use serde_json::json;
 
 // ---------------------------------------------------------------------------------------
@@ -671,13 +672,19 @@ fn access_logs_on_every_hcm_and_tcp_proxy() {
         let all = all_filter_logs(&ls);
         assert!(all.len() > 15);
         for (at, logs) in all {
-            assert_eq!(logs, want, "{at}");
+            // The mesh's file log first (skipping tcp_proxy's connect record), then the
+            // mesh metrics' stats loggers.
+            let files: Vec<_> = logs.iter().filter(|l| l.name == access_log::FILE_ACCESS_LOG).collect();
+            assert_eq!(files.len(), 1, "{at}");
+            assert_eq!(files[0].config_type, want[0].config_type, "{at}");
+            assert!(files[0].filter.is_some(), "{at}");
+            assert!(logs.iter().any(|l| l.name == telemetry::STATS_ACCESS_LOG), "{at}");
         }
     }
-    // No file: no logs.
+    // No file: only the metrics.
     let snap = mesh_snapshot(MeshConfig::istio_defaults());
     let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
-    assert!(all_filter_logs(&ls).iter().all(|(_, logs)| logs.is_empty()));
+    assert!(all_filter_logs(&ls).iter().all(|(_, logs)| logs.iter().all(|l| l.name == telemetry::STATS_ACCESS_LOG)));
 }
 
 #[test]
@@ -707,6 +714,14 @@ fn referenced_clusters(listeners: &[Listener]) -> Vec<Cluster> {
                     }
                     Some(ClusterSpecifier::WeightedClusters(w)) => names.extend(w.clusters.into_iter().map(|c| c.name)),
                     None => {}
+                }
+            }
+            // The tracer's collector cluster (Istio's default mesh traces to zipkin).
+            for f in chain.filters.iter().filter(|f| f.name == hcm::HTTP_CONNECTION_MANAGER) {
+                if let Some(tracing) = http(f).tracing {
+                    let zipkin = format!("{:?}", tracing.provider);
+                    assert!(zipkin.contains("zipkin"), "{zipkin}");
+                    names.insert(rudder_xds::translate::telemetry::ZIPKIN_CLUSTER.to_owned());
                 }
             }
         }

@@ -29,11 +29,13 @@ use rudder_xds::agent::capture::{self, CaptureConfig, CaptureFlags};
 use rudder_xds::agent::capture_apply;
 use rudder_xds::agent::dns::{self, DnsProxyOptions};
 use rudder_xds::agent::identity::{self, DiscoveryTarget, IdentityOptions};
+use rudder_xds::agent::metrics::{self as agent_metrics, MetricsSources};
 use rudder_xds::agent::nds;
 use rudder_xds::agent::sds;
 use rudder_xds::agent::supervise::{self, Ending, EnvoyOptions, SuperviseError};
 use rudder_xds::ca::SpiffeId;
 use rudder_xds::model::{InterceptionMode, NodeType};
+use rudder_xds::translate::telemetry;
 
 use super::install::exit_code;
 
@@ -165,6 +167,10 @@ struct RunArgs {
     dns: DnsArgs,
     #[command(flatten)]
     security: SecurityArgs,
+    /// Where the agent serves `/stats/prometheus`: the mesh metrics (`istio_*`), Envoy's
+    /// stats, and the app's metrics when `ISTIO_PROMETHEUS_ANNOTATIONS` asks. Port 0 turns it off.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_address: SocketAddr,
 }
 
 /// The workload identity from the mesh CA. It is in use when the mesh root is there (the
@@ -484,11 +490,23 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
         let ProxySetup { options, proxy_config, discovery, identity } =
             proxy_setup(node_type, &args.node, &args.security)?;
         let json = bootstrap::bootstrap(&options)?;
-        let envoy = envoy_options(&args.envoy, &options, &proxy_config)?;
+        let mut envoy = envoy_options(&args.envoy, &options, &proxy_config)?;
         let dns = dns_proxy_options(&args.dns, &options, &discovery)?;
-        Ok((json, envoy, admin_authority(options.admin_address, options.admin_port), dns, identity))
+        let admin = admin_authority(options.admin_address, options.admin_port);
+        let own = own_workload(&options, identity.as_ref());
+        // What this proxy's config sends servers about its workload (their metrics' source).
+        envoy.env.push((telemetry::WORKLOAD_ENV.to_owned(), own.descriptor()));
+        let metrics = (args.metrics_address.port() != 0).then(|| MetricsSources {
+            envoy_admin: admin.clone(),
+            own,
+            app: std::env::var("ISTIO_PROMETHEUS_ANNOTATIONS")
+                .ok()
+                .and_then(|a| agent_metrics::app_metrics_target(&a))
+                .map(|(port, path)| (format!("127.0.0.1:{port}"), path)),
+        });
+        Ok((json, envoy, admin, dns, identity, metrics))
     })();
-    let (json, envoy, admin, dns, identity) = match prepared {
+    let (json, envoy, admin, dns, identity, metrics) = match prepared {
         Ok(p) => p,
         Err(e) => return exit_code(Err(e)),
     };
@@ -506,6 +524,18 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
                     sds::start(&args.security.workload_socket, certs)
                         .with_context(|| format!("serving SDS on {}", args.security.workload_socket.display()))?,
                 )
+            }
+            None => None,
+        };
+        let _metrics = match metrics {
+            Some(sources) => {
+                let listener = tokio::net::TcpListener::bind(args.metrics_address).await.with_context(|| {
+                    format!(
+                        "metrics: cannot listen on {} (change --metrics-address; port 0 turns it off)",
+                        args.metrics_address
+                    )
+                })?;
+                Some(AbortOnDrop(tokio::spawn(agent_metrics::serve(listener, sources))))
             }
             None => None,
         };
@@ -534,6 +564,25 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
             ExitCode::from(supervise::exit_code_of(status).max(1))
         }
         Ok(Err(e)) => exit_code(Err(e.into())),
+    }
+}
+
+/// Stops a background task when the agent ends.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The proxy's own workload as its metrics name it: `ISTIO_META_WORKLOAD_NAME` (else the pod
+/// name), its labels, and its certificate's identity when it has one.
+fn own_workload(options: &BootstrapOptions, identity: Option<&IdentityOptions>) -> agent_metrics::Workload {
+    let name = options.workload_name.as_deref().unwrap_or(&options.pod_name);
+    agent_metrics::Workload {
+        principal: identity.map(|i| i.identity.to_string()),
+        ..agent_metrics::Workload::from_labels(name, &options.namespace, &options.labels, &options.cluster_id)
     }
 }
 

@@ -5,13 +5,14 @@
 //! [`capture`] writes the iptables rules that send the pod's traffic (and its DNS) through the
 //! proxy (the init container's job, pure); [`capture_apply`] runs them through iptables. The `rudder proxy` verbs are thin wrappers around
 //! these. With the mesh CA, [`identity`] keeps the workload certificate renewed and [`sds`]
-//! serves it to Envoy on a Unix socket.
+//! serves it to Envoy on a Unix socket. [`metrics`] serves the mesh metrics (`istio_*`) on 15020.
 
 pub mod bootstrap;
 pub mod capture;
 pub mod capture_apply;
 pub mod dns;
 pub mod identity;
+pub mod metrics;
 pub mod nds;
 pub mod sds;
 pub mod supervise;

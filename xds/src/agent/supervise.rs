@@ -46,6 +46,8 @@ pub struct EnvoyOptions {
     pub termination_drain: Duration,
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// Extra environment for Envoy (what its config reads with `%ENVIRONMENT(..)%`).
+    pub env: Vec<(String, String)>,
 }
 
 impl EnvoyOptions {
@@ -61,6 +63,7 @@ impl EnvoyOptions {
             component_log_level: "misc:error".to_owned(),
             termination_drain: Duration::from_secs(5),
             kill_grace: Duration::from_secs(5),
+            env: Vec::new(),
         }
     }
 
@@ -176,6 +179,7 @@ async fn run_in(
 
     let mut child = Command::new(&options.envoy_path)
         .args(options.args(&file))
+        .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true)

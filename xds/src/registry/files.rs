@@ -24,6 +24,7 @@ use rudder_config::load::{self, Loaded};
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use rudder_config::telemetry::Telemetry;
 use rudder_config::{IstioObject, Report, Validate};
 use tokio::sync::{mpsc, watch};
 
@@ -59,6 +60,7 @@ struct FileObjects {
     peer_authentications: Vec<Arc<PeerAuthentication>>,
     authorization_policies: Vec<Arc<AuthorizationPolicy>>,
     request_authentications: Vec<Arc<RequestAuthentication>>,
+    telemetries: Vec<Arc<Telemetry>>,
     service_entries: Vec<Arc<ServiceEntry>>,
     workload_entries: Vec<Arc<WorkloadEntry>>,
     /// `kind: Secret` documents: gateway credentials in file mode.
@@ -77,6 +79,7 @@ impl FileObjects {
                 IstioObject::PeerAuthentication(o) => objects.peer_authentications.push(Arc::from(o)),
                 IstioObject::AuthorizationPolicy(o) => objects.authorization_policies.push(Arc::from(o)),
                 IstioObject::RequestAuthentication(o) => objects.request_authentications.push(Arc::from(o)),
+                IstioObject::Telemetry(o) => objects.telemetries.push(Arc::from(o)),
                 IstioObject::ServiceEntry(o) => objects.service_entries.push(Arc::from(o)),
                 IstioObject::WorkloadEntry(o) => objects.workload_entries.push(Arc::from(o)),
                 _ => {}
@@ -93,6 +96,7 @@ impl FileObjects {
         inputs.peer_authentications.extend(self.peer_authentications.iter().cloned());
         inputs.authorization_policies.extend(self.authorization_policies.iter().cloned());
         inputs.request_authentications.extend(self.request_authentications.iter().cloned());
+        inputs.telemetries.extend(self.telemetries.iter().cloned());
         inputs.service_entries.extend(self.service_entries.iter().cloned());
         inputs.workload_entries.extend(self.workload_entries.iter().cloned());
         inputs.secrets.extend(self.secrets.iter().cloned());

@@ -118,7 +118,40 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
     clusters.push(blackhole_cluster(ctx));
     clusters.push(passthrough_cluster(ctx));
     clusters.push(inbound_passthrough_cluster(ctx));
+    clusters.extend(tracing_collector_cluster(ctx));
     clusters
+}
+
+/// The zipkin collector's cluster when its address is not a registry service (`zipkin`,
+/// STRICT_DNS to `defaultConfig.tracing.zipkin.address`, which may also be an IP).
+fn tracing_collector_cluster(ctx: &Context<'_>) -> Option<Cluster> {
+    let (host, port) = super::telemetry::collector(ctx)?.address?;
+    let mut draft = Draft::new(ctx, super::telemetry::ZIPKIN_CLUSTER.to_owned(), DiscoveryType::StrictDns);
+    let endpoint = LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+            address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+                address: Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                    SocketAddress {
+                        address: host,
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                        ..Default::default()
+                    },
+                )),
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    draft.cluster.load_assignment = Some(ClusterLoadAssignment {
+        cluster_name: super::telemetry::ZIPKIN_CLUSTER.to_owned(),
+        endpoints: vec![envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints {
+            lb_endpoints: vec![endpoint],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    draft.cluster.dns_lookup_family = DnsLookupFamily::V4Preferred as i32;
+    Some(draft.finish())
 }
 
 /// Clusters for the proxy's own workload: `inbound|<port>||` per inbound port, STATIC to the

@@ -303,6 +303,27 @@ impl Context<'_> {
     }
 }
 
+impl Context<'_> {
+    /// The service an inbound port serves (the first by hostname): one with an endpoint at the
+    /// proxy's addresses whose target port, or service port, is `port`.
+    pub fn inbound_service(&self, port: u32) -> Option<&str> {
+        let mut found: Vec<&str> = Vec::new();
+        for ip in &self.proxy.ip_addresses {
+            for (host, _, endpoint) in self.snapshot.endpoints_at(ip) {
+                let service_port = self
+                    .snapshot
+                    .services
+                    .get(host)
+                    .and_then(|s| s.ports.iter().find(|p| p.name == endpoint.service_port_name));
+                if endpoint.port == port || service_port.is_some_and(|p| p.port == port) {
+                    found.push(host.as_str());
+                }
+            }
+        }
+        found.into_iter().min()
+    }
+}
+
 /// `127.0.0.1:8080` / `[::1]:8080` → (ip, port); `0.0.0.0:8080` / `[::]:8080` mean the
 /// workload's own address (`instance_ip`), as in Istio. Unix sockets and bad values give `None`
 /// (the original destination is used).

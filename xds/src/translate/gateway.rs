@@ -41,7 +41,7 @@ use rudder_config::networking::virtual_service::TlsMatchAttributes;
 use super::cluster::{san_validation, sds_grpc_secret};
 use super::context::{BLACKHOLE_CLUSTER, Context, host_matches, listener_name, resolve_host};
 use super::listener::hcm::{Routes, TcpTarget, hcm_filter, http_connection_manager, tcp_proxy};
-use super::listener::{access_log, filter_chain, l4_routes, listener, set_chains};
+use super::listener::{filter_chain, l4_routes, listener, set_chains};
 use super::route::{http_routes_for_gateways, ipv6_compliant};
 use crate::model::{InterceptionMode, Protocol, labels_match};
 use crate::registry::secret as secret_key;
@@ -171,7 +171,8 @@ fn server_host_match(server_host: &str, gateway_namespace: &str, vs_namespace: &
 
 /// Listeners of a gateway proxy: one per (bind, target port), sorted by name.
 pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
-    let logs = access_log::from_mesh(&ctx.snapshot.mesh);
+    let logs = super::telemetry::access_logs(ctx, super::telemetry::Side::Client, None);
+    let tracing = super::telemetry::hcm_tracing(ctx, super::telemetry::Side::Client);
     let authorization = super::authz::http_filters(ctx.snapshot, ctx.proxy);
     let servers = servers(ctx);
     let mut by_listener: BTreeMap<(&str, u32), Vec<&GatewayServer<'_>>> = BTreeMap::new();
@@ -195,6 +196,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                         Routes::Rds(format!("http.{port}")),
                         &logs,
                         &authorization,
+                        tracing.as_ref(),
                     ));
                 }
             } else if server.terminates_tls() {
@@ -208,6 +210,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                             route,
                             &logs,
                             &authorization,
+                            tracing.as_ref(),
                         ));
                     }
                     Err(why) => tracing::warn!(
@@ -260,8 +263,10 @@ fn http_chain(
     routes: Routes,
     logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
     authorization: &[HttpFilter],
+    tracing: Option<&super::telemetry::HcmTracing>,
 ) -> FilterChain {
     let mut hcm = http_connection_manager(&format!("outbound_{listener}"), routes, logs);
+    hcm.tracing = tracing.cloned();
     // The gateway is the edge: the client's address is the remote address.
     hcm.use_remote_address = Some(BoolValue { value: true });
     // AuthorizationPolicies selecting the gateway workload, before the router.
@@ -650,6 +655,7 @@ fn route_configuration(ctx: &Context<'_>, name: String, servers: &[&GatewayServe
                     // The route configuration ignores ports in Host, so one domain covers both.
                     domains: vec![ipv6_compliant(&host)],
                     routes: routes.clone(),
+                    request_headers_to_add: vec![super::telemetry::source_workload_header()],
                     require_tls: if redirect {
                         TlsRequirementType::All as i32
                     } else {

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod listener;
 pub mod route;
 pub mod security;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -89,8 +90,8 @@ pub struct LabelSelector {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Every distinct [`LabelSelector`] of a snapshot: Sidecar `workloadSelector`s and
-/// DestinationRule `workloadSelector`s (for their own namespace), and VirtualService
+/// Every distinct [`LabelSelector`] of a snapshot: Sidecar `workloadSelector`s,
+/// DestinationRule `workloadSelector`s and Telemetry `selector`s (for their own namespace), and VirtualService
 /// `sourceLabels` (HTTP, TLS and TCP matches; for any proxy the service is exported to). Built
 /// once per snapshot; matching one proxy against it is a few map lookups per selector.
 #[derive(Clone, Debug, Default)]
@@ -114,6 +115,11 @@ impl LabelSelectors {
         for rule in &snapshot.destination_rules {
             if let Some(selector) = &rule.spec.workload_selector {
                 add(rule.metadata.namespace.as_deref(), &selector.match_labels);
+            }
+        }
+        for telemetry in &snapshot.telemetries {
+            if let Some(selector) = &telemetry.spec.selector {
+                add(telemetry.metadata.namespace.as_deref(), &selector.match_labels);
             }
         }
         for vs in &snapshot.virtual_services {
@@ -215,10 +221,15 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
     let rules = !same!(before.destination_rules, after.destination_rules);
     // Auto mTLS towards a namespace follows its PeerAuthentication.
     let peer_authentications = !same!(before.peer_authentications, after.peer_authentications);
+    // Access logs, metrics and tracing (listeners), and the tracing collector (a cluster).
+    let telemetries = !same!(before.telemetries, after.telemetries);
     Parts {
-        clusters: services || endpoints || rules || peer_authentications,
+        clusters: services || endpoints || rules || peer_authentications || telemetries,
         routes: services || virtual_services || rules,
-        listeners: services || virtual_services || (endpoints && key.interception == InterceptionMode::None),
+        listeners: services
+            || virtual_services
+            || telemetries
+            || (endpoints && key.interception == InterceptionMode::None),
     }
 }
 

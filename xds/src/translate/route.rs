@@ -185,6 +185,9 @@ struct VhostDraft {
     /// Short-name aliases among `domains`: dropped when they equal another service's FQDN.
     aliases: Vec<String>,
     routes: Vec<Route>,
+    /// A mesh service (not `MESH_EXTERNAL`, not outside the registry): requests carry the
+    /// caller's workload for the server's metrics.
+    mesh: bool,
 }
 
 fn route_configuration(
@@ -220,13 +223,14 @@ fn route_configuration(
         match (owner, routes) {
             (Some(i), Some(routes)) => {
                 vs_covers_port[i] = true;
-                vs_drafts.push((i, VhostDraft { name, domains, aliases, routes }));
+                vs_drafts.push((i, VhostDraft { name, domains, aliases, routes, mesh: !service.mesh_external }));
             }
             _ => default_drafts.push(VhostDraft {
                 name,
                 domains,
                 aliases,
                 routes: vec![default_route(ctx, service, port)],
+                mesh: !service.mesh_external,
             }),
         }
     }
@@ -252,6 +256,7 @@ fn route_configuration(
                     domains: vec![ipv6_compliant(host)],
                     aliases: Vec::new(),
                     routes: routes.clone(),
+                    mesh: false,
                 },
             ));
         }
@@ -293,6 +298,7 @@ fn route_configuration(
         name: draft.name,
         domains: draft.domains,
         routes: draft.routes,
+        request_headers_to_add: if draft.mesh { vec![super::telemetry::source_workload_header()] } else { Vec::new() },
         include_request_attempt_count: true,
         ..Default::default()
     }));

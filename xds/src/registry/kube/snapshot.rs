@@ -11,6 +11,7 @@ use rudder_config::Validate;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use rudder_config::telemetry::Telemetry;
 
 use super::convert::{self, Workloads};
 use crate::model::{Endpoint, Service, Snapshot};
@@ -34,6 +35,7 @@ pub struct KubeInputs {
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
     pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
     pub request_authentications: Vec<Arc<RequestAuthentication>>,
+    pub telemetries: Vec<Arc<Telemetry>>,
     pub service_entries: Vec<Arc<ServiceEntry>>,
     pub workload_entries: Vec<Arc<WorkloadEntry>>,
     /// TLS Secrets (gateway `credentialName`s).
@@ -149,6 +151,7 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
         peer_authentications: sorted(&inputs.peer_authentications),
         authorization_policies: sorted(&inputs.authorization_policies),
         request_authentications: sorted(&inputs.request_authentications),
+        telemetries: sorted(&inputs.telemetries),
         jwks: BTreeMap::new(),
         gateways: sorted(&inputs.gateways),
         secrets: crate::registry::secret::credentials(inputs.secrets.iter().map(|s| s.as_ref())),

@@ -26,6 +26,7 @@ use rudder_config::Validate;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use rudder_config::telemetry::Telemetry;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -75,6 +76,7 @@ struct Sources {
     peer_authentications: Decoded<PeerAuthentication>,
     authorization_policies: Decoded<AuthorizationPolicy>,
     request_authentications: Decoded<RequestAuthentication>,
+    telemetries: Decoded<Telemetry>,
     service_entries: Decoded<ServiceEntry>,
     workload_entries: Decoded<WorkloadEntry>,
     secrets: Store<Secret>,
@@ -113,6 +115,7 @@ impl Sources {
         let peer_authentications = Decoded::start("PeerAuthentication", client, &mut streams);
         let authorization_policies = Decoded::start("AuthorizationPolicy", client, &mut streams);
         let request_authentications = Decoded::start("RequestAuthentication", client, &mut streams);
+        let telemetries = Decoded::start("Telemetry", client, &mut streams);
         let service_entries = Decoded::start("ServiceEntry", client, &mut streams);
         let workload_entries = Decoded::start("WorkloadEntry", client, &mut streams);
 
@@ -139,6 +142,7 @@ impl Sources {
             peer_authentications,
             authorization_policies,
             request_authentications,
+            telemetries,
             service_entries,
             workload_entries,
             secrets,
@@ -160,6 +164,7 @@ impl Sources {
             peer_authentications: self.peer_authentications.current(),
             authorization_policies: self.authorization_policies.current(),
             request_authentications: self.request_authentications.current(),
+            telemetries: self.telemetries.current(),
             service_entries: self.service_entries.current(),
             workload_entries: self.workload_entries.current(),
             secrets: self.secrets.state(),

@@ -66,22 +66,27 @@ pub const ISTIO_JSON_FORMAT: &[(&str, &str)] = &[
     ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
 ];
 
-/// The access logs every HCM and tcp_proxy gets: one file log when the mesh names a file,
-/// none otherwise.
+/// The mesh's own file log (`accessLogFile`): one when the mesh names a file, none
+/// otherwise. Telemetry objects decide where it applies ([`crate::translate::telemetry`]).
 pub fn from_mesh(mesh: &MeshConfig) -> Vec<AccessLog> {
     let Some(path) = mesh.access_log_file.as_deref().filter(|p| !p.is_empty()) else {
         return Vec::new();
     };
     let format = mesh.access_log_format.as_deref().unwrap_or_default();
-    let config = match mesh.access_log_encoding.unwrap_or(AccessLogEncoding::Text) {
+    vec![file_log(path, mesh.access_log_encoding.unwrap_or(AccessLogEncoding::Text), format)]
+}
+
+/// A file log in `encoding`; an empty `format` means Istio's default layout of that encoding.
+pub fn file_log(path: &str, encoding: AccessLogEncoding, format: &str) -> AccessLog {
+    let config = match encoding {
         AccessLogEncoding::Json => json_file_log(path, &json_fields(format)),
         AccessLogEncoding::Text => text_file_log(path, format),
     };
-    vec![AccessLog {
+    AccessLog {
         name: FILE_ACCESS_LOG.to_owned(),
         config_type: Some(ConfigType::TypedConfig(config)),
         ..Default::default()
-    }]
+    }
 }
 
 /// A text file log; an empty `format` means Istio's default. Like Istio, a newline is added

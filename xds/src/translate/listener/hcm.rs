@@ -16,9 +16,11 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::WeightedCluster;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::weighted_cluster::ClusterWeight;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
+    ClusterSpecifier, TcpAccessLogOptions,
+};
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
@@ -128,6 +130,9 @@ pub fn tcp_proxy(target: &TcpTarget, access_log: &[AccessLog]) -> Filter {
         stat_prefix: target.stat_prefix().to_owned(),
         cluster_specifier: Some(cluster_specifier),
         access_log: access_log.to_vec(),
+        // A record when the upstream connection is made, for the connections-opened metric.
+        access_log_options: crate::translate::telemetry::counts_connections(access_log)
+            .then(|| TcpAccessLogOptions { flush_access_log_on_connected: true, ..Default::default() }),
         ..Default::default()
     };
     Filter { name: TCP_PROXY.to_owned(), config_type: Some(FilterConfig::TypedConfig(pack_any(proxy))) }

@@ -35,6 +35,7 @@ use crate::translate::context::{
     listener_name,
 };
 use crate::translate::security::{PortMtls, inbound_mode, inbound_tls_socket};
+use crate::translate::telemetry::{self, Side};
 
 const WILDCARD: &str = "0.0.0.0";
 /// Name of the chain for connections to ports the workload did not declare.
@@ -43,7 +44,8 @@ pub const VIRTUAL_INBOUND_PASSTHROUGH: &str = "virtualInbound";
 /// Inbound listeners of `ctx.proxy` (unsorted).
 pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let filters = ChainFilters {
-        logs: super::access_log::from_mesh(&ctx.snapshot.mesh),
+        ctx,
+        tracing: telemetry::hcm_tracing(ctx, Side::Server),
         http: authz::http_filters(ctx.snapshot, ctx.proxy),
         tcp: authz::network_filters(ctx.snapshot, ctx.proxy),
     };
@@ -65,19 +67,26 @@ pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     out
 }
 
-/// What every inbound chain carries besides its routing: access logs and authorization.
-struct ChainFilters {
-    logs: Vec<AccessLog>,
+/// What every inbound chain carries besides its routing: access logs and metrics, tracing,
+/// and authorization.
+struct ChainFilters<'c, 'a> {
+    ctx: &'c Context<'a>,
+    tracing: Option<telemetry::HcmTracing>,
     /// Authentication (JWT) and authorization (RBAC) HTTP filters, before the router.
     http: Vec<HttpFilter>,
     /// Network RBAC filters, before tcp_proxy.
     tcp: Vec<Filter>,
 }
 
-impl ChainFilters {
-    fn tcp_proxy(&self, cluster: &str) -> Vec<Filter> {
+impl ChainFilters<'_, '_> {
+    /// Access logs and metrics of a chain serving `port` (0: no declared port).
+    fn logs(&self, port: u32) -> Vec<AccessLog> {
+        telemetry::access_logs(self.ctx, Side::Server, self.ctx.inbound_service(port))
+    }
+
+    fn tcp_proxy(&self, cluster: &str, port: u32) -> Vec<Filter> {
         let mut filters = self.tcp.clone();
-        filters.push(tcp_proxy(&TcpTarget::Cluster(cluster.to_owned()), &self.logs));
+        filters.push(tcp_proxy(&TcpTarget::Cluster(cluster.to_owned()), &self.logs(port)));
         filters
     }
 }
@@ -93,7 +102,7 @@ fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], filters: &ChainFilt
     let mut chains = vec![filter_chain(
         VIRTUAL_INBOUND_BLACKHOLE,
         Some(port_match(inbound_port)),
-        vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), &filters.logs)],
+        vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), &filters.logs(0))],
     )];
     for p in ports.iter().filter(|p| p.bind.is_none()) {
         if p.port == inbound_port {
@@ -104,7 +113,7 @@ fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], filters: &ChainFilt
         chains.extend(port_chains(p, &listener_name(WILDCARD, p.port), Some(p.port), filters, mode));
     }
     // Undeclared ports follow the workload's mode without a port.
-    let passthrough = || filters.tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER);
+    let passthrough = || filters.tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, 0);
     let mode = inbound_mode(ctx.snapshot, ctx.proxy, 0);
     for (transport, socket) in transports(mode, &[]) {
         let matched = transport.map(|t| FilterChainMatch { transport_protocol: t.to_owned(), ..Default::default() });
@@ -171,8 +180,11 @@ fn protocol_chains(
         let mut hcm = http_connection_manager(
             &format!("inbound_{name}"),
             Routes::Inline(Box::new(inbound_route_config(p.port, p.protocol))),
-            &filters.logs,
+            &filters.logs(p.port),
         );
+        hcm.tracing.clone_from(&filters.tracing);
+        // The caller's workload (for the metrics), taken off the request first.
+        hcm.http_filters.insert(0, telemetry::peer_workload_filter());
         // Authorization right before the router (after authentication, when there is any).
         let router = hcm.http_filters.len().saturating_sub(1);
         hcm.http_filters.splice(router..router, filters.http.iter().cloned());
@@ -188,7 +200,7 @@ fn protocol_chains(
         }
         hcm_filter(hcm)
     };
-    let tcp = || filters.tcp_proxy(&cluster);
+    let tcp = || filters.tcp_proxy(&cluster, p.port);
     if p.protocol.is_http() {
         vec![filter_chain(name, base_match, vec![hcm()])]
     } else if p.protocol.is_auto() && !mtls {

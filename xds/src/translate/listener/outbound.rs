@@ -19,6 +19,7 @@ use super::{
 };
 use crate::model::{InterceptionMode, Protocol, Service};
 use crate::translate::context::{BLACKHOLE_CLUSTER, Context, PASSTHROUGH_CLUSTER, VIRTUAL_OUTBOUND, listener_name};
+use crate::translate::telemetry::{self, Side};
 
 const WILDCARD: &str = "0.0.0.0";
 const DEFAULT_PROXY_LISTEN_PORT: u32 = 15001;
@@ -31,7 +32,7 @@ const PROXY_OWN_PORTS: [u32; 5] = [15000, 15020, 15021, 15053, 15090];
 
 /// Outbound listeners of `ctx.proxy` (unsorted).
 pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
-    let logs = super::access_log::from_mesh(&ctx.snapshot.mesh);
+    let logs = telemetry::access_logs(ctx, Side::Client, None);
     let mut by_port = services_by_port(ctx);
     by_port.retain(|port, _| !PROXY_OWN_PORTS.contains(port));
     if ctx.proxy.interception == InterceptionMode::None {
@@ -127,8 +128,15 @@ fn passthrough_chain(ctx: &Context<'_>, logs: &[AccessLog]) -> FilterChain {
 }
 
 /// The HCM of an outbound HTTP port: routes from RDS `"<port>"`.
-fn outbound_hcm(listener: &str, port: u32, logs: &[AccessLog]) -> envoy_types::pb::envoy::config::listener::v3::Filter {
-    hcm_filter(http_connection_manager(&format!("outbound_{listener}"), Routes::Rds(port.to_string()), logs))
+fn outbound_hcm(
+    ctx: &Context<'_>,
+    listener: &str,
+    port: u32,
+    logs: &[AccessLog],
+) -> envoy_types::pb::envoy::config::listener::v3::Filter {
+    let mut hcm = http_connection_manager(&format!("outbound_{listener}"), Routes::Rds(port.to_string()), logs);
+    hcm.tracing = telemetry::hcm_tracing(ctx, Side::Client);
+    hcm_filter(hcm)
 }
 
 fn sniffed_http_match(prefix_ranges: Vec<envoy_types::pb::envoy::config::core::v3::CidrRange>) -> FilterChainMatch {
@@ -187,7 +195,7 @@ fn captured_port_listeners(
     let http_like: Vec<&Service> = services.iter().filter(|(_, p)| !p.is_tcp()).map(|(s, _)| *s).collect();
     let sniffed = services.iter().any(|(_, p)| p.is_auto());
     if !http_like.is_empty() {
-        let hcm = outbound_hcm(&wildcard_name, port, logs);
+        let hcm = outbound_hcm(ctx, &wildcard_name, port, logs);
         if sniffed {
             // A sniffed port routes HTTP by RDS and other bytes by address: per service
             // address one HTTP and one TCP chain (an address match outranks an ALPN-only
@@ -268,7 +276,7 @@ fn bound_port_listener(
         for (service, _) in services.iter().filter(|(_, p)| p.is_tcp()) {
             tracing::warn!(proxy = %ctx.proxy, listener = %name, service = %service.hostname, "TCP service on a port bound for HTTP; skipped");
         }
-        let hcm = outbound_hcm(&name, port, logs);
+        let hcm = outbound_hcm(ctx, &name, port, logs);
         match http_like.iter().find(|(_, p)| p.is_auto()) {
             Some((sniffed, _)) => {
                 let tcp =

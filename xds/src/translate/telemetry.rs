@@ -1,0 +1,903 @@
+//! Telemetry of one proxy: which access logs its listeners write, the mesh metrics Envoy
+//! counts for it, and how it traces, from the mesh config and the `Telemetry` objects that
+//! apply (root namespace, then the proxy's namespace, then the one selecting its workload;
+//! the more specific wins, provider by provider).
+//!
+//! Upstream Envoy has no Istio stats filter, so the mesh metrics are made by Envoy's stats
+//! access logger: one counter or histogram per Istio metric, tagged per request with what
+//! only the data path knows (response code and flags, the peer's workload and certificate,
+//! the upstream cluster). The agent (`rudder proxy`, [`crate::agent::metrics`]) turns those
+//! into `istio_*` series with Istio's labels, adding its own workload's identity. The peer's
+//! workload reaches a server in [`SOURCE_WORKLOAD_HEADER`], which the client sets from its
+//! environment and the server moves into dynamic metadata (and off the request).
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+use envoy_types::pb::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier;
+use envoy_types::pb::envoy::config::accesslog::v3::extension_filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog, AccessLogFilter, AndFilter, ExtensionFilter, LogTypeFilter,
+};
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
+use envoy_types::pb::envoy::config::trace::v3::zipkin_config::{CollectorEndpointVersion, TraceContextOption};
+use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing::Http as TracingProvider};
+use envoy_types::pb::envoy::data::accesslog::v3::AccessLogType;
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::Config as StatsLog;
+use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::config::{Counter, Histogram, Stat, Tag, histogram};
+use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::Config as HeaderToMetadata;
+use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::config::{
+    KeyValuePair, Rule, ValueType,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::envoy::r#type::v3::Scope;
+use envoy_types::pb::google::protobuf::UInt64Value;
+use envoy_types::util::pack_any;
+use rudder_config::mesh::{AccessLogEncoding, MeshConfig};
+use rudder_config::telemetry::{self as api, IstioMetric, TagOperation, Telemetry, WorkloadMode};
+
+use crate::model::{NodeType, labels_match};
+use crate::translate::context::Context;
+use crate::translate::listener::access_log;
+
+/// Which side of a request a listener serves: the caller's (outbound, gateways) or the
+/// callee's (inbound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    fn selected_by(self, mode: Option<WorkloadMode>) -> bool {
+        match mode.unwrap_or(WorkloadMode::ClientAndServer) {
+            WorkloadMode::ClientAndServer => true,
+            WorkloadMode::Client => self == Side::Client,
+            WorkloadMode::Server => self == Side::Server,
+        }
+    }
+
+    fn reporter(self) -> &'static str {
+        match self {
+            Side::Client => "source",
+            Side::Server => "destination",
+        }
+    }
+}
+
+/// The request header a client names its workload in (`name;namespace;app;version;cluster`,
+/// the layout of the endpoint metadata `istio.workload`); servers take it off the request.
+pub const SOURCE_WORKLOAD_HEADER: &str = "x-rudder-source-workload";
+/// The environment variable of the proxy's Envoy the header's value comes from (the agent sets it).
+pub const WORKLOAD_ENV: &str = "RUDDER_WORKLOAD";
+/// Dynamic metadata namespace and key the server keeps the caller's workload under.
+pub const PEER_METADATA_NAMESPACE: &str = "rudder";
+pub const PEER_METADATA_KEY: &str = "source_workload";
+/// Scope of the mesh metrics in Envoy's stats (`envoy_istio_*` on Envoy's own endpoint).
+pub const STATS_SCOPE: &str = "istio";
+pub const STATS_ACCESS_LOG: &str = "envoy.access_loggers.stats";
+const CEL_FILTER: &str = "envoy.access_loggers.extension_filters.cel";
+const HEADER_TO_METADATA_FILTER: &str = "envoy.filters.http.header_to_metadata";
+/// The provider Istio ships built in: a file log to the proxy's stdout.
+const BUILT_IN_ENVOY_PROVIDER: &str = "envoy";
+/// Stands for `meshConfig.accessLogFile` among named providers.
+const MESH_FILE: &str = "";
+
+/// The Telemetry objects that apply to the proxy, least specific first: the root
+/// namespace's without selector, the proxy namespace's without selector, the proxy
+/// namespace's whose selector matches its labels (the first of each, in name order).
+fn applicable<'a>(ctx: &Context<'a>) -> Vec<&'a Telemetry> {
+    let snapshot = ctx.snapshot;
+    let root = snapshot.root_namespace();
+    let proxy_ns = ctx.proxy.namespace.as_str();
+    let ns_of = |t: &Telemetry| t.metadata.namespace.clone().unwrap_or_default();
+    let unselected =
+        |t: &Telemetry| t.spec.selector.is_none() && t.spec.target_ref.is_none() && t.spec.target_refs.is_empty();
+    let mut out = Vec::new();
+    if let Some(mesh) = snapshot.telemetries.iter().find(|t| ns_of(t) == root && unselected(t)) {
+        out.push(mesh.as_ref());
+    }
+    if proxy_ns != root
+        && let Some(ns) = snapshot.telemetries.iter().find(|t| ns_of(t) == proxy_ns && unselected(t))
+    {
+        out.push(ns.as_ref());
+    }
+    let selects = |t: &Telemetry| {
+        t.spec
+            .selector
+            .as_ref()
+            .is_some_and(|s| !s.match_labels.is_empty() && labels_match(&s.match_labels, &ctx.proxy.labels))
+    };
+    if let Some(workload) = snapshot.telemetries.iter().find(|t| ns_of(t) == proxy_ns && selects(t)) {
+        out.push(workload.as_ref());
+    }
+    out
+}
+
+/// Everything a listener of this side logs: the access logs, then the mesh metrics.
+/// `service` names the service an inbound port serves (the server's `destination_service`).
+pub fn access_logs(ctx: &Context<'_>, side: Side, service: Option<&str>) -> Vec<AccessLog> {
+    let telemetries = applicable(ctx);
+    let mut logs = file_logs(&ctx.snapshot.mesh, &telemetries, side);
+    logs.extend(metric_logs(&telemetries, side, ctx.proxy.node_type, service));
+    logs
+}
+
+/// The access log providers turned on for `side` and their filter expressions.
+fn file_logs(mesh: &MeshConfig, telemetries: &[&Telemetry], side: Side) -> Vec<AccessLog> {
+    let defaults: Vec<String> = match mesh.default_providers.as_ref().map(|d| &d.access_logging) {
+        Some(named) if !named.is_empty() => named.clone(),
+        _ if mesh.access_log_file.as_deref().is_some_and(|f| !f.is_empty()) => vec![MESH_FILE.to_owned()],
+        _ => Vec::new(),
+    };
+    let mut enabled: BTreeMap<String, Option<String>> = defaults.iter().map(|p| (p.clone(), None)).collect();
+    for telemetry in telemetries {
+        for entry in
+            telemetry.spec.access_logging.iter().filter(|e| side.selected_by(e.r#match.as_ref().and_then(|m| m.mode)))
+        {
+            let named: Vec<String> = entry.providers.iter().map(|p| p.name.clone()).collect();
+            // Providers named by a Telemetry replace the mesh's own file log, as in Istio
+            // (which only falls back to `accessLogFile` when no Telemetry configures logging).
+            if !named.is_empty() && entry.disabled != Some(true) {
+                enabled.remove(MESH_FILE);
+            }
+            for provider in if named.is_empty() { &defaults } else { &named } {
+                if entry.disabled == Some(true) {
+                    enabled.remove(provider);
+                } else {
+                    enabled.insert(provider.clone(), entry.filter.as_ref().map(|f| f.expression.clone()));
+                }
+            }
+        }
+    }
+    let mut logs = Vec::new();
+    for (provider, filter) in enabled {
+        let Some(mut log) = provider_log(mesh, &provider) else { continue };
+        log.filter = Some(log_filter(filter.as_deref()));
+        logs.push(log);
+    }
+    logs
+}
+
+/// The file log of a provider: the mesh's `accessLogFile`, an `envoyFileAccessLog`
+/// extension provider, or the built-in `envoy` (stdout). Other provider kinds (gRPC and
+/// OpenTelemetry log services) are not translated.
+fn provider_log(mesh: &MeshConfig, provider: &str) -> Option<AccessLog> {
+    if provider == MESH_FILE {
+        return access_log::from_mesh(mesh).into_iter().next();
+    }
+    let Some(found) = mesh.extension_providers.iter().find(|p| p.name == provider) else {
+        if provider == BUILT_IN_ENVOY_PROVIDER {
+            return Some(access_log::file_log("/dev/stdout", AccessLogEncoding::Text, ""));
+        }
+        tracing::debug!(provider, "access log provider not in meshConfig.extensionProviders; ignored");
+        return None;
+    };
+    let Some(file) = &found.envoy_file_access_log else {
+        tracing::debug!(provider, "only envoyFileAccessLog providers are translated; ignored");
+        return None;
+    };
+    let path = file.0.get("path").and_then(|p| p.as_str()).filter(|p| !p.is_empty()).unwrap_or("/dev/stdout");
+    let format = file.0.get("logFormat");
+    if let Some(labels) = format.and_then(|f| f.get("labels")).and_then(|l| l.as_object()) {
+        return Some(access_log::file_log(
+            path,
+            AccessLogEncoding::Json,
+            &serde_json::Value::Object(labels.clone()).to_string(),
+        ));
+    }
+    let text = format.and_then(|f| f.get("text")).and_then(|t| t.as_str()).unwrap_or_default();
+    Some(access_log::file_log(path, AccessLogEncoding::Text, text))
+}
+
+/// File logs skip the record tcp_proxy writes when a connection is established (the metrics
+/// count connections opened from it) and, with an expression, what it rejects.
+fn log_filter(expression: Option<&str>) -> AccessLogFilter {
+    let skip_connected = AccessLogFilter {
+        filter_specifier: Some(FilterSpecifier::LogTypeFilter(LogTypeFilter {
+            types: vec![AccessLogType::TcpUpstreamConnected as i32],
+            exclude: true,
+        })),
+    };
+    match expression.map(str::trim).filter(|e| !e.is_empty()) {
+        None => skip_connected,
+        Some(expression) => {
+            let cel = AccessLogFilter {
+                filter_specifier: Some(FilterSpecifier::ExtensionFilter(ExtensionFilter {
+                    name: CEL_FILTER.to_owned(),
+                    config_type: Some(FilterConfig::TypedConfig(pack_any(ExpressionFilter {
+                        expression: expression.to_owned(),
+                        ..Default::default()
+                    }))),
+                })),
+            };
+            AccessLogFilter {
+                filter_specifier: Some(FilterSpecifier::AndFilter(AndFilter { filters: vec![skip_connected, cel] })),
+            }
+        }
+    }
+}
+
+/// One of Istio's standard metrics as Envoy counts it.
+struct MetricSpec {
+    metric: IstioMetric,
+    /// Name in Envoy's stats (scope `istio`); the agent publishes it as `istio_<name>`.
+    name: &'static str,
+    kind: MetricKind,
+    /// The access-log record that counts it.
+    record: AccessLogType,
+}
+
+enum MetricKind {
+    Count,
+    /// A counter of the value of a format string (bytes).
+    Sum(&'static str),
+    Histogram(&'static str, histogram::Unit),
+}
+
+const HTTP_METRICS: &[MetricSpec] = &[
+    MetricSpec {
+        metric: IstioMetric::RequestCount,
+        name: "requests_total",
+        kind: MetricKind::Count,
+        record: AccessLogType::DownstreamEnd,
+    },
+    MetricSpec {
+        metric: IstioMetric::RequestDuration,
+        name: "request_duration_milliseconds",
+        kind: MetricKind::Histogram("%DURATION%", histogram::Unit::Milliseconds),
+        record: AccessLogType::DownstreamEnd,
+    },
+    MetricSpec {
+        metric: IstioMetric::RequestSize,
+        name: "request_bytes",
+        kind: MetricKind::Histogram("%BYTES_RECEIVED%", histogram::Unit::Bytes),
+        record: AccessLogType::DownstreamEnd,
+    },
+    MetricSpec {
+        metric: IstioMetric::ResponseSize,
+        name: "response_bytes",
+        kind: MetricKind::Histogram("%BYTES_SENT%", histogram::Unit::Bytes),
+        record: AccessLogType::DownstreamEnd,
+    },
+];
+
+const TCP_METRICS: &[MetricSpec] = &[
+    MetricSpec {
+        metric: IstioMetric::TcpOpenedConnections,
+        name: "tcp_connections_opened_total",
+        kind: MetricKind::Count,
+        record: AccessLogType::TcpUpstreamConnected,
+    },
+    MetricSpec {
+        metric: IstioMetric::TcpClosedConnections,
+        name: "tcp_connections_closed_total",
+        kind: MetricKind::Count,
+        record: AccessLogType::TcpConnectionEnd,
+    },
+    MetricSpec {
+        metric: IstioMetric::TcpSentBytes,
+        name: "tcp_sent_bytes_total",
+        kind: MetricKind::Sum("%BYTES_SENT%"),
+        record: AccessLogType::TcpConnectionEnd,
+    },
+    MetricSpec {
+        metric: IstioMetric::TcpReceivedBytes,
+        name: "tcp_received_bytes_total",
+        kind: MetricKind::Sum("%BYTES_RECEIVED%"),
+        record: AccessLogType::TcpConnectionEnd,
+    },
+];
+
+/// The tags Envoy sets per request; the agent derives Istio's labels from them. The peer is
+/// the other side: the upstream endpoint for a client, the caller for a server.
+pub mod tags {
+    pub const REPORTER: &str = "reporter";
+    pub const PEER_WORKLOAD: &str = "peer_workload";
+    pub const PEER_PRINCIPAL: &str = "peer_principal";
+    pub const DESTINATION_SERVICE: &str = "destination_service";
+    pub const REQUEST_PROTOCOL: &str = "request_protocol";
+    pub const RESPONSE_CODE: &str = "response_code";
+    pub const RESPONSE_FLAGS: &str = "response_flags";
+    pub const GRPC_RESPONSE_STATUS: &str = "grpc_response_status";
+    /// Istio labels a Telemetry removed, comma-separated.
+    pub const REMOVED: &str = "rudder_removed_labels";
+    /// The tags the agent reads; an override never drops them from Envoy's stats.
+    pub const RESERVED: [&str; 8] = [
+        REPORTER,
+        PEER_WORKLOAD,
+        PEER_PRINCIPAL,
+        DESTINATION_SERVICE,
+        REQUEST_PROTOCOL,
+        RESPONSE_CODE,
+        RESPONSE_FLAGS,
+        GRPC_RESPONSE_STATUS,
+    ];
+}
+
+fn base_tags(side: Side, node_type: NodeType, service: Option<&str>, http: bool) -> Vec<(String, String)> {
+    let reporter = if node_type == NodeType::Router { "source" } else { side.reporter() };
+    let (workload, principal, destination) = match side {
+        Side::Client => (
+            "%UPSTREAM_METADATA(istio:workload)%".to_owned(),
+            "%UPSTREAM_PEER_URI_SAN%",
+            "%UPSTREAM_CLUSTER_RAW%".to_owned(),
+        ),
+        Side::Server => (
+            if http {
+                format!("%DYNAMIC_METADATA({PEER_METADATA_NAMESPACE}:{PEER_METADATA_KEY})%")
+            } else {
+                "-".to_owned()
+            },
+            "%DOWNSTREAM_PEER_URI_SAN%",
+            service.filter(|s| !s.is_empty()).unwrap_or("-").to_owned(),
+        ),
+    };
+    let mut out = vec![
+        (tags::REPORTER.to_owned(), reporter.to_owned()),
+        (tags::PEER_WORKLOAD.to_owned(), workload),
+        (tags::PEER_PRINCIPAL.to_owned(), principal.to_owned()),
+        (tags::DESTINATION_SERVICE.to_owned(), destination),
+    ];
+    if http {
+        out.push((tags::REQUEST_PROTOCOL.to_owned(), "%PROTOCOL%".to_owned()));
+        out.push((tags::RESPONSE_CODE.to_owned(), "%RESPONSE_CODE%".to_owned()));
+        out.push((tags::GRPC_RESPONSE_STATUS.to_owned(), "%GRPC_STATUS_NUMBER%".to_owned()));
+    }
+    out.push((tags::RESPONSE_FLAGS.to_owned(), "%RESPONSE_FLAGS%".to_owned()));
+    out
+}
+
+/// What Telemetry `metrics` overrides leave of one metric on one side: whether it is
+/// counted, and its tags after removals and upserts (values are CEL expressions).
+fn metric_tags(
+    telemetries: &[&Telemetry],
+    side: Side,
+    metric: IstioMetric,
+    mut tags: Vec<(String, String)>,
+) -> Option<Vec<(String, String)>> {
+    let mut enabled = true;
+    let mut removed: Vec<String> = Vec::new();
+    for telemetry in telemetries {
+        for metrics in &telemetry.spec.metrics {
+            if !metrics.providers.is_empty() && !metrics.providers.iter().any(|p| p.name == "prometheus") {
+                continue;
+            }
+            for o in &metrics.overrides {
+                let selector = o.r#match.as_ref();
+                if !side.selected_by(selector.and_then(|s| s.mode)) {
+                    continue;
+                }
+                if selector.is_some_and(|s| s.custom_metric.is_some()) {
+                    continue;
+                }
+                let wanted = selector.and_then(|s| s.metric).unwrap_or(IstioMetric::AllMetrics);
+                if wanted != IstioMetric::AllMetrics && wanted != metric {
+                    continue;
+                }
+                if let Some(disabled) = o.disabled {
+                    enabled = !disabled;
+                }
+                for (name, tag) in &o.tag_overrides {
+                    if !tags::RESERVED.contains(&name.as_str()) {
+                        tags.retain(|(n, _)| n != name);
+                    }
+                    removed.retain(|n| n != name);
+                    match tag.operation.unwrap_or_default() {
+                        TagOperation::Upsert if !tag.value.is_empty() => {
+                            tags.retain(|(n, _)| n != name);
+                            tags.push((name.clone(), format!("%CEL({})%", tag.value)));
+                        }
+                        TagOperation::Upsert => {}
+                        TagOperation::Remove => removed.push(name.clone()),
+                    }
+                }
+            }
+        }
+    }
+    if !removed.is_empty() {
+        tags.push((tags::REMOVED.to_owned(), removed.join(",")));
+    }
+    enabled.then_some(tags)
+}
+
+fn metric_logs(telemetries: &[&Telemetry], side: Side, node_type: NodeType, service: Option<&str>) -> Vec<AccessLog> {
+    let mut by_record: BTreeMap<i32, StatsLog> = BTreeMap::new();
+    for (specs, http) in [(HTTP_METRICS, true), (TCP_METRICS, false)] {
+        for spec in specs {
+            let Some(tags) = metric_tags(telemetries, side, spec.metric, base_tags(side, node_type, service, http))
+            else {
+                continue;
+            };
+            let stat = Stat {
+                name: spec.name.to_owned(),
+                tags: tags.into_iter().map(|(name, value_format)| Tag { name, value_format, rules: None }).collect(),
+            };
+            let log = by_record.entry(spec.record as i32).or_insert_with(|| StatsLog {
+                stats_scope: Some(Scope { prefix: STATS_SCOPE.to_owned(), ..Default::default() }),
+                ..Default::default()
+            });
+            match spec.kind {
+                MetricKind::Count => log.counters.push(Counter {
+                    stat: Some(stat),
+                    value_fixed: Some(UInt64Value { value: 1 }),
+                    ..Default::default()
+                }),
+                MetricKind::Sum(value) => log.counters.push(Counter {
+                    stat: Some(stat),
+                    value_format: value.to_owned(),
+                    ..Default::default()
+                }),
+                MetricKind::Histogram(value, unit) => log.histograms.push(Histogram {
+                    stat: Some(stat),
+                    unit: unit as i32,
+                    value_format: value.to_owned(),
+                }),
+            }
+        }
+    }
+    by_record
+        .into_iter()
+        .map(|(record, config)| AccessLog {
+            name: STATS_ACCESS_LOG.to_owned(),
+            filter: Some(AccessLogFilter {
+                filter_specifier: Some(FilterSpecifier::LogTypeFilter(LogTypeFilter {
+                    types: vec![record],
+                    exclude: false,
+                })),
+            }),
+            config_type: Some(ConfigType::TypedConfig(pack_any(config))),
+        })
+        .collect()
+}
+
+/// Whether `logs` count TCP connections when they open (tcp_proxy then writes a record on
+/// connect).
+pub fn counts_connections(logs: &[AccessLog]) -> bool {
+    logs.iter().any(|l| {
+        l.name == STATS_ACCESS_LOG
+            && matches!(&l.filter, Some(AccessLogFilter { filter_specifier: Some(FilterSpecifier::LogTypeFilter(f)) })
+                if f.types.contains(&(AccessLogType::TcpUpstreamConnected as i32)))
+    })
+}
+
+/// The request header a client adds naming its workload (from its Envoy's environment).
+pub fn source_workload_header() -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: SOURCE_WORKLOAD_HEADER.to_owned(),
+            value: format!("%ENVIRONMENT({WORKLOAD_ENV})%"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The inbound HTTP filter that moves the caller's workload header into dynamic metadata.
+pub fn peer_workload_filter() -> HttpFilter {
+    let rule = Rule {
+        header: SOURCE_WORKLOAD_HEADER.to_owned(),
+        on_header_present: Some(KeyValuePair {
+            metadata_namespace: PEER_METADATA_NAMESPACE.to_owned(),
+            key: PEER_METADATA_KEY.to_owned(),
+            r#type: ValueType::String as i32,
+            ..Default::default()
+        }),
+        remove: true,
+        ..Default::default()
+    };
+    HttpFilter {
+        name: HEADER_TO_METADATA_FILTER.to_owned(),
+        config_type: Some(HttpFilterConfig::TypedConfig(pack_any(HeaderToMetadata {
+            request_rules: vec![rule],
+            ..Default::default()
+        }))),
+        ..Default::default()
+    }
+}
+
+/// Where spans go: a zipkin collector behind an Envoy cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collector {
+    /// The cluster the tracer posts to: a registry service's outbound cluster, or
+    /// [`ZIPKIN_CLUSTER`] (made by discovery) for an address outside the registry.
+    pub cluster: String,
+    /// `host:port` of an address outside the registry (for [`ZIPKIN_CLUSTER`]).
+    pub address: Option<(String, u32)>,
+}
+
+/// The cluster discovery adds for a zipkin address that is not a registry service.
+pub const ZIPKIN_CLUSTER: &str = "zipkin";
+/// Istio's default sampling when neither the mesh nor a Telemetry says (percent).
+const DEFAULT_SAMPLING: f64 = 1.0;
+
+/// The zipkin collector of the mesh: a Telemetry or default tracing provider of kind zipkin
+/// (`service`, `port`), else `defaultConfig.tracing.zipkin.address`. `None`: no tracing.
+pub fn collector(ctx: &Context<'_>) -> Option<Collector> {
+    let mesh = &ctx.snapshot.mesh;
+    if mesh.enable_tracing == Some(false) {
+        return None;
+    }
+    let telemetries = applicable(ctx);
+    let named = telemetries
+        .iter()
+        .flat_map(|t| t.spec.tracing.first())
+        .filter_map(|t| t.providers.first().map(|p| p.name.clone()))
+        .next_back()
+        .or_else(|| mesh.default_providers.as_ref().and_then(|d| d.tracing.first().cloned()));
+    if let Some(name) = named {
+        let provider = mesh.extension_providers.iter().find(|p| p.name == name)?;
+        let zipkin = provider.zipkin.as_ref()?;
+        let service = zipkin.0.get("service").and_then(|s| s.as_str())?;
+        let port = zipkin.0.get("port").and_then(serde_json::Value::as_u64).and_then(|p| u32::try_from(p).ok())?;
+        return Some(collector_at(ctx, service, port));
+    }
+    let tracing = mesh.default_config.as_ref()?.tracing.as_ref()?;
+    let address = tracing.0.get("zipkin")?.get("address")?.as_str()?;
+    let (host, port) = address.rsplit_once(':')?;
+    Some(collector_at(ctx, host, port.parse().ok()?))
+}
+
+/// A registry service's outbound cluster when `host` names one (short or full), else the
+/// discovery-made cluster to the address.
+fn collector_at(ctx: &Context<'_>, host: &str, port: u32) -> Collector {
+    let candidates = [
+        host.to_owned(),
+        format!("{host}.svc.{}", crate::translate::context::DOMAIN_SUFFIX),
+        format!("{host}.{}", crate::translate::context::DOMAIN_SUFFIX),
+    ];
+    for candidate in candidates {
+        if let Some(service) = ctx.service(&candidate)
+            && service.port(port).is_some()
+        {
+            return Collector {
+                cluster: crate::translate::context::outbound_cluster_name(port, "", &service.hostname),
+                address: None,
+            };
+        }
+    }
+    Collector { cluster: ZIPKIN_CLUSTER.to_owned(), address: Some((host.to_owned(), port)) }
+}
+
+/// The HCM tracing of a side: zipkin with B3 and W3C propagation, the sampling of the most
+/// specific Telemetry (else `defaultConfig.tracing.sampling`, else 1 %), and custom tags.
+pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
+    let collector = collector(ctx)?;
+    let telemetries = applicable(ctx);
+    let mesh = &ctx.snapshot.mesh;
+    let mut sampling = mesh
+        .default_config
+        .as_ref()
+        .and_then(|c| c.tracing.as_ref())
+        .and_then(|t| t.0.get("sampling"))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(DEFAULT_SAMPLING);
+    let mut custom_tags: BTreeMap<String, api::CustomTag> = BTreeMap::new();
+    let mut reporting = true;
+    for telemetry in &telemetries {
+        for tracing in
+            telemetry.spec.tracing.iter().filter(|t| side.selected_by(t.r#match.as_ref().and_then(|m| m.mode)))
+        {
+            if let Some(percentage) = tracing.random_sampling_percentage {
+                sampling = percentage;
+            }
+            if let Some(disabled) = tracing.disable_span_reporting {
+                reporting = !disabled;
+            }
+            custom_tags.extend(tracing.custom_tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    if !reporting {
+        return None;
+    }
+    let zipkin = ZipkinConfig {
+        collector_cluster: collector.cluster,
+        collector_endpoint: "/api/v2/spans".to_owned(),
+        collector_endpoint_version: CollectorEndpointVersion::HttpJson as i32,
+        trace_id_128bit: true,
+        shared_span_context: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        trace_context_option: TraceContextOption::UseB3WithW3cPropagation as i32,
+        ..Default::default()
+    };
+    Some(HcmTracing {
+        provider: Some(TracingProvider {
+            name: "envoy.tracers.zipkin".to_owned(),
+            config_type: Some(envoy_types::pb::envoy::config::trace::v3::tracing::http::ConfigType::TypedConfig(
+                pack_any(zipkin),
+            )),
+        }),
+        random_sampling: Some(Percent { value: sampling.clamp(0.0, 100.0) }),
+        custom_tags: custom_tags.into_iter().map(|(tag, value)| custom_tag_of(tag, value)).collect(),
+        ..Default::default()
+    })
+}
+
+fn custom_tag_of(tag: String, value: api::CustomTag) -> CustomTag {
+    let r#type = match value {
+        api::CustomTag::Literal(l) => custom_tag::Type::Literal(custom_tag::Literal { value: l.value }),
+        api::CustomTag::Environment(e) => {
+            custom_tag::Type::Environment(custom_tag::Environment { name: e.name, default_value: e.default_value })
+        }
+        api::CustomTag::Header(h) => {
+            custom_tag::Type::RequestHeader(custom_tag::Header { name: h.name, default_value: h.default_value })
+        }
+    };
+    CustomTag { tag, r#type: Some(r#type) }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    use prost::Message;
+    use rudder_config::object::IstioObject;
+
+    use super::*;
+    use crate::model::{Proxy, Snapshot};
+    use crate::registry::kube::{KubeInputs, build_snapshot};
+
+    const MESH: &str = r#"
+accessLogFile: /dev/stdout
+extensionProviders:
+- name: json-stdout
+  envoyFileAccessLog:
+    path: /dev/stdout
+    logFormat:
+      labels: {code: "%RESPONSE_CODE%", id: "%REQ(X-REQUEST-ID)%"}
+- name: collector
+  zipkin: {service: zipkin.observability.svc.cluster.local, port: 9411}
+defaultConfig:
+  tracing:
+    zipkin: {address: "127.0.0.60:9411"}
+    sampling: 5
+"#;
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        let mut inputs = KubeInputs::default();
+        if !yaml.trim().is_empty() {
+            let loads = rudder_config::load::load_str("telemetry.yaml", yaml).unwrap();
+            assert!(loads.problems.is_empty(), "{:?}", loads.problems);
+            for loaded in loads.objects {
+                match loaded.object {
+                    IstioObject::Telemetry(o) => inputs.telemetries.push(Arc::new(*o)),
+                    IstioObject::ServiceEntry(o) => inputs.service_entries.push(Arc::new(*o)),
+                    other => panic!("unexpected {}", other.kind()),
+                }
+            }
+        }
+        let mesh = rudder_config::mesh::apply_yaml(MESH, &MeshConfig::default()).unwrap();
+        build_snapshot(&inputs, &mesh)
+    }
+
+    fn proxy(namespace: &str, labels: &[(&str, &str)]) -> Proxy {
+        let labels: serde_json::Map<String, serde_json::Value> =
+            labels.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect();
+        let meta = BTreeMap::from([("LABELS".to_owned(), serde_json::Value::Object(labels))]);
+        let id = format!("sidecar~10.244.1.9~pod.{namespace}~{namespace}.svc.cluster.local");
+        Proxy::from_node(&id, &meta).unwrap()
+    }
+
+    /// Per log: `file:<path>:text|json` or `stats:<record type>:<metric names>`.
+    fn describe(logs: &[AccessLog]) -> Vec<String> {
+        logs.iter()
+            .map(|log| {
+                let Some(ConfigType::TypedConfig(any)) = &log.config_type else { panic!("untyped") };
+                if log.name == STATS_ACCESS_LOG {
+                    let config = StatsLog::decode(any.value.as_slice()).unwrap();
+                    let Some(AccessLogFilter { filter_specifier: Some(FilterSpecifier::LogTypeFilter(f)) }) =
+                        &log.filter
+                    else {
+                        panic!("stats log without a type filter")
+                    };
+                    let names: Vec<String> = config
+                        .counters
+                        .iter()
+                        .filter_map(|c| c.stat.as_ref())
+                        .chain(config.histograms.iter().filter_map(|h| h.stat.as_ref()))
+                        .map(|s| s.name.clone())
+                        .collect();
+                    format!("stats:{}:{}", f.types[0], names.join(","))
+                } else {
+                    let file = FileAccessLog::decode(any.value.as_slice()).unwrap();
+                    let json = format!("{file:?}").contains("JsonFormat");
+                    format!("file:{}:{}", file.path, if json { "json" } else { "text" })
+                }
+            })
+            .collect()
+    }
+
+    fn files(logs: &[AccessLog]) -> Vec<String> {
+        describe(logs).into_iter().filter(|d| d.starts_with("file:")).collect()
+    }
+
+    fn logs(yaml: &str, namespace: &str, labels: &[(&str, &str)], side: Side) -> Vec<AccessLog> {
+        let snap = snapshot(yaml);
+        let p = proxy(namespace, labels);
+        access_logs(&Context::new(&snap, &p), side, Some("httpbin.apps.svc.cluster.local"))
+    }
+
+    const WORKLOAD_RULES: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: quiet-v1, namespace: apps}
+spec:
+  selector: {matchLabels: {version: v1}}
+  accessLogging: [{disabled: true}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: json-v2, namespace: apps}
+spec:
+  selector: {matchLabels: {version: v2}}
+  accessLogging: [{providers: [{name: json-stdout}]}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: server-errors, namespace: apps}
+spec:
+  selector: {matchLabels: {version: v3}}
+  accessLogging:
+  - match: {mode: SERVER}
+    filter: {expression: "response.code >= 500"}
+  - match: {mode: CLIENT}
+    disabled: true
+"#;
+
+    #[test]
+    fn access_logs_follow_the_most_specific_telemetry() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Side, &'a [&'a str]);
+        let cases: [Case<'_>; 7] = [
+            ("mesh file, no Telemetry", &[("version", "v0")], Side::Client, &["file:/dev/stdout:text"]),
+            ("workload disabled", &[("version", "v1")], Side::Server, &[]),
+            ("workload disabled, client too", &[("version", "v1")], Side::Client, &[]),
+            ("named provider replaces the mesh file", &[("version", "v2")], Side::Server, &["file:/dev/stdout:json"]),
+            ("server filtered", &[("version", "v3")], Side::Server, &["file:/dev/stdout:text"]),
+            ("client disabled", &[("version", "v3")], Side::Client, &[]),
+            ("other namespace untouched", &[("version", "v1")], Side::Client, &["file:/dev/stdout:text"]),
+        ];
+        for (what, labels, side, want) in cases {
+            let namespace = if what.starts_with("other") { "other" } else { "apps" };
+            let got = files(&logs(WORKLOAD_RULES, namespace, labels, side));
+            assert_eq!(got, want, "{what}");
+        }
+        // The filter is the CEL expression, after the skip of tcp_proxy's connect record.
+        let filtered = logs(WORKLOAD_RULES, "apps", &[("version", "v3")], Side::Server);
+        let Some(AccessLogFilter { filter_specifier: Some(FilterSpecifier::AndFilter(and)) }) = &filtered[0].filter
+        else {
+            panic!("no AND filter: {:?}", filtered[0].filter)
+        };
+        assert_eq!(and.filters.len(), 2);
+        assert!(format!("{:?}", and.filters[1]).contains(CEL_FILTER));
+    }
+
+    #[test]
+    fn a_namespace_telemetry_is_overridden_by_a_workload_one() {
+        let yaml = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: logs-off, namespace: apps}
+spec:
+  accessLogging: [{disabled: true}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: on-for-v2, namespace: apps}
+spec:
+  selector: {matchLabels: {version: v2}}
+  accessLogging: [{providers: [{name: envoy}]}]
+"#;
+        assert!(files(&logs(yaml, "apps", &[("version", "v1")], Side::Client)).is_empty());
+        assert_eq!(files(&logs(yaml, "apps", &[("version", "v2")], Side::Client)), ["file:/dev/stdout:text"]);
+    }
+
+    #[test]
+    fn mesh_metrics_are_on_by_default_and_follow_overrides() {
+        let defaults = describe(&logs("", "apps", &[], Side::Server));
+        let http = "stats:6:requests_total,request_duration_milliseconds,request_bytes,response_bytes";
+        let opened = "stats:1:tcp_connections_opened_total";
+        let closed = "stats:3:tcp_connections_closed_total,tcp_sent_bytes_total,tcp_received_bytes_total";
+        assert_eq!(defaults, ["file:/dev/stdout:text", opened, closed, http]);
+        let yaml = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: SERVER}
+      disabled: true
+    - match: {metric: ALL_METRICS}
+      tagOverrides:
+        response_flags: {operation: REMOVE}
+        source_principal: {operation: REMOVE}
+        request_host: {value: request.host}
+"#;
+        let server = describe(&logs(yaml, "apps", &[], Side::Server));
+        assert!(
+            server.contains(&"stats:6:request_duration_milliseconds,request_bytes,response_bytes".to_owned()),
+            "{server:?}"
+        );
+        let client = logs(yaml, "apps", &[], Side::Client);
+        assert!(describe(&client).contains(&http.to_owned()));
+        let stats = client.iter().find(|l| describe(std::slice::from_ref(l))[0].starts_with("stats:6")).unwrap();
+        let Some(ConfigType::TypedConfig(any)) = &stats.config_type else { panic!() };
+        let config = StatsLog::decode(any.value.as_slice()).unwrap();
+        let tags: BTreeMap<String, String> = config.counters[0]
+            .stat
+            .as_ref()
+            .unwrap()
+            .tags
+            .iter()
+            .map(|t| (t.name.clone(), t.value_format.clone()))
+            .collect();
+        // The agent still reads response_flags; the removals travel in one tag.
+        assert_eq!(tags[tags::RESPONSE_FLAGS], "%RESPONSE_FLAGS%");
+        assert_eq!(tags[tags::REMOVED], "response_flags,source_principal");
+        assert_eq!(tags["request_host"], "%CEL(request.host)%");
+        assert_eq!(tags[tags::PEER_WORKLOAD], "%UPSTREAM_METADATA(istio:workload)%");
+        assert_eq!(tags[tags::DESTINATION_SERVICE], "%UPSTREAM_CLUSTER_RAW%");
+    }
+
+    #[test]
+    fn tracing_from_the_mesh_and_from_telemetry() {
+        let snap = snapshot("");
+        let p = proxy("apps", &[]);
+        let ctx = Context::new(&snap, &p);
+        let legacy = collector(&ctx).unwrap();
+        assert_eq!(legacy, Collector { cluster: ZIPKIN_CLUSTER.into(), address: Some(("127.0.0.60".into(), 9411)) });
+        let tracing = hcm_tracing(&ctx, Side::Client).unwrap();
+        assert_eq!(tracing.random_sampling, Some(Percent { value: 5.0 }));
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: zipkin, namespace: observability}
+spec:
+  hosts: [zipkin.observability.svc.cluster.local]
+  ports: [{number: 9411, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.9}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh, namespace: istio-system}
+spec:
+  tracing:
+  - providers: [{name: collector}]
+    randomSamplingPercentage: 100
+    customTags:
+      team: {literal: {value: payments}}
+      user: {header: {name: x-user, defaultValue: none}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: quiet, namespace: apps}
+spec:
+  selector: {matchLabels: {app: quiet}}
+  tracing: [{disableSpanReporting: true}]
+"#;
+        let snap = snapshot(yaml);
+        let ctx = Context::new(&snap, &p);
+        assert_eq!(
+            collector(&ctx).unwrap(),
+            Collector { cluster: "outbound|9411||zipkin.observability.svc.cluster.local".into(), address: None }
+        );
+        let tracing = hcm_tracing(&ctx, Side::Server).unwrap();
+        assert_eq!(tracing.random_sampling, Some(Percent { value: 100.0 }));
+        let tags: Vec<&str> = tracing.custom_tags.iter().map(|t| t.tag.as_str()).collect();
+        assert_eq!(tags, ["team", "user"]);
+        let quiet = proxy("apps", &[("app", "quiet")]);
+        assert!(hcm_tracing(&Context::new(&snap, &quiet), Side::Client).is_none());
+        let mut off = snapshot("");
+        off.mesh.enable_tracing = Some(false);
+        assert!(collector(&Context::new(&off, &p)).is_none());
+    }
+}
