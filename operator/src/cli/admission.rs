@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use rudder_config::mesh::MeshConfig;
 use rudder_webhook::certs::{self, CertStore};
+use rudder_webhook::metrics::Metrics;
 use rudder_webhook::server::{self, AppState, Sources};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -108,10 +109,12 @@ pub struct Admission {
 
 /// Loads the config, prepares the certificates and binds `listen`. `cluster`, when given, is
 /// where the config comes from unless injector files are given, and serves `--manage-certs`.
+/// Answers are counted in `metrics` (registered where they are served).
 pub async fn start(
     args: &AdmissionArgs,
     listen: SocketAddr,
     cluster: Option<kube::Client>,
+    metrics: Metrics,
 ) -> anyhow::Result<Admission> {
     let mut tasks = Vec::new();
     let (state, synced) = match &cluster {
@@ -125,7 +128,7 @@ pub async fn start(
                 injector = %target.injector_name(), mesh = %target.mesh_name(), namespace = %target.namespace,
                 "admission config: cluster ConfigMaps"
             );
-            let state = Arc::new(AppState::new(Default::default()));
+            let state = Arc::new(AppState::new(Default::default()).with_metrics(metrics));
             let (task, synced) = injector_watch::spawn(client.clone(), target, state.clone());
             tasks.push(task);
             (state, Some(synced))
@@ -137,7 +140,7 @@ pub async fn start(
                 mesh_config: args.mesh_config.clone(),
                 revision: args.revision().map(str::to_owned),
             };
-            let state = Arc::new(AppState::new(sources.load()?));
+            let state = Arc::new(AppState::new(sources.load()?).with_metrics(metrics));
             tasks.push(server::spawn_reloader(state.clone(), sources, CONFIG_POLL));
             (state, None)
         }
@@ -179,9 +182,10 @@ pub async fn run_admission(
     args: &AdmissionArgs,
     listen: SocketAddr,
     cluster: Option<kube::Client>,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let admission = start(args, listen, cluster).await?;
+    let admission = start(args, listen, cluster, metrics).await?;
     println!("listening: https://{}", admission.local_addr()?);
     admission.serve(shutdown).await;
     Ok(())

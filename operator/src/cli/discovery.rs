@@ -2,7 +2,9 @@
 //! config directory (`--config-dir`, for hosts without Kubernetes) or from the cluster, and
 //! serves Envoy config over ADS (SotW and delta) with metrics and debug endpoints on the
 //! monitoring port. Unless `--no-webhook` (or `--webhook-port 0`), it also runs the admission
-//! server ([`super::admission`]) on 15017 as istiod does.
+//! server ([`super::admission`]) on 15017 as istiod does. The monitoring port's `/metrics` has
+//! the ADS server's metrics, the CA's (`citadel_server_*`) when it runs one, and the admission
+//! server's (`sidecar_injection_*`, `galley_validation_*`) when it runs it.
 //!
 //! Where the admission server's config comes from: with a cluster, the revision's injector and
 //! `istio` ConfigMaps (unless `--inject-config`/`--inject-values` files are given); with
@@ -19,7 +21,7 @@ use anyhow::Context as _;
 use rudder_config::common::Duration as GoDuration;
 use rudder_xds::ca::{Authority, CaMaterial};
 use rudder_xds::ca_kube;
-use rudder_xds::ca_service::{Authenticator, CertificateService, FileTokens, TokenReviewer};
+use rudder_xds::ca_service::{Authenticator, CaMetrics, CertificateService, FileTokens, TokenReviewer};
 use rudder_xds::model::Snapshot;
 use rudder_xds::registry::{files, jwks, kube as kube_registry};
 use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions, ServingCertificate, TlsOptions};
@@ -142,6 +144,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     };
     let secure_task = match secure_server(args, &trust_domain, cluster.clone()).await? {
         Some((tls, ca)) => {
+            let ca = ca.with_metrics(server.register_metrics(CaMetrics::register));
             let listener = tokio::net::TcpListener::bind(args.secure_grpc_address)
                 .await
                 .with_context(|| format!("binding the TLS xDS address {}", args.secure_grpc_address))?;
@@ -162,7 +165,8 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         if cluster.is_some() && admission_args.tls_cert.is_none() {
             admission_args.manage_certs = true;
         }
-        let admission = admission::start(&admission_args, listen, cluster).await?;
+        let metrics = server.register_metrics(rudder_webhook::metrics::Metrics::register);
+        let admission = admission::start(&admission_args, listen, cluster, metrics).await?;
         tracing::info!(webhook = %admission.local_addr()?, "admission server listening");
         Some(tokio::spawn(admission.serve(stopped())))
     };
