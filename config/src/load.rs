@@ -148,6 +148,15 @@ pub fn documents(file: &str, text: &str) -> Result<Vec<Value>, ReadError> {
         .collect())
 }
 
+/// The kind [`Loads::add`] gives a Grafana dashboard's JSON model (skipped like other kinds).
+pub const GRAFANA_DASHBOARD: &str = "GrafanaDashboard";
+
+/// Whether `doc` is a Grafana dashboard's JSON model: no `apiVersion`/`kind`, but a
+/// `schemaVersion` and a `panels` list.
+fn is_grafana_dashboard(doc: &Value) -> bool {
+    doc.get("schemaVersion").is_some_and(Value::is_number) && doc.get("panels").is_some_and(Value::is_array)
+}
+
 /// Decodes every document of one file's text.
 pub fn load_str(file: &str, text: &str) -> Result<Loads, ReadError> {
     let mut loads = Loads::default();
@@ -166,6 +175,12 @@ impl Loads {
             return;
         }
         let id = ObjectId::of(&doc);
+        if id.api_version.is_empty() && id.kind.is_empty() && is_grafana_dashboard(&doc) {
+            // Dashboards often sit beside manifests (`examples/grafana/`): not Istio config.
+            let id = ObjectId { kind: GRAFANA_DASHBOARD.into(), ..id };
+            self.problems.push(Problem::UnknownKind { source, id });
+            return;
+        }
         if id.api_version.is_empty() || id.kind.is_empty() {
             self.problems.push(Problem::NotAnObject { source, message: "document has no apiVersion or kind".into() });
             return;
@@ -242,4 +257,23 @@ pub fn files_under(path: &Path) -> Result<Vec<PathBuf>, ReadError> {
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grafana_dashboards_are_skipped_not_errors() {
+        let loads = load_str("d.json", r#"{"title": "x", "schemaVersion": 39, "panels": []}"#).expect("read");
+        assert!(loads.objects.is_empty());
+        assert!(
+            matches!(&loads.problems[..], [Problem::UnknownKind { id, .. }] if id.kind == GRAFANA_DASHBOARD),
+            "{:?}",
+            loads.problems
+        );
+        assert!(!loads.problems[0].is_error());
+        let other = load_str("d.json", r#"{"title": "x", "panels": []}"#).expect("read");
+        assert!(matches!(&other.problems[..], [problem] if problem.is_error()), "{:?}", other.problems);
+    }
 }

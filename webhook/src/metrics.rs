@@ -90,6 +90,21 @@ impl Metrics {
         metrics
     }
 
+    /// Every metric with a series, in the text a scrape returns (empty families are left out
+    /// of a scrape): the names dashboards and alerts may use.
+    pub fn sample_exposition() -> String {
+        let mut registry = Registry::default();
+        let m = Self::register(&mut registry);
+        let resource = Box::new(Resource::default());
+        m.record(&Endpoint::Validate, 200, &Audit::Validated { resource: resource.clone(), reason: None });
+        m.record(&Endpoint::Validate, 200, &Audit::Validated { resource, reason: Some("invalid_resource") });
+        m.record(&Endpoint::Validate, 400, &Audit::None);
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+
     /// Counts one answered request to `endpoint`: its HTTP `status` and what it decided.
     pub fn record(&self, endpoint: &Endpoint, status: u16, audit: &Audit) {
         match endpoint {

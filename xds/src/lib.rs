@@ -12,6 +12,7 @@ pub mod proxy_config;
 pub mod proxy_status;
 pub mod registry;
 pub mod server;
+pub mod standard_metrics;
 #[doc(hidden)]
 pub mod testing;
 pub mod translate;
