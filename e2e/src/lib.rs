@@ -15,3 +15,4 @@ pub mod process;
 pub mod scenarios;
 pub mod synthetic;
 pub mod tls;
+pub mod zipkin;

@@ -46,11 +46,14 @@ pub enum Scenario {
     IngressIstioMutual,
     Authorization,
     JwtAuthentication,
+    AccessLogging,
+    MeshMetrics,
+    Tracing,
 }
 
 impl Scenario {
     /// Every scenario, in the order the demo walks through them.
-    pub const ALL: [Scenario; 27] = [
+    pub const ALL: [Scenario; 30] = [
         Self::RouteAllToV1,
         Self::UriMatch,
         Self::Split,
@@ -78,11 +81,14 @@ impl Scenario {
         Self::IngressIstioMutual,
         Self::Authorization,
         Self::JwtAuthentication,
+        Self::AccessLogging,
+        Self::MeshMetrics,
+        Self::Tracing,
     ];
 
     /// The config it applies: a file of `examples/traffic/`, or its own YAML.
     fn config(self) -> Config {
-        use Config::{Composed, Example, Generated, Inline, Security};
+        use Config::{Composed, Example, Generated, Inline, Security, Telemetry};
         match self {
             Self::RouteAllToV1 => Example("02-route-all-to-v1.yaml"),
             Self::UriMatch | Self::Split => Example("03-weighted-90-10.yaml"),
@@ -109,6 +115,9 @@ impl Scenario {
             Self::Authorization => Security("02-authorization-policy.yaml"),
             Self::JwtAuthentication => Security("03-jwt.yaml"),
             Self::IngressToEgress => Composed(ingress_to_egress_yaml),
+            Self::AccessLogging => Telemetry("01-access-logging.yaml"),
+            Self::MeshMetrics => Example("06-fault-abort.yaml"),
+            Self::Tracing => Telemetry("02-tracing.yaml"),
         }
     }
 
@@ -117,6 +126,7 @@ impl Scenario {
         match self.config() {
             Config::Example(file) => format!("examples/traffic/{file}"),
             Config::Security(file) => format!("examples/security/{file}"),
+            Config::Telemetry(file) => format!("examples/telemetry/{file}"),
             Config::Inline(_) | Config::Composed(_) => "built-in local config".into(),
             Config::Generated => "built-in local config with certificates or keys made for the run".into(),
         }
@@ -127,6 +137,8 @@ enum Config {
     Example(&'static str),
     /// A file of `examples/security/`.
     Security(&'static str),
+    /// A file of `examples/telemetry/`.
+    Telemetry(&'static str),
     Inline(&'static str),
     /// Built from shared parts.
     Composed(fn() -> String),
@@ -215,6 +227,14 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         }
         _ => None,
     };
+    // The span collector the tracing example's provider names.
+    let collector = match scenario {
+        Scenario::Tracing => {
+            let addr = std::net::SocketAddr::new(mesh.ip(ZIPKIN_HOST).into(), ZIPKIN_PORT);
+            Some(crate::zipkin::ZipkinCollector::start(addr).await?)
+        }
+        _ => None,
+    };
     // The client's clusters before its Sidecar scopes it, to compare with after.
     let before_scope = match scenario {
         Scenario::SidecarScope => {
@@ -228,6 +248,10 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Config::Generated => tls.as_ref().map(IngressTls::yaml).unwrap_or_default(),
         Config::Security(file) => {
             let path: PathBuf = examples.join("security").join(file);
+            std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        Config::Telemetry(file) => {
+            let path: PathBuf = examples.join("telemetry").join(file);
             std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         Config::Example(file) => {
@@ -266,6 +290,12 @@ pub async fn run(mesh: &mut LocalMesh, examples: &Path, scenario: Scenario) -> a
         Scenario::MtlsStrict => mutual_tls(mesh, true).await,
         Scenario::IngressIstioMutual => ingress_istio_mutual(mesh).await,
         Scenario::Authorization => authorization(mesh).await,
+        Scenario::AccessLogging => access_logging(mesh).await,
+        Scenario::MeshMetrics => mesh_metrics(mesh).await,
+        Scenario::Tracing => match &collector {
+            Some(collector) => tracing_spans(mesh, collector).await,
+            None => anyhow::bail!("no span collector"),
+        },
         Scenario::JwtAuthentication => match &jwt {
             Some((issuer, _keys_served)) => jwt_authentication(mesh, issuer).await,
             None => anyhow::bail!("no JWT issuer"),
@@ -1518,5 +1548,279 @@ async fn ingress_tls(mesh: &LocalMesh, tls: &IngressTls) -> anyhow::Result<Strin
         "ingress TLS: SIMPLE {INGRESS_HOST} → {} of {N}; MUTUAL {MTLS_HOST} refused without a client certificate, v1 with one; \
          PASSTHROUGH {PASSTHROUGH_HOST} → the backend's own TLS; port 80 → 301 to https",
         show(&versions)
+    ))
+}
+
+/// The zipkin collector of `examples/local/mesh.yaml`'s `zipkin-local` provider.
+const ZIPKIN_HOST: u8 = 61;
+const ZIPKIN_PORT: u16 = 9411;
+
+/// A fresh request id per request, unique across runs of the scenario.
+fn request_id(prefix: &str, n: usize) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{n}-{nanos}")
+}
+
+/// `examples/telemetry/01`: sleep logs JSON, httpbin v1 logs nothing, v2 keeps the mesh's
+/// text log. One line per request on each side that logs, with the request id, response code
+/// and upstream cluster.
+async fn access_logging(mesh: &LocalMesh) -> anyhow::Result<String> {
+    const N: usize = 12;
+    let mut served: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in 0..N {
+        let id = request_id("al", n);
+        let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get").header("x-request-id", &id)).await?;
+        anyhow::ensure!(reply.status == StatusCode::OK, "request {id}: {}", reply.status);
+        served.entry(reply.header("x-echo-version").to_owned()).or_default().push(id);
+    }
+    let ids: Vec<&String> = served.values().flatten().collect();
+    // Client side: JSON, one line per request.
+    let outbound = format!("outbound|{SERVICE_PORT}||{SERVICE_HOST}");
+    for id in &ids {
+        let lines = logged_json(mesh, "sleep", id, 1).await;
+        anyhow::ensure!(lines.len() == 1, "sleep's JSON access log has {} lines for {id}", lines.len());
+        let line = &lines[0];
+        anyhow::ensure!(
+            line["response_code"] == 200 && line["upstream_cluster"] == outbound.as_str() && line["method"] == "GET",
+            "sleep's log line for {id}: {line}"
+        );
+    }
+    // Server side: text on v2, nothing on v1.
+    for id in served.get("v2").into_iter().flatten() {
+        let seen = logged_lines(mesh, "httpbin-v2", &[id, "\"GET /get HTTP/1.1\" 200", "inbound|"], 1).await;
+        anyhow::ensure!(seen == 1, "httpbin-v2's text log has {seen} lines for {id}");
+    }
+    let v1 = served.get("v1").cloned().unwrap_or_default();
+    anyhow::ensure!(
+        !v1.is_empty() && served.get("v2").is_some_and(|v| !v.is_empty()),
+        "both versions must serve: {served:?}"
+    );
+    // v1 served its share (its metrics count them) yet wrote no line: give its file log the
+    // flush interval the others had.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let v1_log = mesh.proxy_log("httpbin-v1");
+    let logged: Vec<&String> = v1.iter().filter(|id| v1_log.contains(id.as_str())).collect();
+    anyhow::ensure!(logged.is_empty(), "httpbin-v1 logged {logged:?} although its Telemetry turns logging off");
+    Ok(format!(
+        "Telemetry access logging: {N} requests, sleep logged each once as JSON (code, id, {outbound}), v2 logged its {} as text, v1 logged none of its {}",
+        served.get("v2").map_or(0, Vec::len),
+        v1.len()
+    ))
+}
+
+/// Lines of `proxy`'s log that parse as JSON and carry `request_id`, waiting up to 10 s for
+/// `wanted` of them.
+async fn logged_json(mesh: &LocalMesh, proxy: &str, request_id: &str, wanted: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<serde_json::Value> = mesh
+            .proxy_log(proxy)
+            .lines()
+            .filter(|l| l.contains(request_id))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["request_id"] == request_id)
+            .collect();
+        if lines.len() >= wanted || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One Prometheus sample: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Samples of Prometheus text (label values unescaped).
+fn parse_samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let Some((head, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, mut rest) = match head.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (head, ""),
+        };
+        let mut labels = BTreeMap::new();
+        while let Some((key, after)) = rest.split_once("=\"") {
+            let mut label = String::new();
+            let mut chars = after.char_indices();
+            let mut end = after.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            label.push(if escaped == 'n' { '\n' } else { escaped });
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => label.push(c),
+                }
+            }
+            labels.insert(key.trim_start_matches(',').to_owned(), label);
+            rest = &after[end..];
+        }
+        out.push((name.to_owned(), labels, value));
+    }
+    out
+}
+
+/// The sum of the `name` series whose labels include every one of `wanted`.
+fn total(samples: &[Sample], name: &str, wanted: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, labels, _)| {
+            n == name && wanted.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+async fn agent_metrics(mesh: &LocalMesh, proxy: &str) -> anyhow::Result<Vec<Sample>> {
+    let url = mesh.agent_metrics_url(proxy);
+    let reply = mesh.send(&Req::get(&url, "")).await?;
+    anyhow::ensure!(reply.status == StatusCode::OK, "GET {url}: {}", reply.status);
+    Ok(parse_samples(&String::from_utf8_lossy(&reply.body)))
+}
+
+/// `examples/traffic/06` (500 by fault for `client-id: gogo123`, the rest to v1): after 7
+/// plain requests and 3 aborted ones, sleep's agent counts exactly 7 × 200 and 3 × 500 (flag
+/// FI) to httpbin, and httpbin v1's counts 7 × 200 from sleep over mTLS; both with Istio's
+/// labels, from Envoy's stats.
+async fn mesh_metrics(mesh: &LocalMesh) -> anyhow::Result<String> {
+    const OK: usize = 7;
+    const ABORTED: usize = 3;
+    let client_ok = [
+        ("reporter", "source"),
+        ("source_workload", "sleep"),
+        ("source_workload_namespace", "testns1"),
+        ("source_principal", "spiffe://cluster.local/ns/testns1/sa/sleep"),
+        ("destination_service", SERVICE_HOST),
+        ("destination_service_name", "httpbin"),
+        ("destination_workload", "httpbin-v1"),
+        ("destination_version", "v1"),
+        ("destination_principal", "spiffe://cluster.local/ns/testns1/sa/httpbin"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+    ];
+    let client_fault = [
+        ("reporter", "source"),
+        ("source_workload", "sleep"),
+        ("destination_service", SERVICE_HOST),
+        ("response_code", "500"),
+        ("response_flags", "FI"),
+    ];
+    let server_ok = [
+        ("reporter", "destination"),
+        ("source_workload", "sleep"),
+        ("source_workload_namespace", "testns1"),
+        ("source_principal", "spiffe://cluster.local/ns/testns1/sa/sleep"),
+        ("destination_workload", "httpbin-v1"),
+        ("destination_app", "httpbin"),
+        ("destination_service", SERVICE_HOST),
+        ("connection_security_policy", "mutual_tls"),
+        ("response_code", "200"),
+    ];
+    let server_errors = [("reporter", "destination"), ("response_code", "500")];
+    let requests = "istio_requests_total";
+    let durations = "istio_request_duration_milliseconds_count";
+    let client_before = agent_metrics(mesh, "sleep").await?;
+    let server_before = agent_metrics(mesh, "httpbin-v1").await?;
+    for _ in 0..OK {
+        let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get")).await?;
+        anyhow::ensure!(reply.status == StatusCode::OK, "plain request: {}", reply.status);
+    }
+    for _ in 0..ABORTED {
+        let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get").header("client-id", "gogo123")).await?;
+        anyhow::ensure!(reply.status == StatusCode::INTERNAL_SERVER_ERROR, "aborted request: {}", reply.status);
+    }
+    // Counters move with each request; histograms at Envoy's next stats flush (5 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (client, server) = loop {
+        let client = agent_metrics(mesh, "sleep").await?;
+        let server = agent_metrics(mesh, "httpbin-v1").await?;
+        let delta = |after: &[Sample], before: &[Sample], name: &str, wanted: &[(&str, &str)]| {
+            total(after, name, wanted) - total(before, name, wanted)
+        };
+        let got = [
+            delta(&client, &client_before, requests, &client_ok),
+            delta(&client, &client_before, requests, &client_fault),
+            delta(&server, &server_before, requests, &server_ok),
+            delta(&server, &server_before, requests, &server_errors),
+            delta(&client, &client_before, durations, &[("reporter", "source")]),
+            delta(&server, &server_before, durations, &[("reporter", "destination")]),
+        ];
+        let want = [OK, ABORTED, OK, 0, OK + ABORTED, OK].map(|n| n as f64);
+        if got == want {
+            break (client, server);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "expected deltas [client 200, client 500 FI, server 200 from sleep, server 500, client durations, server durations] = {want:?}, got {got:?}\nsleep:\n{}\nhttpbin-v1:\n{}",
+                show_series(&client, requests),
+                show_series(&server, requests)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let native = client.iter().any(|(n, _, _)| n.starts_with("envoy_cluster_"));
+    anyhow::ensure!(native, "the agent's endpoint also carries Envoy's own stats");
+    anyhow::ensure!(!server.iter().any(|(n, _, _)| n.starts_with("envoy_istio_")), "raw mesh stats leak through");
+    Ok(format!(
+        "mesh metrics on :15020: sleep counted {OK} × 200 to httpbin-v1 and {ABORTED} × 500 (FI), httpbin-v1 counted {OK} × 200 from sleep over mutual_tls, durations for all"
+    ))
+}
+
+fn show_series(samples: &[Sample], name: &str) -> String {
+    samples
+        .iter()
+        .filter(|(n, _, _)| n == name)
+        .map(|(_, labels, v)| format!("  {labels:?} {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `examples/telemetry/02`: every request traced; one request through sleep and httpbin
+/// gives a client span (sleep) and a server span (httpbin) of one trace at the collector, with
+/// the example's custom tags; the app sees B3 and W3C context.
+async fn tracing_spans(mesh: &LocalMesh, collector: &crate::zipkin::ZipkinCollector) -> anyhow::Result<String> {
+    // No x-request-id of ours: a sidecar keeps a caller's id, and Envoy reads the sampling
+    // decision from the UUID it makes.
+    let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/headers").header("x-user", "jason")).await?;
+    anyhow::ensure!(reply.status == StatusCode::OK, "traced request: {}", reply.status);
+    let seen: serde_json::Value = serde_json::from_slice(&reply.body)?;
+    let app_header = |name: &str| seen["headers"][name].as_str().unwrap_or_default().to_owned();
+    let id = app_header("x-request-id");
+    let trace_id = app_header("x-b3-traceid");
+    anyhow::ensure!(!trace_id.is_empty(), "the app got no x-b3-traceid: {seen}");
+    anyhow::ensure!(app_header("traceparent").contains(&trace_id), "traceparent carries the trace: {seen}");
+    // Envoy's tracer reports in batches on its flush interval (1 s by default).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let spans = loop {
+        let spans: Vec<serde_json::Value> =
+            collector.spans().into_iter().filter(|s| s["traceId"] == trace_id.as_str()).collect();
+        let kinds: Vec<&str> = spans.iter().filter_map(|s| s["kind"].as_str()).collect();
+        if kinds.contains(&"CLIENT") && kinds.contains(&"SERVER") {
+            break spans;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("spans of trace {trace_id}: {spans:?} (all: {})", collector.spans().len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let client = spans.iter().find(|s| s["kind"] == "CLIENT").cloned().unwrap_or_default();
+    let server = spans.iter().find(|s| s["kind"] == "SERVER").cloned().unwrap_or_default();
+    anyhow::ensure!(client["tags"]["mesh"] == "rudder-local", "custom literal tag: {client}");
+    anyhow::ensure!(client["tags"]["user"] == "jason", "custom header tag: {client}");
+    anyhow::ensure!(client["tags"]["guid:x-request-id"] == id.as_str(), "request id on the span: {client}");
+    let service = |s: &serde_json::Value| s["localEndpoint"]["serviceName"].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(service(&client) != service(&server), "client and server spans come from two proxies: {spans:?}");
+    Ok(format!(
+        "tracing: one request gave a client span ({}) and a server span ({}) of trace {trace_id} at the zipkin collector, custom tags set, B3 and traceparent seen by the app",
+        service(&client),
+        service(&server)
     ))
 }
