@@ -38,7 +38,7 @@ pub const METRICS: [StandardMetric; 8] = [
 ];
 
 /// The standard labels of those metrics.
-pub const LABELS: [&str; 23] = [
+pub const LABELS: [&str; 25] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
@@ -47,6 +47,7 @@ pub const LABELS: [&str; 23] = [
     "source_version",
     "source_canonical_service",
     "source_canonical_revision",
+    "source_cluster",
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
@@ -57,6 +58,7 @@ pub const LABELS: [&str; 23] = [
     "destination_version",
     "destination_canonical_service",
     "destination_canonical_revision",
+    "destination_cluster",
     "request_protocol",
     "response_code",
     "response_flags",

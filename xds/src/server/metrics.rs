@@ -218,7 +218,7 @@ pub struct ConfigChanges {
 }
 
 /// The kinds of config objects a snapshot holds, and how many of each.
-fn config_counts(s: &Snapshot) -> [(&'static str, usize); 7] {
+fn config_counts(s: &Snapshot) -> [(&'static str, usize); 8] {
     [
         ("VirtualService", s.virtual_services.len()),
         ("DestinationRule", s.destination_rules.len()),
@@ -227,6 +227,7 @@ fn config_counts(s: &Snapshot) -> [(&'static str, usize); 7] {
         ("PeerAuthentication", s.peer_authentications.len()),
         ("AuthorizationPolicy", s.authorization_policies.len()),
         ("RequestAuthentication", s.request_authentications.len()),
+        ("Telemetry", s.telemetries.len()),
     ]
 }
 
@@ -292,6 +293,7 @@ impl ConfigChanges {
         objects!(peer_authentications, PeerAuthentication, "PeerAuthentication");
         objects!(authorization_policies, AuthorizationPolicy, "AuthorizationPolicy");
         objects!(request_authentications, RequestAuthentication, "RequestAuthentication");
+        objects!(telemetries, rudder_config::telemetry::Telemetry, "Telemetry");
         diff(&before.services, &after.services, PartialEq::eq, |e| {
             *changes.registry.entry(("Services", e)).or_default() += 1;
         });
