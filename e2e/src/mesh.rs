@@ -315,6 +315,11 @@ impl LocalMesh {
         std::fs::read_to_string(self.log(&format!("{kind}-{name}"))).unwrap_or_default()
     }
 
+    /// The process id of a proxy's agent (`rudder proxy`; Envoy is its child).
+    pub fn proxy_pid(&self, name: &str) -> Option<u32> {
+        self.sidecars.get(name).map(Proc::pid)
+    }
+
     /// URL on discovery's monitoring port.
     pub fn monitoring_url(&self, path: &str) -> String {
         format!("http://{}:{MONITORING_PORT}{path}", self.ip(DISCOVERY_HOST))

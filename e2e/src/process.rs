@@ -31,6 +31,11 @@ impl Proc {
         &self.name
     }
 
+    /// The process id (also the process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running (a process that exited is an error with its
     /// status, so callers can fail fast instead of timing out).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
