@@ -163,15 +163,22 @@ fn with_the_mesh_root_the_bootstrap_reaches_discovery_over_tls_with_the_sds_cert
 
 #[test]
 fn sidecar_waits_for_config_and_stops_envoy_on_sigterm() {
-    let [admin, status, prometheus, nobody] = rudder_e2e::process::free_ports().unwrap();
+    let [admin, status, prometheus, nobody, agent_port] = rudder_e2e::process::free_ports().unwrap();
     let dir = std::env::temp_dir().join(format!("rudder-proxy-sidecar-{}", std::process::id()));
+    // The app probes the injector would hand over; Envoy's admin stands in for the app.
+    let probers = serde_json::json!({
+        "/app-health/app/readyz": {"httpGet": {"path": "/ready", "port": admin, "scheme": "HTTP"}},
+        "/app-health/app/livez": {"httpGet": {"path": "/server_info", "port": admin}},
+        "/app-health/app/startupz": {"tcpSocket": {"port": admin}, "timeoutSeconds": 2},
+    });
     let child = injected(&mut rudder())
         .env("ENVOY_PATH", envoy_path().unwrap())
+        .env("ISTIO_KUBE_APP_PROBERS", probers.to_string())
         .args(["proxy", "sidecar", "--domain", "bookinfo.svc.cluster.local"])
         .args(["--proxyLogLevel=warning", "--proxyComponentLogLevel=misc:error", "--log_output_level=default:info"])
         .args(["--discovery-address", &format!("127.0.0.1:{nobody}")])
         .args(["--admin-port", &admin.to_string(), "--status-port", &status.to_string()])
-        .args(["--metrics-address", "127.0.0.1:0"])
+        .args(["--metrics-address", &format!("127.0.0.1:{agent_port}")])
         .args(["--prometheus-port", &prometheus.to_string(), "--base-id", &admin.to_string()])
         .args(["--concurrency", "1", "--termination-drain-duration", "200ms"])
         .arg("--config-dir")
@@ -199,6 +206,17 @@ fn sidecar_waits_for_config_and_stops_envoy_on_sigterm() {
     };
     assert_eq!((code, body.trim()), (503, "PRE_INITIALIZING"));
     assert_ne!(get(status, "/healthz/ready").map(|(code, _)| code), Some(200));
+
+    // The agent's status port: the app probes run against the "app" (503 while it is not
+    // ready, 200 for the others, 404 for a probe nobody set up), and the merged metrics.
+    let probe = |path: &str| get(agent_port, path).map(|(code, _)| code);
+    assert_eq!(probe("/app-health/app/readyz"), Some(503));
+    assert_eq!(probe("/app-health/app/livez"), Some(200));
+    assert_eq!(probe("/app-health/app/startupz"), Some(200));
+    assert_eq!(probe("/app-health/other/readyz"), Some(404));
+    let (code, metrics) = get(agent_port, "/stats/prometheus").unwrap();
+    assert_eq!(code, 200, "{metrics}");
+    assert!(metrics.contains("envoy_server_"), "Envoy's own stats pass through: {metrics}");
 
     let request =
         rudder().args(["proxy", "request", "--debug-port", &admin.to_string(), "GET", "server_info"]).output().unwrap();

@@ -31,6 +31,7 @@ use rudder_xds::agent::dns::{self, DnsProxyOptions};
 use rudder_xds::agent::identity::{self, DiscoveryTarget, IdentityOptions};
 use rudder_xds::agent::metrics::{self as agent_metrics, MetricsSources};
 use rudder_xds::agent::nds;
+use rudder_xds::agent::probes;
 use rudder_xds::agent::sds;
 use rudder_xds::agent::supervise::{self, Ending, EnvoyOptions, SuperviseError};
 use rudder_xds::ca::SpiffeId;
@@ -167,8 +168,9 @@ struct RunArgs {
     dns: DnsArgs,
     #[command(flatten)]
     security: SecurityArgs,
-    /// Where the agent serves `/stats/prometheus`: the mesh metrics (`istio_*`), Envoy's
-    /// stats, and the app's metrics when `ISTIO_PROMETHEUS_ANNOTATIONS` asks. Port 0 turns it off.
+    /// The agent's status port: `/stats/prometheus` (the mesh metrics `istio_*`, Envoy's
+    /// stats, and the app's metrics when `ISTIO_PROMETHEUS_ANNOTATIONS` asks) and the app probes
+    /// the injector rewrote (`/app-health/...`, from `ISTIO_KUBE_APP_PROBERS`). Port 0 turns it off.
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_address: SocketAddr,
 }
@@ -527,15 +529,16 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
             }
             None => None,
         };
-        let _metrics = match metrics {
+        let _status = match metrics {
             Some(sources) => {
                 let listener = tokio::net::TcpListener::bind(args.metrics_address).await.with_context(|| {
                     format!(
-                        "metrics: cannot listen on {} (change --metrics-address; port 0 turns it off)",
+                        "status port: cannot listen on {} (change --metrics-address; port 0 turns it off)",
                         args.metrics_address
                     )
                 })?;
-                Some(AbortOnDrop(tokio::spawn(agent_metrics::serve(listener, sources))))
+                let app = agent_metrics::router(sources).merge(probes::router(app_probers()));
+                Some(AbortOnDrop(tokio::spawn(async move { axum::serve(listener, app).await })))
             }
             None => None,
         };
@@ -566,6 +569,27 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
         Ok(Err(e)) => exit_code(Err(e.into())),
     }
 }
+
+/// The app probes the injector moved to the agent (`ISTIO_KUBE_APP_PROBERS`); problems are
+/// reported and the probe left out (the kubelet then gets 404 for it).
+fn app_probers() -> BTreeMap<String, probes::Prober> {
+    let Ok(json) = std::env::var(APP_PROBERS_ENV) else { return BTreeMap::new() };
+    match probes::parse(&json) {
+        Ok((probers, problems)) => {
+            for problem in problems {
+                eprintln!("warning: app probe {problem}; left out");
+            }
+            probers
+        }
+        Err(e) => {
+            eprintln!("warning: {e}; app probes left out");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// What the injector names the original probes in (`rudder_webhook`'s `APP_PROBERS_ENV`).
+const APP_PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
 
 /// Stops a background task when the agent ends.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

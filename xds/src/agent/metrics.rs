@@ -390,12 +390,12 @@ pub async fn scrape(sources: &MetricsSources) -> Result<String, String> {
     Ok(out)
 }
 
-/// Serves `/stats/prometheus` on `listener` until the future is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, sources: MetricsSources) -> std::io::Result<()> {
+/// `/stats/prometheus`, merged from `sources` on each scrape.
+pub fn router(sources: MetricsSources) -> axum::Router {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     let sources = std::sync::Arc::new(sources);
-    let app = axum::Router::new().route(
+    axum::Router::new().route(
         "/stats/prometheus",
         axum::routing::get(move || {
             let sources = sources.clone();
@@ -408,8 +408,7 @@ pub async fn serve(listener: tokio::net::TcpListener, sources: MetricsSources) -
                 }
             }
         }),
-    );
-    axum::serve(listener, app).await
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! [`capture`] writes the iptables rules that send the pod's traffic (and its DNS) through the
 //! proxy (the init container's job, pure); [`capture_apply`] runs them through iptables. The `rudder proxy` verbs are thin wrappers around
 //! these. With the mesh CA, [`identity`] keeps the workload certificate renewed and [`sds`]
-//! serves it to Envoy on a Unix socket. [`metrics`] serves the mesh metrics (`istio_*`) on 15020.
+//! serves it to Envoy on a Unix socket. On the status port 15020 [`metrics`] serves the mesh metrics (`istio_*`) and [`probes`] the app's rewritten probes.
 
 pub mod bootstrap;
 pub mod capture;
@@ -14,5 +14,6 @@ pub mod dns;
 pub mod identity;
 pub mod metrics;
 pub mod nds;
+pub mod probes;
 pub mod sds;
 pub mod supervise;
