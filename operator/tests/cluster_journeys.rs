@@ -287,6 +287,51 @@ fn operator_reconciles_edits_and_drift(cluster: &Cluster) {
     assert_eq!(istiod_pods().unwrap(), before, "discovery took the new mesh config without a restart");
     println!("journey c: meshConfig.accessLogFile reconciled; sleep's sidecar logs requests; istiod not restarted");
 
+    // The mesh metrics as Prometheus scrapes them: the agents' :15020 (here through the API
+    // server's pod proxy), Istio's labels on both sides of sleep → httpbin.
+    let httpbin_pods =
+        jsonpath(cluster, &["-n", "testns1", "get", "pods", "-l", "app=httpbin"], "{.items[*].metadata.name}").unwrap();
+    let scrape = |pod: &str| {
+        cluster
+            .kubectl(&["get", "--raw", &format!("/api/v1/namespaces/testns1/pods/{pod}:15020/proxy/stats/prometheus")])
+            .map_err(|e| e.to_string())
+    };
+    let has = |text: &str, labels: &[&str]| {
+        text.lines().any(|l| l.starts_with("istio_requests_total{") && labels.iter().all(|x| l.contains(x)))
+    };
+    wait_for("istio_requests_total on sleep's and httpbin's agents", Duration::from_secs(60), || {
+        in_sleep(cluster, "curl -s -o /dev/null http://httpbin.testns1:8000/get");
+        let client = scrape(&sleep_pod)?;
+        let source = [
+            "reporter=\"source\"",
+            "source_workload=\"sleep\"",
+            "source_principal=\"spiffe://cluster.local/ns/testns1/sa/sleep\"",
+            "destination_service=\"httpbin.testns1.svc.cluster.local\"",
+            "destination_workload=\"httpbin-v",
+            "response_code=\"200\"",
+        ];
+        if !has(&client, &source) {
+            return Err(format!(
+                "sleep's agent: no such series yet ({} istio_ lines)",
+                client.matches("istio_").count()
+            ));
+        }
+        let destination = [
+            "reporter=\"destination\"",
+            "source_workload=\"sleep\"",
+            "destination_workload=\"httpbin-v",
+            "connection_security_policy=\"mutual_tls\"",
+            "response_code=\"200\"",
+        ];
+        for pod in httpbin_pods.split_whitespace() {
+            if has(&scrape(pod)?, &destination) {
+                return Ok(());
+            }
+        }
+        Err("no httpbin agent counts sleep's requests yet".into())
+    });
+    println!("journey c: istio_requests_total with Istio's labels on sleep's and httpbin's :15020");
+
     let patch =
         r#"{"spec":{"components":{"pilot":{"k8s":{"resources":{"requests":{"cpu":"250m","memory":"256Mi"}}}}}}}"#;
     cluster
