@@ -69,6 +69,11 @@ pub struct Args {
     /// Push at the latest this long after the first change of a burst (PILOT_DEBOUNCE_MAX).
     #[arg(long, env = "PILOT_DEBOUNCE_MAX", default_value = "1s", value_parser = go_duration)]
     debounce_max: std::time::Duration,
+    /// Percent of requests traced when neither the proxy's mesh config (`defaultConfig.tracing.sampling`)
+    /// nor a Telemetry says (istiod's PILOT_TRACE_SAMPLING; the install sets it from
+    /// `values.pilot.traceSampling`, 100 in the demo profile).
+    #[arg(long, env = "PILOT_TRACE_SAMPLING", default_value_t = 1.0)]
+    trace_sampling: f64,
     /// How often `--config-dir` is scanned for changes where it cannot be watched (inotify).
     #[arg(long, default_value = "200ms", value_parser = go_duration)]
     poll_interval: std::time::Duration,
@@ -98,6 +103,7 @@ pub fn run(args: &Args) -> ExitCode {
 }
 
 async fn serve(args: &Args) -> anyhow::Result<()> {
+    rudder_xds::translate::telemetry::set_default_sampling(args.trace_sampling);
     let mesh = args.admission.base_mesh()?;
     // The registry publishes on `tx`; the JWKS follower passes its snapshots on to the server
     // with the documents of RequestAuthentication jwksUris.

@@ -517,6 +517,17 @@ pub const ZIPKIN_CLUSTER: &str = "zipkin";
 /// Istio's default sampling when neither the mesh nor a Telemetry says (percent).
 const DEFAULT_SAMPLING: f64 = 1.0;
 
+/// Discovery's default sampling (istiod's `PILOT_TRACE_SAMPLING`, which the install sets from
+/// `values.pilot.traceSampling`), set once at start; like istiod's feature flags it is a
+/// process setting rather than config.
+static PROCESS_SAMPLING: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Sets the default sampling (percent, 0–100) for proxies whose mesh config and Telemetry do
+/// not choose one. Only the first call counts.
+pub fn set_default_sampling(percent: f64) {
+    let _ = PROCESS_SAMPLING.set(percent.clamp(0.0, 100.0));
+}
+
 /// The zipkin collector of the mesh: a Telemetry or default tracing provider of kind zipkin
 /// (`service`, `port`), else `defaultConfig.tracing.zipkin.address`. `None`: no tracing.
 pub fn collector(ctx: &Context<'_>) -> Option<Collector> {
@@ -566,7 +577,8 @@ fn collector_at(ctx: &Context<'_>, host: &str, port: u32) -> Collector {
 }
 
 /// The HCM tracing of a side: zipkin with B3 and W3C propagation, the sampling of the most
-/// specific Telemetry (else `defaultConfig.tracing.sampling`, else 1 %), and custom tags.
+/// specific Telemetry (else `defaultConfig.tracing.sampling`, else `PILOT_TRACE_SAMPLING`,
+/// else 1 %), and custom tags.
 pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
     let collector = collector(ctx)?;
     let telemetries = applicable(ctx);
@@ -577,7 +589,7 @@ pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
         .and_then(|c| c.tracing.as_ref())
         .and_then(|t| t.0.get("sampling"))
         .and_then(serde_json::Value::as_f64)
-        .unwrap_or(DEFAULT_SAMPLING);
+        .unwrap_or_else(|| PROCESS_SAMPLING.get().copied().unwrap_or(DEFAULT_SAMPLING));
     let mut custom_tags: BTreeMap<String, api::CustomTag> = BTreeMap::new();
     let mut reporting = true;
     for telemetry in &telemetries {
