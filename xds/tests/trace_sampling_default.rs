@@ -21,12 +21,12 @@ fn sampling(mesh_yaml: &str) -> Option<f64> {
 
 #[test]
 fn the_process_default_sits_below_the_mesh_config() {
-    let zipkin = "defaultConfig: {tracing: {zipkin: {address: 'zipkin.istio-system:9411'}}}";
+    let zipkin = "defaultConfig: {tracing: {zipkin: {address: '127.0.0.1:9411'}}}";
     assert_eq!(sampling(zipkin), Some(1.0), "Istio's 1 % before anything is set");
     set_default_sampling(100.0);
     set_default_sampling(3.0);
     assert_eq!(sampling(zipkin), Some(100.0), "the first setting counts");
-    let with_mesh = "defaultConfig: {tracing: {zipkin: {address: 'zipkin.istio-system:9411'}, sampling: 7}}";
+    let with_mesh = "defaultConfig: {tracing: {zipkin: {address: '127.0.0.1:9411'}, sampling: 7}}";
     assert_eq!(sampling(with_mesh), Some(7.0), "the mesh's sampling wins");
     assert_eq!(sampling("enableTracing: false"), None);
 }

@@ -178,9 +178,8 @@ fn defaults_without_a_destination_rule() {
             &name(9090, ""),
             "BlackHoleCluster",
             "PassthroughCluster",
-            "InboundPassthroughCluster",
-            // Istio's default mesh traces to zipkin.istio-system:9411.
-            "zipkin"
+            // No collector cluster: Istio's default zipkin.istio-system is not in the registry.
+            "InboundPassthroughCluster"
         ]
     );
     let http = find(&clusters, &name(9080, ""));

@@ -56,10 +56,9 @@ fn a_sidecar_scoped_to_its_namespace_gets_a_tenth_of_the_config_or_less() {
     let (scoped, scoped_clusters) = config_bytes(&snapshot, &proxy());
 
     // 10 of the 1,000 services are in bench-0: their default and subset clusters, plus the
-    // proxy's own (BlackHole, Passthrough, InboundPassthrough, and the default mesh's
-    // zipkin collector).
-    assert_eq!(scoped_clusters, 10 * 3 + 4);
-    assert_eq!(unscoped_clusters, 1_000 * 3 + 4);
+    // proxy's own (BlackHole, Passthrough, InboundPassthrough).
+    assert_eq!(scoped_clusters, 10 * 3 + 3);
+    assert_eq!(unscoped_clusters, 1_000 * 3 + 3);
     eprintln!("config bytes: unscoped {unscoped}, scoped {scoped} ({:.1}x smaller)", unscoped as f64 / scoped as f64);
     assert!(scoped * 10 <= unscoped, "scoped {scoped} bytes vs unscoped {unscoped}");
 }

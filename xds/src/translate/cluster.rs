@@ -8,8 +8,9 @@
 //! rest of the cluster is still served.
 //!
 //! Not translated yet: `localityLbSetting` (distribute/failover need per-proxy locality
-//! priorities), `tunnel` (belongs to the TCP proxy filter), HTTP/2 keepalive, and
-//! auto-mTLS (see [`tls_socket`]).
+//! priorities), `zoneAwareLbSetting` (Envoy's zone-aware routing needs a bootstrap
+//! `local_cluster` of the proxy's own workload), `tunnel` (belongs to the TCP proxy filter),
+//! and auto-mTLS (see [`tls_socket`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -21,18 +22,23 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     LeastRequestLbConfig, MaglevLbConfig, OriginalDstLbConfig, RingHashLbConfig, RoundRobinLbConfig, SlowStartConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlierDetection, UpstreamConnectionOptions,
-    cluster::TransportSocketMatch,
+    CircuitBreakers, Cluster, LoadBalancingPolicy, OutlierDetection as EnvoyOutlierDetection,
+    UpstreamConnectionOptions, cluster::TransportSocketMatch, load_balancing_policy,
 };
+use envoy_types::pb::envoy::config::common::matcher::v3::{HttpHeadersMatch, MatchPredicate, match_predicate};
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiConfigSource, ApiVersion, BindConfig, ConfigSource, DataSource, GrpcService,
-    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpProtocolOptions, ProxyProtocolConfig,
-    RuntimeDouble, SocketAddress, TcpKeepalive as EnvoyTcpKeepalive, TransportSocket, UpstreamHttpProtocolOptions,
-    api_config_source, config_source, data_source, grpc_service, socket_address, transport_socket,
+    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpProtocolOptions, KeepaliveSettings,
+    ProxyProtocolConfig, RuntimeDouble, SocketAddress, TcpKeepalive as EnvoyTcpKeepalive, TransportSocket,
+    TypedExtensionConfig, UpstreamHttpProtocolOptions, api_config_source, config_source, data_source, grpc_service,
+    socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, lb_endpoint,
 };
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
+use envoy_types::pb::envoy::extensions::load_balancing_policies::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin;
+use envoy_types::pb::envoy::extensions::load_balancing_policies::common::v3::SlowStartConfig as CommonSlowStartConfig;
 use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -41,6 +47,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     tls_parameters,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::OutlierDetection as HttpOutlierDetection;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
     ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig, explicit_http_config,
 };
@@ -78,6 +85,8 @@ const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(60);
 const DEFAULT_RING_SIZE: u64 = 1024;
 /// Envoy's limit on `minimum_ring_size`.
 const MAX_RING_SIZE: u64 = 8_388_608;
+/// Envoy's load-balancing extension behind `loadBalancer.backendUtilization`.
+pub const CSWRR_POLICY: &str = "envoy.load_balancing_policies.client_side_weighted_round_robin";
 /// Maglev table sizes must be prime and below this.
 const MAGLEV_MAX_TABLE_SIZE: u64 = 5_000_011;
 
@@ -122,11 +131,18 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
     clusters
 }
 
-/// The zipkin collector's cluster when its address is not a registry service (`zipkin`,
-/// STRICT_DNS to `defaultConfig.tracing.zipkin.address`, which may also be an IP).
+/// The zipkin collector's cluster when its address is not a registry service (`zipkin`: STATIC
+/// to an IP, STRICT_DNS to a name outside the cluster).
 fn tracing_collector_cluster(ctx: &Context<'_>) -> Option<Cluster> {
     let (host, port) = super::telemetry::collector(ctx)?.address?;
-    let mut draft = Draft::new(ctx, super::telemetry::ZIPKIN_CLUSTER.to_owned(), DiscoveryType::StrictDns);
+    // An IP needs no resolving; a name outside the cluster is looked up as DNS.
+    let kind = if host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok() {
+        DiscoveryType::Static
+    } else {
+        DiscoveryType::StrictDns
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let mut draft = Draft::new(ctx, super::telemetry::ZIPKIN_CLUSTER.to_owned(), kind);
     let endpoint = LbEndpoint {
         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
             address: Some(envoy_types::pb::envoy::config::core::v3::Address {
@@ -150,7 +166,9 @@ fn tracing_collector_cluster(ctx: &Context<'_>) -> Option<Cluster> {
         }],
         ..Default::default()
     });
-    draft.cluster.dns_lookup_family = DnsLookupFamily::V4Preferred as i32;
+    if kind == DiscoveryType::StrictDns {
+        draft.cluster.dns_lookup_family = DnsLookupFamily::V4Preferred as i32;
+    }
     Some(draft.finish())
 }
 
@@ -391,8 +409,10 @@ fn service_cluster(
     apply_connection_pool(ctx, &mut draft, policy.connection_pool);
     apply_h2_upgrade(ctx, &mut draft, port.protocol, policy.connection_pool);
     apply_max_concurrent_streams(&mut draft, policy.connection_pool);
+    apply_http2_keepalive(&mut draft, policy.connection_pool);
     apply_retry_budget(&mut draft, policy.retry_budget);
     apply_outlier_detection(&mut draft, policy.outlier_detection);
+    apply_outlier_error_codes(&mut draft, port.protocol, policy.outlier_detection);
     apply_load_balancer(&mut draft, policy.load_balancer);
     let subset_name = subset.map_or("", |s| s.name.as_str());
     let sni = format!("outbound_.{}_.{}_.{}", port.port, subset_name, service.hostname);
@@ -650,11 +670,82 @@ fn apply_retry_budget(draft: &mut Draft, budget: Option<&RetryBudget>) {
     let retry_budget = EnvoyRetryBudget {
         budget_percent: Some(Percent { value: percent }),
         min_retry_concurrency: Some(UInt32Value { value: budget.min_retry_concurrency.unwrap_or(3) }),
-        ..Default::default()
+        budget_interval: non_negative(&draft.cluster.name, "retryBudget.budgetInterval", budget.budget_interval)
+            .filter(|d| *d != PbDuration::default()),
     };
     if let Some(thresholds) = draft.cluster.circuit_breakers.as_mut().and_then(|c| c.thresholds.first_mut()) {
         thresholds.retry_budget = Some(retry_budget);
     }
+}
+
+/// `connectionPool.http.http2KeepAlive`: PING keepalive on the cluster's HTTP/2 connections
+/// (explicit HTTP/2, or the HTTP/2 side of "use the downstream protocol"). Envoy requires a
+/// PING timeout; without one the gRPC keepalive default of 20s applies.
+fn apply_http2_keepalive(draft: &mut Draft, pool: Option<&ConnectionPoolSettings>) {
+    let Some(keepalive) = pool.and_then(|p| p.http.as_ref()).and_then(|h| h.http2_keep_alive.as_ref()) else {
+        return;
+    };
+    let name = draft.cluster.name.clone();
+    let settings = KeepaliveSettings {
+        interval: positive(&name, "connectionPool.http.http2KeepAlive.interval", keepalive.interval),
+        timeout: Some(
+            positive(&name, "connectionPool.http.http2KeepAlive.timeout", keepalive.timeout)
+                .unwrap_or(PbDuration { seconds: 20, nanos: 0 }),
+        ),
+        ..Default::default()
+    };
+    let h2 = match draft.http.as_mut().and_then(|h| h.upstream_protocol_options.as_mut()) {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(h2)),
+        })) => h2,
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+            http2_protocol_options: Some(h2),
+            ..
+        })) => h2,
+        _ => {
+            tracing::debug!(cluster = %name, "connectionPool.http.http2KeepAlive on a cluster without HTTP/2 upstream; ignored");
+            return;
+        }
+    };
+    h2.connection_keepalive = Some(settings);
+}
+
+/// `outlierDetection.outlierDetectionHttpErrorCodes`: the response codes outlier detection
+/// counts as errors (instead of 5xx), as an `error_matcher` on `:status` in the upstream HTTP
+/// options. Only HTTP clusters have those options.
+fn apply_outlier_error_codes(draft: &mut Draft, protocol: Protocol, outlier: Option<&OutlierDetection>) {
+    let Some(codes) = outlier.map(|o| &o.outlier_detection_http_error_codes).filter(|c| !c.is_empty()) else {
+        return;
+    };
+    if draft.http.is_none() && !protocol.is_http() {
+        tracing::debug!(cluster = %draft.cluster.name, "outlierDetectionHttpErrorCodes on a non-HTTP cluster; ignored");
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    let rules: Vec<MatchPredicate> = codes
+        .iter()
+        .filter(|c| (100..=599).contains(*c) && seen.insert(**c))
+        .map(|code| MatchPredicate {
+            rule: Some(match_predicate::Rule::HttpResponseHeadersMatch(HttpHeadersMatch {
+                headers: vec![HeaderMatcher {
+                    name: ":status".to_owned(),
+                    header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+                        match_pattern: Some(string_matcher::MatchPattern::Exact(code.to_string())),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+            })),
+        })
+        .collect();
+    let error_matcher = match <[MatchPredicate; 1]>::try_from(rules) {
+        Ok([one]) => one,
+        Err(rules) if rules.is_empty() => return,
+        Err(rules) => {
+            MatchPredicate { rule: Some(match_predicate::Rule::OrMatch(match_predicate::MatchSet { rules })) }
+        }
+    };
+    draft.http().outlier_detection = Some(HttpOutlierDetection { error_matcher: Some(error_matcher) });
 }
 
 /// Outlier detection as Istio sets it: only the consecutive-error detectors, each enforced at
@@ -719,6 +810,34 @@ fn apply_load_balancer(draft: &mut Draft, lb: Option<&LoadBalancerSettings>) {
     }
     let name = draft.cluster.name.clone();
     let slow_start = lb.and_then(|lb| slow_start(&name, lb));
+    if let Some(backend) = lb.and_then(|lb| lb.backend_utilization.as_ref()) {
+        // Envoy's client-side weighted round robin, an extension policy: `load_balancing_policy`
+        // replaces `lb_policy` (left at its default).
+        let config = ClientSideWeightedRoundRobin {
+            blackout_period: non_negative(
+                &name,
+                "loadBalancer.backendUtilization.blackoutPeriod",
+                backend.blackout_period,
+            ),
+            slow_start_config: slow_start.map(|s| CommonSlowStartConfig {
+                slow_start_window: s.slow_start_window,
+                aggression: s.aggression,
+                min_weight_percent: s.min_weight_percent,
+            }),
+            ..Default::default()
+        };
+        draft.cluster.lb_policy = LbPolicy::RoundRobin as i32;
+        draft.cluster.lb_config = None;
+        draft.cluster.load_balancing_policy = Some(LoadBalancingPolicy {
+            policies: vec![load_balancing_policy::Policy {
+                typed_extension_config: Some(TypedExtensionConfig {
+                    name: CSWRR_POLICY.to_owned(),
+                    typed_config: Some(pack_any(config)),
+                }),
+            }],
+        });
+        return;
+    }
     match lb.and_then(|lb| lb.simple) {
         Some(SimpleLb::Random) => draft.cluster.lb_policy = LbPolicy::Random as i32,
         Some(SimpleLb::RoundRobin) => {

@@ -547,33 +547,37 @@ pub fn collector(ctx: &Context<'_>) -> Option<Collector> {
         let zipkin = provider.zipkin.as_ref()?;
         let service = zipkin.0.get("service").and_then(|s| s.as_str())?;
         let port = zipkin.0.get("port").and_then(serde_json::Value::as_u64).and_then(|p| u32::try_from(p).ok())?;
-        return Some(collector_at(ctx, service, port));
+        return collector_at(ctx, service, port);
     }
     let tracing = mesh.default_config.as_ref()?.tracing.as_ref()?;
     let address = tracing.0.get("zipkin")?.get("address")?.as_str()?;
     let (host, port) = address.rsplit_once(':')?;
-    Some(collector_at(ctx, host, port.parse().ok()?))
+    collector_at(ctx, host, port.parse().ok()?)
 }
 
-/// A registry service's outbound cluster when `host` names one (short or full), else the
-/// discovery-made cluster to the address.
-fn collector_at(ctx: &Context<'_>, host: &str, port: u32) -> Collector {
-    let candidates = [
-        host.to_owned(),
-        format!("{host}.svc.{}", crate::translate::context::DOMAIN_SUFFIX),
-        format!("{host}.{}", crate::translate::context::DOMAIN_SUFFIX),
-    ];
+/// A registry service's outbound cluster when `host` names one (short or full); else, for an
+/// IP address or a name outside the cluster, the discovery-made cluster to the address. A
+/// Kubernetes service name (`name.namespace`, `….svc…`) that is not in the registry names
+/// nothing that exists (Istio's default `zipkin.istio-system` where no zipkin is installed):
+/// no collector, rather than a DNS cluster looking it up forever.
+fn collector_at(ctx: &Context<'_>, host: &str, port: u32) -> Option<Collector> {
+    use crate::translate::context::{DOMAIN_SUFFIX, outbound_cluster_name};
+    let candidates = [host.to_owned(), format!("{host}.svc.{DOMAIN_SUFFIX}"), format!("{host}.{DOMAIN_SUFFIX}")];
     for candidate in candidates {
         if let Some(service) = ctx.service(&candidate)
             && service.port(port).is_some()
         {
-            return Collector {
-                cluster: crate::translate::context::outbound_cluster_name(port, "", &service.hostname),
-                address: None,
-            };
+            return Some(Collector { cluster: outbound_cluster_name(port, "", &service.hostname), address: None });
         }
     }
-    Collector { cluster: ZIPKIN_CLUSTER.to_owned(), address: Some((host.to_owned(), port)) }
+    let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
+    let labels = host.split('.').count();
+    let kubernetes_name = labels == 2 || host.contains(".svc") || host.ends_with(DOMAIN_SUFFIX);
+    if !ip && (kubernetes_name || labels == 1) {
+        tracing::debug!(host, "tracing collector is not a service of the registry; no tracing");
+        return None;
+    }
+    Some(Collector { cluster: ZIPKIN_CLUSTER.to_owned(), address: Some((host.to_owned(), port)) })
 }
 
 /// The HCM tracing of a side: zipkin with B3 and W3C propagation, the sampling of the most
@@ -911,5 +915,19 @@ spec:
         let mut off = snapshot("");
         off.mesh.enable_tracing = Some(false);
         assert!(collector(&Context::new(&off, &p)).is_none());
+        // Istio's default collector where none is installed: nothing to trace to, no DNS
+        // cluster; a name outside the cluster is looked up.
+        let at = |address: &str| {
+            let mut snap = snapshot("");
+            let tracing = serde_json::json!({"zipkin": {"address": address}});
+            snap.mesh.default_config.as_mut().unwrap().tracing = Some(serde_json::from_value(tracing).unwrap());
+            collector(&Context::new(&snap, &p))
+        };
+        assert_eq!(at("zipkin.istio-system:9411"), None);
+        assert_eq!(at("zipkin.istio-system.svc.cluster.local:9411"), None);
+        assert_eq!(
+            at("traces.example.com:9411"),
+            Some(Collector { cluster: ZIPKIN_CLUSTER.into(), address: Some(("traces.example.com".into(), 9411)) })
+        );
     }
 }
