@@ -122,6 +122,10 @@ pub struct RetryBudget {
     /// Retries always allowed regardless of the percentage (default 3).
     #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub min_retry_concurrency: Option<u32>,
+    /// Window of recent requests the budget counts; `0s` (the default) counts only the active
+    /// and pending ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_interval: Option<Duration>,
 }
 
 /// A named subset of the host's endpoints.
@@ -150,7 +154,8 @@ crate::proto_enum! {
     }
 }
 
-/// Load-balancing settings: `simple` or `consistentHash` (a oneof), plus locality and warmup.
+/// Load-balancing settings: `simple`, `consistentHash` or `backendUtilization` (a oneof), plus
+/// locality (or zone-aware) balancing and warmup.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerSettings {
@@ -158,13 +163,45 @@ pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHashLb>,
+    /// Weights endpoints by the utilization they report (ORCA): Envoy's client-side weighted
+    /// round robin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_utilization: Option<BackendUtilizationLb>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<LocalityLoadBalancerSetting>,
+    /// Envoy's zone-aware routing; exclusive with `localityLbSetting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_aware_lb_setting: Option<ZoneAwareLoadBalancerSetting>,
     /// Deprecated: use `warmup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<WarmupConfiguration>,
+}
+
+/// `BackendUtilizationLB`: endpoint weights from the load the endpoints report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendUtilizationLb {
+    /// How long an endpoint reports metrics before its weight is used (Envoy's default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blackout_period: Option<Duration>,
+}
+
+/// Zone-aware load balancing: Envoy spreads traffic over zones by their share of endpoints,
+/// keeping as much as it can in the caller's zone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneAwareLoadBalancerSetting {
+    /// Region to fail over to from another region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    /// Ordered labels (`key` or `key=value`) that rank endpoints; not the region, zone or
+    /// subzone labels, which zone-aware routing handles itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 /// Slow start for new endpoints.
@@ -347,6 +384,21 @@ pub struct HttpSettings {
     pub use_client_protocol: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_streams: Option<i32>,
+    /// HTTP/2 PING keepalive on upstream HTTP/2 connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive: Option<ConnectionKeepalive>,
+}
+
+/// HTTP/2 PING keepalive.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionKeepalive {
+    /// Time between PINGs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// How long to wait for a PING's answer before closing the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
 }
 
 /// Ejection of unhealthy hosts from the load-balancing pool.
@@ -372,6 +424,9 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_health_percent: Option<i32>,
+    /// HTTP status codes (100-599) that count as errors instead of the 5xx codes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outlier_detection_http_error_codes: Vec<i32>,
 }
 
 crate::proto_enum! {
@@ -483,10 +538,15 @@ fn validate_traffic_policy(policy: &TrafficPolicy, at: &FieldPath, report: &mut 
     if let Some(tunnel) = &policy.tunnel {
         validate_tunnel(tunnel, &at.field("tunnel"), report);
     }
-    if let Some(budget) = &policy.retry_budget
-        && let Some(percent) = budget.percent
-    {
-        report.check(&at.field("retryBudget").field("percent"), checks::percentage(percent));
+    if let Some(budget) = &policy.retry_budget {
+        let at = at.field("retryBudget");
+        if let Some(percent) = budget.percent {
+            report.check(&at.field("percent"), checks::percentage(percent));
+        }
+        // `0s` is the default: only active and pending requests count.
+        if let Some(d) = budget.budget_interval.filter(|d| d.as_nanos() != 0) {
+            report.check(&at.field("budgetInterval"), checks::duration(&d));
+        }
     }
 }
 
@@ -564,11 +624,37 @@ fn validate_load_balancer(lb: &LoadBalancerSettings, has_outlier_detection: bool
     if let (Some(simple), Some(_)) = (lb.simple, &lb.consistent_hash) {
         report.error(at, format!("simple ({simple}) and consistentHash cannot be set together; choose one"));
     }
+    if lb.backend_utilization.is_some() {
+        let other = match (lb.simple, &lb.consistent_hash) {
+            (Some(simple), _) => Some(format!("simple ({simple})")),
+            (None, Some(_)) => Some("consistentHash".to_owned()),
+            (None, None) => None,
+        };
+        if let Some(other) = other {
+            report.error(
+                &at.field("backendUtilization"),
+                format!("backendUtilization and {other} cannot be set together; choose one"),
+            );
+        }
+    }
     if let Some(hash) = &lb.consistent_hash {
         validate_consistent_hash(hash, &at.field("consistentHash"), report);
     }
+    if let Some(backend) = &lb.backend_utilization
+        && let Some(d) = backend.blackout_period.filter(|d| d.as_nanos() != 0)
+    {
+        // `0s` turns the blackout off.
+        report.check(&at.field("backendUtilization").field("blackoutPeriod"), checks::duration(&d));
+    }
     if let Some(locality) = &lb.locality_lb_setting {
         validate_locality(locality, has_outlier_detection, &at.field("localityLbSetting"), report);
+    }
+    if let Some(zone_aware) = &lb.zone_aware_lb_setting {
+        let at = at.field("zoneAwareLbSetting");
+        if lb.locality_lb_setting.is_some() {
+            report.error(&at, "zoneAwareLbSetting and localityLbSetting cannot be set together; choose one");
+        }
+        validate_zone_aware(zone_aware, &at, report);
     }
     if let Some(d) = &lb.warmup_duration_secs {
         report.check(&at.field("warmupDurationSecs"), checks::duration(d));
@@ -670,6 +756,39 @@ fn is_prime(n: u64) -> bool {
 const TOPOLOGY_LOCALITY_LABELS: [&str; 3] =
     ["topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"];
 
+/// Zone-aware routing partitions by region and zone itself, so `failoverPriority` may not name
+/// those labels; `failover` entries are region pairs as in `localityLbSetting`.
+fn validate_zone_aware(setting: &ZoneAwareLoadBalancerSetting, at: &FieldPath, report: &mut Report) {
+    for (i, label) in setting.failover_priority.iter().enumerate() {
+        let at = at.field("failoverPriority").index(i);
+        let key = label.split_once('=').map_or(label.as_str(), |(k, _)| k);
+        if TOPOLOGY_LOCALITY_LABELS.contains(&key) {
+            report.error(&at, format!("{key} cannot be used in failoverPriority with zone-aware load balancing"));
+        } else if key.is_empty() {
+            report.error(&at, "failoverPriority label must not be empty");
+        }
+    }
+    validate_failover(&setting.failover, &at.field("failover"), report);
+}
+
+fn validate_failover(failover: &[LocalityFailover], at: &FieldPath, report: &mut Report) {
+    for (i, failover) in failover.iter().enumerate() {
+        let at = at.index(i);
+        if failover.from == failover.to {
+            report.error(
+                &at,
+                format!("failover from {:?} to itself; from and to must be different regions", failover.from),
+            );
+        }
+        if failover.from.contains('/') || failover.to.contains('/') {
+            report.error(&at, "failover takes regions only, without zones ('/')");
+        }
+        if failover.from.contains('*') || failover.to.contains('*') {
+            report.error(&at, "failover regions must not contain the '*' wildcard");
+        }
+    }
+}
+
 /// Locality checks shared with MeshConfig `localityLbSetting`; `has_outlier_detection` silences the
 /// warning that failover needs outlier detection.
 pub(crate) fn validate_locality(
@@ -718,21 +837,7 @@ pub(crate) fn validate_locality(
     if (!setting.failover.is_empty() || !setting.failover_priority.is_empty()) && !has_outlier_detection {
         report.warning(at, "failover has no effect without outlierDetection in the same traffic policy");
     }
-    for (i, failover) in setting.failover.iter().enumerate() {
-        let at = at.field("failover").index(i);
-        if failover.from == failover.to {
-            report.error(
-                &at,
-                format!("failover from {:?} to itself; from and to must be different regions", failover.from),
-            );
-        }
-        if failover.from.contains('/') || failover.to.contains('/') {
-            report.error(&at, "failover takes regions only, without zones ('/')");
-        }
-        if failover.from.contains('*') || failover.to.contains('*') {
-            report.error(&at, "failover regions must not contain the '*' wildcard");
-        }
-    }
+    validate_failover(&setting.failover, &at.field("failover"), report);
 }
 
 /// Localities `region/zone/subzone`: no empty segment, at most one `*` and only at the end, and
@@ -796,6 +901,15 @@ pub(crate) fn validate_connection_pool(pool: &ConnectionPoolSettings, at: &Field
             );
         }
         non_negative(http.max_concurrent_streams, &at.field("maxConcurrentStreams"), report);
+        if let Some(keepalive) = &http.http2_keep_alive {
+            let at = at.field("http2KeepAlive");
+            if let Some(d) = &keepalive.interval {
+                report.check(&at.field("interval"), checks::duration(d));
+            }
+            if let Some(d) = &keepalive.timeout {
+                report.check(&at.field("timeout"), checks::duration(d));
+            }
+        }
     }
     if let Some(tcp) = &pool.tcp {
         let at = at.field("tcp");
@@ -850,6 +964,15 @@ fn validate_outlier_detection(outlier: &OutlierDetection, at: &FieldPath, report
     }
     if let Some(p) = outlier.min_health_percent {
         report.check(&at.field("minHealthPercent"), checks::percentage(f64::from(p)));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, &code) in outlier.outlier_detection_http_error_codes.iter().enumerate() {
+        let at = at.field("outlierDetectionHttpErrorCodes").index(i);
+        if !(100..=599).contains(&code) {
+            report.error(&at, format!("HTTP status code {code} must be in the range 100..599"));
+        } else if !seen.insert(code) {
+            report.error(&at, format!("duplicate HTTP status code {code}"));
+        }
     }
 }
 

@@ -250,6 +250,9 @@ pub struct L4MatchAttributes {
     pub destination_subnets: Vec<String>,
     #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
+    /// Source address or CIDR block of the connection (hidden from upstream's docs).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_subnet: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -292,6 +295,9 @@ pub struct HttpRedirect {
     /// Replaces the whole path.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uri: String,
+    /// Replaces the matched URI prefix, keeping the rest of the path (exclusive with `uri`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix_rewrite: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub authority: String,
     /// Port to redirect to (exclusive with `derivePort`).
@@ -719,6 +725,17 @@ fn validate_http_route(route: &HttpRoute, scope: Scope, report: &mut Report, at:
 
     if let Some(redirect) = &route.redirect {
         validate_redirect(redirect, report, &at.field("redirect"));
+        if !redirect.prefix_rewrite.is_empty() {
+            for (i, m) in route.r#match.iter().enumerate() {
+                if let Some(uri) = m.uri.as_ref().filter(|u| !matches!(u, StringMatch::Prefix(_))) {
+                    let kind = if matches!(uri, StringMatch::Exact(_)) { "exact" } else { "regex" };
+                    report.error(
+                        &at.field("match").index(i).field("uri"),
+                        format!("redirect.prefixRewrite needs prefix URI matches, not {kind}"),
+                    );
+                }
+            }
+        }
     }
     if let Some(direct) = &route.direct_response {
         validate_direct_response(direct, report, &at.field("directResponse"));
@@ -930,9 +947,17 @@ fn total_weight(count: usize, total: i64, report: &mut Report, at: &FieldPath) {
 }
 
 fn validate_redirect(r: &HttpRedirect, report: &mut Report, at: &FieldPath) {
-    if r.uri.is_empty() && r.authority.is_empty() && r.scheme.is_empty() && r.port.is_none() && r.derive_port.is_none()
+    if r.uri.is_empty()
+        && r.prefix_rewrite.is_empty()
+        && r.authority.is_empty()
+        && r.scheme.is_empty()
+        && r.port.is_none()
+        && r.derive_port.is_none()
     {
-        report.error(at, "redirect must set at least one of uri, authority, scheme, port or derivePort");
+        report.error(at, "redirect must set at least one of uri, prefixRewrite, authority, scheme, port or derivePort");
+    }
+    if !r.uri.is_empty() && !r.prefix_rewrite.is_empty() {
+        report.error(&at.field("prefixRewrite"), "uri and prefixRewrite are mutually exclusive; choose one");
     }
     if r.port.is_some() && r.derive_port.is_some() {
         report.error(&at.field("derivePort"), "port and derivePort are mutually exclusive");
@@ -1259,6 +1284,9 @@ fn validate_tcp_route(route: &TcpRoute, report: &mut Report, at: &FieldPath) {
     for (i, m) in route.r#match.iter().enumerate() {
         let here = at.field("match").index(i);
         subnets(&m.destination_subnets, report, &here.field("destinationSubnets"));
+        if !m.source_subnet.is_empty() {
+            report.check(&here.field("sourceSubnet"), checks::ip_or_cidr(&m.source_subnet));
+        }
         l4_common(m.port, &m.source_labels, &m.gateways, &m.source_namespace, report, &here);
     }
     if route.route.is_empty() {
