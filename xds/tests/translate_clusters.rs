@@ -521,6 +521,136 @@ fn retry_budget() {
 }
 
 #[test]
+fn retry_budget_interval() {
+    let budget = |spec: &str| {
+        let clusters = outbound(&snapshot(&dr(&format!("  trafficPolicy:\n    retryBudget: {spec}\n"))));
+        find(&clusters, &name(9080, "")).circuit_breakers.as_ref().unwrap().thresholds[0].retry_budget.unwrap()
+    };
+    assert_eq!(budget("{percent: 25, budgetInterval: 10s}").budget_interval, secs(10));
+    assert_eq!(budget("{budgetInterval: 1500ms}").budget_interval, Some(PbDuration { seconds: 1, nanos: 500_000_000 }));
+    assert_eq!(budget("{budgetInterval: 0s}").budget_interval, None, "0s is Envoy's default: active requests only");
+    assert_eq!(budget("{percent: 25}").budget_interval, None);
+}
+
+#[test]
+fn backend_utilization_is_client_side_weighted_round_robin() {
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin;
+    let clusters = outbound(&snapshot(&dr(
+        "  trafficPolicy:\n    loadBalancer: {backendUtilization: {blackoutPeriod: 30s}, warmup: {duration: 20s, minimumPercent: 10}}\n  subsets:\n  - {name: plain, labels: {version: v1}, trafficPolicy: {loadBalancer: {backendUtilization: {}}}}\n  - {name: simple, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}\n",
+    )));
+    let policy = |c: &Cluster| {
+        let policies = &c.load_balancing_policy.as_ref().expect("load_balancing_policy").policies;
+        assert_eq!(policies.len(), 1);
+        let ext = policies[0].typed_extension_config.as_ref().unwrap();
+        assert_eq!(ext.name, cluster::CSWRR_POLICY);
+        let any = ext.typed_config.as_ref().unwrap();
+        assert!(any.type_url.ends_with("ClientSideWeightedRoundRobin"), "{}", any.type_url);
+        ClientSideWeightedRoundRobin::decode(any.value.as_slice()).unwrap()
+    };
+    let c = find(&clusters, &name(9080, ""));
+    assert_eq!(c.lb_config, None);
+    let cswrr = policy(c);
+    assert_eq!(cswrr.blackout_period, secs(30));
+    let slow = cswrr.slow_start_config.expect("warmup is the policy's slow start");
+    assert_eq!((slow.slow_start_window, slow.min_weight_percent.map(|p| p.value)), (secs(20), Some(10.0)));
+    // A subset's own backendUtilization: Envoy's defaults.
+    assert_eq!(policy(find(&clusters, &name(9080, "plain"))), ClientSideWeightedRoundRobin::default());
+    // A subset that chooses a simple policy replaces the rule's load balancer.
+    let simple = find(&clusters, &name(9080, "simple"));
+    assert_eq!((simple.lb_policy, simple.load_balancing_policy.is_none()), (LbPolicy::Random as i32, true));
+}
+
+#[test]
+fn zone_aware_setting_is_not_translated() {
+    let clusters = outbound(&snapshot(&dr(
+        "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN, zoneAwareLbSetting: {enabled: true}}\n",
+    )));
+    let c = find(&clusters, &name(9080, ""));
+    assert_eq!(c.lb_policy, LbPolicy::RoundRobin as i32);
+    assert_eq!(c.common_lb_config.as_ref().unwrap().locality_config_specifier, None);
+}
+
+#[test]
+fn http2_keepalive_on_http2_upstreams_only() {
+    use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, KeepaliveSettings};
+    let clusters = outbound(&snapshot(&dr(
+        "  trafficPolicy:\n    connectionPool: {http: {http2KeepAlive: {interval: 30s, timeout: 5s}}}\n  subsets:\n  - {name: interval-only, labels: {version: v1}, trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE, http2KeepAlive: {interval: 1m}}}}}\n",
+    )));
+    let h2 = |c: &Cluster| -> Option<Http2ProtocolOptions> {
+        match http_options(c)?.upstream_protocol_options? {
+            UpstreamProtocolOptions::ExplicitHttpConfig(e) => match e.protocol_config? {
+                explicit_http_config::ProtocolConfig::Http2ProtocolOptions(h2) => Some(h2),
+                _ => None,
+            },
+            UpstreamProtocolOptions::UseDownstreamProtocolConfig(d) => d.http2_protocol_options,
+            _ => None,
+        }
+    };
+    let want = KeepaliveSettings { interval: secs(30), timeout: secs(5), ..Default::default() };
+    // gRPC port: explicit HTTP/2.
+    assert_eq!(h2(find(&clusters, &name(9090, ""))).unwrap().connection_keepalive, Some(want.clone()));
+    // Undeclared protocol on a sidecar: the HTTP/2 side of "use the downstream protocol".
+    assert_eq!(h2(find(&clusters, &name(7000, ""))).unwrap().connection_keepalive, Some(want));
+    // Plain HTTP/1.1 port: no HTTP/2 options to carry it.
+    assert!(h2(find(&clusters, &name(9080, ""))).is_none());
+    // Upgraded port, interval only: the 20s default timeout Envoy requires.
+    assert_eq!(
+        h2(find(&clusters, &name(9080, "interval-only"))).unwrap().connection_keepalive,
+        Some(KeepaliveSettings { interval: secs(60), timeout: secs(20), ..Default::default() })
+    );
+}
+
+#[test]
+fn outlier_error_codes_are_an_error_matcher_on_status() {
+    use envoy_types::pb::envoy::config::common::matcher::v3::{MatchPredicate, match_predicate};
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    let clusters = outbound(&snapshot(&dr(
+        "  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, outlierDetectionHttpErrorCodes: [429, 503]}\n  subsets:\n  - {name: one, labels: {version: v1}, trafficPolicy: {outlierDetection: {outlierDetectionHttpErrorCodes: [404]}}}\n",
+    )));
+    let status = |p: &MatchPredicate| match &p.rule {
+        Some(match_predicate::Rule::HttpResponseHeadersMatch(h)) => {
+            assert_eq!(h.headers.len(), 1);
+            assert_eq!(h.headers[0].name, ":status");
+            match &h.headers[0].header_match_specifier {
+                Some(HeaderMatchSpecifier::StringMatch(m)) => match &m.match_pattern {
+                    Some(MatchPattern::Exact(code)) => code.clone(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    };
+    let matcher = |c: &Cluster| http_options(c).unwrap().outlier_detection.unwrap().error_matcher.unwrap();
+    let http = find(&clusters, &name(9080, ""));
+    match matcher(http).rule {
+        Some(match_predicate::Rule::OrMatch(set)) => {
+            assert_eq!(set.rules.iter().map(status).collect::<Vec<_>>(), ["429", "503"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(http.outlier_detection.as_ref().unwrap().consecutive_5xx, u32v(3));
+    // HTTP/1.1 options carry the matcher without changing the upstream protocol.
+    assert!(!is_h2(http));
+    assert_eq!(status(&matcher(find(&clusters, &name(9080, "one")))), "404");
+    assert!(http_options(find(&clusters, &name(9090, ""))).unwrap().outlier_detection.is_some());
+}
+
+#[test]
+fn outlier_error_codes_leave_tcp_clusters_alone() {
+    let mut snap = snapshot(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: default}\nspec:\n  host: db.default.svc.cluster.local\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, outlierDetectionHttpErrorCodes: [429]}\n",
+    );
+    let db = "db.default.svc.cluster.local";
+    snap.services.insert(db.into(), service(db, Resolution::ClientSideLb, vec![port("tcp-db", 5432)]));
+    let clusters = outbound(&snap);
+    let c = find(&clusters, &format!("outbound|5432||{db}"));
+    assert!(c.outlier_detection.is_some());
+    assert!(http_options(c).is_none(), "a TCP cluster gets no HTTP protocol options");
+}
+
+#[test]
 fn port_level_settings_replace_the_rule_policy() {
     let clusters = outbound(&snapshot(&dr(
         "  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n    connectionPool: {tcp: {maxConnections: 7}}\n    portLevelSettings:\n    - port: {number: 9080}\n      loadBalancer: {simple: ROUND_ROBIN}\n",
@@ -702,7 +832,7 @@ fn envoy_accepts_a_rich_cluster_set() {
 
     let documents = [
         dr(
-            "  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 100, connectTimeout: 3s, maxConnectionDuration: 1h, idleTimeout: 10m, tcpKeepalive: {probes: 3, time: 60s, interval: 10s}}\n      http: {http1MaxPendingRequests: 10, http2MaxRequests: 200, maxRequestsPerConnection: 5, maxRetries: 4, idleTimeout: 30s, maxConcurrentStreams: 50, h2UpgradePolicy: UPGRADE}\n    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 30s, aggression: 2, minimumPercent: 5}}\n    outlierDetection: {consecutive5xxErrors: 5, consecutiveGatewayErrors: 3, interval: 5s, baseEjectionTime: 1m, maxEjectionPercent: 50, minHealthPercent: 20, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}\n    retryBudget: {percent: 25, minRetryConcurrency: 5}\n    proxyProtocol: {version: V1}\n    portLevelSettings:\n    - port: {number: 9090}\n      loadBalancer: {consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 65537}}}\n      tls: {mode: ISTIO_MUTUAL}\n  subsets:\n  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}\n  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 10s}, ringHash: {minimumRingSize: 2048}}}}}\n  - {name: v3, labels: {version: v3}, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}\n  - {name: v4, labels: {version: v4}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL, sni: custom.sni}, connectionPool: {http: {useClientProtocol: true}}}}\n"
+            "  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 100, connectTimeout: 3s, maxConnectionDuration: 1h, idleTimeout: 10m, tcpKeepalive: {probes: 3, time: 60s, interval: 10s}}\n      http: {http1MaxPendingRequests: 10, http2MaxRequests: 200, maxRequestsPerConnection: 5, maxRetries: 4, idleTimeout: 30s, maxConcurrentStreams: 50, h2UpgradePolicy: UPGRADE}\n    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 30s, aggression: 2, minimumPercent: 5}}\n    outlierDetection: {consecutive5xxErrors: 5, consecutiveGatewayErrors: 3, interval: 5s, baseEjectionTime: 1m, maxEjectionPercent: 50, minHealthPercent: 20, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}\n    retryBudget: {percent: 25, minRetryConcurrency: 5, budgetInterval: 10s}\n    proxyProtocol: {version: V1}\n    portLevelSettings:\n    - port: {number: 9090}\n      loadBalancer: {consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 65537}}}\n      tls: {mode: ISTIO_MUTUAL}\n  subsets:\n  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}\n  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 10s}, ringHash: {minimumRingSize: 2048}}}}}\n  - {name: v3, labels: {version: v3}, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}\n  - {name: v4, labels: {version: v4}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL, sni: custom.sni}, connectionPool: {http: {useClientProtocol: true}}}}\n  - {name: v5, labels: {version: v5}, trafficPolicy: {loadBalancer: {backendUtilization: {blackoutPeriod: 30s}, warmup: {duration: 20s}}, connectionPool: {http: {h2UpgradePolicy: UPGRADE, http2KeepAlive: {interval: 30s, timeout: 5s}}}, outlierDetection: {consecutive5xxErrors: 3, outlierDetectionHttpErrorCodes: [429, 503]}}}\n"
         ),
         format!(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: default}}\nspec:\n  host: api.example.com\n  trafficPolicy:\n    tls: {{mode: SIMPLE, sni: api.example.com, caCertificates: {ca}, subjectAltNames: [api.example.com], caCrl: ''}}\n    proxyProtocol: {{version: V2}}\n",
