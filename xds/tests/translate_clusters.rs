@@ -588,7 +588,7 @@ fn http2_keepalive_on_http2_upstreams_only() {
     };
     let want = KeepaliveSettings { interval: secs(30), timeout: secs(5), ..Default::default() };
     // gRPC port: explicit HTTP/2.
-    assert_eq!(h2(find(&clusters, &name(9090, ""))).unwrap().connection_keepalive, Some(want.clone()));
+    assert_eq!(h2(find(&clusters, &name(9090, ""))).unwrap().connection_keepalive, Some(want));
     // Undeclared protocol on a sidecar: the HTTP/2 side of "use the downstream protocol".
     assert_eq!(h2(find(&clusters, &name(7000, ""))).unwrap().connection_keepalive, Some(want));
     // Plain HTTP/1.1 port: no HTTP/2 options to carry it.

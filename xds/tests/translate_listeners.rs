@@ -469,6 +469,50 @@ fn virtual_service_tcp_routes() {
 }
 
 #[test]
+fn virtual_service_tcp_source_subnets() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    snap.virtual_services.push(virtual_service(json!({
+        "metadata": {"name": "mysql", "namespace": "db"},
+        "spec": {
+            "hosts": ["mysql"],
+            "tcp": [
+                // A source subnet pairs with its own match's destinations.
+                {"match": [{"port": 3306, "sourceSubnet": "10.1.0.0/16"},
+                           {"port": 3306, "sourceSubnet": "192.168.7.7", "destinationSubnets": ["10.10.0.0/16"]}],
+                 "route": [{"destination": {"host": "mysql-replica", "port": {"number": 3307}}}]},
+                {"match": [{"sourceSubnet": "not-an-address"}], "route": [{"destination": {"host": "nowhere"}}]},
+                {"route": [{"destination": {"host": "mysql"}}]}
+            ]
+        }
+    })));
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let l = find(&ls, "10.96.0.20_3306");
+    let summary: Vec<(Vec<String>, Vec<String>, String)> = l
+        .filter_chains
+        .iter()
+        .map(|c| {
+            let m = c.filter_chain_match.clone().unwrap_or_default();
+            let sources = m
+                .source_prefix_ranges
+                .iter()
+                .map(|r| format!("{}/{}", r.address_prefix, r.prefix_len.map_or(0, |l| l.value)))
+                .collect();
+            (ranges(&m), sources, tcp_cluster(c))
+        })
+        .collect();
+    let replica = "outbound|3307||mysql-replica.db.svc.cluster.local".to_owned();
+    assert_eq!(
+        summary,
+        [
+            (vec![], vec!["10.1.0.0/16".to_owned()], replica.clone()),
+            (vec!["10.10.0.0/16".to_owned()], vec!["192.168.7.7/32".to_owned()], replica),
+            (vec![], vec![], "outbound|3306||mysql.db.svc.cluster.local".to_owned()),
+        ],
+        "a match whose only criterion is an unusable source subnet is left out"
+    );
+}
+
+#[test]
 fn virtual_service_tls_routes() {
     let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
     snap.virtual_services.push(virtual_service(json!({
@@ -776,6 +820,7 @@ fn envoy_accepts_redirect_sidecar_with_text_and_json_logs() {
             "metadata": {"name": "mysql", "namespace": "db"},
             "spec": {"hosts": ["mysql"], "tcp": [
                 {"match": [{"destinationSubnets": ["10.10.0.0/16"]}], "route": [{"destination": {"host": "mysql", "subset": "a"}}]},
+                {"match": [{"sourceSubnet": "10.1.0.0/16"}], "route": [{"destination": {"host": "mysql", "subset": "b"}}]},
                 {"route": [{"destination": {"host": "mysql", "subset": "a"}, "weight": 50},
                            {"destination": {"host": "mysql", "subset": "b"}, "weight": 50}]}]}
         })));

@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::redirect_action::PathRewriteSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
@@ -22,6 +23,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_filter,
 };
+use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::util::pack_any;
 use rudder_config::mesh::{OutboundTrafficPolicy, OutboundTrafficPolicyMode};
 use rudder_config::object::IstioObject;
@@ -124,6 +126,14 @@ spec:
   - name: redirect-derived
     match: [{uri: {prefix: /same-port}}]
     redirect: {derivePort: FROM_REQUEST_PORT, redirectCode: 307}
+  - name: redirect-prefix
+    match: [{uri: {prefix: /foo/}}, {uri: {prefix: /bar/}}]
+    redirect: {authority: foo.example, prefixRewrite: /, redirectCode: 302}
+  - name: mirror-percent
+    match: [{uri: {prefix: /shadowed}}]
+    route: [{destination: {host: reviews}}]
+    mirror: {host: reviews, subset: shadow}
+    mirrorPercent: 25
   - name: direct
     match: [{uri: {exact: /teapot}}]
     directResponse: {status: 418, body: {string: "short and stout"}}
@@ -285,6 +295,8 @@ fn envoy_accepts_every_route_feature() {
         "regex-rewrite",
         "redirect",
         "redirect-derived",
+        "redirect-prefix",
+        "mirror-percent",
         "direct",
         "direct-bytes",
     ] {
@@ -293,6 +305,33 @@ fn envoy_accepts_every_route_feature() {
     assert!(routes.iter().any(|r| r.typed_per_filter_config.len() == 2), "fault and CORS on one route");
     assert!(routes.iter().any(|r| { matches!(&r.action, Some(Action::Route(a)) if !a.hash_policy.is_empty()) }));
     assert!(routes.iter().any(|r| r.r#match.as_ref().is_some_and(|m| !m.dynamic_metadata.is_empty())));
+
+    // `redirect.prefixRewrite`: Envoy's prefix_rewrite on every match of the route.
+    let prefixed: Vec<_> = routes.iter().filter(|r| r.name == "redirect-prefix").collect();
+    assert!(prefixed.len() >= 2, "one route per match");
+    for r in &prefixed {
+        match &r.action {
+            Some(Action::Redirect(redirect)) => {
+                assert_eq!(redirect.path_rewrite_specifier, Some(PathRewriteSpecifier::PrefixRewrite("/".into())));
+                assert_eq!(redirect.host_redirect, "foo.example");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The deprecated whole-number `mirrorPercent`: 25 per hundred.
+    let mirrored = routes.iter().find(|r| r.name == "mirror-percent").unwrap();
+    match &mirrored.action {
+        Some(Action::Route(a)) => {
+            let fraction = a.request_mirror_policies[0].runtime_fraction.as_ref().unwrap().default_value.unwrap();
+            assert_eq!((fraction.numerator, fraction.denominator), (25, DenominatorType::Hundred as i32));
+            assert!(
+                a.request_mirror_policies[0].cluster.contains("|shadow|"),
+                "{}",
+                a.request_mirror_policies[0].cluster
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 
     assert_envoy_accepts(configs, 20080);
 }

@@ -985,8 +985,14 @@ fn redirect_action(redirect: &HttpRedirect, port: u32) -> Option<RedirectAction>
     let mut out = RedirectAction {
         host_redirect: redirect.authority.clone(),
         response_code: response_code as i32,
-        path_rewrite_specifier: (!redirect.uri.is_empty())
-            .then(|| PathRewriteSpecifier::PathRedirect(redirect.uri.clone())),
+        path_rewrite_specifier: if !redirect.uri.is_empty() {
+            Some(PathRewriteSpecifier::PathRedirect(redirect.uri.clone()))
+        } else if !redirect.prefix_rewrite.is_empty() {
+            // Replaces the prefix the route matched, keeping the rest of the path.
+            Some(PathRewriteSpecifier::PrefixRewrite(redirect.prefix_rewrite.clone()))
+        } else {
+            None
+        },
         scheme_rewrite_specifier: (!redirect.scheme.is_empty())
             .then(|| SchemeRewriteSpecifier::SchemeRedirect(redirect.scheme.clone())),
         ..Default::default()

@@ -1,6 +1,6 @@
 //! VirtualService `tcp` and `tls` routes for one service port, as the filter chains of that
-//! port's outbound TCP listener: per route, the extra match criteria (destination subnets,
-//! SNI names) and where the connection goes.
+//! port's outbound TCP listener: per route, the extra match criteria (destination and source
+//! subnets, SNI names) and where the connection goes.
 
 use std::net::IpAddr;
 
@@ -20,6 +20,8 @@ pub type PrefixRange = (String, u32);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct L4Chain {
     pub prefix_ranges: Vec<PrefixRange>,
+    /// Source address ranges (`tcp[].match[].sourceSubnet`); empty for any source.
+    pub source_prefix_ranges: Vec<PrefixRange>,
     pub server_names: Vec<String>,
     pub target: TcpTarget,
 }
@@ -50,6 +52,7 @@ pub fn chains(ctx: &Context<'_>, service: &Service, port: u32) -> Vec<L4Chain> {
                 }
                 chains.push(L4Chain {
                     prefix_ranges: cidrs(&m.destination_subnets),
+                    source_prefix_ranges: Vec::new(),
                     server_names: m.sni_hosts.clone(),
                     target: target.clone(),
                 });
@@ -65,17 +68,46 @@ pub fn chains(ctx: &Context<'_>, service: &Service, port: u32) -> Vec<L4Chain> {
                 continue;
             }
             let Some(target) = target(ctx, ns, &route.route, port) else { continue };
-            let catch_all = route.r#match.is_empty() || applicable.iter().any(|m| m.destination_subnets.is_empty());
+            let catch_all = route.r#match.is_empty()
+                || applicable.iter().any(|m| m.destination_subnets.is_empty() && m.source_subnet.is_empty());
             if catch_all {
-                chains.push(L4Chain { prefix_ranges: Vec::new(), server_names: Vec::new(), target });
+                chains.push(L4Chain {
+                    prefix_ranges: Vec::new(),
+                    source_prefix_ranges: Vec::new(),
+                    server_names: Vec::new(),
+                    target,
+                });
                 return chains;
             }
-            let subnets = applicable.iter().flat_map(|m| m.destination_subnets.iter().cloned()).collect::<Vec<_>>();
-            chains.push(L4Chain { prefix_ranges: cidrs(&subnets), server_names: Vec::new(), target });
+            if applicable.iter().all(|m| m.source_subnet.is_empty()) {
+                let subnets = applicable.iter().flat_map(|m| m.destination_subnets.iter().cloned()).collect::<Vec<_>>();
+                chains.push(L4Chain {
+                    prefix_ranges: cidrs(&subnets),
+                    source_prefix_ranges: Vec::new(),
+                    server_names: Vec::new(),
+                    target,
+                });
+                continue;
+            }
+            // A source subnet pairs with its own match's destinations: one chain per match.
+            for m in applicable {
+                let source =
+                    if m.source_subnet.is_empty() { Vec::new() } else { cidrs(std::slice::from_ref(&m.source_subnet)) };
+                if !m.source_subnet.is_empty() && source.is_empty() {
+                    continue;
+                }
+                chains.push(L4Chain {
+                    prefix_ranges: cidrs(&m.destination_subnets),
+                    source_prefix_ranges: source,
+                    server_names: Vec::new(),
+                    target: target.clone(),
+                });
+            }
         }
     }
     chains.push(L4Chain {
         prefix_ranges: Vec::new(),
+        source_prefix_ranges: Vec::new(),
         server_names: Vec::new(),
         target: TcpTarget::Cluster(outbound_cluster_name(port, "", &service.hostname)),
     });
@@ -151,13 +183,13 @@ fn cidrs(subnets: &[String]) -> Vec<PrefixRange> {
         .filter_map(|s| {
             let (ip, len) = s.split_once('/').unwrap_or((s, ""));
             let Ok(addr) = ip.parse::<IpAddr>() else {
-                tracing::warn!(subnet = %s, "ignoring destination subnet that is not an IP or CIDR");
+                tracing::warn!(subnet = %s, "ignoring subnet that is not an IP or CIDR");
                 return None;
             };
             let full = if addr.is_ipv4() { 32 } else { 128 };
             let len = if len.is_empty() { Some(full) } else { len.parse().ok().filter(|l| *l <= full) };
             let Some(len) = len else {
-                tracing::warn!(subnet = %s, "ignoring destination subnet with a bad prefix length");
+                tracing::warn!(subnet = %s, "ignoring subnet with a bad prefix length");
                 return None;
             };
             Some((addr.to_string(), len))

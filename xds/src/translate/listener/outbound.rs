@@ -153,6 +153,7 @@ fn l4_filter_chain(chain: &L4Chain, addresses: &[PrefixRange], logs: &[AccessLog
     let ranges = if chain.prefix_ranges.is_empty() { addresses } else { &chain.prefix_ranges };
     let m = FilterChainMatch {
         prefix_ranges: cidr_ranges(ranges),
+        source_prefix_ranges: cidr_ranges(&chain.source_prefix_ranges),
         server_names: chain.server_names.clone(),
         ..Default::default()
     };
