@@ -527,9 +527,22 @@ impl LocalMesh {
         }
     }
 
+    /// Kills discovery with SIGKILL (no shutdown of its own; the sidecars keep their config).
+    pub fn kill_discovery(&mut self) {
+        if let Some(mut d) = self.discovery.take() {
+            d.kill();
+        }
+    }
+
     /// Starts discovery again on the same addresses and waits until it is ready.
     pub async fn restart_discovery(&mut self) -> anyhow::Result<()> {
         self.stop_discovery();
+        self.start_discovery_again().await
+    }
+
+    /// Starts discovery after [`kill_discovery`](Self::kill_discovery) or
+    /// [`stop_discovery`](Self::stop_discovery) and waits until it is ready.
+    pub async fn start_discovery_again(&mut self) -> anyhow::Result<()> {
         self.changed_after = None;
         self.start_discovery()?;
         self.wait_http_ok(&self.monitoring_url("/ready"), "discovery").await

@@ -45,6 +45,14 @@ impl Proc {
         }
     }
 
+    /// SIGKILLs the group at once (a crash, as the kernel's OOM killer or a node loss would
+    /// end it) and reaps the leader.
+    pub fn kill(&mut self) {
+        signal_group(self.child.id(), "KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM to the group and waits up to `grace`, then SIGKILLs it.
     pub fn stop(&mut self, grace: Duration) {
         if self.child.try_wait().ok().flatten().is_some() {

@@ -216,6 +216,52 @@ fn envoy_keeps_serving_while_discovery_restarts_and_then_resyncs() {
     });
 }
 
+#[test]
+fn discovery_killed_under_load_fails_no_request_and_resyncs() {
+    let _one = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut mesh = mesh_routing_to_v1().await;
+        // 200 requests/s through the client sidecar and the httpbin sidecars (mTLS between
+        // them) for the whole test: before, while discovery is dead, and after it is back.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let client = mesh.client().clone();
+            let request = mesh.via_client(SERVICE_HOST, "/get");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(5));
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    match client.send(&request).await {
+                        Ok(reply) if reply.status == 200 => ok += 1,
+                        Ok(reply) => failed.push(format!("status {}", reply.status)),
+                        Err(e) => failed.push(format!("{e:#}")),
+                    }
+                }
+                (ok, failed)
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        mesh.kill_discovery();
+        let down = Instant::now();
+        // A change made while discovery is dead is picked up when it is back.
+        mesh.apply("traffic", &traffic_example("04-header-routing-jason.yaml")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        mesh.start_discovery_again().await.unwrap();
+        let outage = down.elapsed();
+        mesh.wait_synced().await.unwrap();
+        let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get").header("end-user", "jason")).await.unwrap();
+        assert_eq!(reply.header("x-echo-version"), "v2", "config resynced after the restart");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = load.await.unwrap();
+        println!("{ok} requests, {} failed; discovery dead for {:.1} s", failed.len(), outage.as_secs_f64());
+        assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), ok as usize + failed.len());
+        assert!(ok > 1_000, "the load ran ({ok} requests)");
+    });
+}
+
 /// `rudder proxy-config …` with the sidecar's admin address.
 fn proxy_config(mesh: &LocalMesh, proxy: &str, args: &[&str]) -> String {
     let admin = mesh.admin_url(proxy, "").trim_start_matches("http://").to_owned();
