@@ -84,6 +84,22 @@ pub struct MeshOptions {
     pub secret_ttl: Option<String>,
 }
 
+impl MeshOptions {
+    /// The mesh of `config_src` (`examples/local`) with `rudder` and `envoy`, on a free address
+    /// block, in a fresh work directory, Envoy logging warnings, 24 h certificates.
+    pub fn new(rudder: PathBuf, envoy: PathBuf, config_src: PathBuf) -> Self {
+        Self {
+            rudder,
+            envoy,
+            config_src,
+            block: None,
+            work_dir: None,
+            envoy_log_level: "warning".into(),
+            secret_ttl: None,
+        }
+    }
+}
+
 /// A running local mesh. Dropping it stops every process.
 #[derive(Debug)]
 pub struct LocalMesh {

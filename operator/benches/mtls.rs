@@ -56,15 +56,8 @@ fn main() {
         return;
     }
     let envoy = rudder_xds::testing::envoy_path().unwrap();
-    let options = MeshOptions {
-        rudder: PathBuf::from(RUDDER),
-        envoy,
-        config_src: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/local"),
-        block: None,
-        work_dir: None,
-        envoy_log_level: "warning".into(),
-        secret_ttl: None,
-    };
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/local");
+    let options = MeshOptions::new(PathBuf::from(RUDDER), envoy, examples);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let mut mesh = LocalMesh::start(options).await.unwrap();

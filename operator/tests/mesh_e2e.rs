@@ -21,15 +21,7 @@ fn workspace() -> PathBuf {
 fn options() -> MeshOptions {
     let envoy = rudder_xds::testing::envoy_path().unwrap_or_else(|e| panic!("{e}"));
     assert!(envoy.is_file(), "Envoy not found at {}: run ./scripts/install-tools.sh", envoy.display());
-    MeshOptions {
-        secret_ttl: None,
-        rudder: PathBuf::from(env!("CARGO_BIN_EXE_rudder")),
-        envoy,
-        config_src: workspace().join("examples/local"),
-        block: None,
-        work_dir: None,
-        envoy_log_level: "warning".into(),
-    }
+    MeshOptions::new(PathBuf::from(env!("CARGO_BIN_EXE_rudder")), envoy, workspace().join("examples/local"))
 }
 
 /// The text of `examples/traffic/<file>`.
