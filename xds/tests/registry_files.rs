@@ -95,6 +95,34 @@ fn invalid_objects_are_dropped_and_broken_files_keep_their_last_good_objects() {
     assert!(source.snapshot().virtual_services.is_empty());
 }
 
+#[test]
+fn a_bad_edit_leaves_the_last_good_version_in_force() {
+    let dir = temp_dir("last-good");
+    copy_examples_local(&dir);
+    std::fs::write(dir.join("traffic.yaml"), VS).unwrap();
+    let mut source = ConfigDir::new(&dir, MeshConfig::istio_defaults());
+    source.refresh();
+    let good = source.snapshot().virtual_services[0].spec.clone();
+    // An edit that fails validation, then one that does not even decode: the good version
+    // stays; the rest of the file's changes still apply.
+    let invalid = VS.replace("        host: httpbin\n", "        host: httpbin\n      weight: -5\n");
+    let malformed = VS.replace("  http:\n  - route:", "  http: not-a-list\n  ignored:");
+    for (what, edit) in [("invalid", invalid), ("malformed", malformed)] {
+        std::fs::write(dir.join("traffic.yaml"), format!("{edit}---\n{}", VS.replace("name: httpbin", "name: extra")))
+            .unwrap();
+        assert!(source.refresh(), "{what}");
+        let snapshot = source.snapshot();
+        let names: Vec<_> = snapshot.virtual_services.iter().map(|v| v.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["extra", "httpbin"], "{what}");
+        let kept = snapshot.virtual_services.iter().find(|v| v.metadata.name.as_deref() == Some("httpbin")).unwrap();
+        assert_eq!(kept.spec, good, "{what}: the last good version");
+    }
+    // Fixed: the new version replaces it.
+    std::fs::write(dir.join("traffic.yaml"), VS.replace("hosts: [httpbin]", "hosts: [httpbin, other]")).unwrap();
+    assert!(source.refresh());
+    assert_eq!(source.snapshot().virtual_services[0].spec.hosts, ["httpbin", "other"]);
+}
+
 #[tokio::test]
 async fn watch_dir_publishes_a_snapshot_per_change() {
     let dir = temp_dir("watch");

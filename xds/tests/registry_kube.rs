@@ -221,15 +221,23 @@ async fn first_snapshot_then_updates_then_shutdown() {
     };
     assert!(second.services.contains_key("reviews.default.svc.cluster.local"));
 
-    // A malformed object arriving on a watch is skipped too, and the watch keeps going.
+    // A malformed edit of a good object leaves the last good version in force, and the watch
+    // keeps going (a later event's snapshot still carries it).
+    let before = second.virtual_services[0].spec.clone();
     let mut broken = istio("VirtualService", "default", "reviews", json!({"hosts": ["reviews"], "http": "not a list"}));
     broken["metadata"]["resourceVersion"] = json!("3");
     fake.push_event("virtualservices", "MODIFIED", broken).await;
-    loop {
-        if next_snapshot(&mut rx).await.virtual_services.is_empty() {
-            break;
+    let mut details = kube_service("details", "10.96.0.40");
+    details["metadata"]["resourceVersion"] = json!("3");
+    fake.push_event("services", "ADDED", details).await;
+    let third = loop {
+        let s = next_snapshot(&mut rx).await;
+        if s.services.contains_key("details.default.svc.cluster.local") {
+            break s;
         }
-    }
+    };
+    assert_eq!(third.virtual_services.len(), 1, "the last good VirtualService stays");
+    assert_eq!(third.virtual_services[0].spec, before);
     let mut fixed = istio(
         "VirtualService",
         "default",

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::Secret;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
-use rudder_config::load::{self, Loaded};
+use rudder_config::load::{self, Loaded, ObjectId};
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
@@ -47,6 +47,9 @@ const SETTLE_MAX: Duration = Duration::from_millis(100);
 struct FileState {
     stamp: Option<(SystemTime, u64)>,
     objects: FileObjects,
+    /// The valid objects read from the file, kept so that a later bad edit of one of them
+    /// leaves this version in force.
+    good: Vec<Loaded>,
     /// `data.mesh` of a ConfigMap named `istio` in this file (MeshConfig YAML).
     mesh_overlay: Option<String>,
 }
@@ -167,9 +170,18 @@ impl ConfigDir {
             return false;
         }
         match read_file(path) {
-            Ok(read) => {
+            Ok(mut read) => {
+                // An object this file gave before whose new version does not decode or
+                // validate stays in force as it was: a bad edit must not take it down.
+                let kept: Vec<Loaded> =
+                    self.files.get(path).map(|before| same_objects(&before.good, &read.failed)).unwrap_or_default();
+                for loaded in &kept {
+                    tracing::warn!("{} {}: keeping the last good version in force", path.display(), loaded.id);
+                }
+                read.objects.extend(kept);
+                let good = read.objects.clone();
                 let objects = FileObjects::of(read.objects, read.secrets);
-                let state = FileState { stamp: Some(stamp), objects, mesh_overlay: read.mesh_overlay };
+                let state = FileState { stamp: Some(stamp), objects, good, mesh_overlay: read.mesh_overlay };
                 self.files.insert(path.to_owned(), state);
             }
             Err(e) => {
@@ -216,10 +228,18 @@ fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
+/// The objects of `good` that are among `ids` (same kind, namespace and name).
+fn same_objects(good: &[Loaded], ids: &[ObjectId]) -> Vec<Loaded> {
+    let key = |id: &ObjectId| (id.kind.clone(), id.namespace.clone().unwrap_or_default(), id.name.clone());
+    good.iter().filter(|l| ids.iter().any(|id| key(id) == key(&l.id))).cloned().collect()
+}
+
 /// What one config file holds.
 struct FileRead {
     /// Its valid Istio objects.
     objects: Vec<Loaded>,
+    /// The Istio objects that did not decode or validate.
+    failed: Vec<ObjectId>,
     /// `data.mesh` of an `istio` ConfigMap.
     mesh_overlay: Option<String>,
     /// Its `v1` Secrets (`stringData` merged into `data`, as the API server does).
@@ -246,7 +266,17 @@ fn read_file(path: &Path) -> Result<FileRead, load::ReadError> {
             }
         }
     }
-    Ok(FileRead { objects: loads.objects.into_iter().filter(valid).collect(), mesh_overlay, secrets })
+    let mut failed: Vec<ObjectId> = loads
+        .problems
+        .iter()
+        .filter_map(|p| match p {
+            load::Problem::Decode { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let (objects, invalid): (Vec<Loaded>, Vec<Loaded>) = loads.objects.into_iter().partition(valid);
+    failed.extend(invalid.into_iter().map(|l| l.id));
+    Ok(FileRead { objects, failed, mesh_overlay, secrets })
 }
 
 fn with_string_data(mut secret: Secret) -> Secret {

@@ -222,7 +222,25 @@ impl<T: DeserializeOwned + Validate + Resource> Decoded<T> {
             let resource_version = meta.resource_version.clone();
             let outcome = match self.cache.remove(&key) {
                 Some(seen) if resource_version.is_some() && seen.resource_version == resource_version => seen,
-                _ => Outcome { object: decode(self.kind, &object), resource_version },
+                seen => {
+                    // A version that does not decode or validate leaves the last good one in
+                    // force: a bad edit must not take working config down with it.
+                    let last_good = seen.and_then(|s| s.object);
+                    let object = match (decode(self.kind, &object), last_good) {
+                        (Some(new), _) => Some(new),
+                        (None, Some(last_good)) => {
+                            tracing::warn!(
+                                kind = self.kind,
+                                namespace = %key.0,
+                                name = %key.1,
+                                "keeping the last good version of the object in force"
+                            );
+                            Some(last_good)
+                        }
+                        (None, None) => None,
+                    };
+                    Outcome { object, resource_version }
+                }
             };
             next.insert(key, outcome);
         }
@@ -231,9 +249,13 @@ impl<T: DeserializeOwned + Validate + Resource> Decoded<T> {
     }
 }
 
-/// The typed form of `object` when it decodes and validates; otherwise a warning and `None`.
+/// The typed form of `object` when it decodes and validates; otherwise a warning naming the
+/// object and the field, and `None`.
 fn decode<T: DeserializeOwned + Validate + Resource>(kind: &str, object: &DynamicObject) -> Option<Arc<T>> {
-    let typed = serde_json::to_value(object).and_then(serde_json::from_value::<T>);
+    // The error names the field (`spec.http: invalid type …`), not only what went wrong.
+    let typed = serde_json::to_value(object)
+        .map_err(|e| e.to_string())
+        .and_then(|value| serde_path_to_error::deserialize::<_, T>(value).map_err(|e| e.to_string()));
     match typed {
         Ok(typed) => passes(kind, &typed).then(|| Arc::new(typed)),
         Err(error) => {
