@@ -1632,39 +1632,11 @@ type Sample = (String, BTreeMap<String, String>, f64);
 
 /// Samples of Prometheus text (label values unescaped).
 fn parse_samples(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-        let Some((head, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(value) = value.parse::<f64>() else { continue };
-        let (name, mut rest) = match head.split_once('{') {
-            Some((name, rest)) => (name, rest.trim_end_matches('}')),
-            None => (head, ""),
-        };
-        let mut labels = BTreeMap::new();
-        while let Some((key, after)) = rest.split_once("=\"") {
-            let mut label = String::new();
-            let mut chars = after.char_indices();
-            let mut end = after.len();
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, escaped)) = chars.next() {
-                            label.push(if escaped == 'n' { '\n' } else { escaped });
-                        }
-                    }
-                    '"' => {
-                        end = i + 1;
-                        break;
-                    }
-                    c => label.push(c),
-                }
-            }
-            labels.insert(key.trim_start_matches(',').to_owned(), label);
-            rest = &after[end..];
-        }
-        out.push((name.to_owned(), labels, value));
-    }
-    out
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(rudder_xds::agent::metrics::parse_sample)
+        .map(|(name, labels, value)| (name.to_owned(), labels.into_iter().collect(), value))
+        .collect()
 }
 
 /// The sum of the `name` series whose labels include every one of `wanted`.

@@ -33,7 +33,8 @@ use rudder_config::mesh::MeshConfig;
 use serde_json::{Map, Value, json};
 
 pub use params::{DEFAULT_HUB, DEFAULT_TAG, PROXY_IMAGE_NAME, check_quantity};
-pub use strip::Status;
+pub use probes::APP_PROBERS_ENV;
+pub use strip::{PROMETHEUS_ENV, Status};
 use template::{INIT_CONTAINER, Input, PROXY_CONTAINER, VALIDATION_CONTAINER};
 pub use workload::WorkloadMeta;
 

@@ -501,7 +501,7 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
         let metrics = (args.metrics_address.port() != 0).then(|| MetricsSources {
             envoy_admin: admin.clone(),
             own,
-            app: std::env::var("ISTIO_PROMETHEUS_ANNOTATIONS")
+            app: std::env::var(rudder_webhook::inject::PROMETHEUS_ENV)
                 .ok()
                 .and_then(|a| agent_metrics::app_metrics_target(&a))
                 .map(|(port, path)| (format!("127.0.0.1:{port}"), path)),
@@ -573,7 +573,7 @@ fn run_proxy(node_type: NodeType, args: &RunArgs) -> ExitCode {
 /// The app probes the injector moved to the agent (`ISTIO_KUBE_APP_PROBERS`); problems are
 /// reported and the probe left out (the kubelet then gets 404 for it).
 fn app_probers() -> BTreeMap<String, probes::Prober> {
-    let Ok(json) = std::env::var(APP_PROBERS_ENV) else { return BTreeMap::new() };
+    let Ok(json) = std::env::var(rudder_webhook::inject::APP_PROBERS_ENV) else { return BTreeMap::new() };
     match probes::parse(&json) {
         Ok((probers, problems)) => {
             for problem in problems {
@@ -587,9 +587,6 @@ fn app_probers() -> BTreeMap<String, probes::Prober> {
         }
     }
 }
-
-/// What the injector names the original probes in (`rudder_webhook`'s `APP_PROBERS_ENV`).
-const APP_PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
 
 /// Stops a background task when the agent ends.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

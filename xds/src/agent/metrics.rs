@@ -160,18 +160,8 @@ fn istio_labels(envoy: &[(String, String)], own: &Workload, tcp: bool) -> Option
     labels.push(("connection_security_policy".to_owned(), security.to_owned()));
     // Telemetry tag overrides: Envoy's tags of the same name replace ours (upserts), tags
     // Envoy does not know are added, and removed labels are listed in one tag.
-    let reserved = [
-        tags::REPORTER,
-        tags::PEER_WORKLOAD,
-        tags::PEER_PRINCIPAL,
-        tags::DESTINATION_SERVICE,
-        tags::REQUEST_PROTOCOL,
-        tags::RESPONSE_CODE,
-        tags::RESPONSE_FLAGS,
-        tags::GRPC_RESPONSE_STATUS,
-        tags::REMOVED,
-    ];
-    for (name, value) in envoy.iter().filter(|(k, _)| !reserved.contains(&k.as_str())) {
+    let reserved = |name: &str| tags::RESERVED.contains(&name) || name == tags::REMOVED;
+    for (name, value) in envoy.iter().filter(|(k, _)| !reserved(k)) {
         match labels.iter_mut().find(|(k, _)| k == name) {
             Some(slot) => slot.1.clone_from(value),
             None => labels.push((name.clone(), value.clone())),
@@ -201,7 +191,7 @@ fn destination_service(value: &str) -> (String, String, String) {
 }
 
 /// Label pairs in order.
-type Labels = Vec<(String, String)>;
+pub type Labels = Vec<(String, String)>;
 
 /// One family of output series: its type and, per label set, its samples (suffix and `le`)
 /// in the order Envoy wrote them, equal label sets summed.
@@ -294,8 +284,9 @@ fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// `name{k="v",…} value` → parts (label values unescaped).
-fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
+/// One line of Prometheus text, `name{k="v",…} value`, as its parts (label values
+/// unescaped); `None` for comments and lines that do not parse.
+pub fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
     let (name, rest) = match line.find('{') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => {

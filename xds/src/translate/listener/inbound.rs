@@ -43,13 +43,19 @@ pub const VIRTUAL_INBOUND_PASSTHROUGH: &str = "virtualInbound";
 
 /// Inbound listeners of `ctx.proxy` (unsorted).
 pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
+    let ports = ctx.inbound_ports();
+    // Logs and metrics depend on the service a port serves: built once per port (0: the
+    // chains of undeclared ports), not once per chain.
+    let logs = std::iter::once(0)
+        .chain(ports.iter().map(|p| p.port))
+        .map(|port| (port, telemetry::access_logs(ctx, Side::Server, ctx.inbound_service(port))))
+        .collect();
     let filters = ChainFilters {
-        ctx,
+        logs,
         tracing: telemetry::hcm_tracing(ctx, Side::Server),
         http: authz::http_filters(ctx.snapshot, ctx.proxy),
         tcp: authz::network_filters(ctx.snapshot, ctx.proxy),
     };
-    let ports = ctx.inbound_ports();
     let mut out: Vec<Listener> = ports
         .iter()
         .filter_map(|p| {
@@ -69,8 +75,9 @@ pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
 
 /// What every inbound chain carries besides its routing: access logs and metrics, tracing,
 /// and authorization.
-struct ChainFilters<'c, 'a> {
-    ctx: &'c Context<'a>,
+struct ChainFilters {
+    /// Access logs and metrics by workload port (0: no declared port).
+    logs: std::collections::BTreeMap<u32, Vec<AccessLog>>,
     tracing: Option<telemetry::HcmTracing>,
     /// Authentication (JWT) and authorization (RBAC) HTTP filters, before the router.
     http: Vec<HttpFilter>,
@@ -78,15 +85,15 @@ struct ChainFilters<'c, 'a> {
     tcp: Vec<Filter>,
 }
 
-impl ChainFilters<'_, '_> {
+impl ChainFilters {
     /// Access logs and metrics of a chain serving `port` (0: no declared port).
-    fn logs(&self, port: u32) -> Vec<AccessLog> {
-        telemetry::access_logs(self.ctx, Side::Server, self.ctx.inbound_service(port))
+    fn logs(&self, port: u32) -> &[AccessLog] {
+        self.logs.get(&port).map_or(&[], Vec::as_slice)
     }
 
     fn tcp_proxy(&self, cluster: &str, port: u32) -> Vec<Filter> {
         let mut filters = self.tcp.clone();
-        filters.push(tcp_proxy(&TcpTarget::Cluster(cluster.to_owned()), &self.logs(port)));
+        filters.push(tcp_proxy(&TcpTarget::Cluster(cluster.to_owned()), self.logs(port)));
         filters
     }
 }
@@ -102,7 +109,7 @@ fn virtual_inbound(ctx: &Context<'_>, ports: &[InboundPort], filters: &ChainFilt
     let mut chains = vec![filter_chain(
         VIRTUAL_INBOUND_BLACKHOLE,
         Some(port_match(inbound_port)),
-        vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), &filters.logs(0))],
+        vec![tcp_proxy(&TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_owned()), filters.logs(0))],
     )];
     for p in ports.iter().filter(|p| p.bind.is_none()) {
         if p.port == inbound_port {
@@ -180,7 +187,7 @@ fn protocol_chains(
         let mut hcm = http_connection_manager(
             &format!("inbound_{name}"),
             Routes::Inline(Box::new(inbound_route_config(p.port, p.protocol))),
-            &filters.logs(p.port),
+            filters.logs(p.port),
         );
         hcm.tracing.clone_from(&filters.tracing);
         // The caller's workload (for the metrics), taken off the request first.
