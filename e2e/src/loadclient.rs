@@ -44,6 +44,9 @@ pub struct LoadOptions {
     /// Give the streams this many distinct label sets (`app`, `version`, `pod-template-hash`;
     /// stream `i` gets set `i % N`), as workloads of a real mesh have; 0 sends no labels.
     pub distinct_workloads: usize,
+    /// When a stream ends, reconnect the way Envoy does (jittered exponential backoff from
+    /// 500 ms up to 30 s) and fetch the whole config again, instead of giving up.
+    pub reconnect: bool,
 }
 
 impl Default for LoadOptions {
@@ -56,6 +59,7 @@ impl Default for LoadOptions {
             join_rate: None,
             namespace: "default".into(),
             distinct_workloads: 0,
+            reconnect: false,
         }
     }
 }
@@ -75,14 +79,23 @@ pub struct StreamStats {
     pub full_config_bytes: [u64; Kind::PUSH_ORDER.len()],
     /// Receive times of the responses, per type in [`Kind::PUSH_ORDER`] order.
     pub received: [Vec<Instant>; Kind::PUSH_ORDER.len()],
-    /// Why the stream ended early, if it did.
+    /// Why the stream ended early, if it did (with `reconnect`: why it last ended).
     pub error: Option<String>,
+    /// Streams opened and answered so far (more than 1 after reconnects).
+    pub connections: u32,
+    /// When the stream of the latest connection had its full config.
+    pub latest_full_config: Option<Instant>,
 }
 
 impl StreamStats {
     /// Time from opening the stream to the full config.
     pub fn time_to_full_config(&self) -> Option<Duration> {
         Some(self.full_config?.duration_since(self.started?))
+    }
+
+    /// Time from `since` to a full config on a connection opened after it (a resync).
+    pub fn resynced_after(&self, since: Instant) -> Option<Duration> {
+        self.latest_full_config.filter(|t| *t >= since && self.connections > 1).map(|t| t.duration_since(since))
     }
 
     /// Time from `since` to the first response of `kind` received after it.
@@ -107,6 +120,8 @@ pub enum LoadError {
 pub struct LoadRun {
     stats: Vec<Arc<Mutex<StreamStats>>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Streams retry after errors: an error does not settle a wait.
+    reconnect: bool,
 }
 
 impl Drop for LoadRun {
@@ -127,7 +142,7 @@ impl LoadRun {
             .map_err(|e| LoadError::Target(options.target.clone(), e.to_string()))?;
         let options = Arc::new(options);
         let names = Arc::new(NameCache::default());
-        let mut run = Self { stats: Vec::new(), tasks: Vec::new() };
+        let mut run = Self { stats: Vec::new(), tasks: Vec::new(), reconnect: options.reconnect };
         let started = Instant::now();
         for index in 0..options.streams {
             if let Some(rate) = options.join_rate.filter(|r| *r > 0.0) {
@@ -144,9 +159,18 @@ impl LoadRun {
             let options = options.clone();
             let names = names.clone();
             run.tasks.push(tokio::spawn(async move {
-                let result = drive(endpoint, &options, &names, &stats).await;
-                if let Err(error) = result {
+                let mut attempt = 0u32;
+                loop {
+                    let connections = lock(&stats).connections;
+                    let Err(error) = drive(endpoint.clone(), &options, &names, &stats).await else { return };
+                    let answered = lock(&stats).connections > connections;
                     lock(&stats).error = Some(error);
+                    if !options.reconnect {
+                        return;
+                    }
+                    // A connection that was answered starts the backoff over, as Envoy's does.
+                    attempt = if answered { 0 } else { attempt + 1 };
+                    tokio::time::sleep(backoff(index, attempt)).await;
                 }
             }));
         }
@@ -167,6 +191,12 @@ impl LoadRun {
     /// `timeout`); per stream the latency.
     pub async fn wait_update(&self, kind: Kind, since: Instant, timeout: Duration) -> Vec<Option<Duration>> {
         self.wait(timeout, |s| s.received_after(kind, since)).await
+    }
+
+    /// Waits until every stream has reconnected and has its full config again after `since`
+    /// (or `timeout`); per stream the time from `since`. Needs `reconnect`.
+    pub async fn wait_resync(&self, since: Instant, timeout: Duration) -> Vec<Option<Duration>> {
+        self.wait(timeout, |s| s.resynced_after(since)).await
     }
 
     /// Encoded resource bytes received by all streams.
@@ -202,7 +232,7 @@ impl LoadRun {
                     done(&stats)
                 })
                 .collect();
-            let finished = self.stats.iter().map(|s| lock(s).error.is_some());
+            let finished = self.stats.iter().map(|s| lock(s).error.is_some() && !self.reconnect);
             let all_settled = results.iter().zip(finished).all(|(r, failed)| r.is_some() || failed);
             if all_settled || Instant::now() >= deadline {
                 return results;
@@ -210,6 +240,21 @@ impl LoadRun {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// Envoy's retry delay for its xDS stream: a random point below 500 ms × 2^attempt, capped at
+/// 30 s. The randomness only has to spread the streams, so it is a hash of stream and attempt.
+fn backoff(stream: usize, attempt: u32) -> Duration {
+    const BASE_MS: u64 = 500;
+    const MAX_MS: u64 = 30_000;
+    let ceiling = BASE_MS.saturating_mul(1 << attempt.min(16)).min(MAX_MS);
+    let mut x = (stream as u64) << 32 | u64::from(attempt);
+    // splitmix64
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    Duration::from_millis(x % ceiling.max(1))
 }
 
 /// The `p`-th percentile (0–100) of the durations that are present.
@@ -330,8 +375,16 @@ async fn drive(
 
 fn record(stats: &Mutex<StreamStats>, kind: Kind, bytes: usize, progress: &mut Progress, routes: bool) {
     let now = Instant::now();
+    let was_complete = progress.complete(routes);
+    let first_response = !progress.got.iter().any(|g| *g);
     progress.got[slot(kind)] = true;
     let mut stats = lock(stats);
+    if first_response {
+        stats.connections += 1;
+    }
+    if !was_complete && progress.complete(routes) {
+        stats.latest_full_config = Some(now);
+    }
     stats.received[slot(kind)].push(now);
     stats.bytes[slot(kind)] += bytes as u64;
     if stats.full_config.is_none() && progress.complete(routes) {
@@ -489,6 +542,18 @@ mod tests {
         assert_eq!(percentile(&values, 50.0), ms(20));
         assert_eq!(percentile(&values, 100.0), ms(30));
         assert_eq!(percentile(&[None], 50.0), None);
+    }
+
+    #[test]
+    fn backoff_is_jittered_below_an_exponential_ceiling() {
+        for attempt in 0..20 {
+            let ceiling = Duration::from_millis((500u64 << attempt.min(16)).min(30_000));
+            let delays: Vec<_> = (0..200).map(|stream| backoff(stream, attempt)).collect();
+            assert!(delays.iter().all(|d| *d < ceiling), "attempt {attempt}");
+            // Spread, not synchronised: many distinct delays.
+            let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+            assert!(distinct.len() > 150, "attempt {attempt}: {}", distinct.len());
+        }
     }
 
     #[test]

@@ -64,6 +64,11 @@ struct XdsArgs {
     /// change) and time how long every stream takes to receive new endpoints.
     #[arg(long)]
     endpoint_update_file: Option<PathBuf>,
+    /// Last, SIGKILL discovery (`--pid`), start it again with the same command line, and time
+    /// how long every stream takes to reconnect (Envoy's backoff) and hold its whole config
+    /// again: a reconnect storm. The bench stops the discovery it started when it ends.
+    #[arg(long, requires = "pid")]
+    restart: bool,
     /// Discovery's process id: report its CPU time and peak resident memory.
     #[arg(long)]
     pid: Option<u32>,
@@ -123,6 +128,7 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         join_rate: args.join_rate,
         namespace: args.namespace.clone(),
         distinct_workloads: args.distinct_workloads,
+        reconnect: args.restart,
     };
     let mode = if args.delta { "delta" } else { "sotw" };
     println!(
@@ -199,12 +205,77 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         );
         report_cpu("endpoint update", client_before, server_before, args.pid);
     }
-    report_server_memory("at the end", args.pid, server_memory_before, complete);
+    let mut restarted = None;
+    let mut unsynced = 0;
+    let mut pid = args.pid;
+    if let Some(old) = args.pid.filter(|_| args.restart) {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        let client_before = cpu_of("self");
+        let killed = Instant::now();
+        let child = restart(old).context("restarting discovery")?;
+        pid = Some(child.id());
+        restarted = Some(child);
+        let latencies = run.wait_resync(killed, timeout).await;
+        let resynced = latencies.iter().flatten().count();
+        unsynced = args.proxies - resynced;
+        println!(
+            "restart (SIGKILL, then the same command line): {resynced}/{} streams reconnected and had their whole \
+             config again (from the kill: first {}, p50 {}, p99 {}, max {})",
+            args.proxies,
+            ms(percentile(&latencies, 0.0)),
+            ms(percentile(&latencies, 50.0)),
+            ms(percentile(&latencies, 99.0)),
+            ms(percentile(&latencies, 100.0)),
+        );
+        // The new process's CPU from its start: loading the mesh and serving the storm.
+        report_cpu("restart and resync", client_before, Some(Some(Duration::ZERO)), pid);
+        report_server_memory("after the resync", pid, None, resynced);
+    } else {
+        report_server_memory("at the end", pid, server_memory_before, complete);
+    }
+    if let Some(mut child) = restarted {
+        // Best effort: the figures are printed; a failed kill leaves nothing to report.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     if let Some((client_hwm, _)) = memory_of(std::process::id()) {
         println!("client memory: peak RSS {}", mib(client_hwm));
     }
     anyhow::ensure!(complete == args.proxies, "{} streams never got their full config", args.proxies - complete);
+    anyhow::ensure!(unsynced == 0, "{unsynced} streams did not resync after the restart");
     Ok(())
+}
+
+/// SIGKILLs process `pid` and starts its command line again (same program, arguments and
+/// working directory; output appended to the file its stdout went to, if any).
+fn restart(pid: u32) -> anyhow::Result<std::process::Child> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).with_context(|| format!("reading process {pid}"))?;
+    // NUL-terminated arguments: the last terminator is not an empty argument.
+    let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+    let args: Vec<String> =
+        cmdline.split(|b| *b == 0).skip(1).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let program = std::fs::read_link(proc_dir.join("exe")).context("reading its executable")?;
+    let cwd = std::fs::read_link(proc_dir.join("cwd")).context("reading its working directory")?;
+    let log = std::fs::read_link(proc_dir.join("fd/1")).ok().filter(|p| p.is_file());
+    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -KILL {pid}: {status}");
+    // Gone, or a zombie with no thread left running: its sockets are closed then. (The main
+    // thread turns zombie before the others have exited, and they hold the listening socket.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let threads = || std::fs::read_dir(proc_dir.join("task")).map(|d| d.count()).unwrap_or(0);
+    let running = |status: &str| !(status.contains("State:\tZ") && threads() <= 1);
+    while std::fs::read_to_string(proc_dir.join("status")).is_ok_and(|s| running(&s)) {
+        anyhow::ensure!(Instant::now() < deadline, "process {pid} still alive 10 s after SIGKILL");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut command = std::process::Command::new(program);
+    command.args(&args).current_dir(cwd);
+    if let Some(log) = log {
+        let file = std::fs::OpenOptions::new().append(true).open(&log)?;
+        command.stdout(file.try_clone()?).stderr(file);
+    }
+    command.spawn().context("starting discovery again")
 }
 
 /// Flips the route weights of a VirtualService file in place.
