@@ -1,6 +1,6 @@
 //! `security.istio.io/v1`: PeerAuthentication, RequestAuthentication, AuthorizationPolicy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -159,6 +159,10 @@ pub struct JwtRule {
     /// Where to fetch the signing keys from.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub jwks_uri: String,
+    /// `jwksUri` under its protobuf field name, which protobuf JSON also reads (upstream's CRD
+    /// lists both); use [`JwtRule::jwks_uri`].
+    #[serde(default, rename = "jwks_uri", skip_serializing_if = "String::is_empty")]
+    pub jwks_uri_proto_name: String,
     /// The signing keys inline, as a JSON Web Key Set.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub jwks: String,
@@ -183,6 +187,17 @@ pub struct JwtRule {
     /// How long to wait for the key set fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Claims holding space-separated values (besides `scope` and `permission`), which are
+    /// split into lists for matching.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub space_delimited_claims: Vec<String>,
+}
+
+impl JwtRule {
+    /// The key set address, under either of its names.
+    pub fn jwks_uri(&self) -> &str {
+        if self.jwks_uri.is_empty() { &self.jwks_uri_proto_name } else { &self.jwks_uri }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -219,7 +234,10 @@ impl Validate for RequestAuthentication {
 }
 
 fn validate_jwt_rule(rule: &JwtRule, at: &FieldPath, report: &mut Report) {
-    if rule.issuer.is_empty() && rule.jwks_uri.is_empty() {
+    if !rule.jwks_uri.is_empty() && !rule.jwks_uri_proto_name.is_empty() {
+        report.error(&at.field("jwks_uri"), "jwks_uri is jwksUri under its protobuf name; set only one of them");
+    }
+    if rule.issuer.is_empty() && rule.jwks_uri().is_empty() {
         report.error(at, "issuer or jwksUri must be set");
     }
     for (i, audience) in rule.audiences.iter().enumerate() {
@@ -227,8 +245,9 @@ fn validate_jwt_rule(rule: &JwtRule, at: &FieldPath, report: &mut Report) {
             report.error(&at.field("audiences").index(i), "audience must not be empty");
         }
     }
-    if !rule.jwks_uri.is_empty() {
-        report.check(&at.field("jwksUri"), jwks_uri(&rule.jwks_uri));
+    if !rule.jwks_uri().is_empty() {
+        let name = if rule.jwks_uri.is_empty() { "jwks_uri" } else { "jwksUri" };
+        report.check(&at.field(name), jwks_uri(rule.jwks_uri()));
     }
     if !rule.jwks.is_empty() {
         report.check(&at.field("jwks"), jwks(&rule.jwks));
@@ -267,6 +286,15 @@ fn validate_jwt_rule(rule: &JwtRule, at: &FieldPath, report: &mut Report) {
     }
     if let Some(timeout) = &rule.timeout {
         report.check(&at.field("timeout"), checks::duration(timeout));
+    }
+    let mut claims = BTreeSet::new();
+    for (i, claim) in rule.space_delimited_claims.iter().enumerate() {
+        let here = at.field("spaceDelimitedClaims").index(i);
+        if claim.is_empty() {
+            report.error(&here, "claim name must not be empty");
+        } else if !claims.insert(claim.as_str()) {
+            report.warning(&here, format!("claim {claim:?} is listed twice"));
+        }
     }
 }
 

@@ -85,6 +85,10 @@ pub struct Tracing {
     /// Let the request id decide whether a request is sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_request_id_for_trace_sampling: Option<bool>,
+    /// Add Istio's own tags (canonical service and revision, namespace, mesh and cluster id)
+    /// to spans; on when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_istio_tags: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -94,13 +98,22 @@ pub struct TracingSelector {
     pub mode: Option<WorkloadMode>,
 }
 
-/// Where a custom span tag takes its value from: exactly one of the three.
+/// Where a custom span tag takes its value from: exactly one of the four.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum CustomTag {
     Literal(LiteralTag),
     Environment(EnvironmentTag),
     Header(HeaderTag),
+    Formatter(FormatterTag),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FormatterTag {
+    /// An Envoy access-log format string, e.g. `%REQ(x-user)%/%RESPONSE_CODE%`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -302,8 +315,31 @@ fn validate_tracing(tracing: &Tracing, at: &FieldPath, report: &mut Report) {
             CustomTag::Header(header) if header.name.is_empty() => {
                 report.error(&here.field("header").field("name"), "header name must not be empty")
             }
+            CustomTag::Formatter(formatter) => {
+                let at = here.field("formatter").field("value");
+                if formatter.value.is_empty() {
+                    report.error(&at, "formatter value must not be empty");
+                } else {
+                    report.check(&at, format_string(&formatter.value));
+                }
+            }
             CustomTag::Literal(_) | CustomTag::Environment(_) | CustomTag::Header(_) => {}
         }
+    }
+}
+
+/// An Envoy substitution format string: text with `%COMMAND%`, `%COMMAND(args)%` or
+/// `%COMMAND(args):LENGTH%` commands. Only the syntax is checked (Envoy knows the commands).
+fn format_string(value: &str) -> Result<(), String> {
+    static FORMAT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^(?s:[^%]|%[A-Z][A-Z0-9_]*(\(.*?\))?(:[0-9]+)?%)*$").expect("valid regex")
+    });
+    if FORMAT.is_match(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "format {value:?} is invalid: every % must open a command closed by %, e.g. %REQ(x-user)% or %RESPONSE_CODE%"
+        ))
     }
 }
 

@@ -3,7 +3,8 @@
 //! PeerAuthentication, an AuthorizationPolicy with HTTP and TCP rules and a
 //! RequestAuthentication. Its inbound listeners and clusters (and the tracing collector's) go into a static bootstrap that
 //! `envoy --mode validate` must accept: every RBAC (HTTP and network), JWT and TLS config is
-//! one Envoy takes, not only one our types encode.
+//! one Envoy takes, not only one our types encode. A Telemetry adds span tags (Istio's own and a
+//! formatter tag) and the JWT rule space-delimited claims.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -90,6 +91,16 @@ spec:
     forwardOriginalToken: true
     outputPayloadToHeader: x-payload
     outputClaimToHeaders: [{header: x-sub, claim: sub}]
+    spaceDelimitedClaims: [roles]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: db, namespace: apps}
+spec:
+  tracing:
+  - customTags:
+      route: {formatter: {value: "%ROUTE_NAME%/%REQ(x-tenant):32%"}}
+      team: {literal: {value: data}}
 "#;
 
 #[test]
@@ -104,10 +115,17 @@ fn envoy_accepts_the_inbound_security_config() {
             IstioObject::PeerAuthentication(o) => inputs.peer_authentications.push(Arc::from(o)),
             IstioObject::AuthorizationPolicy(o) => inputs.authorization_policies.push(Arc::from(o)),
             IstioObject::RequestAuthentication(o) => inputs.request_authentications.push(Arc::from(o)),
+            IstioObject::Telemetry(o) => inputs.telemetries.push(Arc::from(o)),
             other => panic!("unexpected {}", other.kind()),
         }
     }
-    let snapshot = build_snapshot(&inputs, &rudder_config::mesh::MeshConfig::istio_defaults());
+    let mut mesh = rudder_config::mesh::MeshConfig::istio_defaults();
+    // A collector at an address (Istio's default zipkin service is not in this registry).
+    if let Some(proxy_config) = mesh.default_config.as_mut() {
+        proxy_config.tracing =
+            Some(serde_json::from_value(serde_json::json!({"zipkin": {"address": "127.0.0.60:9411"}})).unwrap());
+    }
+    let snapshot = build_snapshot(&inputs, &mesh);
     let metadata: BTreeMap<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
         "LABELS": {"app": "db"},
         "WORKLOAD_IDENTITY": "spiffe://cluster.local/ns/apps/sa/db",
@@ -119,16 +137,23 @@ fn envoy_accepts_the_inbound_security_config() {
     // Nested configs are packed `Any`s: look for the names in the encoded bytes.
     let bytes: Vec<u8> = inbound.listeners.iter().flat_map(Message::encode_to_vec).collect();
     let encoded = String::from_utf8_lossy(&bytes);
-    for expected in
-        ["envoy.filters.network.rbac", "envoy.filters.http.rbac", "envoy.filters.http.jwt_authn", "raw_buffer"]
-    {
+    for expected in [
+        "envoy.filters.network.rbac",
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.jwt_authn",
+        "raw_buffer",
+        "istio.canonical_service",
+        "%ROUTE_NAME%/%REQ(x-tenant):32%",
+        "permission",
+        "roles",
+    ] {
         assert!(encoded.contains(expected), "{expected} in the inbound listeners");
     }
 
     // The static bootstrap: the inbound listeners and clusters, and the agent's SDS cluster
     // the TLS contexts name.
     let mut clusters: Vec<Cluster> = inbound.clusters.clone();
-    // The tracer's collector (Istio's default mesh traces to zipkin), which the HCMs name.
+    // The tracer's collector, which the HCMs name.
     let outbound = rudder_xds::translate::outbound(&snapshot, &proxy);
     clusters
         .extend(outbound.clusters.into_iter().filter(|c| c.name == rudder_xds::translate::telemetry::ZIPKIN_CLUSTER));

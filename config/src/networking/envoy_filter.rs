@@ -128,6 +128,30 @@ pub struct EnvoyConfigObjectMatch {
     pub route_configuration: Option<RouteConfigurationMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterMatch>,
+    /// Objects of a waypoint proxy (ambient mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<WaypointMatch>,
+}
+
+/// `WaypointMatch`: a filter, route or port of a waypoint proxy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaypointMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<WaypointRouteMatch>,
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub port_number: Option<u32>,
+}
+
+/// `WaypointMatch.RouteMatch`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaypointRouteMatch {
+    /// The route's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 /// `ProxyMatch`.
@@ -283,9 +307,13 @@ fn validate_listener_match(report: &mut Report, at: &FieldPath, apply_to: ApplyT
     let Some(filter) = listener.filter_chain.as_ref().and_then(|fc| fc.filter.as_ref()) else {
         return;
     };
-    let filter_at = at.field("filterChain").field("filter");
+    validate_filter_match(report, &at.field("filterChain").field("filter"), apply_to, filter);
+}
+
+/// A filter match (of a listener's filter chain, or of a waypoint).
+fn validate_filter_match(report: &mut Report, filter_at: &FieldPath, apply_to: ApplyTo, filter: &FilterMatch) {
     if matches!(apply_to, ApplyTo::Listener | ApplyTo::FilterChain) {
-        report.warning(&filter_at, format!("a filter match has no effect with applyTo {apply_to}"));
+        report.warning(filter_at, format!("a filter match has no effect with applyTo {apply_to}"));
     }
     if filter.name.is_empty() {
         report.error(&filter_at.field("name"), "a filter match needs the name of the filter");
@@ -308,6 +336,28 @@ fn validate_listener_match(report: &mut Report, at: &FieldPath, apply_to: ApplyT
         } else {
             warn_deprecated_filter_name(report, &sub_at.field("name"), &sub.name);
         }
+    }
+}
+
+fn validate_waypoint_match(report: &mut Report, at: &FieldPath, apply_to: ApplyTo, waypoint: &WaypointMatch) {
+    if let Some(filter) = &waypoint.filter {
+        let filter_at = at.field("filter");
+        if !matches!(apply_to, ApplyTo::NetworkFilter | ApplyTo::HttpFilter) {
+            report.error(
+                &filter_at,
+                format!("a waypoint filter match applies with applyTo NETWORK_FILTER or HTTP_FILTER, not {apply_to}"),
+            );
+        }
+        validate_filter_match(report, &filter_at, apply_to, filter);
+    }
+    if waypoint.route.is_some() && apply_to != ApplyTo::HttpRoute {
+        report.error(
+            &at.field("route"),
+            format!("a waypoint route match applies with applyTo HTTP_ROUTE, not {apply_to}"),
+        );
+    }
+    if let Some(port) = waypoint.port_number {
+        report.check(&at.field("portNumber"), checks::port(port));
     }
 }
 
@@ -341,15 +391,19 @@ fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObject
     {
         report.check(&match_at.field("proxy").field("proxyVersion"), checks::regex(&proxy.proxy_version));
     }
-    let objects = [m.listener.is_some(), m.route_configuration.is_some(), m.cluster.is_some()]
+    let objects = [m.listener.is_some(), m.route_configuration.is_some(), m.cluster.is_some(), m.waypoint.is_some()]
         .into_iter()
         .filter(|set| *set)
         .count();
     if objects > 1 {
-        report.error(&match_at, "only one of listener, routeConfiguration or cluster may be set");
+        report.error(&match_at, "only one of listener, routeConfiguration, cluster or waypoint may be set");
         return;
     }
     if objects == 0 {
+        return;
+    }
+    if let Some(waypoint) = &m.waypoint {
+        validate_waypoint_match(report, &match_at.field("waypoint"), apply_to, waypoint);
         return;
     }
     match apply_to {
@@ -458,7 +512,7 @@ mod tests {
                 "applyTo: CLUSTER\nmatch: {cluster: {}, listener: {}}\npatch: {operation: ADD}",
                 vec![
                     format!("{p}.patch.value: value is required for operation ADD"),
-                    format!("{p}.match: only one of listener, routeConfiguration or cluster may be set"),
+                    format!("{p}.match: only one of listener, routeConfiguration, cluster or waypoint may be set"),
                 ],
             ),
         ];

@@ -121,6 +121,10 @@ pub struct ServerTlsSettings {
     /// Up to two certificate/key file pairs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_certificates: Vec<TlsCertificate>,
+    /// MUTUAL: the Secret (or ConfigMap) whose CA certificates verify clients, over the CA of
+    /// the `credentialName` Secret.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_cert_credential_name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -371,9 +375,11 @@ pub(crate) fn validate_server_tls(tls: &ServerTlsSettings, at: &FieldPath, repor
             report.error(&at.field("privateKey"), "privateKey is required");
         }
     }
+    let ca_credential = !tls.ca_cert_credential_name.is_empty();
     match mode {
         ServerTlsMode::IstioMutual => {
-            for (name, set) in files.iter().chain(sources.iter()).chain([("caCrl", !tls.ca_crl.is_empty())].iter()) {
+            let others = [("caCrl", !tls.ca_crl.is_empty()), ("caCertCredentialName", ca_credential)];
+            for (name, set) in files.iter().chain(sources.iter()).chain(others.iter()) {
                 if *set {
                     report.error(
                         &at.field(name),
@@ -383,7 +389,9 @@ pub(crate) fn validate_server_tls(tls: &ServerTlsSettings, at: &FieldPath, repor
             }
         }
         ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough => {
-            for (name, set) in files.iter().chain(sources.iter()) {
+            for (name, set) in
+                files.iter().chain(sources.iter()).chain([("caCertCredentialName", ca_credential)].iter())
+            {
                 if *set {
                     report.warning(
                         &at.field(name),
@@ -406,12 +414,24 @@ pub(crate) fn validate_server_tls(tls: &ServerTlsSettings, at: &FieldPath, repor
                         format!("{mode} TLS needs credentialName or serverCertificate and privateKey"),
                     );
                 }
-                if mode != ServerTlsMode::Simple && tls.ca_certificates.is_empty() {
+                if mode != ServerTlsMode::Simple && tls.ca_certificates.is_empty() && !ca_credential {
                     report.error(
                         &at.field("caCertificates"),
                         format!("{mode} TLS needs caCertificates (or credentialName) to verify clients"),
                     );
                 }
+            }
+            if mode == ServerTlsMode::Simple && ca_credential {
+                report.warning(
+                    &at.field("caCertCredentialName"),
+                    "caCertCredentialName is ignored in SIMPLE mode, which does not verify clients",
+                );
+            }
+            if ca_credential && !tls.ca_certificates.is_empty() {
+                report.error(
+                    &at.field("caCertCredentialName"),
+                    "only one of caCertificates and caCertCredentialName may be set",
+                );
             }
             if !tls.ca_crl.is_empty() && !tls.credential_name.is_empty() {
                 report.error(

@@ -228,6 +228,12 @@ fn validate_ingress(listener: &IstioIngressListener, at: &FieldPath, ports: &mut
                 "credentialName is not supported on sidecar ingress listeners; use file paths",
             );
         }
+        if !tls.ca_cert_credential_name.is_empty() {
+            report.warning(
+                &tls_at.field("caCertCredentialName"),
+                "caCertCredentialName is not read for sidecar ingress listeners; use caCertificates",
+            );
+        }
         if !is_tls_protocol(&port.protocol) {
             report.error(
                 &tls_at,

@@ -116,6 +116,10 @@ pub struct HttpRoute {
     /// Deprecated: share of traffic mirrored, as a whole percentage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_percent: Option<u32>,
+    /// `mirrorPercent` under its protobuf field name, which protobuf JSON also reads (upstream's
+    /// CRD lists both); use [`HttpRoute::mirror_percent`].
+    #[serde(default, rename = "mirror_percent", skip_serializing_if = "Option::is_none")]
+    pub mirror_percent_proto_name: Option<u32>,
     /// Share of traffic mirrored to `mirror`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<Percent>,
@@ -125,6 +129,13 @@ pub struct HttpRoute {
     /// Request and response header changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+}
+
+impl HttpRoute {
+    /// The deprecated whole-percent mirror share, under either of its names.
+    pub fn mirror_percent(&self) -> Option<u32> {
+        self.mirror_percent.or(self.mirror_percent_proto_name)
+    }
 }
 
 /// `Delegate`: the VirtualService that routes on behalf of this rule.
@@ -779,8 +790,14 @@ fn validate_http_route(route: &HttpRoute, scope: Scope, report: &mut Report, at:
             percent(p, report, &here.field("percentage"));
         }
     }
-    if let Some(value) = route.mirror_percent {
-        let here = at.field("mirrorPercent");
+    if route.mirror_percent.is_some() && route.mirror_percent_proto_name.is_some() {
+        report.error(
+            &at.field("mirror_percent"),
+            "mirror_percent is mirrorPercent under its protobuf name; set only one of them",
+        );
+    }
+    if let Some(value) = route.mirror_percent() {
+        let here = at.field(if route.mirror_percent.is_some() { "mirrorPercent" } else { "mirror_percent" });
         if value > 100 {
             report.error(&here, format!("mirrorPercent {value} must be in the range 0..100"));
         }

@@ -33,8 +33,8 @@ pub fn wanted(snapshot: &Snapshot) -> BTreeSet<String> {
         .request_authentications
         .iter()
         .flat_map(|ra| ra.spec.jwt_rules.iter())
-        .filter(|rule| rule.jwks.trim().is_empty() && !rule.jwks_uri.trim().is_empty())
-        .map(|rule| rule.jwks_uri.trim().to_owned())
+        .filter(|rule| rule.jwks.trim().is_empty() && !rule.jwks_uri().trim().is_empty())
+        .map(|rule| rule.jwks_uri().trim().to_owned())
         .collect()
 }
 

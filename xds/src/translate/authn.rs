@@ -9,7 +9,8 @@
 //! (`fromHeaders`, `fromParams`, `fromCookies`; default the `Authorization: Bearer` header and
 //! the `access_token` parameter), `forwardOriginalToken`, `outputPayloadToHeader` and
 //! `outputClaimToHeaders`. The verified payload goes into dynamic metadata, where the RBAC
-//! filters read request principals and claims ([`super::authz`]).
+//! filters read request principals and claims ([`super::authz`]); there the space-separated
+//! claims `scope`, `permission` and the rule's `spaceDelimitedClaims` are lists, as in Istio.
 //!
 //! A rule whose keys are not (yet) known gets a key nothing was signed with: its tokens are
 //! refused rather than accepted unverified.
@@ -31,6 +32,8 @@ use rudder_config::security::{JwtRule, RequestAuthentication};
 use super::authz::{JWT_FILTER, JWT_PAYLOAD, encode_sorted_map, selects};
 use crate::model::{Proxy, Snapshot};
 
+/// Claims Istio always splits on spaces in the verified payload (OAuth scopes and the like).
+const SPACE_DELIMITED_CLAIMS: [&str; 2] = ["scope", "permission"];
 const JWT_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 /// A P-256 public key no one holds the private half of: the keys of a rule whose real keys
 /// are unknown, so its tokens fail verification.
@@ -83,11 +86,11 @@ fn applies(snapshot: &Snapshot, policy: &RequestAuthentication, proxy: &Proxy) -
 fn provider(snapshot: &Snapshot, rule: &JwtRule) -> JwtProvider {
     let keys = if !rule.jwks.trim().is_empty() {
         rule.jwks.clone()
-    } else if let Some(fetched) = snapshot.jwks.get(&rule.jwks_uri) {
+    } else if let Some(fetched) = snapshot.jwks.get(rule.jwks_uri()) {
         fetched.to_string()
     } else {
-        if !rule.jwks_uri.is_empty() {
-            tracing::debug!(uri = %rule.jwks_uri, issuer = %rule.issuer, "JWKS not fetched (yet); tokens of this issuer are refused");
+        if !rule.jwks_uri().is_empty() {
+            tracing::debug!(uri = %rule.jwks_uri(), issuer = %rule.issuer, "JWKS not fetched (yet); tokens of this issuer are refused");
         }
         NO_KEYS.to_owned()
     };
@@ -117,6 +120,62 @@ fn provider(snapshot: &Snapshot, rule: &JwtRule) -> JwtProvider {
             specifier: Some(data_source::Specifier::InlineString(keys)),
             ..Default::default()
         })),
+        normalize_payload_in_metadata: Some(jwt_provider::NormalizePayload {
+            space_delimited_claims: space_delimited_claims(rule),
+        }),
         ..Default::default()
+    }
+}
+
+/// `scope` and `permission`, then the rule's own space-delimited claims, each once.
+fn space_delimited_claims(rule: &JwtRule) -> Vec<String> {
+    let mut claims: Vec<String> = SPACE_DELIMITED_CLAIMS.iter().map(|c| (*c).to_owned()).collect();
+    for claim in &rule.space_delimited_claims {
+        if !claim.is_empty() && !claims.contains(claim) {
+            claims.push(claim.clone());
+        }
+    }
+    claims
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_delimited_claims_add_to_istios_defaults() {
+        let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+            (vec![], vec!["scope", "permission"]),
+            (vec!["roles"], vec!["scope", "permission", "roles"]),
+            (vec!["scope", "groups", "groups"], vec!["scope", "permission", "groups"]),
+        ];
+        for (given, want) in cases {
+            let rule = JwtRule {
+                space_delimited_claims: given.iter().map(|c| (*c).to_owned()).collect(),
+                ..Default::default()
+            };
+            assert_eq!(space_delimited_claims(&rule), want, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn the_protobuf_name_of_jwks_uri_finds_the_fetched_keys() {
+        let mut snapshot = Snapshot::default();
+        let uri = "https://issuer.example/jwks.json";
+        snapshot.jwks.insert(uri.to_owned(), r#"{"keys":[]}"#.into());
+        let rule = JwtRule { issuer: "issuer.example".into(), jwks_uri_proto_name: uri.into(), ..Default::default() };
+        let provider = provider(&snapshot, &rule);
+        let Some(jwt_provider::JwksSourceSpecifier::LocalJwks(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(keys)),
+            ..
+        })) = provider.jwks_source_specifier
+        else {
+            panic!("inline keys expected");
+        };
+        assert_eq!(keys, r#"{"keys":[]}"#);
+        assert_eq!(
+            provider.normalize_payload_in_metadata.map(|n| n.space_delimited_claims),
+            Some(vec!["scope".to_owned(), "permission".to_owned()])
+        );
     }
 }

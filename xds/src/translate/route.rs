@@ -866,7 +866,7 @@ fn route_action(
     }
 
     if let Some(mirror) = &http.mirror
-        && let Some(fraction) = mirror_fraction(http.mirror_percentage.as_ref(), http.mirror_percent)
+        && let Some(fraction) = mirror_fraction(http.mirror_percentage.as_ref(), http.mirror_percent())
     {
         action.request_mirror_policies.push(mirror_policy(destination_cluster(ctx, vs, mirror, port), fraction));
     }

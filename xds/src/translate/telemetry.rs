@@ -39,6 +39,7 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::envoy::r#type::v3::Scope;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use envoy_types::util::pack_any;
+use rudder_config::labels;
 use rudder_config::mesh::{AccessLogEncoding, MeshConfig};
 use rudder_config::telemetry::{self as api, IstioMetric, TagOperation, Telemetry, WorkloadMode};
 
@@ -596,6 +597,7 @@ pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
         .unwrap_or_else(|| PROCESS_SAMPLING.get().copied().unwrap_or(DEFAULT_SAMPLING));
     let mut custom_tags: BTreeMap<String, api::CustomTag> = BTreeMap::new();
     let mut reporting = true;
+    let mut istio_tags = true;
     for telemetry in &telemetries {
         for tracing in
             telemetry.spec.tracing.iter().filter(|t| side.selected_by(t.r#match.as_ref().and_then(|m| m.mode)))
@@ -605,6 +607,9 @@ pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
             }
             if let Some(disabled) = tracing.disable_span_reporting {
                 reporting = !disabled;
+            }
+            if let Some(enabled) = tracing.enable_istio_tags {
+                istio_tags = enabled;
             }
             custom_tags.extend(tracing.custom_tags.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
@@ -629,9 +634,45 @@ pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
             )),
         }),
         random_sampling: Some(Percent { value: sampling.clamp(0.0, 100.0) }),
-        custom_tags: custom_tags.into_iter().map(|(tag, value)| custom_tag_of(tag, value)).collect(),
+        custom_tags: span_tags(ctx, istio_tags, custom_tags),
         ..Default::default()
     })
+}
+
+/// Istio's own span tags (unless `enableIstioTags: false`), then the Telemetry's custom tags,
+/// which win on a name clash; sorted by name.
+fn span_tags(ctx: &Context<'_>, istio_tags: bool, custom: BTreeMap<String, api::CustomTag>) -> Vec<CustomTag> {
+    let mut tags: BTreeMap<String, CustomTag> = BTreeMap::new();
+    if istio_tags {
+        let proxy = ctx.proxy;
+        let mesh = &ctx.snapshot.mesh;
+        let label = |key: &str, default: &str| {
+            proxy.labels.get(key).filter(|v| !v.is_empty()).cloned().unwrap_or_else(|| default.to_owned())
+        };
+        let or = |value: &str, default: &str| if value.is_empty() { default.to_owned() } else { value.to_owned() };
+        // The mesh id as the injector gives it to proxies: defaultConfig.meshId, else the trust
+        // domain.
+        let mesh_id = mesh
+            .default_config
+            .as_ref()
+            .and_then(|c| c.mesh_id.clone())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| mesh.effective_trust_domain().to_owned());
+        for (tag, value) in [
+            ("istio.canonical_revision", label(labels::CANONICAL_REVISION, "latest")),
+            ("istio.canonical_service", label(labels::CANONICAL_NAME, "unknown")),
+            ("istio.cluster_id", or(&proxy.cluster_id, "unknown")),
+            ("istio.mesh_id", or(&mesh_id, "unknown")),
+            ("istio.namespace", or(&proxy.namespace, "default")),
+        ] {
+            let literal = custom_tag::Type::Literal(custom_tag::Literal { value });
+            tags.insert(tag.to_owned(), CustomTag { tag: tag.to_owned(), r#type: Some(literal) });
+        }
+    }
+    for (tag, value) in custom {
+        tags.insert(tag.clone(), custom_tag_of(tag, value));
+    }
+    tags.into_values().collect()
 }
 
 fn custom_tag_of(tag: String, value: api::CustomTag) -> CustomTag {
@@ -643,6 +684,7 @@ fn custom_tag_of(tag: String, value: api::CustomTag) -> CustomTag {
         api::CustomTag::Header(h) => {
             custom_tag::Type::RequestHeader(custom_tag::Header { name: h.name, default_value: h.default_value })
         }
+        api::CustomTag::Formatter(f) => custom_tag::Type::Value(f.value),
     };
     CustomTag { tag, r#type: Some(r#type) }
 }
@@ -864,6 +906,54 @@ spec:
     }
 
     #[test]
+    fn span_tags_istio_ones_formatters_and_overrides() {
+        let telemetry = |tracing: &str| {
+            format!(
+                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t, namespace: apps}}\nspec:\n  tracing:\n  - {tracing}\n"
+            )
+        };
+        let literal = |v: &str| custom_tag::Type::Literal(custom_tag::Literal { value: v.into() });
+        let istio = |service: &str, revision: &str| {
+            vec![
+                ("istio.canonical_revision", literal(revision)),
+                ("istio.canonical_service", literal(service)),
+                ("istio.cluster_id", literal("unknown")),
+                ("istio.mesh_id", literal("cluster.local")),
+                ("istio.namespace", literal("apps")),
+            ]
+        };
+        let labelled = [(labels::CANONICAL_NAME, "reviews"), (labels::CANONICAL_REVISION, "v2")];
+        let cases: Vec<(&str, String, &[(&str, &str)], Vec<(&str, custom_tag::Type)>)> = vec![
+            ("defaults: Istio's tags", telemetry("randomSamplingPercentage: 10"), &[], istio("unknown", "latest")),
+            ("canonical labels", telemetry("randomSamplingPercentage: 10"), &labelled, istio("reviews", "v2")),
+            ("turned off", telemetry("enableIstioTags: false"), &labelled, vec![]),
+            (
+                "formatter, and a custom tag over an Istio one",
+                telemetry(
+                    r#"{enableIstioTags: true, customTags: {route: {formatter: {value: "%ROUTE_NAME%"}}, istio.namespace: {literal: {value: mine}}}}"#,
+                ),
+                &[],
+                {
+                    let mut tags = istio("unknown", "latest");
+                    tags[4].1 = literal("mine");
+                    tags.push(("route", custom_tag::Type::Value("%ROUTE_NAME%".into())));
+                    tags
+                },
+            ),
+        ];
+        for (name, yaml, proxy_labels, want) in cases {
+            let snap = snapshot(&yaml);
+            let p = proxy("apps", proxy_labels);
+            let tracing = hcm_tracing(&Context::new(&snap, &p), Side::Client).unwrap();
+            let got: Vec<(String, Option<custom_tag::Type>)> =
+                tracing.custom_tags.into_iter().map(|t| (t.tag, t.r#type)).collect();
+            let want: Vec<(String, Option<custom_tag::Type>)> =
+                want.into_iter().map(|(t, v)| (t.to_owned(), Some(v))).collect();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
     fn tracing_from_the_mesh_and_from_telemetry() {
         let snap = snapshot("");
         let p = proxy("apps", &[]);
@@ -909,7 +999,18 @@ spec:
         let tracing = hcm_tracing(&ctx, Side::Server).unwrap();
         assert_eq!(tracing.random_sampling, Some(Percent { value: 100.0 }));
         let tags: Vec<&str> = tracing.custom_tags.iter().map(|t| t.tag.as_str()).collect();
-        assert_eq!(tags, ["team", "user"]);
+        assert_eq!(
+            tags,
+            [
+                "istio.canonical_revision",
+                "istio.canonical_service",
+                "istio.cluster_id",
+                "istio.mesh_id",
+                "istio.namespace",
+                "team",
+                "user"
+            ]
+        );
         let quiet = proxy("apps", &[("app", "quiet")]);
         assert!(hcm_tracing(&Context::new(&snap, &quiet), Side::Client).is_none());
         let mut off = snapshot("");
