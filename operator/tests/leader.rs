@@ -220,3 +220,37 @@ async fn leader_releases_on_shutdown() {
     let b = Elector::new(client, NS, &lease_name(None), "pod-b", 15);
     assert!(b.try_acquire_or_renew().await.unwrap());
 }
+
+#[test]
+fn a_leader_that_loses_the_lease_stands_by_and_leads_again_without_exiting() {
+    roomy_runtime().block_on(leader_stands_by_after_losing_the_lease());
+}
+
+async fn leader_stands_by_after_losing_the_lease() {
+    let (client, fake) = FakeApi::start();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_on(listener, client, opts("pod-a"), async {
+        let _ = stopped.await;
+    }));
+    metric_until(addr, "rudder_operator_leader 1").await;
+    // Another replica holds the Lease now (as after pod-a could not renew while the API server
+    // was away): pod-a's next renewal is refused.
+    let lease_held_by = |holder: &str, renewed: Timestamp| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "istio-operator-lock", "namespace": NS, "resourceVersion": "900"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                "renewTime": renewed.to_string(), "acquireTime": renewed.to_string()}})
+    };
+    fake.seed("leases", Some(NS), lease_held_by("pod-b", Timestamp::now()));
+    metric_until(addr, "rudder_operator_leader 0").await;
+    assert!(!task.is_finished(), "losing the lease stops the controllers, not the process");
+    assert_eq!(http_get(addr, "/readyz").await.0, 200, "still ready while standing by");
+    // pod-b stops renewing: once its lease has expired, pod-a leads again.
+    fake.seed("leases", Some(NS), lease_held_by("pod-b", Timestamp::now() - std::time::Duration::from_secs(60)));
+    metric_until(addr, "rudder_operator_leader 1").await;
+    assert_eq!(lease(&fake, "istio-operator-lock")["spec"]["holderIdentity"], "pod-a");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(12), task).await.unwrap().unwrap().unwrap();
+}

@@ -66,7 +66,7 @@ impl LeaderElection {
     }
 }
 
-/// Runs the controllers until a shutdown signal (or lost leadership); health endpoints meanwhile.
+/// Runs the controllers until a shutdown signal, while this replica leads; health endpoints meanwhile.
 pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", opts.metrics_port)).await?;
     run_on(listener, client, opts, crate::signals::shutdown_signal()).await
@@ -78,6 +78,8 @@ type Shutdown = Shared<BoxFuture<'static, ()>>;
 /// before its cache ever synced does not finish on its own, so this bounds the wait (well within
 /// a pod's default 30 second termination grace period) and the Lease is released regardless.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often an operator that cannot list IstioOperators yet tries again.
+const LIST_RETRY: Duration = Duration::from_secs(2);
 
 /// [`run`] with the health endpoints on `listener`, stopping when `shutdown` resolves.
 pub async fn run_on(
@@ -91,52 +93,79 @@ pub async fn run_on(
     let ctx = Context::new(client.clone(), opts.revision.clone());
     let health = tokio::spawn(serve_health(listener, ready.clone(), ctx.metrics.clone()));
     let apis = crs_apis(&client, &opts.watched_namespaces);
-    tokio::select! {
-        r = can_list(&apis) => r?,
-        () = shutdown.clone() => {
-            health.abort();
-            return Ok(());
+    // An API server that cannot be reached yet (a restart during its outage) is waited for:
+    // exiting would only put the pod in a crash loop whose backoff outlasts the outage.
+    loop {
+        tokio::select! {
+            r = can_list(&apis) => match r {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "cannot list IstioOperators yet; retrying"),
+            },
+            () = shutdown.clone() => {
+                health.abort();
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LIST_RETRY) => {}
+            () = shutdown.clone() => {
+                health.abort();
+                return Ok(());
+            }
         }
     }
     ready.store(true, Ordering::SeqCst);
     tracing::info!("ready: IstioOperators can be listed");
-    let mut elected = None;
-    if let Some(le) = &opts.leader_election {
-        let name = leader::lease_name(opts.revision.as_deref());
-        let elector = Elector::new(client.clone(), &le.namespace, &name, &le.identity, le.lease_duration_secs);
-        let (tx, mut rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(elector.clone().run(tx));
-        tracing::info!(lease = %name, namespace = %le.namespace, identity = %le.identity, "standing by for leadership");
-        tokio::select! {
-            // The `watch::Ref` must not outlive the wait (it is not `Send`).
-            r = async { rx.wait_for(|leading| *leading).await.map(drop) } => r?,
-            () = shutdown.clone() => {
-                task.abort();
-                release(&elector).await;
-                health.abort();
-                tracing::info!("operator stopped before leading");
-                return Ok(());
-            }
-        }
-        elected = Some((elector, rx, task));
-    }
-    ctx.metrics.set_leader(true);
-    // Boxed: a controller's future is large, and several of them inline would need a deep stack.
-    let controllers = apis.into_iter().map(|api| Box::pin(controller(api, &client, &ctx, shutdown.clone())));
-    tracing::info!(namespaces = ?opts.watched_namespaces, revision = ?opts.revision, "operator started");
-    let controllers = join_all(controllers);
-    let grace_over = async {
+    let controllers = || {
+        // Boxed: a controller's future is large, and several of them inline would need a deep stack.
+        join_all(apis.iter().cloned().map(|api| Box::pin(controller(api, &client, &ctx, shutdown.clone()))))
+    };
+    let grace_over = || async {
         shutdown.clone().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time; exiting anyway");
     };
-    let outcome = match elected {
-        Some((elector, mut rx, task)) => {
-            let outcome = tokio::select! {
-                _ = controllers => Ok(()),
-                () = grace_over => Ok(()),
-                _ = async { rx.wait_for(|leading| !*leading).await.map(drop) } => {
-                    Err(anyhow::anyhow!("lost the leader election lease"))
+    let outcome = match &opts.leader_election {
+        None => {
+            ctx.metrics.set_leader(true);
+            tracing::info!(namespaces = ?opts.watched_namespaces, revision = ?opts.revision, "operator started");
+            tokio::select! {
+                _ = controllers() => {}
+                () = grace_over() => {}
+            }
+            Ok(())
+        }
+        Some(le) => {
+            let name = leader::lease_name(opts.revision.as_deref());
+            let elector = Elector::new(client.clone(), &le.namespace, &name, &le.identity, le.lease_duration_secs);
+            let (tx, mut rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(elector.clone().run(tx));
+            // Leadership lost (renewals refused, or failing longer than the lease, as while the
+            // API server is down) stops the controllers and stands by again: the process keeps
+            // its caches' health endpoints and leads again once it can renew.
+            let outcome = loop {
+                tracing::info!(lease = %name, namespace = %le.namespace, identity = %le.identity, "standing by for leadership");
+                tokio::select! {
+                    // The `watch::Ref` must not outlive the wait (it is not `Send`).
+                    r = async { rx.wait_for(|leading| *leading).await.map(drop) } => {
+                        if r.is_err() {
+                            break Err(anyhow::anyhow!("the leader elector stopped"));
+                        }
+                    }
+                    () = shutdown.clone() => {
+                        tracing::info!("operator stopped before leading");
+                        break Ok(());
+                    }
+                }
+                ctx.metrics.set_leader(true);
+                tracing::info!(namespaces = ?opts.watched_namespaces, revision = ?opts.revision, "operator started");
+                tokio::select! {
+                    _ = controllers() => break Ok(()),
+                    () = grace_over() => break Ok(()),
+                    _ = async { rx.wait_for(|leading| !*leading).await.map(drop) } => {
+                        tracing::warn!("lost the leader election lease: controllers stopped until it is held again");
+                        ctx.metrics.set_leader(false);
+                    }
                 }
             };
             task.abort();
@@ -144,13 +173,6 @@ pub async fn run_on(
                 release(&elector).await;
             }
             outcome
-        }
-        None => {
-            tokio::select! {
-                _ = controllers => {}
-                () = grace_over => {}
-            }
-            Ok(())
         }
     };
     ctx.metrics.set_leader(false);
