@@ -365,6 +365,45 @@ pub async fn ensure_secret(
     Ok(bundle)
 }
 
+/// How many certificate checks a replaced CA stays trusted in `caBundle` after the CA changed:
+/// long enough for every replica to serve the new certificate before the old CA goes.
+pub const RETIRE_AFTER_CHECKS: u32 = 2;
+
+/// The CAs webhook configurations must trust while the serving certificate moves from one CA
+/// to another: the API server verifies the webhook with `caBundle`, so a new CA is added there
+/// before a certificate it signed is served, and the old one leaves only later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaTrust {
+    current: String,
+    /// The replaced CA and how many more checks it stays.
+    retiring: Option<(String, u32)>,
+}
+
+impl CaTrust {
+    pub fn new(ca_pem: impl Into<String>) -> Self {
+        Self { current: ca_pem.into(), retiring: None }
+    }
+
+    /// The trust after a check that read `ca_pem` from the Secret, and whether the CA changed
+    /// (then `caBundle` must hold the new trust before the new certificate is served).
+    pub fn next(&self, ca_pem: &str) -> (Self, bool) {
+        if ca_pem == self.current {
+            let retiring = self.retiring.clone().and_then(|(ca, left)| (left > 1).then(|| (ca, left - 1)));
+            return (Self { current: self.current.clone(), retiring }, false);
+        }
+        let retiring = Some((self.current.clone(), RETIRE_AFTER_CHECKS));
+        (Self { current: ca_pem.to_owned(), retiring }, true)
+    }
+
+    /// The `caBundle` to set: the current CA, then the retiring one.
+    pub fn bundle(&self) -> String {
+        match &self.retiring {
+            Some((old, _)) => format!("{}\n{}", self.current.trim_end(), old.trim_end()) + "\n",
+            None => self.current.clone(),
+        }
+    }
+}
+
 /// Sets `caBundle` on every client config; whether anything changed.
 pub fn set_ca_bundle<'a>(configs: impl IntoIterator<Item = &'a mut WebhookClientConfig>, ca_pem: &str) -> bool {
     let mut changed = false;
@@ -414,6 +453,30 @@ mod tests {
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    #[test]
+    fn a_new_ca_is_trusted_beside_the_old_one_for_a_while() {
+        let trust = CaTrust::new("OLD\n");
+        assert_eq!(trust.bundle(), "OLD\n");
+        let (same, changed) = trust.next("OLD\n");
+        assert!(!changed);
+        assert_eq!(same, trust);
+
+        let (rotated, changed) = trust.next("NEW\n");
+        assert!(changed, "a new CA must be trusted before its certificate is served");
+        assert_eq!(rotated.bundle(), "NEW\nOLD\n");
+        let mut trust = rotated;
+        for check in 1..RETIRE_AFTER_CHECKS {
+            trust = trust.next("NEW\n").0;
+            assert_eq!(trust.bundle(), "NEW\nOLD\n", "check {check}");
+        }
+        let (settled, changed) = trust.next("NEW\n");
+        assert!(!changed);
+        assert_eq!(settled.bundle(), "NEW\n");
+        // A second rotation while the first still retires keeps only the last two.
+        let (twice, _) = CaTrust::new("A").next("B").0.next("C");
+        assert_eq!(twice.bundle(), "C\nB\n");
     }
 
     #[test]

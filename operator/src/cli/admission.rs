@@ -34,7 +34,12 @@ use crate::injector_watch;
 
 /// How often the config files are checked, and the certificate Secret refreshed.
 const CONFIG_POLL: Duration = Duration::from_secs(2);
-const CERT_POLL: Duration = Duration::from_secs(3600);
+/// How often the certificate Secret is read: a rotation (a deleted or replaced Secret, or a
+/// certificate due) is served within this.
+const CERT_POLL: Duration = Duration::from_secs(15);
+/// How long the API servers get to see a new `caBundle` before a certificate of the new CA is
+/// served (they watch webhook configurations; a second is usual).
+const CA_PROPAGATION: Duration = Duration::from_secs(5);
 
 /// Options of the admission server, shared by `rudder webhook` and `rudder discovery`.
 #[derive(Clone, Debug, clap::Args)]
@@ -252,16 +257,29 @@ async fn managed_store(
     );
     let store = Arc::new(CertStore::fixed(bundle.certified_key()?));
     let (namespace, rotating) = (args.namespace.clone(), store.clone());
+    let mut trust = certs::CaTrust::new(bundle.ca_cert_pem);
     tasks.push(tokio::spawn(async move {
         loop {
             tokio::time::sleep(CERT_POLL).await;
             let refreshed = async {
                 let bundle = certs::ensure_secret(&client, &namespace, &secret, &names, SystemTime::now()).await?;
+                let (next, ca_changed) = trust.next(&bundle.ca_cert_pem);
+                if ca_changed {
+                    // Trust first, serve later: a certificate of a CA the API server does not
+                    // trust yet would fail every admission until caBundle caught up.
+                    certs::patch_ca_bundles(&client, revision.as_deref(), &next.bundle()).await?;
+                    tracing::info!(
+                        "new webhook CA in caBundle (beside the old one); serving its certificate in {CA_PROPAGATION:?}"
+                    );
+                    tokio::time::sleep(CA_PROPAGATION).await;
+                }
                 rotating.set(bundle.certified_key()?);
-                certs::patch_ca_bundles(&client, revision.as_deref(), &bundle.ca_cert_pem).await
+                certs::patch_ca_bundles(&client, revision.as_deref(), &next.bundle()).await?;
+                trust = next;
+                Ok::<_, anyhow::Error>(())
             };
             if let Err(e) = refreshed.await {
-                tracing::warn!("certificate refresh failed: {e}");
+                tracing::warn!("certificate refresh failed: {e:#}");
             }
         }
     }));
