@@ -77,7 +77,8 @@ pub fn render_files() -> Result<Vec<(String, String)>, String> {
 /// drift check keep them equal to what the types generate, so readers that only need the CRDs
 /// as data (the renderer) can parse this text instead of running the schema generator, which
 /// costs hundreds of milliseconds per process.
-pub const GENERATED_FILES: [(&str, &str); 4] = [
+pub const GENERATED_FILES: [(&str, &str); 5] = [
+    ("extensions.istio.io.yaml", include_str!("../../chart/crds/extensions.istio.io.yaml")),
     ("install.istio.io.yaml", include_str!("../../chart/crds/install.istio.io.yaml")),
     ("networking.istio.io.yaml", include_str!("../../chart/crds/networking.istio.io.yaml")),
     ("security.istio.io.yaml", include_str!("../../chart/crds/security.istio.io.yaml")),

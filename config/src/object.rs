@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use crate::validate::{Report, Validate};
-use crate::{networking, operator, security, telemetry};
+use crate::{extensions, networking, operator, security, telemetry};
 
 /// What the registry knows about one kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +84,7 @@ istio_kinds! {
     RequestAuthentication: security::RequestAuthentication, "security.istio.io" => ["v1beta1", "v1"], storage "v1beta1";
     AuthorizationPolicy: security::AuthorizationPolicy, "security.istio.io" => ["v1beta1", "v1"], storage "v1beta1";
     Telemetry: telemetry::Telemetry, "telemetry.istio.io" => ["v1alpha1", "v1"], storage "v1alpha1";
+    WasmPlugin: extensions::WasmPlugin, "extensions.istio.io" => ["v1alpha1"], storage "v1alpha1";
     IstioOperator: operator::IstioOperator, "install.istio.io" => ["v1alpha1"], storage "v1alpha1";
 }
 
