@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use rudder_config::extensions::WasmPlugin;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
@@ -224,10 +225,65 @@ pub struct Snapshot {
     /// JWKS documents fetched for RequestAuthentication `jwksUri`s, by URI.
     pub jwks: BTreeMap<String, Arc<str>>,
     pub gateways: Vec<Arc<Gateway>>,
+    /// Sorted by namespace and name.
+    pub wasm_plugins: Vec<Arc<WasmPlugin>>,
+    /// The modules of `wasm_plugins` as discovery read them, by [`wasm_module_key`]: a plugin
+    /// whose module is missing (not read yet) or failed is left out of the proxies it selects.
+    pub wasm_modules: BTreeMap<String, Arc<WasmModule>>,
     /// TLS credentials gateways name in `credentialName`, by `<namespace>/<name>`.
     pub secrets: BTreeMap<String, Arc<TlsCredential>>,
     /// `endpoints` by address, built on first use by [`Snapshot::endpoints_at`].
     pub by_address: AddressIndex,
+}
+
+/// What discovery made of one WasmPlugin module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WasmModule {
+    /// The module's bytes (checked against `sha256` when the plugin gives one).
+    Ready(Arc<Vec<u8>>),
+    /// The module could not be had: the field at fault (`url`, `sha256`) and why.
+    Failed { field: &'static str, reason: String },
+}
+
+/// The effective pull policy of a plugin: as given, else `IfNotPresent`, except for OCI images
+/// tagged `latest` (or not tagged at all), which are pulled `Always`, as upstream.
+pub fn wasm_pull_always(plugin: &WasmPlugin) -> bool {
+    use rudder_config::extensions::PullPolicy;
+    match plugin.spec.image_pull_policy {
+        Some(PullPolicy::Always) => true,
+        Some(PullPolicy::IfNotPresent) => false,
+        Some(PullPolicy::UnspecifiedPolicy) | None => {
+            let (scheme, rest) = plugin.spec.url_parts();
+            if scheme != "oci" || rest.contains("@sha256:") {
+                return false;
+            }
+            // The tag is after the last `:` of the last path segment.
+            let last = rest.rsplit('/').next().unwrap_or(rest);
+            last.rsplit_once(':').is_none_or(|(_, tag)| tag == "latest")
+        }
+    }
+}
+
+/// The cache key of a plugin's module: its URL and checksum, and for plugins pulled `Always`
+/// the plugin's own version too (a change of the plugin pulls the module again, as upstream).
+pub fn wasm_module_key(plugin: &WasmPlugin) -> String {
+    let spec = &plugin.spec;
+    let mut key = format!("{}#{}", spec.url.trim(), spec.sha256);
+    if wasm_pull_always(plugin) {
+        let version = match plugin.metadata.resource_version.as_deref().filter(|v| !v.is_empty()) {
+            Some(version) => version.to_owned(),
+            // File mode has no resourceVersion: the object's content stands for it.
+            None => {
+                format!("{:016x}", crate::server::cache::content_hash(&serde_json::to_vec(plugin).unwrap_or_default()))
+            }
+        };
+        key.push_str(&format!(
+            "#{}/{}@{version}",
+            plugin.metadata.namespace.as_deref().unwrap_or_default(),
+            plugin.metadata.name.as_deref().unwrap_or_default()
+        ));
+    }
+    key
 }
 
 /// Endpoints by address: hostname and position in that host's list. Built on first use; a

@@ -23,7 +23,7 @@ use rudder_xds::ca::{Authority, CaMaterial};
 use rudder_xds::ca_kube;
 use rudder_xds::ca_service::{Authenticator, CaMetrics, CertificateService, FileTokens, TokenReviewer};
 use rudder_xds::model::Snapshot;
-use rudder_xds::registry::{files, jwks, kube as kube_registry};
+use rudder_xds::registry::{files, jwks, kube as kube_registry, wasm};
 use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions, ServingCertificate, TlsOptions};
 use tokio::sync::watch;
 
@@ -56,6 +56,13 @@ pub struct Args {
     /// How often RequestAuthentication jwksUri documents are fetched again.
     #[arg(long, env = "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL", default_value = "20m", value_parser = go_duration)]
     jwks_refresh: std::time::Duration,
+    /// Registries WasmPlugin images are pulled from over plain HTTP (`host` or `host:port`,
+    /// comma-separated; `*` for all), as Istio's agent takes them.
+    #[arg(long, env = "WASM_INSECURE_REGISTRIES", value_delimiter = ',')]
+    wasm_insecure_registries: Vec<String>,
+    /// How soon a WasmPlugin module that could not be read is tried again.
+    #[arg(long, default_value = "30s", value_parser = go_duration)]
+    wasm_retry: std::time::Duration,
     /// Longest lifetime of a workload certificate.
     #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = "2160h", value_parser = go_duration)]
     max_workload_cert_ttl: std::time::Duration,
@@ -105,11 +112,13 @@ pub fn run(args: &Args) -> ExitCode {
 async fn serve(args: &Args) -> anyhow::Result<()> {
     rudder_xds::translate::telemetry::set_default_sampling(args.trace_sampling);
     let mesh = args.admission.base_mesh()?;
-    // The registry publishes on `tx`; the JWKS follower passes its snapshots on to the server
-    // with the documents of RequestAuthentication jwksUris.
+    // The registry publishes on `tx`; the JWKS follower passes its snapshots on with the
+    // documents of RequestAuthentication jwksUris, the Wasm follower with the modules of
+    // WasmPlugins, to the server.
     let first = Arc::new(Snapshot { mesh: mesh.clone(), ..Snapshot::default() });
     let (tx, registry_rx) = watch::channel(first.clone());
-    let (with_keys_tx, rx) = watch::channel(first);
+    let (with_keys_tx, with_keys_rx) = watch::channel(first.clone());
+    let (with_modules_tx, rx) = watch::channel(first);
     let options = ServerOptions {
         debounce: DebounceOptions { quiet: args.debounce_after, max_delay: args.debounce_max },
         ..ServerOptions::default()
@@ -131,6 +140,12 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
 
     let trust_domain = mesh.effective_trust_domain().to_owned();
     let jwks_task = tokio::spawn(jwks::follow(registry_rx, with_keys_tx, args.jwks_refresh, stopped()));
+    let wasm_options = wasm::FetchOptions {
+        insecure_registries: args.wasm_insecure_registries.clone(),
+        retry: args.wasm_retry,
+        ..wasm::FetchOptions::default()
+    };
+    let wasm_task = tokio::spawn(wasm::follow(with_keys_rx, with_modules_tx, wasm_options, stopped()));
     let (registry, cluster) = match &args.config_dir {
         Some(dir) => {
             anyhow::ensure!(dir.is_dir(), "--config-dir {}: not a directory", dir.display());
@@ -192,6 +207,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = registry.await;
     let _ = jwks_task.await;
+    let _ = wasm_task.await;
     let _ = monitoring_task.await;
     if let Some(task) = webhook_task {
         let _ = task.await;

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::Secret;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
+use rudder_config::extensions::WasmPlugin;
 use rudder_config::load::{self, Loaded, ObjectId};
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
@@ -64,6 +65,7 @@ struct FileObjects {
     authorization_policies: Vec<Arc<AuthorizationPolicy>>,
     request_authentications: Vec<Arc<RequestAuthentication>>,
     telemetries: Vec<Arc<Telemetry>>,
+    wasm_plugins: Vec<Arc<WasmPlugin>>,
     service_entries: Vec<Arc<ServiceEntry>>,
     workload_entries: Vec<Arc<WorkloadEntry>>,
     /// `kind: Secret` documents: gateway credentials in file mode.
@@ -83,6 +85,7 @@ impl FileObjects {
                 IstioObject::AuthorizationPolicy(o) => objects.authorization_policies.push(Arc::from(o)),
                 IstioObject::RequestAuthentication(o) => objects.request_authentications.push(Arc::from(o)),
                 IstioObject::Telemetry(o) => objects.telemetries.push(Arc::from(o)),
+                IstioObject::WasmPlugin(o) => objects.wasm_plugins.push(Arc::from(o)),
                 IstioObject::ServiceEntry(o) => objects.service_entries.push(Arc::from(o)),
                 IstioObject::WorkloadEntry(o) => objects.workload_entries.push(Arc::from(o)),
                 _ => {}
@@ -100,6 +103,7 @@ impl FileObjects {
         inputs.authorization_policies.extend(self.authorization_policies.iter().cloned());
         inputs.request_authentications.extend(self.request_authentications.iter().cloned());
         inputs.telemetries.extend(self.telemetries.iter().cloned());
+        inputs.wasm_plugins.extend(self.wasm_plugins.iter().cloned());
         inputs.service_entries.extend(self.service_entries.iter().cloned());
         inputs.workload_entries.extend(self.workload_entries.iter().cloned());
         inputs.secrets.extend(self.secrets.iter().cloned());

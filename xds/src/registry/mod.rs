@@ -7,3 +7,4 @@ pub mod jwks;
 pub mod kube;
 pub mod secret;
 pub mod service_entry;
+pub mod wasm;

@@ -218,7 +218,7 @@ pub struct ConfigChanges {
 }
 
 /// The kinds of config objects a snapshot holds, and how many of each.
-fn config_counts(s: &Snapshot) -> [(&'static str, usize); 8] {
+fn config_counts(s: &Snapshot) -> [(&'static str, usize); 9] {
     [
         ("VirtualService", s.virtual_services.len()),
         ("DestinationRule", s.destination_rules.len()),
@@ -228,6 +228,7 @@ fn config_counts(s: &Snapshot) -> [(&'static str, usize); 8] {
         ("AuthorizationPolicy", s.authorization_policies.len()),
         ("RequestAuthentication", s.request_authentications.len()),
         ("Telemetry", s.telemetries.len()),
+        ("WasmPlugin", s.wasm_plugins.len()),
     ]
 }
 
@@ -294,13 +295,16 @@ impl ConfigChanges {
         objects!(authorization_policies, AuthorizationPolicy, "AuthorizationPolicy");
         objects!(request_authentications, RequestAuthentication, "RequestAuthentication");
         objects!(telemetries, rudder_config::telemetry::Telemetry, "Telemetry");
+        objects!(wasm_plugins, rudder_config::extensions::WasmPlugin, "WasmPlugin");
         diff(&before.services, &after.services, PartialEq::eq, |e| {
             *changes.registry.entry(("Services", e)).or_default() += 1;
         });
         diff(&before.endpoints, &after.endpoints, PartialEq::eq, |e| {
             *changes.registry.entry(("Endpoints", e)).or_default() += 1;
         });
-        let secrets_changed = before.secrets != after.secrets || before.jwks != after.jwks;
+        // Fetched documents and modules (JWKS, Wasm) change config as secrets do.
+        let secrets_changed =
+            before.secrets != after.secrets || before.jwks != after.jwks || before.wasm_modules != after.wasm_modules;
         let registry = |kind: &str| changes.registry.keys().any(|(k, _)| *k == kind);
         changes.triggers = [
             ("global", before.mesh != after.mesh),

@@ -244,6 +244,12 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
         set_chains(&mut l, chains, None);
         out.push(l);
     }
+    // WasmPlugin `match.ports` may name the port a chain listens on or its server's port.
+    super::wasm::add_filters(ctx, super::wasm::Class::Gateway, &mut out, |port| {
+        let mut ports = vec![port];
+        ports.extend(servers.iter().filter(|s| s.target_port == port).map(|s| s.number));
+        ports
+    });
     out
 }
 

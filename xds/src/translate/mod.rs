@@ -19,6 +19,7 @@ pub mod listener;
 pub mod route;
 pub mod security;
 pub mod telemetry;
+pub mod wasm;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -91,8 +92,10 @@ pub struct LabelSelector {
 }
 
 /// Every distinct [`LabelSelector`] of a snapshot: Sidecar `workloadSelector`s,
-/// DestinationRule `workloadSelector`s and Telemetry `selector`s (for their own namespace), and VirtualService
-/// `sourceLabels` (HTTP, TLS and TCP matches; for any proxy the service is exported to). Built
+/// DestinationRule `workloadSelector`s and Telemetry `selector`s (for their own namespace),
+/// WasmPlugin `selector`s and Gateway `targetRef`s (their namespace; root namespace selectors
+/// everywhere), and VirtualService `sourceLabels` (HTTP, TLS and TCP matches; for any proxy
+/// the service is exported to). Built
 /// once per snapshot; matching one proxy against it is a few map lookups per selector.
 #[derive(Clone, Debug, Default)]
 pub struct LabelSelectors {
@@ -120,6 +123,19 @@ impl LabelSelectors {
         for telemetry in &snapshot.telemetries {
             if let Some(selector) = &telemetry.spec.selector {
                 add(telemetry.metadata.namespace.as_deref(), &selector.match_labels);
+            }
+        }
+        // WasmPlugin selectors (a root namespace plugin selects workloads of every namespace),
+        // and the Gateway API gateway a targetRef names, by its workloads' label.
+        let root = snapshot.root_namespace();
+        for plugin in &snapshot.wasm_plugins {
+            let own = plugin.metadata.namespace.as_deref();
+            if let Some(selector) = &plugin.spec.selector {
+                add(own.filter(|ns| *ns != root), &selector.match_labels);
+            }
+            for target in plugin.spec.target_ref.iter().chain(&plugin.spec.target_refs) {
+                let label = BTreeMap::from([(wasm::GATEWAY_NAME_LABEL.to_owned(), target.name.clone())]);
+                add(own, &label);
             }
         }
         for vs in &snapshot.virtual_services {
@@ -194,8 +210,9 @@ impl Parts {
 /// - clusters: services, their endpoints (DNS clusters carry them inline, ISTIO_MUTUAL SANs
 ///   come from their accounts), DestinationRules, PeerAuthentications, Sidecars, the mesh config;
 /// - routes: services, VirtualServices, DestinationRules (subsets), Sidecars, the mesh config;
-/// - listeners: services, VirtualServices (TCP and TLS routes), Sidecars, the mesh config, and
-///   in capture mode NONE the endpoints (the proxy's own inbound ports).
+/// - listeners: services, VirtualServices (TCP and TLS routes), Sidecars, the mesh config,
+///   WasmPlugins and their modules, and in capture mode NONE the endpoints (the proxy's own
+///   inbound ports).
 ///
 /// Gateways and Secrets are read only by gateway proxies, which are translated again whole.
 pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Parts {
@@ -223,12 +240,15 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
     let peer_authentications = !same!(before.peer_authentications, after.peer_authentications);
     // Access logs, metrics and tracing (listeners), and the tracing collector (a cluster).
     let telemetries = !same!(before.telemetries, after.telemetries);
+    // Wasm filters go into the listeners' chains.
+    let wasm = !same!(before.wasm_plugins, after.wasm_plugins) || before.wasm_modules != after.wasm_modules;
     Parts {
         clusters: services || endpoints || rules || peer_authentications || telemetries,
         routes: services || virtual_services || rules,
         listeners: services
             || virtual_services
             || telemetries
+            || wasm
             || (endpoints && key.interception == InterceptionMode::None),
     }
 }

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service as KubeSe
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::PartialObjectMeta;
 use rudder_config::Validate;
+use rudder_config::extensions::WasmPlugin;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
@@ -36,6 +37,7 @@ pub struct KubeInputs {
     pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
     pub request_authentications: Vec<Arc<RequestAuthentication>>,
     pub telemetries: Vec<Arc<Telemetry>>,
+    pub wasm_plugins: Vec<Arc<WasmPlugin>>,
     pub service_entries: Vec<Arc<ServiceEntry>>,
     pub workload_entries: Vec<Arc<WorkloadEntry>>,
     /// TLS Secrets (gateway `credentialName`s).
@@ -153,6 +155,8 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
         request_authentications: sorted(&inputs.request_authentications),
         telemetries: sorted(&inputs.telemetries),
         jwks: BTreeMap::new(),
+        wasm_plugins: sorted(&inputs.wasm_plugins),
+        wasm_modules: BTreeMap::new(),
         gateways: sorted(&inputs.gateways),
         secrets: crate::registry::secret::credentials(inputs.secrets.iter().map(|s| s.as_ref())),
         by_address: Default::default(),

@@ -23,6 +23,7 @@ use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use rudder_config::Validate;
+use rudder_config::extensions::WasmPlugin;
 use rudder_config::mesh::MeshConfig;
 use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
@@ -77,6 +78,7 @@ struct Sources {
     authorization_policies: Decoded<AuthorizationPolicy>,
     request_authentications: Decoded<RequestAuthentication>,
     telemetries: Decoded<Telemetry>,
+    wasm_plugins: Decoded<WasmPlugin>,
     service_entries: Decoded<ServiceEntry>,
     workload_entries: Decoded<WorkloadEntry>,
     secrets: Store<Secret>,
@@ -116,6 +118,7 @@ impl Sources {
         let authorization_policies = Decoded::start("AuthorizationPolicy", client, &mut streams);
         let request_authentications = Decoded::start("RequestAuthentication", client, &mut streams);
         let telemetries = Decoded::start("Telemetry", client, &mut streams);
+        let wasm_plugins = Decoded::start("WasmPlugin", client, &mut streams);
         let service_entries = Decoded::start("ServiceEntry", client, &mut streams);
         let workload_entries = Decoded::start("WorkloadEntry", client, &mut streams);
 
@@ -143,6 +146,7 @@ impl Sources {
             authorization_policies,
             request_authentications,
             telemetries,
+            wasm_plugins,
             service_entries,
             workload_entries,
             secrets,
@@ -165,6 +169,7 @@ impl Sources {
             authorization_policies: self.authorization_policies.current(),
             request_authentications: self.request_authentications.current(),
             telemetries: self.telemetries.current(),
+            wasm_plugins: self.wasm_plugins.current(),
             service_entries: self.service_entries.current(),
             workload_entries: self.workload_entries.current(),
             secrets: self.secrets.state(),

@@ -39,12 +39,16 @@ pub const SNIFFED_HTTP_PROTOCOLS: [&str; 2] = ["http/1.1", "h2c"];
 
 /// Listeners for outbound traffic, sorted by name.
 pub fn outbound(ctx: &Context<'_>) -> Vec<Listener> {
-    sorted(outbound::listeners(ctx))
+    let mut listeners = outbound::listeners(ctx);
+    super::wasm::add_filters(ctx, super::wasm::Class::SidecarOutbound, &mut listeners, |port| vec![port]);
+    sorted(listeners)
 }
 
 /// Listeners for traffic to the proxy's own workload, sorted by name.
 pub fn inbound(ctx: &Context<'_>) -> Vec<Listener> {
-    sorted(inbound::listeners(ctx))
+    let mut listeners = inbound::listeners(ctx);
+    super::wasm::add_filters(ctx, super::wasm::Class::SidecarInbound, &mut listeners, |port| vec![port]);
+    sorted(listeners)
 }
 
 fn sorted(mut listeners: Vec<Listener>) -> Vec<Listener> {
