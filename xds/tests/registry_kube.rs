@@ -274,6 +274,7 @@ async fn first_snapshot_then_updates_then_shutdown() {
             "sidecars",
             "telemetries",
             "virtualservices",
+            "wasmplugins",
             "workloadentries",
         ]
     );
