@@ -923,7 +923,8 @@ spec:
             ]
         };
         let labelled = [(labels::CANONICAL_NAME, "reviews"), (labels::CANONICAL_REVISION, "v2")];
-        let cases: Vec<(&str, String, &[(&str, &str)], Vec<(&str, custom_tag::Type)>)> = vec![
+        type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], Vec<(&'a str, custom_tag::Type)>);
+        let cases: Vec<Case> = vec![
             ("defaults: Istio's tags", telemetry("randomSamplingPercentage: 10"), &[], istio("unknown", "latest")),
             ("canonical labels", telemetry("randomSamplingPercentage: 10"), &labelled, istio("reviews", "v2")),
             ("turned off", telemetry("enableIstioTags: false"), &labelled, vec![]),
