@@ -111,6 +111,14 @@ fn inject_object(ctx: &InjectionContext, doc: &mut Value, messages: &mut Vec<Str
     }) else {
         return Ok(());
     };
+    if !template.is_object() {
+        let field = pointer.unwrap_or_default().trim_start_matches('/').replace('/', ".");
+        let name = if doc_ns.is_empty() { workload.name.clone() } else { format!("{doc_ns}/{}", workload.name) };
+        return Err(InjectError::Template(format!(
+            "{kind} {name}: {field}: expected a pod template (a mapping), found {}",
+            json_type(template)
+        )));
+    }
     let template_ns = template.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
     let namespace = [template_ns, &doc_ns].into_iter().find(|n| !n.is_empty()).unwrap_or("default").to_owned();
     let pod_json = json!({"metadata": template.get("metadata").cloned().unwrap_or(json!({})),
@@ -129,6 +137,18 @@ fn inject_object(ctx: &InjectionContext, doc: &mut Value, messages: &mut Vec<Str
         template[key] = injected.get(key).cloned().unwrap_or(json!({}));
     }
     Ok(())
+}
+
+/// What a JSON value is, for errors.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
 }
 
 /// The files `kube-inject` reads, as text.
@@ -218,4 +238,34 @@ fn apply_operator(ctx: &mut InjectionContext, text: &str) -> Result<(), String> 
             .map_err(|e| format!("operator file meshConfig: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `injector` fuzz target: a workload whose pod template is not a mapping
+    /// made kube-inject panic when writing the injected template back.
+    #[test]
+    fn a_pod_template_that_is_not_a_mapping_is_an_error() {
+        let ctx = InjectionContext::offline_defaults();
+        for (kind, template) in [
+            ("Deployment", "spec:\n  template: not a template\n"),
+            ("DaemonSet", "spec:\n  template: [1, 2]\n"),
+            ("CronJob", "spec:\n  jobTemplate:\n    spec:\n      template: 5\n"),
+        ] {
+            let text =
+                format!("apiVersion: apps/v1\nkind: {kind}\nmetadata:\n  name: web\n  namespace: apps\n{template}");
+            let error = inject_documents(&ctx, &text).expect_err(kind).to_string();
+            assert!(error.starts_with(&format!("{kind} apps/web: spec.")), "{error}");
+            assert!(error.contains("template: expected a pod template (a mapping), found a"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_pod_that_is_not_a_mapping_is_left_alone() {
+        let ctx = InjectionContext::offline_defaults();
+        let injected = inject_documents(&ctx, "- kind: Pod\n").expect("a list document");
+        assert_eq!(injected.yaml, "- kind: Pod\n---\n");
+    }
 }
