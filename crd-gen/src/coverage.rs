@@ -191,7 +191,7 @@ pub fn render(upstream_text: &str, ours: &Fields) -> Result<String, String> {
          schemas (`chart/crds/`, generated from the Rust types) against the pinned upstream list \
          `api/upstream-fields.txt` (`scripts/upstream-api-fields.py`). CI's `crd-gen --check` fails \
          when this file is stale. Accepted fields that Envoy is not given are listed in \
-         `docs/untranslated-fields.md`.\n"
+         the README (Accepted but not translated).\n"
     );
     for line in source_lines(upstream_text) {
         let _ = writeln!(md, "- {line}");

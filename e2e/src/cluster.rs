@@ -133,6 +133,69 @@ impl Cluster {
         self.local.as_ref().map(|l| l.state_dir.as_path())
     }
 
+    /// Takes the local cluster's API server down (SIGKILL, as a crash would) until the returned
+    /// guard's [`ApiServerDown::restart`]: the same command line, environment and log, its pid
+    /// recorded where k8s-local's stop finds it. Errors for a `KUBECONFIG` cluster.
+    pub fn kill_api_server(&self) -> anyhow::Result<ApiServerDown<'_>> {
+        let state_dir = self.state_dir().context("only a local cluster's API server can be stopped")?;
+        let pid_file = state_dir.join("run/kube-apiserver.pid");
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("reading {}", pid_file.display()))?
+            .trim()
+            .parse()
+            .context("the API server's pid file")?;
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let nul_separated = |file: &str| -> anyhow::Result<Vec<String>> {
+            let bytes = std::fs::read(proc_dir.join(file)).with_context(|| format!("reading /proc/{pid}/{file}"))?;
+            let bytes = bytes.strip_suffix(&[0]).unwrap_or(&bytes);
+            Ok(bytes.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+        };
+        let command_line = nul_separated("cmdline")?;
+        let environment = nul_separated("environ")?;
+        let cwd = std::fs::read_link(proc_dir.join("cwd"))?;
+        let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -KILL {pid}: {status}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpListener::bind(("127.0.0.1", self.api_port()?)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the API server's port is still taken 10 s after SIGKILL");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(ApiServerDown { cluster: self, state_dir: state_dir.to_owned(), command_line, environment, cwd })
+    }
+
+    /// The port of the API server, from the kubeconfig.
+    fn api_port(&self) -> anyhow::Result<u16> {
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let server = text.lines().find_map(|l| l.trim().strip_prefix("server:")).context("no server in kubeconfig")?;
+        let port = server.trim().rsplit(':').next().context("no port in the server URL")?;
+        port.trim_end_matches('/').parse().context("the API server's port")
+    }
+
+    /// Kills (SIGKILL) the host process of a running container of `pod`, as an OOM kill or a
+    /// crash would; the kubelet restarts it. Local clusters only (the node's processes are
+    /// this host's).
+    pub fn kill_container_process(&self, namespace: &str, pod: &str, container: &str) -> anyhow::Result<u32> {
+        anyhow::ensure!(self.is_local(), "only a local cluster's containers run on this host");
+        let path = format!("{{.status.containerStatuses[?(@.name==\"{container}\")].containerID}}");
+        let id = self.kubectl(&["-n", namespace, "get", "pod", pod, "-o", &format!("jsonpath={path}")])?;
+        let id = id.trim().rsplit("://").next().unwrap_or_default().to_owned();
+        anyhow::ensure!(!id.is_empty(), "{namespace}/{pod} has no running container {container}");
+        // runc puts each container in a cgroup named after its id; its processes list there.
+        let mut victims = Vec::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+            if cgroup.contains(&id) {
+                victims.push(pid);
+            }
+        }
+        anyhow::ensure!(!victims.is_empty(), "no host process in the cgroup of container {id}");
+        let main = *victims.iter().min().unwrap_or(&0);
+        let status = Command::new("kill").args(["-KILL", &main.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -KILL {main}: {status}");
+        Ok(main)
+    }
+
     fn start_local(bundle: &Path, rudder_binary: &Path) -> anyhow::Result<Self> {
         let bundle = bundle.canonicalize()?;
         let state_dir = PathBuf::from(format!("/tmp/rudder-k8s-{}", std::process::id()));
@@ -252,6 +315,54 @@ fi
             output_text(&format!("load-image.sh {name}.tar"), loaded)?;
         }
         Ok(())
+    }
+}
+
+/// A local cluster's API server, killed by [`Cluster::kill_api_server`]. Restarts it when
+/// dropped, so a failing test leaves a cluster that k8s-local can stop.
+#[derive(Debug)]
+pub struct ApiServerDown<'a> {
+    cluster: &'a Cluster,
+    state_dir: PathBuf,
+    command_line: Vec<String>,
+    environment: Vec<String>,
+    cwd: PathBuf,
+}
+
+impl ApiServerDown<'_> {
+    /// Starts the API server again and waits until it is ready.
+    pub fn restart(mut self) -> anyhow::Result<()> {
+        let result = self.start();
+        self.command_line.clear();
+        result
+    }
+
+    fn start(&self) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let (program, args) = self.command_line.split_first().context("empty command line")?;
+        let log_path = self.state_dir.join("logs/kube-apiserver.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut command = Command::new(program);
+        command.args(args).current_dir(&self.cwd).env_clear().stdin(Stdio::null()).process_group(0);
+        command.envs(self.environment.iter().filter_map(|kv| kv.split_once('=')));
+        let child = command.stdout(log.try_clone()?).stderr(log).spawn().context("starting the API server again")?;
+        std::fs::write(self.state_dir.join("run/kube-apiserver.pid"), format!("{}\n", child.id()))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.cluster.kubectl(&["get", "--raw", "/readyz"]).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the API server was not ready again in {START_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ApiServerDown<'_> {
+    fn drop(&mut self) {
+        if !self.command_line.is_empty()
+            && let Err(e) = self.start()
+        {
+            eprintln!("restarting the API server: {e:#}");
+        }
     }
 }
 

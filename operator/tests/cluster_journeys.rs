@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use rudder_e2e::cluster::{self, Cluster};
 
+#[path = "cluster_faults/mod.rs"]
+mod faults;
+
 const RUDDER: &str = env!("CARGO_BIN_EXE_rudder");
 
 fn example(path: &str) -> String {
@@ -735,4 +738,8 @@ fn user_journeys_on_a_real_cluster() {
     mesh_traffic_is_mutual_tls(cluster);
     operator_reconciles_edits_and_drift(cluster);
     canary_upgrade_without_failed_requests(cluster);
+    faults::control_plane_rides_out_an_api_server_outage(cluster);
+    faults::webhook_ca_rotates_under_admission_traffic(cluster);
+    faults::malformed_mesh_config_keeps_the_last_good(cluster);
+    faults::operator_killed_mid_reconcile_converges(cluster);
 }
