@@ -406,3 +406,71 @@ fn envoy_accepts_a_gateways_listeners_and_routes() {
     }
     rudder_xds::testing::envoy_accepts(r.clusters.clone(), listeners).unwrap();
 }
+
+/// MUTUAL servers check a client certificate's SANs, SPKI pins and hash pins beside the CA,
+/// whether the CA comes over SDS (credentialName) or from files; a file server also its `caCrl`.
+#[test]
+fn mutual_servers_pin_client_certificates_and_read_a_crl() {
+    const SPKI: &str = "NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A=";
+    const HASH: &str = "df6ff72fe9116521268f6f2dd4966f51df479883fe7037b39f75916ac3049d1a";
+    let gateway = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: pinned, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https-sds, protocol: HTTPS}}
+    hosts: [sds.example.com]
+    tls: {{mode: MUTUAL, credentialName: httpbin-cred, subjectAltNames: [client.example.com],
+          verifyCertificateSpki: ["{SPKI}"], verifyCertificateHash: ["{HASH}"]}}
+  - port: {{number: 443, name: https-files, protocol: HTTPS}}
+    hosts: [files.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key,
+          caCertificates: /etc/certs/ca.crt, verifyCertificateHash: ["{HASH}"], caCrl: /etc/certs/crl.pem}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: pinned, namespace: apps}}
+spec:
+  hosts: [sds.example.com, files.example.com]
+  gateways: [istio-system/pinned]
+  http: [{{route: [{{destination: {{host: httpbin}}}}]}}]
+"#
+    );
+    let r = resources(&gateway);
+    let l = listener(&r, "0.0.0.0_8443");
+    let by_sni = |host: &str| {
+        let chain = l
+            .filter_chains
+            .iter()
+            .position(|c| c.filter_chain_match.as_ref().unwrap().server_names.iter().any(|n| n == host))
+            .unwrap_or_else(|| panic!("no chain for {host}"));
+        tls_context(l, chain).common_tls_context.unwrap().validation_context_type.unwrap()
+    };
+    match by_sni("sds.example.com") {
+        common_tls_context::ValidationContextType::CombinedValidationContext(combined) => {
+            assert_eq!(combined.validation_context_sds_secret_config.unwrap().name, "kubernetes://httpbin-cred-cacert");
+            let checks = combined.default_validation_context.unwrap();
+            assert_eq!(checks.verify_certificate_spki, [SPKI]);
+            assert_eq!(checks.verify_certificate_hash, [HASH]);
+            assert_eq!(checks.match_typed_subject_alt_names.len(), 1);
+            assert!(checks.crl.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    match by_sni("files.example.com") {
+        common_tls_context::ValidationContextType::ValidationContext(context) => {
+            assert!(context.trusted_ca.is_some());
+            assert_eq!(context.verify_certificate_hash, [HASH]);
+            assert!(context.verify_certificate_spki.is_empty());
+            let crl = context.crl.unwrap().specifier.unwrap();
+            assert_eq!(
+                crl,
+                envoy_types::pb::envoy::config::core::v3::data_source::Specifier::Filename("/etc/certs/crl.pem".into())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

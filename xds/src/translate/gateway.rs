@@ -459,10 +459,7 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
             return Err("ISTIO_MUTUAL needs the gateway's workload certificate (run discovery with the mesh CA)".into());
         }
         common.tls_certificate_sds_secret_configs = vec![sds_grpc_secret(WORKLOAD_SECRET)];
-        let mut validation = CertificateValidationContext::default();
-        if !tls.subject_alt_names.is_empty() {
-            validation = san_validation(&tls.subject_alt_names);
-        }
+        let validation = client_checks(tls).unwrap_or_default();
         common.validation_context_type = Some(common_tls_context::ValidationContextType::CombinedValidationContext(
             common_tls_context::CombinedCertificateValidationContext {
                 default_validation_context: Some(validation),
@@ -486,10 +483,17 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
                     tls.credential_name
                 ));
             }
-            common.validation_context_type =
-                Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(ads_secret(
-                    &format!("{CREDENTIAL_PREFIX}{}{CA_SUFFIX}", tls.credential_name),
-                )));
+            let ca = ads_secret(&format!("{CREDENTIAL_PREFIX}{}{CA_SUFFIX}", tls.credential_name));
+            common.validation_context_type = Some(match client_checks(tls) {
+                None => common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(ca),
+                Some(checks) => common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(checks),
+                        validation_context_sds_secret_config: Some(ca),
+                        ..Default::default()
+                    },
+                ),
+            });
         }
     } else if !tls.server_certificate.is_empty() && !tls.private_key.is_empty() {
         common.tls_certificates = vec![TlsCertificate {
@@ -504,7 +508,7 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
             common.validation_context_type =
                 Some(common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
                     trusted_ca: Some(file(&tls.ca_certificates)),
-                    ..Default::default()
+                    ..client_checks(tls).unwrap_or_default()
                 }));
         }
     } else {
@@ -522,6 +526,25 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
         config_type: Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
             pack_any(context),
         )),
+    })
+}
+
+/// What a MUTUAL (or ISTIO_MUTUAL) server checks of a client certificate beyond its CA:
+/// `subjectAltNames`, `verifyCertificateSpki`, `verifyCertificateHash` and the `caCrl` file;
+/// `None` when the server sets none of them.
+fn client_checks(tls: &ServerTlsSettings) -> Option<CertificateValidationContext> {
+    if tls.subject_alt_names.is_empty()
+        && tls.verify_certificate_spki.is_empty()
+        && tls.verify_certificate_hash.is_empty()
+        && tls.ca_crl.is_empty()
+    {
+        return None;
+    }
+    Some(CertificateValidationContext {
+        verify_certificate_spki: tls.verify_certificate_spki.clone(),
+        verify_certificate_hash: tls.verify_certificate_hash.clone(),
+        crl: (!tls.ca_crl.is_empty()).then(|| file(&tls.ca_crl)),
+        ..san_validation(&tls.subject_alt_names)
     })
 }
 
