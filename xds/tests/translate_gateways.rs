@@ -474,3 +474,65 @@ spec:
         other => panic!("{other:?}"),
     }
 }
+
+/// Two certificates per server (e.g. RSA and ECDSA): `credentialNames` as two SDS secrets,
+/// `tlsCertificates` as two file pairs; Envoy picks the one the client supports.
+#[test]
+fn servers_carry_two_certificates_from_credential_names_or_files() {
+    let gateway = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: dual, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-sds, protocol: HTTPS}
+    hosts: [sds.example.com]
+    tls: {mode: MUTUAL, credentialNames: [httpbin-cred, other-cred]}
+  - port: {number: 443, name: https-files, protocol: HTTPS}
+    hosts: [files.example.com]
+    tls:
+      mode: SIMPLE
+      tlsCertificates:
+      - {serverCertificate: /etc/certs/rsa.crt, privateKey: /etc/certs/rsa.key}
+      - {serverCertificate: /etc/certs/ec.crt, privateKey: /etc/certs/ec.key}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: dual, namespace: apps}
+spec:
+  hosts: [sds.example.com, files.example.com]
+  gateways: [istio-system/dual]
+  http: [{route: [{destination: {host: httpbin}}]}]
+"#;
+    let r = resources(gateway);
+    let l = listener(&r, "0.0.0.0_8443");
+    let common = |host: &str| {
+        let chain = l
+            .filter_chains
+            .iter()
+            .position(|c| c.filter_chain_match.as_ref().unwrap().server_names.iter().any(|n| n == host))
+            .unwrap_or_else(|| panic!("no chain for {host}"));
+        tls_context(l, chain).common_tls_context.unwrap()
+    };
+    let sds = common("sds.example.com");
+    let names: Vec<&str> = sds.tls_certificate_sds_secret_configs.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["kubernetes://httpbin-cred", "kubernetes://other-cred"]);
+    match sds.validation_context_type {
+        Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(ca)) => {
+            assert_eq!(ca.name, "kubernetes://httpbin-cred-cacert", "the first credential's CA verifies clients")
+        }
+        other => panic!("{other:?}"),
+    }
+    let served: Vec<&str> = r.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert!(served.contains(&"kubernetes://httpbin-cred") && served.contains(&"kubernetes://other-cred"), "{served:?}");
+
+    let files = common("files.example.com");
+    let chains: Vec<_> = files
+        .tls_certificates
+        .iter()
+        .map(|c| c.certificate_chain.as_ref().unwrap().specifier.clone().unwrap())
+        .collect();
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier::Filename;
+    assert_eq!(chains, [Filename("/etc/certs/rsa.crt".into()), Filename("/etc/certs/ec.crt".into())]);
+}

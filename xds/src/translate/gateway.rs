@@ -467,23 +467,25 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
                 ..Default::default()
             },
         ));
-    } else if !tls.credential_name.is_empty() {
-        let credential = credential(ctx, &tls.credential_name).ok_or_else(|| {
-            format!("credentialName {:?}: no such Secret in namespace {}", tls.credential_name, ctx.proxy.namespace)
-        })?;
-        if credential.certificate_chain.is_empty() {
-            return Err(format!("credentialName {:?}: the Secret has no certificate", tls.credential_name));
+    } else if let Some(first) = credential_names(tls).first().copied() {
+        // credentialName, or credentialNames (e.g. an RSA and an ECDSA certificate): Envoy
+        // picks the one the client supports.
+        for name in credential_names(tls) {
+            let credential = credential(ctx, name).ok_or_else(|| {
+                format!("credentialName {name:?}: no such Secret in namespace {}", ctx.proxy.namespace)
+            })?;
+            if credential.certificate_chain.is_empty() {
+                return Err(format!("credentialName {name:?}: the Secret has no certificate"));
+            }
+            common.tls_certificate_sds_secret_configs.push(ads_secret(&format!("{CREDENTIAL_PREFIX}{name}")));
         }
-        common.tls_certificate_sds_secret_configs =
-            vec![ads_secret(&format!("{CREDENTIAL_PREFIX}{}", tls.credential_name))];
         if mutual {
-            if ca_of(ctx, &tls.credential_name).is_none() {
+            if ca_of(ctx, first).is_none() {
                 return Err(format!(
-                    "credentialName {:?}: MUTUAL needs a CA (ca.crt/cacert in the Secret, or a Secret {0}{CA_SUFFIX})",
-                    tls.credential_name
+                    "credentialName {first:?}: MUTUAL needs a CA (ca.crt/cacert in the Secret, or a Secret {first}{CA_SUFFIX})"
                 ));
             }
-            let ca = ads_secret(&format!("{CREDENTIAL_PREFIX}{}{CA_SUFFIX}", tls.credential_name));
+            let ca = ads_secret(&format!("{CREDENTIAL_PREFIX}{first}{CA_SUFFIX}"));
             common.validation_context_type = Some(match client_checks(tls) {
                 None => common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(ca),
                 Some(checks) => common_tls_context::ValidationContextType::CombinedValidationContext(
@@ -495,24 +497,30 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
                 ),
             });
         }
-    } else if !tls.server_certificate.is_empty() && !tls.private_key.is_empty() {
-        common.tls_certificates = vec![TlsCertificate {
-            certificate_chain: Some(file(&tls.server_certificate)),
-            private_key: Some(file(&tls.private_key)),
-            ..Default::default()
-        }];
+    } else if let Some(pairs) = certificate_files(tls) {
+        common.tls_certificates = pairs
+            .iter()
+            .map(|(chain, key)| TlsCertificate {
+                certificate_chain: Some(file(chain)),
+                private_key: Some(file(key)),
+                ..Default::default()
+            })
+            .collect();
         if mutual {
-            if tls.ca_certificates.is_empty() {
-                return Err("MUTUAL with file certificates needs caCertificates".into());
-            }
+            let ca = std::iter::once(tls.ca_certificates.as_str())
+                .chain(tls.tls_certificates.iter().map(|c| c.ca_certificates.as_str()))
+                .find(|ca| !ca.is_empty())
+                .ok_or("MUTUAL with file certificates needs caCertificates")?;
             common.validation_context_type =
                 Some(common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
-                    trusted_ca: Some(file(&tls.ca_certificates)),
+                    trusted_ca: Some(file(ca)),
                     ..client_checks(tls).unwrap_or_default()
                 }));
         }
     } else {
-        return Err("SIMPLE/MUTUAL needs credentialName, or serverCertificate and privateKey".into());
+        return Err(
+            "SIMPLE/MUTUAL needs credentialName(s), serverCertificate and privateKey, or tlsCertificates".into()
+        );
     }
     let context = DownstreamTlsContext {
         common_tls_context: Some(common),
@@ -527,6 +535,24 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
             pack_any(context),
         )),
     })
+}
+
+/// The Secrets a server's certificates come from: `credentialName`, else `credentialNames`.
+fn credential_names(tls: &ServerTlsSettings) -> Vec<&str> {
+    match tls.credential_name.as_str() {
+        "" => tls.credential_names.iter().map(String::as_str).collect(),
+        name => vec![name],
+    }
+}
+
+/// Certificate and key files: `serverCertificate`/`privateKey`, else `tlsCertificates`.
+fn certificate_files(tls: &ServerTlsSettings) -> Option<Vec<(&str, &str)>> {
+    if !tls.server_certificate.is_empty() && !tls.private_key.is_empty() {
+        return Some(vec![(tls.server_certificate.as_str(), tls.private_key.as_str())]);
+    }
+    let pairs: Vec<(&str, &str)> =
+        tls.tls_certificates.iter().map(|c| (c.server_certificate.as_str(), c.private_key.as_str())).collect();
+    (!pairs.is_empty()).then_some(pairs)
 }
 
 /// What a MUTUAL (or ISTIO_MUTUAL) server checks of a client certificate beyond its CA:
@@ -592,21 +618,24 @@ pub fn secrets(ctx: &Context<'_>) -> Vec<Secret> {
     let mut out: BTreeMap<String, Secret> = BTreeMap::new();
     for server in servers(ctx) {
         let Some(tls) = server.server.tls.as_ref() else { continue };
-        if !server.terminates_tls() || tls.credential_name.is_empty() {
+        let names = credential_names(tls);
+        if !server.terminates_tls() || names.is_empty() {
             continue;
         }
-        let name = &tls.credential_name;
-        if let Some(credential) = credential(ctx, name).filter(|c| !c.certificate_chain.is_empty()) {
-            let resource = format!("{CREDENTIAL_PREFIX}{name}");
-            out.entry(resource.clone()).or_insert_with(|| Secret {
-                name: resource,
-                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                    certificate_chain: Some(inline(&credential.certificate_chain)),
-                    private_key: Some(inline(&credential.private_key)),
-                    ..Default::default()
-                })),
-            });
+        for name in &names {
+            if let Some(credential) = credential(ctx, name).filter(|c| !c.certificate_chain.is_empty()) {
+                let resource = format!("{CREDENTIAL_PREFIX}{name}");
+                out.entry(resource.clone()).or_insert_with(|| Secret {
+                    name: resource,
+                    r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                        certificate_chain: Some(inline(&credential.certificate_chain)),
+                        private_key: Some(inline(&credential.private_key)),
+                        ..Default::default()
+                    })),
+                });
+            }
         }
+        let name = names[0];
         if matches!(tls.mode.unwrap_or_default(), ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
             && let Some(ca) = ca_of(ctx, name)
         {
