@@ -536,3 +536,40 @@ spec:
     use envoy_types::pb::envoy::config::core::v3::data_source::Specifier::Filename;
     assert_eq!(chains, [Filename("/etc/certs/rsa.crt".into()), Filename("/etc/certs/ec.crt".into())]);
 }
+
+/// `caCertCredentialName`: a MUTUAL server's client CA from another Secret than its
+/// certificate's (which here has no CA at all).
+#[test]
+fn a_mutual_server_takes_its_client_ca_from_ca_cert_credential_name() {
+    let gateway = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cacred, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-ca, protocol: HTTPS}
+    hosts: [ca.example.com]
+    tls: {mode: MUTUAL, credentialName: other-cred, caCertCredentialName: httpbin-cred}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cacred, namespace: apps}
+spec:
+  hosts: [ca.example.com]
+  gateways: [istio-system/cacred]
+  http: [{route: [{destination: {host: httpbin}}]}]
+"#;
+    let r = resources(gateway);
+    let l = listener(&r, "0.0.0.0_8443");
+    let common = tls_context(l, 0).common_tls_context.unwrap();
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "kubernetes://other-cred");
+    match common.validation_context_type {
+        Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(ca)) => {
+            assert_eq!(ca.name, "kubernetes://httpbin-cred-cacert")
+        }
+        other => panic!("{other:?}"),
+    }
+    let served: Vec<&str> = r.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(served, ["kubernetes://httpbin-cred-cacert", "kubernetes://other-cred"]);
+}

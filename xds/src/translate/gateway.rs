@@ -480,12 +480,13 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
             common.tls_certificate_sds_secret_configs.push(ads_secret(&format!("{CREDENTIAL_PREFIX}{name}")));
         }
         if mutual {
-            if ca_of(ctx, first).is_none() {
+            let ca_name = client_ca_secret(tls, first);
+            if ca_of(ctx, ca_name).is_none() {
                 return Err(format!(
-                    "credentialName {first:?}: MUTUAL needs a CA (ca.crt/cacert in the Secret, or a Secret {first}{CA_SUFFIX})"
+                    "credentialName {ca_name:?}: MUTUAL needs a CA (ca.crt/cacert in the Secret, or a Secret {ca_name}{CA_SUFFIX})"
                 ));
             }
-            let ca = ads_secret(&format!("{CREDENTIAL_PREFIX}{first}{CA_SUFFIX}"));
+            let ca = ads_secret(&format!("{CREDENTIAL_PREFIX}{ca_name}{CA_SUFFIX}"));
             common.validation_context_type = Some(match client_checks(tls) {
                 None => common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(ca),
                 Some(checks) => common_tls_context::ValidationContextType::CombinedValidationContext(
@@ -542,6 +543,15 @@ fn credential_names(tls: &ServerTlsSettings) -> Vec<&str> {
     match tls.credential_name.as_str() {
         "" => tls.credential_names.iter().map(String::as_str).collect(),
         name => vec![name],
+    }
+}
+
+/// The Secret whose CA verifies a MUTUAL server's clients: `caCertCredentialName`, else the
+/// (first) certificate's Secret.
+fn client_ca_secret<'a>(tls: &'a ServerTlsSettings, first: &'a str) -> &'a str {
+    match tls.ca_cert_credential_name.as_str() {
+        "" => first,
+        name => name,
     }
 }
 
@@ -635,7 +645,7 @@ pub fn secrets(ctx: &Context<'_>) -> Vec<Secret> {
                 });
             }
         }
-        let name = names[0];
+        let name = client_ca_secret(tls, names[0]);
         if matches!(tls.mode.unwrap_or_default(), ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
             && let Some(ca) = ca_of(ctx, name)
         {
