@@ -267,11 +267,29 @@ fn overlay_template(name: &str, text: &str) -> Result<Value, InjectError> {
         )));
     }
     match serde_saphyr::from_str::<Value>(text) {
-        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(v @ Value::Object(_)) => {
+            check_overlay_shape(name, &v)?;
+            Ok(v)
+        }
         Ok(Value::Null) => Ok(json!({})),
         Ok(_) => Err(template_error(format!("template {name:?} must be a YAML mapping (a pod overlay)"))),
         Err(e) => Err(template_error(format!("template {name:?} is not valid YAML: {e}"))),
     }
+}
+
+/// A pod overlay's `metadata` and `spec` must read as a pod's: merged onto the pod, anything
+/// else (say `metadata: x`) would leave a pod the later steps cannot edit.
+fn check_overlay_shape(name: &str, overlay: &Value) -> Result<(), InjectError> {
+    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let problem = |field: &str, e: serde_json::Error| template_error(format!("template {name:?}: {field}: {e}"));
+    if let Some(metadata) = overlay.get("metadata").filter(|m| !m.is_null()) {
+        serde_json::from_value::<ObjectMeta>(metadata.clone()).map_err(|e| problem("metadata", e))?;
+    }
+    if let Some(spec) = overlay.get("spec").filter(|s| !s.is_null()) {
+        serde_json::from_value::<PodSpec>(spec.clone()).map_err(|e| problem("spec", e))?;
+    }
+    Ok(())
 }
 
 fn names_at(v: &Value, pointer: &str) -> Vec<String> {
@@ -368,5 +386,37 @@ fn reorder(pod: &mut Value, native: bool, hold: bool) {
 fn sort_by_rank(pod: &mut Value, pointer: &str, rank: impl Fn(&str) -> u8) {
     if let Some(Value::Array(list)) = pod.pointer_mut(pointer) {
         list.sort_by_key(|c| rank(c.get("name").and_then(Value::as_str).unwrap_or_default()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_asking_for(template: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "annotations": {labels::INJECT_TEMPLATES: format!("sidecar,{template}")}},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        }))
+        .expect("pod")
+    }
+
+    /// Found by the `injector` fuzz target: a ConfigMap template whose `metadata` was not a
+    /// mapping replaced the pod's metadata, and adding the annotations then panicked.
+    #[test]
+    fn an_overlay_template_not_shaped_like_a_pod_is_an_error() {
+        let mut ctx = InjectionContext::offline_defaults();
+        for (text, field) in [
+            ("metadata: label}\n", "metadata"),
+            ("metadata:\n  annotations: [a]\n", "metadata"),
+            ("spec: 5\n", "spec"),
+            ("spec:\n  containers: x\n", "spec"),
+        ] {
+            ctx.injector.templates.insert("tuned".into(), text.into());
+            let error = inject_pod(&ctx, &pod_asking_for("tuned"), "apps").expect_err(text).to_string();
+            assert!(error.starts_with(&format!("template \"tuned\": {field}: invalid type")), "{text}: {error}");
+        }
+        ctx.injector.templates.insert("tuned".into(), "metadata:\n  labels: {tuned: \"yes\"}\nspec: null\n".into());
+        assert!(matches!(inject_pod(&ctx, &pod_asking_for("tuned"), "apps"), Ok(Outcome::Injected(_))));
     }
 }
