@@ -869,3 +869,61 @@ fn envoy_accepts_capture_none_sidecar() {
     envoy_check(&snap, &p, false).unwrap();
     envoy_check(&snap, &p, true).unwrap();
 }
+
+/// Sidecar `ingress[].tls`: the sidecar terminates the app's own TLS (certificate files
+/// mounted in the proxy) on that port instead of mesh mTLS; other ports keep mesh mTLS
+/// settings, and a setting it cannot serve (credentialName) leaves the port to them.
+#[test]
+fn sidecar_ingress_tls_terminates_with_mounted_certificates() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{DownstreamTlsContext, common_tls_context};
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    snap.sidecars.push(sidecar(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "workloadSelector": {"labels": {"app": "web"}},
+            "ingress": [
+                {"port": {"number": 8080, "protocol": "HTTPS", "name": "https"}, "defaultEndpoint": "127.0.0.1:18080",
+                 "tls": {"mode": "MUTUAL", "serverCertificate": "/etc/app/tls.crt", "privateKey": "/etc/app/tls.key",
+                         "caCertificates": "/etc/app/ca.crt", "subjectAltNames": ["client.example.com"]}},
+                {"port": {"number": 9000, "protocol": "TCP", "name": "tcp"}, "defaultEndpoint": "127.0.0.1:19000",
+                 "tls": {"mode": "SIMPLE", "credentialName": "not-for-sidecars"}}
+            ]
+        }
+    })));
+    let ls = inbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    let vi = find(&ls, "virtualInbound");
+    let on_port = |port: u32| -> Vec<&FilterChain> {
+        vi.filter_chains
+            .iter()
+            .filter(|c| {
+                c.filter_chain_match.as_ref().and_then(|m| m.destination_port.as_ref()).map(|p| p.value) == Some(port)
+            })
+            .collect()
+    };
+    let https = on_port(8080);
+    assert_eq!(https.len(), 1, "only the app's TLS on 8080: {https:?}");
+    assert_eq!(https[0].filter_chain_match.as_ref().unwrap().transport_protocol, "tls");
+    let socket = https[0].transport_socket.as_ref().unwrap();
+    let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) =
+        &socket.config_type
+    else {
+        panic!("{socket:?}")
+    };
+    let context = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    assert_eq!(context.require_client_certificate.map(|b| b.value), Some(true));
+    let common = context.common_tls_context.unwrap();
+    assert_eq!(common.tls_certificates.len(), 1);
+    match common.validation_context_type {
+        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => {
+            assert!(v.trusted_ca.is_some());
+            assert_eq!(v.match_typed_subject_alt_names.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The credentialName port keeps the mesh's settings (here, without a mesh CA: plaintext).
+    let tcp = on_port(9000);
+    assert_eq!(tcp.len(), 1);
+    assert!(
+        tcp[0].transport_socket.is_none() && tcp[0].filter_chain_match.as_ref().unwrap().transport_protocol.is_empty()
+    );
+}

@@ -234,7 +234,7 @@ impl<'a> Context<'a> {
 
 /// One port of the proxy's own workload that gets an inbound listener and an
 /// `inbound|<port>||` cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct InboundPort {
     /// The workload port (endpoint target port, or the Sidecar ingress port number).
     pub port: u32,
@@ -247,6 +247,9 @@ pub struct InboundPort {
     /// An address to really bind (Sidecar ingress `bind`, or the proxy IP in capture mode
     /// NONE); `None`: reached through `virtualInbound` (iptables).
     pub bind: Option<String>,
+    /// Sidecar ingress `tls`: the sidecar terminates TLS for the port with these settings
+    /// instead of mesh mTLS.
+    pub tls: Option<rudder_config::networking::gateway::ServerTlsSettings>,
 }
 
 impl Context<'_> {
@@ -274,6 +277,7 @@ impl Context<'_> {
                     protocol: Protocol::of_port(Some(&port.protocol), &port.name),
                     default_endpoint: parse_default_endpoint(&listener.default_endpoint, self.proxy.primary_ip()),
                     bind,
+                    tls: listener.tls.clone(),
                 });
             }
             return ports.into_values().collect();
@@ -296,6 +300,7 @@ impl Context<'_> {
                     protocol: sp.protocol,
                     default_endpoint: None,
                     bind: None,
+                    tls: None,
                 });
             }
         }

@@ -538,6 +538,58 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
     })
 }
 
+/// The TLS a sidecar terminates for a Sidecar `ingress` port: SIMPLE or MUTUAL with
+/// certificate files mounted in the proxy (`serverCertificate`/`privateKey` or
+/// `tlsCertificates`, `caCertificates` for MUTUAL, with the client checks). `Ok(None)` for modes
+/// that leave the port to mesh mTLS (ISTIO_MUTUAL, PASSTHROUGH).
+pub(crate) fn sidecar_ingress_tls(tls: &ServerTlsSettings, alpn: &[&str]) -> Result<Option<TransportSocket>, String> {
+    let mode = tls.mode.unwrap_or_default();
+    let mutual = match mode {
+        ServerTlsMode::Simple => false,
+        ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => true,
+        _ => return Ok(None),
+    };
+    if !credential_names(tls).is_empty() {
+        return Err("credentialName is not read for Sidecar ingress; mount the certificate files".into());
+    }
+    let pairs =
+        certificate_files(tls).ok_or("SIMPLE/MUTUAL needs serverCertificate and privateKey, or tlsCertificates")?;
+    let mut common = CommonTlsContext {
+        tls_params: Some(tls_params(tls)),
+        alpn_protocols: alpn.iter().map(|p| (*p).to_owned()).collect(),
+        tls_certificates: pairs
+            .iter()
+            .map(|(chain, key)| TlsCertificate {
+                certificate_chain: Some(file(chain)),
+                private_key: Some(file(key)),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    if mutual {
+        if tls.ca_certificates.is_empty() {
+            return Err("MUTUAL needs caCertificates".into());
+        }
+        common.validation_context_type =
+            Some(common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(file(&tls.ca_certificates)),
+                ..client_checks(tls).unwrap_or_default()
+            }));
+    }
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: Some(BoolValue { value: mode == ServerTlsMode::Mutual }),
+        ..Default::default()
+    };
+    Ok(Some(TransportSocket {
+        name: TRANSPORT_SOCKET_TLS.to_owned(),
+        config_type: Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+            pack_any(context),
+        )),
+    }))
+}
+
 /// The Secrets a server's certificates come from: `credentialName`, else `credentialNames`.
 fn credential_names(tls: &ServerTlsSettings) -> Vec<&str> {
     match tls.credential_name.as_str() {

@@ -156,8 +156,15 @@ fn port_chains(
     mode: PortMtls,
 ) -> Vec<FilterChain> {
     let alpn: &[&str] = if p.protocol.is_http() { &["h2", "http/1.1"] } else { &[] };
+    let own_tls = p.tls.as_ref().and_then(|tls| match crate::translate::gateway::sidecar_ingress_tls(tls, alpn) {
+        Ok(socket) => socket.map(|s| vec![(Some("tls"), Some(s))]),
+        Err(e) => {
+            tracing::warn!(port = p.port, "Sidecar ingress tls not applied (mesh mTLS settings instead): {e}");
+            None
+        }
+    });
     let mut chains = Vec::new();
-    for (transport, socket) in transports(mode, alpn) {
+    for (transport, socket) in own_tls.unwrap_or_else(|| transports(mode, alpn)) {
         let base = FilterChainMatch {
             destination_port: destination_port.map(|value| UInt32Value { value }),
             transport_protocol: transport.unwrap_or_default().to_owned(),
