@@ -356,24 +356,23 @@ fn operator_reconciles_edits_and_drift(cluster: &Cluster) {
         jsonpath(cluster, &["-n", "istio-system", "get", "deploy", "istiod"], "{.metadata.uid}")
     });
     cluster.kubectl(&["-n", "istio-system", "rollout", "status", "deploy/istiod", "--timeout=120s"]).unwrap();
-    let selector = || {
-        jsonpath(
-            cluster,
-            &["get", "mutatingwebhookconfiguration", "istio-sidecar-injector"],
-            "{.webhooks[0].namespaceSelector}",
-        )
-    };
+    edited_injector_webhook_is_put_back(cluster, "istio-sidecar-injector");
+    println!("journey c: a deleted istiod Deployment and an edited webhook were put back");
+}
+
+/// Edits the first webhook's `namespaceSelector` of MutatingWebhookConfiguration `name` by hand
+/// and waits for the operator to put the rendered one back.
+fn edited_injector_webhook_is_put_back(cluster: &Cluster, name: &str) {
+    let selector =
+        || jsonpath(cluster, &["get", "mutatingwebhookconfiguration", name], "{.webhooks[0].namespaceSelector}");
     let rendered = selector().unwrap();
     let edit =
         r#"[{"op":"replace","path":"/webhooks/0/namespaceSelector","value":{"matchLabels":{"edited":"by-hand"}}}]"#;
-    cluster
-        .kubectl(&["patch", "mutatingwebhookconfiguration", "istio-sidecar-injector", "--type", "json", "-p", edit])
-        .unwrap();
-    wait_for("the edited injector webhook is put back", Duration::from_secs(90), || {
+    cluster.kubectl(&["patch", "mutatingwebhookconfiguration", name, "--type", "json", "-p", edit]).unwrap();
+    wait_for(&format!("the edited webhook configuration {name} is put back"), Duration::from_secs(90), || {
         let now = selector()?;
         if now == rendered { Ok(()) } else { Err(now) }
     });
-    println!("journey c: a deleted istiod Deployment and an edited webhook were put back");
 }
 
 /// The loop the counting client runs until `/tmp/stop` exists: one status code a line.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rudder_e2e::cluster::Cluster;
 
-use super::{apply_traffic, example, in_sleep, jsonpath, only, rudder, wait_for};
+use super::{apply_traffic, edited_injector_webhook_is_put_back, example, in_sleep, jsonpath, only, rudder, wait_for};
 
 /// Restart counts of every container of the control plane and the operator.
 fn control_plane_restarts(cluster: &Cluster) -> String {
@@ -21,6 +21,22 @@ fn control_plane_restarts(cluster: &Cluster) -> String {
         .unwrap_or_default();
     }
     all
+}
+
+/// Discovery pushes new routes: header routing to v2 for `end-user: jason` takes effect, then
+/// everything back to v1 (the state the journeys leave).
+fn routing_changes_reach_the_sidecars(cluster: &Cluster) {
+    let jason = apply_traffic(
+        cluster,
+        "04-header-routing-jason.yaml",
+        "-H 'end-user: jason'",
+        "/get",
+        |c| only(c, "200 v2"),
+        10,
+    );
+    assert!(only(&jason, "200 v2"), "{jason:?}");
+    let others = apply_traffic(cluster, "02-route-all-to-v1.yaml", "", "/get", |c| only(c, "200 v1"), 10);
+    assert!(only(&others, "200 v1"), "{others:?}");
 }
 
 /// The loop the outage probe runs in the sleep container, detached from the `kubectl exec`
@@ -89,17 +105,7 @@ pub fn control_plane_rides_out_an_api_server_outage(cluster: &Cluster) {
     });
 
     // Discovery: a routing change made after the outage reaches the sidecars.
-    let jason = apply_traffic(
-        cluster,
-        "04-header-routing-jason.yaml",
-        "-H 'end-user: jason'",
-        "/get",
-        |c| only(c, "200 v2"),
-        10,
-    );
-    assert!(only(&jason, "200 v2"), "{jason:?}");
-    let others = apply_traffic(cluster, "02-route-all-to-v1.yaml", "", "/get", |c| only(c, "200 v1"), 10);
-    assert!(only(&others, "200 v1"), "{others:?}");
+    routing_changes_reach_the_sidecars(cluster);
     // The webhook: a pod created now is injected.
     let containers = cluster
         .kubectl(&[
@@ -115,16 +121,7 @@ pub fn control_plane_rides_out_an_api_server_outage(cluster: &Cluster) {
         .unwrap();
     assert!(containers.contains("istio-proxy"), "injected after the outage: {containers}");
     // The operator: an edited webhook configuration is put back.
-    let injector = "istio-sidecar-injector-canary";
-    let selector =
-        || jsonpath(cluster, &["get", "mutatingwebhookconfiguration", injector], "{.webhooks[0].namespaceSelector}");
-    let rendered = selector().unwrap();
-    let edit = r#"[{"op":"replace","path":"/webhooks/0/namespaceSelector","value":{"matchLabels":{"edited":"after-outage"}}}]"#;
-    cluster.kubectl(&["patch", "mutatingwebhookconfiguration", injector, "--type", "json", "-p", edit]).unwrap();
-    wait_for("the operator puts the edited webhook back after the outage", Duration::from_secs(90), || {
-        let now = selector()?;
-        if now == rendered { Ok(()) } else { Err(now) }
-    });
+    edited_injector_webhook_is_put_back(cluster, "istio-sidecar-injector-canary");
     assert_eq!(control_plane_restarts(cluster), restarts_before, "no control-plane container restarted");
     println!(
         "journey g: after the outage a route change, an injection and an operator repair all worked; no restarts ({restarts_before})"
@@ -389,17 +386,7 @@ pub fn malformed_mesh_config_keeps_the_last_good(cluster: &Cluster) {
     });
     assert!(warning.contains("concurrency"), "the warning names the field: {warning}");
     println!("journey j: {}", warning.trim());
-    let jason = apply_traffic(
-        cluster,
-        "04-header-routing-jason.yaml",
-        "-H 'end-user: jason'",
-        "/get",
-        |c| only(c, "200 v2"),
-        10,
-    );
-    assert!(only(&jason, "200 v2"), "pushes go on after the malformed mesh config: {jason:?}");
-    let others = apply_traffic(cluster, "02-route-all-to-v1.yaml", "", "/get", |c| only(c, "200 v1"), 10);
-    assert!(only(&others, "200 v1"), "{others:?}");
+    routing_changes_reach_the_sidecars(cluster);
     wait_for("the operator puts the rendered mesh ConfigMap back", Duration::from_secs(90), || {
         let now = mesh()?;
         if now == good { Ok(()) } else { Err(now) }
