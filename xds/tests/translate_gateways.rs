@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    DownstreamTlsContext, common_tls_context, secret,
+    CommonTlsContext, DownstreamTlsContext, common_tls_context, secret,
 };
 use prost::Message;
 use rudder_xds::model::{Proxy, Snapshot};
@@ -407,6 +407,16 @@ fn envoy_accepts_a_gateways_listeners_and_routes() {
     rudder_xds::testing::envoy_accepts(r.clusters.clone(), listeners).unwrap();
 }
 
+/// The TLS context of the filter chain serving SNI `host`.
+fn common_tls_for(l: &Listener, host: &str) -> CommonTlsContext {
+    let chain = l
+        .filter_chains
+        .iter()
+        .position(|c| c.filter_chain_match.as_ref().unwrap().server_names.iter().any(|n| n == host))
+        .unwrap_or_else(|| panic!("no chain for {host}"));
+    tls_context(l, chain).common_tls_context.unwrap()
+}
+
 /// MUTUAL servers check a client certificate's SANs, SPKI pins and hash pins beside the CA,
 /// whether the CA comes over SDS (credentialName) or from files; a file server also its `caCrl`.
 #[test]
@@ -441,14 +451,7 @@ spec:
     );
     let r = resources(&gateway);
     let l = listener(&r, "0.0.0.0_8443");
-    let by_sni = |host: &str| {
-        let chain = l
-            .filter_chains
-            .iter()
-            .position(|c| c.filter_chain_match.as_ref().unwrap().server_names.iter().any(|n| n == host))
-            .unwrap_or_else(|| panic!("no chain for {host}"));
-        tls_context(l, chain).common_tls_context.unwrap().validation_context_type.unwrap()
-    };
+    let by_sni = |host: &str| common_tls_for(l, host).validation_context_type.unwrap();
     match by_sni("sds.example.com") {
         common_tls_context::ValidationContextType::CombinedValidationContext(combined) => {
             assert_eq!(combined.validation_context_sds_secret_config.unwrap().name, "kubernetes://httpbin-cred-cacert");
@@ -507,14 +510,7 @@ spec:
 "#;
     let r = resources(gateway);
     let l = listener(&r, "0.0.0.0_8443");
-    let common = |host: &str| {
-        let chain = l
-            .filter_chains
-            .iter()
-            .position(|c| c.filter_chain_match.as_ref().unwrap().server_names.iter().any(|n| n == host))
-            .unwrap_or_else(|| panic!("no chain for {host}"));
-        tls_context(l, chain).common_tls_context.unwrap()
-    };
+    let common = |host: &str| common_tls_for(l, host);
     let sds = common("sds.example.com");
     let names: Vec<&str> = sds.tls_certificate_sds_secret_configs.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["kubernetes://httpbin-cred", "kubernetes://other-cred"]);
