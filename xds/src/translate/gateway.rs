@@ -499,25 +499,7 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
             });
         }
     } else if let Some(pairs) = certificate_files(tls) {
-        common.tls_certificates = pairs
-            .iter()
-            .map(|(chain, key)| TlsCertificate {
-                certificate_chain: Some(file(chain)),
-                private_key: Some(file(key)),
-                ..Default::default()
-            })
-            .collect();
-        if mutual {
-            let ca = std::iter::once(tls.ca_certificates.as_str())
-                .chain(tls.tls_certificates.iter().map(|c| c.ca_certificates.as_str()))
-                .find(|ca| !ca.is_empty())
-                .ok_or("MUTUAL with file certificates needs caCertificates")?;
-            common.validation_context_type =
-                Some(common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
-                    trusted_ca: Some(file(ca)),
-                    ..client_checks(tls).unwrap_or_default()
-                }));
-        }
+        set_file_certificates(&mut common, tls, &pairs, mutual)?;
     } else {
         return Err(
             "SIMPLE/MUTUAL needs credentialName(s), serverCertificate and privateKey, or tlsCertificates".into()
@@ -530,12 +512,7 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
         }),
         ..Default::default()
     };
-    Ok(TransportSocket {
-        name: TRANSPORT_SOCKET_TLS.to_owned(),
-        config_type: Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
-            pack_any(context),
-        )),
-    })
+    Ok(tls_socket(context))
 }
 
 /// The TLS a sidecar terminates for a Sidecar `ingress` port: SIMPLE or MUTUAL with
@@ -557,37 +534,55 @@ pub(crate) fn sidecar_ingress_tls(tls: &ServerTlsSettings, alpn: &[&str]) -> Res
     let mut common = CommonTlsContext {
         tls_params: Some(tls_params(tls)),
         alpn_protocols: alpn.iter().map(|p| (*p).to_owned()).collect(),
-        tls_certificates: pairs
-            .iter()
-            .map(|(chain, key)| TlsCertificate {
-                certificate_chain: Some(file(chain)),
-                private_key: Some(file(key)),
-                ..Default::default()
-            })
-            .collect(),
         ..Default::default()
     };
-    if mutual {
-        if tls.ca_certificates.is_empty() {
-            return Err("MUTUAL needs caCertificates".into());
-        }
-        common.validation_context_type =
-            Some(common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
-                trusted_ca: Some(file(&tls.ca_certificates)),
-                ..client_checks(tls).unwrap_or_default()
-            }));
-    }
+    set_file_certificates(&mut common, tls, &pairs, mutual)?;
     let context = DownstreamTlsContext {
         common_tls_context: Some(common),
         require_client_certificate: Some(BoolValue { value: mode == ServerTlsMode::Mutual }),
         ..Default::default()
     };
-    Ok(Some(TransportSocket {
+    Ok(Some(tls_socket(context)))
+}
+
+/// Certificates and (MUTUAL) the client CA from files on the proxy: `pairs` of chain and key;
+/// the CA from `caCertificates`, else the first `tlsCertificates[].caCertificates`, with the
+/// client checks.
+fn set_file_certificates(
+    common: &mut CommonTlsContext,
+    tls: &ServerTlsSettings,
+    pairs: &[(&str, &str)],
+    mutual: bool,
+) -> Result<(), String> {
+    common.tls_certificates = pairs
+        .iter()
+        .map(|(chain, key)| TlsCertificate {
+            certificate_chain: Some(file(chain)),
+            private_key: Some(file(key)),
+            ..Default::default()
+        })
+        .collect();
+    if mutual {
+        let ca = std::iter::once(tls.ca_certificates.as_str())
+            .chain(tls.tls_certificates.iter().map(|c| c.ca_certificates.as_str()))
+            .find(|ca| !ca.is_empty())
+            .ok_or("MUTUAL with file certificates needs caCertificates")?;
+        common.validation_context_type =
+            Some(common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(file(ca)),
+                ..client_checks(tls).unwrap_or_default()
+            }));
+    }
+    Ok(())
+}
+
+fn tls_socket(context: DownstreamTlsContext) -> TransportSocket {
+    TransportSocket {
         name: TRANSPORT_SOCKET_TLS.to_owned(),
         config_type: Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
             pack_any(context),
         )),
-    }))
+    }
 }
 
 /// The Secrets a server's certificates come from: `credentialName`, else `credentialNames`.
