@@ -144,31 +144,9 @@ impl Cluster {
             .trim()
             .parse()
             .context("the API server's pid file")?;
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        let nul_separated = |file: &str| -> anyhow::Result<Vec<String>> {
-            let bytes = std::fs::read(proc_dir.join(file)).with_context(|| format!("reading /proc/{pid}/{file}"))?;
-            let bytes = bytes.strip_suffix(&[0]).unwrap_or(&bytes);
-            Ok(bytes.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect())
-        };
-        let command_line = nul_separated("cmdline")?;
-        let environment = nul_separated("environ")?;
-        let cwd = std::fs::read_link(proc_dir.join("cwd"))?;
-        let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
-        anyhow::ensure!(status.success(), "kill -KILL {pid}: {status}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpListener::bind(("127.0.0.1", self.api_port()?)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "the API server's port is still taken 10 s after SIGKILL");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(ApiServerDown { cluster: self, state_dir: state_dir.to_owned(), command_line, environment, cwd })
-    }
-
-    /// The port of the API server, from the kubeconfig.
-    fn api_port(&self) -> anyhow::Result<u16> {
-        let text = std::fs::read_to_string(&self.kubeconfig)?;
-        let server = text.lines().find_map(|l| l.trim().strip_prefix("server:")).context("no server in kubeconfig")?;
-        let port = server.trim().rsplit(':').next().context("no port in the server URL")?;
-        port.trim_end_matches('/').parse().context("the API server's port")
+        let launch = crate::process::Launch::of(pid)?;
+        crate::process::kill_and_wait(pid)?;
+        Ok(ApiServerDown { cluster: self, state_dir: state_dir.to_owned(), launch: Some(launch) })
     }
 
     /// Kills (SIGKILL) the host process of a running container of `pod`, as an OOM kill or a
@@ -324,28 +302,20 @@ fi
 pub struct ApiServerDown<'a> {
     cluster: &'a Cluster,
     state_dir: PathBuf,
-    command_line: Vec<String>,
-    environment: Vec<String>,
-    cwd: PathBuf,
+    /// How it was started; taken once it runs again.
+    launch: Option<crate::process::Launch>,
 }
 
 impl ApiServerDown<'_> {
     /// Starts the API server again and waits until it is ready.
     pub fn restart(mut self) -> anyhow::Result<()> {
-        let result = self.start();
-        self.command_line.clear();
-        result
+        let launch = self.launch.take().context("already restarted")?;
+        self.start(&launch)
     }
 
-    fn start(&self) -> anyhow::Result<()> {
+    fn start(&self, launch: &crate::process::Launch) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
-        let (program, args) = self.command_line.split_first().context("empty command line")?;
-        let log_path = self.state_dir.join("logs/kube-apiserver.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut command = Command::new(program);
-        command.args(args).current_dir(&self.cwd).env_clear().stdin(Stdio::null()).process_group(0);
-        command.envs(self.environment.iter().filter_map(|kv| kv.split_once('=')));
-        let child = command.stdout(log.try_clone()?).stderr(log).spawn().context("starting the API server again")?;
+        let child = launch.command()?.process_group(0).spawn().context("starting the API server again")?;
         std::fs::write(self.state_dir.join("run/kube-apiserver.pid"), format!("{}\n", child.id()))?;
         let deadline = Instant::now() + START_TIMEOUT;
         while self.cluster.kubectl(&["get", "--raw", "/readyz"]).is_err() {
@@ -358,8 +328,8 @@ impl ApiServerDown<'_> {
 
 impl Drop for ApiServerDown<'_> {
     fn drop(&mut self) {
-        if !self.command_line.is_empty()
-            && let Err(e) = self.start()
+        if let Some(launch) = self.launch.take()
+            && let Err(e) = self.start(&launch)
         {
             eprintln!("restarting the API server: {e:#}");
         }

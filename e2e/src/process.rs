@@ -101,3 +101,65 @@ pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
     }
     Ok(ports)
 }
+
+/// How a running process was started, read from `/proc/<pid>`: enough to start it again.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// `argv`, program first (as invoked: a multi-call binary dispatches on it).
+    pub command_line: Vec<String>,
+    /// `NAME=value` entries.
+    pub environment: Vec<String>,
+    pub cwd: std::path::PathBuf,
+    /// The regular file its stdout went to, if any.
+    pub log: Option<std::path::PathBuf>,
+}
+
+impl Launch {
+    pub fn of(pid: u32) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+        let nul_separated = |file: &str| -> anyhow::Result<Vec<String>> {
+            let bytes = std::fs::read(dir.join(file)).with_context(|| format!("reading /proc/{pid}/{file}"))?;
+            // NUL-terminated entries: the last terminator is not an empty entry.
+            let bytes = bytes.strip_suffix(&[0]).unwrap_or(&bytes);
+            Ok(bytes.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+        };
+        Ok(Self {
+            command_line: nul_separated("cmdline")?,
+            environment: nul_separated("environ")?,
+            cwd: std::fs::read_link(dir.join("cwd")).with_context(|| format!("reading /proc/{pid}/cwd"))?,
+            log: std::fs::read_link(dir.join("fd/1")).ok().filter(|p| p.is_file()),
+        })
+    }
+
+    /// A command that starts the process again: same program, arguments, environment and
+    /// working directory, output appended to its log.
+    pub fn command(&self) -> anyhow::Result<Command> {
+        let (program, args) = self.command_line.split_first().ok_or_else(|| anyhow::anyhow!("empty command line"))?;
+        let mut command = Command::new(program);
+        command.args(args).current_dir(&self.cwd).env_clear().stdin(Stdio::null());
+        command.envs(self.environment.iter().filter_map(|kv| kv.split_once('=')));
+        if let Some(log) = &self.log {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+            command.stdout(file.try_clone()?).stderr(file);
+        }
+        Ok(command)
+    }
+}
+
+/// SIGKILLs process `pid` (not necessarily a child) and waits until it is gone, or a zombie with
+/// no thread left: its sockets are closed then. (The main thread turns zombie before the others
+/// have exited, and they hold the listening socket.)
+pub fn kill_and_wait(pid: u32) -> anyhow::Result<()> {
+    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -KILL {pid}: {status}");
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let threads = || std::fs::read_dir(dir.join("task")).map(|d| d.count()).unwrap_or(0);
+    let running = |status: &str| !(status.contains("State:\tZ") && threads() <= 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(dir.join("status")).is_ok_and(|s| running(&s)) {
+        anyhow::ensure!(Instant::now() < deadline, "process {pid} still alive 10 s after SIGKILL");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}

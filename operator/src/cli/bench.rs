@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rudder_e2e::loadclient::{LoadOptions, LoadRun, percentile};
+use rudder_e2e::process::{Launch, kill_and_wait};
 use rudder_e2e::synthetic;
 use rudder_xds::server::Kind;
 
@@ -246,36 +247,11 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGKILLs process `pid` and starts its command line again (same program, arguments and
-/// working directory; output appended to the file its stdout went to, if any).
+/// SIGKILLs process `pid` and starts it again as it was started ([`Launch`]).
 fn restart(pid: u32) -> anyhow::Result<std::process::Child> {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let cmdline = std::fs::read(proc_dir.join("cmdline")).with_context(|| format!("reading process {pid}"))?;
-    // NUL-terminated arguments: the last terminator is not an empty argument.
-    let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
-    let args: Vec<String> =
-        cmdline.split(|b| *b == 0).skip(1).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let program = std::fs::read_link(proc_dir.join("exe")).context("reading its executable")?;
-    let cwd = std::fs::read_link(proc_dir.join("cwd")).context("reading its working directory")?;
-    let log = std::fs::read_link(proc_dir.join("fd/1")).ok().filter(|p| p.is_file());
-    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
-    anyhow::ensure!(status.success(), "kill -KILL {pid}: {status}");
-    // Gone, or a zombie with no thread left running: its sockets are closed then. (The main
-    // thread turns zombie before the others have exited, and they hold the listening socket.)
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let threads = || std::fs::read_dir(proc_dir.join("task")).map(|d| d.count()).unwrap_or(0);
-    let running = |status: &str| !(status.contains("State:\tZ") && threads() <= 1);
-    while std::fs::read_to_string(proc_dir.join("status")).is_ok_and(|s| running(&s)) {
-        anyhow::ensure!(Instant::now() < deadline, "process {pid} still alive 10 s after SIGKILL");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut command = std::process::Command::new(program);
-    command.args(&args).current_dir(cwd);
-    if let Some(log) = log {
-        let file = std::fs::OpenOptions::new().append(true).open(&log)?;
-        command.stdout(file.try_clone()?).stderr(file);
-    }
-    command.spawn().context("starting discovery again")
+    let launch = Launch::of(pid)?;
+    kill_and_wait(pid)?;
+    launch.command()?.spawn().context("starting discovery again")
 }
 
 /// Flips the route weights of a VirtualService file in place.
