@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rudder_config::extensions::WasmPlugin;
 use rudder_config::mesh::MeshConfig;
-use rudder_config::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
+use rudder_config::networking::{DestinationRule, EnvoyFilter, Gateway, Sidecar, VirtualService};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use rudder_config::telemetry::Telemetry;
 
@@ -230,6 +230,8 @@ pub struct Snapshot {
     /// The modules of `wasm_plugins` as discovery read them, by [`wasm_module_key`]: a plugin
     /// whose module is missing (not read yet) or failed is left out of the proxies it selects.
     pub wasm_modules: BTreeMap<String, Arc<WasmModule>>,
+    /// Sorted by namespace and name; applied in Istio's order by `translate::envoy_filter`.
+    pub envoy_filters: Vec<Arc<EnvoyFilter>>,
     /// TLS credentials gateways name in `credentialName`, by `<namespace>/<name>`.
     pub secrets: BTreeMap<String, Arc<TlsCredential>>,
     /// `endpoints` by address, built on first use by [`Snapshot::endpoints_at`].

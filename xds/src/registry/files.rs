@@ -23,7 +23,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use rudder_config::extensions::WasmPlugin;
 use rudder_config::load::{self, Loaded, ObjectId};
 use rudder_config::mesh::MeshConfig;
-use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use rudder_config::networking::{
+    DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use rudder_config::telemetry::Telemetry;
 use rudder_config::{IstioObject, Report, Validate};
@@ -66,6 +68,7 @@ struct FileObjects {
     request_authentications: Vec<Arc<RequestAuthentication>>,
     telemetries: Vec<Arc<Telemetry>>,
     wasm_plugins: Vec<Arc<WasmPlugin>>,
+    envoy_filters: Vec<Arc<EnvoyFilter>>,
     service_entries: Vec<Arc<ServiceEntry>>,
     workload_entries: Vec<Arc<WorkloadEntry>>,
     /// `kind: Secret` documents: gateway credentials in file mode.
@@ -86,6 +89,7 @@ impl FileObjects {
                 IstioObject::RequestAuthentication(o) => objects.request_authentications.push(Arc::from(o)),
                 IstioObject::Telemetry(o) => objects.telemetries.push(Arc::from(o)),
                 IstioObject::WasmPlugin(o) => objects.wasm_plugins.push(Arc::from(o)),
+                IstioObject::EnvoyFilter(o) => objects.envoy_filters.push(Arc::from(o)),
                 IstioObject::ServiceEntry(o) => objects.service_entries.push(Arc::from(o)),
                 IstioObject::WorkloadEntry(o) => objects.workload_entries.push(Arc::from(o)),
                 _ => {}
@@ -104,6 +108,7 @@ impl FileObjects {
         inputs.request_authentications.extend(self.request_authentications.iter().cloned());
         inputs.telemetries.extend(self.telemetries.iter().cloned());
         inputs.wasm_plugins.extend(self.wasm_plugins.iter().cloned());
+        inputs.envoy_filters.extend(self.envoy_filters.iter().cloned());
         inputs.service_entries.extend(self.service_entries.iter().cloned());
         inputs.workload_entries.extend(self.workload_entries.iter().cloned());
         inputs.secrets.extend(self.secrets.iter().cloned());

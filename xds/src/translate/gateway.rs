@@ -169,6 +169,16 @@ fn server_host_match(server_host: &str, gateway_namespace: &str, vs_namespace: &
     }
 }
 
+/// The server ports that reach each port the gateway listens on (its routes are named by the
+/// latter): EnvoyFilter route matches may name either.
+pub(crate) fn port_map(ctx: &Context<'_>) -> BTreeMap<u32, Vec<u32>> {
+    let mut map: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for server in servers(ctx) {
+        map.entry(server.target_port).or_default().push(server.number);
+    }
+    map
+}
+
 /// Listeners of a gateway proxy: one per (bind, target port), sorted by name.
 pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let logs = super::telemetry::access_logs(ctx, super::telemetry::Side::Client, None);

@@ -14,6 +14,7 @@ pub mod authz;
 pub mod cluster;
 pub mod context;
 pub mod endpoint;
+pub mod envoy_filter;
 pub mod gateway;
 pub mod listener;
 pub mod route;
@@ -72,6 +73,9 @@ pub struct ViewKey {
     pub bind_ip: Option<String>,
     /// Whether the proxy has a workload certificate (auto mTLS needs one).
     pub mtls: bool,
+    /// Which of the snapshot's EnvoyFilter `match.proxy` conditions the proxy meets, in
+    /// [`LabelSelectors`] order (empty when no patch has one).
+    pub proxy_matches: Vec<bool>,
 }
 
 /// What of a proxy's labels its outbound config depends on.
@@ -94,12 +98,16 @@ pub struct LabelSelector {
 /// Every distinct [`LabelSelector`] of a snapshot: Sidecar `workloadSelector`s,
 /// DestinationRule `workloadSelector`s and Telemetry `selector`s (for their own namespace),
 /// WasmPlugin `selector`s and Gateway `targetRef`s (their namespace; root namespace selectors
-/// everywhere), and VirtualService `sourceLabels` (HTTP, TLS and TCP matches; for any proxy
-/// the service is exported to). Built
+/// everywhere), EnvoyFilter `workloadSelector`s (likewise), and VirtualService `sourceLabels`
+/// (HTTP, TLS and TCP matches; for any proxy the service is exported to); beside them the
+/// EnvoyFilter `match.proxy` conditions (proxy version, node metadata). Built
 /// once per snapshot; matching one proxy against it is a few map lookups per selector.
 #[derive(Clone, Debug, Default)]
 pub struct LabelSelectors {
     all: Vec<Arc<LabelSelector>>,
+    /// EnvoyFilter `match.proxy` conditions (proxy version, node metadata): a proxy's view
+    /// depends on which it meets.
+    proxy_matches: Vec<rudder_config::networking::envoy_filter::ProxyMatch>,
 }
 
 impl LabelSelectors {
@@ -138,6 +146,20 @@ impl LabelSelectors {
                 add(own, &label);
             }
         }
+        // EnvoyFilter workloadSelectors (root namespace filters select in every namespace);
+        // targetRefs pick gateways, whose views keep all their labels.
+        let mut proxy_matches = Vec::new();
+        for filter in &snapshot.envoy_filters {
+            let own = filter.metadata.namespace.as_deref();
+            if let Some(selector) = &filter.spec.workload_selector {
+                add(own.filter(|ns| *ns != root), &selector.labels);
+            }
+            for m in filter.spec.config_patches.iter().filter_map(|p| p.match_.as_ref()?.proxy.as_ref()) {
+                if !proxy_matches.contains(m) {
+                    proxy_matches.push(m.clone());
+                }
+            }
+        }
         for vs in &snapshot.virtual_services {
             let spec = &vs.spec;
             let http = spec.http.iter().flat_map(|r| &r.r#match).map(|m| &m.source_labels);
@@ -147,7 +169,7 @@ impl LabelSelectors {
                 add(None, labels);
             }
         }
-        Self { all: all.into_iter().map(Arc::new).collect() }
+        Self { all: all.into_iter().map(Arc::new).collect(), proxy_matches }
     }
 
     pub fn len(&self) -> usize {
@@ -184,6 +206,7 @@ impl ViewKey {
             bind_ip: (proxy.interception == InterceptionMode::None || proxy.node_type == NodeType::Router)
                 .then(|| proxy.primary_ip().to_owned()),
             mtls: proxy.has_workload_certificate(),
+            proxy_matches: selectors.proxy_matches.iter().map(|m| envoy_filter::proxy_matches(m, proxy)).collect(),
         }
     }
 }
@@ -212,7 +235,8 @@ impl Parts {
 /// - routes: services, VirtualServices, DestinationRules (subsets), Sidecars, the mesh config;
 /// - listeners: services, VirtualServices (TCP and TLS routes), Sidecars, the mesh config,
 ///   WasmPlugins and their modules, and in capture mode NONE the endpoints (the proxy's own
-///   inbound ports).
+///   inbound ports);
+/// - all three: EnvoyFilters (their patches reach every kind).
 ///
 /// Gateways and Secrets are read only by gateway proxies, which are translated again whole.
 pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Parts {
@@ -229,7 +253,12 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
     fn same_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
     }
-    if key.node_type == NodeType::Router || before.mesh != after.mesh || !same!(before.sidecars, after.sidecars) {
+    // EnvoyFilters patch every kind.
+    if key.node_type == NodeType::Router
+        || before.mesh != after.mesh
+        || !same!(before.sidecars, after.sidecars)
+        || !same!(before.envoy_filters, after.envoy_filters)
+    {
         return Parts::ALL;
     }
     let services = !same_map(&before.services, &after.services);
@@ -253,11 +282,12 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
     }
 }
 
-/// The kinds of `proxy`'s outbound config named in `parts` (the others left empty).
+/// The kinds of `proxy`'s outbound config named in `parts` (the others left empty), with the
+/// EnvoyFilter patches that select it applied (context SIDECAR_OUTBOUND, or GATEWAY).
 pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resources {
     let ctx = context::Context::new(snapshot, proxy);
     let router = proxy.node_type == NodeType::Router;
-    Resources {
+    let mut resources = Resources {
         clusters: match (parts.clusters, router) {
             (false, _) => Vec::new(),
             (true, false) => cluster::outbound(&ctx),
@@ -274,6 +304,31 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
             (true, true) => gateway::routes(&ctx),
         },
         secrets: if parts.listeners && router { gateway::secrets(&ctx) } else { Vec::new() },
+    };
+    let patches = envoy_filter::Patches::for_proxy(snapshot, proxy);
+    if !patches.is_empty() {
+        use rudder_config::networking::envoy_filter::PatchContext;
+        let context = if router { PatchContext::Gateway } else { PatchContext::SidecarOutbound };
+        let mut skipped = Vec::new();
+        if parts.clusters {
+            skipped.extend(patches.apply_clusters(context, &mut resources.clusters, true));
+        }
+        if parts.listeners {
+            skipped.extend(patches.apply_listeners(context, &mut resources.listeners, true));
+        }
+        if parts.routes {
+            let port_map = if router { gateway::port_map(&ctx) } else { BTreeMap::new() };
+            skipped.extend(patches.apply_routes(context, &mut resources.routes, &port_map));
+        }
+        warn_skipped(proxy, &skipped);
+    }
+    resources
+}
+
+/// Logs the EnvoyFilter patches (or parts) translation left out for `proxy`.
+fn warn_skipped(proxy: &Proxy, skipped: &[envoy_filter::Skipped]) {
+    for s in skipped {
+        tracing::warn!(proxy = %proxy.id, "{s}; the rest of the config is served");
     }
 }
 
@@ -290,7 +345,16 @@ pub fn inbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
         return Resources::default();
     }
     let ctx = context::Context::new(snapshot, proxy);
-    Resources { clusters: cluster::inbound(&ctx), listeners: listener::inbound(&ctx), ..Resources::default() }
+    let mut resources =
+        Resources { clusters: cluster::inbound(&ctx), listeners: listener::inbound(&ctx), ..Resources::default() };
+    let patches = envoy_filter::Patches::for_proxy(snapshot, proxy);
+    if !patches.is_empty() {
+        use rudder_config::networking::envoy_filter::PatchContext;
+        let mut skipped = patches.apply_clusters(PatchContext::SidecarInbound, &mut resources.clusters, true);
+        skipped.extend(patches.apply_listeners(PatchContext::SidecarInbound, &mut resources.listeners, true));
+        warn_skipped(proxy, &skipped);
+    }
+    resources
 }
 
 /// Outbound and inbound together, in push order within each type.

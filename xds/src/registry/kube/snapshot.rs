@@ -10,7 +10,9 @@ use kube::api::PartialObjectMeta;
 use rudder_config::Validate;
 use rudder_config::extensions::WasmPlugin;
 use rudder_config::mesh::MeshConfig;
-use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use rudder_config::networking::{
+    DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use rudder_config::telemetry::Telemetry;
 
@@ -38,6 +40,7 @@ pub struct KubeInputs {
     pub request_authentications: Vec<Arc<RequestAuthentication>>,
     pub telemetries: Vec<Arc<Telemetry>>,
     pub wasm_plugins: Vec<Arc<WasmPlugin>>,
+    pub envoy_filters: Vec<Arc<EnvoyFilter>>,
     pub service_entries: Vec<Arc<ServiceEntry>>,
     pub workload_entries: Vec<Arc<WorkloadEntry>>,
     /// TLS Secrets (gateway `credentialName`s).
@@ -158,6 +161,7 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
         wasm_plugins: sorted(&inputs.wasm_plugins),
         wasm_modules: BTreeMap::new(),
         gateways: sorted(&inputs.gateways),
+        envoy_filters: sorted(&inputs.envoy_filters),
         secrets: crate::registry::secret::credentials(inputs.secrets.iter().map(|s| s.as_ref())),
         by_address: Default::default(),
     }

@@ -25,7 +25,9 @@ use kube::{Client, Resource};
 use rudder_config::Validate;
 use rudder_config::extensions::WasmPlugin;
 use rudder_config::mesh::MeshConfig;
-use rudder_config::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use rudder_config::networking::{
+    DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+};
 use rudder_config::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use rudder_config::telemetry::Telemetry;
 use serde::de::DeserializeOwned;
@@ -79,6 +81,7 @@ struct Sources {
     request_authentications: Decoded<RequestAuthentication>,
     telemetries: Decoded<Telemetry>,
     wasm_plugins: Decoded<WasmPlugin>,
+    envoy_filters: Decoded<EnvoyFilter>,
     service_entries: Decoded<ServiceEntry>,
     workload_entries: Decoded<WorkloadEntry>,
     secrets: Store<Secret>,
@@ -119,6 +122,7 @@ impl Sources {
         let request_authentications = Decoded::start("RequestAuthentication", client, &mut streams);
         let telemetries = Decoded::start("Telemetry", client, &mut streams);
         let wasm_plugins = Decoded::start("WasmPlugin", client, &mut streams);
+        let envoy_filters = Decoded::start("EnvoyFilter", client, &mut streams);
         let service_entries = Decoded::start("ServiceEntry", client, &mut streams);
         let workload_entries = Decoded::start("WorkloadEntry", client, &mut streams);
 
@@ -147,6 +151,7 @@ impl Sources {
             request_authentications,
             telemetries,
             wasm_plugins,
+            envoy_filters,
             service_entries,
             workload_entries,
             secrets,
@@ -170,6 +175,7 @@ impl Sources {
             request_authentications: self.request_authentications.current(),
             telemetries: self.telemetries.current(),
             wasm_plugins: self.wasm_plugins.current(),
+            envoy_filters: self.envoy_filters.current(),
             service_entries: self.service_entries.current(),
             workload_entries: self.workload_entries.current(),
             secrets: self.secrets.state(),
