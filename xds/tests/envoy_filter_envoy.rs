@@ -1,0 +1,277 @@
+//! EnvoyFilter patches through a real Envoy: discovery reads a config directory holding a
+//! gateway, a route to a local app and three EnvoyFilters, and serves a gateway Envoy over ADS.
+//! An HTTP_FILTER INSERT_BEFORE the router adds a Lua filter that Envoy accepts and runs (a
+//! real request through Envoy gets its response header), a CLUSTER MERGE changes the
+//! cluster's connect timeout as `/config_dump` shows, and a broken EnvoyFilter (an unknown
+//! `@type`, an operation CLUSTER does not take) is left out while everything else is served:
+//! Envoy rejects no update. Editing the Lua filter in the directory reaches Envoy. All traffic
+//! stays on 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rudder_config::mesh::MeshConfig;
+use rudder_xds::registry::files::ConfigDir;
+use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions};
+use tokio::sync::watch;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The app behind the gateway: 200 `ok` to everything.
+async fn backend() -> u16 {
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+struct Envoy {
+    child: Child,
+    admin: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A gateway Envoy (`istio: ingressgateway` in istio-system, interception NONE: its listeners
+/// bind 127.0.0.1) fed by the ADS server on `xds_port`.
+fn gateway_envoy(xds_port: u16, dir: &Path) -> Envoy {
+    let admin = free_port();
+    let bootstrap = format!(
+        r#"
+node:
+  id: router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local
+  cluster: istio-ingressgateway.istio-system
+  metadata: {{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, ISTIO_VERSION: 1.29.2, LABELS: {{istio: ingressgateway}}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
+"#
+    );
+    let config = dir.join("bootstrap.yaml");
+    std::fs::write(&config, bootstrap).unwrap();
+    let base_id = (std::process::id() % 100_000) * 10 + 8;
+    let child = Command::new(rudder_xds::testing::envoy_path().unwrap())
+        .arg("-c")
+        .arg(&config)
+        .args(["--base-id", &base_id.to_string(), "--concurrency", "1", "-l", "warning", "--drain-time-s", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Envoy { child, admin, dir: dir.to_owned() }
+}
+
+/// GET `http://127.0.0.1:<port><path>` (with `Host: echo.test`): status, headers and body.
+async fn get(port: u16, path: &str) -> Option<(u16, http::HeaderMap, String)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let request =
+        Request::get(format!("http://127.0.0.1:{port}{path}")).header("host", "echo.test").body(Body::empty()).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(2), client.request(request)).await.ok()?.ok()?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.ok()?.to_bytes();
+    Some((parts.status.as_u16(), parts.headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One stat of Envoy's admin `/stats` (0 when absent).
+async fn stat(envoy: &Envoy, name: &str) -> u64 {
+    let Some((200, _, text)) = get(envoy.admin, &format!("/stats?filter=^{name}$")).await else { return 0 };
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+fn mesh(app_port: u16, gateway_port: u16, lua_value: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: istio-system}}
+spec:
+  hosts: [echo.test]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {app_port}}}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: {gateway_port}, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: istio-system}}
+spec:
+  hosts: [echo.test]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: echo.test, port: {{number: 80}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: lua-header, namespace: istio-system}}
+spec:
+  workloadSelector: {{labels: {{istio: ingressgateway}}}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: GATEWAY
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {{name: envoy.filters.http.router}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.lua
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          defaultSourceCode:
+            inlineString: |
+              function envoy_on_response(handle)
+                handle:headers():add("x-envoy-filter", "{lua_value}")
+              end
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: echo-timeout, namespace: istio-system}}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match: {{context: GATEWAY, cluster: {{service: echo.test, portNumber: 80}}}}
+    patch: {{operation: MERGE, value: {{connect_timeout: 7s}}}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: broken, namespace: istio-system}}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match: {{context: GATEWAY}}
+    patch:
+      operation: INSERT_FIRST
+      value: {{name: broken, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.no_such.v3.Filter}}}}
+  - applyTo: CLUSTER
+    match: {{context: GATEWAY}}
+    patch: {{operation: INSERT_FIRST, value: {{name: broken-cluster}}}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
+    let dir = std::env::temp_dir().join(format!("rudder-envoy-filter-envoy-{}", std::process::id()));
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let app_port = backend().await;
+    let gateway_port = free_port();
+    std::fs::write(config_dir.join("mesh.yaml"), mesh(app_port, gateway_port, "lua")).unwrap();
+
+    let mut source = ConfigDir::new(&config_dir, MeshConfig::istio_defaults());
+    source.refresh();
+    let snapshot = source.snapshot();
+    assert_eq!(snapshot.envoy_filters.len(), 3);
+    let (tx, rx) = watch::channel(Arc::new(snapshot));
+    let (stop, stopped) = watch::channel(false);
+    let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
+    let server = DiscoveryServer::new(rx, ServerOptions { debounce, ..ServerOptions::default() });
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_port = grpc.local_addr().unwrap().port();
+    tokio::spawn({
+        let server = server.clone();
+        let mut stopped = stopped.clone();
+        async move {
+            server
+                .serve(grpc, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    let mut envoy = gateway_envoy(xds_port, &dir);
+
+    // A real request through Envoy runs the inserted Lua filter.
+    let deadline = Instant::now() + PATIENCE;
+    let headers = loop {
+        if let Some((200, headers, body)) = get(gateway_port, "/").await {
+            assert_eq!(body, "ok");
+            break headers;
+        }
+        assert!(envoy.child.try_wait().unwrap().is_none(), "Envoy exited");
+        assert!(Instant::now() < deadline, "no response through the gateway: {:?}", get(gateway_port, "/").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(headers.get("x-envoy-filter").and_then(|v| v.to_str().ok()), Some("lua"), "{headers:?}");
+
+    // The CLUSTER MERGE is in Envoy's config; the broken patches are not.
+    let (status, _, dump) = get(envoy.admin, "/config_dump?resource=dynamic_active_clusters").await.unwrap();
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let clusters: Vec<&serde_json::Value> = dump["configs"].as_array().unwrap().iter().map(|c| &c["cluster"]).collect();
+    let echo = clusters.iter().find(|c| c["name"] == "outbound|80||echo.test").unwrap();
+    assert_eq!(echo["connect_timeout"], "7s", "{echo}");
+    assert!(clusters.iter().all(|c| c["name"] != "broken-cluster"));
+    let (_, _, listeners) = get(envoy.admin, "/config_dump?resource=dynamic_listeners").await.unwrap();
+    assert!(listeners.contains("envoy.filters.http.lua") && !listeners.contains("\"broken\""));
+    // Envoy took every update: no NACK.
+    for name in ["cluster_manager.cds.update_rejected", "listener_manager.lds.update_rejected"] {
+        assert_eq!(stat(&envoy, name).await, 0, "{name}");
+    }
+    assert!(stat(&envoy, "listener_manager.lds.update_success").await >= 1);
+
+    // An edit of the EnvoyFilter reaches Envoy.
+    std::fs::write(config_dir.join("mesh.yaml"), mesh(app_port, gateway_port, "edited")).unwrap();
+    source.refresh();
+    tx.send(Arc::new(source.snapshot())).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some((200, headers, _)) = get(gateway_port, "/").await
+            && headers.get("x-envoy-filter").is_some_and(|v| v == "edited")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the edited filter never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stat(&envoy, "listener_manager.lds.update_rejected").await, 0);
+    let _ = stop.send(true);
+    drop(envoy);
+}
