@@ -6,7 +6,8 @@ it was generated from as one FileDescriptorSet (src/generated/types.bin) but doe
 it. This script finds that crate through `cargo metadata` (the version Cargo.lock pins, in
 Cargo's own source cache), keeps each file descriptor without its source_code_info (comments
 and spans: ~80 % of the bytes, unused at run time), and writes the result to
-xds/src/translate/envoy_filter/envoy_descriptors.bin, which is checked in.
+config/src/envoy_descriptors.bin, which is checked in (rudder_config::envoy_proto reads it:
+validation decodes EnvoyFilter patch values with it, discovery applies them).
 
     scripts/envoy-descriptors.py           # regenerate
     scripts/envoy-descriptors.py --check   # CI: fail when the checked-in file is stale
@@ -20,7 +21,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "xds", "src", "translate", "envoy_filter", "envoy_descriptors.bin")
+OUT = os.path.join(ROOT, "config", "src", "envoy_descriptors.bin")
 # FileDescriptorSet.file = 1; FileDescriptorProto.source_code_info = 9.
 SET_FILE, SOURCE_CODE_INFO = 1, 9
 
@@ -77,10 +78,11 @@ def envoy_types_descriptor_set():
     meta = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--locked"],
         cwd=ROOT,
-        check=True,
         capture_output=True,
         text=True,
     )
+    if meta.returncode != 0:
+        sys.exit(f"cargo metadata failed:\n{meta.stderr}")
     packages = [p for p in json.loads(meta.stdout)["packages"] if p["name"] == "envoy-types"]
     if len(packages) != 1:
         sys.exit(f"expected one envoy-types in the dependency graph, found {len(packages)}")

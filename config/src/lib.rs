@@ -7,6 +7,7 @@
 pub mod analyze;
 pub mod common;
 pub mod crds;
+pub mod envoy_proto;
 pub mod extensions;
 pub mod hosts;
 pub mod injector;

@@ -3,8 +3,9 @@
 //! An HTTP_FILTER INSERT_BEFORE the router adds a Lua filter that Envoy accepts and runs (a
 //! real request through Envoy gets its response header), a CLUSTER MERGE changes the
 //! cluster's connect timeout as `/config_dump` shows, and a broken EnvoyFilter (an unknown
-//! `@type`, an operation CLUSTER does not take) is left out while everything else is served:
-//! Envoy rejects no update. Editing the Lua filter in the directory reaches Envoy. All traffic
+//! `@type`: refused by validation) and a patch that cannot apply (an operation CLUSTER does not
+//! take: skipped by translation) are left out while everything else is served: Envoy rejects
+//! no update. Editing the Lua filter in the directory reaches Envoy. All traffic
 //! stays on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
@@ -189,6 +190,12 @@ spec:
     patch:
       operation: INSERT_FIRST
       value: {{name: broken, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.no_such.v3.Filter}}}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: odd-operation, namespace: istio-system}}
+spec:
+  configPatches:
   - applyTo: CLUSTER
     match: {{context: GATEWAY}}
     patch: {{operation: INSERT_FIRST, value: {{name: broken-cluster}}}}
@@ -208,7 +215,10 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
     let mut source = ConfigDir::new(&config_dir, MeshConfig::istio_defaults());
     source.refresh();
     let snapshot = source.snapshot();
-    assert_eq!(snapshot.envoy_filters.len(), 3);
+    // `broken` fails validation (its value is no HttpFilter) and is left out by the registry;
+    // `odd-operation` validates (with a warning) and translation skips its patch.
+    let names: Vec<&str> = snapshot.envoy_filters.iter().filter_map(|f| f.metadata.name.as_deref()).collect();
+    assert_eq!(names, ["echo-timeout", "lua-header", "odd-operation"]);
     let (tx, rx) = watch::channel(Arc::new(snapshot));
     let (stop, stopped) = watch::channel(false);
     let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };

@@ -506,8 +506,13 @@ configPatches:
   match: {context: SIDECAR_OUTBOUND, cluster: {portNumber: 8000}}
   patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 2048, no_such_field: 1}}
 "#,
-    ) + &ef("good", "apps", LUA_BEFORE_ROUTER);
-    let snap = snapshot(&yaml);
+    );
+    // Validation refuses such a filter (the registry would leave it out whole); translation
+    // must still cope with one that reaches it (validated by an older version, or another
+    // path), so it goes into the snapshot as it is.
+    let mut snap = snapshot(&ef("good", "apps", LUA_BEFORE_ROUTER));
+    let loaded: rudder_config::networking::EnvoyFilter = serde_saphyr::from_str(&yaml).unwrap();
+    snap.envoy_filters.push(std::sync::Arc::new(loaded));
     let hb = httpbin();
     let r = all(&snap, &hb);
     // The good filter and the good part of the last patch apply.

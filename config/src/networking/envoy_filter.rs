@@ -361,6 +361,48 @@ fn validate_waypoint_match(report: &mut Report, at: &FieldPath, apply_to: ApplyT
     }
 }
 
+/// The operations Istio applies for each `applyTo` (other combinations are accepted by
+/// Istio's validation and never do anything).
+pub fn operation_applies(apply_to: ApplyTo, operation: Operation) -> bool {
+    use Operation::*;
+    match apply_to {
+        ApplyTo::Listener | ApplyTo::FilterChain | ApplyTo::Cluster => matches!(operation, Merge | Add | Remove),
+        ApplyTo::NetworkFilter | ApplyTo::HttpFilter => {
+            matches!(operation, Merge | Add | Remove | InsertBefore | InsertAfter | InsertFirst | Replace)
+        }
+        ApplyTo::ListenerFilter => {
+            matches!(operation, Add | Remove | InsertBefore | InsertAfter | InsertFirst | Replace)
+        }
+        ApplyTo::RouteConfiguration => operation == Merge,
+        ApplyTo::VirtualHost => matches!(operation, Merge | Add | Remove | Replace),
+        ApplyTo::HttpRoute => matches!(operation, Merge | Add | Remove | InsertBefore | InsertAfter | InsertFirst),
+        ApplyTo::ExtensionConfig => matches!(operation, Add | Remove | Merge | Replace),
+        ApplyTo::Bootstrap => operation == Merge,
+        ApplyTo::Invalid => false,
+    }
+}
+
+/// The value must decode as the Envoy message of `applyTo` (an unknown `@type` or a value of
+/// the wrong type is an error, as in Istio); an unknown field is a warning, and is ignored
+/// when the patch is applied.
+fn validate_value(report: &mut Report, at: &FieldPath, apply_to: ApplyTo, value: &FreeForm) {
+    let Some(type_name) = crate::envoy_proto::message_type(apply_to) else { return };
+    let field_at = |field: &str| {
+        field.split('.').filter(|f| !f.is_empty()).fold(at.clone(), |path, f| match f.parse::<usize>() {
+            Ok(i) => path.index(i),
+            Err(_) => path.field(f),
+        })
+    };
+    match crate::envoy_proto::decode(type_name, &value.0) {
+        Err(failure) => report.error(&field_at(&failure.field), format!("not a valid {type_name}: {}", failure.reason)),
+        Ok(decoded) => {
+            if let Some(ignored) = decoded.ignored {
+                report.warning(&field_at(&ignored.field), format!("{}; ignored", ignored.reason));
+            }
+        }
+    }
+}
+
 fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObjectPatch) {
     let apply_to = patch.apply_to.unwrap_or_default();
     if apply_to == ApplyTo::Invalid {
@@ -379,6 +421,27 @@ fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObject
                 }
             } else if p.value.is_none() {
                 report.error(&patch_at.field("value"), format!("value is required for operation {operation}"));
+            }
+            if let Some(value) = &p.value
+                && operation != Operation::Remove
+                && apply_to != ApplyTo::Invalid
+            {
+                validate_value(report, &patch_at.field("value"), apply_to, value);
+            }
+            if apply_to != ApplyTo::Invalid
+                && operation != Operation::Invalid
+                && !operation_applies(apply_to, operation)
+            {
+                report.warning(
+                    &patch_at.field("operation"),
+                    format!("operation {operation} does not apply to applyTo {apply_to}; the patch does nothing"),
+                );
+            }
+            if matches!(apply_to, ApplyTo::ExtensionConfig | ApplyTo::Bootstrap) {
+                report.warning(
+                    &at.field("applyTo"),
+                    format!("Rudder does not apply {apply_to} patches (see docs/envoy-filter.md)"),
+                );
             }
         }
     }

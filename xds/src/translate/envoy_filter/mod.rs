@@ -104,41 +104,14 @@ impl fmt::Display for Skipped {
     }
 }
 
-/// The operations Istio applies for each `applyTo`.
+/// The operations Istio applies for each `applyTo` (EXTENSION_CONFIG and BOOTSTRAP are not
+/// applied by discovery at all).
 pub fn operation_applies(apply_to: ApplyTo, operation: Operation) -> bool {
-    use Operation::*;
-    match apply_to {
-        ApplyTo::Listener | ApplyTo::FilterChain | ApplyTo::Cluster => matches!(operation, Merge | Add | Remove),
-        ApplyTo::NetworkFilter | ApplyTo::HttpFilter => {
-            matches!(operation, Merge | Add | Remove | InsertBefore | InsertAfter | InsertFirst | Replace)
-        }
-        ApplyTo::ListenerFilter => {
-            matches!(operation, Add | Remove | InsertBefore | InsertAfter | InsertFirst | Replace)
-        }
-        ApplyTo::RouteConfiguration => operation == Merge,
-        ApplyTo::VirtualHost => matches!(operation, Merge | Add | Remove | Replace),
-        ApplyTo::HttpRoute => matches!(operation, Merge | Add | Remove | InsertBefore | InsertAfter | InsertFirst),
-        ApplyTo::Invalid | ApplyTo::ExtensionConfig | ApplyTo::Bootstrap => false,
-    }
+    !matches!(apply_to, ApplyTo::ExtensionConfig | ApplyTo::Bootstrap)
+        && rudder_config::networking::envoy_filter::operation_applies(apply_to, operation)
 }
 
-/// The Envoy message a patch value of `apply_to` is.
-pub fn message_type(apply_to: ApplyTo) -> Option<&'static str> {
-    Some(match apply_to {
-        ApplyTo::Listener => "envoy.config.listener.v3.Listener",
-        ApplyTo::FilterChain => "envoy.config.listener.v3.FilterChain",
-        ApplyTo::NetworkFilter => "envoy.config.listener.v3.Filter",
-        ApplyTo::ListenerFilter => "envoy.config.listener.v3.ListenerFilter",
-        ApplyTo::HttpFilter => "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
-        ApplyTo::RouteConfiguration => "envoy.config.route.v3.RouteConfiguration",
-        ApplyTo::VirtualHost => "envoy.config.route.v3.VirtualHost",
-        ApplyTo::HttpRoute => "envoy.config.route.v3.Route",
-        ApplyTo::Cluster => "envoy.config.cluster.v3.Cluster",
-        ApplyTo::ExtensionConfig => "envoy.config.core.v3.TypedExtensionConfig",
-        ApplyTo::Bootstrap => "envoy.config.bootstrap.v3.Bootstrap",
-        ApplyTo::Invalid => return None,
-    })
-}
+pub use value::message_type;
 
 /// Whether an EnvoyFilter selects `proxy` (namespace, workloadSelector, targetRefs).
 pub fn selects(filter: &EnvoyFilter, proxy: &Proxy, root_namespace: &str) -> bool {
