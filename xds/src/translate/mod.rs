@@ -325,10 +325,25 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
     resources
 }
 
-/// Logs the EnvoyFilter patches (or parts) translation left out for `proxy`.
+/// Logs the EnvoyFilter patches (or parts) translation left out for `proxy`: a warning the
+/// first time this process sees a problem, then at debug level (translation runs for every
+/// view at every push).
 fn warn_skipped(proxy: &Proxy, skipped: &[envoy_filter::Skipped]) {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for s in skipped {
-        tracing::warn!(proxy = %proxy.id, "{s}; the rest of the config is served");
+        let line = s.to_string();
+        let first = SEEN.lock().map(|mut seen| {
+            if seen.len() > 10_000 {
+                seen.clear();
+            }
+            seen.insert(line.clone())
+        });
+        if first.unwrap_or(true) {
+            tracing::warn!(proxy = %proxy.id, "{line}; the rest of the config is served");
+        } else {
+            tracing::debug!(proxy = %proxy.id, "{line} (still)");
+        }
     }
 }
 
