@@ -158,6 +158,24 @@ fn fixtures() -> BTreeMap<String, Vec<Value>> {
         ),
         ("destinationrules".into(), vec![istio("DestinationRule", "default", "reviews", json!({"host": "reviews"}))]),
         (
+            "envoyfilters".into(),
+            vec![
+                istio(
+                    "EnvoyFilter",
+                    "default",
+                    "timeout",
+                    json!({"configPatches": [{"applyTo": "CLUSTER", "patch": {"operation": "MERGE", "value": {"connect_timeout": "3s"}}}]}),
+                ),
+                // Fails validation: the value is no Cluster.
+                istio(
+                    "EnvoyFilter",
+                    "default",
+                    "bad-value",
+                    json!({"configPatches": [{"applyTo": "CLUSTER", "patch": {"operation": "MERGE", "value": {"connect_timeout": 3}}}]}),
+                ),
+            ],
+        ),
+        (
             "serviceentries".into(),
             vec![istio(
                 "ServiceEntry",
@@ -205,6 +223,8 @@ async fn first_snapshot_then_updates_then_shutdown() {
     let vs: Vec<&str> = first.virtual_services.iter().map(|v| v.metadata.name.as_deref().unwrap()).collect();
     assert_eq!(vs, ["reviews"], "the malformed and the invalid VirtualService are skipped");
     assert_eq!(first.destination_rules.len(), 1);
+    let filters: Vec<&str> = first.envoy_filters.iter().map(|f| f.metadata.name.as_deref().unwrap()).collect();
+    assert_eq!(filters, ["timeout"], "the EnvoyFilter whose value is no Cluster is skipped");
     // TLS Secrets become gateway credentials; other Secrets are not kept.
     assert_eq!(first.secrets.keys().collect::<Vec<_>>(), ["istio-system/gw-cred"]);
     assert_eq!(first.secrets["istio-system/gw-cred"].certificate_chain, b"CERT");
@@ -262,6 +282,7 @@ async fn first_snapshot_then_updates_then_shutdown() {
             "authorizationpolicies",
             "destinationrules",
             "endpointslices",
+            "envoyfilters",
             "gateways",
             "namespaces",
             "nodes",
