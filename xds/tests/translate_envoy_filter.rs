@@ -561,3 +561,62 @@ configPatches:
     let Some(Action::Route(action)) = &rc.virtual_hosts[0].routes[0].action else { panic!() };
     assert_eq!(action.timeout.map(|d| d.seconds), Some(11));
 }
+
+#[test]
+fn listener_filter_and_replace_operations() {
+    // With a workload certificate, inbound chains take mTLS and plaintext: the listener
+    // inspects TLS and ALPN.
+    let meta = BTreeMap::from([
+        ("LABELS".to_owned(), serde_json::json!({"app": "httpbin"})),
+        ("WORKLOAD_IDENTITY".to_owned(), serde_json::json!("spiffe://cluster.local/ns/apps/sa/httpbin")),
+    ]);
+    let httpbin = || Proxy::from_node(HTTPBIN, &meta).unwrap();
+    let before = all(&snapshot(""), &httpbin());
+    let names = |r: &Resources| -> Vec<String> {
+        listener(r, "virtualInbound").listener_filters.iter().map(|f| f.name.clone()).collect()
+    };
+    assert_eq!(names(&before), ["envoy.filters.listener.tls_inspector"]);
+    let listener_filter = |name: &str, kind: &str| {
+        format!(
+            "{{name: envoy.filters.listener.{name}, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.{name}.v3.{kind}}}}}"
+        )
+    };
+    let snap = snapshot(&ef(
+        "f",
+        "apps",
+        &format!(
+            r#"
+configPatches:
+- applyTo: LISTENER_FILTER
+  match: {{context: SIDECAR_INBOUND, listener: {{name: virtualInbound, listenerFilter: envoy.filters.listener.tls_inspector}}}}
+  patch: {{operation: INSERT_BEFORE, value: {original_dst}}}
+- applyTo: LISTENER_FILTER
+  match: {{context: SIDECAR_INBOUND, listener: {{name: virtualInbound}}}}
+  patch: {{operation: ADD, value: {http_inspector}}}
+- applyTo: LISTENER_FILTER
+  match: {{context: SIDECAR_INBOUND, listener: {{name: virtualInbound, listenerFilter: envoy.filters.listener.original_dst}}}}
+  patch: {{operation: REPLACE, value: {proxy_protocol}}}
+- applyTo: LISTENER_FILTER
+  match: {{context: SIDECAR_INBOUND, listener: {{listenerFilter: envoy.filters.listener.http_inspector}}}}
+  patch: {{operation: REMOVE}}
+- applyTo: NETWORK_FILTER
+  match: {{context: SIDECAR_OUTBOUND, listener: {{portNumber: 9000, filterChain: {{filter: {{name: envoy.filters.network.tcp_proxy}}}}}}}}
+  patch:
+    operation: REPLACE
+    value: {{name: replaced, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: replaced, cluster: BlackHoleCluster}}}}
+- applyTo: VIRTUAL_HOST
+  match: {{context: SIDECAR_OUTBOUND, routeConfiguration: {{portNumber: 8000, vhost: {{name: allow_any}}}}}}
+  patch: {{operation: REPLACE, value: {{name: replaced-host, domains: ["*"], routes: [{{match: {{prefix: /}}, direct_response: {{status: 418}}}}]}}}}
+"#,
+            original_dst = listener_filter("original_dst", "OriginalDst"),
+            http_inspector = listener_filter("http_inspector", "HttpInspector"),
+            proxy_protocol = listener_filter("proxy_protocol", "ProxyProtocol"),
+        ),
+    ));
+    let r = all(&snap, &httpbin());
+    assert_eq!(names(&r), ["envoy.filters.listener.proxy_protocol", "envoy.filters.listener.tls_inspector"]);
+    let tcp = &listener(&r, "10.96.0.10_9000").filter_chains[0].filters;
+    assert_eq!(tcp.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["replaced"]);
+    let hosts: Vec<&str> = route(&r, "8000").virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(hosts, ["httpbin.apps.svc.cluster.local:8000", "replaced-host"]);
+}
