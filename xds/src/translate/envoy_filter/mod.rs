@@ -38,7 +38,8 @@ use rudder_config::networking::envoy_filter::{
 use crate::model::{NodeType, Proxy, Snapshot, labels_match};
 use value::{Failure, Value};
 
-/// One config patch that applies to the proxy, with its value decoded.
+/// One config patch that applies to the proxy. Its value is decoded on first use, so patches
+/// of other kinds or contexts cost nothing.
 #[derive(Debug)]
 pub struct Patch<'a> {
     /// `<namespace>/<name>` of its EnvoyFilter.
@@ -49,8 +50,10 @@ pub struct Patch<'a> {
     pub operation: Operation,
     pub context: PatchContext,
     pub matches: Option<&'a EnvoyConfigObjectMatch>,
-    /// The value as the message `apply_to` names (`None` for REMOVE).
-    pub value: Option<Result<Value, Failure>>,
+    /// The value as written (`None` for REMOVE).
+    pub json: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// The value as the message `apply_to` names, once decoded.
+    decoded: std::cell::OnceCell<Option<Result<Value, Failure>>>,
 }
 
 impl Patch<'_> {
@@ -65,7 +68,11 @@ impl Patch<'_> {
 
     /// The decoded value, or why the patch is skipped.
     fn value(&self) -> Result<&Value, Skipped> {
-        match &self.value {
+        let decoded = self.decoded.get_or_init(|| {
+            let (json, type_name) = (self.json?, message_type(self.apply_to)?);
+            Some(value::decode(type_name, json))
+        });
+        match decoded {
             Some(Ok(value)) => Ok(value),
             Some(Err(failure)) => Err(self.skipped(value_field(&failure.field), failure.reason.clone())),
             None => Err(self.skipped("patch.value", format!("value is required for operation {}", self.operation))),
@@ -166,7 +173,7 @@ pub struct Patches<'a> {
 
 impl<'a> Patches<'a> {
     /// The patches of `snapshot`'s EnvoyFilters that select `proxy`, ordered as Istio orders
-    /// them, with their values decoded.
+    /// them.
     pub fn for_proxy(snapshot: &'a Snapshot, proxy: &Proxy) -> Self {
         if snapshot.envoy_filters.is_empty() {
             return Self::default();
@@ -206,11 +213,7 @@ impl<'a> Patches<'a> {
                 }
                 let apply_to = patch.apply_to.unwrap_or_default();
                 let operation = patch.patch.as_ref().and_then(|p| p.operation).unwrap_or_default();
-                let value = match (patch.patch.as_ref().and_then(|p| p.value.as_ref()), message_type(apply_to)) {
-                    _ if operation == Operation::Remove => None,
-                    (Some(json), Some(type_name)) => Some(value::decode(type_name, &json.0)),
-                    _ => None,
-                };
+                let json = patch.patch.as_ref().and_then(|p| p.value.as_ref()).map(|v| &v.0);
                 list.push(Patch {
                     filter: id.clone(),
                     index,
@@ -218,7 +221,8 @@ impl<'a> Patches<'a> {
                     operation,
                     context: matches.and_then(|m| m.context).unwrap_or_default(),
                     matches,
-                    value,
+                    json: json.filter(|_| operation != Operation::Remove),
+                    decoded: std::cell::OnceCell::new(),
                 });
             }
         }
@@ -292,7 +296,8 @@ impl<'a> Patches<'a> {
                     operation: p.operation,
                     context: p.context,
                     matches: p.matches,
-                    value: p.value.clone(),
+                    json: p.json,
+                    decoded: p.decoded.clone(),
                 })
                 .collect(),
         }

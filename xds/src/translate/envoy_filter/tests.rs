@@ -28,7 +28,8 @@ fn active<'a>(p: &'a EnvoyConfigObjectPatch, operation: Operation) -> Patch<'a> 
         operation,
         context: PatchContext::Any,
         matches: p.match_.as_ref(),
-        value: None,
+        json: None,
+        decoded: Default::default(),
     }
 }
 
