@@ -403,6 +403,21 @@ fn validate_value(report: &mut Report, at: &FieldPath, apply_to: ApplyTo, value:
     }
 }
 
+/// A filter added without `typed_config` (or `config_discovery`) names its extension only by
+/// name, which Envoy no longer looks up: Envoy refuses it. A warning, as upstream gives.
+fn warn_untyped_filter(report: &mut Report, at: &FieldPath, apply_to: ApplyTo, operation: Operation, value: &FreeForm) {
+    let filter = matches!(apply_to, ApplyTo::NetworkFilter | ApplyTo::HttpFilter | ApplyTo::ListenerFilter);
+    let adds = !matches!(operation, Operation::Merge | Operation::Remove | Operation::Invalid);
+    let typed =
+        ["typed_config", "typedConfig", "config_discovery", "configDiscovery"].iter().any(|k| value.0.contains_key(*k));
+    if filter && adds && !typed {
+        report.warning(
+            at,
+            "a filter without typed_config is looked up by name, which Envoy no longer does; add its typed_config",
+        );
+    }
+}
+
 fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObjectPatch) {
     let apply_to = patch.apply_to.unwrap_or_default();
     if apply_to == ApplyTo::Invalid {
@@ -427,6 +442,7 @@ fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObject
                 && apply_to != ApplyTo::Invalid
             {
                 validate_value(report, &patch_at.field("value"), apply_to, value);
+                warn_untyped_filter(report, &patch_at.field("value"), apply_to, operation, value);
             }
             if apply_to != ApplyTo::Invalid
                 && operation != Operation::Invalid
