@@ -763,10 +763,15 @@ mod incremental_tests {
             namespace: "ns".into(),
             name: format!("svc-{i}"),
             ports: (0..ports)
-                .map(|p| ServicePort { name: format!("http-{p}"), port: 8000 + p as u32, protocol: Protocol::Http })
+                .map(|p| match p {
+                    0 => ServicePort { name: "http-0".into(), port: 8000, protocol: Protocol::Http },
+                    // A TCP port: VirtualService TCP routes make its listener's filter chains.
+                    _ => ServicePort { name: format!("tcp-{p}"), port: 8000 + p as u32, protocol: Protocol::Tcp },
+                })
                 .collect(),
             addresses: vec![format!("10.96.0.{i}")],
-            resolution: Resolution::ClientSideLb,
+            // One host in four resolves by DNS: its clusters carry the endpoints inline.
+            resolution: if i % 4 == 3 { Resolution::Dns } else { Resolution::ClientSideLb },
             mesh_external: false,
             export_to: vec![],
             kubernetes: true,
@@ -780,6 +785,8 @@ mod incremental_tests {
                 .map(|e| {
                     let mut ep = Endpoint::plain(&format!("10.244.{i}.{e}"), 9000, "http-0", "ns");
                     ep.labels = [("version".to_owned(), format!("v{}", rng.next(2) + 1))].into();
+                    // Accounts are the SANs mTLS clusters expect; often unchanged by a change.
+                    ep.service_account = ["", "sa-a", "sa-b"][rng.next(3) as usize].to_owned();
                     ep
                 })
                 .collect(),
@@ -830,15 +837,23 @@ mod incremental_tests {
         next
     }
 
+    /// Even hosts' VirtualServices route TCP too (listeners), odd ones only HTTP (routes).
     fn virtual_service(i: u64, weight: u64) -> Arc<rudder_config::networking::VirtualService> {
+        let mut spec = serde_json::json!({"hosts": [host(i)], "http": [{"route": [
+            {"destination": {"host": host(i), "subset": "v1"}, "weight": weight},
+            {"destination": {"host": host(i), "subset": "v2"}, "weight": 100 - weight},
+        ]}]});
+        if i.is_multiple_of(2) {
+            spec["tcp"] = serde_json::json!([{"route": [
+                {"destination": {"host": host(i), "subset": "v1"}, "weight": weight},
+                {"destination": {"host": host(i), "subset": "v2"}, "weight": 100 - weight},
+            ]}]);
+        }
         Arc::new(
             serde_json::from_value(serde_json::json!({
                 "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                 "metadata": {"name": format!("vs-{i}"), "namespace": "ns"},
-                "spec": {"hosts": [host(i)], "http": [{"route": [
-                    {"destination": {"host": host(i), "subset": "v1"}, "weight": weight},
-                    {"destination": {"host": host(i), "subset": "v2"}, "weight": 100 - weight},
-                ]}], "tcp": [{"route": [{"destination": {"host": host(i)}}]}]},
+                "spec": spec,
             }))
             .unwrap(),
         )
@@ -883,8 +898,13 @@ mod incremental_tests {
         // The third, in capture mode NONE, sits at an endpoint's address (its inbound ports
         // then shape its outbound listeners).
         let none = std::collections::BTreeMap::from([("INTERCEPTION_MODE".to_owned(), serde_json::json!("NONE"))]);
+        // The first has a workload certificate: auto mTLS, whose SANs are endpoint accounts.
+        let identity = std::collections::BTreeMap::from([(
+            crate::model::WORKLOAD_IDENTITY.to_owned(),
+            serde_json::json!("spiffe://cluster.local/ns/ns/sa/a"),
+        )]);
         let proxies: Vec<Proxy> = [
-            ("sidecar~10.244.1.1~a.ns~ns.svc.cluster.local", Default::default()),
+            ("sidecar~10.244.1.1~a.ns~ns.svc.cluster.local", identity),
             ("sidecar~10.244.1.2~b.other~other.svc.cluster.local", Default::default()),
             ("sidecar~10.244.3.0~c.ns~ns.svc.cluster.local", none),
         ]

@@ -22,7 +22,7 @@ pub mod security;
 pub mod telemetry;
 pub mod wasm;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -31,7 +31,9 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
-use crate::model::{InterceptionMode, NodeType, Proxy, Snapshot, labels_match};
+use rudder_config::networking::VirtualService;
+
+use crate::model::{Endpoint, InterceptionMode, NodeType, Proxy, Resolution, Snapshot, labels_match};
 
 /// Resources of the three proxy-specific types (endpoints are shared, see [`endpoints`]).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -230,12 +232,12 @@ impl Parts {
 
 /// What of a view's outbound config may differ between `before` and `after`, from what each
 /// kind reads (keep in step with the translation modules):
-/// - clusters: services, their endpoints (DNS clusters carry them inline, ISTIO_MUTUAL SANs
-///   come from their accounts), DestinationRules, PeerAuthentications, Sidecars, the mesh config;
+/// - clusters: services, DestinationRules, PeerAuthentications, Sidecars, the mesh config, and
+///   of the endpoints only what [`endpoints_reach_clusters`] names;
 /// - routes: services, VirtualServices, DestinationRules (subsets), Sidecars, the mesh config;
-/// - listeners: services, VirtualServices (TCP and TLS routes), Sidecars, the mesh config,
-///   WasmPlugins and their modules, and in capture mode NONE the endpoints (the proxy's own
-///   inbound ports);
+/// - listeners: services, the VirtualServices with TCP or TLS routes, Sidecars, the mesh
+///   config, WasmPlugins and their modules, and in capture mode NONE the endpoints (the proxy's
+///   own inbound ports);
 /// - all three: EnvoyFilters (their patches reach every kind).
 ///
 /// Gateways and Secrets are read only by gateway proxies, which are translated again whole.
@@ -264,6 +266,14 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
     let services = !same_map(&before.services, &after.services);
     let endpoints = !same_map(&before.endpoints, &after.endpoints);
     let virtual_services = !same!(before.virtual_services, after.virtual_services);
+    // Only TCP and TLS routes become listener filter chains; HTTP routes go to RDS.
+    let l4_virtual_services = virtual_services && {
+        let l4 = |s: &Snapshot| -> Vec<Arc<VirtualService>> {
+            s.virtual_services.iter().filter(|vs| !vs.spec.tcp.is_empty() || !vs.spec.tls.is_empty()).cloned().collect()
+        };
+        let (a, b) = (l4(before), l4(after));
+        !same!(a, b)
+    };
     let rules = !same!(before.destination_rules, after.destination_rules);
     // Auto mTLS towards a namespace follows its PeerAuthentication.
     let peer_authentications = !same!(before.peer_authentications, after.peer_authentications);
@@ -272,14 +282,49 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
     // Wasm filters go into the listeners' chains.
     let wasm = !same!(before.wasm_plugins, after.wasm_plugins) || before.wasm_modules != after.wasm_modules;
     Parts {
-        clusters: services || endpoints || rules || peer_authentications || telemetries,
+        clusters: services
+            || (endpoints && endpoints_reach_clusters(before, after))
+            || rules
+            || peer_authentications
+            || telemetries,
         routes: services || virtual_services || rules,
         listeners: services
-            || virtual_services
+            || l4_virtual_services
             || telemetries
             || wasm
             || (endpoints && key.interception == InterceptionMode::None),
     }
+}
+
+/// Whether the endpoints that changed from `before` to `after` can change a cluster: DNS
+/// clusters carry their service's endpoints inline, and ISTIO_MUTUAL clusters expect the
+/// endpoints' service accounts as SANs. Everything else about an endpoint (address, labels,
+/// health, locality, weight) travels in EDS only, so a pod coming, going or relabelled does
+/// not translate clusters again.
+fn endpoints_reach_clusters(before: &Snapshot, after: &Snapshot) -> bool {
+    fn accounts(endpoints: Option<&Arc<Vec<Endpoint>>>) -> BTreeSet<(&str, &str)> {
+        endpoints
+            .into_iter()
+            .flat_map(|list| list.iter())
+            .filter(|e| !e.service_account.is_empty())
+            .map(|e| (e.namespace.as_str(), e.service_account.as_str()))
+            .collect()
+    }
+    let added = after.endpoints.keys().filter(|host| !before.endpoints.contains_key(*host));
+    before.endpoints.keys().chain(added).any(|host| {
+        let (old, new) = (before.endpoints.get(host), after.endpoints.get(host));
+        if let (Some(a), Some(b)) = (old, new)
+            && (Arc::ptr_eq(a, b) || a == b)
+        {
+            return false;
+        }
+        let inline = [before, after].iter().any(|s| {
+            s.services
+                .get(host)
+                .is_none_or(|service| matches!(service.resolution, Resolution::Dns | Resolution::DnsRoundRobin))
+        });
+        inline || accounts(old) != accounts(new)
+    })
 }
 
 /// The kinds of `proxy`'s outbound config named in `parts` (the others left empty), with the
