@@ -428,9 +428,10 @@ impl<'a> Patches<'a> {
         port_map: &BTreeMap<u32, Vec<u32>>,
         skipped: &mut Vec<Skipped>,
     ) {
-        let name = vh.name.clone();
+        // The host's routes are changed while it is matched against: match a copy of the rest.
+        let host = VirtualHost { name: vh.name.clone(), domains: vh.domains.clone(), ..Default::default() };
         let applies_here =
-            |p: &Patch<'_>| route_configuration_matches(context, rc, p, port_map) && vhost_name_matches(&name, p);
+            |p: &Patch<'_>| route_configuration_matches(context, rc, p, port_map) && virtual_host_matches(&host, p);
         vh.routes.retain_mut(|route| {
             for p in self.of(ApplyTo::HttpRoute, context) {
                 if !applies_here(p) || !route_matches(route, p) {
@@ -621,14 +622,14 @@ fn route_configuration_matches(
     true
 }
 
+/// `vhost.name` names the host; `vhost.domainName` must be one of its domains.
 fn virtual_host_matches(vh: &VirtualHost, p: &Patch<'_>) -> bool {
-    vhost_name_matches(&vh.name, p)
-}
-
-fn vhost_name_matches(name: &str, p: &Patch<'_>) -> bool {
     match p.route_configuration_match().and_then(|m| m.vhost.as_ref()) {
         None => true,
-        Some(v) => v.name.is_empty() || v.name == name,
+        Some(v) => {
+            (v.name.is_empty() || v.name == vh.name)
+                && (v.domain_name.is_empty() || vh.domains.contains(&v.domain_name))
+        }
     }
 }
 

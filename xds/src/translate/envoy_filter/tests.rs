@@ -216,3 +216,24 @@ fn cluster_merge_merges_a_transport_socket_of_the_same_name_inside() {
     assert_eq!(merged.sni, "a.example.com");
     assert_eq!(merged.common_tls_context.unwrap().alpn_protocols, ["h2", "http/1.1"]);
 }
+
+#[test]
+fn virtual_host_matches_by_name_and_domain() {
+    let vh = VirtualHost {
+        name: "httpbin.apps.svc.cluster.local:8000".into(),
+        domains: vec!["httpbin.apps.svc.cluster.local".into(), "httpbin".into()],
+        ..Default::default()
+    };
+    let cases = [
+        ("{}", true),
+        ("{vhost: {name: 'httpbin.apps.svc.cluster.local:8000'}}", true),
+        ("{vhost: {name: other}}", false),
+        ("{vhost: {domainName: httpbin}}", true),
+        ("{vhost: {domainName: httpbin.other}}", false),
+        ("{vhost: {name: 'httpbin.apps.svc.cluster.local:8000', domainName: nope}}", false),
+    ];
+    for (yaml, want) in cases {
+        let p = patch(ApplyTo::VirtualHost, &format!("{{routeConfiguration: {yaml}}}"));
+        assert_eq!(virtual_host_matches(&vh, &active(&p, Operation::Merge)), want, "{yaml}");
+    }
+}
