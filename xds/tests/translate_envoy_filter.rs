@@ -320,7 +320,7 @@ configPatches:
   match: {cluster: {name: "outbound|9000||httpbin.apps.svc.cluster.local"}}
   patch: {operation: REMOVE}
 - applyTo: CLUSTER
-  match: {context: SIDECAR_INBOUND, cluster: {portNumber: 8000}}
+  match: {context: SIDECAR_INBOUND, cluster: {portNumber: 8000, service: httpbin.apps.svc.cluster.local}}
   patch: {operation: MERGE, value: {connect_timeout: 4s}}
 - applyTo: CLUSTER
   patch: {operation: ADD, value: {name: extra, type: STATIC, connect_timeout: 1s}}
@@ -527,7 +527,7 @@ configPatches:
     let mut problems: Vec<String> = patches
         .apply_listeners(PatchContext::SidecarOutbound, &mut listeners, true)
         .iter()
-        .chain(&patches.apply_clusters(PatchContext::SidecarOutbound, &mut clusters, true))
+        .chain(&patches.apply_clusters(PatchContext::SidecarOutbound, &mut clusters, true, &BTreeMap::new()))
         .map(|s| format!("{}[{}].{}", s.filter, s.index, s.field))
         .collect();
     problems.sort();

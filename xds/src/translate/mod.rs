@@ -356,7 +356,7 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
         let context = if router { PatchContext::Gateway } else { PatchContext::SidecarOutbound };
         let mut skipped = Vec::new();
         if parts.clusters {
-            skipped.extend(patches.apply_clusters(context, &mut resources.clusters, true));
+            skipped.extend(patches.apply_clusters(context, &mut resources.clusters, true, &BTreeMap::new()));
         }
         if parts.listeners {
             skipped.extend(patches.apply_listeners(context, &mut resources.listeners, true));
@@ -410,7 +410,13 @@ pub fn inbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
     let patches = envoy_filter::Patches::for_proxy(snapshot, proxy);
     if !patches.is_empty() {
         use rudder_config::networking::envoy_filter::PatchContext;
-        let mut skipped = patches.apply_clusters(PatchContext::SidecarInbound, &mut resources.clusters, true);
+        // The services each inbound cluster serves: those with an endpoint on this proxy's
+        // address and that port.
+        let mut hosts: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (host, _, endpoint) in snapshot.endpoints_at(proxy.primary_ip()) {
+            hosts.entry(endpoint.port).or_default().push(host.clone());
+        }
+        let mut skipped = patches.apply_clusters(PatchContext::SidecarInbound, &mut resources.clusters, true, &hosts);
         skipped.extend(patches.apply_listeners(PatchContext::SidecarInbound, &mut resources.listeners, true));
         warn_skipped(proxy, &skipped);
     }

@@ -305,7 +305,15 @@ impl<'a> Patches<'a> {
 
     /// Applies the CLUSTER patches for `context` to `clusters`; `adds` says whether ADDs go
     /// here (Istio adds a cluster with context ANY only to sidecar outbound and gateway sets).
-    pub fn apply_clusters(&self, context: PatchContext, clusters: &mut Vec<Cluster>, adds: bool) -> Vec<Skipped> {
+    /// `inbound_hosts` names the services an `inbound|<port>||` cluster serves, by port, for
+    /// `match.cluster.service`.
+    pub fn apply_clusters(
+        &self,
+        context: PatchContext,
+        clusters: &mut Vec<Cluster>,
+        adds: bool,
+        inbound_hosts: &BTreeMap<u32, Vec<String>>,
+    ) -> Vec<Skipped> {
         let mut skipped = Vec::new();
         let patches = self.usable(&[ApplyTo::Cluster], context, &mut skipped);
         if patches.is_empty() {
@@ -313,7 +321,7 @@ impl<'a> Patches<'a> {
         }
         clusters.retain_mut(|cluster| {
             for p in patches.of(ApplyTo::Cluster, context) {
-                if !cluster_matches(cluster, p.matches.and_then(|m| m.cluster.as_ref())) {
+                if !cluster_matches(cluster, p.matches.and_then(|m| m.cluster.as_ref()), inbound_hosts) {
                     continue;
                 }
                 match p.operation {
@@ -516,18 +524,24 @@ fn parse_cluster_name(name: &str) -> Option<(&str, u32, &str, &str)> {
 }
 
 /// Istio's cluster match: `name` alone when given, else `portNumber`, `service` (the host of
-/// an `outbound|…` name) and `subset` from the name.
-pub fn cluster_matches(cluster: &Cluster, m: Option<&ClusterMatch>) -> bool {
+/// an `outbound|…` name; for an `inbound|<port>||` cluster, any service it serves, from
+/// `inbound_hosts`) and `subset` from the name.
+pub fn cluster_matches(
+    cluster: &Cluster,
+    m: Option<&ClusterMatch>,
+    inbound_hosts: &BTreeMap<u32, Vec<String>>,
+) -> bool {
     let Some(m) = m else { return true };
     if !m.name.is_empty() {
         return m.name == cluster.name;
     }
-    let (port, subset, host) = match parse_cluster_name(&cluster.name) {
-        Some((_, port, subset, host)) => (port, subset, host),
-        None => (0, "", ""),
+    let (direction, port, subset, host) = parse_cluster_name(&cluster.name).unwrap_or(("", 0, "", ""));
+    let service = || match direction {
+        "inbound" => inbound_hosts.get(&port).is_some_and(|hosts| hosts.contains(&m.service)),
+        _ => m.service == host,
     };
     (m.subset.is_empty() || m.subset == subset)
-        && (m.service.is_empty() || m.service == host)
+        && (m.service.is_empty() || service())
         && m.port_number.is_none_or(|want| want == 0 || want == port)
 }
 

@@ -106,14 +106,17 @@ fn cluster_matches_by_name_or_its_parts() {
         ("{subset: v1, portNumber: 80}", "outbound|80|v1|a.ns.svc.cluster.local", true),
         ("{portNumber: 81}", "outbound|80|v1|a.ns.svc.cluster.local", false),
         ("{portNumber: 8000}", "inbound|8000||", true),
-        ("{service: a.ns.svc.cluster.local}", "inbound|8000||", false),
+        ("{service: a.ns.svc.cluster.local}", "inbound|8000||", true),
+        ("{service: a.ns.svc.cluster.local}", "inbound|9000||", false),
+        ("{service: b.ns.svc.cluster.local}", "inbound|8000||", false),
         ("{name: PassthroughCluster}", "PassthroughCluster", true),
         ("{name: PassthroughCluster, portNumber: 1}", "PassthroughCluster", true),
         ("{portNumber: 80}", "BlackHoleCluster", false),
         ("{}", "BlackHoleCluster", true),
     ];
     for (yaml, name, want) in cases {
-        assert_eq!(cluster_matches(&c(name), Some(&m(yaml))), want, "{yaml} on {name}");
+        let inbound = BTreeMap::from([(8000, vec!["a.ns.svc.cluster.local".to_owned()])]);
+        assert_eq!(cluster_matches(&c(name), Some(&m(yaml)), &inbound), want, "{yaml} on {name}");
     }
 }
 
