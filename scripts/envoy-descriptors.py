@@ -5,7 +5,8 @@ envoy-types (the crate whose Rust types discovery builds Envoy config with) ship
 it was generated from as one FileDescriptorSet (src/generated/types.bin) but does not export
 it. This script finds that crate through `cargo metadata` (the version Cargo.lock pins, in
 Cargo's own source cache), keeps each file descriptor without its source_code_info (comments
-and spans: ~80 % of the bytes, unused at run time), and writes the result to
+and spans: ~80 % of the bytes, unused at run time), adds the two TypedStruct messages
+EnvoyFilters use and envoy-types leaves out, and writes the result to
 config/src/envoy_descriptors.bin, which is checked in (rudder_config::envoy_proto reads it:
 validation decodes EnvoyFilter patch values with it, discovery applies them).
 
@@ -102,12 +103,45 @@ def stripped(descriptor_set):
     return bytes(out)
 
 
+def ld(field, payload):
+    """A length-delimited field."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return encode_varint((field << 3) | 2) + encode_varint(len(payload)) + payload
+
+
+def vint(field, value):
+    return encode_varint(field << 3) + encode_varint(value)
+
+
+def typed_struct_file(path, package):
+    """`<package>.TypedStruct { string type_url = 1; google.protobuf.Struct value = 2; }`.
+
+    envoy-types leaves out the udpa/xds type protos, but EnvoyFilters written for Istio wrap
+    extension configs in TypedStruct (Envoy accepts both packages in any typed_config), so
+    their one message is described here, as upstream's typed_struct.proto declares it.
+    """
+    # FieldDescriptorProto: name 1, number 3, label 4 (1 optional), type 5 (9 string, 11
+    # message), type_name 6, json_name 10.
+    type_url = ld(1, "type_url") + vint(3, 1) + vint(4, 1) + vint(5, 9) + ld(10, "typeUrl")
+    value = ld(1, "value") + vint(3, 2) + vint(4, 1) + vint(5, 11) + ld(6, ".google.protobuf.Struct") + ld(10, "value")
+    message = ld(1, "TypedStruct") + ld(2, type_url) + ld(2, value)
+    # FileDescriptorProto: name 1, package 2, dependency 3, message_type 4, syntax 12.
+    return ld(1, path) + ld(2, package) + ld(3, "google/protobuf/struct.proto") + ld(4, message) + ld(12, "proto3")
+
+
+EXTRA_FILES = [
+    typed_struct_file("udpa/type/v1/typed_struct.proto", "udpa.type.v1"),
+    typed_struct_file("xds/type/v3/typed_struct.proto", "xds.type.v3"),
+]
+
+
 def main():
     check = sys.argv[1:] == ["--check"]
     if sys.argv[1:] not in ([], ["--check"]):
         sys.exit(__doc__)
     version, descriptor_set = envoy_types_descriptor_set()
-    want = stripped(descriptor_set)
+    want = stripped(descriptor_set) + b"".join(ld(SET_FILE, f) for f in EXTRA_FILES)
     rel = os.path.relpath(OUT, ROOT)
     if check:
         try:

@@ -126,6 +126,8 @@ mod tests {
             "envoy.extensions.filters.http.lua.v3.Lua",
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
             "envoy.config.bootstrap.v3.Bootstrap",
+            "udpa.type.v1.TypedStruct",
+            "xds.type.v3.TypedStruct",
         ] {
             assert!(pool().get_message_by_name(name).is_some(), "{name}");
         }
@@ -141,6 +143,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(value.ignored, None);
+        let typed_struct = decode(
+            "envoy.config.listener.v3.Filter",
+            &json(
+                r#"{"name": "x", "typedConfig": {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct", "typeUrl": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "value": {"statPrefix": "x", "cluster": "c"}}}"#,
+            ),
+        );
+        assert!(typed_struct.is_ok_and(|v| v.ignored.is_none()));
         let unknown_type = decode(
             "envoy.config.listener.v3.Filter",
             &json(r#"{"name": "x", "typedConfig": {"@type": "type.googleapis.com/no.such.Type"}}"#),
