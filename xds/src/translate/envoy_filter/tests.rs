@@ -240,3 +240,42 @@ fn virtual_host_matches_by_name_and_domain() {
         assert_eq!(virtual_host_matches(&vh, &active(&p, Operation::Merge)), want, "{yaml}");
     }
 }
+
+#[test]
+fn order_is_priority_then_root_namespace_then_creation_time_then_name() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let filter = |name: &str, namespace: &str, priority: Option<i32>, created: Option<i64>| {
+        let spec: rudder_config::networking::envoy_filter::EnvoyFilterSpec =
+            serde_saphyr::from_str("configPatches: [{applyTo: CLUSTER, patch: {operation: REMOVE}}]").unwrap();
+        let mut f =
+            EnvoyFilter::new(name, rudder_config::networking::envoy_filter::EnvoyFilterSpec { priority, ..spec });
+        f.metadata.namespace = Some(namespace.to_owned());
+        f.metadata.creation_timestamp = created.map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap()));
+        Arc::new(f)
+    };
+    let snapshot = Snapshot {
+        envoy_filters: vec![
+            filter("a-late", "apps", None, Some(300)),
+            filter("b-early", "apps", None, Some(100)),
+            filter("c-same-time", "apps", None, Some(100)),
+            filter("root-late", "istio-system", None, Some(500)),
+            filter("first", "apps", Some(-5), Some(900)),
+            filter("last", "istio-system", Some(5), Some(1)),
+            filter("elsewhere", "other", Some(-10), Some(1)),
+        ],
+        ..Snapshot::default()
+    };
+    let proxy = Proxy::from_node("sidecar~10.0.0.1~p.apps~apps.svc.cluster.local", &BTreeMap::new()).unwrap();
+    let order: Vec<String> = Patches::for_proxy(&snapshot, &proxy).list.iter().map(|p| p.filter.clone()).collect();
+    assert_eq!(
+        order,
+        [
+            "apps/first",
+            "istio-system/root-late",
+            "apps/b-early",
+            "apps/c-same-time",
+            "apps/a-late",
+            "istio-system/last"
+        ]
+    );
+}
