@@ -205,6 +205,7 @@ impl Walk<'_, '_> {
         }
         let Some(FilterConfig::TypedConfig(any)) = filter.config_type.as_mut() else { return };
         let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { return };
+        let generated = hcm.clone();
         for p in &patches {
             let name =
                 p.filter_match().and_then(|f| f.sub_filter.as_ref()).map(|s| s.name.as_str()).unwrap_or_default();
@@ -237,7 +238,10 @@ impl Walk<'_, '_> {
         if let Some(RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier.as_mut() {
             skipped.extend(self.routes.apply_routes(self.context, std::slice::from_mut(rc), &BTreeMap::new()));
         }
-        any.value = hcm.encode_to_vec();
+        // Encoded again only when a patch changed it.
+        if hcm != generated {
+            any.value = hcm.encode_to_vec();
+        }
     }
 }
 

@@ -278,10 +278,7 @@ impl<'a> Patches<'a> {
     }
 
     /// The usable patches among `kinds` in `context`, as a filtered set.
-    fn usable(&self, kinds: &[ApplyTo], context: PatchContext, skipped: &mut Vec<Skipped>) -> Patches<'a>
-    where
-        Self: Sized,
-    {
+    fn usable(&self, kinds: &[ApplyTo], context: PatchContext, skipped: &mut Vec<Skipped>) -> Patches<'a> {
         let keep = self.check(kinds, context, skipped);
         Patches {
             list: self
