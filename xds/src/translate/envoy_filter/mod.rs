@@ -146,11 +146,8 @@ pub fn selects(filter: &EnvoyFilter, proxy: &Proxy, root_namespace: &str) -> boo
 /// keeps (`ISTIO_VERSION`, `NAMESPACE`, `CLUSTER_ID`, `ISTIO_REVISION`, `WORKLOAD_IDENTITY`);
 /// other keys never match.
 pub fn proxy_matches(m: &ProxyMatch, proxy: &Proxy) -> bool {
-    if !m.proxy_version.is_empty() {
-        match regex::Regex::new(&m.proxy_version) {
-            Ok(re) if re.is_match(&proxy.istio_version) => {}
-            _ => return false,
-        }
+    if !m.proxy_version.is_empty() && !version_matches(&m.proxy_version, &proxy.istio_version) {
+        return false;
     }
     m.metadata.iter().all(|(key, want)| {
         let have = match key.as_str() {
@@ -163,6 +160,22 @@ pub fn proxy_matches(m: &ProxyMatch, proxy: &Proxy) -> bool {
         };
         have == want
     })
+}
+
+/// Whether `version` matches the regex `pattern` (none does when it does not compile).
+/// Compiled regexes are kept: every view and every proxy's inbound side asks again.
+fn version_matches(pattern: &str, version: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static COMPILED: OnceLock<Mutex<HashMap<String, Option<regex::Regex>>>> = OnceLock::new();
+    let Ok(mut compiled) = COMPILED.get_or_init(Default::default).lock() else {
+        return regex::Regex::new(pattern).is_ok_and(|re| re.is_match(version));
+    };
+    if compiled.len() > 1_000 {
+        compiled.clear();
+    }
+    let re = compiled.entry(pattern.to_owned()).or_insert_with(|| regex::Regex::new(pattern).ok());
+    re.as_ref().is_some_and(|re| re.is_match(version))
 }
 
 /// The patches that apply to one proxy, in application order.
