@@ -32,9 +32,10 @@ routes=$(seq -s, 8080 $((8080 + ports - 1)))
 "$rudder" discovery --config-dir "$mesh" --no-webhook --grpc-address 127.0.0.1:25010 \
   --monitoring-address 127.0.0.1:25014 >"$log" 2>&1 &
 pid=$!
+# Wait until discovery serves the whole mesh (its first pushes can be empty).
 for _ in $(seq 1 600); do
-  version=$(curl -sf 127.0.0.1:25014/debug/adsz 2>/dev/null | sed -n 's/.*"push_version":\([0-9]*\).*/\1/p') || true
-  [ "${version:-0}" -ge 2 ] && break
+  served=$(curl -sf 127.0.0.1:25014/metrics 2>/dev/null | sed -n 's/^pilot_services \([0-9]*\).*/\1/p') || true
+  [ "${served:-0}" -ge "$services" ] && break
   kill -0 "$pid" 2>/dev/null || { cat "$log"; exit 1; }
   sleep 0.1
 done
