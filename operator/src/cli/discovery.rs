@@ -124,8 +124,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         ..ServerOptions::default()
     };
     let server = DiscoveryServer::new(rx, options);
-    let grpc = tokio::net::TcpListener::bind(args.grpc_address)
-        .await
+    let grpc = rudder_xds::server::bind_xds_listener(args.grpc_address)
         .with_context(|| format!("binding the gRPC address {}", args.grpc_address))?;
     let monitoring = tokio::net::TcpListener::bind(args.monitoring_address)
         .await
@@ -166,8 +165,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     let secure_task = match secure_server(args, &trust_domain, cluster.clone()).await? {
         Some((tls, ca)) => {
             let ca = ca.with_metrics(server.register_metrics(CaMetrics::register));
-            let listener = tokio::net::TcpListener::bind(args.secure_grpc_address)
-                .await
+            let listener = rudder_xds::server::bind_xds_listener(args.secure_grpc_address)
                 .with_context(|| format!("binding the TLS xDS address {}", args.secure_grpc_address))?;
             tracing::info!(address = %args.secure_grpc_address, "TLS xDS and CA serving");
             let server = server.clone();
