@@ -1,9 +1,9 @@
-//! Test support shared by the xds tests, the e2e suite and benches: finding the Envoy binary
-//! and asking a real Envoy whether it accepts a set of resources, and a seeded random sequence
-//! for property tests. Not used at run time.
+//! Test support shared by the xds tests, the e2e suite and benches: finding the Envoy binary,
+//! asking a real Envoy whether it accepts a set of resources, starting an Envoy fed over ADS,
+//! and a seeded random sequence for property tests. Not used at run time.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::StaticResources;
@@ -51,6 +51,69 @@ pub fn envoy_accepts(clusters: Vec<Cluster>, listeners: Vec<Listener>) -> Result
         .and_then(|()| envoy_validates(&envoy, &file));
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Who a test Envoy says it is: its node id (`sidecar~…` or `router~…`), cluster, and node
+/// metadata as a YAML flow mapping (`{NAMESPACE: default, LABELS: {app: t}}`).
+#[derive(Clone, Copy, Debug)]
+pub struct TestNode<'a> {
+    pub id: &'a str,
+    pub cluster: &'a str,
+    pub metadata: &'a str,
+}
+
+/// The bootstrap of a test Envoy that takes CDS and LDS over ADS (`api_type` `GRPC` or
+/// `DELTA_GRPC`) from discovery on 127.0.0.1:`xds_port`, with its admin on 127.0.0.1:`admin`.
+/// `wait_for_config: false` sets `initial_fetch_timeout: 0s` (Envoy waits for its first
+/// config indefinitely instead of starting without it after 15 s).
+pub fn ads_bootstrap(node: TestNode<'_>, admin: u16, xds_port: u16, api_type: &str, wait_for_config: bool) -> String {
+    let fetch = if wait_for_config { "" } else { ", initial_fetch_timeout: 0s" };
+    let TestNode { id, cluster, metadata } = node;
+    format!(
+        r#"
+node:
+  id: {id}
+  cluster: {cluster}
+  metadata: {metadata}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3{fetch}}}
+  lds_config: {{ads: {{}}, resource_api_version: V3{fetch}}}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
+"#
+    )
+}
+
+/// Starts Envoy on `bootstrap` (written to `dir/bootstrap.yaml`) with its own `base_id`
+/// (shared memory of two Envoys with one id collides), one worker and warnings only.
+pub fn spawn_envoy(dir: &Path, bootstrap: &str, base_id: u32) -> Result<Child, String> {
+    let config = dir.join("bootstrap.yaml");
+    std::fs::write(&config, bootstrap).map_err(|e| format!("writing {}: {e}", config.display()))?;
+    Command::new(envoy_path()?)
+        .arg("-c")
+        .arg(&config)
+        .args(["--base-id", &base_id.to_string(), "--concurrency", "1", "-l", "warning", "--drain-time-s", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("starting Envoy: {e}"))
 }
 
 /// Runs `envoy --mode validate` on a bootstrap file (`.pb` binary proto, `.json` or `.yaml`).

@@ -5,7 +5,7 @@
 mod ads_support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ads_support::Harness;
@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoi
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rudder_xds::server::DebounceOptions;
+use rudder_xds::testing::{TestNode, ads_bootstrap, spawn_envoy};
 use rudder_xds::translate::Resources;
 
 /// Envoy under test; killed (and its files removed) on drop.
@@ -47,49 +48,15 @@ fn free_port() -> u16 {
 impl Envoy {
     fn start(xds_port: u16, api_type: &str, base_id: u32) -> Self {
         let admin = free_port();
-        let bootstrap = format!(
-            r#"
-node:
-  id: sidecar~127.0.0.1~t.default~default.svc.cluster.local
-  cluster: t.default
-  metadata: {{NAMESPACE: default, LABELS: {{app: t}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s}}
-  lds_config: {{ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s}}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
-"#
-        );
+        let node = TestNode {
+            id: "sidecar~127.0.0.1~t.default~default.svc.cluster.local",
+            cluster: "t.default",
+            metadata: "{NAMESPACE: default, LABELS: {app: t}}",
+        };
+        let bootstrap = ads_bootstrap(node, admin, xds_port, api_type, false);
         let dir = std::env::temp_dir().join(format!("rudder-ads-envoy-{}-{base_id}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("bootstrap.yaml");
-        std::fs::write(&config, bootstrap).unwrap();
-        let envoy = rudder_xds::testing::envoy_path().unwrap();
-        let child = Command::new(envoy)
-            .arg("-c")
-            .arg(&config)
-            .args(["--base-id", &base_id.to_string(), "--concurrency", "1", "-l", "warning", "--drain-time-s", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let child = spawn_envoy(&dir, &bootstrap, base_id).unwrap();
         Self { child, admin, dir }
     }
 

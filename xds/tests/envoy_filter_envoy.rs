@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use rudder_config::mesh::MeshConfig;
 use rudder_xds::registry::files::ConfigDir;
 use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions};
+use rudder_xds::testing::{TestNode, ads_bootstrap, spawn_envoy};
 use tokio::sync::watch;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -57,47 +58,13 @@ impl Drop for Envoy {
 /// bind 127.0.0.1) fed by the ADS server on `xds_port`.
 fn gateway_envoy(xds_port: u16, dir: &Path) -> Envoy {
     let admin = free_port();
-    let bootstrap = format!(
-        r#"
-node:
-  id: router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local
-  cluster: istio-ingressgateway.istio-system
-  metadata: {{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, ISTIO_VERSION: 1.29.2, LABELS: {{istio: ingressgateway}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
-"#
-    );
-    let config = dir.join("bootstrap.yaml");
-    std::fs::write(&config, bootstrap).unwrap();
-    let base_id = (std::process::id() % 100_000) * 10 + 8;
-    let child = Command::new(rudder_xds::testing::envoy_path().unwrap())
-        .arg("-c")
-        .arg(&config)
-        .args(["--base-id", &base_id.to_string(), "--concurrency", "1", "-l", "warning", "--drain-time-s", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let node = TestNode {
+        id: "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local",
+        cluster: "istio-ingressgateway.istio-system",
+        metadata: "{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, ISTIO_VERSION: 1.29.2, LABELS: {istio: ingressgateway}}",
+    };
+    let bootstrap = ads_bootstrap(node, admin, xds_port, "GRPC", true);
+    let child = spawn_envoy(dir, &bootstrap, (std::process::id() % 100_000) * 10 + 8).unwrap();
     Envoy { child, admin, dir: dir.to_owned() }
 }
 

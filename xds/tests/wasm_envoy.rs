@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use rudder_xds::model::{Snapshot, WasmModule};
 use rudder_xds::registry::files::ConfigDir;
 use rudder_xds::registry::wasm::{self, FetchOptions, WASM_LAYER, sha256_hex};
 use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions};
+use rudder_xds::testing::{TestNode, ads_bootstrap, spawn_envoy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -147,48 +148,13 @@ impl Drop for Envoy {
 /// A gateway Envoy (`istio: ingressgateway` in istio-system, interception NONE: its
 /// listeners bind 127.0.0.1) fed by the ADS server on `xds_port`.
 fn gateway_envoy(xds_port: u16, dir: &std::path::Path) -> Envoy {
-    let admin = free_port();
-    let bootstrap = format!(
-        r#"
-node:
-  id: router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local
-  cluster: istio-ingressgateway.istio-system
-  metadata: {{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, LABELS: {{istio: ingressgateway}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
-"#
-    );
-    let config = dir.join("bootstrap.yaml");
-    std::fs::write(&config, bootstrap).unwrap();
-    let base_id = (std::process::id() % 100_000) * 10 + 7;
-    let child = Command::new(rudder_xds::testing::envoy_path().unwrap())
-        .arg("-c")
-        .arg(&config)
-        .args(["--base-id", &base_id.to_string(), "--concurrency", "1", "-l", "warning", "--drain-time-s", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let node = TestNode {
+        id: "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local",
+        cluster: "istio-ingressgateway.istio-system",
+        metadata: "{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, LABELS: {istio: ingressgateway}}",
+    };
+    let bootstrap = ads_bootstrap(node, free_port(), xds_port, "GRPC", true);
+    let child = spawn_envoy(dir, &bootstrap, (std::process::id() % 100_000) * 10 + 7).unwrap();
     Envoy { child, dir: dir.to_owned() }
 }
 
