@@ -307,25 +307,163 @@ pub struct ExtensionProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lightstep: Option<FreeForm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datadog: Option<FreeForm>,
+    pub datadog: Option<DatadogProvider>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stackdriver: Option<FreeForm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opencensus: Option<FreeForm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skywalking: Option<FreeForm>,
+    pub skywalking: Option<SkyWalkingProvider>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub opentelemetry: Option<FreeForm>,
+    pub opentelemetry: Option<OpenTelemetryProvider>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<FreeForm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_file_access_log: Option<FreeForm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub envoy_http_als: Option<FreeForm>,
+    pub envoy_http_als: Option<HttpGrpcLogProvider>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub envoy_tcp_als: Option<FreeForm>,
+    pub envoy_tcp_als: Option<TcpGrpcLogProvider>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub envoy_otel_als: Option<FreeForm>,
+    pub envoy_otel_als: Option<OtelLogProvider>,
+}
+
+/// `envoyHttpAls`: Envoy's gRPC access log service for HTTP (`envoy.access_loggers.http_grpc`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGrpcLogProvider {
+    /// The log service's host (`name.namespace.svc.cluster.local` or a ServiceEntry host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Distinguishes this log among the ones the service receives (default `http_envoy_accesslog`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_state_objects_to_log: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_request_headers_to_log: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_response_headers_to_log: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_response_trailers_to_log: Vec<String>,
+}
+
+/// `envoyTcpAls`: Envoy's gRPC access log service for TCP (`envoy.access_loggers.tcp_grpc`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpGrpcLogProvider {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Default `tcp_envoy_accesslog`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_state_objects_to_log: Vec<String>,
+}
+
+/// `envoyOtelAls`: logs to an OpenTelemetry collector over gRPC
+/// (`envoy.access_loggers.open_telemetry`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtelLogProvider {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Default `otel_envoy_accesslog`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<OtelLogFormat>,
+}
+
+/// What an OpenTelemetry log record carries: `text` becomes its body (Istio's default line when
+/// empty), `labels` its attributes (Envoy command operators as values).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtelLogFormat {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `opentelemetry` tracer (`envoy.tracers.opentelemetry`): OTLP over gRPC, or over HTTP with
+/// `http`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OpenTelemetryProvider {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Accepted; Envoy's OpenTelemetry tracer has no tag length setting.
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub max_tag_length: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<OtlpHttp>,
+    /// Accepted, not translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_detectors: Option<FreeForm>,
+    /// Accepted, not translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynatrace_sampler: Option<FreeForm>,
+}
+
+/// OTLP over HTTP: the path spans are posted to (default `/v1/traces`), the request timeout
+/// and extra headers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtlpHttp {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<OtlpHeader>,
+}
+
+/// One header of OTLP HTTP requests: a literal `value` (Istio's `envValue` is accepted and
+/// not translated).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtlpHeader {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub env_value: String,
+}
+
+/// `datadog` tracer (`envoy.tracers.datadog`): the Datadog agent's service and port.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatadogProvider {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Accepted; Envoy's Datadog tracer has no tag length setting.
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub max_tag_length: Option<u32>,
+}
+
+/// `skywalking` tracer (`envoy.tracers.skywalking`): the SkyWalking OAP's gRPC service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SkyWalkingProvider {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// The OAP's authentication token, sent with every segment.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub access_token: String,
 }
 
 /// Provider kinds that talk to a service and so need `service` and `port`.
@@ -344,36 +482,58 @@ const SERVICE_PROVIDERS: &[&str] = &[
 ];
 
 impl ExtensionProvider {
-    /// Every provider kind set on this entry, by YAML name.
-    pub fn kinds(&self) -> Vec<(&'static str, &FreeForm)> {
+    /// Every provider kind set on this entry, by YAML name, with the `service` and `port` of
+    /// the typed kinds that call one (`None` for a free-form body, checked from the body).
+    fn kinds_with_target(&self) -> Vec<(&'static str, ProviderBody<'_>)> {
+        fn free<'a>(name: &'static str, body: &'a Option<FreeForm>) -> Option<(&'static str, ProviderBody<'a>)> {
+            body.as_ref().map(|b| (name, ProviderBody::Free(b)))
+        }
+        fn typed<'a>(
+            name: &'static str,
+            target: Option<(&'a str, Option<u32>)>,
+        ) -> Option<(&'static str, ProviderBody<'a>)> {
+            target.map(|(s, p)| (name, ProviderBody::Target(s, p)))
+        }
         [
-            ("envoyExtAuthzHttp", &self.envoy_ext_authz_http),
-            ("envoyExtAuthzGrpc", &self.envoy_ext_authz_grpc),
-            ("zipkin", &self.zipkin),
-            ("lightstep", &self.lightstep),
-            ("datadog", &self.datadog),
-            ("stackdriver", &self.stackdriver),
-            ("opencensus", &self.opencensus),
-            ("skywalking", &self.skywalking),
-            ("opentelemetry", &self.opentelemetry),
-            ("prometheus", &self.prometheus),
-            ("envoyFileAccessLog", &self.envoy_file_access_log),
-            ("envoyHttpAls", &self.envoy_http_als),
-            ("envoyTcpAls", &self.envoy_tcp_als),
-            ("envoyOtelAls", &self.envoy_otel_als),
+            free("envoyExtAuthzHttp", &self.envoy_ext_authz_http),
+            free("envoyExtAuthzGrpc", &self.envoy_ext_authz_grpc),
+            free("zipkin", &self.zipkin),
+            free("lightstep", &self.lightstep),
+            typed("datadog", self.datadog.as_ref().map(|p| (p.service.as_str(), p.port))),
+            free("stackdriver", &self.stackdriver),
+            free("opencensus", &self.opencensus),
+            typed("skywalking", self.skywalking.as_ref().map(|p| (p.service.as_str(), p.port))),
+            typed("opentelemetry", self.opentelemetry.as_ref().map(|p| (p.service.as_str(), p.port))),
+            free("prometheus", &self.prometheus),
+            free("envoyFileAccessLog", &self.envoy_file_access_log),
+            typed("envoyHttpAls", self.envoy_http_als.as_ref().map(|p| (p.service.as_str(), p.port))),
+            typed("envoyTcpAls", self.envoy_tcp_als.as_ref().map(|p| (p.service.as_str(), p.port))),
+            typed("envoyOtelAls", self.envoy_otel_als.as_ref().map(|p| (p.service.as_str(), p.port))),
         ]
         .into_iter()
-        .filter_map(|(name, body)| body.as_ref().map(|b| (name, b)))
+        .flatten()
         .collect()
     }
 
+    /// Every provider kind set on this entry, by YAML name.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.kinds_with_target().into_iter().map(|(name, _)| name).collect()
+    }
+
     /// The provider kind, when exactly one is set.
-    pub fn kind(&self) -> Option<(&'static str, &FreeForm)> {
+    pub fn kind(&self) -> Option<&'static str> {
         match self.kinds().as_slice() {
             [one] => Some(*one),
             _ => None,
         }
     }
+}
+
+/// The body of one provider kind, for validation.
+enum ProviderBody<'a> {
+    Free(&'a FreeForm),
+    /// `service` and `port` of a typed provider.
+    Target(&'a str, Option<u32>),
 }
 
 /// Providers used when a Telemetry or policy does not name one.
@@ -718,13 +878,19 @@ impl MeshConfig {
             } else if !names.insert(provider.name.as_str()) {
                 report.error(&at.field("name"), format!("extension provider name {:?} is used twice", provider.name));
             }
-            let kinds = provider.kinds();
+            let kinds = provider.kinds_with_target();
             match kinds.as_slice() {
                 [] => report.error(&at, "extension provider must set one provider kind"),
                 [(kind, body)] => {
-                    if SERVICE_PROVIDERS.contains(kind) {
-                        provider_service(body, &at.field(kind), report);
+                    let at = at.field(kind);
+                    match body {
+                        ProviderBody::Free(body) if SERVICE_PROVIDERS.contains(kind) => {
+                            provider_service(body, &at, report);
+                        }
+                        ProviderBody::Free(_) => {}
+                        ProviderBody::Target(service, port) => provider_target(service, *port, &at, report),
                     }
+                    provider_settings(provider, &at, report);
                 }
                 many => report.error(
                     &at,
@@ -872,6 +1038,43 @@ fn provider_service(body: &FreeForm, at: &FieldPath, report: &mut Report) {
             match number.and_then(|n| u32::try_from(n).ok()) {
                 Some(n) => report.check(&at.field("port"), checks::port(n)),
                 None => report.error(&at.field("port"), format!("port {port} is not a number")),
+            }
+        }
+    }
+}
+
+/// A typed provider's `service` and `port`.
+fn provider_target(service: &str, port: Option<u32>, at: &FieldPath, report: &mut Report) {
+    if service.trim().is_empty() {
+        report.error(&at.field("service"), "service is required");
+    }
+    match port {
+        None => report.error(&at.field("port"), "port is required"),
+        Some(n) => report.check(&at.field("port"), checks::port(n)),
+    }
+}
+
+/// Kind-specific settings of typed providers.
+fn provider_settings(provider: &ExtensionProvider, at: &FieldPath, report: &mut Report) {
+    if let Some(http) = provider.opentelemetry.as_ref().and_then(|o| o.http.as_ref()) {
+        let at = at.field("http");
+        if !http.path.is_empty() && !http.path.starts_with('/') {
+            report.error(&at.field("path"), format!("path {:?} must start with /", http.path));
+        }
+        for (i, header) in http.headers.iter().enumerate() {
+            let at = at.field("headers").index(i);
+            if header.name.trim().is_empty() {
+                report.error(&at.field("name"), "header name is required");
+            }
+            if !header.value.is_empty() && !header.env_value.is_empty() {
+                report.error(&at, "set value or envValue, not both");
+            }
+        }
+    }
+    if let Some(format) = provider.envoy_otel_als.as_ref().and_then(|o| o.log_format.as_ref()) {
+        for name in format.labels.keys() {
+            if name.is_empty() {
+                report.error(&at.field("logFormat").field("labels"), "label names must not be empty");
             }
         }
     }
@@ -1063,7 +1266,7 @@ mod tests {
         assert_eq!(proxy.proxy_admin_port, Some(15000));
         assert_eq!(proxy.drain_duration, Some(Duration::from_secs(45)));
         assert_eq!(proxy.discovery_address.as_deref(), Some("istiod.istio-system.svc:15012"));
-        let names: Vec<_> = mesh.extension_providers.iter().map(|p| (p.name.as_str(), p.kind().map(|k| k.0))).collect();
+        let names: Vec<_> = mesh.extension_providers.iter().map(|p| (p.name.as_str(), p.kind())).collect();
         assert_eq!(
             names,
             vec![
@@ -1213,5 +1416,58 @@ discoverySelectors:
                 "mesh.discoverySelectors[0].matchExpressions[0].values: operator In needs at least one value",
             ]
         );
+    }
+
+    #[test]
+    fn typed_telemetry_providers_decode_and_name_bad_fields() {
+        let text = r#"
+extensionProviders:
+- name: als
+  envoyHttpAls: {service: als.observability.svc.cluster.local, port: "9001", logName: mine, additionalRequestHeadersToLog: [x-a]}
+- name: tcp
+  envoyTcpAls: {service: "", port: 0}
+- name: otel-log
+  envoyOtelAls: {service: otel.observability, port: 4317, logFormat: {text: "%PROTOCOL%", labels: {"": x}}}
+- name: otel
+  opentelemetry: {service: otel.observability, port: 4318, http: {path: v1/traces, timeout: 2s, headers: [{name: "", value: a, envValue: B}]}}
+- name: dd
+  datadog: {service: dd.observability}
+- name: sw
+  skywalking: {service: oap.observability, port: 11800, accessToken: t}
+"#;
+        let mesh = apply_yaml(text, &MeshConfig::default()).expect("decodes");
+        let als = mesh.extension_providers[0].envoy_http_als.as_ref().expect("envoyHttpAls");
+        assert_eq!((als.port, als.log_name.as_str()), (Some(9001), "mine"));
+        assert_eq!(als.additional_request_headers_to_log, ["x-a"]);
+        assert_eq!(mesh.extension_providers[5].kind(), Some("skywalking"));
+        assert_eq!(
+            mesh.extension_providers[3].opentelemetry.as_ref().and_then(|o| o.http.as_ref()).and_then(|h| h.timeout),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            errors(&mesh),
+            vec![
+                "mesh.extensionProviders[1].envoyTcpAls.service: service is required",
+                "mesh.extensionProviders[1].envoyTcpAls.port: port number 0 must be in the range 1..65535",
+                "mesh.extensionProviders[2].envoyOtelAls.logFormat.labels: label names must not be empty",
+                "mesh.extensionProviders[3].opentelemetry.http.path: path \"v1/traces\" must start with /",
+                "mesh.extensionProviders[3].opentelemetry.http.headers[0].name: header name is required",
+                "mesh.extensionProviders[3].opentelemetry.http.headers[0]: set value or envValue, not both",
+                "mesh.extensionProviders[4].datadog.port: port is required",
+            ]
+        );
+        for (text, want) in [
+            (
+                "extensionProviders:\n- name: a\n  envoyOtelAls: {service: s, port: 1, logFormt: {}}\n",
+                "extensionProviders[0].envoyOtelAls.logFormt: unknown field `logFormt`",
+            ),
+            (
+                "extensionProviders:\n- name: a\n  datadog: {service: s, port: many}\n",
+                "extensionProviders[0].datadog.port: invalid port or count",
+            ),
+        ] {
+            let err = apply_yaml(text, &MeshConfig::default()).expect_err(text);
+            assert!(err.starts_with(want), "{text}: {err}");
+        }
     }
 }

@@ -19,12 +19,21 @@ use envoy_types::pb::envoy::config::accesslog::v3::extension_filter::ConfigType 
 use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, AndFilter, ExtensionFilter, LogTypeFilter,
 };
-use envoy_types::pb::envoy::config::core::v3::HeaderValue;
-use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiVersion, GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, grpc_service, http_uri,
+};
+
 use envoy_types::pb::envoy::config::trace::v3::zipkin_config::{CollectorEndpointVersion, TraceContextOption};
-use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing::Http as TracingProvider};
+use envoy_types::pb::envoy::config::trace::v3::{
+    ClientConfig, DatadogConfig, OpenTelemetryConfig, SkyWalkingConfig, ZipkinConfig, client_config,
+    tracing::Http as TracingProvider,
+};
 use envoy_types::pb::envoy::data::accesslog::v3::AccessLogType;
 use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+    CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
 use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::Config as StatsLog;
 use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::config::{Counter, Histogram, Stat, Tag, histogram};
 use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::Config as HeaderToMetadata;
@@ -38,9 +47,10 @@ use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::envoy::r#type::v3::Scope;
 use envoy_types::pb::google::protobuf::UInt64Value;
+use envoy_types::pb::opentelemetry::proto::common::v1::{AnyValue, KeyValue, KeyValueList, any_value};
 use envoy_types::util::pack_any;
 use rudder_config::labels;
-use rudder_config::mesh::{AccessLogEncoding, MeshConfig};
+use rudder_config::mesh::{AccessLogEncoding, OpenTelemetryProvider, OtelLogProvider, TracingServiceName};
 use rudder_config::telemetry::{self as api, IstioMetric, TagOperation, Telemetry, WorkloadMode};
 
 use crate::model::{NodeType, labels_match};
@@ -125,13 +135,14 @@ fn applicable<'a>(ctx: &Context<'a>) -> Vec<&'a Telemetry> {
 /// `service` names the service an inbound port serves (the server's `destination_service`).
 pub fn access_logs(ctx: &Context<'_>, side: Side, service: Option<&str>) -> Vec<AccessLog> {
     let telemetries = applicable(ctx);
-    let mut logs = file_logs(&ctx.snapshot.mesh, &telemetries, side);
+    let mut logs = provider_logs(ctx, &telemetries, side);
     logs.extend(metric_logs(&telemetries, side, ctx.proxy.node_type, service));
     logs
 }
 
 /// The access log providers turned on for `side` and their filter expressions.
-fn file_logs(mesh: &MeshConfig, telemetries: &[&Telemetry], side: Side) -> Vec<AccessLog> {
+fn provider_logs(ctx: &Context<'_>, telemetries: &[&Telemetry], side: Side) -> Vec<AccessLog> {
+    let mesh = &ctx.snapshot.mesh;
     let defaults: Vec<String> = match mesh.default_providers.as_ref().map(|d| &d.access_logging) {
         Some(named) if !named.is_empty() => named.clone(),
         _ if mesh.access_log_file.as_deref().is_some_and(|f| !f.is_empty()) => vec![MESH_FILE.to_owned()],
@@ -159,17 +170,19 @@ fn file_logs(mesh: &MeshConfig, telemetries: &[&Telemetry], side: Side) -> Vec<A
     }
     let mut logs = Vec::new();
     for (provider, filter) in enabled {
-        let Some(mut log) = provider_log(mesh, &provider) else { continue };
+        let Some(mut log) = provider_log(ctx, &provider) else { continue };
         log.filter = Some(log_filter(filter.as_deref()));
         logs.push(log);
     }
     logs
 }
 
-/// The file log of a provider: the mesh's `accessLogFile`, an `envoyFileAccessLog`
-/// extension provider, or the built-in `envoy` (stdout). Other provider kinds (gRPC and
-/// OpenTelemetry log services) are not translated.
-fn provider_log(mesh: &MeshConfig, provider: &str) -> Option<AccessLog> {
+/// The log of a provider: the mesh's `accessLogFile`, an `envoyFileAccessLog` extension
+/// provider, the built-in `envoy` (stdout), or a gRPC log service (`envoyHttpAls`,
+/// `envoyTcpAls`, `envoyOtelAls`) whose service is one of the registry's. Other provider kinds
+/// are not access loggers.
+fn provider_log(ctx: &Context<'_>, provider: &str) -> Option<AccessLog> {
+    let mesh = &ctx.snapshot.mesh;
     if provider == MESH_FILE {
         return access_log::from_mesh(mesh).into_iter().next();
     }
@@ -180,8 +193,39 @@ fn provider_log(mesh: &MeshConfig, provider: &str) -> Option<AccessLog> {
         tracing::debug!(provider, "access log provider not in meshConfig.extensionProviders; ignored");
         return None;
     };
+    if let Some(als) = &found.envoy_http_als {
+        let grpc = log_service(ctx, provider, &als.service, als.port)?;
+        let config = HttpGrpcAccessLogConfig {
+            common_config: Some(common_grpc_log(
+                grpc,
+                &als.log_name,
+                HTTP_ALS_LOG_NAME,
+                &als.filter_state_objects_to_log,
+            )),
+            additional_request_headers_to_log: als.additional_request_headers_to_log.clone(),
+            additional_response_headers_to_log: als.additional_response_headers_to_log.clone(),
+            additional_response_trailers_to_log: als.additional_response_trailers_to_log.clone(),
+        };
+        return Some(typed_log(HTTP_GRPC_ACCESS_LOG, pack_any(config)));
+    }
+    if let Some(als) = &found.envoy_tcp_als {
+        let grpc = log_service(ctx, provider, &als.service, als.port)?;
+        let config = TcpGrpcAccessLogConfig {
+            common_config: Some(common_grpc_log(
+                grpc,
+                &als.log_name,
+                TCP_ALS_LOG_NAME,
+                &als.filter_state_objects_to_log,
+            )),
+        };
+        return Some(typed_log(TCP_GRPC_ACCESS_LOG, pack_any(config)));
+    }
+    if let Some(als) = &found.envoy_otel_als {
+        let grpc = log_service(ctx, provider, &als.service, als.port)?;
+        return Some(typed_log(OTEL_ACCESS_LOG, otel_log_config(grpc, als)));
+    }
     let Some(file) = &found.envoy_file_access_log else {
-        tracing::debug!(provider, "only envoyFileAccessLog providers are translated; ignored");
+        tracing::debug!(provider, "provider is not an access log provider; ignored");
         return None;
     };
     let path = file.0.get("path").and_then(|p| p.as_str()).filter(|p| !p.is_empty()).unwrap_or("/dev/stdout");
@@ -195,6 +239,94 @@ fn provider_log(mesh: &MeshConfig, provider: &str) -> Option<AccessLog> {
     }
     let text = format.and_then(|f| f.get("text")).and_then(|t| t.as_str()).unwrap_or_default();
     Some(access_log::file_log(path, AccessLogEncoding::Text, text))
+}
+
+/// Extension names of Envoy's gRPC and OpenTelemetry access loggers.
+pub const HTTP_GRPC_ACCESS_LOG: &str = "envoy.access_loggers.http_grpc";
+pub const TCP_GRPC_ACCESS_LOG: &str = "envoy.access_loggers.tcp_grpc";
+pub const OTEL_ACCESS_LOG: &str = "envoy.access_loggers.open_telemetry";
+/// Istio's log names when a provider gives none.
+const HTTP_ALS_LOG_NAME: &str = "http_envoy_accesslog";
+const TCP_ALS_LOG_NAME: &str = "tcp_envoy_accesslog";
+const OTEL_ALS_LOG_NAME: &str = "otel_envoy_accesslog";
+
+/// The kind of chain a log is written on: gRPC HTTP logs only go to HTTP connection managers
+/// and gRPC TCP logs only to tcp_proxy (as Istio does); every other log goes to both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    Http,
+    Tcp,
+}
+
+/// The logs of `logs` that a chain of `kind` carries.
+pub fn logs_for(logs: &[AccessLog], kind: Chain) -> Vec<AccessLog> {
+    let other = match kind {
+        Chain::Http => TCP_GRPC_ACCESS_LOG,
+        Chain::Tcp => HTTP_GRPC_ACCESS_LOG,
+    };
+    logs.iter().filter(|l| l.name != other).cloned().collect()
+}
+
+fn typed_log(name: &str, config: envoy_types::pb::google::protobuf::Any) -> AccessLog {
+    AccessLog { name: name.to_owned(), filter: None, config_type: Some(ConfigType::TypedConfig(config)) }
+}
+
+/// An Envoy gRPC service to the registry service `host`:`port` (its outbound cluster), the
+/// authority its hostname. `None` (and no log) when the registry has no such service.
+fn log_service(ctx: &Context<'_>, provider: &str, host: &str, port: Option<u32>) -> Option<GrpcService> {
+    let Some((cluster, hostname)) = registry_cluster(ctx, host, port?) else {
+        tracing::debug!(provider, host, "access log service is not a service of the registry; no log");
+        return None;
+    };
+    Some(envoy_grpc(cluster, hostname))
+}
+
+fn envoy_grpc(cluster: String, authority: String) -> GrpcService {
+    GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+            cluster_name: cluster,
+            authority,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn common_grpc_log(
+    grpc: GrpcService,
+    log_name: &str,
+    default_name: &str,
+    filter_state: &[String],
+) -> CommonGrpcAccessLogConfig {
+    CommonGrpcAccessLogConfig {
+        log_name: if log_name.is_empty() { default_name } else { log_name }.to_owned(),
+        grpc_service: Some(grpc),
+        transport_api_version: ApiVersion::V3 as i32,
+        filter_state_objects_to_log: filter_state.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// An OpenTelemetry log: the record's body is the provider's `logFormat.text` (else Istio's
+/// text line), its attributes the `logFormat.labels`, in name order.
+fn otel_log_config(grpc: GrpcService, als: &OtelLogProvider) -> envoy_types::pb::google::protobuf::Any {
+    let format = als.log_format.clone().unwrap_or_default();
+    let text = if format.text.is_empty() { access_log::ISTIO_TEXT_FORMAT.to_owned() } else { format.text };
+    let string = |value: String| AnyValue { value: Some(any_value::Value::StringValue(value)) };
+    let attributes = (!format.labels.is_empty()).then(|| KeyValueList {
+        values: format
+            .labels
+            .into_iter()
+            .map(|(key, value)| KeyValue { key, value: Some(string(value)), ..Default::default() })
+            .collect(),
+    });
+    pack_any(OpenTelemetryAccessLogConfig {
+        grpc_service: Some(grpc),
+        log_name: if als.log_name.is_empty() { OTEL_ALS_LOG_NAME.to_owned() } else { als.log_name.clone() },
+        body: Some(string(text)),
+        attributes,
+        ..Default::default()
+    })
 }
 
 /// File logs skip the record tcp_proxy writes when a connection is established (the metrics
@@ -536,14 +668,7 @@ pub fn collector(ctx: &Context<'_>) -> Option<Collector> {
     if mesh.enable_tracing == Some(false) {
         return None;
     }
-    let telemetries = applicable(ctx);
-    let named = telemetries
-        .iter()
-        .flat_map(|t| t.spec.tracing.first())
-        .filter_map(|t| t.providers.first().map(|p| p.name.clone()))
-        .next_back()
-        .or_else(|| mesh.default_providers.as_ref().and_then(|d| d.tracing.first().cloned()));
-    if let Some(name) = named {
+    if let Some(name) = named_tracer(ctx) {
         let provider = mesh.extension_providers.iter().find(|p| p.name == name)?;
         let zipkin = provider.zipkin.as_ref()?;
         let service = zipkin.0.get("service").and_then(|s| s.as_str())?;
@@ -556,20 +681,158 @@ pub fn collector(ctx: &Context<'_>) -> Option<Collector> {
     collector_at(ctx, host, port.parse().ok()?)
 }
 
+/// The tracing provider the most specific Telemetry names, else the mesh's default one.
+fn named_tracer(ctx: &Context<'_>) -> Option<String> {
+    applicable(ctx)
+        .iter()
+        .flat_map(|t| t.spec.tracing.first())
+        .filter_map(|t| t.providers.first().map(|p| p.name.clone()))
+        .next_back()
+        .or_else(|| ctx.snapshot.mesh.default_providers.as_ref().and_then(|d| d.tracing.first().cloned()))
+}
+
+/// The tracer of the proxy: an `opentelemetry`, `datadog` or `skywalking` provider named by a
+/// Telemetry or the mesh default (when its service is one of the registry's), else zipkin
+/// ([`collector`]). `None`: no tracing.
+fn tracer(ctx: &Context<'_>) -> Option<TracingProvider> {
+    if ctx.snapshot.mesh.enable_tracing == Some(false) {
+        return None;
+    }
+    let named = named_tracer(ctx);
+    let provider = named.as_ref().and_then(|n| ctx.snapshot.mesh.extension_providers.iter().find(|p| &p.name == n));
+    let target = |service: &str, port: Option<u32>| {
+        let found = registry_cluster(ctx, service, port?);
+        if found.is_none() {
+            tracing::debug!(provider = ?named, service, "tracing collector is not a service of the registry; no tracing");
+        }
+        found
+    };
+    if let Some(provider) = provider {
+        if let Some(otel) = &provider.opentelemetry {
+            let (cluster, hostname) = target(&otel.service, otel.port)?;
+            return Some(tracer_of(OPENTELEMETRY_TRACER, pack_any(opentelemetry_tracer(ctx, otel, cluster, hostname))));
+        }
+        if let Some(datadog) = &provider.datadog {
+            let (cluster, hostname) = target(&datadog.service, datadog.port)?;
+            let config = DatadogConfig {
+                collector_cluster: cluster,
+                service_name: tracing_service_name(ctx),
+                collector_hostname: hostname,
+                ..Default::default()
+            };
+            return Some(tracer_of(DATADOG_TRACER, pack_any(config)));
+        }
+        if let Some(skywalking) = &provider.skywalking {
+            let (cluster, hostname) = target(&skywalking.service, skywalking.port)?;
+            let token = (!skywalking.access_token.is_empty())
+                .then(|| client_config::BackendTokenSpecifier::BackendToken(skywalking.access_token.clone()));
+            let config = SkyWalkingConfig {
+                grpc_service: Some(envoy_grpc(cluster, hostname)),
+                client_config: Some(ClientConfig {
+                    service_name: tracing_service_name(ctx),
+                    backend_token_specifier: token,
+                    ..Default::default()
+                }),
+            };
+            return Some(tracer_of(SKYWALKING_TRACER, pack_any(config)));
+        }
+    }
+    let collector = collector(ctx)?;
+    let zipkin = ZipkinConfig {
+        collector_cluster: collector.cluster,
+        collector_endpoint: "/api/v2/spans".to_owned(),
+        collector_endpoint_version: CollectorEndpointVersion::HttpJson as i32,
+        trace_id_128bit: true,
+        shared_span_context: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        trace_context_option: TraceContextOption::UseB3WithW3cPropagation as i32,
+        ..Default::default()
+    };
+    Some(tracer_of(ZIPKIN_TRACER, pack_any(zipkin)))
+}
+
+/// Extension names of Envoy's tracers.
+pub const ZIPKIN_TRACER: &str = "envoy.tracers.zipkin";
+pub const OPENTELEMETRY_TRACER: &str = "envoy.tracers.opentelemetry";
+pub const DATADOG_TRACER: &str = "envoy.tracers.datadog";
+pub const SKYWALKING_TRACER: &str = "envoy.tracers.skywalking";
+/// OTLP/HTTP's path for spans, when the provider's `http.path` is empty.
+const OTLP_TRACES_PATH: &str = "/v1/traces";
+/// Timeout of an OTLP/HTTP export when the provider gives none.
+const OTLP_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn tracer_of(name: &str, config: envoy_types::pb::google::protobuf::Any) -> TracingProvider {
+    TracingProvider {
+        name: name.to_owned(),
+        config_type: Some(envoy_types::pb::envoy::config::trace::v3::tracing::http::ConfigType::TypedConfig(config)),
+    }
+}
+
+/// OTLP over gRPC to the collector's cluster, or over HTTP (`http`: path, timeout, literal
+/// headers) to `http://<host>:<port><path>` through it.
+fn opentelemetry_tracer(
+    ctx: &Context<'_>,
+    otel: &OpenTelemetryProvider,
+    cluster: String,
+    hostname: String,
+) -> OpenTelemetryConfig {
+    let mut config = OpenTelemetryConfig { service_name: tracing_service_name(ctx), ..Default::default() };
+    match &otel.http {
+        None => config.grpc_service = Some(envoy_grpc(cluster, hostname)),
+        Some(http) => {
+            let path = if http.path.is_empty() { OTLP_TRACES_PATH } else { http.path.as_str() };
+            let timeout = http.timeout.map_or(OTLP_HTTP_TIMEOUT, |t| t.to_std());
+            let headers = http
+                .headers
+                .iter()
+                .filter(|h| !h.name.is_empty() && h.env_value.is_empty())
+                .map(|h| HeaderValueOption {
+                    header: Some(HeaderValue { key: h.name.clone(), value: h.value.clone(), ..Default::default() }),
+                    ..Default::default()
+                })
+                .collect();
+            config.http_service = Some(HttpService {
+                http_uri: Some(HttpUri {
+                    uri: format!("http://{hostname}:{}{path}", otel.port.unwrap_or_default()),
+                    timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                        seconds: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+                        nanos: i32::try_from(timeout.subsec_nanos()).unwrap_or_default(),
+                    }),
+                    http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(cluster)),
+                }),
+                request_headers_to_add: headers,
+                ..Default::default()
+            });
+        }
+    }
+    config
+}
+
+/// The service name spans carry, as Istio names the proxy's service cluster after
+/// `defaultConfig.tracingServiceName`: `<app label>.<namespace>` (default; `istio-proxy` without
+/// an app label), the canonical service alone, or the canonical service and namespace.
+fn tracing_service_name(ctx: &Context<'_>) -> String {
+    let proxy = ctx.proxy;
+    let label = |key: &str| proxy.labels.get(key).filter(|v| !v.is_empty()).cloned();
+    let app = label(labels::APP).unwrap_or_else(|| "istio-proxy".to_owned());
+    let canonical =
+        label(labels::CANONICAL_NAME).or_else(|| label(labels::APP)).unwrap_or_else(|| "istio-proxy".to_owned());
+    let mode = ctx.snapshot.mesh.default_config.as_ref().and_then(|c| c.tracing_service_name);
+    match mode.unwrap_or(TracingServiceName::AppLabelAndNamespace) {
+        TracingServiceName::AppLabelAndNamespace => format!("{app}.{}", proxy.namespace),
+        TracingServiceName::CanonicalNameOnly => canonical,
+        TracingServiceName::CanonicalNameAndNamespace => format!("{canonical}.{}", proxy.namespace),
+    }
+}
+
 /// A registry service's outbound cluster when `host` names one (short or full); else, for an
 /// IP address or a name outside the cluster, the discovery-made cluster to the address. A
 /// Kubernetes service name (`name.namespace`, `….svc…`) that is not in the registry names
 /// nothing that exists (Istio's default `zipkin.istio-system` where no zipkin is installed):
 /// no collector, rather than a DNS cluster looking it up forever.
 fn collector_at(ctx: &Context<'_>, host: &str, port: u32) -> Option<Collector> {
-    use crate::translate::context::{DOMAIN_SUFFIX, outbound_cluster_name};
-    let candidates = [host.to_owned(), format!("{host}.svc.{DOMAIN_SUFFIX}"), format!("{host}.{DOMAIN_SUFFIX}")];
-    for candidate in candidates {
-        if let Some(service) = ctx.service(&candidate)
-            && service.port(port).is_some()
-        {
-            return Some(Collector { cluster: outbound_cluster_name(port, "", &service.hostname), address: None });
-        }
+    use crate::translate::context::DOMAIN_SUFFIX;
+    if let Some((cluster, _)) = registry_cluster(ctx, host, port) {
+        return Some(Collector { cluster, address: None });
     }
     let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
     let labels = host.split('.').count();
@@ -581,11 +844,23 @@ fn collector_at(ctx: &Context<'_>, host: &str, port: u32) -> Option<Collector> {
     Some(Collector { cluster: ZIPKIN_CLUSTER.to_owned(), address: Some((host.to_owned(), port)) })
 }
 
-/// The HCM tracing of a side: zipkin with B3 and W3C propagation, the sampling of the most
+/// The outbound cluster and hostname of the registry service `host` (full, `name.namespace`
+/// or `name.namespace.svc`) on `port`, when the proxy sees one.
+fn registry_cluster(ctx: &Context<'_>, host: &str, port: u32) -> Option<(String, String)> {
+    use crate::translate::context::{DOMAIN_SUFFIX, outbound_cluster_name};
+    let candidates = [host.to_owned(), format!("{host}.svc.{DOMAIN_SUFFIX}"), format!("{host}.{DOMAIN_SUFFIX}")];
+    candidates.into_iter().find_map(|candidate| {
+        let service = ctx.service(&candidate).filter(|s| s.port(port).is_some())?;
+        Some((outbound_cluster_name(port, "", &service.hostname), service.hostname.to_string()))
+    })
+}
+
+/// The HCM tracing of a side: the [`tracer`] (zipkin with B3 and W3C propagation, or an
+/// OpenTelemetry, Datadog or SkyWalking one), the sampling of the most
 /// specific Telemetry (else `defaultConfig.tracing.sampling`, else `PILOT_TRACE_SAMPLING`,
 /// else 1 %), and custom tags.
 pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
-    let collector = collector(ctx)?;
+    let provider = tracer(ctx)?;
     let telemetries = applicable(ctx);
     let mesh = &ctx.snapshot.mesh;
     let mut sampling = mesh
@@ -617,22 +892,8 @@ pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
     if !reporting {
         return None;
     }
-    let zipkin = ZipkinConfig {
-        collector_cluster: collector.cluster,
-        collector_endpoint: "/api/v2/spans".to_owned(),
-        collector_endpoint_version: CollectorEndpointVersion::HttpJson as i32,
-        trace_id_128bit: true,
-        shared_span_context: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
-        trace_context_option: TraceContextOption::UseB3WithW3cPropagation as i32,
-        ..Default::default()
-    };
     Some(HcmTracing {
-        provider: Some(TracingProvider {
-            name: "envoy.tracers.zipkin".to_owned(),
-            config_type: Some(envoy_types::pb::envoy::config::trace::v3::tracing::http::ConfigType::TypedConfig(
-                pack_any(zipkin),
-            )),
-        }),
+        provider: Some(provider),
         random_sampling: Some(Percent { value: sampling.clamp(0.0, 100.0) }),
         custom_tags: span_tags(ctx, istio_tags, custom_tags),
         ..Default::default()
@@ -696,6 +957,7 @@ mod tests {
 
     use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
     use prost::Message;
+    use rudder_config::mesh::MeshConfig;
     use rudder_config::object::IstioObject;
 
     use super::*;
@@ -1031,5 +1293,37 @@ spec:
             at("traces.example.com:9411"),
             Some(Collector { cluster: ZIPKIN_CLUSTER.into(), address: Some(("traces.example.com".into(), 9411)) })
         );
+    }
+
+    #[test]
+    fn grpc_logs_go_to_their_kind_of_chain() {
+        let log = |name: &str| typed_log(name, pack_any(StatsLog::default()));
+        let logs = [log(HTTP_GRPC_ACCESS_LOG), log(TCP_GRPC_ACCESS_LOG), log(OTEL_ACCESS_LOG), log(STATS_ACCESS_LOG)];
+        let names = |kind| logs_for(&logs, kind).into_iter().map(|l| l.name).collect::<Vec<_>>();
+        assert_eq!(names(Chain::Http), [HTTP_GRPC_ACCESS_LOG, OTEL_ACCESS_LOG, STATS_ACCESS_LOG]);
+        assert_eq!(names(Chain::Tcp), [TCP_GRPC_ACCESS_LOG, OTEL_ACCESS_LOG, STATS_ACCESS_LOG]);
+    }
+
+    #[test]
+    fn tracing_service_name_follows_the_mesh_setting() {
+        type Case<'a> = (Option<TracingServiceName>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: [Case<'_>; 6] = [
+            (None, &[("app", "reviews")], "reviews.apps"),
+            (None, &[], "istio-proxy.apps"),
+            (Some(TracingServiceName::CanonicalNameOnly), &[(labels::CANONICAL_NAME, "reviews-v2")], "reviews-v2"),
+            (Some(TracingServiceName::CanonicalNameOnly), &[("app", "reviews")], "reviews"),
+            (
+                Some(TracingServiceName::CanonicalNameAndNamespace),
+                &[(labels::CANONICAL_NAME, "reviews-v2"), ("app", "reviews")],
+                "reviews-v2.apps",
+            ),
+            (Some(TracingServiceName::AppLabelAndNamespace), &[(labels::CANONICAL_NAME, "c")], "istio-proxy.apps"),
+        ];
+        for (mode, proxy_labels, want) in cases {
+            let mut snap = snapshot("");
+            snap.mesh.default_config.get_or_insert_default().tracing_service_name = mode;
+            let p = proxy("apps", proxy_labels);
+            assert_eq!(tracing_service_name(&Context::new(&snap, &p)), want, "{mode:?} {proxy_labels:?}");
+        }
     }
 }

@@ -62,7 +62,7 @@ pub fn http_connection_manager(stat_prefix: &str, routes: Routes, access_log: &[
         ],
         use_remote_address: Some(BoolValue { value: false }),
         normalize_path: Some(BoolValue { value: true }),
-        access_log: access_log.to_vec(),
+        access_log: crate::translate::telemetry::logs_for(access_log, crate::translate::telemetry::Chain::Http),
         ..Default::default()
     }
 }
@@ -129,7 +129,7 @@ pub fn tcp_proxy(target: &TcpTarget, access_log: &[AccessLog]) -> Filter {
     let proxy = TcpProxy {
         stat_prefix: target.stat_prefix().to_owned(),
         cluster_specifier: Some(cluster_specifier),
-        access_log: access_log.to_vec(),
+        access_log: crate::translate::telemetry::logs_for(access_log, crate::translate::telemetry::Chain::Tcp),
         // A record when the upstream connection is made, for the connections-opened metric.
         access_log_options: crate::translate::telemetry::counts_connections(access_log)
             .then(|| TcpAccessLogOptions { flush_access_log_on_connected: true, ..Default::default() }),
