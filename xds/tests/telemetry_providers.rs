@@ -282,4 +282,13 @@ fn providers_reach_their_envoy_extensions() {
     let missing = translated("[{providers: [{name: nowhere}]}]", "[{providers: [{name: nowhere-als}]}]");
     assert_eq!(missing["tracing"], serde_json::Value::Null);
     assert_eq!(missing["httpAccessLogs"], serde_json::json!([]));
+    // A Sidecar whose egress leaves the collectors out: the proxy has no cluster to them, so
+    // neither tracer nor gRPC logs.
+    let telemetry = format!(
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: mesh, namespace: istio-system}}\nspec:\n  tracing: {tracing}\n  accessLogging: {logging}\n---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: apps}}\nspec:\n  egress: [{{hosts: [./*]}}]\n"
+    );
+    let scoped = telemetry_of(&translate::for_proxy(&snapshot("scoped", &telemetry), &proxy()).listeners);
+    assert_eq!(scoped["tracing"], serde_json::Value::Null);
+    assert_eq!(scoped["httpAccessLogs"], serde_json::json!([]));
+    assert_eq!(scoped["tcpAccessLogs"], serde_json::json!([]));
 }

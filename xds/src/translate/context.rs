@@ -126,7 +126,7 @@ impl<'a> Context<'a> {
 
     /// Whether the Sidecar's egress hosts (`ns/host`, `./host`, `*/host`) admit this host on
     /// some port.
-    fn sidecar_allows(&self, namespace: &str, hostname: &str) -> bool {
+    pub(crate) fn sidecar_allows(&self, namespace: &str, hostname: &str) -> bool {
         let Some(sidecar) = self.sidecar else { return true };
         if sidecar.spec.egress.is_empty() {
             return true;

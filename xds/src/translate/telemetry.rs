@@ -845,12 +845,15 @@ fn collector_at(ctx: &Context<'_>, host: &str, port: u32) -> Option<Collector> {
 }
 
 /// The outbound cluster and hostname of the registry service `host` (full, `name.namespace`
-/// or `name.namespace.svc`) on `port`, when the proxy sees one.
+/// or `name.namespace.svc`) on `port`, when the proxy has that cluster (the service is exported
+/// to the proxy's namespace and its Sidecar's egress admits it).
 fn registry_cluster(ctx: &Context<'_>, host: &str, port: u32) -> Option<(String, String)> {
     use crate::translate::context::{DOMAIN_SUFFIX, outbound_cluster_name};
     let candidates = [host.to_owned(), format!("{host}.svc.{DOMAIN_SUFFIX}"), format!("{host}.{DOMAIN_SUFFIX}")];
     candidates.into_iter().find_map(|candidate| {
-        let service = ctx.service(&candidate).filter(|s| s.port(port).is_some())?;
+        let service = ctx
+            .service(&candidate)
+            .filter(|s| s.port(port).is_some() && ctx.sidecar_allows(&s.namespace, &s.hostname))?;
         Some((outbound_cluster_name(port, "", &service.hostname), service.hostname.to_string()))
     })
 }
