@@ -29,7 +29,7 @@ extensionProviders:
     additionalRequestHeadersToLog: [x-tenant]
     additionalResponseHeadersToLog: [x-cache]
 - name: tcp-als
-  envoyTcpAls: {service: als.observability.svc.cluster.local, port: 9001, logName: tcp-logs}
+  envoyTcpAls: {service: observability/als.observability.svc.cluster.local, port: 9001, logName: tcp-logs}
 - name: otel-als
   envoyOtelAls:
     service: otel.observability.svc.cluster.local
@@ -55,6 +55,8 @@ extensionProviders:
   opentelemetry: {service: missing.observability.svc.cluster.local, port: 4317}
 - name: nowhere-als
   envoyHttpAls: {service: missing.observability.svc.cluster.local, port: 9001}
+- name: wrong-namespace-als
+  envoyTcpAls: {service: apps/als.observability.svc.cluster.local, port: 9001}
 "#;
 
 /// The workload (HTTP 8080, TCP 5432) and the collectors' services.
@@ -125,7 +127,11 @@ const CASES: &[(&str, &str, &str)] = &[
     ("otel-http-tracer", "[{providers: [{name: otel-http}], randomSamplingPercentage: 50}]", "[]"),
     ("datadog-tracer", "[{providers: [{name: datadog}]}]", "[]"),
     ("skywalking-tracer", "[{providers: [{name: skywalking}]}]", "[]"),
-    ("missing-services", "[{providers: [{name: nowhere}]}]", "[{providers: [{name: nowhere-als}]}]"),
+    (
+        "missing-services",
+        "[{providers: [{name: nowhere}]}]",
+        "[{providers: [{name: nowhere-als}, {name: wrong-namespace-als}]}]",
+    ),
 ];
 
 fn cases_dir() -> PathBuf {
@@ -279,9 +285,16 @@ fn providers_reach_their_envoy_extensions() {
     assert_eq!(datadog["tracing"]["provider"]["name"], "envoy.tracers.datadog");
     let skywalking = translated("[{providers: [{name: skywalking}]}]", "[]");
     assert_eq!(skywalking["tracing"]["provider"]["typedConfig"]["clientConfig"]["backendToken"], "token");
-    let missing = translated("[{providers: [{name: nowhere}]}]", "[{providers: [{name: nowhere-als}]}]");
+    let missing = translated(
+        "[{providers: [{name: nowhere}]}]",
+        "[{providers: [{name: nowhere-als}, {name: wrong-namespace-als}]}]",
+    );
     assert_eq!(missing["tracing"], serde_json::Value::Null);
     assert_eq!(missing["httpAccessLogs"], serde_json::json!([]));
+    assert_eq!(missing["tcpAccessLogs"], serde_json::json!([]));
+    let tcp = got["tcpAccessLogs"].as_array().unwrap().iter().find(|l| l["name"] == "envoy.access_loggers.tcp_grpc");
+    assert_eq!(tcp.unwrap()["typedConfig"]["commonConfig"]["logName"], "tcp-logs");
+    assert_eq!(otel["disableBuiltinLabels"], true);
     // A Sidecar whose egress leaves the collectors out: the proxy has no cluster to them, so
     // neither tracer nor gRPC logs.
     let telemetry = format!(

@@ -325,6 +325,8 @@ fn otel_log_config(grpc: GrpcService, als: &OtelLogProvider) -> envoy_types::pb:
         log_name: if als.log_name.is_empty() { OTEL_ALS_LOG_NAME.to_owned() } else { als.log_name.clone() },
         body: Some(string(text)),
         attributes,
+        // As Istio: the record carries what the provider asks for, not Envoy's node labels.
+        disable_builtin_labels: true,
         ..Default::default()
     })
 }
@@ -847,13 +849,21 @@ fn collector_at(ctx: &Context<'_>, host: &str, port: u32) -> Option<Collector> {
 /// The outbound cluster and hostname of the registry service `host` (full, `name.namespace`
 /// or `name.namespace.svc`) on `port`, when the proxy has that cluster (the service is exported
 /// to the proxy's namespace and its Sidecar's egress admits it).
+/// A `namespace/host` form (Istio's, for a host defined in several namespaces) must name the
+/// service's namespace.
 fn registry_cluster(ctx: &Context<'_>, host: &str, port: u32) -> Option<(String, String)> {
     use crate::translate::context::{DOMAIN_SUFFIX, outbound_cluster_name};
+    let (namespace, host) = match host.split_once('/') {
+        Some((namespace, host)) => (Some(namespace), host),
+        None => (None, host),
+    };
     let candidates = [host.to_owned(), format!("{host}.svc.{DOMAIN_SUFFIX}"), format!("{host}.{DOMAIN_SUFFIX}")];
     candidates.into_iter().find_map(|candidate| {
-        let service = ctx
-            .service(&candidate)
-            .filter(|s| s.port(port).is_some() && ctx.sidecar_allows(&s.namespace, &s.hostname))?;
+        let service = ctx.service(&candidate).filter(|s| {
+            s.port(port).is_some()
+                && namespace.is_none_or(|n| n == s.namespace)
+                && ctx.sidecar_allows(&s.namespace, &s.hostname)
+        })?;
         Some((outbound_cluster_name(port, "", &service.hostname), service.hostname.to_string()))
     })
 }
