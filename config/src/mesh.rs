@@ -401,7 +401,7 @@ pub struct OpenTelemetryProvider {
     pub service: String,
     #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
-    /// Accepted; Envoy's OpenTelemetry tracer has no tag length setting.
+    /// The HTTP connection manager's `max_path_tag_length` (Envoy's default 256 when unset).
     #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub max_tag_length: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -427,7 +427,8 @@ pub struct OtlpHttp {
     pub headers: Vec<OtlpHeader>,
 }
 
-/// One header of OTLP HTTP requests: a literal `value` (Istio's `envValue` is accepted and
+/// One header of OTLP HTTP requests: a literal `value` (Istio's `envName`, a variable of
+/// discovery's environment, is accepted and
 /// not translated).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -437,7 +438,7 @@ pub struct OtlpHeader {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub env_value: String,
+    pub env_name: String,
 }
 
 /// `datadog` tracer (`envoy.tracers.datadog`): the Datadog agent's service and port.
@@ -448,7 +449,7 @@ pub struct DatadogProvider {
     pub service: String,
     #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
-    /// Accepted; Envoy's Datadog tracer has no tag length setting.
+    /// The HTTP connection manager's `max_path_tag_length` (Envoy's default 256 when unset).
     #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub max_tag_length: Option<u32>,
 }
@@ -461,7 +462,7 @@ pub struct SkyWalkingProvider {
     pub service: String,
     #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
-    /// The OAP's authentication token, sent with every segment.
+    /// The OAP's authentication token, sent as the tracer's backend token.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub access_token: String,
 }
@@ -1066,8 +1067,8 @@ fn provider_settings(provider: &ExtensionProvider, at: &FieldPath, report: &mut 
             if header.name.trim().is_empty() {
                 report.error(&at.field("name"), "header name is required");
             }
-            if !header.value.is_empty() && !header.env_value.is_empty() {
-                report.error(&at, "set value or envValue, not both");
+            if !header.value.is_empty() && !header.env_name.is_empty() {
+                report.error(&at, "set value or envName, not both");
             }
         }
     }
@@ -1429,7 +1430,7 @@ extensionProviders:
 - name: otel-log
   envoyOtelAls: {service: otel.observability, port: 4317, logFormat: {text: "%PROTOCOL%", labels: {"": x}}}
 - name: otel
-  opentelemetry: {service: otel.observability, port: 4318, http: {path: v1/traces, timeout: 2s, headers: [{name: "", value: a, envValue: B}]}}
+  opentelemetry: {service: otel.observability, port: 4318, http: {path: v1/traces, timeout: 2s, headers: [{name: "", value: a, envName: B}]}}
 - name: dd
   datadog: {service: dd.observability}
 - name: sw
@@ -1452,7 +1453,7 @@ extensionProviders:
                 "mesh.extensionProviders[2].envoyOtelAls.logFormat.labels: label names must not be empty",
                 "mesh.extensionProviders[3].opentelemetry.http.path: path \"v1/traces\" must start with /",
                 "mesh.extensionProviders[3].opentelemetry.http.headers[0].name: header name is required",
-                "mesh.extensionProviders[3].opentelemetry.http.headers[0]: set value or envValue, not both",
+                "mesh.extensionProviders[3].opentelemetry.http.headers[0]: set value or envName, not both",
                 "mesh.extensionProviders[4].datadog.port: port is required",
             ]
         );

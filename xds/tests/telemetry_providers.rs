@@ -38,7 +38,7 @@ extensionProviders:
       text: "%REQ(:METHOD)% %RESPONSE_CODE%"
       labels: {path: "%REQ(:PATH)%", code: "%RESPONSE_CODE%"}
 - name: otel
-  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317}
+  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317, maxTagLength: 99}
 - name: otel-http
   opentelemetry:
     service: otel.observability.svc.cluster.local
@@ -202,6 +202,7 @@ fn telemetry_of(listeners: &[envoy_types::pb::envoy::config::listener::v3::Liste
         serde_json::json!({
             "provider": json("envoy.config.trace.v3.Tracing.Http", p),
             "randomSampling": hcm.tracing.as_ref().unwrap().random_sampling.as_ref().map(|r| r.value),
+            "maxPathTagLength": hcm.tracing.as_ref().unwrap().max_path_tag_length.as_ref().map(|m| m.value),
         })
     });
     serde_json::json!({
@@ -272,6 +273,7 @@ fn providers_reach_their_envoy_extensions() {
     assert!(got["httpAccessLogs"][0]["filter"].to_string().contains("response.code >= 400"));
     let tracer = &got["tracing"]["provider"];
     assert_eq!(tracer["name"], "envoy.tracers.opentelemetry");
+    assert_eq!(got["tracing"]["maxPathTagLength"], 99);
     assert_eq!(tracer["typedConfig"]["serviceName"], "db.apps");
     assert_eq!(
         tracer["typedConfig"]["grpcService"]["envoyGrpc"]["clusterName"],
@@ -279,7 +281,7 @@ fn providers_reach_their_envoy_extensions() {
     );
     let http = translated("[{providers: [{name: otel-http}]}]", "[]");
     let uri = &http["tracing"]["provider"]["typedConfig"]["httpService"]["httpUri"];
-    assert_eq!(uri["uri"], "http://otel.observability.svc.cluster.local:4318/v1/traces");
+    assert_eq!(uri["uri"], "otel.observability.svc.cluster.local/v1/traces");
     assert_eq!(uri["cluster"], "outbound|4318||otel.observability.svc.cluster.local");
     let datadog = translated("[{providers: [{name: datadog}]}]", "[]");
     assert_eq!(datadog["tracing"]["provider"]["name"], "envoy.tracers.datadog");

@@ -20,7 +20,8 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, AndFilter, ExtensionFilter, LogTypeFilter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiVersion, GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, grpc_service, http_uri,
+    ApiVersion, GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, grpc_service, header_value_option,
+    http_uri,
 };
 
 use envoy_types::pb::envoy::config::trace::v3::zipkin_config::{CollectorEndpointVersion, TraceContextOption};
@@ -46,7 +47,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::envoy::r#type::v3::Scope;
-use envoy_types::pb::google::protobuf::UInt64Value;
+use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use envoy_types::pb::opentelemetry::proto::common::v1::{AnyValue, KeyValue, KeyValueList, any_value};
 use envoy_types::util::pack_any;
 use rudder_config::labels;
@@ -726,16 +727,14 @@ fn tracer(ctx: &Context<'_>) -> Option<TracingProvider> {
         }
         if let Some(skywalking) = &provider.skywalking {
             let (cluster, hostname) = target(&skywalking.service, skywalking.port)?;
-            let token = (!skywalking.access_token.is_empty())
-                .then(|| client_config::BackendTokenSpecifier::BackendToken(skywalking.access_token.clone()));
-            let config = SkyWalkingConfig {
-                grpc_service: Some(envoy_grpc(cluster, hostname)),
-                client_config: Some(ClientConfig {
-                    service_name: tracing_service_name(ctx),
-                    backend_token_specifier: token,
-                    ..Default::default()
-                }),
-            };
+            // As Istio: Envoy names the service and instance after the node; only a token is set.
+            let client_config = (!skywalking.access_token.is_empty()).then(|| ClientConfig {
+                backend_token_specifier: Some(client_config::BackendTokenSpecifier::BackendToken(
+                    skywalking.access_token.clone(),
+                )),
+                ..Default::default()
+            });
+            let config = SkyWalkingConfig { grpc_service: Some(envoy_grpc(cluster, hostname)), client_config };
             return Some(tracer_of(SKYWALKING_TRACER, pack_any(config)));
         }
     }
@@ -750,6 +749,24 @@ fn tracer(ctx: &Context<'_>) -> Option<TracingProvider> {
         ..Default::default()
     };
     Some(tracer_of(ZIPKIN_TRACER, pack_any(zipkin)))
+}
+
+/// The named tracing provider's `maxTagLength` (zipkin, opentelemetry, datadog), when set and
+/// not 0: the longest URL path a span's `http.url` tag keeps.
+fn max_tag_length(ctx: &Context<'_>) -> Option<u32> {
+    let name = named_tracer(ctx)?;
+    let provider = ctx.snapshot.mesh.extension_providers.iter().find(|p| p.name == name)?;
+    let zipkin = || {
+        let value = provider.zipkin.as_ref()?.0.get("maxTagLength")?;
+        value.as_u64().or_else(|| value.as_str()?.parse().ok()).and_then(|n| u32::try_from(n).ok())
+    };
+    provider
+        .opentelemetry
+        .as_ref()
+        .and_then(|o| o.max_tag_length)
+        .or_else(|| provider.datadog.as_ref().and_then(|d| d.max_tag_length))
+        .or_else(zipkin)
+        .filter(|n| *n > 0)
 }
 
 /// Extension names of Envoy's tracers.
@@ -786,15 +803,17 @@ fn opentelemetry_tracer(
             let headers = http
                 .headers
                 .iter()
-                .filter(|h| !h.name.is_empty() && h.env_value.is_empty())
+                .filter(|h| !h.name.is_empty() && h.env_name.is_empty())
                 .map(|h| HeaderValueOption {
                     header: Some(HeaderValue { key: h.name.clone(), value: h.value.clone(), ..Default::default() }),
+                    append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
                     ..Default::default()
                 })
                 .collect();
             config.http_service = Some(HttpService {
                 http_uri: Some(HttpUri {
-                    uri: format!("http://{hostname}:{}{path}", otel.port.unwrap_or_default()),
+                    // As Istio: the service's host and the path; the cluster picks the port.
+                    uri: format!("{hostname}{path}"),
                     timeout: Some(envoy_types::pb::google::protobuf::Duration {
                         seconds: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
                         nanos: i32::try_from(timeout.subsec_nanos()).unwrap_or_default(),
@@ -907,6 +926,7 @@ pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
     }
     Some(HcmTracing {
         provider: Some(provider),
+        max_path_tag_length: max_tag_length(ctx).map(|value| UInt32Value { value }),
         random_sampling: Some(Percent { value: sampling.clamp(0.0, 100.0) }),
         custom_tags: span_tags(ctx, istio_tags, custom_tags),
         ..Default::default()
