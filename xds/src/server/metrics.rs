@@ -218,7 +218,7 @@ pub struct ConfigChanges {
 }
 
 /// The kinds of config objects a snapshot holds, and how many of each.
-fn config_counts(s: &Snapshot) -> [(&'static str, usize); 9] {
+fn config_counts(s: &Snapshot) -> [(&'static str, usize); 10] {
     [
         ("VirtualService", s.virtual_services.len()),
         ("DestinationRule", s.destination_rules.len()),
@@ -229,6 +229,7 @@ fn config_counts(s: &Snapshot) -> [(&'static str, usize); 9] {
         ("RequestAuthentication", s.request_authentications.len()),
         ("Telemetry", s.telemetries.len()),
         ("WasmPlugin", s.wasm_plugins.len()),
+        ("EnvoyFilter", s.envoy_filters.len()),
     ]
 }
 
@@ -296,6 +297,7 @@ impl ConfigChanges {
         objects!(request_authentications, RequestAuthentication, "RequestAuthentication");
         objects!(telemetries, rudder_config::telemetry::Telemetry, "Telemetry");
         objects!(wasm_plugins, rudder_config::extensions::WasmPlugin, "WasmPlugin");
+        objects!(envoy_filters, rudder_config::networking::EnvoyFilter, "EnvoyFilter");
         diff(&before.services, &after.services, PartialEq::eq, |e| {
             *changes.registry.entry(("Services", e)).or_default() += 1;
         });
@@ -410,6 +412,20 @@ mod tests {
         let changes = ConfigChanges::between(&old, &moved);
         assert_eq!(changes.registry, [(("Services", Event::Update), 1), (("Endpoints", Event::Update), 1)].into());
         assert_eq!(changes.triggers, ["global", "service", "endpoint"]);
+
+        // An EnvoyFilter is config too: counted, and it triggers a push.
+        let mut filtered = old.clone();
+        filtered.envoy_filters.push(Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+                "metadata": {"name": "lua", "namespace": "default"},
+                "spec": {"configPatches": []},
+            }))
+            .unwrap(),
+        ));
+        let changes = ConfigChanges::between(&old, &filtered);
+        assert_eq!(changes.config, [(("EnvoyFilter", Event::Add), 1)].into());
+        assert_eq!(changes.triggers, ["config"]);
     }
 
     #[test]
