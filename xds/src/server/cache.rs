@@ -526,6 +526,18 @@ impl ProxyResources {
         previous: Option<&ProxyResources>,
     ) -> Self {
         let outbound = generation.outbound(generator, proxy).await;
+        // Most changes leave a proxy's own side as it was: keep it without a translation.
+        if let Some(previous) = previous
+            && !generator.inbound_changed(&previous.generation.snapshot, &generation.snapshot, proxy)
+        {
+            return Self {
+                generation,
+                outbound,
+                inbound: previous.inbound.clone(),
+                namespace: proxy.namespace.as_str().into(),
+                name_table: Arc::default(),
+            };
+        }
         let inbound = {
             let generator = generator.clone();
             let snapshot = generation.snapshot.clone();
@@ -912,6 +924,7 @@ mod incremental_tests {
         .map(|(id, meta)| Proxy::from_node(id, meta).unwrap())
         .collect();
         let mut rebuilt_partially = 0;
+        let mut inbound_kept = 0;
         for seed in 1..=25u64 {
             let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
             let mut snapshot = Snapshot::default();
@@ -933,11 +946,22 @@ mod incremental_tests {
                         let names = |s: &EncodedSet| s.map(kind).unwrap().keys().cloned().collect::<Vec<_>>();
                         assert_eq!(names(set), names(&full), "seed {seed} step {step}");
                     }
+                    // An inbound side kept from the previous push equals a fresh one.
+                    if !translate::inbound_changed(&snapshot, &next, proxy) {
+                        inbound_kept += 1;
+                        let kept = translate::inbound(&snapshot, proxy);
+                        assert!(
+                            kept == translate::inbound(&next, proxy),
+                            "seed {seed} step {step} {}: inbound",
+                            proxy.id
+                        );
+                    }
                 }
                 snapshot = next;
             }
         }
         assert!(rebuilt_partially > 50, "the sequences exercise partial rebuilds ({rebuilt_partially})");
+        assert!(inbound_kept > 50, "the sequences keep inbound sides ({inbound_kept})");
     }
 
     #[test]

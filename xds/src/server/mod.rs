@@ -129,6 +129,11 @@ pub trait Generator: Send + Sync + 'static {
     fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, _parts: Parts) -> Resources {
         self.outbound(snapshot, proxy)
     }
+    /// Whether `proxy`'s inbound config may differ from `before` to `after`; true (the
+    /// default) translates it again at every push.
+    fn inbound_changed(&self, _before: &Snapshot, _after: &Snapshot, _proxy: &Proxy) -> bool {
+        true
+    }
     /// Every assignment of `hosts` (used with [`Generator::endpoint_changes`]).
     fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
         let mut all = self.endpoints(snapshot);
@@ -159,6 +164,9 @@ impl Generator for Translator {
     }
     fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resources {
         translate::outbound_parts(snapshot, proxy, parts)
+    }
+    fn inbound_changed(&self, before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
+        translate::inbound_changed(before, after, proxy)
     }
     fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
         translate::endpoint::for_services(snapshot, hosts)

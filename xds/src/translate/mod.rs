@@ -423,6 +423,49 @@ pub fn inbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
     resources
 }
 
+/// Whether `proxy`'s inbound config (see [`inbound`]) may differ between `before` and
+/// `after`. It reads the endpoints at the proxy's own addresses and their services, the
+/// security, telemetry, Wasm and EnvoyFilter objects, Sidecars (ingress, and which collectors
+/// the proxy sees), DestinationRules, Secrets and the mesh config, never VirtualServices or other
+/// workloads' endpoints: a route change or a pod elsewhere leaves every proxy's inbound side as
+/// it was, and a push then skips translating it per proxy.
+pub fn inbound_changed(before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
+    macro_rules! differ {
+        ($($field:ident),+) => {
+            $(before.$field.len() != after.$field.len()
+                || before.$field.iter().zip(after.$field.iter()).any(|(x, y)| {
+                    !Arc::ptr_eq(x, y) && (x.metadata != y.metadata || x.spec != y.spec)
+                }))||+
+        };
+    }
+    fn differ_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
+        a.len() != b.len() || a.iter().zip(b).any(|((ka, va), (kb, vb))| ka != kb || !(Arc::ptr_eq(va, vb) || va == vb))
+    }
+    if proxy.node_type == NodeType::Router {
+        return false;
+    }
+    let own_endpoints = |s: &'_ Snapshot| -> Vec<(String, Endpoint)> {
+        proxy.ip_addresses.iter().flat_map(|ip| s.endpoints_at(ip)).map(|(h, _, e)| (h.clone(), e.clone())).collect()
+    };
+    before.mesh != after.mesh
+        || differ_map(&before.services, &after.services)
+        || differ!(
+            sidecars,
+            peer_authentications,
+            authorization_policies,
+            request_authentications,
+            telemetries,
+            wasm_plugins,
+            envoy_filters,
+            destination_rules,
+            gateways
+        )
+        || before.jwks != after.jwks
+        || before.wasm_modules != after.wasm_modules
+        || before.secrets != after.secrets
+        || own_endpoints(before) != own_endpoints(after)
+}
+
 /// Outbound and inbound together, in push order within each type.
 pub fn for_proxy(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
     let mut all = outbound(snapshot, proxy);
