@@ -116,6 +116,24 @@ pub fn spawn_envoy(dir: &Path, bootstrap: &str, base_id: u32) -> Result<Child, S
         .map_err(|e| format!("starting Envoy: {e}"))
 }
 
+/// The snapshot discovery's config-directory registry builds from `files` (name, YAML) under
+/// `mesh`: the files are written to a fresh scratch directory, read as `--config-dir` reads
+/// them, and the directory is removed.
+pub fn config_dir_snapshot(files: &[(&str, &str)], mesh: rudder_config::mesh::MeshConfig) -> crate::model::Snapshot {
+    let dir = std::env::temp_dir().join(format!("rudder-config-dir-{}-{}", std::process::id(), unique()));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| files.iter().try_for_each(|(name, text)| std::fs::write(dir.join(name), text)));
+    if let Err(error) = written {
+        let _ = std::fs::remove_dir_all(&dir);
+        panic!("writing the test config dir {}: {error}", dir.display());
+    }
+    let mut source = crate::registry::files::ConfigDir::new(&dir, mesh);
+    source.refresh();
+    let snapshot = source.snapshot();
+    let _ = std::fs::remove_dir_all(&dir);
+    snapshot
+}
+
 /// Runs `envoy --mode validate` on a bootstrap file (`.pb` binary proto, `.json` or `.yaml`).
 /// `Err` carries Envoy's complaint.
 pub fn envoy_validates(envoy: &Path, bootstrap: &Path) -> Result<(), String> {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use prost_reflect::DynamicMessage;
 use rudder_xds::model::{Proxy, Snapshot};
-use rudder_xds::registry::files::ConfigDir;
+use rudder_xds::testing::config_dir_snapshot;
 use rudder_xds::translate;
 
 fn cases_dir() -> PathBuf {
@@ -20,17 +20,7 @@ fn cases_dir() -> PathBuf {
 }
 
 fn snapshot(files: &[(&str, &str)]) -> Snapshot {
-    let dir = std::env::temp_dir().join(format!("rudder-ef-golden-{}-{}", std::process::id(), files.len()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-    let mut source = ConfigDir::new(&dir, Default::default());
-    source.refresh();
-    let snapshot = source.snapshot();
-    let _ = std::fs::remove_dir_all(&dir);
-    snapshot
+    config_dir_snapshot(files, Default::default())
 }
 
 fn proxy(line: &str) -> Proxy {

@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProx
 use prost::Message;
 use prost_reflect::DynamicMessage;
 use rudder_xds::model::{Proxy, Snapshot};
-use rudder_xds::registry::files::ConfigDir;
+use rudder_xds::testing::config_dir_snapshot;
 use rudder_xds::translate;
 
 /// The mesh: every provider kind this test covers, one whose service does not exist.
@@ -138,18 +138,9 @@ fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/telemetry_providers")
 }
 
-fn snapshot(case: &str, telemetry: &str) -> Snapshot {
-    let dir = std::env::temp_dir().join(format!("rudder-telemetry-providers-{}-{case}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.yaml"), CONFIG).unwrap();
-    std::fs::write(dir.join("telemetry.yaml"), telemetry).unwrap();
+fn snapshot(telemetry: &str) -> Snapshot {
     let mesh = rudder_config::mesh::apply_yaml_over_defaults(MESH).unwrap();
-    let mut source = ConfigDir::new(&dir, mesh);
-    source.refresh();
-    let snapshot = source.snapshot();
-    let _ = std::fs::remove_dir_all(&dir);
-    snapshot
+    config_dir_snapshot(&[("config.yaml", CONFIG), ("telemetry.yaml", telemetry)], mesh)
 }
 
 fn proxy() -> Proxy {
@@ -220,7 +211,7 @@ fn telemetry_provider_goldens() {
         let telemetry = format!(
             "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: mesh, namespace: istio-system}}\nspec:\n  tracing: {tracing}\n  accessLogging: {logging}\n"
         );
-        let snapshot = snapshot(case, &telemetry);
+        let snapshot = snapshot(&telemetry);
         assert_eq!(snapshot.telemetries.len(), 1, "{case}: the Telemetry was read");
         let translated = translate::for_proxy(&snapshot, &proxy());
         let got = telemetry_of(&translated.listeners);
@@ -248,7 +239,7 @@ fn providers_reach_their_envoy_extensions() {
         let telemetry = format!(
             "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: mesh, namespace: istio-system}}\nspec:\n  tracing: {tracing}\n  accessLogging: {logging}\n"
         );
-        telemetry_of(&translate::for_proxy(&snapshot("check", &telemetry), &proxy()).listeners)
+        telemetry_of(&translate::for_proxy(&snapshot(&telemetry), &proxy()).listeners)
     };
     let names = |v: &serde_json::Value| -> Vec<String> {
         v.as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap().to_owned()).collect()
@@ -302,7 +293,7 @@ fn providers_reach_their_envoy_extensions() {
     let telemetry = format!(
         "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: mesh, namespace: istio-system}}\nspec:\n  tracing: {tracing}\n  accessLogging: {logging}\n---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: apps}}\nspec:\n  egress: [{{hosts: [./*]}}]\n"
     );
-    let scoped = telemetry_of(&translate::for_proxy(&snapshot("scoped", &telemetry), &proxy()).listeners);
+    let scoped = telemetry_of(&translate::for_proxy(&snapshot(&telemetry), &proxy()).listeners);
     assert_eq!(scoped["tracing"], serde_json::Value::Null);
     assert_eq!(scoped["httpAccessLogs"], serde_json::json!([]));
     assert_eq!(scoped["tcpAccessLogs"], serde_json::json!([]));

@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProx
 use prost::Message;
 use rudder_config::networking::envoy_filter::PatchContext;
 use rudder_xds::model::{Proxy, Snapshot};
-use rudder_xds::registry::files::ConfigDir;
+use rudder_xds::testing::config_dir_snapshot;
 use rudder_xds::translate::{self, LabelSelectors, Resources, ViewKey, envoy_filter::Patches};
 
 /// httpbin in `apps` (HTTP 8000, TCP 9000) at 10.244.0.10; an ingress gateway workload in
@@ -68,22 +68,8 @@ const OTHER: &str = "sidecar~10.244.0.12~sleep-1.other~other.svc.cluster.local";
 const INGRESS: &str = "router~10.244.0.30~ingress-1.istio-system~istio-system.svc.cluster.local";
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::SeqCst)
-}
-
 fn snapshot(extra: &str) -> Snapshot {
-    let dir = std::env::temp_dir().join(format!("rudder-ef-tr-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("base.yaml"), BASE).unwrap();
-    std::fs::write(dir.join("extra.yaml"), extra).unwrap();
-    let mut source = ConfigDir::new(&dir, Default::default());
-    source.refresh();
-    let snapshot = source.snapshot();
-    let _ = std::fs::remove_dir_all(&dir);
-    snapshot
+    config_dir_snapshot(&[("base.yaml", BASE), ("extra.yaml", extra)], Default::default())
 }
 
 fn proxy(id: &str, labels: &[(&str, &str)], version: &str) -> Proxy {

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use prost::Message;
 use rudder_xds::model::{Proxy, Snapshot};
-use rudder_xds::registry::files::ConfigDir;
+use rudder_xds::testing::config_dir_snapshot;
 use rudder_xds::translate::{self, Resources};
 use serde_json::json;
 
@@ -73,21 +73,7 @@ stringData: {cert: OTHER, key: OTHERKEY}
 "#;
 
 fn snapshot(extra: &str) -> Snapshot {
-    let dir = std::env::temp_dir().join(format!("rudder-gw-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("base.yaml"), BASE).unwrap();
-    std::fs::write(dir.join("extra.yaml"), extra).unwrap();
-    let mut source = ConfigDir::new(&dir, Default::default());
-    source.refresh();
-    let snapshot = source.snapshot();
-    std::fs::remove_dir_all(&dir).unwrap();
-    snapshot
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    config_dir_snapshot(&[("base.yaml", BASE), ("extra.yaml", extra)], Default::default())
 }
 
 fn gateway_proxy() -> Proxy {

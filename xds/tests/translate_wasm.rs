@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm;
 use envoy_types::pb::google::protobuf::StringValue;
 use prost::Message;
 use rudder_xds::model::{Proxy, Snapshot, WasmModule, wasm_module_key};
-use rudder_xds::registry::files::ConfigDir;
+use rudder_xds::testing::config_dir_snapshot;
 use rudder_xds::translate;
 
 /// httpbin in `apps` (HTTP 8000, TCP 9000) at 10.244.0.10; a Kubernetes Gateway API gateway
@@ -48,12 +48,6 @@ const HTTPBIN: &str = "sidecar~10.244.0.10~httpbin-1.apps~apps.svc.cluster.local
 const SLEEP_OTHER_NS: &str = "sidecar~10.244.0.11~sleep-1.other~other.svc.cluster.local";
 const EDGE: &str = "router~10.244.0.20~edge-1.apps~apps.svc.cluster.local";
 
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::SeqCst)
-}
-
 /// The real test module (the same one the real-Envoy test runs).
 fn module() -> Vec<u8> {
     wat::parse_str(include_str!("wasm/add_header.wat")).unwrap()
@@ -62,14 +56,7 @@ fn module() -> Vec<u8> {
 /// The snapshot of [`BASE`] and `extra`, every plugin's module ready unless its name starts
 /// with `missing` (never read) or `broken` (failed).
 fn snapshot(extra: &str) -> Snapshot {
-    let dir = std::env::temp_dir().join(format!("rudder-wasm-tr-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("base.yaml"), BASE).unwrap();
-    std::fs::write(dir.join("extra.yaml"), extra).unwrap();
-    let mut source = ConfigDir::new(&dir, Default::default());
-    source.refresh();
-    let mut snapshot = source.snapshot();
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut snapshot = config_dir_snapshot(&[("base.yaml", BASE), ("extra.yaml", extra)], Default::default());
     let bytes = Arc::new(module());
     for plugin in &snapshot.wasm_plugins.clone() {
         let name = plugin.metadata.name.clone().unwrap_or_default();
