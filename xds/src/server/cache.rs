@@ -384,6 +384,9 @@ pub struct Generation {
     /// The snapshot `previous_views` were translated from: what a view's rebuild compares
     /// with to translate again only the kinds a change touched.
     previous_snapshot: Option<Arc<Snapshot>>,
+    /// Whether inbound inputs shared by every proxy changed since `previous_snapshot`
+    /// ([`Generator::inbound_inputs_changed`]), asked once for all streams.
+    inbound_inputs_changed: OnceLock<bool>,
 }
 
 impl Generation {
@@ -416,7 +419,19 @@ impl Generation {
             name_tables: Mutex::new(HashMap::new()),
             previous_views: Mutex::new(previous_views),
             previous_snapshot: previous.map(|p| p.snapshot.clone()),
+            inbound_inputs_changed: OnceLock::new(),
         }
+    }
+
+    /// Whether a proxy's inbound side served at `before` may differ at this generation.
+    fn inbound_changed(&self, generator: &Arc<dyn Generator>, before: &Arc<Snapshot>, proxy: &Proxy) -> bool {
+        let shared = match &self.previous_snapshot {
+            Some(previous) if Arc::ptr_eq(previous, before) => {
+                *self.inbound_inputs_changed.get_or_init(|| generator.inbound_inputs_changed(before, &self.snapshot))
+            }
+            _ => generator.inbound_inputs_changed(before, &self.snapshot),
+        };
+        shared || generator.own_endpoints_changed(before, &self.snapshot, proxy)
     }
 
     /// Number of distinct views computed so far (debug output).
@@ -528,7 +543,7 @@ impl ProxyResources {
         let outbound = generation.outbound(generator, proxy).await;
         // Most changes leave a proxy's own side as it was: keep it without a translation.
         if let Some(previous) = previous
-            && !generator.inbound_changed(&previous.generation.snapshot, &generation.snapshot, proxy)
+            && !generation.inbound_changed(generator, &previous.generation.snapshot, proxy)
         {
             return Self {
                 generation,

@@ -129,9 +129,14 @@ pub trait Generator: Send + Sync + 'static {
     fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, _parts: Parts) -> Resources {
         self.outbound(snapshot, proxy)
     }
-    /// Whether `proxy`'s inbound config may differ from `before` to `after`; true (the
-    /// default) translates it again at every push.
-    fn inbound_changed(&self, _before: &Snapshot, _after: &Snapshot, _proxy: &Proxy) -> bool {
+    /// Whether what every proxy's inbound config reads, besides its own endpoints, may differ
+    /// from `before` to `after` (asked once per push); true (the default) translates every
+    /// inbound side again.
+    fn inbound_inputs_changed(&self, _before: &Snapshot, _after: &Snapshot) -> bool {
+        true
+    }
+    /// Whether the endpoints at `proxy`'s own addresses differ from `before` to `after`.
+    fn own_endpoints_changed(&self, _before: &Snapshot, _after: &Snapshot, _proxy: &Proxy) -> bool {
         true
     }
     /// Every assignment of `hosts` (used with [`Generator::endpoint_changes`]).
@@ -165,8 +170,11 @@ impl Generator for Translator {
     fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resources {
         translate::outbound_parts(snapshot, proxy, parts)
     }
-    fn inbound_changed(&self, before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
-        translate::inbound_changed(before, after, proxy)
+    fn inbound_inputs_changed(&self, before: &Snapshot, after: &Snapshot) -> bool {
+        translate::inbound_inputs_changed(before, after)
+    }
+    fn own_endpoints_changed(&self, before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
+        translate::own_endpoints_changed(before, after, proxy)
     }
     fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
         translate::endpoint::for_services(snapshot, hosts)

@@ -230,6 +230,22 @@ impl Parts {
     }
 }
 
+/// The same Istio objects: shared (the registries reuse unchanged objects) or equal.
+macro_rules! same {
+    ($a:expr, $b:expr) => {
+        $a.len() == $b.len()
+            && $a
+                .iter()
+                .zip($b.iter())
+                .all(|(x, y)| Arc::ptr_eq(x, y) || (x.metadata == y.metadata && x.spec == y.spec))
+    };
+}
+
+/// The same registry values by key: shared or equal.
+fn same_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
+}
+
 /// What of a view's outbound config may differ between `before` and `after`, from what each
 /// kind reads (keep in step with the translation modules):
 /// - clusters: services, DestinationRules, PeerAuthentications, Sidecars, the mesh config, and
@@ -242,19 +258,6 @@ impl Parts {
 ///
 /// Gateways and Secrets are read only by gateway proxies, which are translated again whole.
 pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Parts {
-    /// The same objects: shared (the registries reuse unchanged objects) or equal.
-    macro_rules! same {
-        ($a:expr, $b:expr) => {
-            $a.len() == $b.len()
-                && $a
-                    .iter()
-                    .zip($b.iter())
-                    .all(|(x, y)| Arc::ptr_eq(x, y) || (x.metadata == y.metadata && x.spec == y.spec))
-        };
-    }
-    fn same_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
-    }
     // EnvoyFilters patch every kind.
     if key.node_type == NodeType::Router
         || before.mesh != after.mesh
@@ -424,46 +427,40 @@ pub fn inbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
 }
 
 /// Whether `proxy`'s inbound config (see [`inbound`]) may differ between `before` and
-/// `after`. It reads the endpoints at the proxy's own addresses and their services, the
-/// security, telemetry, Wasm and EnvoyFilter objects, Sidecars (ingress, and which collectors
-/// the proxy sees), DestinationRules, Secrets and the mesh config, never VirtualServices or other
-/// workloads' endpoints: a route change or a pod elsewhere leaves every proxy's inbound side as
-/// it was, and a push then skips translating it per proxy.
+/// `after`: [`inbound_inputs_changed`] (the same for every proxy) or [`own_endpoints_changed`].
 pub fn inbound_changed(before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
-    macro_rules! differ {
-        ($($field:ident),+) => {
-            $(before.$field.len() != after.$field.len()
-                || before.$field.iter().zip(after.$field.iter()).any(|(x, y)| {
-                    !Arc::ptr_eq(x, y) && (x.metadata != y.metadata || x.spec != y.spec)
-                }))||+
-        };
-    }
-    fn differ_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
-        a.len() != b.len() || a.iter().zip(b).any(|((ka, va), (kb, vb))| ka != kb || !(Arc::ptr_eq(va, vb) || va == vb))
-    }
-    if proxy.node_type == NodeType::Router {
-        return false;
-    }
-    let own_endpoints = |s: &'_ Snapshot| -> Vec<(String, Endpoint)> {
-        proxy.ip_addresses.iter().flat_map(|ip| s.endpoints_at(ip)).map(|(h, _, e)| (h.clone(), e.clone())).collect()
-    };
+    proxy.node_type != NodeType::Router
+        && (inbound_inputs_changed(before, after) || own_endpoints_changed(before, after, proxy))
+}
+
+/// Whether what every proxy's inbound config reads, besides its own endpoints, may differ:
+/// services, the security, telemetry, Wasm and EnvoyFilter objects, Sidecars (ingress, and
+/// which collectors the proxy sees), DestinationRules, Secrets and the mesh config. Never
+/// VirtualServices or other workloads' endpoints: a route change or a pod elsewhere leaves
+/// every proxy's inbound side as it was, and a push then skips translating it per proxy.
+pub fn inbound_inputs_changed(before: &Snapshot, after: &Snapshot) -> bool {
     before.mesh != after.mesh
-        || differ_map(&before.services, &after.services)
-        || differ!(
-            sidecars,
-            peer_authentications,
-            authorization_policies,
-            request_authentications,
-            telemetries,
-            wasm_plugins,
-            envoy_filters,
-            destination_rules,
-            gateways
-        )
+        || !same_map(&before.services, &after.services)
+        || !same!(before.sidecars, after.sidecars)
+        || !same!(before.peer_authentications, after.peer_authentications)
+        || !same!(before.authorization_policies, after.authorization_policies)
+        || !same!(before.request_authentications, after.request_authentications)
+        || !same!(before.telemetries, after.telemetries)
+        || !same!(before.wasm_plugins, after.wasm_plugins)
+        || !same!(before.envoy_filters, after.envoy_filters)
+        || !same!(before.destination_rules, after.destination_rules)
+        || !same!(before.gateways, after.gateways)
         || before.jwks != after.jwks
         || before.wasm_modules != after.wasm_modules
         || before.secrets != after.secrets
-        || own_endpoints(before) != own_endpoints(after)
+}
+
+/// Whether the endpoints at `proxy`'s own addresses (its inbound ports) differ.
+pub fn own_endpoints_changed(before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
+    fn own<'s>(s: &'s Snapshot, proxy: &'s Proxy) -> impl Iterator<Item = (&'s String, &'s Endpoint)> {
+        proxy.ip_addresses.iter().flat_map(|ip| s.endpoints_at(ip)).map(|(h, _, e)| (h, e))
+    }
+    !own(before, proxy).eq(own(after, proxy))
 }
 
 /// Outbound and inbound together, in push order within each type.
