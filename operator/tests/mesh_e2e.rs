@@ -223,18 +223,27 @@ fn discovery_killed_under_load_fails_no_request_and_resyncs() {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(5));
                 let (mut ok, mut failed) = (0u32, Vec::new());
+                let started = Instant::now();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     tick.tick().await;
+                    let at = started.elapsed().as_secs_f64();
+                    // When and how a request failed, so that a failure can be placed against
+                    // the kill, the restart and the resync.
                     match client.send(&request).await {
                         Ok(reply) if reply.status == 200 => ok += 1,
-                        Ok(reply) => failed.push(format!("status {}", reply.status)),
-                        Err(e) => failed.push(format!("{e:#}")),
+                        Ok(reply) => failed.push(format!(
+                            "at {at:.2} s: status {}: {}",
+                            reply.status,
+                            String::from_utf8_lossy(&reply.body).trim()
+                        )),
+                        Err(e) => failed.push(format!("at {at:.2} s: {e:#}")),
                     }
                 }
                 (ok, failed)
             })
         };
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let load_started = Instant::now() - Duration::from_secs(2);
         mesh.kill_discovery();
         let down = Instant::now();
         // A change made while discovery is dead is picked up when it is back.
@@ -242,9 +251,16 @@ fn discovery_killed_under_load_fails_no_request_and_resyncs() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         mesh.start_discovery_again().await.unwrap();
         let outage = down.elapsed();
+        let back = load_started.elapsed();
         mesh.wait_synced().await.unwrap();
+        let synced = load_started.elapsed();
         let reply = mesh.send(&mesh.via_client(SERVICE_HOST, "/get").header("end-user", "jason")).await.unwrap();
         assert_eq!(reply.header("x-echo-version"), "v2", "config resynced after the restart");
+        println!(
+            "load started at 0 s; killed at ~2 s; discovery back at {:.2} s, synced at {:.2} s",
+            back.as_secs_f64(),
+            synced.as_secs_f64()
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (ok, failed) = load.await.unwrap();

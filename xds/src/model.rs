@@ -205,6 +205,11 @@ impl Endpoint {
 /// Everything translation reads, at one instant. Cheap to share, never mutated.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// Set on the snapshot a server starts from before its registry has read its sources
+    /// (the config directory, or the API server's first lists). No proxy is served from it
+    /// and `/ready` reports not ready: a proxy that reconnects after a discovery restart
+    /// would otherwise be sent an empty mesh and drop every listener and cluster it has.
+    pub loading: bool,
     pub mesh: MeshConfig,
     /// Services by hostname. When two namespaces declare the same hostname, the oldest
     /// (first by namespace/name) wins, as upstream picks by creation time.

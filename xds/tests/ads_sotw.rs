@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ads_support::*;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use rudder_xds::server::{DebounceOptions, Kind};
 
@@ -260,4 +260,31 @@ async fn the_default_translator_serves_a_snapshot() {
         client.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     let cds = tokio::time::timeout(PATIENCE, responses.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(cds.type_url, Kind::Cluster.type_url());
+}
+
+#[tokio::test]
+async fn nothing_is_served_before_the_registry_has_loaded() {
+    let harness = Harness::start_loading().await;
+    let (status, body) = harness.get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    let mut sotw = harness.sotw().await;
+    sotw.send(first(Kind::Cluster, &[])).await;
+    let mut delta = harness.delta().await;
+    let delta_first = DeltaDiscoveryRequest { node: Some(node()), ..delta_request(Kind::Cluster, &[], &[], "") };
+    delta.send(delta_first).await;
+    // Held, not answered with an empty mesh (which would remove every cluster a proxy
+    // reconnecting after a restart has).
+    sotw.assert_quiet().await;
+    delta.assert_quiet().await;
+
+    // The registry's first snapshot: both streams get the real config, once.
+    harness.snapshots.send_replace(std::sync::Arc::new(rudder_xds::model::Snapshot::default()));
+    let cds = sotw.recv().await;
+    assert_eq!(names(&cds), ["a", "b"]);
+    let delta_cds = delta.recv().await;
+    assert_eq!(delta_names(&delta_cds), ["a", "b"]);
+    let (status, body) = harness.get("/ready").await;
+    assert_eq!(status, 200, "{body}");
+    sotw.send(ack(&cds, &[])).await;
+    sotw.assert_quiet().await;
 }

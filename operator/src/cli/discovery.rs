@@ -115,7 +115,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     // The registry publishes on `tx`; the JWKS follower passes its snapshots on with the
     // documents of RequestAuthentication jwksUris, the Wasm follower with the modules of
     // WasmPlugins, to the server.
-    let first = Arc::new(Snapshot { mesh: mesh.clone(), ..Snapshot::default() });
+    let first = Arc::new(Snapshot { loading: true, mesh: mesh.clone(), ..Snapshot::default() });
     let (tx, registry_rx) = watch::channel(first.clone());
     let (with_keys_tx, with_keys_rx) = watch::channel(first.clone());
     let (with_modules_tx, rx) = watch::channel(first);

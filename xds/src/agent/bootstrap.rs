@@ -17,6 +17,12 @@ pub const DEFAULT_ISTIO_VERSION: &str = "1.28.0";
 pub const DEFAULT_DISCOVERY_ADDRESS: &str = "istiod.istio-system.svc:15010";
 /// Cluster the ADS stream uses.
 pub const XDS_CLUSTER: &str = "xds-grpc";
+/// Backoff between attempts to reopen the xDS stream (jittered, doubling from the base).
+/// Envoy's own default grows to 30 s, so a proxy whose discovery was down for a few seconds
+/// could stay unsynced for half a minute after it was back; a 5 s ceiling still spreads a
+/// reconnect storm (the server also bounds first pushes in flight).
+const XDS_RETRY_BASE: &str = "0.5s";
+const XDS_RETRY_MAX: &str = "5s";
 /// Cluster of the agent's SDS server (workload certificate and mesh root); translation names
 /// it in every Istio mTLS context.
 pub use crate::translate::cluster::SDS_CLUSTER;
@@ -275,7 +281,13 @@ pub fn bootstrap(options: &BootstrapOptions) -> Result<Value, BootstrapError> {
                 "api_type": options.xds_transport.api_type(),
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [{"envoy_grpc": {
+                    "cluster_name": XDS_CLUSTER,
+                    "retry_policy": {"retry_back_off": {
+                        "base_interval": XDS_RETRY_BASE,
+                        "max_interval": XDS_RETRY_MAX,
+                    }},
+                }}],
             },
             // Wait for the first CDS/LDS forever rather than going live without config.
             "cds_config": ads.clone(),

@@ -376,19 +376,25 @@ impl StreamCore {
         self.current.is_some() && self.generations.has_changed().unwrap_or(false)
     }
 
-    /// The resources of the current generation, built on first use.
+    /// The resources of the current generation, built on first use. While the server is
+    /// still loading its registry this waits: the stream's first answer is the real mesh.
     pub(crate) async fn current(&mut self) -> ProxyResources {
         if let Some(current) = &self.current {
             return current.clone();
         }
+        // `Err` only when the server is gone; the stream then serves what there is.
+        let _ = self.generations.wait_for(|g| !g.snapshot.loading).await;
         let generation = self.generations.borrow_and_update().clone();
         self.adopt(generation).await
     }
 
-    /// Moves to the latest generation; `None` when the stream is already there.
+    /// Moves to the latest generation; `None` when the stream is already there (or the
+    /// server is still loading).
     pub(crate) async fn advance(&mut self) -> Option<ProxyResources> {
         let generation = self.generations.borrow_and_update().clone();
-        if self.current.as_ref().is_some_and(|c| c.generation.version == generation.version) {
+        if generation.snapshot.loading
+            || self.current.as_ref().is_some_and(|c| c.generation.version == generation.version)
+        {
             return None;
         }
         Some(self.adopt(generation).await)

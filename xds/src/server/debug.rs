@@ -36,9 +36,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Ready as soon as the server exists: the first generation is built before it can serve.
-async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    format!("ready, push version {}\n", shared.generations.borrow().version)
+/// Ready once the registry's first snapshot is in a generation (proxies are answered from
+/// then on); 503 before, like istiod until its caches have synced.
+async fn ready(State(shared): State<Arc<Shared>>) -> axum::response::Response {
+    let generation = shared.generations.borrow().clone();
+    if generation.snapshot.loading {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: the registry has not read its sources yet\n")
+            .into_response();
+    }
+    format!("ready, push version {}\n", generation.version).into_response()
 }
 
 /// Per proxy, per type: what was sent and acknowledged, and the last rejection.

@@ -119,8 +119,23 @@ impl Harness {
         resources: (Resources, Vec<ClusterLoadAssignment>),
         options: ServerOptions,
     ) -> Self {
+        Self::start_from(Snapshot::default(), resources, options).await
+    }
+
+    /// A server whose registry has not loaded yet: it serves once a snapshot is published.
+    pub async fn start_loading() -> Self {
+        let first = Snapshot { loading: true, ..Snapshot::default() };
+        let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
+        Self::start_from(first, fixture(), ServerOptions { debounce, ..Default::default() }).await
+    }
+
+    async fn start_from(
+        first: Snapshot,
+        resources: (Resources, Vec<ClusterLoadAssignment>),
+        options: ServerOptions,
+    ) -> Self {
         let generator = Arc::new(FixedGenerator::new(resources.0, resources.1));
-        let (snapshots, rx) = watch::channel(Arc::new(Snapshot::default()));
+        let (snapshots, rx) = watch::channel(Arc::new(first));
         let server = DiscoveryServer::with_generator(rx, options, generator.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

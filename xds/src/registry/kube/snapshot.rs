@@ -147,6 +147,7 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
     }
 
     Snapshot {
+        loading: false,
         mesh: mesh.clone(),
         services,
         endpoints,
