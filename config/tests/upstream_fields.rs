@@ -90,7 +90,7 @@ fn destination_rule_load_balancer_fields() {
         (
             "zoneAwareLbSetting",
             destination_rule(
-                "loadBalancer:\n  zoneAwareLbSetting:\n    enabled: true\n    failover: [{from: us-east, to: eu-west}]\n    failoverPriority: [topology.istio.io/network, app=web]",
+                "loadBalancer:\n  zoneAwareLbSetting:\n    enabled: true\n    minClusterSize: 3\n    failover: [{from: us-east, to: eu-west}]\n    failoverPriority: [topology.istio.io/network, app=web]",
             ),
             &[],
         ),

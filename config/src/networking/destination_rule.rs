@@ -202,6 +202,10 @@ pub struct ZoneAwareLoadBalancerSetting {
     pub failover_priority: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Fewest hosts the upstream cluster must have in the local region for zone-aware routing
+    /// to engage (Envoy's default 6). Added upstream after the pinned field list (Istio 1.30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cluster_size: Option<u64>,
 }
 
 /// Slow start for new endpoints.
