@@ -606,3 +606,129 @@ configPatches:
     let hosts: Vec<&str> = route(&r, "8000").virtual_hosts.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(hosts, ["httpbin.apps.svc.cluster.local:8000", "replaced-host"]);
 }
+
+/// A RequestAuthentication (the JWT filter) and DENY and ALLOW AuthorizationPolicies (two
+/// RBAC filters on HTTP ports, network RBAC on TCP ports) for httpbin.
+const SECURED: &str = r#"
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: apps}
+spec: {jwtRules: [{issuer: iss, jwks: '{"keys":[]}'}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny, namespace: apps}
+spec: {action: DENY, rules: [{from: [{source: {namespaces: [blocked]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow, namespace: apps}
+spec: {action: ALLOW, rules: [{from: [{source: {namespaces: [apps]}}]}]}
+"#;
+
+#[test]
+fn filter_class_places_added_filters_around_the_generated_ones() {
+    let (jwt, rbac, router) = ("envoy.filters.http.jwt_authn", "envoy.filters.http.rbac", "envoy.filters.http.router");
+    // `(applyTo, operation, filterClass, name)` of each patch, on the inbound 8000 (HTTP) or
+    // 9000 (TCP) chain.
+    let patches = |list: &[(&str, &str, &str, &str)]| {
+        let mut spec = String::from("configPatches:\n");
+        for (apply_to, op, class, name) in list {
+            let (port, filter, value) = if *apply_to == "HTTP_FILTER" {
+                (8000, HCM, "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors")
+            } else {
+                (
+                    9000,
+                    "envoy.filters.network.tcp_proxy",
+                    "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+                )
+            };
+            let class = if class.is_empty() { String::new() } else { format!(", filterClass: {class}") };
+            let extra = if *apply_to == "HTTP_FILTER" { "" } else { ", stat_prefix: x, max_connections: 10" };
+            spec += &format!(
+                "- applyTo: {apply_to}\n  match: {{context: SIDECAR_INBOUND, listener: {{portNumber: {port}, filterChain: {{filter: {{name: {filter}}}}}}}}}\n  patch: {{operation: {op}{class}, value: {{name: '{name}', typed_config: {{\"@type\": {value}{extra}}}}}}}\n"
+            );
+        }
+        ef("classes", "apps", &spec)
+    };
+    let names = |r: &Resources, chain_name: &str| -> Vec<String> {
+        let c = chain(r, "virtualInbound", chain_name);
+        if chain_name == "0.0.0.0_8000" {
+            hcm(c).http_filters.iter().map(|f| f.name.clone()).collect()
+        } else {
+            c.filters.iter().map(|f| f.name.clone()).collect()
+        }
+    };
+    let secured = names(&all(&snapshot(SECURED), &httpbin()), "0.0.0.0_8000");
+    let plain = names(&all(&snapshot(""), &httpbin()), "0.0.0.0_8000");
+    let tcp = names(&all(&snapshot(SECURED), &httpbin()), "0.0.0.0_9000");
+    // The generated chains the classes are placed against.
+    let at = |list: &[String], name: &str| list.iter().position(|f| f == name).unwrap();
+    assert_eq!(&secured[at(&secured, jwt)..], [jwt, rbac, rbac, router]);
+    assert!(!plain.iter().any(|f| f == jwt || f == rbac), "{plain:?}");
+    assert_eq!(tcp, ["envoy.filters.network.rbac", "envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]);
+    // `list` with each `(i, name)` inserted before its element `i`.
+    let with = |list: &[String], inserts: &[(usize, &str)]| -> Vec<String> {
+        let mut out = list.to_vec();
+        for (i, name) in inserts.iter().rev() {
+            out.insert(*i, (*name).to_owned());
+        }
+        out
+    };
+    let (j, r) = (at(&secured, jwt), at(&secured, router));
+    let h = |op, class, name| ("HTTP_FILTER", op, class, name);
+    // (with the policies, patches, chain, its filters)
+    type Case<'a> = (bool, Vec<(&'a str, &'a str, &'a str, &'a str)>, &'a str, Vec<String>);
+    let cases: Vec<Case<'_>> = vec![
+        // AUTHN right after the JWT filter, AUTHZ right after the last RBAC filter, STATS right
+        // before the router.
+        (true, vec![h("ADD", "AUTHN", "n")], "0.0.0.0_8000", with(&secured, &[(j + 1, "n")])),
+        (true, vec![h("ADD", "AUTHZ", "z")], "0.0.0.0_8000", with(&secured, &[(r, "z")])),
+        (true, vec![h("ADD", "STATS", "s")], "0.0.0.0_8000", with(&secured, &[(r, "s")])),
+        // Within a class, patch order; across classes AUTHN, AUTHZ, STATS whatever the order.
+        (
+            true,
+            vec![
+                h("ADD", "STATS", "s1"),
+                h("ADD", "AUTHZ", "z1"),
+                h("ADD", "AUTHN", "n1"),
+                h("ADD", "AUTHN", "n2"),
+                h("ADD", "AUTHZ", "z2"),
+                h("ADD", "STATS", "s2"),
+            ],
+            "0.0.0.0_8000",
+            with(&secured, &[(j + 1, "n1"), (j + 1, "n2"), (r, "z1"), (r, "z2"), (r, "s1"), (r, "s2")]),
+        ),
+        // Without JWT and RBAC filters, where they would be: before the router, in class order.
+        (
+            false,
+            vec![h("ADD", "STATS", "s"), h("ADD", "AUTHZ", "z"), h("ADD", "AUTHN", "n")],
+            "0.0.0.0_8000",
+            with(&plain, &[(plain.len() - 1, "n"), (plain.len() - 1, "z"), (plain.len() - 1, "s")]),
+        ),
+        // No class (or UNSPECIFIED): the operation places the filter (ADD appends, as Istio).
+        (true, vec![h("ADD", "UNSPECIFIED", "u")], "0.0.0.0_8000", with(&secured, &[(secured.len(), "u")])),
+        (true, vec![h("ADD", "", "u")], "0.0.0.0_8000", with(&secured, &[(secured.len(), "u")])),
+        // A class only places ADDs.
+        (true, vec![h("INSERT_FIRST", "AUTHZ", "f")], "0.0.0.0_8000", with(&secured, &[(0, "f")])),
+        // Network filters: AUTHN and AUTHZ around the network RBAC filters, STATS before
+        // tcp_proxy.
+        (
+            true,
+            vec![
+                ("NETWORK_FILTER", "ADD", "STATS", "s"),
+                ("NETWORK_FILTER", "ADD", "AUTHZ", "z"),
+                ("NETWORK_FILTER", "ADD", "AUTHN", "n"),
+            ],
+            "0.0.0.0_9000",
+            with(&tcp, &[(0, "n"), (2, "z"), (2, "s")]),
+        ),
+    ];
+    for (secure, list, chain_name, want) in cases {
+        let yaml = patches(&list);
+        let base = if secure { SECURED } else { "" };
+        let r = all(&snapshot(&format!("{base}{yaml}")), &httpbin());
+        assert_eq!(names(&r, chain_name), want, "{yaml}");
+    }
+}

@@ -2,7 +2,8 @@
 //! Istio walks them: for each listener its own patches (REMOVE, MERGE), then its listener
 //! filters, then each filter chain (REMOVE, MERGE, then its network filters: the inserting
 //! operations in patch order, then MERGEs; then the HTTP filters of an HTTP connection
-//! manager), then the chains to ADD; the listeners to ADD last.
+//! manager), then the chains to ADD; the listeners to ADD last. An ADD of a network or HTTP
+//! filter with a `filterClass` goes where the class says (see [`class_position`]), not last.
 
 use std::collections::BTreeMap;
 
@@ -15,10 +16,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use rudder_config::networking::envoy_filter::{ApplyTo, FilterMatch, ListenerMatch, Operation, PatchContext};
+use rudder_config::networking::envoy_filter::{
+    ApplyTo, FilterClass, FilterMatch, ListenerMatch, Operation, PatchContext,
+};
 
 use super::{Patch, Patches, Skipped, finish, merge_socket, value};
+use crate::translate::authz::{HTTP_RBAC, JWT_FILTER, NETWORK_RBAC};
 use crate::translate::context::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND};
+use crate::translate::listener::hcm::{ROUTER_FILTER, TCP_PROXY};
 
 pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 
@@ -150,24 +155,26 @@ impl Walk<'_, '_> {
             .of(ApplyTo::NetworkFilter)
             .filter(|p| listener_matches(listener, p) && filter_chain_matches(listener, chain, p))
             .collect();
+        let mut filters = Classed::new(std::mem::take(&mut chain.filters));
         for p in &patches {
             let name = p.filter_match().map(|f| f.name.as_str()).unwrap_or_default();
-            let found = (!name.is_empty()).then(|| chain.filters.iter().position(|f| f.name == name));
+            let found = (!name.is_empty()).then(|| filters.list.iter().position(|(f, _)| f.name == name));
             match p.operation {
                 Operation::Merge => continue,
                 Operation::Remove => {
                     if !name.is_empty() {
-                        chain.filters.retain(|f| f.name != name);
+                        filters.list.retain(|(f, _)| f.name != name);
                     }
                     continue;
                 }
                 _ => {}
             }
             match p.message::<Filter>() {
-                Ok(new) => insert(&mut chain.filters, p.operation, found, new),
+                Ok(new) => filters.insert(p, found, new, &NETWORK_ANCHORS, |f| &f.name),
                 Err(why) => skipped.push(why),
             }
         }
+        chain.filters = filters.into_list();
         let view = chain_view(chain);
         for filter in &mut chain.filters {
             for p in &patches {
@@ -206,25 +213,27 @@ impl Walk<'_, '_> {
         let Some(FilterConfig::TypedConfig(any)) = filter.config_type.as_mut() else { return };
         let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { return };
         let generated = hcm.clone();
+        let mut filters = Classed::new(std::mem::take(&mut hcm.http_filters));
         for p in &patches {
             let name =
                 p.filter_match().and_then(|f| f.sub_filter.as_ref()).map(|s| s.name.as_str()).unwrap_or_default();
-            let found = (!name.is_empty()).then(|| hcm.http_filters.iter().position(|f| f.name == name));
+            let found = (!name.is_empty()).then(|| filters.list.iter().position(|(f, _)| f.name == name));
             match p.operation {
                 Operation::Merge => continue,
                 Operation::Remove => {
                     if !name.is_empty() {
-                        hcm.http_filters.retain(|f| f.name != name);
+                        filters.list.retain(|(f, _)| f.name != name);
                     }
                     continue;
                 }
                 _ => {}
             }
             match p.message::<HttpFilter>() {
-                Ok(new) => insert(&mut hcm.http_filters, p.operation, found, new),
+                Ok(new) => filters.insert(p, found, new, &HTTP_ANCHORS, |f| &f.name),
                 Err(why) => skipped.push(why),
             }
         }
+        hcm.http_filters = filters.into_list();
         for http_filter in &mut hcm.http_filters {
             for p in &patches {
                 if p.operation == Operation::Merge
@@ -249,6 +258,89 @@ impl Walk<'_, '_> {
 /// can be changed while it is matched against.
 fn chain_view(chain: &FilterChain) -> FilterChain {
     FilterChain { name: chain.name.clone(), filter_chain_match: chain.filter_chain_match.clone(), ..Default::default() }
+}
+
+/// The generated filters that `patch.filterClass` places added filters against.
+struct Anchors {
+    /// Authentication filters: AUTHN goes right after the last of them.
+    authn: &'static [&'static str],
+    /// Authorization filters: AUTHZ goes right after the last of them.
+    authz: &'static [&'static str],
+    /// Terminal filters (the router, tcp_proxy, the connection manager): STATS goes right
+    /// before the first, where Istio's stats filter is; nothing class-placed goes after it.
+    terminal: &'static [&'static str],
+}
+
+/// HTTP filters: the JWT filter (RequestAuthentication) authenticates, RBAC (the
+/// AuthorizationPolicies) authorizes. Rudder has no stats filter (its statistics are access
+/// logs), so STATS goes right before the router.
+const HTTP_ANCHORS: Anchors = Anchors { authn: &[JWT_FILTER], authz: &[HTTP_RBAC], terminal: &[ROUTER_FILTER] };
+
+/// Network filters: no authentication filter (mutual TLS is the transport socket), network
+/// RBAC authorizes, tcp_proxy or the HTTP connection manager ends the chain.
+const NETWORK_ANCHORS: Anchors =
+    Anchors { authn: &[], authz: &[NETWORK_RBAC], terminal: &[TCP_PROXY, HTTP_CONNECTION_MANAGER] };
+
+/// A filter list being patched, each filter with the class of the patch that added it (`None`
+/// for the generated ones and those placed by the operation), so that filters added with the
+/// same class keep the order of their patches.
+struct Classed<T> {
+    list: Vec<(T, Option<FilterClass>)>,
+}
+
+impl<T> Classed<T> {
+    fn new(list: Vec<T>) -> Self {
+        Self { list: list.into_iter().map(|f| (f, None)).collect() }
+    }
+
+    fn into_list(self) -> Vec<T> {
+        self.list.into_iter().map(|(f, _)| f).collect()
+    }
+
+    /// Applies an inserting operation of `p` (see [`insert`]); an ADD with a filter class
+    /// goes where [`class_position`] says instead of last.
+    fn insert(&mut self, p: &Patch<'_>, found: Option<Option<usize>>, new: T, anchors: &Anchors, name: fn(&T) -> &str) {
+        match (p.operation, p.filter_class) {
+            (Operation::Add, class @ (FilterClass::Authn | FilterClass::Authz | FilterClass::Stats)) => {
+                let at = class_position(&self.list, class, anchors, name);
+                self.list.insert(at, (new, Some(class)));
+            }
+            (operation, _) => insert(&mut self.list, operation, found, (new, None)),
+        }
+    }
+}
+
+/// Where an ADD of `class` goes in `list`, as Istio documents `filterClass`: AUTHN right after
+/// the authentication filters, AUTHZ right after the authorization filters, STATS right before
+/// the stats filter (here: the terminal filter). Without the filters a class is placed against,
+/// it goes where they would be: AUTHN before the authorization filters (or the STATS place),
+/// AUTHZ at the AUTHN place. Filters added earlier with a class count as filters of that class,
+/// so each class keeps its patches' order and AUTHN ≤ AUTHZ ≤ STATS.
+fn class_position<T>(
+    list: &[(T, Option<FilterClass>)],
+    class: FilterClass,
+    anchors: &Anchors,
+    name: fn(&T) -> &str,
+) -> usize {
+    let stats = list.iter().position(|(f, _)| anchors.terminal.contains(&name(f))).unwrap_or(list.len());
+    let head = &list[..stats];
+    // Where the STATS filters added so far begin: AUTHN and AUTHZ go before them.
+    let stats_start = head.iter().position(|(_, tag)| *tag == Some(FilterClass::Stats)).unwrap_or(stats);
+    let authn_filter =
+        |(f, tag): &(T, Option<FilterClass>)| *tag == Some(FilterClass::Authn) || anchors.authn.contains(&name(f));
+    let authz_filter =
+        |(f, tag): &(T, Option<FilterClass>)| *tag == Some(FilterClass::Authz) || anchors.authz.contains(&name(f));
+    let authn = head
+        .iter()
+        .rposition(authn_filter)
+        .map(|i| i + 1)
+        .or_else(|| head.iter().position(authz_filter))
+        .unwrap_or(stats_start);
+    match class {
+        FilterClass::Authn => authn,
+        FilterClass::Authz => head.iter().rposition(authz_filter).map_or(authn, |i| i + 1).max(authn),
+        FilterClass::Stats | FilterClass::Unspecified => stats,
+    }
 }
 
 /// ADD, INSERT_FIRST, INSERT_BEFORE, INSERT_AFTER or REPLACE of `new` into `list`; `found` is

@@ -32,7 +32,8 @@ use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as So
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 use rudder_config::networking::envoy_filter::{
-    ApplyTo, ClusterMatch, EnvoyConfigObjectMatch, EnvoyFilter, Operation, PatchContext, ProxyMatch, RouteAction,
+    ApplyTo, ClusterMatch, EnvoyConfigObjectMatch, EnvoyFilter, FilterClass, Operation, PatchContext, ProxyMatch,
+    RouteAction,
 };
 
 use crate::model::{NodeType, Proxy, Snapshot, labels_match};
@@ -48,6 +49,8 @@ pub struct Patch<'a> {
     pub index: usize,
     pub apply_to: ApplyTo,
     pub operation: Operation,
+    /// `patch.filterClass`: where an ADD puts a filter relative to the generated ones.
+    pub filter_class: FilterClass,
     pub context: PatchContext,
     pub matches: Option<&'a EnvoyConfigObjectMatch>,
     /// The value as written (`None` for REMOVE).
@@ -226,12 +229,14 @@ impl<'a> Patches<'a> {
                 }
                 let apply_to = patch.apply_to.unwrap_or_default();
                 let operation = patch.patch.as_ref().and_then(|p| p.operation).unwrap_or_default();
+                let filter_class = patch.patch.as_ref().and_then(|p| p.filter_class).unwrap_or_default();
                 let json = patch.patch.as_ref().and_then(|p| p.value.as_ref()).map(|v| &v.0);
                 list.push(Patch {
                     filter: id.clone(),
                     index,
                     apply_to,
                     operation,
+                    filter_class,
                     context: matches.and_then(|m| m.context).unwrap_or_default(),
                     matches,
                     json: json.filter(|_| operation != Operation::Remove),
@@ -304,6 +309,7 @@ impl<'a> Patches<'a> {
                     index: p.index,
                     apply_to: p.apply_to,
                     operation: p.operation,
+                    filter_class: p.filter_class,
                     context: p.context,
                     matches: p.matches,
                     json: p.json,

@@ -26,6 +26,7 @@ fn active<'a>(p: &'a EnvoyConfigObjectPatch, operation: Operation) -> Patch<'a> 
         index: 0,
         apply_to: p.apply_to.unwrap(),
         operation,
+        filter_class: FilterClass::Unspecified,
         context: PatchContext::Any,
         matches: p.match_.as_ref(),
         json: None,
