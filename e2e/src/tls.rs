@@ -1,6 +1,7 @@
-//! TLS for the harnesses: a test CA issuing server and client certificates (rcgen), an HTTPS
-//! client that picks its SNI, trust root and client certificate, and a TLS server that answers
-//! every request with one fixed reply (a backend with its own TLS, for gateway passthrough).
+//! TLS for the harnesses: a test CA issuing server and client certificates and revocation
+//! lists (rcgen), an HTTPS client that picks its SNI, trust root and client certificate, and a
+//! TLS server that answers every request with one fixed reply (a backend with its own TLS, for
+//! gateway passthrough).
 //! Requests are plain HTTP/1.1 with `Connection: close`, so a reply is read to its end.
 
 use std::collections::BTreeMap;
@@ -10,7 +11,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, RevocationReason, RevokedCertParams, SerialNumber, date_time_ymd,
+};
 use rudder_xds::ca::{Authority, CaMaterial, DEFAULT_MAX_WORKLOAD_TTL, SpiffeId, csr_for, identity_of_certificate};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -48,6 +52,35 @@ impl TestCa {
     /// A client certificate named `name`.
     pub fn client(&self, name: &str) -> anyhow::Result<CertPair> {
         self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A certificate revocation list of this CA revoking `revoked` (certificates it issued),
+    /// PEM, current from 2024 for a hundred years.
+    pub fn crl(&self, revoked: &[&CertPair]) -> anyhow::Result<String> {
+        let revoked_certs = revoked
+            .iter()
+            .map(|pair| {
+                let (_, pem) = x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("certificate PEM: {e}"))?;
+                let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents)
+                    .map_err(|e| anyhow::anyhow!("certificate: {e}"))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(cert.raw_serial()),
+                    revocation_time: date_time_ymd(2024, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2124, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> anyhow::Result<CertPair> {

@@ -158,6 +158,14 @@ pub struct TlsCredential {
     pub private_key: Vec<u8>,
     /// CA certificates for validating clients (MUTUAL gateways).
     pub ca_certificates: Vec<u8>,
+    /// The certificate revocation list that goes with `ca_certificates` (the Secret's
+    /// `ca.crl`, or `crl` in the generic layout), PEM; empty when the Secret has none.
+    pub ca_crl: Vec<u8>,
+    /// Why the Secret's client CA cannot be used, naming the key at fault (a `ca.crl` that is
+    /// not a PEM CRL). A MUTUAL server whose client CA comes from this Secret is skipped with
+    /// this reason rather than served without its revocation list; the certificate and key
+    /// still serve.
+    pub ca_error: Option<String>,
 }
 
 /// One address serving one port of one service.

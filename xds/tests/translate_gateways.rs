@@ -555,3 +555,107 @@ spec:
     let served: Vec<&str> = r.secrets.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(served, ["kubernetes://httpbin-cred-cacert", "kubernetes://other-cred"]);
 }
+
+fn indent(pem: &str) -> String {
+    pem.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A MUTUAL server's client CA carries the revocation list of the Secret it comes from
+/// (`ca.crl` beside `ca.crt`, or `crl` beside `cacert` in a `-cacert` Secret), inline as the CA
+/// is. A CRL that is not PEM leaves out the MUTUAL server verifying clients with it (rather
+/// than admitting revoked clients), while the same Secret's certificate still serves a SIMPLE
+/// server and the other servers are untouched.
+#[test]
+fn a_mutual_servers_client_ca_carries_the_crl_of_its_secret() {
+    let ca = rudder_e2e::tls::TestCa::new("crl test CA").unwrap();
+    let revoked = ca.client("revoked").unwrap();
+    let crl = ca.crl(&[&revoked]).unwrap();
+    let gateway = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: crl-cred, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: CERT
+  tls.key: KEY
+  ca.crt: CA
+  ca.crl: |
+{crl}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: split-cred, namespace: istio-system}}
+stringData: {{cert: SPLIT, key: SPLITKEY}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: split-cred-cacert, namespace: istio-system}}
+stringData:
+  cacert: SPLITCA
+  crl: |
+{crl}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: bad-crl, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData: {{tls.crt: BADCERT, tls.key: BADKEY, ca.crt: CA, ca.crl: not a CRL}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: revoking, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https-crl, protocol: HTTPS}}
+    hosts: [crl.example.com]
+    tls: {{mode: MUTUAL, credentialName: crl-cred}}
+  - port: {{number: 443, name: https-split, protocol: HTTPS}}
+    hosts: [split.example.com]
+    tls: {{mode: MUTUAL, credentialName: split-cred}}
+  - port: {{number: 443, name: https-bad, protocol: HTTPS}}
+    hosts: [bad.example.com]
+    tls: {{mode: MUTUAL, credentialName: bad-crl}}
+  - port: {{number: 443, name: https-bad-simple, protocol: HTTPS}}
+    hosts: [simple.example.com]
+    tls: {{mode: SIMPLE, credentialName: bad-crl}}
+  - port: {{number: 443, name: https-no-crl, protocol: HTTPS}}
+    hosts: [mtls.example.com]
+    tls: {{mode: MUTUAL, credentialName: httpbin-cred}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: revoking, namespace: apps}}
+spec:
+  hosts: [crl.example.com, split.example.com, bad.example.com, simple.example.com, mtls.example.com]
+  gateways: [istio-system/revoking]
+  http: [{{route: [{{destination: {{host: httpbin}}}}]}}]
+"#,
+        crl = indent(&crl),
+    );
+    let r = resources(&gateway);
+    let l = listener(&r, "0.0.0.0_8443");
+    let hosts: Vec<&str> =
+        l.filter_chains.iter().map(|c| c.filter_chain_match.as_ref().unwrap().server_names[0].as_str()).collect();
+    assert_eq!(hosts, ["crl.example.com", "split.example.com", "simple.example.com", "mtls.example.com"]);
+
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineBytes;
+    let validation = |name: &str| match r.secrets.iter().find(|s| s.name == name).map(|s| s.r#type.clone()) {
+        Some(Some(secret::Type::ValidationContext(context))) => context,
+        other => panic!("{name}: {other:?}"),
+    };
+    let inline =
+        |source: Option<envoy_types::pb::envoy::config::core::v3::DataSource>| source.unwrap().specifier.unwrap();
+    let same_secret = validation("kubernetes://crl-cred-cacert");
+    assert_eq!(inline(same_secret.trusted_ca), InlineBytes(b"CA".to_vec()));
+    assert_eq!(inline(same_secret.crl), InlineBytes(crl.as_bytes().to_vec()));
+    let split = validation("kubernetes://split-cred-cacert");
+    assert_eq!(inline(split.trusted_ca), InlineBytes(b"SPLITCA".to_vec()));
+    assert_eq!(inline(split.crl), InlineBytes(crl.as_bytes().to_vec()));
+    assert!(validation("kubernetes://httpbin-cred-cacert").crl.is_none(), "no CRL in the Secret, none served");
+
+    let served: Vec<&str> = r.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert!(served.contains(&"kubernetes://bad-crl"), "the certificate still serves: {served:?}");
+    assert!(!served.contains(&"kubernetes://bad-crl-cacert"), "{served:?}");
+}

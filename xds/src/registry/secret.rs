@@ -1,7 +1,8 @@
 //! TLS credentials from Secrets, as gateways name them in `credentialName`. Both Secret layouts
-//! Istio reads are accepted: `kubernetes.io/tls` (`tls.crt`, `tls.key`, optionally `ca.crt`) and
-//! the generic one (`cert`, `key`, `cacert`). A Secret named `<name>-cacert` carrying only a CA
-//! is how MUTUAL servers get their client CA separately.
+//! Istio reads are accepted: `kubernetes.io/tls` (`tls.crt`, `tls.key`, optionally `ca.crt` and
+//! its revocation list `ca.crl`) and the generic one (`cert`, `key`, `cacert`, `crl`). A Secret
+//! named `<name>-cacert` carrying only a CA (and its CRL) is how MUTUAL servers get their client
+//! CA separately.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,38 +18,88 @@ pub fn key(namespace: &str, name: &str) -> String {
 
 /// The credential a Secret holds; `Err` says which keys are missing. Secrets that carry no TLS
 /// material at all (service-account tokens, app passwords) are `Ok(None)`: they are not
-/// credentials and are skipped quietly.
+/// credentials and are skipped quietly. A CRL that is not PEM does not make the Secret an
+/// error: it is [`TlsCredential::ca_error`], so only servers verifying clients with this CA
+/// are affected.
 pub fn credential(secret: &Secret) -> Result<Option<TlsCredential>, String> {
     let Some(data) = secret.data.as_ref() else { return Ok(None) };
-    let get = |keys: &[&str]| keys.iter().find_map(|k| data.get(*k)).map(|b| b.0.clone());
-    let certificate_chain = get(&["tls.crt", "cert"]);
-    let private_key = get(&["tls.key", "key"]);
-    let ca_certificates = get(&["ca.crt", "cacert"]);
-    match (certificate_chain, private_key, ca_certificates) {
+    let get = |keys: &[&'static str]| keys.iter().find_map(|k| data.get(*k).map(|b| (*k, b.0.clone())));
+    let certificate_chain = get(&["tls.crt", "cert"]).map(|(_, v)| v);
+    let private_key = get(&["tls.key", "key"]).map(|(_, v)| v);
+    let ca = get(&["ca.crt", "cacert"]);
+    // The CRL of the CA's layout first (`ca.crl` beside `ca.crt`, `crl` beside `cacert`).
+    let crl_keys: &[&str] = match ca {
+        Some(("cacert", _)) => &["crl", "ca.crl"],
+        _ => &["ca.crl", "crl"],
+    };
+    let crl = get(crl_keys);
+    let (ca_crl, ca_error) = match (&ca, crl) {
+        (Some(_), Some((key, pem))) => match check_crl(&pem) {
+            Ok(()) => (pem, None),
+            Err(why) => (Vec::new(), Some(format!("key {key}: {why}"))),
+        },
+        (None, Some((key, _))) => {
+            if certificate_chain.is_some() || private_key.is_some() {
+                tracing::warn!(
+                    secret = %key_of(secret),
+                    "Secret has a CRL ({key}) but no CA certificate (ca.crt or cacert) to go with it; the CRL is not used"
+                );
+            }
+            (Vec::new(), None)
+        }
+        (_, None) => (Vec::new(), None),
+    };
+    match (certificate_chain, private_key, ca) {
         (None, None, None) => Ok(None),
         (Some(_), None, _) => Err("has a certificate (tls.crt or cert) but no private key (tls.key or key)".into()),
         (None, Some(_), _) => Err("has a private key (tls.key or key) but no certificate (tls.crt or cert)".into()),
         (chain, key, ca) => Ok(Some(TlsCredential {
             certificate_chain: chain.unwrap_or_default(),
             private_key: key.unwrap_or_default(),
-            ca_certificates: ca.unwrap_or_default(),
+            ca_certificates: ca.map(|(_, v)| v).unwrap_or_default(),
+            ca_crl,
+            ca_error,
         })),
     }
 }
 
+/// `Ok` when `pem` holds one or more PEM `X509 CRL` blocks, each a well-formed CRL (what Envoy
+/// needs to load it; it refuses the whole validation context otherwise).
+fn check_crl(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut count = 0;
+    for der in CertificateRevocationListDer::pem_slice_iter(pem) {
+        let der = der.map_err(|e| format!("not a PEM certificate revocation list ({e})"))?;
+        x509_parser::parse_x509_crl(&der).map_err(|e| format!("X509 CRL block {} does not parse ({e})", count + 1))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("not a PEM certificate revocation list (no -----BEGIN X509 CRL----- block)".into());
+    }
+    Ok(())
+}
+
+fn key_of(secret: &Secret) -> String {
+    key(secret.metadata.namespace.as_deref().unwrap_or("default"), secret.metadata.name.as_deref().unwrap_or_default())
+}
+
 /// The credentials of `secrets` by [`key`]. A Secret whose TLS keys are incomplete is logged
-/// and left out, so a bad Secret never takes another gateway's credential down.
+/// and left out, so a bad Secret never takes another gateway's credential down; a Secret whose
+/// CRL is not usable is logged and kept (see [`TlsCredential::ca_error`]).
 pub fn credentials<'s>(secrets: impl IntoIterator<Item = &'s Secret>) -> BTreeMap<String, Arc<TlsCredential>> {
     let mut out = BTreeMap::new();
     for secret in secrets {
-        let namespace = secret.metadata.namespace.as_deref().unwrap_or("default");
-        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let key = key_of(secret);
         match credential(secret) {
             Ok(Some(credential)) => {
-                out.insert(key(namespace, name), Arc::new(credential));
+                if let Some(why) = &credential.ca_error {
+                    tracing::warn!(secret = %key, "Secret {why}; MUTUAL servers verifying clients with its CA are skipped");
+                }
+                out.insert(key, Arc::new(credential));
             }
             Ok(None) => {}
-            Err(why) => tracing::warn!(secret = %key(namespace, name), "Secret {why}; not usable as a TLS credential"),
+            Err(why) => tracing::warn!(secret = %key, "Secret {why}; not usable as a TLS credential"),
         }
     }
     out
@@ -88,5 +139,69 @@ mod tests {
         assert_eq!(credential(&secret(&[("password", "p")])).unwrap(), None);
         let all = credentials([&secret(&[("tls.crt", "C")]), &secret(&[("cert", "C"), ("key", "K")])]);
         assert_eq!(all.keys().collect::<Vec<_>>(), ["istio-system/cred"]);
+    }
+
+    /// A CRL signed by a throwaway CA, revoking serial 7, PEM.
+    fn crl_pem() -> String {
+        use rcgen::{
+            CertificateParams, CertificateRevocationListParams, IsCa, Issuer, KeyIdMethod, KeyPair, RevokedCertParams,
+            date_time_ymd,
+        };
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(params, key);
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2124, 1, 1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: 7u64.into(),
+                revocation_time: date_time_ymd(2024, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_crl_goes_with_the_ca_of_either_layout() {
+        let crl = crl_pem();
+        let tls = credential(&secret(&[("tls.crt", "C"), ("tls.key", "K"), ("ca.crt", "A"), ("ca.crl", &crl)]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((tls.ca_crl.as_slice(), tls.ca_error.as_deref()), (crl.as_bytes(), None));
+        let generic = credential(&secret(&[("cacert", "A"), ("crl", &crl)])).unwrap().unwrap();
+        assert_eq!(generic.ca_crl, crl.as_bytes());
+        // A CRL without a CA has nothing to check (as upstream, it is not used).
+        let no_ca = credential(&secret(&[("tls.crt", "C"), ("tls.key", "K"), ("ca.crl", &crl)])).unwrap().unwrap();
+        assert!(no_ca.ca_crl.is_empty() && no_ca.ca_error.is_none());
+        let none = credential(&secret(&[("tls.crt", "C"), ("tls.key", "K"), ("ca.crt", "A")])).unwrap().unwrap();
+        assert!(none.ca_crl.is_empty() && none.ca_error.is_none());
+    }
+
+    #[test]
+    fn a_crl_that_is_not_pem_is_a_ca_error_naming_the_key_and_keeps_the_certificate() {
+        let bad = credential(&secret(&[("tls.crt", "C"), ("tls.key", "K"), ("ca.crt", "A"), ("ca.crl", "not a crl")]))
+            .unwrap()
+            .unwrap();
+        let why = bad.ca_error.unwrap();
+        assert!(why.starts_with("key ca.crl: not a PEM certificate revocation list"), "{why}");
+        assert!(bad.ca_crl.is_empty());
+        assert_eq!(bad.certificate_chain, b"C", "the certificate still serves");
+        // A PEM block of another kind, or a CRL block whose content is not a CRL.
+        let certificate = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let wrong_kind = credential(&secret(&[("cacert", "A"), ("crl", certificate)])).unwrap().unwrap();
+        assert!(wrong_kind.ca_error.unwrap().starts_with("key crl: not a PEM certificate revocation list"));
+        let garbage = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+        let garbled = credential(&secret(&[("cacert", "A"), ("crl", garbage)])).unwrap().unwrap();
+        assert!(garbled.ca_error.unwrap().contains("X509 CRL block 1 does not parse"));
+        assert_eq!(credentials([&secret(&[("ca.crt", "A"), ("ca.crl", "x")])]).len(), 1, "kept, with its error");
     }
 }

@@ -12,13 +12,16 @@
 //!   HTTPS server has its own, `https.<number>.<port name>.<gateway>.<namespace>`;
 //! - virtual hosts `<host>:<number>`; a route configuration without any is a `blackhole:<number>`
 //!   host with no routes (404);
-//! - secrets `kubernetes://<credentialName>` and `kubernetes://<credentialName>-cacert`.
+//! - secrets `kubernetes://<credentialName>` and `kubernetes://<credentialName>-cacert` (the
+//!   client CA, with the revocation list of its Secret, `ca.crl`/`crl`, inline beside it).
 //!
 //! ISTIO_MUTUAL terminates with the gateway's workload certificate (`default` from the agent's
 //! SDS) and requires a client certificate of the mesh (`ROOTCA`, `subjectAltNames` when given).
 //! A server whose credential is missing is skipped (Envoy would otherwise keep the whole
-//! listener warming). AUTO_PASSTHROUGH routes mesh clients' mTLS by SNI to SNI-DNAT clusters
-//! without terminating it.
+//! listener warming), and so is a MUTUAL server whose client CA's Secret has a CRL that is not
+//! a PEM CRL (Envoy would refuse it; served without it, revoked clients would get in).
+//! AUTO_PASSTHROUGH routes mesh clients' mTLS by SNI to SNI-DNAT clusters without terminating
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -491,11 +494,7 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
         }
         if mutual {
             let ca_name = client_ca_secret(tls, first);
-            if ca_of(ctx, ca_name).is_none() {
-                return Err(format!(
-                    "credentialName {ca_name:?}: MUTUAL needs a CA (ca.crt/cacert in the Secret, or a Secret {ca_name}{CA_SUFFIX})"
-                ));
-            }
+            client_ca(ctx, ca_name)?;
             let ca = ads_secret(&format!("{CREDENTIAL_PREFIX}{ca_name}{CA_SUFFIX}"));
             common.validation_context_type = Some(match client_checks(tls) {
                 None => common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(ca),
@@ -672,12 +671,27 @@ fn credential<'a>(ctx: &Context<'a>, name: &str) -> Option<&'a Arc<crate::model:
     ctx.snapshot.secrets.get(&secret_key::key(&ctx.proxy.namespace, name))
 }
 
-/// The client CA of credential `name`: Secret `<name>-cacert`, else the credential's own CA.
-fn ca_of<'a>(ctx: &Context<'a>, name: &str) -> Option<&'a [u8]> {
-    credential(ctx, &format!("{name}{CA_SUFFIX}"))
-        .map(|c| c.ca_certificates.as_slice())
-        .filter(|ca| !ca.is_empty())
-        .or_else(|| credential(ctx, name).map(|c| c.ca_certificates.as_slice()).filter(|ca| !ca.is_empty()))
+/// The client CA of credential `name` for a MUTUAL server (see [`ca_of`]); `Err` says why it
+/// cannot verify clients, naming the Secret (and key) at fault.
+fn client_ca<'a>(ctx: &Context<'a>, name: &str) -> Result<&'a Arc<crate::model::TlsCredential>, String> {
+    let Some((secret, ca)) = ca_of(ctx, name) else {
+        return Err(format!(
+            "credentialName {name:?}: MUTUAL needs a CA (ca.crt/cacert in the Secret, or a Secret {name}{CA_SUFFIX})"
+        ));
+    };
+    match &ca.ca_error {
+        // Verifying clients without the revocation list asked for would admit revoked ones.
+        Some(why) => Err(format!("credentialName {name:?}: Secret {}/{secret} {why}", ctx.proxy.namespace)),
+        None => Ok(ca),
+    }
+}
+
+/// The Secret holding the client CA (and its CRL) of credential `name`, by name: Secret
+/// `<name>-cacert`, else the credential's own, whichever has a CA first.
+fn ca_of<'a>(ctx: &Context<'a>, name: &str) -> Option<(String, &'a Arc<crate::model::TlsCredential>)> {
+    [format!("{name}{CA_SUFFIX}"), name.to_owned()]
+        .into_iter()
+        .find_map(|secret| credential(ctx, &secret).filter(|c| !c.ca_certificates.is_empty()).map(|c| (secret, c)))
 }
 
 /// The SDS secrets the proxy's listeners name, sorted by name.
@@ -704,13 +718,15 @@ pub fn secrets(ctx: &Context<'_>) -> Vec<Secret> {
         }
         let name = client_ca_secret(tls, names[0]);
         if matches!(tls.mode.unwrap_or_default(), ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
-            && let Some(ca) = ca_of(ctx, name)
+            && let Ok(ca) = client_ca(ctx, name)
         {
             let resource = format!("{CREDENTIAL_PREFIX}{name}{CA_SUFFIX}");
             out.entry(resource.clone()).or_insert_with(|| Secret {
                 name: resource,
                 r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                    trusted_ca: Some(inline(ca)),
+                    trusted_ca: Some(inline(&ca.ca_certificates)),
+                    // Clients whose certificate the CRL revokes are refused.
+                    crl: (!ca.ca_crl.is_empty()).then(|| inline(&ca.ca_crl)),
                     ..Default::default()
                 })),
             });
@@ -821,5 +837,39 @@ fn route_configuration(ctx: &Context<'_>, name: String, servers: &[&GatewayServe
         max_direct_response_body_size_bytes: Some(UInt32Value { value: super::route::MAX_DIRECT_RESPONSE_BODY_BYTES }),
         ignore_port_in_host_matching: true,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::{Proxy, Snapshot, TlsCredential};
+
+    #[test]
+    fn a_client_ca_whose_crl_is_unusable_is_an_error_naming_the_secret_and_key() {
+        let mut snapshot = Snapshot::default();
+        let ca = |ca_error: Option<&str>| {
+            Arc::new(TlsCredential {
+                ca_certificates: b"CA".to_vec(),
+                ca_error: ca_error.map(str::to_owned),
+                ..Default::default()
+            })
+        };
+        snapshot.secrets.insert("istio-system/good".into(), ca(None));
+        snapshot.secrets.insert("istio-system/split-cacert".into(), ca(Some("key crl: not a PEM CRL")));
+        snapshot.secrets.insert("istio-system/split".into(), ca(None));
+        let proxy =
+            Proxy::from_node("router~10.1.0.30~gw-1.istio-system~istio-system.svc.cluster.local", &BTreeMap::new())
+                .unwrap();
+        let ctx = Context::new(&snapshot, &proxy);
+        assert!(client_ca(&ctx, "good").is_ok());
+        // The `-cacert` Secret's CA is the one used: its broken CRL is not worked around with
+        // the credential's own CA (that would admit the clients it revokes).
+        assert_eq!(
+            client_ca(&ctx, "split").unwrap_err(),
+            "credentialName \"split\": Secret istio-system/split-cacert key crl: not a PEM CRL"
+        );
+        assert!(client_ca(&ctx, "missing").unwrap_err().contains("MUTUAL needs a CA"));
     }
 }

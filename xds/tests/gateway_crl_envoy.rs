@@ -1,0 +1,256 @@
+//! A MUTUAL gateway server checks client certificates against the revocation list of its
+//! credential Secret (`ca.crl`), through a real Envoy: discovery reads a config directory holding
+//! the Secret, a Gateway and a route to a local app, and serves a gateway Envoy over ADS. A
+//! client certificate of the CA gets through, a revoked one is refused by the TLS handshake
+//! (Envoy's `certificate revoked` alert), and so is a client without a certificate. A new CRL in
+//! the Secret reaches Envoy (the client it now revokes is refused too); a CRL that is not PEM
+//! takes the MUTUAL server out while the SIMPLE server on the same port keeps serving, and Envoy
+//! rejects no update. All traffic stays on 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rudder_config::mesh::MeshConfig;
+use rudder_e2e::tls::{CertPair, TestCa, https_get};
+use rudder_xds::registry::files::ConfigDir;
+use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions};
+use rudder_xds::testing::{TestNode, ads_bootstrap, spawn_envoy};
+use tokio::sync::watch;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const MUTUAL_HOST: &str = "crl.example.com";
+const SIMPLE_HOST: &str = "simple.example.com";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The app behind the gateway: 200 `ok` to everything.
+async fn backend() -> u16 {
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+struct Envoy {
+    child: Child,
+    admin: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A gateway Envoy (`istio: ingressgateway` in istio-system, interception NONE: its listeners
+/// bind 127.0.0.1) fed by the ADS server on `xds_port`.
+fn gateway_envoy(xds_port: u16, dir: &Path) -> Envoy {
+    let admin = free_port();
+    let node = TestNode {
+        id: "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local",
+        cluster: "istio-ingressgateway.istio-system",
+        metadata: "{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, ISTIO_VERSION: 1.29.2, LABELS: {istio: ingressgateway}}",
+    };
+    let bootstrap = ads_bootstrap(node, admin, xds_port, "GRPC", true);
+    let child = spawn_envoy(dir, &bootstrap, (std::process::id() % 100_000) * 10 + 6).unwrap();
+    Envoy { child, admin, dir: dir.to_owned() }
+}
+
+/// One counter of Envoy's admin `/stats` (0 when absent).
+async fn stat(envoy: &Envoy, name: &str) -> u64 {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let request =
+        Request::get(format!("http://127.0.0.1:{}/stats?filter=^{name}$", envoy.admin)).body(Body::empty()).unwrap();
+    let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), client.request(request)).await else {
+        return 0;
+    };
+    let Ok(body) = response.into_body().collect().await else { return 0 };
+    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+fn indent(pem: &str) -> String {
+    pem.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// The gateway's Secret (certificate for both hosts, the CA and `crl`), a Gateway with a MUTUAL
+/// and a SIMPLE server on `gateway_port` sharing it, and the route of both hosts to the app.
+fn mesh(app_port: u16, gateway_port: u16, ca: &TestCa, server: &CertPair, crl: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: gw-cred, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{cert}
+  tls.key: |
+{key}
+  ca.crt: |
+{ca}
+  ca.crl: |
+{crl}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: app, namespace: istio-system}}
+spec:
+  hosts: [app.test]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {app_port}}}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gateway_port}, name: https-mutual, protocol: HTTPS}}
+    hosts: [{MUTUAL_HOST}]
+    tls: {{mode: MUTUAL, credentialName: gw-cred}}
+  - port: {{number: {gateway_port}, name: https-simple, protocol: HTTPS}}
+    hosts: [{SIMPLE_HOST}]
+    tls: {{mode: SIMPLE, credentialName: gw-cred}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: app, namespace: istio-system}}
+spec:
+  hosts: [{MUTUAL_HOST}, {SIMPLE_HOST}]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: app.test, port: {{number: 80}}}}}}]}}]
+"#,
+        cert = indent(&server.cert_pem),
+        key = indent(&server.key_pem),
+        ca = indent(&ca.cert_pem),
+        crl = indent(crl),
+    )
+}
+
+/// `GET /` through the gateway as `host`, presenting `client`: `Ok(body)` on a 200, else what
+/// went wrong (with its causes).
+async fn get(addr: SocketAddr, host: &str, ca: &TestCa, client: Option<&CertPair>) -> Result<String, String> {
+    match tokio::time::timeout(Duration::from_secs(5), https_get(addr, host, "/", &ca.cert_pem, client)).await {
+        Err(_) => Err("no reply in 5 s".into()),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Ok(Ok(reply)) if reply.status == 200 => Ok(reply.body),
+        Ok(Ok(reply)) => Err(format!("status {}: {}", reply.status, reply.body)),
+    }
+}
+
+/// Polls `GET /` as `host` with `client` until `done` holds for the outcome.
+async fn until(
+    what: &str,
+    addr: SocketAddr,
+    host: &str,
+    ca: &TestCa,
+    client: Option<&CertPair>,
+    envoy: &mut Envoy,
+    done: impl Fn(&Result<String, String>) -> bool,
+) -> Result<String, String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let outcome = get(addr, host, ca, client).await;
+        if done(&outcome) {
+            return outcome;
+        }
+        assert!(envoy.child.try_wait().unwrap().is_none(), "Envoy exited");
+        assert!(Instant::now() < deadline, "{what}: last outcome {outcome:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn revoked_alert(outcome: &Result<String, String>) -> bool {
+    outcome.as_ref().is_err_and(|e| e.contains("CertificateRevoked"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutual_gateway_refuses_client_certificates_its_secrets_crl_revokes() {
+    let dir = std::env::temp_dir().join(format!("rudder-gateway-crl-envoy-{}", std::process::id()));
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let ca = TestCa::new("gateway CRL test CA").unwrap();
+    let server = ca.server(&[MUTUAL_HOST, SIMPLE_HOST]).unwrap();
+    let good = ca.client("good-client").unwrap();
+    let revoked = ca.client("revoked-client").unwrap();
+    let app_port = backend().await;
+    let gateway_port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], gateway_port));
+    let write = |crl: &str| {
+        std::fs::write(config_dir.join("mesh.yaml"), mesh(app_port, gateway_port, &ca, &server, crl)).unwrap();
+    };
+    write(&ca.crl(&[&revoked]).unwrap());
+
+    let mut source = ConfigDir::new(&config_dir, MeshConfig::istio_defaults());
+    source.refresh();
+    let (tx, rx) = watch::channel(Arc::new(source.snapshot()));
+    let (stop, stopped) = watch::channel(false);
+    let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
+    let server_handle = DiscoveryServer::new(rx, ServerOptions { debounce, ..ServerOptions::default() });
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_port = grpc.local_addr().unwrap().port();
+    tokio::spawn({
+        let server = server_handle.clone();
+        let mut stopped = stopped.clone();
+        async move {
+            server
+                .serve(grpc, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    let mut envoy = gateway_envoy(xds_port, &dir);
+
+    // A certificate of the CA gets through; the revoked one and none at all do not.
+    let ok = until("the good client never got through", addr, MUTUAL_HOST, &ca, Some(&good), &mut envoy, |o| o.is_ok())
+        .await;
+    assert_eq!(ok.unwrap(), "ok");
+    let refused = get(addr, MUTUAL_HOST, &ca, Some(&revoked)).await;
+    assert!(revoked_alert(&refused), "a revoked client certificate: {refused:?}");
+    assert!(get(addr, MUTUAL_HOST, &ca, None).await.is_err(), "MUTUAL without a client certificate");
+    assert_eq!(get(addr, SIMPLE_HOST, &ca, None).await.unwrap(), "ok");
+
+    // A new CRL in the Secret revokes the good client too.
+    write(&ca.crl(&[&revoked, &good]).unwrap());
+    source.refresh();
+    tx.send(Arc::new(source.snapshot())).unwrap();
+    let now_revoked =
+        until("the new CRL never reached Envoy", addr, MUTUAL_HOST, &ca, Some(&good), &mut envoy, revoked_alert).await;
+    assert!(now_revoked.is_err());
+
+    // A CRL that is not PEM: the MUTUAL server is left out (no chain for its SNI any more)
+    // rather than served without it; the SIMPLE server sharing the Secret keeps serving.
+    write("not a certificate revocation list");
+    source.refresh();
+    tx.send(Arc::new(source.snapshot())).unwrap();
+    let gone = until("the MUTUAL server was never left out", addr, MUTUAL_HOST, &ca, Some(&good), &mut envoy, |o| {
+        o.as_ref().is_err_and(|e| !e.contains("CertificateRevoked"))
+    })
+    .await;
+    assert!(gone.is_err());
+    assert_eq!(get(addr, SIMPLE_HOST, &ca, None).await.unwrap(), "ok");
+    for name in ["listener_manager.lds.update_rejected", "cluster_manager.cds.update_rejected"] {
+        assert_eq!(stat(&envoy, name).await, 0, "{name}");
+    }
+    let _ = stop.send(true);
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
