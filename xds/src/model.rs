@@ -383,6 +383,78 @@ pub struct Proxy {
     /// Envoy over SDS. Empty when the proxy has none (no mesh CA), and then it takes and
     /// originates no mutual TLS.
     pub workload_identity: String,
+    /// The rest of the node's string-valued metadata, for EnvoyFilter `match.proxy.metadata`.
+    pub metadata: NodeMetadata,
+}
+
+/// A node's string-valued metadata other than the keys [`Proxy`] keeps in fields of their
+/// own: what an EnvoyFilter `match.proxy.metadata` may name besides them (Istio, too,
+/// matches only string values). Structured values (`ANNOTATIONS`, `PROXY_CONFIG`, lists) are
+/// not kept, nor values longer than [`NodeMetadata::MAX_VALUE`] bytes. Keys and short values
+/// are interned, since every proxy sends the same keys and many the same values
+/// (`MESH_ID`, `ISTIO_PROXY_SHA`, …): a proxy holds a pointer pair per entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeMetadata(Box<[(Arc<str>, Arc<str>)]>);
+
+impl NodeMetadata {
+    /// Longer values are not kept (no metadata Istio's agent sends comes near).
+    pub const MAX_VALUE: usize = 4096;
+    /// Keys read into [`Proxy`] fields instead.
+    const OWN_KEYS: [&'static str; 5] =
+        ["ISTIO_VERSION", "NAMESPACE", "CLUSTER_ID", "ISTIO_REVISION", WORKLOAD_IDENTITY];
+
+    fn of(metadata: &BTreeMap<String, serde_json::Value>) -> Self {
+        let entries: Vec<(Arc<str>, Arc<str>)> = metadata
+            .iter()
+            .filter(|(k, _)| !Self::OWN_KEYS.contains(&k.as_str()))
+            .filter_map(|(k, v)| {
+                let v = v.as_str().filter(|v| v.len() <= Self::MAX_VALUE)?;
+                Some((intern(k), intern(v)))
+            })
+            .collect();
+        // From a BTreeMap: sorted by key.
+        Self(entries.into_boxed_slice())
+    }
+
+    /// The value of `key`, if the node sent it as a string (and it is kept, see above).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok().map(|i| self.0[i].1.as_ref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One shared copy of `text` (up to 256 bytes, and while the table has room; else a copy of
+/// its own). When the table is full, the strings no proxy holds any more are dropped from it
+/// first, so it stays bounded and keeps serving the keys and values proxies share.
+fn intern(text: &str) -> Arc<str> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    const MAX_LEN: usize = 256;
+    const MAX_ENTRIES: usize = 16_384;
+    static TABLE: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    if text.len() > MAX_LEN {
+        return Arc::from(text);
+    }
+    let Ok(mut table) = TABLE.get_or_init(Default::default).lock() else { return Arc::from(text) };
+    if let Some(shared) = table.get(text) {
+        return shared.clone();
+    }
+    if table.len() >= MAX_ENTRIES {
+        table.retain(|s| Arc::strong_count(s) > 1);
+        if table.len() >= MAX_ENTRIES {
+            return Arc::from(text);
+        }
+    }
+    let shared: Arc<str> = Arc::from(text);
+    table.insert(shared.clone());
+    shared
 }
 
 /// The node metadata key naming the proxy's workload certificate identity.
@@ -443,6 +515,7 @@ impl Proxy {
             cluster_id: text("CLUSTER_ID"),
             revision: text("ISTIO_REVISION"),
             workload_identity: text(WORKLOAD_IDENTITY),
+            metadata: NodeMetadata::of(metadata),
         })
     }
 
@@ -491,6 +564,34 @@ mod tests {
         assert_eq!(p.namespace, "default");
         assert_eq!(p.labels["version"], "v1");
         assert_eq!(p.interception, InterceptionMode::None);
+    }
+
+    #[test]
+    fn keeps_string_metadata_shared_between_proxies() {
+        let node = |pod: &str| {
+            Proxy::from_node(
+                &format!("sidecar~10.1.2.3~{pod}.default~default.svc.cluster.local"),
+                &meta(json!({"MESH_ID": "mesh1", "POD_NAME": pod, "CLUSTER_ID": "east", "LABELS": {"app": "a"},
+                             "PORTS": 8080, "PILOT_SAN": ["a"], "ANNOTATIONS": {"x": "y"},
+                             "BIG": "x".repeat(NodeMetadata::MAX_VALUE + 1)})),
+            )
+            .unwrap()
+        };
+        let (a, b) = (node("a-1"), node("b-1"));
+        assert_eq!(a.metadata.get("MESH_ID"), Some("mesh1"));
+        assert_eq!(a.metadata.get("POD_NAME"), Some("a-1"));
+        assert_eq!(b.metadata.get("POD_NAME"), Some("b-1"));
+        // Kept in a field of its own, not a string, or too long: not in the map.
+        for key in ["CLUSTER_ID", "LABELS", "PORTS", "PILOT_SAN", "ANNOTATIONS", "BIG", "NOPE"] {
+            assert_eq!(a.metadata.get(key), None, "{key}");
+        }
+        assert_eq!(a.cluster_id, "east");
+        assert_eq!(a.metadata.len(), 2);
+        // Keys and shared values are one allocation for every proxy.
+        let entry = |p: &Proxy, key: &str| p.metadata.0.iter().find(|(k, _)| k.as_ref() == key).cloned().unwrap();
+        let (ka, va) = entry(&a, "MESH_ID");
+        let (kb, vb) = entry(&b, "MESH_ID");
+        assert!(Arc::ptr_eq(&ka, &kb) && Arc::ptr_eq(&va, &vb));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! EnvoyFilter patches through a real Envoy: discovery reads a config directory holding a
-//! gateway, a route to a local app and three EnvoyFilters, and serves a gateway Envoy over ADS.
+//! gateway, a route to a local app and EnvoyFilters, and serves a gateway Envoy over ADS.
 //! An HTTP_FILTER INSERT_BEFORE the router adds a Lua filter that Envoy accepts and runs (a
 //! real request through Envoy gets its response header), a CLUSTER MERGE changes the
 //! cluster's connect timeout as `/config_dump` shows, and a broken EnvoyFilter (an unknown
 //! `@type`: refused by validation) and a patch that cannot apply (an operation CLUSTER does not
 //! take: skipped by translation) are left out while everything else is served: Envoy rejects
-//! no update. Editing the Lua filter in the directory reaches Envoy. All traffic
+//! no update. An HTTP_FILTER ADD with `filterClass: AUTHZ` and a `match.proxy.metadata` on a
+//! node metadata key of the gateway's own (`SITE`) runs too. Editing the Lua filter in the
+//! directory reaches Envoy. All traffic
 //! stays on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
@@ -61,7 +63,7 @@ fn gateway_envoy(xds_port: u16, dir: &Path) -> Envoy {
     let node = TestNode {
         id: "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local",
         cluster: "istio-ingressgateway.istio-system",
-        metadata: "{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, ISTIO_VERSION: 1.29.2, LABELS: {istio: ingressgateway}}",
+        metadata: "{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, ISTIO_VERSION: 1.29.2, SITE: edge, LABELS: {istio: ingressgateway}}",
     };
     let bootstrap = ads_bootstrap(node, admin, xds_port, "GRPC", true);
     let child = spawn_envoy(dir, &bootstrap, (std::process::id() % 100_000) * 10 + 8).unwrap();
@@ -140,6 +142,29 @@ spec:
 ---
 apiVersion: networking.istio.io/v1alpha3
 kind: EnvoyFilter
+metadata: {{name: classed, namespace: istio-system}}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: GATEWAY
+      proxy: {{metadata: {{SITE: edge}}}}
+      listener: {{filterChain: {{filter: {{name: envoy.filters.network.http_connection_manager}}}}}}
+    patch:
+      operation: ADD
+      filterClass: AUTHZ
+      value:
+        name: classed.lua
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          defaultSourceCode:
+            inlineString: |
+              function envoy_on_response(handle)
+                handle:headers():add("x-filter-class", "authz")
+              end
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
 metadata: {{name: echo-timeout, namespace: istio-system}}
 spec:
   configPatches:
@@ -185,7 +210,7 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
     // `broken` fails validation (its value is no HttpFilter) and is left out by the registry;
     // `odd-operation` validates (with a warning) and translation skips its patch.
     let names: Vec<&str> = snapshot.envoy_filters.iter().filter_map(|f| f.metadata.name.as_deref()).collect();
-    assert_eq!(names, ["echo-timeout", "lua-header", "odd-operation"]);
+    assert_eq!(names, ["classed", "echo-timeout", "lua-header", "odd-operation"]);
     let (tx, rx) = watch::channel(Arc::new(snapshot));
     let (stop, stopped) = watch::channel(false);
     let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
@@ -217,6 +242,9 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(headers.get("x-envoy-filter").and_then(|v| v.to_str().ok()), Some("lua"), "{headers:?}");
+    // The ADD with filterClass AUTHZ went before the router (appended after it, Envoy would
+    // refuse the listener) and matched the node's SITE metadata.
+    assert_eq!(headers.get("x-filter-class").and_then(|v| v.to_str().ok()), Some("authz"), "{headers:?}");
 
     // The CLUSTER MERGE is in Envoy's config; the broken patches are not.
     let (status, _, dump) = get(envoy.admin, "/config_dump?resource=dynamic_active_clusters").await.unwrap();

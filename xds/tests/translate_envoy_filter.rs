@@ -732,3 +732,41 @@ fn filter_class_places_added_filters_around_the_generated_ones() {
         assert_eq!(names(&r, chain_name), want, "{yaml}");
     }
 }
+
+#[test]
+fn proxy_metadata_matches_any_string_key_and_views_stay_shared() {
+    let yaml = ef(
+        "east-only",
+        "apps",
+        &format!(
+            "configPatches:\n- applyTo: HTTP_FILTER\n  match: {{context: SIDECAR_OUTBOUND, proxy: {{metadata: {{MESH_ID: east, SITE: a}}}}, listener: {{filterChain: {{filter: {{name: {HCM}}}}}}}}}\n  patch: {{operation: INSERT_FIRST, value: {{name: east.cors, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}}}}}"
+        ),
+    );
+    let snap = snapshot(&yaml);
+    let node = |pod: &str, mesh: &str, site: serde_json::Value| {
+        let meta = BTreeMap::from([
+            ("LABELS".to_owned(), serde_json::json!({"app": "sleep"})),
+            ("ISTIO_VERSION".to_owned(), serde_json::json!("1.29.2")),
+            ("MESH_ID".to_owned(), serde_json::json!(mesh)),
+            ("SITE".to_owned(), site),
+            ("POD_NAME".to_owned(), serde_json::json!(pod)),
+        ]);
+        Proxy::from_node(&format!("sidecar~10.244.0.11~{pod}.apps~apps.svc.cluster.local"), &meta).unwrap()
+    };
+    let a = node("sleep-1", "east", "a".into());
+    let b = node("sleep-2", "east", "a".into());
+    let west = node("sleep-3", "west", "a".into());
+    let not_string = node("sleep-4", "east", serde_json::json!(["a"]));
+    let first = |p: &Proxy| first_http_filter(&yaml, p);
+    assert_eq!(first(&a), "east.cors");
+    assert_eq!(first(&b), "east.cors");
+    assert_ne!(first(&west), "east.cors");
+    assert_ne!(first(&not_string), "east.cors");
+    // Proxies that differ only in metadata no patch names share a view; meeting the match or
+    // not splits them.
+    let selectors = LabelSelectors::of(&snap);
+    let key = |p: &Proxy| ViewKey::of(p, &selectors);
+    assert_eq!(key(&a), key(&b));
+    assert_ne!(key(&a), key(&west));
+    assert_eq!(key(&west), key(&not_string));
+}

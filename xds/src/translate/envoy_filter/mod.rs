@@ -5,7 +5,7 @@
 //! - Selection ([`Patches::for_proxy`]): EnvoyFilters of the root namespace and of the proxy's
 //!   namespace, by `workloadSelector` (all workloads without one) or, for gateways, `targetRefs`
 //!   naming their Gateway API gateway; a patch's `match.proxy` (`proxyVersion` regex on
-//!   `ISTIO_VERSION`, `metadata` on the node metadata Rudder keeps) filters further.
+//!   `ISTIO_VERSION`, `metadata` on the node's string metadata) filters further.
 //! - Order: `priority` (lower first), then root-namespace filters before the others, then
 //!   creation time, then `name.namespace`; within a filter, the order of its patches. This is
 //!   Istio's order (`PushContext.EnvoyFilters`).
@@ -145,21 +145,24 @@ pub fn selects(filter: &EnvoyFilter, proxy: &Proxy, root_namespace: &str) -> boo
 }
 
 /// Whether a patch's `match.proxy` matches `proxy`. `proxyVersion` is an unanchored regex on
-/// the proxy's `ISTIO_VERSION`; `metadata` keys are compared with the node metadata Rudder
-/// keeps (`ISTIO_VERSION`, `NAMESPACE`, `CLUSTER_ID`, `ISTIO_REVISION`, `WORKLOAD_IDENTITY`);
-/// other keys never match.
+/// the proxy's `ISTIO_VERSION`; `metadata` values must equal the node's string metadata of
+/// their keys (`NAMESPACE` as the proxy's namespace; see [`crate::model::NodeMetadata`] for
+/// what is kept of the rest). A key the node did not send (or not as a string) never matches.
 pub fn proxy_matches(m: &ProxyMatch, proxy: &Proxy) -> bool {
     if !m.proxy_version.is_empty() && !version_matches(&m.proxy_version, &proxy.istio_version) {
         return false;
     }
     m.metadata.iter().all(|(key, want)| {
         let have = match key.as_str() {
-            "ISTIO_VERSION" => &proxy.istio_version,
-            "NAMESPACE" => &proxy.namespace,
-            "CLUSTER_ID" => &proxy.cluster_id,
-            "ISTIO_REVISION" => &proxy.revision,
-            crate::model::WORKLOAD_IDENTITY => &proxy.workload_identity,
-            _ => return false,
+            "ISTIO_VERSION" => proxy.istio_version.as_str(),
+            "NAMESPACE" => proxy.namespace.as_str(),
+            "CLUSTER_ID" => proxy.cluster_id.as_str(),
+            "ISTIO_REVISION" => proxy.revision.as_str(),
+            crate::model::WORKLOAD_IDENTITY => proxy.workload_identity.as_str(),
+            other => match proxy.metadata.get(other) {
+                Some(value) => value,
+                None => return false,
+            },
         };
         have == want
     })

@@ -173,10 +173,13 @@ fn operations_per_apply_to() {
 }
 
 #[test]
-fn proxy_match_reads_version_and_known_metadata() {
+fn proxy_match_reads_version_and_string_metadata() {
     let meta = BTreeMap::from([
         ("ISTIO_VERSION".to_owned(), serde_json::json!("1.29.2")),
         ("CLUSTER_ID".to_owned(), serde_json::json!("east")),
+        ("MESH_ID".to_owned(), serde_json::json!("mesh1")),
+        ("INTERCEPTION_MODE".to_owned(), serde_json::json!("NONE")),
+        ("ENVOY_STATUS_PORT".to_owned(), serde_json::json!(15021)),
     ]);
     let proxy = Proxy::from_node("sidecar~10.0.0.1~p.apps~apps.svc.cluster.local", &meta).unwrap();
     let m = |yaml: &str| -> ProxyMatch { serde_saphyr::from_str(yaml).unwrap() };
@@ -187,6 +190,13 @@ fn proxy_match_reads_version_and_known_metadata() {
         ("{metadata: {CLUSTER_ID: east, NAMESPACE: apps}}", true),
         ("{metadata: {CLUSTER_ID: west}}", false),
         ("{metadata: {SOME_OTHER_KEY: x}}", false),
+        // Any string-valued key of the node's metadata.
+        ("{metadata: {MESH_ID: mesh1}}", true),
+        ("{metadata: {MESH_ID: mesh1, CLUSTER_ID: east, INTERCEPTION_MODE: NONE}}", true),
+        ("{metadata: {MESH_ID: mesh2}}", false),
+        ("{metadata: {MESH_ID: mesh1, CLUSTER_ID: west}}", false),
+        // Not a string in the node's metadata: never matches (as Istio).
+        ("{metadata: {ENVOY_STATUS_PORT: '15021'}}", false),
     ];
     for (yaml, want) in cases {
         assert_eq!(proxy_matches(&m(yaml), &proxy), want, "{yaml}");
