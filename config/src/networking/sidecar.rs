@@ -228,6 +228,19 @@ fn validate_ingress(listener: &IstioIngressListener, at: &FieldPath, ports: &mut
                 "credentialName is not supported on sidecar ingress listeners; use file paths",
             );
         }
+        // As upstream: a sidecar is not given Secrets, and its ingress takes one certificate pair.
+        if !tls.credential_names.is_empty() {
+            report.error(
+                &tls_at.field("credentialNames"),
+                "credentialNames is not supported on sidecar ingress listeners; use file paths",
+            );
+        }
+        if !tls.tls_certificates.is_empty() {
+            report.error(
+                &tls_at.field("tlsCertificates"),
+                "tlsCertificates is not supported on sidecar ingress listeners; use serverCertificate and privateKey",
+            );
+        }
         if !tls.ca_cert_credential_name.is_empty() {
             report.warning(
                 &tls_at.field("caCertCredentialName"),
