@@ -6,7 +6,8 @@
 //! `@type`: refused by validation) and a patch that cannot apply (an operation CLUSTER does not
 //! take: skipped by translation) are left out while everything else is served: Envoy rejects
 //! no update. An HTTP_FILTER ADD with `filterClass: AUTHZ` and a `match.proxy.metadata` on a
-//! node metadata key of the gateway's own (`SITE`) runs too. Editing the Lua filter in the
+//! node metadata key of the gateway's own (`SITE`) runs too, and the gateway's TCP server picks
+//! its VirtualService `tcp` route by the client's `sourceSubnet`. Editing the Lua filter in the
 //! directory reaches Envoy. All traffic
 //! stays on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
@@ -87,7 +88,17 @@ async fn stat(envoy: &Envoy, name: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
-fn mesh(app_port: u16, gateway_port: u16, lua_value: &str) -> String {
+/// Ports of the test: the app, the gateway's HTTP and TCP servers, and one nobody listens on.
+#[derive(Clone, Copy)]
+struct Ports {
+    app: u16,
+    gateway: u16,
+    tcp: u16,
+    dead: u16,
+}
+
+fn mesh(ports: Ports, lua_value: &str) -> String {
+    let Ports { app: app_port, gateway: gateway_port, tcp: tcp_port, dead: dead_port } = ports;
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -100,11 +111,35 @@ spec:
   endpoints: [{{address: 127.0.0.1}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: dead, namespace: istio-system}}
+spec:
+  hosts: [dead.test]
+  ports: [{{number: 80, name: tcp, protocol: TCP, targetPort: {dead_port}}}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: istio-system}}
 spec:
   selector: {{istio: ingressgateway}}
-  servers: [{{port: {{number: {gateway_port}, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+  servers:
+  - {{port: {{number: {gateway_port}, name: http, protocol: HTTP}}, hosts: ["*"]}}
+  - {{port: {{number: {tcp_port}, name: tcp, protocol: TCP}}, hosts: ["*"]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: by-source, namespace: istio-system}}
+spec:
+  hosts: [tcp.test]
+  gateways: [gw]
+  tcp:
+  - match: [{{sourceSubnet: 10.0.0.0/8}}]
+    route: [{{destination: {{host: dead.test, port: {{number: 80}}}}}}]
+  - match: [{{sourceSubnet: 127.0.0.0/8}}]
+    route: [{{destination: {{host: echo.test, port: {{number: 80}}}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -200,9 +235,9 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
     let dir = std::env::temp_dir().join(format!("rudder-envoy-filter-envoy-{}", std::process::id()));
     let config_dir = dir.join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
-    let app_port = backend().await;
-    let gateway_port = free_port();
-    std::fs::write(config_dir.join("mesh.yaml"), mesh(app_port, gateway_port, "lua")).unwrap();
+    let ports = Ports { app: backend().await, gateway: free_port(), tcp: free_port(), dead: free_port() };
+    let gateway_port = ports.gateway;
+    std::fs::write(config_dir.join("mesh.yaml"), mesh(ports, "lua")).unwrap();
 
     let mut source = ConfigDir::new(&config_dir, MeshConfig::istio_defaults());
     source.refresh();
@@ -246,6 +281,18 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
     // refuse the listener) and matched the node's SITE metadata.
     assert_eq!(headers.get("x-filter-class").and_then(|v| v.to_str().ok()), Some("authz"), "{headers:?}");
 
+    // The TCP server routes a client from 127.0.0.1 by its source subnet: past the route of
+    // 10.0.0.0/8 (to a port nobody listens on), to the app.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some((200, _, body)) = get(ports.tcp, "/").await {
+            assert_eq!(body, "ok");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no response through the TCP server: {:?}", get(ports.tcp, "/").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The CLUSTER MERGE is in Envoy's config; the broken patches are not.
     let (status, _, dump) = get(envoy.admin, "/config_dump?resource=dynamic_active_clusters").await.unwrap();
     assert_eq!(status, 200);
@@ -263,7 +310,7 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
     assert!(stat(&envoy, "listener_manager.lds.update_success").await >= 1);
 
     // An edit of the EnvoyFilter reaches Envoy.
-    std::fs::write(config_dir.join("mesh.yaml"), mesh(app_port, gateway_port, "edited")).unwrap();
+    std::fs::write(config_dir.join("mesh.yaml"), mesh(ports, "edited")).unwrap();
     source.refresh();
     tx.send(Arc::new(source.snapshot())).unwrap();
     let deadline = Instant::now() + PATIENCE;

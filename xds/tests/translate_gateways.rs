@@ -659,3 +659,138 @@ spec:
     assert!(served.contains(&"kubernetes://bad-crl"), "the certificate still serves: {served:?}");
     assert!(!served.contains(&"kubernetes://bad-crl-cacert"), "{served:?}");
 }
+
+/// A TCP server on 31400 of gateway `istio-system/tcp`, and VirtualService `apps/db` bound to
+/// it with `tcp` routes `routes` (YAML list items) to `db-a`/`db-b`/`db-c` (5432).
+fn tcp_gateway(routes: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 31400, name: tcp, protocol: TCP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: apps}}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/tcp]
+  tcp:
+{}
+"#,
+        routes.trim_matches('\n')
+    )
+}
+
+/// `(source ranges, cluster)` of a TCP chain.
+type TcpRoute = (Vec<String>, String);
+
+/// The [`TcpRoute`] of each chain of `l`.
+fn tcp_routes(l: &Listener) -> Vec<TcpRoute> {
+    l.filter_chains
+        .iter()
+        .map(|c| {
+            let sources = c
+                .filter_chain_match
+                .iter()
+                .flat_map(|m| &m.source_prefix_ranges)
+                .map(|r| format!("{}/{}", r.address_prefix, r.prefix_len.as_ref().map_or(0, |l| l.value)))
+                .collect();
+            let Some(ConfigType::TypedConfig(any)) = &c.filters[0].config_type else { panic!() };
+            let Some(ClusterSpecifier::Cluster(cluster)) =
+                TcpProxy::decode(any.value.as_slice()).unwrap().cluster_specifier
+            else {
+                panic!()
+            };
+            (
+                sources,
+                cluster.trim_start_matches("outbound|5432||").trim_end_matches(".apps.svc.cluster.local").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tcp_servers_route_by_source_subnet() {
+    let to = |host: &str| {
+        format!("route: [{{destination: {{host: {host}.apps.svc.cluster.local, port: {{number: 5432}}}}}}]")
+    };
+    let route = |matches: &str, host: &str| format!("  - match: [{matches}]\n    {}\n", to(host));
+    let any = |host: &str| format!("  - {}\n", to(host));
+    let ranges = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let cases: Vec<(String, Vec<TcpRoute>)> = vec![
+        // No subnets: one chain for every client (the first route that applies).
+        (any("db-a") + &any("db-b"), vec![(vec![], "db-a".into())]),
+        // A route for some sources, then one for the rest.
+        (
+            route("{sourceSubnet: 10.0.0.0/8}, {sourceSubnet: 192.168.1.7}", "db-a") + &any("db-b"),
+            vec![
+                (ranges(&["10.0.0.0/8"]), "db-a".into()),
+                (ranges(&["192.168.1.7/32"]), "db-a".into()),
+                (vec![], "db-b".into()),
+            ],
+        ),
+        // A subnet inside one an earlier route took is left out (routes are tried in order;
+        // Envoy would prefer the longer prefix). A broader one is kept: the earlier route's
+        // longer prefix still wins for its clients.
+        (
+            route("{sourceSubnet: 10.1.0.0/16}", "db-a")
+                + &route("{sourceSubnet: 10.1.2.0/24}", "db-b")
+                + &route("{sourceSubnet: 10.0.0.0/8}", "db-c"),
+            vec![(ranges(&["10.1.0.0/16"]), "db-a".into()), (ranges(&["10.0.0.0/8"]), "db-c".into())],
+        ),
+        // Only subnet routes: other clients find no chain (Envoy closes their connections).
+        (route("{sourceSubnet: 10.0.0.0/8}", "db-a"), vec![(ranges(&["10.0.0.0/8"]), "db-a".into())]),
+        // A match that does not apply to this server (port, gateways) does not count; one
+        // without a subnet makes its route take every client.
+        (
+            route("{port: 9999, sourceSubnet: 10.0.0.0/8}", "db-a")
+                + &route("{gateways: [other], sourceSubnet: 10.0.0.0/8}", "db-a")
+                + &route("{sourceSubnet: 172.16.0.0/12}, {port: 31400}", "db-b")
+                + &any("db-c"),
+            vec![(vec![], "db-b".into())],
+        ),
+        // IPv6.
+        (
+            route("{sourceSubnet: 'fd00::/64'}", "db-a") + &any("db-b"),
+            vec![(ranges(&["fd00::/64"]), "db-a".into()), (vec![], "db-b".into())],
+        ),
+    ];
+    for (routes, want) in cases {
+        let yaml = tcp_gateway(&routes);
+        let r = resources(&yaml);
+        assert_eq!(tcp_routes(listener(&r, "0.0.0.0_31400")), want, "{routes}");
+        rudder_xds::testing::envoy_accepts(r.clusters.clone(), r.listeners.clone()).unwrap();
+    }
+}
+
+#[test]
+fn a_bad_source_subnet_leaves_out_only_its_match() {
+    // Validation refuses it; translation must still cope with one that reaches it.
+    let mut snap =
+        snapshot(&tcp_gateway("  - route: [{destination: {host: db-b.apps.svc.cluster.local, port: {number: 5432}}}]"));
+    let vs: rudder_config::networking::VirtualService = serde_saphyr::from_str(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: apps}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/tcp]
+  tcp:
+  - match: [{sourceSubnet: not-a-subnet}, {sourceSubnet: 10.0.0.0/33}, {sourceSubnet: 10.0.0.0/8}]
+    route: [{destination: {host: db-a.apps.svc.cluster.local, port: {number: 5432}}}]
+  - route: [{destination: {host: db-b.apps.svc.cluster.local, port: {number: 5432}}}]
+"#,
+    )
+    .unwrap();
+    snap.virtual_services = vec![std::sync::Arc::new(vs)];
+    let r = translate::for_proxy(&snap, &gateway_proxy());
+    assert_eq!(
+        tcp_routes(listener(&r, "0.0.0.0_31400")),
+        [(vec!["10.0.0.0/8".to_owned()], "db-a".to_owned()), (vec![], "db-b".to_owned())]
+    );
+}

@@ -239,7 +239,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
             {
                 chains.push(auto_passthrough_chain(server, &logs));
             } else if server.protocol == Protocol::Tcp && server.server.tls.is_none() {
-                chains.extend(tcp_chain(ctx, server, &logs));
+                chains.extend(tcp_chains(ctx, server, &logs));
             } else {
                 tracing::warn!(
                     gateway = %server.gateway_name,
@@ -408,13 +408,20 @@ fn tls_match_applies(m: &TlsMatchAttributes, number: u32, names: &[String]) -> b
         && (m.gateways.is_empty() || m.gateways.iter().any(|g| names.contains(g)))
 }
 
-/// The chain of a plain TCP server: the first `tcp` route of a VirtualService bound to its
-/// gateway that applies to the port.
-fn tcp_chain(
+/// The chains of a plain TCP server: the `tcp` routes of the VirtualServices bound to its
+/// gateway that apply to the port, in order, up to the first that takes every client. A route
+/// whose applicable matches all name a `sourceSubnet` takes only those clients: a chain per
+/// subnet, matched on the client's address (Envoy's `source_prefix_ranges`, which picks the
+/// longest prefix, so a subnet inside one an earlier route took is left out: the earlier route
+/// wins, as routes are tried in order). Istio ignores `sourceSubnet` on gateways (every client
+/// takes the first route); Rudder honours it as the field documents.
+fn tcp_chains(
     ctx: &Context<'_>,
     server: &GatewayServer<'_>,
     logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
-) -> Option<FilterChain> {
+) -> Vec<FilterChain> {
+    let mut chains = Vec::new();
+    let mut taken: Vec<l4_routes::PrefixRange> = Vec::new();
     for vs in bound_virtual_services(ctx, &server.gateway_name) {
         let vs_ns = vs.metadata.namespace.as_deref().unwrap_or("default");
         let admitted = vs.spec.hosts.iter().any(|h| {
@@ -425,20 +432,54 @@ fn tcp_chain(
             continue;
         }
         let names = gateway_names_for(&server.gateway_name, vs_ns);
-        for route in &vs.spec.tcp {
-            let applies = route.r#match.is_empty()
-                || route.r#match.iter().any(|m| {
+        for (i, route) in vs.spec.tcp.iter().enumerate() {
+            let applicable: Vec<(usize, &rudder_config::networking::virtual_service::L4MatchAttributes)> = route
+                .r#match
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| {
                     m.port.is_none_or(|p| p == 0 || p == server.number)
                         && (m.gateways.is_empty() || m.gateways.iter().any(|g| names.contains(g)))
-                });
-            if !applies {
+                })
+                .collect();
+            if !route.r#match.is_empty() && applicable.is_empty() {
                 continue;
             }
-            let target: TcpTarget = l4_routes::target(ctx, vs_ns, &route.route, server.number)?;
-            return Some(filter_chain("", None, vec![tcp_proxy(&target, logs)]));
+            let target = l4_routes::target(ctx, vs_ns, &route.route, server.number);
+            if route.r#match.is_empty() || applicable.iter().any(|(_, m)| m.source_subnet.is_empty()) {
+                // Every (other) client.
+                if let Some(target) = target {
+                    chains.push(filter_chain("", None, vec![tcp_proxy(&target, logs)]));
+                }
+                return chains;
+            }
+            let Some(target) = target else { continue };
+            for (j, m) in applicable {
+                let range = match l4_routes::prefix_range(&m.source_subnet) {
+                    Ok(range) => range,
+                    Err(why) => {
+                        tracing::warn!(
+                            virtual_service = %format!("{vs_ns}/{}", vs.metadata.name.as_deref().unwrap_or_default()),
+                            field = %format!("spec.tcp[{i}].match[{j}].sourceSubnet"),
+                            subnet = %m.source_subnet,
+                            "match skipped: {why}"
+                        );
+                        continue;
+                    }
+                };
+                if taken.iter().any(|t| l4_routes::range_contains(t, &range)) {
+                    continue;
+                }
+                let chain_match = FilterChainMatch {
+                    source_prefix_ranges: l4_routes::cidr_ranges(std::slice::from_ref(&range)),
+                    ..Default::default()
+                };
+                taken.push(range);
+                chains.push(filter_chain("", Some(chain_match), vec![tcp_proxy(&target, logs)]));
+            }
         }
     }
-    None
+    chains
 }
 
 /// VirtualServices naming the gateway `<ns>/<name>` in `gateways` (short names resolved in the

@@ -180,21 +180,40 @@ pub(crate) fn target(
 fn cidrs(subnets: &[String]) -> Vec<PrefixRange> {
     subnets
         .iter()
-        .filter_map(|s| {
-            let (ip, len) = s.split_once('/').unwrap_or((s, ""));
-            let Ok(addr) = ip.parse::<IpAddr>() else {
-                tracing::warn!(subnet = %s, "ignoring subnet that is not an IP or CIDR");
-                return None;
-            };
-            let full = if addr.is_ipv4() { 32 } else { 128 };
-            let len = if len.is_empty() { Some(full) } else { len.parse().ok().filter(|l| *l <= full) };
-            let Some(len) = len else {
-                tracing::warn!(subnet = %s, "ignoring subnet with a bad prefix length");
-                return None;
-            };
-            Some((addr.to_string(), len))
+        .filter_map(|s| match prefix_range(s) {
+            Ok(range) => Some(range),
+            Err(why) => {
+                tracing::warn!(subnet = %s, "ignoring subnet: {why}");
+                None
+            }
         })
         .collect()
+}
+
+/// `10.0.0.0/8` or a bare address (a host route) as (prefix, length), or why it is neither.
+pub(crate) fn prefix_range(subnet: &str) -> Result<PrefixRange, &'static str> {
+    let (ip, len) = subnet.split_once('/').unwrap_or((subnet, ""));
+    let addr = ip.parse::<IpAddr>().map_err(|_| "not an IP address or CIDR")?;
+    let full = if addr.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() { Some(full) } else { len.parse().ok().filter(|l| *l <= full) };
+    let len = len.ok_or("bad prefix length")?;
+    Ok((addr.to_string(), len))
+}
+
+/// Whether every address of `inner` is in `outer`.
+pub(crate) fn range_contains(outer: &PrefixRange, inner: &PrefixRange) -> bool {
+    let (Ok(a), Ok(b)) = (outer.0.parse::<IpAddr>(), inner.0.parse::<IpAddr>()) else { return false };
+    let bits = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+        IpAddr::V6(v6) => (u128::from(v6), 128),
+    };
+    let ((a, full_a), (b, full_b)) = (bits(a), bits(b));
+    if full_a != full_b || inner.1 < outer.1 {
+        return false;
+    }
+    // The top `outer.1` bits of the address, as a u128 aligned to the left.
+    let mask = if outer.1 == 0 { 0 } else { u128::MAX << (128 - outer.1) };
+    a & mask == b & mask
 }
 
 #[cfg(test)]
@@ -206,5 +225,27 @@ mod tests {
         let got =
             cidrs(&["10.0.0.0/8".into(), "1.2.3.4".into(), "fd00::/64".into(), "x/8".into(), "1.2.3.4/40".into()]);
         assert_eq!(got, [("10.0.0.0".into(), 8), ("1.2.3.4".into(), 32), ("fd00::".into(), 64)]);
+    }
+
+    #[test]
+    fn range_containment() {
+        let r = |s: &str| prefix_range(s).unwrap();
+        let cases = [
+            ("10.0.0.0/8", "10.1.0.0/16", true),
+            ("10.0.0.0/8", "10.0.0.0/8", true),
+            ("10.1.0.0/16", "10.0.0.0/8", false),
+            ("10.0.0.0/8", "11.0.0.0/16", false),
+            ("10.0.0.0/8", "10.2.3.4", true),
+            ("0.0.0.0/0", "192.168.1.0/24", true),
+            ("fd00::/64", "fd00::1", true),
+            ("fd00::/64", "fd01::1", false),
+            // Families never contain each other.
+            ("0.0.0.0/0", "fd00::1", false),
+            ("::/0", "10.0.0.1", false),
+        ];
+        for (outer, inner, want) in cases {
+            assert_eq!(range_contains(&r(outer), &r(inner)), want, "{outer} ⊇ {inner}");
+        }
+        assert!(prefix_range("10.0.0.0/33").is_err() && prefix_range("ten").is_err());
     }
 }
