@@ -453,6 +453,16 @@ fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObject
                     format!("operation {operation} does not apply to applyTo {apply_to}; the patch does nothing"),
                 );
             }
+            if p.filter_class.is_some_and(|c| c != FilterClass::Unspecified)
+                && !(operation == Operation::Add && matches!(apply_to, ApplyTo::HttpFilter | ApplyTo::NetworkFilter))
+            {
+                report.warning(
+                    &patch_at.field("filterClass"),
+                    format!(
+                        "filterClass only places filters an ADD of HTTP_FILTER or NETWORK_FILTER adds; ignored with operation {operation} and applyTo {apply_to}"
+                    ),
+                );
+            }
             if matches!(apply_to, ApplyTo::ExtensionConfig | ApplyTo::Bootstrap) {
                 report.warning(
                     &at.field("applyTo"),
@@ -555,6 +565,48 @@ mod tests {
         let yaml = format!("configPatches:\n- {}", patch_yaml.replace('\n', "\n  "));
         let spec: EnvoyFilterSpec = serde_saphyr::from_str(&yaml).expect("spec decodes");
         EnvoyFilter::new("ef", spec).report().errors().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn filter_class_warns_where_it_places_nothing() {
+        let warnings = |patch_yaml: &str| -> Vec<String> {
+            let yaml = format!("configPatches:\n- {}", patch_yaml.replace('\n', "\n  "));
+            let spec: EnvoyFilterSpec = serde_saphyr::from_str(&yaml).expect("spec decodes");
+            let report = EnvoyFilter::new("ef", spec).report();
+            assert_eq!(report.errors().count(), 0, "{patch_yaml}");
+            report.warnings().map(ToString::to_string).filter(|w| w.contains("filterClass")).collect()
+        };
+        let value =
+            "{name: x, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}";
+        let cases = [
+            (format!("applyTo: HTTP_FILTER\npatch: {{operation: ADD, filterClass: AUTHZ, value: {value}}}"), None),
+            (format!("applyTo: HTTP_FILTER\npatch: {{operation: ADD, filterClass: UNSPECIFIED, value: {value}}}"), None),
+            (
+                "applyTo: NETWORK_FILTER\npatch: {operation: ADD, filterClass: STATS, value: {name: limit, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit, stat_prefix: limit}}}".to_owned(),
+                None,
+            ),
+            (
+                format!("applyTo: HTTP_FILTER\npatch: {{operation: INSERT_FIRST, filterClass: AUTHN, value: {value}}}"),
+                Some("operation INSERT_FIRST and applyTo HTTP_FILTER"),
+            ),
+            (
+                "applyTo: CLUSTER\npatch: {operation: ADD, filterClass: STATS, value: {name: c}}".to_owned(),
+                Some("operation ADD and applyTo CLUSTER"),
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = warnings(&yaml);
+            match want {
+                None => assert!(got.is_empty(), "{yaml}: {got:?}"),
+                Some(tail) => assert_eq!(
+                    got,
+                    [format!(
+                        "warning: spec.configPatches[0].patch.filterClass: filterClass only places filters an ADD of HTTP_FILTER or NETWORK_FILTER adds; ignored with {tail}"
+                    )],
+                    "{yaml}"
+                ),
+            }
+        }
     }
 
     #[test]
