@@ -146,7 +146,7 @@ pub async fn follow(
                 with_keys.jwks = documents.clone();
                 Arc::new(with_keys)
             };
-            if downstream.send(passed).is_err() {
+            if !super::pass_on(&downstream, passed) {
                 return;
             }
             published = Some(documents);

@@ -174,7 +174,7 @@ pub async fn follow(
                 with_modules.wasm_modules = modules.clone();
                 Arc::new(with_modules)
             };
-            if downstream.send(passed).is_err() {
+            if !super::pass_on(&downstream, passed) {
                 return;
             }
             published = Some(modules);
