@@ -430,31 +430,56 @@ impl NodeMetadata {
     }
 }
 
-/// One shared copy of `text` (up to 256 bytes, and while the table has room; else a copy of
-/// its own). When the table is full, the strings no proxy holds any more are dropped from it
-/// first, so it stays bounded and keeps serving the keys and values proxies share.
+/// One shared copy of `text`, from the process's [`InternTable`].
 fn intern(text: &str) -> Arc<str> {
-    use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
+    static TABLE: OnceLock<Mutex<InternTable>> = OnceLock::new();
+    match TABLE.get_or_init(Default::default).lock() {
+        Ok(mut table) => table.intern(text),
+        Err(_) => Arc::from(text),
+    }
+}
+
+/// Shared copies of the short strings of node metadata. Bounded: when full, the strings no
+/// proxy holds any more are dropped; if that frees little, the next strings are not interned
+/// for a while (each gets a copy of its own), so a table full of live strings is not swept on
+/// every call. The keys and values proxies share come first and stay.
+#[derive(Debug, Default)]
+struct InternTable {
+    strings: std::collections::HashSet<Arc<str>>,
+    /// Calls left before the next sweep may run.
+    skip: usize,
+}
+
+impl InternTable {
     const MAX_LEN: usize = 256;
     const MAX_ENTRIES: usize = 16_384;
-    static TABLE: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
-    if text.len() > MAX_LEN {
-        return Arc::from(text);
-    }
-    let Ok(mut table) = TABLE.get_or_init(Default::default).lock() else { return Arc::from(text) };
-    if let Some(shared) = table.get(text) {
-        return shared.clone();
-    }
-    if table.len() >= MAX_ENTRIES {
-        table.retain(|s| Arc::strong_count(s) > 1);
-        if table.len() >= MAX_ENTRIES {
+
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if text.len() > Self::MAX_LEN {
             return Arc::from(text);
         }
+        if let Some(shared) = self.strings.get(text) {
+            return shared.clone();
+        }
+        if self.strings.len() >= Self::MAX_ENTRIES {
+            if self.skip > 0 {
+                self.skip -= 1;
+                return Arc::from(text);
+            }
+            self.strings.retain(|s| Arc::strong_count(s) > 1);
+            if self.strings.len() >= Self::MAX_ENTRIES * 3 / 4 {
+                // Sweep again only after about as many calls as this sweep cost.
+                self.skip = Self::MAX_ENTRIES / 4;
+            }
+            if self.strings.len() >= Self::MAX_ENTRIES {
+                return Arc::from(text);
+            }
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.strings.insert(shared.clone());
+        shared
     }
-    let shared: Arc<str> = Arc::from(text);
-    table.insert(shared.clone());
-    shared
 }
 
 /// The node metadata key naming the proxy's workload certificate identity.
@@ -592,6 +617,30 @@ mod tests {
         let (ka, va) = entry(&a, "MESH_ID");
         let (kb, vb) = entry(&b, "MESH_ID");
         assert!(Arc::ptr_eq(&ka, &kb) && Arc::ptr_eq(&va, &vb));
+    }
+
+    #[test]
+    fn the_intern_table_stays_bounded_and_drops_strings_nobody_holds() {
+        let mut table = InternTable::default();
+        let max = InternTable::MAX_ENTRIES;
+        // Held strings fill it; past that, strings get copies of their own.
+        let held: Vec<Arc<str>> = (0..max).map(|i| table.intern(&format!("held-{i}"))).collect();
+        let extra = table.intern("extra");
+        assert_eq!(table.strings.len(), max);
+        assert!(!Arc::ptr_eq(&extra, &table.intern("extra")));
+        assert!(Arc::ptr_eq(&held[7], &table.intern("held-7")), "interned strings are still shared");
+        // Once they are let go, the table makes room again (after its pause).
+        drop(held);
+        let pause = table.skip;
+        for i in 0..=pause {
+            table.intern(&format!("later-{i}"));
+        }
+        let kept = table.intern("kept");
+        assert!(table.strings.len() < max, "{}", table.strings.len());
+        assert!(Arc::ptr_eq(&kept, &table.intern("kept")));
+        // Long strings are never interned.
+        let long = "x".repeat(InternTable::MAX_LEN + 1);
+        assert!(!Arc::ptr_eq(&table.intern(&long), &table.intern(&long)));
     }
 
     #[test]
