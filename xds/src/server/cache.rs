@@ -9,7 +9,7 @@
 //! only on the proxy's namespace and is built on first use per namespace.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -362,6 +362,13 @@ fn assignment_host(name: &str) -> Option<&str> {
     name.splitn(4, '|').nth(3)
 }
 
+/// One view of a generation: concurrent askers of one key wait for one computation.
+type ViewCell = Arc<OnceCell<Weak<EncodedSet>>>;
+
+/// The views map is swept of freed views when a new key makes its size a power of two from
+/// this size on (amortised O(1) per key).
+const VIEW_SWEEP_FROM: usize = 64;
+
 /// One debounced push: what every stream converges to.
 #[derive(Debug)]
 pub struct Generation {
@@ -375,7 +382,11 @@ pub struct Generation {
     pub endpoints: Arc<EndpointTable>,
     /// What of a proxy's labels outbound translation looks at (see [`ViewKey`]).
     selectors: LabelSelectors,
-    views: Mutex<HashMap<ViewKey, Arc<OnceCell<Arc<EncodedSet>>>>>,
+    /// Views computed at this generation, held weakly: a stream holds its view (in
+    /// [`ProxyResources`]), so a view no stream holds any more is freed, whatever views
+    /// proxies that came and went had; held strongly, a generation that lived for hours kept
+    /// one per key ever seen.
+    views: Mutex<HashMap<ViewKey, ViewCell>>,
     /// Encoded name tables by proxy namespace, built on first use (only agents ask for them).
     name_tables: Mutex<HashMap<String, Arc<ResourceMap>>>,
     /// The previous generation's views, taken as each view is recomputed, so unchanged
@@ -403,7 +414,7 @@ impl Generation {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .iter()
-                    .filter_map(|(key, cell)| Some((key.clone(), cell.get()?.clone())))
+                    .filter_map(|(key, cell)| Some((key.clone(), cell.get()?.upgrade()?)))
                     .collect()
             })
             .unwrap_or_default();
@@ -434,9 +445,22 @@ impl Generation {
         shared || generator.own_endpoints_changed(before, &self.snapshot, proxy)
     }
 
-    /// Number of distinct views computed so far (debug output).
+    /// Number of distinct views held by some stream (debug output).
     pub fn view_count(&self) -> usize {
-        self.views.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.views.lock().unwrap_or_else(PoisonError::into_inner).values().filter(|cell| view_alive(cell)).count()
+    }
+
+    /// The cell of `key`'s view: a fresh one when the view there was freed.
+    fn view_cell(&self, key: &ViewKey) -> ViewCell {
+        let mut views = self.views.lock().unwrap_or_else(PoisonError::into_inner);
+        if views.len() >= VIEW_SWEEP_FROM && views.len().is_power_of_two() && !views.contains_key(key) {
+            views.retain(|_, cell| cell.get().is_none() || view_alive(cell));
+        }
+        let cell = views.entry(key.clone()).or_default();
+        if cell.get().is_some() && !view_alive(cell) {
+            *cell = ViewCell::default();
+        }
+        cell.clone()
     }
 
     /// The encoded name table for proxies in `namespace`: one resource named
@@ -460,40 +484,58 @@ impl Generation {
     /// asks; concurrent askers with the same view wait for that one computation.
     async fn outbound(&self, generator: &Arc<dyn Generator>, proxy: &Arc<Proxy>) -> Arc<EncodedSet> {
         let key = ViewKey::of(proxy, &self.selectors);
-        let cell = self.views.lock().unwrap_or_else(PoisonError::into_inner).entry(key.clone()).or_default().clone();
-        cell.get_or_init(|| {
-            let generator = generator.clone();
-            let snapshot = self.snapshot.clone();
-            let proxy = proxy.clone();
-            let previous = self.previous_views.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
-            let previous_snapshot = self.previous_snapshot.clone();
-            async move {
-                // Translation and encoding are CPU work: keep them off the async workers.
-                let task = tokio::task::spawn_blocking(move || match (previous, previous_snapshot) {
-                    (Some(previous), Some(before)) => {
-                        let parts = generator.changed_parts(&before, &snapshot, &key);
-                        if !parts.any() {
-                            return previous;
-                        }
-                        let fresh = generator.outbound_parts(&snapshot, &proxy, parts);
-                        Arc::new(EncodedSet::update(Some(&previous), fresh, parts))
-                    }
-                    (previous, _) => {
-                        Arc::new(EncodedSet::encode(generator.outbound(&snapshot, &proxy), previous.as_deref()))
-                    }
-                });
-                match task.await {
-                    Ok(set) => set,
-                    Err(error) => {
-                        tracing::error!(%error, "outbound translation failed; serving no outbound resources");
-                        Arc::new(EncodedSet::default())
-                    }
-                }
+        loop {
+            let cell = self.view_cell(&key);
+            let mut computed = None;
+            let view = cell.get_or_init(|| self.compute_view(generator, proxy, key.clone(), &mut computed)).await;
+            // Another stream computed it, and it may have been freed since: then again.
+            if let Some(view) = computed.or_else(|| view.upgrade()) {
+                return view;
             }
-        })
-        .await
-        .clone()
+        }
     }
+
+    /// Translates and encodes `key`'s view (from the previous generation's when there is
+    /// one); the view goes to `computed`, the cell keeps a weak handle.
+    async fn compute_view(
+        &self,
+        generator: &Arc<dyn Generator>,
+        proxy: &Arc<Proxy>,
+        key: ViewKey,
+        computed: &mut Option<Arc<EncodedSet>>,
+    ) -> Weak<EncodedSet> {
+        let generator = generator.clone();
+        let snapshot = self.snapshot.clone();
+        let proxy = proxy.clone();
+        let previous = self.previous_views.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+        let previous_snapshot = self.previous_snapshot.clone();
+        // Translation and encoding are CPU work: keep them off the async workers.
+        let task = tokio::task::spawn_blocking(move || match (previous, previous_snapshot) {
+            (Some(previous), Some(before)) => {
+                let parts = generator.changed_parts(&before, &snapshot, &key);
+                if !parts.any() {
+                    return previous;
+                }
+                let fresh = generator.outbound_parts(&snapshot, &proxy, parts);
+                Arc::new(EncodedSet::update(Some(&previous), fresh, parts))
+            }
+            (previous, _) => Arc::new(EncodedSet::encode(generator.outbound(&snapshot, &proxy), previous.as_deref())),
+        });
+        let view = match task.await {
+            Ok(set) => set,
+            Err(error) => {
+                tracing::error!(%error, "outbound translation failed; serving no outbound resources");
+                Arc::new(EncodedSet::default())
+            }
+        };
+        let weak = Arc::downgrade(&view);
+        *computed = Some(view);
+        weak
+    }
+}
+
+fn view_alive(cell: &ViewCell) -> bool {
+    cell.get().is_some_and(|view| view.strong_count() > 0)
 }
 
 /// Name of the one resource an NDS response carries (Istio's agent ignores it).
@@ -919,6 +961,30 @@ mod incremental_tests {
     }
 
     /// A view rebuilt from only the kinds a change touched equals one translated from scratch.
+    #[tokio::test]
+    async fn a_view_no_stream_holds_is_freed() {
+        let generator: Arc<dyn Generator> = Arc::new(crate::server::Translator);
+        let snapshot = Arc::new(Snapshot::default());
+        let generation = Generation::new(1, snapshot.clone(), Instant::now(), EndpointTable::default(), None);
+        let proxy = |id: &str| Arc::new(Proxy::from_node(id, &Default::default()).unwrap());
+        let held_proxy = proxy("sidecar~10.244.1.1~a.one~one.svc.cluster.local");
+        let held = generation.outbound(&generator, &held_proxy).await;
+        assert!(Arc::ptr_eq(&held, &generation.outbound(&generator, &held_proxy).await), "a held view is shared");
+        // Proxies of 200 namespaces connect and leave while no push comes.
+        for i in 0..200 {
+            let passing = proxy(&format!("sidecar~10.244.2.{i}~b.ns{i}~ns{i}.svc.cluster.local"));
+            let view = Arc::downgrade(&generation.outbound(&generator, &passing).await);
+            assert!(view.upgrade().is_none(), "view {i} outlived its stream");
+        }
+        assert_eq!(generation.view_count(), 1);
+        let slots = generation.views.lock().unwrap().len();
+        assert!(slots <= VIEW_SWEEP_FROM, "{slots} slots kept for 1 view");
+        // The next push starts from the held view only.
+        let next = Generation::new(2, snapshot, Instant::now(), EndpointTable::default(), Some(&generation));
+        assert_eq!(next.previous_views.lock().unwrap().len(), 1);
+        assert!(Arc::ptr_eq(&held, &next.outbound(&generator, &held_proxy).await), "unchanged view reused");
+    }
+
     #[test]
     fn incremental_views_equal_a_full_translation() {
         use crate::translate::{self, ViewKey};
