@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::StaticResources;
@@ -99,6 +100,131 @@ static_resources:
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
 "#
     )
+}
+
+/// A TCP port free on 127.0.0.1 at the time of the call (bound, then released for the caller).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+}
+
+/// An app on 127.0.0.1 that answers every request with 200 `ok`; returns its port. Runs until
+/// the test's runtime ends.
+pub async fn ok_app() -> u16 {
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("binding the test app on 127.0.0.1: {e}"));
+    let port = listener.local_addr().map(|addr| addr.port()).unwrap_or_default();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// YAML of a ServiceEntry `name` in istio-system for an app on 127.0.0.1:`app_port`, reached
+/// as `host` port 80 speaking `protocol` (`HTTP`, `TCP`, …), ending in a document separator.
+pub fn local_app_entry(name: &str, host: &str, protocol: &str, app_port: u16) -> String {
+    let port_name = protocol.to_lowercase();
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: istio-system}}\n\
+         spec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: {port_name}, protocol: {protocol}, targetPort: {app_port}}}]\n  \
+         resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints: [{{address: 127.0.0.1}}]\n---\n"
+    )
+}
+
+/// Discovery for a test: ADS on a free 127.0.0.1 port, serving the snapshots sent on
+/// `snapshots` with a 10 ms debounce; stops when dropped.
+#[derive(Debug)]
+pub struct TestDiscovery {
+    pub snapshots: tokio::sync::watch::Sender<std::sync::Arc<crate::model::Snapshot>>,
+    pub xds_port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl TestDiscovery {
+    pub async fn start(first: crate::model::Snapshot) -> Self {
+        use crate::server::{DebounceOptions, DiscoveryServer, ServerOptions};
+        let (snapshots, rx) = tokio::sync::watch::channel(std::sync::Arc::new(first));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
+        let server = DiscoveryServer::new(rx, ServerOptions { debounce, ..ServerOptions::default() });
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("binding the test xDS port on 127.0.0.1: {e}"));
+        let xds_port = grpc.local_addr().map(|addr| addr.port()).unwrap_or_default();
+        tokio::spawn(async move {
+            server
+                .serve(grpc, async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        Self { snapshots, xds_port, stop }
+    }
+}
+
+impl Drop for TestDiscovery {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// An Envoy a test started over ADS ([`ads_bootstrap`], admin on a free port): killed, and its
+/// directory removed, when dropped.
+#[derive(Debug)]
+pub struct TestEnvoy {
+    child: Child,
+    /// The admin port on 127.0.0.1.
+    pub admin: u16,
+    dir: PathBuf,
+}
+
+impl TestEnvoy {
+    /// Starts Envoy in `dir` (created if missing) as `node`, fed by discovery on
+    /// 127.0.0.1:`xds_port` (see [`ads_bootstrap`] for `api_type` and `wait_for_config`),
+    /// with its own `base_id`.
+    pub fn start(
+        dir: &Path,
+        node: TestNode<'_>,
+        xds_port: u16,
+        api_type: &str,
+        wait_for_config: bool,
+        base_id: u32,
+    ) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let admin = free_port();
+        let child = spawn_envoy(dir, &ads_bootstrap(node, admin, xds_port, api_type, wait_for_config), base_id)?;
+        Ok(Self { child, admin, dir: dir.to_owned() })
+    }
+
+    /// The tests' ingress gateway: `istio: ingressgateway` in istio-system, interception NONE
+    /// (its listeners bind 127.0.0.1), waiting for its first config; `metadata` adds node
+    /// metadata entries (`"KEY: value, "`).
+    pub fn gateway(dir: &Path, xds_port: u16, metadata: &str, base_id: u32) -> Result<Self, String> {
+        let metadata = format!(
+            "{{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, {metadata}LABELS: {{istio: ingressgateway}}}}"
+        );
+        let node = TestNode {
+            id: "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local",
+            cluster: "istio-ingressgateway.istio-system",
+            metadata: &metadata,
+        };
+        Self::start(dir, node, xds_port, "GRPC", true, base_id)
+    }
+
+    /// Whether Envoy is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for TestEnvoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Starts Envoy on `bootstrap` (written to `dir/bootstrap.yaml`) with its own `base_id`

@@ -4,8 +4,6 @@
 
 mod ads_support;
 
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ads_support::Harness;
@@ -23,46 +21,26 @@ use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoi
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rudder_xds::server::DebounceOptions;
-use rudder_xds::testing::{TestNode, ads_bootstrap, spawn_envoy};
+use rudder_xds::testing::{TestEnvoy, TestNode};
 use rudder_xds::translate::Resources;
 
-/// Envoy under test; killed (and its files removed) on drop.
-struct Envoy {
-    child: Child,
-    admin: u16,
-    dir: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// Envoy under test, a sidecar of `app: t` in `default`.
+struct Envoy(TestEnvoy);
 
 impl Envoy {
     fn start(xds_port: u16, api_type: &str, base_id: u32) -> Self {
-        let admin = free_port();
         let node = TestNode {
             id: "sidecar~127.0.0.1~t.default~default.svc.cluster.local",
             cluster: "t.default",
             metadata: "{NAMESPACE: default, LABELS: {app: t}}",
         };
-        let bootstrap = ads_bootstrap(node, admin, xds_port, api_type, false);
         let dir = std::env::temp_dir().join(format!("rudder-ads-envoy-{}-{base_id}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = spawn_envoy(&dir, &bootstrap, base_id).unwrap();
-        Self { child, admin, dir }
+        Self(TestEnvoy::start(&dir, node, xds_port, api_type, false, base_id).unwrap())
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
         let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-        let request = Request::get(format!("http://127.0.0.1:{}{path}", self.admin)).body(Body::empty()).unwrap();
+        let request = Request::get(format!("http://127.0.0.1:{}{path}", self.0.admin)).body(Body::empty()).unwrap();
         let response = client.request(request).await.ok()?;
         let status = response.status().as_u16();
         let bytes = axum::body::to_bytes(Body::new(response.into_body()), 64 << 20).await.ok()?;
@@ -78,7 +56,7 @@ impl Envoy {
             {
                 return;
             }
-            assert!(self.child.try_wait().unwrap().is_none(), "Envoy exited while waiting for {what}");
+            assert!(self.0.running(), "Envoy exited while waiting for {what}");
             assert!(Instant::now() < deadline, "Envoy never showed {what}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

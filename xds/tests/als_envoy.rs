@@ -6,8 +6,6 @@
 
 mod ads_support;
 
-use std::path::PathBuf;
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use rudder_xds::model::Proxy;
 use rudder_xds::registry::files::ConfigDir;
 use rudder_xds::server::DebounceOptions;
-use rudder_xds::testing::{TestNode, ads_bootstrap, spawn_envoy};
+use rudder_xds::testing::{TestEnvoy, TestNode, free_port};
 
 /// What the log service received: (log name, entry).
 type Received = Arc<Mutex<Vec<(String, HttpAccessLogEntry)>>>;
@@ -51,24 +49,6 @@ impl AccessLogService for LogService {
             }
         }
         Ok(tonic::Response::new(StreamAccessLogsResponse {}))
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Envoy under test; killed (and its files removed) on drop.
-struct Envoy {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -186,16 +166,13 @@ async fn envoy_sends_http_access_logs_to_a_grpc_service() {
     let harness = Harness::start_with((resources, endpoints), debounce).await;
 
     // Envoy, fed by discovery.
-    let admin = free_port();
     let node = TestNode {
         id: node_id,
         cluster: "istio-ingressgateway.istio-system",
         metadata: "{NAMESPACE: istio-system, LABELS: {istio: ingressgateway}}",
     };
-    let bootstrap = ads_bootstrap(node, admin, harness.addr.port(), "GRPC", false);
     let base_id = (std::process::id() % 100_000) * 10 + 7;
-    let child = spawn_envoy(&dir, &bootstrap, base_id).unwrap();
-    let mut envoy = Envoy { child, dir };
+    let mut envoy = TestEnvoy::start(&dir, node, harness.addr.port(), "GRPC", false, base_id).unwrap();
 
     // Requests through the gateway until one is answered (listeners warm up), then the log.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -205,7 +182,7 @@ async fn envoy_sends_http_access_logs_to_a_grpc_service() {
             assert_eq!(body, "hello from app");
             break;
         }
-        assert!(envoy.child.try_wait().unwrap().is_none(), "Envoy exited");
+        assert!(envoy.running(), "Envoy exited");
         assert!(Instant::now() < deadline, "the gateway never answered");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -219,7 +196,7 @@ async fn envoy_sends_http_access_logs_to_a_grpc_service() {
         if let Some(found) = found {
             break found;
         }
-        assert!(envoy.child.try_wait().unwrap().is_none(), "Envoy exited");
+        assert!(envoy.running(), "Envoy exited");
         assert!(Instant::now() < deadline, "the access log service never received the request's entry");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

@@ -12,8 +12,6 @@
 //! stays on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,52 +22,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rudder_config::mesh::MeshConfig;
 use rudder_xds::registry::files::ConfigDir;
-use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions};
-use rudder_xds::testing::{TestNode, ads_bootstrap, spawn_envoy};
-use tokio::sync::watch;
+use rudder_xds::testing::{TestDiscovery, TestEnvoy, free_port, local_app_entry, ok_app};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The app behind the gateway: 200 `ok` to everything.
-async fn backend() -> u16 {
-    let app = axum::Router::new().fallback(|| async { "ok" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
-}
-
-struct Envoy {
-    child: Child,
-    admin: u16,
-    dir: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A gateway Envoy (`istio: ingressgateway` in istio-system, interception NONE: its listeners
-/// bind 127.0.0.1) fed by the ADS server on `xds_port`.
-fn gateway_envoy(xds_port: u16, dir: &Path) -> Envoy {
-    let admin = free_port();
-    let node = TestNode {
-        id: "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local",
-        cluster: "istio-ingressgateway.istio-system",
-        metadata: "{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, ISTIO_VERSION: 1.29.2, SITE: edge, LABELS: {istio: ingressgateway}}",
-    };
-    let bootstrap = ads_bootstrap(node, admin, xds_port, "GRPC", true);
-    let child = spawn_envoy(dir, &bootstrap, (std::process::id() % 100_000) * 10 + 8).unwrap();
-    Envoy { child, admin, dir: dir.to_owned() }
-}
 
 /// GET `http://127.0.0.1:<port><path>` (with `Host: echo.test`): status, headers and body.
 async fn get(port: u16, path: &str) -> Option<(u16, http::HeaderMap, String)> {
@@ -83,7 +38,7 @@ async fn get(port: u16, path: &str) -> Option<(u16, http::HeaderMap, String)> {
 }
 
 /// One stat of Envoy's admin `/stats` (0 when absent).
-async fn stat(envoy: &Envoy, name: &str) -> u64 {
+async fn stat(envoy: &TestEnvoy, name: &str) -> u64 {
     let Some((200, _, text)) = get(envoy.admin, &format!("/stats?filter=^{name}$")).await else { return 0 };
     text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
@@ -99,28 +54,10 @@ struct Ports {
 
 fn mesh(ports: Ports, lua_value: &str) -> String {
     let Ports { app: app_port, gateway: gateway_port, tcp: tcp_port, dead: dead_port } = ports;
+    let apps = local_app_entry("echo", "echo.test", "HTTP", app_port)
+        + &local_app_entry("dead", "dead.test", "TCP", dead_port);
     format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo, namespace: istio-system}}
-spec:
-  hosts: [echo.test]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {app_port}}}]
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints: [{{address: 127.0.0.1}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: dead, namespace: istio-system}}
-spec:
-  hosts: [dead.test]
-  ports: [{{number: 80, name: tcp, protocol: TCP, targetPort: {dead_port}}}]
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints: [{{address: 127.0.0.1}}]
----
-apiVersion: networking.istio.io/v1
+        r#"{apps}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: istio-system}}
 spec:
@@ -235,7 +172,7 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
     let dir = std::env::temp_dir().join(format!("rudder-envoy-filter-envoy-{}", std::process::id()));
     let config_dir = dir.join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
-    let ports = Ports { app: backend().await, gateway: free_port(), tcp: free_port(), dead: free_port() };
+    let ports = Ports { app: ok_app().await, gateway: free_port(), tcp: free_port(), dead: free_port() };
     let gateway_port = ports.gateway;
     std::fs::write(config_dir.join("mesh.yaml"), mesh(ports, "lua")).unwrap();
 
@@ -246,24 +183,15 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
     // `odd-operation` validates (with a warning) and translation skips its patch.
     let names: Vec<&str> = snapshot.envoy_filters.iter().filter_map(|f| f.metadata.name.as_deref()).collect();
     assert_eq!(names, ["classed", "echo-timeout", "lua-header", "odd-operation"]);
-    let (tx, rx) = watch::channel(Arc::new(snapshot));
-    let (stop, stopped) = watch::channel(false);
-    let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
-    let server = DiscoveryServer::new(rx, ServerOptions { debounce, ..ServerOptions::default() });
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_port = grpc.local_addr().unwrap().port();
-    tokio::spawn({
-        let server = server.clone();
-        let mut stopped = stopped.clone();
-        async move {
-            server
-                .serve(grpc, async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        }
-    });
-    let mut envoy = gateway_envoy(xds_port, &dir);
+    let discovery = TestDiscovery::start(snapshot).await;
+    let xds_port = discovery.xds_port;
+    let mut envoy = TestEnvoy::gateway(
+        &dir,
+        xds_port,
+        "ISTIO_VERSION: 1.29.2, SITE: edge, ",
+        (std::process::id() % 100_000) * 10 + 8,
+    )
+    .unwrap();
 
     // A real request through Envoy runs the inserted Lua filter.
     let deadline = Instant::now() + PATIENCE;
@@ -272,7 +200,7 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
             assert_eq!(body, "ok");
             break headers;
         }
-        assert!(envoy.child.try_wait().unwrap().is_none(), "Envoy exited");
+        assert!(envoy.running(), "Envoy exited");
         assert!(Instant::now() < deadline, "no response through the gateway: {:?}", get(gateway_port, "/").await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -312,7 +240,7 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
     // An edit of the EnvoyFilter reaches Envoy.
     std::fs::write(config_dir.join("mesh.yaml"), mesh(ports, "edited")).unwrap();
     source.refresh();
-    tx.send(Arc::new(source.snapshot())).unwrap();
+    discovery.snapshots.send(Arc::new(source.snapshot())).unwrap();
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some((200, headers, _)) = get(gateway_port, "/").await
@@ -324,6 +252,6 @@ async fn patches_run_in_a_real_envoy_and_a_broken_one_is_left_out() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(stat(&envoy, "listener_manager.lds.update_rejected").await, 0);
-    let _ = stop.send(true);
+    drop(discovery);
     drop(envoy);
 }

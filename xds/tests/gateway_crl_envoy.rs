@@ -9,8 +9,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,57 +20,14 @@ use hyper_util::rt::TokioExecutor;
 use rudder_config::mesh::MeshConfig;
 use rudder_e2e::tls::{CertPair, TestCa, https_get};
 use rudder_xds::registry::files::ConfigDir;
-use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions};
-use rudder_xds::testing::{TestNode, ads_bootstrap, spawn_envoy};
-use tokio::sync::watch;
+use rudder_xds::testing::{TestDiscovery, TestEnvoy, free_port, local_app_entry, ok_app};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const MUTUAL_HOST: &str = "crl.example.com";
 const SIMPLE_HOST: &str = "simple.example.com";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The app behind the gateway: 200 `ok` to everything.
-async fn backend() -> u16 {
-    let app = axum::Router::new().fallback(|| async { "ok" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
-}
-
-struct Envoy {
-    child: Child,
-    admin: u16,
-    dir: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A gateway Envoy (`istio: ingressgateway` in istio-system, interception NONE: its listeners
-/// bind 127.0.0.1) fed by the ADS server on `xds_port`.
-fn gateway_envoy(xds_port: u16, dir: &Path) -> Envoy {
-    let admin = free_port();
-    let node = TestNode {
-        id: "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local",
-        cluster: "istio-ingressgateway.istio-system",
-        metadata: "{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, ISTIO_VERSION: 1.29.2, LABELS: {istio: ingressgateway}}",
-    };
-    let bootstrap = ads_bootstrap(node, admin, xds_port, "GRPC", true);
-    let child = spawn_envoy(dir, &bootstrap, (std::process::id() % 100_000) * 10 + 6).unwrap();
-    Envoy { child, admin, dir: dir.to_owned() }
-}
-
 /// One counter of Envoy's admin `/stats` (0 when absent).
-async fn stat(envoy: &Envoy, name: &str) -> u64 {
+async fn stat(envoy: &TestEnvoy, name: &str) -> u64 {
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
     let request =
         Request::get(format!("http://127.0.0.1:{}/stats?filter=^{name}$", envoy.admin)).body(Body::empty()).unwrap();
@@ -91,6 +46,7 @@ fn indent(pem: &str) -> String {
 /// The gateway's Secret (certificate for both hosts, the CA and `crl`), a Gateway with a MUTUAL
 /// and a SIMPLE server on `gateway_port` sharing it, and the route of both hosts to the app.
 fn mesh(app_port: u16, gateway_port: u16, ca: &TestCa, server: &CertPair, crl: &str) -> String {
+    let app = local_app_entry("app", "app.test", "HTTP", app_port);
     format!(
         r#"apiVersion: v1
 kind: Secret
@@ -106,17 +62,7 @@ stringData:
   ca.crl: |
 {crl}
 ---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: app, namespace: istio-system}}
-spec:
-  hosts: [app.test]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {app_port}}}]
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints: [{{address: 127.0.0.1}}]
----
-apiVersion: networking.istio.io/v1
+{app}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: istio-system}}
 spec:
@@ -162,7 +108,7 @@ async fn until(
     host: &str,
     ca: &TestCa,
     client: Option<&CertPair>,
-    envoy: &mut Envoy,
+    envoy: &mut TestEnvoy,
     done: impl Fn(&Result<String, String>) -> bool,
 ) -> Result<String, String> {
     let deadline = Instant::now() + PATIENCE;
@@ -171,7 +117,7 @@ async fn until(
         if done(&outcome) {
             return outcome;
         }
-        assert!(envoy.child.try_wait().unwrap().is_none(), "Envoy exited");
+        assert!(envoy.running(), "Envoy exited");
         assert!(Instant::now() < deadline, "{what}: last outcome {outcome:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -190,7 +136,7 @@ async fn a_mutual_gateway_refuses_client_certificates_its_secrets_crl_revokes() 
     let server = ca.server(&[MUTUAL_HOST, SIMPLE_HOST]).unwrap();
     let good = ca.client("good-client").unwrap();
     let revoked = ca.client("revoked-client").unwrap();
-    let app_port = backend().await;
+    let app_port = ok_app().await;
     let gateway_port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], gateway_port));
     let write = |crl: &str| {
@@ -200,24 +146,10 @@ async fn a_mutual_gateway_refuses_client_certificates_its_secrets_crl_revokes() 
 
     let mut source = ConfigDir::new(&config_dir, MeshConfig::istio_defaults());
     source.refresh();
-    let (tx, rx) = watch::channel(Arc::new(source.snapshot()));
-    let (stop, stopped) = watch::channel(false);
-    let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
-    let server_handle = DiscoveryServer::new(rx, ServerOptions { debounce, ..ServerOptions::default() });
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_port = grpc.local_addr().unwrap().port();
-    tokio::spawn({
-        let server = server_handle.clone();
-        let mut stopped = stopped.clone();
-        async move {
-            server
-                .serve(grpc, async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        }
-    });
-    let mut envoy = gateway_envoy(xds_port, &dir);
+    let discovery = TestDiscovery::start(source.snapshot()).await;
+    let xds_port = discovery.xds_port;
+    let mut envoy =
+        TestEnvoy::gateway(&dir, xds_port, "ISTIO_VERSION: 1.29.2, ", (std::process::id() % 100_000) * 10 + 6).unwrap();
 
     // A certificate of the CA gets through; the revoked one and none at all do not.
     let ok = until("the good client never got through", addr, MUTUAL_HOST, &ca, Some(&good), &mut envoy, |o| o.is_ok())
@@ -231,7 +163,7 @@ async fn a_mutual_gateway_refuses_client_certificates_its_secrets_crl_revokes() 
     // A new CRL in the Secret revokes the good client too.
     write(&ca.crl(&[&revoked, &good]).unwrap());
     source.refresh();
-    tx.send(Arc::new(source.snapshot())).unwrap();
+    discovery.snapshots.send(Arc::new(source.snapshot())).unwrap();
     let now_revoked =
         until("the new CRL never reached Envoy", addr, MUTUAL_HOST, &ca, Some(&good), &mut envoy, revoked_alert).await;
     assert!(now_revoked.is_err());
@@ -240,7 +172,7 @@ async fn a_mutual_gateway_refuses_client_certificates_its_secrets_crl_revokes() 
     // rather than served without it; the SIMPLE server sharing the Secret keeps serving.
     write("not a certificate revocation list");
     source.refresh();
-    tx.send(Arc::new(source.snapshot())).unwrap();
+    discovery.snapshots.send(Arc::new(source.snapshot())).unwrap();
     let gone = until("the MUTUAL server was never left out", addr, MUTUAL_HOST, &ca, Some(&good), &mut envoy, |o| {
         o.as_ref().is_err_and(|e| !e.contains("CertificateRevoked"))
     })
@@ -250,7 +182,7 @@ async fn a_mutual_gateway_refuses_client_certificates_its_secrets_crl_revokes() 
     for name in ["listener_manager.lds.update_rejected", "cluster_manager.cds.update_rejected"] {
         assert_eq!(stat(&envoy, name).await, 0, "{name}");
     }
-    let _ = stop.send(true);
+    drop(discovery);
     drop(envoy);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,8 +7,6 @@
 //! everything else keeps working. All traffic stays on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +19,7 @@ use rudder_xds::model::{Snapshot, WasmModule};
 use rudder_xds::registry::files::ConfigDir;
 use rudder_xds::registry::wasm::{self, FetchOptions, WASM_LAYER, sha256_hex};
 use rudder_xds::server::{DebounceOptions, DiscoveryServer, ServerOptions};
-use rudder_xds::testing::{TestNode, ads_bootstrap, spawn_envoy};
+use rudder_xds::testing::{TestEnvoy, free_port, local_app_entry, ok_app};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,10 +29,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 fn module() -> Vec<u8> {
     wat::parse_str(include_str!("wasm/add_header.wat")).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Serves `body` for every request over TLS with `pair`'s certificate; stops when dropped.
@@ -123,41 +117,6 @@ async fn registry(module: Vec<u8>) -> (std::net::SocketAddr, String) {
     (addr, manifest_digest)
 }
 
-/// The app behind the gateway: 200 `ok` to everything.
-async fn backend() -> u16 {
-    let app = axum::Router::new().fallback(|| async { "ok" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
-}
-
-struct Envoy {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A gateway Envoy (`istio: ingressgateway` in istio-system, interception NONE: its
-/// listeners bind 127.0.0.1) fed by the ADS server on `xds_port`.
-fn gateway_envoy(xds_port: u16, dir: &std::path::Path) -> Envoy {
-    let node = TestNode {
-        id: "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local",
-        cluster: "istio-ingressgateway.istio-system",
-        metadata: "{NAMESPACE: istio-system, INTERCEPTION_MODE: NONE, LABELS: {istio: ingressgateway}}",
-    };
-    let bootstrap = ads_bootstrap(node, free_port(), xds_port, "GRPC", true);
-    let child = spawn_envoy(dir, &bootstrap, (std::process::id() % 100_000) * 10 + 7).unwrap();
-    Envoy { child, dir: dir.to_owned() }
-}
-
 /// GET `http://127.0.0.1:<port>/` with `Host: echo.test`: status and response headers.
 async fn get(port: u16) -> Option<(u16, http::HeaderMap)> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
@@ -180,7 +139,7 @@ async fn plugins_from_file_https_and_oci_run_in_a_real_envoy_and_bad_ones_are_le
     let ca = rudder_e2e::tls::TestCa::new("wasm test ca").unwrap();
     let https = tls_file_server(&ca.server(&["127.0.0.1"]).unwrap(), module.clone()).await;
     let (registry, manifest_digest) = registry(module.clone()).await;
-    let app_port = backend().await;
+    let app_port = ok_app().await;
     let gateway_port = free_port();
     let nothing_there = free_port();
 
@@ -190,18 +149,9 @@ async fn plugins_from_file_https_and_oci_run_in_a_real_envoy_and_bad_ones_are_le
              spec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  url: {url}\n{extra}---\n"
         )
     };
-    let mut yaml = format!(
+    let mut yaml = local_app_entry("echo", "echo.test", "HTTP", app_port);
+    yaml += &format!(
         r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo, namespace: istio-system}}
-spec:
-  hosts: [echo.test]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {app_port}}}]
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints: [{{address: 127.0.0.1}}]
----
-apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: istio-system}}
 spec:
@@ -302,7 +252,7 @@ spec:
         let (server, stopped) = (server.clone(), until_stopped());
         async move { server.serve(grpc, stopped).await }
     });
-    let mut envoy = gateway_envoy(xds_port, &dir);
+    let mut envoy = TestEnvoy::gateway(&dir, xds_port, "", (std::process::id() % 100_000) * 10 + 7).unwrap();
 
     // The request goes through, with the three good plugins' headers and nothing of the bad.
     let deadline = Instant::now() + PATIENCE;
@@ -312,7 +262,7 @@ spec:
         {
             break headers;
         }
-        assert!(envoy.child.try_wait().unwrap().is_none(), "Envoy exited");
+        assert!(envoy.running(), "Envoy exited");
         assert!(Instant::now() < deadline, "no response with the plugins' headers: {:?}", get(gateway_port).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
