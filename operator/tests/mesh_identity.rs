@@ -137,6 +137,12 @@ fn sidecar(fx: &Fixture, name: &str, token_file: &Path, ttl: &str) -> (Proc, u16
             &prometheus.to_string(),
             "--base-id",
             &admin.to_string(),
+            // Stopped within the guard's 5 s grace: the agent's default shutdown drains for 5 s
+            // first, and Envoy (its own process group) outlived an agent killed after that.
+            "--drain-duration",
+            "1s",
+            "--termination-drain-duration",
+            "0s",
             "--config-dir",
             &fx.dir.join(format!("envoy-{name}")).display().to_string(),
         ]),
