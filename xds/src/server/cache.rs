@@ -388,7 +388,9 @@ pub struct Generation {
     /// one per key ever seen.
     views: Mutex<HashMap<ViewKey, ViewCell>>,
     /// Encoded name tables by proxy namespace, built on first use (only agents ask for them).
-    name_tables: Mutex<HashMap<String, Arc<ResourceMap>>>,
+    /// Held weakly, like `views`: a stream holds its table, and a namespace no stream is in
+    /// any more (plaintext clients may claim any) does not keep one.
+    name_tables: Mutex<HashMap<String, Weak<ResourceMap>>>,
     /// The previous generation's views, taken as each view is recomputed, so unchanged
     /// resources keep their encoding (see [`EncodedSet::encode`]).
     previous_views: Mutex<HashMap<ViewKey, Arc<EncodedSet>>>,
@@ -466,18 +468,18 @@ impl Generation {
     /// The encoded name table for proxies in `namespace`: one resource named
     /// [`NAME_TABLE_RESOURCE`]. Cheap (one pass over the services), so built in place.
     fn name_table(&self, namespace: &str) -> Arc<ResourceMap> {
-        if let Some(table) = self.name_tables.lock().unwrap_or_else(PoisonError::into_inner).get(namespace) {
-            return table.clone();
+        let mut tables = self.name_tables.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(table) = tables.get(namespace).and_then(Weak::upgrade) {
+            return table;
+        }
+        if tables.len() >= VIEW_SWEEP_FROM && tables.len().is_power_of_two() && !tables.contains_key(namespace) {
+            tables.retain(|_, table| table.strong_count() > 0);
         }
         let table = crate::nametable::build(&self.snapshot, namespace);
         let encoded = EncodedResource::encode(NAME_TABLE_RESOURCE.to_owned(), &table);
         let map = Arc::new(ResourceMap::from([(NAME_TABLE_RESOURCE.to_owned(), Arc::new(encoded))]));
-        self.name_tables
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(namespace.to_owned())
-            .or_insert(map)
-            .clone()
+        tables.insert(namespace.to_owned(), Arc::downgrade(&map));
+        map
     }
 
     /// The encoded outbound resources for `proxy`'s view, computed by the first stream that
@@ -962,7 +964,7 @@ mod incremental_tests {
 
     /// A view rebuilt from only the kinds a change touched equals one translated from scratch.
     #[tokio::test]
-    async fn a_view_no_stream_holds_is_freed() {
+    async fn a_view_or_name_table_no_stream_holds_is_freed() {
         let generator: Arc<dyn Generator> = Arc::new(crate::server::Translator);
         let snapshot = Arc::new(Snapshot::default());
         let generation = Generation::new(1, snapshot.clone(), Instant::now(), EndpointTable::default(), None);
@@ -979,6 +981,15 @@ mod incremental_tests {
         assert_eq!(generation.view_count(), 1);
         let slots = generation.views.lock().unwrap().len();
         assert!(slots <= VIEW_SWEEP_FROM, "{slots} slots kept for 1 view");
+        // NDS name tables, by namespace, likewise.
+        let held_table = generation.name_table("one");
+        for i in 0..200 {
+            let table = Arc::downgrade(&generation.name_table(&format!("ns{i}")));
+            assert!(table.upgrade().is_none(), "name table {i} outlived its stream");
+        }
+        assert!(Arc::ptr_eq(&held_table, &generation.name_table("one")), "a held name table is shared");
+        let tables = generation.name_tables.lock().unwrap().len();
+        assert!(tables <= VIEW_SWEEP_FROM, "{tables} name tables kept for 1 namespace");
         // The next push starts from the held view only.
         let next = Generation::new(2, snapshot, Instant::now(), EndpointTable::default(), Some(&generation));
         assert_eq!(next.previous_views.lock().unwrap().len(), 1);
