@@ -126,7 +126,9 @@ async fn follow(client: Client, target: Target, state: Arc<AppState>, synced: wa
     };
     let events = |part: Part| {
         let selector = format!("metadata.name={}", current.name(part));
-        watcher(api.clone(), watcher::Config::default().fields(&selector)).default_backoff().map(move |e| (part, e))
+        watcher(api.clone(), watcher::Config::default().fields(&selector))
+            .backoff(rudder_xds::registry::kube::reconnect_backoff())
+            .map(move |e| (part, e))
     };
     let mut events = std::pin::pin!(stream::select(events(Part::Injector), events(Part::Mesh)));
     // Per part: whether its first listing is done, and the object seen in a listing under way.

@@ -24,7 +24,9 @@ pub fn spawn(
     let (namespace, name) = (namespace.to_owned(), name.to_owned());
     let task = tokio::spawn(async move {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut maps = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+        let mut maps = std::pin::pin!(
+            watcher(api, config).backoff(rudder_xds::registry::kube::reconnect_backoff()).applied_objects()
+        );
         while let Some(map) = maps.next().await {
             let map = match map {
                 Ok(map) => map,

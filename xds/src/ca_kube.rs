@@ -112,14 +112,16 @@ pub fn root_configmap(namespace: &str, root_pem: &str) -> ConfigMap {
 pub async fn publish_root(client: Client, root_pem: String, stop: impl std::future::Future<Output = ()>) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let configmaps: Api<ConfigMap> = Api::all(client.clone());
-    let namespace_events =
-        watcher(namespaces, watcher::Config::default()).default_backoff().touched_objects().map(|event| {
+    let namespace_events = watcher(namespaces, watcher::Config::default())
+        .backoff(crate::registry::kube::reconnect_backoff())
+        .touched_objects()
+        .map(|event| {
             event.map(|ns: Namespace| (ns.metadata.name.unwrap_or_default(), ns.status.and_then(|s| s.phase)))
         });
     let wanted = root_pem.clone();
     let configmap_events =
         watcher(configmaps, watcher::Config::default().fields(&format!("metadata.name={ROOT_CONFIGMAP}")))
-            .default_backoff()
+            .backoff(crate::registry::kube::reconnect_backoff())
             .filter_map(move |event| {
                 let stale = |cm: &ConfigMap| cm.data.as_ref().and_then(|d| d.get(ROOT_KEY)) != Some(&wanted);
                 let republish = match event {

@@ -213,7 +213,8 @@ async fn controller(api: Api<IstioOperator>, client: &Client, ctx: &Arc<Context>
         let ar = info.api_resource();
         c = c.watches_with(Api::all_with(client.clone(), &ar), ar, owned.clone(), owner_of);
     }
-    c.graceful_shutdown_on(shutdown)
+    c.trigger_backoff(rudder_xds::registry::kube::reconnect_backoff())
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {

@@ -371,13 +371,15 @@ pub fn operator_killed_mid_reconcile_converges(cluster: &Cluster) {
 pub fn malformed_mesh_config_keeps_the_last_good(cluster: &Cluster) {
     let mesh = || jsonpath(cluster, &["-n", "istio-system", "get", "configmap", "istio-canary"], "{.data.mesh}");
     let good = mesh().unwrap();
+    // Logs from the patch on, whatever discovery logged before it.
+    let patched_at = utc_now();
     let patch = r#"{"data":{"mesh":"defaultConfig:\n  concurrency: lots\n"}}"#;
     cluster
         .kubectl(&["-n", "istio-system", "patch", "configmap", "istio-canary", "--type", "merge", "-p", patch])
         .unwrap();
     let warning = wait_for("discovery names the malformed ConfigMap field", Duration::from_secs(60), || {
         let logs = cluster
-            .kubectl(&["-n", "istio-system", "logs", "deploy/istiod-canary", "--tail=300"])
+            .kubectl(&["-n", "istio-system", "logs", "deploy/istiod-canary", &format!("--since-time={patched_at}")])
             .map_err(|e| e.to_string())?;
         logs.lines()
             .find(|l| l.contains("keeping the previous mesh config") && l.contains("istio-canary"))
