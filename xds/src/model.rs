@@ -245,7 +245,9 @@ pub struct Snapshot {
     pub wasm_modules: BTreeMap<String, Arc<WasmModule>>,
     /// Sorted by namespace and name; applied in Istio's order by `translate::envoy_filter`.
     pub envoy_filters: Vec<Arc<EnvoyFilter>>,
-    /// TLS credentials gateways name in `credentialName`, by `<namespace>/<name>`.
+    /// TLS credentials gateways name in `credentialName` and `caCertCredentialName`: Secrets by
+    /// `<namespace>/<name>`, client CAs of ConfigMaps by `<namespace>/ConfigMap/<name>`
+    /// ([`config_map_key`](crate::registry::secret::config_map_key)).
     pub secrets: BTreeMap<String, Arc<TlsCredential>>,
     /// `endpoints` by address, built on first use by [`Snapshot::endpoints_at`].
     pub by_address: AddressIndex,

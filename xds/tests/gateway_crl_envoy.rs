@@ -5,7 +5,9 @@
 //! (Envoy's `certificate revoked` alert), and so is a client without a certificate. A new CRL in
 //! the Secret reaches Envoy (the client it now revokes is refused too); a CRL that is not PEM
 //! takes the MUTUAL server out while the SIMPLE server on the same port keeps serving, and Envoy
-//! rejects no update. All traffic stays on 127.0.0.1.
+//! rejects no update. A second test takes the client CA from a ConfigMap (`caCertCredentialName`,
+//! as trust-manager writes trust bundles) and follows its rotation. All traffic stays on
+//! 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -179,6 +181,127 @@ async fn a_mutual_gateway_refuses_client_certificates_its_secrets_crl_revokes() 
     .await;
     assert!(gone.is_err());
     assert_eq!(get(addr, SIMPLE_HOST, &ca, None).await.unwrap(), "ok");
+    for name in ["listener_manager.lds.update_rejected", "cluster_manager.cds.update_rejected"] {
+        assert_eq!(stat(&envoy, name).await, 0, "{name}");
+    }
+    drop(discovery);
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The gateway's Secret (certificate and key only), the ConfigMap `trust-bundle` holding
+/// `client_ca`, a MUTUAL server naming it in `caCertCredentialName`, and the route to the app.
+fn config_map_mesh(app_port: u16, gateway_port: u16, server: &CertPair, client_ca: &TestCa) -> String {
+    let app = local_app_entry("app", "app.test", "HTTP", app_port);
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: gw-cred, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{cert}
+  tls.key: |
+{key}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: trust-bundle, namespace: istio-system}}
+data:
+  ca.crt: |
+{ca}
+---
+{app}apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gateway_port}, name: https-mutual, protocol: HTTPS}}
+    hosts: [{MUTUAL_HOST}]
+    tls: {{mode: MUTUAL, credentialName: gw-cred, caCertCredentialName: trust-bundle}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: app, namespace: istio-system}}
+spec:
+  hosts: [{MUTUAL_HOST}]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: app.test, port: {{number: 80}}}}}}]}}]
+"#,
+        cert = indent(&server.cert_pem),
+        key = indent(&server.key_pem),
+        ca = indent(&client_ca.cert_pem),
+    )
+}
+
+fn unknown_ca_alert(outcome: &Result<String, String>) -> bool {
+    outcome.as_ref().is_err_and(|e| e.contains("UnknownCA"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutual_gateway_verifies_clients_with_the_ca_of_a_config_map_and_follows_its_rotation() {
+    let dir = std::env::temp_dir().join(format!("rudder-gateway-cm-ca-envoy-{}", std::process::id()));
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let server_ca = TestCa::new("gateway server CA").unwrap();
+    let server = server_ca.server(&[MUTUAL_HOST]).unwrap();
+    let old_clients = TestCa::new("old client CA").unwrap();
+    let new_clients = TestCa::new("new client CA").unwrap();
+    let old_client = old_clients.client("old-client").unwrap();
+    let new_client = new_clients.client("new-client").unwrap();
+    let app_port = ok_app().await;
+    let gateway_port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], gateway_port));
+    let write = |client_ca: &TestCa| {
+        std::fs::write(config_dir.join("mesh.yaml"), config_map_mesh(app_port, gateway_port, &server, client_ca))
+            .unwrap();
+    };
+    write(&old_clients);
+
+    let mut source = ConfigDir::new(&config_dir, MeshConfig::istio_defaults());
+    source.refresh();
+    let discovery = TestDiscovery::start(source.snapshot()).await;
+    let mut envoy = TestEnvoy::gateway(
+        &dir,
+        discovery.xds_port,
+        "ISTIO_VERSION: 1.29.2, ",
+        (std::process::id() % 100_000) * 10 + 7,
+    )
+    .unwrap();
+
+    // The ConfigMap's CA admits its clients; another CA's client is refused by the handshake.
+    let ok = until(
+        "the ConfigMap CA's client never got through",
+        addr,
+        MUTUAL_HOST,
+        &server_ca,
+        Some(&old_client),
+        &mut envoy,
+        |o| o.is_ok(),
+    )
+    .await;
+    assert_eq!(ok.unwrap(), "ok");
+    let refused = get(addr, MUTUAL_HOST, &server_ca, Some(&new_client)).await;
+    assert!(unknown_ca_alert(&refused), "a client of a CA the ConfigMap does not hold: {refused:?}");
+
+    // The trust bundle rotated to the new CA: its client gets through, the old one is refused.
+    write(&new_clients);
+    source.refresh();
+    discovery.snapshots.send(Arc::new(source.snapshot())).unwrap();
+    let rotated = until(
+        "the rotated ConfigMap never reached Envoy",
+        addr,
+        MUTUAL_HOST,
+        &server_ca,
+        Some(&new_client),
+        &mut envoy,
+        |o| o.is_ok(),
+    )
+    .await;
+    assert_eq!(rotated.unwrap(), "ok");
+    let refused = get(addr, MUTUAL_HOST, &server_ca, Some(&old_client)).await;
+    assert!(unknown_ca_alert(&refused), "the old CA's client after the rotation: {refused:?}");
     for name in ["listener_manager.lds.update_rejected", "cluster_manager.cds.update_rejected"] {
         assert_eq!(stat(&envoy, name).await, 0, "{name}");
     }

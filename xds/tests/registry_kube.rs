@@ -125,6 +125,17 @@ fn fixtures() -> BTreeMap<String, Vec<Value>> {
             ],
         ),
         (
+            "configmaps".into(),
+            vec![
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "trust-bundle", "namespace": "istio-system", "resourceVersion": "1"},
+                    "data": {"ca.crt": "CA PEM", "notes.txt": "not kept"}}),
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "app-config", "namespace": "default", "resourceVersion": "1"},
+                    "data": {"config.yaml": "x: 1"}}),
+            ],
+        ),
+        (
             "endpointslices".into(),
             vec![json!({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -225,8 +236,13 @@ async fn first_snapshot_then_updates_then_shutdown() {
     assert_eq!(first.destination_rules.len(), 1);
     let filters: Vec<&str> = first.envoy_filters.iter().map(|f| f.metadata.name.as_deref().unwrap()).collect();
     assert_eq!(filters, ["timeout"], "the EnvoyFilter whose value is no Cluster is skipped");
-    // TLS Secrets become gateway credentials; other Secrets are not kept.
-    assert_eq!(first.secrets.keys().collect::<Vec<_>>(), ["istio-system/gw-cred"]);
+    // TLS Secrets and ConfigMaps holding ca.crt become gateway credentials; other Secrets and
+    // ConfigMaps are not kept.
+    assert_eq!(
+        first.secrets.keys().collect::<Vec<_>>(),
+        ["istio-system/ConfigMap/trust-bundle", "istio-system/gw-cred"]
+    );
+    assert_eq!(first.secrets["istio-system/ConfigMap/trust-bundle"].ca_certificates, b"CA PEM");
     assert_eq!(first.secrets["istio-system/gw-cred"].certificate_chain, b"CERT");
 
     // A change on a watch produces a new snapshot carrying it.
@@ -280,6 +296,7 @@ async fn first_snapshot_then_updates_then_shutdown() {
         lists,
         [
             "authorizationpolicies",
+            "configmaps",
             "destinationrules",
             "endpointslices",
             "envoyfilters",

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use rudder_config::extensions::WasmPlugin;
@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 use crate::model::Snapshot;
 
 use super::kube::{KubeInputs, SnapshotCache, build_snapshot_cached};
+use super::secret;
 
 /// How often the directory is scanned when it cannot be watched.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -73,11 +74,17 @@ struct FileObjects {
     workload_entries: Vec<Arc<WorkloadEntry>>,
     /// `kind: Secret` documents: gateway credentials in file mode.
     secrets: Vec<Arc<Secret>>,
+    /// `kind: ConfigMap` documents holding a client CA (`ca.crt`).
+    config_maps: Vec<Arc<ConfigMap>>,
 }
 
 impl FileObjects {
-    fn of(loaded: Vec<Loaded>, secrets: Vec<Secret>) -> Self {
-        let mut objects = Self { secrets: secrets.into_iter().map(Arc::new).collect(), ..Self::default() };
+    fn of(loaded: Vec<Loaded>, secrets: Vec<Secret>, config_maps: Vec<ConfigMap>) -> Self {
+        let mut objects = Self {
+            secrets: secrets.into_iter().map(Arc::new).collect(),
+            config_maps: config_maps.into_iter().map(Arc::new).collect(),
+            ..Self::default()
+        };
         for loaded in loaded {
             match loaded.object {
                 IstioObject::VirtualService(o) => objects.virtual_services.push(Arc::from(o)),
@@ -112,6 +119,7 @@ impl FileObjects {
         inputs.service_entries.extend(self.service_entries.iter().cloned());
         inputs.workload_entries.extend(self.workload_entries.iter().cloned());
         inputs.secrets.extend(self.secrets.iter().cloned());
+        inputs.config_maps.extend(self.config_maps.iter().cloned());
     }
 }
 
@@ -189,7 +197,7 @@ impl ConfigDir {
                 }
                 read.objects.extend(kept);
                 let good = read.objects.clone();
-                let objects = FileObjects::of(read.objects, read.secrets);
+                let objects = FileObjects::of(read.objects, read.secrets, read.config_maps);
                 let state = FileState { stamp: Some(stamp), objects, good, mesh_overlay: read.mesh_overlay };
                 self.files.insert(path.to_owned(), state);
             }
@@ -253,6 +261,8 @@ struct FileRead {
     mesh_overlay: Option<String>,
     /// Its `v1` Secrets (`stringData` merged into `data`, as the API server does).
     secrets: Vec<Secret>,
+    /// Its `v1` ConfigMaps other than `istio` that hold `ca.crt` (gateway client CAs).
+    config_maps: Vec<ConfigMap>,
 }
 
 /// Reads one file. Decode problems and invalid objects are logged and left out.
@@ -265,6 +275,7 @@ fn read_file(path: &Path) -> Result<FileRead, load::ReadError> {
     }
     let mut mesh_overlay = None;
     let mut secrets = Vec::new();
+    let mut config_maps = Vec::new();
     for (i, doc) in load::documents(&name, &text)?.into_iter().enumerate() {
         if doc["kind"] == "ConfigMap" && doc["metadata"]["name"] == "istio" && mesh_overlay.is_none() {
             mesh_overlay = doc["data"]["mesh"].as_str().map(str::to_owned);
@@ -272,6 +283,14 @@ fn read_file(path: &Path) -> Result<FileRead, load::ReadError> {
             match serde_path_to_error::deserialize::<_, Secret>(doc) {
                 Ok(secret) => secrets.push(with_string_data(secret)),
                 Err(e) => tracing::warn!("{name} document {}: Secret: {}: {} (ignored)", i + 1, e.path(), e.inner()),
+            }
+        } else if doc["kind"] == "ConfigMap" && doc["apiVersion"] == "v1" && doc["data"]["ca.crt"].is_string() {
+            match serde_path_to_error::deserialize::<_, ConfigMap>(doc) {
+                Ok(mut config_map) => {
+                    secret::keep_ca_keys(&mut config_map);
+                    config_maps.push(config_map);
+                }
+                Err(e) => tracing::warn!("{name} document {}: ConfigMap: {}: {} (ignored)", i + 1, e.path(), e.inner()),
             }
         }
     }
@@ -285,7 +304,7 @@ fn read_file(path: &Path) -> Result<FileRead, load::ReadError> {
         .collect();
     let (objects, invalid): (Vec<Loaded>, Vec<Loaded>) = loads.objects.into_iter().partition(valid);
     failed.extend(invalid.into_iter().map(|l| l.id));
-    Ok(FileRead { objects, failed, mesh_overlay, secrets })
+    Ok(FileRead { objects, failed, mesh_overlay, secrets, config_maps })
 }
 
 fn with_string_data(mut secret: Secret) -> Secret {

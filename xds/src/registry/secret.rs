@@ -2,18 +2,74 @@
 //! Istio reads are accepted: `kubernetes.io/tls` (`tls.crt`, `tls.key`, optionally `ca.crt` and
 //! its revocation list `ca.crl`) and the generic one (`cert`, `key`, `cacert`, `crl`). A Secret
 //! named `<name>-cacert` carrying only a CA (and its CRL) is how MUTUAL servers get their client
-//! CA separately.
+//! CA separately. A ConfigMap carrying `ca.crt` (and optionally `ca.crl`) is a client CA too:
+//! trust bundles are not secret, and tools such as cert-manager's trust-manager write them to
+//! ConfigMaps.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
 use crate::model::TlsCredential;
 
 /// The key of a credential in [`Snapshot::secrets`](crate::model::Snapshot::secrets).
 pub fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
+}
+
+/// The key of a ConfigMap's client CA in [`Snapshot::secrets`](crate::model::Snapshot::secrets).
+/// Kubernetes names hold no `/`, so it never equals a Secret's [`key`].
+pub fn config_map_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/ConfigMap/{name}")
+}
+
+/// The keys of a ConfigMap a client CA is read from; every other key is dropped as the
+/// ConfigMap is watched, so a cluster's other ConfigMaps cost discovery only their metadata.
+pub const CONFIG_MAP_CA_KEYS: [&str; 2] = ["ca.crt", "ca.crl"];
+
+/// The client CA a ConfigMap holds in `ca.crt` (with its revocation list in `ca.crl`), or
+/// `None` when it has no `ca.crt`. A CRL that is not PEM is [`TlsCredential::ca_error`].
+pub fn config_map_ca(config_map: &ConfigMap) -> Option<TlsCredential> {
+    let data = config_map.data.as_ref()?;
+    let ca = data.get("ca.crt").filter(|ca| !ca.trim().is_empty())?;
+    let (ca_crl, ca_error) = match data.get("ca.crl") {
+        Some(crl) => match check_crl(crl.as_bytes()) {
+            Ok(()) => (crl.as_bytes().to_vec(), None),
+            Err(why) => (Vec::new(), Some(format!("key ca.crl: {why}"))),
+        },
+        None => (Vec::new(), None),
+    };
+    Some(TlsCredential { ca_certificates: ca.as_bytes().to_vec(), ca_crl, ca_error, ..TlsCredential::default() })
+}
+
+/// The client CAs of `config_maps` by [`config_map_key`]; ConfigMaps without `ca.crt` are
+/// skipped quietly (most ConfigMaps are not trust bundles).
+pub fn config_map_cas<'c>(
+    config_maps: impl IntoIterator<Item = &'c ConfigMap>,
+) -> BTreeMap<String, Arc<TlsCredential>> {
+    let mut out = BTreeMap::new();
+    for config_map in config_maps {
+        let Some(credential) = config_map_ca(config_map) else { continue };
+        let key = config_map_key(
+            config_map.metadata.namespace.as_deref().unwrap_or("default"),
+            config_map.metadata.name.as_deref().unwrap_or_default(),
+        );
+        if let Some(why) = &credential.ca_error {
+            tracing::warn!(configmap = %key, "ConfigMap {why}; MUTUAL servers verifying clients with its CA are skipped");
+        }
+        out.insert(key, Arc::new(credential));
+    }
+    out
+}
+
+/// Drops every key of a watched ConfigMap but [`CONFIG_MAP_CA_KEYS`] (and its managed fields).
+pub fn keep_ca_keys(config_map: &mut ConfigMap) {
+    config_map.metadata.managed_fields = None;
+    config_map.binary_data = None;
+    if let Some(data) = config_map.data.as_mut() {
+        data.retain(|key, _| CONFIG_MAP_CA_KEYS.contains(&key.as_str()));
+    }
 }
 
 /// The credential a Secret holds; `Err` says which keys are missing. Secrets that carry no TLS
@@ -168,6 +224,40 @@ mod tests {
         .unwrap()
         .pem()
         .unwrap()
+    }
+
+    fn config_map(entries: &[(&str, &str)]) -> ConfigMap {
+        let mut config_map = ConfigMap::default();
+        config_map.metadata.name = Some("bundle".into());
+        config_map.metadata.namespace = Some("istio-system".into());
+        config_map.data = Some(entries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        config_map
+    }
+
+    #[test]
+    fn a_config_map_with_ca_crt_is_a_client_ca_and_others_are_not() {
+        let crl = crl_pem();
+        let cas = config_map_cas([
+            &config_map(&[("ca.crt", "A"), ("ca.crl", &crl)]),
+            &config_map(&[("ca.crt", "  ")]),
+            &config_map(&[("config.yaml", "x")]),
+        ]);
+        assert_eq!(cas.keys().collect::<Vec<_>>(), ["istio-system/ConfigMap/bundle"]);
+        let ca = &cas["istio-system/ConfigMap/bundle"];
+        assert_eq!((ca.ca_certificates.as_slice(), ca.ca_crl.as_slice()), (b"A".as_slice(), crl.as_bytes()));
+        assert!(ca.certificate_chain.is_empty() && ca.private_key.is_empty() && ca.ca_error.is_none());
+        let bad = config_map_ca(&config_map(&[("ca.crt", "A"), ("ca.crl", "no")])).unwrap();
+        assert!(bad.ca_error.unwrap().starts_with("key ca.crl: not a PEM"));
+        assert_ne!(config_map_key("ns", "a"), key("ns", "a"));
+    }
+
+    #[test]
+    fn a_watched_config_map_keeps_only_its_ca_keys() {
+        let mut watched = config_map(&[("ca.crt", "A"), ("ca.crl", "R"), ("dashboard.json", "{}")]);
+        watched.binary_data = Some(BTreeMap::from([("blob".to_owned(), ByteString(vec![0; 8]))]));
+        keep_ca_keys(&mut watched);
+        assert_eq!(watched.data.unwrap().into_keys().collect::<Vec<_>>(), ["ca.crl", "ca.crt"]);
+        assert_eq!(watched.binary_data, None);
     }
 
     #[test]

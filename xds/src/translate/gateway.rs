@@ -713,26 +713,37 @@ fn credential<'a>(ctx: &Context<'a>, name: &str) -> Option<&'a Arc<crate::model:
 }
 
 /// The client CA of credential `name` for a MUTUAL server (see [`ca_of`]); `Err` says why it
-/// cannot verify clients, naming the Secret (and key) at fault.
+/// cannot verify clients, naming the ConfigMap or Secret (and key) at fault.
 fn client_ca<'a>(ctx: &Context<'a>, name: &str) -> Result<&'a Arc<crate::model::TlsCredential>, String> {
-    let Some((secret, ca)) = ca_of(ctx, name) else {
+    let Some((source, ca)) = ca_of(ctx, name) else {
         return Err(format!(
-            "credentialName {name:?}: MUTUAL needs a CA (ca.crt/cacert in the Secret, or a Secret {name}{CA_SUFFIX})"
+            "credentialName {name:?}: MUTUAL needs a CA (ca.crt in a ConfigMap {name}, ca.crt/cacert in the \
+             Secret, or a Secret {name}{CA_SUFFIX})"
         ));
     };
     match &ca.ca_error {
         // Verifying clients without the revocation list asked for would admit revoked ones.
-        Some(why) => Err(format!("credentialName {name:?}: Secret {}/{secret} {why}", ctx.proxy.namespace)),
+        Some(why) => Err(format!("credentialName {name:?}: {source} {why}")),
         None => Ok(ca),
     }
 }
 
-/// The Secret holding the client CA (and its CRL) of credential `name`, by name: Secret
-/// `<name>-cacert`, else the credential's own, whichever has a CA first.
+/// Where the client CA (and its CRL) of credential `name` comes from, in Istio's order: the
+/// ConfigMap `<name>` (`ca.crt`), else the Secret `<name>-cacert`, else the Secret `<name>`,
+/// whichever has a CA first; with a description naming it.
 fn ca_of<'a>(ctx: &Context<'a>, name: &str) -> Option<(String, &'a Arc<crate::model::TlsCredential>)> {
-    [format!("{name}{CA_SUFFIX}"), name.to_owned()]
-        .into_iter()
-        .find_map(|secret| credential(ctx, &secret).filter(|c| !c.ca_certificates.is_empty()).map(|c| (secret, c)))
+    let namespace = &ctx.proxy.namespace;
+    let config_map = ctx
+        .snapshot
+        .secrets
+        .get(&secret_key::config_map_key(namespace, name))
+        .map(|ca| (format!("ConfigMap {namespace}/{name}"), ca));
+    config_map.or_else(|| {
+        [format!("{name}{CA_SUFFIX}"), name.to_owned()].into_iter().find_map(|secret| {
+            let ca = credential(ctx, &secret).filter(|c| !c.ca_certificates.is_empty())?;
+            Some((format!("Secret {namespace}/{secret}"), ca))
+        })
+    })
 }
 
 /// The SDS secrets the proxy's listeners name, sorted by name.
@@ -912,5 +923,33 @@ mod tests {
             "credentialName \"split\": Secret istio-system/split-cacert key crl: not a PEM CRL"
         );
         assert!(client_ca(&ctx, "missing").unwrap_err().contains("MUTUAL needs a CA"));
+    }
+
+    #[test]
+    fn a_config_map_ca_comes_before_the_secrets_of_the_same_name() {
+        let mut snapshot = Snapshot::default();
+        let ca = |pem: &str, ca_error: Option<&str>| {
+            Arc::new(TlsCredential {
+                ca_certificates: pem.as_bytes().to_vec(),
+                ca_error: ca_error.map(str::to_owned),
+                ..Default::default()
+            })
+        };
+        snapshot.secrets.insert("istio-system/ConfigMap/cred".into(), ca("FROM CONFIGMAP", None));
+        snapshot.secrets.insert("istio-system/cred-cacert".into(), ca("FROM SECRET", None));
+        snapshot.secrets.insert("istio-system/ConfigMap/bad".into(), ca("X", Some("key ca.crl: not a PEM CRL")));
+        snapshot.secrets.insert("istio-system/bad".into(), ca("FROM SECRET", None));
+        snapshot.secrets.insert("other/ConfigMap/elsewhere".into(), ca("OTHER NAMESPACE", None));
+        let proxy =
+            Proxy::from_node("router~10.1.0.30~gw-1.istio-system~istio-system.svc.cluster.local", &BTreeMap::new())
+                .unwrap();
+        let ctx = Context::new(&snapshot, &proxy);
+        assert_eq!(client_ca(&ctx, "cred").unwrap().ca_certificates, b"FROM CONFIGMAP");
+        assert_eq!(
+            client_ca(&ctx, "bad").unwrap_err(),
+            "credentialName \"bad\": ConfigMap istio-system/bad key ca.crl: not a PEM CRL"
+        );
+        // Only the gateway's own namespace is looked in, as for Secrets.
+        assert!(client_ca(&ctx, "elsewhere").unwrap_err().contains("MUTUAL needs a CA"));
     }
 }

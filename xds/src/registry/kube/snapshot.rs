@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service as KubeService};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::PartialObjectMeta;
 use rudder_config::Validate;
@@ -18,6 +18,7 @@ use rudder_config::telemetry::Telemetry;
 
 use super::convert::{self, Workloads};
 use crate::model::{Endpoint, Service, Snapshot};
+use crate::registry::secret;
 use crate::registry::service_entry::{EntryCache, sort_endpoints};
 
 /// What the reflectors hold at one instant, Istio kinds already decoded.
@@ -45,6 +46,8 @@ pub struct KubeInputs {
     pub workload_entries: Vec<Arc<WorkloadEntry>>,
     /// TLS Secrets (gateway `credentialName`s).
     pub secrets: Vec<Arc<Secret>>,
+    /// ConfigMaps that may hold a gateway's client CA (`ca.crt`); the others are skipped.
+    pub config_maps: Vec<Arc<ConfigMap>>,
 }
 
 /// Merges the stores into a snapshot. Services are keyed by hostname; when two declare the same
@@ -163,7 +166,11 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
         wasm_modules: BTreeMap::new(),
         gateways: sorted(&inputs.gateways),
         envoy_filters: sorted(&inputs.envoy_filters),
-        secrets: crate::registry::secret::credentials(inputs.secrets.iter().map(|s| s.as_ref())),
+        secrets: {
+            let mut credentials = secret::credentials(inputs.secrets.iter().map(|s| s.as_ref()));
+            credentials.extend(secret::config_map_cas(inputs.config_maps.iter().map(|c| c.as_ref())));
+            credentials
+        },
         by_address: Default::default(),
     }
 }

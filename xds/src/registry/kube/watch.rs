@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service as KubeService};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 use super::snapshot::{KubeInputs, SnapshotCache, build_snapshot_cached, passes};
 use crate::model::Snapshot;
+use crate::registry::secret;
 
 /// How long to keep gathering events after the first one before rebuilding.
 const COALESCE: Duration = Duration::from_millis(10);
@@ -85,6 +86,7 @@ struct Sources {
     service_entries: Decoded<ServiceEntry>,
     workload_entries: Decoded<WorkloadEntry>,
     secrets: Store<Secret>,
+    config_maps: Store<ConfigMap>,
 }
 
 impl Sources {
@@ -94,24 +96,24 @@ impl Sources {
 
         let (services, writer) = reflector::store();
         let events = watcher(Api::<KubeService>::all(client.clone()), config()).modify(strip_managed_fields);
-        streams.push(reflect(streams.len(), "Service", writer, events.default_backoff()));
+        streams.push(reflect(streams.len(), "Service", writer, events.backoff(super::reconnect_backoff())));
 
         let (endpoint_slices, writer) = reflector::store();
         let events = watcher(Api::<EndpointSlice>::all(client.clone()), config()).modify(strip_managed_fields);
-        streams.push(reflect(streams.len(), "EndpointSlice", writer, events.default_backoff()));
+        streams.push(reflect(streams.len(), "EndpointSlice", writer, events.backoff(super::reconnect_backoff())));
 
         let (pods, writer) = reflector::store();
         let events = watcher(Api::<Pod>::all(client.clone()), config()).modify(strip_managed_fields);
-        streams.push(reflect(streams.len(), "Pod", writer, events.default_backoff()));
+        streams.push(reflect(streams.len(), "Pod", writer, events.backoff(super::reconnect_backoff())));
 
         // Only labels are read from namespaces and nodes: metadata-only watches are enough.
         let (namespaces, writer) = reflector::store();
         let events = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), config());
-        streams.push(reflect(streams.len(), "Namespace", writer, events.default_backoff()));
+        streams.push(reflect(streams.len(), "Namespace", writer, events.backoff(super::reconnect_backoff())));
 
         let (nodes, writer) = reflector::store();
         let events = watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), config());
-        streams.push(reflect(streams.len(), "Node", writer, events.default_backoff()));
+        streams.push(reflect(streams.len(), "Node", writer, events.backoff(super::reconnect_backoff())));
 
         let virtual_services = Decoded::start("VirtualService", client, &mut streams);
         let destination_rules = Decoded::start("DestinationRule", client, &mut streams);
@@ -131,7 +133,13 @@ impl Sources {
         let (secrets, writer) = reflector::store();
         let secret_config = config().fields("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1");
         let events = watcher(Api::<Secret>::all(client.clone()), secret_config).modify(strip_managed_fields);
-        streams.push(reflect(streams.len(), "Secret", writer, events.default_backoff()));
+        streams.push(reflect(streams.len(), "Secret", writer, events.backoff(super::reconnect_backoff())));
+
+        // Client CAs of gateways (`ca.crt`). Every other key is dropped as it arrives, so the
+        // cluster's other ConfigMaps cost only their metadata.
+        let (config_maps, writer) = reflector::store();
+        let events = watcher(Api::<ConfigMap>::all(client.clone()), config()).modify(secret::keep_ca_keys);
+        streams.push(reflect(streams.len(), "ConfigMap", writer, events.backoff(super::reconnect_backoff())));
 
         let count = streams.len();
         Self {
@@ -155,6 +163,7 @@ impl Sources {
             service_entries,
             workload_entries,
             secrets,
+            config_maps,
         }
     }
 
@@ -179,6 +188,7 @@ impl Sources {
             service_entries: self.service_entries.current(),
             workload_entries: self.workload_entries.current(),
             secrets: self.secrets.state(),
+            config_maps: self.config_maps.state(),
         }
     }
 }
@@ -221,7 +231,12 @@ impl<T: DeserializeOwned + Validate + Resource> Decoded<T> {
         let writer = Writer::new(resource.clone());
         let store = writer.as_reader();
         let events = watcher(Api::<DynamicObject>::all_with(client.clone(), &resource), watcher::Config::default());
-        streams.push(reflect(streams.len(), kind, writer, events.modify(strip_managed_fields).default_backoff()));
+        streams.push(reflect(
+            streams.len(),
+            kind,
+            writer,
+            events.modify(strip_managed_fields).backoff(super::reconnect_backoff()),
+        ));
         Self { kind, store, cache: BTreeMap::new() }
     }
 
