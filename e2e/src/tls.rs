@@ -280,10 +280,35 @@ pub struct TlsBackend {
 
 impl TlsBackend {
     pub async fn start(addr: SocketAddr, name: &str, pair: &CertPair) -> anyhow::Result<Self> {
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain(&pair.cert_pem)?, private_key(&pair.key_pem)?)?;
+        Self::serve(addr, name, pair, None).await
+    }
+
+    /// Like [`TlsBackend::start`], but the handshake requires a client certificate of
+    /// `client_ca_pem` (an upstream that TLS origination must present a certificate to).
+    pub async fn start_mutual(
+        addr: SocketAddr,
+        name: &str,
+        pair: &CertPair,
+        client_ca_pem: &str,
+    ) -> anyhow::Result<Self> {
+        Self::serve(addr, name, pair, Some(client_ca_pem)).await
+    }
+
+    async fn serve(addr: SocketAddr, name: &str, pair: &CertPair, client_ca_pem: Option<&str>) -> anyhow::Result<Self> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in chain(pem)? {
+                    roots.add(cert)?;
+                }
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder.with_single_cert(chain(&pair.cert_pem)?, private_key(&pair.key_pem)?)?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
         let addr = listener.local_addr()?;

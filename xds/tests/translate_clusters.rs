@@ -730,8 +730,19 @@ fn tls_mutual_files_and_credential_name() {
     let common = tls_context(find(&clusters, &name(9080, ""))).common_tls_context.unwrap();
     assert_eq!(common.tls_certificates.len(), 1);
 
-    let clusters =
-        outbound(&snapshot(&dr("  trafficPolicy:\n    tls: {mode: MUTUAL, credentialName: reviews-client}\n")));
+    // At a sidecar, Istio reads credentialName only from a rule that selects the workload;
+    // a namespace-wide rule keeps the certificate files (here none: no client certificate).
+    let general = "  trafficPolicy:\n    tls: {mode: MUTUAL, credentialName: reviews-client}\n";
+    let clusters = outbound(&snapshot(&dr(general)));
+    let common = tls_context(find(&clusters, &name(9080, ""))).common_tls_context.unwrap();
+    assert!(common.tls_certificate_sds_secret_configs.is_empty() && common.tls_certificates.is_empty());
+    assert!(matches!(
+        common.validation_context_type,
+        Some(common_tls_context::ValidationContextType::ValidationContext(ref v)) if v.system_root_certs.is_some()
+    ));
+
+    let selecting = format!("  workloadSelector: {{matchLabels: {{app: client}}}}\n{general}");
+    let clusters = outbound(&snapshot(&dr(&selecting)));
     let common = tls_context(find(&clusters, &name(9080, ""))).common_tls_context.unwrap();
     assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "kubernetes://reviews-client");
     let ads = common.tls_certificate_sds_secret_configs[0].sds_config.as_ref().unwrap();
@@ -743,6 +754,38 @@ fn tls_mutual_files_and_credential_name() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The Secrets a rule's credentialName names are served over SDS from the proxy's namespace:
+/// the certificate (MUTUAL) and the CA the server is verified with; a credential of another
+/// namespace is not.
+#[test]
+fn credential_name_secrets_are_served_from_the_proxy_namespace() {
+    use rudder_xds::model::TlsCredential;
+    let selecting = "  workloadSelector: {matchLabels: {app: client}}\n  trafficPolicy:\n    tls: {mode: MUTUAL, credentialName: reviews-client}\n";
+    let mut snap = snapshot(&dr(selecting));
+    let both = TlsCredential {
+        certificate_chain: b"CERT".to_vec(),
+        private_key: b"KEY".to_vec(),
+        ca_certificates: b"CA".to_vec(),
+        ..Default::default()
+    };
+    snap.secrets.insert("default/reviews-client".into(), Arc::new(both.clone()));
+    let names = |snap: &Snapshot| -> Vec<String> {
+        rudder_xds::translate::outbound(snap, &proxy()).secrets.into_iter().map(|s| s.name).collect()
+    };
+    assert_eq!(names(&snap), ["kubernetes://reviews-client", "kubernetes://reviews-client-cacert"]);
+    // A ConfigMap of the credential's name supplies the CA first, as for gateways.
+    snap.secrets.insert(
+        "default/ConfigMap/reviews-client".into(),
+        Arc::new(TlsCredential { ca_certificates: b"BUNDLE".to_vec(), ..Default::default() }),
+    );
+    let served = rudder_xds::translate::outbound(&snap, &proxy()).secrets;
+    assert!(format!("{:?}", served[1]).contains(&format!("{:?}", b"BUNDLE".to_vec())), "{served:?}");
+    // Another namespace's Secret of that name is never handed out.
+    let mut elsewhere = snapshot(&dr(selecting));
+    elsewhere.secrets.insert("other/reviews-client".into(), Arc::new(both));
+    assert!(names(&elsewhere).is_empty());
 }
 
 #[test]

@@ -151,9 +151,9 @@ impl EncodedSet {
             });
         let (routes, route_source) =
             kind_part(previous.map(|p| (&p.routes, &p.route_source)), !parts.routes, fresh.routes, |r| &r.name);
-        // Secrets go with the listeners that name them (see `Resources::secrets`).
+        // Secrets go with the clusters and gateway listeners that name them (`Parts::secrets`).
         let (secrets, secret_source) =
-            kind_part(previous.map(|p| (&p.secrets, &p.secret_source)), !parts.listeners, fresh.secrets, |s| &s.name);
+            kind_part(previous.map(|p| (&p.secrets, &p.secret_source)), !parts.secrets(), fresh.secrets, |s| &s.name);
         let mut set = Self {
             clusters,
             listeners,

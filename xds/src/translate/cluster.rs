@@ -66,6 +66,7 @@ use super::context::{
     BLACKHOLE_CLUSTER, Context, INBOUND_PASSTHROUGH_CLUSTER, InboundPort, PASSTHROUGH_CLUSTER, inbound_cluster_name,
     outbound_cluster_name,
 };
+use super::credentials::{CA_SUFFIX, CREDENTIAL_PREFIX};
 use super::endpoint;
 use super::security::{ROOT_SECRET, TRANSPORT_SOCKET_TLS, WORKLOAD_SECRET};
 use crate::model::{InterceptionMode, NodeType, Protocol, Resolution, Service, ServicePort, labels_match};
@@ -994,8 +995,8 @@ fn tls_socket(
                 upstream.auto_sni = true;
                 upstream.auto_san_validation = tls.subject_alt_names.is_empty() && !skip_verify;
             }
-            if !tls.credential_name.is_empty() {
-                let secret = format!("kubernetes://{}", tls.credential_name);
+            if !tls.credential_name.is_empty() && credential_applies(ctx, service) {
+                let secret = format!("{CREDENTIAL_PREFIX}{}", tls.credential_name);
                 if mutual {
                     common.tls_certificate_sds_secret_configs = vec![ads_secret(&secret)];
                 }
@@ -1004,7 +1005,7 @@ fn tls_socket(
                         Some(common_tls_context::ValidationContextType::CombinedValidationContext(
                             common_tls_context::CombinedCertificateValidationContext {
                                 default_validation_context: Some(san_validation(&tls.subject_alt_names)),
-                                validation_context_sds_secret_config: Some(ads_secret(&format!("{secret}-cacert"))),
+                                validation_context_sds_secret_config: Some(ads_secret(&format!("{secret}{CA_SUFFIX}"))),
                                 ..Default::default()
                             },
                         ));
@@ -1048,6 +1049,15 @@ fn tls_socket(
         name: TRANSPORT_SOCKET_TLS.to_owned(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
     })
+}
+
+/// Whether a rule's `tls.credentialName` is read for this proxy, as Istio reads it: always at
+/// gateways, and at sidecars only from a rule whose `workloadSelector` selects the proxy (its
+/// namespace's workloads chose to hand the Secret to it); other sidecars keep the certificate
+/// files. Either way the Secret comes from the proxy's own namespace.
+fn credential_applies(ctx: &Context<'_>, service: &Service) -> bool {
+    ctx.proxy.node_type == NodeType::Router
+        || ctx.destination_rule(&service.hostname).is_some_and(|rule| rule.spec.workload_selector.is_some())
 }
 
 /// SPIFFE identities of the service's endpoints, the SANs ISTIO_MUTUAL expects by default.

@@ -33,7 +33,7 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost}
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, TlsCertificate,
-    TlsParameters, common_tls_context, secret, tls_parameters,
+    TlsParameters, common_tls_context, tls_parameters,
 };
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
@@ -43,17 +43,16 @@ use rudder_config::networking::virtual_service::TlsMatchAttributes;
 
 use super::cluster::{san_validation, sds_grpc_secret};
 use super::context::{BLACKHOLE_CLUSTER, Context, host_matches, listener_name, resolve_host};
+use super::credentials;
 use super::listener::hcm::{Routes, TcpTarget, hcm_filter, http_connection_manager, tcp_proxy};
 use super::listener::{filter_chain, l4_routes, listener, set_chains};
 use super::route::{http_routes_for_gateways, ipv6_compliant};
 use crate::model::{InterceptionMode, Protocol, labels_match};
-use crate::registry::secret as secret_key;
 
 const WILDCARD: &str = "0.0.0.0";
-use super::security::{ROOT_SECRET, TRANSPORT_SOCKET_TLS, WORKLOAD_SECRET};
 /// SDS resource names of credentials, as istiod names them.
-pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
-pub const CA_SUFFIX: &str = "-cacert";
+pub use super::credentials::{CA_SUFFIX, CREDENTIAL_PREFIX};
+use super::security::{ROOT_SECRET, TRANSPORT_SOCKET_TLS, WORKLOAD_SECRET};
 
 /// One server of a Gateway that selects the proxy.
 #[derive(Debug)]
@@ -525,7 +524,7 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
         // credentialName, or credentialNames (e.g. an RSA and an ECDSA certificate): Envoy
         // picks the one the client supports.
         for name in credential_names(tls) {
-            let credential = credential(ctx, name).ok_or_else(|| {
+            let credential = credentials::credential(ctx, name).ok_or_else(|| {
                 format!("credentialName {name:?}: no such Secret in namespace {}", ctx.proxy.namespace)
             })?;
             if credential.certificate_chain.is_empty() {
@@ -535,7 +534,7 @@ fn downstream_tls(ctx: &Context<'_>, server: &GatewayServer<'_>) -> Result<Trans
         }
         if mutual {
             let ca_name = client_ca_secret(tls, first);
-            client_ca(ctx, ca_name)?;
+            credentials::client_ca(ctx, ca_name)?;
             let ca = ads_secret(&format!("{CREDENTIAL_PREFIX}{ca_name}{CA_SUFFIX}"));
             common.validation_context_type = Some(match client_checks(tls) {
                 None => common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(ca),
@@ -707,45 +706,6 @@ fn ads_secret(name: &str) -> SdsSecretConfig {
     SdsSecretConfig { name: name.to_owned(), sds_config: Some(super::listener::hcm::ads_config_source()) }
 }
 
-/// A credential of the proxy's namespace (where istiod looks for a gateway's Secrets).
-fn credential<'a>(ctx: &Context<'a>, name: &str) -> Option<&'a Arc<crate::model::TlsCredential>> {
-    ctx.snapshot.secrets.get(&secret_key::key(&ctx.proxy.namespace, name))
-}
-
-/// The client CA of credential `name` for a MUTUAL server (see [`ca_of`]); `Err` says why it
-/// cannot verify clients, naming the ConfigMap or Secret (and key) at fault.
-fn client_ca<'a>(ctx: &Context<'a>, name: &str) -> Result<&'a Arc<crate::model::TlsCredential>, String> {
-    let Some((source, ca)) = ca_of(ctx, name) else {
-        return Err(format!(
-            "credentialName {name:?}: MUTUAL needs a CA (ca.crt in a ConfigMap {name}, ca.crt/cacert in the \
-             Secret, or a Secret {name}{CA_SUFFIX})"
-        ));
-    };
-    match &ca.ca_error {
-        // Verifying clients without the revocation list asked for would admit revoked ones.
-        Some(why) => Err(format!("credentialName {name:?}: {source} {why}")),
-        None => Ok(ca),
-    }
-}
-
-/// Where the client CA (and its CRL) of credential `name` comes from, in Istio's order: the
-/// ConfigMap `<name>` (`ca.crt`), else the Secret `<name>-cacert`, else the Secret `<name>`,
-/// whichever has a CA first; with a description naming it.
-fn ca_of<'a>(ctx: &Context<'a>, name: &str) -> Option<(String, &'a Arc<crate::model::TlsCredential>)> {
-    let namespace = &ctx.proxy.namespace;
-    let config_map = ctx
-        .snapshot
-        .secrets
-        .get(&secret_key::config_map_key(namespace, name))
-        .map(|ca| (format!("ConfigMap {namespace}/{name}"), ca));
-    config_map.or_else(|| {
-        [format!("{name}{CA_SUFFIX}"), name.to_owned()].into_iter().find_map(|secret| {
-            let ca = credential(ctx, &secret).filter(|c| !c.ca_certificates.is_empty())?;
-            Some((format!("Secret {namespace}/{secret}"), ca))
-        })
-    })
-}
-
 /// The SDS secrets the proxy's listeners name, sorted by name.
 pub fn secrets(ctx: &Context<'_>) -> Vec<Secret> {
     let mut out: BTreeMap<String, Secret> = BTreeMap::new();
@@ -756,39 +716,18 @@ pub fn secrets(ctx: &Context<'_>) -> Vec<Secret> {
             continue;
         }
         for name in &names {
-            if let Some(credential) = credential(ctx, name).filter(|c| !c.certificate_chain.is_empty()) {
-                let resource = format!("{CREDENTIAL_PREFIX}{name}");
-                out.entry(resource.clone()).or_insert_with(|| Secret {
-                    name: resource,
-                    r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                        certificate_chain: Some(inline(&credential.certificate_chain)),
-                        private_key: Some(inline(&credential.private_key)),
-                        ..Default::default()
-                    })),
-                });
+            if let Some(secret) = credentials::certificate(ctx, name) {
+                out.entry(secret.name.clone()).or_insert(secret);
             }
         }
         let name = client_ca_secret(tls, names[0]);
         if matches!(tls.mode.unwrap_or_default(), ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
-            && let Ok(ca) = client_ca(ctx, name)
+            && let Ok(secret) = credentials::validation(ctx, name)
         {
-            let resource = format!("{CREDENTIAL_PREFIX}{name}{CA_SUFFIX}");
-            out.entry(resource.clone()).or_insert_with(|| Secret {
-                name: resource,
-                r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                    trusted_ca: Some(inline(&ca.ca_certificates)),
-                    // Clients whose certificate the CRL revokes are refused.
-                    crl: (!ca.ca_crl.is_empty()).then(|| inline(&ca.ca_crl)),
-                    ..Default::default()
-                })),
-            });
+            out.entry(secret.name.clone()).or_insert(secret);
         }
     }
     out.into_values().collect()
-}
-
-fn inline(bytes: &[u8]) -> DataSource {
-    DataSource { specifier: Some(data_source::Specifier::InlineBytes(bytes.to_vec())), ..Default::default() }
 }
 
 /// Route configurations of a gateway proxy: `http.<port>` per listener with plain HTTP
@@ -889,67 +828,5 @@ fn route_configuration(ctx: &Context<'_>, name: String, servers: &[&GatewayServe
         max_direct_response_body_size_bytes: Some(UInt32Value { value: super::route::MAX_DIRECT_RESPONSE_BODY_BYTES }),
         ignore_port_in_host_matching: true,
         ..Default::default()
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::model::{Proxy, Snapshot, TlsCredential};
-
-    #[test]
-    fn a_client_ca_whose_crl_is_unusable_is_an_error_naming_the_secret_and_key() {
-        let mut snapshot = Snapshot::default();
-        let ca = |ca_error: Option<&str>| {
-            Arc::new(TlsCredential {
-                ca_certificates: b"CA".to_vec(),
-                ca_error: ca_error.map(str::to_owned),
-                ..Default::default()
-            })
-        };
-        snapshot.secrets.insert("istio-system/good".into(), ca(None));
-        snapshot.secrets.insert("istio-system/split-cacert".into(), ca(Some("key crl: not a PEM CRL")));
-        snapshot.secrets.insert("istio-system/split".into(), ca(None));
-        let proxy =
-            Proxy::from_node("router~10.1.0.30~gw-1.istio-system~istio-system.svc.cluster.local", &BTreeMap::new())
-                .unwrap();
-        let ctx = Context::new(&snapshot, &proxy);
-        assert!(client_ca(&ctx, "good").is_ok());
-        // The `-cacert` Secret's CA is the one used: its broken CRL is not worked around with
-        // the credential's own CA (that would admit the clients it revokes).
-        assert_eq!(
-            client_ca(&ctx, "split").unwrap_err(),
-            "credentialName \"split\": Secret istio-system/split-cacert key crl: not a PEM CRL"
-        );
-        assert!(client_ca(&ctx, "missing").unwrap_err().contains("MUTUAL needs a CA"));
-    }
-
-    #[test]
-    fn a_config_map_ca_comes_before_the_secrets_of_the_same_name() {
-        let mut snapshot = Snapshot::default();
-        let ca = |pem: &str, ca_error: Option<&str>| {
-            Arc::new(TlsCredential {
-                ca_certificates: pem.as_bytes().to_vec(),
-                ca_error: ca_error.map(str::to_owned),
-                ..Default::default()
-            })
-        };
-        snapshot.secrets.insert("istio-system/ConfigMap/cred".into(), ca("FROM CONFIGMAP", None));
-        snapshot.secrets.insert("istio-system/cred-cacert".into(), ca("FROM SECRET", None));
-        snapshot.secrets.insert("istio-system/ConfigMap/bad".into(), ca("X", Some("key ca.crl: not a PEM CRL")));
-        snapshot.secrets.insert("istio-system/bad".into(), ca("FROM SECRET", None));
-        snapshot.secrets.insert("other/ConfigMap/elsewhere".into(), ca("OTHER NAMESPACE", None));
-        let proxy =
-            Proxy::from_node("router~10.1.0.30~gw-1.istio-system~istio-system.svc.cluster.local", &BTreeMap::new())
-                .unwrap();
-        let ctx = Context::new(&snapshot, &proxy);
-        assert_eq!(client_ca(&ctx, "cred").unwrap().ca_certificates, b"FROM CONFIGMAP");
-        assert_eq!(
-            client_ca(&ctx, "bad").unwrap_err(),
-            "credentialName \"bad\": ConfigMap istio-system/bad key ca.crl: not a PEM CRL"
-        );
-        // Only the gateway's own namespace is looked in, as for Secrets.
-        assert!(client_ca(&ctx, "elsewhere").unwrap_err().contains("MUTUAL needs a CA"));
     }
 }

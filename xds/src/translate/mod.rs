@@ -13,6 +13,7 @@ pub mod authn;
 pub mod authz;
 pub mod cluster;
 pub mod context;
+pub mod credentials;
 pub mod endpoint;
 pub mod envoy_filter;
 pub mod gateway;
@@ -228,6 +229,13 @@ impl Parts {
     pub fn any(self) -> bool {
         self.clusters || self.listeners || self.routes
     }
+
+    /// Whether the SDS secrets are translated again. They are named by clusters (a
+    /// DestinationRule's `credentialName`) and, at gateways, by listeners; a gateway's view is
+    /// always translated whole ([`changed_parts`]), so they go with the clusters.
+    pub fn secrets(self) -> bool {
+        self.clusters
+    }
 }
 
 /// The same Istio objects: shared (the registries reuse unchanged objects) or equal.
@@ -284,12 +292,20 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
     let telemetries = !same!(before.telemetries, after.telemetries);
     // Wasm filters go into the listeners' chains.
     let wasm = !same!(before.wasm_plugins, after.wasm_plugins) || before.wasm_modules != after.wasm_modules;
+    // A sidecar's clusters name Secrets only through a rule with a workloadSelector.
+    let credentials = before.secrets != after.secrets && {
+        let selecting_rule_names_credential = |s: &Snapshot| {
+            s.destination_rules.iter().any(|rule| rule.spec.workload_selector.is_some() && names_credential(&rule.spec))
+        };
+        selecting_rule_names_credential(before) || selecting_rule_names_credential(after)
+    };
     Parts {
         clusters: services
             || (endpoints && endpoints_reach_clusters(before, after))
             || rules
             || peer_authentications
-            || telemetries,
+            || telemetries
+            || credentials,
         routes: services || virtual_services || rules,
         listeners: services
             || l4_virtual_services
@@ -297,6 +313,20 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
             || wasm
             || (endpoints && key.interception == InterceptionMode::None),
     }
+}
+
+/// Whether a DestinationRule's TLS settings name a Secret (`credentialName`) anywhere: the
+/// rule's, its ports', or its subsets' (and their ports').
+fn names_credential(rule: &rudder_config::networking::destination_rule::DestinationRuleSpec) -> bool {
+    use rudder_config::networking::destination_rule::TrafficPolicy;
+    fn in_policy(policy: &TrafficPolicy) -> bool {
+        let names = |tls: Option<&rudder_config::networking::destination_rule::ClientTlsSettings>| {
+            tls.is_some_and(|tls| !tls.credential_name.is_empty())
+        };
+        names(policy.tls.as_ref()) || policy.port_level_settings.iter().any(|port| names(port.tls.as_ref()))
+    }
+    rule.traffic_policy.as_ref().is_some_and(in_policy)
+        || rule.subsets.iter().filter_map(|subset| subset.traffic_policy.as_ref()).any(in_policy)
 }
 
 /// Whether the endpoints that changed from `before` to `after` can change a cluster: DNS
@@ -351,8 +381,17 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
             (true, false) => route::outbound(&ctx),
             (true, true) => gateway::routes(&ctx),
         },
-        secrets: if parts.listeners && router { gateway::secrets(&ctx) } else { Vec::new() },
+        secrets: Vec::new(),
     };
+    // Secrets go with the clusters and gateway servers that name them (see `Parts::secrets`).
+    if parts.secrets() {
+        if router {
+            resources.secrets = gateway::secrets(&ctx);
+        }
+        resources.secrets.extend(credentials::for_clusters(&ctx, &resources.clusters));
+        resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+        resources.secrets.dedup_by(|later, first| later.name == first.name);
+    }
     let patches = envoy_filter::Patches::for_proxy(snapshot, proxy);
     if !patches.is_empty() {
         use rudder_config::networking::envoy_filter::PatchContext;
