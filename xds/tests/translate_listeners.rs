@@ -501,14 +501,87 @@ fn virtual_service_tcp_source_subnets() {
         })
         .collect();
     let replica = "outbound|3307||mysql-replica.db.svc.cluster.local".to_owned();
+    let primary = "outbound|3306||mysql.db.svc.cluster.local".to_owned();
+    let net = |s: &str| vec![s.to_owned()];
+    // Envoy picks the narrowest destination first and matches sources only among its chains,
+    // so 10.10.0.0/16 carries every source case itself: 10.1.0.0/16 still goes to the replica
+    // (the first match says so) and other clients to the primary, not nowhere.
     assert_eq!(
         summary,
         [
-            (vec![], vec!["10.1.0.0/16".to_owned()], replica.clone()),
-            (vec!["10.10.0.0/16".to_owned()], vec!["192.168.7.7/32".to_owned()], replica),
-            (vec![], vec![], "outbound|3306||mysql.db.svc.cluster.local".to_owned()),
+            (net("10.10.0.0/16"), net("10.1.0.0/16"), replica.clone()),
+            (net("10.10.0.0/16"), net("192.168.7.7/32"), replica.clone()),
+            (net("10.10.0.0/16"), vec![], primary.clone()),
+            (vec![], net("10.1.0.0/16"), replica),
+            (vec![], vec![], primary),
         ],
         "a match whose only criterion is an unusable source subnet is left out"
+    );
+}
+
+/// VirtualService routes are tried in order; Envoy's filter chains pick the longest prefix.
+/// A later route with a narrower subnet must not take clients an earlier route holds, and an
+/// earlier narrower route keeps its clients inside a later wider one.
+#[test]
+fn tcp_route_order_beats_the_longest_prefix() {
+    let chains_of = |tcp: serde_json::Value| {
+        let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+        snap.virtual_services.push(virtual_service(json!({
+            "metadata": {"name": "mysql", "namespace": "db"},
+            "spec": {"hosts": ["mysql"], "tcp": tcp}
+        })));
+        envoy_check(&snap, &proxy(PROXY_IP, "REDIRECT"), false).unwrap();
+        let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+        find(&ls, "10.96.0.20_3306")
+            .filter_chains
+            .iter()
+            .map(|c| {
+                let m = c.filter_chain_match.clone().unwrap_or_default();
+                let show = |r: &[envoy_types::pb::envoy::config::core::v3::CidrRange]| {
+                    r.iter().map(|r| format!("{}/{}", r.address_prefix, r.prefix_len.map_or(0, |l| l.value))).collect()
+                };
+                (show(&m.prefix_ranges), show(&m.source_prefix_ranges), tcp_cluster(c))
+            })
+            .collect::<Vec<(Vec<String>, Vec<String>, String)>>()
+    };
+    let to = |subset: &str| json!([{"destination": {"host": "mysql", "subset": subset}}]);
+    let cluster = |subset: &str| format!("outbound|3306|{subset}|mysql.db.svc.cluster.local");
+    let net = |s: &str| vec![s.to_owned()];
+    // Wider first: the narrower route is unreachable, so it gets no chain.
+    let wider_first = chains_of(json!([
+        {"match": [{"sourceSubnet": "10.0.0.0/8"}], "route": to("wide")},
+        {"match": [{"sourceSubnet": "10.1.0.0/16"}], "route": to("narrow")},
+        {"route": to("rest")}
+    ]));
+    assert_eq!(wider_first, [(vec![], net("10.0.0.0/8"), cluster("wide")), (vec![], vec![], cluster("rest"))]);
+    // Narrower first: both keep their clients.
+    let narrower_first = chains_of(json!([
+        {"match": [{"sourceSubnet": "10.1.0.0/16"}], "route": to("narrow")},
+        {"match": [{"sourceSubnet": "10.0.0.0/8"}], "route": to("wide")},
+        {"route": to("rest")}
+    ]));
+    assert_eq!(
+        narrower_first,
+        [
+            (vec![], net("10.0.0.0/8"), cluster("wide")),
+            (vec![], net("10.1.0.0/16"), cluster("narrow")),
+            (vec![], vec![], cluster("rest")),
+        ]
+    );
+    // A wider source whose route comes after a narrower destination's: inside the destination
+    // the destination's route still wins for every client.
+    let destination_first = chains_of(json!([
+        {"match": [{"destinationSubnets": ["10.96.0.0/16"]}], "route": to("dest")},
+        {"match": [{"sourceSubnet": "10.0.0.0/8"}], "route": to("source")},
+        {"route": to("rest")}
+    ]));
+    assert_eq!(
+        destination_first,
+        [
+            (net("10.96.0.0/16"), vec![], cluster("dest")),
+            (vec![], net("10.0.0.0/8"), cluster("source")),
+            (vec![], vec![], cluster("rest")),
+        ]
     );
 }
 

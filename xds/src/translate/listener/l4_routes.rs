@@ -59,6 +59,8 @@ pub fn chains(ctx: &Context<'_>, service: &Service, port: u32) -> Vec<L4Chain> {
             }
         }
     }
+    // TCP routes as (destination, source) regions in route order; `None` is any address.
+    let mut regions: Vec<(Option<PrefixRange>, Option<PrefixRange>, TcpTarget)> = Vec::new();
     if let Some(vs) = virtual_service_for(ctx, &service.hostname, |vs| !vs.spec.tcp.is_empty()) {
         let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
         for route in &vs.spec.tcp {
@@ -68,49 +70,106 @@ pub fn chains(ctx: &Context<'_>, service: &Service, port: u32) -> Vec<L4Chain> {
                 continue;
             }
             let Some(target) = target(ctx, ns, &route.route, port) else { continue };
-            let catch_all = route.r#match.is_empty()
-                || applicable.iter().any(|m| m.destination_subnets.is_empty() && m.source_subnet.is_empty());
-            if catch_all {
-                chains.push(L4Chain {
-                    prefix_ranges: Vec::new(),
-                    source_prefix_ranges: Vec::new(),
-                    server_names: Vec::new(),
-                    target,
-                });
-                return chains;
-            }
-            if applicable.iter().all(|m| m.source_subnet.is_empty()) {
-                let subnets = applicable.iter().flat_map(|m| m.destination_subnets.iter().cloned()).collect::<Vec<_>>();
-                chains.push(L4Chain {
-                    prefix_ranges: cidrs(&subnets),
-                    source_prefix_ranges: Vec::new(),
-                    server_names: Vec::new(),
-                    target,
-                });
+            if route.r#match.is_empty() {
+                regions.push((None, None, target));
                 continue;
             }
-            // A source subnet pairs with its own match's destinations: one chain per match.
             for m in applicable {
-                let source =
-                    if m.source_subnet.is_empty() { Vec::new() } else { cidrs(std::slice::from_ref(&m.source_subnet)) };
-                if !m.source_subnet.is_empty() && source.is_empty() {
-                    continue;
+                let source = match m.source_subnet.as_str() {
+                    "" => None,
+                    subnet => match cidrs(std::slice::from_ref(&m.source_subnet)).pop() {
+                        Some(range) => Some(range),
+                        None => {
+                            tracing::debug!(subnet, "match skipped: its sourceSubnet is not a subnet");
+                            continue;
+                        }
+                    },
+                };
+                let destinations = cidrs(&m.destination_subnets);
+                if destinations.is_empty() {
+                    if !m.destination_subnets.is_empty() {
+                        continue;
+                    }
+                    regions.push((None, source.clone(), target.clone()));
                 }
-                chains.push(L4Chain {
-                    prefix_ranges: cidrs(&m.destination_subnets),
-                    source_prefix_ranges: source,
-                    server_names: Vec::new(),
-                    target: target.clone(),
-                });
+                for destination in destinations {
+                    regions.push((Some(destination), source.clone(), target.clone()));
+                }
             }
         }
     }
-    chains.push(L4Chain {
-        prefix_ranges: Vec::new(),
-        source_prefix_ranges: Vec::new(),
-        server_names: Vec::new(),
-        target: TcpTarget::Cluster(outbound_cluster_name(port, "", &service.hostname)),
-    });
+    let own = TcpTarget::Cluster(outbound_cluster_name(port, "", &service.hostname));
+    chains.extend(first_match_chains(&regions, own));
+    chains
+}
+
+/// Filter chains that give each connection the target of the first region (in route order)
+/// holding its destination and source, with the service's own cluster for the rest; the last
+/// chain takes any destination and source.
+///
+/// Envoy does not try chains in order: it picks the most specific destination prefix, then,
+/// among the chains with that prefix, the most specific source prefix, and a connection that
+/// no source prefix of its chosen destination takes matches nothing. So a later route with a
+/// narrower subnet would take connections an earlier route holds. Instead there is a chain
+/// for every pair of a destination and a source prefix the routes name (CIDR prefixes are
+/// nested or disjoint, so the pairs cover every case), carrying the first route holding that
+/// pair; a destination whose sources all go the same way keeps one chain.
+fn first_match_chains(
+    regions: &[(Option<PrefixRange>, Option<PrefixRange>, TcpTarget)],
+    own: TcpTarget,
+) -> Vec<L4Chain> {
+    fn holds(outer: &Option<PrefixRange>, inner: &Option<PrefixRange>) -> bool {
+        match (outer, inner) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(outer), Some(inner)) => range_contains(outer, inner),
+        }
+    }
+    let mut destinations: Vec<Option<PrefixRange>> = Vec::new();
+    let mut sources: Vec<Option<PrefixRange>> = vec![None];
+    for (destination, source, _) in regions {
+        if destination.is_some() && !destinations.contains(destination) {
+            destinations.push(destination.clone());
+        }
+        if !sources.contains(source) {
+            sources.push(source.clone());
+        }
+    }
+    // Any destination last, so the catch-all chain ends the list.
+    destinations.push(None);
+    let target_of = |destination: &Option<PrefixRange>, source: &Option<PrefixRange>| {
+        regions
+            .iter()
+            .find(|(d, s, _)| holds(d, destination) && holds(s, source))
+            .map_or(&own, |(_, _, target)| target)
+            .clone()
+    };
+    // Wider sources first, so each source knows the chain Envoy would give it without one of
+    // its own: that of the narrowest wider source already given a chain.
+    sources.sort_by_key(|s| s.as_ref().map_or(0, |(_, len)| *len + 1));
+    let mut chains = Vec::new();
+    for destination in &destinations {
+        let mut given: Vec<(&Option<PrefixRange>, TcpTarget)> = vec![(&None, target_of(destination, &None))];
+        for source in sources.iter().filter(|s| s.is_some()) {
+            let target = target_of(destination, source);
+            let inherited = given.iter().rev().find(|(wider, _)| holds(wider, source)).map(|(_, t)| t);
+            if inherited != Some(&target) {
+                chains.push(L4Chain {
+                    prefix_ranges: destination.iter().cloned().collect(),
+                    source_prefix_ranges: source.iter().cloned().collect(),
+                    server_names: Vec::new(),
+                    target: target.clone(),
+                });
+                given.push((source, target));
+            }
+        }
+        chains.push(L4Chain {
+            prefix_ranges: destination.iter().cloned().collect(),
+            source_prefix_ranges: Vec::new(),
+            server_names: Vec::new(),
+            target: given.swap_remove(0).1,
+        });
+    }
     chains
 }
 
