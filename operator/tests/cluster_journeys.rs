@@ -585,6 +585,69 @@ spec:
     });
     println!("journey e: https://httpbin.example.com through the ingress gateway (credentialName) → {https}");
 
+    // MUTUAL with the client CA from a ConfigMap (caCertCredentialName), as trust-manager
+    // publishes trust bundles: a client of that CA gets through, a client without a
+    // certificate is refused by the handshake.
+    let clients = rudder_e2e::tls::TestCa::new("journey e client CA").unwrap();
+    let client = clients.client("sleep").unwrap();
+    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    cluster
+        .apply(&format!(
+            "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: journey-e-clients, namespace: istio-system}}
+data:
+  ca.crt: |
+{ca}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: httpbin-mtls, namespace: testns1}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https-mutual, protocol: HTTPS}}
+    hosts: [mtls.example.com]
+    tls: {{mode: MUTUAL, credentialName: httpbin-credential, caCertCredentialName: journey-e-clients}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin-mtls, namespace: testns1}}
+spec:
+  hosts: [mtls.example.com]
+  gateways: [httpbin-mtls]
+  http: [{{route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]}}]
+",
+            ca = indent(&clients.cert_pem)
+        ))
+        .unwrap();
+    in_sleep(
+        cluster,
+        &format!(
+            "cat > /tmp/client.crt <<'EOF'\n{}EOF\ncat > /tmp/client.key <<'EOF'\n{}EOF\n",
+            client.cert_pem, client.key_pem
+        ),
+    );
+    let mtls = |cert: &str| {
+        in_sleep(
+            cluster,
+            &format!(
+                "curl -sk {cert} -o /dev/null --max-time 10 --resolve mtls.example.com:443:{ip} \
+                 -w 'code=%{{http_code}}' https://mtls.example.com/status/200 || true"
+            ),
+        )
+    };
+    let with_cert =
+        wait_for("a client of the ConfigMap's CA through the MUTUAL server", Duration::from_secs(90), || {
+            let reply = mtls("--cert /tmp/client.crt --key /tmp/client.key");
+            if reply.contains("code=200") { Ok(reply) } else { Err(reply) }
+        });
+    let without = mtls("");
+    assert!(without.contains("code=000"), "a client without a certificate: {without}");
+    println!(
+        "journey e: MUTUAL with the client CA of ConfigMap journey-e-clients: {with_cert} with a client certificate, {without} without"
+    );
+
     // What the proxies hold, as a user debugs it: every proxy SYNCED, the gateway's secret,
     // the sleep sidecar's httpbin clusters read from its own Envoy.
     let status = wait_for("proxy-status: every proxy SYNCED", Duration::from_secs(30), || {
