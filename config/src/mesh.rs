@@ -406,16 +406,18 @@ pub struct OpenTelemetryProvider {
     pub max_tag_length: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<OtlpHttp>,
-    /// Accepted, not translated.
+    /// Where the tracer finds its resource's attributes, besides the service name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_detectors: Option<FreeForm>,
-    /// Accepted, not translated.
+    pub resource_detectors: Option<ResourceDetectors>,
+    /// Envoy's Dynatrace sampler decides which spans are kept (the connection manager then
+    /// samples 100 % of requests, so that every span reaches it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dynatrace_sampler: Option<FreeForm>,
+    pub dynatrace_sampler: Option<DynatraceSampler>,
 }
 
-/// OTLP over HTTP: the path spans are posted to (default `/v1/traces`), the request timeout
-/// and extra headers.
+/// Istio's `HttpService`: the path requests go to, their timeout and extra headers. For the
+/// OTLP exporter (`opentelemetry.http`) the path defaults to `/v1/traces`; for the Dynatrace
+/// sampler's API (`dynatraceSampler.httpService.http`) to `/api/v2/samplingConfiguration`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OtlpHttp {
@@ -427,9 +429,8 @@ pub struct OtlpHttp {
     pub headers: Vec<OtlpHeader>,
 }
 
-/// One header of OTLP HTTP requests: a literal `value` (Istio's `envName`, a variable of
-/// discovery's environment, is accepted and
-/// not translated).
+/// One header of the requests: a literal `value`, or `envName`, a variable of discovery's
+/// environment (Istio reads it from istiod's).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OtlpHeader {
@@ -439,6 +440,91 @@ pub struct OtlpHeader {
     pub value: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub env_name: String,
+    /// The value of `envName` in discovery's environment, set by
+    /// [`MeshConfig::resolve_header_env`] where discovery loads its mesh config; `None` (the
+    /// variable is unset, or `envName` is empty) leaves the header out. Never read from or
+    /// written to YAML, so it is lost when the config is layered again and must be resolved
+    /// after the last layer.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub env_value: Option<String>,
+}
+
+impl OtlpHeader {
+    /// The value the header is sent with: the literal `value`, else the resolved `envName`
+    /// (`None`: not resolved, so the header is left out).
+    pub fn effective_value(&self) -> Option<&str> {
+        if self.env_name.is_empty() { Some(&self.value) } else { self.env_value.as_deref() }
+    }
+}
+
+/// `resourceDetectors`: Envoy's resource detectors, each `{}` when wanted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceDetectors {
+    /// The attributes of the proxy's `OTEL_RESOURCE_ATTRIBUTES` variable
+    /// (`envoy.tracers.opentelemetry.resource_detectors.environment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<NoSettings>,
+    /// Host and process attributes from Dynatrace's enrichment files on the proxy's node
+    /// (`envoy.tracers.opentelemetry.resource_detectors.dynatrace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynatrace: Option<NoSettings>,
+}
+
+/// A setting that is only switched on: `{}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+/// `dynatraceSampler` (`envoy.tracers.opentelemetry.samplers.dynatrace`): the Dynatrace
+/// tenant and cluster the proxy reports to, where the sampler reads its sampling
+/// configuration, and the root spans per minute it aims at (Envoy's default 1000).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DynatraceSampler {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
+    /// Dynatrace cluster ids are signed 32-bit numbers (often negative).
+    #[serde(default, deserialize_with = "lenient_i32", skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<i32>,
+    /// The Dynatrace API the sampler reads its configuration from; when unset, the provider's
+    /// own service with its `http` timeout and headers (it must export over HTTP then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_service: Option<DynatraceApi>,
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub root_spans_per_minute: Option<u32>,
+}
+
+/// `dynatraceSampler.httpService`: a registry service (as the provider's `service`), its port,
+/// and the requests' path, timeout and headers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DynatraceApi {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(default, deserialize_with = "crate::common::lenient_u32", skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<OtlpHttp>,
+}
+
+/// Deserialises an optional protobuf `int32` given as a number or a numeric string.
+fn lenient_i32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(i64),
+        Text(String),
+    }
+    let number = match Option::<NumberOrText>::deserialize(d)? {
+        None => return Ok(None),
+        Some(NumberOrText::Number(n)) => Some(n),
+        Some(NumberOrText::Text(t)) => t.trim().parse::<i64>().ok(),
+    };
+    number.and_then(|n| i32::try_from(n).ok()).map(Some).ok_or_else(|| {
+        serde::de::Error::custom("invalid int32: expected a whole number from -2147483648 to 2147483647")
+    })
 }
 
 /// `datadog` tracer (`envoy.tracers.datadog`): the Datadog agent's service and port.
@@ -535,6 +621,67 @@ enum ProviderBody<'a> {
     Free(&'a FreeForm),
     /// `service` and `port` of a typed provider.
     Target(&'a str, Option<u32>),
+}
+
+/// A header whose `envName` discovery could not resolve (see
+/// [`MeshConfig::resolve_header_env`]): it is left out of the requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnresolvedHeader {
+    /// The extension provider's name.
+    pub provider: String,
+    /// The header's name.
+    pub header: String,
+    /// The environment variable `envName` names.
+    pub variable: String,
+    /// `true`: the variable is set, but to a value with a line break or NUL, which Envoy
+    /// refuses in a header; `false`: it is not set, or empty.
+    pub invalid: bool,
+}
+
+impl std::fmt::Display for UnresolvedHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { provider, header, variable, invalid } = self;
+        let why = if *invalid {
+            "holds a line break or NUL, which Envoy refuses in a header"
+        } else {
+            "is not set (or is empty) in discovery's environment"
+        };
+        write!(
+            f,
+            "extension provider {provider:?}: header {header:?} takes its value from {variable}, which {why}; the header is left out"
+        )
+    }
+}
+
+impl MeshConfig {
+    /// Gives every OpenTelemetry header that names an `envName` (the exporter's `http.headers`
+    /// and the Dynatrace sampler's `httpService.http.headers`) its value from `lookup` (the
+    /// environment of discovery, which calls this where it loads the mesh config, after the
+    /// last layer). Returns the headers left without a value: the variable is unset or empty,
+    /// or holds a line break or NUL.
+    pub fn resolve_header_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Vec<UnresolvedHeader> {
+        let mut unresolved = Vec::new();
+        for provider in &mut self.extension_providers {
+            let Some(otel) = provider.opentelemetry.as_mut() else { continue };
+            let sampler = otel.dynatrace_sampler.as_mut().and_then(|s| s.http_service.as_mut()?.http.as_mut());
+            for header in otel.http.iter_mut().chain(sampler).flat_map(|h| h.headers.iter_mut()) {
+                header.env_value = None;
+                if header.env_name.is_empty() {
+                    continue;
+                }
+                match lookup(&header.env_name).filter(|v| !v.is_empty()) {
+                    Some(value) if !value.contains(['\r', '\n', '\0']) => header.env_value = Some(value),
+                    found => unresolved.push(UnresolvedHeader {
+                        provider: provider.name.clone(),
+                        header: header.name.clone(),
+                        variable: header.env_name.clone(),
+                        invalid: found.is_some(),
+                    }),
+                }
+            }
+        }
+        unresolved
+    }
 }
 
 /// Providers used when a Telemetry or policy does not name one.
@@ -1057,19 +1204,12 @@ fn provider_target(service: &str, port: Option<u32>, at: &FieldPath, report: &mu
 
 /// Kind-specific settings of typed providers.
 fn provider_settings(provider: &ExtensionProvider, at: &FieldPath, report: &mut Report) {
-    if let Some(http) = provider.opentelemetry.as_ref().and_then(|o| o.http.as_ref()) {
-        let at = at.field("http");
-        if !http.path.is_empty() && !http.path.starts_with('/') {
-            report.error(&at.field("path"), format!("path {:?} must start with /", http.path));
+    if let Some(otel) = &provider.opentelemetry {
+        if let Some(http) = &otel.http {
+            http_service_settings(http, &at.field("http"), report);
         }
-        for (i, header) in http.headers.iter().enumerate() {
-            let at = at.field("headers").index(i);
-            if header.name.trim().is_empty() {
-                report.error(&at.field("name"), "header name is required");
-            }
-            if !header.value.is_empty() && !header.env_name.is_empty() {
-                report.error(&at, "set value or envName, not both");
-            }
+        if let Some(sampler) = &otel.dynatrace_sampler {
+            dynatrace_sampler(sampler, otel.http.is_some(), &at.field("dynatraceSampler"), report);
         }
     }
     if let Some(format) = provider.envoy_otel_als.as_ref().and_then(|o| o.log_format.as_ref()) {
@@ -1078,6 +1218,60 @@ fn provider_settings(provider: &ExtensionProvider, at: &FieldPath, report: &mut 
                 report.error(&at.field("logFormat").field("labels"), "label names must not be empty");
             }
         }
+    }
+}
+
+/// An HTTP service's path, timeout and headers (Envoy refuses header names and values with a
+/// line break or NUL, and a timeout under 1 ms would fail every request).
+fn http_service_settings(http: &OtlpHttp, at: &FieldPath, report: &mut Report) {
+    if !http.path.is_empty() && !http.path.starts_with('/') {
+        report.error(&at.field("path"), format!("path {:?} must start with /", http.path));
+    }
+    if let Some(timeout) = &http.timeout {
+        report.check(&at.field("timeout"), checks::duration(timeout));
+    }
+    let bad = |text: &str| text.contains(['\r', '\n', '\0']);
+    for (i, header) in http.headers.iter().enumerate() {
+        let at = at.field("headers").index(i);
+        if header.name.trim().is_empty() {
+            report.error(&at.field("name"), "header name is required");
+        } else if bad(&header.name) {
+            report.error(
+                &at.field("name"),
+                format!("header name {:?} must not contain a line break or NUL", header.name),
+            );
+        }
+        if !header.value.is_empty() && !header.env_name.is_empty() {
+            report.error(&at, "set value or envName, not both");
+        } else if bad(&header.value) {
+            report.error(&at.field("value"), "header value must not contain a line break or NUL");
+        }
+    }
+}
+
+/// `dynatraceSampler`: the tenant and cluster id name the proxy's Dynatrace environment; the
+/// sampler reads its configuration over HTTP, from `httpService` or the provider's own.
+fn dynatrace_sampler(sampler: &DynatraceSampler, exports_over_http: bool, at: &FieldPath, report: &mut Report) {
+    if sampler.tenant.trim().is_empty() {
+        report.error(&at.field("tenant"), "tenant is required (the Dynatrace environment's tenant id)");
+    }
+    if sampler.cluster_id.is_none() {
+        report.error(&at.field("clusterId"), "clusterId is required (the Dynatrace cluster id)");
+    }
+    match &sampler.http_service {
+        Some(api) => {
+            let at = at.field("httpService");
+            provider_target(&api.service, api.port, &at, report);
+            if let Some(http) = &api.http {
+                http_service_settings(http, &at.field("http"), report);
+            }
+        }
+        None if !exports_over_http => report.error(
+            &at.field("httpService"),
+            "httpService is required when the provider exports over gRPC (no http): the sampler reads \
+             its configuration from the Dynatrace API over HTTP",
+        ),
+        None => {}
     }
 }
 
@@ -1470,5 +1664,173 @@ extensionProviders:
             let err = apply_yaml(text, &MeshConfig::default()).expect_err(text);
             assert!(err.starts_with(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn opentelemetry_detectors_and_dynatrace_sampler_decode() {
+        let text = r#"
+extensionProviders:
+- name: dt
+  opentelemetry:
+    service: abc.live.dynatrace.com
+    port: 443
+    http: {path: /api/v2/otlp/v1/traces, timeout: 10s, headers: [{name: authorization, envName: DT_TOKEN}]}
+    resourceDetectors: {environment: {}, dynatrace: {}}
+    dynatraceSampler:
+      tenant: abc
+      clusterId: "-1743916452"
+      rootSpansPerMinute: 2000
+      httpService:
+        service: dt-api.observability.svc.cluster.local
+        port: 443
+        http: {path: /api/v2/samplingConfiguration, timeout: 3s, headers: [{name: authorization, value: Api-Token x}]}
+"#;
+        let mesh = apply_yaml(text, &MeshConfig::default()).expect("decodes");
+        assert_eq!(errors(&mesh), Vec::<String>::new());
+        let otel = mesh.extension_providers[0].opentelemetry.as_ref().expect("opentelemetry");
+        let detectors = otel.resource_detectors.as_ref().expect("resourceDetectors");
+        assert_eq!((detectors.environment.is_some(), detectors.dynatrace.is_some()), (true, true));
+        let sampler = otel.dynatrace_sampler.as_ref().expect("dynatraceSampler");
+        assert_eq!(
+            (sampler.tenant.as_str(), sampler.cluster_id, sampler.root_spans_per_minute),
+            ("abc", Some(-1_743_916_452), Some(2000))
+        );
+        let api = sampler.http_service.as_ref().expect("httpService");
+        assert_eq!((api.service.as_str(), api.port), ("dt-api.observability.svc.cluster.local", Some(443)));
+        assert_eq!(api.http.as_ref().map(|h| h.headers[0].effective_value()), Some(Some("Api-Token x")));
+        // Written back and read again, the same config (the resolved value is never written).
+        let written = serde_saphyr::to_string(&mesh).expect("write");
+        assert_eq!(apply_yaml(&written, &MeshConfig::default()), Ok(mesh));
+
+        for (text, want) in [
+            (
+                "resourceDetectors: {environment: {}, process: {}}",
+                "extensionProviders[0].opentelemetry.resourceDetectors.process: unknown field `process`",
+            ),
+            (
+                "resourceDetectors: {environment: {keys: [a]}}",
+                "extensionProviders[0].opentelemetry.resourceDetectors.environment.keys: unknown field `keys`",
+            ),
+            (
+                "dynatraceSampler: {tenant: abc, clusterId: 1, token: t}",
+                "extensionProviders[0].opentelemetry.dynatraceSampler.token: unknown field `token`",
+            ),
+            (
+                "dynatraceSampler: {tenant: abc, clusterId: 4294967296}",
+                "extensionProviders[0].opentelemetry.dynatraceSampler.clusterId: invalid int32",
+            ),
+            (
+                "dynatraceSampler: {tenant: abc, clusterId: 1, httpService: {service: s, port: 1, http: {paht: /}}}",
+                "extensionProviders[0].opentelemetry.dynatraceSampler.httpService.http.paht: unknown field `paht`",
+            ),
+        ] {
+            let text = format!("extensionProviders:\n- name: a\n  opentelemetry: {{service: s, port: 1, {text}}}\n");
+            let err = apply_yaml(&text, &MeshConfig::default()).expect_err(&text);
+            assert!(err.starts_with(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn dynatrace_sampler_validation_names_the_field() {
+        let at = "mesh.extensionProviders[0].opentelemetry";
+        for (settings, want) in [
+            // The sampler reuses the exporter's HTTP service: nothing else is needed.
+            ("http: {path: /v1/traces}, dynatraceSampler: {tenant: abc, clusterId: -1}", vec![]),
+            (
+                "http: {}, dynatraceSampler: {clusterId: 7}",
+                vec![format!(
+                    "{at}.dynatraceSampler.tenant: tenant is required (the Dynatrace environment's tenant id)"
+                )],
+            ),
+            (
+                "http: {}, dynatraceSampler: {tenant: abc}",
+                vec![format!("{at}.dynatraceSampler.clusterId: clusterId is required (the Dynatrace cluster id)")],
+            ),
+            (
+                "dynatraceSampler: {tenant: abc, clusterId: 1}",
+                vec![format!(
+                    "{at}.dynatraceSampler.httpService: httpService is required when the provider exports over gRPC \
+                     (no http): the sampler reads its configuration from the Dynatrace API over HTTP"
+                )],
+            ),
+            (
+                "dynatraceSampler: {tenant: abc, clusterId: 1, httpService: {port: 0, http: {path: api, timeout: 0s, headers: [{name: a, value: b, envName: C}, {name: d, value: \"e\\nf\"}]}}}",
+                vec![
+                    format!("{at}.dynatraceSampler.httpService.service: service is required"),
+                    format!("{at}.dynatraceSampler.httpService.port: port number 0 must be in the range 1..65535"),
+                    format!("{at}.dynatraceSampler.httpService.http.path: path \"api\" must start with /"),
+                    format!("{at}.dynatraceSampler.httpService.http.timeout: duration 0s must be at least 1ms"),
+                    format!("{at}.dynatraceSampler.httpService.http.headers[0]: set value or envName, not both"),
+                    format!(
+                        "{at}.dynatraceSampler.httpService.http.headers[1].value: header value must not contain a line break or NUL"
+                    ),
+                ],
+            ),
+            ("resourceDetectors: {}", vec![]),
+            ("resourceDetectors: {environment: {}}", vec![]),
+        ] {
+            let text =
+                format!("extensionProviders:\n- name: a\n  opentelemetry: {{service: s, port: 1, {settings}}}\n");
+            let mesh = apply_yaml(&text, &MeshConfig::default()).expect(&text);
+            assert_eq!(errors(&mesh), want, "{settings}");
+        }
+    }
+
+    #[test]
+    fn header_env_names_resolve_from_the_given_environment() {
+        let text = r#"
+extensionProviders:
+- name: otel
+  opentelemetry:
+    service: s
+    port: 1
+    http: {headers: [{name: x-key, envName: OTEL_KEY}, {name: x-lit, value: v}, {name: x-gone, envName: UNSET}]}
+    dynatraceSampler:
+      tenant: abc
+      clusterId: 1
+      httpService: {service: d, port: 2, http: {headers: [{name: authorization, envName: DT_TOKEN}, {name: x-bad, envName: BAD}, {name: x-empty, envName: EMPTY}]}}
+- name: zipkin
+  zipkin: {service: z, port: 9411}
+"#;
+        let mut mesh = apply_yaml(text, &MeshConfig::default()).expect("decodes");
+        let env = |name: &str| match name {
+            "OTEL_KEY" => Some("k".to_owned()),
+            "DT_TOKEN" => Some("Api-Token t".to_owned()),
+            "BAD" => Some("a\nb".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let unresolved = mesh.resolve_header_env(env);
+        let described: Vec<String> = unresolved.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            described,
+            [
+                "extension provider \"otel\": header \"x-gone\" takes its value from UNSET, which is not set (or is empty) in discovery's environment; the header is left out",
+                "extension provider \"otel\": header \"x-bad\" takes its value from BAD, which holds a line break or NUL, which Envoy refuses in a header; the header is left out",
+                "extension provider \"otel\": header \"x-empty\" takes its value from EMPTY, which is not set (or is empty) in discovery's environment; the header is left out",
+            ]
+        );
+        let otel = mesh.extension_providers[0].opentelemetry.as_ref().expect("otel");
+        let values =
+            |h: &OtlpHttp| h.headers.iter().map(|h| h.effective_value().map(str::to_owned)).collect::<Vec<_>>();
+        assert_eq!(values(otel.http.as_ref().expect("http")), [Some("k".to_owned()), Some("v".to_owned()), None]);
+        let api = otel.dynatrace_sampler.as_ref().and_then(|s| s.http_service.as_ref()?.http.as_ref()).expect("api");
+        assert_eq!(values(api), [Some("Api-Token t".to_owned()), None, None]);
+        // The resolved values never reach YAML, and layering again drops them (so discovery
+        // resolves after the last layer).
+        let written = serde_saphyr::to_string(&mesh).expect("write");
+        assert!(!written.contains("Api-Token t"), "{written}");
+        let layered = apply_yaml("enableTracing: true", &mesh).expect("layer");
+        assert_eq!(
+            layered.extension_providers[0].opentelemetry.as_ref().and_then(|o| o.http.as_ref()).map(values),
+            Some(vec![None, Some("v".to_owned()), None])
+        );
+        // Resolving again with another environment replaces the values.
+        let mut again = mesh.clone();
+        assert_eq!(again.resolve_header_env(|_| None).len(), 5);
+        assert_eq!(
+            again.extension_providers[0].opentelemetry.as_ref().and_then(|o| o.http.as_ref()).map(values),
+            Some(vec![None, Some("v".to_owned()), None])
+        );
     }
 }
