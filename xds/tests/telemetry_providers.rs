@@ -1,6 +1,7 @@
 //! Telemetry extension providers as a sidecar's listeners carry them: gRPC access log services
 //! (`envoyHttpAls`, `envoyTcpAls`, `envoyOtelAls`) and tracers (`opentelemetry` over gRPC and
-//! HTTP, `datadog`, `skywalking`), each selected by a Telemetry. Per case, the access logs of the
+//! HTTP, with resource detectors and the Dynatrace sampler, `datadog`, `skywalking`), each
+//! selected by a Telemetry. Per case, the access logs of the
 //! inbound HTTP connection manager and tcp_proxy and the HCM's tracing are compared, as protobuf
 //! JSON, with `tests/telemetry_providers/<case>.golden.json`
 //! (`UPDATE_GOLDEN=1 cargo test -p rudder-xds --test telemetry_providers` rewrites them), and a
@@ -55,6 +56,40 @@ extensionProviders:
   opentelemetry: {service: missing.observability.svc.cluster.local, port: 4317}
 - name: nowhere-als
   envoyHttpAls: {service: missing.observability.svc.cluster.local, port: 9001}
+- name: dynatrace
+  opentelemetry:
+    service: otel.observability.svc.cluster.local
+    port: 4318
+    http:
+      path: /api/v2/otlp/v1/traces
+      headers:
+      - {name: authorization, envName: DT_API_TOKEN}
+      - {name: x-unset, envName: RUDDER_TEST_UNSET}
+      - {name: x-team, value: mesh}
+    resourceDetectors: {environment: {}, dynatrace: {}}
+    dynatraceSampler:
+      tenant: abc12345
+      clusterId: -1743916452
+      rootSpansPerMinute: 2000
+      httpService:
+        service: activegate.dynatrace.svc.cluster.local
+        port: 443
+        http:
+          timeout: 3s
+          headers: [{name: authorization, envName: DT_API_TOKEN}]
+- name: dynatrace-shared
+  opentelemetry:
+    service: otel.observability.svc.cluster.local
+    port: 4318
+    http: {timeout: 5s, headers: [{name: authorization, envName: DT_API_TOKEN}]}
+    resourceDetectors: {environment: {}}
+    dynatraceSampler: {tenant: abc12345, clusterId: 7}
+- name: dynatrace-nowhere
+  opentelemetry:
+    service: otel.observability.svc.cluster.local
+    port: 4318
+    http: {}
+    dynatraceSampler: {tenant: abc12345, clusterId: 7, httpService: {service: missing.dynatrace.svc.cluster.local, port: 443}}
 - name: wrong-namespace-als
   envoyTcpAls: {service: apps/als.observability.svc.cluster.local, port: 9001}
 "#;
@@ -115,7 +150,22 @@ spec:
   ports: [{number: 11800, name: grpc, protocol: GRPC}]
   resolution: STATIC
   endpoints: [{address: 10.244.0.23}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: activegate, namespace: dynatrace}
+spec:
+  hosts: [activegate.dynatrace.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.24}]
 "#;
+
+/// Discovery's environment as the mesh config's `envName` headers read it.
+fn environment(name: &str) -> Option<String> {
+    (name == "DT_API_TOKEN").then(|| "Api-Token dt0c01.example".to_owned())
+}
 
 /// Case name, the Telemetry's `tracing` and `accessLogging` entries.
 const CASES: &[(&str, &str, &str)] = &[
@@ -127,6 +177,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("otel-http-tracer", "[{providers: [{name: otel-http}], randomSamplingPercentage: 50}]", "[]"),
     ("datadog-tracer", "[{providers: [{name: datadog}]}]", "[]"),
     ("skywalking-tracer", "[{providers: [{name: skywalking}]}]", "[]"),
+    ("otel-dynatrace", "[{providers: [{name: dynatrace}], randomSamplingPercentage: 10}]", "[]"),
+    ("otel-dynatrace-shared", "[{providers: [{name: dynatrace-shared}]}]", "[]"),
     (
         "missing-services",
         "[{providers: [{name: nowhere}]}]",
@@ -139,7 +191,10 @@ fn cases_dir() -> PathBuf {
 }
 
 fn snapshot(telemetry: &str) -> Snapshot {
-    let mesh = rudder_config::mesh::apply_yaml_over_defaults(MESH).unwrap();
+    let mut mesh = rudder_config::mesh::apply_yaml_over_defaults(MESH).unwrap();
+    // As discovery does where it loads the mesh config: one header's variable is not set.
+    let unresolved = mesh.resolve_header_env(environment);
+    assert_eq!(unresolved.iter().map(|u| u.variable.as_str()).collect::<Vec<_>>(), ["RUDDER_TEST_UNSET"]);
     config_dir_snapshot(&[("config.yaml", CONFIG), ("telemetry.yaml", telemetry)], mesh)
 }
 
@@ -297,4 +352,79 @@ fn providers_reach_their_envoy_extensions() {
     assert_eq!(scoped["tracing"], serde_json::Value::Null);
     assert_eq!(scoped["httpAccessLogs"], serde_json::json!([]));
     assert_eq!(scoped["tcpAccessLogs"], serde_json::json!([]));
+}
+
+/// The OpenTelemetry tracer's resource detectors and Dynatrace sampler, and header values from
+/// discovery's environment, as the goldens must show them.
+#[test]
+fn opentelemetry_detectors_sampler_and_environment_headers() {
+    let tracing = |providers: &str| {
+        let telemetry = format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: mesh, namespace: istio-system}}\nspec:\n  tracing: [{{providers: [{{name: {providers}}}], randomSamplingPercentage: 10}}]\n"
+        );
+        telemetry_of(&translate::for_proxy(&snapshot(&telemetry), &proxy()).listeners)["tracing"].clone()
+    };
+    let headers = |service: &serde_json::Value| -> Vec<(String, String)> {
+        service["requestHeadersToAdd"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (h["header"]["key"].as_str().unwrap().to_owned(), h["header"]["value"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    };
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+
+    let got = tracing("dynatrace");
+    let config = &got["provider"]["typedConfig"];
+    let detectors: Vec<&str> =
+        config["resourceDetectors"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        detectors,
+        [
+            "envoy.tracers.opentelemetry.resource_detectors.environment",
+            "envoy.tracers.opentelemetry.resource_detectors.dynatrace"
+        ]
+    );
+    assert_eq!(
+        config["resourceDetectors"][0]["typedConfig"]["@type"],
+        "type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.EnvironmentResourceDetectorConfig"
+    );
+    // The exporter's headers: the variable's value, the literal one; the unset one left out.
+    assert_eq!(
+        headers(&config["httpService"]),
+        [pair("authorization", "Api-Token dt0c01.example"), pair("x-team", "mesh")]
+    );
+    let sampler = &config["sampler"];
+    assert_eq!(sampler["name"], "envoy.tracers.opentelemetry.samplers.dynatrace");
+    let dt = &sampler["typedConfig"];
+    assert_eq!(dt["tenant"], "abc12345");
+    assert_eq!(dt["clusterId"], -1_743_916_452);
+    assert_eq!(dt["rootSpansPerMinute"], 2000);
+    let uri = &dt["httpService"]["httpUri"];
+    assert_eq!(uri["uri"], "activegate.dynatrace.svc.cluster.local/api/v2/samplingConfiguration");
+    assert_eq!(uri["cluster"], "outbound|443||activegate.dynatrace.svc.cluster.local");
+    assert_eq!(uri["timeout"], "3s");
+    assert_eq!(headers(&dt["httpService"]), [pair("authorization", "Api-Token dt0c01.example")]);
+    // The sampler decides: every request is offered to it, whatever the Telemetry's percentage.
+    assert_eq!(got["randomSampling"], 100.0);
+
+    // Without httpService the sampler reads from the exporter's service, with its timeout and
+    // headers.
+    let shared = tracing("dynatrace-shared");
+    let config = &shared["provider"]["typedConfig"];
+    assert_eq!(config["resourceDetectors"].as_array().unwrap().len(), 1);
+    let service = &config["sampler"]["typedConfig"]["httpService"];
+    assert_eq!(service["httpUri"]["uri"], "otel.observability.svc.cluster.local/api/v2/samplingConfiguration");
+    assert_eq!(service["httpUri"]["cluster"], "outbound|4318||otel.observability.svc.cluster.local");
+    assert_eq!(service["httpUri"]["timeout"], "5s");
+    assert_eq!(headers(service), [pair("authorization", "Api-Token dt0c01.example")]);
+    assert_eq!(config["sampler"]["typedConfig"]["rootSpansPerMinute"], serde_json::Value::Null, "Envoy's default");
+    assert_eq!(config["httpService"]["httpUri"]["uri"], "otel.observability.svc.cluster.local/v1/traces");
+
+    // A sampler whose service the registry lacks: no tracing, as in Istio.
+    assert_eq!(tracing("dynatrace-nowhere"), serde_json::Value::Null);
+    // Without a sampler the Telemetry's percentage stands.
+    assert_eq!(tracing("otel-http")["randomSampling"], 10.0);
 }

@@ -20,8 +20,8 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, AndFilter, ExtensionFilter, LogTypeFilter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiVersion, GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, grpc_service, header_value_option,
-    http_uri,
+    ApiVersion, GrpcService, HeaderValue, HeaderValueOption, HttpService, HttpUri, TypedExtensionConfig, grpc_service,
+    header_value_option, http_uri,
 };
 
 use envoy_types::pb::envoy::config::trace::v3::zipkin_config::{CollectorEndpointVersion, TraceContextOption};
@@ -44,6 +44,10 @@ use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::c
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::{
+    DynatraceResourceDetectorConfig, EnvironmentResourceDetectorConfig,
+};
+use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3::DynatraceSamplerConfig;
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::envoy::r#type::v3::Scope;
@@ -51,7 +55,10 @@ use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use envoy_types::pb::opentelemetry::proto::common::v1::{AnyValue, KeyValue, KeyValueList, any_value};
 use envoy_types::util::pack_any;
 use rudder_config::labels;
-use rudder_config::mesh::{AccessLogEncoding, OpenTelemetryProvider, OtelLogProvider, TracingServiceName};
+use rudder_config::mesh::{
+    AccessLogEncoding, DynatraceSampler, OpenTelemetryProvider, OtelLogProvider, OtlpHeader, OtlpHttp,
+    TracingServiceName,
+};
 use rudder_config::telemetry::{self as api, IstioMetric, TagOperation, Telemetry, WorkloadMode};
 
 use crate::model::{NodeType, labels_match};
@@ -696,8 +703,9 @@ fn named_tracer(ctx: &Context<'_>) -> Option<String> {
 
 /// The tracer of the proxy: an `opentelemetry`, `datadog` or `skywalking` provider named by a
 /// Telemetry or the mesh default (when its service is one of the registry's), else zipkin
-/// ([`collector`]). `None`: no tracing.
-fn tracer(ctx: &Context<'_>) -> Option<TracingProvider> {
+/// ([`collector`]), and whether it brings its own sampler (an OpenTelemetry provider's
+/// `dynatraceSampler`). `None`: no tracing.
+fn tracer(ctx: &Context<'_>) -> Option<(TracingProvider, bool)> {
     if ctx.snapshot.mesh.enable_tracing == Some(false) {
         return None;
     }
@@ -713,7 +721,14 @@ fn tracer(ctx: &Context<'_>) -> Option<TracingProvider> {
     if let Some(provider) = provider {
         if let Some(otel) = &provider.opentelemetry {
             let (cluster, hostname) = target(&otel.service, otel.port)?;
-            return Some(tracer_of(OPENTELEMETRY_TRACER, pack_any(opentelemetry_tracer(ctx, otel, cluster, hostname))));
+            let sampler = match &otel.dynatrace_sampler {
+                None => None,
+                // As Istio: a sampler that cannot be configured leaves the proxy untraced.
+                Some(sampler) => Some(dynatrace_sampler(ctx, &provider.name, otel, sampler, &cluster, &hostname)?),
+            };
+            let custom_sampler = sampler.is_some();
+            let config = opentelemetry_tracer(ctx, &provider.name, otel, cluster, hostname, sampler);
+            return Some((tracer_of(OPENTELEMETRY_TRACER, pack_any(config)), custom_sampler));
         }
         if let Some(datadog) = &provider.datadog {
             let (cluster, hostname) = target(&datadog.service, datadog.port)?;
@@ -723,7 +738,7 @@ fn tracer(ctx: &Context<'_>) -> Option<TracingProvider> {
                 collector_hostname: hostname,
                 ..Default::default()
             };
-            return Some(tracer_of(DATADOG_TRACER, pack_any(config)));
+            return Some((tracer_of(DATADOG_TRACER, pack_any(config)), false));
         }
         if let Some(skywalking) = &provider.skywalking {
             let (cluster, hostname) = target(&skywalking.service, skywalking.port)?;
@@ -735,7 +750,7 @@ fn tracer(ctx: &Context<'_>) -> Option<TracingProvider> {
                 ..Default::default()
             });
             let config = SkyWalkingConfig { grpc_service: Some(envoy_grpc(cluster, hostname)), client_config };
-            return Some(tracer_of(SKYWALKING_TRACER, pack_any(config)));
+            return Some((tracer_of(SKYWALKING_TRACER, pack_any(config)), false));
         }
     }
     let collector = collector(ctx)?;
@@ -748,7 +763,7 @@ fn tracer(ctx: &Context<'_>) -> Option<TracingProvider> {
         trace_context_option: TraceContextOption::UseB3WithW3cPropagation as i32,
         ..Default::default()
     };
-    Some(tracer_of(ZIPKIN_TRACER, pack_any(zipkin)))
+    Some((tracer_of(ZIPKIN_TRACER, pack_any(zipkin)), false))
 }
 
 /// The named tracing provider's `maxTagLength` (zipkin, opentelemetry, datadog), when set and
@@ -774,9 +789,18 @@ pub const ZIPKIN_TRACER: &str = "envoy.tracers.zipkin";
 pub const OPENTELEMETRY_TRACER: &str = "envoy.tracers.opentelemetry";
 pub const DATADOG_TRACER: &str = "envoy.tracers.datadog";
 pub const SKYWALKING_TRACER: &str = "envoy.tracers.skywalking";
+/// Extension names of the OpenTelemetry tracer's resource detectors and sampler.
+pub const ENVIRONMENT_RESOURCE_DETECTOR: &str = "envoy.tracers.opentelemetry.resource_detectors.environment";
+pub const DYNATRACE_RESOURCE_DETECTOR: &str = "envoy.tracers.opentelemetry.resource_detectors.dynatrace";
+pub const DYNATRACE_SAMPLER: &str = "envoy.tracers.opentelemetry.samplers.dynatrace";
 /// OTLP/HTTP's path for spans, when the provider's `http.path` is empty.
 const OTLP_TRACES_PATH: &str = "/v1/traces";
-/// Timeout of an OTLP/HTTP export when the provider gives none.
+/// The Dynatrace API's sampling configuration, where the Dynatrace sampler reads it (Istio's
+/// path when the sampler shares the exporter's service, and when `httpService.http.path` is
+/// empty).
+const DYNATRACE_SAMPLING_PATH: &str = "/api/v2/samplingConfiguration";
+/// Timeout of an OTLP/HTTP export (and of the Dynatrace sampler's requests) when the provider
+/// gives none.
 const OTLP_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn tracer_of(name: &str, config: envoy_types::pb::google::protobuf::Any) -> TracingProvider {
@@ -786,46 +810,123 @@ fn tracer_of(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Trac
     }
 }
 
-/// OTLP over gRPC to the collector's cluster, or over HTTP (`http`: path, timeout, literal
-/// headers) to `http://<host>:<port><path>` through it.
+/// OTLP over gRPC to the collector's cluster, or over HTTP (`http`: path, timeout, headers) to
+/// `<host><path>` through it; the resource detectors asked for, and the `sampler` (made by
+/// [`dynatrace_sampler`]).
 fn opentelemetry_tracer(
     ctx: &Context<'_>,
+    provider: &str,
     otel: &OpenTelemetryProvider,
     cluster: String,
     hostname: String,
+    sampler: Option<TypedExtensionConfig>,
 ) -> OpenTelemetryConfig {
-    let mut config = OpenTelemetryConfig { service_name: tracing_service_name(ctx), ..Default::default() };
+    let mut config = OpenTelemetryConfig { service_name: tracing_service_name(ctx), sampler, ..Default::default() };
     match &otel.http {
         None => config.grpc_service = Some(envoy_grpc(cluster, hostname)),
-        Some(http) => {
-            let path = if http.path.is_empty() { OTLP_TRACES_PATH } else { http.path.as_str() };
-            let timeout = http.timeout.map_or(OTLP_HTTP_TIMEOUT, |t| t.to_std());
-            let headers = http
-                .headers
-                .iter()
-                .filter(|h| !h.name.is_empty() && h.env_name.is_empty())
-                .map(|h| HeaderValueOption {
-                    header: Some(HeaderValue { key: h.name.clone(), value: h.value.clone(), ..Default::default() }),
-                    append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-                    ..Default::default()
-                })
-                .collect();
-            config.http_service = Some(HttpService {
-                http_uri: Some(HttpUri {
-                    // As Istio: the service's host and the path; the cluster picks the port.
-                    uri: format!("{hostname}{path}"),
-                    timeout: Some(envoy_types::pb::google::protobuf::Duration {
-                        seconds: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-                        nanos: i32::try_from(timeout.subsec_nanos()).unwrap_or_default(),
-                    }),
-                    http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(cluster)),
-                }),
-                request_headers_to_add: headers,
-                ..Default::default()
+        Some(http) => config.http_service = Some(http_service(provider, &hostname, OTLP_TRACES_PATH, http, cluster)),
+    }
+    if let Some(detectors) = &otel.resource_detectors {
+        if detectors.environment.is_some() {
+            config.resource_detectors.push(TypedExtensionConfig {
+                name: ENVIRONMENT_RESOURCE_DETECTOR.to_owned(),
+                typed_config: Some(pack_any(EnvironmentResourceDetectorConfig {})),
+            });
+        }
+        if detectors.dynatrace.is_some() {
+            config.resource_detectors.push(TypedExtensionConfig {
+                name: DYNATRACE_RESOURCE_DETECTOR.to_owned(),
+                typed_config: Some(pack_any(DynatraceResourceDetectorConfig {})),
             });
         }
     }
     config
+}
+
+/// The Dynatrace sampler of an OpenTelemetry provider: its tenant, cluster id and root spans
+/// per minute, reading its configuration from `httpService` (a registry service the proxy has a
+/// cluster for; its path defaults to the Dynatrace API's sampling configuration), else, as
+/// Istio does, from the exporter's own service at that path with the exporter's timeout and
+/// headers. `None` when there is no such service (validation refuses a gRPC exporter without
+/// `httpService`).
+fn dynatrace_sampler(
+    ctx: &Context<'_>,
+    provider: &str,
+    otel: &OpenTelemetryProvider,
+    sampler: &DynatraceSampler,
+    cluster: &str,
+    hostname: &str,
+) -> Option<TypedExtensionConfig> {
+    let service = match &sampler.http_service {
+        Some(api) => {
+            let Some((cluster, hostname)) = api.port.and_then(|port| registry_cluster(ctx, &api.service, port)) else {
+                tracing::debug!(provider, service = %api.service, "the Dynatrace sampler's service is not a service of the registry; no tracing");
+                return None;
+            };
+            let http = api.http.clone().unwrap_or_default();
+            http_service(provider, &hostname, DYNATRACE_SAMPLING_PATH, &http, cluster)
+        }
+        None => {
+            let Some(exporter) = &otel.http else {
+                tracing::debug!(
+                    provider,
+                    "the Dynatrace sampler has no httpService and the exporter no http; no tracing"
+                );
+                return None;
+            };
+            let http = OtlpHttp { path: DYNATRACE_SAMPLING_PATH.to_owned(), ..exporter.clone() };
+            http_service(provider, hostname, DYNATRACE_SAMPLING_PATH, &http, cluster.to_owned())
+        }
+    };
+    let config = DynatraceSamplerConfig {
+        tenant: sampler.tenant.clone(),
+        cluster_id: sampler.cluster_id.unwrap_or_default(),
+        http_service: Some(service),
+        root_spans_per_minute: sampler.root_spans_per_minute.unwrap_or_default(),
+    };
+    Some(TypedExtensionConfig { name: DYNATRACE_SAMPLER.to_owned(), typed_config: Some(pack_any(config)) })
+}
+
+/// Requests to `<hostname><path>` (`default_path` when `http.path` is empty) through `cluster`
+/// (as Istio: the cluster picks the port), with `http`'s timeout (default 10 s) and headers.
+fn http_service(provider: &str, hostname: &str, default_path: &str, http: &OtlpHttp, cluster: String) -> HttpService {
+    let path = if http.path.is_empty() { default_path } else { http.path.as_str() };
+    let timeout = http.timeout.map_or(OTLP_HTTP_TIMEOUT, |t| t.to_std());
+    HttpService {
+        http_uri: Some(HttpUri {
+            uri: format!("{hostname}{path}"),
+            timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(timeout.subsec_nanos()).unwrap_or_default(),
+            }),
+            http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(cluster)),
+        }),
+        request_headers_to_add: request_headers(provider, &http.headers),
+        ..Default::default()
+    }
+}
+
+/// The headers of an HTTP service: literal values, and `envName` ones with the value discovery
+/// read from its environment when it loaded the mesh config. A header whose variable was not
+/// set is left out (discovery warned when it loaded the config), and so is one with a line
+/// break or NUL, which Envoy would refuse with the whole listener (validation refuses it).
+fn request_headers(provider: &str, headers: &[OtlpHeader]) -> Vec<HeaderValueOption> {
+    let bad = |text: &str| text.contains(['\r', '\n', '\0']);
+    headers
+        .iter()
+        .filter(|h| !h.name.is_empty())
+        .filter_map(|h| {
+            let Some(value) = h.effective_value().filter(|v| !bad(v) && !bad(&h.name)) else {
+                tracing::debug!(provider, header = %h.name, variable = %h.env_name, "header without a usable value left out");
+                return None;
+            };
+            Some(HeaderValueOption {
+                header: Some(HeaderValue { key: h.name.clone(), value: value.to_owned(), ..Default::default() }),
+                append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                ..Default::default()
+            })
+        })
+        .collect()
 }
 
 /// The service name spans carry, as Istio names the proxy's service cluster after
@@ -890,9 +991,10 @@ fn registry_cluster(ctx: &Context<'_>, host: &str, port: u32) -> Option<(String,
 /// The HCM tracing of a side: the [`tracer`] (zipkin with B3 and W3C propagation, or an
 /// OpenTelemetry, Datadog or SkyWalking one), the sampling of the most
 /// specific Telemetry (else `defaultConfig.tracing.sampling`, else `PILOT_TRACE_SAMPLING`,
-/// else 1 %), and custom tags.
+/// else 1 %; 100 % when the tracer has its own sampler, which then decides, as in Istio), and
+/// custom tags.
 pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
-    let provider = tracer(ctx)?;
+    let (provider, custom_sampler) = tracer(ctx)?;
     let telemetries = applicable(ctx);
     let mesh = &ctx.snapshot.mesh;
     let mut sampling = mesh
@@ -923,6 +1025,9 @@ pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
     }
     if !reporting {
         return None;
+    }
+    if custom_sampler {
+        sampling = 100.0;
     }
     Some(HcmTracing {
         provider: Some(provider),
