@@ -2,6 +2,8 @@
 //! ConfigMap (what the operator renders from `meshConfig`), layered over the base mesh config
 //! and followed, so an edit of the IstioOperator's `meshConfig` reaches the proxies without a
 //! restart. A ConfigMap that does not parse, or that disappears, leaves the last good config.
+//! OpenTelemetry header values named by `envName` are read from discovery's environment as
+//! each config is loaded.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -37,8 +39,9 @@ pub fn spawn(
             };
             let text = map.data.as_ref().and_then(|d| d.get("mesh")).map_or("", String::as_str);
             match server::parse_mesh(&format!("ConfigMap {namespace}/{name}, key mesh"), text, &base) {
-                Ok(mesh) => {
+                Ok(mut mesh) => {
                     tracing::info!(configmap = %name, "mesh config loaded");
+                    rudder_xds::registry::resolve_mesh_env(&mut mesh);
                     tx.send_if_modified(|current| {
                         let changed = *current != mesh;
                         *current = mesh;

@@ -208,3 +208,43 @@ fn unchanged_files_are_not_read_again() {
 async fn next_snapshot(rx: &mut tokio::sync::watch::Receiver<Arc<Snapshot>>) {
     tokio::time::timeout(Duration::from_secs(10), rx.changed()).await.expect("no snapshot within 10 s").unwrap();
 }
+
+/// Header values named by `envName` come from discovery's environment: the base mesh's,
+/// resolved where discovery loads it, stay resolved without an overlay; with the directory's
+/// `istio` ConfigMap layered over it (which drops them), they are read again.
+#[test]
+fn header_env_values_are_read_again_after_the_mesh_overlay() {
+    let provider = |name: &str| {
+        format!(
+            "extensionProviders:\n- name: {name}\n  opentelemetry: {{service: otel.observability.svc.cluster.local, port: 4318, http: {{headers: [{{name: x-path, envName: PATH}}]}}}}\n"
+        )
+    };
+    let header_values = |mesh: &MeshConfig| -> Vec<Option<String>> {
+        mesh.extension_providers
+            .iter()
+            .filter_map(|p| p.opentelemetry.as_ref()?.http.as_ref())
+            .flat_map(|h| h.headers.iter().map(|h| h.effective_value().map(str::to_owned)))
+            .collect()
+    };
+    // PATH is set wherever the tests run; that is the value discovery gives the header.
+    let path = std::env::var("PATH").ok().filter(|p| !p.is_empty() && !p.contains(['\r', '\n', '\0']));
+    assert!(path.is_some(), "the test needs PATH");
+    let mut base = rudder_config::mesh::apply_yaml_over_defaults(&provider("base")).unwrap();
+    rudder_xds::registry::resolve_mesh_env(&mut base);
+
+    let dir = temp_dir("header-env");
+    let mut source = ConfigDir::new(&dir, base.clone());
+    source.refresh();
+    assert_eq!(header_values(&source.mesh()), std::slice::from_ref(&path), "no overlay: the base's value");
+
+    let overlay = provider("overlay").replace('\n', "\n    ");
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    {overlay}\n"),
+    )
+    .unwrap();
+    assert!(source.refresh());
+    let mesh = source.snapshot().mesh.clone();
+    assert_eq!(mesh.extension_providers.iter().filter(|p| p.opentelemetry.is_some()).count(), 2);
+    assert_eq!(header_values(&mesh), [path.clone(), path], "both providers' headers, after the overlay");
+}

@@ -111,7 +111,9 @@ pub fn run(args: &Args) -> ExitCode {
 
 async fn serve(args: &Args) -> anyhow::Result<()> {
     rudder_xds::translate::telemetry::set_default_sampling(args.trace_sampling);
-    let mesh = args.admission.base_mesh()?;
+    let mut mesh = args.admission.base_mesh()?;
+    // Header values the mesh config names by `envName` come from this process's environment.
+    rudder_xds::registry::resolve_mesh_env(&mut mesh);
     // The registry publishes on `tx`; the JWKS follower passes its snapshots on with the
     // documents of RequestAuthentication jwksUris, the Wasm follower with the modules of
     // WasmPlugins, to the server.

@@ -211,14 +211,23 @@ impl ConfigDir {
     }
 
     /// The mesh config: the base with the `istio` ConfigMap's `mesh` applied, when the
-    /// directory has one (an overlay that does not parse is logged and left out).
+    /// directory has one (an overlay that does not parse is logged and left out); header
+    /// values from the environment are read again after an overlay
+    /// ([`super::resolve_mesh_env`]).
     pub fn mesh(&self) -> MeshConfig {
         let mut mesh = self.mesh.clone();
+        let mut layered = false;
         for (path, overlay) in self.files.iter().filter_map(|(p, f)| Some((p, f.mesh_overlay.as_ref()?))) {
             match rudder_config::mesh::apply_yaml(overlay, &mesh) {
-                Ok(merged) => mesh = merged,
+                Ok(merged) => {
+                    mesh = merged;
+                    layered = true;
+                }
                 Err(e) => tracing::warn!("{}: ConfigMap istio: data.mesh: {e} (ignored)", path.display()),
             }
+        }
+        if layered {
+            super::resolve_mesh_env(&mut mesh);
         }
         mesh
     }

@@ -11,9 +11,20 @@ pub mod wasm;
 
 use std::sync::Arc;
 
+use rudder_config::mesh::MeshConfig;
 use tokio::sync::watch;
 
 use crate::model::Snapshot;
+
+/// Gives the mesh config's OpenTelemetry `envName` headers their values from discovery's own
+/// environment (as istiod reads them from its), warning for each variable that is not set:
+/// that header is left out. Discovery calls this wherever it loads a mesh config, after the
+/// last layer (layering drops the values read).
+pub fn resolve_mesh_env(mesh: &mut MeshConfig) {
+    for header in mesh.resolve_header_env(|name| std::env::var(name).ok()) {
+        tracing::warn!(provider = %header.provider, variable = %header.variable, "{header}");
+    }
+}
 
 /// What the followers ([`jwks::follow`], [`wasm::follow`]) use to pass a snapshot on: nothing
 /// is published when `downstream` already holds that very snapshot, so a follower's first pass
