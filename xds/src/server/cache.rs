@@ -945,7 +945,7 @@ mod incremental_tests {
     fn mutate_config(snapshot: &Snapshot, rng: &mut Rng) -> Snapshot {
         let mut next = mutate(snapshot, rng);
         let i = rng.next(8);
-        match rng.next(5) {
+        match rng.next(8) {
             0 => {
                 next.virtual_services.retain(|v| v.metadata.name.as_deref() != Some(&format!("vs-{i}")));
                 next.virtual_services.push(virtual_service(i, rng.next(101)));
@@ -957,6 +957,36 @@ mod incremental_tests {
                 next.sidecars = vec![sidecar(&hosts)];
             }
             3 => next.sidecars.clear(),
+            // TLS origination with a Secret, from a rule selecting the workloads of `ns`
+            // (a sidecar reads credentialName only then), and the Secret changing.
+            4 => {
+                next.destination_rules.retain(|r| r.metadata.name.as_deref() != Some("dr-cred"));
+                next.destination_rules.push(Arc::new(
+                    serde_json::from_value(serde_json::json!({
+                        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                        "metadata": {"name": "dr-cred", "namespace": "ns"},
+                        "spec": {"host": host(i), "workloadSelector": {"matchLabels": {}},
+                                 "trafficPolicy": {"tls": {"mode": "MUTUAL", "credentialName": "cred"}}},
+                    }))
+                    .unwrap(),
+                ));
+                next.destination_rules.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            }
+            5 => {
+                let pem = format!("PEM {}", rng.next(3));
+                next.secrets.insert(
+                    "ns/cred".into(),
+                    Arc::new(crate::model::TlsCredential {
+                        certificate_chain: pem.clone().into_bytes(),
+                        private_key: b"KEY".to_vec(),
+                        ca_certificates: pem.into_bytes(),
+                        ..Default::default()
+                    }),
+                );
+            }
+            6 => {
+                next.secrets.remove("ns/cred");
+            }
             _ => {}
         }
         next
