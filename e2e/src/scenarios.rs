@@ -1287,11 +1287,19 @@ async fn authorization(mesh: &LocalMesh) -> anyhow::Result<String> {
         (Method::POST, "/post", 403),
         (Method::GET, "/delay/0", 403),
         (Method::GET, "/status/418", 403),
+        // Denied only by the dry-run policy: allowed, and counted as a shadow denial.
+        (Method::GET, "/headers", 200),
     ] {
         let got = status_via_client(mesh, method.clone(), path, &[]).await?;
         anyhow::ensure!(got == want, "sleep {method} {path}: want {want}, got {got}");
         seen.push(format!("{method} {path} {got}"));
     }
+    let mut shadow_denied = 0;
+    for workload in WORKLOADS {
+        let stats = mesh.sidecar_stats(workload.name, "istio_dry_run_deny_.shadow_denied").await?;
+        shadow_denied += stats.values().sum::<u64>();
+    }
+    anyhow::ensure!(shadow_denied >= 1, "the dry-run DENY of /headers was not counted by httpbin's sidecars");
     // Straight to httpbin's sidecar over mTLS, as two identities.
     let root = std::fs::read_to_string(mesh.root_cert())?;
     let v1 = WORKLOADS[0];
@@ -1310,7 +1318,10 @@ async fn authorization(mesh: &LocalMesh) -> anyhow::Result<String> {
     anyhow::ensure!(sleep.status == 200, "as sleep, straight to httpbin: {}", sleep.status);
     let other = as_identity("other").await?;
     anyhow::ensure!(other.status == 403, "as testns1/other, straight to httpbin: {} (want 403)", other.status);
-    Ok(format!("AuthorizationPolicy: sleep {}; as testns1/other GET /get → 403, as sleep → 200", seen.join(", ")))
+    Ok(format!(
+        "AuthorizationPolicy: sleep {}; the dry-run DENY of /headers counted {shadow_denied} shadow denial(s), enforced none; as testns1/other GET /get → 403, as sleep → 200",
+        seen.join(", ")
+    ))
 }
 
 const JWT_ISSUER: &str = "testing@rudder.local";

@@ -72,6 +72,21 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: dry-deny, namespace: apps, annotations: {istio.io/dry-run: "true"}}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/reports/secret"], ports: ["5432"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: dry-allow, namespace: apps, annotations: {istio.io/dry-run: "true"}}
+spec:
+  selector: {matchLabels: {app: db}}
+  rules: [{from: [{source: {namespaces: ["apps"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: no-legacy, namespace: istio-system}
 spec:
   action: DENY

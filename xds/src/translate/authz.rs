@@ -16,6 +16,13 @@
 //! principals, `request.*` conditions) cannot be checked, so, as in Istio, an ALLOW rule using
 //! them never matches and a DENY rule is checked without them (it denies more, never less).
 //!
+//! A DENY or ALLOW policy annotated `istio.io/dry-run: "true"` is evaluated but not enforced,
+//! as in Istio: its rules are the filter's shadow rules, whose outcome Envoy counts
+//! (`rbac.istio_dry_run_deny_.shadow_denied`, `…allow_.shadow_allowed`) and records in the
+//! request's dynamic metadata (`envoy.filters.http.rbac`, `istio_dry_run_<action>_shadow_*`),
+//! where Istio's tracing tags read it. ALLOW policies in dry run only make no workload
+//! deny-by-default.
+//!
 //! Envoy's policy maps are protobuf maps (Rust `HashMap`s): encoded here with sorted names so
 //! equal config gives equal bytes and no needless pushes.
 
@@ -50,12 +57,31 @@ const NETWORK_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.ne
 pub const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 pub const JWT_PAYLOAD: &str = "payload";
 
-/// The policies of each action that apply to a workload: `(policy, Envoy policy name prefix)`.
+/// The annotation that puts an AuthorizationPolicy in dry run.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+/// The shadow rules' stat prefixes, which also prefix their dynamic metadata keys (Istio's).
+pub const DRY_RUN_DENY_PREFIX: &str = "istio_dry_run_deny_";
+pub const DRY_RUN_ALLOW_PREFIX: &str = "istio_dry_run_allow_";
+
+/// The policies of each action that apply to a workload; `dry_*` are in dry run.
 #[derive(Debug, Default)]
 struct Applicable<'a> {
     deny: Vec<&'a AuthorizationPolicy>,
     allow: Vec<&'a AuthorizationPolicy>,
     audit: Vec<&'a AuthorizationPolicy>,
+    dry_deny: Vec<&'a AuthorizationPolicy>,
+    dry_allow: Vec<&'a AuthorizationPolicy>,
+}
+
+/// Whether a policy is in dry run: the annotation holds a true boolean, as Go's
+/// `strconv.ParseBool` reads it (`1`, `t`, `true`, any case of `true`/`t`).
+pub fn dry_run(policy: &AuthorizationPolicy) -> bool {
+    policy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DRY_RUN_ANNOTATION))
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
 }
 
 /// Whether a policy of `namespace` with `selector` applies to `proxy`: the selector's workloads
@@ -87,6 +113,8 @@ fn applicable<'a>(snapshot: &'a Snapshot, proxy: &Proxy) -> Applicable<'a> {
             continue;
         }
         match spec.action.unwrap_or_default() {
+            AuthorizationAction::Allow if dry_run(policy) => out.dry_allow.push(policy),
+            AuthorizationAction::Deny if dry_run(policy) => out.dry_deny.push(policy),
             AuthorizationAction::Allow => out.allow.push(policy),
             AuthorizationAction::Deny => out.deny.push(policy),
             AuthorizationAction::Audit => out.audit.push(policy),
@@ -155,7 +183,7 @@ pub fn network_filters(snapshot: &Snapshot, proxy: &Proxy) -> Vec<Filter> {
     filters(snapshot, proxy, Layer::Tcp)
         .into_iter()
         .map(|(action, mut config)| {
-            // stat_prefix (3) is required by the network filter.
+            // stat_prefix (3) is required by the network filter (its shadow prefix is field 5).
             encode_key(3, WireType::LengthDelimited, &mut config);
             let prefix = format!("tcp.{action}.");
             encode_varint(prefix.len() as u64, &mut config);
@@ -176,33 +204,56 @@ fn filters(snapshot: &Snapshot, proxy: &Proxy, layer: Layer) -> Vec<(&'static st
     let found = applicable(snapshot, proxy);
     let trust_domain = snapshot.mesh.effective_trust_domain();
     let mut out = Vec::new();
-    if !found.deny.is_empty() {
-        let policies = envoy_policies(&found.deny, layer, true, trust_domain);
-        out.push(("deny", filter_config(rbac::Action::Deny, &policies)));
-    }
-    if !found.allow.is_empty() {
-        // With no policy at all (every rule unusable, or no rules) nothing is allowed.
-        let policies = envoy_policies(&found.allow, layer, false, trust_domain);
-        out.push(("allow", filter_config(rbac::Action::Allow, &policies)));
+    // Enforced rules only when an enforced policy applies: with no policy at all (every rule
+    // unusable, or no rules) an ALLOW filter allows nothing.
+    let enforced = |policies: &[&AuthorizationPolicy], deny: bool| {
+        (!policies.is_empty()).then(|| envoy_policies(policies, layer, deny, trust_domain))
+    };
+    for (name, action, deny, policies, dry, prefix) in [
+        ("deny", rbac::Action::Deny, true, &found.deny, &found.dry_deny, DRY_RUN_DENY_PREFIX),
+        ("allow", rbac::Action::Allow, false, &found.allow, &found.dry_allow, DRY_RUN_ALLOW_PREFIX),
+    ] {
+        let rules = enforced(policies, deny);
+        let shadow = enforced(dry, deny).map(|policies| (policies, prefix));
+        if rules.is_some() || shadow.is_some() {
+            out.push((name, filter_config(action, rules.as_ref(), shadow.as_ref().map(|(p, s)| (p, *s)), layer)));
+        }
     }
     if !found.audit.is_empty() && layer == Layer::Http {
         let policies = envoy_policies(&found.audit, layer, false, trust_domain);
-        out.push(("audit", filter_config(rbac::Action::Log, &policies)));
+        out.push(("audit", filter_config(rbac::Action::Log, Some(&policies), None, layer)));
     }
     out
 }
 
-/// The RBAC filter config `{rules: {action, policies}}`, its map in name order.
-fn filter_config(action: rbac::Action, policies: &BTreeMap<String, Policy>) -> Vec<u8> {
-    let rules = encode_sorted_map(
-        &envoy_types::pb::envoy::config::rbac::v3::Rbac { action: action as i32, ..Default::default() },
-        2,
-        policies,
-    );
+/// The RBAC filter config: `rules` (enforced) and `shadow_rules` with their stat prefix (dry
+/// run), each `{action, policies}` with its map in name order.
+fn filter_config(
+    action: rbac::Action,
+    rules: Option<&BTreeMap<String, Policy>>,
+    shadow: Option<(&BTreeMap<String, Policy>, &str)>,
+    layer: Layer,
+) -> Vec<u8> {
+    let encode_rules = |field: u32, policies: &BTreeMap<String, Policy>, config: &mut Vec<u8>| {
+        let rules = encode_sorted_map(
+            &envoy_types::pb::envoy::config::rbac::v3::Rbac { action: action as i32, ..Default::default() },
+            2,
+            policies,
+        );
+        encode_key(field, WireType::LengthDelimited, config);
+        encode_varint(rules.len() as u64, config);
+        config.extend_from_slice(&rules);
+    };
     let mut config = Vec::new();
-    encode_key(1, WireType::LengthDelimited, &mut config);
-    encode_varint(rules.len() as u64, &mut config);
-    config.extend_from_slice(&rules);
+    if let Some(policies) = rules {
+        encode_rules(1, policies, &mut config);
+    }
+    if let Some((policies, prefix)) = shadow {
+        encode_rules(2, policies, &mut config);
+        // shadow_rules_stat_prefix: field 3 of the HTTP filter, 5 of the network one.
+        let field = if layer == Layer::Http { 3 } else { 5 };
+        prost::encoding::string::encode(field, &prefix.to_owned(), &mut config);
+    }
     config
 }
 
@@ -820,6 +871,63 @@ spec:
         // The ALLOW rule with methods/paths is gone; the port rule stays.
         let (allow, allow_names, _) = decode(&filters[1]);
         assert_eq!((allow, allow_names), (0, vec!["ns[apps]-policy[httpbin]-rule[1]".to_owned()]));
+    }
+
+    #[test]
+    fn dry_run_policies_are_shadow_rules_and_never_enforced() {
+        let snapshot = snapshot(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: apps, annotations: {istio.io/dry-run: "true"}}
+spec: {action: DENY, rules: [{to: [{operation: {paths: ["/admin"]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep, namespace: apps, annotations: {istio.io/dry-run: "True"}}
+spec: {rules: [{from: [{source: {namespaces: ["apps"]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-teapot, namespace: apps, annotations: {istio.io/dry-run: "false"}}
+spec: {action: DENY, rules: [{to: [{operation: {paths: ["/418"]}}]}]}
+"#,
+        );
+        let p = proxy("apps", "httpbin");
+        let filters: Vec<HttpRbac> = http_filters(&snapshot, &p)
+            .into_iter()
+            .map(|f| {
+                let Some(HttpFilterConfig::TypedConfig(any)) = f.config_type else { panic!("typed config") };
+                HttpRbac::decode(any.value.as_slice()).unwrap()
+            })
+            .collect();
+        let names = |rules: &Option<envoy_types::pb::envoy::config::rbac::v3::Rbac>| {
+            let mut names: Vec<String> = rules.iter().flat_map(|r| r.policies.keys().cloned()).collect();
+            names.sort();
+            names
+        };
+        // DENY: the enforced policy (annotation "false") as rules, the dry-run one as shadow rules.
+        assert_eq!(names(&filters[0].rules), ["ns[apps]-policy[deny-teapot]-rule[0]"]);
+        assert_eq!(names(&filters[0].shadow_rules), ["ns[apps]-policy[deny-admin]-rule[0]"]);
+        assert_eq!(filters[0].shadow_rules_stat_prefix, DRY_RUN_DENY_PREFIX);
+        // ALLOW in dry run only: shadow rules and no rules, so nothing is denied by default.
+        assert_eq!(filters.len(), 2);
+        assert!(filters[1].rules.is_none(), "{:?}", filters[1].rules);
+        assert_eq!(names(&filters[1].shadow_rules), ["ns[apps]-policy[allow-sleep]-rule[0]"]);
+        assert_eq!(filters[1].shadow_rules_stat_prefix, DRY_RUN_ALLOW_PREFIX);
+        // TCP chains: the same split, the shadow prefix in the network filter's own field.
+        let network: Vec<NetworkRbac> = network_filters(&snapshot, &p)
+            .into_iter()
+            .map(|f| {
+                let Some(FilterConfig::TypedConfig(any)) = f.config_type else { panic!() };
+                NetworkRbac::decode(any.value.as_slice()).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            network.iter().map(|n| (n.stat_prefix.as_str(), n.shadow_rules_stat_prefix.as_str())).collect::<Vec<_>>(),
+            [("tcp.deny.", DRY_RUN_DENY_PREFIX), ("tcp.allow.", DRY_RUN_ALLOW_PREFIX)]
+        );
+        assert!(network[1].rules.is_none());
     }
 
     #[test]

@@ -62,6 +62,7 @@ use rudder_config::mesh::{
 use rudder_config::telemetry::{self as api, IstioMetric, TagOperation, Telemetry, WorkloadMode};
 
 use crate::model::{NodeType, labels_match};
+use crate::translate::authz;
 use crate::translate::context::Context;
 use crate::translate::listener::access_log;
 
@@ -1067,6 +1068,32 @@ fn span_tags(ctx: &Context<'_>, istio_tags: bool, custom: BTreeMap<String, api::
             let literal = custom_tag::Type::Literal(custom_tag::Literal { value });
             tags.insert(tag.to_owned(), CustomTag { tag: tag.to_owned(), r#type: Some(literal) });
         }
+        // What dry-run AuthorizationPolicies would have done, from the RBAC filters' dynamic
+        // metadata (see `authz`); empty on requests no dry-run policy saw.
+        for (tag, prefix, key) in [
+            (
+                "istio.authorization.dry_run.allow_policy.name",
+                authz::DRY_RUN_ALLOW_PREFIX,
+                "shadow_effective_policy_id",
+            ),
+            ("istio.authorization.dry_run.allow_policy.result", authz::DRY_RUN_ALLOW_PREFIX, "shadow_engine_result"),
+            ("istio.authorization.dry_run.deny_policy.name", authz::DRY_RUN_DENY_PREFIX, "shadow_effective_policy_id"),
+            ("istio.authorization.dry_run.deny_policy.result", authz::DRY_RUN_DENY_PREFIX, "shadow_engine_result"),
+        ] {
+            use envoy_types::pb::envoy::r#type::metadata::v3::{
+                MetadataKey, MetadataKind, metadata_key::PathSegment, metadata_key::path_segment::Segment,
+                metadata_kind,
+            };
+            let metadata = custom_tag::Type::Metadata(custom_tag::Metadata {
+                kind: Some(MetadataKind { kind: Some(metadata_kind::Kind::Request(metadata_kind::Request {})) }),
+                metadata_key: Some(MetadataKey {
+                    key: authz::HTTP_RBAC.to_owned(),
+                    path: vec![PathSegment { segment: Some(Segment::Key(format!("{prefix}{key}"))) }],
+                }),
+                default_value: String::new(),
+            });
+            tags.insert(tag.to_owned(), CustomTag { tag: tag.to_owned(), r#type: Some(metadata) });
+        }
     }
     for (tag, value) in custom {
         tags.insert(tag.clone(), custom_tag_of(tag, value));
@@ -1313,8 +1340,26 @@ spec:
             )
         };
         let literal = |v: &str| custom_tag::Type::Literal(custom_tag::Literal { value: v.into() });
+        let dry_run = |prefix: &str, key: &str| {
+            use envoy_types::pb::envoy::r#type::metadata::v3::{
+                MetadataKey, MetadataKind, metadata_key::PathSegment, metadata_key::path_segment::Segment,
+                metadata_kind,
+            };
+            custom_tag::Type::Metadata(custom_tag::Metadata {
+                kind: Some(MetadataKind { kind: Some(metadata_kind::Kind::Request(metadata_kind::Request {})) }),
+                metadata_key: Some(MetadataKey {
+                    key: "envoy.filters.http.rbac".into(),
+                    path: vec![PathSegment { segment: Some(Segment::Key(format!("istio_dry_run_{prefix}_{key}"))) }],
+                }),
+                default_value: String::new(),
+            })
+        };
         let istio = |service: &str, revision: &str| {
             vec![
+                ("istio.authorization.dry_run.allow_policy.name", dry_run("allow", "shadow_effective_policy_id")),
+                ("istio.authorization.dry_run.allow_policy.result", dry_run("allow", "shadow_engine_result")),
+                ("istio.authorization.dry_run.deny_policy.name", dry_run("deny", "shadow_effective_policy_id")),
+                ("istio.authorization.dry_run.deny_policy.result", dry_run("deny", "shadow_engine_result")),
                 ("istio.canonical_revision", literal(revision)),
                 ("istio.canonical_service", literal(service)),
                 ("istio.cluster_id", literal("unknown")),
@@ -1336,7 +1381,7 @@ spec:
                 &[],
                 {
                     let mut tags = istio("unknown", "latest");
-                    tags[4].1 = literal("mine");
+                    tags[8].1 = literal("mine");
                     tags.push(("route", custom_tag::Type::Value("%ROUTE_NAME%".into())));
                     tags
                 },
@@ -1403,6 +1448,10 @@ spec:
         assert_eq!(
             tags,
             [
+                "istio.authorization.dry_run.allow_policy.name",
+                "istio.authorization.dry_run.allow_policy.result",
+                "istio.authorization.dry_run.deny_policy.name",
+                "istio.authorization.dry_run.deny_policy.result",
                 "istio.canonical_revision",
                 "istio.canonical_service",
                 "istio.cluster_id",
