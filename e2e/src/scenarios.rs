@@ -1430,23 +1430,17 @@ impl IngressTls {
     /// `ca.crt` the client CA), PASSTHROUGH for backend.example.com, all on port 443, and an
     /// HTTPS redirect on port 80.
     fn yaml(&self) -> String {
-        let indent = |pem: &str| pem.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+        let secret = crate::tls::secret_yaml(
+            "httpbin-credential",
+            "istio-system",
+            &[
+                ("tls.crt", &self.gateway_cert.cert_pem),
+                ("tls.key", &self.gateway_cert.key_pem),
+                ("ca.crt", &self.ca.cert_pem),
+            ],
+        );
         format!(
-            r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: httpbin-credential
-  namespace: istio-system
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{cert}
-  tls.key: |
-{key}
-  ca.crt: |
-{ca}
----
-apiVersion: networking.istio.io/v1
+            r#"{secret}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata:
   name: secure-gateway
@@ -1504,10 +1498,7 @@ spec:
   - match: [{{port: 443, sniHosts: [{PASSTHROUGH_HOST}]}}]
     route:
     - destination: {{host: tls-backend, port: {{number: {BACKEND_PORT}}}}}
-"#,
-            cert = indent(&self.gateway_cert.cert_pem),
-            key = indent(&self.gateway_cert.key_pem),
-            ca = indent(&self.ca.cert_pem),
+"#
         )
     }
 }

@@ -112,6 +112,37 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A `v1` Secret document (for a config directory or `kubectl apply`) holding `entries` (key,
+/// PEM text) in `stringData`; `kubernetes.io/tls` when it has `tls.crt` and `tls.key`, else
+/// `Opaque`. Ends with `---`.
+pub fn secret_yaml(name: &str, namespace: &str, entries: &[(&str, &str)]) -> String {
+    let tls = ["tls.crt", "tls.key"].iter().all(|k| entries.iter().any(|(key, _)| key == k));
+    let kind = if tls { "kubernetes.io/tls" } else { "Opaque" };
+    let header = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: {kind}\nstringData:\n"
+    );
+    header + &pem_entries(entries) + "---\n"
+}
+
+/// A `v1` ConfigMap document holding `entries` (key, PEM text) in `data`, as trust bundles are
+/// published (`ca.crt`). Ends with `---`.
+pub fn config_map_yaml(name: &str, namespace: &str, entries: &[(&str, &str)]) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {namespace}}}\ndata:\n")
+        + &pem_entries(entries)
+        + "---\n"
+}
+
+/// `  key: |` blocks with the text indented under them.
+fn pem_entries(entries: &[(&str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(key, text)| {
+            let body: String = text.lines().map(|l| format!("    {l}\n")).collect();
+            format!("  {key}: |\n{body}")
+        })
+        .collect()
+}
+
 /// A reply: status, headers (lower-case names) and body.
 #[derive(Clone, Debug)]
 pub struct TlsReply {
@@ -349,6 +380,22 @@ impl Drop for TlsBackend {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_and_config_map_documents_hold_their_pem_texts() {
+        let ca = TestCa::new("yaml ca").unwrap();
+        let pair = ca.server(&["a.example.com"]).unwrap();
+        let secret = secret_yaml("cred", "ns", &[("tls.crt", &pair.cert_pem), ("tls.key", &pair.key_pem)]);
+        let bundle = config_map_yaml("bundle", "ns", &[("ca.crt", &ca.cert_pem)]);
+        let docs = rudder_config::load::documents("test.yaml", &format!("{secret}{bundle}")).unwrap();
+        assert_eq!(docs[0]["type"], "kubernetes.io/tls");
+        assert_eq!(docs[0]["stringData"]["tls.crt"].as_str().unwrap().trim(), pair.cert_pem.trim());
+        assert_eq!(docs[0]["stringData"]["tls.key"].as_str().unwrap().trim(), pair.key_pem.trim());
+        assert_eq!(docs[1]["kind"], "ConfigMap");
+        assert_eq!(docs[1]["data"]["ca.crt"].as_str().unwrap().trim(), ca.cert_pem.trim());
+        let ca_only = secret_yaml("cred-cacert", "ns", &[("ca.crt", &ca.cert_pem)]);
+        assert!(ca_only.contains("type: Opaque"), "{ca_only}");
+    }
 
     #[tokio::test]
     async fn a_client_reaches_a_backend_through_a_test_ca() {

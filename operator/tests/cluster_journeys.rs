@@ -590,17 +590,11 @@ spec:
     // certificate is refused by the handshake.
     let clients = rudder_e2e::tls::TestCa::new("journey e client CA").unwrap();
     let client = clients.client("sleep").unwrap();
-    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    let bundle =
+        rudder_e2e::tls::config_map_yaml("journey-e-clients", "istio-system", &[("ca.crt", &clients.cert_pem)]);
     cluster
         .apply(&format!(
-            "apiVersion: v1
-kind: ConfigMap
-metadata: {{name: journey-e-clients, namespace: istio-system}}
-data:
-  ca.crt: |
-{ca}
----
-apiVersion: networking.istio.io/v1
+            "{bundle}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: httpbin-mtls, namespace: testns1}}
 spec:
@@ -617,8 +611,7 @@ spec:
   hosts: [mtls.example.com]
   gateways: [httpbin-mtls]
   http: [{{route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]}}]
-",
-            ca = indent(&clients.cert_pem)
+"
         ))
         .unwrap();
     in_sleep(

@@ -16,36 +16,25 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rudder_config::mesh::MeshConfig;
-use rudder_e2e::tls::{CertPair, TestCa, TlsBackend};
+use rudder_e2e::tls::{CertPair, TestCa, TlsBackend, secret_yaml};
 use rudder_xds::registry::files::ConfigDir;
 use rudder_xds::testing::{TestDiscovery, TestEnvoy, free_port, local_app_entry};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const UPSTREAM_HOST: &str = "upstream.test";
 
-fn indent(pem: &str) -> String {
-    pem.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
-}
-
 /// The Secret `client-cred` (client certificate and key, and the upstream's CA), the upstream
 /// as a ServiceEntry, a plain HTTP gateway server routing to it, and the rule originating
 /// mutual TLS with the Secret.
 fn mesh(upstream_port: u16, gateway_port: u16, client: &CertPair, upstream_ca: &TestCa) -> String {
     let upstream = local_app_entry("upstream", UPSTREAM_HOST, "HTTP", upstream_port);
+    let secret = secret_yaml(
+        "client-cred",
+        "istio-system",
+        &[("tls.crt", &client.cert_pem), ("tls.key", &client.key_pem), ("ca.crt", &upstream_ca.cert_pem)],
+    );
     format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata: {{name: client-cred, namespace: istio-system}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{cert}
-  tls.key: |
-{key}
-  ca.crt: |
-{ca}
----
-{upstream}apiVersion: networking.istio.io/v1
+        r#"{secret}{upstream}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: egress, namespace: istio-system}}
 spec:
@@ -69,10 +58,7 @@ spec:
   host: {UPSTREAM_HOST}
   trafficPolicy:
     tls: {{mode: MUTUAL, credentialName: client-cred, sni: {UPSTREAM_HOST}}}
-"#,
-        cert = indent(&client.cert_pem),
-        key = indent(&client.key_pem),
-        ca = indent(&upstream_ca.cert_pem),
+"#
     )
 }
 

@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rudder_config::mesh::MeshConfig;
-use rudder_e2e::tls::{CertPair, TestCa, https_get};
+use rudder_e2e::tls::{CertPair, TestCa, config_map_yaml, https_get, secret_yaml};
 use rudder_xds::registry::files::ConfigDir;
 use rudder_xds::testing::{TestDiscovery, TestEnvoy, free_port, local_app_entry, ok_app};
 
@@ -41,30 +41,17 @@ async fn stat(envoy: &TestEnvoy, name: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
-fn indent(pem: &str) -> String {
-    pem.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
-}
-
 /// The gateway's Secret (certificate for both hosts, the CA and `crl`), a Gateway with a MUTUAL
 /// and a SIMPLE server on `gateway_port` sharing it, and the route of both hosts to the app.
 fn mesh(app_port: u16, gateway_port: u16, ca: &TestCa, server: &CertPair, crl: &str) -> String {
     let app = local_app_entry("app", "app.test", "HTTP", app_port);
+    let secret = secret_yaml(
+        "gw-cred",
+        "istio-system",
+        &[("tls.crt", &server.cert_pem), ("tls.key", &server.key_pem), ("ca.crt", &ca.cert_pem), ("ca.crl", crl)],
+    );
     format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata: {{name: gw-cred, namespace: istio-system}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{cert}
-  tls.key: |
-{key}
-  ca.crt: |
-{ca}
-  ca.crl: |
-{crl}
----
-{app}apiVersion: networking.istio.io/v1
+        r#"{secret}{app}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: istio-system}}
 spec:
@@ -84,11 +71,7 @@ spec:
   hosts: [{MUTUAL_HOST}, {SIMPLE_HOST}]
   gateways: [gw]
   http: [{{route: [{{destination: {{host: app.test, port: {{number: 80}}}}}}]}}]
-"#,
-        cert = indent(&server.cert_pem),
-        key = indent(&server.key_pem),
-        ca = indent(&ca.cert_pem),
-        crl = indent(crl),
+"#
     )
 }
 
@@ -193,25 +176,10 @@ async fn a_mutual_gateway_refuses_client_certificates_its_secrets_crl_revokes() 
 /// `client_ca`, a MUTUAL server naming it in `caCertCredentialName`, and the route to the app.
 fn config_map_mesh(app_port: u16, gateway_port: u16, server: &CertPair, client_ca: &TestCa) -> String {
     let app = local_app_entry("app", "app.test", "HTTP", app_port);
+    let secret = secret_yaml("gw-cred", "istio-system", &[("tls.crt", &server.cert_pem), ("tls.key", &server.key_pem)]);
+    let bundle = config_map_yaml("trust-bundle", "istio-system", &[("ca.crt", &client_ca.cert_pem)]);
     format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata: {{name: gw-cred, namespace: istio-system}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{cert}
-  tls.key: |
-{key}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: trust-bundle, namespace: istio-system}}
-data:
-  ca.crt: |
-{ca}
----
-{app}apiVersion: networking.istio.io/v1
+        r#"{secret}{bundle}{app}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: istio-system}}
 spec:
@@ -228,10 +196,7 @@ spec:
   hosts: [{MUTUAL_HOST}]
   gateways: [gw]
   http: [{{route: [{{destination: {{host: app.test, port: {{number: 80}}}}}}]}}]
-"#,
-        cert = indent(&server.cert_pem),
-        key = indent(&server.key_pem),
-        ca = indent(&client_ca.cert_pem),
+"#
     )
 }
 
