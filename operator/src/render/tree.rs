@@ -138,8 +138,10 @@ fn matches(item: &Value, key: &str, value: &str) -> bool {
     }
 }
 
-/// Sets `value` at `path`, creating missing maps, list items (up to an index) and `key:value`
-/// items on the way. Errors when the path crosses a scalar or a selector meets a map.
+/// Sets `value` at `path`, creating missing maps, a list's next item (an index one past its
+/// end) and `key:value` items on the way. Errors when the path crosses a scalar, a selector
+/// meets a map, or an index lies further past a list's end (items are added in order, so
+/// `[4]` on an empty list is a mistake, and `[444444444444]` must not fill memory).
 pub fn set(root: &mut Value, path: &[Segment], value: Value) -> Result<(), String> {
     let mut node = root;
     for seg in path {
@@ -159,7 +161,14 @@ fn step_mut<'a>(node: &'a mut Value, seg: &Segment) -> Result<&'a mut Value, Str
     match (node, seg) {
         (Value::Object(map), Segment::Key(k)) => Ok(map.entry(k.clone()).or_insert(Value::Null)),
         (Value::Array(list), Segment::Index(i)) => {
-            while list.len() <= *i {
+            if *i > list.len() {
+                return Err(format!(
+                    "index [{i}] is past the end of a list of {} item(s); add items in order ([{}] adds one)",
+                    list.len(),
+                    list.len()
+                ));
+            }
+            if *i == list.len() {
                 list.push(Value::Object(Map::new()));
             }
             Ok(&mut list[*i])
@@ -255,5 +264,32 @@ fn scalar(text: &str) -> Value {
         "true" => Value::Bool(true),
         "false" => Value::Bool(false),
         _ => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_owned())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Fuzzing (`render`, 2026-12-06) found `--set components.egressGateways[444444444444444440]…`
+    /// filling memory with empty items up to the index.
+    #[test]
+    fn an_index_may_add_the_next_item_but_not_skip_ahead() {
+        let mut root = json!({"gateways": [{"name": "a"}]});
+        set(&mut root, &parse_path("gateways[1].name").unwrap(), json!("b")).unwrap();
+        set(&mut root, &parse_path("gateways[0].enabled").unwrap(), json!(true)).unwrap();
+        assert_eq!(root, json!({"gateways": [{"name": "a", "enabled": true}, {"name": "b"}]}));
+        let far = set(&mut root, &parse_path("gateways[444444444444444440].enabled").unwrap(), json!(true));
+        assert_eq!(
+            far.unwrap_err(),
+            "index [444444444444444440] is past the end of a list of 2 item(s); add items in order ([2] adds one)"
+        );
+        let mut empty = json!({});
+        assert!(set(&mut empty, &parse_path("list[3]").unwrap(), json!(1)).is_err());
+        set(&mut empty, &parse_path("list[0]").unwrap(), json!(1)).unwrap();
+        assert_eq!(empty, json!({"list": [1]}));
+        assert_eq!(root["gateways"].as_array().unwrap().len(), 2, "a refused path changes nothing");
     }
 }
