@@ -204,7 +204,21 @@ pub fn webhook_ca_rotates_under_admission_traffic(cluster: &Cluster) {
     let (admitted, failures) = load.join().unwrap();
     println!("journey h: {admitted} admissions during the rotation, {} failed", failures.len());
     assert!(admitted >= 20, "admission traffic ran through the rotation ({admitted})");
-    assert!(failures.is_empty(), "no admission failed during the CA rotation: {failures:#?}");
+    if !failures.is_empty() {
+        // What took the webhook's endpoints away: probe failures, a restart, or the node.
+        let events = cluster
+            .kubectl(&["-n", "istio-system", "get", "events", "--sort-by=.lastTimestamp"])
+            .unwrap_or_else(|e| e.to_string());
+        let tail: Vec<&str> = events.lines().rev().take(25).collect();
+        let previous = cluster
+            .kubectl(&["-n", "istio-system", "logs", "deploy/istiod-canary", "--previous", "--tail=40"])
+            .unwrap_or_else(|e| e.to_string());
+        panic!(
+            "no admission failed during the CA rotation: {failures:#?}\nrestarts: {}\nevents (newest first):\n{}\nprevious istiod-canary logs:\n{previous}",
+            control_plane_restarts(cluster),
+            tail.join("\n")
+        );
+    }
     let secret =
         jsonpath(cluster, &["-n", "istio-system", "get", "secret", "istiod-canary-webhook-certs"], "{.metadata.uid}");
     assert!(secret.is_ok(), "the Secret was recreated: {secret:?}");
