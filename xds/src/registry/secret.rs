@@ -63,13 +63,25 @@ pub fn config_map_cas<'c>(
     out
 }
 
-/// Drops every key of a watched ConfigMap but [`CONFIG_MAP_CA_KEYS`] (and its managed fields).
+/// Drops every key of a watched ConfigMap but [`CONFIG_MAP_CA_KEYS`], and the metadata nothing
+/// reads: managed fields, labels and annotations (`kubectl apply` keeps a whole copy of the
+/// object in `kubectl.kubernetes.io/last-applied-configuration`).
 pub fn keep_ca_keys(config_map: &mut ConfigMap) {
     config_map.metadata.managed_fields = None;
+    config_map.metadata.annotations = None;
+    config_map.metadata.labels = None;
     config_map.binary_data = None;
     if let Some(data) = config_map.data.as_mut() {
         data.retain(|key, _| CONFIG_MAP_CA_KEYS.contains(&key.as_str()));
     }
+}
+
+/// Drops the metadata of a watched Secret that nothing reads: managed fields and annotations
+/// (`kubectl apply` keeps a whole copy of the Secret, keys included, in
+/// `kubectl.kubernetes.io/last-applied-configuration`).
+pub fn strip_unread_metadata(secret: &mut Secret) {
+    secret.metadata.managed_fields = None;
+    secret.metadata.annotations = None;
 }
 
 /// The credential a Secret holds; `Err` says which keys are missing. Secrets that carry no TLS
@@ -255,7 +267,12 @@ mod tests {
     fn a_watched_config_map_keeps_only_its_ca_keys() {
         let mut watched = config_map(&[("ca.crt", "A"), ("ca.crl", "R"), ("dashboard.json", "{}")]);
         watched.binary_data = Some(BTreeMap::from([("blob".to_owned(), ByteString(vec![0; 8]))]));
+        watched.metadata.annotations = Some(BTreeMap::from([(
+            "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+            "{\"data\": {\"dashboard.json\": \"{}\"}}".to_owned(),
+        )]));
         keep_ca_keys(&mut watched);
+        assert_eq!(watched.metadata.annotations, None);
         assert_eq!(watched.data.unwrap().into_keys().collect::<Vec<_>>(), ["ca.crl", "ca.crt"]);
         assert_eq!(watched.binary_data, None);
     }

@@ -132,7 +132,7 @@ impl Sources {
         // and are often most of a cluster's Secrets, so the API server leaves them out.
         let (secrets, writer) = reflector::store();
         let secret_config = config().fields("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1");
-        let events = watcher(Api::<Secret>::all(client.clone()), secret_config).modify(strip_managed_fields);
+        let events = watcher(Api::<Secret>::all(client.clone()), secret_config).modify(secret::strip_unread_metadata);
         streams.push(reflect(streams.len(), "Secret", writer, events.backoff(super::reconnect_backoff())));
 
         // Client CAs of gateways (`ca.crt`). Every other key is dropped as it arrives, so the
