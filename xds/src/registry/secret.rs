@@ -278,6 +278,18 @@ mod tests {
     }
 
     #[test]
+    fn a_watched_secret_drops_its_annotations_and_keeps_its_keys() {
+        let mut watched = secret(&[("tls.crt", "C"), ("tls.key", "K")]);
+        watched.metadata.annotations = Some(BTreeMap::from([(
+            "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+            "{\"data\": {\"tls.key\": \"Sw==\"}}".to_owned(),
+        )]));
+        strip_unread_metadata(&mut watched);
+        assert_eq!(watched.metadata.annotations, None);
+        assert_eq!(credential(&watched).unwrap().unwrap().private_key, b"K");
+    }
+
+    #[test]
     fn a_crl_goes_with_the_ca_of_either_layout() {
         let crl = crl_pem();
         let tls = credential(&secret(&[("tls.crt", "C"), ("tls.key", "K"), ("ca.crt", "A"), ("ca.crl", &crl)]))

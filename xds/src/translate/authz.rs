@@ -206,15 +206,15 @@ fn filters(snapshot: &Snapshot, proxy: &Proxy, layer: Layer) -> Vec<(&'static st
     let mut out = Vec::new();
     // Enforced rules only when an enforced policy applies: with no policy at all (every rule
     // unusable, or no rules) an ALLOW filter allows nothing.
-    let enforced = |policies: &[&AuthorizationPolicy], deny: bool| {
+    let translated = |policies: &[&AuthorizationPolicy], deny: bool| {
         (!policies.is_empty()).then(|| envoy_policies(policies, layer, deny, trust_domain))
     };
     for (name, action, deny, policies, dry, prefix) in [
         ("deny", rbac::Action::Deny, true, &found.deny, &found.dry_deny, DRY_RUN_DENY_PREFIX),
         ("allow", rbac::Action::Allow, false, &found.allow, &found.dry_allow, DRY_RUN_ALLOW_PREFIX),
     ] {
-        let rules = enforced(policies, deny);
-        let shadow = enforced(dry, deny).map(|policies| (policies, prefix));
+        let rules = translated(policies, deny);
+        let shadow = translated(dry, deny).map(|policies| (policies, prefix));
         if rules.is_some() || shadow.is_some() {
             out.push((name, filter_config(action, rules.as_ref(), shadow.as_ref().map(|(p, s)| (p, *s)), layer)));
         }

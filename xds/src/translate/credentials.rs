@@ -4,7 +4,7 @@
 //! servers' `credentialName` (see [`gateway`](super::gateway)); DestinationRules name them in
 //! `tls.credentialName` for TLS origination ([`for_clusters`]).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -96,7 +96,7 @@ pub fn validation(ctx: &Context<'_>, name: &str) -> Result<Secret, String> {
 /// A credential that is missing is left out (and logged): Envoy then keeps that cluster
 /// warming until its initial fetch times out, as with istiod, and every other cluster serves.
 pub fn for_clusters(ctx: &Context<'_>, clusters: &[Cluster]) -> Vec<Secret> {
-    let mut names = std::collections::BTreeSet::new();
+    let mut names = BTreeSet::new();
     for cluster in clusters {
         let Some(socket) = cluster.transport_socket.as_ref().filter(|s| s.name == TRANSPORT_SOCKET_TLS) else {
             continue;
@@ -122,7 +122,8 @@ pub fn for_clusters(ctx: &Context<'_>, clusters: &[Cluster]) -> Vec<Secret> {
             }
         }
     }
-    let mut out: BTreeMap<String, Secret> = BTreeMap::new();
+    // Names are sorted, and each serves the secret of its own SDS name, so `out` is sorted.
+    let mut out = Vec::new();
     for name in names {
         let served = match name.strip_suffix(CA_SUFFIX) {
             Some(base) => validation(ctx, base),
@@ -134,13 +135,11 @@ pub fn for_clusters(ctx: &Context<'_>, clusters: &[Cluster]) -> Vec<Secret> {
             }),
         };
         match served {
-            Ok(secret) => {
-                out.insert(secret.name.clone(), secret);
-            }
+            Ok(secret) => out.push(secret),
             Err(why) => tracing::debug!(proxy = %ctx.proxy.id, "DestinationRule {why}; not served"),
         }
     }
-    out.into_values().collect()
+    out
 }
 
 fn inline(bytes: &[u8]) -> DataSource {
@@ -150,6 +149,8 @@ fn inline(bytes: &[u8]) -> DataSource {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::model::{Proxy, Snapshot};
 

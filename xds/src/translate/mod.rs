@@ -388,9 +388,12 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
         if router {
             resources.secrets = gateway::secrets(&ctx);
         }
-        resources.secrets.extend(credentials::for_clusters(&ctx, &resources.clusters));
-        resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
-        resources.secrets.dedup_by(|later, first| later.name == first.name);
+        // Reading the clusters' TLS contexts back is only worth it when some rule names a Secret.
+        if snapshot.destination_rules.iter().any(|rule| names_credential(&rule.spec)) {
+            resources.secrets.extend(credentials::for_clusters(&ctx, &resources.clusters));
+            resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+            resources.secrets.dedup_by(|later, first| later.name == first.name);
+        }
     }
     let patches = envoy_filter::Patches::for_proxy(snapshot, proxy);
     if !patches.is_empty() {
