@@ -249,6 +249,10 @@ pub struct Snapshot {
     /// `<namespace>/<name>`, client CAs of ConfigMaps by `<namespace>/ConfigMap/<name>`
     /// ([`config_map_key`](crate::registry::secret::config_map_key)).
     pub secrets: BTreeMap<String, Arc<TlsCredential>>,
+    /// The locality of each pod the Kubernetes registry knows, by pod IP (pods with none left
+    /// out): where a proxy with no locality of its own and no endpoint (a client pod no Service
+    /// selects) runs, for locality load balancing.
+    pub pod_localities: Arc<BTreeMap<String, String>>,
     /// `endpoints` by address, built on first use by [`Snapshot::endpoints_at`].
     pub by_address: AddressIndex,
 }
@@ -376,6 +380,9 @@ pub struct Proxy {
     /// `<namespace>.svc.cluster.local`.
     pub dns_domain: String,
     pub labels: BTreeMap<String, String>,
+    /// `region/zone/subzone`: the node's `locality`, else the `istio-locality` label; empty
+    /// when neither says (discovery then takes the locality of the proxy's own endpoint).
+    pub locality: String,
     pub interception: InterceptionMode,
     pub istio_version: String,
     pub cluster_id: String,
@@ -520,7 +527,7 @@ impl Proxy {
             ns if !ns.is_empty() => ns,
             _ => domain.split('.').next().unwrap_or_default().to_owned(),
         };
-        let labels = metadata
+        let labels: BTreeMap<String, String> = metadata
             .get("LABELS")
             .and_then(|v| v.as_object())
             .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
@@ -536,6 +543,10 @@ impl Proxy {
             id: (*pod_id).to_owned(),
             namespace,
             dns_domain: (*domain).to_owned(),
+            locality: labels
+                .get(crate::registry::service_entry::LOCALITY_LABEL)
+                .map(|l| crate::registry::service_entry::locality_from_label(l))
+                .unwrap_or_default(),
             labels,
             interception,
             istio_version: text("ISTIO_VERSION"),
@@ -591,6 +602,13 @@ mod tests {
         assert_eq!(p.namespace, "default");
         assert_eq!(p.labels["version"], "v1");
         assert_eq!(p.interception, InterceptionMode::None);
+        assert_eq!(p.locality, "");
+        let labelled = Proxy::from_node(
+            "sidecar~10.1.2.3~reviews-v1-abc.default~default.svc.cluster.local",
+            &meta(json!({"LABELS": {"app": "reviews", "istio-locality": "us-east.us-east-1a"}})),
+        )
+        .unwrap();
+        assert_eq!(labelled.locality, "us-east/us-east-1a");
     }
 
     #[test]

@@ -12,12 +12,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint};
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use tokio::sync::OnceCell;
 
 use crate::model::{Proxy, Snapshot};
+use crate::translate::locality::{self, LocalityPolicy, Place};
 use crate::translate::{LabelSelectors, Parts, Resources, ViewKey};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -93,6 +94,8 @@ pub struct EncodedSet {
     listener_source: Arc<Vec<Listener>>,
     route_source: Arc<Vec<RouteConfiguration>>,
     secret_source: Arc<Vec<Secret>>,
+    /// The locality policies of the clusters (see [`Resources::localities`]).
+    localities: Arc<Vec<(String, LocalityPolicy)>>,
     /// [`SentMap`]s of the four maps, in the same order, built on first use.
     sent: [OnceLock<SentMap>; 4],
 }
@@ -154,6 +157,10 @@ impl EncodedSet {
         // Secrets go with the clusters and gateway listeners that name them (`Parts::secrets`).
         let (secrets, secret_source) =
             kind_part(previous.map(|p| (&p.secrets, &p.secret_source)), !parts.secrets(), fresh.secrets, |s| &s.name);
+        let localities = match previous {
+            Some(previous) if !parts.clusters => previous.localities.clone(),
+            _ => Arc::new(fresh.localities),
+        };
         let mut set = Self {
             clusters,
             listeners,
@@ -163,6 +170,7 @@ impl EncodedSet {
             listener_source,
             route_source,
             secret_source,
+            localities,
             sent: Default::default(),
         };
         // A map whose every resource was reused is the previous map: keep its shared sent map,
@@ -187,6 +195,7 @@ impl EncodedSet {
             listeners: self.listener_source.as_ref().clone(),
             routes: self.route_source.as_ref().clone(),
             secrets: self.secret_source.as_ref().clone(),
+            localities: self.localities.as_ref().clone(),
         }
     }
 
@@ -351,6 +360,36 @@ impl EndpointTable {
         table
     }
 
+    /// `shared` with the assignments in `overrides` in place of its own (one proxy's copies of
+    /// the clusters that take locality load balancing). An override equal to the shared
+    /// assignment is the shared one; one equal to `previous`'s (the same place's table at the
+    /// previous generation) keeps that encoding and version.
+    pub fn localized(
+        shared: &EndpointTable,
+        overrides: Vec<ClusterLoadAssignment>,
+        previous: Option<&EndpointTable>,
+    ) -> Self {
+        let mut table = EndpointTable {
+            decoded: shared.decoded.clone(),
+            encoded: shared.encoded.clone(),
+            sent: OnceLock::new(),
+            delta: None,
+        };
+        for assignment in overrides {
+            let name = assignment.cluster_name.as_str();
+            if shared.decoded.get(name).is_none_or(|own| **own == assignment) {
+                continue;
+            }
+            table.decoded.remove(name);
+            table.encoded.remove(name);
+            table.insert(assignment, previous);
+        }
+        if let Some(previous) = previous {
+            table.keep_sent_map_if_unchanged(previous);
+        }
+        table
+    }
+
     /// What changed since the table this one was updated from, if only contents did.
     pub fn delta(&self) -> Option<&TableDelta> {
         self.delta.as_ref()
@@ -391,6 +430,12 @@ pub struct Generation {
     /// Held weakly, like `views`: a stream holds its table, and a namespace no stream is in
     /// any more (plaintext clients may claim any) does not keep one.
     name_tables: Mutex<HashMap<String, Weak<ResourceMap>>>,
+    /// Endpoint tables localized for one [`LocalizedKey`] (proxies whose clusters take
+    /// locality load balancing), held weakly like `views`.
+    localized: Mutex<HashMap<LocalizedKey, Weak<EndpointTable>>>,
+    /// The previous generation's localized tables, taken as each is localized again, so
+    /// unchanged assignments keep their encoding.
+    previous_localized: Mutex<HashMap<LocalizedKey, Arc<EndpointTable>>>,
     /// The previous generation's views, taken as each view is recomputed, so unchanged
     /// resources keep their encoding (see [`EncodedSet::encode`]).
     previous_views: Mutex<HashMap<ViewKey, Arc<EncodedSet>>>,
@@ -420,6 +465,16 @@ impl Generation {
                     .collect()
             })
             .unwrap_or_default();
+        let previous_localized = previous
+            .map(|p| {
+                p.localized
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .filter_map(|(key, table)| Some((key.clone(), table.upgrade()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Self {
             version,
@@ -430,6 +485,8 @@ impl Generation {
             endpoints: Arc::new(endpoints),
             views: Mutex::new(HashMap::new()),
             name_tables: Mutex::new(HashMap::new()),
+            localized: Mutex::new(HashMap::new()),
+            previous_localized: Mutex::new(previous_localized),
             previous_views: Mutex::new(previous_views),
             previous_snapshot: previous.map(|p| p.snapshot.clone()),
             inbound_inputs_changed: OnceLock::new(),
@@ -480,6 +537,82 @@ impl Generation {
         let map = Arc::new(ResourceMap::from([(NAME_TABLE_RESOURCE.to_owned(), Arc::new(encoded))]));
         tables.insert(namespace.to_owned(), Arc::downgrade(&map));
         map
+    }
+
+    /// The endpoint table `proxy` is served: the shared one, unless some of its clusters take
+    /// locality load balancing (`policies`, from its view) and its place is known; then the
+    /// table localized for its place, shared by every proxy there with the same policies.
+    fn endpoints_for(&self, policies: &Arc<Vec<(String, LocalityPolicy)>>, proxy: &Proxy) -> Arc<EndpointTable> {
+        if policies.is_empty() {
+            return self.endpoints.clone();
+        }
+        let own_locality = || {
+            proxy
+                .ip_addresses
+                .iter()
+                .flat_map(|ip| self.snapshot.endpoints_at(ip))
+                .map(|(_, _, endpoint)| endpoint.locality.as_str())
+                .find(|locality| !locality.is_empty())
+                .or_else(|| {
+                    proxy.ip_addresses.iter().find_map(|ip| self.snapshot.pod_localities.get(ip)).map(String::as_str)
+                })
+                .unwrap_or_default()
+        };
+        let locality = if proxy.locality.is_empty() { own_locality() } else { proxy.locality.as_str() };
+        let place = Place::new(locality, &proxy.labels, policies.iter().flat_map(|(_, p)| p.proxy_label_keys()));
+        if place.is_unknown() {
+            return self.endpoints.clone();
+        }
+        let key = LocalizedKey { policies: policies.clone(), place };
+        if let Some(table) =
+            self.localized.lock().unwrap_or_else(PoisonError::into_inner).get(&key).and_then(Weak::upgrade)
+        {
+            return table;
+        }
+        let previous = self.previous_localized.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+        let table = Arc::new(self.localize(&key, previous.as_deref()));
+        let mut tables = self.localized.lock().unwrap_or_else(PoisonError::into_inner);
+        if tables.len() >= VIEW_SWEEP_FROM && tables.len().is_power_of_two() && !tables.contains_key(&key) {
+            tables.retain(|_, table| table.strong_count() > 0);
+        }
+        // Two streams of one place may both have localized it: the first one stored wins.
+        match tables.get(&key).and_then(Weak::upgrade) {
+            Some(stored) => stored,
+            None => {
+                tables.insert(key, Arc::downgrade(&table));
+                table
+            }
+        }
+    }
+
+    /// The shared table with `key`'s clusters localized for its place.
+    fn localize(&self, key: &LocalizedKey, previous: Option<&EndpointTable>) -> EndpointTable {
+        let overrides = key
+            .policies
+            .iter()
+            .filter_map(|(name, policy)| {
+                let base = self.endpoints.decoded.get(name)?;
+                // `failoverPriority` reads the labels of the workloads behind the endpoints.
+                let workloads: HashMap<(&str, u32), &BTreeMap<String, String>> =
+                    match (policy.proxy_label_keys().next(), assignment_host(name)) {
+                        (Some(_), Some(host)) => self
+                            .snapshot
+                            .endpoints
+                            .get(host)
+                            .into_iter()
+                            .flat_map(|list| list.iter())
+                            .map(|e| ((e.address.as_str(), e.port), &e.labels))
+                            .collect(),
+                        _ => HashMap::new(),
+                    };
+                let labels = |endpoint: &LbEndpoint| {
+                    let (address, port) = endpoint_socket(endpoint)?;
+                    workloads.get(&(address, port)).copied()
+                };
+                Some(locality::localize(base, policy, &key.place, &labels))
+            })
+            .collect();
+        EndpointTable::localized(&self.endpoints, overrides, previous)
     }
 
     /// The encoded outbound resources for `proxy`'s view, computed by the first stream that
@@ -536,6 +669,28 @@ impl Generation {
     }
 }
 
+/// What a localized endpoint table depends on: the locality policies of a view's clusters and
+/// the place of the proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LocalizedKey {
+    policies: Arc<Vec<(String, LocalityPolicy)>>,
+    place: Place,
+}
+
+/// The address and port of an endpoint that has a socket address.
+fn endpoint_socket(endpoint: &LbEndpoint) -> Option<(&str, u32)> {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let Some(HostIdentifier::Endpoint(endpoint)) = &endpoint.host_identifier else { return None };
+    let Some(address::Address::SocketAddress(socket)) = endpoint.address.as_ref()?.address.as_ref() else {
+        return None;
+    };
+    match socket.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(port)) => Some((socket.address.as_str(), port)),
+        _ => None,
+    }
+}
+
 fn view_alive(cell: &ViewCell) -> bool {
     cell.get().is_some_and(|view| view.strong_count() > 0)
 }
@@ -547,6 +702,8 @@ pub const NAME_TABLE_RESOURCE: &str = "nametable";
 #[derive(Clone, Debug)]
 pub struct ProxyResources {
     pub generation: Arc<Generation>,
+    /// The generation's endpoint table, or its copy localized for this proxy.
+    endpoints: Arc<EndpointTable>,
     outbound: Arc<EncodedSet>,
     inbound: Arc<EncodedSet>,
     namespace: Arc<str>,
@@ -585,12 +742,14 @@ impl ProxyResources {
         previous: Option<&ProxyResources>,
     ) -> Self {
         let outbound = generation.outbound(generator, proxy).await;
+        let endpoints = generation.endpoints_for(&outbound.localities, proxy);
         // Most changes leave a proxy's own side as it was: keep it without a translation.
         if let Some(previous) = previous
             && !generation.inbound_changed(generator, &previous.generation.snapshot, proxy)
         {
             return Self {
                 generation,
+                endpoints,
                 outbound,
                 inbound: previous.inbound.clone(),
                 namespace: proxy.namespace.as_str().into(),
@@ -613,6 +772,7 @@ impl ProxyResources {
         };
         Self {
             generation,
+            endpoints,
             outbound,
             inbound: Arc::new(inbound),
             namespace: proxy.namespace.as_str().into(),
@@ -631,7 +791,7 @@ impl ProxyResources {
         }
         match (self.inbound.map(kind), self.outbound.map(kind)) {
             (Some(inbound), Some(outbound)) => inbound.get(name).or_else(|| outbound.get(name)),
-            _ => self.generation.endpoints.encoded.get(name),
+            _ => self.endpoints.encoded.get(name),
         }
     }
 
@@ -648,7 +808,7 @@ impl ProxyResources {
             }
             (Some(_), Some(_)) => None,
             _ => {
-                let table = &self.generation.endpoints;
+                let table = &self.endpoints;
                 (list.len() == table.encoded.len())
                     .then(|| table.sent.get_or_init(|| sent_map_of(&table.encoded)).clone())
             }
@@ -661,7 +821,7 @@ impl ProxyResources {
         match (self.inbound.map(kind), self.outbound.map(kind)) {
             (Some(inbound), Some(_)) if inbound.is_empty() => self.outbound.sent_map(kind),
             (Some(_), Some(_)) => None,
-            _ if kind == Kind::Endpoint => Some(self.generation.endpoints.sent_map()),
+            _ if kind == Kind::Endpoint => Some(self.endpoints.sent_map()),
             _ => None,
         }
     }
@@ -674,7 +834,7 @@ impl ProxyResources {
         if kind != Kind::Endpoint {
             return None;
         }
-        let delta = self.generation.endpoints.delta()?;
+        let delta = self.endpoints.delta()?;
         Arc::ptr_eq(&delta.previous_sent, sent).then_some(delta.changed.as_slice())
     }
 
@@ -682,7 +842,7 @@ impl ProxyResources {
         match (self.inbound.map(kind), self.outbound.map(kind)) {
             (Some(inbound), Some(outbound)) if inbound.is_empty() => Some(outbound.len()),
             (Some(_), Some(_)) => None,
-            _ if kind == Kind::Endpoint => Some(self.generation.endpoints.encoded.len()),
+            _ if kind == Kind::Endpoint => Some(self.endpoints.encoded.len()),
             _ => None,
         }
     }
@@ -694,7 +854,7 @@ impl ProxyResources {
         if kind != Kind::Endpoint {
             return names.iter().filter_map(|name| self.get(kind, name).cloned()).collect();
         }
-        let table = &self.generation.endpoints.encoded;
+        let table = &self.endpoints.encoded;
         if names.len() < table.len() / 8 {
             return names.iter().filter_map(|name| table.get(name).cloned()).collect();
         }
@@ -715,7 +875,7 @@ impl ProxyResources {
         if kind != Kind::Endpoint {
             return names.into_iter().all(|name| self.get(kind, name).is_some());
         }
-        let table = &self.generation.endpoints.encoded;
+        let table = &self.endpoints.encoded;
         if names.len() < table.len() / 8 {
             return names.into_iter().all(|name| table.contains_key(name));
         }
@@ -739,7 +899,7 @@ impl ProxyResources {
                 merged.extend(inbound.iter().map(|(name, r)| (name.as_str(), r)));
                 merged.into_values().collect()
             }
-            _ => self.generation.endpoints.encoded.values().collect(),
+            _ => self.endpoints.encoded.values().collect(),
         }
     }
 }

@@ -246,7 +246,11 @@ pub(crate) fn register(
         .filter(|n| !n.id.is_empty())
         .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
     let metadata = node.metadata.as_ref().map(struct_to_json).unwrap_or_default();
-    let proxy = Proxy::from_node(&node.id, &metadata).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut proxy = Proxy::from_node(&node.id, &metadata).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if let Some(locality) = node.locality.as_ref().filter(|l| !l.region.is_empty() || !l.zone.is_empty()) {
+        let parts = [locality.region.as_str(), locality.zone.as_str(), locality.sub_zone.as_str()];
+        proxy.locality = parts.join("/").trim_end_matches('/').to_owned();
+    }
     check_claimed_namespace(peer.identity.as_ref(), &proxy, &node.id)?;
     let connection = Arc::new(Connection {
         id: shared.connection_id(&node.id),

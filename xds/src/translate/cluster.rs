@@ -7,16 +7,24 @@
 //! PROXY protocol. A DestinationRule value Envoy would refuse is dropped with a warning; the
 //! rest of the cluster is still served.
 //!
-//! Not translated yet: `localityLbSetting` (distribute/failover need per-proxy locality
-//! priorities), `zoneAwareLbSetting` (Envoy's zone-aware routing needs a bootstrap
+//! `localityLbSetting` sets only `locality_weighted_lb_config` here and names the EDS clusters
+//! it applies to ([`outbound_with_localities`]); the priorities and weights it gives are per
+//! proxy, in each proxy's copy of their endpoints ([`super::locality`]). DNS clusters, whose
+//! endpoints are inline and so shared by every proxy of a view, do not take them.
+//!
+//! Not translated yet: `zoneAwareLbSetting` (Envoy's zone-aware routing needs a bootstrap
 //! `local_cluster` of the proxy's own workload), `tunnel` (belongs to the TCP proxy filter),
 //! and auto-mTLS (see [`tls_socket`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget as EnvoyRetryBudget;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::{
+    LocalityConfigSpecifier, LocalityWeightedLbConfig,
+};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbConfig, LbPolicy,
     LeastRequestLbConfig, MaglevLbConfig, OriginalDstLbConfig, RingHashLbConfig, RoundRobinLbConfig, SlowStartConfig,
@@ -58,8 +66,8 @@ use envoy_types::util::pack_any;
 use rudder_config::common::Duration;
 use rudder_config::labels::TLS_MODE_ISTIO;
 use rudder_config::networking::destination_rule::{
-    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, OutlierDetection,
-    ProxyProtocol, RetryBudget, SimpleLb, Subset, TcpKeepalive, TrafficPolicy,
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy, LoadBalancerSettings,
+    OutlierDetection, ProxyProtocol, RetryBudget, SimpleLb, Subset, TcpKeepalive, TrafficPolicy,
 };
 
 use super::context::{
@@ -68,6 +76,7 @@ use super::context::{
 };
 use super::credentials::{CA_SUFFIX, CREDENTIAL_PREFIX};
 use super::endpoint;
+use super::locality::LocalityPolicy;
 use super::security::{ROOT_SECRET, TRANSPORT_SOCKET_TLS, WORKLOAD_SECRET};
 use crate::model::{InterceptionMode, NodeType, Protocol, Resolution, Service, ServicePort, labels_match};
 
@@ -95,28 +104,22 @@ const MAGLEV_MAX_TABLE_SIZE: u64 = 5_000_011;
 /// sorted by name (first wins on a duplicate name), then BlackHole, Passthrough and
 /// InboundPassthrough.
 pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
-    // Names are decided and sorted before any cluster is built: clusters are ~3 KB each, and
-    // sorting (or growing) a vector of them moves every one many times over.
-    let mut planned = Vec::new();
-    for service in ctx.services() {
-        let rule = ctx.destination_rule(&service.hostname);
-        let rule_policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
-        let subsets = rule.map(|r| r.spec.subsets.as_slice()).unwrap_or_default();
-        for port in service.ports.iter().filter(|p| ctx.port_visible(service, p.port)) {
-            let name = outbound_cluster_name(port.port, "", &service.hostname);
-            planned.push((name, service, port, None, port_policy(rule_policy, port.port), rule));
-            for subset in subsets.iter().filter(|s| !s.name.is_empty()) {
-                let policy = subset_policy(rule_policy, subset.traffic_policy.as_ref(), port.port);
-                let name = outbound_cluster_name(port.port, &subset.name, &service.hostname);
-                planned.push((name, service, port, Some(subset), policy, rule));
-            }
-        }
-    }
-    // Stable, so the first of a duplicate name is the one kept.
-    planned.sort_by(|a, b| a.0.cmp(&b.0));
-    planned.dedup_by(|later, first| later.0 == first.0);
+    outbound_with_localities(ctx).0
+}
+
+/// [`outbound`], and the [`LocalityPolicy`] of each EDS cluster that has one (sorted by
+/// cluster name): what discovery needs to give this proxy its own copy of those clusters'
+/// endpoints.
+pub fn outbound_with_localities(ctx: &Context<'_>) -> (Vec<Cluster>, Vec<(String, LocalityPolicy)>) {
+    let planned = plan(ctx);
+    let localities = planned
+        .iter()
+        .filter(|p| p.service.resolution == Resolution::ClientSideLb)
+        .filter(|p| p.policy.load_balancer.and_then(|lb| lb.simple) != Some(SimpleLb::Passthrough))
+        .filter_map(|p| Some((p.name.clone(), locality_policy(ctx, &p.policy)?)))
+        .collect();
     let mut clusters = Vec::with_capacity(planned.len() + 3);
-    clusters.extend(planned.into_iter().filter_map(|(name, service, port, subset, policy, rule)| {
+    clusters.extend(planned.into_iter().filter_map(|Planned { name, service, port, subset, policy, rule }| {
         let mut cluster = service_cluster(ctx, name, service, port, subset, &policy)?;
         if let Some(rule) = rule {
             let namespace = rule.metadata.namespace.as_deref().unwrap_or_default();
@@ -129,7 +132,53 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
     clusters.push(passthrough_cluster(ctx));
     clusters.push(inbound_passthrough_cluster(ctx));
     clusters.extend(tracing_collector_cluster(ctx));
-    clusters
+    (clusters, localities)
+}
+
+/// One outbound service cluster to build: its name, what it serves and the policy in force.
+struct Planned<'a> {
+    name: String,
+    service: &'a Service,
+    port: &'a ServicePort,
+    subset: Option<&'a Subset>,
+    policy: Policy<'a>,
+    rule: Option<&'a Arc<DestinationRule>>,
+}
+
+/// The service clusters of a proxy, sorted by name, a duplicate name keeping its first.
+fn plan<'a>(ctx: &Context<'a>) -> Vec<Planned<'a>> {
+    // Names are decided and sorted before any cluster is built: clusters are ~3 KB each, and
+    // sorting (or growing) a vector of them moves every one many times over.
+    let mut planned = Vec::new();
+    for service in ctx.services() {
+        let rule = ctx.destination_rule(&service.hostname);
+        let rule_policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
+        let subsets = rule.map(|r| r.spec.subsets.as_slice()).unwrap_or_default();
+        for port in service.ports.iter().filter(|p| ctx.port_visible(service, p.port)) {
+            let name = outbound_cluster_name(port.port, "", &service.hostname);
+            let policy = port_policy(rule_policy, port.port);
+            planned.push(Planned { name, service, port, subset: None, policy, rule });
+            for subset in subsets.iter().filter(|s| !s.name.is_empty()) {
+                let policy = subset_policy(rule_policy, subset.traffic_policy.as_ref(), port.port);
+                let name = outbound_cluster_name(port.port, &subset.name, &service.hostname);
+                planned.push(Planned { name, service, port, subset: Some(subset), policy, rule });
+            }
+        }
+    }
+    // Stable, so the first of a duplicate name is the one kept.
+    planned.sort_by(|a, b| a.name.cmp(&b.name));
+    planned.dedup_by(|later, first| later.name == first.name);
+    planned
+}
+
+/// The locality load balancing of a cluster under `policy` (the rule's setting, else the
+/// mesh's), when it changes anything.
+fn locality_policy(ctx: &Context<'_>, policy: &Policy<'_>) -> Option<LocalityPolicy> {
+    LocalityPolicy::of(
+        ctx.snapshot.mesh.locality_lb_setting.as_ref(),
+        policy.load_balancer.and_then(|lb| lb.locality_lb_setting.as_ref()),
+        policy.outlier_detection.is_some(),
+    )
 }
 
 /// The zipkin collector's cluster when its address is not a registry service (`zipkin`: STATIC
@@ -415,6 +464,7 @@ fn service_cluster(
     apply_outlier_detection(&mut draft, policy.outlier_detection);
     apply_outlier_error_codes(&mut draft, port.protocol, policy.outlier_detection);
     apply_load_balancer(&mut draft, policy.load_balancer);
+    apply_locality_weights(ctx, &mut draft, policy);
     let subset_name = subset.map_or("", |s| s.name.as_str());
     let sni = format!("outbound_.{}_.{}_.{}", port.port, subset_name, service.hostname);
     if let Some(tls) = policy.tls {
@@ -889,6 +939,19 @@ fn apply_load_balancer(draft: &mut Draft, lb: Option<&LoadBalancerSettings>) {
             ..Default::default()
         })
     });
+}
+
+/// Locality-weighted load balancing when the cluster's locality policy asks for it (the
+/// priorities and weights themselves are per proxy, in its endpoints). Not with an extension
+/// load-balancing policy, which weighs by its own measure, nor on ORIGINAL_DST clusters.
+fn apply_locality_weights(ctx: &Context<'_>, draft: &mut Draft, policy: &Policy<'_>) {
+    if draft.cluster.load_balancing_policy.is_some() || draft.kind() == Some(DiscoveryType::OriginalDst) {
+        return;
+    }
+    if locality_policy(ctx, policy).is_some_and(|p| p.weighs_localities()) {
+        draft.cluster.common_lb_config.get_or_insert_with(Default::default).locality_config_specifier =
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig {}));
+    }
 }
 
 /// Slow start from `warmup` (or the older `warmupDurationSecs`).

@@ -18,6 +18,7 @@ pub mod endpoint;
 pub mod envoy_filter;
 pub mod gateway;
 pub mod listener;
+pub mod locality;
 pub mod route;
 pub mod security;
 pub mod telemetry;
@@ -45,6 +46,9 @@ pub struct Resources {
     /// SDS secrets served over ADS (gateway `credentialName`s). They change with the listeners
     /// that name them, so they are translated again whenever listeners are.
     pub secrets: Vec<Secret>,
+    /// The locality policy of each EDS cluster that has one, sorted by cluster name: which
+    /// endpoints the proxy gets its own copy of ([`locality`]). Goes with the clusters.
+    pub localities: Vec<(String, locality::LocalityPolicy)>,
 }
 
 impl Resources {
@@ -54,6 +58,7 @@ impl Resources {
         self.listeners.extend(other.listeners);
         self.routes.extend(other.routes);
         self.secrets.extend(other.secrets);
+        self.localities.extend(other.localities);
     }
 }
 
@@ -365,12 +370,10 @@ fn endpoints_reach_clusters(before: &Snapshot, after: &Snapshot) -> bool {
 pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resources {
     let ctx = context::Context::new(snapshot, proxy);
     let router = proxy.node_type == NodeType::Router;
+    let (clusters, localities) =
+        if parts.clusters { cluster::outbound_with_localities(&ctx) } else { (Vec::new(), Vec::new()) };
     let mut resources = Resources {
-        clusters: match (parts.clusters, router) {
-            (false, _) => Vec::new(),
-            (true, false) => cluster::outbound(&ctx),
-            (true, true) => gateway::with_sni_dnat_clusters(&ctx, cluster::outbound(&ctx)),
-        },
+        clusters: if router { gateway::with_sni_dnat_clusters(&ctx, clusters) } else { clusters },
         listeners: match (parts.listeners, router) {
             (false, _) => Vec::new(),
             (true, false) => listener::outbound(&ctx),
@@ -382,6 +385,7 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
             (true, true) => gateway::routes(&ctx),
         },
         secrets: Vec::new(),
+        localities,
     };
     // Secrets go with the clusters and gateway servers that name them (see `Parts::secrets`).
     if parts.secrets() {

@@ -68,7 +68,7 @@ pub fn fixture() -> (Resources, Vec<ClusterLoadAssignment>) {
             clusters: vec![cluster("a", 1), cluster("b", 1)],
             listeners: vec![listener("l1")],
             routes: vec![route("r1"), route("r2")],
-            secrets: Vec::new(),
+            ..Resources::default()
         },
         vec![cla("a", 0), cla("b", 0)],
     )

@@ -140,6 +140,23 @@ impl<'a> Workloads<'a> {
             .filter(move |pod| labels_match(selector, pod_labels(pod)))
     }
 
+    /// The locality of every pod that has an IP and a locality, by each of its IPs.
+    pub fn localities_by_ip(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for pod in self.pods.values() {
+            let locality = self.locality(pod_labels(pod), pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), None);
+            if locality.is_empty() {
+                continue;
+            }
+            let status = pod.status.as_ref();
+            let ips = status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|ip| ip.ip.as_str());
+            for ip in ips.chain(status.and_then(|s| s.pod_ip.as_deref())) {
+                out.insert(ip.to_owned(), locality.clone());
+            }
+        }
+        out
+    }
+
     /// `region/zone/subzone` of a workload: its `istio-locality` label, else its node's
     /// topology labels (with the EndpointSlice's zone when it has one). Empty when unknown.
     fn locality(&self, labels: &BTreeMap<String, String>, node: Option<&str>, zone: Option<&str>) -> String {
@@ -492,6 +509,30 @@ mod tests {
                 "status": {"podIP": "10.1.0.2", "phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]},
             })),
         ]
+    }
+
+    #[test]
+    fn pod_localities_by_ip() {
+        let mut pods = sample_pods();
+        pods.push(pod(json!({
+            "metadata": {"name": "client", "namespace": "default"},
+            "spec": {"containers": [], "nodeName": "node-b"},
+            "status": {"podIP": "10.1.0.3", "podIPs": [{"ip": "10.1.0.3"}, {"ip": "fd00::3"}]},
+        })));
+        let node_a: BTreeMap<String, String> =
+            [(REGION_LABEL.to_owned(), "us".to_owned()), (ZONE_LABEL.to_owned(), "us-1".to_owned())].into();
+        let node_b: BTreeMap<String, String> = [(ZONE_LABEL.to_owned(), "us-2".to_owned())].into();
+        let workloads = Workloads::new(&pods, [("node-a", &node_a), ("node-b", &node_b)]);
+        // The node's labels, the pod's own `istio-locality` label, and every IP of a pod.
+        assert_eq!(
+            workloads.localities_by_ip(),
+            BTreeMap::from([
+                ("10.1.0.1".to_owned(), "us/us-1".to_owned()),
+                ("10.1.0.2".to_owned(), "eu/eu-1".to_owned()),
+                ("10.1.0.3".to_owned(), "/us-2".to_owned()),
+                ("fd00::3".to_owned(), "/us-2".to_owned()),
+            ])
+        );
     }
 
     #[test]

@@ -171,6 +171,7 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
             credentials.extend(secret::config_map_cas(inputs.config_maps.iter().map(|c| c.as_ref())));
             credentials
         },
+        pod_localities: Arc::new(workloads.localities_by_ip()),
         by_address: Default::default(),
     }
 }
