@@ -119,6 +119,32 @@ pub struct Service {
     pub export_to: Vec<String>,
     /// Whether this is a Kubernetes service (short-name aliases apply).
     pub kubernetes: bool,
+    /// A Kubernetes Service's `spec.trafficDistribution`.
+    pub traffic_distribution: TrafficDistribution,
+}
+
+/// A Kubernetes Service's `spec.trafficDistribution`: where traffic to it should stay. Without
+/// a DestinationRule locality setting, Istio turns a preference into failover by topology
+/// labels, outlier detection or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TrafficDistribution {
+    /// No preference (unset, or a value this version does not know).
+    #[default]
+    Any,
+    /// `PreferSameZone`, and `PreferClose`, its older name.
+    PreferSameZone,
+    /// `PreferSameNode`.
+    PreferSameNode,
+}
+
+impl TrafficDistribution {
+    pub fn of(value: Option<&str>) -> Self {
+        match value {
+            Some("PreferClose" | "PreferSameZone") => TrafficDistribution::PreferSameZone,
+            Some("PreferSameNode") => TrafficDistribution::PreferSameNode,
+            _ => TrafficDistribution::Any,
+        }
+    }
 }
 
 impl Service {

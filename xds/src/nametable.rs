@@ -158,6 +158,7 @@ mod tests {
             mesh_external: false,
             export_to: Vec::new(),
             kubernetes,
+            traffic_distribution: Default::default(),
         }
     }
 

@@ -183,6 +183,7 @@ async fn an_endpoint_change_sends_only_the_changed_assignment() {
                 mesh_external: false,
                 export_to: vec![],
                 kubernetes: true,
+                traffic_distribution: Default::default(),
             };
             snapshot.services.insert(host(i), Arc::new(service));
             snapshot.endpoints.insert(host(i), Arc::new(vec![Endpoint::plain(address, 8080, "http", "ns")]));

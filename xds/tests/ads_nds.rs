@@ -24,6 +24,7 @@ fn service(hostname: &str, name: &str, address: &str, kubernetes: bool) -> Servi
         mesh_external: false,
         export_to: Vec::new(),
         kubernetes,
+        traffic_distribution: Default::default(),
     }
 }
 

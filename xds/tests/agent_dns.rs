@@ -253,6 +253,7 @@ fn service(hostname: &str, namespace: &str, name: &str, address: &str, kubernete
         mesh_external: false,
         export_to: Vec::new(),
         kubernetes,
+        traffic_distribution: Default::default(),
     }
 }
 

@@ -40,6 +40,7 @@ fn service(host: &str, resolution: Resolution, ports: Vec<ServicePort>) -> Arc<S
         mesh_external: !host.ends_with(".cluster.local"),
         export_to: vec![],
         kubernetes: host.ends_with(".cluster.local"),
+        traffic_distribution: Default::default(),
     })
 }
 

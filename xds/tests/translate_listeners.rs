@@ -52,6 +52,7 @@ fn service(host: &str, ports: &[(&str, u32)], addresses: &[&str]) -> Arc<Service
         mesh_external: false,
         export_to: Vec::new(),
         kubernetes: true,
+        traffic_distribution: Default::default(),
     })
 }
 

@@ -181,6 +181,7 @@ fn service(host: &str, ports: &[(u32, &str)], vip: &str, resolution: Resolution)
         mesh_external: false,
         export_to: vec![],
         kubernetes,
+        traffic_distribution: Default::default(),
     })
 }
 

@@ -206,6 +206,7 @@ fn entry_service(spec: &ServiceEntrySpec, host: &str, namespace: &str, name: &st
         mesh_external: spec.location() == Location::MeshExternal,
         export_to: spec.export_to.clone(),
         kubernetes: false,
+        traffic_distribution: Default::default(),
     }
 }
 

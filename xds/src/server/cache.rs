@@ -1006,6 +1006,7 @@ mod incremental_tests {
             mesh_external: false,
             export_to: vec![],
             kubernetes: true,
+            traffic_distribution: Default::default(),
         })
     }
 

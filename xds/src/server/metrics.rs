@@ -346,6 +346,7 @@ mod tests {
             mesh_external: false,
             export_to: Vec::new(),
             kubernetes: true,
+            traffic_distribution: Default::default(),
         })
     }
 

@@ -116,7 +116,7 @@ pub fn outbound_with_localities(ctx: &Context<'_>) -> (Vec<Cluster>, Vec<(String
         .iter()
         .filter(|p| p.service.resolution == Resolution::ClientSideLb)
         .filter(|p| p.policy.load_balancer.and_then(|lb| lb.simple) != Some(SimpleLb::Passthrough))
-        .filter_map(|p| Some((p.name.clone(), locality_policy(ctx, &p.policy)?)))
+        .filter_map(|p| Some((p.name.clone(), locality_policy(ctx, p.service, &p.policy)?)))
         .collect();
     let mut clusters = Vec::with_capacity(planned.len() + 3);
     clusters.extend(planned.into_iter().filter_map(|Planned { name, service, port, subset, policy, rule }| {
@@ -173,10 +173,11 @@ fn plan<'a>(ctx: &Context<'a>) -> Vec<Planned<'a>> {
 
 /// The locality load balancing of a cluster under `policy` (the rule's setting, else the
 /// mesh's), when it changes anything.
-fn locality_policy(ctx: &Context<'_>, policy: &Policy<'_>) -> Option<LocalityPolicy> {
+fn locality_policy(ctx: &Context<'_>, service: &Service, policy: &Policy<'_>) -> Option<LocalityPolicy> {
     LocalityPolicy::of(
         ctx.snapshot.mesh.locality_lb_setting.as_ref(),
         policy.load_balancer.and_then(|lb| lb.locality_lb_setting.as_ref()),
+        service.traffic_distribution,
         policy.outlier_detection.is_some(),
     )
 }
@@ -464,7 +465,7 @@ fn service_cluster(
     apply_outlier_detection(&mut draft, policy.outlier_detection);
     apply_outlier_error_codes(&mut draft, port.protocol, policy.outlier_detection);
     apply_load_balancer(&mut draft, policy.load_balancer);
-    apply_locality_weights(ctx, &mut draft, policy);
+    apply_locality_weights(ctx, &mut draft, service, policy);
     let subset_name = subset.map_or("", |s| s.name.as_str());
     let sni = format!("outbound_.{}_.{}_.{}", port.port, subset_name, service.hostname);
     if let Some(tls) = policy.tls {
@@ -944,11 +945,11 @@ fn apply_load_balancer(draft: &mut Draft, lb: Option<&LoadBalancerSettings>) {
 /// Locality-weighted load balancing when the cluster's locality policy asks for it (the
 /// priorities and weights themselves are per proxy, in its endpoints). Not with an extension
 /// load-balancing policy, which weighs by its own measure, nor on ORIGINAL_DST clusters.
-fn apply_locality_weights(ctx: &Context<'_>, draft: &mut Draft, policy: &Policy<'_>) {
+fn apply_locality_weights(ctx: &Context<'_>, draft: &mut Draft, service: &Service, policy: &Policy<'_>) {
     if draft.cluster.load_balancing_policy.is_some() || draft.kind() == Some(DiscoveryType::OriginalDst) {
         return;
     }
-    if locality_policy(ctx, policy).is_some_and(|p| p.weighs_localities()) {
+    if locality_policy(ctx, service, policy).is_some_and(|p| p.weighs_localities()) {
         draft.cluster.common_lb_config.get_or_insert_with(Default::default).locality_config_specifier =
             Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig {}));
     }

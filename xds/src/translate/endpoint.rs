@@ -328,6 +328,7 @@ mod tests {
             mesh_external: false,
             export_to: vec![],
             kubernetes: true,
+            traffic_distribution: Default::default(),
         })
     }
 

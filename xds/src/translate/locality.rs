@@ -21,10 +21,14 @@ use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndp
 use envoy_types::pb::google::protobuf::UInt32Value;
 use rudder_config::networking::destination_rule::LocalityLoadBalancerSetting;
 
+use crate::model::TrafficDistribution;
+
 /// The topology labels a `failoverPriority` may name, whose values come from localities.
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+/// The network label, which Kubernetes `trafficDistribution` preferences rank first.
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
 
 /// What locality load balancing does to one cluster's endpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -56,20 +60,36 @@ pub struct PriorityLabel {
 }
 
 impl LocalityPolicy {
-    /// The policy of a cluster whose rule (port and subset resolved) has `rule` and whose mesh
-    /// has `mesh`; `outlier_detection` says whether the cluster ejects failing hosts. `None`
-    /// when locality load balancing is off or would change nothing.
+    /// The policy of a cluster whose rule (port and subset resolved) has `rule`, whose service
+    /// asks for `distribution` and whose mesh has `mesh`; `outlier_detection` says whether the
+    /// cluster ejects failing hosts. `None` when locality load balancing is off or would change
+    /// nothing.
     ///
-    /// A rule's setting replaces the mesh's (`enabled: false` in the rule turns it off even
-    /// when the mesh has it on). No mesh setting means Istio's default, enabled with no rules.
+    /// A rule's setting comes first (`enabled: false` turns it off whatever else says), then
+    /// the service's `trafficDistribution` (failover by network, region and zone, as Istio
+    /// does, without needing outlier detection: the preference is the point), then the mesh's.
+    /// No mesh setting means Istio's default, enabled with no rules.
     pub fn of(
         mesh: Option<&LocalityLoadBalancerSetting>,
         rule: Option<&LocalityLoadBalancerSetting>,
+        distribution: TrafficDistribution,
         outlier_detection: bool,
     ) -> Option<Self> {
-        let setting = match rule {
-            Some(rule) => rule,
-            None => match mesh {
+        let preferred = |keys: &[&str]| LocalityPolicy::Failover {
+            priority_labels: keys.iter().map(|k| PriorityLabel { key: (*k).to_owned(), value: None }).collect(),
+            regions: Vec::new(),
+        };
+        let setting = match (rule, distribution) {
+            (Some(rule), _) => rule,
+            (None, TrafficDistribution::PreferSameZone) => {
+                return Some(preferred(&[NETWORK_LABEL, REGION_LABEL, ZONE_LABEL]));
+            }
+            // Discovery does not know the nodes of endpoints, so the node preference stops at
+            // the subzone.
+            (None, TrafficDistribution::PreferSameNode) => {
+                return Some(preferred(&[NETWORK_LABEL, REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL]));
+            }
+            (None, TrafficDistribution::Any) => match mesh {
                 Some(mesh) => mesh,
                 None if outlier_detection => {
                     return Some(LocalityPolicy::Failover { priority_labels: Vec::new(), regions: Vec::new() });

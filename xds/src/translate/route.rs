@@ -1280,6 +1280,7 @@ mod tests {
             mesh_external: false,
             export_to: vec![],
             kubernetes,
+            traffic_distribution: Default::default(),
         })
     }
 

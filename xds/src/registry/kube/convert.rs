@@ -9,7 +9,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 use rudder_config::labels::{EXPORT_TO, SUBZONE, TLS_MODE, TLS_MODE_ISTIO};
 use rudder_config::networking::ServiceEntry;
 
-use crate::model::{Endpoint, Health, Protocol, Resolution, Service, ServicePort, labels_match};
+use crate::model::{Endpoint, Health, Protocol, Resolution, Service, ServicePort, TrafficDistribution, labels_match};
 use crate::registry::service_entry::{LOCALITY_LABEL, locality_from_label, workload_port};
 use crate::translate::context::DOMAIN_SUFFIX;
 
@@ -86,6 +86,7 @@ pub fn service(svc: &KubeService) -> Option<Service> {
         mesh_external,
         export_to,
         kubernetes: true,
+        traffic_distribution: TrafficDistribution::of(spec.and_then(|s| s.traffic_distribution.as_deref())),
     })
 }
 
@@ -382,6 +383,21 @@ mod tests {
 
     fn svc(spec: Value) -> KubeService {
         kube_service(json!({"metadata": {"name": "reviews", "namespace": "default"}, "spec": spec}))
+    }
+
+    #[test]
+    fn traffic_distribution() {
+        let cases = [
+            (json!(null), TrafficDistribution::Any),
+            (json!("PreferClose"), TrafficDistribution::PreferSameZone),
+            (json!("PreferSameZone"), TrafficDistribution::PreferSameZone),
+            (json!("PreferSameNode"), TrafficDistribution::PreferSameNode),
+            (json!("SomethingNew"), TrafficDistribution::Any),
+        ];
+        for (value, want) in cases {
+            let service = service(&svc(json!({"clusterIP": "10.0.0.9", "trafficDistribution": value}))).unwrap();
+            assert_eq!(service.traffic_distribution, want, "{value}");
+        }
     }
 
     #[test]

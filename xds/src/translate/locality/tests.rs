@@ -104,10 +104,10 @@ fn which_clusters_take_a_policy() {
         ),
     ];
     for (name, mesh, rule, outlier, want) in cases {
-        assert_eq!(LocalityPolicy::of(mesh, rule, outlier), want, "{name}");
+        assert_eq!(LocalityPolicy::of(mesh, rule, TrafficDistribution::Any, outlier), want, "{name}");
     }
     let labelled = setting("failoverPriority: [topology.istio.io/network, app=web]\nfailover: [{from: r1, to: r2}]");
-    let policy = LocalityPolicy::of(None, Some(&labelled), true).unwrap();
+    let policy = LocalityPolicy::of(None, Some(&labelled), TrafficDistribution::Any, true).unwrap();
     assert_eq!(
         policy,
         LocalityPolicy::Failover {
@@ -120,6 +120,14 @@ fn which_clusters_take_a_policy() {
     );
     assert!(policy.weighs_localities());
     assert!(!failover_only().weighs_localities());
+    // A Service's trafficDistribution: failover by topology without outlier detection, unless
+    // a rule says otherwise.
+    let by_zone = LocalityPolicy::of(Some(&off), None, TrafficDistribution::PreferSameZone, false).unwrap();
+    assert_eq!(by_zone.proxy_label_keys().collect::<Vec<_>>(), [NETWORK_LABEL, REGION_LABEL, ZONE_LABEL]);
+    assert!(by_zone.weighs_localities());
+    assert_eq!(LocalityPolicy::of(None, Some(&off), TrafficDistribution::PreferSameZone, true), None);
+    let by_node = LocalityPolicy::of(None, None, TrafficDistribution::PreferSameNode, false).unwrap();
+    assert_eq!(by_node.proxy_label_keys().count(), 4);
 }
 
 #[test]
