@@ -449,7 +449,7 @@ async fn drive_sotw(
             }
             Kind::Route => follow_up.push(request(kind, options.route_names.clone(), Some(&response))),
             // Never asked for.
-            Kind::Secret | Kind::NameTable => {}
+            Kind::Secret | Kind::ExtensionConfig | Kind::NameTable => {}
         }
         record(stats, kind, bytes, &mut progress, routes);
         last[slot(kind)] = Some(DiscoveryResponse { resources: Vec::new(), ..response });
@@ -521,7 +521,7 @@ async fn drive_delta(
                     follow_up.push(request(Kind::Route, options.route_names.clone(), Vec::new(), ""));
                 }
             }
-            Kind::Route | Kind::Secret | Kind::NameTable => {}
+            Kind::Route | Kind::Secret | Kind::ExtensionConfig | Kind::NameTable => {}
         }
         record(stats, kind, bytes, &mut progress, routes);
         for request in follow_up {

@@ -463,10 +463,20 @@ fn validate_patch(report: &mut Report, at: &FieldPath, patch: &EnvoyConfigObject
                     ),
                 );
             }
-            if matches!(apply_to, ApplyTo::ExtensionConfig | ApplyTo::Bootstrap) {
+            if apply_to == ApplyTo::Bootstrap {
                 report.warning(
                     &at.field("applyTo"),
                     format!("Rudder does not apply {apply_to} patches (see docs/envoy-filter.md)"),
+                );
+            }
+            // Extension configs are served over ECDS as added; nothing patches them afterwards
+            // (Istio accepts these operations and likewise does nothing with them).
+            if apply_to == ApplyTo::ExtensionConfig && !matches!(operation, Operation::Add | Operation::Invalid) {
+                report.warning(
+                    &patch_at.field("operation"),
+                    format!(
+                        "operation {operation} of EXTENSION_CONFIG does nothing; only ADD serves an extension config"
+                    ),
                 );
             }
         }

@@ -21,6 +21,7 @@ use crate::model::{Proxy, Snapshot};
 use crate::translate::locality::{self, LocalityPolicy, Place};
 use crate::translate::{LabelSelectors, Parts, Resources, ViewKey};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
@@ -90,14 +91,16 @@ pub struct EncodedSet {
     pub listeners: Arc<ResourceMap>,
     pub routes: Arc<ResourceMap>,
     pub secrets: Arc<ResourceMap>,
+    pub extension_configs: Arc<ResourceMap>,
     cluster_source: Arc<Vec<Cluster>>,
     listener_source: Arc<Vec<Listener>>,
     route_source: Arc<Vec<RouteConfiguration>>,
     secret_source: Arc<Vec<Secret>>,
+    extension_config_source: Arc<Vec<TypedExtensionConfig>>,
     /// The locality policies of the clusters (see [`Resources::localities`]).
     localities: Arc<Vec<(String, LocalityPolicy)>>,
-    /// [`SentMap`]s of the four maps, in the same order, built on first use.
-    sent: [OnceLock<SentMap>; 4],
+    /// [`SentMap`]s of the five maps, in the same order, built on first use.
+    sent: [OnceLock<SentMap>; 5],
 }
 
 /// Encodes `items` by name. A name seen twice keeps its first resource: a response must not
@@ -157,6 +160,13 @@ impl EncodedSet {
         // Secrets go with the clusters and gateway listeners that name them (`Parts::secrets`).
         let (secrets, secret_source) =
             kind_part(previous.map(|p| (&p.secrets, &p.secret_source)), !parts.secrets(), fresh.secrets, |s| &s.name);
+        // Extension configs go with the listeners that name them.
+        let (extension_configs, extension_config_source) = kind_part(
+            previous.map(|p| (&p.extension_configs, &p.extension_config_source)),
+            !parts.listeners,
+            fresh.extension_configs,
+            |c| &c.name,
+        );
         let localities = match previous {
             Some(previous) if !parts.clusters => previous.localities.clone(),
             _ => Arc::new(fresh.localities),
@@ -166,17 +176,20 @@ impl EncodedSet {
             listeners,
             routes,
             secrets,
+            extension_configs,
             cluster_source,
             listener_source,
             route_source,
             secret_source,
+            extension_config_source,
             localities,
             sent: Default::default(),
         };
         // A map whose every resource was reused is the previous map: keep its shared sent map,
         // so streams holding it see in O(1) that nothing changed.
         if let Some(previous) = previous {
-            for (slot, kind) in [Kind::Cluster, Kind::Listener, Kind::Route, Kind::Secret].into_iter().enumerate() {
+            let kinds = [Kind::Cluster, Kind::Listener, Kind::Route, Kind::Secret, Kind::ExtensionConfig];
+            for (slot, kind) in kinds.into_iter().enumerate() {
                 if let (Some(new), Some(old)) = (set.map(kind), previous.map(kind))
                     && (std::ptr::eq(new, old) || same_map(new, old))
                     && let Some(sent) = previous.sent[slot].get()
@@ -195,6 +208,7 @@ impl EncodedSet {
             listeners: self.listener_source.as_ref().clone(),
             routes: self.route_source.as_ref().clone(),
             secrets: self.secret_source.as_ref().clone(),
+            extension_configs: self.extension_config_source.as_ref().clone(),
             localities: self.localities.as_ref().clone(),
         }
     }
@@ -205,6 +219,7 @@ impl EncodedSet {
             Kind::Listener => Some(&self.listeners),
             Kind::Route => Some(&self.routes),
             Kind::Secret => Some(&self.secrets),
+            Kind::ExtensionConfig => Some(&self.extension_configs),
             Kind::Endpoint | Kind::NameTable => None,
         }
     }
@@ -215,6 +230,7 @@ impl EncodedSet {
             Kind::Listener => (1, &self.listeners),
             Kind::Route => (2, &self.routes),
             Kind::Secret => (3, &self.secrets),
+            Kind::ExtensionConfig => (4, &self.extension_configs),
             Kind::Endpoint | Kind::NameTable => return None,
         };
         Some(self.sent[slot].get_or_init(|| sent_map_of(map)).clone())

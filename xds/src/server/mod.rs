@@ -59,18 +59,28 @@ pub enum Kind {
     Route,
     /// SDS over ADS: gateway credentials (`kubernetes://<credentialName>`).
     Secret,
+    /// ECDS: extension configs EnvoyFilter `EXTENSION_CONFIG` patches add, which filters name
+    /// through `config_discovery`. Only Envoys with such a filter ask for them.
+    ExtensionConfig,
     /// Istio's NDS: the [`NameTable`](crate::nametable::NameTable) the proxy agent answers DNS
     /// from. Only the agent asks for it; Envoy never does, so it never joins Envoy's pushes.
     NameTable,
 }
 
 impl Kind {
-    /// Make-before-break order: clusters and their endpoints, then the secrets listeners use,
-    /// before the listeners and routes that reference them (xDS protocol, "Eventual
-    /// consistency considerations"). The name table, which no Envoy resource references,
-    /// comes last.
-    pub const PUSH_ORDER: [Kind; 6] =
-        [Kind::Cluster, Kind::Endpoint, Kind::Secret, Kind::Listener, Kind::Route, Kind::NameTable];
+    /// Make-before-break order: clusters and their endpoints, then the secrets and extension
+    /// configs listeners use, before the listeners and routes that reference them (xDS
+    /// protocol, "Eventual consistency considerations"). The name table, which no Envoy
+    /// resource references, comes last.
+    pub const PUSH_ORDER: [Kind; 7] = [
+        Kind::Cluster,
+        Kind::Endpoint,
+        Kind::Secret,
+        Kind::ExtensionConfig,
+        Kind::Listener,
+        Kind::Route,
+        Kind::NameTable,
+    ];
 
     pub const fn type_url(self) -> &'static str {
         match self {
@@ -79,6 +89,7 @@ impl Kind {
             Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             Kind::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            Kind::ExtensionConfig => "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
             Kind::NameTable => crate::nametable::TYPE_URL,
         }
     }
@@ -95,6 +106,7 @@ impl Kind {
             Kind::Listener => "lds",
             Kind::Route => "rds",
             Kind::Secret => "sds",
+            Kind::ExtensionConfig => "ecds",
             Kind::NameTable => "nds",
         }
     }

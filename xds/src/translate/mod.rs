@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -46,6 +47,9 @@ pub struct Resources {
     /// SDS secrets served over ADS (gateway `credentialName`s). They change with the listeners
     /// that name them, so they are translated again whenever listeners are.
     pub secrets: Vec<Secret>,
+    /// ECDS: the extension configs EnvoyFilter `EXTENSION_CONFIG` patches add, sorted by name.
+    /// They depend only on EnvoyFilters, and go with the listeners that name them.
+    pub extension_configs: Vec<TypedExtensionConfig>,
     /// The locality policy of each EDS cluster that has one, sorted by cluster name: which
     /// endpoints the proxy gets its own copy of ([`locality`]). Goes with the clusters.
     pub localities: Vec<(String, locality::LocalityPolicy)>,
@@ -58,6 +62,7 @@ impl Resources {
         self.listeners.extend(other.listeners);
         self.routes.extend(other.routes);
         self.secrets.extend(other.secrets);
+        self.extension_configs.extend(other.extension_configs);
         self.localities.extend(other.localities);
     }
 }
@@ -385,6 +390,7 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
             (true, true) => gateway::routes(&ctx),
         },
         secrets: Vec::new(),
+        extension_configs: Vec::new(),
         localities,
     };
     // Secrets go with the clusters and gateway servers that name them (see `Parts::secrets`).
@@ -413,6 +419,9 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
         if parts.routes {
             let port_map = if router { gateway::port_map(&ctx) } else { BTreeMap::new() };
             skipped.extend(patches.apply_routes(context, &mut resources.routes, &port_map));
+        }
+        if parts.listeners {
+            resources.extension_configs = patches.extension_configs(&mut skipped);
         }
         warn_skipped(proxy, &skipped);
     }

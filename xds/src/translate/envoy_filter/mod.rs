@@ -27,8 +27,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
+use envoy_types::pb::envoy::config::core::v3::{TransportSocket, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 use rudder_config::networking::envoy_filter::{
@@ -114,11 +114,15 @@ impl fmt::Display for Skipped {
     }
 }
 
-/// The operations Istio applies for each `applyTo` (EXTENSION_CONFIG and BOOTSTRAP are not
-/// applied by discovery at all).
+/// The operations Istio applies for each `applyTo`: of EXTENSION_CONFIG only ADD (served over
+/// ECDS, [`Patches::extension_configs`]); BOOTSTRAP not at all (the agent writes the
+/// bootstrap).
 pub fn operation_applies(apply_to: ApplyTo, operation: Operation) -> bool {
-    !matches!(apply_to, ApplyTo::ExtensionConfig | ApplyTo::Bootstrap)
-        && rudder_config::networking::envoy_filter::operation_applies(apply_to, operation)
+    match apply_to {
+        ApplyTo::ExtensionConfig => operation == Operation::Add,
+        ApplyTo::Bootstrap => false,
+        _ => rudder_config::networking::envoy_filter::operation_applies(apply_to, operation),
+    }
 }
 
 pub use value::message_type;
@@ -252,6 +256,45 @@ impl<'a> Patches<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// The extension configs the EXTENSION_CONFIG patches ADD, sorted by name: what ECDS serves
+    /// the proxy. As in Istio only ADD adds (validation warns of the other operations), the
+    /// patch context is not read (an extension config belongs to no listener), and a filter
+    /// reaches one only by naming it in `config_discovery`. A name added twice keeps its first,
+    /// in patch order.
+    pub fn extension_configs(&self, skipped: &mut Vec<Skipped>) -> Vec<TypedExtensionConfig> {
+        let mut added: BTreeMap<String, TypedExtensionConfig> = BTreeMap::new();
+        for patch in self.list.iter().filter(|p| p.apply_to == ApplyTo::ExtensionConfig) {
+            if patch.operation != Operation::Add {
+                skipped.push(patch.skipped(
+                    "patch.operation",
+                    format!("operation {} does not apply to applyTo EXTENSION_CONFIG (only ADD does)", patch.operation),
+                ));
+                continue;
+            }
+            let config = match patch.message::<TypedExtensionConfig>() {
+                Ok(config) => config,
+                Err(why) => {
+                    skipped.push(why);
+                    continue;
+                }
+            };
+            if config.name.is_empty() {
+                skipped
+                    .push(patch.skipped("patch.value.name", "an extension config is served by name; name is required"));
+            } else if config.typed_config.is_none() {
+                skipped.push(patch.skipped("patch.value.typed_config", "typed_config is required"));
+            } else if added.contains_key(&config.name) {
+                skipped.push(patch.skipped(
+                    "patch.value.name",
+                    format!("extension config {:?} was added by an earlier patch, which is served", config.name),
+                ));
+            } else {
+                added.insert(config.name.clone(), config);
+            }
+        }
+        added.into_values().collect()
     }
 
     /// The patches of `apply_to` for objects generated in `context`.

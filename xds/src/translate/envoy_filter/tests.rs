@@ -162,7 +162,7 @@ fn operations_per_apply_to() {
         (VirtualHost, "MAR...P"),
         (HttpRoute, "MARBAF."),
         (Cluster, "MAR...."),
-        (ExtensionConfig, "......."),
+        (ExtensionConfig, ".A....."),
         (Bootstrap, "......."),
     ];
     for (apply_to, row) in table {
@@ -288,5 +288,58 @@ fn order_is_priority_then_root_namespace_then_creation_time_then_name() {
             "apps/a-late",
             "istio-system/last"
         ]
+    );
+}
+
+#[test]
+fn extension_configs_are_the_named_adds_first_one_kept() {
+    let spec: rudder_config::networking::envoy_filter::EnvoyFilterSpec = serde_saphyr::from_str(
+        r#"
+configPatches:
+- applyTo: EXTENSION_CONFIG
+  patch: {operation: ADD, value: {name: b, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}}}
+- applyTo: EXTENSION_CONFIG
+  patch: {operation: ADD, value: {name: a, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}}
+- applyTo: EXTENSION_CONFIG
+  patch: {operation: ADD, value: {name: a, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}}}
+- applyTo: EXTENSION_CONFIG
+  patch: {operation: MERGE, value: {name: b, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}}}
+- applyTo: EXTENSION_CONFIG
+  patch: {operation: ADD, value: {typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}}}
+- applyTo: EXTENSION_CONFIG
+  patch: {operation: ADD, value: {name: c}}
+- applyTo: EXTENSION_CONFIG
+  patch: {operation: ADD, value: {name: d, typed_config: {"@type": type.googleapis.com/no.such.Type}}}
+"#,
+    )
+    .unwrap();
+    let mut filter = EnvoyFilter::new("ecds", spec);
+    filter.metadata.namespace = Some("istio-system".to_owned());
+    let snapshot = Snapshot { envoy_filters: vec![Arc::new(filter)], ..Snapshot::default() };
+    let proxy = Proxy::from_node("sidecar~10.0.0.1~p.apps~apps.svc.cluster.local", &BTreeMap::new()).unwrap();
+    let mut skipped = Vec::new();
+    let configs = Patches::for_proxy(&snapshot, &proxy).extension_configs(&mut skipped);
+    let served: Vec<(&str, &str)> = configs
+        .iter()
+        .map(|c| (c.name.as_str(), c.typed_config.as_ref().map_or("", |t| t.type_url.as_str())))
+        .collect();
+    assert_eq!(
+        served,
+        [
+            ("a", "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"),
+            ("b", "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"),
+        ]
+    );
+    let why: Vec<(usize, &str)> = skipped.iter().map(|s| (s.index, s.field.as_str())).collect();
+    assert_eq!(
+        why,
+        [
+            (2, "patch.value.name"),
+            (3, "patch.operation"),
+            (4, "patch.value.name"),
+            (5, "patch.value.typed_config"),
+            (6, "patch.value.typed_config")
+        ],
+        "{skipped:?}"
     );
 }
