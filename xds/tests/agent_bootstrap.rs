@@ -45,6 +45,15 @@ fn envoy_accepts_every_bootstrap_variant() {
             },
         ),
         (
+            "self-discovery-with-locality",
+            BootstrapOptions {
+                labels: [("app".to_owned(), "reviews".to_owned()), ("istio-locality".to_owned(), "r1.z1".to_owned())]
+                    .into(),
+                extra_metadata: [("ENABLE_SELF_DISCOVERY".to_owned(), serde_json::json!("true"))].into(),
+                ..sidecar()
+            },
+        ),
+        (
             "ipv6",
             BootstrapOptions {
                 admin_address: "::1".parse().unwrap(),

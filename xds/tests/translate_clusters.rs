@@ -562,13 +562,58 @@ fn backend_utilization_is_client_side_weighted_round_robin() {
 }
 
 #[test]
-fn zone_aware_setting_is_not_translated() {
-    let clusters = outbound(&snapshot(&dr(
-        "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN, zoneAwareLbSetting: {enabled: true}}\n",
-    )));
-    let c = find(&clusters, &name(9080, ""));
-    assert_eq!(c.lb_policy, LbPolicy::RoundRobin as i32);
-    assert_eq!(c.common_lb_config.as_ref().unwrap().locality_config_specifier, None);
+fn zone_aware_and_locality_settings_shape_common_lb_config() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::{
+        LocalityConfigSpecifier, LocalityWeightedLbConfig, ZoneAwareLbConfig,
+    };
+    use envoy_types::pb::envoy::r#type::v3::Percent;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+    let specifier = |rule: &str| {
+        let clusters = outbound(&snapshot(&dr(rule)));
+        let c = find(&clusters, &name(9080, ""));
+        (c.lb_policy, c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.clone()))
+    };
+    let zone_aware = |routing: f64, min: Option<u64>| {
+        Some(LocalityConfigSpecifier::ZoneAwareLbConfig(ZoneAwareLbConfig {
+            routing_enabled: Some(Percent { value: routing }),
+            min_cluster_size: min.map(|value| UInt64Value { value }),
+            ..Default::default()
+        }))
+    };
+    let cases = [
+        (
+            "zone-aware",
+            "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN, zoneAwareLbSetting: {minClusterSize: 3}}\n",
+            zone_aware(100.0, Some(3)),
+        ),
+        // Off must say 0 %: Envoy routes by zone by default once a proxy has a local cluster.
+        (
+            "zone-aware off",
+            "  trafficPolicy:\n    loadBalancer: {zoneAwareLbSetting: {enabled: false}}\n",
+            zone_aware(0.0, None),
+        ),
+        // Default failover needs only priorities; explicit failover and distribute weigh localities.
+        ("default failover", "  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1}\n", None),
+        (
+            "explicit failover",
+            "  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1}\n    loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r2}]}}\n",
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig {})),
+        ),
+        (
+            "failover without outlier detection does nothing",
+            "  trafficPolicy:\n    loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r2}]}}\n",
+            None,
+        ),
+        (
+            "distribute",
+            "  trafficPolicy:\n    loadBalancer: {localityLbSetting: {distribute: [{from: r1/*, to: {r1/*: 100}}]}}\n",
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig {})),
+        ),
+    ];
+    for (what, rule, want) in cases {
+        assert_eq!(specifier(rule).1, want, "{what}");
+    }
+    assert_eq!(specifier(cases[0].1).0, LbPolicy::RoundRobin as i32);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value, json};
 
 use crate::model::{InterceptionMode, NodeType};
+use crate::translate::locality::LOCAL_CLUSTER;
 
 /// The Istio version the agent announces when none is given (istiod gates features on it).
 pub const DEFAULT_ISTIO_VERSION: &str = "1.28.0";
@@ -203,6 +204,29 @@ impl BootstrapOptions {
         meta
     }
 
+    /// `node.locality`: the `istio-locality` label (`region.zone.subzone`), else the pod's
+    /// topology labels (Kubernetes copies its node's onto it with the PodTopologyLabels
+    /// admission); `None` when neither says. Envoy's zone-aware routing needs its own zone.
+    pub fn locality(&self) -> Option<Value> {
+        use crate::translate::locality::{REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
+        let label = |key: &str| self.labels.get(key).map(String::as_str).unwrap_or_default();
+        let (region, zone, subzone) = match self.labels.get(crate::registry::service_entry::LOCALITY_LABEL) {
+            Some(value) => {
+                let mut parts = value.splitn(3, '.');
+                (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+            }
+            None => (label(REGION_LABEL), label(ZONE_LABEL), label(SUBZONE_LABEL)),
+        };
+        (!region.is_empty() || !zone.is_empty()).then(|| json!({"region": region, "zone": zone, "sub_zone": subzone}))
+    }
+
+    /// Whether the proxy asked for its own workload's cluster (`ISTIO_META_ENABLE_SELF_DISCOVERY`),
+    /// which Envoy's zone-aware routing compares upstream zones against.
+    pub fn self_discovery(&self) -> bool {
+        let key = crate::translate::locality::SELF_DISCOVERY;
+        self.extra_metadata.get(key).and_then(Value::as_str) == Some("true")
+    }
+
     /// Where the readiness and Prometheus listeners bind: the proxy's own IP when nothing
     /// redirects traffic (mode NONE) and an IP is known, else every IPv4 address.
     pub fn listener_bind_address(&self) -> IpAddr {
@@ -269,12 +293,24 @@ pub fn bootstrap(options: &BootstrapOptions) -> Result<Value, BootstrapError> {
         xds["transport_socket"] = xds_tls(&discovery_host);
     }
     clusters.push(xds);
-    Ok(json!({
-        "node": {
-            "id": options.node_id(),
-            "cluster": options.service_cluster(),
-            "metadata": Value::Object(options.node_metadata()),
-        },
+    if options.self_discovery() {
+        clusters.push(json!({
+            "name": LOCAL_CLUSTER,
+            "type": "EDS",
+            "connect_timeout": "1s",
+            "eds_cluster_config": {"eds_config": ads.clone()},
+        }));
+    }
+    let mut node = json!({
+        "id": options.node_id(),
+        "cluster": options.service_cluster(),
+        "metadata": Value::Object(options.node_metadata()),
+    });
+    if let Some(locality) = options.locality() {
+        node["locality"] = locality;
+    }
+    let mut bootstrap = json!({
+        "node": node,
         "admin": {"address": admin.clone()},
         "dynamic_resources": {
             "ads_config": {
@@ -306,7 +342,11 @@ pub fn bootstrap(options: &BootstrapOptions) -> Result<Value, BootstrapError> {
                 })),
             ],
         },
-    }))
+    });
+    if options.self_discovery() {
+        bootstrap["cluster_manager"] = json!({"local_cluster_name": LOCAL_CLUSTER});
+    }
+    Ok(bootstrap)
 }
 
 fn socket_address(ip: IpAddr, port: u16) -> Value {
@@ -437,6 +477,35 @@ mod tests {
             labels: [("app".to_owned(), "reviews".to_owned()), ("version".to_owned(), "v1".to_owned())].into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn locality_and_self_discovery() {
+        let labelled = |pairs: &[(&str, &str)]| BootstrapOptions {
+            labels: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..options()
+        };
+        let node = |o: &BootstrapOptions| bootstrap(o).unwrap()["node"]["locality"].clone();
+        assert_eq!(
+            node(&labelled(&[("istio-locality", "r1.z1.s1")])),
+            json!({"region": "r1", "zone": "z1", "sub_zone": "s1"})
+        );
+        assert_eq!(
+            node(&labelled(&[("topology.kubernetes.io/region", "r2"), ("topology.kubernetes.io/zone", "z2")])),
+            json!({"region": "r2", "zone": "z2", "sub_zone": ""})
+        );
+        assert_eq!(node(&labelled(&[])), Value::Null);
+        let plain = bootstrap(&options()).unwrap();
+        assert_eq!(plain["cluster_manager"], Value::Null);
+        let opted = BootstrapOptions {
+            extra_metadata: [("ENABLE_SELF_DISCOVERY".to_owned(), json!("true"))].into(),
+            ..options()
+        };
+        let boot = bootstrap(&opted).unwrap();
+        assert_eq!(boot["cluster_manager"]["local_cluster_name"], "local_cluster");
+        let local =
+            boot["static_resources"]["clusters"].as_array().unwrap().iter().find(|c| c["name"] == "local_cluster");
+        assert_eq!(local.map(|c| c["type"].clone()), Some(json!("EDS")));
     }
 
     #[test]

@@ -377,7 +377,7 @@ impl EndpointTable {
     }
 
     /// `shared` with the assignments in `overrides` in place of its own (one proxy's copies of
-    /// the clusters that take locality load balancing). An override equal to the shared
+    /// the clusters that take locality load balancing), or added (its `local_cluster`). An override equal to the shared
     /// assignment is the shared one; one equal to `previous`'s (the same place's table at the
     /// previous generation) keeps that encoding and version.
     pub fn localized(
@@ -393,7 +393,7 @@ impl EndpointTable {
         };
         for assignment in overrides {
             let name = assignment.cluster_name.as_str();
-            if shared.decoded.get(name).is_none_or(|own| **own == assignment) {
+            if shared.decoded.get(name).is_some_and(|own| **own == assignment) {
                 continue;
             }
             table.decoded.remove(name);
@@ -559,7 +559,8 @@ impl Generation {
     /// locality load balancing (`policies`, from its view) and its place is known; then the
     /// table localized for its place, shared by every proxy there with the same policies.
     fn endpoints_for(&self, policies: &Arc<Vec<(String, LocalityPolicy)>>, proxy: &Proxy) -> Arc<EndpointTable> {
-        if policies.is_empty() {
+        let self_discovery = proxy.metadata.get(locality::SELF_DISCOVERY) == Some("true");
+        if policies.is_empty() && !self_discovery {
             return self.endpoints.clone();
         }
         let own_locality = || {
@@ -576,10 +577,21 @@ impl Generation {
         };
         let locality = if proxy.locality.is_empty() { own_locality() } else { proxy.locality.as_str() };
         let place = Place::new(locality, &proxy.labels, policies.iter().flat_map(|(_, p)| p.proxy_label_keys()));
-        if place.is_unknown() {
+        let local = self_discovery.then(|| LocalKey {
+            // The proxy's own service: the first with an endpoint at its address.
+            service: proxy
+                .ip_addresses
+                .iter()
+                .flat_map(|ip| self.snapshot.endpoints_at(ip))
+                .map(|(h, _, _)| h.clone())
+                .next(),
+            region: place.region.clone(),
+            revision: locality::revision(&proxy.labels).map(|(k, v)| (k.to_owned(), v.to_owned())),
+        });
+        if place.is_unknown() && local.is_none() {
             return self.endpoints.clone();
         }
-        let key = LocalizedKey { policies: policies.clone(), place };
+        let key = LocalizedKey { policies: policies.clone(), place, local };
         if let Some(table) =
             self.localized.lock().unwrap_or_else(PoisonError::into_inner).get(&key).and_then(Weak::upgrade)
         {
@@ -627,6 +639,11 @@ impl Generation {
                 };
                 Some(locality::localize(base, policy, &key.place, &labels))
             })
+            .chain(key.local.as_ref().map(|local| {
+                let endpoints = local.service.as_ref().and_then(|host| self.snapshot.endpoints.get(host));
+                let revision = local.revision.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
+                locality::local_assignment(endpoints.map_or(&[], |e| e.as_slice()), &local.region, revision)
+            }))
             .collect();
         EndpointTable::localized(&self.endpoints, overrides, previous)
     }
@@ -691,6 +708,18 @@ impl Generation {
 struct LocalizedKey {
     policies: Arc<Vec<(String, LocalityPolicy)>>,
     place: Place,
+    /// What the proxy's `local_cluster` holds, when it asked for self-discovery.
+    local: Option<LocalKey>,
+}
+
+/// What a `local_cluster` assignment depends on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LocalKey {
+    /// The proxy's own service, if it has one.
+    service: Option<String>,
+    region: String,
+    /// The proxy's revision label and value.
+    revision: Option<(String, String)>,
 }
 
 /// The address and port of an endpoint that has a socket address.

@@ -12,9 +12,11 @@
 //! proxy, in each proxy's copy of their endpoints ([`super::locality`]). DNS clusters, whose
 //! endpoints are inline and so shared by every proxy of a view, do not take them.
 //!
-//! Not translated yet: `zoneAwareLbSetting` (Envoy's zone-aware routing needs a bootstrap
-//! `local_cluster` of the proxy's own workload), `tunnel` (belongs to the TCP proxy filter),
-//! and auto-mTLS (see [`tls_socket`]).
+//! `zoneAwareLbSetting` likewise: `zone_aware_lb_config` here, region priorities per proxy
+//! (and the proxy's own `local_cluster`) in its endpoints.
+//!
+//! Not translated here: `tunnel` (belongs to the TCP proxy filter), and auto-mTLS (see
+//! [`tls_socket`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget as EnvoyRetryBudget;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::{
-    LocalityConfigSpecifier, LocalityWeightedLbConfig,
+    LocalityConfigSpecifier, LocalityWeightedLbConfig, ZoneAwareLbConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbConfig, LbPolicy,
@@ -174,6 +176,10 @@ fn plan<'a>(ctx: &Context<'a>) -> Vec<Planned<'a>> {
 /// The locality load balancing of a cluster under `policy` (the rule's setting, else the
 /// mesh's), when it changes anything.
 fn locality_policy(ctx: &Context<'_>, service: &Service, policy: &Policy<'_>) -> Option<LocalityPolicy> {
+    // Validation keeps zone-aware and locality settings apart; zone-aware wins if both came.
+    if let Some(zone_aware) = policy.load_balancer.and_then(|lb| lb.zone_aware_lb_setting.as_ref()) {
+        return LocalityPolicy::zone_aware(zone_aware);
+    }
     LocalityPolicy::of(
         ctx.snapshot.mesh.locality_lb_setting.as_ref(),
         policy.load_balancer.and_then(|lb| lb.locality_lb_setting.as_ref()),
@@ -947,6 +953,19 @@ fn apply_load_balancer(draft: &mut Draft, lb: Option<&LoadBalancerSettings>) {
 /// load-balancing policy, which weighs by its own measure, nor on ORIGINAL_DST clusters.
 fn apply_locality_weights(ctx: &Context<'_>, draft: &mut Draft, service: &Service, policy: &Policy<'_>) {
     if draft.cluster.load_balancing_policy.is_some() || draft.kind() == Some(DiscoveryType::OriginalDst) {
+        return;
+    }
+    if let Some(zone_aware) = policy.load_balancer.and_then(|lb| lb.zone_aware_lb_setting.as_ref()) {
+        // Envoy routes by zone only for a proxy whose bootstrap names its own workload's
+        // cluster (`local_cluster`); `enabled: false` must say 0 %, since Envoy's default for
+        // such a proxy is on.
+        let on = zone_aware.enabled != Some(false);
+        draft.cluster.common_lb_config.get_or_insert_with(Default::default).locality_config_specifier =
+            Some(LocalityConfigSpecifier::ZoneAwareLbConfig(ZoneAwareLbConfig {
+                routing_enabled: Some(Percent { value: if on { 100.0 } else { 0.0 } }),
+                min_cluster_size: zone_aware.min_cluster_size.map(|value| UInt64Value { value }),
+                ..Default::default()
+            }));
         return;
     }
     if locality_policy(ctx, service, policy).is_some_and(|p| p.weighs_localities()) {

@@ -19,9 +19,9 @@ use std::collections::BTreeMap;
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints};
 use envoy_types::pb::google::protobuf::UInt32Value;
-use rudder_config::networking::destination_rule::LocalityLoadBalancerSetting;
+use rudder_config::networking::destination_rule::{LocalityLoadBalancerSetting, ZoneAwareLoadBalancerSetting};
 
-use crate::model::TrafficDistribution;
+use crate::model::{Endpoint, TrafficDistribution};
 
 /// The topology labels a `failoverPriority` may name, whose values come from localities.
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
@@ -42,6 +42,10 @@ pub enum LocalityPolicy {
         /// `failover`: (from region, to region).
         regions: Vec<(String, String)>,
     },
+    /// `zoneAwareLbSetting`: the proxy's region first, then the `failover` region, then the
+    /// rest, as priorities (after `failoverPriority` ranks); within a priority Envoy's
+    /// zone-aware routing keeps traffic in the proxy's zone as far as the zones' sizes allow.
+    ZoneAware { priority_labels: Vec<PriorityLabel>, regions: Vec<(String, String)> },
 }
 
 /// One `distribute` entry: traffic from localities matching `from` goes to localities matching
@@ -112,14 +116,15 @@ impl LocalityPolicy {
             return Some(LocalityPolicy::Distribute(rules));
         }
         outlier_detection.then(|| LocalityPolicy::Failover {
-            priority_labels: setting
-                .failover_priority
-                .iter()
-                .map(|label| match label.split_once('=') {
-                    Some((key, value)) => PriorityLabel { key: key.to_owned(), value: Some(value.to_owned()) },
-                    None => PriorityLabel { key: label.clone(), value: None },
-                })
-                .collect(),
+            priority_labels: priority_labels(&setting.failover_priority),
+            regions: setting.failover.iter().map(|f| (f.from.clone(), f.to.clone())).collect(),
+        })
+    }
+
+    /// The zone-aware policy of `setting`; `None` when it is turned off.
+    pub fn zone_aware(setting: &ZoneAwareLoadBalancerSetting) -> Option<Self> {
+        (setting.enabled != Some(false)).then(|| LocalityPolicy::ZoneAware {
+            priority_labels: priority_labels(&setting.failover_priority),
             regions: setting.failover.iter().map(|f| (f.from.clone(), f.to.clone())).collect(),
         })
     }
@@ -131,17 +136,63 @@ impl LocalityPolicy {
         match self {
             LocalityPolicy::Distribute(_) => true,
             LocalityPolicy::Failover { priority_labels, regions } => !priority_labels.is_empty() || !regions.is_empty(),
+            // Zone-aware routing and locality weights are exclusive in Envoy.
+            LocalityPolicy::ZoneAware { .. } => false,
         }
     }
 
     /// The proxy labels this policy reads (`failoverPriority` keys).
     pub fn proxy_label_keys(&self) -> impl Iterator<Item = &str> {
         let labels = match self {
-            LocalityPolicy::Failover { priority_labels, .. } => priority_labels.as_slice(),
+            LocalityPolicy::Failover { priority_labels, .. } | LocalityPolicy::ZoneAware { priority_labels, .. } => {
+                priority_labels.as_slice()
+            }
             LocalityPolicy::Distribute(_) => &[],
         };
         labels.iter().map(|l| l.key.as_str())
     }
+}
+
+/// The bootstrap cluster of a proxy's own workload that zone-aware routing compares upstream
+/// zones against (Istio's name), served over EDS to proxies that opt in.
+pub const LOCAL_CLUSTER: &str = "local_cluster";
+/// Node metadata (`ISTIO_META_ENABLE_SELF_DISCOVERY`) by which a proxy opts in.
+pub const SELF_DISCOVERY: &str = "ENABLE_SELF_DISCOVERY";
+/// Pod labels naming a workload's revision (Deployment, Argo Rollout).
+const REVISION_HASH_LABELS: [&str; 2] = ["pod-template-hash", "rollouts-pod-template-hash"];
+
+/// The revision label of a workload (`pod-template-hash`, else Argo's), if it has one.
+pub fn revision(labels: &BTreeMap<String, String>) -> Option<(&'static str, &str)> {
+    REVISION_HASH_LABELS.iter().find_map(|key| Some((*key, labels.get(*key)?.as_str())))
+}
+
+/// What a proxy's `local_cluster` holds, as Istio builds it: the endpoints of the proxy's own
+/// service (`endpoints`, its first) in the proxy's region, of the proxy's revision
+/// ([`revision`]) when it has one, each address once.
+pub fn local_assignment(endpoints: &[Endpoint], region: &str, revision: Option<(&str, &str)>) -> ClusterLoadAssignment {
+    let mut seen = std::collections::BTreeSet::new();
+    let kept = endpoints
+        .iter()
+        .filter(|e| region.is_empty() || e.locality.split('/').next() == Some(region))
+        .filter(|e| revision.is_none_or(|(key, value)| e.labels.get(key).map(String::as_str) == Some(value)))
+        .filter(|e| seen.insert(e.address.as_str()))
+        .filter_map(|e| Some((e.locality.as_str(), super::endpoint::lb_endpoint(e)?)));
+    ClusterLoadAssignment {
+        cluster_name: LOCAL_CLUSTER.to_owned(),
+        endpoints: super::endpoint::group_by_locality(kept),
+        ..Default::default()
+    }
+}
+
+/// `failoverPriority` entries: `key` or `key=value`.
+fn priority_labels(labels: &[String]) -> Vec<PriorityLabel> {
+    labels
+        .iter()
+        .map(|label| match label.split_once('=') {
+            Some((key, value)) => PriorityLabel { key: key.to_owned(), value: Some(value.to_owned()) },
+            None => PriorityLabel { key: label.clone(), value: None },
+        })
+        .collect()
 }
 
 /// Where a proxy runs, as locality load balancing sees it: its locality, and the values of the
@@ -226,7 +277,14 @@ pub fn localize<'l>(
     let endpoints = match policy {
         LocalityPolicy::Distribute(rules) => distribute(&base.endpoints, rules, place),
         LocalityPolicy::Failover { priority_labels, regions } => {
-            failover(&base.endpoints, priority_labels, regions, place, endpoint_labels)
+            // Explicit region failover orders localities within each label rank.
+            let ranks = (!regions.is_empty()).then_some(LOCALITY_RANKS);
+            let rank = |locality: Option<&Locality>| locality_rank(place, locality, regions);
+            failover(&base.endpoints, priority_labels, ranks, &rank, place, endpoint_labels)
+        }
+        LocalityPolicy::ZoneAware { priority_labels, regions } => {
+            let rank = |locality: Option<&Locality>| region_rank(place, locality, regions);
+            failover(&base.endpoints, priority_labels, Some(REGION_RANKS), &rank, place, endpoint_labels)
         }
     };
     ClusterLoadAssignment { endpoints, ..base.clone() }
@@ -274,6 +332,24 @@ fn distribute(groups: &[LocalityLbEndpoints], rules: &[DistributeRule], place: &
         .collect()
 }
 
+/// How many values [`locality_rank`] and [`region_rank`] take.
+const LOCALITY_RANKS: u32 = 5;
+const REGION_RANKS: u32 = 3;
+
+/// Rank of a region from the proxy's, for zone-aware routing (zones are Envoy's to weigh):
+/// 0 the proxy's region, 1 another region, 2 another region than the one `failover` names for
+/// the proxy's region.
+fn region_rank(place: &Place, locality: Option<&Locality>, regions: &[(String, String)]) -> u32 {
+    let (region, _, _) = parts(locality);
+    if region == place.region {
+        return 0;
+    }
+    match regions.iter().find(|(from, _)| *from == place.region) {
+        Some((_, to)) if to != region => 2,
+        _ => 1,
+    }
+}
+
 /// Rank of a locality from the proxy's: 0 same subzone, 1 same zone, 2 same region, 3 another
 /// region, 4 another region than the one `failover` names for the proxy's region.
 fn locality_rank(place: &Place, locality: Option<&Locality>, regions: &[(String, String)]) -> u32 {
@@ -302,10 +378,15 @@ fn label_rank(place: &Place, labels: &[PriorityLabel], endpoint_value: impl Fn(&
         .map_or(0, |first_mismatch| u32::try_from(labels.len() - first_mismatch).unwrap_or(u32::MAX))
 }
 
+/// Priorities from `failoverPriority` label ranks and locality ranks (`rank`): with labels,
+/// each locality's endpoints split by label rank, and the locality rank orders localities
+/// within a label rank when `locality_ranks` (how many values `rank` takes) is given; without
+/// labels, the locality rank alone.
 fn failover<'l>(
     groups: &[LocalityLbEndpoints],
     priority_labels: &[PriorityLabel],
-    regions: &[(String, String)],
+    locality_ranks: Option<u32>,
+    rank: &dyn Fn(Option<&Locality>) -> u32,
     place: &Place,
     endpoint_labels: &dyn Fn(&LbEndpoint) -> Option<&'l BTreeMap<String, String>>,
 ) -> Vec<LocalityLbEndpoints> {
@@ -314,7 +395,7 @@ fn failover<'l>(
         && priority_labels.iter().any(|l| l.value.is_some() || !place.label(&l.key).is_empty());
     let mut ranked: Vec<(u32, LocalityLbEndpoints)> = Vec::new();
     for group in groups {
-        let locality_rank = locality_rank(place, group.locality.as_ref(), regions);
+        let locality_rank = rank(group.locality.as_ref());
         if priority_labels.is_empty() {
             ranked.push((locality_rank, group.clone()));
             continue;
@@ -333,9 +414,10 @@ fn failover<'l>(
             split.entry(rank).or_default().push(endpoint.clone());
         }
         for (label_rank, lb_endpoints) in split {
-            // Explicit region failover orders localities within each label rank (five
-            // locality ranks per label rank).
-            let rank = if regions.is_empty() { label_rank } else { label_rank * 5 + locality_rank };
+            let rank = match locality_ranks {
+                Some(levels) => label_rank * levels + locality_rank,
+                None => label_rank,
+            };
             let weight: u32 = lb_endpoints
                 .iter()
                 .map(|e| e.load_balancing_weight.as_ref().map_or(1, |w| w.value))

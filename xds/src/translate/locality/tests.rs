@@ -1,6 +1,7 @@
 use super::*;
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{Endpoint, lb_endpoint};
+use rudder_config::networking::destination_rule::ZoneAwareLoadBalancerSetting;
 
 fn endpoint(ip: &str) -> LbEndpoint {
     LbEndpoint {
@@ -293,4 +294,57 @@ fn places() {
     assert!(Place::new("", &BTreeMap::new(), ["app"].into_iter()).is_unknown());
     // A topology label the locality does not give comes from the labels.
     assert_eq!(Place::new("", &labels, [ZONE_LABEL].into_iter()).label(ZONE_LABEL), "ignored");
+}
+
+#[test]
+fn zone_aware_ranks_regions_only() {
+    let base = assignment(&[
+        ("r1/z1", &["10.0.0.1"]),
+        ("r1/z2", &["10.0.0.2"]),
+        ("r2/z1", &["10.0.0.3"]),
+        ("r3/z1", &["10.0.0.4"]),
+    ]);
+    let place = Place::new("r1/z1", &BTreeMap::new(), std::iter::empty());
+    // Zones of the proxy's region share priority 0: weighing them is Envoy's zone-aware routing.
+    let policy = LocalityPolicy::zone_aware(&ZoneAwareLoadBalancerSetting::default()).unwrap();
+    assert!(!policy.weighs_localities());
+    assert_eq!(
+        shape(&localize(&base, &policy, &place, &no_labels)),
+        ["r1/z1/:p0:w1:10.0.0.1", "r1/z2/:p0:w1:10.0.0.2", "r2/z1/:p1:w1:10.0.0.3", "r3/z1/:p1:w1:10.0.0.4"]
+    );
+    // `failover` puts its region before the others.
+    let setting: ZoneAwareLoadBalancerSetting = serde_saphyr::from_str("failover: [{from: r1, to: r3}]").unwrap();
+    let policy = LocalityPolicy::zone_aware(&setting).unwrap();
+    assert_eq!(
+        shape(&localize(&base, &policy, &place, &no_labels)),
+        ["r1/z1/:p0:w1:10.0.0.1", "r1/z2/:p0:w1:10.0.0.2", "r2/z1/:p2:w1:10.0.0.3", "r3/z1/:p1:w1:10.0.0.4"]
+    );
+    let off: ZoneAwareLoadBalancerSetting = serde_saphyr::from_str("enabled: false").unwrap();
+    assert_eq!(LocalityPolicy::zone_aware(&off), None);
+}
+
+#[test]
+fn local_cluster_is_the_proxys_region_and_revision() {
+    use crate::model::Endpoint as Workload;
+    let workload = |ip: &str, locality: &str, hash: &str| {
+        let mut e = Workload::plain(ip, 8080, "http", "default");
+        e.locality = locality.into();
+        e.labels.insert("pod-template-hash".into(), hash.into());
+        e
+    };
+    let endpoints = [
+        workload("10.0.0.1", "r1/z1", "abc"),
+        workload("10.0.0.1", "r1/z1", "abc"),
+        workload("10.0.0.2", "r1/z2", "abc"),
+        workload("10.0.0.3", "r1/z2", "old"),
+        workload("10.0.0.4", "r2/z1", "abc"),
+    ];
+    let local = local_assignment(&endpoints, "r1", Some(("pod-template-hash", "abc")));
+    assert_eq!(local.cluster_name, LOCAL_CLUSTER);
+    assert_eq!(shape(&local), ["r1/z1/:p0:w1:10.0.0.1", "r1/z2/:p0:w1:10.0.0.2"]);
+    // No revision label: every revision; no region known: every region.
+    let all = local_assignment(&endpoints, "", None);
+    assert_eq!(all.endpoints.iter().map(|g| g.lb_endpoints.len()).sum::<usize>(), 4);
+    let labels = BTreeMap::from([("rollouts-pod-template-hash".to_owned(), "x".to_owned())]);
+    assert_eq!(revision(&labels), Some(("rollouts-pod-template-hash", "x")));
 }
