@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Node, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -200,6 +200,8 @@ fn variant(n: usize) -> (Resources, Vec<ClusterLoadAssignment>) {
                 listeners: vec![listener("l1")],
                 routes: vec![route("r1"), route("r2")],
                 secrets: vec![secret("kubernetes://s1")],
+                extension_configs: vec![TypedExtensionConfig { name: "e1".into(), ..Default::default() }],
+                ..Resources::default()
             },
             vec![cla("a", 0), cla("b", 0)],
         ),
@@ -208,7 +210,7 @@ fn variant(n: usize) -> (Resources, Vec<ClusterLoadAssignment>) {
                 clusters: vec![cluster("a", 2), cluster("c", 1)],
                 listeners: vec![listener("l1"), listener("l2")],
                 routes: vec![route("r1")],
-                secrets: Vec::new(),
+                ..Resources::default()
             },
             vec![cla("a", 1), cla("c", 0)],
         ),
@@ -255,6 +257,7 @@ fn type_url(word: &str) -> Vec<u8> {
         "lds" => Kind::Listener,
         "rds" => Kind::Route,
         "sds" => Kind::Secret,
+        "ecds" => Kind::ExtensionConfig,
         "nds" => Kind::NameTable,
         other => return unescape(other),
     };

@@ -571,7 +571,7 @@ fn zone_aware_and_locality_settings_shape_common_lb_config() {
     let specifier = |rule: &str| {
         let clusters = outbound(&snapshot(&dr(rule)));
         let c = find(&clusters, &name(9080, ""));
-        (c.lb_policy, c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.clone()))
+        (c.lb_policy, c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier))
     };
     let zone_aware = |routing: f64, min: Option<u64>| {
         Some(LocalityConfigSpecifier::ZoneAwareLbConfig(ZoneAwareLbConfig {
