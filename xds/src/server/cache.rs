@@ -272,11 +272,12 @@ pub struct EndpointTable {
 }
 
 /// The assignments an update changed, when it kept the set of names: a stream holding the
-/// whole previous table (its sent map is `previous_sent`) needs exactly `changed`, found
-/// without walking its thousands of subscribed names.
+/// whole previous table (its sent map is `previous_sent`, when some stream built it) needs
+/// exactly `changed`, found without walking its thousands of subscribed names; and a table
+/// localized from the previous one needs only those localized again.
 #[derive(Debug)]
 pub struct TableDelta {
-    pub previous_sent: SentMap,
+    pub previous_sent: Option<SentMap>,
     pub changed: Vec<Arc<EncodedResource>>,
 }
 
@@ -367,11 +368,8 @@ impl EndpointTable {
             changed.extend(table.insert(assignment, Some(previous)));
         }
         table.keep_sent_map_if_unchanged(previous);
-        if same_names
-            && table.encoded.len() == previous.encoded.len()
-            && let Some(previous_sent) = previous.sent.get()
-        {
-            table.delta = Some(TableDelta { previous_sent: previous_sent.clone(), changed });
+        if same_names && table.encoded.len() == previous.encoded.len() {
+            table.delta = Some(TableDelta { previous_sent: previous.sent.get().cloned(), changed });
         }
         table
     }
@@ -403,6 +401,62 @@ impl EndpointTable {
         if let Some(previous) = previous {
             table.keep_sent_map_if_unchanged(previous);
         }
+        table
+    }
+
+    /// `previous` (a localized table of the previous generation) brought up to `shared`, whose
+    /// update from the previous generation's shared table changed only `changed`: those are
+    /// taken from `shared`, except the `localized` names, whose new copies are `overrides`.
+    /// Records what changed since `previous`, as [`EndpointTable::update`] does.
+    pub fn relocalized(
+        previous: &EndpointTable,
+        shared: &EndpointTable,
+        changed: &[Arc<EncodedResource>],
+        overrides: Vec<ClusterLoadAssignment>,
+        localized: &BTreeSet<&str>,
+    ) -> Self {
+        let mut table = EndpointTable {
+            decoded: previous.decoded.clone(),
+            encoded: previous.encoded.clone(),
+            sent: OnceLock::new(),
+            delta: None,
+        };
+        let mut delta = Vec::new();
+        for resource in changed.iter().filter(|r| !localized.contains(r.name.as_str())) {
+            if let Some(decoded) = shared.decoded.get(&resource.name) {
+                table.decoded.insert(resource.name.clone(), decoded.clone());
+                table.encoded.insert(resource.name.clone(), resource.clone());
+                delta.push(resource.clone());
+            }
+        }
+        for assignment in overrides {
+            let name = assignment.cluster_name.clone();
+            if table.decoded.get(&name).is_some_and(|own| **own == assignment) {
+                continue;
+            }
+            // Equal to the shared copy (the place changes nothing here): share its encoding.
+            let shared_copy = shared
+                .decoded
+                .get(&name)
+                .filter(|own| ***own == assignment)
+                .and_then(|own| Some((own.clone(), shared.encoded.get(&name)?.clone())));
+            let (decoded, encoded) = match shared_copy {
+                Some(both) => both,
+                None => {
+                    let encoded = Arc::new(EncodedResource::encode(name.clone(), &assignment));
+                    (Arc::new(assignment), encoded)
+                }
+            };
+            table.decoded.insert(name.clone(), decoded);
+            table.encoded.insert(name, encoded.clone());
+            delta.push(encoded);
+        }
+        if delta.is_empty()
+            && let Some(sent) = previous.sent.get()
+        {
+            table.sent = OnceLock::from(sent.clone());
+        }
+        table.delta = Some(TableDelta { previous_sent: previous.sent.get().cloned(), changed: delta });
         table
     }
 
@@ -613,11 +667,23 @@ impl Generation {
         }
     }
 
-    /// The shared table with `key`'s clusters localized for its place.
+    /// The shared table with `key`'s clusters localized for its place. When the shared table
+    /// changed only in contents since `previous` (this place's table at the previous
+    /// generation) was built, only the changed clusters are localized again, and the table
+    /// records what changed, so streams of this place keep the O(changes) path.
     fn localize(&self, key: &LocalizedKey, previous: Option<&EndpointTable>) -> EndpointTable {
+        let incremental = previous.and_then(|p| Some((p, self.endpoints.delta()?)));
+        let changed: Option<BTreeSet<&str>> =
+            incremental.map(|(_, delta)| delta.changed.iter().map(|c| c.name.as_str()).collect());
         let overrides = key
             .policies
             .iter()
+            // `failoverPriority` reads workload labels, which can change without the shared
+            // assignment changing: such clusters are always localized again.
+            .filter(|(name, policy)| {
+                changed.as_ref().is_none_or(|changed| changed.contains(name.as_str()))
+                    || policy.proxy_label_keys().next().is_some()
+            })
             .filter_map(|(name, policy)| {
                 let base = self.endpoints.decoded.get(name)?;
                 // `failoverPriority` reads the labels of the workloads behind the endpoints.
@@ -645,7 +711,16 @@ impl Generation {
                 locality::local_assignment(endpoints.map_or(&[], |e| e.as_slice()), &local.region, revision)
             }))
             .collect();
-        EndpointTable::localized(&self.endpoints, overrides, previous)
+        match incremental {
+            Some((previous, delta)) => {
+                let mut localized: BTreeSet<&str> = key.policies.iter().map(|(name, _)| name.as_str()).collect();
+                if key.local.is_some() {
+                    localized.insert(locality::LOCAL_CLUSTER);
+                }
+                EndpointTable::relocalized(previous, &self.endpoints, &delta.changed, overrides, &localized)
+            }
+            None => EndpointTable::localized(&self.endpoints, overrides, previous),
+        }
     }
 
     /// The encoded outbound resources for `proxy`'s view, computed by the first stream that
@@ -880,7 +955,11 @@ impl ProxyResources {
             return None;
         }
         let delta = self.endpoints.delta()?;
-        Arc::ptr_eq(&delta.previous_sent, sent).then_some(delta.changed.as_slice())
+        delta
+            .previous_sent
+            .as_ref()
+            .is_some_and(|previous| Arc::ptr_eq(previous, sent))
+            .then_some(delta.changed.as_slice())
     }
 
     pub(crate) fn whole_len(&self, kind: Kind) -> Option<usize> {
@@ -1292,6 +1371,103 @@ mod incremental_tests {
         assert!(inbound_kept > 50, "the sequences keep inbound sides ({inbound_kept})");
     }
 
+    /// A place's endpoint table brought up to date from the previous generation's equals one
+    /// localized from scratch, and the changes it records are exactly what differs.
+    #[test]
+    fn incremental_localized_tables_equal_fresh_ones() {
+        use crate::translate::locality::LocalityPolicy;
+        // Localities by endpoint position: two zones of r1, one of r2, and none.
+        let located = |list: &Arc<Vec<Endpoint>>| {
+            let zones = ["r1/z1", "r1/z2", "r2/z1", ""];
+            Arc::new(
+                list.iter().enumerate().map(|(i, e)| Endpoint { locality: zones[i % 4].into(), ..e.clone() }).collect(),
+            )
+        };
+        let mut proxy = Proxy::from_node("sidecar~10.9.9.9~p.ns~ns.svc.cluster.local", &Default::default()).unwrap();
+        proxy.locality = "r1/z1".into();
+        // Every host's first port fails over by locality; odd hosts rank by `version` first.
+        let policies: Arc<Vec<(String, LocalityPolicy)>> = Arc::new(
+            (0..8)
+                .map(|i| {
+                    let priority_labels = if i % 2 == 1 {
+                        vec![crate::translate::locality::PriorityLabel {
+                            key: "version".into(),
+                            value: Some("v1".into()),
+                        }]
+                    } else {
+                        vec![]
+                    };
+                    (
+                        format!("outbound|8000||{}", host(i)),
+                        LocalityPolicy::Failover { priority_labels, regions: vec![] },
+                    )
+                })
+                .collect(),
+        );
+        let fresh = |snapshot: &Snapshot| {
+            let generation = Generation::new(
+                0,
+                Arc::new(snapshot.clone()),
+                Instant::now(),
+                EndpointTable::build(endpoint::all(snapshot), None),
+                None,
+            );
+            generation.endpoints_for(&policies, &proxy)
+        };
+        let mut deltas = 0;
+        for seed in 1..=25u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut snapshot = Snapshot::default();
+            let mut generation =
+                Generation::new(1, Arc::new(snapshot.clone()), Instant::now(), EndpointTable::default(), None);
+            let mut table = generation.endpoints_for(&policies, &proxy);
+            for step in 0..25 {
+                let mut next = mutate(&snapshot, &mut rng);
+                for (host, list) in next.endpoints.iter_mut() {
+                    if snapshot.endpoints.get(host).is_none_or(|old| !Arc::ptr_eq(old, list)) {
+                        *list = located(list);
+                    }
+                }
+                let held = table.sent_map();
+                let shared = match endpoint::changed_hosts(&snapshot, &next) {
+                    Some(hosts) => {
+                        EndpointTable::update(&generation.endpoints, &hosts, endpoint::for_services(&next, &hosts))
+                    }
+                    None => EndpointTable::build(endpoint::all(&next), Some(&generation.endpoints)),
+                };
+                let following =
+                    Generation::new(step + 2, Arc::new(next.clone()), Instant::now(), shared, Some(&generation));
+                let updated = following.endpoints_for(&policies, &proxy);
+                let full = fresh(&next);
+                let names = |t: &EndpointTable| t.decoded.keys().cloned().collect::<Vec<_>>();
+                assert_eq!(names(&updated), names(&full), "seed {seed} step {step}");
+                for (name, assignment) in &full.decoded {
+                    assert_eq!(**assignment, *updated.decoded[name], "seed {seed} step {step}: {name}");
+                }
+                if let Some(delta) = updated.delta() {
+                    deltas += 1;
+                    assert!(
+                        delta.previous_sent.as_ref().is_some_and(|p| Arc::ptr_eq(p, &held)),
+                        "seed {seed} step {step}"
+                    );
+                    let differing: Vec<&String> = updated
+                        .encoded
+                        .iter()
+                        .filter(|(n, e)| table.encoded.get(*n).is_none_or(|old| old.hash != e.hash))
+                        .map(|(n, _)| n)
+                        .collect();
+                    let mut changed: Vec<&String> = delta.changed.iter().map(|r| &r.name).collect();
+                    changed.sort();
+                    assert_eq!(changed, differing, "seed {seed} step {step}");
+                }
+                generation = following;
+                table = updated;
+                snapshot = next;
+            }
+        }
+        assert!(deltas > 50, "the sequences exercise incremental localized tables ({deltas})");
+    }
+
     #[test]
     fn incremental_endpoints_equal_a_full_translation() {
         let mut deltas = 0;
@@ -1309,7 +1485,10 @@ mod incremental_tests {
                 };
                 if let Some(delta) = updated.delta() {
                     deltas += 1;
-                    assert!(Arc::ptr_eq(&delta.previous_sent, &held), "seed {seed} step {step}");
+                    assert!(
+                        delta.previous_sent.as_ref().is_some_and(|p| Arc::ptr_eq(p, &held)),
+                        "seed {seed} step {step}"
+                    );
                     let names = |t: &EndpointTable| t.encoded.keys().cloned().collect::<Vec<_>>();
                     assert_eq!(names(&updated), names(&table), "a delta keeps the names");
                     let differing: Vec<&String> = updated
