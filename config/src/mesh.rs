@@ -15,7 +15,8 @@ use serde_json::{Map, Value};
 
 use crate::common::{Duration, FreeForm};
 use crate::networking::destination_rule::{
-    LocalityLoadBalancerSetting, TcpKeepalive, validate_locality, validate_tcp_keepalive,
+    LocalityLoadBalancerSetting, TcpKeepalive, ZoneAwareLoadBalancerSetting, validate_locality, validate_tcp_keepalive,
+    validate_zone_aware,
 };
 use crate::validate::{self, FieldPath, Report, checks};
 
@@ -182,6 +183,11 @@ pub struct MeshConfig {
     pub root_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<LocalityLoadBalancerSetting>,
+    /// Zone-aware load balancing for every destination whose DestinationRule sets no locality
+    /// or zone-aware setting of its own (Istio 1.30); it takes precedence over the mesh's
+    /// `localityLbSetting`, which is on by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_aware_lb_setting: Option<ZoneAwareLoadBalancerSetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_refresh_rate: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -987,6 +993,9 @@ impl MeshConfig {
         if let Some(locality) = &self.locality_lb_setting {
             // Mesh-wide, the failover-needs-outlierDetection warning does not apply.
             validate_locality(locality, true, &at.field("localityLbSetting"), report);
+        }
+        if let Some(zone_aware) = &self.zone_aware_lb_setting {
+            validate_zone_aware(zone_aware, &at.field("zoneAwareLbSetting"), report);
         }
         if let Some(d) = &self.dns_refresh_rate {
             report.check(&at.field("dnsRefreshRate"), checks::duration(d));

@@ -497,6 +497,42 @@ fn canary_upgrade_without_failed_requests(cluster: &Cluster) {
     assert!(counts.len() == 1 && counts.contains_key("200 exit=0"), "no request failed during the switch: {counts:?}");
 }
 
+/// Journey b, continued: locality load balancing on real pods. Their localities come from
+/// `istio-locality` labels (the single node has no zones); with `examples/traffic/22` (outlier
+/// detection, so the mesh's default locality failover applies) sleep's requests stay with v1 in
+/// its zone, and reach v2 in the next zone once v1 is gone. The state of journey b is restored.
+fn locality_failover_keeps_traffic_in_the_zone(cluster: &Cluster) {
+    let label = |selector: &str, value: &str| {
+        cluster.kubectl(&["-n", "testns1", "label", "pod", "-l", selector, value, "--overwrite"]).unwrap();
+    };
+    label("app=sleep", "istio-locality=us-east.us-east-1a");
+    label("version=v1", "istio-locality=us-east.us-east-1a");
+    label("version=v2", "istio-locality=us-east.us-east-1b");
+    // Without outlier detection the mesh's default locality setting changes nothing: both
+    // versions answer (all 40 from one of two has probability 2^-39).
+    let before = tally(&requests(cluster, 40, "", "/get"));
+    assert!(before.contains_key("200 v1") && before.contains_key("200 v2"), "both zones before 22: {before:?}");
+    let same_zone = apply_traffic(cluster, "22-locality-failover.yaml", "", "/get", |c| only(c, "200 v1"), 40);
+    assert!(only(&same_zone, "200 v1"), "sleep's zone first: {same_zone:?}");
+    let scale = |replicas: &str| {
+        cluster.kubectl(&["-n", "testns1", "scale", "deploy/httpbin-v1", &format!("--replicas={replicas}")]).unwrap();
+    };
+    scale("0");
+    let next_zone = wait_for("failover to the next zone", Duration::from_secs(90), || {
+        let probe = tally(&requests(cluster, 10, "", "/get"));
+        if only(&probe, "200 v2") { Ok(probe) } else { Err(format!("{probe:?}")) }
+    });
+    println!("journey b: locality failover: {same_zone:?} in sleep's zone; with v1 gone, {next_zone:?}");
+    scale("1");
+    cluster
+        .kubectl(&["-n", "testns1", "rollout", "status", "deploy/httpbin-v1", "--timeout=180s"])
+        .unwrap_or_else(|e| panic!("httpbin-v1 back: {e}\n{}", diagnose(cluster, "testns1")));
+    cluster.kubectl(&["apply", "-f", &example("traffic/01-destination-rule-subsets.yaml")]).unwrap();
+    for selector in ["app=sleep", "version=v2"] {
+        label(selector, "istio-locality-");
+    }
+}
+
 /// Journey e: the ingress gateway of the default install (`rudder proxy router`) serves
 /// `examples/traffic/15-ingress-gateway.yaml` into the mesh, then terminates TLS with a
 /// Kubernetes Secret named in `credentialName` (served to it over SDS by discovery).
@@ -789,6 +825,7 @@ fn user_journeys_on_a_real_cluster() {
     let Some(cluster) = cluster::shared(RUDDER) else { return };
     operator_installs_the_default_control_plane(cluster);
     injected_apps_follow_the_traffic_rules(cluster);
+    locality_failover_keeps_traffic_in_the_zone(cluster);
     ingress_gateway_routes_into_the_mesh(cluster);
     mesh_traffic_is_mutual_tls(cluster);
     operator_reconciles_edits_and_drift(cluster);

@@ -121,6 +121,9 @@ pub struct Service {
     pub kubernetes: bool,
     /// A Kubernetes Service's `spec.trafficDistribution`.
     pub traffic_distribution: TrafficDistribution,
+    /// A ServiceEntry's `subjectAltNames`: identities its servers may present, checked (with
+    /// its endpoints' service accounts) when the proxy originates Istio mTLS to it.
+    pub subject_alt_names: Vec<String>,
 }
 
 /// A Kubernetes Service's `spec.trafficDistribution`: where traffic to it should stay. Without

@@ -159,6 +159,7 @@ mod tests {
             export_to: Vec::new(),
             kubernetes,
             traffic_distribution: Default::default(),
+            subject_alt_names: Vec::new(),
         }
     }
 

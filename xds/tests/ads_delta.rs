@@ -184,6 +184,7 @@ async fn an_endpoint_change_sends_only_the_changed_assignment() {
                 export_to: vec![],
                 kubernetes: true,
                 traffic_distribution: Default::default(),
+                subject_alt_names: Vec::new(),
             };
             snapshot.services.insert(host(i), Arc::new(service));
             snapshot.endpoints.insert(host(i), Arc::new(vec![Endpoint::plain(address, 8080, "http", "ns")]));

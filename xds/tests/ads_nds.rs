@@ -25,6 +25,7 @@ fn service(hostname: &str, name: &str, address: &str, kubernetes: bool) -> Servi
         export_to: Vec::new(),
         kubernetes,
         traffic_distribution: Default::default(),
+        subject_alt_names: Vec::new(),
     }
 }
 

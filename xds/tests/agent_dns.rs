@@ -254,6 +254,7 @@ fn service(hostname: &str, namespace: &str, name: &str, address: &str, kubernete
         export_to: Vec::new(),
         kubernetes,
         traffic_distribution: Default::default(),
+        subject_alt_names: Vec::new(),
     }
 }
 

@@ -41,6 +41,7 @@ fn service(host: &str, resolution: Resolution, ports: Vec<ServicePort>) -> Arc<S
         export_to: vec![],
         kubernetes: host.ends_with(".cluster.local"),
         traffic_distribution: Default::default(),
+        subject_alt_names: Vec::new(),
     })
 }
 
@@ -614,6 +615,25 @@ fn zone_aware_and_locality_settings_shape_common_lb_config() {
         assert_eq!(specifier(rule).1, want, "{what}");
     }
     assert_eq!(specifier(cases[0].1).0, LbPolicy::RoundRobin as i32);
+
+    // The mesh's zone-aware setting, for rules without a locality setting of their own.
+    let mesh_wide = |rule: &str| {
+        let mut snapshot = snapshot(&dr(rule));
+        snapshot.mesh.zone_aware_lb_setting = Some(serde_saphyr::from_str("minClusterSize: 2").unwrap());
+        let clusters = outbound(&snapshot);
+        find(&clusters, &name(9080, "")).common_lb_config.as_ref().and_then(|l| l.locality_config_specifier)
+    };
+    assert_eq!(
+        mesh_wide("  trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}\n"),
+        zone_aware(100.0, Some(2))
+    );
+    assert_eq!(
+        mesh_wide(
+            "  trafficPolicy:\n    loadBalancer: {localityLbSetting: {distribute: [{from: r1/*, to: {r1/*: 100}}]}}\n"
+        ),
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig {})),
+        "a rule's own locality setting wins"
+    );
 }
 
 #[test]
@@ -862,6 +882,21 @@ fn tls_istio_mutual() {
     }
     let grpc = tls_context(find(&clusters, &name(9090, "")));
     assert_eq!(grpc.common_tls_context.unwrap().alpn_protocols, ["istio-peer-exchange", "istio", "h2"]);
+
+    // A ServiceEntry's subjectAltNames join its endpoints' identities.
+    let mut with_sans = snap.clone();
+    let mut service = (*with_sans.services[REVIEWS]).clone();
+    service.subject_alt_names = vec!["spiffe://other.domain/ns/vm/sa/reviews-vm".into()];
+    with_sans.services.insert(REVIEWS.into(), Arc::new(service));
+    let clusters = outbound(&with_sans);
+    let common = tls_context(find(&clusters, &name(9080, "v1"))).common_tls_context.unwrap();
+    let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) = common.validation_context_type
+    else {
+        panic!("no combined validation context");
+    };
+    let sans = format!("{:?}", v.default_validation_context.unwrap().match_typed_subject_alt_names);
+    assert!(sans.contains("spiffe://cluster.local/ns/default/sa/reviews"), "{sans}");
+    assert!(sans.contains("spiffe://other.domain/ns/vm/sa/reviews-vm"), "{sans}");
 }
 
 #[test]

@@ -53,6 +53,7 @@ fn service(host: &str, ports: &[(&str, u32)], addresses: &[&str]) -> Arc<Service
         export_to: Vec::new(),
         kubernetes: true,
         traffic_distribution: Default::default(),
+        subject_alt_names: Vec::new(),
     })
 }
 

@@ -182,6 +182,7 @@ fn service(host: &str, ports: &[(u32, &str)], vip: &str, resolution: Resolution)
         export_to: vec![],
         kubernetes,
         traffic_distribution: Default::default(),
+        subject_alt_names: Vec::new(),
     })
 }
 

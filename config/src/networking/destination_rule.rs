@@ -762,7 +762,7 @@ const TOPOLOGY_LOCALITY_LABELS: [&str; 3] =
 
 /// Zone-aware routing partitions by region and zone itself, so `failoverPriority` may not name
 /// those labels; `failover` entries are region pairs as in `localityLbSetting`.
-fn validate_zone_aware(setting: &ZoneAwareLoadBalancerSetting, at: &FieldPath, report: &mut Report) {
+pub(crate) fn validate_zone_aware(setting: &ZoneAwareLoadBalancerSetting, at: &FieldPath, report: &mut Report) {
     for (i, label) in setting.failover_priority.iter().enumerate() {
         let at = at.field("failoverPriority").index(i);
         let key = label.split_once('=').map_or(label.as_str(), |(k, _)| k);

@@ -207,6 +207,7 @@ fn entry_service(spec: &ServiceEntrySpec, host: &str, namespace: &str, name: &st
         export_to: spec.export_to.clone(),
         kubernetes: false,
         traffic_distribution: Default::default(),
+        subject_alt_names: spec.subject_alt_names.clone(),
     }
 }
 

@@ -1131,6 +1131,7 @@ mod incremental_tests {
             export_to: vec![],
             kubernetes: true,
             traffic_distribution: Default::default(),
+            subject_alt_names: Vec::new(),
         })
     }
 

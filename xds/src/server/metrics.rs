@@ -347,6 +347,7 @@ mod tests {
             export_to: Vec::new(),
             kubernetes: true,
             traffic_distribution: Default::default(),
+            subject_alt_names: Vec::new(),
         })
     }
 

@@ -70,6 +70,7 @@ use rudder_config::labels::TLS_MODE_ISTIO;
 use rudder_config::networking::destination_rule::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy, LoadBalancerSettings,
     OutlierDetection, ProxyProtocol, RetryBudget, SimpleLb, Subset, TcpKeepalive, TrafficPolicy,
+    ZoneAwareLoadBalancerSetting,
 };
 
 use super::context::{
@@ -176,8 +177,7 @@ fn plan<'a>(ctx: &Context<'a>) -> Vec<Planned<'a>> {
 /// The locality load balancing of a cluster under `policy` (the rule's setting, else the
 /// mesh's), when it changes anything.
 fn locality_policy(ctx: &Context<'_>, service: &Service, policy: &Policy<'_>) -> Option<LocalityPolicy> {
-    // Validation keeps zone-aware and locality settings apart; zone-aware wins if both came.
-    if let Some(zone_aware) = policy.load_balancer.and_then(|lb| lb.zone_aware_lb_setting.as_ref()) {
+    if let Some(zone_aware) = zone_aware_setting(ctx.snapshot.mesh.zone_aware_lb_setting.as_ref(), policy) {
         return LocalityPolicy::zone_aware(zone_aware);
     }
     LocalityPolicy::of(
@@ -948,6 +948,21 @@ fn apply_load_balancer(draft: &mut Draft, lb: Option<&LoadBalancerSettings>) {
     });
 }
 
+/// The zone-aware setting in force: the rule's; else, when the rule sets no locality setting
+/// of its own, the mesh's. Validation keeps a rule's two settings apart; zone-aware wins if
+/// both came.
+fn zone_aware_setting<'a>(
+    mesh: Option<&'a ZoneAwareLoadBalancerSetting>,
+    policy: &Policy<'a>,
+) -> Option<&'a ZoneAwareLoadBalancerSetting> {
+    let lb = policy.load_balancer;
+    match lb.and_then(|lb| lb.zone_aware_lb_setting.as_ref()) {
+        Some(setting) => Some(setting),
+        None if lb.is_some_and(|lb| lb.locality_lb_setting.is_some()) => None,
+        None => mesh,
+    }
+}
+
 /// Locality-weighted load balancing when the cluster's locality policy asks for it (the
 /// priorities and weights themselves are per proxy, in its endpoints). Not with an extension
 /// load-balancing policy, which weighs by its own measure, nor on ORIGINAL_DST clusters.
@@ -955,7 +970,7 @@ fn apply_locality_weights(ctx: &Context<'_>, draft: &mut Draft, service: &Servic
     if draft.cluster.load_balancing_policy.is_some() || draft.kind() == Some(DiscoveryType::OriginalDst) {
         return;
     }
-    if let Some(zone_aware) = policy.load_balancer.and_then(|lb| lb.zone_aware_lb_setting.as_ref()) {
+    if let Some(zone_aware) = zone_aware_setting(ctx.snapshot.mesh.zone_aware_lb_setting.as_ref(), policy) {
         // Envoy routes by zone only for a proxy whose bootstrap names its own workload's
         // cluster (`local_cluster`); `enabled: false` must say 0 %, since Envoy's default for
         // such a proxy is on.
@@ -1143,7 +1158,8 @@ fn credential_applies(ctx: &Context<'_>, service: &Service) -> bool {
         || ctx.destination_rule(&service.hostname).is_some_and(|rule| rule.spec.workload_selector.is_some())
 }
 
-/// SPIFFE identities of the service's endpoints, the SANs ISTIO_MUTUAL expects by default.
+/// The SANs ISTIO_MUTUAL expects by default: the SPIFFE identities of the service's endpoints,
+/// and a ServiceEntry's `subjectAltNames`.
 fn service_accounts(ctx: &Context<'_>, service: &Service) -> Vec<String> {
     let trust_domain = ctx.snapshot.mesh.effective_trust_domain();
     let accounts: BTreeSet<String> = ctx
@@ -1152,6 +1168,7 @@ fn service_accounts(ctx: &Context<'_>, service: &Service) -> Vec<String> {
         .iter()
         .filter(|e| !e.service_account.is_empty())
         .map(|e| format!("spiffe://{trust_domain}/ns/{}/sa/{}", e.namespace, e.service_account))
+        .chain(service.subject_alt_names.iter().filter(|name| !name.is_empty()).cloned())
         .collect();
     accounts.into_iter().collect()
 }

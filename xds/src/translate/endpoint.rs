@@ -329,6 +329,7 @@ mod tests {
             export_to: vec![],
             kubernetes: true,
             traffic_distribution: Default::default(),
+            subject_alt_names: Vec::new(),
         })
     }
 

@@ -1281,6 +1281,7 @@ mod tests {
             export_to: vec![],
             kubernetes,
             traffic_distribution: Default::default(),
+            subject_alt_names: Vec::new(),
         })
     }
 

@@ -87,6 +87,7 @@ pub fn service(svc: &KubeService) -> Option<Service> {
         export_to,
         kubernetes: true,
         traffic_distribution: TrafficDistribution::of(spec.and_then(|s| s.traffic_distribution.as_deref())),
+        subject_alt_names: Vec::new(),
     })
 }
 
