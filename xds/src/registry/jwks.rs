@@ -7,7 +7,7 @@
 //! `refresh` and a failed fetch is retried sooner, the last good document staying in use. A
 //! fetched document that is not a JWKS (JSON with `keys`) is refused like a failed fetch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,19 +23,22 @@ use crate::model::Snapshot;
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(20 * 60);
 /// How soon a failed fetch is tried again.
 const RETRY: Duration = Duration::from_secs(30);
+/// How long a fetch may take when no rule sets `timeout` (Istio's default).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A JWKS larger than this is refused.
 const MAX_DOCUMENT: usize = 1024 * 1024;
 
-/// The `jwksUri`s of RequestAuthentications without inline `jwks`.
-pub fn wanted(snapshot: &Snapshot) -> BTreeSet<String> {
-    snapshot
-        .request_authentications
-        .iter()
-        .flat_map(|ra| ra.spec.jwt_rules.iter())
-        .filter(|rule| rule.jwks.trim().is_empty() && !rule.jwks_uri().trim().is_empty())
-        .map(|rule| rule.jwks_uri().trim().to_owned())
-        .collect()
+/// The `jwksUri`s of RequestAuthentications without inline `jwks`, with how long a fetch may
+/// take: the rule's `timeout` (the longest, when rules sharing a URI differ), else 5 s.
+pub fn wanted(snapshot: &Snapshot) -> BTreeMap<String, Duration> {
+    let mut uris: BTreeMap<String, Duration> = BTreeMap::new();
+    let rules = snapshot.request_authentications.iter().flat_map(|ra| ra.spec.jwt_rules.iter());
+    for rule in rules.filter(|rule| rule.jwks.trim().is_empty() && !rule.jwks_uri().trim().is_empty()) {
+        let timeout = rule.timeout.map(|t| t.to_std()).filter(|t| !t.is_zero()).unwrap_or(FETCH_TIMEOUT);
+        let entry = uris.entry(rule.jwks_uri().trim().to_owned()).or_insert(timeout);
+        *entry = (*entry).max(timeout);
+    }
+    uris
 }
 
 #[derive(Debug)]
@@ -61,14 +64,14 @@ fn client() -> Result<HttpsClient, String> {
 }
 
 /// One fetch: the body when it is a JWKS.
-async fn fetch(client: &HttpsClient, uri: &str) -> Result<Arc<str>, String> {
+async fn fetch(client: &HttpsClient, uri: &str, timeout: Duration) -> Result<Arc<str>, String> {
     let request = http::Request::get(uri).body(String::new()).map_err(|e| format!("bad URI: {e}"))?;
-    let response = tokio::time::timeout(FETCH_TIMEOUT, client.request(request))
+    let response = tokio::time::timeout(timeout, client.request(request))
         .await
-        .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
+        .map_err(|_| format!("no answer within {timeout:?}"))?
         .map_err(|e| e.to_string())?;
     let status = response.status();
-    let body = tokio::time::timeout(FETCH_TIMEOUT, response.into_body().collect())
+    let body = tokio::time::timeout(timeout, response.into_body().collect())
         .await
         .map_err(|_| "body not read in time".to_owned())?
         .map_err(|e| e.to_string())?
@@ -109,15 +112,15 @@ pub async fn follow(
     loop {
         let snapshot = upstream.borrow_and_update().clone();
         let uris = wanted(&snapshot);
-        cache.retain(|uri, _| uris.contains(uri));
+        cache.retain(|uri, _| uris.contains_key(uri));
         let now = Instant::now();
-        for uri in &uris {
+        for (uri, timeout) in &uris {
             let entry = cache.entry(uri.clone()).or_insert(Entry { document: None, next_fetch: now });
             if entry.next_fetch > now {
                 continue;
             }
             let outcome = match &client {
-                Some(client) => fetch(client, uri).await,
+                Some(client) => fetch(client, uri, *timeout).await,
                 None => Err("no HTTP client".into()),
             };
             match outcome {
@@ -195,6 +198,29 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}/jwks.json")
+    }
+
+    #[test]
+    fn a_fetch_waits_as_long_as_the_rules_timeout_says() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: ra, namespace: apps}\n\
+             spec: {jwtRules: [{issuer: a, jwksUri: \"https://a/jwks\", timeout: 2s}, \
+             {issuer: b, jwksUri: \"https://a/jwks\", timeout: 10s}, {issuer: c, jwksUri: \"https://c/jwks\"}, \
+             {issuer: d, jwksUri: \"https://d/jwks\", jwks: \"{}\"}]}\n";
+        let loaded = rudder_config::load::load_str("ra.yaml", yaml).unwrap();
+        let mut snapshot = Snapshot::default();
+        for l in loaded.objects {
+            if let rudder_config::IstioObject::RequestAuthentication(ra) = l.object {
+                snapshot.request_authentications.push(Arc::from(ra));
+            }
+        }
+        // The longest of the rules sharing a URI; 5 s without one; inline keys fetch nothing.
+        assert_eq!(
+            wanted(&snapshot),
+            BTreeMap::from([
+                ("https://a/jwks".to_owned(), Duration::from_secs(10)),
+                ("https://c/jwks".to_owned(), Duration::from_secs(5)),
+            ])
+        );
     }
 
     fn snapshot_with(uri: &str) -> Arc<Snapshot> {

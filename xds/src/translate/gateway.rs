@@ -184,7 +184,7 @@ pub(crate) fn port_map(ctx: &Context<'_>) -> BTreeMap<u32, Vec<u32>> {
 /// Listeners of a gateway proxy: one per (bind, target port), sorted by name.
 pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let logs = super::telemetry::access_logs(ctx, super::telemetry::Side::Client, None);
-    let tracing = super::telemetry::hcm_tracing(ctx, super::telemetry::Side::Client);
+    let tracing = super::telemetry::HcmTrace::of(ctx, super::telemetry::Side::Client);
     let authorization = super::authz::http_filters(ctx.snapshot, ctx.proxy);
     let servers = servers(ctx);
     let mut by_listener: BTreeMap<(&str, u32), Vec<&GatewayServer<'_>>> = BTreeMap::new();
@@ -208,7 +208,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                         Routes::Rds(format!("http.{port}")),
                         &logs,
                         &authorization,
-                        tracing.as_ref(),
+                        &tracing,
                     ));
                 }
             } else if server.terminates_tls() {
@@ -222,7 +222,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                             route,
                             &logs,
                             &authorization,
-                            tracing.as_ref(),
+                            &tracing,
                         ));
                     }
                     Err(why) => tracing::warn!(
@@ -281,10 +281,10 @@ fn http_chain(
     routes: Routes,
     logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
     authorization: &[HttpFilter],
-    tracing: Option<&super::telemetry::HcmTracing>,
+    tracing: &super::telemetry::HcmTrace,
 ) -> FilterChain {
     let mut hcm = http_connection_manager(&format!("outbound_{listener}"), routes, logs);
-    hcm.tracing = tracing.cloned();
+    tracing.apply(&mut hcm);
     // The gateway is the edge: the client's address is the remote address.
     hcm.use_remote_address = Some(BoolValue { value: true });
     // AuthorizationPolicies selecting the gateway workload, before the router.

@@ -44,6 +44,10 @@ use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::c
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, RequestIdExtension,
+};
+use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
 use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::{
     DynatraceResourceDetectorConfig, EnvironmentResourceDetectorConfig,
 };
@@ -1039,6 +1043,39 @@ pub fn hcm_tracing(ctx: &Context<'_>, side: Side) -> Option<HcmTracing> {
     })
 }
 
+/// What an HTTP connection manager takes from Telemetry tracing: its tracing config and, when
+/// a Telemetry sets `useRequestIdForTraceSampling`, the UUID request id extension saying
+/// whether the request id decides sampling (Envoy's default, on).
+#[derive(Clone, Debug, Default)]
+pub struct HcmTrace {
+    pub tracing: Option<HcmTracing>,
+    pub request_id: Option<RequestIdExtension>,
+}
+
+impl HcmTrace {
+    pub fn of(ctx: &Context<'_>, side: Side) -> Self {
+        let Some(tracing) = hcm_tracing(ctx, side) else { return Self::default() };
+        let by_request_id = applicable(ctx)
+            .iter()
+            .flat_map(|t| t.spec.tracing.iter())
+            .filter(|t| side.selected_by(t.r#match.as_ref().and_then(|m| m.mode)))
+            .filter_map(|t| t.use_request_id_for_trace_sampling)
+            .next_back();
+        let request_id = by_request_id.map(|value| RequestIdExtension {
+            typed_config: Some(pack_any(UuidRequestIdConfig {
+                use_request_id_for_trace_sampling: Some(envoy_types::pb::google::protobuf::BoolValue { value }),
+                ..Default::default()
+            })),
+        });
+        Self { tracing: Some(tracing), request_id }
+    }
+
+    pub fn apply(&self, hcm: &mut HttpConnectionManager) {
+        hcm.tracing.clone_from(&self.tracing);
+        hcm.request_id_extension.clone_from(&self.request_id);
+    }
+}
+
 /// Istio's own span tags (unless `enableIstioTags: false`), then the Telemetry's custom tags,
 /// which win on a name clash; sorted by name.
 fn span_tags(ctx: &Context<'_>, istio_tags: bool, custom: BTreeMap<String, api::CustomTag>) -> Vec<CustomTag> {
@@ -1489,6 +1526,31 @@ spec:
         let names = |kind| logs_for(&logs, kind).into_iter().map(|l| l.name).collect::<Vec<_>>();
         assert_eq!(names(Chain::Http), [HTTP_GRPC_ACCESS_LOG, OTEL_ACCESS_LOG, STATS_ACCESS_LOG]);
         assert_eq!(names(Chain::Tcp), [TCP_GRPC_ACCESS_LOG, OTEL_ACCESS_LOG, STATS_ACCESS_LOG]);
+    }
+
+    #[test]
+    fn request_id_sampling_follows_the_telemetry() {
+        let p = proxy("apps", &[]);
+        let request_id = |yaml: &str| {
+            let snap = snapshot(yaml);
+            let trace = HcmTrace::of(&Context::new(&snap, &p), Side::Client);
+            assert!(trace.tracing.is_some());
+            trace.request_id.map(|r| {
+                let config =
+                    <UuidRequestIdConfig as prost::Message>::decode(r.typed_config.unwrap().value.as_slice()).unwrap();
+                config.use_request_id_for_trace_sampling.map(|b| b.value)
+            })
+        };
+        // Unset: Envoy's default (the request id decides) without an extension.
+        assert_eq!(request_id(""), None);
+        let telemetry = |value: bool| {
+            format!(
+                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: mesh, namespace: istio-system}}\n\
+                 spec:\n  tracing: [{{useRequestIdForTraceSampling: {value}}}]\n"
+            )
+        };
+        assert_eq!(request_id(&telemetry(false)), Some(Some(false)));
+        assert_eq!(request_id(&telemetry(true)), Some(Some(true)));
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
         .collect();
     let filters = ChainFilters {
         logs,
-        tracing: telemetry::hcm_tracing(ctx, Side::Server),
+        tracing: telemetry::HcmTrace::of(ctx, Side::Server),
         http: authz::http_filters(ctx.snapshot, ctx.proxy),
         tcp: authz::network_filters(ctx.snapshot, ctx.proxy),
     };
@@ -78,7 +78,7 @@ pub(super) fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
 struct ChainFilters {
     /// Access logs and metrics by workload port (0: no declared port).
     logs: std::collections::BTreeMap<u32, Vec<AccessLog>>,
-    tracing: Option<telemetry::HcmTracing>,
+    tracing: telemetry::HcmTrace,
     /// Authentication (JWT) and authorization (RBAC) HTTP filters, before the router.
     http: Vec<HttpFilter>,
     /// Network RBAC filters, before tcp_proxy.
@@ -196,7 +196,7 @@ fn protocol_chains(
             Routes::Inline(Box::new(inbound_route_config(p.port, p.protocol))),
             filters.logs(p.port),
         );
-        hcm.tracing.clone_from(&filters.tracing);
+        filters.tracing.apply(&mut hcm);
         // The caller's workload (for the metrics), taken off the request first.
         hcm.http_filters.insert(0, telemetry::peer_workload_filter());
         // Authorization right before the router (after authentication, when there is any).

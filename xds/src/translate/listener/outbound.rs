@@ -135,7 +135,7 @@ fn outbound_hcm(
     logs: &[AccessLog],
 ) -> envoy_types::pb::envoy::config::listener::v3::Filter {
     let mut hcm = http_connection_manager(&format!("outbound_{listener}"), Routes::Rds(port.to_string()), logs);
-    hcm.tracing = telemetry::hcm_tracing(ctx, Side::Client);
+    telemetry::HcmTrace::of(ctx, Side::Client).apply(&mut hcm);
     hcm_filter(hcm)
 }
 
