@@ -77,10 +77,11 @@ pub fn http_filter(snapshot: &Snapshot, proxy: &Proxy) -> Option<HttpFilter> {
 
 fn applies(snapshot: &Snapshot, policy: &RequestAuthentication, proxy: &Proxy) -> bool {
     let spec = &policy.spec;
-    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-        return false;
+    let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
+    match (&spec.target_ref, spec.target_refs.is_empty()) {
+        (None, true) => selects(snapshot, namespace, spec.selector.as_ref(), proxy),
+        (target, _) => super::context::targets_proxy(namespace, target.iter().chain(&spec.target_refs), proxy),
     }
-    selects(snapshot, policy.metadata.namespace.as_deref().unwrap_or_default(), spec.selector.as_ref(), proxy)
 }
 
 fn provider(snapshot: &Snapshot, rule: &JwtRule) -> JwtProvider {

@@ -105,11 +105,11 @@ fn applicable<'a>(snapshot: &'a Snapshot, proxy: &Proxy) -> Applicable<'a> {
     for policy in snapshot.authorization_policies.iter().map(AsRef::as_ref) {
         let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
         let spec = &policy.spec;
-        if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-            // Attached to Gateway API resources or Services, which Rudder does not model.
-            continue;
-        }
-        if !selects(snapshot, namespace, spec.selector.as_ref(), proxy) {
+        let attached = match (&spec.target_ref, spec.target_refs.is_empty()) {
+            (None, true) => selects(snapshot, namespace, spec.selector.as_ref(), proxy),
+            (target, _) => super::context::targets_proxy(namespace, target.iter().chain(&spec.target_refs), proxy),
+        };
+        if !attached {
             continue;
         }
         match spec.action.unwrap_or_default() {
@@ -837,6 +837,31 @@ spec:
         assert_eq!(action, &Some(1));
         assert!(names.contains(&"ns[closed]-policy[deny-all]-rule[0]".to_owned()), "{names:?}");
         assert!(!names.iter().any(|n| n.contains("deny-nothing")), "{names:?}");
+    }
+
+    #[test]
+    fn policies_attach_to_the_gateway_api_gateway_a_proxy_serves() {
+        let snapshot = snapshot(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: gw-deny, namespace: edge}\n\
+             spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: public}]\n  action: DENY\n  \
+             rules: [{to: [{operation: {paths: [/admin]}}]}]\n---\n\
+             apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: gw-jwt, namespace: edge}\n\
+             spec:\n  targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: public}\n  \
+             jwtRules: [{issuer: https://issuer, jwks: '{\"keys\": []}'}]\n",
+        );
+        let gateway = |namespace: &str, name: &str| {
+            let meta = BTreeMap::from([(
+                "LABELS".to_owned(),
+                serde_json::json!({"gateway.networking.k8s.io/gateway-name": name}),
+            )]);
+            Proxy::from_node(&format!("router~10.0.0.2~gw-1.{namespace}~{namespace}.svc.cluster.local"), &meta).unwrap()
+        };
+        let names = |proxy: &Proxy| http_filters(&snapshot, proxy).into_iter().map(|f| f.name).collect::<Vec<_>>();
+        assert_eq!(names(&gateway("edge", "public")), ["envoy.filters.http.jwt_authn", "envoy.filters.http.rbac"]);
+        // Another gateway, the same gateway name elsewhere, and a sidecar of the namespace: no.
+        assert!(names(&gateway("edge", "internal")).is_empty());
+        assert!(names(&gateway("other", "public")).is_empty());
+        assert!(names(&proxy("edge", "httpbin")).is_empty());
     }
 
     #[test]

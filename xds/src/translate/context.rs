@@ -50,6 +50,25 @@ pub fn istio_config_metadata(
     }
 }
 
+/// Whether a policy of `namespace` whose `targetRef`/`targetRefs` are `refs` is attached to
+/// `proxy`: a Gateway API `Gateway` of that namespace that the proxy serves (its deployment's
+/// `gateway.networking.k8s.io/gateway-name` label), as Istio attaches policies to gateways.
+/// Other kinds (Services of ambient waypoints, GatewayClasses) name nothing Rudder runs.
+pub fn targets_proxy<'r>(
+    namespace: &str,
+    refs: impl IntoIterator<Item = &'r rudder_config::common::PolicyTargetReference>,
+    proxy: &Proxy,
+) -> bool {
+    let Some(gateway) = proxy.labels.get(super::wasm::GATEWAY_NAME_LABEL) else { return false };
+    namespace == proxy.namespace
+        && refs.into_iter().any(|t| {
+            t.group == "gateway.networking.k8s.io"
+                && t.kind == "Gateway"
+                && t.name == *gateway
+                && (t.namespace.is_empty() || t.namespace == namespace)
+        })
+}
+
 /// Translation inputs for one proxy.
 #[derive(Debug)]
 pub struct Context<'a> {

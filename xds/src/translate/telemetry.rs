@@ -115,7 +115,8 @@ const MESH_FILE: &str = "";
 
 /// The Telemetry objects that apply to the proxy, least specific first: the root
 /// namespace's without selector, the proxy namespace's without selector, the proxy
-/// namespace's whose selector matches its labels (the first of each, in name order).
+/// namespace's whose selector matches its labels or whose `targetRefs` name the Gateway API
+/// gateway it serves (the first of each, in name order).
 fn applicable<'a>(ctx: &Context<'a>) -> Vec<&'a Telemetry> {
     let snapshot = ctx.snapshot;
     let root = snapshot.root_namespace();
@@ -132,11 +133,13 @@ fn applicable<'a>(ctx: &Context<'a>) -> Vec<&'a Telemetry> {
     {
         out.push(ns.as_ref());
     }
+    // The workload's own: by selector, or attached to the Gateway API gateway it serves.
     let selects = |t: &Telemetry| {
-        t.spec
-            .selector
+        let spec = &t.spec;
+        spec.selector
             .as_ref()
             .is_some_and(|s| !s.match_labels.is_empty() && labels_match(&s.match_labels, &ctx.proxy.labels))
+            || super::context::targets_proxy(&ns_of(t), spec.target_ref.iter().chain(&spec.target_refs), ctx.proxy)
     };
     if let Some(workload) = snapshot.telemetries.iter().find(|t| ns_of(t) == proxy_ns && selects(t)) {
         out.push(workload.as_ref());
@@ -1551,6 +1554,18 @@ spec:
         };
         assert_eq!(request_id(&telemetry(false)), Some(Some(false)));
         assert_eq!(request_id(&telemetry(true)), Some(Some(true)));
+    }
+
+    #[test]
+    fn a_telemetry_attaches_to_the_gateway_api_gateway_it_targets() {
+        let yaml = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: gw, namespace: apps}\n\
+                    spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: public}]\n  \
+                    tracing: [{disableSpanReporting: true}]\n";
+        let snap = snapshot(yaml);
+        let public = proxy("apps", &[("gateway.networking.k8s.io/gateway-name", "public")]);
+        let other = proxy("apps", &[("gateway.networking.k8s.io/gateway-name", "internal")]);
+        assert!(hcm_tracing(&Context::new(&snap, &public), Side::Client).is_none(), "the targeted gateway");
+        assert!(hcm_tracing(&Context::new(&snap, &other), Side::Client).is_some(), "another gateway");
     }
 
     #[test]
