@@ -15,7 +15,7 @@
 //! `zoneAwareLbSetting` likewise: `zone_aware_lb_config` here, region priorities per proxy
 //! (and the proxy's own `local_cluster`) in its endpoints.
 //!
-//! Not translated here: `tunnel` (belongs to the TCP proxy filter), and auto-mTLS (see
+//! Not translated here: `tunnel` (the TCP proxies of the listeners take it, [`super::tunnel`]), and auto-mTLS (see
 //! [`tls_socket`]).
 
 use std::collections::{BTreeSet, HashMap};

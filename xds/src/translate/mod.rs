@@ -22,6 +22,7 @@ pub mod locality;
 pub mod route;
 pub mod security;
 pub mod telemetry;
+pub mod tunnel;
 pub mod wasm;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -270,8 +271,8 @@ fn same_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc
 ///   of the endpoints only what [`endpoints_reach_clusters`] names;
 /// - routes: services, VirtualServices, DestinationRules (subsets), Sidecars, the mesh config;
 /// - listeners: services, the VirtualServices with TCP or TLS routes, Sidecars, the mesh
-///   config, WasmPlugins and their modules, and in capture mode NONE the endpoints (the proxy's
-///   own inbound ports);
+///   config, WasmPlugins and their modules, DestinationRules when one has a `tunnel` (it goes
+///   into TCP proxies), and in capture mode NONE the endpoints (the proxy's own inbound ports);
 /// - all three: EnvoyFilters (their patches reach every kind).
 ///
 /// Gateways and Secrets are read only by gateway proxies, which are translated again whole.
@@ -309,6 +310,10 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
         };
         selecting_rule_names_credential(before) || selecting_rule_names_credential(after)
     };
+    let tunnels = rules && {
+        let named = |s: &Snapshot| s.destination_rules.iter().any(|rule| tunnel::named_by(&rule.spec));
+        named(before) || named(after)
+    };
     Parts {
         clusters: services
             || (endpoints && endpoints_reach_clusters(before, after))
@@ -321,6 +326,7 @@ pub fn changed_parts(before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Part
             || l4_virtual_services
             || telemetries
             || wasm
+            || tunnels
             || (endpoints && key.interception == InterceptionMode::None),
     }
 }
@@ -404,6 +410,10 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
             resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
             resources.secrets.dedup_by(|later, first| later.name == first.name);
         }
+    }
+    // A DestinationRule tunnel goes into the TCP proxies of its destination's clusters.
+    if parts.listeners && snapshot.destination_rules.iter().any(|rule| tunnel::named_by(&rule.spec)) {
+        tunnel::apply(&ctx, &mut resources.listeners);
     }
     let patches = envoy_filter::Patches::for_proxy(snapshot, proxy);
     if !patches.is_empty() {
