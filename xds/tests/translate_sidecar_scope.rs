@@ -101,3 +101,56 @@ spec:
     let hosts: Vec<&str> = route_8080.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(hosts, ["svc-0.bench-0.svc.cluster.local:8080", "allow_any"]);
 }
+
+/// `outboundTrafficPolicy.egressProxy`: unknown destinations of the sidecar's workloads go to
+/// the egress proxy's cluster, TCP (the catch-all chain) and HTTP (the `allow_any` host) alike.
+#[test]
+fn an_egress_proxy_takes_unknown_destinations() {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier};
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+    use prost::Message;
+    let mut snapshot = synthetic::snapshot_in_namespaces(20, 1, 2, 2);
+    let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: bench-0}\n\
+                   spec:\n  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n    \
+                   egressProxy: {host: egress.bench-1.svc.cluster.local, subset: v1, port: {number: 8080}}\n";
+    let loads = rudder_config::load::load_str("sidecar.yaml", sidecar).unwrap();
+    let IstioObject::Sidecar(sidecar) = loads.objects.into_iter().next().unwrap().object else { panic!() };
+    snapshot.sidecars.push(Arc::new(*sidecar));
+    let want = "outbound|8080|v1|egress.bench-1.svc.cluster.local";
+    let resources = translate::outbound(&snapshot, &proxy());
+
+    let outbound = resources.listeners.iter().find(|l| l.name == "virtualOutbound").unwrap();
+    let catch_all = outbound.default_filter_chain.as_ref().or_else(|| outbound.filter_chains.last()).unwrap();
+    let tcp_clusters: Vec<String> = std::iter::once(catch_all)
+        .chain(outbound.filter_chains.iter())
+        .flat_map(|c| c.filters.iter())
+        .filter_map(|f| match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) if any.type_url.ends_with("TcpProxy") => {
+                match TcpProxy::decode(any.value.as_slice()).ok()?.cluster_specifier? {
+                    tcp_proxy::ClusterSpecifier::Cluster(c) => Some(c),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(tcp_clusters.iter().any(|c| c == want), "{tcp_clusters:?}");
+    assert!(!tcp_clusters.iter().any(|c| c == "PassthroughCluster"), "{tcp_clusters:?}");
+
+    let allow_any: Vec<String> = resources
+        .routes
+        .iter()
+        .flat_map(|r| r.virtual_hosts.iter())
+        .filter(|v| v.name == "allow_any")
+        .flat_map(|v| v.routes.iter())
+        .filter_map(|r| match r.action.as_ref()? {
+            Action::Route(a) => match a.cluster_specifier.as_ref()? {
+                ClusterSpecifier::Cluster(c) => Some(c.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert!(!allow_any.is_empty() && allow_any.iter().all(|c| c == want), "{allow_any:?}");
+}

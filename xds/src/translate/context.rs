@@ -242,6 +242,26 @@ impl<'a> Context<'a> {
     }
 
     /// ALLOW_ANY or REGISTRY_ONLY: the Sidecar's setting, else the mesh's.
+    /// The cluster unknown destinations go to: BlackHoleCluster under REGISTRY_ONLY, the
+    /// Sidecar's `outboundTrafficPolicy.egressProxy` (`outbound|<port>|<subset>|<host>`, its
+    /// host read in the Sidecar's namespace) under ALLOW_ANY when it names one, else
+    /// PassthroughCluster.
+    pub fn unknown_destination_cluster(&self) -> String {
+        if self.registry_only() {
+            return BLACKHOLE_CLUSTER.to_owned();
+        }
+        let egress_proxy = self
+            .sidecar
+            .and_then(|s| Some((s, s.spec.outbound_traffic_policy.as_ref()?.egress_proxy.as_ref()?)))
+            .and_then(|(sidecar, proxy)| {
+                let port = proxy.port.as_ref()?.number?;
+                let namespace = sidecar.metadata.namespace.as_deref().unwrap_or_default();
+                (!proxy.host.is_empty())
+                    .then(|| outbound_cluster_name(port, &proxy.subset, &resolve_host(&proxy.host, namespace)))
+            });
+        egress_proxy.unwrap_or_else(|| PASSTHROUGH_CLUSTER.to_owned())
+    }
+
     pub fn registry_only(&self) -> bool {
         use rudder_config::networking::sidecar::OutboundTrafficPolicyMode as SidecarMode;
         if let Some(mode) = self.sidecar.and_then(|s| s.spec.outbound_traffic_policy.as_ref()).and_then(|p| p.mode) {

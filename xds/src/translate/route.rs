@@ -57,7 +57,7 @@ use rudder_config::networking::virtual_service::{
 };
 use rudder_config::networking::{DestinationRule, VirtualService};
 
-use super::context::{Context, PASSTHROUGH_CLUSTER, host_matches, outbound_cluster_name, resolve_host};
+use super::context::{Context, host_matches, outbound_cluster_name, resolve_host};
 use crate::model::{Resolution, Service, labels_match};
 
 /// Name of the route a service without a VirtualService gets.
@@ -302,7 +302,7 @@ fn route_configuration(
         include_request_attempt_count: true,
         ..Default::default()
     }));
-    virtual_hosts.push(catch_all_virtual_host(ctx.registry_only()));
+    virtual_hosts.push(catch_all_virtual_host(ctx.registry_only(), ctx.unknown_destination_cluster()));
 
     RouteConfiguration {
         name: port.to_string(),
@@ -351,19 +351,16 @@ pub(crate) fn ipv6_compliant(host: &str) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() }
 }
 
-/// The last virtual host: unknown hosts go to the original destination (ALLOW_ANY) or get a
-/// 502 (REGISTRY_ONLY).
-fn catch_all_virtual_host(registry_only: bool) -> VirtualHost {
+/// The last virtual host: unknown hosts go to `unknown` (ALLOW_ANY: the original destination,
+/// or the Sidecar's egress proxy) or get a 502 (REGISTRY_ONLY).
+fn catch_all_virtual_host(registry_only: bool, unknown: String) -> VirtualHost {
     let (name, action) = if registry_only {
         (BLOCK_ALL, route::Action::DirectResponse(DirectResponseAction { status: 502, ..Default::default() }))
     } else {
         (
             ALLOW_ANY,
             route::Action::Route(with_timeout(
-                RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster(PASSTHROUGH_CLUSTER.to_owned())),
-                    ..Default::default()
-                },
+                RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster(unknown)), ..Default::default() },
                 zero_duration(),
             )),
         )

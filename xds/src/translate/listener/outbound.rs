@@ -18,7 +18,7 @@ use super::{
     detection_timeout, filter_chain, listener, set_chains,
 };
 use crate::model::{InterceptionMode, Protocol, Service};
-use crate::translate::context::{BLACKHOLE_CLUSTER, Context, PASSTHROUGH_CLUSTER, VIRTUAL_OUTBOUND, listener_name};
+use crate::translate::context::{BLACKHOLE_CLUSTER, Context, VIRTUAL_OUTBOUND, listener_name};
 use crate::translate::telemetry::{self, Side};
 
 const WILDCARD: &str = "0.0.0.0";
@@ -88,12 +88,6 @@ fn services_by_port<'a>(ctx: &Context<'a>) -> BTreeMap<u32, Vec<(&'a Service, Pr
     by_port
 }
 
-/// Where traffic the proxy knows nothing about goes: the original destination (ALLOW_ANY)
-/// or nowhere (REGISTRY_ONLY).
-fn unknown_destination_cluster(ctx: &Context<'_>) -> &'static str {
-    if ctx.registry_only() { BLACKHOLE_CLUSTER } else { PASSTHROUGH_CLUSTER }
-}
-
 /// `virtualOutbound`: takes every captured connection; ports without a listener of their own
 /// fall to the catch-all chain. Connections to 15001 itself are dropped so that traffic
 /// addressed to the capture port cannot loop through it.
@@ -112,7 +106,7 @@ fn virtual_outbound(ctx: &Context<'_>, listen_port: u32, logs: &[AccessLog]) -> 
     let catch_all = filter_chain(
         VIRTUAL_OUTBOUND_CATCHALL_TCP,
         None,
-        vec![tcp_proxy(&TcpTarget::Cluster(unknown_destination_cluster(ctx).to_owned()), logs)],
+        vec![tcp_proxy(&TcpTarget::Cluster(ctx.unknown_destination_cluster()), logs)],
     );
     set_chains(&mut l, vec![blackhole, catch_all], None);
     l
@@ -123,7 +117,7 @@ fn passthrough_chain(ctx: &Context<'_>, logs: &[AccessLog]) -> FilterChain {
     filter_chain(
         PASSTHROUGH_FILTER_CHAIN,
         None,
-        vec![tcp_proxy(&TcpTarget::Cluster(unknown_destination_cluster(ctx).to_owned()), logs)],
+        vec![tcp_proxy(&TcpTarget::Cluster(ctx.unknown_destination_cluster()), logs)],
     )
 }
 
