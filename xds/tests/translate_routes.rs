@@ -348,3 +348,71 @@ fn envoy_accepts_registry_only_catch_all() {
     assert!(configs.iter().all(|c| c.virtual_hosts.last().is_some_and(|v| v.name == routes::BLOCK_ALL)));
     assert_envoy_accepts(configs, 21080);
 }
+
+/// A root VirtualService delegating `/ratings` to a host-less VirtualService of another
+/// namespace: the delegate's rules under the root's prefix, destinations resolved in the
+/// delegate's namespace, and a delegate rule outside the prefix left out; Envoy accepts it.
+#[test]
+fn delegated_rules_route_under_the_root_rule() {
+    let mut snap = snapshot();
+    snap.virtual_services.clear();
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: root, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /ratings}}]
+    delegate: {name: ratings-routes, namespace: other}
+  - route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings-routes, namespace: other}
+spec:
+  http:
+  - name: v2
+    match: [{uri: {prefix: /ratings/v2}}]
+    route: [{destination: {host: ratings}}]
+    timeout: 3s
+  - name: elsewhere
+    match: [{uri: {prefix: /other}}]
+    route: [{destination: {host: ratings}}]
+  - name: rest
+    route: [{destination: {host: ratings}}]
+"#;
+    let loads = rudder_config::load::load_str("delegate.yaml", yaml).unwrap();
+    assert!(loads.problems.is_empty(), "{:?}", loads.problems);
+    for loaded in loads.objects {
+        if let IstioObject::VirtualService(vs) = loaded.object {
+            snap.virtual_services.push(Arc::new(*vs));
+        }
+    }
+    let proxy = proxy();
+    let configs = routes::outbound(&Context::new(&snap, &proxy));
+    let port = configs.iter().find(|c| c.name == "9080").unwrap();
+    let reviews = port.virtual_hosts.iter().find(|v| v.domains.iter().any(|d| d == "reviews")).unwrap();
+    let summary: Vec<(String, String)> = reviews
+        .routes
+        .iter()
+        .map(|r| {
+            let path = format!("{:?}", r.r#match.as_ref().and_then(|m| m.path_specifier.clone()));
+            let cluster = match &r.action {
+                Some(Action::Route(a)) => match &a.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(c)) => c.clone(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            (path, cluster)
+        })
+        .collect();
+    let ratings = "outbound|9080||ratings.other.svc.cluster.local".to_owned();
+    let reviews_cluster = "outbound|9080||reviews.default.svc.cluster.local".to_owned();
+    assert_eq!(summary.len(), 3, "{summary:?}");
+    assert!(summary[0].0.contains("/ratings/v2") && summary[0].1 == ratings, "{summary:?}");
+    assert!(summary[1].0.contains("\"/ratings\"") && summary[1].1 == ratings, "{summary:?}");
+    assert_eq!(summary[2].1, reviews_cluster, "{summary:?}");
+    assert_envoy_accepts(configs, 20_000);
+}

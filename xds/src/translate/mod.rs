@@ -14,6 +14,7 @@ pub mod authz;
 pub mod cluster;
 pub mod context;
 pub mod credentials;
+pub mod delegate;
 pub mod endpoint;
 pub mod envoy_filter;
 pub mod gateway;

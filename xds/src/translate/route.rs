@@ -485,36 +485,63 @@ pub fn http_routes(ctx: &Context<'_>, vs: &VirtualService, port: u32) -> Vec<Rou
 pub fn http_routes_for_gateways(ctx: &Context<'_>, vs: &VirtualService, port: u32, gateways: &[&str]) -> Vec<Route> {
     let mut out = Vec::new();
     for (index, http) in vs.spec.http.iter().enumerate() {
-        if http.delegate.is_some() {
-            tracing::warn!(
-                virtual_service = %format!("{}/{}", namespace_of(vs), name_of(vs)),
-                rule = index,
-                "delegated HTTP routes are not supported; rule skipped"
-            );
-            continue;
-        }
-        let mut catch_all = false;
-        if http.r#match.is_empty() {
-            out.extend(translate_route(ctx, vs, http, index, None, port, gateways));
-            catch_all = true;
-        } else {
-            for m in &http.r#match {
-                if let Some(route) = translate_route(ctx, vs, http, index, Some(m), port, gateways) {
-                    let stops = is_catch_all(&route);
-                    out.push(route);
-                    if stops {
-                        catch_all = true;
-                        break;
-                    }
+        let stop = match &http.delegate {
+            None => push_rule(&mut out, ctx, vs, http, index, port, gateways),
+            Some(named) => match super::delegate::find(&ctx.snapshot.virtual_services, vs, named) {
+                // The delegate's rules under this one's conditions, its hosts resolved in its
+                // own namespace; one level deep.
+                Some(target) => target
+                    .spec
+                    .http
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, rule)| rule.delegate.is_none())
+                    .filter_map(|(i, rule)| Some((i, super::delegate::merge_rule(http, rule)?)))
+                    .any(|(i, merged)| push_rule(&mut out, ctx, target, &merged, i, port, gateways)),
+                None => {
+                    tracing::warn!(
+                        virtual_service = %format!("{}/{}", namespace_of(vs), name_of(vs)),
+                        rule = index,
+                        delegate = %format!("{}/{}", named.namespace, named.name),
+                        "no delegate VirtualService of that name without hosts and visible here; rule skipped"
+                    );
+                    false
                 }
-            }
-        }
-        if catch_all {
+            },
+        };
+        if stop {
             // Envoy matches in order: nothing after a catch-all could ever be reached.
             break;
         }
     }
     out
+}
+
+/// Appends the routes of one rule (one per match, stopping after a catch-all); whether it
+/// ended with a catch-all.
+fn push_rule(
+    out: &mut Vec<Route>,
+    ctx: &Context<'_>,
+    vs: &VirtualService,
+    http: &HttpRoute,
+    index: usize,
+    port: u32,
+    gateways: &[&str],
+) -> bool {
+    if http.r#match.is_empty() {
+        out.extend(translate_route(ctx, vs, http, index, None, port, gateways));
+        return true;
+    }
+    for m in &http.r#match {
+        if let Some(route) = translate_route(ctx, vs, http, index, Some(m), port, gateways) {
+            let stops = is_catch_all(&route);
+            out.push(route);
+            if stops {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Whether a route matches every request (prefix `/` or regex `.*`, nothing else).
