@@ -640,6 +640,33 @@ fn sidecar_egress_hosts_limit_listeners() {
     assert_eq!(names(&ls), ["0.0.0.0_80", "0.0.0.0_8080", "0.0.0.0_9080", "10.96.0.30_9000", "virtualOutbound"]);
 }
 
+/// A Sidecar egress listener's port protocol decides its listener: reviews' HTTP port 9080
+/// declared TCP is proxied as TCP; ratings' sniffed 8080 declared by name (`http-…`) is HTTP.
+#[test]
+fn sidecar_egress_port_protocol_decides_the_listener() {
+    let mut snap = mesh_snapshot(MeshConfig::istio_defaults());
+    snap.sidecars.push(sidecar(json!({
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {"egress": [
+            {"port": {"number": 9080, "protocol": "TCP", "name": "tcp-reviews"}, "hosts": ["./*"]},
+            {"port": {"number": 8080, "name": "http-ratings"}, "hosts": ["./*"]},
+            {"hosts": ["./*"]}
+        ]}
+    })));
+    let ls = outbound(&snap, &proxy(PROXY_IP, "REDIRECT"));
+    // TCP: a listener per service address.
+    let reviews = find(&ls, "10.96.0.10_9080");
+    assert_eq!(tcp_cluster(&reviews.filter_chains[0]), "outbound|9080||reviews.default.svc.cluster.local");
+    let ratings = find(&ls, "0.0.0.0_8080");
+    assert!(listener_filter_names(ratings).is_empty(), "declared HTTP: not sniffed");
+    assert_eq!(rds_name(&ratings.filter_chains[0]), "8080");
+    // Routes follow: none for the port now TCP, the HTTP one still there.
+    let proxy = proxy(PROXY_IP, "REDIRECT");
+    let routes = rudder_xds::translate::route::outbound(&rudder_xds::translate::context::Context::new(&snap, &proxy));
+    let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    assert!(route_names.contains(&"8080") && !route_names.contains(&"9080"), "{route_names:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Outbound, capture mode NONE
 

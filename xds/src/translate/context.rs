@@ -169,6 +169,22 @@ impl<'a> Context<'a> {
         entry.is_some_and(|e| self.hosts_admit(&e.hosts, &service.namespace, &service.hostname))
     }
 
+    /// The protocol the Sidecar's egress listener for `port` declares (its `protocol`, else
+    /// what its `name` implies, as for service ports): the outbound listener on that port takes
+    /// it over its services' own. `None` when there is no such listener or it declares none.
+    pub fn egress_port_protocol(&self, port: u32) -> Option<Protocol> {
+        let sidecar = self.sidecar?;
+        let declared = sidecar.spec.egress.iter().filter_map(|e| e.port.as_ref()).find(|p| p.number == Some(port))?;
+        let protocol = Protocol::of_port(Some(&declared.protocol), &declared.name);
+        (protocol != Protocol::Unsupported).then_some(protocol)
+    }
+
+    /// The protocol outbound traffic to `port` of a service is handled as: the Sidecar's egress
+    /// listener's for that port number when it declares one, else the port's own.
+    pub fn outbound_protocol(&self, port: &crate::model::ServicePort) -> Protocol {
+        self.egress_port_protocol(port.port).unwrap_or(port.protocol)
+    }
+
     /// Where the Sidecar's egress listener for `port` binds, when it asks for a real bind:
     /// its `bind`, else 127.0.0.1 for `captureMode: NONE` (nothing redirects traffic to it, so
     /// the application must address the proxy); `None` when traffic reaches the port by capture.

@@ -93,7 +93,10 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
     let mut ports: BTreeSet<u32> = services
         .iter()
         .flat_map(|s| s.ports.iter().filter(|p| ctx.port_visible(s, p.port)))
-        .filter(|p| p.protocol.is_http() || p.protocol.is_auto())
+        .filter(|p| {
+            let protocol = ctx.outbound_protocol(p);
+            protocol.is_http() || protocol.is_auto()
+        })
         .map(|p| p.port)
         .collect();
     if virtual_services.iter().any(|vs| !vs.non_registry_hosts.is_empty()) {
@@ -200,7 +203,12 @@ fn route_configuration(
     let on_port: Vec<&Arc<Service>> = services
         .iter()
         .copied()
-        .filter(|s| s.port(port).is_some_and(|p| p.protocol.is_http() || p.protocol.is_auto()))
+        .filter(|s| {
+            s.port(port).is_some_and(|p| {
+                let protocol = ctx.outbound_protocol(p);
+                protocol.is_http() || protocol.is_auto()
+            })
+        })
         .filter(|s| ctx.port_visible(s, port))
         .collect();
 

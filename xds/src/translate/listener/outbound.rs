@@ -77,12 +77,15 @@ pub(super) fn capture_ports(ctx: &Context<'_>) -> (u32, u32) {
     )
 }
 
-/// Visible services by port number, each with that port's protocol, in hostname order.
+/// Visible services by port number, each with that port's protocol (or the one the Sidecar's
+/// egress listener for the port declares), in hostname order.
 fn services_by_port<'a>(ctx: &Context<'a>) -> BTreeMap<u32, Vec<(&'a Service, Protocol)>> {
     let mut by_port: BTreeMap<u32, Vec<(&'a Service, Protocol)>> = BTreeMap::new();
+    let mut declared: BTreeMap<u32, Option<Protocol>> = BTreeMap::new();
     for service in ctx.services() {
         for port in service.ports.iter().filter(|p| ctx.port_visible(service, p.port)) {
-            by_port.entry(port.port).or_default().push((service.as_ref(), port.protocol));
+            let protocol = declared.entry(port.port).or_insert_with(|| ctx.egress_port_protocol(port.port));
+            by_port.entry(port.port).or_default().push((service.as_ref(), protocol.unwrap_or(port.protocol)));
         }
     }
     by_port
