@@ -15,8 +15,8 @@
 //! `zoneAwareLbSetting` likewise: `zone_aware_lb_config` here, region priorities per proxy
 //! (and the proxy's own `local_cluster`) in its endpoints.
 //!
-//! Not translated here: `tunnel` (the TCP proxies of the listeners take it, [`super::tunnel`]), and auto-mTLS (see
-//! [`tls_socket`]).
+//! Not translated here: `tunnel` (the TCP proxies of the listeners take it, see
+//! [`super::tunnel`]), and auto-mTLS (see [`tls_socket`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
