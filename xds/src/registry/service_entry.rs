@@ -124,8 +124,11 @@ fn convert_entry(
         }
         let mut list = Vec::new();
         for port in &spec.ports {
+            // An endpoint without an address is reached through its network's gateway, which a
+            // single-network mesh does not have: it is left out rather than given to Envoy
+            // empty (which would refuse the whole assignment).
             if spec.workload_selector.is_some() {
-                for we in selected {
+                for we in selected.iter().filter(|we| !we.spec.address.trim().is_empty()) {
                     let workload = we.metadata.name.as_deref().unwrap_or_default();
                     list.push(workload_endpoint(&we.spec, port, namespace, workload));
                 }
@@ -134,7 +137,7 @@ fn convert_entry(
                     list.push(host_endpoint(host, port, namespace));
                 }
             } else {
-                for inline in &spec.endpoints {
+                for inline in spec.endpoints.iter().filter(|e| !e.address.trim().is_empty()) {
                     list.push(workload_endpoint(inline, port, namespace, ""));
                 }
             }
@@ -411,6 +414,8 @@ mod tests {
                     {"address": "10.0.0.2", "ports": {"http": 8080}, "labels": {"security.istio.io/tlsMode": "istio"},
                      "locality": "r1/z1", "weight": 3},
                     {"address": "10.0.0.1", "labels": {"istio-locality": "r2.z2"}},
+                    // Behind another network's gateway: left out.
+                    {"network": "remote"},
                 ],
             }),
         );
