@@ -645,7 +645,7 @@ impl Generation {
         if place.is_unknown() && local.is_none() {
             return self.endpoints.clone();
         }
-        let key = LocalizedKey { policies: policies.clone(), place, local };
+        let key = LocalizedKey { policies: ViewPolicies(policies.clone()), place, local };
         if let Some(table) =
             self.localized.lock().unwrap_or_else(PoisonError::into_inner).get(&key).and_then(Weak::upgrade)
         {
@@ -781,10 +781,38 @@ impl Generation {
 /// the place of the proxy.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LocalizedKey {
-    policies: Arc<Vec<(String, LocalityPolicy)>>,
+    policies: ViewPolicies,
     place: Place,
     /// What the proxy's `local_cluster` holds, when it asked for self-discovery.
     local: Option<LocalKey>,
+}
+
+/// A view's locality policies, compared by identity: every proxy of a view holds the same
+/// `Arc`, and a view whose clusters did not change keeps it across pushes, so a key costs
+/// nothing to hash however many clusters the policies name (hashing their content cost every
+/// stream a walk of them at every push).
+#[derive(Clone, Debug)]
+struct ViewPolicies(Arc<Vec<(String, LocalityPolicy)>>);
+
+impl PartialEq for ViewPolicies {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ViewPolicies {}
+
+impl std::hash::Hash for ViewPolicies {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+impl std::ops::Deref for ViewPolicies {
+    type Target = Vec<(String, LocalityPolicy)>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// What a `local_cluster` assignment depends on.
