@@ -97,8 +97,15 @@ pub struct EncodedSet {
     route_source: Arc<Vec<RouteConfiguration>>,
     secret_source: Arc<Vec<Secret>>,
     extension_config_source: Arc<Vec<TypedExtensionConfig>>,
-    /// The locality policies of the clusters (see [`Resources::localities`]).
+    /// The locality policies of the EDS clusters (see [`Resources::localities`]).
     localities: Arc<Vec<(String, LocalityPolicy)>>,
+    /// Those of the DNS clusters, whose endpoints are inline: a proxy with a place gets its
+    /// own copy of these clusters ([`Generation::localized_view`]).
+    inline_localities: Arc<Vec<(String, LocalityPolicy)>>,
+    /// For a proxy's copy of a view (see above): the view it was made from. Held, so the view
+    /// lives as long as its copies (the proxies of a place hold only the copy) and the next
+    /// push can tell which copied clusters still hold.
+    inline_view: Option<Arc<EncodedSet>>,
     /// [`SentMap`]s of the five maps, in the same order, built on first use.
     sent: [OnceLock<SentMap>; 5],
 }
@@ -167,9 +174,18 @@ impl EncodedSet {
             fresh.extension_configs,
             |c| &c.name,
         );
-        let localities = match previous {
-            Some(previous) if !parts.clusters => previous.localities.clone(),
-            _ => Arc::new(fresh.localities),
+        let (localities, inline_localities) = match previous {
+            Some(previous) if !parts.clusters => (previous.localities.clone(), previous.inline_localities.clone()),
+            _ => {
+                let inline: std::collections::HashSet<&str> = cluster_source
+                    .iter()
+                    .filter(|c| c.load_assignment.as_ref().is_some_and(|a| !a.endpoints.is_empty()))
+                    .map(|c| c.name.as_str())
+                    .collect();
+                let (inline, eds): (Vec<_>, Vec<_>) =
+                    fresh.localities.into_iter().partition(|(name, _)| inline.contains(name.as_str()));
+                (Arc::new(eds), Arc::new(inline))
+            }
         };
         let mut set = Self {
             clusters,
@@ -183,6 +199,8 @@ impl EncodedSet {
             secret_source,
             extension_config_source,
             localities,
+            inline_localities,
+            inline_view: None,
             sent: Default::default(),
         };
         // A map whose every resource was reused is the previous map: keep its shared sent map,
@@ -209,8 +227,27 @@ impl EncodedSet {
             routes: self.route_source.as_ref().clone(),
             secrets: self.secret_source.as_ref().clone(),
             extension_configs: self.extension_config_source.as_ref().clone(),
-            localities: self.localities.as_ref().clone(),
+            localities: {
+                let mut all: Vec<_> = self.localities.iter().chain(self.inline_localities.iter()).cloned().collect();
+                all.sort_by(|a, b| a.0.cmp(&b.0));
+                all
+            },
         }
+    }
+
+    /// This set with `replaced` in place of its clusters of the same names (a proxy's own
+    /// copies of DNS clusters). The translated sources stay the view's: a copy is never the
+    /// base of a partial rebuild.
+    fn with_clusters(self: &Arc<Self>, replaced: Vec<Arc<EncodedResource>>) -> Self {
+        let mut set = self.as_ref().clone();
+        let mut clusters = self.clusters.as_ref().clone();
+        for cluster in replaced {
+            clusters.insert(cluster.name.clone(), cluster);
+        }
+        set.clusters = Arc::new(clusters);
+        set.inline_view = Some(self.clone());
+        set.sent[0] = OnceLock::new();
+        set
     }
 
     fn map(&self, kind: Kind) -> Option<&ResourceMap> {
@@ -500,6 +537,11 @@ pub struct Generation {
     /// Held weakly, like `views`: a stream holds its table, and a namespace no stream is in
     /// any more (plaintext clients may claim any) does not keep one.
     name_tables: Mutex<HashMap<String, Weak<ResourceMap>>>,
+    /// Views with a place's own copies of their DNS clusters, by view and place
+    /// ([`Generation::localized_view`]), held weakly.
+    localized_views: Mutex<HashMap<(ViewKey, Place), Weak<EncodedSet>>>,
+    /// The previous generation's, taken as each is made again.
+    previous_localized_views: Mutex<HashMap<(ViewKey, Place), Arc<EncodedSet>>>,
     /// Endpoint tables localized for one [`LocalizedKey`] (proxies whose clusters take
     /// locality load balancing), held weakly like `views`.
     localized: Mutex<HashMap<LocalizedKey, Weak<EndpointTable>>>,
@@ -535,6 +577,16 @@ impl Generation {
                     .collect()
             })
             .unwrap_or_default();
+        let previous_localized_views = previous
+            .map(|p| {
+                p.localized_views
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .filter_map(|(key, set)| Some((key.clone(), set.upgrade()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let previous_localized = previous
             .map(|p| {
                 p.localized
@@ -556,6 +608,8 @@ impl Generation {
             views: Mutex::new(HashMap::new()),
             name_tables: Mutex::new(HashMap::new()),
             localized: Mutex::new(HashMap::new()),
+            localized_views: Mutex::new(HashMap::new()),
+            previous_localized_views: Mutex::new(previous_localized_views),
             previous_localized: Mutex::new(previous_localized),
             previous_views: Mutex::new(previous_views),
             previous_snapshot: previous.map(|p| p.snapshot.clone()),
@@ -609,14 +663,10 @@ impl Generation {
         map
     }
 
-    /// The endpoint table `proxy` is served: the shared one, unless some of its clusters take
-    /// locality load balancing (`policies`, from its view) and its place is known; then the
-    /// table localized for its place, shared by every proxy there with the same policies.
-    fn endpoints_for(&self, policies: &Arc<Vec<(String, LocalityPolicy)>>, proxy: &Proxy) -> Arc<EndpointTable> {
-        let self_discovery = proxy.metadata.get(locality::SELF_DISCOVERY) == Some("true");
-        if policies.is_empty() && !self_discovery {
-            return self.endpoints.clone();
-        }
+    /// Where `proxy` runs, with the values of its labels named in `keys`: its own locality
+    /// (node or `istio-locality` label), else that of its endpoint in the registry, else that
+    /// of its pod.
+    fn place_of<'k>(&self, proxy: &Proxy, keys: impl Iterator<Item = &'k str>) -> Place {
         let own_locality = || {
             proxy
                 .ip_addresses
@@ -630,7 +680,90 @@ impl Generation {
                 .unwrap_or_default()
         };
         let locality = if proxy.locality.is_empty() { own_locality() } else { proxy.locality.as_str() };
-        let place = Place::new(locality, &proxy.labels, policies.iter().flat_map(|(_, p)| p.proxy_label_keys()));
+        Place::new(locality, &proxy.labels, keys)
+    }
+
+    /// `view` as `proxy` is served it: with its own copies of the DNS clusters whose inline
+    /// endpoints take locality load balancing, when its place is known (shared by every proxy
+    /// of the view in that place); else the view itself.
+    fn localized_view(&self, view: &Arc<EncodedSet>, proxy: &Proxy) -> Arc<EncodedSet> {
+        if view.inline_localities.is_empty() {
+            return view.clone();
+        }
+        let place = self.place_of(proxy, std::iter::empty());
+        if place.is_unknown() {
+            return view.clone();
+        }
+        let key = (ViewKey::of(proxy, &self.selectors), place);
+        let made_from_view = |set: &Arc<EncodedSet>| {
+            Arc::ptr_eq(set, view) || set.inline_view.as_ref().is_some_and(|base| Arc::ptr_eq(base, view))
+        };
+        if let Some(set) = self
+            .localized_views
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(made_from_view)
+        {
+            return set;
+        }
+        // The previous push's copy for this view and place: a copy of a cluster the view still
+        // has as it was, under the same policies, is kept with its encoding (encoding again
+        // could give a map field another order, and Envoy a cluster update for nothing).
+        let previous = self.previous_localized_views.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+        let previous = previous.as_ref().filter(|p| p.inline_localities == view.inline_localities);
+        let policies: HashMap<&str, LocalityPolicy> = view
+            .inline_localities
+            .iter()
+            .filter_map(|(name, policy)| Some((name.as_str(), policy.for_inline_endpoints()?)))
+            .collect();
+        let no_labels = |_: &LbEndpoint| -> Option<&BTreeMap<String, String>> { None };
+        let replaced: Vec<Arc<EncodedResource>> = view
+            .cluster_source
+            .iter()
+            .filter_map(|cluster| {
+                let policy = policies.get(cluster.name.as_str())?;
+                let own = view.clusters.get(&cluster.name)?;
+                let kept = previous.and_then(|p| {
+                    let unchanged = Arc::ptr_eq(p.inline_view.as_ref()?.clusters.get(&cluster.name)?, own);
+                    unchanged.then(|| p.clusters.get(&cluster.name).cloned()).flatten()
+                });
+                if let Some(kept) = kept {
+                    // The view's own encoding when the place changes nothing for the cluster.
+                    return (!Arc::ptr_eq(own, &kept)).then_some(kept);
+                }
+                let assignment = cluster.load_assignment.as_ref()?;
+                let localized = locality::localize(assignment, policy, &key.1, &no_labels);
+                (localized != *assignment).then(|| {
+                    let copy = Cluster { load_assignment: Some(localized), ..cluster.clone() };
+                    Arc::new(EncodedResource::encode(copy.name.clone(), &copy))
+                })
+            })
+            .collect();
+        let set = if replaced.is_empty() { view.clone() } else { Arc::new(view.with_clusters(replaced)) };
+        let mut sets = self.localized_views.lock().unwrap_or_else(PoisonError::into_inner);
+        if sets.len() >= VIEW_SWEEP_FROM && sets.len().is_power_of_two() && !sets.contains_key(&key) {
+            sets.retain(|_, set| set.strong_count() > 0);
+        }
+        match sets.get(&key).and_then(Weak::upgrade) {
+            Some(stored) => stored,
+            None => {
+                sets.insert(key, Arc::downgrade(&set));
+                set
+            }
+        }
+    }
+
+    /// The endpoint table `proxy` is served: the shared one, unless some of its clusters take
+    /// locality load balancing (`policies`, from its view) and its place is known; then the
+    /// table localized for its place, shared by every proxy there with the same policies.
+    fn endpoints_for(&self, policies: &Arc<Vec<(String, LocalityPolicy)>>, proxy: &Proxy) -> Arc<EndpointTable> {
+        let self_discovery = proxy.metadata.get(locality::SELF_DISCOVERY) == Some("true");
+        if policies.is_empty() && !self_discovery {
+            return self.endpoints.clone();
+        }
+        let place = self.place_of(proxy, policies.iter().flat_map(|(_, p)| p.proxy_label_keys()));
         let local = self_discovery.then(|| LocalKey {
             // The proxy's own service: the first with an endpoint at its address.
             service: proxy
@@ -890,6 +1023,7 @@ impl ProxyResources {
         previous: Option<&ProxyResources>,
     ) -> Self {
         let outbound = generation.outbound(generator, proxy).await;
+        let outbound = generation.localized_view(&outbound, proxy);
         let endpoints = generation.endpoints_for(&outbound.localities, proxy);
         // Most changes leave a proxy's own side as it was: keep it without a translation.
         if let Some(previous) = previous
@@ -1338,6 +1472,63 @@ mod incremental_tests {
         let next = Generation::new(2, snapshot, Instant::now(), EndpointTable::default(), Some(&generation));
         assert_eq!(next.previous_views.lock().unwrap().len(), 1);
         assert!(Arc::ptr_eq(&held, &next.outbound(&generator, &held_proxy).await), "unchanged view reused");
+    }
+
+    /// A DNS cluster whose rule fails over by locality: a proxy in a zone gets its own copy,
+    /// the zone's endpoints first; the next push keeps that copy's encoding; a proxy with no
+    /// place gets the view's.
+    #[tokio::test]
+    async fn dns_clusters_are_localized_per_place_and_kept_across_pushes() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        let generator: Arc<dyn Generator> = Arc::new(crate::server::Translator);
+        let host = "db.example.com";
+        let mut snapshot = Snapshot::default();
+        let mut db = (*service(3, 1)).clone();
+        db.hostname = host.into();
+        db.resolution = Resolution::Dns;
+        snapshot.services.insert(host.into(), Arc::new(db));
+        let located = |ip: &str, locality: &str| Endpoint {
+            locality: locality.into(),
+            ..Endpoint::plain(ip, 9000, "http-0", "ns")
+        };
+        snapshot
+            .endpoints
+            .insert(host.into(), Arc::new(vec![located("10.0.0.1", "r1/z1"), located("10.0.0.2", "r1/z2")]));
+        snapshot.destination_rules.push(Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "db", "namespace": "ns"},
+                "spec": {"host": host, "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 3}}},
+            }))
+            .unwrap(),
+        ));
+        let snapshot = Arc::new(snapshot);
+        let name = format!("outbound|8000||{host}");
+        let mut zoned = Proxy::from_node("sidecar~10.9.0.1~a.ns~ns.svc.cluster.local", &Default::default()).unwrap();
+        zoned.locality = "r1/z2".into();
+        let zoned = Arc::new(zoned);
+        let nowhere =
+            Arc::new(Proxy::from_node("sidecar~10.9.0.2~b.ns~ns.svc.cluster.local", &Default::default()).unwrap());
+        let priorities = |resources: &ProxyResources| {
+            let encoded = resources.get(Kind::Cluster, &name).unwrap();
+            let cluster = Cluster::decode(encoded.any.value.as_slice()).unwrap();
+            cluster
+                .load_assignment
+                .unwrap()
+                .endpoints
+                .iter()
+                .map(|g| (g.locality.as_ref().map(|l| l.zone.clone()).unwrap_or_default(), g.priority))
+                .collect::<Vec<_>>()
+        };
+        let first = Arc::new(Generation::new(1, snapshot.clone(), Instant::now(), EndpointTable::default(), None));
+        let in_zone = ProxyResources::build(&generator, first.clone(), &zoned, None).await;
+        assert_eq!(priorities(&in_zone), [("z1".to_owned(), 1), ("z2".to_owned(), 0)]);
+        let unplaced = ProxyResources::build(&generator, first.clone(), &nowhere, None).await;
+        assert_eq!(priorities(&unplaced), [("z1".to_owned(), 0), ("z2".to_owned(), 0)]);
+        // The next push, nothing changed: the copy keeps its encoding (and version).
+        let second = Arc::new(Generation::new(2, snapshot, Instant::now(), EndpointTable::default(), Some(&first)));
+        let again = ProxyResources::build(&generator, second, &zoned, Some(&in_zone)).await;
+        assert!(Arc::ptr_eq(again.get(Kind::Cluster, &name).unwrap(), in_zone.get(Kind::Cluster, &name).unwrap()));
     }
 
     #[test]

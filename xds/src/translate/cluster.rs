@@ -7,10 +7,10 @@
 //! PROXY protocol. A DestinationRule value Envoy would refuse is dropped with a warning; the
 //! rest of the cluster is still served.
 //!
-//! `localityLbSetting` sets only `locality_weighted_lb_config` here and names the EDS clusters
-//! it applies to ([`outbound_with_localities`]); the priorities and weights it gives are per
-//! proxy, in each proxy's copy of their endpoints ([`super::locality`]). DNS clusters, whose
-//! endpoints are inline and so shared by every proxy of a view, do not take them.
+//! `localityLbSetting` sets only `locality_weighted_lb_config` here and names the EDS and
+//! STRICT_DNS clusters it applies to ([`outbound_with_localities`]); the priorities and weights
+//! it gives are per proxy ([`super::locality`]): in each proxy's copy of the EDS endpoints, and
+//! in its own copy of the DNS clusters, whose endpoints are inline.
 //!
 //! `zoneAwareLbSetting` likewise: `zone_aware_lb_config` here, region priorities per proxy
 //! (and the proxy's own `local_cluster`) in its endpoints.
@@ -110,14 +110,16 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
     outbound_with_localities(ctx).0
 }
 
-/// [`outbound`], and the [`LocalityPolicy`] of each EDS cluster that has one (sorted by
-/// cluster name): what discovery needs to give this proxy its own copy of those clusters'
-/// endpoints.
+/// [`outbound`], and the [`LocalityPolicy`] of each EDS or STRICT_DNS cluster that has one
+/// (sorted by cluster name): what discovery needs to give this proxy its own copy of those
+/// clusters' endpoints (EDS) or of the clusters themselves (DNS, whose endpoints are inline).
 pub fn outbound_with_localities(ctx: &Context<'_>) -> (Vec<Cluster>, Vec<(String, LocalityPolicy)>) {
     let planned = plan(ctx);
     let localities = planned
         .iter()
-        .filter(|p| p.service.resolution == Resolution::ClientSideLb)
+        // EDS clusters, and DNS ones whose inline endpoints can carry priorities (LOGICAL_DNS
+        // has a single host).
+        .filter(|p| matches!(p.service.resolution, Resolution::ClientSideLb | Resolution::Dns))
         .filter(|p| p.policy.load_balancer.and_then(|lb| lb.simple) != Some(SimpleLb::Passthrough))
         .filter_map(|p| Some((p.name.clone(), locality_policy(ctx, p.service, &p.policy)?)))
         .collect();

@@ -141,6 +141,21 @@ impl LocalityPolicy {
         }
     }
 
+    /// The policy as it applies to a DNS cluster's inline endpoints, which Istio localizes
+    /// without `failoverPriority` (it has no workload labels there): the label ranking dropped,
+    /// and with it the whole failover when there is no `failover` list to apply instead.
+    pub fn for_inline_endpoints(&self) -> Option<Self> {
+        match self {
+            LocalityPolicy::Failover { priority_labels, regions } if !priority_labels.is_empty() => (!regions
+                .is_empty())
+            .then(|| LocalityPolicy::Failover { priority_labels: Vec::new(), regions: regions.clone() }),
+            LocalityPolicy::ZoneAware { regions, .. } => {
+                Some(LocalityPolicy::ZoneAware { priority_labels: Vec::new(), regions: regions.clone() })
+            }
+            other => Some(other.clone()),
+        }
+    }
+
     /// The proxy labels this policy reads (`failoverPriority` keys).
     pub fn proxy_label_keys(&self) -> impl Iterator<Item = &str> {
         let labels = match self {
