@@ -98,6 +98,9 @@ pub enum Resolution {
     DnsRoundRobin,
     /// Forward to the original destination (headless / `resolution: NONE`).
     Passthrough,
+    /// Envoy resolves each request's host itself (ServiceEntry `DYNAMIC_DNS`: the dynamic
+    /// forward proxy, on HTTP ports; other ports are passthrough).
+    DynamicDns,
 }
 
 /// A service: a Kubernetes Service or one host of a ServiceEntry.

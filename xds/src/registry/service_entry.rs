@@ -220,9 +220,8 @@ pub fn resolution(resolution: service_entry::Resolution) -> Resolution {
         service_entry::Resolution::Static => Resolution::ClientSideLb,
         service_entry::Resolution::Dns => Resolution::Dns,
         service_entry::Resolution::DnsRoundRobin => Resolution::DnsRoundRobin,
-        // DYNAMIC_DNS needs Envoy's dynamic forward proxy, which the model does not carry yet;
-        // forwarding to the address the application resolved is the closest working behaviour.
-        service_entry::Resolution::None | service_entry::Resolution::DynamicDns => Resolution::Passthrough,
+        service_entry::Resolution::DynamicDns => Resolution::DynamicDns,
+        service_entry::Resolution::None => Resolution::Passthrough,
     }
 }
 
@@ -386,7 +385,7 @@ mod tests {
             ("STATIC", "MESH_EXTERNAL", Resolution::ClientSideLb, true),
             ("DNS", "MESH_INTERNAL", Resolution::Dns, false),
             ("DNS_ROUND_ROBIN", "MESH_EXTERNAL", Resolution::DnsRoundRobin, true),
-            ("DYNAMIC_DNS", "MESH_EXTERNAL", Resolution::Passthrough, true),
+            ("DYNAMIC_DNS", "MESH_EXTERNAL", Resolution::DynamicDns, true),
         ];
         for (resolution, location, want, external) in cases {
             let entry = se(

@@ -425,7 +425,10 @@ fn service_cluster(
         Resolution::Dns => DiscoveryType::StrictDns,
         Resolution::DnsRoundRobin => DiscoveryType::LogicalDns,
         Resolution::Passthrough => DiscoveryType::OriginalDst,
+        // Replaced by the dynamic forward proxy's cluster type below on HTTP ports.
+        Resolution::DynamicDns => DiscoveryType::OriginalDst,
     };
+    let dynamic = !passthrough_lb && super::dynamic_dns::serves(service, port);
     let mut draft = Draft::new(ctx, name, kind);
     match kind {
         DiscoveryType::Eds => {
@@ -499,6 +502,18 @@ fn service_cluster(
     if let Some(proxy_protocol) = policy.proxy_protocol {
         draft.cluster.transport_socket =
             Some(wrap_proxy_protocol(proxy_protocol, draft.cluster.transport_socket.take()));
+    }
+    if dynamic {
+        // The cluster resolves each request's host; it balances by itself.
+        draft.cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::ClusterType(super::dynamic_dns::cluster_type()));
+        draft.cluster.lb_policy = LbPolicy::ClusterProvided as i32;
+        draft.cluster.lb_config = None;
+        draft.cluster.load_balancing_policy = None;
+        draft.cluster.load_assignment = None;
+        if let Some(common) = draft.cluster.common_lb_config.as_mut() {
+            common.locality_config_specifier = None;
+        }
     }
     Some(draft.finish())
 }

@@ -185,7 +185,12 @@ pub(crate) fn port_map(ctx: &Context<'_>) -> BTreeMap<u32, Vec<u32>> {
 pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let logs = super::telemetry::access_logs(ctx, super::telemetry::Side::Client, None);
     let tracing = super::telemetry::HcmTrace::of(ctx, super::telemetry::Side::Client);
-    let authorization = super::authz::http_filters(ctx.snapshot, ctx.proxy);
+    // Authorization, and the dynamic forward proxy when a DYNAMIC_DNS service may be routed
+    // to, right before the router.
+    let mut before_router = super::authz::http_filters(ctx.snapshot, ctx.proxy);
+    if super::dynamic_dns::in_view(ctx, None) {
+        before_router.push(super::dynamic_dns::filter());
+    }
     let servers = servers(ctx);
     let mut by_listener: BTreeMap<(&str, u32), Vec<&GatewayServer<'_>>> = BTreeMap::new();
     for server in &servers {
@@ -207,7 +212,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                         None,
                         Routes::Rds(format!("http.{port}")),
                         &logs,
-                        &authorization,
+                        &before_router,
                         &tracing,
                     ));
                 }
@@ -221,7 +226,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                             Some(socket),
                             route,
                             &logs,
-                            &authorization,
+                            &before_router,
                             &tracing,
                         ));
                     }
@@ -280,16 +285,16 @@ fn http_chain(
     transport_socket: Option<TransportSocket>,
     routes: Routes,
     logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
-    authorization: &[HttpFilter],
+    before_router: &[HttpFilter],
     tracing: &super::telemetry::HcmTrace,
 ) -> FilterChain {
     let mut hcm = http_connection_manager(&format!("outbound_{listener}"), routes, logs);
     tracing.apply(&mut hcm);
     // The gateway is the edge: the client's address is the remote address.
     hcm.use_remote_address = Some(BoolValue { value: true });
-    // AuthorizationPolicies selecting the gateway workload, before the router.
+    // AuthorizationPolicies selecting the gateway workload (and the like), before the router.
     let router = hcm.http_filters.len().saturating_sub(1);
-    hcm.http_filters.splice(router..router, authorization.iter().cloned());
+    hcm.http_filters.splice(router..router, before_router.iter().cloned());
     let mut chain = filter_chain("", filter_chain_match, vec![hcm_filter(hcm)]);
     chain.transport_socket = transport_socket;
     chain

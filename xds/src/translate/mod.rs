@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod context;
 pub mod credentials;
 pub mod delegate;
+pub mod dynamic_dns;
 pub mod endpoint;
 pub mod envoy_filter;
 pub mod gateway;

@@ -133,6 +133,9 @@ fn outbound_hcm(
 ) -> envoy_types::pb::envoy::config::listener::v3::Filter {
     let mut hcm = http_connection_manager(&format!("outbound_{listener}"), Routes::Rds(port.to_string()), logs);
     telemetry::HcmTrace::of(ctx, Side::Client).apply(&mut hcm);
+    if crate::translate::dynamic_dns::in_view(ctx, Some(port)) {
+        crate::translate::dynamic_dns::add_filter(&mut hcm);
+    }
     hcm_filter(hcm)
 }
 
