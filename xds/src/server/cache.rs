@@ -577,26 +577,8 @@ impl Generation {
                     .collect()
             })
             .unwrap_or_default();
-        let previous_localized_views = previous
-            .map(|p| {
-                p.localized_views
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .iter()
-                    .filter_map(|(key, set)| Some((key.clone(), set.upgrade()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let previous_localized = previous
-            .map(|p| {
-                p.localized
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .iter()
-                    .filter_map(|(key, table)| Some((key.clone(), table.upgrade()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let previous_localized_views = previous.map(|p| live(&p.localized_views)).unwrap_or_default();
+        let previous_localized = previous.map(|p| live(&p.localized)).unwrap_or_default();
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Self {
             version,
@@ -742,17 +724,7 @@ impl Generation {
             })
             .collect();
         let set = if replaced.is_empty() { view.clone() } else { Arc::new(view.with_clusters(replaced)) };
-        let mut sets = self.localized_views.lock().unwrap_or_else(PoisonError::into_inner);
-        if sets.len() >= VIEW_SWEEP_FROM && sets.len().is_power_of_two() && !sets.contains_key(&key) {
-            sets.retain(|_, set| set.strong_count() > 0);
-        }
-        match sets.get(&key).and_then(Weak::upgrade) {
-            Some(stored) => stored,
-            None => {
-                sets.insert(key, Arc::downgrade(&set));
-                set
-            }
-        }
+        store_weak(&self.localized_views, key, set)
     }
 
     /// The endpoint table `proxy` is served: the shared one, unless some of its clusters take
@@ -786,18 +758,7 @@ impl Generation {
         }
         let previous = self.previous_localized.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
         let table = Arc::new(self.localize(&key, previous.as_deref()));
-        let mut tables = self.localized.lock().unwrap_or_else(PoisonError::into_inner);
-        if tables.len() >= VIEW_SWEEP_FROM && tables.len().is_power_of_two() && !tables.contains_key(&key) {
-            tables.retain(|_, table| table.strong_count() > 0);
-        }
-        // Two streams of one place may both have localized it: the first one stored wins.
-        match tables.get(&key).and_then(Weak::upgrade) {
-            Some(stored) => stored,
-            None => {
-                tables.insert(key, Arc::downgrade(&table));
-                table
-            }
-        }
+        store_weak(&self.localized, key, table)
     }
 
     /// The shared table with `key`'s clusters localized for its place. When the shared table
@@ -969,6 +930,29 @@ fn endpoint_socket(endpoint: &LbEndpoint) -> Option<(&str, u32)> {
     match socket.port_specifier {
         Some(socket_address::PortSpecifier::PortValue(port)) => Some((socket.address.as_str(), port)),
         _ => None,
+    }
+}
+
+/// The entries of a weakly held cache whose values some stream still holds.
+fn live<K: Clone + Eq + std::hash::Hash, V>(cache: &Mutex<HashMap<K, Weak<V>>>) -> HashMap<K, Arc<V>> {
+    let cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.iter().filter_map(|(key, value)| Some((key.clone(), value.upgrade()?))).collect()
+}
+
+/// Stores `value` under `key` in a weakly held cache and returns what the cache then holds:
+/// when another stream stored one for the key meanwhile, that one (the first stored wins, so
+/// streams of one key share it). Freed entries are swept when the cache doubles in size.
+fn store_weak<K: Eq + std::hash::Hash, V>(cache: &Mutex<HashMap<K, Weak<V>>>, key: K, value: Arc<V>) -> Arc<V> {
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.len() >= VIEW_SWEEP_FROM && cache.len().is_power_of_two() && !cache.contains_key(&key) {
+        cache.retain(|_, value| value.strong_count() > 0);
+    }
+    match cache.get(&key).and_then(Weak::upgrade) {
+        Some(stored) => stored,
+        None => {
+            cache.insert(key, Arc::downgrade(&value));
+            value
+        }
     }
 }
 
