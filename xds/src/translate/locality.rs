@@ -428,6 +428,14 @@ fn failover<'l>(
             };
             split.entry(rank).or_default().push(endpoint.clone());
         }
+        // The group without its endpoints, which are split between the ranks' parts.
+        let shell = LocalityLbEndpoints {
+            locality: group.locality.clone(),
+            metadata: group.metadata.clone(),
+            lb_config: group.lb_config.clone(),
+            proximity: group.proximity,
+            ..Default::default()
+        };
         for (label_rank, lb_endpoints) in split {
             let rank = match locality_ranks {
                 Some(levels) => label_rank * levels + locality_rank,
@@ -440,7 +448,7 @@ fn failover<'l>(
             let part = LocalityLbEndpoints {
                 lb_endpoints,
                 load_balancing_weight: Some(UInt32Value { value: weight.max(1) }),
-                ..group.clone()
+                ..shell.clone()
             };
             ranked.push((rank, part));
         }
