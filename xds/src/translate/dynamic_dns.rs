@@ -49,6 +49,11 @@ pub fn cluster_type() -> CustomClusterType {
 /// Whether some service the proxy sees is served by the dynamic forward proxy on `port`
 /// (`None`: on any port).
 pub fn in_view(ctx: &Context<'_>, port: Option<u32>) -> bool {
+    // Asked for every HTTP connection manager a view builds: without any such service in the
+    // mesh (the usual case), skip the visibility checks of every service.
+    if !ctx.snapshot.services.values().any(|s| s.resolution == Resolution::DynamicDns) {
+        return false;
+    }
     ctx.services().any(|service| {
         service.resolution == Resolution::DynamicDns
             && service.ports.iter().any(|p| serves(service, p) && port.is_none_or(|n| n == p.port))
