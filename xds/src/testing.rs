@@ -122,6 +122,25 @@ pub async fn ok_app() -> u16 {
     port
 }
 
+/// `GET url` (with `Host: host` when given) within 5 s: the status and the body.
+pub async fn http_get(url: &str, host: Option<&str>) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<axum::body::Body>();
+    let mut request = axum::http::Request::get(url);
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    let request = request.body(axum::body::Body::empty()).map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+        .await
+        .map_err(|_| "no reply in 5 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// YAML of a ServiceEntry `name` in istio-system for an app on 127.0.0.1:`app_port`, reached
 /// as `host` port 80 speaking `protocol` (`HTTP`, `TCP`, …), ending in a document separator.
 pub fn local_app_entry(name: &str, host: &str, protocol: &str, app_port: u16) -> String {

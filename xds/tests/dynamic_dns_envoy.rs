@@ -7,14 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::Request;
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rudder_config::mesh::MeshConfig;
 use rudder_xds::registry::files::ConfigDir;
-use rudder_xds::testing::{TestDiscovery, TestEnvoy, free_port, ok_app};
+use rudder_xds::testing::{TestDiscovery, TestEnvoy, free_port, http_get, ok_app};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -48,16 +43,7 @@ spec:
 }
 
 async fn get(gateway_port: u16, host: &str) -> Result<(u16, String), String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    let request =
-        Request::get(format!("http://127.0.0.1:{gateway_port}/")).header("host", host).body(Body::empty()).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
-        .await
-        .map_err(|_| "no reply in 5 s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    http_get(&format!("http://127.0.0.1:{gateway_port}/"), Some(host)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

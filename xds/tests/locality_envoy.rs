@@ -14,14 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use axum::http::StatusCode;
 use rudder_config::mesh::MeshConfig;
 use rudder_xds::registry::files::ConfigDir;
-use rudder_xds::testing::{TestDiscovery, TestEnvoy, TestNode, free_port};
+use rudder_xds::testing::{TestDiscovery, TestEnvoy, TestNode, free_port, http_get};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const HOST: &str = "web.test";
@@ -96,25 +92,12 @@ const DISABLED: &str = "{loadBalancer: {localityLbSetting: {enabled: false}}, ou
 
 /// `GET /` through the gateway: the status and body.
 async fn get(gateway_port: u16) -> Result<(u16, String), String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    let request =
-        Request::get(format!("http://127.0.0.1:{gateway_port}/")).header("host", HOST).body(Body::empty()).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
-        .await
-        .map_err(|_| "no reply in 5 s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    http_get(&format!("http://127.0.0.1:{gateway_port}/"), Some(HOST)).await
 }
 
 /// The priority Envoy gives each endpoint port of the service's cluster (admin `/clusters`).
 async fn priorities(admin: u16) -> Result<Vec<(u16, u32)>, String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    let request = Request::get(format!("http://127.0.0.1:{admin}/clusters")).body(Body::empty()).unwrap();
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let text = String::from_utf8_lossy(&body);
+    let (_, text) = http_get(&format!("http://127.0.0.1:{admin}/clusters"), None).await?;
     let mut out: Vec<(u16, u32)> = text
         .lines()
         .filter_map(|line| {

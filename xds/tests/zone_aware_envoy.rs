@@ -15,16 +15,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::Request;
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rudder_config::mesh::MeshConfig;
 use rudder_xds::agent::bootstrap::{BootstrapOptions, XdsTransport, bootstrap};
 use rudder_xds::model::{InterceptionMode, NodeType};
 use rudder_xds::registry::files::ConfigDir;
-use rudder_xds::testing::{TestDiscovery, free_port, spawn_envoy};
+use rudder_xds::testing::{TestDiscovery, free_port, http_get, spawn_envoy};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const HOST: &str = "web.test";
@@ -93,21 +88,6 @@ spec:
   trafficPolicy: {rule}
 "#
     )
-}
-
-async fn http_get(url: &str, host: Option<&str>) -> Result<(u16, String), String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    let mut request = Request::get(url);
-    if let Some(host) = host {
-        request = request.header("host", host);
-    }
-    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request.body(Body::empty()).unwrap()))
-        .await
-        .map_err(|_| "no reply in 5 s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The upstream cluster's zone-routing counters (admin `/stats`), by name without the prefix.
