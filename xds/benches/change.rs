@@ -111,7 +111,7 @@ fn one_change(c: &mut Criterion, group_name: &str, file: &str, flip: impl Fn(&st
                 at = 1 - at;
                 let started = Instant::now();
                 let parts = generator.changed_parts(before, after, &key);
-                let fresh = generator.outbound_parts(after, black_box(&proxy), parts);
+                let fresh = generator.outbound_parts(after, black_box(&proxy), parts, view.route_memo());
                 view = Arc::new(EncodedSet::update(Some(&view), fresh, parts));
                 total += started.elapsed();
             }

@@ -36,6 +36,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::Status;
 
 use crate::model::{Proxy, Snapshot};
+use crate::translate::route::RouteMemo;
 use crate::translate::{self, Parts, Resources, ViewKey};
 
 use self::cache::Generation;
@@ -137,8 +138,15 @@ pub trait Generator: Send + Sync + 'static {
     fn changed_parts(&self, _before: &Snapshot, _after: &Snapshot, _key: &ViewKey) -> Parts {
         Parts::ALL
     }
-    /// The kinds of the outbound config named in `parts` (others may be left empty).
-    fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, _parts: Parts) -> Resources {
+    /// The kinds of the outbound config named in `parts` (others may be left empty); `memo`
+    /// is what the same view's last translation left for reuse.
+    fn outbound_parts(
+        &self,
+        snapshot: &Snapshot,
+        proxy: &Proxy,
+        _parts: Parts,
+        _memo: Option<&RouteMemo>,
+    ) -> Resources {
         self.outbound(snapshot, proxy)
     }
     /// Whether what every proxy's inbound config reads, besides its own endpoints, may differ
@@ -179,8 +187,8 @@ impl Generator for Translator {
     fn changed_parts(&self, before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Parts {
         translate::changed_parts(before, after, key)
     }
-    fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resources {
-        translate::outbound_parts(snapshot, proxy, parts)
+    fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, parts: Parts, memo: Option<&RouteMemo>) -> Resources {
+        translate::outbound_parts(snapshot, proxy, parts, memo)
     }
     fn inbound_inputs_changed(&self, before: &Snapshot, after: &Snapshot) -> bool {
         translate::inbound_inputs_changed(before, after)

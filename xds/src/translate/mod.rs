@@ -56,6 +56,20 @@ pub struct Resources {
     /// The locality policy of each EDS cluster that has one, sorted by cluster name: which
     /// endpoints the proxy gets its own copy of ([`locality`]). Goes with the clusters.
     pub localities: Vec<(String, locality::LocalityPolicy)>,
+    /// What the route translation can reuse next time for the same view (not config: two
+    /// sets with equal resources are equal whatever their memos). Goes with the routes.
+    pub route_memo: RouteMemoSlot,
+}
+
+/// A [`route::RouteMemo`] carried with the resources it was made with. Compares equal to any
+/// other: it is a cache, not part of the config.
+#[derive(Clone, Debug, Default)]
+pub struct RouteMemoSlot(pub Option<Arc<route::RouteMemo>>);
+
+impl PartialEq for RouteMemoSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Resources {
@@ -380,7 +394,8 @@ fn endpoints_reach_clusters(before: &Snapshot, after: &Snapshot) -> bool {
 
 /// The kinds of `proxy`'s outbound config named in `parts` (the others left empty), with the
 /// EnvoyFilter patches that select it applied (context SIDECAR_OUTBOUND, or GATEWAY).
-pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resources {
+/// `memo` is the route memo of the same view's last translation, if any.
+pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts, memo: Option<&route::RouteMemo>) -> Resources {
     let ctx = context::Context::new(snapshot, proxy);
     let router = proxy.node_type == NodeType::Router;
     let (clusters, localities) =
@@ -392,15 +407,21 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts) -> Resou
             (true, false) => listener::outbound(&ctx),
             (true, true) => gateway::listeners(&ctx),
         },
-        routes: match (parts.routes, router) {
-            (false, _) => Vec::new(),
-            (true, false) => route::outbound(&ctx),
-            (true, true) => gateway::routes(&ctx),
-        },
+        routes: Vec::new(),
         secrets: Vec::new(),
         extension_configs: Vec::new(),
         localities,
+        route_memo: RouteMemoSlot::default(),
     };
+    match (parts.routes, router) {
+        (false, _) => {}
+        (true, false) => {
+            let (routes, memo) = route::outbound_reusing(&ctx, memo);
+            resources.routes = routes;
+            resources.route_memo = RouteMemoSlot(Some(Arc::new(memo)));
+        }
+        (true, true) => resources.routes = gateway::routes(&ctx),
+    }
     // Secrets go with the clusters and gateway servers that name them (see `Parts::secrets`).
     if parts.secrets() {
         if router {
@@ -465,7 +486,7 @@ fn warn_skipped(proxy: &Proxy, skipped: &[envoy_filter::Skipped]) {
 /// The outbound side of `proxy`'s config: everything it needs to reach services (for a
 /// gateway: its Gateway servers' listeners, routes and credentials too).
 pub fn outbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
-    outbound_parts(snapshot, proxy, Parts::ALL)
+    outbound_parts(snapshot, proxy, Parts::ALL, None)
 }
 
 /// The inbound side of `proxy`'s config: how traffic reaches its own workload. Gateways have

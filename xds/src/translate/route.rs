@@ -84,6 +84,13 @@ const NON_REGISTRY_HOST_PORT: u32 = 80;
 
 /// One RouteConfiguration per outbound HTTP port, sorted by port.
 pub fn outbound(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
+    outbound_reusing(ctx, None).0
+}
+
+/// [`outbound`], taking each VirtualService's routes from `previous` (the memo of the same
+/// view's last translation) where they cannot have changed, and returning the memo of this
+/// translation.
+pub fn outbound_reusing(ctx: &Context<'_>, previous: Option<&RouteMemo>) -> (Vec<RouteConfiguration>, RouteMemo) {
     let services: Vec<&Arc<Service>> = ctx.services().collect();
     let hostnames: HashSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
     let virtual_services: Vec<MeshVirtualService<'_>> =
@@ -102,12 +109,93 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
     if virtual_services.iter().any(|vs| !vs.non_registry_hosts.is_empty()) {
         ports.insert(NON_REGISTRY_HOST_PORT);
     }
-    ports.into_iter().map(|port| route_configuration(ctx, port, &services, &virtual_services, &owners)).collect()
+    let inputs = MemoInputs::of(ctx);
+    let reusable = previous.filter(|memo| memo.inputs == inputs);
+    let mut memo = RouteMemo { inputs, routes: HashMap::new(), reused: 0 };
+    let configs = ports
+        .into_iter()
+        .map(|port| route_configuration(ctx, port, &services, &virtual_services, &owners, reusable, &mut memo))
+        .collect();
+    (configs, memo)
+}
+
+/// The routes each VirtualService gave one view's last route translation, by port. Routes
+/// read, besides their VirtualService, the visible services, the DestinationRules (hash
+/// policies), the Sidecar scope and the mesh config (default retries): while those are the
+/// same objects, the same VirtualService object gives the same routes, so a VirtualService
+/// change translates only the VirtualServices that changed (one of a thousand, typically).
+/// A VirtualService that delegates reads its delegates too, and is never taken from a memo.
+#[derive(Debug, Default)]
+pub struct RouteMemo {
+    inputs: MemoInputs,
+    /// (the VirtualService's address, port) → its routes on that port.
+    routes: HashMap<(usize, u32), MemoRoutes>,
+    /// How many of `routes` were taken from the previous memo.
+    reused: usize,
+}
+
+/// A VirtualService (held, so its address is not reused while the memo names it) and the
+/// routes it gave on one port.
+#[derive(Debug)]
+struct MemoRoutes {
+    vs: Arc<VirtualService>,
+    routes: Arc<Vec<Route>>,
+}
+
+impl RouteMemo {
+    /// How many VirtualServices' routes (by port) this translation took from the previous one.
+    pub fn reused(&self) -> usize {
+        self.reused
+    }
+
+    fn reuse(&self, vs: &Arc<VirtualService>, port: u32) -> Option<Arc<Vec<Route>>> {
+        let kept = self.routes.get(&(Arc::as_ptr(vs) as usize, port))?;
+        Arc::ptr_eq(&kept.vs, vs).then(|| kept.routes.clone())
+    }
+}
+
+/// What routes read besides their VirtualService, as the objects (compared by identity: the
+/// registries share unchanged objects between snapshots) and the mesh config (by value).
+#[derive(Debug, Default)]
+struct MemoInputs {
+    services: Vec<Arc<Service>>,
+    rules: Vec<Arc<DestinationRule>>,
+    sidecar: Option<Arc<rudder_config::networking::Sidecar>>,
+    mesh: rudder_config::mesh::MeshConfig,
+}
+
+impl MemoInputs {
+    fn of(ctx: &Context<'_>) -> Self {
+        Self {
+            services: ctx.snapshot.services.values().cloned().collect(),
+            rules: ctx.snapshot.destination_rules.clone(),
+            sidecar: ctx.sidecar.cloned(),
+            mesh: ctx.snapshot.mesh.clone(),
+        }
+    }
+}
+
+impl PartialEq for MemoInputs {
+    /// Shared or equal: a file read again gives new objects for the unchanged ones beside the
+    /// edited one.
+    fn eq(&self, other: &Self) -> bool {
+        fn same<T>(a: &[Arc<T>], b: &[Arc<T>], equal: impl Fn(&T, &T) -> bool) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || equal(x, y))
+        }
+        same(&self.services, &other.services, |a, b| a == b)
+            && same(&self.rules, &other.rules, |a, b| a.metadata == b.metadata && a.spec == b.spec)
+            && match (&self.sidecar, &other.sidecar) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || (a.metadata == b.metadata && a.spec == b.spec),
+                _ => false,
+            }
+            && self.mesh == other.mesh
+    }
 }
 
 /// A mesh VirtualService with its hosts resolved against its namespace.
 struct MeshVirtualService<'a> {
-    vs: &'a VirtualService,
+    vs: &'a Arc<VirtualService>,
     /// Resolved hosts, in spec order.
     hosts: Vec<String>,
     /// Hosts that cover no visible service (they still get virtual hosts, see
@@ -199,6 +287,8 @@ fn route_configuration(
     services: &[&Arc<Service>],
     virtual_services: &[MeshVirtualService<'_>],
     owners: &Owners<'_>,
+    reusable: Option<&RouteMemo>,
+    memo: &mut RouteMemo,
 ) -> RouteConfiguration {
     let on_port: Vec<&Arc<Service>> = services
         .iter()
@@ -212,10 +302,23 @@ fn route_configuration(
         .filter(|s| ctx.port_visible(s, port))
         .collect();
 
-    // Routes of each VirtualService on this port, computed once; `None` until needed.
-    let mut vs_routes: Vec<Option<Vec<Route>>> = vec![None; virtual_services.len()];
+    // Routes of each VirtualService on this port, computed (or taken from the memo) once;
+    // `None` until needed.
+    let mut vs_routes: Vec<Option<Arc<Vec<Route>>>> = vec![None; virtual_services.len()];
     let mut routes_of = |i: usize| -> Vec<Route> {
-        vs_routes[i].get_or_insert_with(|| http_routes(ctx, virtual_services[i].vs, port)).clone()
+        let routes = vs_routes[i].get_or_insert_with(|| {
+            let vs = virtual_services[i].vs;
+            let delegates = vs.spec.http.iter().any(|rule| rule.delegate.is_some());
+            let kept = reusable.filter(|_| !delegates).and_then(|previous| previous.reuse(vs, port));
+            memo.reused += usize::from(kept.is_some());
+            let routes = kept.unwrap_or_else(|| Arc::new(http_routes(ctx, vs, port)));
+            if !delegates {
+                memo.routes
+                    .insert((Arc::as_ptr(vs) as usize, port), MemoRoutes { vs: vs.clone(), routes: routes.clone() });
+            }
+            routes
+        });
+        routes.as_ref().clone()
     };
 
     let mut vs_drafts = Vec::new();
