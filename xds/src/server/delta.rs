@@ -308,6 +308,11 @@ fn diff_named(kind: Kind, watch: &mut WatchState, resources: &ProxyResources, na
     // endpoints): the client ends up holding the whole shared map, so record that one instead
     // of building a private copy of it.
     // (Only from an empty start: entries the client already holds may be a generation behind.)
+    // Nothing to record (a plain ACK names nothing): the sent map stays as it is. Making it
+    // mutable would copy it (thousands of names) whenever it is shared, on every ACK.
+    if changed.is_empty() && removed.is_empty() {
+        return Diff { resources: changed, removed };
+    }
     let holds_whole = watch.sent.is_empty() && resources.whole_len(kind) == Some(changed.len());
     match resources.whole_sent_map(kind).filter(|_| holds_whole) {
         Some(shared) => watch.sent = shared,
