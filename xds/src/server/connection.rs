@@ -522,7 +522,7 @@ pub(crate) struct Closed;
 /// One kind of ADS stream (SotW or delta): how it answers a request and how it pushes a new
 /// generation. [`drive`] runs either.
 pub(crate) trait StreamHandler: Send {
-    type Request: prost::Message + Default + Send + 'static;
+    type Request: super::wire::DecodeRequest + Send + 'static;
     fn core(&mut self) -> &mut StreamCore;
     fn on_request(&mut self, request: Self::Request) -> impl Future<Output = Result<(), Closed>> + Send;
     fn push(&mut self) -> impl Future<Output = Result<(), Closed>> + Send;

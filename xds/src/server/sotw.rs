@@ -18,7 +18,7 @@ use super::Kind;
 use super::Shared;
 use super::cache::{EncodedResource, ProxyResources};
 use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
-use super::wire::{Requests, SotwRequest, SotwResponse};
+use super::wire::{Names, Requests, SotwRequest, SotwResponse};
 
 type Responses = mpsc::Sender<Result<SotwResponse, Status>>;
 
@@ -274,21 +274,21 @@ pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) 
 
 /// Whether a request's `resource_names` are exactly the watch's subscription (`*` standing
 /// for the wildcard). Sorted lists, as Envoy and our clients send, are compared in one walk.
-fn same_names<N: AsRef<[u8]> + Ord>(requested: &[N], watch: &WatchState) -> bool {
-    let is_star = |n: &N| n.as_ref() == b"*";
+fn same_names(requested: &Names, watch: &WatchState) -> bool {
+    let is_star = |n: &[u8]| n == b"*";
     let star = requested.iter().filter(|n| is_star(n)).count();
     if (star > 0) != watch.wildcard || requested.len() - star != watch.names.len() {
         return false;
     }
     let explicit = requested.iter().filter(|n| !is_star(n));
     // Byte order is the strings' order (UTF-8 preserves it).
-    if requested.is_sorted() {
-        explicit.zip(watch.names.iter()).all(|(a, b)| a.as_ref() == b.as_bytes())
+    if requested.iter().is_sorted() {
+        explicit.zip(watch.names.iter()).all(|(a, b)| a == b.as_bytes())
     } else {
         // Same length, so all present means equal, unless a name is repeated.
-        let present = |n: &N| std::str::from_utf8(n.as_ref()).is_ok_and(|n| watch.names.contains(n));
+        let present = |n: &[u8]| std::str::from_utf8(n).is_ok_and(|n| watch.names.contains(n));
         let all_present = explicit.clone().all(present);
-        all_present && explicit.map(AsRef::as_ref).collect::<BTreeSet<&[u8]>>().len() == watch.names.len()
+        all_present && explicit.collect::<BTreeSet<&[u8]>>().len() == watch.names.len()
     }
 }
 

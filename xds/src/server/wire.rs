@@ -342,31 +342,121 @@ fn grpc_response<M: WireMessage + Unpin>(
     }
 }
 
-/// A SotW `DiscoveryRequest` whose resource names are slices of the received bytes (protobuf
+/// A SotW `DiscoveryRequest` whose resource names are ranges of the received bytes (protobuf
 /// encodes `string` and `bytes` alike). Envoy acknowledges every EDS response with all the names
-/// it subscribes to (thousands); held as slices, an acknowledgement that repeats the
-/// subscription is recognised without allocating a string per name (see `sotw::same_names`).
-/// Fields this server does not read (`resource_locators`) are skipped.
-#[derive(Clone, PartialEq, prost::Message)]
+/// it subscribes to (thousands); held as ranges, an acknowledgement that repeats the
+/// subscription is recognised without allocating, or counting a reference, per name (see
+/// `sotw::same_names`). Fields this server does not read (`resource_locators`) are skipped.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SotwRequest {
-    #[prost(string, tag = "1")]
     pub version_info: String,
-    #[prost(message, optional, tag = "2")]
     pub node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub resource_names: Vec<Bytes>,
-    #[prost(string, tag = "4")]
+    pub resource_names: Names,
     pub type_url: String,
-    #[prost(string, tag = "5")]
     pub response_nonce: String,
-    #[prost(message, optional, tag = "6")]
     pub error_detail: Option<envoy_types::pb::google::rpc::Status>,
+}
+
+/// The `resource_names` of a [`SotwRequest`]: where each lies in the request's bytes. Equal
+/// when the names are.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    frame: Bytes,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl Names {
+    /// Names given as values (tests, and requests built rather than received).
+    pub fn from_values<N: AsRef<[u8]>>(names: &[N]) -> Self {
+        let mut frame = Vec::new();
+        let mut ranges = Vec::with_capacity(names.len());
+        for name in names {
+            let start = frame.len();
+            frame.extend_from_slice(name.as_ref());
+            ranges.push(start..frame.len());
+        }
+        Self { frame: Bytes::from(frame), ranges }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// The names' bytes, in request order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        self.ranges.iter().map(|range| &self.frame[range.clone()])
+    }
+}
+
+impl PartialEq for Names {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
 }
 
 impl SotwRequest {
     /// The resource names as strings; `None` if one is not UTF-8 (a `string` field must be).
     pub fn names(&self) -> Option<Vec<String>> {
         self.resource_names.iter().map(|name| String::from_utf8(name.to_vec()).ok()).collect()
+    }
+}
+
+/// A request message as this server decodes it from one gRPC frame.
+pub trait DecodeRequest: Sized {
+    fn decode_frame(frame: Bytes) -> Result<Self, prost::DecodeError>;
+}
+
+impl<M: prost::Message + Default> DecodeRequest for M {
+    fn decode_frame(frame: Bytes) -> Result<Self, prost::DecodeError> {
+        M::decode(frame)
+    }
+}
+
+impl DecodeRequest for SotwRequest {
+    /// Reads the fields with prost's field decoders; the names only as ranges of `frame`.
+    fn decode_frame(frame: Bytes) -> Result<Self, prost::DecodeError> {
+        use prost::encoding::{self, DecodeContext, WireType};
+        let mut request = SotwRequest::default();
+        let mut names = Vec::new();
+        let mut buf: &[u8] = &frame;
+        while !buf.is_empty() {
+            let (tag, wire_type) = encoding::decode_key(&mut buf)?;
+            let ctx = DecodeContext::default();
+            match tag {
+                1 => encoding::string::merge(wire_type, &mut request.version_info, &mut buf, ctx)?,
+                2 => encoding::message::merge(
+                    wire_type,
+                    request.node.get_or_insert_with(Default::default),
+                    &mut buf,
+                    ctx,
+                )?,
+                3 => {
+                    // prost's skip checks the length against what is left; the name is what
+                    // it skipped, after the length.
+                    encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    let mut payload = buf;
+                    encoding::decode_varint(&mut payload)?;
+                    let start = frame.len() - payload.len();
+                    encoding::skip_field(wire_type, tag, &mut buf, ctx)?;
+                    names.push(start..frame.len() - buf.len());
+                }
+                4 => encoding::string::merge(wire_type, &mut request.type_url, &mut buf, ctx)?,
+                5 => encoding::string::merge(wire_type, &mut request.response_nonce, &mut buf, ctx)?,
+                6 => encoding::message::merge(
+                    wire_type,
+                    request.error_detail.get_or_insert_with(Default::default),
+                    &mut buf,
+                    ctx,
+                )?,
+                _ => encoding::skip_field(wire_type, tag, &mut buf, ctx)?,
+            }
+        }
+        request.resource_names = Names { frame, ranges: names };
+        Ok(request)
     }
 }
 
@@ -388,7 +478,7 @@ const KEPT_REQUEST_BUFFER: usize = 8 * 1024;
 /// The gRPC message header: a compression flag and a big-endian length.
 const GRPC_HEADER: usize = 5;
 
-impl<M: prost::Message + Default> Requests<M> {
+impl<M: DecodeRequest> Requests<M> {
     pub fn new(body: tonic::body::Body) -> Self {
         Self { body, buffer: BytesMut::new(), message: std::marker::PhantomData }
     }
@@ -431,7 +521,8 @@ impl<M: prost::Message + Default> Requests<M> {
         // Frozen, so `bytes` fields of the message are slices of it rather than copies.
         let mut frame = self.buffer.split_to(GRPC_HEADER + length).freeze();
         prost::bytes::Buf::advance(&mut frame, GRPC_HEADER);
-        let message = M::decode(frame).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
+        let message =
+            M::decode_frame(frame).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
         if self.buffer.is_empty() && self.buffer.capacity() > KEPT_REQUEST_BUFFER {
             self.buffer = BytesMut::new();
         }
@@ -593,6 +684,31 @@ mod tests {
         assert_eq!(requests(vec![garbage]).message().await.unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 
+    /// The hand-read SotW request agrees with prost's reading of the full message, field by
+    /// field, and refuses what prost refuses.
+    #[test]
+    fn a_sotw_request_decodes_as_prost_does_and_rejects_malformed_names() {
+        let mut request = subscription(3_000);
+        request.response_nonce = "12".into();
+        request.version_info = "v7".into();
+        let body = request.encode_to_vec();
+        let got = SotwRequest::decode_frame(Bytes::from(body.clone())).unwrap();
+        assert_eq!(got.names().unwrap(), request.resource_names);
+        assert_eq!((got.version_info.as_str(), got.response_nonce.as_str()), ("v7", "12"));
+        assert_eq!(got.resource_names, Names::from_values(&request.resource_names));
+        // Every cut inside the names ends in a name that overruns the buffer, or a bad key.
+        for cut in [body.len() - 1, body.len() / 2, 3] {
+            let truncated = Bytes::from(body[..cut].to_vec());
+            assert_eq!(
+                SotwRequest::decode_frame(truncated.clone()).is_err(),
+                DiscoveryRequest::decode(truncated).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // Field 3 with a varint wire type is not a name.
+        assert!(SotwRequest::decode_frame(Bytes::from_static(&[0x18, 0x01])).is_err());
+    }
+
     #[tokio::test]
     async fn a_sotw_request_reads_what_envoy_sends_with_names_as_slices() {
         use envoy_types::pb::envoy::config::core::v3::Node;
@@ -620,7 +736,7 @@ mod tests {
         assert_eq!(got.node, sent.node);
         assert_eq!(got.error_detail.unwrap().message, "bad");
 
-        let not_utf8 = SotwRequest { resource_names: vec![Bytes::from_static(&[0xff, 0xfe])], ..Default::default() };
+        let not_utf8 = SotwRequest { resource_names: Names::from_values(&[[0xff, 0xfe]]), ..Default::default() };
         assert_eq!(not_utf8.names(), None);
     }
 }
