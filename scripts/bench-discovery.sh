@@ -10,13 +10,15 @@
 # Uses target/release/rudder (built if missing). Ports 25010/25014 on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-services=1000 ports=4 endpoints=10
+services=1000 ports=4 endpoints=10 zones=0
 bench=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --services) services=$2; shift 2 ;;
     --ports) ports=$2; shift 2 ;;
     --endpoints) endpoints=$2; shift 2 ;;
+    # Workloads and proxies in N zones, DestinationRules with outlier detection (locality failover).
+    --zones) zones=$2; bench+=("$1" "$2"); shift 2 ;;
     *) bench+=("$1"); shift ;;
   esac
 done
@@ -27,7 +29,7 @@ log=$mesh.discovery.log
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$mesh"; }
 trap cleanup EXIT
-"$rudder" bench mesh --services "$services" --ports "$ports" --endpoints "$endpoints" --out "$mesh" >/dev/null
+"$rudder" bench mesh --services "$services" --ports "$ports" --endpoints "$endpoints" --zones "$zones" --out "$mesh" >/dev/null
 routes=$(seq -s, 8080 $((8080 + ports - 1)))
 "$rudder" discovery --config-dir "$mesh" --no-webhook --grpc-address 127.0.0.1:25010 \
   --monitoring-address 127.0.0.1:25014 >"$log" 2>&1 &

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::value::Kind as Kind_;
@@ -44,6 +44,9 @@ pub struct LoadOptions {
     /// Give the streams this many distinct label sets (`app`, `version`, `pod-template-hash`;
     /// stream `i` gets set `i % N`), as workloads of a real mesh have; 0 sends no labels.
     pub distinct_workloads: usize,
+    /// Place the streams in this many zones of the synthetic mesh (`node.locality`; stream `i`
+    /// in zone `i % N`, see `synthetic::mesh_in_zones`); 0 sends no locality.
+    pub zones: usize,
     /// When a stream ends, reconnect the way Envoy does (jittered exponential backoff from
     /// 500 ms up to 30 s) and fetch the whole config again, instead of giving up.
     pub reconnect: bool,
@@ -59,6 +62,7 @@ impl Default for LoadOptions {
             join_rate: None,
             namespace: "default".into(),
             distinct_workloads: 0,
+            zones: 0,
             reconnect: false,
         }
     }
@@ -364,6 +368,10 @@ async fn drive(
     let node = Node {
         id: lock(stats).node_id.clone(),
         metadata: workload_labels(index, options.distinct_workloads),
+        locality: (options.zones > 0).then(|| {
+            let (region, zone) = crate::synthetic::zone_locality(index % options.zones);
+            Locality { region, zone, sub_zone: String::new() }
+        }),
         ..Default::default()
     };
     if options.delta {

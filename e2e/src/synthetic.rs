@@ -38,7 +38,19 @@ pub fn route_names(ports: usize) -> Vec<String> {
 
 /// One YAML file per service: `(file name, text)`, in service order.
 pub fn mesh(services: usize, ports: usize, endpoints: usize) -> Vec<(String, String)> {
-    (0..services).map(|index| (format!("svc-{index:05}.yaml"), service_yaml(index, ports, endpoints))).collect()
+    mesh_in_zones(services, ports, endpoints, 0)
+}
+
+/// [`mesh`] with its workloads spread over `zones` zones of one region (`region-1/zone-<i>`,
+/// workload `e` in zone `e % zones`) and outlier detection in every DestinationRule, so that
+/// Istio's default locality failover applies to every cluster. 0 zones is [`mesh`].
+pub fn mesh_in_zones(services: usize, ports: usize, endpoints: usize, zones: usize) -> Vec<(String, String)> {
+    (0..services).map(|index| (format!("svc-{index:05}.yaml"), service_yaml(index, ports, endpoints, zones))).collect()
+}
+
+/// The locality of zone `zone` of the synthetic mesh (see [`mesh_in_zones`]).
+pub fn zone_locality(zone: usize) -> (String, String) {
+    ("region-1".to_owned(), format!("zone-{zone}"))
 }
 
 /// The address of workload `endpoint` of service `service`: unique per pair, in 10.128.0.0/9.
@@ -48,7 +60,7 @@ fn address(service: usize, endpoint: usize, endpoints: usize) -> String {
 }
 
 /// Every object of one service, as a multi-document YAML text.
-fn service_yaml(index: usize, ports: usize, endpoints: usize) -> String {
+fn service_yaml(index: usize, ports: usize, endpoints: usize, zones: usize) -> String {
     let name = format!("svc-{index}");
     let host = hostname(index);
     let mut text = String::new();
@@ -72,6 +84,10 @@ fn service_yaml(index: usize, ports: usize, endpoints: usize) -> String {
              serviceAccount: {name}\n",
             address(index, e, endpoints)
         );
+        if zones > 0 {
+            let (region, zone) = zone_locality(e % zones);
+            let _ = writeln!(text, "  locality: {region}/{zone}");
+        }
     }
     let _ = write!(
         text,
@@ -86,16 +102,33 @@ fn service_yaml(index: usize, ports: usize, endpoints: usize) -> String {
         "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n\
          spec:\n  host: {host}\n  trafficPolicy:\n    loadBalancer:\n      simple: LEAST_REQUEST\n    connectionPool:\n      \
          tcp:\n        maxConnections: 100\n      http:\n        http1MaxPendingRequests: 64\n        \
-         maxRequestsPerConnection: 10\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    \
-         labels:\n      version: v2\n"
+         maxRequestsPerConnection: 10\n"
+    );
+    if zones > 0 {
+        let _ = write!(text, "    outlierDetection:\n      consecutive5xxErrors: 5\n");
+    }
+    let _ = write!(
+        text,
+        "  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n"
     );
     text
 }
 
 /// Writes the mesh into `dir` (created if missing), one file per service.
 pub fn write_dir(dir: &Path, services: usize, ports: usize, endpoints: usize) -> std::io::Result<()> {
+    write_dir_in_zones(dir, services, ports, endpoints, 0)
+}
+
+/// [`write_dir`] of [`mesh_in_zones`].
+pub fn write_dir_in_zones(
+    dir: &Path,
+    services: usize,
+    ports: usize,
+    endpoints: usize,
+    zones: usize,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    for (file, text) in mesh(services, ports, endpoints) {
+    for (file, text) in mesh_in_zones(services, ports, endpoints, zones) {
         std::fs::write(dir.join(file), text)?;
     }
     Ok(())
@@ -191,6 +224,20 @@ mod tests {
         assert_eq!(snapshot.destination_rules.len(), 3);
     }
 
+    /// Workloads in zones, rules with outlier detection: every cluster fails over by locality.
+    #[test]
+    fn a_mesh_in_zones_places_workloads_and_detects_outliers() {
+        let zoned = snapshot_of(mesh_in_zones(2, 1, 4, 2));
+        let zones: Vec<&str> = zoned.endpoints_of(&hostname(1)).iter().map(|e| e.locality.as_str()).collect();
+        assert_eq!(zones, ["region-1/zone-0", "region-1/zone-1", "region-1/zone-0", "region-1/zone-1"]);
+        assert!(zoned.destination_rules.iter().all(|rule| {
+            rule.spec.traffic_policy.as_ref().is_some_and(|policy| policy.outlier_detection.is_some())
+        }));
+        let plain = snapshot(2, 1, 4);
+        assert!(plain.endpoints_of(&hostname(1)).iter().all(|e| e.locality.is_empty()));
+        assert_eq!(plain.destination_rules.len(), zoned.destination_rules.len());
+    }
+
     #[test]
     fn generation_is_deterministic_and_addresses_unique() {
         assert_eq!(mesh(5, 2, 3), mesh(5, 2, 3));
@@ -202,7 +249,7 @@ mod tests {
 
     #[test]
     fn the_first_version_label_flips_back_and_forth() {
-        let text = service_yaml(0, 1, 2);
+        let text = service_yaml(0, 1, 2, 0);
         let (once, found) = flip_first_version(&text);
         assert!(found);
         assert_ne!(once, text);

@@ -54,6 +54,9 @@ struct XdsArgs {
     /// labels, all alike).
     #[arg(long, default_value_t = 0)]
     distinct_workloads: usize,
+    /// Place the sidecars in this many zones (`node.locality`, as `bench mesh --zones`).
+    #[arg(long, default_value_t = 0)]
+    zones: usize,
     /// RouteConfiguration names each stream subscribes to (the synthetic mesh's ports).
     #[arg(long, value_delimiter = ',', default_value = "8080,8081,8082,8083")]
     routes: Vec<String>,
@@ -91,6 +94,10 @@ struct MeshArgs {
     /// Workloads (WorkloadEntries) per service.
     #[arg(long, default_value_t = 10)]
     endpoints: usize,
+    /// Spread the workloads over this many zones and give every DestinationRule outlier
+    /// detection, so locality failover applies (0: no localities).
+    #[arg(long, default_value_t = 0)]
+    zones: usize,
     /// Directory to write (created if missing; existing files of the same names are replaced).
     #[arg(long)]
     out: PathBuf,
@@ -107,7 +114,7 @@ pub fn run(args: &Args) -> ExitCode {
 }
 
 fn write_mesh(args: &MeshArgs) -> anyhow::Result<()> {
-    synthetic::write_dir(&args.out, args.services, args.ports, args.endpoints)
+    synthetic::write_dir_in_zones(&args.out, args.services, args.ports, args.endpoints, args.zones)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "wrote {} services × {} ports × {} endpoints to {}",
@@ -129,6 +136,7 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         join_rate: args.join_rate,
         namespace: args.namespace.clone(),
         distinct_workloads: args.distinct_workloads,
+        zones: args.zones,
         reconnect: args.restart,
     };
     let mode = if args.delta { "delta" } else { "sotw" };
