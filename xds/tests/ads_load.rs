@@ -19,6 +19,7 @@ async fn streams_converge_and_see_updates(delta: bool) {
         join_rate: None,
         namespace: "bench".into(),
         distinct_workloads: 0,
+        zones: 0,
         reconnect: false,
     };
     let run = LoadRun::start(options).await.unwrap();
@@ -64,6 +65,7 @@ async fn distinct_workloads_share_one_view() {
         join_rate: None,
         namespace: "bench".into(),
         distinct_workloads: 12,
+        zones: 0,
         reconnect: false,
     };
     let run = LoadRun::start(options).await.unwrap();
