@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher};
 use rudder_config::extensions::WasmPlugin;
 use rudder_config::load::{self, Loaded, ObjectId};
@@ -409,7 +409,8 @@ pub async fn watch_dir(
 #[derive(Debug, Default)]
 struct Batch {
     /// Each path, and whether its last event shows it complete: closed after a write, renamed
-    /// into place or removed. A path only modified may still be half written.
+    /// (into place, or away) or removed. A path only created or modified may still be half
+    /// written.
     paths: BTreeMap<PathBuf, bool>,
     rescan: bool,
 }
@@ -425,7 +426,7 @@ impl Batch {
                 let complete = matches!(
                     event.kind,
                     EventKind::Access(AccessKind::Close(AccessMode::Write))
-                        | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                        | EventKind::Modify(ModifyKind::Name(_))
                         | EventKind::Remove(_)
                 );
                 for path in event.paths {
@@ -449,7 +450,7 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
-    use notify::event::{CreateKind, DataChange, RemoveKind};
+    use notify::event::{CreateKind, DataChange, RemoveKind, RenameMode};
 
     use super::*;
 
@@ -471,6 +472,15 @@ mod tests {
             ("only opened", vec![(opened, "a.yaml")], false),
             ("renamed into place", vec![(EventKind::Create(CreateKind::File), "a.tmp"), (renamed_in, "a.yaml")], false),
             ("temp file closed, then renamed", vec![(closed, "a.tmp"), (renamed_in, "a.yaml")], true),
+            (
+                "temp file created, renamed away and into place",
+                vec![
+                    (EventKind::Create(CreateKind::File), "a.tmp"),
+                    (EventKind::Modify(ModifyKind::Name(RenameMode::From)), "a.tmp"),
+                    (renamed_in, "a.yaml"),
+                ],
+                true,
+            ),
             ("removed", vec![(EventKind::Remove(RemoveKind::File), "a.yaml")], true),
             ("one closed, another still written", vec![(closed, "a.yaml"), (written, "b.yaml")], false),
             ("closed, then written again", vec![(closed, "a.yaml"), (written, "a.yaml")], false),
