@@ -122,7 +122,7 @@ pub fn outbound_reusing(ctx: &Context<'_>, previous: Option<&RouteMemo>) -> (Vec
 /// The routes each VirtualService gave one view's last route translation, by port. Routes
 /// read, besides their VirtualService, the visible services, the DestinationRules (hash
 /// policies), the Sidecar scope and the mesh config (default retries): while those are the
-/// same objects, the same VirtualService object gives the same routes, so a VirtualService
+/// same objects or equal ones, the same VirtualService object gives the same routes, so a VirtualService
 /// change translates only the VirtualServices that changed (one of a thousand, typically).
 /// A VirtualService that delegates reads its delegates too, and is never taken from a memo.
 #[derive(Debug, Default)]
@@ -154,8 +154,8 @@ impl RouteMemo {
     }
 }
 
-/// What routes read besides their VirtualService, as the objects (compared by identity: the
-/// registries share unchanged objects between snapshots) and the mesh config (by value).
+/// What routes read besides their VirtualService: the objects (the registries share unchanged
+/// ones between snapshots, so identity usually decides; see `eq`) and the mesh config.
 #[derive(Debug, Default)]
 struct MemoInputs {
     services: Vec<Arc<Service>>,
