@@ -288,3 +288,31 @@ async fn nothing_is_served_before_the_registry_has_loaded() {
     sotw.send(ack(&cds, &[])).await;
     sotw.assert_quiet().await;
 }
+
+/// Requests several times the HTTP/2 receive window (an EDS subscription of 5,000 names,
+/// ~350 KB, against 64 KiB) go through: discovery reads them as they arrive, which lets the
+/// client send the rest, and answers what the stream sends after them.
+#[tokio::test]
+async fn requests_larger_than_the_receive_window_are_read_and_answered() {
+    use prost::Message;
+    let harness = Harness::start().await;
+    let mut stream = harness.sotw().await;
+    stream.send(first(Kind::Cluster, &[])).await;
+    let cds = stream.recv().await;
+    stream.send(ack(&cds, &[])).await;
+    let many: Vec<String> =
+        (0..5_000).map(|i| format!("outbound|8080||service-{i:05}.a-long-namespace-name.svc.cluster.local")).collect();
+    let subscribed: Vec<&str> = ["a", "b"].into_iter().chain(many.iter().map(String::as_str)).collect();
+    let subscription = request(Kind::Endpoint, &subscribed, "", "");
+    assert!(subscription.encoded_len() > 4 * rudder_xds::server::RECEIVE_WINDOW as usize);
+    stream.send(subscription).await;
+    let eds = stream.recv().await;
+    assert_eq!(names(&eds), ["a", "b"]);
+    for _ in 0..3 {
+        stream.send(ack(&eds, &subscribed)).await;
+    }
+    stream.send(request(Kind::Listener, &[], "", "")).await;
+    let lds = stream.recv().await;
+    assert_eq!(names(&lds), ["l1"]);
+    stream.assert_quiet().await;
+}
