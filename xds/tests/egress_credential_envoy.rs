@@ -10,15 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::Request;
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rudder_config::mesh::MeshConfig;
 use rudder_e2e::tls::{CertPair, TestCa, TlsBackend, secret_yaml};
 use rudder_xds::registry::files::ConfigDir;
-use rudder_xds::testing::{TestDiscovery, TestEnvoy, free_port, local_app_entry};
+use rudder_xds::testing::{TestDiscovery, TestEnvoy, free_port, http_get, local_app_entry};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const UPSTREAM_HOST: &str = "upstream.test";
@@ -64,18 +59,7 @@ spec:
 
 /// `GET /` through the gateway as the upstream's host: the status and body.
 async fn get(gateway_port: u16) -> Result<(u16, String), String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    let request = Request::get(format!("http://127.0.0.1:{gateway_port}/"))
-        .header("host", UPSTREAM_HOST)
-        .body(Body::empty())
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
-        .await
-        .map_err(|_| "no reply in 5 s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    http_get(&format!("http://127.0.0.1:{gateway_port}/"), Some(UPSTREAM_HOST)).await
 }
 
 async fn until(what: &str, gateway_port: u16, envoy: &mut TestEnvoy, done: impl Fn(u16) -> bool) -> (u16, String) {

@@ -366,7 +366,8 @@ pub struct Names {
 }
 
 impl Names {
-    /// Names given as values (tests, and requests built rather than received).
+    /// Names given as values, for tests.
+    #[cfg(test)]
     pub fn from_values<N: AsRef<[u8]>>(names: &[N]) -> Self {
         let mut frame = Vec::new();
         let mut ranges = Vec::with_capacity(names.len());
