@@ -87,7 +87,7 @@ fn sidecar_scoping(c: &mut Criterion) {
         [&encoded.clusters, &encoded.listeners, &encoded.routes]
             .iter()
             .flat_map(|m| m.values())
-            .map(|r| r.any.value.len())
+            .map(|r| r.value.len())
             .sum()
     };
     let unscoped_bytes = bytes(&snapshot);

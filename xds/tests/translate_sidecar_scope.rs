@@ -40,8 +40,8 @@ fn config_bytes(snapshot: &Snapshot, proxy: &Proxy) -> (usize, usize) {
     let clusters = resources.clusters.len();
     let encoded = EncodedSet::encode(resources, None);
     let table = EndpointTable::build(translate::endpoints(snapshot), None);
-    let sizes = |map: &rudder_xds::server::cache::ResourceMap| map.values().map(|r| r.any.value.len()).sum::<usize>();
-    let endpoint_bytes: usize = eds.iter().filter_map(|name| table.encoded.get(name)).map(|r| r.any.value.len()).sum();
+    let sizes = |map: &rudder_xds::server::cache::ResourceMap| map.values().map(|r| r.value.len()).sum::<usize>();
+    let endpoint_bytes: usize = eds.iter().filter_map(|name| table.encoded.get(name)).map(|r| r.value.len()).sum();
     (sizes(&encoded.clusters) + sizes(&encoded.listeners) + sizes(&encoded.routes) + endpoint_bytes, clusters)
 }
 

@@ -1,6 +1,6 @@
 //! Encoded resources and the per-push cache that lets every stream share them.
 //!
-//! A resource is encoded once into an [`Any`] and kept behind an `Arc` with a hash of its
+//! A resource is encoded once into shared [`Bytes`] and kept behind an `Arc` with a hash of its
 //! bytes, which is both its delta version and how streams tell what changed since they last
 //! sent it. A [`Generation`] is one debounced push: endpoints encoded once (reusing the
 //! previous generation's encoding of every ClusterLoadAssignment that did not change), and the
@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint};
 use envoy_types::pb::google::protobuf::Any;
+use prost::bytes::Bytes;
 use prost::{Message, Name};
 use tokio::sync::OnceCell;
 
@@ -35,14 +36,22 @@ pub struct EncodedResource {
     pub name: String,
     /// Hash of the encoded bytes: equal content, equal hash.
     pub hash: u64,
-    pub any: Any,
+    pub type_url: String,
+    /// The encoded message. Responses send these bytes themselves (no copy per stream) when
+    /// they are large; see `wire`.
+    pub value: Bytes,
 }
 
 impl EncodedResource {
     pub fn encode<M: Message + Name>(name: String, message: &M) -> Self {
-        let value = message.encode_to_vec();
+        let value = Bytes::from(message.encode_to_vec());
         let hash = content_hash(&value);
-        Self { name, hash, any: Any { type_url: M::type_url(), value } }
+        Self { name, hash, type_url: M::type_url(), value }
+    }
+
+    /// The resource as a protobuf `Any` (copies the bytes).
+    pub fn to_any(&self) -> Any {
+        Any { type_url: self.type_url.clone(), value: self.value.to_vec() }
     }
 
     /// The per-resource version sent in delta responses.
@@ -1508,7 +1517,7 @@ mod incremental_tests {
             Arc::new(Proxy::from_node("sidecar~10.9.0.2~b.ns~ns.svc.cluster.local", &Default::default()).unwrap());
         let priorities = |resources: &ProxyResources| {
             let encoded = resources.get(Kind::Cluster, &name).unwrap();
-            let cluster = Cluster::decode(encoded.any.value.as_slice()).unwrap();
+            let cluster = Cluster::decode(encoded.value.as_ref()).unwrap();
             cluster
                 .load_assignment
                 .unwrap()

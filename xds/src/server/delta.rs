@@ -241,11 +241,11 @@ impl DeltaStream {
         let started = Instant::now();
         let base = self.core.shared.nonce();
         let version_info = resources.generation.version_info.clone();
-        let size: usize = diff.resources.iter().map(|r| r.any.value.len()).sum();
+        let size: usize = diff.resources.iter().map(|r| r.value.len()).sum();
         let mut chunks: Vec<Vec<Arc<EncodedResource>>> = vec![Vec::new()];
         let mut chunk_bytes = 0;
         for r in diff.resources {
-            let len = r.any.value.len();
+            let len = r.value.len();
             if chunk_bytes + len > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
                 chunks.push(Vec::new());
                 chunk_bytes = 0;

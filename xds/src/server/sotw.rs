@@ -254,7 +254,7 @@ impl SotwStream {
                 }
             };
         }
-        let size: usize = list.iter().map(|r| r.any.value.len()).sum();
+        let size: usize = list.iter().map(|r| r.value.len()).sum();
         // The shared encodings themselves: the body writes them out (see `wire`).
         let response = SotwResponse { version_info, type_url: kind.type_url(), nonce, resources: list };
         self.responses.send(Ok(response)).await.map_err(|_| Closed)?;

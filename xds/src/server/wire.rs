@@ -5,9 +5,11 @@
 //! response (megabytes per proxy on a large mesh) for as long as it lived, and each push first
 //! copied every resource into a fresh `DiscoveryResponse`. Here the stream task hands the body a
 //! [`SotwResponse`] (the shared [`EncodedResource`]s, not copies), and the body writes the gRPC
-//! frame lazily, [`CHUNK`] bytes at a time: a stream holds one chunk in flight, and the resource
-//! bytes are copied once, into the chunk. The bytes on the wire are exactly those of
-//! `DiscoveryResponse` (fields 1, 2, 4, 5, in field order).
+//! frame lazily: small resources are copied into chunks of about [`CHUNK`] bytes, and a resource
+//! of [`BY_REFERENCE`] bytes or more is handed to HTTP/2 as the shared bytes themselves, which
+//! h2 writes to the socket without copying. A stream holds one chunk in flight, never a copy of
+//! a large resource. The bytes on the wire are exactly those of `DiscoveryResponse` (fields 1,
+//! 2, 4, 5, in field order).
 //!
 //! Delta responses are written the same way ([`DeltaResponse`]). [`AdsService`] routes both ADS
 //! methods. Requests are read by [`Requests`], which, unlike tonic's decoder, gives back the
@@ -33,8 +35,12 @@ use super::{DiscoveryServer, MAX_DECODING_MESSAGE_SIZE};
 /// The methods' paths.
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-/// Bytes written per body frame (a whole resource larger than this goes in one frame).
+/// Bytes of small resources copied into one body frame.
 pub const CHUNK: usize = 64 * 1024;
+/// A resource at least this large is sent as its shared bytes, in a body frame of its own: a
+/// RouteConfiguration of a large mesh (~1 MiB) was copied into a fresh buffer per stream, so a
+/// route change allocated and copied a megabyte per proxy.
+pub const BY_REFERENCE: usize = 16 * 1024;
 
 /// One SotW `DiscoveryResponse`, by reference to the shared encodings.
 #[derive(Debug, Clone, Default)]
@@ -58,13 +64,25 @@ pub struct DeltaResponse {
 /// A response message written field by field: the scalar and small fields first (`head`),
 /// then one length-delimited entry per shared resource. Protobuf does not care about field
 /// order, so the bytes decode to the same message as prost's encoding of it.
+///
+/// An entry is written in three parts: what precedes the resource's encoded bytes (tags and
+/// lengths of the enclosing messages), the bytes, and what follows them.
 pub trait WireMessage: Send + 'static {
     fn head_len(&self) -> usize;
     fn write_head(&self, out: &mut BytesMut);
     fn resources(&self) -> &[Arc<EncodedResource>];
     /// The length of resource `r`'s entry, tag and length prefix included.
     fn entry_len(&self, r: &EncodedResource) -> usize;
-    fn write_entry(&self, r: &EncodedResource, out: &mut BytesMut);
+    /// Writes `r`'s entry up to its encoded bytes.
+    fn write_entry_prefix(&self, r: &EncodedResource, out: &mut BytesMut);
+    /// Writes the rest of `r`'s entry after its encoded bytes.
+    fn write_entry_suffix(&self, _r: &EncodedResource, _out: &mut BytesMut) {}
+
+    fn write_entry(&self, r: &EncodedResource, out: &mut BytesMut) {
+        self.write_entry_prefix(r, out);
+        out.put_slice(&r.value);
+        self.write_entry_suffix(r, out);
+    }
 
     fn encoded_len(&self) -> usize {
         self.head_len() + self.resources().iter().map(|r| self.entry_len(r)).sum::<usize>()
@@ -96,12 +114,15 @@ fn put_delimited_header(tag: u32, len: usize, out: &mut BytesMut) {
 
 /// Encoded length of one `google.protobuf.Any` (`type_url` = 1, `value` = 2).
 fn any_len(r: &EncodedResource) -> usize {
-    string_field_len(1, r.any.type_url.as_bytes()) + string_field_len(2, &r.any.value)
+    string_field_len(1, r.type_url.as_bytes()) + string_field_len(2, &r.value)
 }
 
-fn put_any(r: &EncodedResource, out: &mut BytesMut) {
-    put_string_field(1, r.any.type_url.as_bytes(), out);
-    put_string_field(2, &r.any.value, out);
+/// Writes an `Any` up to its value's bytes.
+fn put_any_prefix(r: &EncodedResource, out: &mut BytesMut) {
+    put_string_field(1, r.type_url.as_bytes(), out);
+    if !r.value.is_empty() {
+        put_delimited_header(2, r.value.len(), out);
+    }
 }
 
 impl WireMessage for SotwResponse {
@@ -126,9 +147,9 @@ impl WireMessage for SotwResponse {
         delimited_len(2, any_len(r))
     }
 
-    fn write_entry(&self, r: &EncodedResource, out: &mut BytesMut) {
+    fn write_entry_prefix(&self, r: &EncodedResource, out: &mut BytesMut) {
         put_delimited_header(2, any_len(r), out);
-        put_any(r, out);
+        put_any_prefix(r, out);
     }
 }
 
@@ -164,11 +185,14 @@ impl WireMessage for DeltaResponse {
         delimited_len(2, delta_resource_len(r))
     }
 
-    fn write_entry(&self, r: &EncodedResource, out: &mut BytesMut) {
+    fn write_entry_prefix(&self, r: &EncodedResource, out: &mut BytesMut) {
         put_delimited_header(2, delta_resource_len(r), out);
         put_string_field(1, r.version().as_bytes(), out);
         put_delimited_header(2, any_len(r), out);
-        put_any(r, out);
+        put_any_prefix(r, out);
+    }
+
+    fn write_entry_suffix(&self, r: &EncodedResource, out: &mut BytesMut) {
         put_string_field(3, r.name.as_bytes(), out);
     }
 }
@@ -178,7 +202,7 @@ impl SotwResponse {
     pub fn into_message(self) -> envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
         envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
             version_info: self.version_info,
-            resources: self.resources.iter().map(|r| r.any.clone()).collect(),
+            resources: self.resources.iter().map(|r| r.to_any()).collect(),
             type_url: self.type_url.to_owned(),
             nonce: self.nonce,
             ..Default::default()
@@ -198,7 +222,7 @@ impl DeltaResponse {
                 .map(|r| Resource {
                     name: r.name.clone(),
                     version: r.version(),
-                    resource: Some(r.any.clone()),
+                    resource: Some(r.to_any()),
                     ..Default::default()
                 })
                 .collect(),
@@ -210,24 +234,35 @@ impl DeltaResponse {
     }
 }
 
-/// Writes one message as gRPC frame chunks of about [`CHUNK`] bytes.
+/// Writes one message as gRPC frame chunks: small entries copied together into chunks of
+/// about [`CHUNK`] bytes, the bytes of a large resource as a chunk of their own.
 #[derive(Debug)]
 struct Frames<M> {
     message: M,
     /// The next resource to write; `None` before the header is written.
     next: Option<usize>,
+    /// A large resource's shared bytes, the next chunk.
+    by_reference: Option<Bytes>,
+    /// The resource whose entry's suffix starts the chunk after its bytes.
+    suffix_of: Option<usize>,
 }
 
 impl<M: WireMessage> Frames<M> {
     fn new(message: M) -> Self {
-        Self { message, next: None }
+        Self { message, next: None, by_reference: None, suffix_of: None }
     }
 
     fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(value) = self.by_reference.take() {
+            return Some(value);
+        }
         let resources = self.message.resources();
         let mut out = BytesMut::new();
+        if let Some(index) = self.suffix_of.take() {
+            self.message.write_entry_suffix(&resources[index], &mut out);
+        }
         let mut next = match self.next {
-            Some(next) if next >= resources.len() => return None,
+            Some(next) if next >= resources.len() => return (!out.is_empty()).then(|| out.freeze()),
             Some(next) => next,
             None => {
                 let len = self.message.encoded_len();
@@ -240,6 +275,13 @@ impl<M: WireMessage> Frames<M> {
             }
         };
         while let Some(resource) = resources.get(next) {
+            if resource.value.len() >= BY_REFERENCE {
+                self.message.write_entry_prefix(resource, &mut out);
+                self.by_reference = Some(resource.value.clone());
+                self.suffix_of = Some(next);
+                next += 1;
+                break;
+            }
             let len = self.message.entry_len(resource);
             if !out.is_empty() && out.len() + len > CHUNK {
                 break;
@@ -621,6 +663,48 @@ mod tests {
             assert_eq!(len, bytes.len() - 5);
             assert_eq!(DeltaDiscoveryResponse::decode(&bytes[5..]).unwrap(), response.into_message());
         }
+    }
+
+    #[test]
+    fn large_resources_are_sent_as_their_shared_bytes() {
+        // Small and large resources mixed, a large one last: its delta entry's suffix (the
+        // name) follows its bytes in a chunk of its own.
+        let mut mixed = resources(3, 100);
+        mixed.insert(1, resources(1, BY_REFERENCE)[0].clone());
+        mixed.push(resources(1, 3 * BY_REFERENCE)[0].clone());
+        let large: Vec<_> = mixed.iter().filter(|r| r.value.len() >= BY_REFERENCE).cloned().collect();
+        assert_eq!(large.len(), 2);
+        let sotw = SotwResponse {
+            version_info: "1".into(),
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            nonce: "1".into(),
+            resources: mixed.clone(),
+        };
+        let delta = DeltaResponse {
+            system_version_info: "1".into(),
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            nonce: "1/1".into(),
+            resources: mixed,
+            removed_resources: vec!["gone".into()],
+        };
+        let mut frames = Frames::new(sotw.clone());
+        let sotw_chunks = std::iter::from_fn(|| frames.next_chunk()).collect::<Vec<_>>();
+        let mut frames = Frames::new(delta.clone());
+        let delta_chunks = std::iter::from_fn(|| frames.next_chunk()).collect::<Vec<_>>();
+        for chunks in [&sotw_chunks, &delta_chunks] {
+            assert!(chunks.iter().all(|c| !c.is_empty()));
+            for resource in &large {
+                let shared = chunks.iter().filter(|c| c.as_ptr() == resource.value.as_ptr()).count();
+                assert_eq!(shared, 1, "the resource's own bytes are one chunk, not a copy");
+            }
+        }
+        let joined = |chunks: &[Bytes]| chunks.iter().flat_map(|c| c.iter().copied()).collect::<Vec<u8>>();
+        let sotw_bytes = joined(&sotw_chunks);
+        assert_eq!(DiscoveryResponse::decode(&sotw_bytes[5..]).unwrap(), sotw.into_message());
+        let delta_bytes = joined(&delta_chunks);
+        let len = u32::from_be_bytes(delta_bytes[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, delta_bytes.len() - 5);
+        assert_eq!(DeltaDiscoveryResponse::decode(&delta_bytes[5..]).unwrap(), delta.into_message());
     }
 
     /// A request body delivered in the given pieces.
