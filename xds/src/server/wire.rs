@@ -510,14 +510,12 @@ pub struct Requests<M> {
     message: std::marker::PhantomData<fn() -> M>,
 }
 
-/// Request buffer capacity kept between messages; a larger one is given back once empty.
 impl<M> std::fmt::Debug for Requests<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Requests").field("buffered", &self.buffer.len()).finish_non_exhaustive()
     }
 }
 
-const KEPT_REQUEST_BUFFER: usize = 8 * 1024;
 /// The gRPC message header: a compression flag and a big-endian length.
 const GRPC_HEADER: usize = 5;
 
@@ -566,7 +564,10 @@ impl<M: DecodeRequest> Requests<M> {
         prost::bytes::Buf::advance(&mut frame, GRPC_HEADER);
         let message =
             M::decode_frame(frame).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
-        if self.buffer.is_empty() && self.buffer.capacity() > KEPT_REQUEST_BUFFER {
+        // The frame was split off the buffer's allocation, which an empty remainder still
+        // shares: kept, it would pin the allocation (a 150 KB SotW EDS ACK, per stream) after
+        // the request is gone, until the next one arrives.
+        if self.buffer.is_empty() {
             self.buffer = BytesMut::new();
         }
         Ok(Some(message))
@@ -707,6 +708,37 @@ mod tests {
         assert_eq!(DeltaDiscoveryResponse::decode(&delta_bytes[5..]).unwrap(), delta.into_message());
     }
 
+    /// A request that keeps its frame, to tell who else still holds the frame's memory.
+    struct KeepsFrame(Bytes);
+
+    impl DecodeRequest for KeepsFrame {
+        fn decode_frame(frame: Bytes) -> Result<Self, prost::DecodeError> {
+            Ok(Self(frame))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decoded_request_alone_holds_its_memory() {
+        let framed = |len: usize| {
+            let mut bytes = vec![0];
+            bytes.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+            bytes.extend(std::iter::repeat_n(7u8, len));
+            bytes
+        };
+        // A large request in window-sized pieces, then a small one.
+        let large = framed(150_000);
+        let mut pieces: Vec<Vec<u8>> = large.chunks(65_535).map(<[u8]>::to_vec).collect();
+        pieces.push(framed(10));
+        let body = Pieces(pieces.into_iter().map(Bytes::from).collect());
+        let mut requests = Requests::<KeepsFrame>::new(tonic::body::Body::new(body));
+        for len in [150_000, 10] {
+            let KeepsFrame(frame) = requests.message().await.unwrap().unwrap();
+            assert_eq!(frame.len(), len);
+            assert!(frame.is_unique(), "the reader keeps no share of a {len}-byte request's buffer");
+        }
+        assert!(requests.message().await.unwrap().is_none());
+    }
+
     /// A request body delivered in the given pieces.
     struct Pieces(std::collections::VecDeque<Bytes>);
 
@@ -742,14 +774,14 @@ mod tests {
     async fn requests_decode_across_and_within_frames_and_give_back_large_buffers() {
         let (big, small) = (subscription(3_000), subscription(1));
         let big_frame = grpc_frame(&big);
-        assert!(big_frame.len() > 10 * KEPT_REQUEST_BUFFER);
+        assert!(big_frame.len() > 100_000);
         // The big request split at odd places (inside the header too), then two in one piece.
         let mut pieces: Vec<Vec<u8>> =
             vec![big_frame[..3].to_vec(), big_frame[3..1000].to_vec(), big_frame[1000..].to_vec()];
         pieces.push([grpc_frame(&small), grpc_frame(&small)].concat());
         let mut stream = requests(pieces);
         assert_eq!(stream.message().await.unwrap().unwrap(), big);
-        assert!(stream.buffer.capacity() <= KEPT_REQUEST_BUFFER, "{}", stream.buffer.capacity());
+        assert_eq!(stream.buffer.capacity(), 0, "an emptied buffer is let go");
         assert_eq!(stream.message().await.unwrap().unwrap(), small);
         assert_eq!(stream.message().await.unwrap().unwrap(), small);
         assert_eq!(stream.message().await.unwrap(), None);
