@@ -10,7 +10,7 @@
 # Uses target/release/rudder (built if missing). Ports 25010/25014 on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-services=1000 ports=4 endpoints=10 zones=0
+services=1000 ports=4 endpoints=10 zones=0 idle=0
 bench=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -19,6 +19,8 @@ while [ $# -gt 0 ]; do
     --endpoints) endpoints=$2; shift 2 ;;
     # Workloads and proxies in N zones, DestinationRules with outlier detection (locality failover).
     --zones) zones=$2; bench+=("$1" "$2"); shift 2 ;;
+    # Memory after N idle seconds; the baseline before the join is then idle too.
+    --idle) idle=$2; bench+=("$1" "$2"); shift 2 ;;
     *) bench+=("$1"); shift ;;
   esac
 done
@@ -41,6 +43,7 @@ for _ in $(seq 1 600); do
   kill -0 "$pid" 2>/dev/null || { cat "$log"; exit 1; }
   sleep 0.1
 done
+sleep "$idle"
 echo "mesh: $services services × $ports ports × $endpoints endpoints; discovery pid $pid, RSS $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$pid/status) loaded"
 timeout 900 "$rudder" bench xds --address 127.0.0.1:25010 --pid "$pid" --routes "$routes" \
   --update-file "$mesh/svc-00000.yaml" --endpoint-update-file "$mesh/svc-00001.yaml" "${bench[@]}"

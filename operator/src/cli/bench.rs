@@ -82,6 +82,11 @@ struct XdsArgs {
     /// Quiet time between the initial push and the update, so ACKs settle first (seconds).
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
+    /// Also report the server's memory after this many idle seconds, after the join and at
+    /// the end (discovery returns free memory to the system once it has been idle for a
+    /// while; 0: do not wait).
+    #[arg(long, default_value_t = 0.0)]
+    idle: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,6 +178,7 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
     report_errors(&run);
     report_cpu("initial push", client_before, server_before, args.pid);
     report_server_memory("after the join", args.pid, server_memory_before, complete);
+    report_idle_memory(args, "after the join", args.pid, server_memory_before, complete).await;
 
     if let Some(file) = &args.update_file {
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
@@ -241,6 +247,7 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         report_server_memory("after the resync", pid, None, resynced);
     } else {
         report_server_memory("at the end", pid, server_memory_before, complete);
+        report_idle_memory(args, "at the end", pid, server_memory_before, complete).await;
     }
     if let Some(mut child) = restarted {
         // Best effort: the figures are printed; a failed kill leaves nothing to report.
@@ -303,6 +310,14 @@ fn report_cpu(phase: &str, client_before: Option<Duration>, server_before: Optio
         .map(|(after, before)| after.saturating_sub(before));
     let server = if pid.is_some() { format!(", server {}", ms(server)) } else { String::new() };
     println!("  cpu during {phase}: client {}{server}", ms(client));
+}
+
+/// With `--idle`: the server's memory after that many seconds without load.
+async fn report_idle_memory(args: &XdsArgs, phase: &str, pid: Option<u32>, before: Option<(u64, u64)>, streams: usize) {
+    if args.idle > 0.0 && pid.is_some() {
+        tokio::time::sleep(Duration::from_secs_f64(args.idle)).await;
+        report_server_memory(&format!("{phase}, idle {} s", args.idle), pid, before, streams);
+    }
 }
 
 /// User + system CPU time of a process (`self` or a pid) from `/proc/<pid>/stat`. Linux's

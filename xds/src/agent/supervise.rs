@@ -4,7 +4,7 @@
 //! stop with SIGTERM, and SIGKILLs it if it is still there after `kill_grace`. If Envoy exits
 //! on its own, the agent reports how.
 //!
-//! Signals: the workspace forbids `unsafe`, so there is no `kill(2)`; tokio's
+//! Signals: the workspace denies `unsafe`, so there is no `kill(2)`; tokio's
 //! `Child::start_kill` only sends SIGKILL. SIGTERM is therefore sent by running the system
 //! `kill -TERM <pid>` command. Envoy runs in its own process group so that a terminal's Ctrl-C
 //! reaches only the agent, which then drains instead of Envoy dying mid-request.

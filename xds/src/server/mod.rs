@@ -17,6 +17,7 @@ pub mod cache;
 pub mod connection;
 pub mod debug;
 pub mod delta;
+pub mod memory;
 pub mod metrics;
 pub mod push;
 pub mod sotw;
@@ -347,6 +348,7 @@ impl DiscoveryServer {
             next_nonce: AtomicU64::new(0),
         });
         tokio::spawn(push::debounce_loop(Arc::downgrade(&shared), snapshots, options.debounce));
+        tokio::spawn(memory::release_after_bursts(Arc::downgrade(&shared), memory::QUIET));
         Self { shared }
     }
 
