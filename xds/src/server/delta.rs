@@ -20,7 +20,7 @@ use super::sotw::scope;
 use super::wire::{DeltaResponse, Requests};
 use super::{Kind, Shared};
 
-type Responses = mpsc::Sender<Result<DeltaResponse, Status>>;
+type Responses = mpsc::Sender<Result<Box<DeltaResponse>, Status>>;
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -275,7 +275,7 @@ impl DeltaStream {
                 removed_resources: if last { removed.take().unwrap_or_default() } else { Vec::new() },
                 nonce: nonce_of(i),
             };
-            self.responses.send(Ok(response)).await.map_err(|_| Closed)?;
+            self.responses.send(Ok(Box::new(response))).await.map_err(|_| Closed)?;
         }
         self.core.shared.metrics.pushed(kind, size, started.elapsed());
         Ok(())

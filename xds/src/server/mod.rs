@@ -558,7 +558,7 @@ impl DiscoveryServer {
         &self,
         mut requests: Requests<wire::SotwRequest>,
         peer: connection::Peer,
-    ) -> Result<mpsc::Receiver<Result<wire::SotwResponse, Status>>, Status> {
+    ) -> Result<wire::ResponseReceiver<wire::SotwResponse>, Status> {
         let first = requests
             .message()
             .await?
@@ -574,7 +574,7 @@ impl DiscoveryServer {
         &self,
         mut requests: Requests<DeltaDiscoveryRequest>,
         peer: connection::Peer,
-    ) -> Result<mpsc::Receiver<Result<wire::DeltaResponse, Status>>, Status> {
+    ) -> Result<wire::ResponseReceiver<wire::DeltaResponse>, Status> {
         let first = requests
             .message()
             .await?

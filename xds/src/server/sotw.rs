@@ -20,7 +20,7 @@ use super::cache::{EncodedResource, ProxyResources};
 use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
 use super::wire::{Names, Requests, SotwRequest, SotwResponse};
 
-type Responses = mpsc::Sender<Result<SotwResponse, Status>>;
+type Responses = mpsc::Sender<Result<Box<SotwResponse>, Status>>;
 
 /// What a request asks the server to send.
 enum Answer {
@@ -257,7 +257,7 @@ impl SotwStream {
         let size: usize = list.iter().map(|r| r.value.len()).sum();
         // The shared encodings themselves: the body writes them out (see `wire`).
         let response = SotwResponse { version_info, type_url: kind.type_url(), nonce, resources: list };
-        self.responses.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.responses.send(Ok(Box::new(response))).await.map_err(|_| Closed)?;
         self.core.shared.metrics.pushed(kind, size, started.elapsed());
         Ok(())
     }

@@ -295,17 +295,22 @@ impl<M: WireMessage> Frames<M> {
     }
 }
 
+/// The messages of one stream, as its task sends them to the body. Boxed: the channel
+/// allocates its slots in blocks of 32, which were 2.8-3.6 KB per stream for the messages
+/// themselves.
+pub type ResponseReceiver<M> = mpsc::Receiver<Result<Box<M>, Status>>;
+
 /// The response body of one stream: each message from the stream task written as frames, then
 /// the gRPC status in the trailers.
 #[derive(Debug)]
 pub struct WireBody<M> {
-    responses: mpsc::Receiver<Result<M, Status>>,
+    responses: ResponseReceiver<M>,
     current: Option<Frames<M>>,
     done: bool,
 }
 
 impl<M> WireBody<M> {
-    pub fn new(responses: mpsc::Receiver<Result<M, Status>>) -> Self {
+    pub fn new(responses: ResponseReceiver<M>) -> Self {
         Self { responses, current: None, done: false }
     }
 
@@ -335,7 +340,7 @@ impl<M: WireMessage + Unpin> http_body::Body for WireBody<M> {
                 return Poll::Ready(None);
             }
             match this.responses.poll_recv(cx) {
-                Poll::Ready(Some(Ok(message))) => this.current = Some(Frames::new(message)),
+                Poll::Ready(Some(Ok(message))) => this.current = Some(Frames::new(*message)),
                 Poll::Ready(Some(Err(status))) => {
                     this.done = true;
                     return Poll::Ready(Some(Ok(Self::trailers(&status))));
@@ -370,7 +375,7 @@ type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static
 
 /// The HTTP response of a stream whose messages arrive on `responses`.
 fn grpc_response<M: WireMessage + Unpin>(
-    responses: Result<mpsc::Receiver<Result<M, Status>>, Status>,
+    responses: Result<ResponseReceiver<M>, Status>,
 ) -> http::Response<tonic::body::Body> {
     match responses {
         Ok(responses) => {
