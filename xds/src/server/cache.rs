@@ -317,6 +317,69 @@ fn same_map(a: &ResourceMap, b: &ResourceMap) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|((na, ra), (nb, rb))| Arc::ptr_eq(ra, rb) && na == nb)
 }
 
+/// The inbound sets of live streams by content. Proxies whose own side translates to the same
+/// resources (one deployment's replicas: the inbound listener matches ports, not addresses)
+/// share one set instead of holding a copy each, ~17 KB per stream on the benchmark mesh.
+#[derive(Debug, Default)]
+pub struct InboundSets(Mutex<HashMap<u64, Vec<Weak<EncodedSet>>>>);
+
+impl InboundSets {
+    /// A live set with the same resources as `set`, or `set`, now shared.
+    pub fn share(&self, set: EncodedSet) -> Arc<EncodedSet> {
+        let Some(digest) = set.resources_digest() else { return Arc::new(set) };
+        let mut sets = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = sets.entry(digest).or_default();
+        bucket.retain(|weak| weak.strong_count() > 0);
+        if let Some(existing) = bucket.iter().filter_map(Weak::upgrade).find(|e| e.same_resources(&set)) {
+            return existing;
+        }
+        let set = Arc::new(set);
+        bucket.push(Arc::downgrade(&set));
+        // Buckets of sets no stream holds any more: dropped when their digest comes again,
+        // or here, now and then.
+        if sets.len() > 64 && sets.len().is_power_of_two() {
+            sets.retain(|_, bucket| bucket.iter().any(|weak| weak.strong_count() > 0));
+        }
+        set
+    }
+}
+
+impl EncodedSet {
+    /// The kinds' encoded maps, in a fixed order.
+    fn maps(&self) -> [&ResourceMap; 5] {
+        [&self.clusters, &self.listeners, &self.routes, &self.secrets, &self.extension_configs]
+    }
+
+    /// A digest of every resource's name and content hash; `None` for a set that carries more
+    /// than its resources (locality policies, a route memo, the view it was copied from),
+    /// which sharing would have to compare too.
+    fn resources_digest(&self) -> Option<u64> {
+        let plain = self.localities.is_empty()
+            && self.inline_localities.is_empty()
+            && self.inline_view.is_none()
+            && self.route_memo.0.is_none();
+        plain.then(|| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            for map in self.maps() {
+                std::hash::Hash::hash(&map.len(), &mut hasher);
+                for (name, resource) in map {
+                    std::hash::Hash::hash(&(name, resource.hash), &mut hasher);
+                }
+            }
+            std::hash::Hasher::finish(&hasher)
+        })
+    }
+
+    /// Whether both serve the same resources, byte for byte. Equal encodings decode to equal
+    /// messages, so the translated sources are equal too.
+    fn same_resources(&self, other: &EncodedSet) -> bool {
+        self.maps().into_iter().zip(other.maps()).all(|(a, b)| {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|((na, ra), (nb, rb))| na == nb && ra.hash == rb.hash && ra.value == rb.value)
+        })
+    }
+}
+
 /// Every ClusterLoadAssignment of a generation, decoded (to compare with the next
 /// generation's without encoding) and encoded.
 #[derive(Debug, Default)]
@@ -578,6 +641,8 @@ pub struct Generation {
     /// Whether inbound inputs shared by every proxy changed since `previous_snapshot`
     /// ([`Generator::inbound_inputs_changed`]), asked once for all streams.
     inbound_inputs_changed: OnceLock<bool>,
+    /// Proxies' inbound sets by content, shared with every later generation.
+    inbound_sets: Arc<InboundSets>,
 }
 
 impl Generation {
@@ -617,6 +682,7 @@ impl Generation {
             previous_views: Mutex::new(previous_views),
             previous_snapshot: previous.map(|p| p.snapshot.clone()),
             inbound_inputs_changed: OnceLock::new(),
+            inbound_sets: previous.map(|p| p.inbound_sets.clone()).unwrap_or_default(),
         }
     }
 
@@ -1057,11 +1123,12 @@ impl ProxyResources {
                 EncodedSet::default()
             })
         };
+        let inbound = generation.inbound_sets.share(inbound);
         Self {
             generation,
             endpoints,
             outbound,
-            inbound: Arc::new(inbound),
+            inbound,
             namespace: proxy.namespace.as_str().into(),
             name_table: Arc::default(),
         }
@@ -1535,6 +1602,49 @@ mod incremental_tests {
         let second = Arc::new(Generation::new(2, snapshot, Instant::now(), EndpointTable::default(), Some(&first)));
         let again = ProxyResources::build(&generator, second, &zoned, Some(&in_zone)).await;
         assert!(Arc::ptr_eq(again.get(Kind::Cluster, &name).unwrap(), in_zone.get(Kind::Cluster, &name).unwrap()));
+    }
+
+    /// Replicas of one workload (same ports, same policies) share their inbound set; a proxy
+    /// whose own side differs gets its own.
+    #[tokio::test]
+    async fn proxies_with_the_same_inbound_side_share_it() {
+        let generator: Arc<dyn Generator> = Arc::new(crate::server::Translator);
+        let mut snapshot = Snapshot::default();
+        let (web, db) = (service(1, 1), service(2, 2));
+        let replica = |ip: &str, port: u32, name: &str| Endpoint {
+            workload: "web".into(),
+            ..Endpoint::plain(ip, port, name, "ns")
+        };
+        snapshot.endpoints.insert(
+            web.hostname.clone(),
+            Arc::new(vec![replica("10.0.0.1", 9000, "http-0"), replica("10.0.0.2", 9000, "http-0")]),
+        );
+        snapshot.endpoints.insert(db.hostname.clone(), Arc::new(vec![replica("10.0.0.3", 5432, "tcp-1")]));
+        snapshot.services.insert(web.hostname.clone(), web);
+        snapshot.services.insert(db.hostname.clone(), db);
+        let generation =
+            Arc::new(Generation::new(1, Arc::new(snapshot), Instant::now(), EndpointTable::default(), None));
+        let proxy = |ip: &str| {
+            Arc::new(Proxy::from_node(&format!("sidecar~{ip}~p.ns~ns.svc.cluster.local"), &Default::default()).unwrap())
+        };
+        let mut served = Vec::new();
+        for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+            served.push(ProxyResources::build(&generator, generation.clone(), &proxy(ip), None).await);
+        }
+        assert!(!served[0].inbound.listeners.is_empty(), "the replicas have an inbound side");
+        assert!(Arc::ptr_eq(&served[0].inbound, &served[1].inbound), "replicas share one set");
+        assert!(!Arc::ptr_eq(&served[0].inbound, &served[2].inbound));
+        assert!(!served[0].inbound.same_resources(&served[2].inbound), "another port, another set");
+        // The next generation shares with the sets of this one.
+        let next = Arc::new(Generation::new(
+            2,
+            generation.snapshot.clone(),
+            Instant::now(),
+            EndpointTable::default(),
+            Some(&generation),
+        ));
+        let joined = ProxyResources::build(&generator, next, &proxy("10.0.0.2"), None).await;
+        assert!(Arc::ptr_eq(&joined.inbound, &served[0].inbound));
     }
 
     #[test]
