@@ -83,6 +83,9 @@ pub struct StreamStats {
     pub full_config_bytes: [u64; Kind::PUSH_ORDER.len()],
     /// Receive times of the responses, per type in [`Kind::PUSH_ORDER`] order.
     pub received: [Vec<Instant>; Kind::PUSH_ORDER.len()],
+    /// Receive times of the route responses, with how many RouteConfigurations each carried
+    /// (a delta server may spread one change over several responses).
+    pub route_resources: Vec<(Instant, usize)>,
     /// Why the stream ended early, if it did (with `reconnect`: why it last ended).
     pub error: Option<String>,
     /// Streams opened and answered so far (more than 1 after reconnects).
@@ -105,6 +108,16 @@ impl StreamStats {
     /// Time from `since` to the first response of `kind` received after it.
     pub fn received_after(&self, kind: Kind, since: Instant) -> Option<Duration> {
         self.received[slot(kind)].iter().find(|t| **t >= since).map(|t| t.duration_since(since))
+    }
+
+    /// Time from `since` until `count` RouteConfigurations had arrived after it.
+    pub fn received_routes_after(&self, since: Instant, count: usize) -> Option<Duration> {
+        let mut seen = 0;
+        let (at, _) = self.route_resources.iter().filter(|(t, _)| *t >= since).find(|(_, n)| {
+            seen += n;
+            seen >= count
+        })?;
+        Some(at.duration_since(since))
     }
 }
 
@@ -195,6 +208,12 @@ impl LoadRun {
     /// `timeout`); per stream the latency.
     pub async fn wait_update(&self, kind: Kind, since: Instant, timeout: Duration) -> Vec<Option<Duration>> {
         self.wait(timeout, |s| s.received_after(kind, since)).await
+    }
+
+    /// Waits until every stream has received `count` RouteConfigurations after `since` (or
+    /// `timeout`): a change of every subscribed route, delivered in one response or several.
+    pub async fn wait_routes(&self, since: Instant, count: usize, timeout: Duration) -> Vec<Option<Duration>> {
+        self.wait(timeout, |s| s.received_routes_after(since, count)).await
     }
 
     /// Waits until every stream has reconnected and has its full config again after `since`
@@ -381,7 +400,8 @@ async fn drive(
     }
 }
 
-fn record(stats: &Mutex<StreamStats>, kind: Kind, bytes: usize, progress: &mut Progress, routes: bool) {
+fn record(stats: &Mutex<StreamStats>, kind: Kind, response: (usize, usize), progress: &mut Progress, routes: bool) {
+    let (resources, bytes) = response;
     let now = Instant::now();
     let was_complete = progress.complete(routes);
     let first_response = !progress.got.iter().any(|g| *g);
@@ -394,6 +414,9 @@ fn record(stats: &Mutex<StreamStats>, kind: Kind, bytes: usize, progress: &mut P
         stats.latest_full_config = Some(now);
     }
     stats.received[slot(kind)].push(now);
+    if kind == Kind::Route {
+        stats.route_resources.push((now, resources));
+    }
     stats.bytes[slot(kind)] += bytes as u64;
     if stats.full_config.is_none() && progress.complete(routes) {
         stats.full_config = Some(now);
@@ -426,6 +449,7 @@ async fn drive_sotw(
     while let Some(response) = responses.message().await.map_err(|s| s.to_string())? {
         let Some(kind) = Kind::from_type_url(&response.type_url) else { continue };
         let bytes = response.resources.iter().map(|r| r.value.len()).sum();
+        let resources = response.resources.len();
         let mut follow_up = Vec::new();
         match kind {
             Kind::Cluster => {
@@ -459,7 +483,7 @@ async fn drive_sotw(
             // Never asked for.
             Kind::Secret | Kind::ExtensionConfig | Kind::NameTable => {}
         }
-        record(stats, kind, bytes, &mut progress, routes);
+        record(stats, kind, (resources, bytes), &mut progress, routes);
         last[slot(kind)] = Some(DiscoveryResponse { resources: Vec::new(), ..response });
         for request in follow_up {
             tx.send(request).await.map_err(closed)?;
@@ -493,6 +517,7 @@ async fn drive_delta(
     while let Some(response) = responses.message().await.map_err(|s| s.to_string())? {
         let Some(kind) = Kind::from_type_url(&response.type_url) else { continue };
         let bytes = response.resources.iter().filter_map(|r| r.resource.as_ref()).map(|a| a.value.len()).sum();
+        let resources = response.resources.len();
         let mut follow_up = vec![request(kind, Vec::new(), Vec::new(), &response.nonce)];
         match kind {
             Kind::Cluster => {
@@ -531,7 +556,7 @@ async fn drive_delta(
             }
             Kind::Route | Kind::Secret | Kind::ExtensionConfig | Kind::NameTable => {}
         }
-        record(stats, kind, bytes, &mut progress, routes);
+        record(stats, kind, (resources, bytes), &mut progress, routes);
         for request in follow_up {
             tx.send(request).await.map_err(closed)?;
         }
@@ -542,6 +567,21 @@ async fn drive_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_change_counts_when_every_configuration_arrived() {
+        let since = Instant::now();
+        let at = |ms: u64| since + Duration::from_millis(ms);
+        let stats = StreamStats {
+            // One before the change, then the four changed ones in three responses.
+            route_resources: vec![(since - Duration::from_millis(5), 4), (at(10), 1), (at(20), 2), (at(40), 1)],
+            ..Default::default()
+        };
+        assert_eq!(stats.received_routes_after(since, 1), Some(Duration::from_millis(10)));
+        assert_eq!(stats.received_routes_after(since, 3), Some(Duration::from_millis(20)));
+        assert_eq!(stats.received_routes_after(since, 4), Some(Duration::from_millis(40)));
+        assert_eq!(stats.received_routes_after(since, 5), None, "the one before the change does not count");
+    }
 
     #[test]
     fn percentiles_ignore_missing_values() {

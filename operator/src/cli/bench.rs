@@ -61,7 +61,8 @@ struct XdsArgs {
     #[arg(long, value_delimiter = ',', default_value = "8080,8081,8082,8083")]
     routes: Vec<String>,
     /// After the initial push, flip the route weights in this VirtualService file (90/10
-    /// becomes 10/90 and back) and time how long every stream takes to receive new routes.
+    /// becomes 10/90 and back) and time how long every stream takes to receive every route
+    /// configuration in `--routes` again (the change reaches them all).
     #[arg(long)]
     update_file: Option<PathBuf>,
     /// After that, flip the first WorkloadEntry's version label in this file (an endpoint-only
@@ -186,13 +187,16 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         let server_before = args.pid.map(|pid| cpu_of(&pid.to_string()));
         let since = Instant::now();
         flip(file)?;
-        let latencies = run.wait_update(Kind::Route, since, timeout).await;
+        // The change reaches every subscribed route configuration; a delta server may send
+        // them in several responses, and a stream has converged when it has them all.
+        let latencies = run.wait_routes(since, args.routes.len(), timeout).await;
         let received = latencies.iter().flatten().count();
         println!(
-            "update ({}): {received}/{} streams got new routes (p50 {}, p99 {}, max {}); includes the config-dir \
-             watch and debounce",
+            "update ({}): {received}/{} streams got all {} new route configurations (p50 {}, p99 {}, max {}); \
+             includes the config-dir watch and debounce",
             file.display(),
             args.proxies,
+            args.routes.len(),
             ms(percentile(&latencies, 50.0)),
             ms(percentile(&latencies, 99.0)),
             ms(percentile(&latencies, 100.0)),
