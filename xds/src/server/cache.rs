@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
+use super::connection::Pool;
 use super::{Generator, Kind};
 
 /// One resource, encoded once and shared by every stream that sends it.
@@ -321,26 +322,15 @@ fn same_map(a: &ResourceMap, b: &ResourceMap) -> bool {
 /// resources (one deployment's replicas: the inbound listener matches ports, not addresses)
 /// share one set instead of holding a copy each, ~17 KB per stream on the benchmark mesh.
 #[derive(Debug, Default)]
-pub struct InboundSets(Mutex<HashMap<u64, Vec<Weak<EncodedSet>>>>);
+pub struct InboundSets(Pool<EncodedSet>);
 
 impl InboundSets {
     /// A live set with the same resources as `set`, or `set`, now shared.
     pub fn share(&self, set: EncodedSet) -> Arc<EncodedSet> {
-        let Some(digest) = set.resources_digest() else { return Arc::new(set) };
-        let mut sets = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let bucket = sets.entry(digest).or_default();
-        bucket.retain(|weak| weak.strong_count() > 0);
-        if let Some(existing) = bucket.iter().filter_map(Weak::upgrade).find(|e| e.same_resources(&set)) {
-            return existing;
+        match set.resources_digest() {
+            Some(digest) => self.0.intern_by(Arc::new(set), digest, EncodedSet::same_resources),
+            None => Arc::new(set),
         }
-        let set = Arc::new(set);
-        bucket.push(Arc::downgrade(&set));
-        // Buckets of sets no stream holds any more: dropped when their digest comes again,
-        // or here, now and then.
-        if sets.len() > 64 && sets.len().is_power_of_two() {
-            sets.retain(|_, bucket| bucket.iter().any(|weak| weak.strong_count() > 0));
-        }
-        set
     }
 }
 

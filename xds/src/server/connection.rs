@@ -79,7 +79,7 @@ impl Interner {
 
 /// Live values by content hash. Holds them weakly: a value no stream uses any more is freed.
 #[derive(Debug)]
-struct Pool<T> {
+pub(crate) struct Pool<T> {
     /// Weak handles by content hash, and how many were inserted (to sweep dead ones).
     by_hash: Mutex<(Buckets<T>, usize)>,
 }
@@ -104,15 +104,23 @@ impl<T: Hash + Eq + Len> Pool<T> {
         if value.len() < INTERN_MIN_LEN || Arc::strong_count(&value) > 1 {
             return value;
         }
-        // Hash and compare outside the lock: both walk every name.
+        // Hashed outside the lock: it walks every name.
         let mut hasher = DefaultHasher::new();
         value.hash(&mut hasher);
-        let key = hasher.finish();
+        self.intern_by(value, hasher.finish(), |a, b| a == b)
+    }
+}
+
+impl<T> Pool<T> {
+    /// A live value `same` as `value` among those filed under `key` (a digest of the content
+    /// `same` compares), or `value`, now filed there.
+    pub(crate) fn intern_by(&self, value: Arc<T>, key: u64, same: impl Fn(&T, &T) -> bool) -> Arc<T> {
+        // Compared outside the lock: comparing may walk every name.
         let candidates: Vec<Arc<T>> = {
             let pool = self.by_hash.lock().unwrap_or_else(PoisonError::into_inner);
             pool.0.get(&key).map(|b| b.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default()
         };
-        if let Some(existing) = candidates.into_iter().find(|c| Arc::ptr_eq(c, &value) || **c == *value) {
+        if let Some(existing) = candidates.into_iter().find(|c| Arc::ptr_eq(c, &value) || same(c, &value)) {
             return existing;
         }
         let mut pool = self.by_hash.lock().unwrap_or_else(PoisonError::into_inner);
@@ -132,7 +140,7 @@ impl<T: Hash + Eq + Len> Pool<T> {
 }
 
 /// The size of an interned collection.
-trait Len {
+pub(crate) trait Len {
     fn len(&self) -> usize;
 }
 
