@@ -400,8 +400,14 @@ async fn drive(
     }
 }
 
-fn record(stats: &Mutex<StreamStats>, kind: Kind, response: (usize, usize), progress: &mut Progress, routes: bool) {
-    let (resources, bytes) = response;
+fn record(
+    stats: &Mutex<StreamStats>,
+    kind: Kind,
+    resources: usize,
+    bytes: usize,
+    progress: &mut Progress,
+    routes: bool,
+) {
     let now = Instant::now();
     let was_complete = progress.complete(routes);
     let first_response = !progress.got.iter().any(|g| *g);
@@ -483,7 +489,7 @@ async fn drive_sotw(
             // Never asked for.
             Kind::Secret | Kind::ExtensionConfig | Kind::NameTable => {}
         }
-        record(stats, kind, (resources, bytes), &mut progress, routes);
+        record(stats, kind, resources, bytes, &mut progress, routes);
         last[slot(kind)] = Some(DiscoveryResponse { resources: Vec::new(), ..response });
         for request in follow_up {
             tx.send(request).await.map_err(closed)?;
@@ -556,7 +562,7 @@ async fn drive_delta(
             }
             Kind::Route | Kind::Secret | Kind::ExtensionConfig | Kind::NameTable => {}
         }
-        record(stats, kind, (resources, bytes), &mut progress, routes);
+        record(stats, kind, resources, bytes, &mut progress, routes);
         for request in follow_up {
             tx.send(request).await.map_err(closed)?;
         }

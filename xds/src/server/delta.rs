@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use tokio::sync::mpsc;
-use tonic::Status;
 
 use super::cache::{EncodedResource, ProxyResources, parse_version};
 use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
@@ -20,7 +18,7 @@ use super::sotw::scope;
 use super::wire::{DeltaResponse, Requests};
 use super::{Kind, Shared};
 
-type Responses = mpsc::Sender<Result<Box<DeltaResponse>, Status>>;
+type Responses = super::wire::ResponseSender<DeltaResponse>;
 
 pub(crate) async fn run(
     shared: Arc<Shared>,

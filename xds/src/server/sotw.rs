@@ -11,16 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-use tonic::Status;
-
 use super::Kind;
 use super::Shared;
 use super::cache::{EncodedResource, ProxyResources};
 use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
 use super::wire::{Names, Requests, SotwRequest, SotwResponse};
 
-type Responses = mpsc::Sender<Result<Box<SotwResponse>, Status>>;
+type Responses = super::wire::ResponseSender<SotwResponse>;
 
 /// What a request asks the server to send.
 enum Answer {

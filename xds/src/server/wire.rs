@@ -299,6 +299,8 @@ impl<M: WireMessage> Frames<M> {
 /// allocates its slots in blocks of 32, which were 2.8-3.6 KB per stream for the messages
 /// themselves.
 pub type ResponseReceiver<M> = mpsc::Receiver<Result<Box<M>, Status>>;
+/// The stream task's end of [`ResponseReceiver`].
+pub type ResponseSender<M> = mpsc::Sender<Result<Box<M>, Status>>;
 
 /// The response body of one stream: each message from the stream task written as frames, then
 /// the gRPC status in the trailers.
@@ -724,19 +726,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_decoded_request_alone_holds_its_memory() {
-        let framed = |len: usize| {
-            let mut bytes = vec![0];
-            bytes.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
-            bytes.extend(std::iter::repeat_n(7u8, len));
-            bytes
-        };
-        // A large request in window-sized pieces, then a small one.
-        let large = framed(150_000);
-        let mut pieces: Vec<Vec<u8>> = large.chunks(65_535).map(<[u8]>::to_vec).collect();
-        pieces.push(framed(10));
+        // A large request (~190 KB) in window-sized pieces, then a small one.
+        let (large, small) = (subscription(3_000), subscription(1));
+        let mut pieces: Vec<Vec<u8>> = grpc_frame(&large).chunks(65_535).map(<[u8]>::to_vec).collect();
+        pieces.push(grpc_frame(&small));
         let body = Pieces(pieces.into_iter().map(Bytes::from).collect());
         let mut requests = Requests::<KeepsFrame>::new(tonic::body::Body::new(body));
-        for len in [150_000, 10] {
+        for len in [large.encoded_len(), small.encoded_len()] {
             let KeepsFrame(frame) = requests.message().await.unwrap().unwrap();
             assert_eq!(frame.len(), len);
             assert!(frame.is_unique(), "the reader keeps no share of a {len}-byte request's buffer");
