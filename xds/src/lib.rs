@@ -8,6 +8,7 @@ pub mod ca_service;
 pub mod echo;
 pub mod model;
 pub mod nametable;
+pub mod protowire;
 pub mod proxy_config;
 pub mod proxy_status;
 pub mod registry;

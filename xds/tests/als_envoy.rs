@@ -161,7 +161,7 @@ async fn envoy_sends_http_access_logs_to_a_grpc_service() {
         String::from_utf8_lossy(&bytes).contains("envoy.access_loggers.http_grpc"),
         "the gateway's listeners {names:?} log to the service"
     );
-    let endpoints = rudder_xds::translate::endpoints(&snapshot);
+    let endpoints = rudder_xds::translate::endpoint::all(&snapshot);
     let debounce = DebounceOptions { quiet: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
     let harness = Harness::start_with((resources, endpoints), debounce).await;
 

@@ -19,6 +19,7 @@ use prost::{Message, Name};
 use tokio::sync::OnceCell;
 
 use crate::model::{Proxy, Snapshot};
+use crate::translate::endpoint::EncodedAssignment;
 use crate::translate::locality::{self, LocalityPolicy, Place};
 use crate::translate::route::RouteMemo;
 use crate::translate::{LabelSelectors, Parts, Resources, RouteMemoSlot, ViewKey};
@@ -370,11 +371,11 @@ impl EncodedSet {
     }
 }
 
-/// Every ClusterLoadAssignment of a generation, decoded (to compare with the next
-/// generation's without encoding) and encoded.
+/// Every ClusterLoadAssignment of a generation, encoded canonically (equal content, equal
+/// bytes: see `translate::endpoint::encode`), so the next generation's are compared by bytes,
+/// and no decoded copy is kept.
 #[derive(Debug, Default)]
 pub struct EndpointTable {
-    decoded: BTreeMap<String, Arc<ClusterLoadAssignment>>,
     pub encoded: ResourceMap,
     /// The [`SentMap`] of `encoded`, built on first use.
     sent: OnceLock<SentMap>,
@@ -392,11 +393,28 @@ pub struct TableDelta {
     pub changed: Vec<Arc<EncodedResource>>,
 }
 
+impl EncodedResource {
+    /// An assignment already in its canonical encoding.
+    pub fn assignment(assignment: EncodedAssignment) -> Self {
+        let hash = content_hash(&assignment.value);
+        Self {
+            name: assignment.cluster_name,
+            hash,
+            type_url: ClusterLoadAssignment::type_url(),
+            value: assignment.value,
+        }
+    }
+
+    fn same_content(&self, other: &EncodedResource) -> bool {
+        self.hash == other.hash && self.value == other.value
+    }
+}
+
 impl EndpointTable {
-    /// Encodes `assignments`, reusing `previous`'s encoding of every assignment whose content
-    /// is unchanged: endpoint churn is the most frequent change and usually touches few
-    /// clusters.
-    pub fn build(assignments: Vec<ClusterLoadAssignment>, previous: Option<&EndpointTable>) -> Self {
+    /// Takes `assignments`, reusing `previous`'s resource (and so its version) for every
+    /// assignment whose bytes are unchanged: endpoint churn is the most frequent change and
+    /// usually touches few clusters.
+    pub fn build(assignments: Vec<EncodedAssignment>, previous: Option<&EndpointTable>) -> Self {
         let mut table = Self::default();
         for assignment in assignments {
             table.insert(assignment, previous);
@@ -408,32 +426,29 @@ impl EndpointTable {
     }
 
     /// Adds `assignment` unless its name is taken (the first wins), keeping `previous`'s
-    /// encoding when the content is equal. Returns the encoding when a new one was made.
+    /// resource when the bytes are equal. Returns the resource when a new one was made.
     fn insert(
         &mut self,
-        assignment: ClusterLoadAssignment,
+        assignment: EncodedAssignment,
         previous: Option<&EndpointTable>,
     ) -> Option<Arc<EncodedResource>> {
-        let name = assignment.cluster_name.clone();
-        if self.decoded.contains_key(&name) {
-            tracing::warn!(name, "duplicate ClusterLoadAssignment; keeping the first");
+        if self.encoded.contains_key(&assignment.cluster_name) {
+            tracing::warn!(name = assignment.cluster_name, "duplicate ClusterLoadAssignment; keeping the first");
             return None;
         }
-        let reused = previous.and_then(|p| {
-            let old = p.decoded.get(&name)?;
-            let encoded = p.encoded.get(&name)?;
-            (**old == assignment).then(|| (old.clone(), encoded.clone()))
-        });
-        let (decoded, encoded, fresh) = match reused {
-            Some((decoded, encoded)) => (decoded, encoded, None),
-            None => {
-                let encoded = Arc::new(EncodedResource::encode(name.clone(), &assignment));
-                (Arc::new(assignment), encoded.clone(), Some(encoded))
+        let fresh = EncodedResource::assignment(assignment);
+        let reused = previous.and_then(|p| p.encoded.get(&fresh.name)).filter(|old| old.same_content(&fresh)).cloned();
+        match reused {
+            Some(old) => {
+                self.encoded.insert(fresh.name, old);
+                None
             }
-        };
-        self.decoded.insert(name.clone(), decoded);
-        self.encoded.insert(name, encoded);
-        fresh
+            None => {
+                let fresh = Arc::new(fresh);
+                self.encoded.insert(fresh.name.clone(), fresh.clone());
+                Some(fresh)
+            }
+        }
     }
 
     /// The shared [`SentMap`] of the whole table.
@@ -454,15 +469,9 @@ impl EndpointTable {
     /// `previous` with the assignments of `hosts` replaced by `assignments` (all of theirs, in
     /// any order); every other entry is shared as it is. An assignment equal to the one it
     /// replaces keeps its encoding and version, so streams are not sent it again.
-    pub fn update(previous: &EndpointTable, hosts: &BTreeSet<String>, assignments: Vec<ClusterLoadAssignment>) -> Self {
+    pub fn update(previous: &EndpointTable, hosts: &BTreeSet<String>, assignments: Vec<EncodedAssignment>) -> Self {
         let of_changed_host = |name: &str| assignment_host(name).is_some_and(|host| hosts.contains(host));
         let mut table = EndpointTable {
-            decoded: previous
-                .decoded
-                .iter()
-                .filter(|(n, _)| !of_changed_host(n))
-                .map(|(n, a)| (n.clone(), a.clone()))
-                .collect(),
             encoded: previous
                 .encoded
                 .iter()
@@ -494,18 +503,13 @@ impl EndpointTable {
         overrides: Vec<ClusterLoadAssignment>,
         previous: Option<&EndpointTable>,
     ) -> Self {
-        let mut table = EndpointTable {
-            decoded: shared.decoded.clone(),
-            encoded: shared.encoded.clone(),
-            sent: OnceLock::new(),
-            delta: None,
-        };
+        let mut table = EndpointTable { encoded: shared.encoded.clone(), sent: OnceLock::new(), delta: None };
         for assignment in overrides {
+            let assignment = EncodedAssignment::of(&assignment);
             let name = assignment.cluster_name.as_str();
-            if shared.decoded.get(name).is_some_and(|own| **own == assignment) {
+            if shared.encoded.get(name).is_some_and(|own| own.value == assignment.value) {
                 continue;
             }
-            table.decoded.remove(name);
             table.encoded.remove(name);
             table.insert(assignment, previous);
         }
@@ -526,40 +530,25 @@ impl EndpointTable {
         overrides: Vec<ClusterLoadAssignment>,
         localized: &BTreeSet<&str>,
     ) -> Self {
-        let mut table = EndpointTable {
-            decoded: previous.decoded.clone(),
-            encoded: previous.encoded.clone(),
-            sent: OnceLock::new(),
-            delta: None,
-        };
+        let mut table = EndpointTable { encoded: previous.encoded.clone(), sent: OnceLock::new(), delta: None };
         let mut delta = Vec::new();
         for resource in changed.iter().filter(|r| !localized.contains(r.name.as_str())) {
-            if let Some(decoded) = shared.decoded.get(&resource.name) {
-                table.decoded.insert(resource.name.clone(), decoded.clone());
+            if shared.encoded.contains_key(&resource.name) {
                 table.encoded.insert(resource.name.clone(), resource.clone());
                 delta.push(resource.clone());
             }
         }
         for assignment in overrides {
-            let name = assignment.cluster_name.clone();
-            if table.decoded.get(&name).is_some_and(|own| **own == assignment) {
+            let fresh = EncodedResource::assignment(EncodedAssignment::of(&assignment));
+            if table.encoded.get(&fresh.name).is_some_and(|own| own.same_content(&fresh)) {
                 continue;
             }
-            // Equal to the shared copy (the place changes nothing here): share its encoding.
-            let shared_copy = shared
-                .decoded
-                .get(&name)
-                .filter(|own| ***own == assignment)
-                .and_then(|own| Some((own.clone(), shared.encoded.get(&name)?.clone())));
-            let (decoded, encoded) = match shared_copy {
-                Some(both) => both,
-                None => {
-                    let encoded = Arc::new(EncodedResource::encode(name.clone(), &assignment));
-                    (Arc::new(assignment), encoded)
-                }
+            // Equal to the shared copy (the place changes nothing here): share it.
+            let encoded = match shared.encoded.get(&fresh.name).filter(|own| own.same_content(&fresh)) {
+                Some(own) => own.clone(),
+                None => Arc::new(fresh),
             };
-            table.decoded.insert(name.clone(), decoded);
-            table.encoded.insert(name, encoded.clone());
+            table.encoded.insert(encoded.name.clone(), encoded.clone());
             delta.push(encoded);
         }
         if delta.is_empty()
@@ -856,7 +845,14 @@ impl Generation {
                     || policy.proxy_label_keys().next().is_some()
             })
             .filter_map(|(name, policy)| {
-                let base = self.endpoints.decoded.get(name)?;
+                let base = match ClusterLoadAssignment::decode(self.endpoints.encoded.get(name)?.value.clone()) {
+                    Ok(base) => base,
+                    Err(error) => {
+                        // Cannot happen (the table's own encoding); the shared copy is served.
+                        tracing::error!(name, %error, "an encoded assignment does not decode");
+                        return None;
+                    }
+                };
                 // `failoverPriority` reads the labels of the workloads behind the endpoints.
                 let workloads: HashMap<(&str, u32), &BTreeMap<String, String>> =
                     match (policy.proxy_label_keys().next(), assignment_host(name)) {
@@ -874,7 +870,7 @@ impl Generation {
                     let (address, port) = endpoint_socket(endpoint)?;
                     workloads.get(&(address, port)).copied()
                 };
-                Some(locality::localize(base, policy, &key.place, &labels))
+                Some(locality::localize(&base, policy, &key.place, &labels))
             })
             .chain(key.local.as_ref().map(|local| {
                 let endpoints = local.service.as_ref().and_then(|host| self.snapshot.endpoints.get(host));
@@ -1291,8 +1287,12 @@ mod tests {
 
     #[test]
     fn unchanged_assignments_keep_their_encoding() {
-        let first = EndpointTable::build(vec![cla("a", 1), cla("b", 1)], None);
-        let second = EndpointTable::build(vec![cla("a", 1), cla("b", 2)], Some(&first));
+        let first =
+            EndpointTable::build(vec![EncodedAssignment::of(&cla("a", 1)), EncodedAssignment::of(&cla("b", 1))], None);
+        let second = EndpointTable::build(
+            vec![EncodedAssignment::of(&cla("a", 1)), EncodedAssignment::of(&cla("b", 2))],
+            Some(&first),
+        );
         assert!(Arc::ptr_eq(&first.encoded["a"], &second.encoded["a"]));
         assert_ne!(first.encoded["b"].hash, second.encoded["b"].hash);
     }
@@ -1739,7 +1739,7 @@ mod incremental_tests {
                 0,
                 Arc::new(snapshot.clone()),
                 Instant::now(),
-                EndpointTable::build(endpoint::all(snapshot), None),
+                EndpointTable::build(endpoint::encoded_all(snapshot), None),
                 None,
             );
             generation.endpoints_for(&policies, &proxy)
@@ -1760,19 +1760,21 @@ mod incremental_tests {
                 }
                 let held = table.sent_map();
                 let shared = match endpoint::changed_hosts(&snapshot, &next) {
-                    Some(hosts) => {
-                        EndpointTable::update(&generation.endpoints, &hosts, endpoint::for_services(&next, &hosts))
-                    }
-                    None => EndpointTable::build(endpoint::all(&next), Some(&generation.endpoints)),
+                    Some(hosts) => EndpointTable::update(
+                        &generation.endpoints,
+                        &hosts,
+                        endpoint::encoded_for_services(&next, &hosts),
+                    ),
+                    None => EndpointTable::build(endpoint::encoded_all(&next), Some(&generation.endpoints)),
                 };
                 let following =
                     Generation::new(step + 2, Arc::new(next.clone()), Instant::now(), shared, Some(&generation));
                 let updated = following.endpoints_for(&policies, &proxy);
                 let full = fresh(&next);
-                let names = |t: &EndpointTable| t.decoded.keys().cloned().collect::<Vec<_>>();
+                let names = |t: &EndpointTable| t.encoded.keys().cloned().collect::<Vec<_>>();
                 assert_eq!(names(&updated), names(&full), "seed {seed} step {step}");
-                for (name, assignment) in &full.decoded {
-                    assert_eq!(**assignment, *updated.decoded[name], "seed {seed} step {step}: {name}");
+                for (name, assignment) in &full.encoded {
+                    assert_eq!(assignment.value, updated.encoded[name].value, "seed {seed} step {step}: {name}");
                 }
                 if let Some(delta) = updated.delta() {
                     deltas += 1;
@@ -1804,14 +1806,14 @@ mod incremental_tests {
         for seed in 1..=40u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let mut snapshot = Snapshot::default();
-            let mut table = EndpointTable::build(endpoint::all(&snapshot), None);
+            let mut table = EndpointTable::build(endpoint::encoded_all(&snapshot), None);
             for step in 0..30 {
                 let next = mutate(&snapshot, &mut rng);
                 // Streams hold the whole table's sent map (which makes an update record its delta).
                 let held = table.sent_map();
                 let updated = match endpoint::changed_hosts(&snapshot, &next) {
-                    Some(hosts) => EndpointTable::update(&table, &hosts, endpoint::for_services(&next, &hosts)),
-                    None => EndpointTable::build(endpoint::all(&next), Some(&table)),
+                    Some(hosts) => EndpointTable::update(&table, &hosts, endpoint::encoded_for_services(&next, &hosts)),
+                    None => EndpointTable::build(endpoint::encoded_all(&next), Some(&table)),
                 };
                 if let Some(delta) = updated.delta() {
                     deltas += 1;
@@ -1831,12 +1833,19 @@ mod incremental_tests {
                     assert_eq!(changed, differing, "seed {seed} step {step}");
                 }
                 table = updated;
-                let full = EndpointTable::build(endpoint::all(&next), None);
-                let names = |t: &EndpointTable| t.decoded.keys().cloned().collect::<Vec<_>>();
+                let full = EndpointTable::build(endpoint::encoded_all(&next), None);
+                let names = |t: &EndpointTable| t.encoded.keys().cloned().collect::<Vec<_>>();
                 assert_eq!(names(&table), names(&full), "seed {seed} step {step}");
-                for (name, assignment) in &full.decoded {
-                    assert_eq!(**assignment, *table.decoded[name], "seed {seed} step {step}: {name}");
+                for (name, assignment) in &full.encoded {
+                    assert_eq!(assignment.value, table.encoded[name].value, "seed {seed} step {step}: {name}");
                     assert_eq!(full.encoded[name].hash, table.encoded[name].hash, "seed {seed} step {step}: {name}");
+                }
+                // The direct encoding is the canonical encoding of the prost messages, which
+                // decode from it unchanged.
+                for assignment in endpoint::all(&next) {
+                    let encoded = &full.encoded[&assignment.cluster_name];
+                    assert_eq!(encoded.value, endpoint::canonical(&assignment), "seed {seed} step {step}");
+                    assert_eq!(ClusterLoadAssignment::decode(encoded.value.clone()).unwrap(), assignment);
                 }
                 snapshot = next;
             }

@@ -37,6 +37,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::Status;
 
 use crate::model::{Proxy, Snapshot};
+use crate::translate::endpoint::EncodedAssignment;
 use crate::translate::route::RouteMemo;
 use crate::translate::{self, Parts, Resources, ViewKey};
 
@@ -128,7 +129,7 @@ impl Kind {
 pub trait Generator: Send + Sync + 'static {
     fn outbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources;
     fn inbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources;
-    fn endpoints(&self, snapshot: &Snapshot) -> Vec<ClusterLoadAssignment>;
+    fn endpoints(&self, snapshot: &Snapshot) -> Vec<EncodedAssignment>;
     /// The hosts whose assignments may differ from `before` to `after`; `None` (the default)
     /// means any, and every assignment is generated again.
     fn endpoint_changes(&self, _before: &Snapshot, _after: &Snapshot) -> Option<BTreeSet<String>> {
@@ -161,7 +162,7 @@ pub trait Generator: Send + Sync + 'static {
         true
     }
     /// Every assignment of `hosts` (used with [`Generator::endpoint_changes`]).
-    fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
+    fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<EncodedAssignment> {
         let mut all = self.endpoints(snapshot);
         all.retain(|a| a.cluster_name.splitn(4, '|').nth(3).is_some_and(|host| hosts.contains(host)));
         all
@@ -179,7 +180,7 @@ impl Generator for Translator {
     fn inbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources {
         translate::inbound(snapshot, proxy)
     }
-    fn endpoints(&self, snapshot: &Snapshot) -> Vec<ClusterLoadAssignment> {
+    fn endpoints(&self, snapshot: &Snapshot) -> Vec<EncodedAssignment> {
         translate::endpoints(snapshot)
     }
     fn endpoint_changes(&self, before: &Snapshot, after: &Snapshot) -> Option<BTreeSet<String>> {
@@ -197,8 +198,8 @@ impl Generator for Translator {
     fn own_endpoints_changed(&self, before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
         translate::own_endpoints_changed(before, after, proxy)
     }
-    fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
-        translate::endpoint::for_services(snapshot, hosts)
+    fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<EncodedAssignment> {
+        translate::endpoint::encoded_for_services(snapshot, hosts)
     }
 }
 
@@ -227,8 +228,8 @@ impl Generator for FixedGenerator {
     fn inbound(&self, _: &Snapshot, _: &Proxy) -> Resources {
         Resources::default()
     }
-    fn endpoints(&self, _: &Snapshot) -> Vec<ClusterLoadAssignment> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).1.clone()
+    fn endpoints(&self, _: &Snapshot) -> Vec<EncodedAssignment> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1.iter().map(EncodedAssignment::of).collect()
     }
 }
 

@@ -24,13 +24,13 @@ use std::task::{Context, Poll};
 use crate::server::connection::Peer;
 use http_body::Frame;
 use prost::bytes::{BufMut, Bytes, BytesMut};
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::server::NamedService;
 
 use super::cache::EncodedResource;
 use super::{DiscoveryServer, MAX_DECODING_MESSAGE_SIZE};
+use crate::protowire::{delimited_len, put_delimited_header, put_string_field, string_field_len};
 
 /// The methods' paths.
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -87,29 +87,6 @@ pub trait WireMessage: Send + 'static {
     fn encoded_len(&self) -> usize {
         self.head_len() + self.resources().iter().map(|r| self.entry_len(r)).sum::<usize>()
     }
-}
-
-/// Length of a string or bytes field (tag, length, bytes); 0 for an empty one, which proto3
-/// omits.
-fn string_field_len(tag: u32, value: &[u8]) -> usize {
-    if value.is_empty() { 0 } else { delimited_len(tag, value.len()) }
-}
-
-/// Length of a length-delimited field of `len` bytes, written even when empty.
-fn delimited_len(tag: u32, len: usize) -> usize {
-    prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
-}
-
-fn put_string_field(tag: u32, value: &[u8], out: &mut BytesMut) {
-    if !value.is_empty() {
-        put_delimited_header(tag, value.len(), out);
-        out.put_slice(value);
-    }
-}
-
-fn put_delimited_header(tag: u32, len: usize, out: &mut BytesMut) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
 }
 
 /// Encoded length of one `google.protobuf.Any` (`type_url` = 1, `value` = 2).

@@ -32,7 +32,6 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
@@ -559,9 +558,9 @@ pub fn for_proxy(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
 }
 
 /// Every EDS ClusterLoadAssignment (one per EDS cluster of every service, subset and port),
-/// sorted by cluster name. Proxy-independent.
-pub fn endpoints(snapshot: &Snapshot) -> Vec<ClusterLoadAssignment> {
-    endpoint::all(snapshot)
+/// sorted by cluster name, encoded. Proxy-independent.
+pub fn endpoints(snapshot: &Snapshot) -> Vec<endpoint::EncodedAssignment> {
+    endpoint::encoded_all(snapshot)
 }
 
 #[cfg(test)]

@@ -1,0 +1,74 @@
+//! Protobuf fields written by hand, for messages assembled from bytes that are already encoded
+//! (ADS responses from shared resources) or encoded without building prost structs first
+//! (endpoint assignments). Lengths are computed up front, so a message is written once into a
+//! buffer of its exact size.
+
+use prost::bytes::BufMut;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+/// Length of a string or bytes field (tag, length, bytes); 0 for an empty one, which proto3
+/// omits.
+pub fn string_field_len(tag: u32, value: &[u8]) -> usize {
+    if value.is_empty() { 0 } else { delimited_len(tag, value.len()) }
+}
+
+/// Length of a length-delimited field of `len` bytes, written even when empty (a sub-message
+/// that is present, a oneof string).
+pub fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Length of a varint field holding `value`; 0 for zero, which proto3 omits.
+pub fn varint_field_len(tag: u32, value: u64) -> usize {
+    if value == 0 { 0 } else { key_len(tag) + encoded_len_varint(value) }
+}
+
+/// Writes a string or bytes field, nothing for an empty one.
+pub fn put_string_field(tag: u32, value: &[u8], out: &mut impl BufMut) {
+    if !value.is_empty() {
+        put_delimited_header(tag, value.len(), out);
+        out.put_slice(value);
+    }
+}
+
+/// Writes the key and length of a length-delimited field whose `len` bytes follow.
+pub fn put_delimited_header(tag: u32, len: usize, out: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+}
+
+/// Writes a varint field, nothing for zero.
+pub fn put_varint_field(tag: u32, value: u64, out: &mut impl BufMut) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(value, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    use prost::Message;
+
+    /// The hand-written fields read back as prost's own encoding of the same message.
+    #[test]
+    fn fields_match_prost() {
+        for value in [0u32, 1, 127, 128, u32::MAX] {
+            let mut out = Vec::new();
+            put_varint_field(1, u64::from(value), &mut out);
+            assert_eq!(out, UInt32Value { value }.encode_to_vec(), "{value}");
+            assert_eq!(out.len(), varint_field_len(1, u64::from(value)));
+        }
+        let text = "x".repeat(200);
+        let mut out = Vec::new();
+        put_string_field(3, text.as_bytes(), &mut out);
+        assert_eq!(out.len(), string_field_len(3, text.as_bytes()));
+        let mut expected = Vec::new();
+        prost::encoding::string::encode(3, &text, &mut expected);
+        assert_eq!(out, expected);
+        let mut empty = Vec::new();
+        put_string_field(3, b"", &mut empty);
+        assert!(empty.is_empty() && string_field_len(3, b"") == 0);
+    }
+}
