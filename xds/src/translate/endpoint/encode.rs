@@ -215,18 +215,30 @@ fn put_endpoint_metadata(endpoint: &Endpoint, out: &mut Vec<u8>) {
 }
 
 /// The canonical encoding of any `ClusterLoadAssignment`: prost's, with map entries sorted by
-/// key.
+/// key. Each nested message's length is computed before it is written (`*_len` beside each
+/// `put_*`), so the assignment is written once, into a buffer of its size.
 pub fn canonical(assignment: &ClusterLoadAssignment) -> Vec<u8> {
     let mut out = Vec::with_capacity(assignment.encoded_len());
     put_string_field(1, assignment.cluster_name.as_bytes(), &mut out);
     for group in &assignment.endpoints {
-        put_nested(2, &mut out, |body| put_locality_group(group, body));
+        put_delimited_header(2, locality_group_len(group), &mut out);
+        put_locality_group(group, &mut out);
     }
     if let Some(policy) = &assignment.policy {
         prost::encoding::message::encode(4, policy, &mut out);
     }
-    put_sorted_map(5, &assignment.named_endpoints, &mut out, |endpoint, body| endpoint.encode_raw(body));
+    put_sorted_map(5, &assignment.named_endpoints, &mut out, Message::encoded_len, |e, out| e.encode_raw(out));
     out
+}
+
+fn locality_group_len(group: &LocalityLbEndpoints) -> usize {
+    group.locality.as_ref().map_or(0, |l| prost::encoding::message::encoded_len(1, l))
+        + group.lb_endpoints.iter().map(|e| delimited_len(2, lb_endpoint_len(e))).sum::<usize>()
+        + group.load_balancing_weight.as_ref().map_or(0, |w| prost::encoding::message::encoded_len(3, w))
+        + varint_field_len(5, u64::from(group.priority))
+        + group.proximity.as_ref().map_or(0, |p| prost::encoding::message::encoded_len(6, p))
+        + group.lb_config.as_ref().map_or(0, |c| c.encoded_len())
+        + group.metadata.as_ref().map_or(0, |m| delimited_len(9, metadata_len(m)))
 }
 
 fn put_locality_group(group: &LocalityLbEndpoints, out: &mut Vec<u8>) {
@@ -234,7 +246,8 @@ fn put_locality_group(group: &LocalityLbEndpoints, out: &mut Vec<u8>) {
         prost::encoding::message::encode(1, locality, out);
     }
     for endpoint in &group.lb_endpoints {
-        put_nested(2, out, |body| put_lb_endpoint(endpoint, body));
+        put_delimited_header(2, lb_endpoint_len(endpoint), out);
+        put_lb_endpoint(endpoint, out);
     }
     if let Some(weight) = &group.load_balancing_weight {
         prost::encoding::message::encode(3, weight, out);
@@ -247,8 +260,16 @@ fn put_locality_group(group: &LocalityLbEndpoints, out: &mut Vec<u8>) {
         config.encode(out);
     }
     if let Some(metadata) = &group.metadata {
-        put_nested(9, out, |body| put_metadata(metadata, body));
+        put_delimited_header(9, metadata_len(metadata), out);
+        put_metadata(metadata, out);
     }
+}
+
+fn lb_endpoint_len(endpoint: &LbEndpoint) -> usize {
+    endpoint.host_identifier.as_ref().map_or(0, |h| h.encoded_len())
+        + if endpoint.health_status != 0 { prost::encoding::int32::encoded_len(2, &endpoint.health_status) } else { 0 }
+        + endpoint.metadata.as_ref().map_or(0, |m| delimited_len(3, metadata_len(m)))
+        + endpoint.load_balancing_weight.as_ref().map_or(0, |w| prost::encoding::message::encoded_len(4, w))
 }
 
 fn put_lb_endpoint(endpoint: &LbEndpoint, out: &mut Vec<u8>) {
@@ -259,65 +280,92 @@ fn put_lb_endpoint(endpoint: &LbEndpoint, out: &mut Vec<u8>) {
         prost::encoding::int32::encode(2, &endpoint.health_status, out);
     }
     if let Some(metadata) = &endpoint.metadata {
-        put_nested(3, out, |body| put_metadata(metadata, body));
+        put_delimited_header(3, metadata_len(metadata), out);
+        put_metadata(metadata, out);
     }
     if let Some(weight) = &endpoint.load_balancing_weight {
         prost::encoding::message::encode(4, weight, out);
     }
 }
 
+fn metadata_len(metadata: &Metadata) -> usize {
+    map_len(1, &metadata.filter_metadata, struct_len)
+        + map_len(2, &metadata.typed_filter_metadata, Message::encoded_len)
+}
+
 fn put_metadata(metadata: &Metadata, out: &mut Vec<u8>) {
-    put_sorted_map(1, &metadata.filter_metadata, out, put_struct);
-    put_sorted_map(2, &metadata.typed_filter_metadata, out, |any, body| any.encode_raw(body));
+    put_sorted_map(1, &metadata.filter_metadata, out, struct_len, put_struct);
+    put_sorted_map(2, &metadata.typed_filter_metadata, out, Message::encoded_len, |any, out| any.encode_raw(out));
+}
+
+fn struct_len(structure: &Struct) -> usize {
+    map_len(1, &structure.fields, value_len)
 }
 
 fn put_struct(structure: &Struct, out: &mut Vec<u8>) {
-    put_sorted_map(1, &structure.fields, out, put_value);
+    put_sorted_map(1, &structure.fields, out, value_len, put_value);
+}
+
+fn value_len(value: &Value) -> usize {
+    match &value.kind {
+        None => 0,
+        Some(value::Kind::StructValue(structure)) => delimited_len(5, struct_len(structure)),
+        Some(value::Kind::ListValue(list)) => delimited_len(6, list_len(list)),
+        Some(kind) => kind.encoded_len(),
+    }
+}
+
+fn list_len(list: &ListValue) -> usize {
+    list.values.iter().map(|v| delimited_len(1, value_len(v))).sum()
 }
 
 fn put_value(value: &Value, out: &mut Vec<u8>) {
     match &value.kind {
         None => {}
-        Some(value::Kind::StructValue(structure)) => put_nested(5, out, |body| put_struct(structure, body)),
-        Some(value::Kind::ListValue(ListValue { values })) => {
-            put_nested(6, out, |body| {
-                for value in values {
-                    put_nested(1, body, |item| put_value(value, item));
-                }
-            });
+        Some(value::Kind::StructValue(structure)) => {
+            put_delimited_header(5, struct_len(structure), out);
+            put_struct(structure, out);
+        }
+        Some(value::Kind::ListValue(list)) => {
+            put_delimited_header(6, list_len(list), out);
+            for value in &list.values {
+                put_delimited_header(1, value_len(value), out);
+                put_value(value, out);
+            }
         }
         Some(kind) => kind.encode(out),
     }
 }
 
-/// A `map<string, V>` field, entries in key order. As prost does, an entry leaves out an empty
-/// key and a default value.
+/// Length of a map entry's body: its key, and its value unless default (prost leaves out an
+/// empty key and a default value, and so does the canonical form).
+fn entry_len<V: Default + PartialEq>(key: &str, value: &V, len: impl Fn(&V) -> usize) -> usize {
+    string_field_len(1, key.as_bytes()) + if *value == V::default() { 0 } else { delimited_len(2, len(value)) }
+}
+
+/// Length of a `map<string, V>` field (order does not change it).
+fn map_len<V: Default + PartialEq>(tag: u32, map: &HashMap<String, V>, len: impl Fn(&V) -> usize) -> usize {
+    map.iter().map(|(key, value)| delimited_len(tag, entry_len(key, value, &len))).sum()
+}
+
+/// A `map<string, V>` field, entries in key order.
 fn put_sorted_map<V: Default + PartialEq>(
     tag: u32,
     map: &HashMap<String, V>,
     out: &mut Vec<u8>,
+    len: impl Fn(&V) -> usize,
     put: impl Fn(&V, &mut Vec<u8>),
 ) {
     let mut entries: Vec<(&String, &V)> = map.iter().collect();
     entries.sort_unstable_by_key(|(key, _)| *key);
-    let default = V::default();
     for (key, value) in entries {
-        put_nested(tag, out, |entry| {
-            put_string_field(1, key.as_bytes(), entry);
-            if *value != default {
-                put_nested(2, entry, |body| put(value, body));
-            }
-        });
+        put_delimited_header(tag, entry_len(key, value, &len), out);
+        put_string_field(1, key.as_bytes(), out);
+        if *value != V::default() {
+            put_delimited_header(2, len(value), out);
+            put(value, out);
+        }
     }
-}
-
-/// A length-delimited field whose body `put` writes (into a buffer of its own first, to learn
-/// its length: the canonical writer is for the few assignments built as prost messages).
-fn put_nested(tag: u32, out: &mut Vec<u8>, put: impl FnOnce(&mut Vec<u8>)) {
-    let mut body = Vec::new();
-    put(&mut body);
-    put_delimited_header(tag, body.len(), out);
-    out.extend_from_slice(&body);
 }
 
 #[cfg(test)]
