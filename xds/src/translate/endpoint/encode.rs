@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use envoy_types::pb::envoy::config::core::v3::{Locality, Metadata};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value};
 use prost::Message;
@@ -48,8 +48,8 @@ impl EncodedAssignment {
     }
 }
 
-/// `HealthStatus::Healthy`, the only status an assignment carries (others are left out).
-const HEALTHY: u64 = 1;
+/// The only status an assignment carries (endpoints in other states are left out).
+const HEALTHY: u64 = HealthStatus::Healthy as u64;
 
 /// Writes the planned assignments of one service: every member's `LbEndpoint` is encoded once
 /// into a scratch buffer, then each assignment is written at its exact size.
