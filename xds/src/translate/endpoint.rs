@@ -484,6 +484,73 @@ mod tests {
         assert_eq!(lb.load_balancing_weight, Some(UInt32Value { value: 1 }));
     }
 
+    fn edge_snapshot(endpoints: Vec<Endpoint>) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        snapshot.services.insert(REVIEWS.into(), service(REVIEWS, Resolution::ClientSideLb));
+        snapshot.endpoints.insert(REVIEWS.into(), Arc::new(endpoints));
+        snapshot
+    }
+
+    /// Edge cases of every field the direct writer measures: the bytes are the canonical
+    /// encoding of the prost assignment, and decode to it.
+    #[test]
+    fn direct_bytes_are_the_canonical_encoding() {
+        let plain = |address: &str, port: u32| Endpoint::plain(address, port, "http", "default");
+        let labelled = |mut e: Endpoint, labels: &[(&str, &str)]| {
+            e.labels = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            e
+        };
+        let cases: Vec<(&str, Vec<Endpoint>)> = vec![
+            ("no endpoints", vec![]),
+            ("port zero, empty address", vec![plain("", 0)]),
+            ("large port and weight", vec![Endpoint { weight: u32::MAX, ..plain("10.0.0.1", 65_535) }]),
+            (
+                "weights saturate",
+                vec![
+                    Endpoint { weight: u32::MAX, ..plain("10.0.0.1", 80) },
+                    Endpoint { weight: 7, ..plain("10.0.0.2", 80) },
+                ],
+            ),
+            ("tls mode only", vec![Endpoint { tls_mode: "istio".into(), ..plain("10.0.0.1", 80) }]),
+            ("workload only, no labels", vec![Endpoint { workload: "pod-1".into(), ..plain("10.0.0.1", 80) }]),
+            (
+                "both, canonical labels win",
+                vec![labelled(
+                    Endpoint { tls_mode: "istio".into(), workload: "pod-1".into(), ..plain("10.0.0.1", 80) },
+                    &[
+                        ("app", "a"),
+                        ("service.istio.io/canonical-name", "canon"),
+                        ("version", "v1"),
+                        ("service.istio.io/canonical-revision", "r1"),
+                    ],
+                )],
+            ),
+            (
+                "localities of every shape, unhealthy left out",
+                vec![
+                    Endpoint { locality: "r/z/s".into(), ..plain("10.0.0.1", 80) },
+                    Endpoint { locality: "r".into(), ..plain("10.0.0.2", 80) },
+                    Endpoint { locality: "/".into(), ..plain("10.0.0.3", 80) },
+                    Endpoint { locality: "r/z/s".into(), health: Health::Unhealthy, ..plain("10.0.0.4", 80) },
+                    Endpoint { locality: String::new(), ..plain("10.0.0.5", 80) },
+                    Endpoint { locality: "r/z/s/extra".into(), ..plain("10.0.0.6", 80) },
+                ],
+            ),
+            ("long text", vec![Endpoint { workload: "w".repeat(300), tls_mode: "x".repeat(200), ..plain("::1", 1) }]),
+        ];
+        for (case, endpoints) in cases {
+            let snapshot = edge_snapshot(endpoints);
+            let messages = all(&snapshot);
+            let encoded = encoded_all(&snapshot);
+            assert_eq!(encoded.len(), messages.len(), "{case}");
+            for (bytes, message) in encoded.iter().zip(&messages) {
+                assert_eq!(bytes.cluster_name, message.cluster_name, "{case}");
+                assert_eq!(bytes.value, encode::canonical(message), "{case}");
+                assert_eq!(&bytes.decode().unwrap(), message, "{case}");
+            }
+        }
+    }
+
     #[test]
     fn only_client_side_lb_services_get_assignments() {
         let mut snapshot = snapshot_with_subsets();
