@@ -365,8 +365,7 @@ impl EncodedSet {
     /// messages, so the translated sources are equal too.
     fn same_resources(&self, other: &EncodedSet) -> bool {
         self.maps().into_iter().zip(other.maps()).all(|(a, b)| {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|((na, ra), (nb, rb))| na == nb && ra.hash == rb.hash && ra.value == rb.value)
+            a.len() == b.len() && a.iter().zip(b).all(|((na, ra), (nb, rb))| na == nb && ra.same_content(rb))
         })
     }
 }

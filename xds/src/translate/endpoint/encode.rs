@@ -41,11 +41,6 @@ impl EncodedAssignment {
     pub fn of(assignment: &ClusterLoadAssignment) -> Self {
         Self { cluster_name: assignment.cluster_name.clone(), value: Bytes::from(canonical(assignment)) }
     }
-
-    /// The prost message the bytes encode.
-    pub fn decode(&self) -> Result<ClusterLoadAssignment, prost::DecodeError> {
-        ClusterLoadAssignment::decode(self.value.clone())
-    }
 }
 
 /// The only status an assignment carries (endpoints in other states are left out).
