@@ -54,6 +54,31 @@ async fn wildcard_and_named_subscriptions_report_removed_resources() {
     stream.assert_quiet().await;
 }
 
+/// A first subscription is filed in bulk (sorted, deduplicated): names in any order and
+/// repeated count once, and a later subscription to one of them is no news.
+#[tokio::test]
+async fn a_first_subscription_in_any_order_with_repeats_names_each_once() {
+    let harness = Harness::start().await;
+    let mut stream = harness.delta().await;
+    stream.send(first_delta(Kind::Cluster, &[])).await;
+    let cds = stream.recv().await;
+    stream.send(delta_request(Kind::Cluster, &[], &[], &cds.nonce)).await;
+
+    stream.send(delta_request(Kind::Endpoint, &["b", "missing", "a", "b", "missing"], &[], "")).await;
+    let eds = stream.recv().await;
+    assert_eq!(delta_names(&eds), ["a", "b"]);
+    assert_eq!(eds.removed_resources, ["missing"]);
+    stream.send(delta_request(Kind::Endpoint, &[], &[], &eds.nonce)).await;
+    stream.send(delta_request(Kind::Endpoint, &["a"], &[], "")).await;
+    stream.assert_quiet().await;
+
+    // Unsubscribed and subscribed again: sent again.
+    stream.send(delta_request(Kind::Endpoint, &[], &["a"], "")).await;
+    stream.send(delta_request(Kind::Endpoint, &["a"], &[], "")).await;
+    let eds = stream.recv().await;
+    assert_eq!(delta_names(&eds), ["a"]);
+}
+
 #[tokio::test]
 async fn only_changed_resources_are_pushed_and_nacks_recorded() {
     let harness = Harness::start().await;

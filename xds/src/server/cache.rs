@@ -60,11 +60,32 @@ impl EncodedResource {
     pub fn version(&self) -> String {
         format_version(self.hash)
     }
+
+    /// [`version`](Self::version) without an allocation: responses write it for every
+    /// resource of every stream.
+    pub fn version_bytes(&self) -> [u8; VERSION_LEN] {
+        version_bytes(self.hash)
+    }
 }
+
+/// Length of every delta resource version: a content hash in 16 hex digits.
+pub const VERSION_LEN: usize = 16;
 
 /// How a content hash is written as a delta resource version.
 pub fn format_version(hash: u64) -> String {
-    format!("{hash:016x}")
+    let bytes = version_bytes(hash);
+    bytes.iter().map(|b| char::from(*b)).collect()
+}
+
+/// [`format_version`]'s digits (lower-case hex, zero-padded).
+fn version_bytes(hash: u64) -> [u8; VERSION_LEN] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0; VERSION_LEN];
+    for (i, digit) in out.iter_mut().enumerate() {
+        let shift = 4 * (VERSION_LEN - 1 - i);
+        *digit = DIGITS[usize::try_from((hash >> shift) & 0xf).unwrap_or(0)];
+    }
+    out
 }
 
 /// Reads a version this server wrote; anything else (another server's versions after a
@@ -1300,6 +1321,9 @@ mod tests {
     fn versions_round_trip_and_reject_foreign_ones() {
         let hash = content_hash(b"cluster");
         assert_eq!(parse_version(&format_version(hash)), Some(hash));
+        for hash in [0, 1, 0xdead_beef, u64::MAX, hash] {
+            assert_eq!(format_version(hash), format!("{hash:016x}"));
+        }
         assert_eq!(parse_version("2024-01-01T00:00:00Z/3"), None);
         // XXH3's published value for empty input: versions do not depend on this build.
         assert_eq!(content_hash(b""), 0x2d06_8005_38d3_94c2);

@@ -4,7 +4,7 @@
 
 use crate::ca::{SpiffeId, identity_of_certificate};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -104,8 +104,12 @@ impl<T: Hash + Eq + Len> Pool<T> {
         if value.len() < INTERN_MIN_LEN || Arc::strong_count(&value) > 1 {
             return value;
         }
-        // Hashed outside the lock: it walks every name.
-        let mut hasher = DefaultHasher::new();
+        // Hashed outside the lock: it walks every name. XXH3 rather than SipHash: thousands of
+        // names per subscription, on every join (a fifth of the pool's join CPU was SipHash).
+        // Seeded per process, so a client cannot aim names at one bucket.
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let seed = *SEED.get_or_init(|| std::hash::RandomState::new().hash_one(0_u64));
+        let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(seed);
         value.hash(&mut hasher);
         self.intern_by(value, hasher.finish(), |a, b| a == b)
     }

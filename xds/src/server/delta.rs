@@ -159,6 +159,8 @@ impl DeltaStream {
         let mut newly_named = BTreeSet::new();
         // Whether the scope may have lost names (only then can `sent` hold names out of scope).
         let mut narrowed = initial;
+        let initial_versions = initial && !request.initial_resource_versions.is_empty();
+        let unsubscribed = !request.resource_names_unsubscribe.is_empty();
         if initial {
             // Legacy: a client that never names anything wants everything.
             watch.wildcard = request.resource_names_subscribe.is_empty();
@@ -170,11 +172,23 @@ impl DeltaStream {
                 }
             }
         }
-        for name in request.resource_names_subscribe {
-            if name == "*" {
-                watch.wildcard = true;
-            } else if !watch.names.contains(&name) && Arc::make_mut(&mut watch.names).insert(name.clone()) {
-                newly_named.insert(name);
+        let mut subscribe = request.resource_names_subscribe;
+        if subscribe.iter().any(|name| name == "*") {
+            watch.wildcard = true;
+            subscribe.retain(|name| name != "*");
+        }
+        if watch.names.is_empty() && newly_named.is_empty() {
+            // A first subscription (a sidecar's thousands of EDS names): built in bulk from the
+            // sorted names (Envoy sends them sorted, so sorting is one pass), not name by name.
+            subscribe.sort_unstable();
+            subscribe.dedup();
+            newly_named = subscribe.iter().cloned().collect();
+            watch.names = Arc::new(subscribe.into_iter().collect());
+        } else {
+            for name in subscribe {
+                if !watch.names.contains(&name) && Arc::make_mut(&mut watch.names).insert(name.clone()) {
+                    newly_named.insert(name);
+                }
             }
         }
         for name in request.resource_names_unsubscribe {
@@ -193,7 +207,10 @@ impl DeltaStream {
             let names = watch.names.clone();
             Arc::make_mut(&mut watch.sent).retain(|name, _| names.contains(name));
         }
-        newly_named.retain(|name| watch.in_scope(name));
+        // Only names from `initial_resource_versions` or unsubscribed ones can be out of scope.
+        if initial_versions || unsubscribed {
+            newly_named.retain(|name| watch.in_scope(name));
+        }
         newly_named
     }
 
@@ -365,7 +382,7 @@ fn diff(
         return Diff { resources: changed, removed: Vec::new() };
     }
     let current = scope(kind, watch, resources);
-    if watch.sent.is_empty() && report_missing.iter().all(|name| resources.get(kind, name).is_some()) {
+    if watch.sent.is_empty() && resources.has_all(kind, report_missing.iter()) {
         // The client holds nothing and everything in scope exists: send it all, and record
         // it with the shared map when there is one rather than building one per stream.
         if let Some(shared) = resources.sent_map(kind, &current) {

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::server::NamedService;
 
-use super::cache::EncodedResource;
+use super::cache::{EncodedResource, VERSION_LEN};
 use super::{DiscoveryServer, MAX_DECODING_MESSAGE_SIZE};
 use crate::protowire::{delimited_len, put_delimited_header, put_string_field, string_field_len};
 
@@ -132,7 +132,7 @@ impl WireMessage for SotwResponse {
 
 /// Length of a delta `Resource` message: `version` (1), `resource` (2, the Any), `name` (3).
 fn delta_resource_len(r: &EncodedResource) -> usize {
-    string_field_len(1, r.version().as_bytes()) + delimited_len(2, any_len(r)) + string_field_len(3, r.name.as_bytes())
+    delimited_len(1, VERSION_LEN) + delimited_len(2, any_len(r)) + string_field_len(3, r.name.as_bytes())
 }
 
 impl WireMessage for DeltaResponse {
@@ -164,7 +164,7 @@ impl WireMessage for DeltaResponse {
 
     fn write_entry_prefix(&self, r: &EncodedResource, out: &mut BytesMut) {
         put_delimited_header(2, delta_resource_len(r), out);
-        put_string_field(1, r.version().as_bytes(), out);
+        put_string_field(1, &r.version_bytes(), out);
         put_delimited_header(2, any_len(r), out);
         put_any_prefix(r, out);
     }
