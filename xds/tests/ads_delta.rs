@@ -79,6 +79,26 @@ async fn a_first_subscription_in_any_order_with_repeats_names_each_once() {
     assert_eq!(delta_names(&eds), ["a"]);
 }
 
+/// Turning the wildcard on sends what the explicit names left out; while it is on, an ACK
+/// needs no answer, and an explicit name that does not exist is reported removed.
+#[tokio::test]
+async fn widening_to_the_wildcard_sends_the_rest() {
+    let harness = Harness::start().await;
+    let mut stream = harness.delta().await;
+    stream.send(first_delta(Kind::Cluster, &["a"])).await;
+    let cds = stream.recv().await;
+    assert_eq!(delta_names(&cds), ["a"]);
+    stream.send(delta_request(Kind::Cluster, &["*"], &[], &cds.nonce)).await;
+    let cds = stream.recv().await;
+    assert_eq!(delta_names(&cds), ["b"]);
+    stream.send(delta_request(Kind::Cluster, &[], &[], &cds.nonce)).await;
+    stream.assert_quiet().await;
+    stream.send(delta_request(Kind::Cluster, &["a", "missing"], &[], "")).await;
+    let cds = stream.recv().await;
+    assert!(cds.resources.is_empty());
+    assert_eq!(cds.removed_resources, ["missing"]);
+}
+
 #[tokio::test]
 async fn only_changed_resources_are_pushed_and_nacks_recorded() {
     let harness = Harness::start().await;

@@ -91,11 +91,15 @@ impl DeltaStream {
             // skips one chance to share.) A private sent map that grows to the whole shared map
             // is replaced by it (`diff_named`).
             let before = (Arc::as_ptr(&watch.sent), Arc::as_ptr(&watch.names));
+            let wildcard_before = watch.wildcard;
             let newly_named = self.update_watch(kind, watch, initial, request);
             // Within one generation nothing already sent can have changed, so a request that
             // only names more resources needs only those looked at (Envoy subscribes EDS names
-            // as CDS chunks arrive; a full diff each time would be quadratic).
-            let diff = if initial || watch.wildcard || newly_named.contains("*") {
+            // as CDS chunks arrive; a full diff each time would be quadratic). That holds for
+            // a wildcard subscription's ACKs too, which walked every cluster; only a request
+            // that turns the wildcard on widens the scope.
+            let widened = watch.wildcard && !wildcard_before;
+            let diff = if initial || widened || newly_named.contains("*") {
                 diff(kind, watch, &resources, &newly_named, &BTreeSet::new())
             } else {
                 diff_named(kind, watch, &resources, &newly_named)
