@@ -423,3 +423,100 @@ fn diff(
     }
     Diff { resources: changed, removed: removed.into_iter().collect() }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::model::Snapshot;
+    use crate::server::{DiscoveryServer, FixedGenerator, ServerOptions};
+    use crate::translate::Resources;
+
+    const CLUSTERS: usize = 40;
+
+    fn request(kind: Kind, subscribe: &[String], nonce: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: kind.type_url().into(),
+            resource_names_subscribe: subscribe.to_vec(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Subscribes to every endpoint assignment in two steps, as a sidecar does while CDS chunks
+    /// arrive, ACKing each answer.
+    async fn join(address: std::net::SocketAddr, names: &[String]) -> mpsc::Sender<DeltaDiscoveryRequest> {
+        let (tx, rx) = mpsc::channel(8);
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{address}")).await.unwrap();
+        let node = Node { id: "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local".into(), ..Default::default() };
+        tx.send(DeltaDiscoveryRequest { node: Some(node), ..request(Kind::Cluster, &[], "") }).await.unwrap();
+        let mut responses = client
+            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut next = async || -> DeltaDiscoveryResponse {
+            tokio::time::timeout(Duration::from_secs(10), responses.message()).await.unwrap().unwrap().unwrap()
+        };
+        let cds = next().await;
+        tx.send(request(Kind::Cluster, &[], &cds.nonce)).await.unwrap();
+        let (first, second) = names.split_at(names.len() / 2);
+        for part in [first, second] {
+            tx.send(request(Kind::Endpoint, part, "")).await.unwrap();
+            let eds = next().await;
+            assert_eq!(eds.resources.len(), part.len());
+            tx.send(request(Kind::Endpoint, &[], &eds.nonce)).await.unwrap();
+        }
+        // Keeps the stream open (and the last ACK on its way) until the caller drops it.
+        tx
+    }
+
+    /// Two sidecars that subscribed to the same assignments, step by step, share one names map
+    /// and one sent map.
+    #[tokio::test]
+    async fn streams_that_settle_on_the_same_subscription_share_its_maps() {
+        let names: Vec<String> =
+            (0..CLUSTERS).map(|i| format!("outbound|80||svc-{i:02}.ns.svc.cluster.local")).collect();
+        let clusters = names.iter().map(|name| Cluster { name: name.clone(), ..Default::default() }).collect();
+        let assignments = names
+            .iter()
+            .map(|name| ClusterLoadAssignment { cluster_name: name.clone(), ..Default::default() })
+            .collect();
+        let generator = Arc::new(FixedGenerator::new(Resources { clusters, ..Default::default() }, assignments));
+        let (_snapshots, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+        let server = DiscoveryServer::with_generator(rx, ServerOptions::default(), generator);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = server.clone();
+        tokio::spawn(async move { serving.serve(listener, async { stopped.await.unwrap_or(()) }).await });
+
+        let _one = join(address, &names).await;
+        let _two = join(address, &names).await;
+        // The last requests are read by the streams' tasks: wait until both have interned.
+        let shared = || {
+            let connections = server.shared.connections();
+            let watches: Vec<_> =
+                connections.iter().filter_map(|c| c.watches().get(&Kind::Endpoint).cloned()).collect();
+            watches.len() == 2
+                && watches.iter().all(|w| w.names.len() == CLUSTERS && w.sent.len() == CLUSTERS)
+                && Arc::ptr_eq(&watches[0].names, &watches[1].names)
+                && Arc::ptr_eq(&watches[0].sent, &watches[1].sent)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !shared() {
+            assert!(tokio::time::Instant::now() < deadline, "the two streams' maps were not shared");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(()).unwrap();
+    }
+}
