@@ -99,7 +99,7 @@ impl DeltaStream {
             // a wildcard subscription's ACKs too, which walked every cluster; only a request
             // that turns the wildcard on widens the scope.
             let widened = watch.wildcard && !wildcard_before;
-            let diff = if initial || widened || newly_named.contains("*") {
+            let diff = if initial || widened {
                 diff(kind, watch, &resources, &newly_named, &BTreeSet::new())
             } else {
                 diff_named(kind, watch, &resources, &newly_named)
@@ -182,12 +182,11 @@ impl DeltaStream {
             subscribe.retain(|name| name != "*");
         }
         if watch.names.is_empty() && newly_named.is_empty() {
-            // A first subscription (a sidecar's thousands of EDS names): built in bulk from the
-            // sorted names (Envoy sends them sorted, so sorting is one pass), not name by name.
-            subscribe.sort_unstable();
-            subscribe.dedup();
-            newly_named = subscribe.iter().cloned().collect();
-            watch.names = Arc::new(subscribe.into_iter().collect());
+            // A first subscription (a sidecar's thousands of EDS names): built in bulk (sorted
+            // once, in one pass for the sorted lists Envoy sends), not searched name by name.
+            let names: BTreeSet<String> = subscribe.into_iter().collect();
+            newly_named = names.clone();
+            watch.names = Arc::new(names);
         } else {
             for name in subscribe {
                 if !watch.names.contains(&name) && Arc::make_mut(&mut watch.names).insert(name.clone()) {
