@@ -26,7 +26,7 @@ const UNIX_PREFIX: &str = "unix://";
 
 /// One ServiceEntry converted: its services (one per host, in host order) and, per host, its
 /// endpoints, sorted (hosts without endpoints are left out).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct EntryServices {
     pub services: Vec<Arc<Service>>,
     pub endpoints: Vec<(String, Arc<Vec<Endpoint>>)>,
@@ -40,7 +40,21 @@ pub struct EntryServices {
 #[derive(Debug, Default)]
 pub struct EntryCache {
     entries: HashMap<(String, String), CachedEntry>,
+    /// The last call's inputs and output, for [`EntryCache::convert_few`].
+    last: Option<LastCall>,
 }
+
+/// One [`EntryCache::convert`] call: its inputs and its output, in input order.
+#[derive(Debug)]
+struct LastCall {
+    entries: Vec<Arc<ServiceEntry>>,
+    workloads: Vec<Arc<WorkloadEntry>>,
+    converted: Vec<Arc<EntryServices>>,
+}
+
+/// Beyond this many changed WorkloadEntries or ServiceEntries, a call converts through the
+/// index of every workload rather than per change.
+const FEW_WORKLOAD_CHANGES: usize = 64;
 
 #[derive(Debug)]
 struct CachedEntry {
@@ -63,6 +77,103 @@ impl EntryCache {
     /// Every entry converted, in input order. Entries are taken as given: the caller drops
     /// invalid ones and settles duplicate hostnames. Forgets entries that are gone.
     pub fn convert(
+        &mut self,
+        entries: &[Arc<ServiceEntry>],
+        workload_entries: &[Arc<WorkloadEntry>],
+    ) -> Vec<Arc<EntryServices>> {
+        let converted = match self.convert_few(entries, workload_entries) {
+            Some(converted) => converted,
+            None => self.convert_all(entries, workload_entries),
+        };
+        self.remember(entries, workload_entries, &converted);
+        converted
+    }
+
+    fn remember(
+        &mut self,
+        entries: &[Arc<ServiceEntry>],
+        workload_entries: &[Arc<WorkloadEntry>],
+        converted: &[Arc<EntryServices>],
+    ) {
+        self.last = Some(LastCall {
+            entries: entries.to_vec(),
+            workloads: workload_entries.to_vec(),
+            converted: converted.to_vec(),
+        });
+    }
+
+    /// The fast path of an endpoint change: when only a few entries and WorkloadEntries differ
+    /// from the last call's (by position: the same counts, other objects at a few places),
+    /// only those entries and the ones whose selector picks a changed workload (before or
+    /// after the change) are converted again; the others keep their conversion. Indexing
+    /// every workload and visiting every entry was ~11 ms of a one-workload change on a mesh
+    /// of 1,000 entries and 10,000 workloads. `None` when the change is not of that shape.
+    fn convert_few(
+        &mut self,
+        entries: &[Arc<ServiceEntry>],
+        workload_entries: &[Arc<WorkloadEntry>],
+    ) -> Option<Vec<Arc<EntryServices>>> {
+        let last = self.last.as_ref()?;
+        if last.entries.len() != entries.len() || last.workloads.len() != workload_entries.len() {
+            return None;
+        }
+        // A file read again gives new objects for every entry in it, changed or not.
+        let entry_changes = last.entries.iter().zip(entries).filter(|(a, b)| !Arc::ptr_eq(a, b)).count();
+        if entry_changes > FEW_WORKLOAD_CHANGES {
+            return None;
+        }
+        let mut changed: Vec<&WorkloadEntry> = Vec::new();
+        for (before, after) in last.workloads.iter().zip(workload_entries) {
+            if !Arc::ptr_eq(before, after) {
+                if changed.len() >= 2 * FEW_WORKLOAD_CHANGES {
+                    return None;
+                }
+                changed.push(before);
+                changed.push(after);
+            }
+        }
+        let concerns = |entry: &ServiceEntry| {
+            let Some(selector) = &entry.spec.workload_selector else { return false };
+            let namespace = entry.metadata.namespace.as_deref().unwrap_or_default();
+            changed.iter().any(|we| {
+                we.metadata.namespace.as_deref().unwrap_or_default() == namespace
+                    && labels_match(&selector.labels, &we.spec.labels)
+            })
+        };
+        let mut converted = last.converted.clone();
+        for ((entry, services), before) in entries.iter().zip(converted.iter_mut()).zip(&last.entries) {
+            let same_entry = Arc::ptr_eq(entry, before);
+            if same_entry && !concerns(entry) {
+                continue;
+            }
+            let namespace = entry.metadata.namespace.as_deref().unwrap_or_default();
+            let name = entry.metadata.name.as_deref().unwrap_or_default();
+            let selector = entry.spec.workload_selector.as_ref().map(|s| &s.labels);
+            // In input order, as the index gives them.
+            let selected: Vec<&Arc<WorkloadEntry>> = workload_entries
+                .iter()
+                .filter(|we| {
+                    we.metadata.namespace.as_deref().unwrap_or_default() == namespace
+                        && selector.is_some_and(|selector| labels_match(selector, &we.spec.labels))
+                })
+                .collect();
+            let refs: Vec<&WorkloadEntry> = selected.iter().map(|we| we.as_ref()).collect();
+            // The same entry with other workloads keeps its services.
+            let kept = same_entry.then(|| services.services.clone());
+            *services = Arc::new(convert_entry(entry, &refs, kept));
+            let cached = CachedEntry {
+                entry: entry.clone(),
+                selected: selected.into_iter().cloned().collect(),
+                converted: services.clone(),
+            };
+            self.entries.insert((namespace.to_owned(), name.to_owned()), cached);
+        }
+        Some(converted)
+    }
+
+    /// Every entry, through an index of the workloads; entries whose object and selected
+    /// workloads are those of last time keep their conversion.
+    fn convert_all(
         &mut self,
         entries: &[Arc<ServiceEntry>],
         workload_entries: &[Arc<WorkloadEntry>],
@@ -348,6 +459,79 @@ mod tests {
             .iter()
             .map(|e| (e.address.clone(), e.port, e.service_port_name.clone(), e.tls_mode.clone(), e.workload.clone()))
             .collect()
+    }
+
+    /// A random sequence of WorkloadEntry edits (labels, addresses, a few at a time, sometimes
+    /// one added or removed, sometimes a ServiceEntry replaced): every conversion equals a
+    /// fresh cache's, and edits in place (workloads, an entry) take the per-change path.
+    #[test]
+    fn conversions_after_workload_changes_equal_fresh_ones() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |bound: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound as u64) as usize
+        };
+        let entry = |i: usize, port: u32| {
+            Arc::new(se(
+                &format!("ns{}", i % 2),
+                &format!("entry-{i}"),
+                json!({
+                    "hosts": [format!("e{i}.example.com")],
+                    "ports": [{"number": port, "name": "http"}],
+                    "resolution": "STATIC", "location": "MESH_INTERNAL",
+                    "workloadSelector": {"labels": {"app": format!("a{}", i % 5)}},
+                }),
+            ))
+        };
+        let workload = |i: usize, app: usize, version: usize, octet: usize| {
+            Arc::new(we(
+                &format!("ns{}", i % 2),
+                &format!("w-{i}"),
+                json!({"address": format!("10.0.{}.{octet}", i % 250), "labels": {"app": format!("a{app}"), "version": format!("v{version}")}}),
+            ))
+        };
+        let mut entries: Vec<_> = (0..12).map(|i| entry(i, 80)).collect();
+        let mut workloads: Vec<_> = (0..60).map(|i| workload(i, i % 6, 1, 1)).collect();
+        let mut cache = EntryCache::default();
+        let mut fast = 0;
+        for step in 0..200 {
+            let in_place = match next(10) {
+                0 => {
+                    let i = next(entries.len());
+                    entries[i] = entry(i, 80 + next(3) as u32);
+                    true
+                }
+                1 if workloads.len() > 1 => {
+                    workloads.remove(next(workloads.len()));
+                    false
+                }
+                2 => {
+                    let i = workloads.len() + 100;
+                    workloads.insert(next(workloads.len()), workload(i, next(6), 1, 1));
+                    false
+                }
+                _ => {
+                    for _ in 0..1 + next(3) {
+                        let i = next(workloads.len());
+                        workloads[i] = workload(i, next(6), next(2), next(3));
+                    }
+                    true
+                }
+            };
+            let converted = if in_place && step > 0 {
+                let converted = cache.convert_few(&entries, &workloads).expect("a few objects changed in place");
+                cache.remember(&entries, &workloads, &converted);
+                fast += 1;
+                converted
+            } else {
+                cache.convert(&entries, &workloads)
+            };
+            let fresh = EntryCache::default().convert(&entries, &workloads);
+            assert_eq!(converted, fresh, "step {step}");
+        }
+        assert!(fast > 100, "{fast} conversions took the per-workload path");
     }
 
     #[test]
