@@ -640,6 +640,9 @@ pub struct Generation {
     /// Whether inbound inputs shared by every proxy changed since `previous_snapshot`
     /// ([`Generator::inbound_inputs_changed`]), asked once for all streams.
     inbound_inputs_changed: OnceLock<bool>,
+    /// The hosts whose endpoint lists differ from `previous_snapshot`'s, found once for all
+    /// streams (see [`Generation::inbound_changed`]).
+    endpoint_lists_changed: OnceLock<Vec<String>>,
     /// Proxies' inbound sets by content, shared with every later generation.
     inbound_sets: Arc<InboundSets>,
 }
@@ -681,6 +684,7 @@ impl Generation {
             previous_views: Mutex::new(previous_views),
             previous_snapshot: previous.map(|p| p.snapshot.clone()),
             inbound_inputs_changed: OnceLock::new(),
+            endpoint_lists_changed: OnceLock::new(),
             inbound_sets: previous.map(|p| p.inbound_sets.clone()).unwrap_or_default(),
         }
     }
@@ -693,7 +697,23 @@ impl Generation {
             }
             _ => generator.inbound_inputs_changed(before, &self.snapshot),
         };
-        shared || generator.own_endpoints_changed(before, &self.snapshot, proxy)
+        if shared {
+            return true;
+        }
+        match &self.previous_snapshot {
+            Some(previous) if Arc::ptr_eq(previous, before) => {
+                let changed = self
+                    .endpoint_lists_changed
+                    .get_or_init(|| crate::translate::endpoint_lists_changed(before, &self.snapshot));
+                generator.own_endpoints_changed(before, &self.snapshot, proxy, changed)
+            }
+            _ => generator.own_endpoints_changed(
+                before,
+                &self.snapshot,
+                proxy,
+                &crate::translate::endpoint_lists_changed(before, &self.snapshot),
+            ),
+        }
     }
 
     /// Number of distinct views held by some stream (debug output).

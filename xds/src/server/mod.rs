@@ -157,8 +157,16 @@ pub trait Generator: Send + Sync + 'static {
     fn inbound_inputs_changed(&self, _before: &Snapshot, _after: &Snapshot) -> bool {
         true
     }
-    /// Whether the endpoints at `proxy`'s own addresses differ from `before` to `after`.
-    fn own_endpoints_changed(&self, _before: &Snapshot, _after: &Snapshot, _proxy: &Proxy) -> bool {
+    /// Whether the endpoints at `proxy`'s own addresses differ from `before` to `after`, of
+    /// which only the hosts in `changed_lists` have other endpoint lists
+    /// ([`translate::endpoint_lists_changed`]).
+    fn own_endpoints_changed(
+        &self,
+        _before: &Snapshot,
+        _after: &Snapshot,
+        _proxy: &Proxy,
+        _changed_lists: &[String],
+    ) -> bool {
         true
     }
     /// Every assignment of `hosts` (used with [`Generator::endpoint_changes`]).
@@ -195,8 +203,14 @@ impl Generator for Translator {
     fn inbound_inputs_changed(&self, before: &Snapshot, after: &Snapshot) -> bool {
         translate::inbound_inputs_changed(before, after)
     }
-    fn own_endpoints_changed(&self, before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
-        translate::own_endpoints_changed(before, after, proxy)
+    fn own_endpoints_changed(
+        &self,
+        before: &Snapshot,
+        after: &Snapshot,
+        proxy: &Proxy,
+        changed_lists: &[String],
+    ) -> bool {
+        translate::own_endpoints_changed(before, after, proxy, changed_lists)
     }
     fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<EncodedAssignment> {
         translate::endpoint::encoded_for_services(snapshot, hosts)

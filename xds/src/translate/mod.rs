@@ -517,7 +517,8 @@ pub fn inbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
 /// `after`: [`inbound_inputs_changed`] (the same for every proxy) or [`own_endpoints_changed`].
 pub fn inbound_changed(before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
     proxy.node_type != NodeType::Router
-        && (inbound_inputs_changed(before, after) || own_endpoints_changed(before, after, proxy))
+        && (inbound_inputs_changed(before, after)
+            || own_endpoints_changed(before, after, proxy, &endpoint_lists_changed(before, after)))
 }
 
 /// Whether what every proxy's inbound config reads, besides its own endpoints, may differ:
@@ -542,12 +543,38 @@ pub fn inbound_inputs_changed(before: &Snapshot, after: &Snapshot) -> bool {
         || before.secrets != after.secrets
 }
 
-/// Whether the endpoints at `proxy`'s own addresses (its inbound ports) differ.
-pub fn own_endpoints_changed(before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
-    fn own<'s>(s: &'s Snapshot, proxy: &'s Proxy) -> impl Iterator<Item = (&'s String, &'s Endpoint)> {
-        proxy.ip_addresses.iter().flat_map(|ip| s.endpoints_at(ip)).map(|(h, _, e)| (h, e))
+/// The hosts whose endpoint lists differ between `before` and `after`, in host order. The
+/// registries share unchanged lists between snapshots, so most hosts cost a pointer comparison.
+pub fn endpoint_lists_changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+    let mut changed = Vec::new();
+    let (mut old, mut new) = (before.endpoints.iter().peekable(), after.endpoints.iter().peekable());
+    loop {
+        let host = match (old.peek(), new.peek()) {
+            (None, None) => return changed,
+            (Some((a, _)), Some((b, _))) if a == b => {
+                let ((host, x), (_, y)) = (old.next().expect("peeked"), new.next().expect("peeked"));
+                if Arc::ptr_eq(x, y) || x == y {
+                    continue;
+                }
+                host
+            }
+            (Some((a, _)), Some((b, _))) if a < b => old.next().expect("peeked").0,
+            (Some(_), None) => old.next().expect("peeked").0,
+            _ => new.next().expect("peeked").0,
+        };
+        changed.push(host.clone());
     }
-    !own(before, proxy).eq(own(after, proxy))
+}
+
+/// Whether the endpoints at `proxy`'s own addresses (its inbound ports) differ. Only the hosts
+/// in `changed_lists` ([`endpoint_lists_changed`]) can differ, so only their lists are read: an
+/// index of every endpoint by address, built for each new snapshot, was most of what an
+/// endpoint change cost besides the push itself.
+pub fn own_endpoints_changed(before: &Snapshot, after: &Snapshot, proxy: &Proxy, changed_lists: &[String]) -> bool {
+    fn at<'s>(snapshot: &'s Snapshot, host: &str, ip: &'s str) -> impl Iterator<Item = &'s Endpoint> {
+        snapshot.endpoints_of(host).iter().filter(move |e| e.address == ip)
+    }
+    changed_lists.iter().any(|host| proxy.ip_addresses.iter().any(|ip| !at(before, host, ip).eq(at(after, host, ip))))
 }
 
 /// Outbound and inbound together, in push order within each type.
@@ -649,6 +676,56 @@ spec:
         let meta = BTreeMap::from([("LABELS".to_owned(), serde_json::Value::Object(labels))]);
         let id = format!("{kind}~10.244.1.9~pod.{namespace}~{namespace}.svc.cluster.local");
         Proxy::from_node(&id, &meta).unwrap()
+    }
+
+    /// Which endpoint lists differ, and whether a proxy's own endpoints are among the changes:
+    /// only endpoints at the proxy's address count, whatever else changed in the list.
+    #[test]
+    fn own_endpoints_change_only_at_the_proxys_address() {
+        const REVIEWS: &str = "reviews.apps.svc.cluster.local";
+        const RATINGS: &str = "ratings.apps.svc.cluster.local";
+        let before = snapshot();
+        let at = |ip: &str| {
+            Proxy::from_node(&format!("sidecar~{ip}~pod.apps~apps.svc.cluster.local"), &BTreeMap::new()).unwrap()
+        };
+        let edit = |host: &str, change: &dyn Fn(&mut Vec<Endpoint>)| {
+            let mut after = before.clone();
+            let mut list = after.endpoints[host].as_ref().clone();
+            change(&mut list);
+            after.endpoints.insert(host.to_owned(), Arc::new(list));
+            after
+        };
+        let flip_version = |ip: &'static str| {
+            move |list: &mut Vec<Endpoint>| {
+                for e in list.iter_mut().filter(|e| e.address == ip) {
+                    e.labels.insert("version".into(), "v3".into());
+                }
+            }
+        };
+        let ratings_at_10 = |list: &mut Vec<Endpoint>| {
+            let mut extra = list[0].clone();
+            extra.address = "10.244.0.10".into();
+            list.push(extra);
+        };
+        let cases: [(&str, Snapshot, &[&str], [bool; 3]); 5] = [
+            ("nothing changed", before.clone(), &[], [false; 3]),
+            ("an equal list, not shared", edit(REVIEWS, &|_| {}), &[], [false; 3]),
+            ("v2's labels", edit(REVIEWS, &flip_version("10.244.0.11")), &[REVIEWS], [false, true, false]),
+            ("ratings' labels", edit(RATINGS, &flip_version("10.244.0.12")), &[RATINGS], [false, false, true]),
+            ("ratings also at .10", edit(RATINGS, &ratings_at_10), &[RATINGS], [true, false, false]),
+        ];
+        for (case, after, lists, own) in cases {
+            let changed = endpoint_lists_changed(&before, &after);
+            assert_eq!(changed, lists, "{case}");
+            let by_proxy = ["10.244.0.10", "10.244.0.11", "10.244.0.12"]
+                .map(|ip| own_endpoints_changed(&before, &after, &at(ip), &changed));
+            assert_eq!(by_proxy, own, "{case}");
+        }
+        let mut gone = before.clone();
+        gone.endpoints.remove(RATINGS);
+        assert_eq!(endpoint_lists_changed(&before, &gone), [RATINGS]);
+        assert_eq!(endpoint_lists_changed(&gone, &before), [RATINGS]);
+        assert!(own_endpoints_changed(&before, &gone, &at("10.244.0.12"), &[RATINGS.to_owned()]));
     }
 
     #[test]
