@@ -7,6 +7,7 @@
 //!   changes a VirtualService file and reports how long every stream took to receive it. It
 //!   prints its own CPU time next to the server's (`--pid`), since both share the machine.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -247,7 +248,7 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
             ms(percentile(&latencies, 100.0)),
         );
         // The new process's CPU from its start: loading the mesh and serving the storm.
-        report_cpu("restart and resync", client_before, Some(Some(Duration::ZERO)), pid);
+        report_cpu("restart and resync", client_before, Some(Some(CpuClock::default())), pid);
         report_server_memory("after the resync", pid, None, resynced);
     } else {
         report_server_memory("at the end", pid, server_memory_before, complete);
@@ -306,14 +307,19 @@ fn report_server_memory(phase: &str, pid: Option<u32>, before: Option<(u64, u64)
     println!("server memory {phase}: peak RSS {}, RSS {}{per_stream}", mib(hwm), mib(rss));
 }
 
-fn report_cpu(phase: &str, client_before: Option<Duration>, server_before: Option<Option<Duration>>, pid: Option<u32>) {
-    let client = cpu_of("self").zip(client_before).map(|(after, before)| after.saturating_sub(before));
+fn report_cpu(phase: &str, client_before: Option<CpuClock>, server_before: Option<Option<CpuClock>>, pid: Option<u32>) {
+    let client = cpu_of("self").zip(client_before).map(|(after, before)| after.since(&before));
     let server = pid
         .and_then(|pid| cpu_of(&pid.to_string()))
         .zip(server_before.flatten())
-        .map(|(after, before)| after.saturating_sub(before));
-    let server = if pid.is_some() { format!(", server {}", ms(server)) } else { String::new() };
-    println!("  cpu during {phase}: client {}{server}", ms(client));
+        .map(|(after, before)| after.since(&before));
+    let shown = |cpu: Option<(Duration, bool)>| match cpu {
+        Some((cpu, true)) => ms(Some(cpu)),
+        Some((cpu, false)) => format!("{} (in 10 ms ticks)", ms(Some(cpu))),
+        None => ms(None),
+    };
+    let server = if pid.is_some() { format!(", server {}", shown(server)) } else { String::new() };
+    println!("  cpu during {phase}: client {}{server}", shown(client));
 }
 
 /// With `--idle`: the server's memory after that many seconds without load.
@@ -324,16 +330,50 @@ async fn report_idle_memory(args: &XdsArgs, phase: &str, pid: Option<u32>, befor
     }
 }
 
-/// User + system CPU time of a process (`self` or a pid) from `/proc/<pid>/stat`. Linux's
-/// clock tick is 100 Hz on every common configuration (`getconf CLK_TCK`).
-fn cpu_of(pid: &str) -> Option<Duration> {
+/// A process's CPU clock: user + system time from `/proc/<pid>/stat` (in 10 ms ticks: Linux's
+/// clock tick is 100 Hz on every common configuration, `getconf CLK_TCK`), and each live
+/// thread's run time in nanoseconds from `/proc/<pid>/task/<tid>/schedstat`.
+#[derive(Clone, Debug, Default)]
+struct CpuClock {
+    ticks: Duration,
+    threads: BTreeMap<u32, u64>,
+}
+
+impl CpuClock {
+    /// CPU time from `before` to this reading, and whether it is exact. It is when every
+    /// thread of `before` still lives (a thread that exited took its run time with it, which
+    /// only the tick count keeps); an endpoint change costs tens of milliseconds, a few ticks.
+    fn since(&self, before: &CpuClock) -> (Duration, bool) {
+        let live = !before.threads.is_empty() && before.threads.keys().all(|tid| self.threads.contains_key(tid));
+        if live {
+            let ns = self.threads.values().sum::<u64>().saturating_sub(before.threads.values().sum());
+            (Duration::from_nanos(ns), true)
+        } else {
+            (self.ticks.saturating_sub(before.ticks), false)
+        }
+    }
+}
+
+fn cpu_of(pid: &str) -> Option<CpuClock> {
     const TICKS_PER_SECOND: u64 = 100;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces: fields are counted after its closing paren.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 1000 / TICKS_PER_SECOND))
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|task| {
+                    let tid = task.file_name().to_str()?.parse().ok()?;
+                    let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+                    Some((tid, schedstat.split_whitespace().next()?.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(CpuClock { ticks: Duration::from_millis((utime + stime) * 1000 / TICKS_PER_SECOND), threads })
 }
 
 /// `VmHWM` (peak resident) and `VmRSS` of a process, as `/proc/<pid>/status` writes them.
@@ -367,8 +407,37 @@ mod tests {
 
     #[test]
     fn reads_own_cpu_and_memory() {
-        assert!(cpu_of("self").is_some());
+        let before = cpu_of("self").unwrap();
+        assert!(!before.threads.is_empty());
+        // Busy for a while, so this thread's exact run time moves.
+        let started = std::time::Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < Duration::from_millis(30) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let (cpu, exact) = cpu_of("self").unwrap().since(&before);
+        assert!(exact && cpu >= Duration::from_millis(10), "{cpu:?} {exact}");
         let (hwm, rss) = memory_of(std::process::id()).unwrap();
         assert!(hwm >= rss && rss > 0, "{hwm} {rss}");
+    }
+
+    /// Exact while every earlier thread lives; in ticks once one has exited (its run time left
+    /// with it) or when there is no earlier reading of threads.
+    #[test]
+    fn cpu_is_exact_only_while_the_threads_live() {
+        let clock = |ticks_ms: u64, threads: &[(u32, u64)]| CpuClock {
+            ticks: Duration::from_millis(ticks_ms),
+            threads: threads.iter().copied().collect(),
+        };
+        let before = clock(100, &[(1, 5_000_000), (2, 1_000_000)]);
+        let cases = [
+            ("same threads", clock(110, &[(1, 9_000_000), (2, 1_500_000)]), (4_500_000, true)),
+            ("a new thread", clock(110, &[(1, 5_000_000), (2, 1_000_000), (3, 2_000_000)]), (2_000_000, true)),
+            ("a thread exited", clock(120, &[(1, 6_000_000)]), (20_000_000, false)),
+        ];
+        for (case, after, (ns, exact)) in cases {
+            assert_eq!(after.since(&before), (Duration::from_nanos(ns), exact), "{case}");
+        }
+        assert_eq!(clock(30, &[(1, 1)]).since(&CpuClock::default()), (Duration::from_millis(30), false));
     }
 }
