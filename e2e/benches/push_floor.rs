@@ -447,13 +447,45 @@ impl Drop for Server {
 }
 
 /// One proxy: a connection and an ADS stream that acknowledges every response it reads, and
-/// reports when each arrived.
+/// reports when each arrived. Opening is tried three times: with a thousand connections at
+/// once, one is now and then refused before its stream starts.
 async fn proxy(
     port: u16,
     path: &'static str,
     ack: Bytes,
     arrivals: mpsc::UnboundedSender<Instant>,
 ) -> Result<(), String> {
+    let mut attempt = 0;
+    let (requests, mut body) = loop {
+        match open(port, path, &ack).await {
+            Ok(opened) => break opened,
+            Err(e) if attempt < 2 => {
+                eprintln!("push_floor: a proxy: {e}; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut counter = MessageCounter::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("response: {e}"))?;
+        let Ok(data) = frame.into_data() else { continue };
+        for _ in 0..counter.feed(&data) {
+            let _ = arrivals.send(Instant::now());
+            requests.send(ack.clone()).await.map_err(|_| "the request body closed".to_owned())?;
+        }
+    }
+    Ok(())
+}
+
+/// A connection and a stream whose first request (`first`) is sent: the request body's sender
+/// and the response body.
+async fn open(
+    port: u16,
+    path: &'static str,
+    first: &Bytes,
+) -> Result<(mpsc::Sender<Bytes>, hyper::body::Incoming), String> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
     let (mut sender, connection) =
@@ -472,19 +504,9 @@ async fn proxy(
         .header("te", "trailers")
         .body(body)
         .map_err(|e| format!("request: {e}"))?;
-    requests.send(ack.clone()).await.map_err(|_| "the request body closed".to_owned())?;
+    requests.send(first.clone()).await.map_err(|_| "the request body closed".to_owned())?;
     let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
-    let mut body = response.into_body();
-    let mut counter = MessageCounter::default();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("response: {e}"))?;
-        let Ok(data) = frame.into_data() else { continue };
-        for _ in 0..counter.feed(&data) {
-            let _ = arrivals.send(Instant::now());
-            requests.send(ack.clone()).await.map_err(|_| "the request body closed".to_owned())?;
-        }
-    }
-    Ok(())
+    Ok((requests, response.into_body()))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
