@@ -21,7 +21,7 @@ use tokio::sync::OnceCell;
 use crate::model::{Proxy, Snapshot};
 use crate::translate::endpoint::EncodedAssignment;
 use crate::translate::locality::{self, LocalityPolicy, Place};
-use crate::translate::route::RouteMemo;
+use crate::translate::route::{RouteMemo, RouteReuse};
 use crate::translate::{LabelSelectors, Parts, Resources, RouteMemoSlot, ViewKey};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
@@ -274,9 +274,11 @@ impl EncodedSet {
         }
     }
 
-    /// The route memo of the translation this set came from (see [`RouteMemoSlot`]).
-    pub fn route_memo(&self) -> Option<&RouteMemo> {
-        self.route_memo.0.as_deref()
+    /// The route memo of the translation this set came from, with the route configurations
+    /// it points into (see [`RouteMemoSlot`]).
+    pub fn route_memo(&self) -> Option<RouteReuse<'_>> {
+        let memo: &RouteMemo = self.route_memo.0.as_deref()?;
+        Some(RouteReuse::new(memo, &self.route_source))
     }
 
     /// This set with `replaced` in place of its clusters of the same names (a proxy's own
@@ -1541,7 +1543,22 @@ mod incremental_tests {
             6 => {
                 next.secrets.remove("ns/cred");
             }
-            _ => {}
+            // An EnvoyFilter patching every proxy's outbound routes, on or off: the route memo
+            // must reuse routes as translated, not as patched (the patch inserts a route in
+            // every virtual host, so patching a patched route twice shows).
+            _ if next.envoy_filters.is_empty() => next.envoy_filters.push(Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+                    "metadata": {"name": "routes", "namespace": "istio-system"},
+                    "spec": {"configPatches": [
+                        {"applyTo": "HTTP_ROUTE", "match": {"context": "SIDECAR_OUTBOUND"},
+                         "patch": {"operation": "INSERT_FIRST",
+                                   "value": {"name": "first", "match": {"prefix": "/first"}, "direct_response": {"status": 204}}}},
+                    ]},
+                }))
+                .unwrap(),
+            )),
+            _ => next.envoy_filters.clear(),
         }
         next
     }

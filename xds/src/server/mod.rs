@@ -38,7 +38,7 @@ use tonic::Status;
 
 use crate::model::{Proxy, Snapshot};
 use crate::translate::endpoint::EncodedAssignment;
-use crate::translate::route::RouteMemo;
+use crate::translate::route::RouteReuse;
 use crate::translate::{self, Parts, Resources, ViewKey};
 
 use self::cache::Generation;
@@ -147,7 +147,7 @@ pub trait Generator: Send + Sync + 'static {
         snapshot: &Snapshot,
         proxy: &Proxy,
         _parts: Parts,
-        _memo: Option<&RouteMemo>,
+        _memo: Option<RouteReuse<'_>>,
     ) -> Resources {
         self.outbound(snapshot, proxy)
     }
@@ -197,7 +197,13 @@ impl Generator for Translator {
     fn changed_parts(&self, before: &Snapshot, after: &Snapshot, key: &ViewKey) -> Parts {
         translate::changed_parts(before, after, key)
     }
-    fn outbound_parts(&self, snapshot: &Snapshot, proxy: &Proxy, parts: Parts, memo: Option<&RouteMemo>) -> Resources {
+    fn outbound_parts(
+        &self,
+        snapshot: &Snapshot,
+        proxy: &Proxy,
+        parts: Parts,
+        memo: Option<RouteReuse<'_>>,
+    ) -> Resources {
         translate::outbound_parts(snapshot, proxy, parts, memo)
     }
     fn inbound_inputs_changed(&self, before: &Snapshot, after: &Snapshot) -> bool {

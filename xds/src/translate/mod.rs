@@ -394,7 +394,12 @@ fn endpoints_reach_clusters(before: &Snapshot, after: &Snapshot) -> bool {
 /// The kinds of `proxy`'s outbound config named in `parts` (the others left empty), with the
 /// EnvoyFilter patches that select it applied (context SIDECAR_OUTBOUND, or GATEWAY).
 /// `memo` is the route memo of the same view's last translation, if any.
-pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts, memo: Option<&route::RouteMemo>) -> Resources {
+pub fn outbound_parts(
+    snapshot: &Snapshot,
+    proxy: &Proxy,
+    parts: Parts,
+    memo: Option<route::RouteReuse<'_>>,
+) -> Resources {
     let ctx = context::Context::new(snapshot, proxy);
     let router = proxy.node_type == NodeType::Router;
     let (clusters, localities) =
@@ -412,12 +417,13 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts, memo: Op
         localities,
         route_memo: RouteMemoSlot::default(),
     };
+    let mut route_memo = None;
     match (parts.routes, router) {
         (false, _) => {}
         (true, false) => {
             let (routes, memo) = route::outbound_reusing(&ctx, memo);
             resources.routes = routes;
-            resources.route_memo = RouteMemoSlot(Some(Arc::new(memo)));
+            route_memo = Some(memo);
         }
         (true, true) => resources.routes = gateway::routes(&ctx),
     }
@@ -449,6 +455,10 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts, memo: Op
             skipped.extend(patches.apply_listeners(context, &mut resources.listeners, true));
         }
         if parts.routes {
+            // The memo points into the routes as translated.
+            if let Some(memo) = route_memo.as_mut() {
+                memo.keep_unpatched(resources.routes.clone());
+            }
             let port_map = if router { gateway::port_map(&ctx) } else { BTreeMap::new() };
             skipped.extend(patches.apply_routes(context, &mut resources.routes, &port_map));
         }
@@ -457,6 +467,7 @@ pub fn outbound_parts(snapshot: &Snapshot, proxy: &Proxy, parts: Parts, memo: Op
         }
         warn_skipped(proxy, &skipped);
     }
+    resources.route_memo = RouteMemoSlot(route_memo.map(Arc::new));
     resources
 }
 

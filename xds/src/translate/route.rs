@@ -87,10 +87,9 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
     outbound_reusing(ctx, None).0
 }
 
-/// [`outbound`], taking each VirtualService's routes from `previous` (the memo of the same
-/// view's last translation) where they cannot have changed, and returning the memo of this
-/// translation.
-pub fn outbound_reusing(ctx: &Context<'_>, previous: Option<&RouteMemo>) -> (Vec<RouteConfiguration>, RouteMemo) {
+/// [`outbound`], taking each VirtualService's routes from `previous` (the same view's last
+/// translation) where they cannot have changed, and returning the memo of this translation.
+pub fn outbound_reusing(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>) -> (Vec<RouteConfiguration>, RouteMemo) {
     let services: Vec<&Arc<Service>> = ctx.services().collect();
     let hostnames: HashSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
     let virtual_services: Vec<MeshVirtualService<'_>> =
@@ -110,11 +109,14 @@ pub fn outbound_reusing(ctx: &Context<'_>, previous: Option<&RouteMemo>) -> (Vec
         ports.insert(NON_REGISTRY_HOST_PORT);
     }
     let inputs = MemoInputs::of(ctx);
-    let reusable = previous.filter(|memo| memo.inputs == inputs);
-    let mut memo = RouteMemo { inputs, routes: HashMap::new(), reused: 0 };
+    let reusable = previous.filter(|previous| previous.memo.inputs == inputs);
+    let mut memo = RouteMemo { inputs, routes: HashMap::new(), reused: 0, unpatched: None };
     let configs = ports
         .into_iter()
-        .map(|port| route_configuration(ctx, port, &services, &virtual_services, &owners, reusable, &mut memo))
+        .enumerate()
+        .map(|(index, port)| {
+            route_configuration(ctx, (index, port), &services, &virtual_services, &owners, reusable, &mut memo)
+        })
         .collect();
     (configs, memo)
 }
@@ -125,21 +127,29 @@ pub fn outbound_reusing(ctx: &Context<'_>, previous: Option<&RouteMemo>) -> (Vec
 /// same objects or equal ones, the same VirtualService object gives the same routes, so a VirtualService
 /// change translates only the VirtualServices that changed (one of a thousand, typically).
 /// A VirtualService that delegates reads its delegates too, and is never taken from a memo.
+///
+/// The memo holds no routes of its own: it says where each VirtualService's routes are in the
+/// route configurations it was made with, which the view keeps anyway ([`RouteReuse`]). It
+/// held a copy of every route beside the view's (a fifth of a cold translation's allocations).
 #[derive(Debug, Default)]
 pub struct RouteMemo {
     inputs: MemoInputs,
-    /// (the VirtualService's address, port) → its routes on that port.
+    /// (the VirtualService's address, port) → where its routes on that port are.
     routes: HashMap<(usize, u32), MemoRoutes>,
-    /// How many of `routes` were taken from the previous memo.
+    /// How many VirtualServices' routes this translation took from the previous one.
     reused: usize,
+    /// The route configurations as translated, when EnvoyFilters then patched the view's: the
+    /// locations point into these, not into the patched ones.
+    unpatched: Option<Arc<Vec<RouteConfiguration>>>,
 }
 
 /// A VirtualService (held, so its address is not reused while the memo names it) and the
-/// routes it gave on one port.
+/// virtual host whose routes are exactly the routes it gave on one port.
 #[derive(Debug)]
 struct MemoRoutes {
     vs: Arc<VirtualService>,
-    routes: Arc<Vec<Route>>,
+    config: usize,
+    vhost: usize,
 }
 
 impl RouteMemo {
@@ -148,9 +158,42 @@ impl RouteMemo {
         self.reused
     }
 
-    fn reuse(&self, vs: &Arc<VirtualService>, port: u32) -> Option<Arc<Vec<Route>>> {
-        let kept = self.routes.get(&(Arc::as_ptr(vs) as usize, port))?;
-        Arc::ptr_eq(&kept.vs, vs).then(|| kept.routes.clone())
+    /// Keeps `configs`, the route configurations this memo was made with, before EnvoyFilters
+    /// patch the view's copy of them.
+    pub fn keep_unpatched(&mut self, configs: Vec<RouteConfiguration>) {
+        self.unpatched = Some(Arc::new(configs));
+    }
+}
+
+/// A view's route memo with the route configurations it was made with (the view's own, or
+/// the memo's unpatched copy): what the next route translation of the view can reuse.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteReuse<'a> {
+    memo: &'a RouteMemo,
+    configs: &'a [RouteConfiguration],
+}
+
+impl<'a> RouteReuse<'a> {
+    /// `configs` are the route configurations of the translation that made `memo`, as the view
+    /// holds them.
+    pub fn new(memo: &'a RouteMemo, configs: &'a [RouteConfiguration]) -> Self {
+        let configs = memo.unpatched.as_deref().map_or(configs, Vec::as_slice);
+        Self { memo, configs }
+    }
+
+    /// How many VirtualServices' routes the translation that made the memo took from its own
+    /// previous one.
+    pub fn reused(&self) -> usize {
+        self.memo.reused
+    }
+
+    fn reuse(&self, vs: &Arc<VirtualService>, port: u32) -> Option<Vec<Route>> {
+        let kept = self.memo.routes.get(&(Arc::as_ptr(vs) as usize, port))?;
+        if !Arc::ptr_eq(&kept.vs, vs) {
+            return None;
+        }
+        let config = self.configs.get(kept.config).filter(|c| c.name.parse::<u32>() == Ok(port))?;
+        Some(config.virtual_hosts.get(kept.vhost)?.routes.clone())
     }
 }
 
@@ -271,6 +314,8 @@ impl<'v> Owners<'v> {
 
 /// A virtual host before domain de-duplication.
 struct VhostDraft {
+    /// The VirtualService (index into the mesh list) whose routes these are, if any.
+    owner: Option<usize>,
     name: String,
     domains: Vec<String>,
     /// Short-name aliases among `domains`: dropped when they equal another service's FQDN.
@@ -281,13 +326,14 @@ struct VhostDraft {
     mesh: bool,
 }
 
+/// The route configuration of `port`, the `index`th of the proxy's.
 fn route_configuration(
     ctx: &Context<'_>,
-    port: u32,
+    (index, port): (usize, u32),
     services: &[&Arc<Service>],
     virtual_services: &[MeshVirtualService<'_>],
     owners: &Owners<'_>,
-    reusable: Option<&RouteMemo>,
+    reusable: Option<RouteReuse<'_>>,
     memo: &mut RouteMemo,
 ) -> RouteConfiguration {
     let on_port: Vec<&Arc<Service>> = services
@@ -302,23 +348,33 @@ fn route_configuration(
         .filter(|s| ctx.port_visible(s, port))
         .collect();
 
-    // Routes of each VirtualService on this port, computed (or taken from the memo) once;
-    // `None` until needed.
-    let mut vs_routes: Vec<Option<Arc<Vec<Route>>>> = vec![None; virtual_services.len()];
+    // How many virtual hosts may take each VirtualService's routes (at most: some turn out
+    // empty), so the last one takes them rather than a copy.
+    let mut uses = vec![0usize; virtual_services.len()];
+    for service in &on_port {
+        if let Some(i) = owners.owner(&service.hostname) {
+            uses[i] += 1;
+        }
+    }
+    // The hosts outside the registry (below) take them once between them.
+    for (i, vs) in virtual_services.iter().enumerate() {
+        if !vs.non_registry_hosts.is_empty() && (port == NON_REGISTRY_HOST_PORT || uses[i] > 0) {
+            uses[i] += 1;
+        }
+    }
+    // Routes of each VirtualService on this port, computed (or taken from the previous
+    // translation) once; `None` until needed, and after the last use.
+    let mut vs_routes: Vec<Option<Vec<Route>>> = vec![None; virtual_services.len()];
     let mut routes_of = |i: usize| -> Vec<Route> {
         let routes = vs_routes[i].get_or_insert_with(|| {
             let vs = virtual_services[i].vs;
             let delegates = vs.spec.http.iter().any(|rule| rule.delegate.is_some());
             let kept = reusable.filter(|_| !delegates).and_then(|previous| previous.reuse(vs, port));
             memo.reused += usize::from(kept.is_some());
-            let routes = kept.unwrap_or_else(|| Arc::new(http_routes(ctx, vs, port)));
-            if !delegates {
-                memo.routes
-                    .insert((Arc::as_ptr(vs) as usize, port), MemoRoutes { vs: vs.clone(), routes: routes.clone() });
-            }
-            routes
+            kept.unwrap_or_else(|| http_routes(ctx, vs, port))
         });
-        routes.as_ref().clone()
+        uses[i] = uses[i].saturating_sub(1);
+        if uses[i] == 0 { vs_routes[i].take().unwrap_or_default() } else { routes.clone() }
     };
 
     let mut vs_drafts = Vec::new();
@@ -334,9 +390,11 @@ fn route_configuration(
         match (owner, routes) {
             (Some(i), Some(routes)) => {
                 vs_covers_port[i] = true;
-                vs_drafts.push((i, VhostDraft { name, domains, aliases, routes, mesh: !service.mesh_external }));
+                let mesh = !service.mesh_external;
+                vs_drafts.push((i, VhostDraft { owner: Some(i), name, domains, aliases, routes, mesh }));
             }
             _ => default_drafts.push(VhostDraft {
+                owner: None,
                 name,
                 domains,
                 aliases,
@@ -363,6 +421,7 @@ fn route_configuration(
             vs_drafts.push((
                 i,
                 VhostDraft {
+                    owner: Some(i),
                     name: format!("{host}:{port}"),
                     domains: vec![ipv6_compliant(host)],
                     aliases: Vec::new(),
@@ -404,6 +463,18 @@ fn route_configuration(
         kept.push(VhostDraft { domains, aliases: Vec::new(), ..draft });
     }
     kept.sort_by(|a, b| a.name.cmp(&b.name));
+    // Where each VirtualService's routes are, for the next translation of this view. A
+    // VirtualService that delegates reads its delegates too, so it is always translated.
+    for (vhost, draft) in kept.iter().enumerate() {
+        let Some(vs) = draft.owner.map(|i| virtual_services[i].vs) else { continue };
+        if vs.spec.http.iter().all(|rule| rule.delegate.is_none()) {
+            memo.routes.entry((Arc::as_ptr(vs) as usize, port)).or_insert_with(|| MemoRoutes {
+                vs: vs.clone(),
+                config: index,
+                vhost,
+            });
+        }
+    }
     let mut virtual_hosts = Vec::with_capacity(kept.len() + 1);
     virtual_hosts.extend(kept.into_iter().map(|draft| VirtualHost {
         name: draft.name,
