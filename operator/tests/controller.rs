@@ -427,6 +427,11 @@ async fn every_reconcile_log_line_names_the_cr_and_the_metrics_count_it() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // The other tests of this binary start reconciling at the same moment with no subscriber:
+    // a log site they register while this one registers its subscriber can be cached as
+    // uninteresting to every subscriber, and this test then captured nothing (seen once in CI).
+    // Recomputing the cache with this subscriber in place closes that window.
+    tracing::callsite::rebuild_interest_cache();
     let (_client, _fake, ctx) = installed("logged", json!({}), None).await;
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("rudder_operator::controller")).collect();
