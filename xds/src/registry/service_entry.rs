@@ -157,18 +157,24 @@ impl EntryCache {
                         && selector.is_some_and(|selector| labels_match(selector, &we.spec.labels))
                 })
                 .collect();
-            let refs: Vec<&WorkloadEntry> = selected.iter().map(|we| we.as_ref()).collect();
             // The same entry with other workloads keeps its services.
             let kept = same_entry.then(|| services.services.clone());
-            *services = Arc::new(convert_entry(entry, &refs, kept));
-            let cached = CachedEntry {
-                entry: entry.clone(),
-                selected: selected.into_iter().cloned().collect(),
-                converted: services.clone(),
-            };
-            self.entries.insert((namespace.to_owned(), name.to_owned()), cached);
+            *services = Arc::new(convert_entry(entry, &refs(&selected), kept));
+            Self::record(&mut self.entries, (namespace.to_owned(), name.to_owned()), entry, selected, services);
         }
         Some(converted)
+    }
+
+    /// Remembers `entry`'s conversion with the workloads it selected.
+    fn record(
+        entries: &mut HashMap<(String, String), CachedEntry>,
+        key: (String, String),
+        entry: &Arc<ServiceEntry>,
+        selected: Vec<&Arc<WorkloadEntry>>,
+        converted: &Arc<EntryServices>,
+    ) {
+        let selected = selected.into_iter().cloned().collect();
+        entries.insert(key, CachedEntry { entry: entry.clone(), selected, converted: converted.clone() });
     }
 
     /// Every entry, through an index of the workloads; entries whose object and selected
@@ -200,20 +206,18 @@ impl EntryCache {
                     // The same entry with other workloads keeps its services.
                     let services =
                         cached.filter(|c| Arc::ptr_eq(&c.entry, entry)).map(|c| c.converted.services.clone());
-                    let refs: Vec<&WorkloadEntry> = selected.iter().map(|we| we.as_ref()).collect();
-                    Arc::new(convert_entry(entry, &refs, services))
+                    Arc::new(convert_entry(entry, &refs(&selected), services))
                 }
             };
-            let cached = CachedEntry {
-                entry: entry.clone(),
-                selected: selected.into_iter().cloned().collect(),
-                converted: services.clone(),
-            };
-            self.entries.insert(key, cached);
+            Self::record(&mut self.entries, key, entry, selected, &services);
             converted.push(services);
         }
         converted
     }
+}
+
+fn refs<'w>(selected: &'w [&Arc<WorkloadEntry>]) -> Vec<&'w WorkloadEntry> {
+    selected.iter().map(|we| we.as_ref()).collect()
 }
 
 /// One entry's services and endpoints, `selected` being the WorkloadEntries its selector picks;

@@ -702,20 +702,17 @@ impl Generation {
         if shared {
             return true;
         }
-        match &self.previous_snapshot {
-            Some(previous) if Arc::ptr_eq(previous, before) => {
-                let changed = self
-                    .endpoint_lists_changed
-                    .get_or_init(|| crate::translate::endpoint_lists_changed(before, &self.snapshot));
-                generator.own_endpoints_changed(before, &self.snapshot, proxy, changed)
+        let fresh;
+        let changed = match &self.previous_snapshot {
+            Some(previous) if Arc::ptr_eq(previous, before) => self
+                .endpoint_lists_changed
+                .get_or_init(|| crate::translate::endpoint_lists_changed(before, &self.snapshot)),
+            _ => {
+                fresh = crate::translate::endpoint_lists_changed(before, &self.snapshot);
+                &fresh
             }
-            _ => generator.own_endpoints_changed(
-                before,
-                &self.snapshot,
-                proxy,
-                &crate::translate::endpoint_lists_changed(before, &self.snapshot),
-            ),
-        }
+        };
+        generator.own_endpoints_changed(before, &self.snapshot, proxy, changed)
     }
 
     /// Number of distinct views held by some stream (debug output).

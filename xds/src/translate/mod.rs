@@ -557,24 +557,18 @@ pub fn inbound_inputs_changed(before: &Snapshot, after: &Snapshot) -> bool {
 /// The hosts whose endpoint lists differ between `before` and `after`, in host order. The
 /// registries share unchanged lists between snapshots, so most hosts cost a pointer comparison.
 pub fn endpoint_lists_changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
-    let mut changed = Vec::new();
-    let (mut old, mut new) = (before.endpoints.iter().peekable(), after.endpoints.iter().peekable());
-    loop {
-        let host = match (old.peek(), new.peek()) {
-            (None, None) => return changed,
-            (Some((a, _)), Some((b, _))) if a == b => {
-                let ((host, x), (_, y)) = (old.next().expect("peeked"), new.next().expect("peeked"));
-                if Arc::ptr_eq(x, y) || x == y {
-                    continue;
-                }
-                host
-            }
-            (Some((a, _)), Some((b, _))) if a < b => old.next().expect("peeked").0,
-            (Some(_), None) => old.next().expect("peeked").0,
-            _ => new.next().expect("peeked").0,
-        };
-        changed.push(host.clone());
-    }
+    let differs = |host: &String, list: &Arc<Vec<Endpoint>>, other: &Snapshot| {
+        other.endpoints.get(host).is_none_or(|o| !Arc::ptr_eq(list, o) && list != o)
+    };
+    let mut changed: Vec<String> = before
+        .endpoints
+        .iter()
+        .filter(|(host, list)| differs(host, list, after))
+        .chain(after.endpoints.iter().filter(|(host, _)| !before.endpoints.contains_key(*host)))
+        .map(|(host, _)| host.clone())
+        .collect();
+    changed.sort();
+    changed
 }
 
 /// Whether the endpoints at `proxy`'s own addresses (its inbound ports) differ. Only the hosts

@@ -153,11 +153,6 @@ struct MemoRoutes {
 }
 
 impl RouteMemo {
-    /// How many VirtualServices' routes (by port) this translation took from the previous one.
-    pub fn reused(&self) -> usize {
-        self.reused
-    }
-
     /// Keeps `configs`, the route configurations this memo was made with, before EnvoyFilters
     /// patch the view's copy of them.
     pub fn keep_unpatched(&mut self, configs: Vec<RouteConfiguration>) {
@@ -264,6 +259,11 @@ impl<'a> MeshVirtualService<'a> {
     }
 }
 
+/// Whether a VirtualService delegates some of its rules (its routes then read the delegates).
+fn delegates(vs: &VirtualService) -> bool {
+    vs.spec.http.iter().any(|rule| rule.delegate.is_some())
+}
+
 fn namespace_of(vs: &VirtualService) -> &str {
     vs.metadata.namespace.as_deref().unwrap_or("default")
 }
@@ -368,8 +368,7 @@ fn route_configuration(
     let mut routes_of = |i: usize| -> Vec<Route> {
         let routes = vs_routes[i].get_or_insert_with(|| {
             let vs = virtual_services[i].vs;
-            let delegates = vs.spec.http.iter().any(|rule| rule.delegate.is_some());
-            let kept = reusable.filter(|_| !delegates).and_then(|previous| previous.reuse(vs, port));
+            let kept = reusable.filter(|_| !delegates(vs)).and_then(|previous| previous.reuse(vs, port));
             memo.reused += usize::from(kept.is_some());
             kept.unwrap_or_else(|| http_routes(ctx, vs, port))
         });
@@ -467,7 +466,7 @@ fn route_configuration(
     // VirtualService that delegates reads its delegates too, so it is always translated.
     for (vhost, draft) in kept.iter().enumerate() {
         let Some(vs) = draft.owner.map(|i| virtual_services[i].vs) else { continue };
-        if vs.spec.http.iter().all(|rule| rule.delegate.is_none()) {
+        if !delegates(vs) {
             memo.routes.entry((Arc::as_ptr(vs) as usize, port)).or_insert_with(|| MemoRoutes {
                 vs: vs.clone(),
                 config: index,
