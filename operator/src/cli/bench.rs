@@ -405,18 +405,25 @@ fn ms(duration: Option<Duration>) -> String {
 mod tests {
     use super::*;
 
+    /// Reads this test's own thread: the harness runs other tests beside it, whose threads come
+    /// and go, so whether the whole process's reading is exact is left to the table test below.
     #[test]
     fn reads_own_cpu_and_memory() {
+        let own_thread = || -> u32 {
+            let link = std::fs::read_link("/proc/thread-self").unwrap();
+            link.file_name().unwrap().to_str().unwrap().parse().unwrap()
+        };
+        let tid = own_thread();
         let before = cpu_of("self").unwrap();
-        assert!(!before.threads.is_empty());
-        // Busy for a while, so this thread's exact run time moves.
         let started = std::time::Instant::now();
         let mut spin = 0u64;
         while started.elapsed() < Duration::from_millis(30) {
             spin = std::hint::black_box(spin.wrapping_add(1));
         }
-        let (cpu, exact) = cpu_of("self").unwrap().since(&before);
-        assert!(exact && cpu >= Duration::from_millis(10), "{cpu:?} {exact}");
+        let after = cpu_of("self").unwrap();
+        let (ran_before, ran_after) = (before.threads[&tid], after.threads[&tid]);
+        assert!(ran_after > ran_before, "{ran_before} ns, then {ran_after} ns");
+        assert!(after.ticks >= before.ticks);
         let (hwm, rss) = memory_of(std::process::id()).unwrap();
         assert!(hwm >= rss && rss > 0, "{hwm} {rss}");
     }
