@@ -70,6 +70,11 @@ struct XdsArgs {
     /// change) and time how long every stream takes to receive new endpoints.
     #[arg(long)]
     endpoint_update_file: Option<PathBuf>,
+    /// Make that endpoint-only change this many times, `--settle` apart, and report the median
+    /// and range of its server CPU and p99 over them as well as each one (one change is a few
+    /// tens of milliseconds of CPU, within a shared machine's noise).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    endpoint_updates: u32,
     /// Last, SIGKILL discovery (`--pid`), start it again with the same command line, and time
     /// how long every stream takes to reconnect (Envoy's backoff) and hold its whole config
     /// again: a reconnect storm. The bench stops the discovery it started when it ends.
@@ -205,25 +210,41 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         report_cpu("update", client_before, server_before, args.pid);
     }
     if let Some(file) = &args.endpoint_update_file {
-        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-        let client_before = cpu_of("self");
-        let server_before = args.pid.map(|pid| cpu_of(&pid.to_string()));
-        let since = Instant::now();
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let (flipped, found) = synthetic::flip_first_version(&text);
-        anyhow::ensure!(found, "{}: no `version: v1|v2` label to change", file.display());
-        std::fs::write(file, flipped).with_context(|| format!("writing {}", file.display()))?;
-        let latencies = run.wait_update(Kind::Endpoint, since, timeout).await;
-        let received = latencies.iter().flatten().count();
-        println!(
-            "endpoint update ({}): {received}/{} streams got new endpoints (p50 {}, p99 {}, max {})",
-            file.display(),
-            args.proxies,
-            ms(percentile(&latencies, 50.0)),
-            ms(percentile(&latencies, 99.0)),
-            ms(percentile(&latencies, 100.0)),
-        );
-        report_cpu("endpoint update", client_before, server_before, args.pid);
+        let mut server_cpu = Vec::new();
+        let mut p99s = Vec::new();
+        for _ in 0..args.endpoint_updates {
+            tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+            let client_before = cpu_of("self");
+            let server_before = args.pid.map(|pid| cpu_of(&pid.to_string()));
+            let since = Instant::now();
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            let (flipped, found) = synthetic::flip_first_version(&text);
+            anyhow::ensure!(found, "{}: no `version: v1|v2` label to change", file.display());
+            std::fs::write(file, flipped).with_context(|| format!("writing {}", file.display()))?;
+            let latencies = run.wait_update(Kind::Endpoint, since, timeout).await;
+            let received = latencies.iter().flatten().count();
+            println!(
+                "endpoint update ({}): {received}/{} streams got new endpoints (p50 {}, p99 {}, max {})",
+                file.display(),
+                args.proxies,
+                ms(percentile(&latencies, 50.0)),
+                ms(percentile(&latencies, 99.0)),
+                ms(percentile(&latencies, 100.0)),
+            );
+            p99s.extend(percentile(&latencies, 99.0));
+            if let Some((cpu, true)) = report_cpu("endpoint update", client_before, server_before, args.pid) {
+                server_cpu.push(cpu);
+            }
+        }
+        if args.endpoint_updates > 1 {
+            println!(
+                "endpoint updates ({}): server CPU {} (exact: {} of them); p99 {}",
+                args.endpoint_updates,
+                spread(&mut server_cpu),
+                server_cpu.len(),
+                spread(&mut p99s)
+            );
+        }
     }
     let mut restarted = None;
     let mut unsynced = 0;
@@ -307,7 +328,13 @@ fn report_server_memory(phase: &str, pid: Option<u32>, before: Option<(u64, u64)
     println!("server memory {phase}: peak RSS {}, RSS {}{per_stream}", mib(hwm), mib(rss));
 }
 
-fn report_cpu(phase: &str, client_before: Option<CpuClock>, server_before: Option<Option<CpuClock>>, pid: Option<u32>) {
+/// Reports the CPU both sides spent since the readings before; returns the server's.
+fn report_cpu(
+    phase: &str,
+    client_before: Option<CpuClock>,
+    server_before: Option<Option<CpuClock>>,
+    pid: Option<u32>,
+) -> Option<(Duration, bool)> {
     let client = cpu_of("self").zip(client_before).map(|(after, before)| after.since(&before));
     let server = pid
         .and_then(|pid| cpu_of(&pid.to_string()))
@@ -318,8 +345,20 @@ fn report_cpu(phase: &str, client_before: Option<CpuClock>, server_before: Optio
         Some((cpu, false)) => format!("{} (in 10 ms ticks)", ms(Some(cpu))),
         None => ms(None),
     };
-    let server = if pid.is_some() { format!(", server {}", shown(server)) } else { String::new() };
-    println!("  cpu during {phase}: client {}{server}", shown(client));
+    let shown_server = if pid.is_some() { format!(", server {}", shown(server)) } else { String::new() };
+    println!("  cpu during {phase}: client {}{shown_server}", shown(client));
+    server
+}
+
+/// "median M (min A, max B)" of `values`, or "–" when there are none.
+fn spread(values: &mut [Duration]) -> String {
+    values.sort();
+    match (values.first(), values.get(values.len() / 2), values.last()) {
+        (Some(min), Some(median), Some(max)) => {
+            format!("median {} (min {}, max {})", ms(Some(*median)), ms(Some(*min)), ms(Some(*max)))
+        }
+        _ => "–".to_owned(),
+    }
 }
 
 /// With `--idle`: the server's memory after that many seconds without load.
@@ -426,6 +465,13 @@ mod tests {
         assert!(after.ticks >= before.ticks);
         let (hwm, rss) = memory_of(std::process::id()).unwrap();
         assert!(hwm >= rss && rss > 0, "{hwm} {rss}");
+    }
+
+    #[test]
+    fn spread_is_median_and_range() {
+        let mut values = [30, 10, 20, 50, 40].map(Duration::from_millis);
+        assert_eq!(spread(&mut values), "median 30.0 ms (min 10.0 ms, max 50.0 ms)");
+        assert_eq!(spread(&mut []), "–");
     }
 
     /// Exact while every earlier thread lives; in ticks once one has exited (its run time left
