@@ -1269,6 +1269,20 @@ impl ProxyResources {
         })
     }
 
+    /// Whether `self` serves `kind` from the very sets `other` does (the same view, inbound side
+    /// and endpoint table, or for name tables the same generation): then nothing of the kind
+    /// can differ between the two, and a stream that was last diffed against `other` has
+    /// nothing of it to send.
+    pub(crate) fn same_source(&self, other: &ProxyResources, kind: Kind) -> bool {
+        match kind {
+            Kind::Endpoint => Arc::ptr_eq(&self.endpoints, &other.endpoints),
+            Kind::NameTable => Arc::ptr_eq(&self.generation, &other.generation),
+            Kind::Cluster | Kind::Listener | Kind::Route | Kind::Secret | Kind::ExtensionConfig => {
+                Arc::ptr_eq(&self.outbound, &other.outbound) && Arc::ptr_eq(&self.inbound, &other.inbound)
+            }
+        }
+    }
+
     /// Every resource of `kind`, sorted by name.
     pub fn all(&self, kind: Kind) -> Vec<&Arc<EncodedResource>> {
         if kind == Kind::NameTable {
@@ -1558,6 +1572,50 @@ mod incremental_tests {
             _ => next.envoy_filters.clear(),
         }
         next
+    }
+
+    /// What a push may skip: an endpoint change leaves a proxy's clusters, listeners and
+    /// routes served from the very sets of the last push; a new service does not.
+    #[tokio::test]
+    async fn a_push_tells_which_kinds_come_from_the_sets_served_before() {
+        let generator: Arc<dyn Generator> = Arc::new(crate::server::Translator);
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut snapshot = Snapshot::default();
+        for i in 0..3 {
+            snapshot.services.insert(host(i), service(i, 1));
+            snapshot.endpoints.insert(host(i), endpoints(i, &mut rng));
+        }
+        let proxy =
+            Arc::new(Proxy::from_node("sidecar~10.244.9.9~a.ns~ns.svc.cluster.local", &Default::default()).unwrap());
+        let push = |snapshot: Snapshot, version: u64, previous: Option<&Generation>| {
+            crate::server::push::build_generation(&*generator, Arc::new(snapshot), version, Instant::now(), previous)
+        };
+        let first = Arc::new(push(snapshot.clone(), 1, None));
+        let served = ProxyResources::build(&generator, first.clone(), &proxy, None).await;
+
+        let mut moved = snapshot.clone();
+        // A workload relabelled, as the endpoint-change benchmark does (its account, which
+        // clusters' SANs name, unchanged).
+        let mut relabelled = snapshot.endpoints[&host(1)].as_ref().clone();
+        relabelled.push(Endpoint {
+            address: "10.244.1.77".into(),
+            ..relabelled.first().cloned().unwrap_or_else(|| Endpoint::plain("10.244.1.77", 9000, "http-0", "ns"))
+        });
+        moved.endpoints.insert(host(1), Arc::new(relabelled));
+        let second = Arc::new(push(moved.clone(), 2, Some(&first)));
+        let after_endpoints = ProxyResources::build(&generator, second.clone(), &proxy, Some(&served)).await;
+        for kind in [Kind::Cluster, Kind::Listener, Kind::Route, Kind::Secret, Kind::ExtensionConfig] {
+            assert!(after_endpoints.same_source(&served, kind), "{kind:?} after an endpoint change");
+        }
+        assert!(!after_endpoints.same_source(&served, Kind::Endpoint));
+        assert!(!after_endpoints.same_source(&served, Kind::NameTable), "name tables are per generation");
+
+        let mut grown = moved;
+        grown.services.insert(host(5), service(5, 1));
+        let third = push(grown, 3, Some(&second));
+        let after_service = ProxyResources::build(&generator, Arc::new(third), &proxy, Some(&after_endpoints)).await;
+        assert!(!after_service.same_source(&after_endpoints, Kind::Cluster), "a new service's cluster");
+        assert!(after_service.get(Kind::Cluster, "outbound|8000||svc-5.ns.svc.cluster.local").is_some());
     }
 
     /// A view rebuilt from only the kinds a change touched equals one translated from scratch.

@@ -405,6 +405,11 @@ impl StreamCore {
         self.adopt(generation).await
     }
 
+    /// What the stream was last served (every diff since was made against it), if anything.
+    pub(crate) fn served(&self) -> Option<&ProxyResources> {
+        self.current.as_ref()
+    }
+
     /// Moves to the latest generation; `None` when the stream is already there (or the
     /// server is still loading).
     pub(crate) async fn advance(&mut self) -> Option<ProxyResources> {

@@ -70,8 +70,8 @@ impl DeltaStream {
             tracing::debug!(type_url = request.type_url, "ignoring a request for a type this server does not serve");
             return Ok(());
         };
-        if self.is_early_chunk_ack(kind, &request) {
-            // The rest of that send is on its way; the ACK of its last chunk settles it.
+        if self.settled_by_plain_ack(kind, &request) {
+            self.core.release_initial_permit_if_answered();
             return Ok(());
         }
         if self.core.push_pending() {
@@ -122,8 +122,11 @@ impl DeltaStream {
         self.send(kind, &resources, diff).await
     }
 
-    /// A plain ACK (no error, no subscription change) of a chunk before the last of a send.
-    fn is_early_chunk_ack(&self, kind: Kind, request: &DeltaDiscoveryRequest) -> bool {
+    /// Settles a plain ACK (no error, no subscription change) of a watch that exists, the
+    /// answer to nearly every response: it records what the client acknowledged and needs no
+    /// diff (it names nothing new). The ACK of a chunk before the last of a send changes
+    /// nothing: the rest of that send is on its way, and the ACK of its last chunk settles it.
+    fn settled_by_plain_ack(&self, kind: Kind, request: &DeltaDiscoveryRequest) -> bool {
         if request.error_detail.is_some()
             || request.response_nonce.is_empty()
             || !request.resource_names_subscribe.is_empty()
@@ -131,8 +134,16 @@ impl DeltaStream {
         {
             return false;
         }
-        let watches = self.core.connection().watches();
-        watches.get(&kind).is_some_and(|w| earlier_chunk(&request.response_nonce, &w.nonce_sent))
+        let mut watches = self.core.connection().watches();
+        let Some(watch) = watches.get_mut(&kind) else { return false };
+        if request.response_nonce == watch.nonce_sent {
+            watch.nonce_acked.clone_from(&request.response_nonce);
+            watch.version_acked.clone_from(&watch.version_sent);
+            watch.last_error = None;
+        } else if !earlier_chunk(&request.response_nonce, &watch.nonce_sent) {
+            self.core.shared.metrics.expired_nonce(kind);
+        }
+        true
     }
 
     /// Applies ACK/NACK and subscription changes; returns the names newly subscribed (or
@@ -219,14 +230,21 @@ impl DeltaStream {
 
     /// Moves the stream to the latest generation and sends what changed, in push order.
     async fn push(&mut self) -> Result<(), Closed> {
+        let before = self.core.served().cloned();
         let Some(resources) = self.core.advance().await else { return Ok(()) };
         // Envoy re-warms an updated cluster and needs its endpoints again even if unchanged.
         let mut changed_clusters = BTreeSet::new();
         for kind in Kind::PUSH_ORDER {
+            let force = if kind == Kind::Endpoint { &changed_clusters } else { &BTreeSet::new() };
+            // Every watch was last diffed against `before`: a kind served from the same sets
+            // has nothing to send (an endpoint change leaves every other kind so, and walking
+            // a proxy's thousands of clusters to find that out was most of its diffs).
+            if force.is_empty() && before.as_ref().is_some_and(|b| b.same_source(&resources, kind)) {
+                continue;
+            }
             let planned = {
                 let mut watches = self.core.connection().watches();
                 let Some(watch) = watches.get_mut(&kind) else { continue };
-                let force = if kind == Kind::Endpoint { &changed_clusters } else { &BTreeSet::new() };
                 let diff = diff(kind, watch, &resources, &BTreeSet::new(), force);
                 self.intern(watch);
                 if kind == Kind::Cluster {

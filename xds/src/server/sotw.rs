@@ -200,10 +200,17 @@ impl SotwStream {
 
     /// Moves the stream to the latest generation and sends what changed, in push order.
     async fn push(&mut self) -> Result<(), Closed> {
+        let before = self.core.served().cloned();
         let Some(resources) = self.core.advance().await else { return Ok(()) };
         // Envoy re-warms an updated cluster and needs its endpoints again even if unchanged.
         let mut changed_clusters = BTreeSet::new();
         for kind in Kind::PUSH_ORDER {
+            // Every watch was last answered from `before`: a kind served from the same sets
+            // has nothing to send.
+            let rewarm = kind == Kind::Endpoint && !changed_clusters.is_empty();
+            if !rewarm && before.as_ref().is_some_and(|b| b.same_source(&resources, kind)) {
+                continue;
+            }
             let planned = {
                 let mut watches = self.core.connection().watches();
                 let Some(watch) = watches.get_mut(&kind) else { continue };
