@@ -164,39 +164,33 @@ fn build_service(endpoints: &[Endpoint], plans: Vec<Planned<'_>>, out: &mut Vec<
 /// subsets. `None` when any host could be affected (a wildcard DestinationRule's subsets
 /// changed). Comparing inputs is far cheaper than translating every endpoint again.
 pub fn changed_hosts(before: &Snapshot, after: &Snapshot) -> Option<BTreeSet<String>> {
-    let mut changed = BTreeSet::new();
-    let hosts: BTreeSet<&String> = before.services.keys().chain(after.services.keys()).collect();
-    for host in hosts {
-        let same_service = match (before.services.get(host), after.services.get(host)) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            (None, None) => true,
-            _ => false,
-        };
-        let same_endpoints = match (before.endpoints.get(host), after.endpoints.get(host)) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            (None, None) => true,
-            _ => false,
-        };
-        if !(same_service && same_endpoints) {
-            changed.insert(host.clone());
-        }
-    }
-    let rules = |snapshot: &Snapshot| -> BTreeMap<(String, String), Arc<DestinationRule>> {
+    let mut changed: BTreeSet<String> = super::changed_keys(&before.services, &after.services)
+        .chain(super::changed_keys(&before.endpoints, &after.endpoints))
+        .cloned()
+        .collect();
+    fn rules(snapshot: &Snapshot) -> BTreeMap<(&str, &str), &Arc<DestinationRule>> {
         snapshot
             .destination_rules
             .iter()
             .map(|r| {
-                let key =
-                    (r.metadata.namespace.clone().unwrap_or_default(), r.metadata.name.clone().unwrap_or_default());
-                (key, r.clone())
+                let key = (
+                    r.metadata.namespace.as_deref().unwrap_or_default(),
+                    r.metadata.name.as_deref().unwrap_or_default(),
+                );
+                (key, r)
             })
             .collect()
-    };
+    }
     let (old_rules, new_rules) = (rules(before), rules(after));
-    let keys: BTreeSet<&(String, String)> = old_rules.keys().chain(new_rules.keys()).collect();
+    let keys: BTreeSet<&(&str, &str)> = old_rules.keys().chain(new_rules.keys()).collect();
     for key in keys {
-        let (old, new) = (old_rules.get(key), new_rules.get(key));
-        let (old, new) = (subsets_of(old, &key.0), subsets_of(new, &key.0));
+        let (old, new) = (old_rules.get(key).copied(), new_rules.get(key).copied());
+        if let (Some(old), Some(new)) = (old, new)
+            && Arc::ptr_eq(old, new)
+        {
+            continue;
+        }
+        let (old, new) = (subsets_of(old, key.0), subsets_of(new, key.0));
         if old == new {
             continue;
         }

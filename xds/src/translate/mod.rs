@@ -557,18 +557,37 @@ pub fn inbound_inputs_changed(before: &Snapshot, after: &Snapshot) -> bool {
 /// The hosts whose endpoint lists differ between `before` and `after`, in host order. The
 /// registries share unchanged lists between snapshots, so most hosts cost a pointer comparison.
 pub fn endpoint_lists_changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
-    let differs = |host: &String, list: &Arc<Vec<Endpoint>>, other: &Snapshot| {
-        other.endpoints.get(host).is_none_or(|o| !Arc::ptr_eq(list, o) && list != o)
-    };
-    let mut changed: Vec<String> = before
-        .endpoints
-        .iter()
-        .filter(|(host, list)| differs(host, list, after))
-        .chain(after.endpoints.iter().filter(|(host, _)| !before.endpoints.contains_key(*host)))
-        .map(|(host, _)| host.clone())
-        .collect();
-    changed.sort();
-    changed
+    changed_keys(&before.endpoints, &after.endpoints).cloned().collect()
+}
+
+/// The keys, in order, whose values differ between two maps (added, removed, or neither the
+/// same `Arc` nor equal), found in one walk of both: snapshots share the `Arc`s of what a change
+/// left alone, so this is a pointer check per key, with no lookups.
+pub(crate) fn changed_keys<'m, K: Ord, V: PartialEq>(
+    before: &'m BTreeMap<K, Arc<V>>,
+    after: &'m BTreeMap<K, Arc<V>>,
+) -> impl Iterator<Item = &'m K> {
+    let (mut old, mut new) = (before.iter().peekable(), after.iter().peekable());
+    std::iter::from_fn(move || {
+        loop {
+            let order = match (old.peek(), new.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
+            };
+            match order {
+                std::cmp::Ordering::Less => return old.next().map(|(key, _)| key),
+                std::cmp::Ordering::Greater => return new.next().map(|(key, _)| key),
+                std::cmp::Ordering::Equal => {
+                    let (Some((key, a)), Some((_, b))) = (old.next(), new.next()) else { return None };
+                    if !Arc::ptr_eq(a, b) && a != b {
+                        return Some(key);
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Whether the endpoints at `proxy`'s own addresses (its inbound ports) differ. Only the hosts
@@ -601,6 +620,20 @@ mod tests {
     use super::*;
     use crate::registry::kube::{KubeInputs, build_snapshot};
     use rudder_config::object::IstioObject;
+
+    /// Added, removed and changed keys are found; a shared `Arc` and an equal copy are not.
+    #[test]
+    fn changed_keys_walks_both_maps_once() {
+        let shared = Arc::new(1);
+        let before: BTreeMap<&str, Arc<i32>> =
+            [("a", shared.clone()), ("b", Arc::new(2)), ("c", Arc::new(3)), ("e", Arc::new(5))].into();
+        let after: BTreeMap<&str, Arc<i32>> =
+            [("a", shared), ("b", Arc::new(2)), ("c", Arc::new(30)), ("d", Arc::new(4))].into();
+        assert_eq!(changed_keys(&before, &after).copied().collect::<Vec<_>>(), ["c", "d", "e"]);
+        assert_eq!(changed_keys(&after, &before).copied().collect::<Vec<_>>(), ["c", "d", "e"]);
+        assert_eq!(changed_keys(&before, &BTreeMap::new()).count(), 4);
+        assert_eq!(changed_keys(&before, &before.clone()).count(), 0);
+    }
 
     /// Two services; a VirtualService routing `role: canary` callers of `reviews` to v2; a
     /// Sidecar for `team: a` in `apps` hiding `ratings`; a DestinationRule for `tier: edge` in

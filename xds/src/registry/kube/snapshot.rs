@@ -64,13 +64,54 @@ pub fn build_snapshot(inputs: &KubeInputs, mesh: &MeshConfig) -> Snapshot {
 #[derive(Debug, Default)]
 pub struct SnapshotCache {
     entries: EntryCache,
+    service_entries: SortMemo<ServiceEntry>,
+    workload_entries: SortMemo<WorkloadEntry>,
+    virtual_services: SortMemo<VirtualService>,
+    destination_rules: SortMemo<DestinationRule>,
+}
+
+/// The last sort of one kind's objects: what it was given and the order it found. A change
+/// replaces a few objects in place (a file read again gives new objects with the same names),
+/// which leaves the order as it was, so sorting again (10,000 WorkloadEntries by namespace and
+/// name, at every endpoint change) is replaced by a walk that checks the names are where they
+/// were.
+#[derive(Debug)]
+struct SortMemo<T> {
+    input: Vec<Arc<T>>,
+    /// Positions in `input`, in sorted order.
+    order: Vec<usize>,
+}
+
+impl<T> Default for SortMemo<T> {
+    fn default() -> Self {
+        Self { input: Vec::new(), order: Vec::new() }
+    }
+}
+
+impl<T: kube::Resource> SortMemo<T> {
+    /// `objects` sorted by namespace and name, as [`sorted`] sorts them.
+    fn sorted(&mut self, objects: &[Arc<T>]) -> Vec<Arc<T>> {
+        fn key<T: kube::Resource>(o: &Arc<T>) -> (Option<&str>, Option<&str>) {
+            (o.meta().namespace.as_deref(), o.meta().name.as_deref())
+        }
+        let same_order = self.input.len() == objects.len()
+            && self.input.iter().zip(objects).all(|(a, b)| Arc::ptr_eq(a, b) || key(a) == key(b));
+        if !same_order {
+            let mut order: Vec<usize> = (0..objects.len()).collect();
+            // Stable, like `sorted`: objects with equal names keep their input order.
+            order.sort_by(|&a, &b| key(&objects[a]).cmp(&key(&objects[b])));
+            self.order = order;
+        }
+        self.input = objects.to_vec();
+        self.order.iter().map(|&i| objects[i].clone()).collect()
+    }
 }
 
 /// [`build_snapshot`], reusing from `cache` the conversions of objects that did not change
 /// since the previous call: their services and endpoint lists keep their `Arc`s.
 pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut SnapshotCache) -> Snapshot {
-    let service_entries_valid = sorted(&inputs.service_entries);
-    let workload_entries_valid = sorted(&inputs.workload_entries);
+    let service_entries_valid = cache.service_entries.sorted(&inputs.service_entries);
+    let workload_entries_valid = cache.workload_entries.sorted(&inputs.workload_entries);
 
     let workloads = Workloads::new(
         inputs.pods.iter().map(|p| p.as_ref()),
@@ -154,8 +195,8 @@ pub fn build_snapshot_cached(inputs: &KubeInputs, mesh: &MeshConfig, cache: &mut
         mesh: mesh.clone(),
         services,
         endpoints,
-        virtual_services: sorted(&inputs.virtual_services),
-        destination_rules: sorted(&inputs.destination_rules),
+        virtual_services: cache.virtual_services.sorted(&inputs.virtual_services),
+        destination_rules: cache.destination_rules.sorted(&inputs.destination_rules),
         sidecars: sorted(&inputs.sidecars),
         peer_authentications: sorted(&inputs.peer_authentications),
         authorization_policies: sorted(&inputs.authorization_policies),
@@ -218,6 +259,41 @@ mod tests {
 
     fn arc<T: DeserializeOwned>(v: Value) -> Arc<T> {
         Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    /// The remembered order gives what a fresh sort gives, through replacements in place,
+    /// renames, removals and equal names (which keep their input order).
+    #[test]
+    fn remembered_order_equals_a_fresh_sort() {
+        let vs = |ns: &str, name: &str, host: &str| -> Arc<VirtualService> {
+            arc(istio("VirtualService", ns, name, json!({"hosts": [host]})))
+        };
+        let names = |list: &[Arc<VirtualService>]| -> Vec<(String, String)> {
+            let spec_host = |v: &VirtualService| v.spec.hosts.first().cloned().unwrap_or_default();
+            list.iter().map(|v| (v.metadata.name.clone().unwrap_or_default(), spec_host(v))).collect()
+        };
+        let mut memo = SortMemo::default();
+        let mut input = vec![vs("b", "x", "1"), vs("a", "y", "2"), vs("a", "x", "3"), vs("a", "x", "4")];
+        type Change = fn(&mut Vec<Arc<VirtualService>>);
+        let steps: [(&str, Change); 4] = [
+            ("first sort", |_| {}),
+            ("replaced in place", |input| input[1] = Arc::new((*input[1]).clone())),
+            ("renamed", |input| {
+                let mut renamed = (*input[0]).clone();
+                renamed.metadata.namespace = Some("0".into());
+                input[0] = Arc::new(renamed);
+            }),
+            ("removed", |input| {
+                input.remove(2);
+            }),
+        ];
+        for (step, change) in steps {
+            change(&mut input);
+            let remembered = memo.sorted(&input);
+            assert_eq!(names(&remembered), names(&sorted(&input)), "{step}");
+            // The very objects of the input, not those of an earlier call.
+            assert!(remembered.iter().all(|v| input.iter().any(|i| Arc::ptr_eq(i, v))), "{step}");
+        }
     }
 
     fn istio(kind: &str, ns: &str, name: &str, spec: Value) -> Value {
