@@ -205,6 +205,30 @@ fn unchanged_files_are_not_read_again() {
     assert_eq!(source.snapshot().virtual_services.len(), 1);
 }
 
+/// A directory removed (one event, for the directory) forgets the files read from under it,
+/// and only those: not a sibling whose name merely starts the same.
+#[test]
+fn a_removed_directory_forgets_the_files_under_it() {
+    let dir = temp_dir("removed-dir");
+    copy_examples_local(&dir);
+    for (sub, name) in [("team-b", "second"), ("team-b2", "third")] {
+        std::fs::create_dir(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("vs.yaml"), VS.replace("name: httpbin\n", &format!("name: {name}\n")))
+            .unwrap();
+    }
+    let mut source = ConfigDir::new(&dir, MeshConfig::istio_defaults());
+    source.refresh();
+    let names = |source: &mut ConfigDir| -> Vec<String> {
+        source.snapshot().virtual_services.iter().map(|v| v.metadata.name.clone().unwrap()).collect()
+    };
+    assert_eq!(names(&mut source), ["second", "third"]);
+    std::fs::remove_dir_all(dir.join("team-b")).unwrap();
+    assert!(source.refresh_paths([dir.join("team-b").as_path()]));
+    assert_eq!(names(&mut source), ["third"]);
+    // A path that is neither a known file nor a directory of known files changes nothing.
+    assert!(!source.refresh_paths([dir.join("team").as_path()]));
+}
+
 async fn next_snapshot(rx: &mut tokio::sync::watch::Receiver<Arc<Snapshot>>) {
     tokio::time::timeout(Duration::from_secs(10), rx.changed()).await.expect("no snapshot within 10 s").unwrap();
 }

@@ -166,7 +166,7 @@ impl ConfigDir {
     pub fn refresh_paths<'p>(&mut self, paths: impl IntoIterator<Item = &'p Path>) -> bool {
         let mut changed = false;
         for path in paths {
-            if path.is_dir() || self.files.keys().any(|known| known.starts_with(path) && known != path) {
+            if path.is_dir() || self.knows_files_under(path) {
                 return self.refresh() || changed;
             }
             if !is_config_file(path) || !path.starts_with(&self.dir) {
@@ -179,6 +179,14 @@ impl ConfigDir {
             }
         }
         changed
+    }
+
+    /// Whether files were read from under `path` as a directory (one that is gone now).
+    /// Paths order by component, so a directory's files come right after it: one lookup
+    /// rather than a component-wise comparison with every known file, for every event.
+    fn knows_files_under(&self, path: &Path) -> bool {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.files.range::<Path, _>((Excluded(path), Unbounded)).next().is_some_and(|(next, _)| next.starts_with(path))
     }
 
     /// Reads `path` again if its modification time or size differ from the last read.

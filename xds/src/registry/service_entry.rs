@@ -49,7 +49,15 @@ pub struct EntryCache {
 struct LastCall {
     entries: Vec<Arc<ServiceEntry>>,
     workloads: Vec<Arc<WorkloadEntry>>,
+    conversion: Conversion,
+}
+
+/// What one call gave, in input order: each entry's conversion and the positions (in the
+/// call's WorkloadEntries, ascending) of the workloads its selector picked.
+#[derive(Debug, Default)]
+struct Conversion {
     converted: Vec<Arc<EntryServices>>,
+    selections: Vec<Vec<usize>>,
 }
 
 /// Beyond this many changed WorkloadEntries or ServiceEntries, a call converts through the
@@ -81,11 +89,12 @@ impl EntryCache {
         entries: &[Arc<ServiceEntry>],
         workload_entries: &[Arc<WorkloadEntry>],
     ) -> Vec<Arc<EntryServices>> {
-        let converted = match self.convert_few(entries, workload_entries) {
-            Some(converted) => converted,
+        let conversion = match self.convert_few(entries, workload_entries) {
+            Some(conversion) => conversion,
             None => self.convert_all(entries, workload_entries),
         };
-        self.remember(entries, workload_entries, &converted);
+        let converted = conversion.converted.clone();
+        self.remember(entries, workload_entries, conversion);
         converted
     }
 
@@ -93,13 +102,9 @@ impl EntryCache {
         &mut self,
         entries: &[Arc<ServiceEntry>],
         workload_entries: &[Arc<WorkloadEntry>],
-        converted: &[Arc<EntryServices>],
+        conversion: Conversion,
     ) {
-        self.last = Some(LastCall {
-            entries: entries.to_vec(),
-            workloads: workload_entries.to_vec(),
-            converted: converted.to_vec(),
-        });
+        self.last = Some(LastCall { entries: entries.to_vec(), workloads: workload_entries.to_vec(), conversion });
     }
 
     /// The fast path of an endpoint change: when only a few entries and WorkloadEntries differ
@@ -112,7 +117,7 @@ impl EntryCache {
         &mut self,
         entries: &[Arc<ServiceEntry>],
         workload_entries: &[Arc<WorkloadEntry>],
-    ) -> Option<Vec<Arc<EntryServices>>> {
+    ) -> Option<Conversion> {
         let last = self.last.as_ref()?;
         if last.entries.len() != entries.len() || last.workloads.len() != workload_entries.len() {
             return None;
@@ -122,47 +127,47 @@ impl EntryCache {
         if entry_changes > FEW_WORKLOAD_CHANGES {
             return None;
         }
-        let mut changed: Vec<&WorkloadEntry> = Vec::new();
-        for (before, after) in last.workloads.iter().zip(workload_entries) {
+        let mut changed_at: Vec<usize> = Vec::new();
+        for (i, (before, after)) in last.workloads.iter().zip(workload_entries).enumerate() {
             if !Arc::ptr_eq(before, after) {
-                if changed.len() >= 2 * FEW_WORKLOAD_CHANGES {
+                if changed_at.len() >= FEW_WORKLOAD_CHANGES {
                     return None;
                 }
-                changed.push(before);
-                changed.push(after);
+                changed_at.push(i);
             }
         }
-        let concerns = |entry: &ServiceEntry| {
-            let Some(selector) = &entry.spec.workload_selector else { return false };
-            let namespace = entry.metadata.namespace.as_deref().unwrap_or_default();
-            changed.iter().any(|we| {
-                we.metadata.namespace.as_deref().unwrap_or_default() == namespace
-                    && labels_match(&selector.labels, &we.spec.labels)
-            })
-        };
-        let mut converted = last.converted.clone();
-        for ((entry, services), before) in entries.iter().zip(converted.iter_mut()).zip(&last.entries) {
+        let changed: Vec<&WorkloadEntry> =
+            changed_at.iter().flat_map(|&i| [last.workloads[i].as_ref(), workload_entries[i].as_ref()]).collect();
+        let concerns = |entry: &ServiceEntry| changed.iter().any(|we| selects(entry, we));
+        let mut conversion = Conversion { converted: last.conversion.converted.clone(), selections: Vec::new() };
+        conversion.selections = last.conversion.selections.clone();
+        for (i, (entry, before)) in entries.iter().zip(&last.entries).enumerate() {
             let same_entry = Arc::ptr_eq(entry, before);
             if same_entry && !concerns(entry) {
                 continue;
             }
+            // Workloads at unchanged positions are the very objects of the last call: with the
+            // same selector, only the changed positions can enter or leave the selection.
+            let positions = if same_selection_rule(entry, before) {
+                let kept = conversion.selections[i].iter().copied().filter(|p| changed_at.binary_search(p).is_err());
+                let entered = changed_at.iter().copied().filter(|&p| selects(entry, &workload_entries[p]));
+                let mut positions: Vec<usize> = kept.chain(entered).collect();
+                positions.sort_unstable();
+                positions
+            } else {
+                (0..workload_entries.len()).filter(|&p| selects(entry, &workload_entries[p])).collect()
+            };
+            let selected: Vec<&Arc<WorkloadEntry>> = positions.iter().map(|&p| &workload_entries[p]).collect();
+            // The same entry with other workloads keeps its services.
+            let kept = same_entry.then(|| conversion.converted[i].services.clone());
+            let services = Arc::new(convert_entry(entry, &refs(&selected), kept));
             let namespace = entry.metadata.namespace.as_deref().unwrap_or_default();
             let name = entry.metadata.name.as_deref().unwrap_or_default();
-            let selector = entry.spec.workload_selector.as_ref().map(|s| &s.labels);
-            // In input order, as the index gives them.
-            let selected: Vec<&Arc<WorkloadEntry>> = workload_entries
-                .iter()
-                .filter(|we| {
-                    we.metadata.namespace.as_deref().unwrap_or_default() == namespace
-                        && selector.is_some_and(|selector| labels_match(selector, &we.spec.labels))
-                })
-                .collect();
-            // The same entry with other workloads keeps its services.
-            let kept = same_entry.then(|| services.services.clone());
-            *services = Arc::new(convert_entry(entry, &refs(&selected), kept));
-            Self::record(&mut self.entries, (namespace.to_owned(), name.to_owned()), entry, selected, services);
+            Self::record(&mut self.entries, (namespace.to_owned(), name.to_owned()), entry, selected, &services);
+            conversion.converted[i] = services;
+            conversion.selections[i] = positions;
         }
-        Some(converted)
+        Some(conversion)
     }
 
     /// Remembers `entry`'s conversion with the workloads it selected.
@@ -179,21 +184,18 @@ impl EntryCache {
 
     /// Every entry, through an index of the workloads; entries whose object and selected
     /// workloads are those of last time keep their conversion.
-    fn convert_all(
-        &mut self,
-        entries: &[Arc<ServiceEntry>],
-        workload_entries: &[Arc<WorkloadEntry>],
-    ) -> Vec<Arc<EntryServices>> {
+    fn convert_all(&mut self, entries: &[Arc<ServiceEntry>], workload_entries: &[Arc<WorkloadEntry>]) -> Conversion {
         let workloads = WorkloadIndex::new(workload_entries);
         let mut previous = std::mem::take(&mut self.entries);
-        let mut converted = Vec::with_capacity(entries.len());
+        let mut conversion = Conversion::default();
         for entry in entries {
             let namespace = entry.metadata.namespace.as_deref().unwrap_or_default();
             let name = entry.metadata.name.as_deref().unwrap_or_default();
-            let selected: Vec<&Arc<WorkloadEntry>> = match &entry.spec.workload_selector {
+            let positions = match &entry.spec.workload_selector {
                 Some(selector) => workloads.selected(namespace, &selector.labels),
                 None => Vec::new(),
             };
+            let selected: Vec<&Arc<WorkloadEntry>> = positions.iter().map(|&p| &workload_entries[p]).collect();
             let key = (namespace.to_owned(), name.to_owned());
             let unchanged = |cached: &CachedEntry| {
                 Arc::ptr_eq(&cached.entry, entry)
@@ -210,10 +212,24 @@ impl EntryCache {
                 }
             };
             Self::record(&mut self.entries, key, entry, selected, &services);
-            converted.push(services);
+            conversion.converted.push(services);
+            conversion.selections.push(positions);
         }
-        converted
+        conversion
     }
+}
+
+/// Whether `entry`'s selector picks `workload` (its namespace's, with the selector's labels).
+fn selects(entry: &ServiceEntry, workload: &WorkloadEntry) -> bool {
+    let Some(selector) = &entry.spec.workload_selector else { return false };
+    entry.metadata.namespace.as_deref().unwrap_or_default()
+        == workload.metadata.namespace.as_deref().unwrap_or_default()
+        && labels_match(&selector.labels, &workload.spec.labels)
+}
+
+/// Whether two entries pick the same workloads of any list (same namespace and selector).
+fn same_selection_rule(a: &ServiceEntry, b: &ServiceEntry) -> bool {
+    a.metadata.namespace == b.metadata.namespace && a.spec.workload_selector == b.spec.workload_selector
 }
 
 fn refs<'w>(selected: &'w [&Arc<WorkloadEntry>]) -> Vec<&'w WorkloadEntry> {
@@ -287,8 +303,9 @@ impl<'w, W: Borrow<WorkloadEntry>> WorkloadIndex<'w, W> {
         index
     }
 
-    /// The workloads of `namespace` whose labels include `selector`, in input order.
-    fn selected(&self, namespace: &str, selector: &BTreeMap<String, String>) -> Vec<&'w W> {
+    /// The positions of the workloads of `namespace` whose labels include `selector`, in input
+    /// order.
+    fn selected(&self, namespace: &str, selector: &BTreeMap<String, String>) -> Vec<usize> {
         let candidates = match selector.iter().next() {
             None => self.by_namespace.get(namespace),
             // Every selected workload carries the selector's first label.
@@ -298,8 +315,8 @@ impl<'w, W: Borrow<WorkloadEntry>> WorkloadIndex<'w, W> {
         candidates
             .into_iter()
             .flatten()
-            .map(|&i| &all[i])
-            .filter(|we| labels_match(selector, &(*we).borrow().spec.labels))
+            .copied()
+            .filter(|&i| labels_match(selector, &all[i].borrow().spec.labels))
             .collect()
     }
 }
@@ -477,7 +494,7 @@ mod tests {
             seed ^= seed << 17;
             (seed % bound as u64) as usize
         };
-        let entry = |i: usize, port: u32| {
+        let entry = |i: usize, port: u32, app: usize| {
             Arc::new(se(
                 &format!("ns{}", i % 2),
                 &format!("entry-{i}"),
@@ -485,7 +502,7 @@ mod tests {
                     "hosts": [format!("e{i}.example.com")],
                     "ports": [{"number": port, "name": "http"}],
                     "resolution": "STATIC", "location": "MESH_INTERNAL",
-                    "workloadSelector": {"labels": {"app": format!("a{}", i % 5)}},
+                    "workloadSelector": {"labels": {"app": format!("a{app}")}},
                 }),
             ))
         };
@@ -496,15 +513,17 @@ mod tests {
                 json!({"address": format!("10.0.{}.{octet}", i % 250), "labels": {"app": format!("a{app}"), "version": format!("v{version}")}}),
             ))
         };
-        let mut entries: Vec<_> = (0..12).map(|i| entry(i, 80)).collect();
+        let mut entries: Vec<_> = (0..12).map(|i| entry(i, 80, i % 5)).collect();
         let mut workloads: Vec<_> = (0..60).map(|i| workload(i, i % 6, 1, 1)).collect();
         let mut cache = EntryCache::default();
         let mut fast = 0;
         for step in 0..200 {
             let in_place = match next(10) {
                 0 => {
+                    // Read again, its port or (one time in three) its selector changed.
                     let i = next(entries.len());
-                    entries[i] = entry(i, 80 + next(3) as u32);
+                    let app = if next(3) == 0 { next(6) } else { i % 5 };
+                    entries[i] = entry(i, 80 + next(3) as u32, app);
                     true
                 }
                 1 if workloads.len() > 1 => {
@@ -525,8 +544,9 @@ mod tests {
                 }
             };
             let converted = if in_place && step > 0 {
-                let converted = cache.convert_few(&entries, &workloads).expect("a few objects changed in place");
-                cache.remember(&entries, &workloads, &converted);
+                let conversion = cache.convert_few(&entries, &workloads).expect("a few objects changed in place");
+                let converted = conversion.converted.clone();
+                cache.remember(&entries, &workloads, conversion);
                 fast += 1;
                 converted
             } else {

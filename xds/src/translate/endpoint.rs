@@ -6,7 +6,7 @@
 //! Also owns how one registry [`Endpoint`] becomes an Envoy `LbEndpoint`, which the cluster
 //! translation reuses for the inline endpoints of DNS clusters.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{
@@ -70,7 +70,7 @@ fn sorted<'s, T>(
 /// Plans the assignments of each of `hosts` that is a `ClientSideLb` service and hands them,
 /// with the host's endpoints, to `emit`, one service at a time.
 fn plan<'s>(snapshot: &'s Snapshot, hosts: &[&String], mut emit: impl FnMut(&'s [Endpoint], Vec<Planned<'s>>)) {
-    let rules = SubsetIndex::new(snapshot);
+    let rules = SubsetIndex::new(snapshot, hosts);
     for host in hosts {
         if let Some(service) = snapshot.services.get(host.as_str())
             && service.resolution == Resolution::ClientSideLb
@@ -218,11 +218,22 @@ struct SubsetIndex<'a> {
 }
 
 impl<'a> SubsetIndex<'a> {
-    fn new(snapshot: &'a Snapshot) -> Self {
+    /// The index for looking up `hosts`. For a few hosts (an endpoint change's), rules whose
+    /// host cannot resolve to one of them are left out before their hosts are resolved: the
+    /// first label of a host is kept by resolution, so a rule naming another one applies to
+    /// none of `hosts` (wildcard rules are always kept). Resolving the host of every rule in
+    /// the mesh was most of an endpoint change's translation.
+    fn new(snapshot: &'a Snapshot, hosts: &[&String]) -> Self {
+        fn first_label(host: &str) -> &str {
+            host.split('.').next().unwrap_or_default()
+        }
+        let few = hosts.len().saturating_mul(8) < snapshot.destination_rules.len();
+        let labels: HashSet<&str> = if few { hosts.iter().map(|h| first_label(h)).collect() } else { HashSet::new() };
+        let may_apply = |host: &str| !few || host.contains('*') || labels.contains(first_label(host));
         let mut exact: HashMap<String, Vec<&'a Subset>> = HashMap::new();
         let mut wildcard = Vec::new();
         for rule in &snapshot.destination_rules {
-            if rule.spec.subsets.is_empty() {
+            if rule.spec.subsets.is_empty() || !may_apply(&rule.spec.host) {
                 continue;
             }
             let namespace = rule.metadata.namespace.as_deref().unwrap_or_default();
@@ -403,6 +414,38 @@ mod tests {
     }
 
     const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+    /// The index for a few hosts gives each of them what the index of every rule gives: rules
+    /// naming the host by short name, by full name and by wildcard, among many for others.
+    #[test]
+    fn a_few_hosts_index_only_the_rules_that_can_apply() {
+        let dr = |name: &str, namespace: &str, host: &str, subset: &str| {
+            rule(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+                 spec:\n  host: \"{host}\"\n  subsets:\n  - name: {subset}\n    labels: {{version: {subset}}}\n"
+            ))
+        };
+        let mut snapshot = Snapshot {
+            destination_rules: vec![
+                dr("short", "default", "reviews", "v1"),
+                dr("full", "other", REVIEWS, "v2"),
+                dr("wild", "default", "*.default.svc.cluster.local", "v3"),
+                dr("elsewhere", "other", "reviews", "v4"),
+            ],
+            ..Default::default()
+        };
+        snapshot.destination_rules.extend((0..40).map(|i| dr(&format!("r{i}"), "default", &format!("svc-{i}"), "x")));
+        let names = |index: &SubsetIndex, host: &str| -> Vec<String> {
+            index.subsets_for(host).iter().map(|s| s.name.clone()).collect()
+        };
+        let reviews = REVIEWS.to_owned();
+        let few = SubsetIndex::new(&snapshot, &[&reviews]);
+        let hosts: Vec<String> = (0..40).map(|i| format!("h{i}")).collect();
+        let all = SubsetIndex::new(&snapshot, &hosts.iter().collect::<Vec<_>>());
+        assert_eq!(names(&few, REVIEWS), ["v1", "v2", "v3"]);
+        assert_eq!(names(&few, REVIEWS), names(&all, REVIEWS));
+        assert!(few.exact.len() < 4, "rules for other hosts were indexed: {:?}", few.exact.keys());
+    }
 
     fn addresses(cla: &ClusterLoadAssignment) -> Vec<String> {
         cla.endpoints
