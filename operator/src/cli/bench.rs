@@ -210,10 +210,12 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
         report_cpu("update", client_before, server_before, args.pid);
     }
     if let Some(file) = &args.endpoint_update_file {
-        let mut server_cpu = Vec::new();
-        let mut p99s = Vec::new();
+        // Server CPU to the last delivery, and to the end of `--settle` after it: the second
+        // also holds the acknowledgements still arriving when the last stream got its update
+        // (with SotW, each names every subscribed assignment again).
+        let (mut delivered_cpu, mut settled_cpu, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
         for _ in 0..args.endpoint_updates {
-            tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
             let client_before = cpu_of("self");
             let server_before = args.pid.map(|pid| cpu_of(&pid.to_string()));
             let since = Instant::now();
@@ -232,16 +234,21 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
                 ms(percentile(&latencies, 100.0)),
             );
             p99s.extend(percentile(&latencies, 99.0));
-            if let Some((cpu, true)) = report_cpu("endpoint update", client_before, server_before, args.pid) {
-                server_cpu.push(cpu);
+            let delivered = report_cpu("endpoint update", client_before.clone(), server_before.clone(), args.pid);
+            tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+            let settled = report_cpu("endpoint update and its ACKs (settled)", client_before, server_before, args.pid);
+            if let (Some((delivered, true)), Some((settled, true))) = (delivered, settled) {
+                delivered_cpu.push(delivered);
+                settled_cpu.push(settled);
             }
         }
         if args.endpoint_updates > 1 {
             println!(
-                "endpoint updates ({}): server CPU {} (exact: {} of them); p99 {}",
+                "endpoint updates ({}): server CPU to delivery {}, to settled {} (exact: {} of them); p99 {}",
                 args.endpoint_updates,
-                spread(&mut server_cpu),
-                server_cpu.len(),
+                spread(&mut delivered_cpu),
+                spread(&mut settled_cpu),
+                settled_cpu.len(),
                 spread(&mut p99s)
             );
         }
