@@ -642,9 +642,9 @@ pub struct Generation {
     /// Whether inbound inputs shared by every proxy changed since `previous_snapshot`
     /// ([`Generator::inbound_inputs_changed`]), asked once for all streams.
     inbound_inputs_changed: OnceLock<bool>,
-    /// The hosts whose endpoint lists differ from `previous_snapshot`'s, found once for all
+    /// The addresses whose endpoints differ from `previous_snapshot`'s, found once for all
     /// streams (see [`Generation::inbound_changed`]).
-    endpoint_lists_changed: OnceLock<Vec<String>>,
+    endpoint_addresses_changed: OnceLock<BTreeSet<String>>,
     /// Proxies' inbound sets by content, shared with every later generation.
     inbound_sets: Arc<InboundSets>,
 }
@@ -686,7 +686,7 @@ impl Generation {
             previous_views: Mutex::new(previous_views),
             previous_snapshot: previous.map(|p| p.snapshot.clone()),
             inbound_inputs_changed: OnceLock::new(),
-            endpoint_lists_changed: OnceLock::new(),
+            endpoint_addresses_changed: OnceLock::new(),
             inbound_sets: previous.map(|p| p.inbound_sets.clone()).unwrap_or_default(),
         }
     }
@@ -705,10 +705,10 @@ impl Generation {
         let fresh;
         let changed = match &self.previous_snapshot {
             Some(previous) if Arc::ptr_eq(previous, before) => self
-                .endpoint_lists_changed
-                .get_or_init(|| crate::translate::endpoint_lists_changed(before, &self.snapshot)),
+                .endpoint_addresses_changed
+                .get_or_init(|| crate::translate::endpoint_addresses_changed(before, &self.snapshot)),
             _ => {
-                fresh = crate::translate::endpoint_lists_changed(before, &self.snapshot);
+                fresh = crate::translate::endpoint_addresses_changed(before, &self.snapshot);
                 &fresh
             }
         };
@@ -1118,6 +1118,7 @@ impl ProxyResources {
         proxy: &Arc<Proxy>,
         previous: Option<&ProxyResources>,
     ) -> Self {
+        let namespace: Arc<str> = previous.map_or_else(|| proxy.namespace.as_str().into(), |p| p.namespace.clone());
         let outbound = generation.outbound(generator, proxy).await;
         let outbound = generation.localized_view(&outbound, proxy);
         let endpoints = generation.endpoints_for(&outbound.localities, proxy);
@@ -1130,7 +1131,7 @@ impl ProxyResources {
                 endpoints,
                 outbound,
                 inbound: previous.inbound.clone(),
-                namespace: proxy.namespace.as_str().into(),
+                namespace,
                 name_table: Arc::default(),
             };
         }
@@ -1149,14 +1150,7 @@ impl ProxyResources {
             })
         };
         let inbound = generation.inbound_sets.share(inbound);
-        Self {
-            generation,
-            endpoints,
-            outbound,
-            inbound,
-            namespace: proxy.namespace.as_str().into(),
-            name_table: Arc::default(),
-        }
+        Self { generation, endpoints, outbound, inbound, namespace, name_table: Arc::default() }
     }
 
     fn name_table(&self) -> &ResourceMap {

@@ -157,15 +157,14 @@ pub trait Generator: Send + Sync + 'static {
     fn inbound_inputs_changed(&self, _before: &Snapshot, _after: &Snapshot) -> bool {
         true
     }
-    /// Whether the endpoints at `proxy`'s own addresses differ from `before` to `after`, of
-    /// which only the hosts in `changed_lists` have other endpoint lists
-    /// ([`translate::endpoint_lists_changed`]).
+    /// Whether the endpoints at `proxy`'s own addresses differ from `before` to `after`, given
+    /// the addresses whose endpoints changed ([`translate::endpoint_addresses_changed`]).
     fn own_endpoints_changed(
         &self,
         _before: &Snapshot,
         _after: &Snapshot,
         _proxy: &Proxy,
-        _changed_lists: &[String],
+        _changed_addresses: &BTreeSet<String>,
     ) -> bool {
         true
     }
@@ -211,12 +210,12 @@ impl Generator for Translator {
     }
     fn own_endpoints_changed(
         &self,
-        before: &Snapshot,
-        after: &Snapshot,
+        _before: &Snapshot,
+        _after: &Snapshot,
         proxy: &Proxy,
-        changed_lists: &[String],
+        changed_addresses: &BTreeSet<String>,
     ) -> bool {
-        translate::own_endpoints_changed(before, after, proxy, changed_lists)
+        translate::own_endpoints_changed(proxy, changed_addresses)
     }
     fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<EncodedAssignment> {
         translate::endpoint::encoded_for_services(snapshot, hosts)

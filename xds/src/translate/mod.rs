@@ -529,7 +529,7 @@ pub fn inbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
 pub fn inbound_changed(before: &Snapshot, after: &Snapshot, proxy: &Proxy) -> bool {
     proxy.node_type != NodeType::Router
         && (inbound_inputs_changed(before, after)
-            || own_endpoints_changed(before, after, proxy, &endpoint_lists_changed(before, after)))
+            || own_endpoints_changed(proxy, &endpoint_addresses_changed(before, after)))
 }
 
 /// Whether what every proxy's inbound config reads, besides its own endpoints, may differ:
@@ -554,10 +554,28 @@ pub fn inbound_inputs_changed(before: &Snapshot, after: &Snapshot) -> bool {
         || before.secrets != after.secrets
 }
 
-/// The hosts whose endpoint lists differ between `before` and `after`, in host order. The
-/// registries share unchanged lists between snapshots, so most hosts cost a pointer comparison.
-pub fn endpoint_lists_changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
-    changed_keys(&before.endpoints, &after.endpoints).cloned().collect()
+/// The addresses whose endpoints differ between `before` and `after`, in any host: an
+/// endpoint added, removed or changed there. Found once per push for every proxy (whose own
+/// inbound side depends on the endpoints at its addresses); the registries share unchanged
+/// lists between snapshots, so only the lists that changed are read.
+pub fn endpoint_addresses_changed(before: &Snapshot, after: &Snapshot) -> BTreeSet<String> {
+    fn by_address<'s>(snapshot: &'s Snapshot, host: &str) -> BTreeMap<&'s str, Vec<&'s Endpoint>> {
+        let mut grouped: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
+        for endpoint in snapshot.endpoints_of(host) {
+            grouped.entry(endpoint.address.as_str()).or_default().push(endpoint);
+        }
+        grouped
+    }
+    let mut changed = BTreeSet::new();
+    for host in changed_keys(&before.endpoints, &after.endpoints) {
+        let (old, new) = (by_address(before, host), by_address(after, host));
+        for address in old.keys().chain(new.keys()) {
+            if old.get(address) != new.get(address) {
+                changed.insert((*address).to_owned());
+            }
+        }
+    }
+    changed
 }
 
 /// The keys, in order, whose values differ between two maps (added, removed, or neither the
@@ -590,15 +608,11 @@ pub(crate) fn changed_keys<'m, K: Ord, V: PartialEq>(
     })
 }
 
-/// Whether the endpoints at `proxy`'s own addresses (its inbound ports) differ. Only the hosts
-/// in `changed_lists` ([`endpoint_lists_changed`]) can differ, so only their lists are read: an
-/// index of every endpoint by address, built for each new snapshot, was most of what an
-/// endpoint change cost besides the push itself.
-pub fn own_endpoints_changed(before: &Snapshot, after: &Snapshot, proxy: &Proxy, changed_lists: &[String]) -> bool {
-    fn at<'s>(snapshot: &'s Snapshot, host: &str, ip: &'s str) -> impl Iterator<Item = &'s Endpoint> {
-        snapshot.endpoints_of(host).iter().filter(move |e| e.address == ip)
-    }
-    changed_lists.iter().any(|host| proxy.ip_addresses.iter().any(|ip| !at(before, host, ip).eq(at(after, host, ip))))
+/// Whether the endpoints at `proxy`'s own addresses (its inbound ports) differ, given the
+/// addresses whose endpoints changed ([`endpoint_addresses_changed`]): a lookup per address of
+/// the proxy, at every push, for every stream.
+pub fn own_endpoints_changed(proxy: &Proxy, changed_addresses: &BTreeSet<String>) -> bool {
+    proxy.ip_addresses.iter().any(|ip| changed_addresses.contains(ip))
 }
 
 /// Outbound and inbound together, in push order within each type.
@@ -748,22 +762,23 @@ spec:
         let cases: [(&str, Snapshot, &[&str], [bool; 3]); 5] = [
             ("nothing changed", before.clone(), &[], [false; 3]),
             ("an equal list, not shared", edit(REVIEWS, &|_| {}), &[], [false; 3]),
-            ("v2's labels", edit(REVIEWS, &flip_version("10.244.0.11")), &[REVIEWS], [false, true, false]),
-            ("ratings' labels", edit(RATINGS, &flip_version("10.244.0.12")), &[RATINGS], [false, false, true]),
-            ("ratings also at .10", edit(RATINGS, &ratings_at_10), &[RATINGS], [true, false, false]),
+            ("v2's labels", edit(REVIEWS, &flip_version("10.244.0.11")), &["10.244.0.11"], [false, true, false]),
+            ("ratings' labels", edit(RATINGS, &flip_version("10.244.0.12")), &["10.244.0.12"], [false, false, true]),
+            ("ratings also at .10", edit(RATINGS, &ratings_at_10), &["10.244.0.10"], [true, false, false]),
         ];
-        for (case, after, lists, own) in cases {
-            let changed = endpoint_lists_changed(&before, &after);
-            assert_eq!(changed, lists, "{case}");
-            let by_proxy = ["10.244.0.10", "10.244.0.11", "10.244.0.12"]
-                .map(|ip| own_endpoints_changed(&before, &after, &at(ip), &changed));
+        for (case, after, addresses, own) in cases {
+            let changed = endpoint_addresses_changed(&before, &after);
+            assert_eq!(changed.iter().collect::<Vec<_>>(), addresses, "{case}");
+            let by_proxy =
+                ["10.244.0.10", "10.244.0.11", "10.244.0.12"].map(|ip| own_endpoints_changed(&at(ip), &changed));
             assert_eq!(by_proxy, own, "{case}");
         }
         let mut gone = before.clone();
         gone.endpoints.remove(RATINGS);
-        assert_eq!(endpoint_lists_changed(&before, &gone), [RATINGS]);
-        assert_eq!(endpoint_lists_changed(&gone, &before), [RATINGS]);
-        assert!(own_endpoints_changed(&before, &gone, &at("10.244.0.12"), &[RATINGS.to_owned()]));
+        let ratings_addresses = ["10.244.0.12"];
+        assert_eq!(endpoint_addresses_changed(&before, &gone).iter().collect::<Vec<_>>(), ratings_addresses);
+        assert_eq!(endpoint_addresses_changed(&gone, &before).iter().collect::<Vec<_>>(), ratings_addresses);
+        assert!(own_endpoints_changed(&at("10.244.0.12"), &endpoint_addresses_changed(&before, &gone)));
     }
 
     #[test]
