@@ -4,7 +4,7 @@
 //! difference between the snapshots of two pushes, [`ConfigChanges`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -36,7 +36,14 @@ pub struct Metrics {
     config_events: Family<EventLabels, Counter>,
     registry_events: Family<EventLabels, Counter>,
     push_triggers: Family<TypeLabel, Counter>,
+    /// Each type's series of `pushes`, `config_size` and `push_time`, looked up in their
+    /// families on the type's first response: every response of every stream counts in them,
+    /// and a family lookup is a lock and a hash of the label.
+    pushed_series: Arc<[OnceLock<PushedSeries>; Kind::COUNT]>,
 }
+
+/// One type's series of the per-response metrics: responses, their size, their build time.
+type PushedSeries = (Counter, Histogram, Histogram);
 
 fn push_time_histogram() -> Histogram {
     // 1 ms … ~33 s
@@ -68,6 +75,7 @@ impl Metrics {
             config_events: Family::default(),
             registry_events: Family::default(),
             push_triggers: Family::default(),
+            pushed_series: Arc::default(),
         };
         registry.register("pilot_xds_pushes", "xDS responses sent, by type", metrics.pushes.clone());
         registry.register(
@@ -126,9 +134,17 @@ impl Metrics {
     }
 
     pub(crate) fn pushed(&self, kind: Kind, bytes: usize, took: Duration) {
-        self.pushes.get_or_create(&label(kind)).inc();
-        self.config_size.get_or_create(&label(kind)).observe(bytes as f64);
-        self.push_time.get_or_create(&label(kind)).observe(took.as_secs_f64());
+        let (pushes, size, time) = self.pushed_series[kind as usize].get_or_init(|| {
+            let label = label(kind);
+            (
+                self.pushes.get_or_create(&label).clone(),
+                self.config_size.get_or_create(&label).clone(),
+                self.push_time.get_or_create(&label).clone(),
+            )
+        });
+        pushes.inc();
+        size.observe(bytes as f64);
+        time.observe(took.as_secs_f64());
     }
 
     pub(crate) fn rejected(&self, kind: Kind) {

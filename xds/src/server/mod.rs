@@ -102,6 +102,9 @@ impl Kind {
     }
 
     /// `cds`, `eds`, `lds`, `rds`, `sds`, `nds`: metric labels and debug output.
+    /// How many kinds there are (`PUSH_ORDER` holds each once).
+    pub const COUNT: usize = Self::PUSH_ORDER.len();
+
     pub const fn short_name(self) -> &'static str {
         match self {
             Kind::Cluster => "cds",
@@ -627,6 +630,17 @@ mod nodelay_tests {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Per-kind tables are indexed by `kind as usize`: every kind is in `PUSH_ORDER` once and
+    /// indexes below `COUNT`.
+    #[test]
+    fn every_kind_indexes_a_per_kind_table() {
+        let mut seen = [false; Kind::COUNT];
+        for kind in Kind::PUSH_ORDER {
+            assert!(!std::mem::replace(&mut seen[kind as usize], true), "{kind:?} twice");
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
 
     /// A storm of connections discovery has not accepted yet waits in the queue. With Rust's
     /// default backlog (128) the rest would be SYN-cookie connections the client believes in
