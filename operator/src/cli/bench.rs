@@ -225,15 +225,16 @@ async fn load(args: &XdsArgs) -> anyhow::Result<()> {
             std::fs::write(file, flipped).with_context(|| format!("writing {}", file.display()))?;
             let latencies = run.wait_update(Kind::Endpoint, since, timeout).await;
             let received = latencies.iter().flatten().count();
+            let p99 = percentile(&latencies, 99.0);
             println!(
                 "endpoint update ({}): {received}/{} streams got new endpoints (p50 {}, p99 {}, max {})",
                 file.display(),
                 args.proxies,
                 ms(percentile(&latencies, 50.0)),
-                ms(percentile(&latencies, 99.0)),
+                ms(p99),
                 ms(percentile(&latencies, 100.0)),
             );
-            p99s.extend(percentile(&latencies, 99.0));
+            p99s.extend(p99);
             let delivered = report_cpu("endpoint update", client_before.clone(), server_before.clone(), args.pid);
             tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
             let settled = report_cpu("endpoint update and its ACKs (settled)", client_before, server_before, args.pid);
@@ -455,11 +456,8 @@ mod tests {
     /// and go, so whether the whole process's reading is exact is left to the table test below.
     #[test]
     fn reads_own_cpu_and_memory() {
-        let own_thread = || -> u32 {
-            let link = std::fs::read_link("/proc/thread-self").unwrap();
-            link.file_name().unwrap().to_str().unwrap().parse().unwrap()
-        };
-        let tid = own_thread();
+        let link = std::fs::read_link("/proc/thread-self").unwrap();
+        let tid: u32 = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
         let before = cpu_of("self").unwrap();
         let started = std::time::Instant::now();
         let mut spin = 0u64;

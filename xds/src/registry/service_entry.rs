@@ -54,7 +54,7 @@ struct LastCall {
 
 /// What one call gave, in input order: each entry's conversion and the positions (in the
 /// call's WorkloadEntries, ascending) of the workloads its selector picked.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Conversion {
     converted: Vec<Arc<EntryServices>>,
     selections: Vec<Vec<usize>>,
@@ -139,8 +139,7 @@ impl EntryCache {
         let changed: Vec<&WorkloadEntry> =
             changed_at.iter().flat_map(|&i| [last.workloads[i].as_ref(), workload_entries[i].as_ref()]).collect();
         let concerns = |entry: &ServiceEntry| changed.iter().any(|we| selects(entry, we));
-        let mut conversion = Conversion { converted: last.conversion.converted.clone(), selections: Vec::new() };
-        conversion.selections = last.conversion.selections.clone();
+        let mut conversion = last.conversion.clone();
         for (i, (entry, before)) in entries.iter().zip(&last.entries).enumerate() {
             let same_entry = Arc::ptr_eq(entry, before);
             if same_entry && !concerns(entry) {

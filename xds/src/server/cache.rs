@@ -712,7 +712,7 @@ impl Generation {
                 &fresh
             }
         };
-        generator.own_endpoints_changed(before, &self.snapshot, proxy, changed)
+        generator.own_endpoints_changed(proxy, changed)
     }
 
     /// Number of distinct views held by some stream (debug output).

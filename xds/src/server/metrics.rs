@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::Kind;
 use crate::model::Snapshot;
+use crate::translate::{KeyChange, key_changes};
 
 type TypeLabel = [(&'static str, &'static str); 1];
 type EventLabels = [(&'static str, &'static str); 2];
@@ -249,38 +250,12 @@ fn config_counts(s: &Snapshot) -> [(&'static str, usize); 10] {
     ]
 }
 
-/// Events of keyed values from `before` to `after`, both in key order: `same` says whether
-/// two values of a key are the same (once a pointer comparison has failed).
-fn diff<'a, K: Ord, V: 'a>(
-    before: impl IntoIterator<Item = (K, &'a Arc<V>)>,
-    after: impl IntoIterator<Item = (K, &'a Arc<V>)>,
-    same: impl Fn(&V, &V) -> bool,
-    mut event: impl FnMut(Event),
-) {
-    let (mut before, mut after) = (before.into_iter().peekable(), after.into_iter().peekable());
-    loop {
-        let order = match (before.peek(), after.peek()) {
-            (None, None) => return,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((old, _)), Some((new, _))) => old.cmp(new),
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                before.next();
-                event(Event::Delete);
-            }
-            std::cmp::Ordering::Greater => {
-                after.next();
-                event(Event::Add);
-            }
-            std::cmp::Ordering::Equal => {
-                if let (Some((_, old)), Some((_, new))) = (before.next(), after.next())
-                    && !(Arc::ptr_eq(old, new) || same(old, new))
-                {
-                    event(Event::Update);
-                }
-            }
+impl From<KeyChange> for Event {
+    fn from(change: KeyChange) -> Self {
+        match change {
+            KeyChange::Added => Event::Add,
+            KeyChange::Updated => Event::Update,
+            KeyChange::Removed => Event::Delete,
         }
     }
 }
@@ -299,7 +274,9 @@ impl ConfigChanges {
                     };
                 }
                 let same = |a: &$type, b: &$type| a.metadata == b.metadata && a.spec == b.spec;
-                diff(keyed!(before), keyed!(after), same, |e| *changes.config.entry(($kind, e)).or_default() += 1);
+                for (_, change) in key_changes(keyed!(before), keyed!(after), same) {
+                    *changes.config.entry(($kind, change.into())).or_default() += 1;
+                }
             }};
         }
         use rudder_config::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
@@ -314,12 +291,12 @@ impl ConfigChanges {
         objects!(telemetries, rudder_config::telemetry::Telemetry, "Telemetry");
         objects!(wasm_plugins, rudder_config::extensions::WasmPlugin, "WasmPlugin");
         objects!(envoy_filters, rudder_config::networking::EnvoyFilter, "EnvoyFilter");
-        diff(&before.services, &after.services, PartialEq::eq, |e| {
-            *changes.registry.entry(("Services", e)).or_default() += 1;
-        });
-        diff(&before.endpoints, &after.endpoints, PartialEq::eq, |e| {
-            *changes.registry.entry(("Endpoints", e)).or_default() += 1;
-        });
+        for (_, change) in key_changes(&before.services, &after.services, PartialEq::eq) {
+            *changes.registry.entry(("Services", change.into())).or_default() += 1;
+        }
+        for (_, change) in key_changes(&before.endpoints, &after.endpoints, PartialEq::eq) {
+            *changes.registry.entry(("Endpoints", change.into())).or_default() += 1;
+        }
         // Fetched documents and modules (JWKS, Wasm) change config as secrets do.
         let secrets_changed =
             before.secrets != after.secrets || before.jwks != after.jwks || before.wasm_modules != after.wasm_modules;

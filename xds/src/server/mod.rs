@@ -101,10 +101,10 @@ impl Kind {
         Self::PUSH_ORDER.into_iter().find(|k| k.type_url() == type_url)
     }
 
-    /// `cds`, `eds`, `lds`, `rds`, `sds`, `nds`: metric labels and debug output.
     /// How many kinds there are (`PUSH_ORDER` holds each once).
     pub const COUNT: usize = Self::PUSH_ORDER.len();
 
+    /// `cds`, `eds`, `lds`, `rds`, `sds`, `nds`: metric labels and debug output.
     pub const fn short_name(self) -> &'static str {
         match self {
             Kind::Cluster => "cds",
@@ -160,15 +160,9 @@ pub trait Generator: Send + Sync + 'static {
     fn inbound_inputs_changed(&self, _before: &Snapshot, _after: &Snapshot) -> bool {
         true
     }
-    /// Whether the endpoints at `proxy`'s own addresses differ from `before` to `after`, given
+    /// Whether the endpoints at `proxy`'s own addresses differ between two snapshots, given
     /// the addresses whose endpoints changed ([`translate::endpoint_addresses_changed`]).
-    fn own_endpoints_changed(
-        &self,
-        _before: &Snapshot,
-        _after: &Snapshot,
-        _proxy: &Proxy,
-        _changed_addresses: &BTreeSet<String>,
-    ) -> bool {
+    fn own_endpoints_changed(&self, _proxy: &Proxy, _changed_addresses: &BTreeSet<String>) -> bool {
         true
     }
     /// Every assignment of `hosts` (used with [`Generator::endpoint_changes`]).
@@ -211,13 +205,7 @@ impl Generator for Translator {
     fn inbound_inputs_changed(&self, before: &Snapshot, after: &Snapshot) -> bool {
         translate::inbound_inputs_changed(before, after)
     }
-    fn own_endpoints_changed(
-        &self,
-        _before: &Snapshot,
-        _after: &Snapshot,
-        proxy: &Proxy,
-        changed_addresses: &BTreeSet<String>,
-    ) -> bool {
+    fn own_endpoints_changed(&self, proxy: &Proxy, changed_addresses: &BTreeSet<String>) -> bool {
         translate::own_endpoints_changed(proxy, changed_addresses)
     }
     fn endpoints_of(&self, snapshot: &Snapshot, hosts: &BTreeSet<String>) -> Vec<EncodedAssignment> {

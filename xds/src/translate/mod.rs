@@ -579,13 +579,32 @@ pub fn endpoint_addresses_changed(before: &Snapshot, after: &Snapshot) -> BTreeS
 }
 
 /// The keys, in order, whose values differ between two maps (added, removed, or neither the
-/// same `Arc` nor equal), found in one walk of both: snapshots share the `Arc`s of what a change
-/// left alone, so this is a pointer check per key, with no lookups.
+/// same `Arc` nor equal): [`key_changes`] with equality.
 pub(crate) fn changed_keys<'m, K: Ord, V: PartialEq>(
     before: &'m BTreeMap<K, Arc<V>>,
     after: &'m BTreeMap<K, Arc<V>>,
 ) -> impl Iterator<Item = &'m K> {
-    let (mut old, mut new) = (before.iter().peekable(), after.iter().peekable());
+    key_changes(before, after, PartialEq::eq).map(|(key, _)| key)
+}
+
+/// How a key's value differs between two key-ordered sequences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyChange {
+    Added,
+    Updated,
+    Removed,
+}
+
+/// The keys whose values differ between `before` and `after` (both in key order), with how,
+/// found in one walk of both. `same` decides for two values of a key that are not the same
+/// `Arc`: snapshots share the `Arc`s of what a change left alone, so most keys cost a pointer
+/// comparison.
+pub fn key_changes<'a, K: Ord, V: 'a>(
+    before: impl IntoIterator<Item = (K, &'a Arc<V>)>,
+    after: impl IntoIterator<Item = (K, &'a Arc<V>)>,
+    same: impl Fn(&V, &V) -> bool,
+) -> impl Iterator<Item = (K, KeyChange)> {
+    let (mut old, mut new) = (before.into_iter().peekable(), after.into_iter().peekable());
     std::iter::from_fn(move || {
         loop {
             let order = match (old.peek(), new.peek()) {
@@ -595,12 +614,12 @@ pub(crate) fn changed_keys<'m, K: Ord, V: PartialEq>(
                 (Some((a, _)), Some((b, _))) => a.cmp(b),
             };
             match order {
-                std::cmp::Ordering::Less => return old.next().map(|(key, _)| key),
-                std::cmp::Ordering::Greater => return new.next().map(|(key, _)| key),
+                std::cmp::Ordering::Less => return old.next().map(|(key, _)| (key, KeyChange::Removed)),
+                std::cmp::Ordering::Greater => return new.next().map(|(key, _)| (key, KeyChange::Added)),
                 std::cmp::Ordering::Equal => {
                     let (Some((key, a)), Some((_, b))) = (old.next(), new.next()) else { return None };
-                    if !Arc::ptr_eq(a, b) && a != b {
-                        return Some(key);
+                    if !Arc::ptr_eq(a, b) && !same(a, b) {
+                        return Some((key, KeyChange::Updated));
                     }
                 }
             }
