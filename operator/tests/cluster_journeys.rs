@@ -292,8 +292,16 @@ fn operator_reconciles_edits_and_drift(cluster: &Cluster) {
 
     // The mesh metrics as Prometheus scrapes them: the agents' :15020 (here through the API
     // server's pod proxy), Istio's labels on both sides of sleep → httpbin.
-    let httpbin_pods =
-        jsonpath(cluster, &["-n", "testns1", "get", "pods", "-l", "app=httpbin"], "{.items[*].metadata.name}").unwrap();
+    // Listed at each try, and a pod that cannot be scraped is passed over: pods of the earlier
+    // journeys' scaling may still be terminating, and one gone before its scrape is not an
+    // answer (CI once listed such a pod and failed on it for the whole minute).
+    let httpbin_pods = || {
+        jsonpath(
+            cluster,
+            &["-n", "testns1", "get", "pods", "-l", "app=httpbin", "--field-selector", "status.phase=Running"],
+            "{.items[*].metadata.name}",
+        )
+    };
     let scrape = |pod: &str| {
         cluster
             .kubectl(&["get", "--raw", &format!("/api/v1/namespaces/testns1/pods/{pod}:15020/proxy/stats/prometheus")])
@@ -326,12 +334,15 @@ fn operator_reconciles_edits_and_drift(cluster: &Cluster) {
             "connection_security_policy=\"mutual_tls\"",
             "response_code=\"200\"",
         ];
-        for pod in httpbin_pods.split_whitespace() {
-            if has(&scrape(pod)?, &destination) {
-                return Ok(());
+        let mut unscraped = Vec::new();
+        for pod in httpbin_pods()?.split_whitespace() {
+            match scrape(pod) {
+                Ok(text) if has(&text, &destination) => return Ok(()),
+                Ok(_) => {}
+                Err(error) => unscraped.push(error),
             }
         }
-        Err("no httpbin agent counts sleep's requests yet".into())
+        Err(format!("no httpbin agent counts sleep's requests yet (unscraped: {unscraped:?})"))
     });
     println!("journey c: istio_requests_total with Istio's labels on sleep's and httpbin's :15020");
 
