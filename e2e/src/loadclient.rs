@@ -344,6 +344,8 @@ struct Progress {
     routes_requested: bool,
     /// Shared with the other streams when equal (see [`NameCache`]).
     eds_clusters: Arc<BTreeSet<String>>,
+    /// `eds_clusters` in the order a SotW request lists them (see [`envoy_sotw_order`]).
+    eds_request_order: Arc<Vec<String>>,
 }
 
 /// The EDS cluster names streams hold, shared: every stream of a run usually sees the same
@@ -351,19 +353,36 @@ struct Progress {
 /// megabyte per stream. Keeps the last set seen; a stream with an equal set takes that one.
 #[derive(Debug, Default)]
 struct NameCache {
-    last: Mutex<Option<Arc<BTreeSet<String>>>>,
+    last: Mutex<Option<SharedNames>>,
 }
 
+/// A set of EDS names and the same names in SotW request order.
+type SharedNames = (Arc<BTreeSet<String>>, Arc<Vec<String>>);
+
 impl NameCache {
-    fn share(&self, names: BTreeSet<String>) -> Arc<BTreeSet<String>> {
+    fn share(&self, names: BTreeSet<String>) -> SharedNames {
         let last = self.last.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(last) = last.filter(|l| **l == names) {
+        if let Some(last) = last.filter(|(l, _)| **l == names) {
             return last;
         }
-        let names = Arc::new(names);
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(names.clone());
-        names
+        let ordered = Arc::new(envoy_sotw_order(&names));
+        let shared = (Arc::new(names), ordered);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(shared.clone());
+        shared
     }
+}
+
+/// `names` in the order Envoy's SotW client lists them in a request: the iteration order of
+/// its hash set of watched names, stable from one request to the next, unrelated to the
+/// names' sorting (seen on Envoy 1.3x's EDS requests to discovery; its delta client sends
+/// sorted lists). Hash order here too, so that discovery is measured on what proxies send.
+fn envoy_sotw_order(names: &BTreeSet<String>) -> Vec<String> {
+    use std::hash::BuildHasher;
+    // Fixed keys: the same order in every stream and run.
+    let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
+    let mut ordered: Vec<&String> = names.iter().collect();
+    ordered.sort_by_cached_key(|name| hasher.hash_one(name));
+    ordered.into_iter().cloned().collect()
 }
 
 impl Progress {
@@ -462,8 +481,8 @@ async fn drive_sotw(
                 let clusters: BTreeSet<String> = response.resources.iter().filter_map(eds_cluster_name).collect();
                 follow_up.push(request(kind, Vec::new(), Some(&response)));
                 if clusters != *progress.eds_clusters {
-                    progress.eds_clusters = cache.share(clusters);
-                    let names = progress.eds_clusters.iter().cloned().collect();
+                    (progress.eds_clusters, progress.eds_request_order) = cache.share(clusters);
+                    let names = (*progress.eds_request_order).clone();
                     follow_up.push(request(Kind::Endpoint, names, last[slot(Kind::Endpoint)].as_ref()));
                 }
                 if progress.eds_clusters.is_empty() && !progress.listeners_requested {
@@ -472,7 +491,7 @@ async fn drive_sotw(
                 }
             }
             Kind::Endpoint => {
-                follow_up.push(request(kind, progress.eds_clusters.iter().cloned().collect(), Some(&response)));
+                follow_up.push(request(kind, (*progress.eds_request_order).clone(), Some(&response)));
                 if !progress.listeners_requested {
                     progress.listeners_requested = true;
                     follow_up.push(request(Kind::Listener, Vec::new(), None));
@@ -539,7 +558,7 @@ async fn drive_delta(
                 }
                 let subscribe: Vec<String> = clusters.difference(&progress.eds_clusters).cloned().collect();
                 let unsubscribe: Vec<String> = progress.eds_clusters.difference(&clusters).cloned().collect();
-                progress.eds_clusters = cache.share(clusters);
+                (progress.eds_clusters, progress.eds_request_order) = cache.share(clusters);
                 if !subscribe.is_empty() || !unsubscribe.is_empty() {
                     follow_up.push(request(Kind::Endpoint, subscribe, unsubscribe, ""));
                 }
@@ -573,6 +592,21 @@ async fn drive_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sotw_requests_list_names_in_a_stable_unsorted_order() {
+        let names: BTreeSet<String> =
+            (0..100).map(|i| format!("outbound|80||svc-{i:03}.bench.svc.cluster.local")).collect();
+        let ordered = envoy_sotw_order(&names);
+        assert_eq!(ordered.iter().cloned().collect::<BTreeSet<_>>(), names, "the same names, each once");
+        assert_eq!(ordered.len(), names.len());
+        assert!(!ordered.is_sorted(), "not the sorted order Envoy's SotW client does not use");
+        assert_eq!(envoy_sotw_order(&names), ordered, "the same order at every request");
+        let cache = NameCache::default();
+        let (first, first_order) = cache.share(names.clone());
+        let (second, second_order) = cache.share(names);
+        assert!(Arc::ptr_eq(&first, &second) && Arc::ptr_eq(&first_order, &second_order), "shared between streams");
+    }
 
     #[test]
     fn a_route_change_counts_when_every_configuration_arrived() {

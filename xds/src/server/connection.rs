@@ -44,12 +44,55 @@ pub struct WatchState {
     /// Message of the last NACK, cleared by the next ACK.
     pub last_error: Option<String>,
     pub nacks: u64,
+    /// The digest of `names` and the set it was taken of (see [`WatchState::names_digest`]).
+    #[serde(skip)]
+    pub(crate) names_digest: Option<(Arc<BTreeSet<String>>, NameDigest)>,
 }
 
 impl WatchState {
     pub fn in_scope(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
+
+    /// The [`NameDigest`] of `names`, taken once per subscribed set. The set is kept with it
+    /// and compared by identity: a set freed and another allocated at its address cannot pass
+    /// for it.
+    pub(crate) fn names_digest(&mut self) -> NameDigest {
+        if let Some((names, digest)) = &self.names_digest
+            && Arc::ptr_eq(names, &self.names)
+        {
+            return *digest;
+        }
+        let digest = NameDigest::of(self.names.iter().map(String::as_bytes));
+        self.names_digest = Some((self.names.clone(), digest));
+        digest
+    }
+}
+
+/// A digest of a list of names that ignores their order: how many there are and the sum of a
+/// 128-bit hash of each. Lists holding the same names the same number of times have equal
+/// digests; others collide with a chance of about 2^-128 per comparison, and the hash is
+/// seeded per process, so a client cannot aim names at a collision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NameDigest {
+    count: usize,
+    sum: u128,
+}
+
+impl NameDigest {
+    pub(crate) fn of<'n>(names: impl IntoIterator<Item = &'n [u8]>) -> Self {
+        let seed = process_seed();
+        names.into_iter().fold(Self { count: 0, sum: 0 }, |digest, name| Self {
+            count: digest.count + 1,
+            sum: digest.sum.wrapping_add(xxhash_rust::xxh3::xxh3_128_with_seed(name, seed)),
+        })
+    }
+}
+
+/// A random seed for this process's hashes of client-chosen names.
+fn process_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| std::hash::RandomState::new().hash_one(0_u64))
 }
 
 fn serialize_names<S: serde::Serializer>(names: &Arc<BTreeSet<String>>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -108,9 +151,7 @@ impl<T: Hash + Eq + Len> Pool<T> {
         // names per subscription, on every join (SipHash was a third of the interner's samples
         // in a delta join).
         // Seeded per process, so a client cannot aim names at one bucket.
-        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let seed = *SEED.get_or_init(|| std::hash::RandomState::new().hash_one(0_u64));
-        let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(seed);
+        let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(process_seed());
         value.hash(&mut hasher);
         self.intern_by(value, hasher.finish(), |a, b| a == b)
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::Kind;
 use super::Shared;
 use super::cache::{EncodedResource, ProxyResources};
-use super::connection::{Closed, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
+use super::connection::{Closed, NameDigest, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
 use super::wire::{Names, Requests, SotwRequest, SotwResponse};
 
 type Responses = super::wire::ResponseSender<SotwResponse>;
@@ -278,26 +278,21 @@ pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) 
 
 /// Whether a request's `resource_names` are exactly the watch's subscription (`*` standing
 /// for the wildcard). Sorted lists, as Envoy and our clients send, are compared in one walk.
-fn same_names(requested: &Names, watch: &WatchState) -> bool {
+fn same_names(requested: &Names, watch: &mut WatchState) -> bool {
     let is_star = |n: &[u8]| n == b"*";
     let star = requested.iter().filter(|n| is_star(n)).count();
     if (star > 0) != watch.wildcard || requested.len() - star != watch.names.len() {
         return false;
     }
     let explicit = requested.iter().filter(|n| !is_star(n));
-    // The subscription's own order first: a match is the answer, and checking that the list is
-    // sorted beforehand would compare every name once more (3,000 per EDS ACK).
+    // The subscription's own (sorted) order first: one pass, and a mismatch shows early.
     if explicit.clone().zip(watch.names.iter()).all(|(a, b)| a == b.as_bytes()) {
         return true;
     }
-    // Byte order is the strings' order (UTF-8 preserves it): a sorted list that differs from
-    // the sorted subscription holds other names.
-    if explicit.clone().is_sorted() {
-        return false;
-    }
-    // Same length, so all present means equal, unless a name is repeated.
-    let present = |n: &[u8]| std::str::from_utf8(n).is_ok_and(|n| watch.names.contains(n));
-    explicit.clone().all(present) && explicit.collect::<BTreeSet<&[u8]>>().len() == watch.names.len()
+    // Envoy's SotW client lists names in the order of its hash set, so the same names come
+    // in another order: compared as multisets, by digest. Looking each name up in the set
+    // (and checking for repeats) took ~370 µs per ACK of 3,000 names.
+    NameDigest::of(explicit) == watch.names_digest()
 }
 
 /// Whether `sent` plus `list` is exactly the whole shared map of `kind`: `sent` has as many
@@ -399,6 +394,9 @@ mod tests {
             (&abc, &["a", "a", "b"], false),
             (&abc, &["b", "a", "a"], false),
             (&abc, &["a", "b", "c", "*"], false),
+            (&abc, &["b", "c", "a"], true),
+            (&abc, &["c", "b", "b"], false),
+            (&abc, &["c", "a", "d"], false),
             (&star_ab, &["*", "a", "b"], true),
             (&star_ab, &["b", "*", "a"], true),
             (&star_ab, &["a", "b"], false),
@@ -408,7 +406,29 @@ mod tests {
         ];
         for (watch, requested, same) in cases {
             let names = Names::from_values(requested);
-            assert_eq!(same_names(&names, watch), *same, "{requested:?} against {:?}", watch.names);
+            let mut watch = (*watch).clone();
+            assert_eq!(same_names(&names, &mut watch), *same, "{requested:?} against {:?}", watch.names);
         }
+    }
+
+    /// The digest of the subscription is taken once per set: a stream whose subscription
+    /// changed is compared with the new set, not the digest of the old one.
+    #[test]
+    fn same_names_follows_a_changed_subscription() {
+        let set = |names: &[&str]| Arc::new(names.iter().map(|n| (*n).to_owned()).collect::<BTreeSet<String>>());
+        let mut watch = WatchState { names: set(&["a", "b", "c"]), ..WatchState::default() };
+        assert!(same_names(&Names::from_values(&["c", "a", "b"]), &mut watch));
+        watch.names = set(&["a", "b", "d"]);
+        assert!(!same_names(&Names::from_values(&["c", "a", "b"]), &mut watch), "the old set's digest");
+        assert!(same_names(&Names::from_values(&["d", "a", "b"]), &mut watch));
+        // 3,000 names in another order than the subscription's, as Envoy lists them.
+        let many: Vec<String> =
+            (0..3_000).map(|i| format!("outbound|80||svc-{i:04}.bench.svc.cluster.local")).collect();
+        watch.names = Arc::new(many.iter().cloned().collect());
+        let mut shuffled = many.clone();
+        shuffled.sort_by_key(|name| name.bytes().rev().collect::<Vec<u8>>());
+        assert!(same_names(&Names::from_values(&shuffled), &mut watch));
+        shuffled[1_500] = "outbound|80||other.bench.svc.cluster.local".to_owned();
+        assert!(!same_names(&Names::from_values(&shuffled), &mut watch));
     }
 }
