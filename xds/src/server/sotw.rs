@@ -14,7 +14,9 @@ use std::time::Instant;
 use super::Kind;
 use super::Shared;
 use super::cache::{EncodedResource, ProxyResources};
-use super::connection::{Closed, NameDigest, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message};
+use super::connection::{
+    Closed, Interner, NameDigest, Registration, StreamCore, StreamHandler, WatchState, drive, nack_message,
+};
 use super::wire::{Names, Requests, SotwRequest, SotwResponse};
 
 type Responses = super::wire::ResponseSender<SotwResponse>;
@@ -132,19 +134,17 @@ impl SotwStream {
             watch.last_error = None;
             return Answer::Nothing;
         }
-        let Some(names) = request.names() else {
+        let star = request.resource_names.iter().any(|name| name == b"*");
+        let Some(names) = subscribed_names(&shared.interner, &request.resource_names) else {
             tracing::warn!(connection = %connection.id, type_url = request.type_url, "resource names not UTF-8; request ignored");
             return Answer::Nothing;
         };
-        let mut names: BTreeSet<String> = names.into_iter().collect();
-        let star = names.remove("*");
         if !kind.is_wildcard() && names.is_empty() && !star {
             watches.remove(&kind);
             return Answer::Nothing;
         }
         let Some(watch) = watches.get_mut(&kind) else {
             let legacy_wildcard = kind.is_wildcard() && names.is_empty() && !star;
-            let names = shared.interner.names(Arc::new(names));
             watches.insert(
                 kind,
                 WatchState { wildcard: star || legacy_wildcard, legacy_wildcard, names, ..Default::default() },
@@ -155,7 +155,7 @@ impl SotwStream {
         if request.response_nonce.is_empty() {
             // The client restarted this subscription: it holds nothing we can rely on.
             watch.wildcard = wildcard;
-            watch.names = shared.interner.names(Arc::new(names));
+            watch.names = names;
             watch.sent = Arc::default();
             return Answer::Everything { initial: false };
         }
@@ -167,11 +167,11 @@ impl SotwStream {
         watch.version_acked = request.version_info;
         watch.last_error = None;
         if kind.is_wildcard() {
-            if wildcard == watch.wildcard && names == *watch.names {
+            if wildcard == watch.wildcard && names == watch.names {
                 return Answer::Nothing;
             }
             watch.wildcard = wildcard;
-            watch.names = shared.interner.names(Arc::new(names));
+            watch.names = names;
             return Answer::Everything { initial: false };
         }
         let added: Vec<String> = names.difference(&watch.names).cloned().collect();
@@ -186,8 +186,8 @@ impl SotwStream {
             watch.sent = shared.interner.sent(Arc::new(sent));
         }
         watch.wildcard = wildcard;
-        if names != *watch.names {
-            watch.names = shared.interner.names(Arc::new(names));
+        if names != watch.names {
+            watch.names = names;
         }
         if widened {
             Answer::Everything { initial: false }
@@ -278,6 +278,27 @@ pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) 
 
 /// Whether a request's `resource_names` are exactly the watch's subscription (`*` standing
 /// for the wildcard). Sorted lists, as Envoy and our clients send, are compared in one walk.
+/// The set of names (without `*`) a request subscribes to, shared: the one an earlier request
+/// listing the same names gave, else built and interned. `None` if a name is not UTF-8 (a
+/// `string` field must be).
+fn subscribed_names(interner: &Interner, requested: &Names) -> Option<Arc<BTreeSet<String>>> {
+    let explicit = requested.iter().filter(|name| *name != b"*");
+    // Short lists are cheaper to build than to look up.
+    if requested.len() < SHARED_LIST_MIN_LEN {
+        let names: Option<BTreeSet<String>> = explicit.map(|n| String::from_utf8(n.to_vec()).ok()).collect();
+        return Some(interner.names(Arc::new(names?)));
+    }
+    let digest = NameDigest::of(explicit.clone());
+    if let Some(names) = interner.listed(digest) {
+        return Some(names);
+    }
+    let names: Option<BTreeSet<String>> = explicit.map(|n| String::from_utf8(n.to_vec()).ok()).collect();
+    Some(interner.names_listed(digest, Arc::new(names?)))
+}
+
+/// Request lists shorter than this are built into a set rather than looked up by digest.
+const SHARED_LIST_MIN_LEN: usize = 16;
+
 fn same_names(requested: &Names, watch: &mut WatchState) -> bool {
     let is_star = |n: &[u8]| n == b"*";
     let star = requested.iter().filter(|n| is_star(n)).count();
@@ -409,6 +430,44 @@ mod tests {
             let mut watch = (*watch).clone();
             assert_eq!(same_names(&names, &mut watch), *same, "{requested:?} against {:?}", watch.names);
         }
+    }
+
+    /// Requests listing the same names, in any order and with repeats, share one set; a set
+    /// no stream holds any more is not handed out again.
+    #[test]
+    fn requests_listing_the_same_names_share_one_set() {
+        let interner = Interner::default();
+        let many: Vec<String> = (0..100).map(|i| format!("outbound|80||svc-{i:03}.bench.svc.cluster.local")).collect();
+        let mut reversed = many.clone();
+        reversed.reverse();
+        let first = subscribed_names(&interner, &Names::from_values(&many)).unwrap();
+        assert_eq!(first.iter().collect::<Vec<_>>(), many.iter().collect::<Vec<_>>());
+        let digest = NameDigest::of(reversed.iter().map(String::as_bytes));
+        assert!(interner.listed(digest).is_some_and(|set| Arc::ptr_eq(&set, &first)), "filed by its digest");
+        let again = subscribed_names(&interner, &Names::from_values(&reversed)).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the same names in another order");
+        let mut with_star = reversed.clone();
+        with_star.push("*".to_owned());
+        assert!(Arc::ptr_eq(&first, &subscribed_names(&interner, &Names::from_values(&with_star)).unwrap()));
+        let mut repeated = many.clone();
+        repeated.push(many[7].clone());
+        let deduplicated = subscribed_names(&interner, &Names::from_values(&repeated)).unwrap();
+        assert_eq!(*deduplicated, *first);
+        let mut other = many.clone();
+        other[50] = "outbound|80||other.bench.svc.cluster.local".to_owned();
+        let other_set = subscribed_names(&interner, &Names::from_values(&other)).unwrap();
+        assert!(other_set.contains(&other[50]) && !other_set.contains(&many[50]));
+        let mut not_utf8: Vec<Vec<u8>> = many.iter().map(|n| n.clone().into_bytes()).collect();
+        not_utf8[3] = vec![0xff, 0xfe];
+        assert!(subscribed_names(&interner, &Names::from_values(&not_utf8)).is_none());
+        assert!(subscribed_names(&interner, &Names::from_values(&[[0xff_u8]])).is_none(), "a short list");
+        let short = subscribed_names(&interner, &Names::from_values(&["b", "a", "*"])).unwrap();
+        assert_eq!(short.iter().map(String::as_str).collect::<Vec<_>>(), ["a", "b"]);
+        // Freed: the next request builds its set again (and gets the names it listed).
+        drop((first, again, deduplicated));
+        assert!(interner.listed(digest).is_none());
+        let rebuilt = subscribed_names(&interner, &Names::from_values(&many)).unwrap();
+        assert_eq!(rebuilt.iter().collect::<Vec<_>>(), many.iter().collect::<Vec<_>>());
     }
 
     /// The digest of the subscription is taken once per set: a stream whose subscription
