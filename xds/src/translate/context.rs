@@ -14,7 +14,18 @@ pub use rudder_config::hosts::{DOMAIN_SUFFIX, host_matches, resolve_host};
 
 /// Cluster name of a service port and subset: `outbound|<port>|<subset>|<host>`.
 pub fn outbound_cluster_name(port: u32, subset: &str, host: &str) -> String {
-    format!("outbound|{port}|{subset}|{host}")
+    concat(&["outbound|", itoa::Buffer::new().format(port), "|", subset, "|", host])
+}
+
+/// `parts` joined into a string of exactly their length. Translation writes a few names per
+/// cluster and route, tens of thousands per view: `format!` took ~13 % of an outbound
+/// translation, most of it in the formatting machinery rather than in copying.
+pub fn concat(parts: &[&str]) -> String {
+    let mut joined = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        joined.push_str(part);
+    }
+    joined
 }
 
 /// Cluster name of a workload port: `inbound|<port>||`.
@@ -42,7 +53,7 @@ pub fn istio_config_metadata(
     name: &str,
 ) -> envoy_types::pb::envoy::config::core::v3::Metadata {
     use envoy_types::pb::google::protobuf::{Struct, Value, value};
-    let reference = format!("/apis/networking.istio.io/v1/namespaces/{namespace}/{resource}/{name}");
+    let reference = concat(&["/apis/networking.istio.io/v1/namespaces/", namespace, "/", resource, "/", name]);
     let fields = HashMap::from([("config".to_owned(), Value { kind: Some(value::Kind::StringValue(reference)) })]);
     envoy_types::pb::envoy::config::core::v3::Metadata {
         filter_metadata: HashMap::from([("istio".to_owned(), Struct { fields })]),
@@ -423,6 +434,18 @@ mod tests {
         assert_eq!(
             outbound_cluster_name(9080, "v1", "reviews.default.svc.cluster.local"),
             "outbound|9080|v1|reviews.default.svc.cluster.local"
+        );
+        assert_eq!(outbound_cluster_name(0, "", "h"), "outbound|0||h");
+        assert_eq!(outbound_cluster_name(u32::MAX, "", "h"), "outbound|4294967295||h");
+        assert_eq!(concat(&[]), "");
+        assert_eq!(concat(&["a", "", "bc"]), "abc");
+        let reference =
+            istio_config_metadata("destination-rule", "ns", "dr").filter_metadata["istio"].fields["config"].clone();
+        assert_eq!(
+            reference.kind,
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                "/apis/networking.istio.io/v1/namespaces/ns/destination-rule/dr".into()
+            ))
         );
         assert_eq!(inbound_cluster_name(8080), "inbound|8080||");
         assert_eq!(listener_name("0.0.0.0", 80), "0.0.0.0_80");

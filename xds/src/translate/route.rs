@@ -385,7 +385,7 @@ fn route_configuration(
         // leaves the service on its default route, as istiod does.
         let routes = owner.map(&mut routes_of).filter(|r| !r.is_empty());
         let (domains, aliases) = service_domains(service, &ctx.proxy.namespace);
-        let name = format!("{}:{port}", service.hostname);
+        let name = super::context::concat(&[&service.hostname, ":", itoa::Buffer::new().format(port)]);
         match (owner, routes) {
             (Some(i), Some(routes)) => {
                 vs_covers_port[i] = true;
@@ -836,12 +836,14 @@ fn route_operation(route: &Route, vs_name: &str, port: u32) -> String {
     };
     if let Some(route::Action::Route(RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster(c)), .. })) =
         &route.action
-        && let [_, cluster_port, _, host] = c.split('|').collect::<Vec<_>>().as_slice()
+        && let mut parts = c.split('|')
+        && let (Some(_), Some(cluster_port), Some(_), Some(host), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
         && !host.is_empty()
     {
-        return format!("{host}:{cluster_port}{path}");
+        return super::context::concat(&[host, ":", cluster_port, &path]);
     }
-    format!("{vs_name}:{port}{path}")
+    super::context::concat(&[vs_name, ":", itoa::Buffer::new().format(port), &path])
 }
 
 // --- matching -------------------------------------------------------------------------------
