@@ -276,8 +276,6 @@ pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) 
     }
 }
 
-/// Whether a request's `resource_names` are exactly the watch's subscription (`*` standing
-/// for the wildcard). Sorted lists, as Envoy and our clients send, are compared in one walk.
 /// The set of names (without `*`) a request subscribes to, shared: the one an earlier request
 /// listing the same names gave, else built and interned. `None` if a name is not UTF-8 (a
 /// `string` field must be).
@@ -299,6 +297,8 @@ fn subscribed_names(interner: &Interner, requested: &Names) -> Option<Arc<BTreeS
 /// Request lists shorter than this are built into a set rather than looked up by digest.
 const SHARED_LIST_MIN_LEN: usize = 16;
 
+/// Whether a request's `resource_names` are exactly the watch's subscription (`*` standing
+/// for the wildcard), in any order.
 fn same_names(requested: &Names, watch: &mut WatchState) -> bool {
     let is_star = |n: &[u8]| n == b"*";
     let star = requested.iter().filter(|n| is_star(n)).count();
