@@ -443,6 +443,9 @@ impl<M: prost::Message + Default> DecodeRequest for M {
     }
 }
 
+/// The key of a `resource_names` entry: field 3, length-delimited.
+const NAME_KEY: u8 = 3 << 3 | 2;
+
 impl DecodeRequest for SotwRequest {
     /// Reads the fields with prost's field decoders; the names only as ranges of `frame`.
     fn decode_frame(frame: Bytes) -> Result<Self, prost::DecodeError> {
@@ -451,6 +454,18 @@ impl DecodeRequest for SotwRequest {
         let mut names = Vec::new();
         let mut buf: &[u8] = &frame;
         while !buf.is_empty() {
+            // A name shorter than 128 bytes (all of a mesh's, in practice): its key, a one-byte
+            // length, and the name, read without the general decoder's calls (an ACK repeats
+            // thousands of them). Anything else, malformed included, goes the general way.
+            if let [NAME_KEY, length, rest @ ..] = buf
+                && *length < 0x80
+                && let Some(name) = rest.get(..usize::from(*length))
+            {
+                let start = frame.len() - rest.len();
+                names.push(start..start + name.len());
+                buf = &rest[name.len()..];
+                continue;
+            }
             let (tag, wire_type) = encoding::decode_key(&mut buf)?;
             let ctx = DecodeContext::default();
             match tag {
@@ -802,6 +817,18 @@ mod tests {
         }
         // Field 3 with a varint wire type is not a name.
         assert!(SotwRequest::decode_frame(Bytes::from_static(&[0x18, 0x01])).is_err());
+        // Names on both sides of the one-byte length, between other fields.
+        let lengths = [0, 1, 127, 128, 300, 5];
+        let mixed = DiscoveryRequest {
+            resource_names: lengths.iter().map(|&n| "n".repeat(n)).collect(),
+            type_url: Kind::Endpoint.type_url().into(),
+            ..Default::default()
+        };
+        let mut body = mixed.encode_to_vec();
+        body.extend(DiscoveryRequest { resource_names: vec!["late".into()], ..Default::default() }.encode_to_vec());
+        let got = SotwRequest::decode_frame(Bytes::from(body.clone())).unwrap();
+        assert_eq!(got.names(), Some(DiscoveryRequest::decode(body.as_slice()).unwrap().resource_names));
+        assert_eq!(got.resource_names.len(), lengths.len() + 1);
     }
 
     #[tokio::test]
