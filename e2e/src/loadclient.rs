@@ -374,7 +374,7 @@ impl NameCache {
 
 /// `names` in the order Envoy's SotW client lists them in a request: the iteration order of
 /// its hash set of watched names, stable from one request to the next, unrelated to the
-/// names' sorting (seen on Envoy 1.3x's EDS requests to discovery; its delta client sends
+/// names' sorting (seen on Envoy 1.40's EDS requests to discovery; its delta client sends
 /// sorted lists). Hash order here too, so that discovery is measured on what proxies send.
 fn envoy_sotw_order(names: &BTreeSet<String>) -> Vec<String> {
     use std::hash::BuildHasher;
