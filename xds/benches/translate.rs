@@ -9,6 +9,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use prost::Message;
 use rudder_e2e::synthetic;
 use rudder_xds::model::{Proxy, Snapshot};
 use rudder_xds::server::cache::{EncodedSet, EndpointTable};
@@ -67,7 +70,28 @@ fn translate_one_sidecar(c: &mut Criterion) {
     group.bench_function("full config (translate + encode)", |b| {
         b.iter(|| full_config(black_box(&snapshot), black_box(&proxy)))
     });
+    // What holding the view as prost messages costs at the least, whatever builds them: the
+    // messages this proxy's config decodes to, and merely their default structs.
+    let encoded = EncodedSet::encode(resources, None);
+    group.bench_function("floor: clusters and routes decoded from their bytes (prost)", |b| {
+        b.iter(|| decoded_messages(black_box(&encoded)))
+    });
+    group.bench_function("floor: default Cluster structs, one per cluster", |b| {
+        b.iter(|| {
+            let clusters: Vec<Cluster> = (0..encoded.clusters.len()).map(|_| Cluster::default()).collect();
+            black_box(clusters).len()
+        })
+    });
     group.finish();
+}
+
+/// The clusters and route configurations of `encoded` as prost messages (then dropped).
+fn decoded_messages(encoded: &EncodedSet) -> usize {
+    let clusters: Vec<Cluster> =
+        encoded.clusters.values().filter_map(|c| Cluster::decode(c.value.as_ref()).ok()).collect();
+    let routes: Vec<RouteConfiguration> =
+        encoded.routes.values().filter_map(|r| RouteConfiguration::decode(r.value.as_ref()).ok()).collect();
+    black_box(&clusters).len() + black_box(&routes).len()
 }
 
 /// Sidecar scoping (issue 12's target: a proxy scoped to its namespace gets a config at least
