@@ -12,10 +12,12 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use prost::Message;
+use prost::bytes::Bytes;
 use rudder_e2e::synthetic;
 use rudder_xds::model::{Proxy, Snapshot};
 use rudder_xds::server::cache::{EncodedSet, EndpointTable, ResourceMap};
 use rudder_xds::translate;
+use rudder_xds::translate::context::Context;
 
 const SERVICES: usize = 1_000;
 const PORTS: usize = 4;
@@ -69,6 +71,18 @@ fn translate_one_sidecar(c: &mut Criterion) {
     });
     group.bench_function("full config (translate + encode)", |b| {
         b.iter(|| full_config(black_box(&snapshot), black_box(&proxy)))
+    });
+    // Clusters as discovery makes them (an array of messages, then encoded), and built and
+    // encoded one at a time (`cluster::outbound_encoded`, which discovery does not use yet).
+    group.bench_function("clusters built, then encoded", |b| {
+        b.iter(|| {
+            let clusters = translate::cluster::outbound(&Context::new(black_box(&snapshot), black_box(&proxy)));
+            let encoded: Vec<Bytes> = clusters.iter().map(|c| Bytes::from(c.encode_to_vec())).collect();
+            encoded.len()
+        })
+    });
+    group.bench_function("clusters built and encoded one at a time", |b| {
+        b.iter(|| translate::cluster::outbound_encoded(&Context::new(black_box(&snapshot), black_box(&proxy))).len())
     });
     // What holding the view as prost messages costs at the least, whatever builds them: the
     // messages this proxy's config decodes to, and merely their default structs.

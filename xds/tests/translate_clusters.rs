@@ -102,6 +102,20 @@ fn outbound(snapshot: &Snapshot) -> Vec<Cluster> {
     cluster::outbound(&Context::new(snapshot, &proxy))
 }
 
+/// `cluster::outbound_encoded` gives `clusters` (the message path's, for `ctx`): the same
+/// names in the same order, each decoding to the same message.
+fn assert_encoded_as_built(ctx: &Context<'_>, clusters: &[Cluster]) {
+    let encoded = cluster::outbound_encoded(ctx);
+    let names = |list: &[(String, prost::bytes::Bytes)]| list.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&encoded), clusters.iter().map(|c| c.name.clone()).collect::<Vec<_>>());
+    for ((name, bytes), built) in encoded.iter().zip(clusters) {
+        let mut decoded = Cluster::decode(bytes.as_ref()).unwrap();
+        assert_eq!(decoded.name, *name);
+        decoded.name.clone_from(&built.name);
+        assert!(decoded == *built, "{name}: the encoded cluster differs from the built one");
+    }
+}
+
 fn find<'a>(clusters: &'a [Cluster], name: &str) -> &'a Cluster {
     clusters
         .iter()
@@ -261,7 +275,17 @@ fn discovery_type_by_resolution() {
         "rr.example.com".into(),
         Arc::new(vec![endpoint("db1.example.com", 5432, "tcp", &[]), endpoint("db2.example.com", 5432, "tcp", &[])]),
     );
+    // A LOGICAL_DNS service whose endpoints serve none of its ports gets no cluster, on both
+    // paths.
+    snap.services.insert(
+        "none.example.com".into(),
+        service("none.example.com", Resolution::DnsRoundRobin, vec![port("tcp", 1)]),
+    );
+    snap.endpoints.insert("none.example.com".into(), Arc::new(vec![endpoint("db.example.com", 5, "other", &[])]));
     let clusters = outbound(&snap);
+    let proxy = proxy();
+    assert_encoded_as_built(&Context::new(&snap, &proxy), &clusters);
+    assert!(clusters.iter().all(|c| !c.name.contains("none.example.com")));
 
     let dns = find(&clusters, "outbound|443||api.example.com");
     assert_eq!(kind(dns), DiscoveryType::StrictDns);
@@ -1011,6 +1035,7 @@ fn envoy_accepts_a_rich_cluster_set() {
     let proxy = proxy();
     let ctx = Context::new(&snap, &proxy);
     let mut clusters = cluster::outbound(&ctx);
+    assert_encoded_as_built(&ctx, &clusters);
     clusters.extend(cluster::inbound(&ctx));
     assert!(clusters.len() > 25, "{}", clusters.len());
 
