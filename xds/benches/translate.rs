@@ -42,6 +42,16 @@ fn full_config(snapshot: &Snapshot, proxy: &Proxy) -> usize {
     encoded.clusters.len() + encoded.listeners.len() + encoded.routes.len() + table.encoded.len()
 }
 
+/// [`full_config`] as discovery builds it: the outbound side with its clusters encoded as
+/// they are built, the inbound side apart.
+fn full_config_served(snapshot: &Snapshot, proxy: &Proxy) -> usize {
+    let outbound = EncodedSet::encode(translate::outbound_served(snapshot, proxy), None);
+    let inbound = EncodedSet::encode(translate::inbound(snapshot, proxy), None);
+    let table = EndpointTable::build(translate::endpoints(snapshot), None);
+    [&outbound, &inbound].iter().map(|s| s.clusters.len() + s.listeners.len() + s.routes.len()).sum::<usize>()
+        + table.encoded.len()
+}
+
 fn translate_one_sidecar(c: &mut Criterion) {
     let snapshot = synthetic::snapshot(SERVICES, PORTS, ENDPOINTS);
     let proxy = sidecar();
@@ -72,8 +82,11 @@ fn translate_one_sidecar(c: &mut Criterion) {
     group.bench_function("full config (translate + encode)", |b| {
         b.iter(|| full_config(black_box(&snapshot), black_box(&proxy)))
     });
-    // Clusters as discovery makes them (an array of messages, then encoded), and built and
-    // encoded one at a time (`cluster::outbound_encoded`, which discovery does not use yet).
+    group.bench_function("full config as served (translate + encode)", |b| {
+        b.iter(|| full_config_served(black_box(&snapshot), black_box(&proxy)))
+    });
+    // Clusters as an array of messages, then encoded (the message path: EnvoyFilter patches,
+    // gateways), and built and encoded one at a time (`cluster::outbound_encoded`, discovery's).
     group.bench_function("clusters built, then encoded", |b| {
         b.iter(|| {
             let clusters = translate::cluster::outbound(&Context::new(black_box(&snapshot), black_box(&proxy)));

@@ -190,8 +190,14 @@ impl EncodedSet {
     /// The set for `fresh`, whose kinds in `parts` were translated again; every other kind is
     /// `previous`'s, shared as it is (when there is no `previous`, `parts` must be all).
     pub fn update(previous: Option<&EncodedSet>, fresh: Resources, parts: Parts) -> Self {
-        let (clusters, cluster_source) =
-            kind_part(previous.map(|p| (&p.clusters, &p.cluster_source)), !parts.clusters, fresh.clusters, |c| &c.name);
+        let previous_clusters = previous.map(|p| (&p.clusters, &p.cluster_source));
+        let (clusters, cluster_source) = if parts.clusters && !fresh.encoded_clusters.is_empty() {
+            let old = previous_clusters.map(|(map, source)| (map.as_ref(), source.as_slice()));
+            let map = served_clusters(fresh.encoded_clusters, &fresh.clusters, old);
+            (Arc::new(map), Arc::new(fresh.clusters))
+        } else {
+            kind_part(previous_clusters, !parts.clusters, fresh.clusters, |c| &c.name)
+        };
         let (listeners, listener_source) =
             kind_part(previous.map(|p| (&p.listeners, &p.listener_source)), !parts.listeners, fresh.listeners, |l| {
                 &l.name
@@ -257,10 +263,12 @@ impl EncodedSet {
         set
     }
 
-    /// The translated messages, for translating again only some kinds.
+    /// The translated messages, for translating again only some kinds. A set whose clusters
+    /// were encoded as they were built has only those with inline endpoints as messages.
     pub fn sources(&self) -> Resources {
         Resources {
             clusters: self.cluster_source.as_ref().clone(),
+            encoded_clusters: Vec::new(),
             listeners: self.listener_source.as_ref().clone(),
             routes: self.route_source.as_ref().clone(),
             secrets: self.secret_source.as_ref().clone(),
@@ -335,6 +343,36 @@ fn kind_part<M: Message + Name + PartialEq>(
             (Arc::new(encode_kind(&fresh, name, old)), Arc::new(fresh))
         }
     }
+}
+
+/// The cluster map of clusters encoded as they were built (`encoded`, in translation order, a
+/// name seen twice keeping its first), `inline` being the messages of those with inline
+/// endpoints. A cluster keeps `previous`'s encoding and version when it is unchanged: equal
+/// bytes decide for the others, whose every map holds at most one entry (so equal clusters
+/// encode alike), equal messages for the inline ones, whose endpoint metadata can hold two.
+fn served_clusters(
+    encoded: Vec<(String, Bytes)>,
+    inline: &[Cluster],
+    previous: Option<(&ResourceMap, &[Cluster])>,
+) -> ResourceMap {
+    let inline: BTreeMap<&str, &Cluster> = inline.iter().rev().map(|c| (c.name.as_str(), c)).collect();
+    let old_inline: BTreeMap<&str, &Cluster> =
+        previous.map(|(_, messages)| messages.iter().rev().map(|c| (c.name.as_str(), c)).collect()).unwrap_or_default();
+    let mut map = ResourceMap::new();
+    for (name, value) in encoded {
+        if map.contains_key(&name) {
+            tracing::warn!(name, type_url = %Cluster::type_url(), "duplicate resource name; keeping the first");
+            continue;
+        }
+        let unchanged = |old: &EncodedResource| match inline.get(name.as_str()) {
+            Some(message) => old_inline.get(name.as_str()).is_some_and(|old| old == message),
+            None => old.value == value,
+        };
+        let reused = previous.and_then(|(map, _)| map.get(&name)).filter(|old| unchanged(old)).cloned();
+        let resource = reused.unwrap_or_else(|| Arc::new(EncodedResource::of_encoded::<Cluster>(name.clone(), value)));
+        map.insert(name, resource);
+    }
+    map
 }
 
 /// Whether two maps hold the very same encoded resources under the same names.
@@ -416,6 +454,12 @@ pub struct TableDelta {
 }
 
 impl EncodedResource {
+    /// A resource of type `M` already encoded.
+    pub fn of_encoded<M: Name>(name: String, value: Bytes) -> Self {
+        let hash = content_hash(&value);
+        Self { name, hash, type_url: M::type_url(), value }
+    }
+
     /// An assignment already in its canonical encoding.
     pub fn assignment(assignment: EncodedAssignment) -> Self {
         let hash = content_hash(&assignment.value);
@@ -1768,15 +1812,19 @@ mod incremental_tests {
         let mut rebuilt_partially = 0;
         let mut inbound_kept = 0;
         let mut routes_reused = 0;
+        let (mut served_encoded, mut served_inline) = (0, 0);
         for seed in 1..=25u64 {
             let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
             let mut snapshot = Snapshot::default();
             let mut sets: Vec<EncodedSet> =
                 proxies.iter().map(|p| EncodedSet::encode(translate::outbound(&snapshot, p), None)).collect();
+            // The same views as discovery serves them: clusters encoded as they are built.
+            let mut served: Vec<EncodedSet> =
+                proxies.iter().map(|p| EncodedSet::encode(translate::outbound_served(&snapshot, p), None)).collect();
             for step in 0..20 {
                 let next = mutate_config(&snapshot, &mut rng);
                 let selectors = crate::translate::LabelSelectors::of(&next);
-                for (proxy, set) in proxies.iter().zip(sets.iter_mut()) {
+                for ((proxy, set), served) in proxies.iter().zip(sets.iter_mut()).zip(served.iter_mut()) {
                     let parts = translate::changed_parts(&snapshot, &next, &ViewKey::of(proxy, &selectors));
                     if parts.any() && parts != crate::translate::Parts::ALL {
                         rebuilt_partially += 1;
@@ -1786,11 +1834,17 @@ mod incremental_tests {
                     routes_reused += set.route_memo().map_or(0, |memo| memo.reused());
                     let full = translate::outbound(&next, proxy);
                     assert!(set.sources() == full, "seed {seed} step {step} {}: {parts:?}", proxy.id);
+                    let full_clusters = full.clusters.clone();
                     let full = EncodedSet::encode(full, None);
                     for kind in [Kind::Cluster, Kind::Listener, Kind::Route] {
                         let names = |s: &EncodedSet| s.map(kind).unwrap().keys().cloned().collect::<Vec<_>>();
                         assert_eq!(names(set), names(&full), "seed {seed} step {step}");
                     }
+                    let fresh = translate::outbound_parts_served(&next, proxy, parts, served.route_memo());
+                    served_encoded += usize::from(!fresh.encoded_clusters.is_empty());
+                    served_inline += usize::from(!fresh.encoded_clusters.is_empty() && !fresh.clusters.is_empty());
+                    *served = EncodedSet::update(Some(served), fresh, parts);
+                    assert_served_like(served, &full, &full_clusters, &format!("seed {seed} step {step} {}", proxy.id));
                     // An inbound side kept from the previous push equals a fresh one.
                     if !translate::inbound_changed(&snapshot, &next, proxy) {
                         inbound_kept += 1;
@@ -1806,8 +1860,40 @@ mod incremental_tests {
             }
         }
         assert!(rebuilt_partially > 50, "the sequences exercise partial rebuilds ({rebuilt_partially})");
+        assert!(served_encoded > 50, "clusters are served encoded as built ({served_encoded})");
+        assert!(served_inline > 10, "with messages for inline endpoints ({served_inline})");
         assert!(inbound_kept > 50, "the sequences keep inbound sides ({inbound_kept})");
         assert!(routes_reused > 50, "the sequences reuse VirtualServices' routes ({routes_reused})");
+    }
+
+    /// `served` (a set whose clusters were encoded as they were built) serves what `full` (the
+    /// message path's, from `clusters`) does: the same resources, each cluster decoding to the
+    /// same message, and with the same bytes where its message has no endpoint metadata.
+    fn assert_served_like(served: &EncodedSet, full: &EncodedSet, clusters: &[Cluster], at: &str) {
+        for kind in [Kind::Cluster, Kind::Listener, Kind::Route] {
+            let names = |s: &EncodedSet| s.map(kind).unwrap().keys().cloned().collect::<Vec<_>>();
+            assert_eq!(names(served), names(full), "{at}: {kind:?}");
+        }
+        for kind in [Kind::Listener, Kind::Route] {
+            let hashes = |s: &EncodedSet| s.map(kind).unwrap().values().map(|r| r.hash).collect::<Vec<_>>();
+            assert_eq!(hashes(served), hashes(full), "{at}: {kind:?}");
+        }
+        for cluster in clusters {
+            let resource = &served.clusters[&cluster.name];
+            let decoded = Cluster::decode(resource.value.as_ref()).unwrap();
+            assert!(decoded == *cluster, "{at}: cluster {} differs", cluster.name);
+            if !crate::translate::cluster::has_inline_endpoints(cluster) {
+                assert_eq!(resource.hash, full.clusters[&cluster.name].hash, "{at}: cluster {}", cluster.name);
+            }
+        }
+        let inline = |s: &EncodedSet| -> Vec<String> {
+            s.cluster_source
+                .iter()
+                .filter(|c| crate::translate::cluster::has_inline_endpoints(c))
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        assert_eq!(inline(served), inline(full), "{at}: the messages kept for localized copies");
     }
 
     /// A place's endpoint table brought up to date from the previous generation's equals one

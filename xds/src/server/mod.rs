@@ -179,7 +179,7 @@ pub struct Translator;
 
 impl Generator for Translator {
     fn outbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources {
-        translate::outbound(snapshot, proxy)
+        translate::outbound_served(snapshot, proxy)
     }
     fn inbound(&self, snapshot: &Snapshot, proxy: &Proxy) -> Resources {
         translate::inbound(snapshot, proxy)
@@ -200,7 +200,7 @@ impl Generator for Translator {
         parts: Parts,
         memo: Option<RouteReuse<'_>>,
     ) -> Resources {
-        translate::outbound_parts(snapshot, proxy, parts, memo)
+        translate::outbound_parts_served(snapshot, proxy, parts, memo)
     }
     fn inbound_inputs_changed(&self, before: &Snapshot, after: &Snapshot) -> bool {
         translate::inbound_inputs_changed(before, after)

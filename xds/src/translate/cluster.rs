@@ -65,6 +65,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher}
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
+use prost::bytes::Bytes;
 use rudder_config::common::Duration;
 use rudder_config::labels::TLS_MODE_ISTIO;
 use rudder_config::networking::destination_rule::{
@@ -115,14 +116,7 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<Cluster> {
 /// clusters' endpoints (EDS) or of the clusters themselves (DNS, whose endpoints are inline).
 pub fn outbound_with_localities(ctx: &Context<'_>) -> (Vec<Cluster>, Vec<(String, LocalityPolicy)>) {
     let planned = plan(ctx);
-    let localities = planned
-        .iter()
-        // EDS clusters, and DNS ones whose inline endpoints can carry priorities (LOGICAL_DNS
-        // has a single host).
-        .filter(|p| matches!(p.service.resolution, Resolution::ClientSideLb | Resolution::Dns))
-        .filter(|p| p.policy.load_balancer.and_then(|lb| lb.simple) != Some(SimpleLb::Passthrough))
-        .filter_map(|p| Some((p.name.clone(), locality_policy(ctx, p.service, &p.policy)?)))
-        .collect();
+    let localities = localities_of(ctx, &planned);
     let mut clusters: Vec<Cluster> = Vec::with_capacity(planned.len() + 4);
     for planned in planned {
         clusters.push(Cluster::default());
@@ -140,29 +134,73 @@ pub fn outbound_with_localities(ctx: &Context<'_>) -> (Vec<Cluster>, Vec<(String
 ///
 /// A `Cluster` is 3,360 bytes before anything is set: building 12,007 of them into an array,
 /// then encoding and dropping it, moved ~40 MB through fresh pages and the caches three times.
-/// Built and encoded one at a time, the 1,000 × 4 benchmark mesh's clusters take 17 ms instead
-/// of 60 ms (Criterion, `translate` bench). Discovery does not use this yet: its views keep the
-/// messages for EnvoyFilter patches, credentials and localized copies (see BENCHMARKS.md).
-pub fn outbound_encoded(ctx: &Context<'_>) -> Vec<(String, prost::bytes::Bytes)> {
-    use prost::Message;
+/// Built and encoded one at a time, the 1,000 × 4 benchmark mesh's clusters take a quarter of
+/// the time (`translate` bench).
+pub fn outbound_encoded(ctx: &Context<'_>) -> Vec<(String, Bytes)> {
+    outbound_served(ctx).encoded
+}
+
+/// The outbound clusters as discovery serves them (see [`ServedClusters`]).
+pub fn outbound_served(ctx: &Context<'_>) -> ServedClusters {
     let planned = plan(ctx);
-    let mut encoded = Vec::with_capacity(planned.len() + 4);
-    let mut emit = |cluster: &mut Cluster| {
-        let bytes = prost::bytes::Bytes::from(cluster.encode_to_vec());
-        encoded.push((std::mem::take(&mut cluster.name), bytes));
-    };
+    let localities = localities_of(ctx, &planned);
+    let mut served = ServedClusters { encoded: Vec::with_capacity(planned.len() + 4), inline: Vec::new(), localities };
     let mut scratch = Cluster::default();
     for planned in planned {
         if planned_cluster(ctx, &mut scratch, planned) {
-            emit(&mut scratch);
+            served.add(&mut scratch);
         }
-        // Reset in place: the message stays where the caches have it.
+        // A failed build may have left fields set.
         scratch = Cluster::default();
     }
     for mut cluster in fixed_clusters(ctx) {
-        emit(&mut cluster);
+        served.add(&mut cluster);
     }
-    encoded
+    served
+}
+
+/// Outbound clusters encoded as they are built ([`outbound_served`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServedClusters {
+    /// Every cluster, by name, in [`outbound`]'s order.
+    pub encoded: Vec<(String, Bytes)>,
+    /// The messages of the clusters whose endpoints are inline (DNS), also in `encoded`: a
+    /// proxy with a locality gets its own copy of those, made from the message.
+    pub inline: Vec<Cluster>,
+    /// As [`outbound_with_localities`] gives them.
+    pub localities: Vec<(String, LocalityPolicy)>,
+}
+
+impl ServedClusters {
+    /// Adds `cluster`, encoded; its message is kept only when its endpoints are inline.
+    fn add(&mut self, cluster: &mut Cluster) {
+        use prost::Message;
+        let bytes = Bytes::from(cluster.encode_to_vec());
+        if has_inline_endpoints(cluster) {
+            self.encoded.push((cluster.name.clone(), bytes));
+            self.inline.push(std::mem::take(cluster));
+        } else {
+            self.encoded.push((std::mem::take(&mut cluster.name), bytes));
+        }
+    }
+}
+
+/// Whether a cluster carries its endpoints (STRICT_DNS, LOGICAL_DNS, STATIC) rather than
+/// getting them over EDS.
+pub fn has_inline_endpoints(cluster: &Cluster) -> bool {
+    cluster.load_assignment.as_ref().is_some_and(|a| !a.endpoints.is_empty())
+}
+
+/// The locality policies of the planned EDS and STRICT_DNS clusters that have one.
+fn localities_of(ctx: &Context<'_>, planned: &[Planned<'_>]) -> Vec<(String, LocalityPolicy)> {
+    planned
+        .iter()
+        // EDS clusters, and DNS ones whose inline endpoints can carry priorities (LOGICAL_DNS
+        // has a single host).
+        .filter(|p| matches!(p.service.resolution, Resolution::ClientSideLb | Resolution::Dns))
+        .filter(|p| p.policy.load_balancer.and_then(|lb| lb.simple) != Some(SimpleLb::Passthrough))
+        .filter_map(|p| Some((p.name.clone(), locality_policy(ctx, p.service, &p.policy)?)))
+        .collect()
 }
 
 /// Builds on `cluster` (a default one) a planned service cluster. False when it cannot exist.

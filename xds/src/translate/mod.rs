@@ -43,7 +43,12 @@ use crate::model::{Endpoint, InterceptionMode, NodeType, Proxy, Resolution, Snap
 /// Resources of the three proxy-specific types (endpoints are shared, see [`endpoints`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
+    /// The clusters as messages; with `encoded_clusters`, only those with inline endpoints.
     pub clusters: Vec<Cluster>,
+    /// Clusters translated straight to their encoding ([`outbound_parts_served`]): when not
+    /// empty, every cluster of the set in order, their messages not kept beside them except in
+    /// `clusters` for those with inline endpoints.
+    pub encoded_clusters: Vec<(String, prost::bytes::Bytes)>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
     /// SDS secrets served over ADS (gateway `credentialName`s). They change with the listeners
@@ -75,6 +80,7 @@ impl Resources {
     /// Appends `other`'s resources after this set's.
     pub fn extend(&mut self, other: Resources) {
         self.clusters.extend(other.clusters);
+        self.encoded_clusters.extend(other.encoded_clusters);
         self.listeners.extend(other.listeners);
         self.routes.extend(other.routes);
         self.secrets.extend(other.secrets);
@@ -400,12 +406,47 @@ pub fn outbound_parts(
     parts: Parts,
     memo: Option<route::RouteReuse<'_>>,
 ) -> Resources {
+    outbound_parts_as(snapshot, proxy, parts, memo, false)
+}
+
+/// [`outbound_parts`] as discovery serves it: the clusters encoded as they are built
+/// ([`cluster::outbound_served`]), unless something must read or change their messages after
+/// translation (a gateway's SNI clusters, `credentialName`s, EnvoyFilter patches). The same
+/// config; only `Resources::encoded_clusters` tells the two apart.
+pub fn outbound_parts_served(
+    snapshot: &Snapshot,
+    proxy: &Proxy,
+    parts: Parts,
+    memo: Option<route::RouteReuse<'_>>,
+) -> Resources {
+    outbound_parts_as(snapshot, proxy, parts, memo, true)
+}
+
+fn outbound_parts_as(
+    snapshot: &Snapshot,
+    proxy: &Proxy,
+    parts: Parts,
+    memo: Option<route::RouteReuse<'_>>,
+    encode_clusters: bool,
+) -> Resources {
     let ctx = context::Context::new(snapshot, proxy);
     let router = proxy.node_type == NodeType::Router;
-    let (clusters, localities) =
-        if parts.clusters { cluster::outbound_with_localities(&ctx) } else { (Vec::new(), Vec::new()) };
+    let patches = envoy_filter::Patches::for_proxy(snapshot, proxy);
+    let credentials = snapshot.destination_rules.iter().any(|rule| names_credential(&rule.spec));
+    let (clusters, encoded_clusters, localities) = match parts.clusters {
+        false => Default::default(),
+        true if encode_clusters && !router && !credentials && patches.is_empty() => {
+            let served = cluster::outbound_served(&ctx);
+            (served.inline, served.encoded, served.localities)
+        }
+        true => {
+            let (clusters, localities) = cluster::outbound_with_localities(&ctx);
+            (clusters, Vec::new(), localities)
+        }
+    };
     let mut resources = Resources {
         clusters: if router { gateway::with_sni_dnat_clusters(&ctx, clusters) } else { clusters },
+        encoded_clusters,
         listeners: match (parts.listeners, router) {
             (false, _) => Vec::new(),
             (true, false) => listener::outbound(&ctx),
@@ -433,7 +474,7 @@ pub fn outbound_parts(
             resources.secrets = gateway::secrets(&ctx);
         }
         // Reading the clusters' TLS contexts back is only worth it when some rule names a Secret.
-        if snapshot.destination_rules.iter().any(|rule| names_credential(&rule.spec)) {
+        if credentials {
             resources.secrets.extend(credentials::for_clusters(&ctx, &resources.clusters));
             resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
             resources.secrets.dedup_by(|later, first| later.name == first.name);
@@ -443,7 +484,6 @@ pub fn outbound_parts(
     if parts.listeners && snapshot.destination_rules.iter().any(|rule| tunnel::named_by(&rule.spec)) {
         tunnel::apply(&ctx, &mut resources.listeners);
     }
-    let patches = envoy_filter::Patches::for_proxy(snapshot, proxy);
     if !patches.is_empty() {
         use rudder_config::networking::envoy_filter::PatchContext;
         let context = if router { PatchContext::Gateway } else { PatchContext::SidecarOutbound };
@@ -497,6 +537,11 @@ fn warn_skipped(proxy: &Proxy, skipped: &[envoy_filter::Skipped]) {
 /// gateway: its Gateway servers' listeners, routes and credentials too).
 pub fn outbound(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
     outbound_parts(snapshot, proxy, Parts::ALL, None)
+}
+
+/// [`outbound`] as discovery serves it (see [`outbound_parts_served`]).
+pub fn outbound_served(snapshot: &Snapshot, proxy: &Proxy) -> Resources {
+    outbound_parts_served(snapshot, proxy, Parts::ALL, None)
 }
 
 /// The inbound side of `proxy`'s config: how traffic reaches its own workload. Gateways have
