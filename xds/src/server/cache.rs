@@ -372,6 +372,16 @@ fn served_clusters(
         let resource = reused.unwrap_or_else(|| Arc::new(EncodedResource::of_encoded::<Cluster>(name.clone(), value)));
         map.insert(name, resource);
     }
+    // Messages the encoded list does not name (resources of another translation appended to
+    // these, see `Resources::extend`) are encoded here, after them.
+    for (name, message) in inline {
+        if !map.contains_key(name) {
+            let reused = old_inline.get(name).filter(|old| **old == message).and_then(|_| previous?.0.get(name));
+            let resource =
+                reused.cloned().unwrap_or_else(|| Arc::new(EncodedResource::encode(name.to_owned(), message)));
+            map.insert(name.to_owned(), resource);
+        }
+    }
     map
 }
 
@@ -1864,6 +1874,35 @@ mod incremental_tests {
         assert!(served_inline > 10, "with messages for inline endpoints ({served_inline})");
         assert!(inbound_kept > 50, "the sequences keep inbound sides ({inbound_kept})");
         assert!(routes_reused > 50, "the sequences reuse VirtualServices' routes ({routes_reused})");
+    }
+
+    /// Clusters appended as messages to a served translation (`Resources::extend`) are served
+    /// too, as the message path serves them, and an equal translation keeps every encoding.
+    #[test]
+    fn clusters_appended_to_a_served_translation_are_served() {
+        let snapshot = Snapshot::default();
+        let proxy = Proxy::from_node("sidecar~10.9.9.8~p.ns~ns.svc.cluster.local", &Default::default()).unwrap();
+        let appended = || Resources {
+            clusters: vec![Cluster { name: "inbound|9080||".to_owned(), ..Default::default() }],
+            ..Default::default()
+        };
+        let served = || {
+            let mut resources = crate::translate::outbound_served(&snapshot, &proxy);
+            assert!(!resources.encoded_clusters.is_empty());
+            resources.extend(appended());
+            resources
+        };
+        let mut full = crate::translate::outbound(&snapshot, &proxy);
+        full.extend(appended());
+        let full = EncodedSet::encode(full, None);
+        let set = EncodedSet::encode(served(), None);
+        let names = |s: &EncodedSet| s.clusters.keys().cloned().collect::<Vec<_>>();
+        assert!(set.clusters.contains_key("inbound|9080||"), "{:?}", names(&set));
+        assert_eq!(names(&set), names(&full));
+        let hashes = |s: &EncodedSet| s.clusters.values().map(|r| r.hash).collect::<Vec<_>>();
+        assert_eq!(hashes(&set), hashes(&full));
+        let again = EncodedSet::encode(served(), Some(&set));
+        assert!(same_map(&again.clusters, &set.clusters), "an equal translation keeps every encoding");
     }
 
     /// `served` (a set whose clusters were encoded as they were built) serves what `full` (the
