@@ -115,8 +115,9 @@ fn sent_map_of(map: &ResourceMap) -> SentMap {
 }
 
 /// Encoded clusters, listeners and routes (the proxy-specific types), with the translated
-/// messages they came from. Each kind is shared (`Arc`) so a set rebuilt for a change that
-/// did not touch a kind takes that kind over from its predecessor as it is.
+/// messages they came from (of clusters encoded as they were built, only those with inline
+/// endpoints). Each kind is shared (`Arc`) so a set rebuilt for a change that did not touch a
+/// kind takes that kind over from its predecessor as it is.
 #[derive(Clone, Debug, Default)]
 pub struct EncodedSet {
     pub clusters: Arc<ResourceMap>,
@@ -124,6 +125,8 @@ pub struct EncodedSet {
     pub routes: Arc<ResourceMap>,
     pub secrets: Arc<ResourceMap>,
     pub extension_configs: Arc<ResourceMap>,
+    /// All the clusters' messages, or only those with inline endpoints when the clusters were
+    /// encoded as they were built (`Resources::encoded_clusters`).
     cluster_source: Arc<Vec<Cluster>>,
     listener_source: Arc<Vec<Listener>>,
     route_source: Arc<Vec<RouteConfiguration>>,
