@@ -323,6 +323,31 @@ configPatches:
     assert_eq!(r.clusters.iter().filter(|c| c.name == "extra").count(), 1);
 }
 
+/// Discovery encodes a sidecar's clusters as it builds them unless an EnvoyFilter patches
+/// clusters for it: a listener patch keeps that path (and still applies), a cluster patch takes
+/// the message path, and either way the config is the one `outbound` gives.
+#[test]
+fn only_cluster_patches_keep_clusters_as_messages() {
+    let listener_only = snapshot(&ef("f", "apps", LUA_BEFORE_ROUTER));
+    let served = translate::outbound_served(&listener_only, &httpbin());
+    let built = translate::outbound(&listener_only, &httpbin());
+    assert!(!served.encoded_clusters.is_empty(), "a listener patch keeps clusters encoded as built");
+    assert!(served.listeners == built.listeners, "the listener patch applies on both paths");
+    let names: Vec<&str> = served.encoded_clusters.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, built.clusters.iter().map(|c| c.name.as_str()).collect::<Vec<_>>());
+
+    let cluster_patch = snapshot(&ef(
+        "f",
+        "apps",
+        "configPatches:\n- applyTo: CLUSTER\n  match: {context: SIDECAR_OUTBOUND, cluster: {portNumber: 8000}}\n  patch: {operation: MERGE, value: {connect_timeout: 3s}}\n",
+    ));
+    let served = translate::outbound_served(&cluster_patch, &httpbin());
+    assert!(served.encoded_clusters.is_empty(), "a cluster patch needs the messages");
+    assert!(served == translate::outbound(&cluster_patch, &httpbin()));
+    let patched = cluster(&served, "outbound|8000||httpbin.apps.svc.cluster.local").unwrap();
+    assert_eq!(patched.connect_timeout.map(|d| d.seconds), Some(3));
+}
+
 #[test]
 fn route_operations() {
     let snap = snapshot(&ef(

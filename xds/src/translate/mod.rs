@@ -411,8 +411,8 @@ pub fn outbound_parts(
 
 /// [`outbound_parts`] as discovery serves it: the clusters encoded as they are built
 /// ([`cluster::outbound_served`]), unless something must read or change their messages after
-/// translation (a gateway's SNI clusters, `credentialName`s, EnvoyFilter patches). The same
-/// config; only `Resources::encoded_clusters` tells the two apart.
+/// translation (a gateway's SNI clusters, `credentialName`s, EnvoyFilter `CLUSTER` patches).
+/// The same config; only `Resources::encoded_clusters` tells the two apart.
 pub fn outbound_parts_served(
     snapshot: &Snapshot,
     proxy: &Proxy,
@@ -435,7 +435,11 @@ fn outbound_parts_as(
     let credentials = snapshot.destination_rules.iter().any(|rule| names_credential(&rule.spec));
     let (clusters, encoded_clusters, localities) = match parts.clusters {
         false => Default::default(),
-        true if encode_clusters && !router && !credentials && patches.is_empty() => {
+        true if encode_clusters
+            && !router
+            && !credentials
+            && !patches.touch(rudder_config::networking::envoy_filter::ApplyTo::Cluster) =>
+        {
             let served = cluster::outbound_served(&ctx);
             (served.inline, served.encoded, served.localities)
         }

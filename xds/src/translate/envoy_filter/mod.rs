@@ -258,6 +258,12 @@ impl<'a> Patches<'a> {
         self.list.is_empty()
     }
 
+    /// Whether some patch applies to objects of this kind (valid or not: an invalid one is
+    /// reported when the kind is patched).
+    pub fn touch(&self, apply_to: ApplyTo) -> bool {
+        self.list.iter().any(|p| p.apply_to == apply_to)
+    }
+
     /// The extension configs the EXTENSION_CONFIG patches ADD, sorted by name: what ECDS serves
     /// the proxy. As in Istio only ADD adds (validation warns of the other operations), the
     /// patch context is not read (an extension config belongs to no listener), and a filter
