@@ -415,7 +415,7 @@ struct Draft<'c> {
 impl<'c> Draft<'c> {
     /// Builds on `cluster`, which must be a default one.
     fn new(ctx: &Context<'_>, cluster: &'c mut Cluster, name: String, kind: DiscoveryType) -> Self {
-        cluster.alt_stat_name = super::context::concat(&[&name, ";"]);
+        cluster.alt_stat_name = [name.as_str(), ";"].concat();
         cluster.name = name;
         cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(kind as i32));
         cluster.connect_timeout = Some(pb_duration(mesh_connect_timeout(ctx)));
@@ -567,14 +567,7 @@ fn service_cluster(
     apply_locality_weights(ctx, &mut draft, service, policy);
     let subset_name = subset.map_or("", |s| s.name.as_str());
     let mut port_number = itoa::Buffer::new();
-    let sni = super::context::concat(&[
-        "outbound_.",
-        port_number.format(port.port),
-        "_.",
-        subset_name,
-        "_.",
-        &service.hostname,
-    ]);
+    let sni = ["outbound_.", port_number.format(port.port), "_.", subset_name, "_.", &service.hostname].concat();
     if let Some(tls) = policy.tls {
         draft.cluster.transport_socket = tls_socket(ctx, &mut draft, tls, service, &sni);
     } else if policy.proxy_protocol.is_none() && auto_mtls(ctx, service) {

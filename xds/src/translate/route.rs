@@ -385,7 +385,7 @@ fn route_configuration(
         // leaves the service on its default route, as istiod does.
         let routes = owner.map(&mut routes_of).filter(|r| !r.is_empty());
         let (domains, aliases) = service_domains(service, &ctx.proxy.namespace);
-        let name = super::context::concat(&[&service.hostname, ":", itoa::Buffer::new().format(port)]);
+        let name = [service.hostname.as_str(), ":", itoa::Buffer::new().format(port)].concat();
         match (owner, routes) {
             (Some(i), Some(routes)) => {
                 vs_covers_port[i] = true;
@@ -841,9 +841,9 @@ fn route_operation(route: &Route, vs_name: &str, port: u32) -> String {
             (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
         && !host.is_empty()
     {
-        return super::context::concat(&[host, ":", cluster_port, &path]);
+        return [host, ":", cluster_port, &path].concat();
     }
-    super::context::concat(&[vs_name, ":", itoa::Buffer::new().format(port), &path])
+    [vs_name, ":", itoa::Buffer::new().format(port), &path].concat()
 }
 
 // --- matching -------------------------------------------------------------------------------
