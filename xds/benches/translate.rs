@@ -86,7 +86,7 @@ fn translate_one_sidecar(c: &mut Criterion) {
         b.iter(|| full_config_served(black_box(&snapshot), black_box(&proxy)))
     });
     // Clusters as an array of messages, then encoded (the message path: EnvoyFilter patches,
-    // gateways), and built and encoded one at a time (`cluster::outbound_encoded`, discovery's).
+    // gateways), and built and encoded one at a time (`cluster::outbound_served`, discovery's).
     group.bench_function("clusters built, then encoded", |b| {
         b.iter(|| {
             let clusters = translate::cluster::outbound(&Context::new(black_box(&snapshot), black_box(&proxy)));
@@ -95,7 +95,9 @@ fn translate_one_sidecar(c: &mut Criterion) {
         })
     });
     group.bench_function("clusters built and encoded one at a time", |b| {
-        b.iter(|| translate::cluster::outbound_encoded(&Context::new(black_box(&snapshot), black_box(&proxy))).len())
+        b.iter(|| {
+            translate::cluster::outbound_served(&Context::new(black_box(&snapshot), black_box(&proxy))).encoded.len()
+        })
     });
     // What holding the view as prost messages costs at the least, whatever builds them: the
     // messages this proxy's config decodes to, and merely their default structs.

@@ -102,10 +102,10 @@ fn outbound(snapshot: &Snapshot) -> Vec<Cluster> {
     cluster::outbound(&Context::new(snapshot, &proxy))
 }
 
-/// `cluster::outbound_encoded` gives `clusters` (the message path's, for `ctx`): the same
+/// `cluster::outbound_served` encodes `clusters` (the message path's, for `ctx`): the same
 /// names in the same order, each decoding to the same message.
 fn assert_encoded_as_built(ctx: &Context<'_>, clusters: &[Cluster]) {
-    let encoded = cluster::outbound_encoded(ctx);
+    let encoded = cluster::outbound_served(ctx).encoded;
     let names = |list: &[(String, prost::bytes::Bytes)]| list.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(names(&encoded), clusters.iter().map(|c| c.name.clone()).collect::<Vec<_>>());
     for ((name, bytes), built) in encoded.iter().zip(clusters) {

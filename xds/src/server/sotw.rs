@@ -281,17 +281,18 @@ pub(crate) fn scope(kind: Kind, watch: &WatchState, resources: &ProxyResources) 
 /// `string` field must be).
 fn subscribed_names(interner: &Interner, requested: &Names) -> Option<Arc<BTreeSet<String>>> {
     let explicit = requested.iter().filter(|name| *name != b"*");
+    let built = || -> Option<Arc<BTreeSet<String>>> {
+        Some(Arc::new(explicit.clone().map(|n| String::from_utf8(n.to_vec()).ok()).collect::<Option<_>>()?))
+    };
     // Short lists are cheaper to build than to look up.
     if requested.len() < SHARED_LIST_MIN_LEN {
-        let names: Option<BTreeSet<String>> = explicit.map(|n| String::from_utf8(n.to_vec()).ok()).collect();
-        return Some(interner.names(Arc::new(names?)));
+        return Some(interner.names(built()?));
     }
     let digest = NameDigest::of(explicit.clone());
     if let Some(names) = interner.listed(digest) {
         return Some(names);
     }
-    let names: Option<BTreeSet<String>> = explicit.map(|n| String::from_utf8(n.to_vec()).ok()).collect();
-    Some(interner.names_listed(digest, Arc::new(names?)))
+    Some(interner.names_listed(digest, built()?))
 }
 
 /// Request lists shorter than this are built into a set rather than looked up by digest.

@@ -129,18 +129,13 @@ pub fn outbound_with_localities(ctx: &Context<'_>) -> (Vec<Cluster>, Vec<(String
     (clusters, localities)
 }
 
-/// [`outbound`]'s clusters encoded (prost's encoding), in the same order: each is built in one
-/// scratch message and encoded at once, so no array of messages is ever held.
+/// [`outbound`]'s clusters as discovery serves them (see [`ServedClusters`]): each is built in
+/// one scratch message and encoded at once, so no array of messages is ever held.
 ///
 /// A `Cluster` is 3,360 bytes before anything is set: building 12,007 of them into an array,
 /// then encoding and dropping it, moved ~40 MB through fresh pages and the caches three times.
 /// Built and encoded one at a time, the 1,000 × 4 benchmark mesh's clusters take a quarter of
 /// the time (`translate` bench).
-pub fn outbound_encoded(ctx: &Context<'_>) -> Vec<(String, Bytes)> {
-    outbound_served(ctx).encoded
-}
-
-/// The outbound clusters as discovery serves them (see [`ServedClusters`]).
 pub fn outbound_served(ctx: &Context<'_>) -> ServedClusters {
     let planned = plan(ctx);
     let localities = localities_of(ctx, &planned);
@@ -160,7 +155,7 @@ pub fn outbound_served(ctx: &Context<'_>) -> ServedClusters {
 }
 
 /// Outbound clusters encoded as they are built ([`outbound_served`]).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug)]
 pub struct ServedClusters {
     /// Every cluster, by name, in [`outbound`]'s order.
     pub encoded: Vec<(String, Bytes)>,

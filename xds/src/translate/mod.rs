@@ -432,12 +432,12 @@ fn outbound_parts_as(
     let ctx = context::Context::new(snapshot, proxy);
     let router = proxy.node_type == NodeType::Router;
     let patches = envoy_filter::Patches::for_proxy(snapshot, proxy);
-    let credentials = snapshot.destination_rules.iter().any(|rule| names_credential(&rule.spec));
+    let some_rule_names_a_secret = snapshot.destination_rules.iter().any(|rule| names_credential(&rule.spec));
     let (clusters, encoded_clusters, localities) = match parts.clusters {
         false => Default::default(),
         true if encode_clusters
             && !router
-            && !credentials
+            && !some_rule_names_a_secret
             && !patches.touch(rudder_config::networking::envoy_filter::ApplyTo::Cluster) =>
         {
             let served = cluster::outbound_served(&ctx);
@@ -478,7 +478,7 @@ fn outbound_parts_as(
             resources.secrets = gateway::secrets(&ctx);
         }
         // Reading the clusters' TLS contexts back is only worth it when some rule names a Secret.
-        if credentials {
+        if some_rule_names_a_secret {
             resources.secrets.extend(credentials::for_clusters(&ctx, &resources.clusters));
             resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
             resources.secrets.dedup_by(|later, first| later.name == first.name);
