@@ -156,8 +156,19 @@ async fn endpoints_in_the_proxys_zone_come_first_and_fail_over_to_the_next() {
     let base_id = (std::process::id() % 100_000) * 10 + 9;
     let mut envoy = TestEnvoy::start(&dir.join("envoy"), node, discovery.xds_port, "GRPC", true, base_id).unwrap();
 
-    // The gateway's zone first.
+    // The gateway's zone first. Envoy takes clusters and endpoints before the listener and its
+    // routes, so the priorities can be in place before the gateway port answers.
     until_priorities("failover priorities", envoy.admin, &mut envoy, &[(z1, 0), (z2, 1)]).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let outcome = get(gateway_port).await;
+        if matches!(outcome, Ok((200, _))) {
+            break;
+        }
+        assert!(envoy.running(), "Envoy exited");
+        assert!(Instant::now() < deadline, "the gateway never answered 200: {outcome:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     all_answered_by("z1", gateway_port).await;
 
     // z1 fails: one 503 ejects it, and its priority has no healthy host left.
