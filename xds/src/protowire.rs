@@ -45,6 +45,12 @@ pub fn put_varint_field(tag: u32, value: u64, out: &mut impl BufMut) {
     }
 }
 
+/// Appends `message`'s fields (no key, no length: the body of a field whose header is written).
+pub fn put_message_fields(message: &impl prost::Message, out: &mut Vec<u8>) {
+    // A `Vec` grows as needed, so encoding into one cannot run out of room.
+    let _ = message.encode(out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

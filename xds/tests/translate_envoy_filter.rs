@@ -342,10 +342,55 @@ fn only_cluster_patches_keep_clusters_as_messages() {
         "configPatches:\n- applyTo: CLUSTER\n  match: {context: SIDECAR_OUTBOUND, cluster: {portNumber: 8000}}\n  patch: {operation: MERGE, value: {connect_timeout: 3s}}\n",
     ));
     let served = translate::outbound_served(&cluster_patch, &httpbin());
+    let built = translate::outbound(&cluster_patch, &httpbin());
     assert!(served.encoded_clusters.is_empty(), "a cluster patch needs the messages");
-    assert!(served == translate::outbound(&cluster_patch, &httpbin()));
+    assert!(served.clusters == built.clusters && served.listeners == built.listeners);
     let patched = cluster(&served, "outbound|8000||httpbin.apps.svc.cluster.local").unwrap();
     assert_eq!(patched.connect_timeout.map(|d| d.seconds), Some(3));
+    assert!(!served.encoded_routes.is_empty(), "a cluster patch leaves routes encoded as built");
+    assert_eq!(decoded_routes(&served), built.routes);
+}
+
+/// Likewise for routes: a patch of route configurations, virtual hosts or routes takes the
+/// message path for them (and applies), any other keeps them encoded as built.
+#[test]
+fn only_route_patches_keep_routes_as_messages() {
+    let listener_only = snapshot(&ef("f", "apps", LUA_BEFORE_ROUTER));
+    let served = translate::outbound_served(&listener_only, &httpbin());
+    let built = translate::outbound(&listener_only, &httpbin());
+    assert!(served.routes.is_empty() && !served.encoded_routes.is_empty());
+    assert_eq!(decoded_routes(&served), built.routes);
+
+    for apply_to in ["ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"] {
+        let patch = snapshot(&ef(
+            "f",
+            "apps",
+            &format!(
+                "configPatches:\n- applyTo: {apply_to}\n  match: {{context: SIDECAR_OUTBOUND}}\n  patch: {{operation: MERGE, value: {{name: patched}}}}\n"
+            ),
+        ));
+        let served = translate::outbound_served(&patch, &httpbin());
+        assert!(served.encoded_routes.is_empty(), "{apply_to}: a route patch needs the messages");
+        assert!(!served.encoded_clusters.is_empty(), "{apply_to}: clusters stay encoded as built");
+        let built = translate::outbound(&patch, &httpbin());
+        assert_eq!(served.routes, built.routes, "{apply_to}");
+        let names: Vec<&str> = match apply_to {
+            "ROUTE_CONFIGURATION" => served.routes.iter().map(|r| r.name.as_str()).collect(),
+            "VIRTUAL_HOST" => served.routes.iter().flat_map(|r| &r.virtual_hosts).map(|v| v.name.as_str()).collect(),
+            _ => served
+                .routes
+                .iter()
+                .flat_map(|r| &r.virtual_hosts)
+                .flat_map(|v| &v.routes)
+                .map(|r| r.name.as_str())
+                .collect(),
+        };
+        assert!(!names.is_empty() && names.iter().all(|n| *n == "patched"), "{apply_to}: the patch applied: {names:?}");
+    }
+}
+
+fn decoded_routes(resources: &Resources) -> Vec<RouteConfiguration> {
+    resources.encoded_routes.iter().map(|(_, bytes)| RouteConfiguration::decode(bytes.as_ref()).unwrap()).collect()
 }
 
 #[test]

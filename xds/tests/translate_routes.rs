@@ -416,3 +416,39 @@ spec:
     assert_eq!(summary[2].1, reviews_cluster, "{summary:?}");
     assert_envoy_accepts(configs, 20_000);
 }
+
+/// Discovery serves route configurations encoded as they are built: each decodes to the
+/// configuration `outbound` builds, in the same order; translations of the same inputs give the
+/// same bytes (discovery tells a changed configuration by them), though a route with a fault and
+/// a CORS policy holds a two-entry map, which prost writes in hash order; and the memo of either
+/// path gives the other the same routes back.
+#[test]
+fn served_route_configurations_decode_to_the_built_ones() {
+    use prost::Message;
+    let snap = snapshot();
+    let proxy = proxy();
+    let ctx = Context::new(&snap, &proxy);
+    let built = routes::outbound(&ctx);
+    let (served, memo) = routes::outbound_served(&ctx, None);
+    let two_filters = built.iter().flat_map(|c| &c.virtual_hosts).flat_map(|v| &v.routes);
+    assert!(two_filters.into_iter().any(|r| r.typed_per_filter_config.len() == 2), "the fixture has a fault and CORS");
+    let decoded: Vec<RouteConfiguration> =
+        served.iter().map(|(_, bytes)| RouteConfiguration::decode(bytes.as_ref()).unwrap()).collect();
+    assert_eq!(served.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["80", "8080", "9080"]);
+    for (decoded, built) in decoded.iter().zip(&built) {
+        assert!(decoded == built, "route configuration {} differs from the built one", built.name);
+    }
+    for _ in 0..8 {
+        assert!(routes::outbound_served(&ctx, None).0 == served, "the same inputs encode alike");
+    }
+    // The memo of a served translation: the served path splices its routes, the message path
+    // decodes them; both give what a fresh translation gives.
+    let (again, memo_again) = routes::outbound_served(&ctx, Some(routes::RouteReuse::new(&memo)));
+    assert!(again == served, "the memo's routes spliced in as they are");
+    assert!(routes::RouteReuse::new(&memo_again).reused() > 0, "routes were taken from the memo");
+    let (messages, memo_messages) = routes::outbound_reusing(&ctx, Some(routes::RouteReuse::new(&memo)));
+    assert!(messages == built);
+    assert!(routes::RouteReuse::new(&memo_messages).reused() > 0);
+    let (from_messages, _) = routes::outbound_served(&ctx, Some(routes::RouteReuse::new(&memo_messages)));
+    assert!(from_messages == served, "a memo of the message path serves the same bytes");
+}

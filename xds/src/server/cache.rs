@@ -196,7 +196,7 @@ impl EncodedSet {
         let previous_clusters = previous.map(|p| (&p.clusters, &p.cluster_source));
         let (clusters, cluster_source) = if parts.clusters && !fresh.encoded_clusters.is_empty() {
             let old = previous_clusters.map(|(map, source)| (map.as_ref(), source.as_slice()));
-            let map = served_clusters(fresh.encoded_clusters, &fresh.clusters, old);
+            let map = served_kind(fresh.encoded_clusters, &fresh.clusters, |c| &c.name, old);
             (Arc::new(map), Arc::new(fresh.clusters))
         } else {
             kind_part(previous_clusters, !parts.clusters, fresh.clusters, |c| &c.name)
@@ -205,8 +205,14 @@ impl EncodedSet {
             kind_part(previous.map(|p| (&p.listeners, &p.listener_source)), !parts.listeners, fresh.listeners, |l| {
                 &l.name
             });
-        let (routes, route_source) =
-            kind_part(previous.map(|p| (&p.routes, &p.route_source)), !parts.routes, fresh.routes, |r| &r.name);
+        let previous_routes = previous.map(|p| (&p.routes, &p.route_source));
+        let (routes, route_source) = if parts.routes && !fresh.encoded_routes.is_empty() {
+            let old = previous_routes.map(|(map, source)| (map.as_ref(), source.as_slice()));
+            let map = served_kind(fresh.encoded_routes, &fresh.routes, |r| &r.name, old);
+            (Arc::new(map), Arc::new(fresh.routes))
+        } else {
+            kind_part(previous_routes, !parts.routes, fresh.routes, |r| &r.name)
+        };
         // Secrets go with the clusters and gateway listeners that name them (`Parts::secrets`).
         let (secrets, secret_source) =
             kind_part(previous.map(|p| (&p.secrets, &p.secret_source)), !parts.secrets(), fresh.secrets, |s| &s.name);
@@ -273,6 +279,7 @@ impl EncodedSet {
             clusters: self.cluster_source.as_ref().clone(),
             encoded_clusters: Vec::new(),
             listeners: self.listener_source.as_ref().clone(),
+            encoded_routes: Vec::new(),
             routes: self.route_source.as_ref().clone(),
             secrets: self.secret_source.as_ref().clone(),
             extension_configs: self.extension_config_source.as_ref().clone(),
@@ -285,11 +292,10 @@ impl EncodedSet {
         }
     }
 
-    /// The route memo of the translation this set came from, with the route configurations
-    /// it points into (see [`RouteMemoSlot`]).
+    /// The route memo of the translation this set came from (see [`RouteMemoSlot`]).
     pub fn route_memo(&self) -> Option<RouteReuse<'_>> {
         let memo: &RouteMemo = self.route_memo.0.as_deref()?;
-        Some(RouteReuse::new(memo, &self.route_source))
+        Some(RouteReuse::new(memo))
     }
 
     /// This set with `replaced` in place of its clusters of the same names (a proxy's own
@@ -348,38 +354,41 @@ fn kind_part<M: Message + Name + PartialEq>(
     }
 }
 
-/// The cluster map of clusters encoded as they were built (`encoded`, in translation order, a
-/// name seen twice keeping its first), `inline` being the messages of those with inline
-/// endpoints. A cluster keeps `previous`'s encoding and version when it is unchanged: equal
-/// bytes decide for the others, whose every map holds at most one entry (so equal clusters
-/// encode alike), equal messages for the inline ones, whose endpoint metadata can hold two.
-fn served_clusters(
+/// The map of resources encoded as they were built (`encoded`, in translation order, a name
+/// seen twice keeping its first), `messages` being those also kept as messages (clusters with
+/// inline endpoints; resources of another translation appended, see `Resources::extend`). A
+/// resource keeps `previous`'s encoding and version when it is unchanged: equal messages decide
+/// for those kept as messages, whose maps can hold two entries (endpoint metadata) that prost
+/// writes in `HashMap` order, and equal bytes for the others, which are written
+/// deterministically (every map of such a cluster holds at most one entry; routes write theirs
+/// in order, see `route::outbound_served`).
+fn served_kind<M: Message + Name + PartialEq>(
     encoded: Vec<(String, Bytes)>,
-    inline: &[Cluster],
-    previous: Option<(&ResourceMap, &[Cluster])>,
+    messages: &[M],
+    name_of: impl Fn(&M) -> &String,
+    previous: Option<(&ResourceMap, &[M])>,
 ) -> ResourceMap {
-    let inline: BTreeMap<&str, &Cluster> = inline.iter().rev().map(|c| (c.name.as_str(), c)).collect();
-    let old_inline: BTreeMap<&str, &Cluster> =
-        previous.map(|(_, messages)| messages.iter().rev().map(|c| (c.name.as_str(), c)).collect()).unwrap_or_default();
+    let messages: BTreeMap<&str, &M> = messages.iter().rev().map(|m| (name_of(m).as_str(), m)).collect();
+    let old_messages: BTreeMap<&str, &M> =
+        previous.map(|(_, old)| old.iter().rev().map(|m| (name_of(m).as_str(), m)).collect()).unwrap_or_default();
     let mut map = ResourceMap::new();
     for (name, value) in encoded {
         if map.contains_key(&name) {
-            tracing::warn!(name, type_url = %Cluster::type_url(), "duplicate resource name; keeping the first");
+            tracing::warn!(name, type_url = %M::type_url(), "duplicate resource name; keeping the first");
             continue;
         }
-        let unchanged = |old: &EncodedResource| match inline.get(name.as_str()) {
-            Some(message) => old_inline.get(name.as_str()).is_some_and(|old| old == message),
+        let unchanged = |old: &EncodedResource| match messages.get(name.as_str()) {
+            Some(message) => old_messages.get(name.as_str()).is_some_and(|old| old == message),
             None => old.value == value,
         };
         let reused = previous.and_then(|(map, _)| map.get(&name)).filter(|old| unchanged(old)).cloned();
-        let resource = reused.unwrap_or_else(|| Arc::new(EncodedResource::of_encoded::<Cluster>(name.clone(), value)));
+        let resource = reused.unwrap_or_else(|| Arc::new(EncodedResource::of_encoded::<M>(name.clone(), value)));
         map.insert(name, resource);
     }
-    // Messages the encoded list does not name (resources of another translation appended to
-    // these, see `Resources::extend`) are encoded here, after them.
-    for (name, message) in inline {
+    // Messages the encoded list does not name are encoded here, after them.
+    for (name, message) in messages {
         if !map.contains_key(name) {
-            let reused = old_inline.get(name).filter(|old| **old == message).and_then(|_| previous?.0.get(name));
+            let reused = old_messages.get(name).filter(|old| **old == message).and_then(|_| previous?.0.get(name));
             let resource =
                 reused.cloned().unwrap_or_else(|| Arc::new(EncodedResource::encode(name.to_owned(), message)));
             map.insert(name.to_owned(), resource);
@@ -1826,6 +1835,7 @@ mod incremental_tests {
         let mut inbound_kept = 0;
         let mut routes_reused = 0;
         let (mut served_encoded, mut served_inline) = (0, 0);
+        let (mut served_routes, mut served_routes_reused) = (0, 0);
         for seed in 1..=25u64 {
             let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
             let mut snapshot = Snapshot::default();
@@ -1856,7 +1866,19 @@ mod incremental_tests {
                     let fresh = translate::outbound_parts_served(&next, proxy, parts, served.route_memo());
                     served_encoded += usize::from(!fresh.encoded_clusters.is_empty());
                     served_inline += usize::from(!fresh.encoded_clusters.is_empty() && !fresh.clusters.is_empty());
+                    served_routes += usize::from(!fresh.encoded_routes.is_empty());
+                    served_routes_reused += served.route_memo().map_or(0, |memo| memo.reused());
+                    let before = served.routes.clone();
                     *served = EncodedSet::update(Some(served), fresh, parts);
+                    // A route configuration that did not change keeps its version (its bytes are
+                    // written alike, memo or not), so it is not pushed again.
+                    for (name, old) in before.iter() {
+                        let Some(new) = served.routes.get(name) else { continue };
+                        let decode = |r: &EncodedResource| RouteConfiguration::decode(r.value.as_ref()).unwrap();
+                        if decode(old) == decode(new) {
+                            assert_eq!(old.hash, new.hash, "seed {seed} step {step} {}: route {name}", proxy.id);
+                        }
+                    }
                     assert_served_like(served, &full, &full_clusters, &format!("seed {seed} step {step} {}", proxy.id));
                     // An inbound side kept from the previous push equals a fresh one.
                     if !translate::inbound_changed(&snapshot, &next, proxy) {
@@ -1875,6 +1897,8 @@ mod incremental_tests {
         assert!(rebuilt_partially > 50, "the sequences exercise partial rebuilds ({rebuilt_partially})");
         assert!(served_encoded > 50, "clusters are served encoded as built ({served_encoded})");
         assert!(served_inline > 10, "with messages for inline endpoints ({served_inline})");
+        assert!(served_routes > 50, "route configurations are served encoded as built ({served_routes})");
+        assert!(served_routes_reused > 50, "the served path reuses VirtualServices' routes ({served_routes_reused})");
         assert!(inbound_kept > 50, "the sequences keep inbound sides ({inbound_kept})");
         assert!(routes_reused > 50, "the sequences reuse VirtualServices' routes ({routes_reused})");
     }
@@ -1916,9 +1940,12 @@ mod incremental_tests {
             let names = |s: &EncodedSet| s.map(kind).unwrap().keys().cloned().collect::<Vec<_>>();
             assert_eq!(names(served), names(full), "{at}: {kind:?}");
         }
-        for kind in [Kind::Listener, Kind::Route] {
-            let hashes = |s: &EncodedSet| s.map(kind).unwrap().values().map(|r| r.hash).collect::<Vec<_>>();
-            assert_eq!(hashes(served), hashes(full), "{at}: {kind:?}");
+        let hashes = |s: &EncodedSet| s.listeners.values().map(|r| r.hash).collect::<Vec<_>>();
+        assert_eq!(hashes(served), hashes(full), "{at}: listeners");
+        // Route configurations served as bytes are written in another field order.
+        for route in full.route_source.iter() {
+            let decoded = RouteConfiguration::decode(served.routes[&route.name].value.as_ref()).unwrap();
+            assert!(decoded == *route, "{at}: route configuration {} differs", route.name);
         }
         for cluster in clusters {
             let resource = &served.clusters[&cluster.name];

@@ -51,6 +51,9 @@ pub struct Resources {
     pub encoded_clusters: Vec<(String, prost::bytes::Bytes)>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
+    /// Route configurations translated straight to their encoding ([`outbound_parts_served`]),
+    /// by name, in order; `routes` is then empty.
+    pub encoded_routes: Vec<(String, prost::bytes::Bytes)>,
     /// SDS secrets served over ADS (gateway `credentialName`s). They change with the listeners
     /// that name them, so they are translated again whenever listeners are.
     pub secrets: Vec<Secret>,
@@ -83,6 +86,7 @@ impl Resources {
         self.encoded_clusters.extend(other.encoded_clusters);
         self.listeners.extend(other.listeners);
         self.routes.extend(other.routes);
+        self.encoded_routes.extend(other.encoded_routes);
         self.secrets.extend(other.secrets);
         self.extension_configs.extend(other.extension_configs);
         self.localities.extend(other.localities);
@@ -409,10 +413,12 @@ pub fn outbound_parts(
     outbound_parts_as(snapshot, proxy, parts, memo, false)
 }
 
-/// [`outbound_parts`] as discovery serves it: the clusters encoded as they are built
-/// ([`cluster::outbound_served`]), unless something must read or change their messages after
-/// translation (a gateway's SNI clusters, `credentialName`s, EnvoyFilter `CLUSTER` patches).
-/// The same config; only `Resources::encoded_clusters` tells the two apart.
+/// [`outbound_parts`] as discovery serves it: the clusters and a sidecar's route
+/// configurations encoded as they are built ([`cluster::outbound_served`],
+/// [`route::outbound_served`]), unless something must read or change their messages after
+/// translation (a gateway's SNI clusters, `credentialName`s, EnvoyFilter patches of clusters
+/// or routes). The same config; only `Resources::encoded_clusters` and
+/// `Resources::encoded_routes` tell the two apart.
 pub fn outbound_parts_served(
     snapshot: &Snapshot,
     proxy: &Proxy,
@@ -427,7 +433,7 @@ fn outbound_parts_as(
     proxy: &Proxy,
     parts: Parts,
     memo: Option<route::RouteReuse<'_>>,
-    encode_clusters: bool,
+    served: bool,
 ) -> Resources {
     let ctx = context::Context::new(snapshot, proxy);
     let router = proxy.node_type == NodeType::Router;
@@ -435,7 +441,7 @@ fn outbound_parts_as(
     let some_rule_names_a_secret = snapshot.destination_rules.iter().any(|rule| names_credential(&rule.spec));
     let (clusters, encoded_clusters, localities) = match parts.clusters {
         false => Default::default(),
-        true if encode_clusters
+        true if served
             && !router
             && !some_rule_names_a_secret
             && !patches.touch(rudder_config::networking::envoy_filter::ApplyTo::Cluster) =>
@@ -457,6 +463,7 @@ fn outbound_parts_as(
             (true, true) => gateway::listeners(&ctx),
         },
         routes: Vec::new(),
+        encoded_routes: Vec::new(),
         secrets: Vec::new(),
         extension_configs: Vec::new(),
         localities,
@@ -465,6 +472,11 @@ fn outbound_parts_as(
     let mut route_memo = None;
     match (parts.routes, router) {
         (false, _) => {}
+        (true, false) if served && !patches.touch_routes() => {
+            let (routes, memo) = route::outbound_served(&ctx, memo);
+            resources.encoded_routes = routes;
+            route_memo = Some(memo);
+        }
         (true, false) => {
             let (routes, memo) = route::outbound_reusing(&ctx, memo);
             resources.routes = routes;
@@ -499,10 +511,6 @@ fn outbound_parts_as(
             skipped.extend(patches.apply_listeners(context, &mut resources.listeners, true));
         }
         if parts.routes {
-            // The memo points into the routes as translated.
-            if let Some(memo) = route_memo.as_mut() {
-                memo.keep_unpatched(resources.routes.clone());
-            }
             let port_map = if router { gateway::port_map(&ctx) } else { BTreeMap::new() };
             skipped.extend(patches.apply_routes(context, &mut resources.routes, &port_map));
         }

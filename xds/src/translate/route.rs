@@ -49,6 +49,8 @@ use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
+use prost::Message;
+use prost::bytes::Bytes;
 use rudder_config::common::{Duration as IstioDuration, StringMatch};
 use rudder_config::networking::destination_rule::ConsistentHashLb;
 use rudder_config::networking::virtual_service::{
@@ -90,6 +92,20 @@ pub fn outbound(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
 /// [`outbound`], taking each VirtualService's routes from `previous` (the same view's last
 /// translation) where they cannot have changed, and returning the memo of this translation.
 pub fn outbound_reusing(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>) -> (Vec<RouteConfiguration>, RouteMemo) {
+    outbound_as::<Vec<Route>>(ctx, previous)
+}
+
+/// [`outbound_reusing`] as discovery serves it: each route configuration encoded as it is
+/// built, by name, in the same order. No message of a whole configuration is held: each
+/// virtual host is built, encoded into its configuration and dropped, and a VirtualService's
+/// routes are encoded once per port and copied into every virtual host that takes them.
+/// Holding the 1,000 × 4 benchmark view's routes as messages cost ~25 ms to allocate and drop
+/// alone (`floor:` rows of the `translate` bench).
+pub fn outbound_served(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>) -> (Vec<(String, Bytes)>, RouteMemo) {
+    outbound_as::<EncodedRoutes>(ctx, previous)
+}
+
+fn outbound_as<R: RouteList>(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>) -> (Vec<R::Config>, RouteMemo) {
     let services: Vec<&Arc<Service>> = ctx.services().collect();
     let hostnames: HashSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
     let virtual_services: Vec<MeshVirtualService<'_>> =
@@ -110,13 +126,10 @@ pub fn outbound_reusing(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>) -> 
     }
     let inputs = MemoInputs::of(ctx);
     let reusable = previous.filter(|previous| previous.memo.inputs == inputs);
-    let mut memo = RouteMemo { inputs, routes: HashMap::new(), reused: 0, unpatched: None };
+    let mut memo = RouteMemo { inputs, routes: HashMap::new(), reused: 0 };
     let configs = ports
         .into_iter()
-        .enumerate()
-        .map(|(index, port)| {
-            route_configuration(ctx, (index, port), &services, &virtual_services, &owners, reusable, &mut memo)
-        })
+        .map(|port| route_configuration::<R>(ctx, port, &services, &virtual_services, &owners, reusable, &mut memo))
         .collect();
     (configs, memo)
 }
@@ -128,52 +141,41 @@ pub fn outbound_reusing(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>) -> 
 /// change translates only the VirtualServices that changed (one of a thousand, typically).
 /// A VirtualService that delegates reads its delegates too, and is never taken from a memo.
 ///
-/// The memo holds no routes of its own: it says where each VirtualService's routes are in the
-/// route configurations it was made with, which the view keeps anyway ([`RouteReuse`]). It
-/// held a copy of every route beside the view's (a fifth of a cold translation's allocations).
+/// The routes are kept encoded (the `routes` fields of a virtual host): discovery serves route
+/// configurations as bytes and splices them in as they are; the message path decodes them.
+/// Being the memo's own, they stay right when EnvoyFilters patch the view's copy.
 #[derive(Debug, Default)]
 pub struct RouteMemo {
     inputs: MemoInputs,
-    /// (the VirtualService's address, port) → where its routes on that port are.
+    /// (the VirtualService's address, port) → its routes on that port.
     routes: HashMap<(usize, u32), MemoRoutes>,
     /// How many VirtualServices' routes this translation took from the previous one.
     reused: usize,
-    /// The route configurations as translated, when EnvoyFilters then patched the view's: the
-    /// locations point into these, not into the patched ones.
-    unpatched: Option<Arc<Vec<RouteConfiguration>>>,
 }
 
 /// A VirtualService (held, so its address is not reused while the memo names it) and the
-/// virtual host whose routes are exactly the routes it gave on one port.
+/// routes it gave on one port, encoded as a virtual host's `routes` fields.
 #[derive(Debug)]
 struct MemoRoutes {
     vs: Arc<VirtualService>,
-    config: usize,
-    vhost: usize,
+    encoded: Bytes,
 }
 
 impl RouteMemo {
-    /// Keeps `configs`, the route configurations this memo was made with, before EnvoyFilters
-    /// patch the view's copy of them.
-    pub fn keep_unpatched(&mut self, configs: Vec<RouteConfiguration>) {
-        self.unpatched = Some(Arc::new(configs));
+    fn keep(&mut self, vs: &Arc<VirtualService>, port: u32, encoded: Bytes) {
+        self.routes.insert((Arc::as_ptr(vs) as usize, port), MemoRoutes { vs: vs.clone(), encoded });
     }
 }
 
-/// A view's route memo with the route configurations it was made with (the view's own, or
-/// the memo's unpatched copy): what the next route translation of the view can reuse.
+/// A view's route memo: what the next route translation of the view can reuse.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteReuse<'a> {
     memo: &'a RouteMemo,
-    configs: &'a [RouteConfiguration],
 }
 
 impl<'a> RouteReuse<'a> {
-    /// `configs` are the route configurations of the translation that made `memo`, as the view
-    /// holds them.
-    pub fn new(memo: &'a RouteMemo, configs: &'a [RouteConfiguration]) -> Self {
-        let configs = memo.unpatched.as_deref().map_or(configs, Vec::as_slice);
-        Self { memo, configs }
+    pub fn new(memo: &'a RouteMemo) -> Self {
+        Self { memo }
     }
 
     /// How many VirtualServices' routes the translation that made the memo took from its own
@@ -182,14 +184,139 @@ impl<'a> RouteReuse<'a> {
         self.memo.reused
     }
 
-    fn reuse(&self, vs: &Arc<VirtualService>, port: u32) -> Option<Vec<Route>> {
+    fn reuse(&self, vs: &Arc<VirtualService>, port: u32) -> Option<&'a Bytes> {
         let kept = self.memo.routes.get(&(Arc::as_ptr(vs) as usize, port))?;
-        if !Arc::ptr_eq(&kept.vs, vs) {
-            return None;
-        }
-        let config = self.configs.get(kept.config).filter(|c| c.name.parse::<u32>() == Ok(port))?;
-        Some(config.virtual_hosts.get(kept.vhost)?.routes.clone())
+        Arc::ptr_eq(&kept.vs, vs).then_some(&kept.encoded)
     }
+}
+
+/// What a route configuration's virtual hosts carry their routes as while it is built:
+/// messages (`Vec<Route>`, for [`outbound`]) or their encoding ([`EncodedRoutes`], for
+/// [`outbound_served`]).
+trait RouteList: Clone + Default {
+    /// A whole route configuration.
+    type Config;
+    /// Routes just translated; with `memo`, also their encoding for the memo.
+    fn translated(routes: Vec<Route>, memo: bool) -> (Self, Option<Bytes>);
+    /// Routes a memo kept.
+    fn kept(encoded: &Bytes) -> Option<Self>;
+    fn is_empty(&self) -> bool;
+    /// `header` (a configuration without virtual hosts) with `hosts` (each without routes, and
+    /// the routes it takes), then `catch_all`.
+    fn configuration(
+        header: RouteConfiguration,
+        hosts: Vec<(VirtualHost, Self)>,
+        catch_all: VirtualHost,
+    ) -> Self::Config;
+}
+
+impl RouteList for Vec<Route> {
+    type Config = RouteConfiguration;
+
+    fn translated(mut routes: Vec<Route>, memo: bool) -> (Self, Option<Bytes>) {
+        let encoded = memo.then(|| encode_routes(&mut routes));
+        (routes, encoded)
+    }
+
+    fn kept(encoded: &Bytes) -> Option<Self> {
+        VirtualHost::decode(encoded.as_ref()).ok().map(|host| host.routes)
+    }
+
+    fn is_empty(&self) -> bool {
+        <[Route]>::is_empty(self)
+    }
+
+    fn configuration(
+        mut header: RouteConfiguration,
+        hosts: Vec<(VirtualHost, Self)>,
+        catch_all: VirtualHost,
+    ) -> RouteConfiguration {
+        header.virtual_hosts = hosts
+            .into_iter()
+            .map(|(host, routes)| VirtualHost { routes, ..host })
+            .chain(std::iter::once(catch_all))
+            .collect();
+        header
+    }
+}
+
+/// Routes encoded as a virtual host's `routes` fields ([`encode_routes`]): a virtual host is
+/// its other fields followed by these bytes.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedRoutes(Bytes);
+
+impl RouteList for EncodedRoutes {
+    type Config = (String, Bytes);
+
+    fn translated(mut routes: Vec<Route>, memo: bool) -> (Self, Option<Bytes>) {
+        let encoded = encode_routes(&mut routes);
+        (Self(encoded.clone()), memo.then_some(encoded))
+    }
+
+    fn kept(encoded: &Bytes) -> Option<Self> {
+        Some(Self(encoded.clone()))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn configuration(
+        header: RouteConfiguration,
+        hosts: Vec<(VirtualHost, Self)>,
+        catch_all: VirtualHost,
+    ) -> Self::Config {
+        use crate::protowire::{delimited_len, put_delimited_header, put_message_fields};
+        const VIRTUAL_HOSTS: u32 = 2;
+        let host_len = |(host, routes): &(VirtualHost, Self)| host.encoded_len() + routes.0.len();
+        let len = header.encoded_len()
+            + hosts.iter().map(|h| delimited_len(VIRTUAL_HOSTS, host_len(h))).sum::<usize>()
+            + delimited_len(VIRTUAL_HOSTS, catch_all.encoded_len());
+        let mut out = Vec::with_capacity(len);
+        put_message_fields(&header, &mut out);
+        for entry in &hosts {
+            put_delimited_header(VIRTUAL_HOSTS, host_len(entry), &mut out);
+            put_message_fields(&entry.0, &mut out);
+            out.extend_from_slice(&entry.1.0);
+        }
+        put_delimited_header(VIRTUAL_HOSTS, catch_all.encoded_len(), &mut out);
+        put_message_fields(&catch_all, &mut out);
+        (header.name, Bytes::from(out))
+    }
+}
+
+/// `routes` as a virtual host's `routes` fields. Deterministic: prost writes a map in its
+/// `HashMap`'s order, so a route with two per-filter configs (fault and CORS) has them written
+/// by name here, and equal routes always encode alike (discovery tells a changed route
+/// configuration by its bytes).
+fn encode_routes(routes: &mut [Route]) -> Bytes {
+    use crate::protowire::{delimited_len, put_delimited_header, put_message_fields};
+    use prost::encoding::{message, string};
+    const ROUTES: u32 = 3;
+    const TYPED_PER_FILTER_CONFIG: u32 = 13;
+    let mut out = Vec::new();
+    for route in routes {
+        if route.typed_per_filter_config.len() < 2 {
+            message::encode(ROUTES, route, &mut out);
+            continue;
+        }
+        let filters: BTreeMap<String, envoy_types::pb::google::protobuf::Any> =
+            std::mem::take(&mut route.typed_per_filter_config).into_iter().collect();
+        let entry_len = |(name, config): (&String, &envoy_types::pb::google::protobuf::Any)| {
+            string::encoded_len(1, name) + message::encoded_len(2, config)
+        };
+        let filters_len: usize =
+            filters.iter().map(|entry| delimited_len(TYPED_PER_FILTER_CONFIG, entry_len(entry))).sum();
+        put_delimited_header(ROUTES, route.encoded_len() + filters_len, &mut out);
+        put_message_fields(route, &mut out);
+        for entry in &filters {
+            put_delimited_header(TYPED_PER_FILTER_CONFIG, entry_len(entry), &mut out);
+            string::encode(1, entry.0, &mut out);
+            message::encode(2, entry.1, &mut out);
+        }
+        route.typed_per_filter_config = filters.into_iter().collect();
+    }
+    Bytes::from(out)
 }
 
 /// What routes read besides their VirtualService: the objects (the registries share unchanged
@@ -313,29 +440,27 @@ impl<'v> Owners<'v> {
 }
 
 /// A virtual host before domain de-duplication.
-struct VhostDraft {
-    /// The VirtualService (index into the mesh list) whose routes these are, if any.
-    owner: Option<usize>,
+struct VhostDraft<R> {
     name: String,
     domains: Vec<String>,
     /// Short-name aliases among `domains`: dropped when they equal another service's FQDN.
     aliases: Vec<String>,
-    routes: Vec<Route>,
+    routes: R,
     /// A mesh service (not `MESH_EXTERNAL`, not outside the registry): requests carry the
     /// caller's workload for the server's metrics.
     mesh: bool,
 }
 
-/// The route configuration of `port`, the `index`th of the proxy's.
-fn route_configuration(
+/// The route configuration of `port`.
+fn route_configuration<R: RouteList>(
     ctx: &Context<'_>,
-    (index, port): (usize, u32),
+    port: u32,
     services: &[&Arc<Service>],
     virtual_services: &[MeshVirtualService<'_>],
     owners: &Owners<'_>,
     reusable: Option<RouteReuse<'_>>,
     memo: &mut RouteMemo,
-) -> RouteConfiguration {
+) -> R::Config {
     let on_port: Vec<&Arc<Service>> = services
         .iter()
         .copied()
@@ -364,13 +489,22 @@ fn route_configuration(
     }
     // Routes of each VirtualService on this port, computed (or taken from the previous
     // translation) once; `None` until needed, and after the last use.
-    let mut vs_routes: Vec<Option<Vec<Route>>> = vec![None; virtual_services.len()];
-    let mut routes_of = |i: usize| -> Vec<Route> {
+    let mut vs_routes: Vec<Option<R>> = vec![None; virtual_services.len()];
+    let mut routes_of = |i: usize| -> R {
         let routes = vs_routes[i].get_or_insert_with(|| {
             let vs = virtual_services[i].vs;
-            let kept = reusable.filter(|_| !delegates(vs)).and_then(|previous| previous.reuse(vs, port));
-            memo.reused += usize::from(kept.is_some());
-            kept.unwrap_or_else(|| http_routes(ctx, vs, port))
+            let memoized = !delegates(vs);
+            let kept = reusable.filter(|_| memoized).and_then(|previous| previous.reuse(vs, port));
+            if let Some((encoded, routes)) = kept.and_then(|encoded| Some((encoded, R::kept(encoded)?))) {
+                memo.reused += 1;
+                memo.keep(vs, port, encoded.clone());
+                return routes;
+            }
+            let (routes, encoded) = R::translated(http_routes(ctx, vs, port), memoized);
+            if let Some(encoded) = encoded {
+                memo.keep(vs, port, encoded);
+            }
+            routes
         });
         uses[i] = uses[i].saturating_sub(1);
         if uses[i] == 0 { vs_routes[i].take().unwrap_or_default() } else { routes.clone() }
@@ -390,14 +524,13 @@ fn route_configuration(
             (Some(i), Some(routes)) => {
                 vs_covers_port[i] = true;
                 let mesh = !service.mesh_external;
-                vs_drafts.push((i, VhostDraft { owner: Some(i), name, domains, aliases, routes, mesh }));
+                vs_drafts.push((i, VhostDraft { name, domains, aliases, routes, mesh }));
             }
             _ => default_drafts.push(VhostDraft {
-                owner: None,
                 name,
                 domains,
                 aliases,
-                routes: vec![default_route(ctx, service, port)],
+                routes: R::translated(vec![default_route(ctx, service, port)], false).0,
                 mesh: !service.mesh_external,
             }),
         }
@@ -420,7 +553,6 @@ fn route_configuration(
             vs_drafts.push((
                 i,
                 VhostDraft {
-                    owner: Some(i),
                     name: format!("{host}:{port}"),
                     domains: vec![ipv6_compliant(host)],
                     aliases: Vec::new(),
@@ -462,37 +594,31 @@ fn route_configuration(
         kept.push(VhostDraft { domains, aliases: Vec::new(), ..draft });
     }
     kept.sort_by(|a, b| a.name.cmp(&b.name));
-    // Where each VirtualService's routes are, for the next translation of this view. A
-    // VirtualService that delegates reads its delegates too, so it is always translated.
-    for (vhost, draft) in kept.iter().enumerate() {
-        let Some(vs) = draft.owner.map(|i| virtual_services[i].vs) else { continue };
-        if !delegates(vs) {
-            memo.routes.entry((Arc::as_ptr(vs) as usize, port)).or_insert_with(|| MemoRoutes {
-                vs: vs.clone(),
-                config: index,
-                vhost,
-            });
-        }
-    }
-    let mut virtual_hosts = Vec::with_capacity(kept.len() + 1);
-    virtual_hosts.extend(kept.into_iter().map(|draft| VirtualHost {
-        name: draft.name,
-        domains: draft.domains,
-        routes: draft.routes,
-        request_headers_to_add: if draft.mesh { vec![super::telemetry::source_workload_header()] } else { Vec::new() },
-        include_request_attempt_count: true,
-        ..Default::default()
-    }));
-    virtual_hosts.push(catch_all_virtual_host(ctx.registry_only(), ctx.unknown_destination_cluster()));
-
-    RouteConfiguration {
+    let hosts = kept
+        .into_iter()
+        .map(|draft| {
+            let host = VirtualHost {
+                name: draft.name,
+                domains: draft.domains,
+                request_headers_to_add: if draft.mesh {
+                    vec![super::telemetry::source_workload_header()]
+                } else {
+                    Vec::new()
+                },
+                include_request_attempt_count: true,
+                ..Default::default()
+            };
+            (host, draft.routes)
+        })
+        .collect();
+    let header = RouteConfiguration {
         name: port.to_string(),
-        virtual_hosts,
         validate_clusters: Some(BoolValue { value: false }),
         max_direct_response_body_size_bytes: Some(UInt32Value { value: MAX_DIRECT_RESPONSE_BODY_BYTES }),
         ignore_port_in_host_matching: true,
         ..Default::default()
-    }
+    };
+    R::configuration(header, hosts, catch_all_virtual_host(ctx.registry_only(), ctx.unknown_destination_cluster()))
 }
 
 /// Domains of a service's virtual host and which of them are short aliases: the FQDN, the

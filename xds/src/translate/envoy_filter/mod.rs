@@ -264,6 +264,11 @@ impl<'a> Patches<'a> {
         self.list.iter().any(|p| p.apply_to == apply_to)
     }
 
+    /// Whether any patch applies to route configurations, their virtual hosts or routes.
+    pub fn touch_routes(&self) -> bool {
+        [ApplyTo::RouteConfiguration, ApplyTo::VirtualHost, ApplyTo::HttpRoute].into_iter().any(|kind| self.touch(kind))
+    }
+
     /// The extension configs the EXTENSION_CONFIG patches ADD, sorted by name: what ECDS serves
     /// the proxy. As in Istio only ADD adds (validation warns of the other operations), the
     /// patch context is not read (an extension config belongs to no listener), and a filter
