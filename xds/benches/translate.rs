@@ -99,6 +99,19 @@ fn translate_one_sidecar(c: &mut Criterion) {
             translate::cluster::outbound_served(&Context::new(black_box(&snapshot), black_box(&proxy))).encoded.len()
         })
     });
+    // Likewise for the route configurations (`route::outbound_served`).
+    group.bench_function("routes built, then encoded", |b| {
+        b.iter(|| {
+            let routes = translate::route::outbound(&Context::new(black_box(&snapshot), black_box(&proxy)));
+            let encoded: Vec<Bytes> = routes.iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
+            encoded.len()
+        })
+    });
+    group.bench_function("routes built and encoded one virtual host at a time", |b| {
+        b.iter(|| {
+            translate::route::outbound_served(&Context::new(black_box(&snapshot), black_box(&proxy)), None).0.len()
+        })
+    });
     // What holding the view as prost messages costs at the least, whatever builds them: the
     // messages this proxy's config decodes to, and merely their default structs.
     let encoded = EncodedSet::encode(resources, None);

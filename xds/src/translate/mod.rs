@@ -52,7 +52,7 @@ pub struct Resources {
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
     /// Route configurations translated straight to their encoding ([`outbound_parts_served`]),
-    /// by name, in order; `routes` is then empty.
+    /// by name, in order; their messages are not kept (`routes` holds none of them).
     pub encoded_routes: Vec<(String, prost::bytes::Bytes)>,
     /// SDS secrets served over ADS (gateway `credentialName`s). They change with the listeners
     /// that name them, so they are translated again whenever listeners are.
