@@ -88,11 +88,7 @@ fn translate_one_sidecar(c: &mut Criterion) {
     // Clusters as an array of messages, then encoded (the message path: EnvoyFilter patches,
     // gateways), and built and encoded one at a time (`cluster::outbound_served`, discovery's).
     group.bench_function("clusters built, then encoded", |b| {
-        b.iter(|| {
-            let clusters = translate::cluster::outbound(&Context::new(black_box(&snapshot), black_box(&proxy)));
-            let encoded: Vec<Bytes> = clusters.iter().map(|c| Bytes::from(c.encode_to_vec())).collect();
-            encoded.len()
-        })
+        b.iter(|| encoded_each(&translate::cluster::outbound(&Context::new(black_box(&snapshot), black_box(&proxy)))))
     });
     group.bench_function("clusters built and encoded one at a time", |b| {
         b.iter(|| {
@@ -101,11 +97,7 @@ fn translate_one_sidecar(c: &mut Criterion) {
     });
     // Likewise for the route configurations (`route::outbound_served`).
     group.bench_function("routes built, then encoded", |b| {
-        b.iter(|| {
-            let routes = translate::route::outbound(&Context::new(black_box(&snapshot), black_box(&proxy)));
-            let encoded: Vec<Bytes> = routes.iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
-            encoded.len()
-        })
+        b.iter(|| encoded_each(&translate::route::outbound(&Context::new(black_box(&snapshot), black_box(&proxy)))))
     });
     group.bench_function("routes built and encoded one virtual host at a time", |b| {
         b.iter(|| {
@@ -128,6 +120,12 @@ fn translate_one_sidecar(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// `messages` encoded one by one, as discovery files them (then dropped).
+fn encoded_each<M: Message>(messages: &[M]) -> usize {
+    let encoded: Vec<Bytes> = messages.iter().map(|m| Bytes::from(m.encode_to_vec())).collect();
+    encoded.len()
 }
 
 /// The resources of `map` as prost messages (then dropped).

@@ -193,26 +193,22 @@ impl EncodedSet {
     /// The set for `fresh`, whose kinds in `parts` were translated again; every other kind is
     /// `previous`'s, shared as it is (when there is no `previous`, `parts` must be all).
     pub fn update(previous: Option<&EncodedSet>, fresh: Resources, parts: Parts) -> Self {
-        let previous_clusters = previous.map(|p| (&p.clusters, &p.cluster_source));
-        let (clusters, cluster_source) = if parts.clusters && !fresh.encoded_clusters.is_empty() {
-            let old = previous_clusters.map(|(map, source)| (map.as_ref(), source.as_slice()));
-            let map = served_kind(fresh.encoded_clusters, &fresh.clusters, |c| &c.name, old);
-            (Arc::new(map), Arc::new(fresh.clusters))
-        } else {
-            kind_part(previous_clusters, !parts.clusters, fresh.clusters, |c| &c.name)
-        };
+        let (clusters, cluster_source) = served_part(
+            previous.map(|p| (&p.clusters, &p.cluster_source)),
+            !parts.clusters,
+            (fresh.encoded_clusters, fresh.clusters),
+            |c| &c.name,
+        );
         let (listeners, listener_source) =
             kind_part(previous.map(|p| (&p.listeners, &p.listener_source)), !parts.listeners, fresh.listeners, |l| {
                 &l.name
             });
-        let previous_routes = previous.map(|p| (&p.routes, &p.route_source));
-        let (routes, route_source) = if parts.routes && !fresh.encoded_routes.is_empty() {
-            let old = previous_routes.map(|(map, source)| (map.as_ref(), source.as_slice()));
-            let map = served_kind(fresh.encoded_routes, &fresh.routes, |r| &r.name, old);
-            (Arc::new(map), Arc::new(fresh.routes))
-        } else {
-            kind_part(previous_routes, !parts.routes, fresh.routes, |r| &r.name)
-        };
+        let (routes, route_source) = served_part(
+            previous.map(|p| (&p.routes, &p.route_source)),
+            !parts.routes,
+            (fresh.encoded_routes, fresh.routes),
+            |r| &r.name,
+        );
         // Secrets go with the clusters and gateway listeners that name them (`Parts::secrets`).
         let (secrets, secret_source) =
             kind_part(previous.map(|p| (&p.secrets, &p.secret_source)), !parts.secrets(), fresh.secrets, |s| &s.name);
@@ -352,6 +348,23 @@ fn kind_part<M: Message + Name + PartialEq>(
             (Arc::new(encode_kind(&fresh, name, old)), Arc::new(fresh))
         }
     }
+}
+
+/// [`kind_part`] for a kind translation may have encoded as it built it: `fresh` is the encoded
+/// resources and the messages kept (see [`served_kind`]); with none encoded, the messages are
+/// encoded here.
+fn served_part<M: Message + Name + PartialEq>(
+    previous: Option<(&Arc<ResourceMap>, &Arc<Vec<M>>)>,
+    keep: bool,
+    (encoded, messages): (Vec<(String, Bytes)>, Vec<M>),
+    name: impl Fn(&M) -> &String,
+) -> (Arc<ResourceMap>, Arc<Vec<M>>) {
+    if keep || encoded.is_empty() {
+        return kind_part(previous, keep, messages, |m| name(m).as_str());
+    }
+    let old = previous.map(|(map, source)| (map.as_ref(), source.as_slice()));
+    let map = served_kind(encoded, &messages, name, old);
+    (Arc::new(map), Arc::new(messages))
 }
 
 /// The map of resources encoded as they were built (`encoded`, in translation order, a name
