@@ -93,13 +93,46 @@ fn signal_group(pgid: u32, signal: &str) {
 /// `N` distinct TCP ports free on 127.0.0.1 now. All are held until every one is chosen, so
 /// two picks cannot return the same port, as separate picks can when the processes bind their
 /// ports only later.
+///
+/// They are drawn at random below the kernel's ephemeral range: the processes that bind them
+/// may start tens of seconds later (a cluster's components start one after another), and
+/// meanwhile a port of that range can become the source port of any outgoing connection on the
+/// machine. A CI run lost kube-proxy's healthz port so ("address already in use").
 pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
-    let held = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    use std::hash::BuildHasher;
+    const FLOOR: u16 = 10_000;
+    let ceiling = ephemeral_range_start().unwrap_or(32_768).max(FLOOR + 1_000);
+    let random = std::collections::hash_map::RandomState::new();
+    let mut held: Vec<(u16, std::net::TcpListener)> = Vec::with_capacity(N);
+    for attempt in 0u32.. {
+        if held.len() == N {
+            break;
+        }
+        if attempt > 10_000 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("no {N} free ports on 127.0.0.1 in {FLOOR}..{ceiling}"),
+            ));
+        }
+        let port = FLOOR + (random.hash_one(attempt) % u64::from(ceiling - FLOOR)) as u16;
+        if held.iter().any(|(taken, _)| *taken == port) {
+            continue;
+        }
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push((port, listener));
+        }
+    }
     let mut ports = [0u16; N];
-    for (port, listener) in ports.iter_mut().zip(&held) {
-        *port = listener.local_addr()?.port();
+    for (port, (chosen, _)) in ports.iter_mut().zip(&held) {
+        *port = *chosen;
     }
     Ok(ports)
+}
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_range_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// How a running process was started, read from `/proc/<pid>`: enough to start it again.
@@ -162,4 +195,25 @@ pub fn kill_and_wait(pid: u32) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distinct, free and outside the ephemeral range, so no outgoing connection takes one
+    /// before the process that binds it starts.
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let start = ephemeral_range_start().unwrap_or(32_768);
+        for _ in 0..20 {
+            let ports: [u16; 9] = free_ports().unwrap();
+            let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+            assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+            for port in ports {
+                assert!((10_000..start).contains(&port), "{port} is outside 10000..{start}");
+                std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            }
+        }
+    }
 }
