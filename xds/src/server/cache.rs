@@ -116,8 +116,9 @@ fn sent_map_of(map: &ResourceMap) -> SentMap {
 
 /// Encoded clusters, listeners and routes (the proxy-specific types), with the translated
 /// messages they came from (of clusters encoded as they were built, only those with inline
-/// endpoints; of route configurations encoded as they were built, none). Each kind is shared (`Arc`) so a set rebuilt for a change that did not touch a
-/// kind takes that kind over from its predecessor as it is.
+/// endpoints; of route configurations encoded as they were built, none). Each kind is shared
+/// (`Arc`) so a set rebuilt for a change that did not touch a kind takes that kind over from
+/// its predecessor as it is.
 #[derive(Clone, Debug, Default)]
 pub struct EncodedSet {
     pub clusters: Arc<ResourceMap>,

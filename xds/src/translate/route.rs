@@ -243,7 +243,7 @@ impl RouteList for Vec<Route> {
 /// Routes encoded as a virtual host's `routes` fields ([`encode_routes`]): a virtual host is
 /// its other fields followed by these bytes.
 #[derive(Clone, Debug, Default)]
-pub struct EncodedRoutes(Bytes);
+struct EncodedRoutes(Bytes);
 
 impl RouteList for EncodedRoutes {
     type Config = (String, Bytes);
@@ -495,7 +495,9 @@ fn route_configuration<R: RouteList>(
             let vs = virtual_services[i].vs;
             let memoized = !delegates(vs);
             let kept = reusable.filter(|_| memoized).and_then(|previous| previous.reuse(vs, port));
-            if let Some((encoded, routes)) = kept.and_then(|encoded| Some((encoded, R::kept(encoded)?))) {
+            if let Some(encoded) = kept
+                && let Some(routes) = R::kept(encoded)
+            {
                 memo.reused += 1;
                 memo.keep(vs, port, encoded.clone());
                 return routes;
