@@ -91,6 +91,19 @@ struct Planned<'e> {
 /// A service's assignments: per port, one per subset and the port's own; each holds the
 /// healthy endpoints of that port (and subset).
 fn plan_service<'e>(host: &str, service: &Service, endpoints: &'e [Endpoint], subsets: &[&Subset]) -> Vec<Planned<'e>> {
+    // Which endpoints each subset selects, decided once rather than once per port.
+    let selected: Vec<Vec<bool>> =
+        subsets.iter().map(|s| endpoints.iter().map(|e| labels_match(&s.labels, &e.labels)).collect()).collect();
+    let one_locality = endpoints.windows(2).all(|w| same_text(&w[0].locality, &w[1].locality));
+    let groups = |members: &mut dyn Iterator<Item = usize>| -> Vec<(&'e str, Vec<usize>)> {
+        if one_locality {
+            let members: Vec<usize> = members.collect();
+            let Some(&first) = members.first() else { return Vec::new() };
+            vec![(endpoints[first].locality.as_str(), members)]
+        } else {
+            by_locality(members.map(|i| (endpoints[i].locality.as_str(), i)))
+        }
+    };
     let mut out = Vec::with_capacity(service.ports.len() * (subsets.len() + 1));
     for port in &service.ports {
         let members: Vec<usize> = endpoints
@@ -99,16 +112,15 @@ fn plan_service<'e>(host: &str, service: &Service, endpoints: &'e [Endpoint], su
             .filter(|(_, e)| e.service_port_name == port.name && serves_traffic(e))
             .map(|(i, _)| i)
             .collect();
-        for subset in subsets {
-            let selected = members.iter().copied().filter(|&i| labels_match(&subset.labels, &endpoints[i].labels));
+        for (subset, chosen) in subsets.iter().zip(&selected) {
             out.push(Planned {
                 cluster_name: outbound_cluster_name(port.port, &subset.name, host),
-                groups: by_locality(selected.map(|i| (endpoints[i].locality.as_str(), i))),
+                groups: groups(&mut members.iter().copied().filter(|&i| chosen[i])),
             });
         }
         out.push(Planned {
             cluster_name: outbound_cluster_name(port.port, "", host),
-            groups: by_locality(members.into_iter().map(|i| (endpoints[i].locality.as_str(), i))),
+            groups: groups(&mut members.into_iter()),
         });
     }
     out

@@ -26,7 +26,8 @@ use prost::encoding::{encoded_len_varint, key_len};
 use super::{Planned, TLS_MODE_METADATA, WORKLOAD_METADATA, parse_locality, workload_metadata_parts};
 use crate::model::Endpoint;
 use crate::protowire::{
-    delimited_len, put_delimited_header, put_string_field, put_varint_field, string_field_len, varint_field_len,
+    delimited_len, put_delimited_header, put_key, put_string_field, put_varint, put_varint_field, string_field_len,
+    varint_field_len,
 };
 
 /// One ClusterLoadAssignment in the canonical encoding.
@@ -112,7 +113,9 @@ fn put_lb_endpoint_body(endpoint: &Endpoint, out: &mut Vec<u8>) {
     let socket = string_field_len(2, endpoint.address.as_bytes()) + key_len(3) + encoded_len_varint(port);
     let address = delimited_len(1, socket);
     let host = delimited_len(1, address);
-    let metadata = endpoint_metadata_len(endpoint);
+    // The entries read the endpoint's labels: once, for both measuring and writing.
+    let entries = metadata_entries(endpoint);
+    let metadata = endpoint_metadata_len(&entries);
     let weight = u64::from(endpoint.weight.max(1));
     let len = delimited_len(1, host)
         + varint_field_len(2, HEALTHY)
@@ -123,19 +126,22 @@ fn put_lb_endpoint_body(endpoint: &Endpoint, out: &mut Vec<u8>) {
     put_delimited_header(1, address, out);
     put_delimited_header(1, socket, out);
     put_string_field(2, endpoint.address.as_bytes(), out);
-    prost::encoding::encode_key(3, prost::encoding::WireType::Varint, out);
-    prost::encoding::encode_varint(port, out);
+    put_key(3, prost::encoding::WireType::Varint, out);
+    put_varint(port, out);
     put_varint_field(2, HEALTHY, out);
     if let Some(metadata) = metadata {
         put_delimited_header(3, metadata, out);
-        put_endpoint_metadata(endpoint, out);
+        put_endpoint_metadata(&entries, out);
     }
     put_delimited_header(4, varint_field_len(1, weight), out);
     put_varint_field(1, weight, out);
 }
 
+/// One namespace of an endpoint's metadata with its one field and text.
+type MetadataEntry<'e> = (&'static str, &'static str, TextParts<'e>);
+
 /// The namespaces of an endpoint's metadata, in key order, each with its one field and text.
-fn metadata_entries(endpoint: &Endpoint) -> impl Iterator<Item = (&'static str, &'static str, TextParts<'_>)> {
+fn metadata_entries(endpoint: &Endpoint) -> [Option<MetadataEntry<'_>>; 2] {
     let tls = (!endpoint.tls_mode.is_empty()).then_some((
         TLS_MODE_METADATA.0,
         TLS_MODE_METADATA.1,
@@ -144,7 +150,7 @@ fn metadata_entries(endpoint: &Endpoint) -> impl Iterator<Item = (&'static str, 
     let workload = (!endpoint.workload.is_empty())
         .then(|| (WORKLOAD_METADATA.0, WORKLOAD_METADATA.1, TextParts::Workload(workload_metadata_parts(endpoint))));
     debug_assert!(TLS_MODE_METADATA.0 < WORKLOAD_METADATA.0, "entries are written in key order");
-    tls.into_iter().chain(workload)
+    [tls, workload]
 }
 
 /// A metadata string written from pieces, so the workload text is never built as a `String`.
@@ -185,8 +191,8 @@ fn one_field_entry_lens(namespace: &str, field: &str, text_len: usize) -> (usize
     (entry, structure, field_entry, value)
 }
 
-fn endpoint_metadata_len(endpoint: &Endpoint) -> Option<usize> {
-    let mut entries = metadata_entries(endpoint).peekable();
+fn endpoint_metadata_len(entries: &[Option<MetadataEntry<'_>>]) -> Option<usize> {
+    let mut entries = entries.iter().flatten().peekable();
     entries.peek()?;
     Some(
         entries
@@ -195,8 +201,8 @@ fn endpoint_metadata_len(endpoint: &Endpoint) -> Option<usize> {
     )
 }
 
-fn put_endpoint_metadata(endpoint: &Endpoint, out: &mut Vec<u8>) {
-    for (namespace, field, text) in metadata_entries(endpoint) {
+fn put_endpoint_metadata(entries: &[Option<MetadataEntry<'_>>], out: &mut Vec<u8>) {
+    for (namespace, field, text) in entries.iter().flatten() {
         let (entry, structure, field_entry, value) = one_field_entry_lens(namespace, field, text.len());
         put_delimited_header(1, entry, out);
         put_string_field(1, namespace.as_bytes(), out);
