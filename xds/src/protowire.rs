@@ -67,8 +67,9 @@ pub fn put_varint(mut value: u64, out: &mut impl BufMut) {
 
 /// Appends `message`'s fields (no key, no length: the body of a field whose header is written).
 pub fn put_message_fields(message: &impl prost::Message, out: &mut Vec<u8>) {
-    // A `Vec` grows as needed, so encoding into one cannot run out of room.
-    let _ = message.encode(out);
+    // `encode_raw`: `encode` would measure the whole message first only to check the room a
+    // `Vec` makes anyway, and callers have measured it already for its header.
+    message.encode_raw(out);
 }
 
 #[cfg(test)]

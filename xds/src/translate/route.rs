@@ -268,16 +268,16 @@ impl RouteList for EncodedRoutes {
     ) -> Self::Config {
         use crate::protowire::{delimited_len, put_delimited_header, put_message_fields};
         const VIRTUAL_HOSTS: u32 = 2;
-        let host_len = |(host, routes): &(VirtualHost, Self)| host.encoded_len() + routes.0.len();
+        let host_lens: Vec<usize> = hosts.iter().map(|(host, routes)| host.encoded_len() + routes.0.len()).collect();
         let len = header.encoded_len()
-            + hosts.iter().map(|h| delimited_len(VIRTUAL_HOSTS, host_len(h))).sum::<usize>()
+            + host_lens.iter().map(|len| delimited_len(VIRTUAL_HOSTS, *len)).sum::<usize>()
             + delimited_len(VIRTUAL_HOSTS, catch_all.encoded_len());
         let mut out = Vec::with_capacity(len);
         put_message_fields(&header, &mut out);
-        for entry in &hosts {
-            put_delimited_header(VIRTUAL_HOSTS, host_len(entry), &mut out);
-            put_message_fields(&entry.0, &mut out);
-            out.extend_from_slice(&entry.1.0);
+        for ((host, routes), host_len) in hosts.iter().zip(host_lens) {
+            put_delimited_header(VIRTUAL_HOSTS, host_len, &mut out);
+            put_message_fields(host, &mut out);
+            out.extend_from_slice(&routes.0);
         }
         put_delimited_header(VIRTUAL_HOSTS, catch_all.encoded_len(), &mut out);
         put_message_fields(&catch_all, &mut out);
@@ -473,13 +473,12 @@ fn route_configuration<R: RouteList>(
         .filter(|s| ctx.port_visible(s, port))
         .collect();
 
+    let owner_of: Vec<Option<usize>> = on_port.iter().map(|s| owners.owner(&s.hostname)).collect();
     // How many virtual hosts may take each VirtualService's routes (at most: some turn out
     // empty), so the last one takes them rather than a copy.
     let mut uses = vec![0usize; virtual_services.len()];
-    for service in &on_port {
-        if let Some(i) = owners.owner(&service.hostname) {
-            uses[i] += 1;
-        }
+    for i in owner_of.iter().flatten() {
+        uses[*i] += 1;
     }
     // The hosts outside the registry (below) take them once between them.
     for (i, vs) in virtual_services.iter().enumerate() {
@@ -515,8 +514,7 @@ fn route_configuration<R: RouteList>(
     let mut vs_drafts = Vec::new();
     let mut default_drafts = Vec::new();
     let mut vs_covers_port = vec![false; virtual_services.len()];
-    for service in &on_port {
-        let owner = owners.owner(&service.hostname);
+    for (service, &owner) in on_port.iter().zip(&owner_of) {
         // A VirtualService whose rules all fall away for this proxy (source labels, ports)
         // leaves the service on its default route, as istiod does.
         let routes = owner.map(&mut routes_of).filter(|r| !r.is_empty());
