@@ -403,12 +403,38 @@ impl CpuClock {
 
 fn cpu_of(pid: &str) -> Option<CpuClock> {
     const TICKS_PER_SECOND: u64 = 100;
+    // Listing `/proc/<pid>/task` while threads exit can skip live ones (the kernel resumes
+    // the listing by position), which lost a test its own thread in CI. A listing is taken when
+    // it has as many threads as the process says it has, read before and after it; a few tries,
+    // then the last one.
+    let mut reading = None;
+    for _ in 0..5 {
+        let (count_before, ticks) = process_stat(pid)?;
+        let threads = thread_run_times(pid);
+        let (count_after, _) = process_stat(pid)?;
+        let complete = threads.len() == count_before && count_before == count_after;
+        reading = Some(CpuClock { ticks: Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND), threads });
+        if complete {
+            break;
+        }
+    }
+    reading
+}
+
+/// A process's thread count and its user + system time in clock ticks, from `/proc/<pid>/stat`.
+fn process_stat(pid: &str) -> Option<(usize, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces: fields are counted after its closing paren.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+    let threads: usize = fields.get(17)?.parse().ok()?;
+    Some((threads, utime + stime))
+}
+
+/// Each listed thread's run time in nanoseconds, from `/proc/<pid>/task/<tid>/schedstat`.
+fn thread_run_times(pid: &str) -> BTreeMap<u32, u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|tasks| {
             tasks
                 .flatten()
@@ -419,8 +445,7 @@ fn cpu_of(pid: &str) -> Option<CpuClock> {
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    Some(CpuClock { ticks: Duration::from_millis((utime + stime) * 1000 / TICKS_PER_SECOND), threads })
+        .unwrap_or_default()
 }
 
 /// `VmHWM` (peak resident) and `VmRSS` of a process, as `/proc/<pid>/status` writes them.
