@@ -530,6 +530,22 @@ impl EncodedResource {
     }
 }
 
+/// `fresh` with its name, or `kept` (the same name's resource in the previous table) in its
+/// place when it holds the same bytes, keeping its version; and whether `fresh` was taken.
+fn kept_or_fresh(fresh: EncodedResource, kept: Option<&Arc<EncodedResource>>) -> (String, Arc<EncodedResource>, bool) {
+    match kept.filter(|kept| kept.same_content(&fresh)) {
+        Some(kept) => (fresh.name, Arc::clone(kept), false),
+        None => {
+            let fresh = Arc::new(fresh);
+            (fresh.name.clone(), fresh, true)
+        }
+    }
+}
+
+fn warn_duplicate_assignment(name: &str) {
+    tracing::warn!(name, "duplicate ClusterLoadAssignment; keeping the first");
+}
+
 impl EndpointTable {
     /// Takes `assignments`, reusing `previous`'s resource (and so its version) for every
     /// assignment whose bytes are unchanged: endpoint churn is the most frequent change and
@@ -547,23 +563,16 @@ impl EndpointTable {
         let mut entries: Vec<(String, Arc<EncodedResource>)> = Vec::with_capacity(assignments.len());
         for assignment in assignments {
             if entries.last().is_some_and(|(name, _)| *name == assignment.cluster_name) {
-                tracing::warn!(name = assignment.cluster_name, "duplicate ClusterLoadAssignment; keeping the first");
+                warn_duplicate_assignment(&assignment.cluster_name);
                 continue;
             }
             let fresh = EncodedResource::assignment(assignment);
-            let reused = old.as_mut().and_then(|old| {
+            let kept = old.as_mut().and_then(|old| {
                 while old.next_if(|(name, _)| name.as_str() < fresh.name.as_str()).is_some() {}
-                old.peek()
-                    .filter(|(name, kept)| **name == fresh.name && kept.same_content(&fresh))
-                    .map(|(_, kept)| Arc::clone(kept))
+                old.peek().filter(|(name, _)| **name == fresh.name).map(|(_, kept)| *kept)
             });
-            match reused {
-                Some(kept) => entries.push((fresh.name, kept)),
-                None => {
-                    let fresh = Arc::new(fresh);
-                    entries.push((fresh.name.clone(), fresh));
-                }
-            }
+            let (name, resource, _) = kept_or_fresh(fresh, kept);
+            entries.push((name, resource));
         }
         let mut table = Self { encoded: entries.into_iter().collect(), ..Self::default() };
         if let Some(previous) = previous {
@@ -580,22 +589,14 @@ impl EndpointTable {
         previous: Option<&EndpointTable>,
     ) -> Option<Arc<EncodedResource>> {
         if self.encoded.contains_key(&assignment.cluster_name) {
-            tracing::warn!(name = assignment.cluster_name, "duplicate ClusterLoadAssignment; keeping the first");
+            warn_duplicate_assignment(&assignment.cluster_name);
             return None;
         }
         let fresh = EncodedResource::assignment(assignment);
-        let reused = previous.and_then(|p| p.encoded.get(&fresh.name)).filter(|old| old.same_content(&fresh)).cloned();
-        match reused {
-            Some(old) => {
-                self.encoded.insert(fresh.name, old);
-                None
-            }
-            None => {
-                let fresh = Arc::new(fresh);
-                self.encoded.insert(fresh.name.clone(), fresh.clone());
-                Some(fresh)
-            }
-        }
+        let kept = previous.and_then(|p| p.encoded.get(&fresh.name));
+        let (name, resource, made) = kept_or_fresh(fresh, kept);
+        self.encoded.insert(name, resource.clone());
+        made.then_some(resource)
     }
 
     /// The shared [`SentMap`] of the whole table.
