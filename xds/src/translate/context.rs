@@ -90,40 +90,39 @@ pub struct Context<'a> {
 /// Both keep the snapshot order of the rules (ties are broken by it).
 #[derive(Debug, Default)]
 struct RuleIndex<'a> {
-    exact: HashMap<String, Vec<(usize, &'a Arc<DestinationRule>)>>,
-    wildcard: Vec<(usize, String, &'a Arc<DestinationRule>)>,
+    exact: foldhash::HashMap<String, Vec<&'a Arc<DestinationRule>>>,
+    wildcard: Vec<(String, &'a Arc<DestinationRule>)>,
 }
 
 impl<'a> RuleIndex<'a> {
     fn new(rules: &'a [Arc<DestinationRule>]) -> Self {
         let mut index = Self::default();
-        for (order, dr) in rules.iter().enumerate() {
+        for dr in rules {
             let host = resolve_host(&dr.spec.host, dr.metadata.namespace.as_deref().unwrap_or_default());
             if host.starts_with('*') {
-                index.wildcard.push((order, host, dr));
+                index.wildcard.push((host, dr));
             } else {
-                index.exact.entry(host).or_default().push((order, dr));
+                index.exact.entry(host).or_default().push(dr);
             }
         }
         index
     }
 
-    /// Rules whose host covers `hostname`, with their resolved host, in snapshot order.
-    fn covering<'s>(&'s self, hostname: &str) -> Vec<(&'s str, &'a Arc<DestinationRule>)> {
-        let mut found: Vec<(usize, &str, &Arc<DestinationRule>)> = self
+    /// Rules whose host covers `hostname`, with their resolved host: the exact ones, then the
+    /// wildcards, each in snapshot order. Rules of equal specificity come from the same list,
+    /// so ranking them by specificity keeps snapshot order among equals.
+    fn covering<'s>(&'s self, hostname: &'s str) -> impl Iterator<Item = (&'s str, &'a Arc<DestinationRule>)> + 's {
+        let exact = self
             .exact
             .get_key_value(hostname)
             .into_iter()
-            .flat_map(|(host, rules)| rules.iter().map(move |(order, dr)| (*order, host.as_str(), *dr)))
-            .chain(
-                self.wildcard
-                    .iter()
-                    .filter(|(_, host, _)| host_matches(host, hostname))
-                    .map(|(order, host, dr)| (*order, host.as_str(), *dr)),
-            )
-            .collect();
-        found.sort_by_key(|(order, _, _)| *order);
-        found.into_iter().map(|(_, host, dr)| (host, dr)).collect()
+            .flat_map(|(host, rules)| rules.iter().map(move |dr| (host.as_str(), *dr)));
+        let wildcard = self
+            .wildcard
+            .iter()
+            .filter(move |(host, _)| host_matches(host, hostname))
+            .map(|(host, dr)| (host.as_str(), *dr));
+        exact.chain(wildcard)
     }
 }
 
@@ -210,7 +209,13 @@ impl<'a> Context<'a> {
     /// one in the service's namespace, then one in the root namespace, then any other; among
     /// equals, one whose `workloadSelector` selects the proxy beats one without.
     pub fn destination_rule(&self, hostname: &str) -> Option<&'a Arc<DestinationRule>> {
-        let service_ns = self.snapshot.services.get(hostname).map(|s| s.namespace.as_str()).unwrap_or_default();
+        // Looked up only when a rule outside the proxy's namespace needs ranking.
+        let service_ns = std::cell::OnceCell::new();
+        let service_ns = || {
+            *service_ns.get_or_init(|| {
+                self.snapshot.services.get(hostname).map(|s| s.namespace.as_str()).unwrap_or_default()
+            })
+        };
         let root = self.snapshot.root_namespace();
         let proxy_ns = self.proxy.namespace.as_str();
         self.rules
@@ -229,7 +234,7 @@ impl<'a> Context<'a> {
                 }
                 let ns_rank = if ns == proxy_ns {
                     0
-                } else if ns == service_ns {
+                } else if ns == service_ns() {
                     1
                 } else if ns == root {
                     2

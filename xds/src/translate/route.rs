@@ -15,7 +15,8 @@
 //! - the `default` route of a consistently hashed service drops the previous-hosts retry
 //!   predicate, as VirtualService routes do.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -107,7 +108,7 @@ pub fn outbound_served(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>) -> (
 
 fn outbound_as<R: RouteList>(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>) -> (Vec<R::Config>, RouteMemo) {
     let services: Vec<&Arc<Service>> = ctx.services().collect();
-    let hostnames: HashSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
+    let hostnames: FastSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
     let virtual_services: Vec<MeshVirtualService<'_>> =
         ctx.mesh_virtual_services().map(|vs| MeshVirtualService::new(vs, &services, &hostnames)).collect();
     let owners = Owners::new(&virtual_services);
@@ -126,7 +127,7 @@ fn outbound_as<R: RouteList>(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>
     }
     let inputs = MemoInputs::of(ctx);
     let reusable = previous.filter(|previous| previous.memo.inputs == inputs);
-    let mut memo = RouteMemo { inputs, routes: HashMap::new(), reused: 0 };
+    let mut memo = RouteMemo { inputs, routes: FastMap::default(), reused: 0 };
     let configs = ports
         .into_iter()
         .map(|port| route_configuration::<R>(ctx, port, &services, &virtual_services, &owners, reusable, &mut memo))
@@ -148,7 +149,7 @@ fn outbound_as<R: RouteList>(ctx: &Context<'_>, previous: Option<RouteReuse<'_>>
 pub struct RouteMemo {
     inputs: MemoInputs,
     /// (the VirtualService's address, port) → its routes on that port.
-    routes: HashMap<(usize, u32), MemoRoutes>,
+    routes: FastMap<(usize, u32), MemoRoutes>,
     /// How many VirtualServices' routes this translation took from the previous one.
     reused: usize,
 }
@@ -294,27 +295,40 @@ fn encode_routes(routes: &mut [Route]) -> Bytes {
     use prost::encoding::{message, string};
     const ROUTES: u32 = 3;
     const TYPED_PER_FILTER_CONFIG: u32 = 13;
-    let mut out = Vec::new();
-    for route in routes {
+    type Filters = BTreeMap<String, envoy_types::pb::google::protobuf::Any>;
+    let entry_len = |(name, config): (&String, &envoy_types::pb::google::protobuf::Any)| {
+        string::encoded_len(1, name) + message::encoded_len(2, config)
+    };
+    // Each route is measured once and the output allocated at its final size: growing it
+    // route by route reallocated and copied it a dozen times per virtual host.
+    let mut sorted_filters: Vec<Option<Filters>> = Vec::new();
+    let mut lens = Vec::with_capacity(routes.len());
+    for (i, route) in routes.iter_mut().enumerate() {
         if route.typed_per_filter_config.len() < 2 {
-            message::encode(ROUTES, route, &mut out);
+            lens.push(route.encoded_len());
             continue;
         }
-        let filters: BTreeMap<String, envoy_types::pb::google::protobuf::Any> =
-            std::mem::take(&mut route.typed_per_filter_config).into_iter().collect();
-        let entry_len = |(name, config): (&String, &envoy_types::pb::google::protobuf::Any)| {
-            string::encoded_len(1, name) + message::encoded_len(2, config)
-        };
+        let filters: Filters = std::mem::take(&mut route.typed_per_filter_config).into_iter().collect();
         let filters_len: usize =
             filters.iter().map(|entry| delimited_len(TYPED_PER_FILTER_CONFIG, entry_len(entry))).sum();
-        put_delimited_header(ROUTES, route.encoded_len() + filters_len, &mut out);
+        lens.push(route.encoded_len() + filters_len);
+        sorted_filters.resize_with(i + 1, || None);
+        sorted_filters[i] = Some(filters);
+    }
+    let mut out = Vec::with_capacity(lens.iter().map(|len| delimited_len(ROUTES, *len)).sum());
+    for (i, (route, len)) in routes.iter_mut().zip(lens).enumerate() {
+        put_delimited_header(ROUTES, len, &mut out);
         put_message_fields(route, &mut out);
-        for entry in &filters {
-            put_delimited_header(TYPED_PER_FILTER_CONFIG, entry_len(entry), &mut out);
-            string::encode(1, entry.0, &mut out);
-            message::encode(2, entry.1, &mut out);
+        // A route with two or more per-filter configs has them written by name, after its
+        // other fields (field order does not matter to a protobuf reader).
+        if let Some(filters) = sorted_filters.get_mut(i).and_then(Option::take) {
+            for entry in &filters {
+                put_delimited_header(TYPED_PER_FILTER_CONFIG, entry_len(entry), &mut out);
+                string::encode(1, entry.0, &mut out);
+                message::encode(2, entry.1, &mut out);
+            }
+            route.typed_per_filter_config = filters.into_iter().collect();
         }
-        route.typed_per_filter_config = filters.into_iter().collect();
     }
     Bytes::from(out)
 }
@@ -371,7 +385,7 @@ struct MeshVirtualService<'a> {
 impl<'a> MeshVirtualService<'a> {
     /// `hostnames` are the `services`' hostnames, so exact hosts are looked up rather than
     /// compared with every service (one VirtualService per service made that quadratic).
-    fn new(vs: &'a Arc<VirtualService>, services: &[&Arc<Service>], hostnames: &HashSet<&str>) -> Self {
+    fn new(vs: &'a Arc<VirtualService>, services: &[&Arc<Service>], hostnames: &FastSet<&str>) -> Self {
         let ns = namespace_of(vs);
         let hosts: Vec<String> = vs.spec.hosts.iter().map(|h| resolve_host(h, ns)).collect();
         let covers_a_service = |h: &str| {
@@ -403,14 +417,14 @@ fn name_of(vs: &VirtualService) -> &str {
 /// lookup rather than a scan of every VirtualService (per service and port).
 struct Owners<'v> {
     /// Each host written in a VirtualService, with the first VirtualService naming it.
-    exact: HashMap<&'v str, usize>,
+    exact: FastMap<&'v str, usize>,
     /// Wildcard hosts (`*…`) with their VirtualService, in VirtualService then host order.
     wildcard: Vec<(usize, &'v str)>,
 }
 
 impl<'v> Owners<'v> {
     fn new(virtual_services: &'v [MeshVirtualService<'_>]) -> Self {
-        let mut exact = HashMap::new();
+        let mut exact = FastMap::default();
         let mut wildcard = Vec::new();
         for (i, vs) in virtual_services.iter().enumerate() {
             for host in &vs.hosts {
@@ -567,9 +581,11 @@ fn route_configuration<R: RouteList>(
     vs_drafts.sort_by_key(|(i, _)| *i);
     let drafts = vs_drafts.into_iter().map(|(_, d)| d).chain(default_drafts);
 
-    let known_fqdns: HashSet<&str> = on_port.iter().map(|s| s.hostname.as_str()).collect();
-    let mut seen_names = HashSet::new();
-    let mut seen_domains = HashSet::new();
+    let known_fqdns: FastSet<&str> = on_port.iter().map(|s| s.hostname.as_str()).collect();
+    // Sized for every virtual host and a handful of domains each: growing them rehashed
+    // every name already in.
+    let mut seen_names = FastSet::with_capacity_and_hasher(on_port.len(), Default::default());
+    let mut seen_domains = FastSet::with_capacity_and_hasher(on_port.len() * 6, Default::default());
     // Kept drafts are sorted by name before they become virtual hosts (~1.2 KB each), so the
     // sort moves small drafts.
     let mut kept = Vec::new();
