@@ -75,8 +75,8 @@ use rudder_config::networking::destination_rule::{
 };
 
 use super::context::{
-    BLACKHOLE_CLUSTER, Context, INBOUND_PASSTHROUGH_CLUSTER, InboundPort, PASSTHROUGH_CLUSTER, inbound_cluster_name,
-    outbound_cluster_name,
+    BLACKHOLE_CLUSTER, ConfigMetadata, Context, INBOUND_PASSTHROUGH_CLUSTER, InboundPort, PASSTHROUGH_CLUSTER,
+    inbound_cluster_name, outbound_cluster_name,
 };
 use super::credentials::{CA_SUFFIX, CREDENTIAL_PREFIX};
 use super::endpoint;
@@ -121,7 +121,10 @@ pub fn outbound_with_localities(ctx: &Context<'_>) -> (Vec<Cluster>, Vec<(String
     for planned in planned {
         clusters.push(Cluster::default());
         let Some(cluster) = clusters.last_mut() else { continue };
-        if !planned_cluster(ctx, cluster, planned) {
+        let metadata = planned.rule.map(|rule| rule_metadata(rule));
+        if planned_cluster(ctx, cluster, planned) {
+            cluster.metadata = metadata.map(|m| m.message());
+        } else {
             clusters.pop();
         }
     }
@@ -142,14 +145,15 @@ pub fn outbound_served(ctx: &Context<'_>) -> ServedClusters {
     let mut served = ServedClusters { encoded: Vec::with_capacity(planned.len() + 4), inline: Vec::new(), localities };
     let mut scratch = Cluster::default();
     for planned in planned {
+        let metadata = planned.rule.map(|rule| rule_metadata(rule));
         if planned_cluster(ctx, &mut scratch, planned) {
-            served.add(&mut scratch);
+            served.add(&mut scratch, metadata);
         }
         // A failed build may have left fields set.
         scratch = Cluster::default();
     }
     for mut cluster in fixed_clusters(ctx) {
-        served.add(&mut cluster);
+        served.add(&mut cluster, None);
     }
     served
 }
@@ -167,16 +171,32 @@ pub struct ServedClusters {
 }
 
 impl ServedClusters {
-    /// Adds `cluster`, encoded; its message is kept only when its endpoints are inline.
-    fn add(&mut self, cluster: &mut Cluster) {
+    /// Adds `cluster` with `metadata`, encoded; its message is kept only when its endpoints
+    /// are inline.
+    fn add(&mut self, cluster: &mut Cluster, metadata: Option<ConfigMetadata<'_>>) {
         use prost::Message;
-        let bytes = Bytes::from(cluster.encode_to_vec());
+        const METADATA: u32 = 25;
         if has_inline_endpoints(cluster) {
-            self.encoded.push((cluster.name.clone(), bytes));
+            cluster.metadata = metadata.map(|m| m.message());
+            self.encoded.push((cluster.name.clone(), Bytes::from(cluster.encode_to_vec())));
             self.inline.push(std::mem::take(cluster));
-        } else {
-            self.encoded.push((std::mem::take(&mut cluster.name), bytes));
+            return;
         }
+        let bytes = match metadata {
+            None => cluster.encode_to_vec(),
+            Some(metadata) => {
+                // The bytes prost writes for the cluster with its metadata set, as the message
+                // path serves it: prost writes fields in tag order.
+                let metadata_len = metadata.field_len(METADATA);
+                let mut bytes = Vec::with_capacity(cluster.encoded_len() + metadata_len);
+                cluster.encode_raw(&mut bytes);
+                let at = crate::protowire::first_field_after(&bytes, METADATA).unwrap_or(bytes.len());
+                metadata.put_field(METADATA, &mut bytes);
+                bytes[at..].rotate_right(metadata_len);
+                bytes
+            }
+        };
+        self.encoded.push((std::mem::take(&mut cluster.name), Bytes::from(bytes)));
     }
 }
 
@@ -197,19 +217,21 @@ fn localities_of(ctx: &Context<'_>, planned: &[Planned<'_>]) -> Vec<(String, Loc
         .filter_map(|p| Some((p.name.clone(), locality_policy(ctx, p.service, &p.policy)?)))
         .collect()
 }
-
+/// Builds on `cluster` (a default one) a planned service cluster, without its metadata (see
+/// [`rule_metadata`]). False when it cannot exist.
 /// Builds on `cluster` (a default one) a planned service cluster. False when it cannot exist.
 fn planned_cluster(ctx: &Context<'_>, cluster: &mut Cluster, planned: Planned<'_>) -> bool {
-    let Planned { name, service, port, subset, policy, rule } = planned;
-    if !service_cluster(ctx, cluster, name, service, port, subset, &policy) {
-        return false;
+    let Planned { name, service, port, subset, policy, rule: _ } = planned;
+    service_cluster(ctx, cluster, name, service, port, subset, &policy)
+}
+
+/// The `istio.config` metadata of the clusters `rule` shapes.
+fn rule_metadata(rule: &DestinationRule) -> ConfigMetadata<'_> {
+    ConfigMetadata {
+        resource: "destination-rule",
+        namespace: rule.metadata.namespace.as_deref().unwrap_or_default(),
+        name: rule.metadata.name.as_deref().unwrap_or_default(),
     }
-    if let Some(rule) = rule {
-        let namespace = rule.metadata.namespace.as_deref().unwrap_or_default();
-        let name = rule.metadata.name.as_deref().unwrap_or_default();
-        cluster.metadata = Some(super::context::istio_config_metadata("destination-rule", namespace, name));
-    }
-    true
 }
 
 /// The clusters after the service clusters: BlackHole, Passthrough, InboundPassthrough and

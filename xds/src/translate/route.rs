@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, HeaderValue, HeaderValueOption, Metadata, RuntimeFractionalPercent, data_source,
+    DataSource, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, data_source,
 };
 use envoy_types::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
@@ -60,7 +60,7 @@ use rudder_config::networking::virtual_service::{
 };
 use rudder_config::networking::{DestinationRule, VirtualService};
 
-use super::context::{Context, host_matches, outbound_cluster_name, resolve_host};
+use super::context::{ConfigMetadata, Context, host_matches, outbound_cluster_name, resolve_host};
 use crate::model::{Resolution, Service, labels_match};
 
 /// Name of the route a service without a VirtualService gets.
@@ -197,8 +197,10 @@ impl<'a> RouteReuse<'a> {
 trait RouteList: Clone + Default {
     /// A whole route configuration.
     type Config;
-    /// Routes just translated; with `memo`, also their encoding for the memo.
-    fn translated(routes: Vec<Route>, memo: bool) -> (Self, Option<Bytes>);
+    /// The routes of `vs` on `port`; with `memo`, also their encoding for the memo.
+    fn of_virtual_service(ctx: &Context<'_>, vs: &VirtualService, port: u32, memo: bool) -> (Self, Option<Bytes>);
+    /// A service's default route.
+    fn default_route(route: Route) -> Self;
     /// Routes a memo kept.
     fn kept(encoded: &Bytes) -> Option<Self>;
     fn is_empty(&self) -> bool;
@@ -214,9 +216,14 @@ trait RouteList: Clone + Default {
 impl RouteList for Vec<Route> {
     type Config = RouteConfiguration;
 
-    fn translated(mut routes: Vec<Route>, memo: bool) -> (Self, Option<Bytes>) {
-        let encoded = memo.then(|| encode_routes(&mut routes));
+    fn of_virtual_service(ctx: &Context<'_>, vs: &VirtualService, port: u32, memo: bool) -> (Self, Option<Bytes>) {
+        let mut routes = http_routes(ctx, vs, port);
+        let encoded = memo.then(|| encode_routes(&mut routes, None));
         (routes, encoded)
+    }
+
+    fn default_route(route: Route) -> Self {
+        vec![route]
     }
 
     fn kept(encoded: &Bytes) -> Option<Self> {
@@ -249,9 +256,21 @@ struct EncodedRoutes(Bytes);
 impl RouteList for EncodedRoutes {
     type Config = (String, Bytes);
 
-    fn translated(mut routes: Vec<Route>, memo: bool) -> (Self, Option<Bytes>) {
-        let encoded = encode_routes(&mut routes);
+    fn of_virtual_service(ctx: &Context<'_>, vs: &VirtualService, port: u32, memo: bool) -> (Self, Option<Bytes>) {
+        // A delegating VirtualService's routes carry their delegates' metadata in their
+        // messages; the others all carry `vs`'s, written once per route into the encoding.
+        let (mut routes, metadata) = if delegates(vs) {
+            (http_routes(ctx, vs, port), None)
+        } else {
+            let routes = rule_routes(ctx, vs, port, &[MESH_GATEWAY], MetadataIn::Encoding);
+            (routes, Some(config_metadata_of(vs)))
+        };
+        let encoded = encode_routes(&mut routes, metadata);
         (Self(encoded.clone()), memo.then_some(encoded))
+    }
+
+    fn default_route(mut route: Route) -> Self {
+        Self(encode_routes(std::slice::from_mut(&mut route), None))
     }
 
     fn kept(encoded: &Bytes) -> Option<Self> {
@@ -289,35 +308,44 @@ impl RouteList for EncodedRoutes {
 /// `routes` as a virtual host's `routes` fields. Deterministic: prost writes a map in its
 /// `HashMap`'s order, so a route with two per-filter configs (fault and CORS) has them written
 /// by name here, and equal routes always encode alike (discovery tells a changed route
-/// configuration by its bytes).
-fn encode_routes(routes: &mut [Route]) -> Bytes {
+/// configuration by its bytes). Each route's metadata, from its message or else `metadata`
+/// (routes built with [`MetadataIn::Encoding`]), is written last, so both give the same bytes.
+fn encode_routes(routes: &mut [Route], metadata: Option<ConfigMetadata<'_>>) -> Bytes {
     use crate::protowire::{delimited_len, put_delimited_header, put_message_fields};
     use prost::encoding::{message, string};
     const ROUTES: u32 = 3;
+    const METADATA: u32 = 4;
     const TYPED_PER_FILTER_CONFIG: u32 = 13;
     type Filters = BTreeMap<String, envoy_types::pb::google::protobuf::Any>;
     let entry_len = |(name, config): (&String, &envoy_types::pb::google::protobuf::Any)| {
         string::encoded_len(1, name) + message::encoded_len(2, config)
+    };
+    let metadata_len = |route: &Route| match (&route.metadata, &metadata) {
+        (Some(own), _) => message::encoded_len(METADATA, own),
+        (None, Some(shared)) => shared.field_len(METADATA),
+        (None, None) => 0,
     };
     // Each route is measured once and the output allocated at its final size: growing it
     // route by route reallocated and copied it a dozen times per virtual host.
     let mut sorted_filters: Vec<Option<Filters>> = Vec::new();
     let mut lens = Vec::with_capacity(routes.len());
     for (i, route) in routes.iter_mut().enumerate() {
-        if route.typed_per_filter_config.len() < 2 {
-            lens.push(route.encoded_len());
-            continue;
+        let mut len = metadata_len(route);
+        if route.typed_per_filter_config.len() >= 2 {
+            let filters: Filters = std::mem::take(&mut route.typed_per_filter_config).into_iter().collect();
+            len += filters.iter().map(|entry| delimited_len(TYPED_PER_FILTER_CONFIG, entry_len(entry))).sum::<usize>();
+            sorted_filters.resize_with(i + 1, || None);
+            sorted_filters[i] = Some(filters);
         }
-        let filters: Filters = std::mem::take(&mut route.typed_per_filter_config).into_iter().collect();
-        let filters_len: usize =
-            filters.iter().map(|entry| delimited_len(TYPED_PER_FILTER_CONFIG, entry_len(entry))).sum();
-        lens.push(route.encoded_len() + filters_len);
-        sorted_filters.resize_with(i + 1, || None);
-        sorted_filters[i] = Some(filters);
+        let own_metadata = route.metadata.take();
+        len += route.encoded_len();
+        route.metadata = own_metadata;
+        lens.push(len);
     }
     let mut out = Vec::with_capacity(lens.iter().map(|len| delimited_len(ROUTES, *len)).sum());
     for (i, (route, len)) in routes.iter_mut().zip(lens).enumerate() {
         put_delimited_header(ROUTES, len, &mut out);
+        let own_metadata = route.metadata.take();
         put_message_fields(route, &mut out);
         // A route with two or more per-filter configs has them written by name, after its
         // other fields (field order does not matter to a protobuf reader).
@@ -329,6 +357,12 @@ fn encode_routes(routes: &mut [Route]) -> Bytes {
             }
             route.typed_per_filter_config = filters.into_iter().collect();
         }
+        match (&own_metadata, &metadata) {
+            (Some(own), _) => message::encode(METADATA, own, &mut out),
+            (None, Some(shared)) => shared.put_field(METADATA, &mut out),
+            (None, None) => {}
+        }
+        route.metadata = own_metadata;
     }
     Bytes::from(out)
 }
@@ -515,7 +549,7 @@ fn route_configuration<R: RouteList>(
                 memo.keep(vs, port, encoded.clone());
                 return routes;
             }
-            let (routes, encoded) = R::translated(http_routes(ctx, vs, port), memoized);
+            let (routes, encoded) = R::of_virtual_service(ctx, vs, port, memoized);
             if let Some(encoded) = encoded {
                 memo.keep(vs, port, encoded);
             }
@@ -544,7 +578,7 @@ fn route_configuration<R: RouteList>(
                 name,
                 domains,
                 aliases,
-                routes: R::translated(vec![default_route(ctx, service, port)], false).0,
+                routes: R::default_route(default_route(ctx, service, port)),
                 mesh: !service.mesh_external,
             }),
         }
@@ -806,10 +840,40 @@ pub fn http_routes(ctx: &Context<'_>, vs: &VirtualService, port: u32) -> Vec<Rou
 /// limited to other ports, gateways, source labels or namespaces are left out; a rule that
 /// cannot be translated is skipped with a warning.
 pub fn http_routes_for_gateways(ctx: &Context<'_>, vs: &VirtualService, port: u32, gateways: &[&str]) -> Vec<Route> {
+    rule_routes(ctx, vs, port, gateways, MetadataIn::Message)
+}
+
+/// Where a route's `istio.config` metadata goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetadataIn {
+    /// In the route's message.
+    Message,
+    /// Nowhere yet: the encoder writes it ([`encode_routes`]), from one [`ConfigMetadata`]
+    /// for all the routes of a VirtualService without delegates.
+    Encoding,
+}
+
+/// For whom routes are built and how: the proxy's gateways (`mesh` for sidecars), and where
+/// their metadata goes.
+#[derive(Debug, Clone, Copy)]
+struct RouteBuild<'g> {
+    gateways: &'g [&'g str],
+    metadata: MetadataIn,
+}
+
+/// [`http_routes_for_gateways`], with the metadata where `metadata` says.
+fn rule_routes(
+    ctx: &Context<'_>,
+    vs: &VirtualService,
+    port: u32,
+    gateways: &[&str],
+    metadata: MetadataIn,
+) -> Vec<Route> {
+    let built = RouteBuild { gateways, metadata };
     let mut out = Vec::new();
     for (index, http) in vs.spec.http.iter().enumerate() {
         let stop = match &http.delegate {
-            None => push_rule(&mut out, ctx, vs, http, index, port, gateways),
+            None => push_rule(&mut out, ctx, vs, http, index, port, built),
             Some(named) => match super::delegate::find(&ctx.snapshot.virtual_services, vs, named) {
                 // The delegate's rules under this one's conditions, its hosts resolved in its
                 // own namespace; one level deep.
@@ -820,7 +884,7 @@ pub fn http_routes_for_gateways(ctx: &Context<'_>, vs: &VirtualService, port: u3
                     .enumerate()
                     .filter(|(_, rule)| rule.delegate.is_none())
                     .filter_map(|(i, rule)| Some((i, super::delegate::merge_rule(http, rule)?)))
-                    .any(|(i, merged)| push_rule(&mut out, ctx, target, &merged, i, port, gateways)),
+                    .any(|(i, merged)| push_rule(&mut out, ctx, target, &merged, i, port, built)),
                 None => {
                     tracing::warn!(
                         virtual_service = %format!("{}/{}", namespace_of(vs), name_of(vs)),
@@ -849,14 +913,14 @@ fn push_rule(
     http: &HttpRoute,
     index: usize,
     port: u32,
-    gateways: &[&str],
+    built: RouteBuild<'_>,
 ) -> bool {
     if http.r#match.is_empty() {
-        out.extend(translate_route(ctx, vs, http, index, None, port, gateways));
+        out.extend(translate_route(ctx, vs, http, index, None, port, built));
         return true;
     }
     for m in &http.r#match {
-        if let Some(route) = translate_route(ctx, vs, http, index, Some(m), port, gateways) {
+        if let Some(route) = translate_route(ctx, vs, http, index, Some(m), port, built) {
             let stops = is_catch_all(&route);
             out.push(route);
             if stops {
@@ -895,14 +959,14 @@ fn translate_route(
     index: usize,
     m: Option<&HttpMatchRequest>,
     port: u32,
-    gateways: &[&str],
+    built: RouteBuild<'_>,
 ) -> Option<Route> {
     if let Some(m) = m
-        && (m.port.is_some_and(|p| p != 0 && p != port) || !source_matches(ctx, m, gateways))
+        && (m.port.is_some_and(|p| p != 0 && p != port) || !source_matches(ctx, m, built.gateways))
     {
         return None;
     }
-    match build_route(ctx, vs, http, m, port) {
+    match build_route(ctx, vs, http, m, port, built.metadata) {
         Ok(route) => Some(route),
         Err(why) => {
             tracing::warn!(
@@ -922,6 +986,7 @@ fn build_route(
     http: &HttpRoute,
     m: Option<&HttpMatchRequest>,
     port: u32,
+    metadata: MetadataIn,
 ) -> Result<Route, &'static str> {
     let name = match m {
         Some(m) if !m.name.is_empty() => format!("{}.{}", http.name, m.name),
@@ -930,7 +995,7 @@ fn build_route(
     let mut out = Route {
         name,
         r#match: Some(route_match(m)),
-        metadata: Some(config_metadata(vs)),
+        metadata: (metadata == MetadataIn::Message).then(|| config_metadata_of(vs).message()),
         stat_prefix: m.map(|m| m.stat_prefix.clone()).unwrap_or_default(),
         ..Default::default()
     };
@@ -964,8 +1029,8 @@ fn build_route(
 }
 
 /// `filter_metadata.istio.config`: which VirtualService a route came from.
-fn config_metadata(vs: &VirtualService) -> Metadata {
-    super::context::istio_config_metadata("virtual-service", namespace_of(vs), name_of(vs))
+fn config_metadata_of(vs: &VirtualService) -> ConfigMetadata<'_> {
+    ConfigMetadata { resource: "virtual-service", namespace: namespace_of(vs), name: name_of(vs) }
 }
 
 /// The trace operation: `host:port<path>` for a single upstream, else `vsName:port<path>`.
