@@ -263,9 +263,9 @@ impl RouteList for EncodedRoutes {
             (http_routes(ctx, vs, port), None)
         } else {
             let routes = rule_routes(ctx, vs, port, &[MESH_GATEWAY], MetadataIn::Encoding);
-            (routes, Some(config_metadata_of(vs)))
+            (routes, Some(config_metadata_of(vs).field(ROUTE_METADATA)))
         };
-        let encoded = encode_routes(&mut routes, metadata);
+        let encoded = encode_routes(&mut routes, metadata.as_deref());
         (Self(encoded.clone()), memo.then_some(encoded))
     }
 
@@ -309,20 +309,20 @@ impl RouteList for EncodedRoutes {
 /// `HashMap`'s order, so a route with two per-filter configs (fault and CORS) has them written
 /// by name here, and equal routes always encode alike (discovery tells a changed route
 /// configuration by its bytes). Each route's metadata, from its message or else `metadata`
-/// (routes built with [`MetadataIn::Encoding`]), is written last, so both give the same bytes.
-fn encode_routes(routes: &mut [Route], metadata: Option<ConfigMetadata<'_>>) -> Bytes {
+/// (the encoded field, for routes built with [`MetadataIn::Encoding`]), is written last, so both
+/// give the same bytes.
+fn encode_routes(routes: &mut [Route], metadata: Option<&[u8]>) -> Bytes {
     use crate::protowire::{delimited_len, put_delimited_header, put_message_fields};
     use prost::encoding::{message, string};
     const ROUTES: u32 = 3;
-    const METADATA: u32 = 4;
     const TYPED_PER_FILTER_CONFIG: u32 = 13;
     type Filters = BTreeMap<String, envoy_types::pb::google::protobuf::Any>;
     let entry_len = |(name, config): (&String, &envoy_types::pb::google::protobuf::Any)| {
         string::encoded_len(1, name) + message::encoded_len(2, config)
     };
     let metadata_len = |route: &Route| match (&route.metadata, &metadata) {
-        (Some(own), _) => message::encoded_len(METADATA, own),
-        (None, Some(shared)) => shared.field_len(METADATA),
+        (Some(own), _) => message::encoded_len(ROUTE_METADATA, own),
+        (None, Some(shared)) => shared.len(),
         (None, None) => 0,
     };
     // Each route is measured once and the output allocated at its final size: growing it
@@ -358,8 +358,8 @@ fn encode_routes(routes: &mut [Route], metadata: Option<ConfigMetadata<'_>>) -> 
             route.typed_per_filter_config = filters.into_iter().collect();
         }
         match (&own_metadata, &metadata) {
-            (Some(own), _) => message::encode(METADATA, own, &mut out),
-            (None, Some(shared)) => shared.put_field(METADATA, &mut out),
+            (Some(own), _) => message::encode(ROUTE_METADATA, own, &mut out),
+            (None, Some(shared)) => out.extend_from_slice(shared),
             (None, None) => {}
         }
         route.metadata = own_metadata;
@@ -842,6 +842,9 @@ pub fn http_routes(ctx: &Context<'_>, vs: &VirtualService, port: u32) -> Vec<Rou
 pub fn http_routes_for_gateways(ctx: &Context<'_>, vs: &VirtualService, port: u32, gateways: &[&str]) -> Vec<Route> {
     rule_routes(ctx, vs, port, gateways, MetadataIn::Message)
 }
+
+/// `Route.metadata`'s field number.
+const ROUTE_METADATA: u32 = 4;
 
 /// Where a route's `istio.config` metadata goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
