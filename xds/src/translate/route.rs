@@ -992,7 +992,7 @@ fn build_route(
     metadata: MetadataIn,
 ) -> Result<Route, &'static str> {
     let name = match m {
-        Some(m) if !m.name.is_empty() => format!("{}.{}", http.name, m.name),
+        Some(m) if !m.name.is_empty() => [http.name.as_str(), ".", m.name.as_str()].concat(),
         _ => http.name.clone(),
     };
     let mut out = Route {
@@ -1238,20 +1238,26 @@ fn header_operations(headers: &Headers) -> HeaderOps {
 
 /// The cluster a destination names: `outbound|<port>|<subset>|<host>`, the port being the
 /// destination's, else the service's only port, else the listener port.
-fn destination_cluster(ctx: &Context<'_>, vs: &VirtualService, destination: &Destination, port: u32) -> String {
-    let host = resolve_host(&destination.host, namespace_of(vs));
+/// `destination`'s host, resolved in `vs`'s namespace: resolved once for its cluster and its
+/// hash policy.
+fn host_of(vs: &VirtualService, destination: &Destination) -> String {
+    resolve_host(&destination.host, namespace_of(vs))
+}
+
+/// The cluster of `destination`, whose host resolves to `host`, on `port`.
+fn destination_cluster(ctx: &Context<'_>, host: &str, destination: &Destination, port: u32) -> String {
     let number = destination.port.as_ref().and_then(|p| p.number).filter(|n| *n != 0).or_else(|| {
-        ctx.service(&host).and_then(|s| match s.ports.as_slice() {
+        ctx.service(host).and_then(|s| match s.ports.as_slice() {
             [only] => Some(only.port),
             _ => None,
         })
     });
-    outbound_cluster_name(number.unwrap_or(port), &destination.subset, &host)
+    outbound_cluster_name(number.unwrap_or(port), &destination.subset, host)
 }
 
-fn destination_hash(ctx: &Context<'_>, vs: &VirtualService, destination: &Destination) -> Option<HashPolicy> {
-    let host = resolve_host(&destination.host, namespace_of(vs));
-    let dr = ctx.destination_rule(&host)?;
+/// `destination`'s consistent hash policy, from the DestinationRule of `host` (its host, resolved).
+fn destination_hash(ctx: &Context<'_>, host: &str, destination: &Destination) -> Option<HashPolicy> {
+    let dr = ctx.destination_rule(host)?;
     hash_policy(destination_consistent_hash(dr, destination)?)
 }
 
@@ -1285,7 +1291,9 @@ fn route_action(
     if let Some(mirror) = &http.mirror
         && let Some(fraction) = mirror_fraction(http.mirror_percentage.as_ref(), http.mirror_percent())
     {
-        action.request_mirror_policies.push(mirror_policy(destination_cluster(ctx, vs, mirror, port), fraction));
+        action
+            .request_mirror_policies
+            .push(mirror_policy(destination_cluster(ctx, &host_of(vs, mirror), mirror, port), fraction));
     }
     for mirror in &http.mirrors {
         if let Some(destination) = &mirror.destination
@@ -1293,7 +1301,7 @@ fn route_action(
         {
             action
                 .request_mirror_policies
-                .push(mirror_policy(destination_cluster(ctx, vs, destination, port), fraction));
+                .push(mirror_policy(destination_cluster(ctx, &host_of(vs, destination), destination, port), fraction));
         }
     }
 
@@ -1302,7 +1310,9 @@ fn route_action(
         [] => return Err("no route, redirect or directResponse"),
         [single] => {
             let destination = single.destination.as_ref().ok_or("route destination without a host")?;
-            action.cluster_specifier = Some(ClusterSpecifier::Cluster(destination_cluster(ctx, vs, destination, port)));
+            let host = host_of(vs, destination);
+            action.cluster_specifier =
+                Some(ClusterSpecifier::Cluster(destination_cluster(ctx, &host, destination, port)));
             if let Some(headers) = &single.headers {
                 let ops = header_operations(headers);
                 out.request_headers_to_add.extend(ops.request_add);
@@ -1316,7 +1326,7 @@ fn route_action(
                     action.host_rewrite_specifier = Some(HostRewriteSpecifier::HostRewriteLiteral(authority));
                 }
             }
-            if let Some(hash) = destination_hash(ctx, vs, destination) {
+            if let Some(hash) = destination_hash(ctx, &host, destination) {
                 action.hash_policy.push(hash);
                 consistent_hash = true;
             }
@@ -1345,9 +1355,10 @@ fn weighted_cluster(
     action: &mut RouteAction,
 ) -> Result<ClusterWeight, &'static str> {
     let destination = weighted.destination.as_ref().ok_or("route destination without a host")?;
+    let host = host_of(vs, destination);
     let weight = u32::try_from(weighted.weight.unwrap_or(0)).unwrap_or(0);
     let mut cluster = ClusterWeight {
-        name: destination_cluster(ctx, vs, destination, port),
+        name: destination_cluster(ctx, &host, destination, port),
         weight: Some(UInt32Value { value: weight }),
         ..Default::default()
     };
@@ -1362,7 +1373,7 @@ fn weighted_cluster(
                 Some(envoy_types::pb::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(authority));
         }
     }
-    if let Some(hash) = destination_hash(ctx, vs, destination) {
+    if let Some(hash) = destination_hash(ctx, &host, destination) {
         action.hash_policy.push(hash);
     }
     Ok(cluster)
