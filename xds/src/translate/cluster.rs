@@ -221,9 +221,9 @@ fn localities_of(ctx: &Context<'_>, planned: &[Planned<'_>]) -> Vec<(String, Loc
         .filter_map(|p| Some((p.name.clone(), locality_policy(ctx, p.service, &p.policy)?)))
         .collect()
 }
+
 /// Builds on `cluster` (a default one) a planned service cluster, without its metadata (see
 /// [`rule_metadata`]). False when it cannot exist.
-/// Builds on `cluster` (a default one) a planned service cluster. False when it cannot exist.
 fn planned_cluster(ctx: &Context<'_>, cluster: &mut Cluster, planned: Planned<'_>) -> bool {
     let Planned { name, service, port, subset, policy, rule: _ } = planned;
     service_cluster(ctx, cluster, name, service, port, subset, &policy)
