@@ -266,9 +266,10 @@ fn plan<'a>(ctx: &Context<'a>) -> Vec<Planned<'a>> {
     //
     // A name is `outbound|<port>|<subset>|<host>`, and services come in host order, so each
     // (port, subset) bucket fills in name order; joining the buckets in the order of their
-    // `<port>|<subset>|` prefixes sorts the plans without comparing whole names (sorting them
-    // was a fifth of the clusters' time). A subset name with a `|` could break that, so the
-    // result is checked and sorted when it is not in order.
+    // `<port>|<subset>|` prefixes sorts the plans without comparing whole names (callgrind: the
+    // planning took 81M instructions for three sidecars with a sort of the plans, 55M so). A
+    // subset name with a `|` could break that, so the result is checked and sorted when it is
+    // not in order.
     let mut buckets: BTreeMap<(u32, &'a str), Vec<Planned<'a>>> = BTreeMap::new();
     for service in ctx.services() {
         let rule = ctx.destination_rule(&service.hostname);

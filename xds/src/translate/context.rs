@@ -40,24 +40,11 @@ pub const VIRTUAL_INBOUND: &str = "virtualInbound";
 /// `filter_metadata.istio.config`: the Istio object a resource was built from, as istiod
 /// writes it (`/apis/networking.istio.io/v1/namespaces/<ns>/<resource>/<name>`), which
 /// `proxy-config` and dashboards read.
-pub fn istio_config_metadata(
-    resource: &str,
-    namespace: &str,
-    name: &str,
-) -> envoy_types::pb::envoy::config::core::v3::Metadata {
-    use envoy_types::pb::google::protobuf::{Struct, Value, value};
-    let reference = ["/apis/networking.istio.io/v1/namespaces/", namespace, "/", resource, "/", name].concat();
-    let fields = HashMap::from([("config".to_owned(), Value { kind: Some(value::Kind::StringValue(reference)) })]);
-    envoy_types::pb::envoy::config::core::v3::Metadata {
-        filter_metadata: HashMap::from([("istio".to_owned(), Struct { fields })]),
-        ..Default::default()
-    }
-}
-
-/// [`istio_config_metadata`] written straight into an encoding: the same bytes prost writes
-/// for that message, without building its two maps and three strings. Every route and cluster
-/// carries one, and building, encoding and dropping the message was a twentieth of a
-/// sidecar's routes and clusters.
+///
+/// Every route and cluster carries one, so it is usually written straight into an encoding
+/// ([`field`](Self::field)): the same bytes prost writes for the [`message`](Self::message),
+/// without building its two maps and three strings (building, encoding and dropping the
+/// message was a twentieth of a sidecar's routes and clusters).
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigMetadata<'a> {
     pub resource: &'a str,
@@ -102,7 +89,13 @@ impl ConfigMetadata<'_> {
 
     /// The message, for resources kept as messages.
     pub fn message(&self) -> envoy_types::pb::envoy::config::core::v3::Metadata {
-        istio_config_metadata(self.resource, self.namespace, self.name)
+        use envoy_types::pb::google::protobuf::{Struct, Value, value};
+        let reference = [Self::PREFIX, self.namespace, "/", self.resource, "/", self.name].concat();
+        let fields = HashMap::from([("config".to_owned(), Value { kind: Some(value::Kind::StringValue(reference)) })]);
+        envoy_types::pb::envoy::config::core::v3::Metadata {
+            filter_metadata: HashMap::from([("istio".to_owned(), Struct { fields })]),
+            ..Default::default()
+        }
     }
 }
 
@@ -495,8 +488,11 @@ mod tests {
         );
         assert_eq!(outbound_cluster_name(0, "", "h"), "outbound|0||h");
         assert_eq!(outbound_cluster_name(u32::MAX, "", "h"), "outbound|4294967295||h");
-        let reference =
-            istio_config_metadata("destination-rule", "ns", "dr").filter_metadata["istio"].fields["config"].clone();
+        let reference = ConfigMetadata { resource: "destination-rule", namespace: "ns", name: "dr" }
+            .message()
+            .filter_metadata["istio"]
+            .fields["config"]
+            .clone();
         assert_eq!(
             reference.kind,
             Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
@@ -540,7 +536,7 @@ mod tests {
             }
         }
         assert_eq!(
-            istio_config_metadata("r", "n", "x").encoded_len(),
+            ConfigMetadata { resource: "r", namespace: "n", name: "x" }.message().encoded_len(),
             ConfigMetadata { resource: "r", namespace: "n", name: "x" }.lens()[5]
         );
     }

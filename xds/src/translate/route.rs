@@ -320,26 +320,20 @@ fn encode_routes(routes: &mut [Route], metadata: Option<&[u8]>) -> Bytes {
     let entry_len = |(name, config): (&String, &envoy_types::pb::google::protobuf::Any)| {
         string::encoded_len(1, name) + message::encoded_len(2, config)
     };
-    let metadata_len = |route: &Route| match (&route.metadata, &metadata) {
-        (Some(own), _) => message::encoded_len(ROUTE_METADATA, own),
-        (None, Some(shared)) => shared.len(),
-        (None, None) => 0,
-    };
     // Each route is measured once and the output allocated at its final size: growing it
     // route by route reallocated and copied it a dozen times per virtual host.
     let mut sorted_filters: Vec<Option<Filters>> = Vec::new();
     let mut lens = Vec::with_capacity(routes.len());
     for (i, route) in routes.iter_mut().enumerate() {
-        let mut len = metadata_len(route);
+        // A route's own metadata is measured with it; where it is written does not change that.
+        let mut len = if route.metadata.is_none() { metadata.map_or(0, <[u8]>::len) } else { 0 };
         if route.typed_per_filter_config.len() >= 2 {
             let filters: Filters = std::mem::take(&mut route.typed_per_filter_config).into_iter().collect();
             len += filters.iter().map(|entry| delimited_len(TYPED_PER_FILTER_CONFIG, entry_len(entry))).sum::<usize>();
             sorted_filters.resize_with(i + 1, || None);
             sorted_filters[i] = Some(filters);
         }
-        let own_metadata = route.metadata.take();
         len += route.encoded_len();
-        route.metadata = own_metadata;
         lens.push(len);
     }
     let mut out = Vec::with_capacity(lens.iter().map(|len| delimited_len(ROUTES, *len)).sum());
